@@ -1,0 +1,1 @@
+"""Simulated beamline devices and Bluesky plans (no imports from services)."""

@@ -1,0 +1,232 @@
+"""U-Net for crack segmentation in cathode tomography slices.
+
+The architecture follows the crack-detection seed paper (Fu et al.): five encoder modules of
+two 3x3 convolutions with ReLU joined by max pooling, four decoder modules joined by 2x2
+up-sampling convolutions with skip connections, and a one-channel sigmoid output (the network
+returns logits; the loss is the sigmoid cross-entropy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.device import pick_device
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "crack_unet.pt"
+DEPTH = 5
+SIZE_MULTIPLE = 2 ** (DEPTH - 1)
+"""Input height and width must be multiples of this (four poolings)."""
+
+
+def normalize_slices(volume: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map intensities to the network's input range with fixed reference levels.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        Reconstructed slice(s), any real dtype.
+    low, high : float
+        Intensities mapped to 0 and 1 (for example the 1st and 99.5th percentile of the
+        whole volume, see :func:`reference_levels`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(volume - low) / (high - low)``, not clipped.
+    """
+    if not high > low:
+        raise ValueError(f"high must be > low, got low={low}, high={high}")
+    scale = np.float32(1.0 / (high - low))
+    return (np.asarray(volume, dtype=np.float32) - np.float32(low)) * scale
+
+
+def reference_levels(volume: np.ndarray, max_samples: int = 2_000_000) -> tuple[float, float]:
+    """Intensity levels used to normalise a whole volume before segmentation.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        Reconstructed volume, any real dtype.
+    max_samples : int, optional
+        The percentiles are computed on a regular subsample of at most this many voxels.
+
+    Returns
+    -------
+    tuple of float
+        1st and 99.5th percentiles of the non-zero voxels (zeros are the outside of the
+        reconstruction circle).
+    """
+    flat = np.asarray(volume).ravel()
+    step = max(1, flat.size // max_samples)
+    sample = flat[::step].astype(np.float64)
+    sample = sample[sample != 0]
+    if sample.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(sample, [1.0, 99.5])
+    if not high > low:
+        high = low + 1.0
+    return float(low), float(high)
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CrackUNet(nn.Module):
+    """Five-level U-Net returning crack logits.
+
+    Parameters
+    ----------
+    base_channels : int
+        Channels of the first encoder module; doubled at each level.
+    in_channels : int
+        Input channels (1 for grey-level slices).
+    """
+
+    def __init__(self, base_channels: int = 8, in_channels: int = 1) -> None:
+        super().__init__()
+        self.base_channels = base_channels
+        widths = [base_channels * 2**i for i in range(DEPTH)]
+        self.encoders = nn.ModuleList()
+        c_prev = in_channels
+        for width in widths:
+            self.encoders.append(_double_conv(c_prev, width))
+            c_prev = width
+        self.upsamplers = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            self.upsamplers.append(nn.ConvTranspose2d(width * 2, width, 2, stride=2))
+            self.decoders.append(_double_conv(width * 2, width))
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Crack logits (B, 1, H, W) for inputs (B, in_channels, H, W), H and W multiples of 16."""
+        skips = []
+        for i, encoder in enumerate(self.encoders):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = encoder(x)
+            skips.append(x)
+        for upsample, decoder, skip in zip(
+            self.upsamplers, self.decoders, reversed(skips[:-1]), strict=True
+        ):
+            x = decoder(torch.cat((upsample(x), skip), dim=1))
+        return self.head(x)
+
+
+def save_crack_unet(model: CrackUNet, path: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Save weights with the architecture settings needed to rebuild the network.
+
+    Parameters
+    ----------
+    model : CrackUNet
+        Trained network.
+    path : pathlib.Path
+        Destination ``.pt`` file.
+    metadata : dict, optional
+        JSON-like extra information stored alongside (training config, scores).
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # plain JSON types only, so that torch.load(weights_only=True) accepts the file
+    plain = json.loads(json.dumps(metadata or {}))
+    torch.save({"base_channels": model.base_channels, "state_dict": state, "metadata": plain}, path)
+
+
+def load_crack_unet(
+    path: str | Path | None = None, *, device: torch.device | None = None
+) -> CrackUNet:
+    """Load the crack U-Net in evaluation mode.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path, optional
+        Weights file; default the shipped :data:`DEFAULT_WEIGHTS`.
+    device : torch.device, optional
+        Default :func:`models.device.pick_device`.
+
+    Returns
+    -------
+    CrackUNet
+        Network on ``device``, ``eval()`` mode.
+    """
+    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"crack U-Net weights not found: {weights}")
+    dev = device if device is not None else pick_device()
+    checkpoint = torch.load(weights, map_location=dev, weights_only=True)
+    model = CrackUNet(base_channels=int(checkpoint["base_channels"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(dev).eval()
+
+
+def load_crack_unet_metadata(path: str | Path | None = None) -> dict[str, Any]:
+    """Training metadata stored with the weights (config, held-out scores).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path, optional
+        Weights file; default :data:`DEFAULT_WEIGHTS`.
+
+    Returns
+    -------
+    dict
+        The metadata dictionary (empty when none was stored).
+    """
+    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    return dict(checkpoint.get("metadata", {}))
+
+
+def pad_to_multiple(
+    batch: torch.Tensor, multiple: int = SIZE_MULTIPLE
+) -> tuple[torch.Tensor, int, int]:
+    """Reflect-pad (B, C, H, W) so H and W are multiples of ``multiple``.
+
+    Returns
+    -------
+    tuple
+        Padded tensor and the original height and width.
+    """
+    h, w = batch.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
+    return batch, h, w
+
+
+@torch.inference_mode()
+def predict_probabilities(model: CrackUNet, tiles: np.ndarray) -> np.ndarray:
+    """Crack probabilities for a batch of normalised tiles.
+
+    Parameters
+    ----------
+    model : CrackUNet
+        Network in eval mode.
+    tiles : numpy.ndarray
+        float32 (B, H, W) or (H, W) normalised intensities (:func:`normalize_slices`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 probabilities with the shape of ``tiles``.
+    """
+    arr = np.asarray(tiles, dtype=np.float32)
+    single = arr.ndim == 2
+    batch = torch.from_numpy(arr[np.newaxis] if single else arr).unsqueeze(1)
+    device = next(model.parameters()).device
+    padded, h, w = pad_to_multiple(batch.to(device))
+    probs = torch.sigmoid(model(padded))[:, 0, :h, :w].float().cpu().numpy()
+    return probs[0] if single else probs

@@ -1,0 +1,311 @@
+"""Train the crack U-Net on reconstructed synthetic cathode volumes.
+
+Run ``python -m models.train_crack_unet`` (about 15-20 minutes on 2 CPU threads). It writes
+``models/weights/crack_unet.pt`` and ``models/weights/crack_unet.json`` (training config and
+the score on a held-out volume).
+
+Training data: synthetic cathode volumes (``models.synthetic.cathode``) are projected
+(``skimage.transform.radon``, the same parallel-beam geometry as
+``pipelines.tomo.project.forward_project``), turned into raw phase-contrast-like frames with
+noise, blur, fringes and ring-causing column gains (``simulate_detector``), flat/dark
+normalised, and reconstructed by filtered back projection (``skimage.transform.iradon``, which
+``pipelines.tomo.fbp`` matches to float32 precision). scikit-image is used here because
+``models`` may not import ``pipelines`` (import-linter layers contract). Slices are normalised
+with ``reference_levels`` of their volume, exactly as at inference time.
+
+Augmentations follow the seed paper (shift, rotation, scaling, cropping) plus flips, Gaussian
+noise and contrast/brightness changes. The loss is the sigmoid cross-entropy plus a soft Dice
+term, ignoring pixels outside the reconstruction circle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.transform import iradon, radon
+from torch.nn import functional as F
+
+from models.crack_unet import (
+    DEFAULT_WEIGHTS,
+    CrackUNet,
+    load_crack_unet,
+    load_crack_unet_metadata,
+    normalize_slices,
+    predict_probabilities,
+    reference_levels,
+    save_crack_unet,
+)
+from models.synthetic.cathode import (
+    CathodeParams,
+    DetectorParams,
+    make_cathode_volume,
+    simulate_detector,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SliceSet:
+    """Normalised reconstructed slices with crack labels and valid-pixel masks."""
+
+    images: np.ndarray  # float32 (S, H, W)
+    labels: np.ndarray  # float32 (S, H, W)
+    valid: np.ndarray  # float32 (S, H, W)
+
+
+def reconstruct_synthetic(
+    attenuation: np.ndarray,
+    *,
+    seed: int,
+    n_angles: int,
+    detector: DetectorParams,
+    filter_name: str = "ramp",
+) -> np.ndarray:
+    """Simulate a scan of a volume and reconstruct it slice by slice (scikit-image FBP)."""
+    angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
+    with warnings.catch_warnings():
+        # the sample fills the square field of view, as in forward_project
+        warnings.filterwarnings("ignore", message="Radon transform: image must be zero")
+        lint = np.stack([radon(s.astype(np.float64), angles).T for s in attenuation], axis=1)
+    frames = simulate_detector(lint.astype(np.float32), seed=seed, params=detector)
+    dark = frames.dark.astype(np.float32).mean(axis=0)
+    beam = frames.flat.astype(np.float32).mean(axis=0) - dark
+    transmission = (frames.projections.astype(np.float32) - dark) / np.maximum(beam, 1e-6)
+    sino = -np.log(np.maximum(transmission, 1e-3))
+    recon = np.stack(
+        [iradon(sino[:, z, :].T, angles, filter_name=filter_name) for z in range(sino.shape[1])]
+    )
+    return recon.astype(np.float32)
+
+
+def make_slice_set(
+    shape: tuple[int, int, int], seed: int, rng: np.random.Generator, crack_density: float
+) -> SliceSet:
+    """One synthetic volume -> normalised reconstructed slices with labels."""
+    params = CathodeParams(
+        particle_diameter_px=float(rng.uniform(18, 34)),
+        shape_irregularity=float(rng.uniform(0.08, 0.22)),
+        binder_fraction=float(rng.uniform(0.35, 0.7)),
+        crack_width_px=(float(rng.uniform(1.0, 1.6)), float(rng.uniform(2.2, 3.4))),
+    )
+    vol = make_cathode_volume(
+        shape,
+        seed=seed,
+        crack_density=crack_density,
+        depth_gradient=bool(rng.random() < 0.5),
+        params=params,
+    )
+    detector = DetectorParams(
+        photons=float(10 ** rng.uniform(3.7, 4.7)),
+        phase_fringe=float(rng.uniform(0.0, 1.2)),
+        blur_sigma_px=float(rng.uniform(0.4, 1.0)),
+        ring_fraction=float(rng.uniform(0.0, 0.08)),
+    )
+    n_angles = int(rng.choice([shape[2], int(shape[2] * 1.4), int(shape[2] * 1.6)]))
+    filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
+    recon = reconstruct_synthetic(
+        vol.attenuation,
+        seed=seed + 1,
+        n_angles=n_angles,
+        detector=detector,
+        filter_name=filter_name,
+    )
+    low, high = reference_levels(recon)
+    images = normalize_slices(recon, low, high)
+    n = shape[2]
+    yy, xx = np.mgrid[:n, :n]
+    circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
+    valid = np.broadcast_to(circle, images.shape).copy()
+    return SliceSet(images=images, labels=vol.crack_mask.astype(np.float32), valid=valid)
+
+
+def augment_batch(
+    data: SliceSet, batch_size: int, tile: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random shifted, rotated, scaled, flipped crops with noise and contrast changes."""
+    n_slices, height, width = data.images.shape
+    patch = int(math.ceil(tile * 1.42 * 1.25)) + 2
+    half = patch // 2
+    stacks = []
+    for _ in range(batch_size):
+        z = int(rng.integers(n_slices))
+        cy = int(rng.integers(half // 2, height - half // 2))
+        cx = int(rng.integers(half // 2, width - half // 2))
+        chans = np.stack((data.images[z], data.labels[z], data.valid[z]))
+        padded = np.pad(chans, ((0, 0), (half, half), (half, half)))
+        stacks.append(padded[:, cy : cy + patch, cx : cx + patch])
+    inp = torch.from_numpy(np.stack(stacks))
+    angle = torch.from_numpy(rng.uniform(0, 2 * np.pi, batch_size)).float()
+    scale = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), batch_size))).float()
+    flip = torch.from_numpy(rng.choice([-1.0, 1.0], batch_size)).float()
+    ratio = tile / patch
+    cos, sin = torch.cos(angle) * ratio / scale, torch.sin(angle) * ratio / scale
+    theta = torch.zeros(batch_size, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    grid = F.affine_grid(theta, [batch_size, 3, tile, tile], align_corners=False)
+    out = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    image, label, valid = out[:, 0:1], (out[:, 1:2] > 0.5).float(), (out[:, 2:3] > 0.99).float()
+    gain = torch.from_numpy(rng.uniform(0.75, 1.3, (batch_size, 1, 1, 1))).float()
+    offset = torch.from_numpy(rng.uniform(-0.12, 0.12, (batch_size, 1, 1, 1))).float()
+    sigma = torch.from_numpy(rng.uniform(0.0, 0.06, (batch_size, 1, 1, 1))).float()
+    noise = torch.from_numpy(rng.standard_normal(image.shape).astype(np.float32))
+    image = (image * gain + offset + sigma * noise) * valid
+    return image, label, valid
+
+
+def crack_loss(logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Masked sigmoid cross-entropy plus soft Dice."""
+    bce = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
+    bce = (bce * valid).sum() / valid.sum().clamp(min=1.0)
+    prob = torch.sigmoid(logits) * valid
+    inter = (prob * label).sum()
+    dice = 1.0 - (2 * inter + 1.0) / (prob.sum() + (label * valid).sum() + 1.0)
+    return bce + dice
+
+
+def evaluate(model: CrackUNet, data: SliceSet, thresholds: list[float]) -> dict[str, float]:
+    """Crack IoU and Dice over whole held-out slices for several probability thresholds."""
+    model.eval()
+    probs = np.concatenate(
+        [
+            predict_probabilities(model, data.images[i : i + 4])
+            for i in range(0, len(data.images), 4)
+        ]
+    )
+    truth = (data.labels > 0.5) & (data.valid > 0)
+    scores: dict[str, float] = {}
+    for thr in thresholds:
+        pred = (probs >= thr) & (data.valid > 0)
+        inter = float((pred & truth).sum())
+        union = float((pred | truth).sum())
+        total = float(pred.sum() + truth.sum())
+        scores[f"iou@{thr:.2f}"] = inter / union if union else 1.0
+        scores[f"dice@{thr:.2f}"] = 2 * inter / total if total else 1.0
+    model.train()
+    return scores
+
+
+def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[SliceSet, SliceSet]:
+    """Training slices from ``args.volumes`` volumes (the last crack-free) and a held-out set."""
+    shape = (args.depth, args.size, args.size)
+    sets = []
+    for i in range(args.volumes):
+        density = 0.0 if i == args.volumes - 1 else float(rng.uniform(0.4, 1.6))
+        sets.append(make_slice_set(shape, seed=args.seed * 100 + i, rng=rng, crack_density=density))
+        logger.info(
+            "training volume %d/%d ready (crack density %.2f)", i + 1, args.volumes, density
+        )
+    train = SliceSet(
+        images=np.concatenate([s.images for s in sets]),
+        labels=np.concatenate([s.labels for s in sets]),
+        valid=np.concatenate([s.valid for s in sets]),
+    )
+    held_out = make_slice_set((12, args.size, args.size), seed=991_000, rng=rng, crack_density=1.0)
+    return train, held_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: build data, train, evaluate on a held-out volume, save weights."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=13.0, help="training time budget")
+    parser.add_argument("--volumes", type=int, default=8)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=20)
+    parser.add_argument("--tile", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--base-channels", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="npz file to reuse/save the prepared slices"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    t_start = time.monotonic()
+
+    if args.cache is not None and args.cache.is_file():
+        cached = np.load(args.cache)
+        train = SliceSet(cached["images"], cached["labels"], cached["valid"])
+        held_out = SliceSet(cached["ho_images"], cached["ho_labels"], cached["ho_valid"])
+        logger.info("loaded %d training slices from %s", len(train.images), args.cache)
+    else:
+        train, held_out = build_datasets(args, rng)
+        if args.cache is not None:
+            np.savez(
+                args.cache,
+                images=train.images,
+                labels=train.labels,
+                valid=train.valid,
+                ho_images=held_out.images,
+                ho_labels=held_out.labels,
+                ho_valid=held_out.valid,
+            )
+    data_seconds = time.monotonic() - t_start
+
+    model = CrackUNet(base_channels=args.base_channels)
+    previous: dict = {}
+    if args.init is not None:
+        previous = load_crack_unet_metadata(args.init)
+        model = load_crack_unet(args.init, device=torch.device("cpu")).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    budget = args.minutes * 60.0
+    t_train = time.monotonic()
+    step, running = 0, 0.0
+    while (elapsed := time.monotonic() - t_train) < budget:
+        lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        image, label, valid = augment_batch(train, args.batch, args.tile, rng)
+        loss = crack_loss(model(image), label, valid)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        running = 0.98 * running + 0.02 * value if step else value
+        step += 1
+        if step % 100 == 0:
+            logger.info("step %d  %.0fs  lr %.2e  loss %.4f", step, elapsed, lr, running)
+    train_seconds = time.monotonic() - t_train
+
+    thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
+    scores = evaluate(model, held_out, thresholds)
+    logger.info("held-out scores: %s", scores)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    metadata = {
+        "config": config,
+        "steps": step,
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "held_out": {"shape": [12, args.size, args.size], "seed": 991_000, **scores},
+        "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
+        "threshold": 0.5,
+        "torch": str(torch.__version__),
+    }
+    if previous:
+        metadata["initialised_from"] = previous
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_crack_unet(model, args.out, metadata)
+    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
+    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

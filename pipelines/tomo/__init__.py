@@ -1,0 +1,1 @@
+"""Parallel-beam tomography: forward projection, normalisation, centring and FBP."""

@@ -1,0 +1,167 @@
+"""Parameters of the XANES particle-tracking pipeline (pydantic models, unknown keys rejected)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+__all__ = [
+    "PrepareParams",
+    "DetectParams",
+    "MatchParams",
+    "TrackParams",
+    "SpectraParams",
+    "XanesParams",
+]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrepareParams(_Params):
+    """Flat/dark correction and background removal."""
+
+    min_counts: PositiveFloat = Field(default=1.0, description="floor of dark-subtracted counts")
+    background_scale: float = Field(
+        default=0.3,
+        gt=0,
+        description="background length scale; <= 1: fraction of the frame size, else px",
+    )
+    background_percentile: float = Field(default=10.0, ge=0, le=50)
+
+
+class DetectParams(_Params):
+    """Classical particle detection (threshold + watershed)."""
+
+    smooth_sigma_px: float = Field(default=1.5, ge=0)
+    threshold_factor: float = Field(
+        default=0.6, gt=0, description="multiplies the Otsu threshold of the background-free OD"
+    )
+    min_noise_sigmas: float = Field(
+        default=5.0, ge=0, description="threshold at least this many noise sd"
+    )
+    min_area_fraction: float = Field(
+        default=0.002,
+        ge=0,
+        lt=1,
+        description="objects smaller than this fraction of the frame are dropped",
+    )
+    min_contrast_fraction: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="objects dimmer than this fraction of the brightest are dropped",
+    )
+    split_touching: bool = True
+    split_min_distance_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        description="watershed seeds closer than this fraction of the radius are merged",
+    )
+    exclude_border: bool = Field(default=True, description="drop objects touching the frame border")
+
+
+class MatchParams(_Params):
+    """Optimal assignment of particles between frames or scans."""
+
+    max_distance_px: PositiveFloat = Field(
+        default=15.0, description="gate: farther pairs never match"
+    )
+    ssim_weight: float = Field(default=1.0, ge=0, description="cost weight of (1 - SSIM)")
+    max_area_ratio: float = Field(default=2.5, gt=1, description="gate on the ratio of areas")
+
+
+class TrackParams(_Params):
+    """Per-frame tracking of the reference particles."""
+
+    pad_fraction: float = Field(
+        default=0.04, ge=0, description="ROI/support padding as a fraction of particle diameter"
+    )
+    search_px: PositiveInt = Field(
+        default=8, description="search margin around the predicted position"
+    )
+    roi_margin_px: PositiveInt = Field(
+        default=6, description="margin around a particle's bounding box"
+    )
+    refine_method: Literal["gradient", "correlation"] = Field(
+        default="gradient", description="sub-pixel refinement of the moment estimate"
+    )
+    refine_iterations: PositiveInt = Field(default=4, description="Gauss-Newton iterations")
+    support_px: PositiveInt = Field(
+        default=4, description="refinement support: reference footprint dilated by this"
+    )
+    upsample: PositiveInt = Field(
+        default=1, description="sub-pixel DFT factor of the correlation; 1 = parabolic peak fit"
+    )
+    smooth_fraction: float = Field(
+        default=0.01, ge=0, description="smoothing sd as a fraction of the particle diameter"
+    )
+    smooth_sigma_px: float = Field(
+        default=1.0, ge=0, description="noise smoothing before correlation"
+    )
+    threshold_fraction: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="particle mask threshold between background and particle level",
+    )
+    whitening: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="spectral whitening of the correlation (1 = phase, 0 = cross)",
+    )
+    max_refine_disagreement_px: PositiveFloat = Field(
+        default=3.0,
+        description="phase correlation farther than this from the moment estimate is rejected",
+    )
+    refine_weight: float = Field(
+        default=1.0, ge=0, le=1, description="weight of the correlation vs the moment estimate"
+    )
+    coarse_binning: PositiveInt = Field(
+        default=4, description="binning of the whole-frame coarse shift"
+    )
+    template_update: bool = Field(
+        default=True, description="template is the running mean of aligned ROIs"
+    )
+
+
+class SpectraParams(_Params):
+    """Normalisation and edge analysis of XANES spectra."""
+
+    pre_edge_ev: tuple[float, float] = (8249.0, 8320.0)
+    post_edge_ev: tuple[float, float] = (8380.0, 8500.0)
+    pre_edge_order: int = Field(default=0, ge=0, le=1)
+    post_edge_order: int = Field(default=0, ge=0, le=1)
+    edge_search_ev: tuple[float, float] = (8325.0, 8370.0)
+    min_edge_jump: float = Field(
+        default=0.05, ge=0, description="pixels with a smaller OD jump are masked"
+    )
+    min_jump_to_noise: float = Field(
+        default=3.0, ge=0, description="jump / pre-edge sd below this is masked"
+    )
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> SpectraParams:
+        for name in ("pre_edge_ev", "post_edge_ev", "edge_search_ev"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"{name} must be (low, high) with low < high, got {(lo, hi)}")
+        if not self.pre_edge_ev[1] <= self.post_edge_ev[0]:
+            raise ValueError("pre_edge_ev must end before post_edge_ev starts")
+        return self
+
+
+class XanesParams(_Params):
+    """All parameters of the XANES alignment pipeline."""
+
+    prepare: PrepareParams = PrepareParams()
+    detect: DetectParams = DetectParams()
+    match: MatchParams = MatchParams()
+    track: TrackParams = TrackParams()
+    spectra: SpectraParams = SpectraParams()
+    keep_aligned_stacks: bool = Field(
+        default=True, description="keep aligned per-particle ROI stacks"
+    )

@@ -1,0 +1,730 @@
+"""Live, incremental XANES particle tracking and the batch alignment built on it.
+
+Frame 0 is segmented once (classical detector) and is the reference geometry. Every later frame
+costs a few small operations per particle:
+
+1. optical density of the frame;
+2. a coarse whole-frame shift against the previous frame (binned phase correlation) that
+   predicts where every particle went, so stage jumps (e.g. feedback moves) are followed;
+3. per particle, a search window around the prediction is thresholded halfway between the local
+   background and the particle level; the components' centres of mass (image moments) are the
+   candidates, assigned to particles by an optimal assignment on centre distance and ROI SSIM
+   (no identity swaps; a particle with no acceptable candidate is "not found", NaN);
+4. the moment estimate is refined by sub-pixel phase correlation of the particle ROI against its
+   template (running mean of the aligned ROIs in frame-0 geometry);
+5. the global drift is the median of the particle shifts.
+
+The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.fft import next_fast_len
+
+from pipelines.xanes.detect import detect_particles
+from pipelines.xanes.match import match_particles
+from pipelines.xanes.params import XanesParams
+from pipelines.xanes.prepare import average_frames, optical_density, remove_background
+from pipelines.xanes.register import (
+    PhaseCorrelator,
+    centre_of_mass,
+    robust_global_shift,
+    roi_ssim,
+    shift_image,
+)
+from pipelines.xanes.spectra import analyse_spectra
+
+__all__ = ["FrameResult", "ParticleRoi", "XanesResult", "XanesTracker", "align_stack"]
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """Tracking result of one frame (pixels, (row, col), frame 0 is the reference).
+
+    Attributes
+    ----------
+    index : int
+        Frame index (0-based, order of :meth:`XanesTracker.add_frame` calls).
+    energy : float
+        Energy of the frame (eV).
+    global_shift : numpy.ndarray
+        ``(2,)`` rigid drift: median of the found particles' shifts (coarse whole-frame shift
+        when no particle is found).
+    particle_com : numpy.ndarray
+        ``(P, 2)`` centre of every particle, NaN rows when not found.
+    particle_shift : numpy.ndarray
+        ``(P, 2)`` ``particle_com - particle_com_frame0``.
+    ssim : numpy.ndarray
+        ``(P,)`` SSIM of the aligned ROI against the particle template, NaN when not found.
+    found : numpy.ndarray
+        ``(P,)`` bool.
+    n_found : int
+        Number of particles found.
+    """
+
+    index: int
+    energy: float
+    global_shift: np.ndarray
+    particle_com: np.ndarray
+    particle_shift: np.ndarray
+    ssim: np.ndarray
+    found: np.ndarray
+    n_found: int
+
+
+@dataclass(frozen=True)
+class ParticleRoi:
+    """Box of a particle's ROI in frame-0 geometry and its mask inside the box."""
+
+    origin: tuple[int, int]
+    shape: tuple[int, int]
+    mask: np.ndarray
+
+
+@dataclass
+class XanesResult:
+    """Result of a XANES scan alignment (see the CLI contract in the README).
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        ``(H, W)`` int32, particle k has label k + 1 in frame 0.
+    energies : numpy.ndarray
+        ``(N,)`` float64 energies in frame order.
+    particle_com, particle_shift : numpy.ndarray
+        ``(P, N, 2)`` float64.
+    global_shift : numpy.ndarray
+        ``(N, 2)`` float64.
+    ssim : numpy.ndarray
+        ``(P, N)`` float64 SSIM of the aligned ROI against the template.
+    edge_energy, whiteline_energy : numpy.ndarray
+        ``(H, W)`` float32 eV in frame-0 geometry, NaN outside particles and where masked.
+    edge_jump : numpy.ndarray
+        ``(H, W)`` float32 OD edge jump, NaN outside particles.
+    spectra : numpy.ndarray
+        ``(P, N)`` float64 mean normalised absorbance per particle in frame order.
+    rois : list of ParticleRoi
+        ROI box of every particle.
+    aligned_stacks : list of numpy.ndarray
+        Per particle ``(N, h, w)`` float32 background-free OD aligned to frame 0 (NaN frames
+        where the particle was not found); empty when ``keep_aligned_stacks`` is False.
+    """
+
+    labels: np.ndarray
+    energies: np.ndarray
+    particle_com: np.ndarray
+    particle_shift: np.ndarray
+    global_shift: np.ndarray
+    ssim: np.ndarray
+    edge_energy: np.ndarray
+    whiteline_energy: np.ndarray
+    edge_jump: np.ndarray
+    spectra: np.ndarray
+    rois: list[ParticleRoi] = field(default_factory=list)
+    aligned_stacks: list[np.ndarray] = field(default_factory=list)
+
+
+def _extract(image: np.ndarray, origin: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crop ``shape`` at integer ``origin``; outside pixels repeat the nearest edge pixel."""
+    r0, c0 = int(origin[0]), int(origin[1])
+    h, w = shape
+    rows_total, cols_total = image.shape
+    if r0 >= 0 and c0 >= 0 and r0 + h <= rows_total and c0 + w <= cols_total:
+        return image[r0 : r0 + h, c0 : c0 + w]
+    rows = np.clip(np.arange(r0, r0 + h), 0, rows_total - 1)
+    cols = np.clip(np.arange(c0, c0 + w), 0, cols_total - 1)
+    return image[np.ix_(rows, cols)]
+
+
+def _inside_fraction(origin: np.ndarray, shape: tuple[int, int], frame: tuple[int, ...]) -> float:
+    r0, c0 = origin
+    h, w = shape
+    rows = max(0, min(r0 + h, frame[0]) - max(r0, 0))
+    cols = max(0, min(c0 + w, frame[1]) - max(c0, 0))
+    return rows * cols / float(h * w)
+
+
+def _plane(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Least-squares plane through ``image[where]`` (outliers beyond 3 MAD dropped)."""
+    rows, cols = np.nonzero(where)
+    values = image[rows, cols].astype(np.float64)
+    median = np.median(values)
+    spread = 1.4826 * np.median(np.abs(values - median)) + 1e-12
+    keep = np.abs(values - median) <= 3.0 * spread
+    if keep.sum() >= 16:
+        rows, cols, values = rows[keep], cols[keep], values[keep]
+    r_mean, c_mean, v_mean = rows.mean(), cols.mean(), values.mean()
+    dr, dc, dv = rows - r_mean, cols - c_mean, values - v_mean
+    srr, scc, src = float(dr @ dr), float(dc @ dc), float(dr @ dc)
+    srv, scv = float(dr @ dv), float(dc @ dv)
+    det = srr * scc - src * src
+    if det <= 1e-9:
+        return np.full(image.shape, v_mean, dtype=image.dtype)
+    a = (srv * scc - scv * src) / det
+    b = (scv * srr - srv * src) / det
+    r = np.arange(image.shape[0], dtype=np.float64)[:, None] - r_mean
+    c = np.arange(image.shape[1], dtype=np.float64)[None, :] - c_mean
+    return (v_mean + a * r + b * c).astype(image.dtype)
+
+
+def _gradient_refine(
+    template: np.ndarray,
+    moving: np.ndarray,
+    support: np.ndarray,
+    start: np.ndarray,
+    iterations: int,
+) -> np.ndarray | None:
+    """Displacement of ``moving`` vs ``template`` by Gauss-Newton on ``support``.
+
+    Minimises the squared difference between ``moving(x + d)`` and ``template(x)`` over the
+    support pixels, linearised with the template gradient. Returns None when the problem is
+    degenerate (no gradient on the support).
+    """
+    grad_r, grad_c = np.gradient(template.astype(np.float64))
+    gr, gc = grad_r[support], grad_c[support]
+    a = np.array([[gr @ gr, gr @ gc], [gr @ gc, gc @ gc]])
+    if np.linalg.det(a) <= 1e-9 * max(1.0, float(np.trace(a)) ** 2):
+        return None
+    inverse = np.linalg.inv(a)
+    d = np.asarray(start, dtype=np.float64).copy()
+    reference = template[support]
+    for _ in range(iterations):
+        warped = shift_image(moving, -d)
+        residual = warped[support] - reference
+        step = inverse @ np.array([gr @ residual, gc @ residual])
+        d = d - step
+        if np.max(np.abs(step)) < 0.005:
+            break
+    return d
+
+
+def _fast_len_below(n: int) -> int:
+    """Largest FFT-friendly length (factors 2, 3, 5) not above n."""
+    for m in range(n, 0, -1):
+        if next_fast_len(m, real=True) == m:
+            return m
+    return n
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return image.astype(np.float32)
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    return image[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A particle-like component found in a search window."""
+
+    com: np.ndarray  # (2,) frame coordinates
+    area: float
+    soft: np.ndarray  # soft mask of this component only, window coordinates
+    silhouette: np.ndarray  # soft mask of the whole window (shared by its candidates)
+    origin: np.ndarray  # window origin in the frame
+
+
+class _Particle:
+    """Tracking state of one reference particle."""
+
+    def __init__(
+        self, roi: ParticleRoi, com0: np.ndarray, area: float, ring: np.ndarray, support_px: int
+    ) -> None:
+        self.roi = roi
+        self.com0 = com0
+        self.area = area
+        self.ring = ring
+        # the particle with a margin: a level estimate from it does not depend on small shifts
+        self.cover = ndimage.binary_dilation(roi.mask, iterations=3)
+        self.support = ndimage.binary_dilation(roi.mask, iterations=support_px)
+        self.template_sum = np.zeros(roi.shape, dtype=np.float64)
+        self.template_count = 0
+        self.last_shift = np.zeros(2)
+        self.last_coarse = np.zeros(2)
+
+    def template(self) -> np.ndarray:
+        return self.template_sum / max(1, self.template_count)
+
+
+class XanesTracker:
+    """Track the particles of frame 0 through a XANES scan, one frame at a time.
+
+    Parameters
+    ----------
+    params : XanesParams
+        Pipeline parameters.
+    flat : numpy.ndarray, optional
+        ``(H, W)`` or ``(M, H, W)`` flat-field counts (sample out of the beam).
+    dark : numpy.ndarray, optional
+        ``(H, W)`` or ``(K, H, W)`` dark counts.
+
+    Examples
+    --------
+    >>> tracker = XanesTracker(XanesParams(), flat=flat, dark=dark)  # doctest: +SKIP
+    >>> for frame, energy in zip(frames, energies, strict=True):  # doctest: +SKIP
+    ...     result = tracker.add_frame(frame, energy)
+    >>> final = tracker.finalize()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        params: XanesParams = XanesParams(),
+        flat: np.ndarray | None = None,
+        dark: np.ndarray | None = None,
+    ) -> None:
+        if not isinstance(params, XanesParams):
+            raise ValueError(f"params must be XanesParams, got {type(params).__name__}")
+        self.params = params
+        self._flat = average_frames("flat", flat)
+        self._dark = average_frames("dark", dark)
+        if (
+            self._flat is not None
+            and self._dark is not None
+            and self._flat.shape != self._dark.shape
+        ):
+            raise ValueError(f"flat {self._flat.shape} and dark {self._dark.shape} differ in shape")
+        self._shape: tuple[int, int] | None = None
+        self._labels: np.ndarray | None = None
+        self._particles: list[_Particle] = []
+        self._results: list[FrameResult] = []
+        self._stacks: list[list[np.ndarray | None]] = []
+        self._prev_coarse_image: np.ndarray | None = None
+        self._coarse_global = np.zeros(2)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def labels(self) -> np.ndarray:
+        """``(H, W)`` int32 particle labels of frame 0 (particle k -> k + 1)."""
+        if self._labels is None:
+            raise RuntimeError("no frame added yet: labels are defined by frame 0")
+        return self._labels
+
+    @property
+    def n_particles(self) -> int:
+        """Number of tracked particles (0 before the first frame)."""
+        return len(self._particles)
+
+    @property
+    def results(self) -> list[FrameResult]:
+        """Results of the frames added so far."""
+        return list(self._results)
+
+    def add_frame(self, frame: np.ndarray, energy_ev: float) -> FrameResult:
+        """Process the next frame of the scan.
+
+        Parameters
+        ----------
+        frame : numpy.ndarray
+            ``(H, W)`` transmitted counts, any integer or float dtype.
+        energy_ev : float
+            Energy of the frame (eV).
+
+        Returns
+        -------
+        FrameResult
+        """
+        frame = np.asarray(frame)
+        if frame.ndim != 2:
+            raise ValueError(f"frame must be 2-D, got shape {frame.shape}")
+        if not np.isfinite(energy_ev):
+            raise ValueError(f"energy_ev must be finite, got {energy_ev}")
+        if self._shape is not None and frame.shape != self._shape:
+            raise ValueError(f"frame shape {frame.shape} differs from frame 0 {self._shape}")
+        flat_shape = self._flat.shape if self._flat is not None else None
+        if flat_shape is not None and frame.shape != flat_shape:
+            raise ValueError(f"frame shape {frame.shape} differs from flat shape {flat_shape}")
+        od = optical_density(frame, self._flat, self._dark, params=self.params.prepare)
+        if self._shape is None:
+            result = self._start(od, float(energy_ev))
+        else:
+            result = self._track(od, float(energy_ev))
+        self._results.append(result)
+        return result
+
+    def finalize(self) -> XanesResult:
+        """Arrays of the whole scan and its XANES maps and spectra.
+
+        Returns
+        -------
+        XanesResult
+        """
+        if self._labels is None:
+            raise RuntimeError("no frame added: nothing to finalize")
+        n = len(self._results)
+        n_p = self.n_particles
+        energies = np.array([r.energy for r in self._results], dtype=np.float64)
+        com = np.stack([r.particle_com for r in self._results], axis=1).reshape(n_p, n, 2)
+        shift = np.stack([r.particle_shift for r in self._results], axis=1).reshape(n_p, n, 2)
+        ssim = np.stack([r.ssim for r in self._results], axis=1).reshape(n_p, n)
+        global_shift = np.stack([r.global_shift for r in self._results])
+        edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
+        white = np.full(self._labels.shape, np.nan, dtype=np.float32)
+        jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
+        spectra = np.full((n_p, n), np.nan)
+        stacks: list[np.ndarray] = []
+        for k, particle in enumerate(self._particles):
+            stack = self._particle_stack(k)
+            stacks.append(stack)
+            self._particle_maps(k, particle, stack, energies, edge, white, jump_map, spectra)
+        return XanesResult(
+            labels=self._labels.copy(),
+            energies=energies,
+            particle_com=com,
+            particle_shift=shift,
+            global_shift=global_shift,
+            ssim=ssim,
+            edge_energy=edge,
+            whiteline_energy=white,
+            edge_jump=jump_map,
+            spectra=spectra,
+            rois=[p.roi for p in self._particles],
+            aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
+        )
+
+    # ------------------------------------------------------------------ frame 0
+    def _start(self, od: np.ndarray, energy: float) -> FrameResult:
+        self._shape = (int(od.shape[0]), int(od.shape[1]))
+        prepared = remove_background(od, params=self.params.prepare)
+        labels = detect_particles(prepared, params=self.params.detect, background_removed=True)
+        self._labels = labels
+        tp = self.params.track
+        areas = np.bincount(labels.ravel())
+        for k, box in enumerate(ndimage.find_objects(labels)):
+            if box is None:
+                continue
+            diameter = 2.0 * np.sqrt(areas[k + 1] / np.pi)
+            # the detection mask can be tighter than the particle's faint rim: pad by a
+            # fraction of the size so the ROI, the background ring and the support hold it
+            pad = int(round(tp.pad_fraction * diameter))
+            margin = tp.roi_margin_px + 2 * pad
+            r0 = box[0].start - margin
+            c0 = box[1].start - margin
+            shape = (
+                next_fast_len(box[0].stop - box[0].start + 2 * margin, real=True),
+                next_fast_len(box[1].stop - box[1].start + 2 * margin, real=True),
+            )
+            origin = np.array([r0, c0])
+            mask = _extract(labels, origin, shape) == k + 1
+            if r0 < 0 or c0 < 0:
+                mask = mask.copy()
+                mask[: max(0, -r0)] = False
+                mask[:, : max(0, -c0)] = False
+            occupied = _extract(labels, origin, shape) > 0
+            ring = ~ndimage.binary_dilation(occupied, iterations=2 + pad)
+            com0 = centre_of_mass(labels == k + 1)
+            roi = ParticleRoi(origin=(int(r0), int(c0)), shape=shape, mask=mask)
+            self._particles.append(
+                _Particle(roi, com0, float(mask.sum()), ring, tp.support_px + pad)
+            )
+        n_p = len(self._particles)
+        self._stacks = [[] for _ in range(n_p)]
+        ssim = np.full(n_p, np.nan)
+        for k, particle in enumerate(self._particles):
+            crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
+            self._stacks[k].append(crop)
+            particle.template_sum += self._soft_template_frame0(od, particle)
+            particle.template_count = 1
+            ssim[k] = 1.0
+        self._prev_coarse_image = self._coarse_image(od)
+        com = np.array([p.com0 for p in self._particles]).reshape(n_p, 2)
+        return FrameResult(
+            index=0,
+            energy=energy,
+            global_shift=np.zeros(2),
+            particle_com=com,
+            particle_shift=np.zeros((n_p, 2)),
+            ssim=ssim,
+            found=np.ones(n_p, dtype=bool),
+            n_found=n_p,
+        )
+
+    # ------------------------------------------------------------------ frames > 0
+    def _coarse_image(self, od: np.ndarray) -> np.ndarray:
+        binned = _block_mean(od, self.params.track.coarse_binning)
+        rows, cols = binned.shape
+        binned = binned[: _fast_len_below(rows), : _fast_len_below(cols)]
+        high = binned - ndimage.uniform_filter(binned, 9)
+        return high - high.mean()
+
+    def _coarse_step(self, od: np.ndarray) -> np.ndarray:
+        image = self._coarse_image(od)
+        assert self._prev_coarse_image is not None
+        d = PhaseCorrelator(self._prev_coarse_image, upsample=2).displacement(image)[0]
+        self._prev_coarse_image = image
+        return d * self.params.track.coarse_binning
+
+    def _local_background_free(
+        self, od: np.ndarray, origin: np.ndarray, particle: _Particle
+    ) -> np.ndarray:
+        crop = _extract(od, origin, particle.roi.shape).astype(np.float32)
+        if particle.ring.sum() >= 16:
+            return crop - _plane(crop, particle.ring)
+        return crop - np.float32(np.percentile(crop, 10))
+
+    def _window(self, od: np.ndarray, particle: _Particle, origin: np.ndarray):
+        """Smoothed search window around a ROI origin and the window's own origin."""
+        search = self.params.track.search_px
+        w_origin = origin - search
+        w_shape = (particle.roi.shape[0] + 2 * search, particle.roi.shape[1] + 2 * search)
+        window = _extract(od, w_origin, w_shape).astype(np.float32)
+        tp = self.params.track
+        diameter = 2.0 * np.sqrt(particle.area / np.pi)
+        sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * diameter)
+        return w_origin, ndimage.gaussian_filter(window, sigma) if sigma > 0 else window
+
+    def _track(self, od: np.ndarray, energy: float) -> FrameResult:
+        assert self._shape is not None
+        self._coarse_global = self._coarse_global + self._coarse_step(od)
+        n_p = self.n_particles
+        predicted = np.array(
+            [p.last_shift + self._coarse_global - p.last_coarse for p in self._particles]
+        ).reshape(n_p, 2)
+        candidates: list[_Candidate] = []
+        for k, particle in enumerate(self._particles):
+            origin = np.array(particle.roi.origin) + np.round(predicted[k]).astype(int)
+            if _inside_fraction(origin, particle.roi.shape, self._shape) < 0.5:
+                continue
+            w_origin, window = self._window(od, particle, origin)
+            candidates.extend(self._candidates(window, w_origin, particle))
+        found = np.zeros(n_p, dtype=bool)
+        shifts = np.full((n_p, 2), np.nan)
+        ssim = np.full(n_p, np.nan)
+        if candidates:
+            expected = np.array([p.com0 for p in self._particles]) + predicted
+            matching = match_particles(
+                expected,
+                np.array([c.com for c in candidates]),
+                ref_areas=np.array([p.area for p in self._particles]),
+                areas=np.array([c.area for c in candidates]),
+                params=self.params.match,
+            )
+            for k, j in enumerate(matching.assignment):
+                if j >= 0:
+                    refined = self._refine(k, candidates[j], od, predicted[k])
+                    if refined is not None:
+                        shifts[k], ssim[k] = refined
+                        found[k] = True
+        for k, particle in enumerate(self._particles):
+            if found[k]:
+                particle.last_shift = shifts[k]
+                particle.last_coarse = self._coarse_global.copy()
+            else:
+                self._stacks[k].append(None)
+        global_shift = robust_global_shift(shifts) if found.any() else self._coarse_global.copy()
+        com = np.array([p.com0 for p in self._particles]).reshape(n_p, 2) + shifts
+        return FrameResult(
+            index=len(self._results),
+            energy=energy,
+            global_shift=global_shift,
+            particle_com=com,
+            particle_shift=shifts,
+            ssim=ssim,
+            found=found,
+            n_found=int(found.sum()),
+        )
+
+    def _candidates(
+        self, window: np.ndarray, w_origin: np.ndarray, particle: _Particle
+    ) -> list[_Candidate]:
+        """Particle-like components of a search window, with their soft masks and moments.
+
+        The window's background plane (fitted on the reference ring) is removed; the mask is
+        the window above ``threshold_fraction`` of the particle level, holes filled; the soft
+        mask ramps linearly from the background to that threshold, so its centre of mass is
+        sub-pixel and insensitive to the chemistry-dependent contrast inside the particle.
+        """
+        search = self.params.track.search_px
+        h, w = particle.roi.shape
+        ring = np.zeros(window.shape, dtype=bool)
+        ring[search : search + h, search : search + w] = particle.ring
+        inner = np.zeros(window.shape, dtype=bool)
+        inner[search : search + h, search : search + w] = particle.cover
+        if ring.sum() < 16 or inner.sum() < 4:
+            return []
+        window = window - _plane(window, ring)
+        level = float(np.percentile(window[inner], 90))
+        if level <= 0:
+            return []
+        contrast = self.params.track.threshold_fraction * level
+        mask = ndimage.binary_fill_holes(window > contrast)
+        labels, n = ndimage.label(mask)
+        if n == 0:
+            return []
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        soft = np.clip(window / contrast, 0.0, 1.0).astype(np.float32)
+        out = []
+        for lab in np.nonzero(areas[1:] >= max(4.0, 0.2 * particle.area))[0] + 1:
+            own = labels == lab
+            region = ndimage.binary_dilation(own, iterations=2) & ((labels == 0) | own)
+            weights = np.where(region, soft, 0.0).astype(np.float32)
+            out.append(
+                _Candidate(
+                    com=centre_of_mass(weights) + w_origin,
+                    area=float(areas[lab]),
+                    soft=weights,
+                    silhouette=soft,
+                    origin=w_origin,
+                )
+            )
+        return out
+
+    def _soft_template_frame0(self, od: np.ndarray, particle: _Particle) -> np.ndarray:
+        origin = np.array(particle.roi.origin)
+        w_origin, window = self._window(od, particle, origin)
+        candidates = self._candidates(window, w_origin, particle)
+        if not candidates:
+            return np.zeros(particle.roi.shape, dtype=np.float32)
+        # the reference centre uses the same estimator (soft-mask moments) as later frames
+        best = min(candidates, key=lambda c: float(np.linalg.norm(c.com - particle.com0)))
+        particle.com0 = best.com
+        return _extract(best.silhouette, origin - best.origin, particle.roi.shape)
+
+    def _refine(
+        self, k: int, candidate: _Candidate, od: np.ndarray, predicted: np.ndarray
+    ) -> tuple[np.ndarray, float] | None:
+        """Sub-pixel shift of particle k from its matched candidate, and its SSIM.
+
+        The moment estimate is refined by registering the particle's silhouette (soft mask,
+        insensitive to the chemistry-dependent contrast inside the particle) to its template on
+        a fixed support around the reference footprint: Gauss-Newton on the squared difference
+        (``refine_method="gradient"``) or cross/phase correlation (``"correlation"``). When the
+        matched component is much larger than the particle (merged with a neighbour), the
+        moments are taken inside the support only. None when the estimates disagree.
+        """
+        tp = self.params.track
+        particle = self._particles[k]
+        template = particle.template()
+        ratio = candidate.area / max(particle.area, 1.0)
+        if 0.67 <= ratio <= 1.5:
+            coarse = candidate.com - particle.com0
+        else:
+            coarse = np.asarray(predicted, dtype=np.float64)
+            support_com = centre_of_mass(template * particle.support)
+            for _ in range(3):
+                base = np.round(coarse).astype(int)
+                moving = _extract(
+                    candidate.silhouette,
+                    np.array(particle.roi.origin) + base - candidate.origin,
+                    particle.roi.shape,
+                )
+                coarse = base + centre_of_mass(moving * particle.support) - support_com
+            if not np.all(np.isfinite(coarse)):
+                return None
+        base = np.round(coarse).astype(int)
+        moving = _extract(
+            candidate.silhouette,
+            np.array(particle.roi.origin) + base - candidate.origin,
+            particle.roi.shape,
+        )
+        refined: np.ndarray | None
+        if tp.refine_method == "gradient":
+            refined = _gradient_refine(
+                template, moving, particle.support, coarse - base, tp.refine_iterations
+            )
+        else:
+            correlator = PhaseCorrelator(template, upsample=tp.upsample, whitening=tp.whitening)
+            refined = correlator.displacement(moving)[0]
+        if refined is None or not np.all(
+            np.abs(base + refined - coarse) <= tp.max_refine_disagreement_px
+        ):
+            return None
+        else:
+            shift = (1.0 - tp.refine_weight) * coarse + tp.refine_weight * (base + refined)
+        base = np.round(shift).astype(int)
+        residual = shift - base
+        origin = np.array(particle.roi.origin) + base
+        aligned_soft = shift_image(
+            _extract(candidate.silhouette, origin - candidate.origin, particle.roi.shape),
+            -residual,
+        ).astype(np.float32)
+        score = roi_ssim(aligned_soft, template, data_range=1.0)
+        if tp.template_update:
+            particle.template_sum += aligned_soft
+            particle.template_count += 1
+        crop = self._local_background_free(od, origin, particle)
+        self._stacks[k].append(shift_image(crop, -residual).astype(np.float32))
+        return shift, score
+
+    # ------------------------------------------------------------------ finalize
+    def _particle_stack(self, k: int) -> np.ndarray:
+        shape = self._particles[k].roi.shape
+        nan = np.full(shape, np.nan, dtype=np.float32)
+        return np.stack([nan if a is None else a for a in self._stacks[k]])
+
+    def _particle_maps(
+        self,
+        k: int,
+        particle: _Particle,
+        stack: np.ndarray,
+        energies: np.ndarray,
+        edge: np.ndarray,
+        white: np.ndarray,
+        jump_map: np.ndarray,
+        spectra: np.ndarray,
+    ) -> None:
+        assert self._labels is not None
+        found = np.all(np.isfinite(stack.reshape(stack.shape[0], -1)[:, :1]), axis=1)
+        mask = particle.roi.mask
+        if found.sum() < 8 or not mask.any():
+            return
+        sp = self.params.spectra
+        sub_e = energies[found]
+        try:
+            pixels = analyse_spectra(sub_e, stack[found][:, mask].T, params=sp)
+            mean = analyse_spectra(sub_e, stack[found][:, mask].mean(axis=1), params=sp)
+        except ValueError:
+            return
+        order = np.argsort(sub_e, kind="stable")
+        normalised = np.empty(found.sum())
+        normalised[order] = mean.normalised
+        spectra[k, found] = normalised
+        r0, c0 = particle.roi.origin
+        rows, cols = np.nonzero(mask)
+        rows, cols = rows + r0, cols + c0
+        inside = (rows >= 0) & (cols >= 0) & (rows < edge.shape[0]) & (cols < edge.shape[1])
+        own = self._labels[rows[inside], cols[inside]] == k + 1
+        sel_r, sel_c = rows[inside][own], cols[inside][own]
+        edge[sel_r, sel_c] = pixels.edge_energy[inside][own]
+        white[sel_r, sel_c] = pixels.whiteline_energy[inside][own]
+        jump_map[sel_r, sel_c] = pixels.edge_jump[inside][own]
+
+
+def align_stack(
+    frames: np.ndarray,
+    energies: np.ndarray,
+    *,
+    flat: np.ndarray | None = None,
+    dark: np.ndarray | None = None,
+    params: XanesParams = XanesParams(),
+) -> XanesResult:
+    """Align a XANES stack particle by particle and compute its maps (batch use of the tracker).
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        ``(N, H, W)`` transmitted counts, any integer or float dtype, frame 0 is the reference.
+    energies : numpy.ndarray
+        ``(N,)`` energies in eV.
+    flat, dark : numpy.ndarray, optional
+        ``(H, W)`` or stacks ``(M, H, W)`` of flat-field and dark counts.
+    params : XanesParams
+        Pipeline parameters.
+
+    Returns
+    -------
+    XanesResult
+    """
+    frames = np.asarray(frames)
+    energies = np.asarray(energies, dtype=np.float64)
+    if frames.ndim != 3 or frames.shape[0] == 0:
+        raise ValueError(f"frames must have shape (N, H, W) with N >= 1, got {frames.shape}")
+    if energies.shape != (frames.shape[0],):
+        raise ValueError(f"energies must have shape ({frames.shape[0]},), got {energies.shape}")
+    tracker = XanesTracker(params, flat=flat, dark=dark)
+    for frame, energy in zip(frames, energies, strict=True):
+        tracker.add_frame(frame, float(energy))
+    return tracker.finalize()

@@ -1,0 +1,313 @@
+"""The analysis path: a registry maps runs to pipelines; one router per run feeds them frames.
+
+Results go under ``analysis/<run uid>/<pipeline>/`` through the spool. Each pipeline container
+carries metadata ``source_run_uid``, ``pipeline``, ``version``, ``status`` (``running``,
+``complete``, ``failed`` with ``error``) and ``parameters``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.frames import Frame, FrameAssembler, Hdf5Reader
+from services.metrics import Metrics
+from services.routing import Doc, RunRouter
+from services.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+
+class ResultWriter:
+    """Spooled writes under ``analysis/<run uid>/<pipeline>``."""
+
+    def __init__(self, spool: Spool, run_uid: str, pipeline: str) -> None:
+        self._spool = spool
+        self.run_uid = run_uid
+        self.pipeline = pipeline
+        self.path = ["analysis", run_uid, pipeline]
+        self._rows: dict[str, int] = {}
+
+    def container(self, metadata: dict[str, Any], sub: list[str] | None = None) -> None:
+        self._spool.put({"op": "container", "path": self.path + (sub or []), "metadata": metadata})
+
+    def metadata(self, metadata: dict[str, Any]) -> None:
+        self._spool.put({"op": "metadata", "path": self.path, "metadata": metadata})
+
+    def array(
+        self, key: str, array: np.ndarray, *, dims: list[str] | None = None, **md: Any
+    ) -> None:
+        self._spool.put(
+            {
+                "op": "array",
+                "path": self.path,
+                "key": key,
+                "array": np.asarray(array),
+                "dims": dims,
+                "metadata": md,
+            }
+        )
+
+    def rows(self, key: str, rows: np.ndarray, *, dims: list[str] | None = None) -> int:
+        """Append rows along axis 0 of a growing array; return the offset they were written at."""
+        offset = self._rows.get(key, 0)
+        rows = np.asarray(rows)
+        self._spool.put(
+            {
+                "op": "array_rows",
+                "path": self.path,
+                "key": key,
+                "array": rows,
+                "offset": offset,
+                "dims": dims,
+            }
+        )
+        self._rows[key] = offset + len(rows)
+        return offset
+
+    def table_rows(self, key: str, columns: dict[str, list[Any]]) -> None:
+        self._spool.put({"op": "table_rows", "path": self.path, "key": key, "rows": columns})
+
+
+class PipelineRun(Protocol):
+    """One pipeline's state for one run."""
+
+    name: str
+    version: str
+    parameters: dict[str, Any]
+
+    def on_frame(self, frame: Frame, out: ResultWriter) -> None: ...
+    def on_stop(self, stop: Doc | None, out: ResultWriter) -> None: ...
+
+
+PipelineFactory = Callable[[Doc], PipelineRun]
+
+
+@dataclass
+class RegistryEntry:
+    name: str
+    matches: Callable[[Doc], bool]
+    factory: PipelineFactory
+
+
+class PipelineRegistry:
+    """Which pipelines consume which runs, decided from the start document.
+
+    A start document's ``beamwatch_pipelines`` (list of names) wins; otherwise each entry's
+    ``matches`` predicate (usually on ``plan_name``) decides.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, RegistryEntry] = {}
+
+    def register(self, name: str, matches: Callable[[Doc], bool], factory: PipelineFactory) -> None:
+        self._entries[name] = RegistryEntry(name, matches, factory)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def select(self, start: Doc) -> list[RegistryEntry]:
+        requested = start.get("beamwatch_pipelines")
+        if isinstance(requested, str):
+            requested = [requested]
+        if requested is not None:
+            unknown = [n for n in requested if n not in self._entries]
+            if unknown:
+                logger.warning("run asks for unknown pipelines %s; known: %s", unknown, self.names)
+            return [self._entries[n] for n in requested if n in self._entries]
+        return [e for e in self._entries.values() if e.matches(start)]
+
+
+class FrameStatsPipeline:
+    """Per-frame statistics of every image: a light preview any imaging run gets."""
+
+    name = "frames"
+    version = "1"
+
+    def __init__(self, start: Doc) -> None:
+        self.parameters: dict[str, Any] = {}
+        self._count = 0
+
+    def on_frame(self, frame: Frame, out: ResultWriter) -> None:
+        for key, image in frame.images.items():
+            img = np.asarray(image, dtype=np.float64)
+            out.table_rows(
+                "frame_stats",
+                {
+                    "seq_num": [frame.seq_num],
+                    "data_key": [key],
+                    "mean": [float(img.mean())],
+                    "min": [float(img.min())],
+                    "max": [float(img.max())],
+                    "recovered": [frame.recovered],
+                },
+            )
+        self._count += 1
+
+    def on_stop(self, stop: Doc | None, out: ResultWriter) -> None:
+        out.metadata({"frames": self._count})
+
+
+def default_registry() -> PipelineRegistry:
+    """The registry used by ``beamwatch up``: import analysis pipelines lazily."""
+    registry = PipelineRegistry()
+    registry.register("frames", lambda start: True, FrameStatsPipeline)
+    return registry
+
+
+ReadingsLookup = Callable[[str, str, list[int]], dict[int, dict[str, Any]]]
+
+
+class AnalysisRunRouter(RunRouter):
+    """Assembles frames of one run and feeds them, in order, to the selected pipelines."""
+
+    def __init__(
+        self,
+        start: Doc,
+        entries: list[RegistryEntry],
+        spool: Spool,
+        metrics: Metrics,
+        *,
+        readings_lookup: ReadingsLookup | None = None,
+    ) -> None:
+        self._uid = start["uid"]
+        self._spool = spool
+        self._metrics = metrics
+        self._assembler = FrameAssembler(self._uid, Hdf5Reader())
+        self._lookup = readings_lookup
+        self._lost: list[tuple[Doc, list[int]]] = []
+        self._pipelines: list[tuple[PipelineRun, ResultWriter]] = []
+        self._failed: set[str] = set()
+        for entry in entries:
+            out = ResultWriter(spool, self._uid, entry.name)
+            try:
+                run = entry.factory(start)
+            except Exception as exc:
+                self._fail(entry.name, out, exc)
+                continue
+            self._pipelines.append((run, out))
+
+    def start(self, doc: Doc) -> None:
+        self._spool.put(
+            {
+                "op": "container",
+                "path": ["analysis", self._uid],
+                "metadata": {"source_run_uid": self._uid},
+            }
+        )
+        for run, out in self._pipelines:
+            out.container(
+                {
+                    "source_run_uid": self._uid,
+                    "pipeline": run.name,
+                    "version": run.version,
+                    "status": "running",
+                    "parameters": run.parameters,
+                    "plan_name": doc.get("plan_name"),
+                }
+            )
+
+    def descriptor(self, doc: Doc) -> None:
+        self._assembler.descriptor(doc)
+
+    def resource(self, doc: Doc) -> None:
+        self._assembler.resource(doc)
+
+    def datum(self, doc: Doc) -> None:
+        self._assembler.datum(doc)
+
+    def stream_resource(self, doc: Doc) -> None:
+        self._assembler.stream_resource(doc)
+
+    def stream_datum(self, doc: Doc) -> None:
+        self._process(self._assembler.stream_datum(doc))
+
+    def event(self, doc: Doc) -> None:
+        self._process(self._assembler.event(doc))
+
+    def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
+        self._lost.append((descriptor, seq_nums))
+
+    def stop(self, doc: Doc | None) -> None:
+        self._recover_lost()
+        for run, out in self._pipelines:
+            if run.name in self._failed:
+                continue
+            try:
+                run.on_stop(doc, out)
+            except Exception as exc:
+                self._fail(run.name, out, exc)
+                continue
+            out.metadata({"status": "complete", "stop_lost": doc is None})
+        self._assembler.close()
+
+    def close(self) -> None:
+        for run, out in self._pipelines:
+            if run.name not in self._failed:
+                out.metadata({"status": "interrupted"})
+        self._assembler.close()
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _process(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            for run, out in self._pipelines:
+                if run.name in self._failed:
+                    continue
+                try:
+                    run.on_frame(frame, out)
+                except Exception as exc:
+                    self._fail(run.name, out, exc)
+                    continue
+                self._metrics.frames_processed.labels(self._metrics.service, run.name).inc()
+                self._metrics.processing_latency.labels(self._metrics.service, run.name).observe(
+                    time.monotonic() - frame.received
+                )
+
+    def _recover_lost(self) -> None:
+        """Rebuild frames whose Events were lost: readings from Tiled, images from the file."""
+        for descriptor, seq_nums in self._lost:
+            readings: dict[int, dict[str, Any]] = {}
+            if self._lookup is not None:
+                try:
+                    readings = self._lookup(self._uid, descriptor.get("name", "primary"), seq_nums)
+                except Exception:
+                    logger.warning(
+                        "could not read lost events from Tiled",
+                        exc_info=True,
+                        extra={"run_uid": self._uid},
+                    )
+            frames = []
+            for seq in seq_nums:
+                frame = self._assembler.frame_for(descriptor["uid"], seq, readings.get(seq, {}))
+                if frame is None:
+                    logger.error(
+                        "frame %d of run is lost for good (no file reference)",
+                        seq,
+                        extra={"run_uid": self._uid},
+                    )
+                    continue
+                frames.append(frame)
+                self._metrics.messages_recovered.labels(self._metrics.service, "event").inc()
+            self._process(frames)
+        self._lost.clear()
+
+    def _fail(self, name: str, out: ResultWriter, exc: BaseException) -> None:
+        self._failed.add(name)
+        self._metrics.pipeline_errors.labels(self._metrics.service, name).inc()
+        logger.error(
+            "pipeline %s failed: %s", name, exc, exc_info=True, extra={"run_uid": self._uid}
+        )
+        out.metadata(
+            {
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exception(exc)[-5:],
+            }
+        )

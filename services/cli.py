@@ -1,0 +1,138 @@
+"""The ``beamwatch`` command line: ``up``, ``demo``, ``config show``, ``consume`` and the
+offline re-processing verbs (``xanes``, ``tomo``, ``cracks``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+from services.logs import configure_logging
+from services.settings import BeamwatchSettings, load_settings
+
+logger = logging.getLogger("beamwatch")
+
+OFFLINE_VERB_MODULES = ("services.cli_xanes", "services.cli_tomo")
+
+
+def _settings(args: argparse.Namespace) -> BeamwatchSettings:
+    overrides = {}
+    if getattr(args, "data_dir", None) is not None:
+        overrides["data_dir"] = str(args.data_dir)
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    sys.stdout.write(json.dumps(settings.redacted(), indent=2) + "\n")
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from services.consumer import Consumer
+    from services.supervisor import install_signal_handlers
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, service=f"consumer-{args.role}")
+    consumer = Consumer(args.role, settings)
+    port = settings.metrics.raw_port if args.role == "raw" else settings.metrics.analysis_port
+    consumer.metrics.serve(settings.metrics.host, port)
+    install_signal_handlers(consumer.request_stop)
+    logger.info("%s consumer subscribed to %s", args.role, settings.bus.out_address)
+    consumer.run_forever()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.supervisor import (
+        Supervisor,
+        banner,
+        child_specs,
+        install_signal_handlers,
+        wait_for_tiled,
+    )
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, service="up")
+    supervisor = Supervisor(child_specs(settings, args.config))
+    install_signal_handlers(supervisor.request_stop)
+    supervisor.start()
+    try:
+        wait_for_tiled(settings.tiled_url)
+        for line in banner(settings):
+            logger.info(line)
+        supervisor.run()
+    finally:
+        supervisor.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services.demo import run_demo
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, service="demo")
+    return run_demo(settings, config_file=args.config, serve=args.serve, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beamwatch",
+        description="Live analysis of TXM and nano-tomography scans: Bluesky 0MQ in, Tiled out.",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="where Tiled, spools and detector files live"
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    up = sub.add_parser("up", help="start Tiled, the 0MQ proxy and the consumers")
+    up.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML settings file")
+    up.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser(
+        "demo", help="run `up`, then a simulated operando XANES and a tomography scan"
+    )
+    demo.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML settings file")
+    demo.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory")
+    demo.add_argument("--serve", action="store_true", help="keep serving after the scans")
+    demo.add_argument("--quick", action="store_true", help="fewer energies/angles (for tests)")
+    demo.set_defaults(func=cmd_demo)
+
+    config = sub.add_parser("config", help="settings")
+    config_sub = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the effective settings (API key redacted)")
+    show.set_defaults(func=cmd_config_show)
+
+    consume = sub.add_parser("consume", help="run one consumer (started by `up`)")
+    consume.add_argument("role", choices=["raw", "analysis"], help="which consumer")
+    consume.set_defaults(func=cmd_consume)
+
+    for module_name in OFFLINE_VERB_MODULES:
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    if not logging.getLogger().handlers:
+        configure_logging("INFO")
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""``beamwatch demo``: everything ``up`` starts, then simulated scans through the real bus.
+
+A RunEngine drives the simulated TXM (an operando XANES series) and the simulated tomography
+station (one tomogram); documents go to the proxy with the msgpack serializer, exactly as a
+beamline RunEngine would publish them. The demo waits until Tiled holds the raw frames and
+every analysis container is ``complete`` (or ``failed``), then reports where to look.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from services import serialization
+from services.settings import BeamwatchSettings
+from services.supervisor import (
+    Supervisor,
+    banner,
+    child_specs,
+    install_signal_handlers,
+    wait_for_tiled,
+)
+
+logger = logging.getLogger(__name__)
+
+FINAL_STATUSES = ("complete", "failed")
+
+
+def wait_for_metrics(settings: BeamwatchSettings, timeout: float = 60.0) -> None:
+    """Block until both consumers serve metrics (they subscribe to the bus before serving)."""
+    m = settings.metrics
+    urls = [f"http://{m.host}:{p}/metrics" for p in (m.raw_port, m.analysis_port)]
+    deadline = time.monotonic() + timeout
+    pending = list(urls)
+    while pending and time.monotonic() < deadline:
+        try:
+            if httpx.get(pending[0], timeout=1).status_code == 200:
+                pending.pop(0)
+                continue
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    if pending:
+        raise TimeoutError(f"consumers did not start: {pending}")
+
+
+def wait_for_run(
+    client: Any, uid: str, expected_frames: int, timeout: float, stream: str = "primary"
+) -> dict[str, str]:
+    """Wait until ``raw/<uid>`` holds all frames and every pipeline of the run is final."""
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        try:
+            raw = client["raw"][uid]
+            frames = _frame_count(raw[stream])
+            analysis = client["analysis"][uid]
+            statuses = {name: analysis[name].metadata.get("status", "?") for name in analysis}
+        except (KeyError, httpx.HTTPError):
+            time.sleep(0.5)
+            continue
+        if (
+            frames >= expected_frames
+            and statuses
+            and all(s in FINAL_STATUSES for s in statuses.values())
+        ):
+            return statuses
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"run {uid}: results not complete after {timeout:.0f} s (pipelines {statuses})"
+    )
+
+
+def _frame_count(stream_node: Any) -> int:
+    for key in stream_node:
+        node = stream_node[key]
+        shape = getattr(node, "shape", None)
+        if shape is not None and len(shape) >= 3:
+            return int(shape[0])
+    return 0
+
+
+def run_demo(
+    settings: BeamwatchSettings,
+    *,
+    config_file: Path | None = None,
+    serve: bool = False,
+    quick: bool = False,
+) -> int:
+    from tiled.client import from_uri
+
+    supervisor = Supervisor(child_specs(settings, config_file))
+    stop = threading.Event()
+    install_signal_handlers(stop.set)
+    supervisor.start()
+    watcher = threading.Thread(target=lambda: _watch(supervisor, stop), daemon=True)
+    watcher.start()
+    try:
+        wait_for_tiled(settings.tiled_url)
+        wait_for_metrics(settings)
+        for line in banner(settings):
+            logger.info(line)
+        client = from_uri(settings.tiled_url, api_key=settings.resolved_api_key())
+        t0 = time.monotonic()
+        runs = run_simulated_scans(settings, quick=quick)
+        for uid, n_frames, label in runs:
+            statuses = wait_for_run(client, uid, n_frames, timeout=480)
+            logger.info("%s run %s: %d frames in raw/, analysis %s", label, uid, n_frames, statuses)
+        logger.info("demo scans analysed in %.1f s", time.monotonic() - t0)
+        for uid, _n, label in runs:
+            logger.info("browse %s: %s/ui/browse/analysis/%s", label, settings.tiled_url, uid)
+        client.context.close()
+        if serve:
+            logger.info("serving; press Ctrl-C to stop")
+            stop.wait()
+    finally:
+        stop.set()
+        supervisor.stop()
+    return 0
+
+
+def _watch(supervisor: Supervisor, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        supervisor.check()
+
+
+def run_simulated_scans(
+    settings: BeamwatchSettings, *, quick: bool = False
+) -> list[tuple[str, int, str]]:
+    """Run the XANES series and the tomogram through a RunEngine publishing to the bus."""
+    from bluesky import RunEngine
+    from bluesky.callbacks.zmq import Publisher
+
+    from bluesky_plans.devices import SimTomoStation, SimTXM
+    from bluesky_plans.plans import operando_xanes_plan, tomo_scan_plan
+    from models.synthetic.cathode import make_cathode_volume
+    from models.synthetic.txm import TxmScene, default_energies
+    from pipelines.tomo.project import forward_project
+
+    detector_dir = settings.detector_dir
+    RE = RunEngine({})
+    publisher = Publisher(settings.bus.in_address, serializer=serialization.dumps)
+    RE.subscribe(publisher)
+    time.sleep(1.0)  # 0MQ slow joiner: let the PUB socket connect to the proxy first
+    runs: list[tuple[str, int, str]] = []
+    try:
+        n_energies = 16 if quick else 60
+        n_scans = 2
+        scene = TxmScene.random(
+            7, shape=(256, 256), n_particles=9, n_scans=n_scans, n_frames=n_energies
+        )
+        txm = SimTXM(scene, detector_dir, seed=1)
+        energies = default_energies(n_energies)
+        logger.info("operando XANES: %d scans x %d energies", n_scans, n_energies)
+        xanes_uids: Any = RE(
+            operando_xanes_plan(txm, list(energies), n_scans, experiment="demo-operando")
+        )
+        runs += [(uid, n_energies, "XANES") for uid in xanes_uids]
+
+        shape = (16, 96, 96) if quick else (32, 128, 128)
+        n_angles = 60 if quick else 120
+        volume = make_cathode_volume(shape, seed=3)
+        angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
+        projections = forward_project(volume.attenuation, angles)
+        station = SimTomoStation(
+            lambda angle: projections[int(np.argmin(np.abs(angles - angle)))],
+            (shape[0], shape[2]),
+            detector_dir,
+            seed=2,
+        )
+        logger.info("tomography: %d projections of a %s volume", n_angles, shape)
+        tomo_uids: Any = RE(
+            tomo_scan_plan(station, list(angles), md={"sample": "synthetic cathode, seed 3"})
+        )
+        (tomo_uid,) = tomo_uids
+        runs.append((tomo_uid, n_angles, "tomography"))
+    finally:
+        publisher.close()
+    return runs

@@ -1,0 +1,295 @@
+"""Per-run routing of Bluesky documents, with loss detection on the 0MQ bus.
+
+One router object per run and per consumer role (STYLE.md: bluesky ``RunRouter``): the
+dispatcher builds them from factories when a run starts and calls one method per document
+name. The dispatcher also notices what PUB/SUB lost: a missing ``start`` (documents of an
+unknown run), ``seq_num`` gaps, ``StreamDatum`` index gaps and a missing ``stop`` (run idle for
+too long). Every loss is counted in ``beamwatch_messages_lost_total{kind=...}``; StreamDatum gaps
+are recovered here (the detector file holds the frames; the missing document is rebuilt from its
+neighbours), event gaps are handed to the routers, which recover from Tiled or the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+
+
+class RunRouter:
+    """Base class of per-run routers: one method per document name, all optional."""
+
+    def start(self, doc: Doc) -> None: ...
+    def descriptor(self, doc: Doc) -> None: ...
+    def event(self, doc: Doc) -> None: ...
+    def resource(self, doc: Doc) -> None: ...
+    def datum(self, doc: Doc) -> None: ...
+    def stream_resource(self, doc: Doc) -> None: ...
+    def stream_datum(self, doc: Doc) -> None: ...
+
+    def stop(self, doc: Doc | None) -> None:
+        """The run ended; ``doc`` is None when the stop document was lost."""
+
+    def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
+        """Events with these seq_nums never arrived; recover them if the router can."""
+
+    def close(self) -> None:
+        """The consumer is shutting down while the run is still open."""
+
+
+RouterFactory = Callable[[Doc], RunRouter | None]
+StartRecovery = Callable[[str], Doc | None]
+
+
+@dataclass
+class _Run:
+    start: Doc
+    routers: list[RunRouter]
+    last_seen: float
+    descriptors: dict[str, Doc] = field(default_factory=dict)
+    last_seq: dict[str, int] = field(default_factory=dict)
+    sres_stop: dict[str, int] = field(default_factory=dict)
+    sres_seq_stop: dict[str, int] = field(default_factory=dict)
+
+
+class RunDispatcher:
+    """Route documents of many interleaved runs to per-run routers and count what was lost."""
+
+    def __init__(
+        self,
+        factories: Iterable[RouterFactory],
+        metrics: Metrics,
+        *,
+        recover_start: StartRecovery | None = None,
+        idle_timeout: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._factories = list(factories)
+        self._metrics = metrics
+        self._recover_start = recover_start
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._runs: dict[str, _Run] = {}
+        self._run_of_descriptor: dict[str, str] = {}
+        self._run_of_resource: dict[str, str] = {}
+        self._finished: set[str] = set()
+
+    # ---- public ----------------------------------------------------------------------------
+    @property
+    def open_runs(self) -> list[str]:
+        return list(self._runs)
+
+    def __call__(self, name: str, doc: Doc) -> None:
+        handler = getattr(self, f"_on_{name}", None)
+        if handler is None:
+            logger.debug("ignoring %s document", name)
+            return
+        try:
+            handler(doc)
+        except KeyError as exc:
+            self._metrics.messages_malformed.labels(self._metrics.service, "schema").inc()
+            logger.warning("dropped %s document missing required field %s", name, exc)
+
+    def sweep(self) -> None:
+        """Declare the stop lost for runs idle longer than the timeout."""
+        now = self._clock()
+        for uid, run in list(self._runs.items()):
+            if now - run.last_seen > self._idle_timeout:
+                self._lost(
+                    "stop", 1, uid, f"no stop document after {self._idle_timeout:.0f} s idle"
+                )
+                self._finish(uid, None)
+
+    def close(self) -> None:
+        for uid, run in list(self._runs.items()):
+            for router in run.routers:
+                self._call(router, "close", uid)
+        self._runs.clear()
+
+    # ---- documents ---------------------------------------------------------------------------
+    def _on_start(self, doc: Doc) -> None:
+        uid = doc["uid"]
+        if uid in self._runs or uid in self._finished:
+            logger.warning("duplicate start document for run %s ignored", uid)
+            return
+        self._open(doc)
+
+    def _on_descriptor(self, doc: Doc) -> None:
+        run = self._run_for(doc["run_start"], doc)
+        run.descriptors[doc["uid"]] = doc
+        run.last_seq.setdefault(doc["uid"], 0)
+        self._run_of_descriptor[doc["uid"]] = run.start["uid"]
+        self._send(run, "descriptor", doc)
+
+    def _on_event(self, doc: Doc) -> None:
+        run_uid = self._run_of_descriptor.get(doc["descriptor"])
+        if run_uid is None or run_uid not in self._runs:
+            self._lost("descriptor", 1, None, f"event for unknown descriptor {doc['descriptor']}")
+            return
+        run = self._runs[run_uid]
+        seq = int(doc["seq_num"])
+        last = run.last_seq.get(doc["descriptor"], 0)
+        if seq <= last:
+            logger.warning(
+                "duplicate or out-of-order event seq_num %d (last %d) dropped", seq, last
+            )
+            return
+        if seq > last + 1:
+            missing = list(range(last + 1, seq))
+            self._lost("event", len(missing), run_uid, f"seq_num gap {missing[0]}..{missing[-1]}")
+            descriptor = run.descriptors[doc["descriptor"]]
+            for router in run.routers:
+                self._call(router, "events_lost", run_uid, descriptor, missing)
+        run.last_seq[doc["descriptor"]] = seq
+        self._send(run, "event", doc)
+
+    def _on_event_page(self, doc: Doc) -> None:
+        keys = list(doc["data"])
+        for i, seq in enumerate(doc["seq_num"]):
+            self._on_event(
+                {
+                    "descriptor": doc["descriptor"],
+                    "uid": doc["uid"][i],
+                    "seq_num": seq,
+                    "time": doc["time"][i],
+                    "data": {k: doc["data"][k][i] for k in keys},
+                    "timestamps": {k: doc["timestamps"][k][i] for k in keys},
+                    "filled": {k: v[i] for k, v in doc.get("filled", {}).items()},
+                }
+            )
+
+    def _on_resource(self, doc: Doc) -> None:
+        run = self._run_for(doc["run_start"], doc)
+        self._run_of_resource[doc["uid"]] = run.start["uid"]
+        self._send(run, "resource", doc)
+
+    def _on_datum(self, doc: Doc) -> None:
+        run_uid = self._run_of_resource.get(doc["resource"])
+        if run_uid is None or run_uid not in self._runs:
+            self._lost("resource", 1, None, f"datum for unknown resource {doc['resource']}")
+            return
+        self._send(self._runs[run_uid], "datum", doc)
+
+    def _on_datum_page(self, doc: Doc) -> None:
+        for i, datum_id in enumerate(doc["datum_id"]):
+            kwargs = {k: v[i] for k, v in doc["datum_kwargs"].items()}
+            self._on_datum(
+                {"resource": doc["resource"], "datum_id": datum_id, "datum_kwargs": kwargs}
+            )
+
+    def _on_stream_resource(self, doc: Doc) -> None:
+        run = self._run_for(doc["run_start"], doc)
+        self._run_of_resource[doc["uid"]] = run.start["uid"]
+        run.sres_stop[doc["uid"]] = 0
+        self._send(run, "stream_resource", doc)
+
+    def _on_stream_datum(self, doc: Doc) -> None:
+        run_uid = self._run_of_resource.get(doc["stream_resource"])
+        if run_uid is None or run_uid not in self._runs:
+            self._lost("resource", 1, None, f"stream_datum for unknown {doc['stream_resource']}")
+            return
+        run = self._runs[run_uid]
+        sres = doc["stream_resource"]
+        expected = run.sres_stop.get(sres, 0)
+        start, stop = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
+        if start > expected:
+            gap = start - expected
+            self._lost("stream_datum", 1, run_uid, f"StreamDatum gap, frames {expected}..{start}")
+            seq_start = int(doc["seq_nums"]["start"]) - gap if doc.get("seq_nums") else 0
+            rebuilt = {
+                "uid": f"{sres}/recovered-{uuid.uuid4().hex[:8]}",
+                "stream_resource": sres,
+                "descriptor": doc["descriptor"],
+                "indices": {"start": expected, "stop": start},
+                "seq_nums": {"start": seq_start, "stop": seq_start + gap if seq_start else 0},
+            }
+            self._metrics.messages_recovered.labels(self._metrics.service, "stream_datum").inc()
+            logger.info(
+                "rebuilt lost StreamDatum for frames %d..%d from the detector file", expected, start
+            )
+            self._send(run, "stream_datum", rebuilt)
+        run.sres_stop[sres] = max(stop, expected)
+        self._send(run, "stream_datum", doc)
+
+    def _on_stop(self, doc: Doc) -> None:
+        uid = doc["run_start"]
+        if uid not in self._runs:
+            if uid in self._finished:
+                return
+            self._run_for(uid, doc)
+        self._finish(uid, doc)
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _open(self, start: Doc) -> _Run:
+        routers: list[RunRouter] = []
+        for factory in self._factories:
+            try:
+                router = factory(start)
+            except Exception:
+                logger.exception(
+                    "router factory %r failed", factory, extra={"run_uid": start["uid"]}
+                )
+                self._metrics.pipeline_errors.labels(self._metrics.service, "factory").inc()
+                continue
+            if router is not None:
+                routers.append(router)
+        run = _Run(start=start, routers=routers, last_seen=self._clock())
+        self._runs[start["uid"]] = run
+        for router in routers:
+            self._call(router, "start", start["uid"], start)
+        return run
+
+    def _run_for(self, run_uid: str, doc: Doc) -> _Run:
+        run = self._runs.get(run_uid)
+        if run is not None:
+            run.last_seen = self._clock()
+            return run
+        self._lost("start", 1, run_uid, "documents arrived for a run whose start was never seen")
+        start = self._recover_start(run_uid) if self._recover_start else None
+        if start is not None:
+            self._metrics.messages_recovered.labels(self._metrics.service, "start").inc()
+            logger.info("recovered start document of run %s", run_uid)
+        else:
+            start = {
+                "uid": run_uid,
+                "time": doc.get("time", time.time()),
+                "beamwatch_start_lost": True,
+            }
+        return self._open(start)
+
+    def _finish(self, uid: str, stop: Doc | None) -> None:
+        run = self._runs.pop(uid, None)
+        if run is None:
+            return
+        for router in run.routers:
+            self._call(router, "stop", uid, stop)
+        self._finished.add(uid)
+        for d in run.descriptors:
+            self._run_of_descriptor.pop(d, None)
+
+    def _send(self, run: _Run, method: str, doc: Doc) -> None:
+        run.last_seen = self._clock()
+        for router in run.routers:
+            self._call(router, method, run.start["uid"], doc)
+
+    def _call(self, router: RunRouter, method: str, run_uid: str, *args: Any) -> None:
+        try:
+            getattr(router, method)(*args)
+        except Exception:
+            logger.exception(
+                "%s.%s failed", type(router).__name__, method, extra={"run_uid": run_uid}
+            )
+            self._metrics.pipeline_errors.labels(self._metrics.service, type(router).__name__).inc()
+
+    def _lost(self, kind: str, count: int, run_uid: str | None, detail: str) -> None:
+        self._metrics.messages_lost.labels(self._metrics.service, kind).inc(count)
+        logger.warning("bus loss (%s x%d): %s", kind, count, detail, extra={"run_uid": run_uid})

@@ -1,0 +1,163 @@
+"""Applying spooled write records to Tiled, idempotently where Tiled allows it.
+
+Records are plain dicts (msgpack-safe, arrays allowed) with an ``op`` field:
+
+``raw_doc``       a Bluesky document for bluesky's ``TiledWriter`` (under ``raw/``)
+``container``     create ``path`` (list of keys) if missing, with metadata
+``metadata``      merge metadata into the node at ``path``
+``array``         write (or overwrite) array ``key`` under ``path``
+``array_rows``    write rows ``array`` at ``offset`` along axis 0 of ``key``, extending it
+``table_rows``    append rows (dict of columns) to appendable table ``key`` under ``path``
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from services.spool import PermanentWriteError
+
+logger = logging.getLogger(__name__)
+
+
+def connect(url: str, api_key: str, *, timeout: float = 30.0) -> Any:
+    """A Tiled client on ``url``; retries are left to the spool."""
+    import httpx
+    from tiled.client import from_uri
+
+    return from_uri(url, api_key=api_key, timeout=httpx.Timeout(timeout))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network failures and 5xx answers are retried; anything else is a permanent error."""
+    import httpx
+
+    if isinstance(exc, PermanentWriteError):
+        return False
+    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+        return True
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        return int(status) >= 500 or int(status) == 429
+    return False
+
+
+def ensure_container(client: Any, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
+    node = client
+    for i, key in enumerate(path):
+        if key in node:
+            node = node[key]
+        else:
+            md = metadata if (i == len(path) - 1 and metadata) else {}
+            try:
+                node = node.create_container(key=key, metadata=md)
+            except Exception as exc:
+                if _is_conflict(exc):
+                    node = node[key]
+                else:
+                    raise
+    return node
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) == 409
+
+
+class TiledApplier:
+    """Applies records to one Tiled server; owns the raw ``TiledWriter``."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._raw_writer: Any = None
+        self._containers: dict[tuple[str, ...], Any] = {}
+        self._tables: dict[tuple[str, ...], Any] = {}
+        self._arrays: dict[tuple[str, ...], tuple[Any, int]] = {}
+
+    def _container(self, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
+        """The container at ``path``, created if missing; cached (containers are never removed)."""
+        ident = tuple(path)
+        node = self._containers.get(ident)
+        if node is None:
+            node = ensure_container(self.client, path, metadata)
+            self._containers[ident] = node
+        return node
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        op = record.get("op")
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise PermanentWriteError(f"unknown write op {op!r}")
+        handler(record)
+
+    # ---- ops --------------------------------------------------------------------------------
+    def _op_raw_doc(self, record: dict[str, Any]) -> None:
+        if self._raw_writer is None:
+            from bluesky.callbacks.tiled_writer import TiledWriter
+
+            raw = ensure_container(self.client, ["raw"])
+            self._raw_writer = TiledWriter(raw, batch_size=1)
+        self._raw_writer(record["name"], record["doc"])
+
+    def _op_container(self, record: dict[str, Any]) -> None:
+        node = self._container(record["path"], record.get("metadata"))
+        if record.get("metadata"):
+            node.update_metadata(metadata=record["metadata"], drop_revision=True)
+
+    def _op_metadata(self, record: dict[str, Any]) -> None:
+        node = self._container(record["path"])
+        node.update_metadata(metadata=record["metadata"], drop_revision=True)
+
+    def _op_array(self, record: dict[str, Any]) -> None:
+        parent = self._container(record["path"])
+        key = record["key"]
+        array = np.asarray(record["array"])
+        if key in parent:
+            parent.delete_contents([key], external_only=False)
+        parent.write_array(
+            array, key=key, dims=record.get("dims"), metadata=record.get("metadata") or {}
+        )
+        self._arrays.pop((*record["path"], key), None)
+
+    def _op_array_rows(self, record: dict[str, Any]) -> None:
+        parent = self._container(record["path"])
+        key = record["key"]
+        ident = (*record["path"], key)
+        rows = np.asarray(record["array"])
+        offset = int(record["offset"])
+        cached = self._arrays.get(ident)
+        if cached is None and key in parent:
+            node = parent[key]
+            cached = self._arrays[ident] = (node, int(node.shape[0]))
+        if cached is None:
+            if offset != 0:
+                raise PermanentWriteError(f"{key}: first rows must start at offset 0, got {offset}")
+            md = record.get("metadata") or {}
+            node = parent.write_array(rows, key=key, dims=record.get("dims"), metadata=md)
+            self._arrays[ident] = (node, len(rows))
+            return
+        node, current = cached
+        if offset > current:
+            raise PermanentWriteError(f"{key}: rows at offset {offset} leave a gap after {current}")
+        end = offset + len(rows)
+        node.patch(rows.astype(node.dtype, copy=False), offset=(offset,), extend=end > current)
+        self._arrays[ident] = (node, max(current, end))
+
+    def _op_table_rows(self, record: dict[str, Any]) -> None:
+        import pyarrow as pa
+
+        parent = self._container(record["path"])
+        key = record["key"]
+        table = pa.table({k: list(v) for k, v in record["rows"].items()})
+        ident = (*record["path"], key)
+        node = self._tables.get(ident)
+        if node is None:
+            if key in parent:
+                node = parent[key]
+            else:
+                node = parent.create_appendable_table(schema=table.schema, key=key)
+            self._tables[ident] = node
+        node.append_partition(0, table)

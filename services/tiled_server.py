@@ -1,0 +1,61 @@
+"""The embedded Tiled server: a config file generated under the data dir, served by ``tiled``.
+
+``tiled serve catalog DB --init -w ... --cache memory`` fails in tiled 0.2.20, so the embedded
+server is always described by a config file (``tiled serve config``), the same mechanism the
+production configuration in ``deploy/tiled/config.yml`` uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.settings import BeamwatchSettings
+
+
+def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
+    """The Tiled service configuration for the embedded server (API key by env var)."""
+    tdir = settings.tiled_dir.resolve()
+    catalog_uri = settings.tiled.catalog_uri or f"sqlite:///{tdir / 'catalog.db'}"
+    return {
+        "authentication": {"single_user_api_key": "${TILED_SINGLE_USER_API_KEY}"},
+        "trees": [
+            {
+                "path": "/",
+                "tree": "catalog",
+                "args": {
+                    "uri": catalog_uri,
+                    "writable_storage": [
+                        str(tdir / "data"),
+                        f"duckdb:///{tdir / 'tabular.duckdb'}",
+                    ],
+                    "readable_storage": [str(settings.detector_dir.resolve())],
+                    "init_if_not_exists": True,
+                },
+            }
+        ],
+        "streaming_cache": {"uri": settings.tiled.cache_uri},
+        "uvicorn": {"host": settings.tiled.host, "port": settings.tiled.port},
+    }
+
+
+def write_tiled_config(settings: BeamwatchSettings) -> Path:
+    tdir = settings.tiled_dir
+    (tdir / "data").mkdir(parents=True, exist_ok=True)
+    settings.detector_dir.mkdir(parents=True, exist_ok=True)
+    path = tdir / "config.yml"
+    path.write_text(yaml.safe_dump(tiled_config(settings), sort_keys=False))
+    return path
+
+
+def tiled_command(settings: BeamwatchSettings) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that start the embedded Tiled server."""
+    config = write_tiled_config(settings)
+    env = dict(os.environ)
+    env["TILED_SINGLE_USER_API_KEY"] = settings.resolved_api_key()
+    tiled_bin = Path(sys.executable).with_name("tiled")
+    return [str(tiled_bin), "serve", "config", str(config)], env

@@ -1,0 +1,147 @@
+"""Shared fixtures: a real Tiled server, a real bluesky 0MQ proxy, loopback ephemeral ports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05
+) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001 - the condition may not be reachable yet
+            last_exc = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last error: {last_exc!r})")
+
+
+class TiledProcess:
+    """``tiled serve config`` of the embedded beamwatch configuration, on an ephemeral port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from services.settings import load_settings
+
+        self.port = free_port()
+        self.api_key = secrets.token_hex(16)
+        self.settings = load_settings(
+            data_dir=str(data_dir), tiled={"port": self.port, "api_key": self.api_key}
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        from services.supervisor import wait_for_tiled
+        from services.tiled_server import tiled_command
+
+        argv, env = tiled_command(self.settings)
+        log = open(self.settings.data_dir / "tiled.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for_tiled(self.url, timeout=120)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def client(self):  # noqa: ANN201
+        from tiled.client import from_uri
+
+        return from_uri(self.url, api_key=self.api_key)
+
+
+@pytest.fixture(scope="session")
+def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledProcess]:
+    server = TiledProcess(tmp_path_factory.mktemp("tiled"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiled_client(tiled_server: TiledProcess):  # noqa: ANN201
+    client = tiled_server.client()
+    yield client
+    client.context.close()
+
+
+class ProxyProcess:
+    def __init__(self) -> None:
+        self.in_address = f"tcp://127.0.0.1:{free_port()}"
+        self.out_address = f"tcp://127.0.0.1:{free_port()}"
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "bluesky-0MQ-proxy"),
+                "--in-address",
+                self.in_address,
+                "--out-address",
+                self.out_address,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def proxy() -> Iterator[ProxyProcess]:
+    p = ProxyProcess()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def consumer_settings(tmp_path: Path, tiled_server: TiledProcess, proxy: ProxyProcess):  # noqa: ANN201
+    from services.settings import load_settings
+
+    detector = tiled_server.settings.detector_dir  # Tiled may read detector files only here
+    return load_settings(
+        data_dir=str(tmp_path),
+        tiled={"url": tiled_server.url, "api_key": tiled_server.api_key},
+        bus={"in_address": proxy.in_address, "out_address": proxy.out_address},
+        run_idle_timeout=600,
+        retry_max_backoff=0.5,
+    ), detector
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx honours proxy variables; loopback traffic must never go through a proxy.
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")

@@ -1,0 +1,102 @@
+"""Synthetic cathode generator: labels, determinism, depth gradient, speed, detector frames."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from models.synthetic.cathode import (
+    BINDER,
+    CRACK,
+    PORE,
+    SOLID,
+    CathodeParams,
+    DetectorParams,
+    make_cathode_volume,
+    simulate_detector,
+)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return make_cathode_volume((64, 128, 128), seed=11)
+
+
+def test_labels_are_consistent(volume) -> None:
+    assert volume.phase.dtype == np.uint8 and volume.phase.shape == (64, 128, 128)
+    assert volume.particle_ids.dtype == np.int32
+    assert volume.attenuation.dtype == np.float32
+    assert set(np.unique(volume.phase)) == {PORE, BINDER, SOLID, CRACK}
+    # cracks lie inside particles and carry the particle's id
+    assert (volume.particle_ids[volume.crack_mask] > 0).all()
+    in_particle = volume.particle_ids > 0
+    assert np.isin(volume.phase[in_particle], [SOLID, CRACK]).all()
+    assert (volume.particle_mask == in_particle).all()
+    # ids are consecutive
+    ids = np.unique(volume.particle_ids)
+    np.testing.assert_array_equal(ids, np.arange(ids.max() + 1))
+    assert volume.n_particles > 50
+
+
+def test_tightly_packed_particles_with_matrix_and_pores(volume) -> None:
+    share = np.bincount(volume.phase.ravel(), minlength=4) / volume.phase.size
+    assert 0.35 < share[SOLID] + share[CRACK] < 0.75
+    assert share[BINDER] > 0.1 and share[PORE] > 0.05
+    assert 0.002 < share[CRACK] < 0.1
+    # cracks and pores have the pore attenuation, particles the highest
+    mu = volume.attenuation
+    assert mu[volume.crack_mask].max() == pytest.approx(CathodeParams().mu_pore)
+    assert mu[volume.phase == SOLID].mean() > 3 * mu[volume.phase == BINDER].mean()
+
+
+def test_more_cracks_near_the_separator(volume) -> None:
+    cracks = volume.crack_mask.sum(axis=(1, 2))
+    solid = volume.particle_mask.sum(axis=(1, 2))
+    top = cracks[:16].sum() / solid[:16].sum()
+    bottom = cracks[-16:].sum() / solid[-16:].sum()
+    assert top > 1.5 * bottom
+
+
+def test_crack_free_and_deterministic() -> None:
+    clean = make_cathode_volume((16, 64, 64), seed=3, crack_density=0.0)
+    assert not clean.crack_mask.any()
+    a = make_cathode_volume((16, 64, 64), seed=3)
+    b = make_cathode_volume((16, 64, 64), seed=3)
+    np.testing.assert_array_equal(a.phase, b.phase)
+    np.testing.assert_array_equal(a.attenuation, b.attenuation)
+    # the crack-free volume has the same microstructure apart from the cracks
+    np.testing.assert_array_equal(a.particle_ids > 0, clean.particle_ids > 0)
+
+
+def test_n_particles_and_params() -> None:
+    vol = make_cathode_volume((32, 64, 64), seed=1, n_particles=40)
+    assert 25 <= vol.n_particles <= 40
+    assert vol.params.n_particles == 40
+    with pytest.raises(ValueError, match="shape"):
+        make_cathode_volume((4, 4), seed=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="crack_density"):
+        make_cathode_volume((8, 16, 16), seed=1, crack_density=-1)
+    with pytest.raises(ValueError):
+        CathodeParams(unknown=1)  # type: ignore[call-arg]
+
+
+def test_generation_is_fast() -> None:
+    start = time.perf_counter()
+    make_cathode_volume((64, 128, 128), seed=2)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_detector_frames() -> None:
+    lint = np.zeros((3, 16, 20), dtype=np.float32)
+    lint[:, 4:12, 5:15] = 1.0
+    frames = simulate_detector(lint, seed=0, params=DetectorParams(n_flats=4, n_darks=2))
+    assert frames.projections.dtype == np.uint16 and frames.projections.shape == (3, 16, 20)
+    assert frames.flat.shape == (4, 16, 20) and frames.dark.shape == (2, 16, 20)
+    dark = frames.dark.mean(axis=0)
+    transmission = (frames.projections - dark) / (frames.flat.mean(axis=0) - dark)
+    assert np.median(transmission[:, 7:9, 8:12]) == pytest.approx(np.exp(-1.0), abs=0.05)
+    assert np.median(transmission[:, :, 17:]) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="line_integrals"):
+        simulate_detector(np.zeros((4, 4)), seed=0)

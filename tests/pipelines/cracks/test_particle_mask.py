@@ -1,0 +1,66 @@
+"""Particle mask: cracks inside particles count as particle, gaps between particles do not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pipelines.cracks.particle_mask import (
+    CONVENTIONAL,
+    ParticleMaskParams,
+    particle_mask,
+    particle_mask_slice,
+    solid_threshold,
+)
+
+
+def _two_discs_with_crack() -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:80, :120].astype(float)
+    image = np.full((80, 120), 0.2, dtype=np.float32)
+    left = (yy - 40) ** 2 + (xx - 35) ** 2 < 20**2
+    right = (yy - 40) ** 2 + (xx - 77) ** 2 < 20**2  # 2 px gap between the discs
+    image[left | right] = 1.0
+    crack = left & (np.abs(yy - 40) < 1.5) & (xx > 25)  # radial crack reaching the surface
+    image[crack] = 0.0
+    return image, left | right
+
+
+def test_crack_inside_particle_is_particle() -> None:
+    image, truth = _two_discs_with_crack()
+    mask = particle_mask_slice(image, 0.5)
+    assert mask[40, 30:50].all()  # crack pixels
+    _, n_objects = ndimage.label(mask)
+    assert n_objects == 2  # the gap between the particles stays open
+    assert (mask == truth).mean() > 0.99
+
+
+def test_crack_mask_joins_split_particle() -> None:
+    image, truth = _two_discs_with_crack()
+    image[40:42, :] = 0.0  # a crack cutting the left disc in two, across the whole slice
+    cracks = np.zeros(image.shape, dtype=bool)
+    cracks[40:42, 16:54] = True
+    mask = particle_mask_slice(image, 0.5, cracks=cracks)
+    assert mask[40:42, 20:50].all()
+
+
+def test_conventional_mask_bridges_gaps() -> None:
+    image, _ = _two_discs_with_crack()
+    conventional = particle_mask_slice(image, 0.5, CONVENTIONAL)
+    _, n_objects = ndimage.label(conventional)
+    assert n_objects == 1
+
+
+def test_volume_mask_and_threshold() -> None:
+    image, truth = _two_discs_with_crack()
+    vol = np.stack([image, image])
+    noisy = vol + np.random.default_rng(0).normal(0, 0.03, vol.shape).astype(np.float32)
+    noisy[:, :20, :20] -= 0.3  # pores
+    thr = solid_threshold(noisy)
+    assert 0.3 < thr < 0.9
+    mask = particle_mask(vol, ParticleMaskParams(threshold=0.5))
+    assert mask.shape == vol.shape and mask.dtype == bool
+    with pytest.raises(ValueError, match="volume"):
+        particle_mask(image)
+    with pytest.raises(ValueError, match="cracks"):
+        particle_mask_slice(image, 0.5, cracks=np.zeros((3, 3), bool))

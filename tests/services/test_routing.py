@@ -1,0 +1,162 @@
+from prometheus_client import CollectorRegistry
+
+from services.metrics import Metrics
+from services.routing import RunDispatcher, RunRouter
+
+
+class Recorder(RunRouter):
+    def __init__(self, start):
+        self.calls = [("start", start["uid"])]
+        self.lost = []
+
+    def descriptor(self, doc):
+        self.calls.append(("descriptor", doc["uid"]))
+
+    def event(self, doc):
+        self.calls.append(("event", doc["seq_num"]))
+
+    def stream_datum(self, doc):
+        self.calls.append(("stream_datum", (doc["indices"]["start"], doc["indices"]["stop"])))
+
+    def events_lost(self, descriptor, seq_nums):
+        self.lost.append(seq_nums)
+
+    def stop(self, doc):
+        self.calls.append(("stop", doc is None))
+
+
+def _metric(metrics, name, **labels):
+    value = metrics.registry.get_sample_value(name, {"service": "t", **labels})
+    return value or 0.0
+
+
+def make(recover=None, clock=None):
+    metrics = Metrics("t", CollectorRegistry())
+    routers = []
+
+    def factory(start):
+        r = Recorder(start)
+        routers.append(r)
+        return r
+
+    kwargs = {"recover_start": recover, "idle_timeout": 10.0}
+    if clock:
+        kwargs["clock"] = clock
+    return RunDispatcher([factory], metrics, **kwargs), routers, metrics
+
+
+def docs(uid="run1"):
+    start = {"uid": uid, "time": 0.0}
+    desc = {"uid": f"{uid}-d", "run_start": uid, "name": "primary", "data_keys": {}}
+    events = [
+        {"uid": f"e{i}", "descriptor": desc["uid"], "seq_num": i, "time": 0.0, "data": {}}
+        for i in range(1, 6)
+    ]
+    stop = {"uid": "s", "run_start": uid, "time": 1.0, "exit_status": "success"}
+    return start, desc, events, stop
+
+
+def test_seq_num_gap_is_counted_and_passed_to_routers():
+    d, routers, metrics = make()
+    start, desc, events, stop = docs()
+    d("start", start)
+    d("descriptor", desc)
+    for e in events:
+        if e["seq_num"] not in (2, 3):
+            d("event", e)
+    d("stop", stop)
+    assert routers[0].lost == [[2, 3]]
+    assert _metric(metrics, "beamwatch_messages_lost_total", kind="event") == 2
+    assert [c for c in routers[0].calls if c[0] == "event"] == [
+        ("event", 1),
+        ("event", 4),
+        ("event", 5),
+    ]
+
+
+def test_missing_start_is_recovered_from_the_callback():
+    recovered = {"uid": "run1", "time": 0.0, "plan_name": "from-tiled"}
+    d, routers, metrics = make(recover=lambda uid: recovered if uid == "run1" else None)
+    start, desc, events, stop = docs()
+    d("descriptor", desc)
+    d("event", events[0])
+    d("stop", stop)
+    assert routers[0].calls[0] == ("start", "run1")
+    assert _metric(metrics, "beamwatch_messages_lost_total", kind="start") == 1
+    assert _metric(metrics, "beamwatch_messages_recovered_total", kind="start") == 1
+
+
+def test_missing_start_without_recovery_still_opens_the_run():
+    d, routers, metrics = make()
+    start, desc, events, stop = docs()
+    d("descriptor", desc)
+    assert routers and routers[0].calls[0] == ("start", "run1")
+    assert _metric(metrics, "beamwatch_messages_recovered_total", kind="start") == 0
+
+
+def test_stream_datum_gap_is_rebuilt_in_order():
+    d, routers, metrics = make()
+    start, desc, _events, stop = docs()
+    d("start", start)
+    d("descriptor", desc)
+    d(
+        "stream_resource",
+        {"uid": "sr", "run_start": "run1", "data_key": "img", "uri": "file:///x.h5"},
+    )
+    for i in (0, 3):
+        d(
+            "stream_datum",
+            {
+                "uid": f"sd{i}",
+                "stream_resource": "sr",
+                "descriptor": desc["uid"],
+                "indices": {"start": i, "stop": i + 1},
+                "seq_nums": {"start": i + 1, "stop": i + 2},
+            },
+        )
+    got = [c[1] for c in routers[0].calls if c[0] == "stream_datum"]
+    assert got == [(0, 1), (1, 3), (3, 4)]
+    assert _metric(metrics, "beamwatch_messages_recovered_total", kind="stream_datum") == 1
+
+
+def test_idle_run_gets_a_lost_stop():
+    now = [0.0]
+    d, routers, metrics = make(clock=lambda: now[0])
+    start, desc, events, _stop = docs()
+    d("start", start)
+    d("descriptor", desc)
+    now[0] = 5.0
+    d.sweep()
+    assert d.open_runs == ["run1"]
+    now[0] = 20.0
+    d.sweep()
+    assert d.open_runs == []
+    assert routers[0].calls[-1] == ("stop", True)
+    assert _metric(metrics, "beamwatch_messages_lost_total", kind="stop") == 1
+
+
+def test_a_failing_router_does_not_stop_the_others():
+    metrics = Metrics("t", CollectorRegistry())
+
+    class Broken(RunRouter):
+        def event(self, doc):
+            raise RuntimeError("boom")
+
+    good = []
+    d = RunDispatcher([lambda s: Broken(), lambda s: good.append(Recorder(s)) or good[-1]], metrics)
+    start, desc, events, stop = docs()
+    for name, doc in [("start", start), ("descriptor", desc), ("event", events[0]), ("stop", stop)]:
+        d(name, doc)
+    assert ("event", 1) in good[0].calls
+    assert (
+        metrics.registry.get_sample_value(
+            "beamwatch_pipeline_errors_total", {"service": "t", "pipeline": "Broken"}
+        )
+        == 1
+    )
+
+
+def test_document_missing_fields_is_counted_as_malformed():
+    d, routers, metrics = make()
+    d("descriptor", {"uid": "d"})  # no run_start
+    assert _metric(metrics, "beamwatch_messages_malformed_total", reason="schema") == 1

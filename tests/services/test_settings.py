@@ -1,0 +1,54 @@
+import json
+import stat
+
+import pytest
+
+from services.cli import main
+from services.settings import load_settings
+
+
+def test_yaml_then_env_precedence(tmp_path, monkeypatch):
+    cfg = tmp_path / "bw.yml"
+    cfg.write_text("tiled:\n  port: 8123\nbus:\n  in_address: tcp://127.0.0.1:7000\n")
+    monkeypatch.setenv("BEAMWATCH_TILED__PORT", "8124")
+    s = load_settings(cfg, data_dir=str(tmp_path))
+    assert s.tiled.port == 8124  # env wins over the file
+    assert s.bus.in_address == "tcp://127.0.0.1:7000"
+
+
+def test_unknown_setting_is_an_error(tmp_path):
+    cfg = tmp_path / "bw.yml"
+    cfg.write_text("tiled:\n  prot: 1\n")
+    with pytest.raises(ValueError, match="prot"):
+        load_settings(cfg)
+
+
+def test_api_key_generated_once_with_0600(tmp_path):
+    s = load_settings(data_dir=str(tmp_path))
+    key = s.resolved_api_key()
+    path = tmp_path / "tiled_api_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_settings(data_dir=str(tmp_path)).resolved_api_key() == key
+
+
+def test_config_show_redacts_the_key(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BEAMWATCH_TILED__API_KEY", "super-secret-key")
+    assert main(["--data-dir", str(tmp_path), "config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "super-secret-key" not in out
+    shown = json.loads(out)
+    assert shown["tiled"]["api_key"] == "**********"
+    assert shown["bus"]["in_address"] == "tcp://127.0.0.1:5577"
+
+
+def test_every_verb_has_help(capsys):
+    from services.cli import build_parser
+
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"up", "demo", "config", "consume"} <= set(verbs)
+    for verb in verbs:
+        with pytest.raises(SystemExit) as exc:
+            main([verb, "--help"])
+        assert exc.value.code == 0
+        assert "usage: beamwatch" in capsys.readouterr().out

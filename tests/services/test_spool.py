@@ -1,0 +1,83 @@
+import threading
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from services.metrics import Metrics
+from services.spool import PermanentWriteError, Spool
+
+
+def test_records_are_applied_in_order_with_arrays(tmp_path):
+    applied = []
+    spool = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
+    spool.start()
+    for i in range(20):
+        spool.put({"op": "x", "i": i, "a": np.full(3, i)})
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert [r["i"] for r in applied] == list(range(20))
+    assert applied[7]["a"].tolist() == [7, 7, 7]
+    assert not list(tmp_path.glob("*.msgpack"))
+
+
+def test_transient_failures_are_retried_and_counted(tmp_path):
+    metrics = Metrics("t", CollectorRegistry())
+    attempts = []
+
+    def flaky(record):
+        attempts.append(record["i"])
+        if len(attempts) < 3:
+            raise ConnectionError("tiled down")
+
+    spool = Spool(tmp_path, flaky, metrics, max_backoff=0.05)
+    spool.start()
+    spool.put({"i": 1})
+    spool.put({"i": 2})
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert attempts == [1, 1, 1, 2]
+    assert (
+        metrics.registry.get_sample_value("beamwatch_tiled_write_retries_total", {"service": "t"})
+        == 2
+    )
+
+
+def test_permanent_failure_is_skipped_not_blocking(tmp_path):
+    applied = []
+
+    def apply(record):
+        if record["i"] == 1:
+            raise PermanentWriteError("bad record")
+        applied.append(record["i"])
+
+    spool = Spool(tmp_path, apply, Metrics("t", CollectorRegistry()))
+    spool.start()
+    for i in range(3):
+        spool.put({"i": i})
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert applied == [0, 2]
+
+
+def test_unapplied_records_survive_a_restart(tmp_path):
+    blocked = threading.Event()
+
+    def never(record):
+        blocked.set()
+        raise ConnectionError("down")
+
+    first = Spool(tmp_path, never, Metrics("t", CollectorRegistry()), max_backoff=0.05)
+    first.start()
+    for i in range(5):
+        first.put({"i": i})
+    assert blocked.wait(5)
+    first.stop(drain_timeout=0.2)
+    assert len(list(tmp_path.glob("*.msgpack"))) == 5
+
+    applied = []
+    second = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
+    second.start()
+    second.put({"i": 5})
+    assert second.wait_empty(10)
+    second.stop()
+    assert [r["i"] for r in applied] == [0, 1, 2, 3, 4, 5]
