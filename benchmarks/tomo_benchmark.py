@@ -101,7 +101,7 @@ def simulate(shape: tuple[int, int, int], seed: int, crack_density: float):
 
 
 def bench_segmentation(shape: tuple[int, int, int], seeds: list[int]) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for seed in seeds:
         truth, recon, inside = simulate(shape, seed, 1.0)
         res = map_cracks(recon)
@@ -137,8 +137,16 @@ def bench_false_cracks(shape: tuple[int, int, int], seed: int) -> dict[str, Any]
     return {"shape": list(shape), "false_crack_fraction": predicted / max(particles, 1)}
 
 
+def noisy_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A cathode volume with reconstruction-like noise, for timing (no projection needed)."""
+    vol = make_cathode_volume(shape, seed=seed)
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0.0, 0.001, size=shape).astype(np.float32)
+    return vol.attenuation + noise
+
+
 def bench_throughput(shape: tuple[int, int, int], params: CrackParams) -> dict[str, Any]:
-    _, recon, _ = simulate(shape, 99, 1.0)
+    recon = noisy_volume(shape, 99)
     model = load_crack_unet(device=torch.device("cpu"))
     tile_model = unet_tile_model(model)
     low, high = reference_levels(recon)
@@ -168,9 +176,9 @@ def bench_throughput(shape: tuple[int, int, int], params: CrackParams) -> dict[s
 
 
 def bench_end_to_end(size: int) -> dict[str, Any]:
+    """A full scan of size^3 (simulated), and the per-slice costs at 512 x 512 for 512^3."""
     truth = make_cathode_volume((size, size, size), seed=31)
-    n_angles = int(size * 1.5)
-    angles = np.linspace(0, 180, n_angles + 1)
+    angles = np.linspace(0, 180, int(size * 1.5) + 1)
     frames = simulate_scan(truth.attenuation, angles, seed=32)
     t0 = time.perf_counter()
     recon = reconstruct(frames.projections, angles, flat=frames.flat, dark=frames.dark)
@@ -179,16 +187,39 @@ def bench_end_to_end(size: int) -> dict[str, Any]:
     res = map_cracks(recon)
     t_cracks = time.perf_counter() - t0
     inside = np.broadcast_to(_circle(size), recon.shape)
-    scale = (512 / size) ** 3
+
+    # 512^3: reconstruction time of 16 and 32 rows (769 angles) gives the fixed cost (matrix
+    # build) and the cost per slice; the crack map is timed on 16 slices of 512 x 512.
+    rng = np.random.default_rng(0)
+    angles_512 = np.linspace(0, 180, 769)
+    flat = np.full((4, 32, 512), 20000, dtype=np.uint16)
+    dark = np.full((4, 32, 512), 100, dtype=np.uint16)
+    proj = rng.integers(3000, 15000, size=(769, 32, 512)).astype(np.uint16)
+    times = []
+    for rows in (16, 32):
+        t0 = time.perf_counter()
+        reconstruct(proj[:, :rows], angles_512, flat=flat[:, :rows], dark=dark[:, :rows])
+        times.append(time.perf_counter() - t0)
+    recon_per_slice = (times[1] - times[0]) / 16
+    recon_fixed = max(times[0] - 16 * recon_per_slice, 0.0)
+    slab = noisy_volume((16, 512, 512), 33)
+    t0 = time.perf_counter()
+    map_cracks(slab)
+    crack_per_slice = (time.perf_counter() - t0) / 16
     return {
         "shape": [size] * 3,
-        "angles": n_angles + 1,
+        "angles": len(angles),
         "reconstruct_seconds": t_recon,
         "crack_map_seconds": t_cracks,
         "total_seconds": t_recon + t_cracks,
-        # recon scales with voxels x angles (angles ~ 1.5 x size), crack map with voxels
-        "estimate_512_cubed_seconds": t_recon * scale * (512 / size) + t_cracks * scale,
         "crack_iou": overlap_scores(res.crack_mask[inside], truth.crack_mask[inside])["iou"],
+        "512": {
+            "angles": 769,
+            "reconstruct_fixed_seconds": recon_fixed,
+            "reconstruct_seconds_per_slice": recon_per_slice,
+            "crack_map_seconds_per_slice": crack_per_slice,
+            "estimate_512_cubed_seconds": recon_fixed + 512 * (recon_per_slice + crack_per_slice),
+        },
     }
 
 

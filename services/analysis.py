@@ -33,6 +33,7 @@ class ResultWriter:
         self.pipeline = pipeline
         self.path = ["analysis", run_uid, pipeline]
         self._rows: dict[str, int] = {}
+        self._table_rows: dict[str, int] = {}
 
     def container(self, metadata: dict[str, Any], sub: list[str] | None = None) -> None:
         self._spool.put({"op": "container", "path": self.path + (sub or []), "metadata": metadata})
@@ -72,7 +73,13 @@ class ResultWriter:
         return offset
 
     def table_rows(self, key: str, columns: dict[str, list[Any]]) -> None:
-        self._spool.put({"op": "table_rows", "path": self.path, "key": key, "rows": columns})
+        """Append rows (columns of equal length) to an appendable table."""
+        n = len(next(iter(columns.values())))
+        offset = self._table_rows.get(key, 0)
+        self._spool.put(
+            {"op": "table_rows", "path": self.path, "key": key, "rows": columns, "offset": offset}
+        )
+        self._table_rows[key] = offset + n
 
 
 class PipelineRun(Protocol):

@@ -190,9 +190,12 @@ def _align_file(path: Path, output: Path, params: Any, *, progress: bool) -> Non
         dark = _read_optional(h5, DARK, frame_shape)
         tracker = XanesTracker(params, flat=flat, dark=dark)
         bar = tqdm(range(frames.shape[0]), desc="xanes align", unit="frame", disable=not progress)
-        for i in bar:
-            result = tracker.add_frame(frames[i], float(energies[i]))
-            bar.set_postfix(found=f"{result.n_found}/{tracker.n_particles}", refresh=False)
+        try:
+            for i in bar:
+                result = tracker.add_frame(frames[i], float(energies[i]))
+                bar.set_postfix(found=f"{result.n_found}/{tracker.n_particles}", refresh=False)
+        finally:
+            tracker.close()
     final = tracker.finalize()
     _write(output, final)
 

@@ -22,7 +22,7 @@ from services.spool import PermanentWriteError
 logger = logging.getLogger(__name__)
 
 
-def connect(url: str, api_key: str, *, timeout: float = 30.0) -> Any:
+def connect(url: str, api_key: str, *, timeout: float = 120.0) -> Any:
     """A Tiled client on ``url``; retries are left to the spool."""
     import httpx
     from tiled.client import from_uri
@@ -76,6 +76,8 @@ class TiledApplier:
         self._containers: dict[tuple[str, ...], Any] = {}
         self._tables: dict[tuple[str, ...], Any] = {}
         self._arrays: dict[tuple[str, ...], tuple[Any, int]] = {}
+        self._table_len: dict[tuple[str, ...], int] = {}
+        self._uncertain: set[tuple[str, ...]] = set()
 
     def _container(self, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
         """The container at ``path``, created if missing; cached (containers are never removed)."""
@@ -147,17 +149,38 @@ class TiledApplier:
         self._arrays[ident] = (node, max(current, end))
 
     def _op_table_rows(self, record: dict[str, Any]) -> None:
+        """Append rows at a known row offset, so a retried append is never applied twice."""
         import pyarrow as pa
 
         parent = self._container(record["path"])
         key = record["key"]
         table = pa.table({k: list(v) for k, v in record["rows"].items()})
         ident = (*record["path"], key)
+        offset = int(record.get("offset", -1))
         node = self._tables.get(ident)
+        if node is None and key in parent:
+            node = self._tables[ident] = parent[key]
+            self._uncertain.add(ident)
         if node is None:
-            if key in parent:
-                node = parent[key]
-            else:
-                node = parent.create_appendable_table(schema=table.schema, key=key)
-            self._tables[ident] = node
-        node.append_partition(0, table)
+            if offset > 0:
+                raise PermanentWriteError(f"{key}: first rows must start at row 0, got {offset}")
+            node = self._tables[ident] = parent.create_appendable_table(
+                schema=table.schema, key=key
+            )
+            self._table_len[ident] = 0
+        if ident in self._uncertain and offset >= 0:
+            # After a failure or a restart the table may already hold these rows.
+            self._table_len[ident] = len(node.read())
+            self._uncertain.discard(ident)
+        current = self._table_len.get(ident, offset)
+        if offset >= 0 and current >= offset + table.num_rows:
+            logger.info("rows %d.. of %s already in Tiled; not appended again", offset, key)
+            return
+        if offset >= 0 and current != offset:
+            raise PermanentWriteError(f"{key}: rows at {offset} but the table holds {current}")
+        try:
+            node.append_partition(0, table)
+        except Exception:
+            self._uncertain.add(ident)
+            raise
+        self._table_len[ident] = current + table.num_rows

@@ -64,7 +64,11 @@ class TiledProcess:
         log = open(self.settings.data_dir / "tiled.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_for_tiled(self.url, timeout=120)
+        try:
+            wait_for_tiled(self.url, timeout=120)
+        except TimeoutError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,0 +1,1 @@
+"""Crack segmentation (U-Net, tiling, threshold baseline), particle mask and damage maps."""

@@ -38,11 +38,12 @@ def robust_noise_sigma(image: np.ndarray) -> float:
 
 
 def background_sigma(image: np.ndarray) -> float:
-    """Spread of the background of a background-free image from its negative side.
+    """Spread of the background of an image from the lower side of its background class.
 
-    Particles only add positive values, so the pixels below zero are background; their median
-    distance to zero is 0.6745 sd for Gaussian noise. Spatially correlated structure (beam
-    pattern, smoothing) is included, unlike :func:`robust_noise_sigma`.
+    Particles only add positive values, so below the median of the background class (the
+    lower Otsu class) there are only background pixels; their median distance to it is
+    0.6745 sd for Gaussian noise. Spatially correlated structure (beam pattern, smoothing) is
+    included, unlike :func:`robust_noise_sigma`.
 
     Parameters
     ----------
@@ -54,11 +55,23 @@ def background_sigma(image: np.ndarray) -> float:
     float
         Background standard deviation estimate.
     """
-    values = np.asarray(image, dtype=np.float64)
-    negative = -values[values < 0]
-    if negative.size < 16:
-        return robust_noise_sigma(values)
-    return float(1.4826 * np.median(negative))
+    values = np.asarray(image, dtype=np.float64).ravel()
+    centre, spread = _background_level(values)
+    del centre
+    return spread
+
+
+def _background_level(values: np.ndarray) -> tuple[float, float]:
+    """Background level (median of the lower Otsu class) and its lower-side spread."""
+    sample = values[:: max(1, values.size // 65536)]
+    if np.ptp(sample) <= 0:
+        return float(sample[0]) if sample.size else 0.0, 0.0
+    lower = sample[sample <= threshold_otsu(sample)]
+    centre = float(np.median(lower))
+    below = centre - lower[lower < centre]
+    if below.size < 16:
+        return centre, robust_noise_sigma(values.reshape(1, -1))
+    return centre, float(1.4826 * np.median(below))
 
 
 def relabel_by_area(labels: np.ndarray) -> np.ndarray:
@@ -117,10 +130,16 @@ def detect_particles(
     flat = od.astype(np.float32) if background_removed else remove_background(od, params=prepare)
     sigma = params.smooth_sigma_px
     smooth = ndimage.gaussian_filter(flat, sigma) if sigma > 0 else flat
-    smooth_noise = background_sigma(smooth)
+    level, smooth_noise = _background_level(smooth.ravel())
+    # white noise after the Gaussian smoothing: the floor of the background spread
+    white = robust_noise_sigma(flat) / max(1.0, 2.0 * np.sqrt(np.pi) * sigma)
+    smooth_noise = max(smooth_noise, white)
     sample = smooth[:: max(1, smooth.shape[0] // 256), :: max(1, smooth.shape[1] // 256)]
     otsu = float(threshold_otsu(sample)) if np.ptp(sample) > 0 else 0.0
-    threshold = max(params.threshold_factor * otsu, params.min_noise_sigmas * smooth_noise)
+    threshold = max(
+        level + params.threshold_factor * (otsu - level),
+        level + params.min_noise_sigmas * smooth_noise,
+    )
     mask = smooth > threshold
     mask = ndimage.binary_opening(mask, iterations=2)
     mask = ndimage.binary_fill_holes(mask)
@@ -135,7 +154,7 @@ def detect_particles(
     keep = (
         (areas >= min_area)
         & (peaks >= params.min_contrast_fraction * brightest)
-        & (peaks >= (params.min_noise_sigmas + 2.0) * smooth_noise)
+        & (peaks >= level + (params.min_noise_sigmas + 2.0) * smooth_noise)
     )
     if params.exclude_border:
         border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))

@@ -37,10 +37,10 @@ class DetectParams(_Params):
 
     smooth_sigma_px: float = Field(default=1.5, ge=0)
     threshold_factor: float = Field(
-        default=0.6, gt=0, description="multiplies the Otsu threshold of the background-free OD"
+        default=0.5, gt=0, description="multiplies the Otsu threshold of the background-free OD"
     )
     min_noise_sigmas: float = Field(
-        default=5.0, ge=0, description="threshold at least this many noise sd"
+        default=3.0, ge=0, description="threshold at least this many noise sd"
     )
     min_area_fraction: float = Field(
         default=0.002,
@@ -67,7 +67,7 @@ class MatchParams(_Params):
     """Optimal assignment of particles between frames or scans."""
 
     max_distance_px: PositiveFloat = Field(
-        default=15.0, description="gate: farther pairs never match"
+        default=6.0, description="gate: farther pairs (from the prediction) never match"
     )
     ssim_weight: float = Field(default=1.0, ge=0, description="cost weight of (1 - SSIM)")
     max_area_ratio: float = Field(default=2.5, gt=1, description="gate on the ratio of areas")
@@ -88,7 +88,7 @@ class TrackParams(_Params):
     refine_method: Literal["gradient", "correlation"] = Field(
         default="gradient", description="sub-pixel refinement of the moment estimate"
     )
-    refine_iterations: PositiveInt = Field(default=4, description="Gauss-Newton iterations")
+    refine_iterations: PositiveInt = Field(default=2, description="Gauss-Newton iterations")
     support_px: PositiveInt = Field(
         default=4, description="refinement support: reference footprint dilated by this"
     )
@@ -123,8 +123,11 @@ class TrackParams(_Params):
     coarse_binning: PositiveInt = Field(
         default=4, description="binning of the whole-frame coarse shift"
     )
+    workers: PositiveInt = Field(
+        default=1, description="threads over particles per frame (2 on a 2-core node)"
+    )
     template_update: bool = Field(
-        default=True, description="template is the running mean of aligned ROIs"
+        default=False, description="template: running mean of aligned silhouettes, else frame 0"
     )
 
 

@@ -6,12 +6,17 @@ costs a few small operations per particle:
 1. optical density of the frame;
 2. a coarse whole-frame shift against the previous frame (binned phase correlation) that
    predicts where every particle went, so stage jumps (e.g. feedback moves) are followed;
-3. per particle, a search window around the prediction is thresholded halfway between the local
-   background and the particle level; the components' centres of mass (image moments) are the
-   candidates, assigned to particles by an optimal assignment on centre distance and ROI SSIM
-   (no identity swaps; a particle with no acceptable candidate is "not found", NaN);
-4. the moment estimate is refined by sub-pixel phase correlation of the particle ROI against its
-   template (running mean of the aligned ROIs in frame-0 geometry);
+3. per particle, a search window around the prediction (background plane removed) is
+   thresholded at ``threshold_fraction`` of the particle level, holes filled; the components'
+   centres of mass (moments of a soft mask) are the candidates, assigned to particles by an
+   optimal assignment (Hungarian) on the distance to the prediction, gated by distance and area
+   ratio (no identity swaps; a particle with no acceptable candidate is "not found", NaN). SSIM
+   enters the assignment cost for scan-to-scan matching (:func:`match.match_labels`); per frame
+   it is reported as a quality figure;
+4. the moment estimate is refined to sub-pixel precision by registering the particle's
+   silhouette (contrast-independent soft mask, so the chemistry-dependent contrast inside the
+   particle across the edge does not bias it) to its frame-0 template on a support around the
+   reference footprint (Gauss-Newton; phase/cross-correlation as an option);
 5. the global drift is the median of the particle shifts.
 
 The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`.
@@ -19,6 +24,7 @@ The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`final
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,6 +157,8 @@ def _inside_fraction(origin: np.ndarray, shape: tuple[int, int], frame: tuple[in
 def _plane(image: np.ndarray, where: np.ndarray) -> np.ndarray:
     """Least-squares plane through ``image[where]`` (outliers beyond 3 MAD dropped)."""
     rows, cols = np.nonzero(where)
+    step = max(1, rows.size // 1500)
+    rows, cols = rows[::step], cols[::step]
     values = image[rows, cols].astype(np.float64)
     median = np.median(values)
     spread = 1.4826 * np.median(np.abs(values - median)) + 1e-12
@@ -184,8 +192,8 @@ def _gradient_refine(
     support pixels, linearised with the template gradient. Returns None when the problem is
     degenerate (no gradient on the support).
     """
-    grad_r, grad_c = np.gradient(template.astype(np.float64))
-    gr, gc = grad_r[support], grad_c[support]
+    gradients = np.gradient(template.astype(np.float64))
+    gr, gc = gradients[0][support], gradients[1][support]
     a = np.array([[gr @ gr, gr @ gc], [gr @ gc, gc @ gc]])
     if np.linalg.det(a) <= 1e-9 * max(1.0, float(np.trace(a)) ** 2):
         return None
@@ -225,6 +233,7 @@ class _Candidate:
     area: float
     soft: np.ndarray  # soft mask of this component only, window coordinates
     silhouette: np.ndarray  # soft mask of the whole window (shared by its candidates)
+    background: np.ndarray  # background plane of the window
     origin: np.ndarray  # window origin in the frame
 
 
@@ -294,6 +303,8 @@ class XanesTracker:
         self._stacks: list[list[np.ndarray | None]] = []
         self._prev_coarse_image: np.ndarray | None = None
         self._coarse_global = np.zeros(2)
+        workers = params.track.workers
+        self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
 
     # ------------------------------------------------------------------ public API
     @property
@@ -384,6 +395,19 @@ class XanesTracker:
             rois=[p.roi for p in self._particles],
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
         )
+
+    def _map(self, function, items) -> list:
+        """``map`` over particles, on ``track.workers`` threads (numpy/scipy release the GIL)."""
+        items = list(items)
+        if self._executor is None or len(items) < 2:
+            return [function(item) for item in items]
+        return list(self._executor.map(function, items))
+
+    def close(self) -> None:
+        """Stop the worker threads (only used when ``track.workers > 1``)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     # ------------------------------------------------------------------ frame 0
     def _start(self, od: np.ndarray, energy: float) -> FrameResult:
@@ -484,12 +508,18 @@ class XanesTracker:
             [p.last_shift + self._coarse_global - p.last_coarse for p in self._particles]
         ).reshape(n_p, 2)
         candidates: list[_Candidate] = []
-        for k, particle in enumerate(self._particles):
+        shape = self._shape
+
+        def search(k: int) -> list[_Candidate]:
+            particle = self._particles[k]
             origin = np.array(particle.roi.origin) + np.round(predicted[k]).astype(int)
-            if _inside_fraction(origin, particle.roi.shape, self._shape) < 0.5:
-                continue
+            if _inside_fraction(origin, particle.roi.shape, shape) < 0.5:
+                return []
             w_origin, window = self._window(od, particle, origin)
-            candidates.extend(self._candidates(window, w_origin, particle))
+            return self._candidates(window, w_origin, particle)
+
+        for found_here in self._map(search, range(n_p)):
+            candidates.extend(found_here)
         found = np.zeros(n_p, dtype=bool)
         shifts = np.full((n_p, 2), np.nan)
         ssim = np.full(n_p, np.nan)
@@ -502,12 +532,16 @@ class XanesTracker:
                 areas=np.array([c.area for c in candidates]),
                 params=self.params.match,
             )
-            for k, j in enumerate(matching.assignment):
-                if j >= 0:
-                    refined = self._refine(k, candidates[j], od, predicted[k])
-                    if refined is not None:
-                        shifts[k], ssim[k] = refined
-                        found[k] = True
+            pairs = [(k, int(j)) for k, j in enumerate(matching.assignment) if j >= 0]
+
+            def refine(pair: tuple[int, int]):
+                k, j = pair
+                return self._refine(k, candidates[j], od, predicted[k])
+
+            for (k, _), refined in zip(pairs, self._map(refine, pairs), strict=True):
+                if refined is not None:
+                    shifts[k], ssim[k] = refined
+                    found[k] = True
         for k, particle in enumerate(self._particles):
             if found[k]:
                 particle.last_shift = shifts[k]
@@ -545,7 +579,8 @@ class XanesTracker:
         inner[search : search + h, search : search + w] = particle.cover
         if ring.sum() < 16 or inner.sum() < 4:
             return []
-        window = window - _plane(window, ring)
+        background = _plane(window, ring)
+        window = window - background
         level = float(np.percentile(window[inner], 90))
         if level <= 0:
             return []
@@ -559,7 +594,8 @@ class XanesTracker:
         out = []
         for lab in np.nonzero(areas[1:] >= max(4.0, 0.2 * particle.area))[0] + 1:
             own = labels == lab
-            region = ndimage.binary_dilation(own, iterations=2) & ((labels == 0) | own)
+            grown = ndimage.maximum_filter(own.view(np.uint8), size=5).view(bool)
+            region = grown & ((labels == 0) | own)
             weights = np.where(region, soft, 0.0).astype(np.float32)
             out.append(
                 _Candidate(
@@ -567,6 +603,7 @@ class XanesTracker:
                     area=float(areas[lab]),
                     soft=weights,
                     silhouette=soft,
+                    background=background,
                     origin=w_origin,
                 )
             )
@@ -632,20 +669,18 @@ class XanesTracker:
             np.abs(base + refined - coarse) <= tp.max_refine_disagreement_px
         ):
             return None
-        else:
-            shift = (1.0 - tp.refine_weight) * coarse + tp.refine_weight * (base + refined)
+        shift = (1.0 - tp.refine_weight) * coarse + tp.refine_weight * (base + refined)
         base = np.round(shift).astype(int)
         residual = shift - base
         origin = np.array(particle.roi.origin) + base
-        aligned_soft = shift_image(
-            _extract(candidate.silhouette, origin - candidate.origin, particle.roi.shape),
-            -residual,
-        ).astype(np.float32)
-        score = roi_ssim(aligned_soft, template, data_range=1.0)
+        silhouette = _extract(candidate.silhouette, origin - candidate.origin, particle.roi.shape)
         if tp.template_update:
-            particle.template_sum += aligned_soft
+            silhouette = shift_image(silhouette, -residual).astype(np.float32)
+            particle.template_sum += silhouette
             particle.template_count += 1
-        crop = self._local_background_free(od, origin, particle)
+        score = roi_ssim(silhouette, template, data_range=1.0)
+        crop = _extract(od, origin, particle.roi.shape).astype(np.float32)
+        crop = crop - _extract(candidate.background, origin - candidate.origin, crop.shape)
         self._stacks[k].append(shift_image(crop, -residual).astype(np.float32))
         return shift, score
 
@@ -725,6 +760,9 @@ def align_stack(
     if energies.shape != (frames.shape[0],):
         raise ValueError(f"energies must have shape ({frames.shape[0]},), got {energies.shape}")
     tracker = XanesTracker(params, flat=flat, dark=dark)
-    for frame, energy in zip(frames, energies, strict=True):
-        tracker.add_frame(frame, float(energy))
-    return tracker.finalize()
+    try:
+        for frame, energy in zip(frames, energies, strict=True):
+            tracker.add_frame(frame, float(energy))
+        return tracker.finalize()
+    finally:
+        tracker.close()

@@ -20,10 +20,11 @@ from pipelines.cracks.segment import (
 from pipelines.tomo.fbp import reconstruct
 from pipelines.tomo.simulate import simulate_scan
 
-# Measured with the shipped weights on these held-out volumes (see the json next to the
-# weights and benchmarks/tomo_benchmark.py); the bounds keep a margin below the measurement.
-MIN_UNET_IOU = 0.5
-MAX_FALSE_CRACK_FRACTION = 0.01
+# Measured with the shipped weights on exactly these held-out volumes: crack IoU 0.566
+# (threshold baseline 0.131) and false cracks 0.99 % of the particle volume. The bounds keep
+# a margin from the measurement (BLAS/thread differences change a few voxels).
+MIN_UNET_IOU = 0.45
+MAX_FALSE_CRACK_FRACTION = 0.015
 
 
 @dataclass

