@@ -305,6 +305,43 @@ class SimTomoStation:
         yy, xx = np.mgrid[0:rows, 0:cols]
         self._beam = 1.0 - 0.15 * (((xx - cols / 2) / cols) ** 2 + ((yy - rows / 2) / rows) ** 2)
 
+    @classmethod
+    def from_frames(
+        cls,
+        angles_deg: np.ndarray,
+        projections: np.ndarray,
+        flat: np.ndarray,
+        dark: np.ndarray,
+        directory: str | Path,
+        *,
+        frame_source: str = "stream",
+    ) -> SimTomoStation:
+        """A station replaying simulated detector frames (e.g. ``simulate_scan`` output):
+        the projection nearest to the rotation angle, flats and darks in turn."""
+        angles = np.asarray(angles_deg, dtype=np.float64)
+        station = cls(
+            lambda a: np.zeros(projections.shape[1:]),
+            projections.shape[1:],
+            directory,
+            frame_source=frame_source,
+        )
+        counters = {"flat": 0, "dark": 0}
+
+        def replay() -> np.ndarray:
+            if not int(station.shutter_open.get()):
+                frame = dark[counters["dark"] % len(dark)]
+                counters["dark"] += 1
+                return frame
+            if abs(float(station.sample_x.position)) > 100.0:
+                frame = flat[counters["flat"] % len(flat)]
+                counters["flat"] += 1
+                return frame
+            angle = float(station.rotation.position)
+            return projections[int(np.argmin(np.abs(angles - angle)))]
+
+        station.camera._render = replay
+        return station
+
     def _render(self) -> np.ndarray:
         dark = self.dark_level
         if not int(self.shutter_open.get()):

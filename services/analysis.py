@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,12 +43,19 @@ class ResultWriter:
         self._spool.put({"op": "metadata", "path": self.path, "metadata": metadata})
 
     def array(
-        self, key: str, array: np.ndarray, *, dims: list[str] | None = None, **md: Any
+        self,
+        key: str,
+        array: np.ndarray,
+        *,
+        dims: list[str] | None = None,
+        sub: list[str] | None = None,
+        **md: Any,
     ) -> None:
+        """Write (or replace) a whole array, optionally in a sub-container."""
         self._spool.put(
             {
                 "op": "array",
-                "path": self.path,
+                "path": self.path + (sub or []),
                 "key": key,
                 "array": np.asarray(array),
                 "dims": dims,
@@ -55,8 +63,10 @@ class ResultWriter:
             }
         )
 
-    def rows(self, key: str, rows: np.ndarray, *, dims: list[str] | None = None) -> int:
-        """Append rows along axis 0 of a growing array; return the offset they were written at."""
+    def rows(
+        self, key: str, rows: np.ndarray, *, axis: int = 0, dims: list[str] | None = None
+    ) -> int:
+        """Append ``rows`` along ``axis`` of a growing array; return the offset written at."""
         offset = self._rows.get(key, 0)
         rows = np.asarray(rows)
         self._spool.put(
@@ -66,10 +76,11 @@ class ResultWriter:
                 "key": key,
                 "array": rows,
                 "offset": offset,
+                "axis": axis,
                 "dims": dims,
             }
         )
-        self._rows[key] = offset + len(rows)
+        self._rows[key] = offset + rows.shape[axis]
         return offset
 
     def table_rows(self, key: str, columns: dict[str, list[Any]]) -> None:
@@ -162,10 +173,29 @@ class FrameStatsPipeline:
         out.metadata({"frames": self._count})
 
 
-def default_registry() -> PipelineRegistry:
-    """The registry used by ``beamwatch up``: import analysis pipelines lazily."""
+def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> PipelineRegistry:
+    """The registry used by ``beamwatch up``; analysis modules are imported when first used."""
     registry = PipelineRegistry()
     registry.register("frames", lambda start: True, FrameStatsPipeline)
+    figures = figures_dir or Path("figures")
+
+    from services import xanes_live
+
+    series = xanes_live.SeriesStore()
+    registry.register(
+        "xanes",
+        xanes_live.select,
+        lambda start: xanes_live.XanesLivePipeline(
+            start, feedback=feedback, figures_dir=figures, series=series
+        ),
+    )
+    from services import tomo_live
+
+    registry.register(
+        "cracks",
+        tomo_live.select,
+        lambda start: tomo_live.CracksPipeline(start, figures_dir=figures),
+    )
     return registry
 
 

@@ -81,6 +81,7 @@ class Consumer:
         self.role = role
         self.settings = settings
         self.metrics = metrics or Metrics(role)
+        self._feedback: Any = None
         self._client = LazyClient(settings.tiled_url, settings.resolved_api_key())
         self.spool = Spool(
             settings.spool_dir / role,
@@ -95,7 +96,12 @@ class Consumer:
             factory = lambda start: RawRunRouter(self.spool)  # noqa: E731
             recover_start = None
         else:
-            reg = registry or default_registry()
+            if registry is None:
+                from services.xanes_live import FeedbackPublisher
+
+                self._feedback = FeedbackPublisher(settings.bus.feedback_address)
+                registry = default_registry(settings.data_dir / "figures", self._feedback)
+            reg = registry
 
             def factory(start: Doc) -> AnalysisRunRouter | None:
                 entries = reg.select(start)
@@ -138,6 +144,8 @@ class Consumer:
         self.spool.stop(drain_timeout)
         self._bus.close()
         self._client.close()
+        if self._feedback is not None:
+            self._feedback.close()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until the queue is processed and the spool is drained (for tests and demo)."""

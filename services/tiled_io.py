@@ -13,6 +13,7 @@ Records are plain dicts (msgpack-safe, arrays allowed) with an ``op`` field:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,11 +68,42 @@ def _is_conflict(exc: BaseException) -> bool:
     return getattr(response, "status_code", None) == 409
 
 
+class AppendLock:
+    """Host-wide lock around table appends to one Tiled server.
+
+    Tiled 0.2.20 shares one ADBC connection of its DuckDB tabular store between requests;
+    concurrent appends from the raw and analysis consumers then fail with "No active
+    transaction, cannot commit" (HTTP 500) and may be applied twice. Serialising our own
+    appends on the host avoids it.
+    """
+
+    def __init__(self, url: str) -> None:
+        import hashlib
+        import tempfile
+
+        digest = hashlib.sha1(url.encode()).hexdigest()[:12]
+        self.path = Path(tempfile.gettempdir()) / f"beamwatch-tiled-append-{digest}.lock"
+
+    def __enter__(self) -> AppendLock:
+        import fcntl
+
+        self._fh = open(self.path, "a")  # noqa: SIM115 - held until __exit__
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
 class TiledApplier:
     """Applies records to one Tiled server; owns the raw ``TiledWriter``."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, append_lock: AppendLock | None = None) -> None:
         self.client = client
+        self._append_lock = append_lock or AppendLock(str(client.uri))
         self._raw_writer: Any = None
         self._containers: dict[tuple[str, ...], Any] = {}
         self._tables: dict[tuple[str, ...], Any] = {}
@@ -102,7 +134,8 @@ class TiledApplier:
 
             raw = ensure_container(self.client, ["raw"])
             self._raw_writer = TiledWriter(raw, batch_size=1)
-        self._raw_writer(record["name"], record["doc"])
+        with self._append_lock:
+            self._raw_writer(record["name"], record["doc"])
 
     def _op_container(self, record: dict[str, Any]) -> None:
         node = self._container(record["path"], record.get("metadata"))
@@ -125,27 +158,30 @@ class TiledApplier:
         self._arrays.pop((*record["path"], key), None)
 
     def _op_array_rows(self, record: dict[str, Any]) -> None:
+        """Write ``array`` at ``offset`` along ``axis`` (default 0), extending the array."""
         parent = self._container(record["path"])
         key = record["key"]
         ident = (*record["path"], key)
         rows = np.asarray(record["array"])
+        axis = int(record.get("axis", 0))
         offset = int(record["offset"])
         cached = self._arrays.get(ident)
         if cached is None and key in parent:
             node = parent[key]
-            cached = self._arrays[ident] = (node, int(node.shape[0]))
+            cached = self._arrays[ident] = (node, int(node.shape[axis]))
         if cached is None:
             if offset != 0:
                 raise PermanentWriteError(f"{key}: first rows must start at offset 0, got {offset}")
             md = record.get("metadata") or {}
             node = parent.write_array(rows, key=key, dims=record.get("dims"), metadata=md)
-            self._arrays[ident] = (node, len(rows))
+            self._arrays[ident] = (node, rows.shape[axis])
             return
         node, current = cached
         if offset > current:
             raise PermanentWriteError(f"{key}: rows at offset {offset} leave a gap after {current}")
-        end = offset + len(rows)
-        node.patch(rows.astype(node.dtype, copy=False), offset=(offset,), extend=end > current)
+        end = offset + rows.shape[axis]
+        position = tuple(offset if i == axis else 0 for i in range(rows.ndim))
+        node.patch(rows.astype(node.dtype, copy=False), offset=position, extend=end > current)
         self._arrays[ident] = (node, max(current, end))
 
     def _op_table_rows(self, record: dict[str, Any]) -> None:
@@ -179,7 +215,8 @@ class TiledApplier:
         if offset >= 0 and current != offset:
             raise PermanentWriteError(f"{key}: rows at {offset} but the table holds {current}")
         try:
-            node.append_partition(0, table)
+            with self._append_lock:
+                node.append_partition(0, table)
         except Exception:
             self._uncertain.add(ident)
             raise

@@ -137,7 +137,11 @@ def consumer_settings(tmp_path: Path, tiled_server: TiledProcess, proxy: ProxyPr
     return load_settings(
         data_dir=str(tmp_path),
         tiled={"url": tiled_server.url, "api_key": tiled_server.api_key},
-        bus={"in_address": proxy.in_address, "out_address": proxy.out_address},
+        bus={
+            "in_address": proxy.in_address,
+            "out_address": proxy.out_address,
+            "feedback_address": f"tcp://127.0.0.1:{free_port()}",
+        },
         run_idle_timeout=600,
         retry_max_backoff=0.5,
     ), detector

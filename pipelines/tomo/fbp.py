@@ -8,6 +8,7 @@ a CPU; on a GPU the same code runs on cuSPARSE.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Literal
@@ -401,22 +402,29 @@ def reconstruct(
         raise ValueError("flat/dark given but params.input_kind is 'line_integral'")
     n_angles, rows, cols = proj.shape
     dev = device if device is not None else pick_device()
-    center = resolve_center(proj, angles, p, flat, dark)
+    # a thousandth of a pixel is far below the accuracy of any estimate; rounding lets scans
+    # with the same geometry share the cached back projector
+    center = round(resolve_center(proj, angles, p, flat, dark), 3)
     padded = max(64, int(2 ** np.ceil(np.log2(2 * cols))))
     # Matrices are kept when they fit in 3/4 of the budget; otherwise they are rebuilt for
     # every chunk of slices (slower) with a quarter of the budget each.
     total_matrix_mb = BackProjector.matrix_megabytes(cols, n_angles, p.circle)
     cache = total_matrix_mb <= 0.75 * p.memory_budget_mb
     matrix_mb = total_matrix_mb + 1 if cache else 0.25 * p.memory_budget_mb
-    projector = BackProjector(
-        cols,
-        angles,
-        center,
-        circle=p.circle,
-        device=dev,
-        max_matrix_mb=matrix_mb,
-        cache_matrices=cache,
-    )
+    if cache:
+        projector = _cached_projector(
+            cols, tuple(angles.tolist()), center, p.circle, str(dev), matrix_mb
+        )
+    else:
+        projector = BackProjector(
+            cols,
+            angles,
+            center,
+            circle=p.circle,
+            device=dev,
+            max_matrix_mb=matrix_mb,
+            cache_matrices=False,
+        )
     sinogram_mb = p.memory_budget_mb - (total_matrix_mb if cache else matrix_mb)
     bytes_per_slice = n_angles * (padded * 4 * 2 + cols * 8) + cols * cols * 8
     chunk = max(1, int(max(sinogram_mb, 0.25 * p.memory_budget_mb) * 1e6 // bytes_per_slice))
@@ -438,6 +446,31 @@ def reconstruct(
         if progress is not None:
             progress(r1 - r0)
     return volume
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_projector(
+    cols: int,
+    angles: tuple[float, ...],
+    center: float,
+    circle: bool,
+    device: str,
+    max_matrix_mb: float,
+) -> BackProjector:
+    """The back projector of the last geometry, kept for the next scan with the same one.
+
+    Building the matrices is the fixed cost of a reconstruction; scans repeat their geometry
+    at a beamline. ``_cached_projector.cache_clear()`` frees the memory.
+    """
+    return BackProjector(
+        cols,
+        np.asarray(angles),
+        center,
+        circle=circle,
+        device=torch.device(device),
+        max_matrix_mb=max_matrix_mb,
+        cache_matrices=True,
+    )
 
 
 def _rows(frames: np.ndarray, r0: int, r1: int) -> np.ndarray:

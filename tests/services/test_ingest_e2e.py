@@ -13,7 +13,7 @@ from bluesky_plans.plans import xanes_scan_plan
 from services import serialization
 from services.bus import wait_until_delivered
 from services.consumer import Consumer
-from tests.conftest import TiledProcess, wait_until
+from tests.conftest import TiledProcess, free_port, wait_until
 from tests.sim import N_ENERGIES, energies, small_txm
 
 N_FLATS = 2
@@ -207,7 +207,11 @@ def test_tiled_restart_mid_run_loses_nothing(tmp_path, proxy):
     settings = load_settings(
         data_dir=str(tmp_path / "consumers"),
         tiled={"url": server.url, "api_key": server.api_key},
-        bus={"in_address": proxy.in_address, "out_address": proxy.out_address},
+        bus={
+            "in_address": proxy.in_address,
+            "out_address": proxy.out_address,
+            "feedback_address": f"tcp://127.0.0.1:{free_port()}",
+        },
         retry_max_backoff=0.5,
     )
     raw, ana = start_consumers(settings)

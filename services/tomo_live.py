@@ -1,0 +1,193 @@
+"""The tomography pipeline: after the scan, reconstruct, map cracks slice by slice, quantify.
+
+Writes under ``analysis/<run uid>/cracks/``:
+
+``reconstruction``        float32 (Z, Y, X) filtered back projection
+``mask``                  uint8 (Z, Y, X) 1 = crack, grows slice by slice as each is segmented
+``particle_mask``         uint8 (Z, Y, X) 1 = particle including its cracks, grows likewise
+``depth_profile``         float64 (Z,) crack area / particle area per slice (z = 0 separator)
+``damage_density``        float32 (Z, Y, X) crack share of the moving window
+``particle_density``      float32 (Z, Y, X) particle share of the moving window
+``damage_histogram``      float64 (Z, bins), ``histogram_edges`` (bins + 1,)
+``layer_fit``             float64 (Z, 3): slope, intercept, Pearson r per slice
+``figures/<name>``        damage maps (top, bottom), depth profile, correlation scatter
+metadata                  volume fit (slope, intercept, pearson_r, n), timings, figures
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.analysis import ResultWriter
+from services.figures import render_png
+from services.frames import Frame
+
+logger = logging.getLogger(__name__)
+
+
+def select(start: dict[str, Any]) -> bool:
+    return (
+        start.get("beamwatch_technique") == "tomography"
+        or start.get("plan_name") == "tomo_scan_plan"
+    )
+
+
+class CracksPipeline:
+    name = "cracks"
+    version = "1"
+
+    def __init__(self, start: dict[str, Any], *, figures_dir: Path) -> None:
+        from pipelines.cracks.segment import CrackParams
+        from pipelines.tomo.fbp import ReconParams
+
+        self._recon_params = ReconParams(**start.get("beamwatch_recon_params", {}))
+        self._crack_params = CrackParams(**start.get("beamwatch_crack_params", {}))
+        self.parameters = {
+            "reconstruction": self._recon_params.model_dump(mode="json"),
+            "cracks": self._crack_params.model_dump(mode="json"),
+        }
+        self._uid = start["uid"]
+        self._image_key = start.get("image_key")
+        self._angle_key = start.get("angle_key", "rotation")
+        self._figures_dir = figures_dir / self._uid
+        self._frames: dict[str, list[np.ndarray]] = {"primary": [], "flat": [], "dark": []}
+        self._angles: list[float] = []
+
+    def on_frame(self, frame: Frame, out: ResultWriter) -> None:
+        image: np.ndarray | None
+        if self._image_key and self._image_key in frame.images:
+            image = frame.images[self._image_key]
+        else:
+            image = next(iter(frame.images.values()), None)
+        if image is None or frame.stream not in self._frames:
+            return
+        if frame.stream == "primary":
+            if self._angle_key not in frame.readings:
+                raise ValueError(f"projection seq_num {frame.seq_num} has no {self._angle_key!r}")
+            self._angles.append(float(frame.readings[self._angle_key]))
+        self._frames[frame.stream].append(np.asarray(image))
+
+    def on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
+        from pipelines.cracks.particle_mask import solid_threshold
+        from pipelines.cracks.quantify import quantify_damage
+        from pipelines.cracks.segment import iter_crack_slices
+        from pipelines.tomo.fbp import reconstruct
+
+        if len(self._frames["primary"]) < 2:
+            raise ValueError(
+                f"a tomogram needs at least 2 projections, got {len(self._frames['primary'])}"
+            )
+        t0 = time.monotonic()
+        projections = np.stack(self._frames["primary"])
+        flat = np.stack(self._frames["flat"]) if self._frames["flat"] else None
+        dark = np.stack(self._frames["dark"]) if self._frames["dark"] else None
+        volume = reconstruct(
+            projections, np.asarray(self._angles), flat=flat, dark=dark, params=self._recon_params
+        )
+        t_recon = time.monotonic() - t0
+        out.array("reconstruction", volume, dims=["z", "y", "x"])
+        threshold = solid_threshold(volume)
+        params = self._crack_params.model_copy(
+            update={
+                "particle": self._crack_params.particle.model_copy(update={"threshold": threshold})
+            }
+        )
+        cracks = np.zeros(volume.shape, dtype=np.uint8)
+        particles = np.zeros(volume.shape, dtype=np.uint8)
+        for piece in iter_crack_slices(volume, params):
+            cracks[piece.z] = piece.crack
+            particles[piece.z] = piece.particle
+            out.rows("mask", piece.crack[None], dims=["z", "y", "x"])
+            out.rows("particle_mask", piece.particle[None], dims=["z", "y", "x"])
+        t_cracks = time.monotonic() - t0 - t_recon
+        q = quantify_damage(cracks, particles, params.quantify)
+        out.array("depth_profile", q.depth_profile, dims=["z"])
+        out.array("damage_density", q.damage_density, dims=["z", "y", "x"])
+        out.array("particle_density", q.particle_density, dims=["z", "y", "x"])
+        out.array("damage_histogram", q.damage_histogram, dims=["z", "bin"])
+        out.array("histogram_edges", q.histogram_edges, dims=["edge"])
+        out.array(
+            "layer_fit",
+            np.stack([q.layer_slope, q.layer_intercept, q.layer_pearson_r], axis=1),
+            dims=["z", "slope_intercept_r"],
+        )
+        figures = self._figures(q)
+        for name, (path, rgb) in figures.items():
+            out.array(name, rgb, sub=["figures"], dims=["row", "col", "rgb"], png=str(path))
+        fit = q.volume_fit
+        out.metadata(
+            {
+                "volume_fit": {
+                    "slope": fit.slope,
+                    "intercept": fit.intercept,
+                    "pearson_r": fit.pearson_r,
+                    "n_samples": fit.n_samples,
+                },
+                "crack_fraction": float(cracks.sum() / max(1, particles.sum())),
+                "window": q.window,
+                "shape": list(volume.shape),
+                "seconds_reconstruction": t_recon,
+                "seconds_cracks": t_cracks,
+                "seconds_total": time.monotonic() - t0,
+                "figures": {name: str(path) for name, (path, _rgb) in figures.items()},
+            }
+        )
+        logger.info(
+            "tomogram %s: %s volume reconstructed in %.1f s, cracks in %.1f s",
+            self._uid,
+            volume.shape,
+            t_recon,
+            t_cracks,
+            extra={"run_uid": self._uid},
+        )
+
+    def _figures(self, q: Any) -> dict[str, tuple[Path, np.ndarray]]:
+        z_top, z_bottom = 0, q.damage_density.shape[0] - 1
+
+        def damage(z: int) -> Any:
+            def draw(fig: Any) -> None:
+                ax = fig.add_subplot(111)
+                im = ax.imshow(q.damage_density[z], cmap="inferno", vmin=0)
+                fig.colorbar(im, ax=ax, label=f"crack share of {q.window} px window")
+                ax.set_title(f"damage density, slice {z}")
+
+            return draw
+
+        def profile(fig: Any) -> None:
+            ax = fig.add_subplot(111)
+            ax.plot(np.arange(len(q.depth_profile)), q.depth_profile)
+            ax.set_xlabel("slice (0 = separator side)")
+            ax.set_ylabel("crack area / particle area")
+
+        def scatter(fig: Any) -> None:
+            ax = fig.add_subplot(111)
+            x = q.particle_density[::2, ::4, ::4].ravel()
+            y = q.damage_density[::2, ::4, ::4].ravel()
+            ax.plot(x, y, ",", alpha=0.3)
+            xs = np.linspace(0, 1, 20)
+            fit = q.volume_fit
+            ax.plot(xs, fit.slope * xs + fit.intercept, "r-", label=f"r = {fit.pearson_r:.2f}")
+            ax.set_xlabel("particle density")
+            ax.set_ylabel("damage density")
+            ax.legend()
+
+        out: dict[str, tuple[Path, np.ndarray]] = {}
+        for name, draw in (
+            ("damage_top", damage(z_top)),
+            ("damage_bottom", damage(z_bottom)),
+            ("depth_profile", profile),
+            ("correlation", scatter),
+        ):
+            path = self._figures_dir / f"cracks_{name}.png"
+            try:
+                out[name] = (path, render_png(draw, path))
+            except Exception:  # a figure is a preview: log and go on
+                logger.warning(
+                    "figure %s failed", name, exc_info=True, extra={"run_uid": self._uid}
+                )
+        return out

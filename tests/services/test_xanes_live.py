@@ -1,0 +1,86 @@
+"""The live XANES pipeline in the analysis consumer: Tiled layout, accuracy, drift feedback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import zmq
+from bluesky import RunEngine
+
+from bluesky_plans.devices import SimTXM
+from bluesky_plans.plans import operando_xanes_plan
+from models.synthetic.txm import TxmScene, default_energies
+from services.consumer import Consumer
+from tests.conftest import wait_until
+from tests.services.test_ingest_e2e import live_publisher, start_consumers
+
+N = 12
+
+
+def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client):
+    settings, detector = consumer_settings
+    feedback = zmq.Context.instance().socket(zmq.SUB)
+    feedback.connect(settings.bus.feedback_address)
+    feedback.setsockopt(zmq.SUBSCRIBE, b"")
+    raw, ana = start_consumers(settings)
+    pub = live_publisher(settings, (raw, ana))
+    try:
+        scene = TxmScene.random(5, shape=(160, 160), n_particles=4, n_scans=2, n_frames=N)
+        txm = SimTXM(scene, detector, seed=3)
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        uids = RE(operando_xanes_plan(txm, default_energies(N), 2, n_flats=2))
+        assert len(uids) == 2
+
+        def status(uid):
+            return tiled_client["analysis"][uid]["xanes"].metadata.get("status")
+
+        for uid in uids:
+            wait_until(lambda u=uid: status(u) in ("complete", "failed"), timeout=180)
+            assert status(uid) == "complete", tiled_client["analysis"][uid]["xanes"].metadata
+        node = tiled_client["analysis"][uids[0]]["xanes"]
+        labels = node["labels"].read()
+        p = int(labels.max())
+        assert p >= 3
+        com = node["particle_com"].read()
+        assert com.shape == (p, N, 2)
+        assert node["global_shift"].read().shape == (N, 2)
+        assert node["edge_energy"].read().dtype == np.float32
+        assert node["spectra"].read().shape == (p, N)
+        frames = node["frames"].read()
+        assert sorted(frames["seq_num"]) == list(range(1, N + 1))
+        assert len(node["particles"].read()) == p * N
+        assert {"drift", "tracks", "edge_energy"} <= set(node["figures"])
+
+        # per-particle shifts against the simulation's ground truth (scan 0)
+        shift = node["particle_shift"].read()
+        truth = np.stack(
+            [scene.truth_shift(0, i) - scene.truth_shift(0, 0) for i in range(N)], axis=1
+        )
+        centres = scene.truth_centres(0, 0)
+        found = com[:, 0, :]
+        err = []
+        for k in range(p):
+            j = int(np.argmin(np.linalg.norm(centres - found[k], axis=1)))
+            err.append(shift[k] - truth[j])
+        rms = float(np.sqrt(np.nanmean(np.square(err))))
+        assert rms < 0.5, rms
+
+        # the second scan's deformation table links the particles of both scans
+        second = tiled_client["analysis"][uids[1]]["xanes"]
+        assert second.metadata["series_scans"] == [0, 1]
+        assert second["deformation_displacement"].read().shape[1] == 2
+
+        # one drift message per frame of each scan, JSON with the run uid
+        messages = []
+        while feedback.poll(0):
+            messages.append(json.loads(feedback.recv()))
+        assert {m["run_uid"] for m in messages} <= set(uids)
+        assert len([m for m in messages if m["run_uid"] == uids[1]]) == N
+        assert all("dy_um" in m for m in messages)
+    finally:
+        pub.close()
+        feedback.close(0)
+        for consumer in (raw, ana):
+            Consumer.stop(consumer)
