@@ -65,6 +65,14 @@ class DriftFeedback:
         self.wait_s = wait_s
         self.corrections: list[tuple[int, float, float]] = []
         self._last_seq = 0
+        self.run_uid: str | None = None
+
+    def document(self, name: str, doc: dict[str, Any]) -> None:
+        """Subscribe this to the RunEngine (``RE.subscribe(feedback.document)``) so only drift
+        messages of the run being acquired are used."""
+        if name == "start":
+            self.run_uid = doc["uid"]
+            self._last_seq = 0
 
     def _latest(self, want_seq: int) -> dict[str, Any] | None:
         """The newest drift message; wait up to ``wait_s`` for ``seq_num >= want_seq``."""
@@ -75,6 +83,8 @@ class DriftFeedback:
                 msg = json.loads(self._socket.recv())
             except ValueError:
                 continue
+            if self.run_uid is not None and msg.get("run_uid") != self.run_uid:
+                continue  # an older run's drift
             if int(msg.get("seq_num", 0)) <= self._last_seq:
                 continue
             latest = msg

@@ -2,7 +2,7 @@
 
 Following the flaw-classification seed paper: the input is a 128 x 128 grey-level slice of one
 particle with everything outside the particle's mask set to 0; blocks of two 3x3 convolutions
-with ReLU are followed by 2x2 max pooling (after a 2x2 average pooling of the input), a 10 % dropout and a sigmoid output (the network
+with batch normalisation and ReLU are followed by 2x2 max pooling (after a 2x2 average pooling of the input), a 10 % dropout and a sigmoid output (the network
 returns the logit). A particle is sampled with :func:`slice_positions` (10 slices evenly spaced
 over the central 80 % of its height) and called flawed when at least 4 slices are flawed.
 """
@@ -46,8 +46,10 @@ class FlawCNN(nn.Module):
         for width in self.widths:
             layers += [
                 nn.Conv2d(c_prev, width, 3, padding=1),
+                nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
                 nn.Conv2d(width, width, 3, padding=1),
+                nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]

@@ -14,7 +14,8 @@ unflawed when there are none; slices in between are left out. Augmentations foll
 rotation, width/height shift, zoom and orthogonal flips (plus small contrast changes and noise).
 The checkpoint with the best validation accuracy is kept (early stopping in the paper).
 A particle is flawed in the ground truth when cracks make up at least 0.5 % of its voxels and
-unflawed when it has none; particles in between are not scored.
+unflawed when it has none; particles in between are not scored. Particles reaching outside the
+reconstruction circle are left out (the reconstruction is 0 there).
 """
 
 from __future__ import annotations
@@ -82,13 +83,17 @@ def particle_slices(
     sample = make_reconstructed_cathode(shape, seed=seed, crack_density=crack_density)
     ids = sample.truth.particle_ids
     crack = sample.truth.phase == CRACK
+    n = shape[2]
+    yy, xx = np.mgrid[:n, :n]
+    # the reconstruction is 0 outside its circle: particles there are not seen
+    unseen = (yy - n // 2) ** 2 + (xx - n // 2) ** 2 > (n // 2 - 2) ** 2
     images, labels, keys, plabels = [], [], [], []
     for k, box in enumerate(ndimage.find_objects(ids), start=1):
         if box is None:
             continue
         inside = ids[box] == k
         n_voxels = int(inside.sum())
-        if n_voxels < MIN_PARTICLE_VOXELS:
+        if n_voxels < MIN_PARTICLE_VOXELS or (inside & unseen[box[1:]]).any():
             continue
         n_crack = int((crack[box] & inside).sum())
         fraction = n_crack / n_voxels

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 
 from services import serialization
+from services.bus import wait_until_delivered
 from services.settings import BeamwatchSettings
 from services.supervisor import (
     Supervisor,
@@ -127,6 +128,26 @@ def run_demo(
     return 0
 
 
+def _pings_seen(settings: BeamwatchSettings) -> float:
+    """Fewest ``beamwatch_ping`` messages counted by either consumer (0MQ slow-joiner guard)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = settings.metrics
+    counts = []
+    for port in (m.raw_port, m.analysis_port):
+        text = httpx.get(f"http://{m.host}:{port}/metrics", timeout=2).text
+        seen = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if (
+                    s.name == "beamwatch_messages_received_total"
+                    and s.labels.get("document") == "beamwatch_ping"
+                ):
+                    seen += s.value
+        counts.append(seen)
+    return min(counts)
+
+
 def report_feedback_effect(client: Any, runs: list[tuple[str, int, str]]) -> None:
     """Log the residual sample drift of the same scan without and with alignment feedback."""
     by_label = {label: uid for uid, _n, label in runs}
@@ -193,7 +214,7 @@ def run_simulated_scans(
     RE = RunEngine({})
     publisher = Publisher(settings.bus.in_address, serializer=serialization.dumps)
     RE.subscribe(publisher)
-    time.sleep(1.0)  # 0MQ slow joiner: let the PUB socket connect to the proxy first
+    wait_until_delivered(lambda: publisher("beamwatch_ping", {}), lambda: _pings_seen(settings))
     runs: list[tuple[str, int, str]] = []
     try:
         n_energies = 16 if quick else 60
@@ -214,6 +235,7 @@ def run_simulated_scans(
         feedback = DriftFeedback(
             settings.bus.feedback_address, txm_fb.sample_y, txm_fb.sample_x, txm_fb.pixel_size_um
         )
+        token = RE.subscribe(feedback.document)
         try:
             fb_uid: Any = RE(
                 xanes_scan_plan(
@@ -225,6 +247,7 @@ def run_simulated_scans(
                 )
             )
         finally:
+            RE.unsubscribe(token)
             feedback.close()
         runs.append((fb_uid[0], n_energies, "XANES+feedback"))
 

@@ -39,6 +39,7 @@ class Spool:
         *,
         max_backoff: float = 5.0,
         is_transient: Callable[[BaseException], bool] | None = None,
+        max_batch: int = 256,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,7 @@ class Spool:
         self._pending: list[Path] = existing
         self._stop = False
         self._busy = False
+        self._max_batch = max_batch
         self._thread = threading.Thread(target=self._run, name=f"spool-{self.directory.name}")
         self._metrics.queue_depth.labels(metrics.service).set(len(self._pending))
         if existing:
@@ -105,48 +107,126 @@ class Spool:
                     self._cond.wait()
                 if self._stop:
                     return
-                path = self._pending[0]
+                candidates = list(self._pending[: self._max_batch])
                 self._busy = True
+            done: list[Path] = []
             try:
-                self._apply_with_retry(path)
+                done = self._apply_with_retry(candidates)
             finally:
                 with self._cond:
                     self._busy = False
-                    if self._pending and self._pending[0] == path:
-                        self._pending.pop(0)
+                    for path in done:
+                        if self._pending and self._pending[0] == path:
+                            self._pending.pop(0)
                     self._metrics.queue_depth.labels(self._metrics.service).set(len(self._pending))
                     self._cond.notify_all()
 
-    def _apply_with_retry(self, path: Path) -> None:
-        record = serialization.loads(path.read_bytes())
+    def _batch(self, candidates: list[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+        """The first record, plus the following ones while all of them can be merged."""
+        paths = [candidates[0]]
+        records = [serialization.loads(candidates[0].read_bytes())]
+        if records[0].get("op") not in MERGEABLE_OPS:
+            return paths, records
+        for path in candidates[1:]:
+            record = serialization.loads(path.read_bytes())
+            if record.get("op") not in MERGEABLE_OPS:
+                break
+            paths.append(path)
+            records.append(record)
+        return paths, records
+
+    def _apply_with_retry(self, candidates: list[Path]) -> list[Path]:
+        paths, records = self._batch(candidates)
+        merged = merge_records(records) if len(records) > 1 else records
         backoff = 0.1
-        while True:
-            try:
-                self._apply(record)
-            except Exception as exc:
-                if not self._is_transient(exc):
-                    logger.error(
-                        "dropping spooled write %s (%s): %s",
-                        path.name,
+        for record in merged:
+            while True:
+                try:
+                    self._apply(record)
+                except Exception as exc:
+                    if not self._is_transient(exc):
+                        logger.error(
+                            "dropping spooled write %s (%s): %s",
+                            paths[0].name,
+                            record.get("op", "?"),
+                            exc,
+                            exc_info=True,
+                        )
+                        self._metrics.pipeline_errors.labels(self._metrics.service, "spool").inc()
+                        break
+                    with self._cond:
+                        if self._stop:
+                            return []  # keep everything on disk for the next start
+                    self._metrics.tiled_write_retries.labels(self._metrics.service).inc()
+                    logger.warning(
+                        "Tiled write %s (%s) failed, retrying in %.1f s: %s",
+                        paths[0].name,
                         record.get("op", "?"),
+                        backoff,
                         exc,
-                        exc_info=True,
                     )
-                    self._metrics.pipeline_errors.labels(self._metrics.service, "spool").inc()
-                    break
-                with self._cond:
-                    if self._stop:
-                        return  # keep it on disk for the next start
-                self._metrics.tiled_write_retries.labels(self._metrics.service).inc()
-                logger.warning(
-                    "Tiled write %s (%s) failed, retrying in %.1f s: %s",
-                    path.name,
-                    record.get("op", "?"),
-                    backoff,
-                    exc,
-                )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
-                continue
-            break
-        path.unlink(missing_ok=True)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, self._max_backoff)
+                    continue
+                break
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return paths
+
+
+#: Ops whose records can be merged when several are queued (Tiled lagging behind): appends to
+#: tables and growing arrays. They carry explicit offsets, so re-applying a merged batch after a
+#: failure is harmless.
+MERGEABLE_OPS = frozenset({"table_rows", "array_rows"})
+
+
+def merge_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge queued appends to the same table or array into one write each.
+
+    Order is kept per target (the first record of a target fixes its place); appends with a
+    gap or a different axis start a new write.
+    """
+    import numpy as np
+
+    merged: list[dict[str, Any]] = []
+    last_for: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in records:
+        target = (record["op"], tuple(record["path"]), record["key"], record.get("axis", 0))
+        prev = last_for.get(target)
+        if prev is not None and record["op"] == "table_rows" and _follows_table(prev, record):
+            for column, values in record["rows"].items():
+                prev["rows"][column] = list(prev["rows"][column]) + list(values)
+            continue
+        if prev is not None and record["op"] == "array_rows" and _follows_array(prev, record):
+            axis = int(record.get("axis", 0))
+            prev["array"] = np.concatenate([prev["array"], record["array"]], axis=axis)
+            continue
+        copy = dict(record)
+        if record["op"] == "table_rows":
+            copy["rows"] = {k: list(v) for k, v in record["rows"].items()}
+        merged.append(copy)
+        last_for[target] = copy
+    return merged
+
+
+def _follows_table(prev: dict[str, Any], record: dict[str, Any]) -> bool:
+    n = len(next(iter(prev["rows"].values())))
+    return (
+        set(prev["rows"]) == set(record["rows"])
+        and int(record.get("offset", -1)) == int(prev.get("offset", -1)) + n
+    )
+
+
+def _follows_array(prev: dict[str, Any], record: dict[str, Any]) -> bool:
+    import numpy as np
+
+    axis = int(record.get("axis", 0))
+    a, b = np.asarray(prev["array"]), np.asarray(record["array"])
+    same_shape = a.ndim == b.ndim and all(
+        a.shape[i] == b.shape[i] for i in range(a.ndim) if i != axis
+    )
+    return (
+        same_shape
+        and a.dtype == b.dtype
+        and int(record["offset"]) == int(prev["offset"]) + a.shape[axis]
+    )

@@ -60,7 +60,9 @@ class ParticleResult:
     table : numpy.ndarray
         Structured array of :func:`table_dtype`, one row per particle. Lengths in voxels;
         ``centroid_z`` is the depth (z = 0 separator side); ``crack_fraction`` NaN without a
-        crack mask; ``detachment`` NaN when the particle has no face to pore or binder.
+        crack mask; ``detachment`` NaN when the particle has no face to pore or binder;
+        ``touches_border`` also when the particle reaches the unobserved region (voxels exactly
+        0 outside the reconstruction circle, with ``params.instances.zero_is_outside``).
     phase : numpy.ndarray
         uint8/int (Z, Y, X) 3-phase segmentation used for the detachment (the given one, or
         :func:`~pipelines.particles.detachment.estimate_phase`).
@@ -125,7 +127,8 @@ def analyze_particles(
             raise ValueError(f"phase must have an integer dtype, got {ph.dtype}")
 
     labels = segment_instances(vol, p.instances, model=particle_model, progress=progress).labels
-    measures = measure_particles(labels, crack_mask=cracks)
+    unobserved = (vol == 0) if p.instances.zero_is_outside else None
+    measures = measure_particles(labels, crack_mask=cracks, unobserved=unobserved)
     flaws = classify_flaws(vol, labels, p.flaw, model=flaw_model)
     if phase is None:
         ph = estimate_phase(vol, labels)

@@ -38,6 +38,10 @@ class InstanceParams(BaseModel):
         default=2.0, gt=0.0, description="Depth (voxels) a distance maximum needs to seed."
     )
     min_size: NonNegativeInt = Field(default=60, description="Smaller instances are dropped.")
+    zero_is_outside: bool = Field(
+        default=True,
+        description="Voxels exactly 0 are outside the reconstruction circle: no particle there.",
+    )
     batch_size: PositiveInt = 4
     weights: str | None = Field(default=None, description="None = shipped weights.")
 
@@ -109,6 +113,8 @@ def segment_instances(
     foreground, distance = predict_maps(
         net, normalize_volume(vol), batch_size=p.batch_size, progress=progress
     )
+    if p.zero_is_outside:
+        foreground[vol == 0] = 0.0
     labels = instances_from_maps(foreground, distance, p)
     return InstanceResult(labels=labels, foreground=foreground, distance=distance)
 

@@ -81,3 +81,65 @@ def test_unapplied_records_survive_a_restart(tmp_path):
     assert second.wait_empty(10)
     second.stop()
     assert [r["i"] for r in applied] == [0, 1, 2, 3, 4, 5]
+
+
+def test_queued_appends_are_merged_per_target_in_order():
+    from services.spool import merge_records
+
+    records = []
+    for i in range(3):
+        records.append(
+            {"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [i]}, "offset": i}
+        )
+        records.append(
+            {
+                "op": "array_rows",
+                "path": ["a"],
+                "key": "g",
+                "array": np.full((1, 2), i),
+                "offset": i,
+            }
+        )
+        records.append(
+            {
+                "op": "array_rows",
+                "path": ["a"],
+                "key": "p",
+                "array": np.full((4, 1, 2), i),
+                "offset": i,
+                "axis": 1,
+            }
+        )
+    merged = merge_records(records)
+    assert [(r["op"], r["key"]) for r in merged] == [
+        ("table_rows", "t"),
+        ("array_rows", "g"),
+        ("array_rows", "p"),
+    ]
+    assert merged[0]["rows"] == {"x": [0, 1, 2]} and merged[0]["offset"] == 0
+    assert merged[1]["array"].shape == (3, 2) and merged[1]["array"][:, 0].tolist() == [0, 1, 2]
+    assert merged[2]["array"].shape == (4, 3, 2)
+    assert records[0]["rows"] == {"x": [0]}  # inputs untouched
+
+
+def test_appends_with_a_gap_are_not_merged():
+    from services.spool import merge_records
+
+    records = [
+        {"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [0]}, "offset": 0},
+        {"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [5]}, "offset": 5},
+    ]
+    assert len(merge_records(records)) == 2
+
+
+def test_spool_merges_a_backlog_but_stops_at_other_ops(tmp_path):
+    applied = []
+    spool = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
+    for i in range(5):
+        spool.put({"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [i]}, "offset": i})
+    spool.put({"op": "metadata", "path": ["a"], "metadata": {"status": "complete"}})
+    spool.start()  # the backlog is already on disk: one merged append, then the metadata
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert [r["op"] for r in applied] == ["table_rows", "metadata"]
+    assert applied[0]["rows"]["x"] == [0, 1, 2, 3, 4]
