@@ -36,6 +36,10 @@ class ResultWriter:
         self._rows: dict[str, int] = {}
         self._table_rows: dict[str, int] = {}
 
+    def sibling(self, pipeline: str) -> ResultWriter:
+        """A writer for another pipeline container of the same run (a second stage)."""
+        return ResultWriter(self._spool, self.run_uid, pipeline)
+
     def container(self, metadata: dict[str, Any], sub: list[str] | None = None) -> None:
         self._spool.put({"op": "container", "path": self.path + (sub or []), "metadata": metadata})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import logging
 import sys
@@ -16,7 +15,7 @@ from services.settings import BeamwatchSettings, load_settings
 
 logger = logging.getLogger("beamwatch")
 
-OFFLINE_VERB_MODULES = ("services.cli_xanes", "services.cli_tomo")
+OFFLINE_VERB_MODULES = ("services.cli_xanes", "services.cli_tomo", "services.cli_particles")
 
 
 def _settings(args: argparse.Namespace) -> BeamwatchSettings:
@@ -114,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     consume.set_defaults(func=cmd_consume)
 
     for module_name in OFFLINE_VERB_MODULES:
-        if importlib.util.find_spec(module_name) is not None:
-            importlib.import_module(module_name).register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

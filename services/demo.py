@@ -189,6 +189,14 @@ def report_crack_accuracy(
         node.metadata.get("seconds_reconstruction", float("nan")),
         node.metadata.get("seconds_cracks", float("nan")),
     )
+    particles = client["analysis"][uid]["particles"].metadata
+    logger.info(
+        "particles: %s (%s found, flawed fraction %s, mean detachment %s)",
+        particles.get("status"),
+        particles.get("particles"),
+        particles.get("flawed_fraction"),
+        particles.get("mean_detachment"),
+    )
 
 
 def _watch(supervisor: Supervisor, stop: threading.Event) -> None:

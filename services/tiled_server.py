@@ -8,6 +8,8 @@ production configuration in ``deploy/tiled/config.yml`` uses.
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,10 +45,31 @@ def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
     }
 
 
+def init_sqlite_catalog(db: Path) -> None:
+    """Create the embedded SQLite catalog once, in WAL mode.
+
+    With the default rollback journal, readers polling the catalog while the consumers write
+    make writes fail with "database is locked" (HTTP 500) under load; in WAL mode readers
+    never block the writer. The journal mode is stored in the file.
+    """
+    if db.exists():
+        return
+    tiled_bin = Path(sys.executable).with_name("tiled")
+    subprocess.run(
+        [str(tiled_bin), "catalog", "init", f"sqlite:///{db}"],
+        check=True,
+        capture_output=True,
+    )
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
 def write_tiled_config(settings: BeamwatchSettings) -> Path:
     tdir = settings.tiled_dir
     (tdir / "data").mkdir(parents=True, exist_ok=True)
     settings.detector_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.tiled.catalog_uri:
+        init_sqlite_catalog((tdir / "catalog.db").resolve())
     path = tdir / "config.yml"
     path.write_text(yaml.safe_dump(tiled_config(settings), sort_keys=False))
     return path

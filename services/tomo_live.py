@@ -55,6 +55,8 @@ class CracksPipeline:
         self._image_key = start.get("image_key")
         self._angle_key = start.get("angle_key", "rotation")
         self._figures_dir = figures_dir / self._uid
+        self._particle_params = start.get("beamwatch_particle_params", {})
+        self._stats_params = start.get("beamwatch_stats_params", {})
         self._frames: dict[str, list[np.ndarray]] = {"primary": [], "flat": [], "dark": []}
         self._angles: list[float] = []
 
@@ -137,6 +139,7 @@ class CracksPipeline:
                 "figures": {name: str(path) for name, (path, _rgb) in figures.items()},
             }
         )
+        self._particles(volume, cracks, out.sibling("particles"))
         logger.info(
             "tomogram %s: %s volume reconstructed in %.1f s, cracks in %.1f s",
             self._uid,
@@ -145,6 +148,90 @@ class CracksPipeline:
             t_cracks,
             extra={"run_uid": self._uid},
         )
+
+    def _particles(self, volume: np.ndarray, cracks: np.ndarray, out: ResultWriter) -> None:
+        """Second stage: every particle once (even when cracked), flaws, detachment, stats."""
+        from pipelines.particles.analyze import ParticleParams, analyze_particles
+        from pipelines.particles.stats import StatsParams, particle_statistics
+
+        params = ParticleParams(**self._particle_params)
+        stats_params = StatsParams(**self._stats_params)
+        out.container(
+            {
+                "source_run_uid": self._uid,
+                "pipeline": "particles",
+                "version": self.version,
+                "status": "running",
+                "parameters": {
+                    "particles": params.model_dump(mode="json"),
+                    "statistics": stats_params.model_dump(mode="json"),
+                },
+            }
+        )
+        try:
+            t0 = time.monotonic()
+            result = analyze_particles(volume, crack_mask=cracks.astype(bool), params=params)
+            stats = particle_statistics(result.table, depth=volume.shape[0], params=stats_params)
+            out.array("labels", result.labels.astype(np.int32), dims=["z", "y", "x"])
+            scalar = [n for n in (result.table.dtype.names or ()) if result.table[n].ndim == 1]
+            out.table_rows("table", {n: result.table[n].tolist() for n in scalar})
+            out.array("slice_scores", result.table["slice_scores"], dims=["particle", "slice"])
+            out.array("size_counts", stats.size_counts, dims=["bin"])
+            out.array("size_edges_um", stats.size_edges_um, dims=["edge"])
+            out.array("detachment_counts", stats.detachment_counts, dims=["bin"])
+            out.array("detachment_edges", stats.detachment_edges, dims=["edge"])
+            figures = self._particle_figures(result.table, stats)
+            for name, (path, rgb) in figures.items():
+                out.array(name, rgb, sub=["figures"], dims=["row", "col", "rgb"], png=str(path))
+            out.metadata(
+                {
+                    "status": "complete",
+                    "particles": int(len(result.table)),
+                    "flawed_fraction": _finite(stats.overall.flawed_fraction),
+                    "mean_detachment": _finite(stats.overall.mean_detachment),
+                    "n_excluded_border": int(stats.n_excluded_border),
+                    "seconds": time.monotonic() - t0,
+                    "figures": {name: str(path) for name, (path, _rgb) in figures.items()},
+                }
+            )
+        except Exception as exc:
+            logger.error(
+                "particle analysis failed: %s", exc, exc_info=True, extra={"run_uid": self._uid}
+            )
+            out.metadata({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+
+    def _particle_figures(
+        self, table: np.ndarray, stats: Any
+    ) -> dict[str, tuple[Path, np.ndarray]]:
+        def sizes(fig: Any) -> None:
+            ax = fig.add_subplot(111)
+            ax.stairs(stats.size_counts, stats.size_edges_um)
+            ax.set_xlabel("equivalent diameter (um)")
+            ax.set_ylabel("particles")
+
+        def detachment(fig: Any) -> None:
+            ax = fig.add_subplot(111)
+            ax.stairs(stats.detachment_counts, stats.detachment_edges)
+            ax.set_xlabel("degree of detachment (surface share facing pore)")
+            ax.set_ylabel("particles")
+
+        def flawed(fig: Any) -> None:
+            ax = fig.add_subplot(111)
+            groups = [("all", stats.overall), ("small", stats.small), ("large", stats.large)]
+            ax.bar([g for g, _ in groups], [np.nan_to_num(s.flawed_fraction) for _, s in groups])
+            ax.set_ylabel("flawed fraction")
+            ax.set_ylim(0, 1)
+
+        out: dict[str, tuple[Path, np.ndarray]] = {}
+        for name, draw in (("sizes", sizes), ("detachment", detachment), ("flawed", flawed)):
+            path = self._figures_dir / f"particles_{name}.png"
+            try:
+                out[name] = (path, render_png(draw, path))
+            except Exception:  # a figure is a preview: log and go on
+                logger.warning(
+                    "figure %s failed", name, exc_info=True, extra={"run_uid": self._uid}
+                )
+        return out
 
     def _figures(self, q: Any) -> dict[str, tuple[Path, np.ndarray]]:
         z_top, z_bottom = 0, q.damage_density.shape[0] - 1
@@ -191,3 +278,7 @@ class CracksPipeline:
                     "figure %s failed", name, exc_info=True, extra={"run_uid": self._uid}
                 )
         return out
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05
+    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.25
 ) -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
     deadline = time.monotonic() + timeout

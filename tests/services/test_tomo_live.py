@@ -52,6 +52,35 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         assert {"damage_top", "damage_bottom", "depth_profile", "correlation"} <= set(
             node["figures"]
         )
+
+        # second stage: every particle once, with its measurements, flaw call and detachment
+        wait_until(
+            lambda: (
+                tiled_client["analysis"][uid]["particles"].metadata.get("status")
+                in ("complete", "failed")
+            ),
+            timeout=240,
+        )
+        particles = tiled_client["analysis"][uid]["particles"]
+        assert particles.metadata["status"] == "complete", particles.metadata
+        labels = particles["labels"].read()
+        assert labels.shape == (6, 64, 64) and labels.dtype == np.int32
+        table = particles["table"].read()
+        assert len(table) == particles.metadata["particles"] == int(labels.max())
+        for column in (
+            "label",
+            "volume_voxels",
+            "equivalent_diameter_px",
+            "centroid_z",
+            "sphericity",
+            "crack_fraction",
+            "flawed_slices",
+            "flawed",
+            "detachment",
+            "touches_border",
+        ):
+            assert column in table.columns, column
+        assert {"sizes", "detachment", "flawed"} <= set(particles["figures"])
     finally:
         pub.close()
         raw.stop()

@@ -1,0 +1,206 @@
+"""2.5-D U-Net for crack-robust particle instance segmentation.
+
+The network sees three neighbouring normalised slices ``(z - 1, z, z + 1)`` and predicts, for
+the middle slice, the particle foreground (logit, cracks inside a particle count as particle)
+and the 3-D distance from each particle voxel to its particle's boundary (in units of
+:data:`DISTANCE_SCALE_PX`). Cracks are not boundaries in the training target, so the predicted
+distance has one maximum per particle even when a crack cuts through it; a seeded watershed of
+that distance (``pipelines.particles.instances``) turns it into instances.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
+from torch import nn
+from torch.nn import functional as F
+
+from models.device import pick_device
+from models.fusion import fold_batch_norm
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "particle_unet.pt"
+DEPTH = 4
+SIZE_MULTIPLE = 2 ** (DEPTH - 1)
+DISTANCE_SCALE_PX = 8.0
+"""Network distance output 1.0 corresponds to this many voxels."""
+CONTEXT_SLICES = 3
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ParticleUNet(nn.Module):
+    """Four-level U-Net with a foreground logit and a distance output.
+
+    Parameters
+    ----------
+    base_channels : int
+        Channels of the first level; doubled at each level.
+    """
+
+    def __init__(self, base_channels: int = 12) -> None:
+        super().__init__()
+        self.base_channels = base_channels
+        widths = [base_channels * 2**i for i in range(DEPTH)]
+        self.encoders = nn.ModuleList()
+        c_prev = CONTEXT_SLICES
+        for width in widths:
+            self.encoders.append(_double_conv(c_prev, width))
+            c_prev = width
+        self.upsamplers = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            self.upsamplers.append(nn.ConvTranspose2d(width * 2, width, 2, stride=2))
+            self.decoders.append(_double_conv(width * 2, width))
+        self.head = nn.Conv2d(widths[0], 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, 2, H, W): foreground logit and scaled distance, for (B, 3, H, W)."""
+        skips = []
+        for i, encoder in enumerate(self.encoders):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = encoder(x)
+            skips.append(x)
+        for upsample, decoder, skip in zip(
+            self.upsamplers, self.decoders, reversed(skips[:-1]), strict=True
+        ):
+            x = decoder(torch.cat((upsample(x), skip), dim=1))
+        return self.head(x)
+
+
+def instance_distance(particle_ids: np.ndarray) -> np.ndarray:
+    """Training target: distance (voxels) from each particle voxel to its instance boundary.
+
+    Parameters
+    ----------
+    particle_ids : numpy.ndarray
+        int (Z, Y, X) instance labels, 0 = background; cracks carry their particle's label.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (Z, Y, X); 0 outside particles and on the outer voxel layer of each particle
+        (including where two particles touch). The array border is not a boundary.
+    """
+    ids = np.asarray(particle_ids)
+    interior = (ids > 0) & ~find_boundaries(ids, mode="inner", connectivity=1)
+    return ndimage.distance_transform_edt(interior).astype(np.float32)
+
+
+def context_stack(normalized: np.ndarray, z: int) -> np.ndarray:
+    """Slices ``z - 1, z, z + 1`` of a normalised volume (edges repeated), float32 (3, Y, X)."""
+    last = normalized.shape[0] - 1
+    index = [min(max(z + d, 0), last) for d in (-1, 0, 1)]
+    return np.asarray(normalized[index], dtype=np.float32)
+
+
+def save_particle_unet(
+    model: ParticleUNet, path: Path, metadata: dict[str, Any] | None = None
+) -> None:
+    """Save weights, architecture settings and JSON metadata (training config, scores)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    plain = json.loads(json.dumps(metadata or {}))
+    torch.save({"base_channels": model.base_channels, "state_dict": state, "metadata": plain}, path)
+
+
+def load_particle_unet(
+    path: str | Path | None = None, *, device: torch.device | None = None
+) -> ParticleUNet:
+    """Load the particle U-Net in evaluation mode.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path, optional
+        Weights file; default the shipped :data:`DEFAULT_WEIGHTS`.
+    device : torch.device, optional
+        Default :func:`models.device.pick_device`.
+
+    Returns
+    -------
+    ParticleUNet
+        Network on ``device`` in ``eval()`` mode, batch normalisation folded into the
+        convolutions (:func:`models.fusion.fold_batch_norm`; it cannot be trained further).
+    """
+    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"particle U-Net weights not found: {weights}")
+    dev = device if device is not None else pick_device()
+    checkpoint = torch.load(weights, map_location=dev, weights_only=True)
+    model = ParticleUNet(base_channels=int(checkpoint["base_channels"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return fold_batch_norm(model.eval()).to(dev)
+
+
+def load_particle_unet_metadata(path: str | Path | None = None) -> dict[str, Any]:
+    """Training metadata stored with the weights (config, held-out scores)."""
+    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    return dict(checkpoint.get("metadata", {}))
+
+
+def _pad(batch: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    h, w = batch.shape[-2:]
+    pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
+    return batch, h, w
+
+
+@torch.inference_mode()
+def predict_maps(
+    model: ParticleUNet,
+    normalized: np.ndarray,
+    *,
+    batch_size: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground probability and boundary distance of a normalised volume.
+
+    Parameters
+    ----------
+    model : ParticleUNet
+        Network in eval mode.
+    normalized : numpy.ndarray
+        float32 (Z, Y, X) volume normalised with :func:`models.crack_unet.reference_levels`
+        and :func:`models.crack_unet.normalize_slices`.
+    batch_size : int, optional
+        Slices per forward pass.
+    progress : callable, optional
+        Called with the number of slices done after each batch.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        float32 (Z, Y, X) foreground probability and distance in voxels (>= 0).
+    """
+    vol = np.asarray(normalized, dtype=np.float32)
+    device = next(model.parameters()).device
+    prob = np.empty(vol.shape, dtype=np.float32)
+    dist = np.empty(vol.shape, dtype=np.float32)
+    for z0 in range(0, vol.shape[0], batch_size):
+        zs = range(z0, min(z0 + batch_size, vol.shape[0]))
+        batch = torch.from_numpy(np.stack([context_stack(vol, z) for z in zs])).to(device)
+        padded, h, w = _pad(batch)
+        out = model(padded)[:, :, :h, :w].float().cpu().numpy()
+        prob[z0 : z0 + len(zs)] = 1.0 / (1.0 + np.exp(-out[:, 0]))
+        dist[z0 : z0 + len(zs)] = np.maximum(out[:, 1], 0.0) * np.float32(DISTANCE_SCALE_PX)
+        if progress is not None:
+            progress(len(zs))
+    return prob, dist

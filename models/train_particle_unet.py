@@ -1,0 +1,192 @@
+"""Train the particle U-Net (foreground + boundary distance) on reconstructed synthetic cathodes.
+
+Run ``python -m models.train_particle_unet`` (about 12 minutes on one CPU thread). It writes
+``models/weights/particle_unet.pt`` and ``models/weights/particle_unet.json`` (training config
+and pixel scores on a held-out volume). Instance scores of the full pipeline (F1 at IoU 0.5,
+split rate) are measured by ``python -m benchmarks.particles_benchmark --record``, which adds
+them to the JSON file.
+
+Training data: synthetic cathode volumes with cracks (``models.synthetic.reconstructed``: the
+same simulated scan and filtered back projection as the crack U-Net's training data),
+normalised with ``models.crack_unet.reference_levels`` as at inference time. Targets: the
+particle foreground with its cracks, and the 3-D distance to the particle boundary in which
+cracks are not boundaries (:func:`models.particle_unet.instance_distance`). Augmentations:
+random crops, 90-degree rotations, flips, contrast/brightness changes and Gaussian noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from models.particle_unet import (
+    DEFAULT_WEIGHTS,
+    DISTANCE_SCALE_PX,
+    ParticleUNet,
+    context_stack,
+    instance_distance,
+    predict_maps,
+    save_particle_unet,
+)
+from models.synthetic.reconstructed import make_reconstructed_cathode
+
+logger = logging.getLogger(__name__)
+HELD_OUT_SEED = 990_001
+
+
+@dataclass
+class VolumeSet:
+    """Normalised volume with its foreground and scaled-distance targets."""
+
+    images: np.ndarray  # float32 (Z, Y, X)
+    foreground: np.ndarray  # float32 (Z, Y, X)
+    distance: np.ndarray  # float32 (Z, Y, X), in units of DISTANCE_SCALE_PX
+
+
+def make_volume_set(shape: tuple[int, int, int], seed: int, crack_density: float) -> VolumeSet:
+    """One reconstructed synthetic volume and its targets."""
+    sample = make_reconstructed_cathode(shape, seed=seed, crack_density=crack_density)
+    ids = sample.truth.particle_ids
+    return VolumeSet(
+        images=sample.normalized,
+        foreground=(ids > 0).astype(np.float32),
+        distance=instance_distance(ids) / np.float32(DISTANCE_SCALE_PX),
+    )
+
+
+def sample_batch(
+    sets: list[VolumeSet], batch_size: int, tile: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random crops with rotations, flips, contrast changes and noise."""
+    images, fgs, dists = [], [], []
+    for _ in range(batch_size):
+        data = sets[int(rng.integers(len(sets)))]
+        depth, height, width = data.images.shape
+        z = int(rng.integers(depth))
+        y = int(rng.integers(0, height - tile + 1))
+        x = int(rng.integers(0, width - tile + 1))
+        img = context_stack(data.images, z)[:, y : y + tile, x : x + tile]
+        fg = data.foreground[z, y : y + tile, x : x + tile]
+        dist = data.distance[z, y : y + tile, x : x + tile]
+        k = int(rng.integers(4))
+        flip = bool(rng.random() < 0.5)
+        if rng.random() < 0.5:
+            img = img[::-1]  # reverse the z context: the target is symmetric in z
+        arrays = [np.rot90(a, k, axes=(-2, -1)) for a in (img, fg, dist)]
+        if flip:
+            arrays = [a[..., ::-1] for a in arrays]
+        images.append(np.ascontiguousarray(arrays[0]))
+        fgs.append(np.ascontiguousarray(arrays[1]))
+        dists.append(np.ascontiguousarray(arrays[2]))
+    image = torch.from_numpy(np.stack(images))
+    gain = torch.from_numpy(rng.uniform(0.8, 1.25, (batch_size, 1, 1, 1))).float()
+    offset = torch.from_numpy(rng.uniform(-0.1, 0.1, (batch_size, 1, 1, 1))).float()
+    sigma = torch.from_numpy(rng.uniform(0.0, 0.05, (batch_size, 1, 1, 1))).float()
+    noise = torch.from_numpy(rng.standard_normal(image.shape).astype(np.float32))
+    image = image * gain + offset + sigma * noise
+    return (
+        image,
+        torch.from_numpy(np.stack(fgs))[:, None],
+        torch.from_numpy(np.stack(dists))[:, None],
+    )
+
+
+def particle_loss(out: torch.Tensor, fg: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """Foreground cross-entropy plus smooth-L1 distance regression."""
+    bce = F.binary_cross_entropy_with_logits(out[:, 0:1], fg)
+    reg = F.smooth_l1_loss(out[:, 1:2], dist, beta=0.25)
+    return bce + 2.0 * reg
+
+
+def evaluate(model: ParticleUNet, data: VolumeSet) -> dict[str, float]:
+    """Foreground IoU and distance mean absolute error (voxels) on a held-out volume."""
+    model.eval()
+    prob, dist = predict_maps(model, data.images)
+    model.train()
+    pred, true = prob >= 0.5, data.foreground > 0.5
+    inter, union = float((pred & true).sum()), float((pred | true).sum())
+    mae = float(np.abs(dist - data.distance * DISTANCE_SCALE_PX)[true].mean())
+    return {"foreground_iou": inter / union if union else 1.0, "distance_mae_px": mae}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: build data, train, evaluate on a held-out volume, save weights."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--minutes", type=float, default=11.0, help="training time budget")
+    parser.add_argument("--volumes", type=int, default=10)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=40)
+    parser.add_argument("--tile", type=int, default=80)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--base-channels", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    t_start = time.monotonic()
+    shape = (args.depth, args.size, args.size)
+    sets = []
+    for i in range(args.volumes):
+        density = 0.0 if i == args.volumes - 1 else float(rng.uniform(0.5, 2.0))
+        sets.append(make_volume_set(shape, seed=args.seed * 1000 + i, crack_density=density))
+        logger.info("volume %d/%d ready (crack density %.2f)", i + 1, args.volumes, density)
+    held_out = make_volume_set(shape, seed=HELD_OUT_SEED, crack_density=1.5)
+    data_seconds = time.monotonic() - t_start
+
+    model = ParticleUNet(base_channels=args.base_channels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    budget = args.minutes * 60.0
+    t_train = time.monotonic()
+    step, running = 0, 0.0
+    while (elapsed := time.monotonic() - t_train) < budget:
+        lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        image, fg, dist = sample_batch(sets, args.batch, args.tile, rng)
+        loss = particle_loss(model(image), fg, dist)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        running = 0.98 * running + 0.02 * value if step else value
+        step += 1
+        if step % 100 == 0:
+            logger.info("step %d  %.0fs  lr %.2e  loss %.4f", step, elapsed, lr, running)
+    train_seconds = time.monotonic() - t_train
+
+    scores = evaluate(model, held_out)
+    logger.info("held-out pixel scores: %s", scores)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    metadata = {
+        "config": config,
+        "steps": step,
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "held_out": {"shape": list(shape), "seed": HELD_OUT_SEED, "crack_density": 1.5, **scores},
+        "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
+        "distance_scale_px": DISTANCE_SCALE_PX,
+        "torch": str(torch.__version__),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_particle_unet(model, args.out, metadata)
+    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
+    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Flaw classification of particles, as in the flaw-classification seed paper.
+
+For each particle, :data:`models.flaw_cnn.N_SLICES` slices evenly spaced over the central 80 %
+of its height are masked with the particle's label, cropped, resized to 128 x 128 and scored
+by the slice classifier (:mod:`models.flaw_cnn`). The particle is flawed when at least
+``min_flawed_slices`` (4) of its 10 slices score at least ``slice_threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from scipy import ndimage
+
+from models.flaw_cnn import (
+    FlawCNN,
+    load_flaw_cnn,
+    predict_flaw_scores,
+    prepare_slice,
+    slice_positions,
+)
+from pipelines.particles.instances import check_volume, normalize_volume
+from pipelines.particles.measure import check_labels
+
+
+class FlawParams(BaseModel):
+    """Parameters of :func:`classify_flaws`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_slices: PositiveInt = 10
+    height_span: float = Field(default=0.8, gt=0.0, le=1.0)
+    slice_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    min_flawed_slices: PositiveInt = 4
+    batch_size: PositiveInt = 64
+    weights: str | None = Field(default=None, description="None = shipped weights.")
+
+
+@dataclass
+class FlawResult:
+    """Per-particle flaw calls, rows in increasing label order.
+
+    Attributes
+    ----------
+    label : numpy.ndarray
+        int32 (n,) particle labels.
+    slice_z : numpy.ndarray
+        int32 (n, n_slices) slices that were scored.
+    slice_scores : numpy.ndarray
+        float32 (n, n_slices) flaw probabilities.
+    flawed_slices : numpy.ndarray
+        int32 (n,) slices scoring at least the slice threshold.
+    flawed : numpy.ndarray
+        bool (n,) ``flawed_slices >= min_flawed_slices``.
+    """
+
+    label: np.ndarray
+    slice_z: np.ndarray
+    slice_scores: np.ndarray
+    flawed_slices: np.ndarray
+    flawed: np.ndarray
+
+
+def classify_flaws(
+    volume: np.ndarray,
+    labels: np.ndarray,
+    params: FlawParams | None = None,
+    *,
+    model: FlawCNN | None = None,
+) -> FlawResult:
+    """Score 10 slices of every particle and call it flawed or not.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        (Z, Y, X) reconstructed grey-level volume, any integer or float dtype; normalised with
+        :func:`models.crack_unet.reference_levels` like the classifier's training data.
+    labels : numpy.ndarray
+        int (Z, Y, X) particle instances whose masks include their cracks.
+    params : FlawParams, optional
+        Slice sampling and decision rule.
+    model : FlawCNN, optional
+        Default the shipped weights.
+
+    Returns
+    -------
+    FlawResult
+        Slices, scores and calls per label present.
+    """
+    p = params if params is not None else FlawParams()
+    vol = check_volume(volume)
+    lab = check_labels(labels)
+    if vol.shape != lab.shape:
+        raise ValueError(f"labels shape {lab.shape} != volume shape {vol.shape}")
+    normalized = normalize_volume(vol)
+    ids, zs, images = [], [], []
+    for k, box in enumerate(ndimage.find_objects(lab), start=1):
+        if box is None:
+            continue
+        positions = slice_positions(box[0].start, box[0].stop - 1, p.n_slices, p.height_span)
+        ids.append(k)
+        zs.append(positions)
+        for z in positions:
+            sub = (z, box[1], box[2])
+            images.append(prepare_slice(normalized[sub], lab[sub] == k))
+    n = len(ids)
+    if n == 0:
+        empty = np.zeros((0, p.n_slices))
+        return FlawResult(
+            label=np.zeros(0, dtype=np.int32),
+            slice_z=empty.astype(np.int32),
+            slice_scores=empty.astype(np.float32),
+            flawed_slices=np.zeros(0, dtype=np.int32),
+            flawed=np.zeros(0, dtype=bool),
+        )
+    net = model if model is not None else load_flaw_cnn(p.weights)
+    scores = predict_flaw_scores(net, np.stack(images), p.batch_size).reshape(n, p.n_slices)
+    flawed_slices = (scores >= p.slice_threshold).sum(axis=1).astype(np.int32)
+    return FlawResult(
+        label=np.asarray(ids, dtype=np.int32),
+        slice_z=np.stack(zs).astype(np.int32),
+        slice_scores=scores.astype(np.float32),
+        flawed_slices=flawed_slices,
+        flawed=flawed_slices >= p.min_flawed_slices,
+    )
