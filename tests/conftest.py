@@ -14,7 +14,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _shared_data() -> Path:
+    """The real data sets: ``$BEAMWATCH_SHARED_DATA``, else ``../shared/data`` next to the
+    checkout, else the workplace's ``/work/shared/data`` (for clones made elsewhere)."""
+    env = os.environ.get("BEAMWATCH_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared" / "data", Path("/work/shared/data")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+SHARED_DATA = _shared_data()
 BIN = Path(sys.executable).parent
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from models.synthetic.txm import TxmScene, default_energies
+from tests.conftest import SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[3]
-SSRL = REPO.parent / "shared" / "data" / "txm_ssrl_nca"
+SSRL = SHARED_DATA / "txm_ssrl_nca"
 SAMPLE_EXPOSURE_S = 0.5
 FLAT_EXPOSURE_S = 0.3
 
