@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def render_png(
@@ -32,3 +35,29 @@ def render_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def publish_figures(
+    out: Any,
+    directory: Path,
+    prefix: str,
+    drawers: Sequence[tuple[str, Callable[[Any], None]]],
+    *,
+    run_uid: str,
+) -> dict[str, str]:
+    """Render each figure to ``directory/<prefix>_<name>.png`` and write it to Tiled as
+    ``figures/<name>`` (RGB) through the result writer ``out``; return the PNG paths.
+
+    A figure is a preview: one that fails is logged and skipped, the others still go out.
+    """
+    paths: dict[str, str] = {}
+    for name, draw in drawers:
+        path = directory / f"{prefix}_{name}.png"
+        try:
+            rgb = render_png(draw, path)
+        except Exception:
+            logger.warning("figure %s failed", name, exc_info=True, extra={"run_uid": run_uid})
+            continue
+        out.array(name, rgb, sub=["figures"], dims=["row", "col", "rgb"], png=str(path))
+        paths[name] = str(path)
+    return paths

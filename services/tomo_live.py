@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from services.analysis import ResultWriter
-from services.figures import render_png
+from services.figures import publish_figures
 from services.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -118,9 +118,7 @@ class CracksPipeline:
             np.stack([q.layer_slope, q.layer_intercept, q.layer_pearson_r], axis=1),
             dims=["z", "slope_intercept_r"],
         )
-        figures = self._figures(q)
-        for name, (path, rgb) in figures.items():
-            out.array(name, rgb, sub=["figures"], dims=["row", "col", "rgb"], png=str(path))
+        figures = self._figures(q, out)
         fit = q.volume_fit
         out.metadata(
             {
@@ -136,7 +134,7 @@ class CracksPipeline:
                 "seconds_reconstruction": t_recon,
                 "seconds_cracks": t_cracks,
                 "seconds_total": time.monotonic() - t0,
-                "figures": {name: str(path) for name, (path, _rgb) in figures.items()},
+                "figures": figures,
             }
         )
         self._particles(volume, cracks, out.sibling("particles"))
@@ -180,9 +178,7 @@ class CracksPipeline:
             out.array("size_edges_um", stats.size_edges_um, dims=["edge"])
             out.array("detachment_counts", stats.detachment_counts, dims=["bin"])
             out.array("detachment_edges", stats.detachment_edges, dims=["edge"])
-            figures = self._particle_figures(result.table, stats)
-            for name, (path, rgb) in figures.items():
-                out.array(name, rgb, sub=["figures"], dims=["row", "col", "rgb"], png=str(path))
+            figures = self._particle_figures(stats, out)
             out.metadata(
                 {
                     "status": "complete",
@@ -191,7 +187,7 @@ class CracksPipeline:
                     "mean_detachment": _finite(stats.overall.mean_detachment),
                     "n_excluded_border": int(stats.n_excluded_border),
                     "seconds": time.monotonic() - t0,
-                    "figures": {name: str(path) for name, (path, _rgb) in figures.items()},
+                    "figures": figures,
                 }
             )
         except Exception as exc:
@@ -200,9 +196,7 @@ class CracksPipeline:
             )
             out.metadata({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
 
-    def _particle_figures(
-        self, table: np.ndarray, stats: Any
-    ) -> dict[str, tuple[Path, np.ndarray]]:
+    def _particle_figures(self, stats: Any, out: ResultWriter) -> dict[str, str]:
         def sizes(fig: Any) -> None:
             ax = fig.add_subplot(111)
             ax.stairs(stats.size_counts, stats.size_edges_um)
@@ -222,18 +216,10 @@ class CracksPipeline:
             ax.set_ylabel("flawed fraction")
             ax.set_ylim(0, 1)
 
-        out: dict[str, tuple[Path, np.ndarray]] = {}
-        for name, draw in (("sizes", sizes), ("detachment", detachment), ("flawed", flawed)):
-            path = self._figures_dir / f"particles_{name}.png"
-            try:
-                out[name] = (path, render_png(draw, path))
-            except Exception:  # a figure is a preview: log and go on
-                logger.warning(
-                    "figure %s failed", name, exc_info=True, extra={"run_uid": self._uid}
-                )
-        return out
+        drawers = [("sizes", sizes), ("detachment", detachment), ("flawed", flawed)]
+        return publish_figures(out, self._figures_dir, "particles", drawers, run_uid=self._uid)
 
-    def _figures(self, q: Any) -> dict[str, tuple[Path, np.ndarray]]:
+    def _figures(self, q: Any, out: ResultWriter) -> dict[str, str]:
         z_top, z_bottom = 0, q.damage_density.shape[0] - 1
 
         def damage(z: int) -> Any:
@@ -263,21 +249,13 @@ class CracksPipeline:
             ax.set_ylabel("damage density")
             ax.legend()
 
-        out: dict[str, tuple[Path, np.ndarray]] = {}
-        for name, draw in (
+        drawers = [
             ("damage_top", damage(z_top)),
             ("damage_bottom", damage(z_bottom)),
             ("depth_profile", profile),
             ("correlation", scatter),
-        ):
-            path = self._figures_dir / f"cracks_{name}.png"
-            try:
-                out[name] = (path, render_png(draw, path))
-            except Exception:  # a figure is a preview: log and go on
-                logger.warning(
-                    "figure %s failed", name, exc_info=True, extra={"run_uid": self._uid}
-                )
-        return out
+        ]
+        return publish_figures(out, self._figures_dir, "cracks", drawers, run_uid=self._uid)
 
 
 def _finite(value: float) -> float | None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from services.analysis import ResultWriter
-from services.figures import render_png
+from services.figures import publish_figures
 from services.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -270,7 +270,6 @@ class XanesLivePipeline:
 
     # ---- figures ----
     def _figures(self, final: Any, out: ResultWriter) -> dict[str, str]:
-        paths: dict[str, str] = {}
 
         def drift(fig: Any) -> None:
             ax = fig.add_subplot(111)
@@ -294,15 +293,5 @@ class XanesLivePipeline:
             fig.colorbar(im, ax=ax, label="edge energy (eV)")
             ax.set_title("edge energy at 50 % of the edge jump")
 
-        for name, draw in (("drift", drift), ("tracks", tracks), ("edge_energy", edge_map)):
-            path = self._figures_dir / f"xanes_{name}.png"
-            try:
-                rgb = render_png(draw, path)
-            except Exception:  # a figure is a preview: log and go on
-                logger.warning(
-                    "figure %s failed", name, exc_info=True, extra={"run_uid": self._uid}
-                )
-                continue
-            out.array(name, rgb, sub=["figures"], dims=["row", "col", "rgb"], png=str(path))
-            paths[name] = str(path)
-        return paths
+        drawers = [("drift", drift), ("tracks", tracks), ("edge_energy", edge_map)]
+        return publish_figures(out, self._figures_dir, "xanes", drawers, run_uid=self._uid)
