@@ -36,7 +36,7 @@ pytest: $(STAMP)
 
 test: lint typecheck contracts pytest
 
-benchmark: $(STAMP)
+benchmark: $(STAMP)  ## all benchmarks; README lists the latest numbers
 	$(PY) -m benchmarks.run_all
 
 clean-venv:
