@@ -78,6 +78,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, config_file=args.config, serve=args.serve, quick=args.quick)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tiled.client import from_uri
+
+    from services.report import build_report
+
+    settings = _settings(args)
+    client = from_uri(settings.tiled_url, api_key=settings.resolved_api_key())
+    try:
+        text = build_report(client, args.uid)
+    except KeyError:
+        logger.error("run %s is not in %s (raw/)", args.uid, settings.tiled_url)
+        return 2
+    finally:
+        client.context.close()
+    args.output.write_text(text)
+    logger.info("wrote %s (%d kB, self-contained)", args.output, len(text) // 1024)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="beamwatch",
@@ -107,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
     show = config_sub.add_parser("show", help="print the effective settings (API key redacted)")
     show.set_defaults(func=cmd_config_show)
+
+    report = sub.add_parser(
+        "report", help="write a self-contained HTML report of a run (needs Tiled running)"
+    )
+    report.add_argument("uid", help="run uid")
+    report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
+    report.set_defaults(func=cmd_report)
 
     consume = sub.add_parser("consume", help="run one consumer (started by `up`)")
     consume.add_argument("role", choices=["raw", "analysis"], help="which consumer")

@@ -81,6 +81,14 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         ):
             assert column in table.columns, column
         assert {"sizes", "detachment", "flawed"} <= set(particles["figures"])
+
+        # the shareable report embeds every figure and needs nothing from the network
+        from services.report import build_report
+
+        page = build_report(tiled_client, uid)
+        assert page.count("data:image/png;base64,") == 7  # 4 crack + 3 particle figures
+        assert "src='http" not in page and "href='http" not in page
+        assert "particles" in page and "complete" in page
     finally:
         pub.close()
         raw.stop()
