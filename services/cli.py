@@ -59,6 +59,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, service="up")
     supervisor = Supervisor(child_specs(settings, args.config))
     install_signal_handlers(supervisor.request_stop)
+    supervisor.metrics.serve(settings.metrics.host, settings.metrics.supervisor_port)
     supervisor.start()
     try:
         wait_for_tiled(settings.tiled_url)

@@ -99,6 +99,7 @@ def run_demo(
     supervisor = Supervisor(child_specs(settings, config_file))
     stop = threading.Event()
     install_signal_handlers(stop.set)
+    supervisor.metrics.serve(settings.metrics.host, settings.metrics.supervisor_port)
     supervisor.start()
     watcher = threading.Thread(target=lambda: _watch(supervisor, stop), daemon=True)
     watcher.start()

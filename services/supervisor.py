@@ -86,6 +86,30 @@ def wait_for_tiled(url: str, timeout: float = 90.0) -> None:
     raise TimeoutError(f"Tiled at {url} did not answer within {timeout:.0f} s ({last})")
 
 
+class SupervisorMetrics:
+    """``beamwatch_child_up{child}`` and ``beamwatch_child_restarts_total{child}``."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry()
+        self.up = Gauge(
+            "beamwatch_child_up", "1 while the child runs.", ["child"], registry=self.registry
+        )
+        self.restarts = Counter(
+            "beamwatch_child_restarts",
+            "Children restarted after dying.",
+            ["child"],
+            registry=self.registry,
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host, registry=self.registry)
+        logger.info("metrics for the supervisor on http://%s:%d/metrics", host, port)
+
+
 class Supervisor:
     """Starts children, restarts the ones that die, stops them all on request."""
 
@@ -93,6 +117,7 @@ class Supervisor:
         self._children = [_Child(s) for s in specs]
         self._grace = grace
         self._stopping = threading.Event()
+        self.metrics = SupervisorMetrics()
 
     @property
     def pids(self) -> dict[str, int]:
@@ -117,6 +142,7 @@ class Supervisor:
         )
         if out:
             out.close()
+        self.metrics.up.labels(spec.name).set(1)
         logger.info("started %s (pid %d)", spec.name, child.proc.pid)
 
     def check(self) -> None:
@@ -127,6 +153,7 @@ class Supervisor:
             if proc is None or proc.poll() is None or self._stopping.is_set():
                 continue
             if child.next_start == 0.0:
+                self.metrics.up.labels(child.spec.name).set(0)
                 delay = min(2.0**child.restarts, 30.0)
                 logger.error(
                     "%s (pid %d) exited with code %s; restarting in %.0f s",
@@ -138,6 +165,7 @@ class Supervisor:
                 child.next_start = now + delay
             elif now >= child.next_start:
                 child.restarts += 1
+                self.metrics.restarts.labels(child.spec.name).inc()
                 child.next_start = 0.0
                 self._spawn(child)
 
@@ -185,5 +213,6 @@ def banner(settings: BeamwatchSettings) -> list[str]:
         f"Bluesky bus:    publish to {settings.bus.in_address} (msgpack, see README)",
         f"Drift feedback: {settings.bus.feedback_address}",
         f"Metrics:        http://{m.host}:{m.raw_port}/metrics (raw), "
-        f"http://{m.host}:{m.analysis_port}/metrics (analysis)",
+        f"http://{m.host}:{m.analysis_port}/metrics (analysis), "
+        f"http://{m.host}:{m.supervisor_port}/metrics (children)",
     ]

@@ -51,7 +51,10 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def up(tmp_path):
-    ports = {name: free_port() for name in ("tiled", "in", "out", "feedback", "raw", "analysis")}
+    ports = {
+        name: free_port()
+        for name in ("tiled", "in", "out", "feedback", "raw", "analysis", "supervisor")
+    }
     env = dict(os.environ)
     env.update(
         BEAMWATCH_TILED__PORT=str(ports["tiled"]),
@@ -60,6 +63,7 @@ def up(tmp_path):
         BEAMWATCH_BUS__FEEDBACK_ADDRESS=f"tcp://127.0.0.1:{ports['feedback']}",
         BEAMWATCH_METRICS__RAW_PORT=str(ports["raw"]),
         BEAMWATCH_METRICS__ANALYSIS_PORT=str(ports["analysis"]),
+        BEAMWATCH_METRICS__SUPERVISOR_PORT=str(ports["supervisor"]),
     )
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -170,6 +174,9 @@ def test_up_ingests_an_external_run_rejects_pickles_restarts_children_and_stops_
             "consumer-analysis" in up["log"].read_text() and "restarting" in up["log"].read_text()
         )
     )
+    children = scrape(f"http://127.0.0.1:{up['ports']['supervisor']}/metrics")
+    assert value(children, "beamwatch_child_restarts_total", child="consumer-analysis") == 1
+    assert value(children, "beamwatch_child_up", child="tiled") == 1
 
     # 4. SIGTERM stops everything: exit 0, no orphans.
     all_kids = set(children_of(up["proc"].pid)) | set(kids)
