@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from models.device import pick_device
+from models.unet import UNet2d
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "crack_unet.pt"
 DEPTH = 5
@@ -75,16 +75,7 @@ def reference_levels(volume: np.ndarray, max_samples: int = 2_000_000) -> tuple[
     return float(low), float(high)
 
 
-def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1),
-        nn.ReLU(inplace=True),
-    )
-
-
-class CrackUNet(nn.Module):
+class CrackUNet(UNet2d):
     """Five-level U-Net returning crack logits.
 
     Parameters
@@ -96,34 +87,11 @@ class CrackUNet(nn.Module):
     """
 
     def __init__(self, base_channels: int = 8, in_channels: int = 1) -> None:
-        super().__init__()
-        self.base_channels = base_channels
-        widths = [base_channels * 2**i for i in range(DEPTH)]
-        self.encoders = nn.ModuleList()
-        c_prev = in_channels
-        for width in widths:
-            self.encoders.append(_double_conv(c_prev, width))
-            c_prev = width
-        self.upsamplers = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for width in reversed(widths[:-1]):
-            self.upsamplers.append(nn.ConvTranspose2d(width * 2, width, 2, stride=2))
-            self.decoders.append(_double_conv(width * 2, width))
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        super().__init__(in_channels, 1, base_channels, DEPTH)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Crack logits (B, 1, H, W) for inputs (B, in_channels, H, W), H and W multiples of 16."""
-        skips = []
-        for i, encoder in enumerate(self.encoders):
-            if i > 0:
-                x = F.max_pool2d(x, 2)
-            x = encoder(x)
-            skips.append(x)
-        for upsample, decoder, skip in zip(
-            self.upsamplers, self.decoders, reversed(skips[:-1]), strict=True
-        ):
-            x = decoder(torch.cat((upsample(x), skip), dim=1))
-        return self.head(x)
+        return super().forward(x)
 
 
 def save_crack_unet(model: CrackUNet, path: Path, metadata: dict[str, Any] | None = None) -> None:

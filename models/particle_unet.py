@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
-from torch import nn
 from torch.nn import functional as F
 
 from models.device import pick_device
 from models.fusion import fold_batch_norm
+from models.unet import UNet2d
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "particle_unet.pt"
 DEPTH = 4
@@ -33,18 +33,7 @@ DISTANCE_SCALE_PX = 8.0
 CONTEXT_SLICES = 3
 
 
-def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class ParticleUNet(nn.Module):
+class ParticleUNet(UNet2d):
     """Four-level U-Net with a foreground logit and a distance output.
 
     Parameters
@@ -54,34 +43,11 @@ class ParticleUNet(nn.Module):
     """
 
     def __init__(self, base_channels: int = 12) -> None:
-        super().__init__()
-        self.base_channels = base_channels
-        widths = [base_channels * 2**i for i in range(DEPTH)]
-        self.encoders = nn.ModuleList()
-        c_prev = CONTEXT_SLICES
-        for width in widths:
-            self.encoders.append(_double_conv(c_prev, width))
-            c_prev = width
-        self.upsamplers = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for width in reversed(widths[:-1]):
-            self.upsamplers.append(nn.ConvTranspose2d(width * 2, width, 2, stride=2))
-            self.decoders.append(_double_conv(width * 2, width))
-        self.head = nn.Conv2d(widths[0], 2, 1)
+        super().__init__(CONTEXT_SLICES, 2, base_channels, DEPTH, batch_norm=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs (B, 2, H, W): foreground logit and scaled distance, for (B, 3, H, W)."""
-        skips = []
-        for i, encoder in enumerate(self.encoders):
-            if i > 0:
-                x = F.max_pool2d(x, 2)
-            x = encoder(x)
-            skips.append(x)
-        for upsample, decoder, skip in zip(
-            self.upsamplers, self.decoders, reversed(skips[:-1]), strict=True
-        ):
-            x = decoder(torch.cat((upsample(x), skip), dim=1))
-        return self.head(x)
+        return super().forward(x)
 
 
 def instance_distance(particle_ids: np.ndarray) -> np.ndarray:
