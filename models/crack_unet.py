@@ -8,7 +8,6 @@ returns logits; the loss is the sigmoid cross-entropy).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from models.device import pick_device
-from models.unet import UNet2d
+from models.unet import UNet2d, save_unet
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "crack_unet.pt"
 DEPTH = 5
@@ -106,10 +105,7 @@ def save_crack_unet(model: CrackUNet, path: Path, metadata: dict[str, Any] | Non
     metadata : dict, optional
         JSON-like extra information stored alongside (training config, scores).
     """
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # plain JSON types only, so that torch.load(weights_only=True) accepts the file
-    plain = json.loads(json.dumps(metadata or {}))
-    torch.save({"base_channels": model.base_channels, "state_dict": state, "metadata": plain}, path)
+    save_unet(model, path, metadata)
 
 
 def load_crack_unet(

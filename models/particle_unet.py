@@ -10,7 +10,6 @@ that distance (``pipelines.particles.instances``) turns it into instances.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch.nn import functional as F
 
 from models.device import pick_device
 from models.fusion import fold_batch_norm
-from models.unet import UNet2d
+from models.unet import UNet2d, save_unet
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "particle_unet.pt"
 DEPTH = 4
@@ -80,9 +79,7 @@ def save_particle_unet(
     model: ParticleUNet, path: Path, metadata: dict[str, Any] | None = None
 ) -> None:
     """Save weights, architecture settings and JSON metadata (training config, scores)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    plain = json.loads(json.dumps(metadata or {}))
-    torch.save({"base_channels": model.base_channels, "state_dict": state, "metadata": plain}, path)
+    save_unet(model, path, metadata)
 
 
 def load_particle_unet(

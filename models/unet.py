@@ -7,6 +7,10 @@ connections, and a 1x1 convolution head returning logits.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -75,3 +79,14 @@ class UNet2d(nn.Module):
         ):
             x = decoder(torch.cat((upsample(x), skip), dim=1))
         return self.head(x)
+
+
+def save_unet(model: UNet2d, path: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Save weights with ``base_channels`` (needed to rebuild the network) and metadata.
+
+    Metadata is reduced to plain JSON types so that ``torch.load(weights_only=True)`` accepts
+    the file.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    plain = json.loads(json.dumps(metadata or {}))
+    torch.save({"base_channels": model.base_channels, "state_dict": state, "metadata": plain}, path)
