@@ -1,9 +1,12 @@
 """Filtered back projection in torch, slice chunk by slice chunk.
 
 Back projection is a sparse linear map from filtered sinograms to pixels (two linear
-interpolation weights per pixel and angle). It is built once as CSR matrices and applied to a
-whole chunk of slices at a time with one sparse-dense product, which is what makes it fast on
-a CPU; on a GPU the same code runs on cuSPARSE.
+interpolation weights per pixel and angle). It is applied to a whole chunk of slices at a time,
+one small block of angles after the other: the block's interpolation weights are computed into
+buffers that are reused (a CSR matrix of a few MB that stays in cache), its sinogram rows are
+filtered, and one sparse-dense product adds the block to all slices of the chunk. Nothing of
+the size of (pixels x angles) is ever allocated, so the first call is as fast as the next ones;
+on a GPU the same code runs on cuSPARSE.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ FilterName = Literal["ramp", "shepp-logan", "cosine", "hann", "hamming"]
 _PIXEL_TILE = 16
 # filter margin (1) + zero column (1) on each side of the detector
 _COLUMN_PAD = 2
+# interpolation weights (2 x float32) and column indices (2 x int32) per pixel and angle
+_BYTES_PER_PIXEL_ANGLE = 16
+_BLOCK_MEGABYTES = 32.0
+"""Size of one angle block's CSR matrix (its buffers are reused from block to block)."""
+_MAX_ACCUMULATOR_MB = 128.0
+"""Bound of the (pixels, slices) accumulator: each angle block reads and writes it once."""
 
 
 class ReconParams(BaseModel):
@@ -51,7 +60,7 @@ class ReconParams(BaseModel):
     memory_budget_mb: float = Field(
         default=4096.0,
         gt=0.0,
-        description="Approximate bound of the working memory (matrices + slice chunk), MB.",
+        description="Approximate bound of the working memory of one chunk of slices, MB.",
     )
 
 
@@ -97,6 +106,17 @@ def fourier_filter(size: int, filter_name: FilterName) -> np.ndarray:
     return 0.5 * (response + np.roll(response[::-1], 1))
 
 
+def _padded_length(n_cols: int) -> int:
+    """FFT length of the filter: a power of two >= 2 * n_cols (no circular wrap-around)."""
+    return max(64, int(2 ** np.ceil(np.log2(2 * n_cols))))
+
+
+@functools.lru_cache(maxsize=8)
+def _half_spectrum(size: int, filter_name: FilterName) -> torch.Tensor:
+    """``fourier_filter(size, filter_name)`` on the ``rfft`` frequencies (float64, cached)."""
+    return torch.from_numpy(fourier_filter(size, filter_name)[: size // 2 + 1].copy())
+
+
 def filter_sinograms(
     sinograms: torch.Tensor, filter_name: FilterName = "ramp", *, margin: int = 0
 ) -> torch.Tensor:
@@ -120,9 +140,8 @@ def filter_sinograms(
     n = sinograms.shape[-1]
     if not 0 <= margin <= n // 2:
         raise ValueError(f"margin must be in [0, {n // 2}], got {margin}")
-    padded = max(64, int(2 ** np.ceil(np.log2(2 * n))))
-    response = fourier_filter(padded, filter_name)[: padded // 2 + 1]
-    kernel = torch.as_tensor(response, dtype=sinograms.dtype, device=sinograms.device)
+    padded = _padded_length(n)
+    kernel = _half_spectrum(padded, filter_name).to(sinograms.device, sinograms.dtype)
     spectrum = torch.fft.rfft(sinograms, n=padded, dim=-1) * kernel
     filtered = torch.fft.irfft(spectrum, n=padded, dim=-1)
     if margin == 0:
@@ -131,7 +150,7 @@ def filter_sinograms(
 
 
 class BackProjector:
-    """Sparse linear back projection for a fixed geometry.
+    """Filtered back projection for a fixed geometry, one block of angles at a time.
 
     Parameters
     ----------
@@ -145,11 +164,9 @@ class BackProjector:
         Only reconstruct the inscribed circle (others stay 0).
     device : torch.device
         Computation device.
-    max_matrix_mb : float
-        Matrices are split by angle chunks of at most this size.
-    cache_matrices : bool
-        Keep the matrices between calls (fast); otherwise they are rebuilt angle chunk by
-        angle chunk in every call, so only one chunk is in memory at a time.
+    block_mb : float
+        Size of one angle block's interpolation matrix (its buffers are reused from block to
+        block).
     """
 
     def __init__(
@@ -160,8 +177,7 @@ class BackProjector:
         *,
         circle: bool,
         device: torch.device,
-        max_matrix_mb: float = 512.0,
-        cache_matrices: bool = True,
+        block_mb: float = _BLOCK_MEGABYTES,
     ) -> None:
         self.n_cols = n_cols
         self.angles = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
@@ -175,98 +191,107 @@ class BackProjector:
         order = np.lexsort((cols.ravel(), rows.ravel(), tile_key.ravel()))
         order = order[keep.ravel()[order]]
         self.pixels = torch.as_tensor(order, device=device)
-        self._ys = (rows.ravel()[order] - c).astype(np.float32)
-        self._xs = (cols.ravel()[order] - c).astype(np.float32)
-        bytes_per_angle = 2 * len(self._ys) * 8 + 8
+        self._xs = (cols.ravel()[order] - c).astype(np.float32)[:, np.newaxis]
+        self._ys = (rows.ravel()[order] - c).astype(np.float32)[:, np.newaxis]
+        per_angle = _BYTES_PER_PIXEL_ANGLE * len(order)
         # column indices are computed in float32: keep them exact (< 2**24)
         exact_limit = (1 << 24) // (n_cols + 2 * _COLUMN_PAD) - 1
-        self.angles_per_matrix = max(
-            1, min(exact_limit, int(max_matrix_mb * 1e6 // bytes_per_angle))
+        self.angles_per_block = max(
+            1, min(len(self.angles), exact_limit, int(block_mb * 1e6 // per_angle))
         )
-        self._starts = list(range(0, len(self.angles), self.angles_per_matrix))
-        self._matrices: list[torch.Tensor] | None = None
-        if cache_matrices:
-            self._matrices = [self._matrix_at(a0) for a0 in self._starts]
 
-    @staticmethod
-    def matrix_megabytes(n_cols: int, n_angles: int, circle: bool) -> float:
-        """Memory of all back-projection matrices for a geometry, in MB."""
-        pixels = n_cols * n_cols * (np.pi / 4 if circle else 1.0)
-        return 16.0 * n_angles * pixels / 1e6
+    @property
+    def n_pixels(self) -> int:
+        """Number of reconstructed pixels per slice."""
+        return len(self._xs)
 
-    def _matrix_at(self, a0: int) -> torch.Tensor:
-        return self._matrix(a0, min(a0 + self.angles_per_matrix, len(self.angles)))
+    def _block_weights(
+        self, a0: int, a1: int, t: np.ndarray, i0: np.ndarray, weights: np.ndarray, idx: np.ndarray
+    ) -> None:
+        """Linear interpolation weights and column indices of angles ``a0:a1``, in place.
 
-    def _matrix(self, a0: int, a1: int) -> torch.Tensor:
-        """CSR matrix (pixels, (a1 - a0) * (n_cols + 4)) of linear interpolation weights.
-
-        The columns are those of the filtered sinograms with a one-column filter margin
-        (see :func:`filter_sinograms`) and one more zero column on each side.
+        ``t`` and ``i0`` are (pixels, block) float32 scratch buffers, ``weights`` float32 and
+        ``idx`` int32 (pixels, block, 2) outputs; only their first ``a1 - a0`` angle columns
+        are written. The columns are those of the block's filtered sinograms with a one-column
+        filter margin (see :func:`filter_sinograms`) and one more zero column on each side.
         """
         n = self.n_cols + 2 * _COLUMN_PAD
+        k = a1 - a0
         theta = self.angles[a0:a1]
-        cos = np.cos(theta).astype(np.float32)
-        sin = np.sin(theta).astype(np.float32)
-        t = np.multiply.outer(self._xs, cos)
-        t -= np.multiply.outer(self._ys, sin)
+        t, i0 = t[:, :k], i0[:, :k]
+        np.multiply(self._xs, np.cos(theta).astype(np.float32), out=t)
+        np.multiply(self._ys, np.sin(theta).astype(np.float32), out=i0)
+        t -= i0
         t += np.float32(self.center + _COLUMN_PAD)
         # Positions beyond the detector are clamped onto the zero padding columns.
         np.clip(t, 0, n - 1, out=t)
-        i0 = np.floor(t)
+        np.floor(t, out=i0)
         np.minimum(i0, n - 2, out=i0)
-        w = np.empty(t.shape + (2,), dtype=np.float32)
-        np.subtract(t, i0, out=w[..., 1])
-        np.subtract(1.0, w[..., 1], out=w[..., 0])
-        idx = np.empty(t.shape + (2,), dtype=np.int32)
-        np.add(i0, (np.arange(a1 - a0, dtype=np.float32) * n)[np.newaxis, :], out=t)
-        idx[..., 0] = t
-        np.add(idx[..., 0], 1, out=idx[..., 1])
-        n_pix, per_row = len(self._xs), 2 * (a1 - a0)
-        dev = self.device
-        crow = torch.arange(0, n_pix * per_row + 1, per_row, dtype=torch.int32, device=dev)
-        cols = torch.from_numpy(idx.reshape(-1)).to(dev)
-        vals = torch.from_numpy(w.reshape(-1)).to(dev)
-        with warnings.catch_warnings():
-            # torch marks CSR tensors as beta; the operations used here are stable
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(
-                crow,
-                cols,
-                vals,
-                size=(n_pix, (a1 - a0) * n),
-                check_invariants=False,
-            )
+        np.subtract(t, i0, out=weights[:, :k, 1])
+        np.subtract(1.0, weights[:, :k, 1], out=weights[:, :k, 0])
+        i0 += (np.arange(k, dtype=np.float32) * n)[np.newaxis, :]
+        idx[:, :k, 0] = i0
+        np.add(idx[:, :k, 0], 1, out=idx[:, :k, 1])
 
-    def __call__(self, filtered: torch.Tensor) -> torch.Tensor:
-        """Back project filtered sinograms.
+    def __call__(self, sinograms: torch.Tensor, filter_name: FilterName = "ramp") -> torch.Tensor:
+        """Filter and back project sinograms.
 
         Parameters
         ----------
-        filtered : torch.Tensor
-            (S, A, n_cols + 2) float32 filtered sinograms with a one-column margin
-            (``filter_sinograms(..., margin=1)``).
+        sinograms : torch.Tensor
+            (S, A, n_cols) float32 line integrals on ``self.device``.
+        filter_name : str
+            Reconstruction filter, see :func:`fourier_filter`.
 
         Returns
         -------
         torch.Tensor
             (S, n_cols, n_cols) float32 slices, scaled by ``pi / (2 A)``.
         """
-        n_slices = filtered.shape[0]
-        if filtered.shape[-1] != self.n_cols + 2:
+        if sinograms.ndim != 3 or sinograms.shape[1:] != (len(self.angles), self.n_cols):
             raise ValueError(
-                f"filtered must have n_cols + 2 = {self.n_cols + 2} columns (margin=1), "
-                f"got {filtered.shape[-1]}"
+                f"sinograms must have shape (S, {len(self.angles)}, {self.n_cols}), "
+                f"got {tuple(sinograms.shape)}"
             )
-        acc = torch.zeros((len(self._ys), n_slices), dtype=torch.float32, device=self.device)
-        for k, a0 in enumerate(self._starts):
-            matrix = self._matrices[k] if self._matrices is not None else self._matrix_at(a0)
-            a1 = a0 + matrix.shape[1] // (self.n_cols + 2 * _COLUMN_PAD)
-            padded = torch.nn.functional.pad(filtered[:, a0:a1, :], (1, 1))
-            dense = padded.reshape(n_slices, -1).T.contiguous()
-            acc += torch.sparse.mm(matrix, dense)
+        n_slices, n_pix, block = sinograms.shape[0], self.n_pixels, self.angles_per_block
+        n = self.n_cols + 2 * _COLUMN_PAD
+        t = np.empty((n_pix, block), dtype=np.float32)
+        i0 = np.empty_like(t)
+        weights = np.empty((n_pix, block, 2), dtype=np.float32)
+        idx = np.empty((n_pix, block, 2), dtype=np.int32)
+        dense = torch.zeros((block, n, n_slices), dtype=torch.float32, device=self.device)
+        acc = torch.zeros((n_pix, n_slices), dtype=torch.float32, device=self.device)
+        for a0 in range(0, len(self.angles), block):
+            a1 = min(a0 + block, len(self.angles))
+            k = a1 - a0
+            self._block_weights(a0, a1, t, i0, weights, idx)
+            filtered = filter_sinograms(sinograms[:, a0:a1, :], filter_name, margin=1)
+            dense[:k, 1:-1, :] = filtered.permute(1, 2, 0)
+            matrix = self._csr(idx[:, :k], weights[:, :k], k * n)
+            acc.addmm_(matrix, dense[:k].view(k * n, n_slices))
         out = torch.zeros((n_slices, self.n_cols * self.n_cols), device=self.device)
         out[:, self.pixels] = acc.T * (np.pi / (2 * len(self.angles)))
         return out.view(n_slices, self.n_cols, self.n_cols)
+
+    def _csr(self, idx: np.ndarray, weights: np.ndarray, n_columns: int) -> torch.Tensor:
+        """CSR matrix (pixels, n_columns) with ``idx.shape[1] * 2`` entries per pixel."""
+        per_row = 2 * idx.shape[1]
+        dev = self.device
+        crow = torch.arange(0, self.n_pixels * per_row + 1, per_row, dtype=torch.int32, device=dev)
+        cols = torch.from_numpy(np.ascontiguousarray(idx).reshape(-1)).to(dev)
+        vals = torch.from_numpy(np.ascontiguousarray(weights).reshape(-1)).to(dev)
+        with warnings.catch_warnings():
+            # torch marks CSR tensors as beta; the operations used here are stable
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                crow, cols, vals, size=(self.n_pixels, n_columns), check_invariants=False
+            )
+
+    def megabytes_per_slice(self) -> float:
+        """Working memory per slice of a chunk (sinogram, accumulator, output), in MB."""
+        n_angles = len(self.angles)
+        sinogram = n_angles * self.n_cols * 4 * 2
+        return (sinogram + self.n_pixels * 4 * 2 + self.n_cols * self.n_cols * 4 * 2) / 1e6
 
 
 def fbp_sinograms(
@@ -315,7 +340,7 @@ def fbp_sinograms(
         n, angles, n // 2 if center is None else center, circle=circle, device=dev
     )
     data = torch.as_tensor(sino, dtype=torch.float32, device=dev)
-    out = projector(filter_sinograms(data, filter_name, margin=1)).cpu().numpy()
+    out = projector(data, filter_name).cpu().numpy()
     return out[0] if single else out
 
 
@@ -403,31 +428,16 @@ def reconstruct(
     n_angles, rows, cols = proj.shape
     dev = device if device is not None else pick_device()
     # a thousandth of a pixel is far below the accuracy of any estimate; rounding lets scans
-    # with the same geometry share the cached back projector
+    # with the same geometry share the back projector
     center = round(resolve_center(proj, angles, p, flat, dark), 3)
-    padded = max(64, int(2 ** np.ceil(np.log2(2 * cols))))
-    # Matrices are kept when they fit in 3/4 of the budget; otherwise they are rebuilt for
-    # every chunk of slices (slower) with a quarter of the budget each.
-    total_matrix_mb = BackProjector.matrix_megabytes(cols, n_angles, p.circle)
-    cache = total_matrix_mb <= 0.75 * p.memory_budget_mb
-    matrix_mb = total_matrix_mb + 1 if cache else 0.25 * p.memory_budget_mb
-    if cache:
-        projector = _cached_projector(
-            cols, tuple(angles.tolist()), center, p.circle, str(dev), matrix_mb
-        )
-    else:
-        projector = BackProjector(
-            cols,
-            angles,
-            center,
-            circle=p.circle,
-            device=dev,
-            max_matrix_mb=matrix_mb,
-            cache_matrices=False,
-        )
-    sinogram_mb = p.memory_budget_mb - (total_matrix_mb if cache else matrix_mb)
-    bytes_per_slice = n_angles * (padded * 4 * 2 + cols * 8) + cols * cols * 8
-    chunk = max(1, int(max(sinogram_mb, 0.25 * p.memory_budget_mb) * 1e6 // bytes_per_slice))
+    projector = _cached_projector(cols, tuple(angles.tolist()), center, p.circle, str(dev))
+    chunk = max(
+        1,
+        min(
+            int(p.memory_budget_mb // projector.megabytes_per_slice()),
+            int(_MAX_ACCUMULATOR_MB * 1e6 // (4 * projector.n_pixels)),
+        ),
+    )
     volume = np.empty((rows, cols, cols), dtype=np.float32)
     for r0 in range(0, rows, chunk):
         r1 = min(r0 + chunk, rows)
@@ -441,8 +451,8 @@ def reconstruct(
             )
         else:
             lint = block.astype(np.float32)
-        sino = torch.as_tensor(lint, device=dev).permute(1, 0, 2).contiguous()
-        volume[r0:r1] = projector(filter_sinograms(sino, p.filter_name, margin=1)).cpu().numpy()
+        sino = torch.as_tensor(lint, device=dev).permute(1, 0, 2)
+        volume[r0:r1] = projector(sino, p.filter_name).cpu().numpy()
         if progress is not None:
             progress(r1 - r0)
     return volume
@@ -450,26 +460,11 @@ def reconstruct(
 
 @functools.lru_cache(maxsize=1)
 def _cached_projector(
-    cols: int,
-    angles: tuple[float, ...],
-    center: float,
-    circle: bool,
-    device: str,
-    max_matrix_mb: float,
+    cols: int, angles: tuple[float, ...], center: float, circle: bool, device: str
 ) -> BackProjector:
-    """The back projector of the last geometry, kept for the next scan with the same one.
-
-    Building the matrices is the fixed cost of a reconstruction; scans repeat their geometry
-    at a beamline. ``_cached_projector.cache_clear()`` frees the memory.
-    """
+    """The back projector of the last geometry (its pixel order), kept for the next scan."""
     return BackProjector(
-        cols,
-        np.asarray(angles),
-        center,
-        circle=circle,
-        device=torch.device(device),
-        max_matrix_mb=max_matrix_mb,
-        cache_matrices=True,
+        cols, np.asarray(angles), center, circle=circle, device=torch.device(device)
     )
 
 
