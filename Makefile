@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_CPU := torch==2.13.0
 
-.PHONY: demo test lint typecheck contracts pytest benchmark clean-venv install
+.PHONY: demo test lint typecheck contracts pytest benchmark clean-venv install browser
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -31,7 +31,11 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-pytest: $(STAMP)
+# Browser tests need Debian's chromium; installed here when missing (root + apt), else they skip.
+browser:
+	@sh tests/browser/install-chromium.sh
+
+pytest: $(STAMP) browser
 	$(VENV)/bin/pytest
 
 test: lint typecheck contracts pytest

@@ -71,6 +71,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from services.web import serve
+
+    settings = _settings(args)
+    if args.port is not None:
+        settings.web.port = args.port
+    configure_logging(settings.log_level, service="web")
+    serve(settings, tiled_url=args.tiled_url)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -134,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("uid", help="run uid")
     report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
     report.set_defaults(func=cmd_report)
+
+    web = sub.add_parser(
+        "web",
+        help="serve the live page alone (started by `up`); it reads from any Tiled server",
+        description="Serve the live web page. The page reads runs and results from Tiled in the "
+        "browser; the Tiled server must allow this page's origin (the embedded one does).",
+    )
+    web.add_argument("--tiled-url", default=None, help="Tiled to read (default: the settings')")
+    web.add_argument("--port", type=int, default=None, help="port (default: settings web.port)")
+    web.set_defaults(func=cmd_web)
 
     consume = sub.add_parser("consume", help="run one consumer (started by `up`)")
     consume.add_argument("role", choices=["raw", "analysis"], help="which consumer")

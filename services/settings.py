@@ -48,6 +48,16 @@ class MetricsSettings(BaseModel):
     supervisor_port: int = Field(9100, ge=0, le=65535)
 
 
+class WebSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: The live page (``beamwatch up`` serves it; it reads only from Tiled).
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)
+    #: Seconds between polls of Tiled on top of its websocket notifications.
+    poll_seconds: float = Field(2.0, gt=0)
+
+
 class BeamwatchSettings(BaseSettings):
     """Effective settings: defaults < YAML file < environment (``BEAMWATCH_TILED__PORT=...``)."""
 
@@ -59,6 +69,7 @@ class BeamwatchSettings(BaseSettings):
     tiled: TiledSettings = TiledSettings()
     bus: BusSettings = BusSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
     #: Seconds after which a run with no documents and no stop is declared to have lost its stop.
     run_idle_timeout: float = Field(600.0, gt=0)
     #: Longest backoff between Tiled write retries (seconds).
@@ -83,6 +94,10 @@ class BeamwatchSettings(BaseSettings):
         if self.tiled.url:
             return self.tiled.url.rstrip("/")
         return f"http://{self.tiled.host}:{self.tiled.port}"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web.host}:{self.web.port}"
 
     def resolved_api_key(self) -> str:
         """The Tiled API key: from config/env, else generated once into the data dir (0600)."""

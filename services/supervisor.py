@@ -42,7 +42,7 @@ class _Child:
 
 def child_specs(settings: BeamwatchSettings, config_file: Path | None) -> list[ChildSpec]:
     """What ``up`` runs: the embedded Tiled server (unless an external URL is set), the proxy,
-    and the two consumer roles."""
+    the two consumer roles and the live page."""
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     specs: list[ChildSpec] = []
@@ -69,6 +69,7 @@ def child_specs(settings: BeamwatchSettings, config_file: Path | None) -> list[C
     base += ["--data-dir", str(settings.data_dir)]
     for role in ("raw", "analysis"):
         specs.append(ChildSpec(f"consumer-{role}", [*base, "consume", role]))
+    specs.append(ChildSpec("web", [*base, "web"], log_file=logs / "web.log"))
     return specs
 
 
@@ -208,6 +209,7 @@ def install_signal_handlers(callback: object) -> None:
 def banner(settings: BeamwatchSettings) -> list[str]:
     m = settings.metrics
     return [
+        f"Live page:      {settings.web_url}/",
         f"Tiled:          {settings.tiled_url}/ui/",
         f"API key file:   {settings.data_dir / 'tiled_api_key'}",
         f"Bluesky bus:    publish to {settings.bus.in_address} (msgpack, see README)",

@@ -24,7 +24,14 @@ def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
     tdir = settings.tiled_dir.resolve()
     catalog_uri = settings.tiled.catalog_uri or f"sqlite:///{tdir / 'catalog.db'}"
     return {
-        "authentication": {"single_user_api_key": "${TILED_SINGLE_USER_API_KEY}"},
+        # Anonymous clients may read (the live page and Tiled's /ui/ need no key); writing
+        # still needs the API key.
+        "authentication": {
+            "single_user_api_key": "${TILED_SINGLE_USER_API_KEY}",
+            "allow_anonymous_access": True,
+        },
+        # The live page is served from another port and reads Tiled from the browser.
+        "allow_origins": [settings.web_url, f"http://localhost:{settings.web.port}"],
         "trees": [
             {
                 "path": "/",

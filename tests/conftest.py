@@ -164,3 +164,74 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+class UpProcess:
+    """``beamwatch up`` as a user runs it, every port ephemeral; ``env`` is what it was given."""
+
+    PORTS = ("tiled", "in", "out", "feedback", "raw", "analysis", "supervisor", "web")
+
+    def __init__(self, tmp_path: Path, **extra_env: str) -> None:
+        import httpx
+
+        self.ports = {name: free_port() for name in self.PORTS}
+        p = self.ports
+        self.env = dict(os.environ)
+        self.env.update(
+            BEAMWATCH_TILED__PORT=str(p["tiled"]),
+            BEAMWATCH_BUS__IN_ADDRESS=f"tcp://127.0.0.1:{p['in']}",
+            BEAMWATCH_BUS__OUT_ADDRESS=f"tcp://127.0.0.1:{p['out']}",
+            BEAMWATCH_BUS__FEEDBACK_ADDRESS=f"tcp://127.0.0.1:{p['feedback']}",
+            BEAMWATCH_METRICS__RAW_PORT=str(p["raw"]),
+            BEAMWATCH_METRICS__ANALYSIS_PORT=str(p["analysis"]),
+            BEAMWATCH_METRICS__SUPERVISOR_PORT=str(p["supervisor"]),
+            BEAMWATCH_WEB__PORT=str(p["web"]),
+            **extra_env,
+        )
+        self.data = tmp_path / "data"
+        self.log = tmp_path / "up.log"
+        self.tiled = f"http://127.0.0.1:{p['tiled']}"
+        self.web = f"http://127.0.0.1:{p['web']}"
+        self.in_address = self.env["BEAMWATCH_BUS__IN_ADDRESS"]
+        self.metrics = {r: f"http://127.0.0.1:{p[r]}/metrics" for r in ("raw", "analysis")}
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "beamwatch"), "up", "--data-dir", str(self.data)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until(
+                lambda: httpx.get(self.tiled + "/api/v1/", timeout=2).status_code == 200,
+                timeout=120,
+            )
+            for url in [*self.metrics.values(), self.web + "/healthz"]:
+                wait_until(lambda u=url: httpx.get(u, timeout=2).status_code == 200, timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+
+    def settings(self):  # noqa: ANN201
+        """Settings as the children of this ``up`` see them (for publishers in tests)."""
+        from services.settings import load_settings
+
+        env = {k: v for k, v in self.env.items() if k.startswith("BEAMWATCH_")}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return load_settings(data_dir=str(self.data))
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def api_key(self) -> str:
+        return (self.data / "tiled_api_key").read_text().strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

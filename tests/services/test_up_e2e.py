@@ -14,7 +14,7 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BIN, free_port, wait_until
+from tests.conftest import UpProcess, wait_until
 
 HERE = Path(__file__).parent
 
@@ -51,48 +51,20 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def up(tmp_path):
-    ports = {
-        name: free_port()
-        for name in ("tiled", "in", "out", "feedback", "raw", "analysis", "supervisor")
-    }
-    env = dict(os.environ)
-    env.update(
-        BEAMWATCH_TILED__PORT=str(ports["tiled"]),
-        BEAMWATCH_BUS__IN_ADDRESS=f"tcp://127.0.0.1:{ports['in']}",
-        BEAMWATCH_BUS__OUT_ADDRESS=f"tcp://127.0.0.1:{ports['out']}",
-        BEAMWATCH_BUS__FEEDBACK_ADDRESS=f"tcp://127.0.0.1:{ports['feedback']}",
-        BEAMWATCH_METRICS__RAW_PORT=str(ports["raw"]),
-        BEAMWATCH_METRICS__ANALYSIS_PORT=str(ports["analysis"]),
-        BEAMWATCH_METRICS__SUPERVISOR_PORT=str(ports["supervisor"]),
-    )
-    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(BIN / "beamwatch"), "up", "--data-dir", str(tmp_path / "data")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = UpProcess(tmp_path)
     info = {
-        "proc": proc,
-        "ports": ports,
-        "data": tmp_path / "data",
-        "log": tmp_path / "up.log",
-        "tiled": f"http://127.0.0.1:{ports['tiled']}",
-        "in": env["BEAMWATCH_BUS__IN_ADDRESS"],
-        "metrics": {r: f"http://127.0.0.1:{ports[r]}/metrics" for r in ("raw", "analysis")},
+        "proc": proc.proc,
+        "ports": proc.ports,
+        "data": proc.data,
+        "log": proc.log,
+        "tiled": proc.tiled,
+        "in": proc.in_address,
+        "metrics": proc.metrics,
     }
     try:
-        wait_until(
-            lambda: httpx.get(info["tiled"] + "/api/v1/", timeout=2).status_code == 200, timeout=120
-        )
-        for url in info["metrics"].values():
-            wait_until(lambda u=url: httpx.get(u, timeout=2).status_code == 200, timeout=60)
         yield info
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.stop()
 
 
 def test_up_ingests_an_external_run_rejects_pickles_restarts_children_and_stops_cleanly(up):
@@ -165,7 +137,7 @@ def test_up_ingests_an_external_run_rejects_pickles_restarts_children_and_stops_
 
     # 3. A child that dies is reported and restarted.
     kids = children_of(up["proc"].pid)
-    assert len(kids) == 4  # tiled, proxy, two consumers
+    assert len(kids) == 5  # tiled, proxy, two consumers, live page
     analysis_pid = next(p for p in kids if b"analysis" in Path(f"/proc/{p}/cmdline").read_bytes())
     os.kill(analysis_pid, signal.SIGKILL)
     wait_until(lambda: len(set(children_of(up["proc"].pid)) - set(kids)) == 1, timeout=30)

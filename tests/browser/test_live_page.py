@@ -1,0 +1,263 @@
+"""The live page as a person uses it: `beamwatch up`, real scans on the bus, headless Chromium.
+
+The page keeps a history of what it has shown (``window.bw.state.history``); the assertions read
+it, so "the drift plot gained points while the scan ran" is checked on what the page displayed,
+not on timing. Screenshots of every view go to ``test-artifacts/screenshots/`` (or
+``$BEAMWATCH_TEST_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, UpProcess, wait_until
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = (
+    Path(os.environ.get("BEAMWATCH_TEST_ARTIFACTS", REPO / "test-artifacts")) / "screenshots"
+)
+N_ENERGIES = 30
+Z = 32  # slices of 320 x 320: segmenting one takes longer than a Tiled write, as at a beamline
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        "Debian's chromium is not installed (/usr/bin/chromium); `make test` installs it when "
+        "it runs as root with apt-get (tests/browser/install-chromium.sh)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) missing")
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
+    proc = UpProcess(tmp_path_factory.mktemp("live"), BEAMWATCH_WEB__POLL_SECONDS="0.5")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def page(up: UpProcess) -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1500, "height": 1100})
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(up.web + "/")
+        pg.errors = errors  # type: ignore[attr-defined]
+        yield pg
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def publisher(up: UpProcess) -> Iterator[Any]:
+    """A RunEngine publishing to the bus of `up` with the documented msgpack serializer."""
+    from bluesky import RunEngine
+    from bluesky.callbacks.zmq import Publisher
+
+    from services import serialization
+    from services.bus import wait_until_delivered
+    from services.demo import _pings_seen
+
+    settings = up.settings()
+    pub = Publisher(settings.bus.in_address, serializer=serialization.dumps)
+    wait_until_delivered(lambda: pub("beamwatch_ping", {}), lambda: _pings_seen(settings))
+    RE = RunEngine({})
+    RE.subscribe(pub)
+    yield RE, settings
+    pub.close()
+
+
+def state(page: Any, expr: str) -> Any:
+    return page.evaluate(f"() => {expr}")
+
+
+def shoot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def wait_page(page: Any, expr: str, timeout_s: float) -> None:
+    try:
+        page.wait_for_function(f"() => {expr}", timeout=timeout_s * 1000, polling=200)
+    except sync_api.TimeoutError:
+        seen = page.evaluate(
+            "() => JSON.stringify({...bw.state, runs: bw.state.runs.map(r => [r.uid, r.status])})"
+        )
+        shoot(page, "timeout")
+        raise AssertionError(
+            f"page never showed {expr} within {timeout_s} s; state: {seen}"
+        ) from None
+
+
+def test_1_empty_catalog_says_so(page):
+    wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
+    assert state(page, "bw.state.connected") is True
+    assert state(page, "bw.state.view") == "empty"
+    assert "No runs in this catalog yet" in page.inner_text("#main")
+    assert page.is_visible("#no-runs")
+    shoot(page, "empty-catalog")
+
+
+def test_2_xanes_drift_plot_grows_while_the_scan_runs(page, publisher):
+    import bluesky.plan_stubs as bps
+
+    from bluesky_plans.devices import SimTXM
+    from bluesky_plans.plans import xanes_scan_plan
+    from models.synthetic.txm import TxmScene, default_energies
+
+    RE, settings = publisher
+    scene = TxmScene.random(11, shape=(192, 192), n_particles=6, n_scans=1, n_frames=N_ENERGIES)
+    txm = SimTXM(scene, settings.detector_dir, seed=4)
+
+    import httpx
+
+    uid_box: list[str] = []
+
+    def analysed() -> int:
+        url = f"{settings.tiled_url}/api/v1/metadata/analysis/{uid_box[0]}/xanes/global_shift"
+        resp = httpx.get(url, timeout=10)
+        return resp.json()["data"]["attributes"]["structure"]["shape"][0] if resp.is_success else 0
+
+    def paced(i: int, _energy: float):
+        # An energy move takes 0.3 s, and the scan never runs more than 3 frames ahead of
+        # the analysis (on a loaded 2-core machine it would otherwise finish before the first
+        # result is written, and there would be no "while the scan runs" to look at).
+        yield from bps.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while uid_box and analysed() < i - 3 and time.monotonic() < deadline:
+            yield from bps.sleep(0.2)
+
+    def remember_uid(name: str, doc: dict) -> None:
+        if name == "start":
+            uid_box.append(doc["uid"])
+
+    token = RE.subscribe(remember_uid, "start")
+    try:
+        (uid,) = RE(
+            xanes_scan_plan(txm, default_energies(N_ENERGIES), before_point=paced, n_flats=1)
+        )
+    finally:
+        RE.unsubscribe(token)
+    # The page follows the newest run by itself and ends with every frame and the maps.
+    wait_page(page, f"bw.state.selected === '{uid}' && bw.state.drift.points === {N_ENERGIES}", 120)
+    wait_page(page, "bw.state.edgeMap === true", 120)
+    wait_page(page, "(document.getElementById('plot-spectra').data || []).length > 0", 30)
+    history = state(page, f"bw.state.history.drift.filter(h => h.uid === '{uid}')")
+    # Shown while the run had no stop document yet: at least two partial drift curves.
+    live = sorted({h["points"] for h in history if h["acquiring"] and 0 < h["points"] < N_ENERGIES})
+    assert len(live) >= 2, f"the drift plot did not grow during the scan: {history}"
+    # The plot itself holds the points (Plotly's data on the div), dy and dx.
+    drift_x = state(page, "document.getElementById('plot-drift').data[0].x.length")
+    assert drift_x == N_ENERGIES
+    n_particles = state(
+        page, "document.getElementById('plot-tracks').data.length"
+    )  # one track per particle
+    assert n_particles >= 3
+    frame_traces = state(page, "document.getElementById('plot-frame').data.map(t => t.mode)")
+    assert "text" in frame_traces  # particle ids drawn on the latest frame
+    colorbar = state(page, "document.getElementById('plot-edge').data[0].colorbar.title.text")
+    assert "eV" in colorbar
+    assert state(page, "document.getElementById('plot-spectra').data.length") == n_particles
+    done = f"li[data-uid='{uid}'][data-status='complete']"
+    wait_page(page, f'!!document.querySelector("{done}")', 60)
+    assert not page.errors
+    shoot(page, "xanes")
+
+
+def test_3_crack_view_shows_new_slices(page, publisher):
+    from bluesky_plans.devices import SimTomoStation
+    from bluesky_plans.plans import tomo_scan_plan
+    from models.synthetic.cathode import make_cathode_volume
+    from pipelines.tomo.simulate import simulate_scan
+
+    RE, settings = publisher
+    volume = make_cathode_volume((Z, 320, 320), seed=5)
+    angles = np.linspace(0.0, 180.0, 90, endpoint=False)
+    frames = simulate_scan(volume.attenuation, angles, seed=6)
+    station = SimTomoStation.from_frames(
+        angles, frames.projections, frames.flat, frames.dark, settings.detector_dir
+    )
+    (uid,) = RE(tomo_scan_plan(station, list(angles)))
+    wait_page(page, f"bw.state.selected === '{uid}' && bw.state.view === 'tomo'", 60)
+    wait_page(page, f"bw.state.cracks.total > 0 && bw.state.cracks.slices === {Z}", 240)
+    history = state(page, f"bw.state.history.cracks.filter(h => h.uid === '{uid}')")
+    growing = sorted({h["slices"] for h in history if 0 < h["slices"] < h["total"]})
+    assert growing, f"the crack map never showed a partial volume: {history}"
+    # Following the growth, the slider sits on the newest slice, with its overlay drawn.
+    wait_page(page, f"bw.state.cracks.shown === {Z - 1}", 30)
+    assert state(page, "document.getElementById('plot-slice').data.length") == 2
+    wait_page(page, "bw.state.particles.rows > 0", 240)
+    shoot(page, "tomography")
+    # Sorting the particle table by a column, as a user clicks it.
+    page.click("th[data-column='equivalent_diameter_px']")
+    page.click("th[data-column='equivalent_diameter_px']")
+    cells = page.locator("#particles tr td:nth-child(3)").all_inner_texts()
+    values = [float(c) for c in cells]
+    assert values == sorted(values, reverse=True) and len(values) > 1
+    # Moving the slider shows an older slice.
+    page.fill("#slice-slider", "3")
+    page.dispatch_event("#slice-slider", "input")
+    wait_page(page, "bw.state.cracks.shown === 3", 30)
+    assert state(page, "bw.state.pinned") is False
+    assert not page.errors
+
+
+def test_4_failed_analysis_is_shown_with_its_error(page, publisher):
+    from bluesky.plans import count
+    from ophyd.sim import direct_img
+
+    RE, _settings = publisher
+    # A XANES analysis asked for on a run without energies fails with a clear error.
+    (uid,) = RE(count([direct_img], num=2), beamwatch_pipelines=["frames", "xanes"])
+    wait_page(page, f"bw.state.selected === '{uid}' && bw.state.errors.length > 0", 120)
+    box = page.inner_text(".pipeline-error[data-pipeline='xanes']")
+    assert "failed" in box and "energy" in box
+    assert page.locator(f"li[data-uid='{uid}'][data-status='failed']").count() == 1
+    shoot(page, "failed-analysis")
+
+
+def test_5_tiled_going_away_and_coming_back(page, up):
+    tiled_pid = next(
+        int(pid)
+        for pid in subprocess.run(
+            ["pgrep", "-P", str(up.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        if b"tiled\x00serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+    shown = state(page, "bw.state.selected")
+    os.kill(tiled_pid, signal.SIGKILL)
+    wait_page(page, "bw.state.connected === false", 60)
+    banner = page.inner_text("#conn")
+    assert "not reachable" in banner and "reconnecting" in banner
+    # The last data stays on screen.
+    assert page.locator("li.run").count() >= 3
+    assert shown in page.inner_text("#run-title")
+    assert page.is_visible(".pipeline-error")
+    shoot(page, "tiled-down")
+    # `up` restarts Tiled; the page reconnects by itself.
+    wait_page(page, "bw.state.connected === true", 120)
+    wait_until(lambda: page.inner_text("#conn") == "Tiled connected", timeout=30)
+    assert state(page, "bw.state.selected") == shown
+    history = state(page, "bw.state.history.conn")
+    assert history[-2:] == [False, True]
+    assert not page.errors
