@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, UpProcess, wait_until
+from tests.conftest import BIN, REPO, UpProcess, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -261,3 +261,44 @@ def test_5_tiled_going_away_and_coming_back(page, up):
     history = state(page, "bw.state.history.conn")
     assert history[-2:] == [False, True]
     assert not page.errors
+
+
+def test_6_report_opens_offline_and_tiled_ui_browses_results(page, up):
+    from tiled.client import from_uri
+
+    client = from_uri(up.tiled, api_key=up.api_key())
+    try:
+        uid = next(u for u in client["analysis"] if "cracks" in client["analysis"][u])
+    finally:
+        client.context.close()
+    report = up.data.parent / "report.html"
+    subprocess.run(
+        [str(BIN / "beamwatch"), "--data-dir", str(up.data), "report", uid, "-o", str(report)],
+        env=up.env,
+        check=True,
+        timeout=120,
+    )
+    context = page.context.browser.new_context(offline=True)
+    try:
+        offline = context.new_page()
+        requests: list[str] = []
+        offline.on("request", lambda r: requests.append(r.url))
+        offline.goto(report.as_uri())
+        images = offline.evaluate(
+            "() => Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
+        )
+        assert len(images) >= 4 and all(images)
+        assert all(u.startswith(("file:", "data:")) for u in requests), requests
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        offline.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    finally:
+        context.close()
+    # Tiled's own browser UI shows the same results, without an API key (anonymous reads).
+    ui = page.context.new_page()
+    try:
+        ui.goto(f"{up.tiled}/ui/browse/analysis/{uid}")
+        ui.wait_for_selector("text=cracks", timeout=60_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        ui.screenshot(path=str(ARTIFACTS / "tiled-ui.png"))
+    finally:
+        ui.close()
