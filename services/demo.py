@@ -118,10 +118,17 @@ def run_demo(
         report_feedback_effect(client, runs)
         report_crack_accuracy(client, runs, truth)
         for uid, _n, label in runs:
-            logger.info("browse %s: %s/ui/browse/analysis/%s", label, settings.tiled_url, uid)
+            logger.info(
+                "%s: live page %s/#%s, Tiled UI %s/ui/browse/analysis/%s",
+                label,
+                settings.web_url,
+                uid,
+                settings.tiled_url,
+                uid,
+            )
         client.context.close()
         if serve:
-            logger.info("serving; press Ctrl-C to stop")
+            logger.info("serving the live page on %s/; press Ctrl-C to stop", settings.web_url)
             stop.wait()
     finally:
         stop.set()

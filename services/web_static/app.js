@@ -695,7 +695,7 @@ async function renderLatestFrame(run, nodes, n, shifts, keyHint) {
       ids.y.push(rows.reduce((a, b) => a + b, 0) / rows.length + s[0]);
       ids.text.push(String(label));
     }
-    traces.push({ type: "scatter", mode: "text", ...ids, textfont: { color: "#ffeb3b", size: 14 }, name: "ids" });
+    traces.push({ type: "scatter", mode: "text", ...ids, textfont: { color: "#0d47a1", size: 15, family: "sans-serif" }, name: "ids" });
   }
   draw("plot-frame", traces, { ...imageLayout(), title: { text: `frame ${i}`, font: { size: 12 } } }, PLOT_CONFIG);
   bw.state.frameShown = i;
