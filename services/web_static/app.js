@@ -274,37 +274,75 @@ function summarise(pipelines, hasStop) {
   return hasStop ? "waiting" : "acquiring";
 }
 
+const RUN_LIMIT = 50; // newest runs listed
+const TERMINAL = ["complete", "failed", "interrupted"];
+const statusCache = new Map(); // uid -> {pipelines, at}: finished runs are re-read every 30 s
+
+async function pipelinesOf(uid) {
+  const pipes = (await children(`analysis/${uid}`)) || {};
+  const out = {};
+  for (const [name, node] of Object.entries(pipes)) {
+    out[name] = {
+      status: node.metadata.status || "unknown",
+      error: node.metadata.error || null,
+      traceback: node.metadata.traceback || null,
+      metadata: node.metadata,
+    };
+  }
+  return out;
+}
+
 async function refreshRuns() {
-  const raw = await children("raw");
+  // One request for the newest runs (Tiled sorts by the start document's time).
+  const page = await apiOrNull("search/raw", {
+    sort: "-start.time",
+    fields: ["metadata"],
+    "page[limit]": RUN_LIMIT,
+  });
   const runs = [];
-  for (const [uid, node] of Object.entries(raw || {})) {
-    const start = node.metadata.start || {};
+  for (const e of page ? page.data : []) {
+    const md = e.attributes.metadata || {};
+    const start = md.start || {};
     runs.push({
-      uid,
+      uid: e.id,
       plan: start.plan_name || "?",
       time: start.time || 0,
       technique: start.beamwatch_technique || null,
       series: start.operando_series || null,
       imageKey: start.image_key || null,
-      stop: node.metadata.stop || null,
+      stop: md.stop || null,
       pipelines: {},
     });
   }
-  runs.sort((a, b) => b.time - a.time);
-  const analysis = (await children("analysis")) || {};
-  for (const run of runs.slice(0, 60)) {
-    if (!(run.uid in analysis)) continue;
-    const pipes = (await children(`analysis/${run.uid}`)) || {};
-    for (const [name, node] of Object.entries(pipes)) {
-      run.pipelines[name] = {
-        status: node.metadata.status || "unknown",
-        error: node.metadata.error || null,
-        traceback: node.metadata.traceback || null,
-        metadata: node.metadata,
-      };
+  bw.state.totalRuns = page ? page.meta.count : 0;
+  // A run linked by #uid stays available even when it is older than the newest RUN_LIMIT.
+  const wanted = bw.state.selected || location.hash.slice(1);
+  if (wanted && !runs.find((r) => r.uid === wanted)) {
+    const one = await apiOrNull(`metadata/raw/${wanted}`);
+    if (one) {
+      const md = one.data.attributes.metadata || {};
+      const start = md.start || {};
+      runs.push({
+        uid: wanted, plan: start.plan_name || "?", time: start.time || 0,
+        technique: start.beamwatch_technique || null, series: start.operando_series || null,
+        imageKey: start.image_key || null, stop: md.stop || null, pipelines: {},
+      });
     }
   }
-  for (const run of runs) run.status = summarise(run.pipelines, run.stop !== null);
+  const now = Date.now();
+  for (const run of runs) {
+    const cached = statusCache.get(run.uid);
+    const finished =
+      cached && run.stop && Object.keys(cached.pipelines).length &&
+      Object.values(cached.pipelines).every((p) => TERMINAL.includes(p.status));
+    if (finished && run.uid !== bw.state.selected && now - cached.at < 30000) {
+      run.pipelines = cached.pipelines;
+    } else {
+      run.pipelines = await pipelinesOf(run.uid);
+      statusCache.set(run.uid, { pipelines: run.pipelines, at: now });
+    }
+    run.status = summarise(run.pipelines, run.stop !== null);
+  }
   bw.state.runs = runs;
   bw.state.empty = runs.length === 0;
   renderRuns();
@@ -354,6 +392,14 @@ function renderRuns() {
       select(run.uid);
     });
     ul.append(li);
+  }
+  if (bw.state.totalRuns > bw.state.runs.length) {
+    const more = el("li", { className: "muted" });
+    more.append(
+      document.createTextNode(`${bw.state.totalRuns - bw.state.runs.length} older runs: `),
+      el("a", { href: `${CFG.tiled_url}/ui/browse/raw`, target: "_blank" }, "browse them in Tiled")
+    );
+    ul.append(more);
   }
 }
 
