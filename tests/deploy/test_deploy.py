@@ -24,6 +24,9 @@ DEPLOY = REPO / "deploy"
 def test_beamwatch_settings_file_is_valid():
     s = load_settings(DEPLOY / "beamwatch.yml")
     assert s.tiled.url == "http://127.0.0.1:8000"
+    # The production Tiled lets the live page's origin read from the browser.
+    tiled_config = yaml.safe_load((DEPLOY / "tiled" / "config.yml").read_text())
+    assert s.web_url in tiled_config["allow_origins"]
     assert s.bus.in_address.startswith("tcp://127.0.0.1:")
 
 
@@ -40,7 +43,10 @@ def test_systemd_units_name_installed_entry_points(unit):
         from services.cli import build_parser
 
         args = build_parser().parse_args(argv[1:])
-        assert args.verb == "consume" and args.role in unit.name
+        if args.verb == "web":
+            assert unit.name == "beamwatch-web.service"
+        else:
+            assert args.verb == "consume" and args.role in unit.name
     assert parser["Install"]["WantedBy"] == "multi-user.target"
 
 
