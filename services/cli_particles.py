@@ -36,14 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from services.h5io import InputFileError, open_input, read_dataset
+
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
-
-
-class InputFileError(Exception):
-    """An input file lacks a dataset or holds one of the wrong shape or dtype."""
 
 
 def register(subparsers: Any) -> None:
@@ -94,27 +92,8 @@ def register(subparsers: Any) -> None:
 
 
 def _read_volume(path: Path, dataset: str, *, integer: bool = False) -> np.ndarray:
-    import h5py
-
-    if not path.is_file():
-        raise InputFileError(f"input file not found: {path}")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    with h5:
-        obj = h5.get(dataset)
-        if obj is None or not isinstance(obj, h5py.Dataset):
-            raise InputFileError(f"{path}: missing dataset {dataset}")
-        if obj.ndim != 3:
-            raise InputFileError(f"{path}: {dataset} must be 3-D (Z, Y, X), got shape {obj.shape}")
-        kind_ok = np.issubdtype(obj.dtype, np.integer) or (
-            not integer and np.issubdtype(obj.dtype, np.floating)
-        )
-        if not kind_ok:
-            expected = "an integer" if integer else "an integer or float"
-            raise InputFileError(f"{path}: {dataset} must have {expected} dtype, got {obj.dtype}")
-        return np.asarray(obj[...])
+    with open_input(path) as h5:
+        return read_dataset(h5, dataset, path, ndim=(3,), layout="(Z, Y, X)", integer=integer)
 
 
 def _check_weights(*paths: Path | None) -> None:

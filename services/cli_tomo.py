@@ -42,15 +42,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from services.h5io import InputFileError, open_input, read_dataset
+
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 FILTERS = ("ramp", "shepp-logan", "cosine", "hann", "hamming")
-
-
-class InputFileError(Exception):
-    """An input file lacks a dataset or holds one of the wrong shape."""
 
 
 def register(subparsers: Any) -> None:
@@ -105,17 +103,7 @@ def register(subparsers: Any) -> None:
 
 
 def _read_dataset(h5: Any, path: str, ndim: tuple[int, ...], filename: Path) -> np.ndarray:
-    import h5py
-
-    obj = h5.get(path)
-    if obj is None or not isinstance(obj, h5py.Dataset):
-        raise InputFileError(f"{filename}: missing dataset {path}")
-    if obj.ndim not in ndim:
-        expected = " or ".join(f"{n}-D" for n in ndim)
-        raise InputFileError(f"{filename}: {path} must be {expected}, got shape {obj.shape}")
-    if not (np.issubdtype(obj.dtype, np.integer) or np.issubdtype(obj.dtype, np.floating)):
-        raise InputFileError(f"{filename}: {path} has unsupported dtype {obj.dtype}")
-    return np.asarray(obj[...])
+    return read_dataset(h5, path, filename, ndim=ndim)
 
 
 def _parse_center(value: str) -> float | Literal["auto", "detector"]:
@@ -138,9 +126,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
 
     try:
         center = _parse_center(args.center)
-        if not args.input.is_file():
-            raise InputFileError(f"input file not found: {args.input}")
-        with h5py.File(args.input, "r") as h5:
+        with open_input(args.input) as h5:
             projections = _read_dataset(h5, "/entry/data/data", (3,), args.input)
             angles = _read_dataset(h5, "/entry/data/rotation_angle", (1,), args.input)
             flat = (
@@ -215,7 +201,7 @@ def cracks_map_command(args: argparse.Namespace) -> int:
             raise InputFileError(f"--threshold must be in (0, 1), got {args.threshold}")
         if not 0 <= args.overlap < args.tile_size:
             raise InputFileError("--overlap must be >= 0 and smaller than --tile-size")
-        with h5py.File(args.input, "r") as h5:
+        with open_input(args.input) as h5:
             volume = _read_dataset(h5, "/entry/data/data", (3,), args.input)
     except InputFileError as exc:
         logger.error("%s", exc)
