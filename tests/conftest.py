@@ -200,6 +200,7 @@ class UpProcess:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so stop() can reap it all
             )
         try:
             wait_until(
@@ -232,6 +233,17 @@ class UpProcess:
         return (self.data / "tiled_api_key").read_text().strip()
 
     def stop(self) -> None:
+        """SIGTERM (``up`` stops its children), then SIGKILL for the whole process group."""
+        import signal
+
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # a child left behind by a SIGKILL
+        except ProcessLookupError:
+            pass
