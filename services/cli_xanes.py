@@ -91,6 +91,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="PARAMS.json",
         help="JSON file with pipeline parameters (XanesParams); unknown keys are rejected",
     )
+    align.add_argument(
+        "--detector",
+        choices=("classical", "learned"),
+        default=None,
+        help=(
+            "particle detector of frame 0: classical (threshold + watershed) or learned "
+            "(U-Net trained on synthetic frames, shipped weights); default: the --params "
+            "file's detect.method, else classical"
+        ),
+    )
     align.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     align.set_defaults(func=run_align)
     return xanes
@@ -102,7 +112,7 @@ def run_align(args: argparse.Namespace) -> int:
     Parameters
     ----------
     args : argparse.Namespace
-        ``input``, ``output``, ``params`` and ``no_progress``.
+        ``input``, ``output``, ``params``, ``detector`` and ``no_progress``.
 
     Returns
     -------
@@ -110,7 +120,7 @@ def run_align(args: argparse.Namespace) -> int:
         0 on success, 2 on missing or inconsistent input.
     """
     try:
-        params = _load_params(args.params)
+        params = _with_detector(_load_params(args.params), getattr(args, "detector", None))
         _align_file(Path(args.input), Path(args.output), params, progress=not args.no_progress)
     except InputError as exc:
         logger.error("xanes align: %s", exc)
@@ -132,6 +142,14 @@ def _load_params(path: Path | None) -> Any:
         raise InputError(f"cannot read --params file {path}: {exc}") from exc
     except ValidationError as exc:
         raise InputError(f"invalid --params file {path}: {exc}") from exc
+
+
+def _with_detector(params: Any, detector: str | None) -> Any:
+    """``params`` with ``detect.method`` set to ``detector`` (unchanged when None)."""
+    if detector is None:
+        return params
+    detect = params.detect.model_copy(update={"method": detector})
+    return params.model_copy(update={"detect": detect})
 
 
 def _read_optional(h5: Any, name: str, frame_shape: tuple[int, ...]) -> Any:

@@ -2,7 +2,12 @@
 
 Pure array code: no I/O, no transport. The live entry point is :class:`XanesTracker`
 (one frame at a time); :func:`align_stack` is the batch equivalent.
+
+The learned detector (:func:`detect_particles_learned`, :func:`particle_probability`) is loaded
+on first use, so importing this package does not import torch.
 """
+
+from typing import Any
 
 from pipelines.xanes.deformation import (
     Deformation,
@@ -43,11 +48,23 @@ __all__ = [
     "deformation_rows",
     "deformation_series",
     "detect_particles",
+    "detect_particles_learned",
     "match_labels",
     "match_particles",
     "optical_density",
+    "particle_probability",
     "per_scan_positions",
     "phase_correlation_displacement",
     "remove_background",
     "robust_global_shift",
 ]
+
+_LAZY = {"detect_particles_learned", "particle_probability"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from pipelines.xanes import detect_learned
+
+        return getattr(detect_learned, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,8 +33,27 @@ class PrepareParams(_Params):
 
 
 class DetectParams(_Params):
-    """Classical particle detection (threshold + watershed)."""
+    """Particle detection in frame 0: classical (threshold + watershed) or learned (U-Net).
 
+    Both detectors share the size filter, the border rule and the watershed split of touching
+    particles; the threshold fields are the classical detector's; ``probability_threshold``,
+    ``weights`` and ``average_transforms`` the learned one's
+    (:func:`pipelines.xanes.detect_learned.detect_particles_learned`).
+    """
+
+    method: Literal["classical", "learned"] = Field(
+        default="classical",
+        description="classical: threshold + watershed; learned: U-Net (models.txm_particle_net)",
+    )
+    probability_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="learned: particle probability threshold"
+    )
+    weights: str | None = Field(
+        default=None, description="learned: network weights file; None = shipped weights"
+    )
+    average_transforms: bool = Field(
+        default=True, description="learned: average the network over 8 rotations and flips"
+    )
     smooth_sigma_px: float = Field(default=1.5, ge=0)
     threshold_factor: float = Field(
         default=0.5, gt=0, description="multiplies the Otsu threshold of the background-free OD"

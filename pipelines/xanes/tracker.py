@@ -1,7 +1,7 @@
 """Live, incremental XANES particle tracking and the batch alignment built on it.
 
-Frame 0 is segmented once (classical detector) and is the reference geometry. Every later frame
-costs a few small operations per particle:
+Frame 0 is segmented once (classical detector, or the U-Net with ``detect.method="learned"``)
+and is the reference geometry. Every later frame costs a few small operations per particle:
 
 1. optical density of the frame;
 2. a coarse whole-frame shift against the previous frame (binned phase correlation) that
@@ -410,10 +410,19 @@ class XanesTracker:
             self._executor = None
 
     # ------------------------------------------------------------------ frame 0
+    def _detect(self, od: np.ndarray) -> np.ndarray:
+        """Frame-0 labels by the detector ``params.detect.method`` selects."""
+        if self.params.detect.method == "learned":
+            # imported here: torch loads only when the learned detector is chosen
+            from pipelines.xanes.detect_learned import detect_particles_learned
+
+            return detect_particles_learned(od, params=self.params.detect)
+        prepared = remove_background(od, params=self.params.prepare)
+        return detect_particles(prepared, params=self.params.detect, background_removed=True)
+
     def _start(self, od: np.ndarray, energy: float) -> FrameResult:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
-        prepared = remove_background(od, params=self.params.prepare)
-        labels = detect_particles(prepared, params=self.params.detect, background_removed=True)
+        labels = self._detect(od)
         self._labels = labels
         tp = self.params.track
         areas = np.bincount(labels.ravel())
