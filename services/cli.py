@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    up = sub.add_parser("up", help="start Tiled, the 0MQ proxy and the consumers")
+    up = sub.add_parser("up", help="start Tiled, the 0MQ proxy, the consumers and the live page")
     up.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML settings file")
     up.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory")
     up.set_defaults(func=cmd_up)
