@@ -216,7 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads for the learned detector (1 is fastest on a shared 2-core node)",
     )
     args = parser.parse_args(argv)
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.torch_threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(previous_threads)  # run_all runs other benchmarks after this
+
+
+def _run(args: argparse.Namespace) -> int:
 
     scene = TxmScene.random(
         args.seed, shape=(args.size, args.size), n_particles=args.particles, n_frames=args.frames
