@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -13,6 +17,8 @@ from pipelines.xanes.params import DetectParams
 from pipelines.xanes.prepare import optical_density, remove_background
 from tests.pipelines.xanes.conftest import truth_index
 from tests.pipelines.xanes.test_detect import LARGE
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _overlap_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,3 +121,12 @@ def test_tracker_uses_the_learned_detector():
     truth = np.stack([scene.truth_shift(0, i) for i in range(len(energies))], axis=1)
     error = result.particle_shift - truth[which]
     assert np.sqrt(np.nanmean(error**2)) < 0.5
+
+
+def test_importing_the_xanes_pipeline_does_not_import_torch():
+    code = (
+        "import sys, pipelines.xanes as x; from pipelines.xanes.tracker import XanesTracker; "
+        "assert 'torch' not in sys.modules; x.detect_particles_learned; "
+        "assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
