@@ -16,6 +16,7 @@ __all__ = [
     "robust_global_shift",
     "shift_image",
     "roi_ssim",
+    "ssim_from_moments",
 ]
 
 
@@ -206,6 +207,36 @@ def robust_global_shift(shifts: np.ndarray) -> np.ndarray:
     return np.median(shifts[found], axis=0)
 
 
+def _bilinear_shift(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    """Order-1 shift with edge replication, separable (one blend of two rows/columns per axis).
+
+    Same values as ``ndimage.shift(image, displacement, order=1, mode="nearest")`` up to float
+    rounding: a pure translation has the same interpolation weights at every pixel.
+    """
+    out = image.astype(np.float64)
+    for axis, d in enumerate(displacement):
+        n = out.shape[axis]
+        if n == 0:
+            break
+        # output[x] = input[x - d]
+        source = -float(d)
+        whole = np.floor(source)
+        weight = source - whole
+        positions = np.arange(int(whole), int(whole) + n + 1)
+        np.maximum(positions, 0, out=positions)
+        np.minimum(positions, n - 1, out=positions)
+        lower = np.take(out, positions[:-1], axis=axis)
+        if weight == 0.0:
+            out = lower
+            continue
+        upper = np.take(out, positions[1:], axis=axis)
+        upper -= lower
+        upper *= weight
+        upper += lower
+        out = upper
+    return out.astype(image.dtype, copy=False)
+
+
 def shift_image(image: np.ndarray, displacement: np.ndarray, *, order: int = 1) -> np.ndarray:
     """Move image content by ``displacement`` (row, col), edges filled by the nearest pixel.
 
@@ -216,7 +247,8 @@ def shift_image(image: np.ndarray, displacement: np.ndarray, *, order: int = 1) 
     displacement : array_like
         ``(2,)`` displacement in pixels.
     order : int
-        Spline order of the interpolation (1 = bilinear).
+        Spline order of the interpolation (1 = bilinear, computed directly as two separable
+        blends; higher orders by ``scipy.ndimage.shift``).
 
     Returns
     -------
@@ -226,9 +258,12 @@ def shift_image(image: np.ndarray, displacement: np.ndarray, *, order: int = 1) 
     image = np.asarray(image)
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float64)
+    displacement = np.asarray(displacement, dtype=np.float64)
+    if order == 1 and image.ndim == 2 and displacement.shape == (2,):
+        return _bilinear_shift(image, displacement)
     return ndimage.shift(
         image,
-        np.asarray(displacement, dtype=np.float64),
+        displacement,
         order=order,
         mode="nearest",
         prefilter=order > 1,
@@ -259,11 +294,40 @@ def roi_ssim(a: np.ndarray, b: np.ndarray, *, data_range: float | None = None) -
         raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
     if data_range is None:
         data_range = float(max(a.max(), b.max()) - min(a.min(), b.min())) or 1.0
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
     mu_a, mu_b = a.mean(), b.mean()
     var_a, var_b = a.var(), b.var()
     cov = ((a - mu_a) * (b - mu_b)).mean()
-    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return ssim_from_moments(mu_a, mu_b, var_a, var_b, cov, data_range=data_range)
+
+
+def ssim_from_moments(
+    mean_a: float,
+    mean_b: float,
+    var_a: float,
+    var_b: float,
+    cov: float,
+    *,
+    data_range: float,
+) -> float:
+    """SSIM of :func:`roi_ssim` from the two ROIs' means, variances and covariance.
+
+    Lets a caller that compares many ROIs against one reference compute the reference's
+    moments once.
+
+    Parameters
+    ----------
+    mean_a, mean_b, var_a, var_b, cov : float
+        Whole-ROI means, (population) variances and covariance.
+    data_range : float
+        Dynamic range for the stabilising constants.
+
+    Returns
+    -------
+    float
+        SSIM in ``[-1, 1]``.
+    """
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    num = (2 * mean_a * mean_b + c1) * (2 * cov + c2)
+    den = (mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2)
     return float(num / den)

@@ -39,8 +39,8 @@ from pipelines.xanes.register import (
     PhaseCorrelator,
     centre_of_mass,
     robust_global_shift,
-    roi_ssim,
     shift_image,
+    ssim_from_moments,
 )
 from pipelines.xanes.spectra import analyse_spectra
 
@@ -154,16 +154,42 @@ def _inside_fraction(origin: np.ndarray, shape: tuple[int, int], frame: tuple[in
     return rows * cols / float(h * w)
 
 
-def _plane(image: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """Least-squares plane through ``image[where]`` (outliers beyond 3 MAD dropped)."""
-    rows, cols = np.nonzero(where)
-    step = max(1, rows.size // 1500)
-    rows, cols = rows[::step], cols[::step]
-    values = image[rows, cols].astype(np.float64)
-    median = np.median(values)
-    spread = 1.4826 * np.median(np.abs(values - median)) + 1e-12
-    keep = np.abs(values - median) <= 3.0 * spread
-    if keep.sum() >= 16:
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a 1-D float array without NaN, by one partition (scratch reordered)."""
+    half = values.size // 2
+    if values.size % 2:
+        values.partition(half)
+        return float(values[half])
+    values.partition((half - 1, half))
+    return float((values[half - 1] + values[half]) / 2)
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear method) of a 1-D array, by one partition.
+
+    ``values`` is scratch: it is reordered in place.
+    """
+    virtual = (values.size - 1) * (q / 100)
+    previous = int(np.floor(virtual))
+    if previous >= values.size - 1:
+        return float(values.max())
+    values.partition((previous, previous + 1))
+    low, high = values[previous], values[previous + 1]
+    gamma = virtual - previous
+    diff = high - low
+    return float(high - diff * (1 - gamma) if gamma >= 0.5 else low + diff * gamma)
+
+
+def _plane_from_samples(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int], dtype
+) -> np.ndarray:
+    """Least-squares plane of ``shape`` through samples (outliers beyond 3 MAD dropped)."""
+    values = values.astype(np.float64)
+    median = _median(values.copy())
+    deviation = np.abs(values - median)
+    spread = 1.4826 * _median(deviation.copy()) + 1e-12
+    keep = deviation <= 3.0 * spread
+    if np.count_nonzero(keep) >= 16:
         rows, cols, values = rows[keep], cols[keep], values[keep]
     r_mean, c_mean, v_mean = rows.mean(), cols.mean(), values.mean()
     dr, dc, dv = rows - r_mean, cols - c_mean, values - v_mean
@@ -171,43 +197,112 @@ def _plane(image: np.ndarray, where: np.ndarray) -> np.ndarray:
     srv, scv = float(dr @ dv), float(dc @ dv)
     det = srr * scc - src * src
     if det <= 1e-9:
-        return np.full(image.shape, v_mean, dtype=image.dtype)
+        return np.full(shape, v_mean, dtype=dtype)
     a = (srv * scc - scv * src) / det
     b = (scv * srr - srv * src) / det
-    r = np.arange(image.shape[0], dtype=np.float64)[:, None] - r_mean
-    c = np.arange(image.shape[1], dtype=np.float64)[None, :] - c_mean
-    return (v_mean + a * r + b * c).astype(image.dtype)
+    r = np.arange(shape[0], dtype=np.float64)[:, None] - r_mean
+    c = np.arange(shape[1], dtype=np.float64)[None, :] - c_mean
+    return (v_mean + a * r + b * c).astype(dtype)
 
 
-def _gradient_refine(
-    template: np.ndarray,
-    moving: np.ndarray,
-    support: np.ndarray,
-    start: np.ndarray,
-    iterations: int,
-) -> np.ndarray | None:
-    """Displacement of ``moving`` vs ``template`` by Gauss-Newton on ``support``.
+def _plane_samples(where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of ``where`` a plane is fitted on: at most about 1500, evenly subsampled."""
+    rows, cols = np.nonzero(where)
+    step = max(1, rows.size // 1500)
+    return rows[::step], cols[::step]
+
+
+def _plane(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Least-squares plane through ``image[where]`` (outliers beyond 3 MAD dropped)."""
+    rows, cols = _plane_samples(where)
+    return _plane_from_samples(rows, cols, image[rows, cols], image.shape, image.dtype)
+
+
+def _gaussian_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The 1-D kernel ``scipy.ndimage.gaussian_filter`` correlates with (same truncation)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
+    return (phi / phi.sum())[::-1]
+
+
+class _GradientModel:
+    """Gauss-Newton registration of an image to a fixed template on a support.
 
     Minimises the squared difference between ``moving(x + d)`` and ``template(x)`` over the
-    support pixels, linearised with the template gradient. Returns None when the problem is
-    degenerate (no gradient on the support).
+    support pixels, linearised with the template gradient. The moving image is interpolated
+    bilinearly (edges repeated, as :func:`shift_image`) at the support pixels only.
     """
-    gradients = np.gradient(template.astype(np.float64))
-    gr, gc = gradients[0][support], gradients[1][support]
-    a = np.array([[gr @ gr, gr @ gc], [gr @ gc, gc @ gc]])
-    if np.linalg.det(a) <= 1e-9 * max(1.0, float(np.trace(a)) ** 2):
-        return None
-    inverse = np.linalg.inv(a)
-    d = np.asarray(start, dtype=np.float64).copy()
-    reference = template[support]
-    for _ in range(iterations):
-        warped = shift_image(moving, -d)
-        residual = warped[support] - reference
-        step = inverse @ np.array([gr @ residual, gc @ residual])
-        d = d - step
-        if np.max(np.abs(step)) < 0.005:
-            break
-    return d
+
+    def __init__(self, template: np.ndarray, support: np.ndarray) -> None:
+        self.rows, self.cols = np.nonzero(support)
+        if self.rows.size:
+            self.row_range = (int(self.rows.min()), int(self.rows.max()))
+            self.col_range = (int(self.cols.min()), int(self.cols.max()))
+        else:
+            self.row_range = self.col_range = (0, 0)
+        gradients = np.gradient(template.astype(np.float64))
+        self.gr, self.gc = gradients[0][support], gradients[1][support]
+        gr, gc = self.gr, self.gc
+        a = np.array([[gr @ gr, gr @ gc], [gr @ gc, gc @ gc]])
+        self.degenerate = bool(np.linalg.det(a) <= 1e-9 * max(1.0, float(np.trace(a)) ** 2))
+        self.inverse = None if self.degenerate else np.linalg.inv(a)
+        self.reference = template[support]
+
+    def _warped(self, moving: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """``shift_image(moving, -d)`` at the support pixels."""
+        h, w = moving.shape
+        image = np.asarray(moving, dtype=np.float64)
+        row0, col0 = int(np.floor(d[0])), int(np.floor(d[1]))
+        fr, fc = float(d[0]) - row0, float(d[1]) - col0
+        if (
+            row0 + self.row_range[0] >= 0
+            and col0 + self.col_range[0] >= 0
+            and row0 + self.row_range[1] + 1 < h
+            and col0 + self.col_range[1] + 1 < w
+        ):
+            flat = np.ravel(image)
+            index = self.rows * w + self.cols + (row0 * w + col0)
+            top_left, top_right = flat[index], flat[index + 1]
+            index += w
+            bottom_left, bottom_right = flat[index], flat[index + 1]
+        else:
+            r, c = self.rows + row0, self.cols + col0
+            r_lo, r_hi = np.clip(r, 0, h - 1), np.clip(r + 1, 0, h - 1)
+            c_lo, c_hi = np.clip(c, 0, w - 1), np.clip(c + 1, 0, w - 1)
+            top_left, top_right = image[r_lo, c_lo], image[r_lo, c_hi]
+            bottom_left, bottom_right = image[r_hi, c_lo], image[r_hi, c_hi]
+        top = top_left * (1.0 - fc) + top_right * fc
+        bottom = bottom_left * (1.0 - fc) + bottom_right * fc
+        return (top * (1.0 - fr) + bottom * fr).astype(moving.dtype, copy=False)
+
+    def displacement(self, moving: np.ndarray, start: np.ndarray, iterations: int):
+        """Displacement of ``moving`` vs the template; None when the problem is degenerate."""
+        if self.inverse is None:
+            return None
+        d = np.asarray(start, dtype=np.float64).copy()
+        for _ in range(iterations):
+            residual = self._warped(moving, d) - self.reference
+            step = self.inverse @ np.array([self.gr @ residual, self.gc @ residual])
+            d = d - step
+            if np.max(np.abs(step)) < 0.005:
+                break
+        return d
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(mask)``: background not 4-connected to the border is filled.
+
+    One labelling of the background instead of a dilation iterated to convergence.
+    """
+    background, n = ndimage.label(~mask)
+    if n == 0:
+        return mask.copy()
+    edges = np.concatenate((background[0], background[-1], background[:, 0], background[:, -1]))
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[edges] = True
+    outside[0] = False
+    return ~outside[background]
 
 
 def _fast_len_below(n: int) -> int:
@@ -231,17 +326,24 @@ class _Candidate:
 
     com: np.ndarray  # (2,) frame coordinates
     area: float
-    soft: np.ndarray  # soft mask of this component only, window coordinates
     silhouette: np.ndarray  # soft mask of the whole window (shared by its candidates)
     background: np.ndarray  # background plane of the window
     origin: np.ndarray  # window origin in the frame
 
 
 class _Particle:
-    """Tracking state of one reference particle."""
+    """Tracking state of one reference particle and the fixed geometry of its windows."""
 
     def __init__(
-        self, roi: ParticleRoi, com0: np.ndarray, area: float, ring: np.ndarray, support_px: int
+        self,
+        roi: ParticleRoi,
+        com0: np.ndarray,
+        area: float,
+        ring: np.ndarray,
+        support_px: int,
+        *,
+        search_px: int,
+        smooth_sigma: float,
     ) -> None:
         self.roi = roi
         self.com0 = com0
@@ -254,9 +356,42 @@ class _Particle:
         self.template_count = 0
         self.last_shift = np.zeros(2)
         self.last_coarse = np.zeros(2)
+        # search window: the ROI with a margin of search_px; the reference ring (background
+        # plane samples) and cover (particle level) in window coordinates
+        h, w = roi.shape
+        self.window_shape = (h + 2 * search_px, w + 2 * search_px)
+        self.ring_count = int(np.count_nonzero(ring))
+        self.cover_count = int(np.count_nonzero(self.cover))
+        ring_rows, ring_cols = _plane_samples(ring)
+        self.ring_rows, self.ring_cols = ring_rows + search_px, ring_cols + search_px
+        cover_rows, cover_cols = np.nonzero(self.cover)
+        self.cover_index = np.ravel_multi_index(
+            (cover_rows + search_px, cover_cols + search_px), self.window_shape
+        )
+        self.smooth_weights = _gaussian_weights(smooth_sigma) if smooth_sigma > 1e-15 else None
+        self._template_cache: tuple[int, np.ndarray, tuple[np.ndarray, float, float]] | None = None
+        self._model_cache: tuple[int, _GradientModel] | None = None
 
     def template(self) -> np.ndarray:
-        return self.template_sum / max(1, self.template_count)
+        return self._template_state()[1]
+
+    def template_stats(self) -> tuple[np.ndarray, float, float]:
+        """Template minus its mean, its mean and variance (for the SSIM)."""
+        return self._template_state()[2]
+
+    def gradient_model(self) -> _GradientModel:
+        """Gauss-Newton model of the current template on the support (rebuilt on update)."""
+        if self._model_cache is None or self._model_cache[0] != self.template_count:
+            self._model_cache = (self.template_count, _GradientModel(self.template(), self.support))
+        return self._model_cache[1]
+
+    def _template_state(self) -> tuple[int, np.ndarray, tuple[np.ndarray, float, float]]:
+        if self._template_cache is None or self._template_cache[0] != self.template_count:
+            template = self.template_sum / max(1, self.template_count)
+            mean = template.mean()
+            stats = (template - mean, float(mean), float(template.var()))
+            self._template_cache = (self.template_count, template, stats)
+        return self._template_cache
 
 
 class XanesTracker:
@@ -450,8 +585,18 @@ class XanesTracker:
             ring = ~ndimage.binary_dilation(occupied, iterations=2 + pad)
             com0 = centre_of_mass(labels == k + 1)
             roi = ParticleRoi(origin=(int(r0), int(c0)), shape=shape, mask=mask)
+            area = float(mask.sum())
+            sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(area / np.pi))
             self._particles.append(
-                _Particle(roi, com0, float(mask.sum()), ring, tp.support_px + pad)
+                _Particle(
+                    roi,
+                    com0,
+                    area,
+                    ring,
+                    tp.support_px + pad,
+                    search_px=tp.search_px,
+                    smooth_sigma=sigma,
+                )
             )
         n_p = len(self._particles)
         self._stacks = [[] for _ in range(n_p)]
@@ -499,15 +644,21 @@ class XanesTracker:
         return crop - np.float32(np.percentile(crop, 10))
 
     def _window(self, od: np.ndarray, particle: _Particle, origin: np.ndarray):
-        """Smoothed search window around a ROI origin and the window's own origin."""
-        search = self.params.track.search_px
-        w_origin = origin - search
-        w_shape = (particle.roi.shape[0] + 2 * search, particle.roi.shape[1] + 2 * search)
-        window = _extract(od, w_origin, w_shape).astype(np.float32)
-        tp = self.params.track
-        diameter = 2.0 * np.sqrt(particle.area / np.pi)
-        sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * diameter)
-        return w_origin, ndimage.gaussian_filter(window, sigma) if sigma > 0 else window
+        """Smoothed search window around a ROI origin and the window's own origin.
+
+        The smoothing is ``gaussian_filter`` (reflect mode) with the particle's sigma
+        (``track.smooth_sigma_px``, at least ``smooth_fraction`` of its diameter), its kernel
+        computed once per particle.
+        """
+        w_origin = origin - self.params.track.search_px
+        window = np.asarray(_extract(od, w_origin, particle.window_shape), dtype=np.float32)
+        weights = particle.smooth_weights
+        if weights is None:
+            return w_origin, window.copy()
+        smoothed = np.empty(window.shape, dtype=np.float32)
+        ndimage.correlate1d(window, weights, axis=0, output=smoothed, mode="reflect")
+        ndimage.correlate1d(smoothed, weights, axis=1, output=smoothed, mode="reflect")
+        return w_origin, smoothed
 
     def _track(self, od: np.ndarray, energy: float) -> FrameResult:
         assert self._shape is not None
@@ -580,37 +731,40 @@ class XanesTracker:
         mask ramps linearly from the background to that threshold, so its centre of mass is
         sub-pixel and insensitive to the chemistry-dependent contrast inside the particle.
         """
-        search = self.params.track.search_px
-        h, w = particle.roi.shape
-        ring = np.zeros(window.shape, dtype=bool)
-        ring[search : search + h, search : search + w] = particle.ring
-        inner = np.zeros(window.shape, dtype=bool)
-        inner[search : search + h, search : search + w] = particle.cover
-        if ring.sum() < 16 or inner.sum() < 4:
+        if particle.ring_count < 16 or particle.cover_count < 4:
             return []
-        background = _plane(window, ring)
+        rows, cols = particle.ring_rows, particle.ring_cols
+        background = _plane_from_samples(rows, cols, window[rows, cols], window.shape, window.dtype)
         window = window - background
-        level = float(np.percentile(window[inner], 90))
+        level = _percentile(np.take(window, particle.cover_index), 90)
         if level <= 0:
             return []
         contrast = self.params.track.threshold_fraction * level
-        mask = ndimage.binary_fill_holes(window > contrast)
-        labels, n = ndimage.label(mask)
+        labels, n = ndimage.label(_fill_holes(window > contrast))
         if n == 0:
             return []
         areas = np.bincount(labels.ravel(), minlength=n + 1)
-        soft = np.clip(window / contrast, 0.0, 1.0).astype(np.float32)
+        kept = np.nonzero(areas[1:] >= max(4.0, 0.2 * particle.area))[0] + 1
+        if kept.size == 0:
+            return []
+        soft = window / np.float32(contrast)
+        np.clip(soft, 0.0, 1.0, out=soft)
+        boxes = ndimage.find_objects(labels)
         out = []
-        for lab in np.nonzero(areas[1:] >= max(4.0, 0.2 * particle.area))[0] + 1:
-            own = labels == lab
+        for lab in kept:
+            # the component grown by 2 px into the background, in its box grown by 2 px
+            box = boxes[lab - 1]
+            r0, c0 = max(box[0].start - 2, 0), max(box[1].start - 2, 0)
+            near = (slice(r0, box[0].stop + 2), slice(c0, box[1].stop + 2))
+            near_labels = labels[near]
+            own = near_labels == lab
             grown = ndimage.maximum_filter(own.view(np.uint8), size=5).view(bool)
-            region = grown & ((labels == 0) | own)
-            weights = np.where(region, soft, 0.0).astype(np.float32)
+            region = grown & ((near_labels == 0) | own)
+            weights = np.where(region, soft[near], np.float32(0.0))
             out.append(
                 _Candidate(
-                    com=centre_of_mass(weights) + w_origin,
+                    com=centre_of_mass(weights) + (r0, c0) + w_origin,
                     area=float(areas[lab]),
-                    soft=weights,
                     silhouette=soft,
                     background=background,
                     origin=w_origin,
@@ -644,6 +798,7 @@ class XanesTracker:
         tp = self.params.track
         particle = self._particles[k]
         template = particle.template()
+        template_centred, template_mean, template_var = particle.template_stats()
         ratio = candidate.area / max(particle.area, 1.0)
         if 0.67 <= ratio <= 1.5:
             coarse = candidate.com - particle.com0
@@ -668,8 +823,8 @@ class XanesTracker:
         )
         refined: np.ndarray | None
         if tp.refine_method == "gradient":
-            refined = _gradient_refine(
-                template, moving, particle.support, coarse - base, tp.refine_iterations
+            refined = particle.gradient_model().displacement(
+                moving, coarse - base, tp.refine_iterations
             )
         else:
             correlator = PhaseCorrelator(template, upsample=tp.upsample, whitening=tp.whitening)
@@ -687,10 +842,21 @@ class XanesTracker:
             silhouette = shift_image(silhouette, -residual).astype(np.float32)
             particle.template_sum += silhouette
             particle.template_count += 1
-        score = roi_ssim(silhouette, template, data_range=1.0)
-        crop = _extract(od, origin, particle.roi.shape).astype(np.float32)
+        # roi_ssim(silhouette, template, data_range=1.0) with the template's moments cached
+        values = np.asarray(silhouette, dtype=np.float64)
+        mean = values.mean()
+        centred = values - mean
+        score = ssim_from_moments(
+            mean,
+            template_mean,
+            float((centred * centred).mean()),
+            template_var,
+            float((centred * template_centred).mean()),
+            data_range=1.0,
+        )
+        crop = np.asarray(_extract(od, origin, particle.roi.shape), dtype=np.float32)
         crop = crop - _extract(candidate.background, origin - candidate.origin, crop.shape)
-        self._stacks[k].append(shift_image(crop, -residual).astype(np.float32))
+        self._stacks[k].append(shift_image(crop, -residual).astype(np.float32, copy=False))
         return shift, score
 
     # ------------------------------------------------------------------ finalize
