@@ -7,7 +7,13 @@ from scipy import ndimage
 
 from pipelines.xanes.params import PrepareParams
 
-__all__ = ["average_frames", "optical_density", "estimate_background", "remove_background"]
+__all__ = [
+    "average_frames",
+    "incident_counts",
+    "optical_density",
+    "estimate_background",
+    "remove_background",
+]
 
 
 def _check_image(name: str, image: np.ndarray) -> np.ndarray:
@@ -44,12 +50,45 @@ def average_frames(name: str, frames: np.ndarray | None) -> np.ndarray | None:
     return _check_image(name, frames).astype(np.float32)
 
 
+def incident_counts(
+    flat: np.ndarray, dark: np.ndarray | None = None, *, params: PrepareParams = PrepareParams()
+) -> np.ndarray:
+    """Incident counts ``flat - dark`` floored at ``min_counts``: the reference of the OD.
+
+    Computed once, it can be passed to :func:`optical_density` (``incident=``) for every frame
+    of a series with the same flat and dark.
+
+    Parameters
+    ----------
+    flat : numpy.ndarray
+        ``(H, W)`` counts with the sample out of the beam.
+    dark : numpy.ndarray, optional
+        ``(H, W)`` dark counts.
+    params : PrepareParams
+        ``min_counts`` is the floor.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` float32.
+    """
+    flat = _check_image("flat", flat)
+    incident = flat.astype(np.float32)
+    if dark is not None:
+        dark = _check_image("dark", dark)
+        if dark.shape != flat.shape:
+            raise ValueError(f"dark shape {dark.shape} differs from flat shape {flat.shape}")
+        incident = incident - np.asarray(dark, dtype=np.float32)
+    return np.maximum(incident, np.float32(params.min_counts))
+
+
 def optical_density(
     frame: np.ndarray,
     flat: np.ndarray | None = None,
     dark: np.ndarray | None = None,
     *,
     params: PrepareParams = PrepareParams(),
+    incident: np.ndarray | None = None,
 ) -> np.ndarray:
     """Optical density ``-ln((I - dark) / (flat - dark))`` of a transmission frame.
 
@@ -58,13 +97,17 @@ def optical_density(
     frame : numpy.ndarray
         ``(H, W)`` transmitted counts, any integer or float dtype.
     flat : numpy.ndarray, optional
-        ``(H, W)`` counts with the sample out of the beam. Without it the 99.5th percentile of
-        the frame stands for the incident intensity, and the beam profile stays in the result
-        as a slow background (remove it with :func:`remove_background`).
+        ``(H, W)`` counts with the sample out of the beam. Without it (and without
+        ``incident``) the 99.5th percentile of the frame stands for the incident intensity,
+        and the beam profile stays in the result as a slow background (remove it with
+        :func:`remove_background`).
     dark : numpy.ndarray, optional
         ``(H, W)`` dark counts, subtracted from frame and flat.
     params : PrepareParams
         ``min_counts`` floors the dark-subtracted counts so faint pixels stay finite.
+    incident : numpy.ndarray, optional
+        ``incident_counts(flat, dark)`` computed beforehand (a series of frames with the same
+        flat and dark); used instead of ``flat``, which must then be None.
 
     Returns
     -------
@@ -77,20 +120,27 @@ def optical_density(
         dark = _check_image("dark", dark)
         if dark.shape != frame.shape:
             raise ValueError(f"dark shape {dark.shape} differs from frame shape {frame.shape}")
-        intensity = intensity - dark.astype(np.float32)
-    floor = np.float32(params.min_counts)
-    intensity = np.maximum(intensity, floor)
-    if flat is not None:
+        np.subtract(intensity, dark.astype(np.float32, copy=False), out=intensity)
+    np.maximum(intensity, np.float32(params.min_counts), out=intensity)
+    if incident is not None:
+        if flat is not None:
+            raise ValueError("give flat or incident, not both")
+        incident = _check_image("incident", incident)
+        if incident.shape != frame.shape:
+            raise ValueError(
+                f"incident shape {incident.shape} differs from frame shape {frame.shape}"
+            )
+    elif flat is not None:
         flat = _check_image("flat", flat)
         if flat.shape != frame.shape:
             raise ValueError(f"flat shape {flat.shape} differs from frame shape {frame.shape}")
-        incident = flat.astype(np.float32)
-        if dark is not None:
-            incident = incident - np.asarray(dark, dtype=np.float32)
-        incident = np.maximum(incident, floor)
-        return np.log(incident / intensity).astype(np.float32)
+        incident = incident_counts(flat, dark, params=params)
+    if incident is not None:
+        np.divide(incident.astype(np.float32, copy=False), intensity, out=intensity)
+        return np.log(intensity, out=intensity)
     incident_level = np.float32(np.percentile(intensity[::4, ::4], 99.5))
-    return np.log(incident_level / intensity).astype(np.float32)
+    np.divide(incident_level, intensity, out=intensity)
+    return np.log(intensity, out=intensity)
 
 
 def _background_scale_px(shape: tuple[int, ...], scale: float) -> float:
