@@ -129,10 +129,26 @@ def make_slice_set(
     return SliceSet(images=images, labels=vol.crack_mask.astype(np.float32), valid=valid)
 
 
+def crack_pixels(data: SliceSet) -> np.ndarray:
+    """(K, 3) int64 coordinates (z, y, x) of the crack pixels of a slice set."""
+    return np.argwhere(data.labels > 0.5)
+
+
 def augment_batch(
-    data: SliceSet, batch_size: int, tile: int, rng: np.random.Generator
+    data: SliceSet,
+    batch_size: int,
+    tile: int,
+    rng: np.random.Generator,
+    *,
+    cracks: np.ndarray | None = None,
+    crack_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random shifted, rotated, scaled, flipped crops with noise and contrast changes."""
+    """Random shifted, rotated, scaled, flipped crops with noise and contrast changes.
+
+    A share ``crack_share`` of the crops is centred near a random crack pixel (``cracks``,
+    see :func:`crack_pixels`), the others anywhere: cracks are a few percent of the pixels,
+    and their ends and mouths at particle surfaces are the hard cases.
+    """
     n_slices, height, width = data.images.shape
     patch = int(math.ceil(tile * 1.42 * 1.25)) + 2
     half = patch // 2
@@ -141,6 +157,10 @@ def augment_batch(
         z = int(rng.integers(n_slices))
         cy = int(rng.integers(half // 2, height - half // 2))
         cx = int(rng.integers(half // 2, width - half // 2))
+        if cracks is not None and len(cracks) and rng.random() < crack_share:
+            z, cy, cx = (int(v) for v in cracks[rng.integers(len(cracks))])
+            cy = int(np.clip(cy + rng.integers(-tile // 3, tile // 3 + 1), 0, height - 1))
+            cx = int(np.clip(cx + rng.integers(-tile // 3, tile // 3 + 1), 0, width - 1))
         chans = np.stack((data.images[z], data.labels[z], data.valid[z]))
         padded = np.pad(chans, ((0, 0), (half, half), (half, half)))
         stacks.append(padded[:, cy : cy + patch, cx : cx + patch])
@@ -228,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--base-channels", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--crack-share", type=float, default=0.35, help="share of crops centred near cracks"
+    )
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
@@ -259,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     data_seconds = time.monotonic() - t_start
 
+    cracks = crack_pixels(train)
     model = CrackUNet(base_channels=args.base_channels)
     previous: dict = {}
     if args.init is not None:
@@ -272,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        image, label, valid = augment_batch(train, args.batch, args.tile, rng)
+        image, label, valid = augment_batch(
+            train, args.batch, args.tile, rng, cracks=cracks, crack_share=args.crack_share
+        )
         loss = crack_loss(model(image), label, valid)
         optimizer.zero_grad()
         loss.backward()
