@@ -295,12 +295,31 @@ class _GradientModel:
         return d
 
 
+_CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, ndimage's default
+
+
+def _box_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilation by a ``(2 radius + 1)`` square, pixels outside the array ignored.
+
+    Same as ``ndimage.maximum_filter(mask, size=2 * radius + 1)`` on a bool mask.
+    """
+    rows = mask.copy()
+    for step in range(1, radius + 1):
+        rows[step:] |= mask[:-step]
+        rows[:-step] |= mask[step:]
+    out = rows.copy()
+    for step in range(1, radius + 1):
+        out[:, step:] |= rows[:, :-step]
+        out[:, :-step] |= rows[:, step:]
+    return out
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes(mask)``: background not 4-connected to the border is filled.
 
     One labelling of the background instead of a dilation iterated to convergence.
     """
-    background, n = ndimage.label(~mask)
+    background, n = ndimage.label(~mask, structure=_CROSS)
     if n == 0:
         return mask.copy()
     edges = np.concatenate((background[0], background[-1], background[:, 0], background[:, -1]))
@@ -763,7 +782,7 @@ class XanesTracker:
         if level <= 0:
             return []
         contrast = self.params.track.threshold_fraction * level
-        labels, n = ndimage.label(_fill_holes(window > contrast))
+        labels, n = ndimage.label(_fill_holes(window > contrast), structure=_CROSS)
         if n == 0:
             return []
         areas = np.bincount(labels.ravel(), minlength=n + 1)
@@ -781,7 +800,7 @@ class XanesTracker:
             near = (slice(r0, box[0].stop + 2), slice(c0, box[1].stop + 2))
             near_labels = labels[near]
             own = near_labels == lab
-            grown = ndimage.maximum_filter(own.view(np.uint8), size=5).view(bool)
+            grown = _box_dilation(own, 2)
             region = grown & ((near_labels == 0) | own)
             weights = np.where(region, soft[near], np.float32(0.0))
             out.append(
