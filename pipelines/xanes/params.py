@@ -143,7 +143,11 @@ class TrackParams(_Params):
         default=4, description="binning of the whole-frame coarse shift"
     )
     workers: PositiveInt = Field(
-        default=1, description="threads over particles per frame (2 on a 2-core node)"
+        default=1,
+        description=(
+            "threads over particles per frame; the per-particle work is many small numpy "
+            "calls that hold the GIL: 2 threads measured slower than 1 on a 2-core VM"
+        ),
     )
     template_update: bool = Field(
         default=False, description="template: running mean of aligned silhouettes, else frame 0"
