@@ -31,18 +31,22 @@ def _run(*argv: str) -> int:
     return int(args.func(args))
 
 
-@pytest.fixture(scope="module")
-def scan_file(tmp_path_factory) -> tuple[Path, TxmScene, np.ndarray]:
-    scene = TxmScene.random(5, shape=(128, 128), n_particles=4, n_frames=30)
-    energies = default_energies(30)
+def write_scan(path: Path, n_frames: int) -> tuple[Path, TxmScene, np.ndarray]:
+    """A synthetic 128 x 128 XANES scan (4 particles) in the CLI's input layout."""
+    scene = TxmScene.random(5, shape=(128, 128), n_particles=4, n_frames=n_frames)
+    energies = default_energies(n_frames)
     frames = np.stack([scene.frame(e, scan=0, index=i) for i, e in enumerate(energies)])
-    path = tmp_path_factory.mktemp("xanes") / "scan.h5"
     with h5py.File(path, "w") as h5:
         h5["/entry/data/data"] = np.round(frames).astype(np.uint16)
         h5["/entry/instrument/monochromator/energy"] = energies
         h5["/entry/data/flat"] = np.stack([scene.flat(e) for e in energies[::10]]).astype(np.uint16)
         h5["/entry/data/dark"] = scene.dark()[None].astype(np.uint16)
     return path, scene, energies
+
+
+@pytest.fixture(scope="module")
+def scan_file(tmp_path_factory) -> tuple[Path, TxmScene, np.ndarray]:
+    return write_scan(tmp_path_factory.mktemp("xanes") / "scan.h5", 30)
 
 
 def test_align_contract(scan_file, tmp_path):

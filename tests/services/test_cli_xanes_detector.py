@@ -8,23 +8,13 @@ import h5py
 import numpy as np
 import pytest
 
-from models.synthetic.txm import TxmScene, default_energies
 from pipelines.xanes import detect_learned
-from tests.services.test_cli_xanes import _parser, _run
+from tests.services.test_cli_xanes import _parser, _run, write_scan
 
 
 @pytest.fixture(scope="module")
 def scan_file(tmp_path_factory):
-    scene = TxmScene.random(5, shape=(128, 128), n_particles=4, n_frames=20)
-    energies = default_energies(20)
-    frames = np.stack([scene.frame(e, scan=0, index=i) for i, e in enumerate(energies)])
-    path = tmp_path_factory.mktemp("xanes_detector") / "scan.h5"
-    with h5py.File(path, "w") as h5:
-        h5["/entry/data/data"] = np.round(frames).astype(np.uint16)
-        h5["/entry/instrument/monochromator/energy"] = energies
-        h5["/entry/data/flat"] = np.stack([scene.flat(e) for e in energies[::10]]).astype(np.uint16)
-        h5["/entry/data/dark"] = scene.dark()[None].astype(np.uint16)
-    return path, scene, energies
+    return write_scan(tmp_path_factory.mktemp("xanes_detector") / "scan.h5", 20)
 
 
 @pytest.fixture
