@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from models.device import pick_device
+from models.checkpoint import read_checkpoint, read_metadata
 from models.unet import UNet2d, save_unet
+from models.unet import pad_to_multiple as unet_pad
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "crack_unet.pt"
 DEPTH = 5
@@ -125,11 +125,7 @@ def load_crack_unet(
     CrackUNet
         Network on ``device``, ``eval()`` mode.
     """
-    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"crack U-Net weights not found: {weights}")
-    dev = device if device is not None else pick_device()
-    checkpoint = torch.load(weights, map_location=dev, weights_only=True)
+    checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "crack U-Net", device=device)
     model = CrackUNet(base_channels=int(checkpoint["base_channels"]))
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(dev).eval()
@@ -148,27 +144,22 @@ def load_crack_unet_metadata(path: str | Path | None = None) -> dict[str, Any]:
     dict
         The metadata dictionary (empty when none was stored).
     """
-    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    return dict(checkpoint.get("metadata", {}))
+    return read_metadata(path, DEFAULT_WEIGHTS)
 
 
 def pad_to_multiple(
     batch: torch.Tensor, multiple: int = SIZE_MULTIPLE
 ) -> tuple[torch.Tensor, int, int]:
-    """Reflect-pad (B, C, H, W) so H and W are multiples of ``multiple``.
+    """Pad (B, C, H, W) so H and W are multiples of ``multiple``.
+
+    Same as :func:`models.unet.pad_to_multiple`, with this network's factor as default.
 
     Returns
     -------
     tuple
         Padded tensor and the original height and width.
     """
-    h, w = batch.shape[-2:]
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
-    return batch, h, w
+    return unet_pad(batch, multiple)
 
 
 @torch.inference_mode()

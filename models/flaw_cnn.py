@@ -19,7 +19,7 @@ import torch
 from skimage.transform import resize
 from torch import nn
 
-from models.device import pick_device
+from models.checkpoint import read_checkpoint, read_metadata
 from models.fusion import fold_batch_norm
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "flaw_cnn.pt"
@@ -156,11 +156,7 @@ def load_flaw_cnn(path: str | Path | None = None, *, device: torch.device | None
         Network on ``device`` in ``eval()`` mode, batch normalisation folded into the
         convolutions (:func:`models.fusion.fold_batch_norm`; it cannot be trained further).
     """
-    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"flaw CNN weights not found: {weights}")
-    dev = device if device is not None else pick_device()
-    checkpoint = torch.load(weights, map_location=dev, weights_only=True)
+    checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "flaw CNN", device=device)
     model = FlawCNN(widths=tuple(int(w) for w in checkpoint["widths"]))
     model.load_state_dict(checkpoint["state_dict"])
     return fold_batch_norm(model.eval()).to(dev)
@@ -168,9 +164,7 @@ def load_flaw_cnn(path: str | Path | None = None, *, device: torch.device | None
 
 def load_flaw_cnn_metadata(path: str | Path | None = None) -> dict[str, Any]:
     """Training metadata stored with the weights (config, held-out scores)."""
-    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    return dict(checkpoint.get("metadata", {}))
+    return read_metadata(path, DEFAULT_WEIGHTS)
 
 
 @torch.inference_mode()

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
-from torch.nn import functional as F
 
-from models.device import pick_device
+from models.checkpoint import read_checkpoint, read_metadata
 from models.fusion import fold_batch_norm
-from models.unet import UNet2d, save_unet
+from models.unet import UNet2d, pad_to_multiple, save_unet
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "particle_unet.pt"
 DEPTH = 4
@@ -100,11 +99,7 @@ def load_particle_unet(
         Network on ``device`` in ``eval()`` mode, batch normalisation folded into the
         convolutions (:func:`models.fusion.fold_batch_norm`; it cannot be trained further).
     """
-    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"particle U-Net weights not found: {weights}")
-    dev = device if device is not None else pick_device()
-    checkpoint = torch.load(weights, map_location=dev, weights_only=True)
+    checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "particle U-Net", device=device)
     model = ParticleUNet(base_channels=int(checkpoint["base_channels"]))
     model.load_state_dict(checkpoint["state_dict"])
     return fold_batch_norm(model.eval()).to(dev)
@@ -112,18 +107,7 @@ def load_particle_unet(
 
 def load_particle_unet_metadata(path: str | Path | None = None) -> dict[str, Any]:
     """Training metadata stored with the weights (config, held-out scores)."""
-    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    return dict(checkpoint.get("metadata", {}))
-
-
-def _pad(batch: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    h, w = batch.shape[-2:]
-    pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
-    return batch, h, w
+    return read_metadata(path, DEFAULT_WEIGHTS)
 
 
 @torch.inference_mode()
@@ -160,7 +144,7 @@ def predict_maps(
     for z0 in range(0, vol.shape[0], batch_size):
         zs = range(z0, min(z0 + batch_size, vol.shape[0]))
         batch = torch.from_numpy(np.stack([context_stack(vol, z) for z in zs])).to(device)
-        padded, h, w = _pad(batch)
+        padded, h, w = pad_to_multiple(batch, SIZE_MULTIPLE)
         out = model(padded)[:, :, :h, :w].float().cpu().numpy()
         prob[z0 : z0 + len(zs)] = 1.0 / (1.0 + np.exp(-out[:, 0]))
         dist[z0 : z0 + len(zs)] = np.maximum(out[:, 1], 0.0) * np.float32(DISTANCE_SCALE_PX)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.device import pick_device
+from models.checkpoint import read_checkpoint, read_metadata
 from models.fusion import fold_batch_norm
-from models.unet import UNet2d, save_unet
+from models.unet import UNet2d, pad_to_multiple, save_unet
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -129,11 +129,9 @@ def load_txm_particle_net(
         Network on ``device`` in ``eval()`` mode with batch normalisation folded into the
         convolutions (it cannot be trained further).
     """
-    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"TXM particle network weights not found: {weights}")
-    dev = device if device is not None else pick_device()
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    checkpoint, dev = read_checkpoint(
+        path, DEFAULT_WEIGHTS, "TXM particle network", device=device, map_to_cpu=True
+    )
     model = TxmParticleNet(base_channels=int(checkpoint["base_channels"]))
     model.load_state_dict(float_state_dict(checkpoint))
     return fold_batch_norm(model.eval()).to(dev)
@@ -147,18 +145,7 @@ def shipped_txm_particle_net() -> TxmParticleNet:
 
 def load_txm_particle_net_metadata(path: str | Path | None = None) -> dict[str, Any]:
     """Training metadata stored with the weights (config, held-out scores)."""
-    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    return dict(checkpoint.get("metadata", {}))
-
-
-def _pad_to_multiple(batch: torch.Tensor) -> torch.Tensor:
-    h, w = batch.shape[-2:]
-    pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
-    return batch
+    return read_metadata(path, DEFAULT_WEIGHTS)
 
 
 @torch.inference_mode()
@@ -169,7 +156,9 @@ def predict_logits(model: TxmParticleNet, normalized: np.ndarray) -> np.ndarray:
         batch = batch[None]
     h, w = batch.shape[-2:]
     device = next(model.parameters()).device
-    x = _pad_to_multiple(torch.from_numpy(np.ascontiguousarray(batch[:, None])).to(device))
+    x, _, _ = pad_to_multiple(
+        torch.from_numpy(np.ascontiguousarray(batch[:, None])).to(device), SIZE_MULTIPLE
+    )
     return model(x)[:, 0, :h, :w].float().cpu().numpy()
 
 

@@ -81,6 +81,23 @@ class UNet2d(nn.Module):
         return self.head(x)
 
 
+def pad_to_multiple(batch: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """Pad (B, C, H, W) at the bottom/right so H and W are multiples of ``multiple`` (the
+    U-Net's total pooling factor): reflect where the image is large enough, else replicate.
+
+    Returns
+    -------
+    tuple
+        Padded tensor and the original height and width (crop the output back to them).
+    """
+    h, w = batch.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
+    return batch, h, w
+
+
 def save_unet(model: UNet2d, path: Path, metadata: dict[str, Any] | None = None) -> None:
     """Save weights with ``base_channels`` (needed to rebuild the network) and metadata.
 
