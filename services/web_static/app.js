@@ -632,7 +632,6 @@ async function renderXanes(run) {
   }
   bw.state.drift.points = n;
   remember(bw.state.history.drift, { uid: run.uid, points: n, acquiring: !run.stop });
-  bw.state.lastDriftRead = Date.now();
   // Per-particle tracks.
   const pshift = nodes.particle_shift;
   let shifts = null;
