@@ -178,13 +178,17 @@ class Spool:
 #: tables and growing arrays. They carry explicit offsets, so re-applying a merged batch after a
 #: failure is harmless.
 MERGEABLE_OPS = frozenset({"table_rows", "array_rows"})
+#: Largest array append one merge makes. A lagging Tiled still sees a growing array grow in
+#: steps (a viewer watches the crack map fill slice by slice) and requests stay bounded.
+MAX_MERGED_ARRAY_BYTES = 1 << 20
 
 
 def merge_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Merge queued appends to the same table or array into one write each.
 
     Order is kept per target (the first record of a target fixes its place); appends with a
-    gap or a different axis start a new write.
+    gap or a different axis start a new write, and so does an array append that would grow a
+    merged write beyond :data:`MAX_MERGED_ARRAY_BYTES`.
     """
     import numpy as np
 
@@ -229,4 +233,5 @@ def _follows_array(prev: dict[str, Any], record: dict[str, Any]) -> bool:
         same_shape
         and a.dtype == b.dtype
         and int(record["offset"]) == int(prev["offset"]) + a.shape[axis]
+        and a.nbytes + b.nbytes <= MAX_MERGED_ARRAY_BYTES
     )

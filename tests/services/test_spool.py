@@ -143,3 +143,27 @@ def test_spool_merges_a_backlog_but_stops_at_other_ops(tmp_path):
     spool.stop()
     assert [r["op"] for r in applied] == ["table_rows", "metadata"]
     assert applied[0]["rows"]["x"] == [0, 1, 2, 3, 4]
+
+
+def test_array_merges_stop_at_the_size_cap():
+    import numpy as np
+
+    from services.spool import MAX_MERGED_ARRAY_BYTES, merge_records
+
+    rows = MAX_MERGED_ARRAY_BYTES // 1000  # slices of 1000 bytes: 3 writes for 2.5x the cap
+    n = int(2.5 * rows)
+    records = [
+        {
+            "op": "array_rows",
+            "path": ["a"],
+            "key": "mask",
+            "array": np.full((1, 1000), i % 256, dtype=np.uint8),
+            "offset": i,
+            "axis": 0,
+        }
+        for i in range(n)
+    ]
+    merged = merge_records(records)
+    assert [r["array"].shape[0] for r in merged] == [rows, rows, n - 2 * rows]
+    assert [r["offset"] for r in merged] == [0, rows, 2 * rows]
+    assert all(r["array"].nbytes <= MAX_MERGED_ARRAY_BYTES for r in merged)
