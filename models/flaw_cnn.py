@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage.transform import resize
 from torch import nn
 
 from models.checkpoint import read_checkpoint, read_metadata
-from models.fusion import fold_batch_norm
+from models.fusion import for_inference
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "flaw_cnn.pt"
 INPUT_SIZE = 128
@@ -98,6 +97,74 @@ def slice_positions(
     return np.clip(np.round(positions), z_min, z_max).astype(np.int64)
 
 
+def square_crop(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The particle's bounding square with a 3-pixel margin, pixels outside ``mask`` set to 0.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (Y, X) normalised slice (:func:`models.crack_unet.normalize_slices`).
+    mask : numpy.ndarray
+        (Y, X) bool mask of the particle in this slice (cracks included).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (side, side), zero-padded where the square leaves the slice; (1, 1) zeros when
+        the mask is empty.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return np.zeros((1, 1), dtype=np.float32)
+    ys, xs = np.nonzero(m)
+    cy, cx = 0.5 * (ys.min() + ys.max()), 0.5 * (xs.min() + xs.max())
+    half = 0.5 * max(ys.max() - ys.min(), xs.max() - xs.min()) + 3
+    y0, x0 = int(np.floor(cy - half)), int(np.floor(cx - half))
+    side = int(np.ceil(2 * half)) + 1
+    crop = np.zeros((side, side), dtype=np.float32)
+    sy0, sx0 = max(y0, 0), max(x0, 0)
+    sy1, sx1 = min(y0 + side, m.shape[0]), min(x0 + side, m.shape[1])
+    window = (slice(sy0, sy1), slice(sx0, sx1))
+    crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = np.where(
+        m[window], np.asarray(image[window], dtype=np.float32), np.float32(0.0)
+    )
+    return crop
+
+
+def resize_crops(crops: list[np.ndarray], size: int = INPUT_SIZE) -> np.ndarray:
+    """Bilinear resize of square crops to ``size`` x ``size`` (pixel centres aligned).
+
+    Crops of the same side are resized together in one ``torch.nn.functional.interpolate``
+    call (``align_corners=False``: the same sampling as ``skimage.transform.resize`` with
+    ``order=1`` inside the image; the crops' zero margins make the edge handling irrelevant).
+
+    Parameters
+    ----------
+    crops : list of numpy.ndarray
+        float32 (side, side) crops from :func:`square_crop`, any sides.
+    size : int, optional
+        Output side length.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (len(crops), size, size); all zeros for an all-zero crop.
+    """
+    out = np.empty((len(crops), size, size), dtype=np.float32)
+    by_side: dict[int, list[int]] = {}
+    for i, crop in enumerate(crops):
+        if crop.ndim != 2 or crop.shape[0] != crop.shape[1]:
+            raise ValueError(f"crop {i} must be square 2-D, got shape {crop.shape}")
+        by_side.setdefault(crop.shape[0], []).append(i)
+    for indices in by_side.values():
+        stack = torch.from_numpy(np.stack([crops[i] for i in indices])).unsqueeze(1)
+        resized = torch.nn.functional.interpolate(
+            stack, size=(size, size), mode="bilinear", align_corners=False
+        )
+        out[indices] = resized[:, 0].numpy()
+    return out
+
+
 def prepare_slice(image: np.ndarray, mask: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """Masked, square-cropped and resized particle slice: the classifier input.
 
@@ -113,24 +180,11 @@ def prepare_slice(image: np.ndarray, mask: np.ndarray, size: int = INPUT_SIZE) -
     Returns
     -------
     numpy.ndarray
-        float32 (size, size); the particle's bounding square with a 2-pixel margin, pixels
-        outside the mask set to 0. All zeros when the mask is empty.
+        float32 (size, size); the particle's bounding square with a 3-pixel margin
+        (:func:`square_crop`), pixels outside the mask set to 0, resized by
+        :func:`resize_crops`. All zeros when the mask is empty.
     """
-    m = np.asarray(mask, dtype=bool)
-    if not m.any():
-        return np.zeros((size, size), dtype=np.float32)
-    ys, xs = np.nonzero(m)
-    cy, cx = 0.5 * (ys.min() + ys.max()), 0.5 * (xs.min() + xs.max())
-    half = 0.5 * max(ys.max() - ys.min(), xs.max() - xs.min()) + 3
-    y0, x0 = int(np.floor(cy - half)), int(np.floor(cx - half))
-    side = int(np.ceil(2 * half)) + 1
-    masked = np.where(m, np.asarray(image, dtype=np.float32), np.float32(0.0))
-    crop = np.zeros((side, side), dtype=np.float32)
-    sy0, sx0 = max(y0, 0), max(x0, 0)
-    sy1, sx1 = min(y0 + side, m.shape[0]), min(x0 + side, m.shape[1])
-    crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = masked[sy0:sy1, sx0:sx1]
-    out = resize(crop, (size, size), order=1, anti_aliasing=False, preserve_range=True)
-    return out.astype(np.float32)
+    return resize_crops([square_crop(image, mask)], size)[0]
 
 
 def save_flaw_cnn(model: FlawCNN, path: Path, metadata: dict[str, Any] | None = None) -> None:
@@ -154,12 +208,13 @@ def load_flaw_cnn(path: str | Path | None = None, *, device: torch.device | None
     -------
     FlawCNN
         Network on ``device`` in ``eval()`` mode, batch normalisation folded into the
-        convolutions (:func:`models.fusion.fold_batch_norm`; it cannot be trained further).
+        convolutions and weights channels-last (:func:`models.fusion.for_inference`; it cannot
+        be trained further).
     """
     checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "flaw CNN", device=device)
     model = FlawCNN(widths=tuple(int(w) for w in checkpoint["widths"]))
     model.load_state_dict(checkpoint["state_dict"])
-    return fold_batch_norm(model.eval()).to(dev)
+    return for_inference(model, dev)
 
 
 def load_flaw_cnn_metadata(path: str | Path | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -44,3 +45,16 @@ def fold_batch_norm(module: ModuleT) -> ModuleT:
         else:
             fold_batch_norm(child)
     return module
+
+
+def for_inference(module: ModuleT, device: torch.device) -> ModuleT:
+    """A loaded network ready to run: ``eval()``, batch normalisation folded, on ``device``.
+
+    The weights are stored channels-last (NHWC): oneDNN's convolutions then run about twice as
+    fast on a CPU (measured on the particle and crack U-Nets and the flaw CNN, 1 thread), and
+    inputs in the usual NCHW layout are converted by the first convolution. Outputs are then
+    channels-last too; their values are unchanged (within float rounding).
+    """
+    model = fold_batch_norm(module.eval())
+    # Module.to's type stubs omit memory_format, which it accepts (as Tensor.to does)
+    return model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -20,7 +20,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 from models.checkpoint import read_checkpoint, read_metadata
-from models.fusion import fold_batch_norm
+from models.fusion import for_inference
 from models.unet import UNet2d, pad_to_multiple, save_unet
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "particle_unet.pt"
@@ -97,12 +97,13 @@ def load_particle_unet(
     -------
     ParticleUNet
         Network on ``device`` in ``eval()`` mode, batch normalisation folded into the
-        convolutions (:func:`models.fusion.fold_batch_norm`; it cannot be trained further).
+        convolutions and weights channels-last (:func:`models.fusion.for_inference`; it cannot
+        be trained further).
     """
     checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "particle U-Net", device=device)
     model = ParticleUNet(base_channels=int(checkpoint["base_channels"]))
     model.load_state_dict(checkpoint["state_dict"])
-    return fold_batch_norm(model.eval()).to(dev)
+    return for_inference(model, dev)
 
 
 def load_particle_unet_metadata(path: str | Path | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from models.checkpoint import read_checkpoint, read_metadata
-from models.fusion import fold_batch_norm
+from models.fusion import for_inference
 from models.unet import UNet2d, pad_to_multiple, save_unet
 
 __all__ = [
@@ -134,7 +134,7 @@ def load_txm_particle_net(
     )
     model = TxmParticleNet(base_channels=int(checkpoint["base_channels"]))
     model.load_state_dict(float_state_dict(checkpoint))
-    return fold_batch_norm(model.eval()).to(dev)
+    return for_inference(model, dev)
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -66,11 +67,15 @@ class ParticleResult:
     phase : numpy.ndarray
         uint8/int (Z, Y, X) 3-phase segmentation used for the detachment (the given one, or
         :func:`~pipelines.particles.detachment.estimate_phase`).
+    seconds : dict
+        Wall time of each stage: ``instances``, ``measure``, ``flaw``, ``phase`` (0 when a
+        phase segmentation was given), ``detachment``.
     """
 
     labels: np.ndarray
     table: np.ndarray
     phase: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def analyze_particles(
@@ -126,14 +131,28 @@ def analyze_particles(
         if not np.issubdtype(ph.dtype, np.integer):
             raise ValueError(f"phase must have an integer dtype, got {ph.dtype}")
 
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = now - clock
+        clock = now
+
     labels = segment_instances(vol, p.instances, model=particle_model, progress=progress).labels
+    lap("instances")
     unobserved = (vol == 0) if p.instances.zero_is_outside else None
     measures = measure_particles(labels, crack_mask=cracks, unobserved=unobserved)
+    lap("measure")
     flaws = classify_flaws(vol, labels, p.flaw, model=flaw_model)
+    lap("flaw")
     if phase is None:
         ph = estimate_phase(vol, labels)
         detachment_params = DetachmentParams(pore_value=0, binder_value=1)
+    lap("phase")
     detachment = degree_of_detachment(labels, ph, detachment_params).detachment
+    lap("detachment")
 
     table = np.zeros(len(measures), dtype=table_dtype(p.flaw.n_slices))
     for name in measures.dtype.names or ():
@@ -144,4 +163,4 @@ def analyze_particles(
     table["slice_z"] = flaws.slice_z
     table["slice_scores"] = flaws.slice_scores
     table["detachment"] = detachment[measures["label"]]
-    return ParticleResult(labels=labels, table=table, phase=ph)
+    return ParticleResult(labels=labels, table=table, phase=ph, seconds=seconds)

@@ -117,8 +117,9 @@ def estimate_phase(
     sigma : float, optional
         Gaussian smoothing (voxels) before the threshold.
     shell_px : float, optional
-        Voxels within this distance of a particle take the grey level of the nearest voxel
-        beyond it: blur and phase-contrast fringes make the first voxels next to a bright
+        Voxels within this distance of a particle take the grey level of the voxels beyond it
+        (:func:`fill_from`: the mean of the neighbouring voxels beyond the shell, filled
+        inwards): blur and phase-contrast fringes make the first voxels next to a bright
         particle look like binder. 0 = no correction.
 
     Returns
@@ -129,10 +130,11 @@ def estimate_phase(
 
     Notes
     -----
-    Carbon/binder and pore differ little in X-ray attenuation. On reconstructed synthetic
-    cathodes the detachment computed with this estimate differed from the one with the true
-    phases by 0.06 to 0.18 (mean absolute error per particle, three volumes); give a measured
-    3-phase segmentation when one exists.
+    Carbon/binder and pore differ little in X-ray attenuation. On three reconstructed synthetic
+    cathodes (48 x 128 x 128, seeds 990101-990103, true particle labels) the detachment computed
+    with this estimate differed from the one with the true phases by 0.21 to 0.27 (mean
+    absolute error per particle; biases -0.16 to +0.10); give a measured 3-phase segmentation
+    when one exists.
     """
     lab = check_labels(labels)
     vol = np.asarray(volume, dtype=np.float32)
@@ -148,10 +150,15 @@ def estimate_phase(
     values = smooth
     far = outside
     if shell_px > 0 and (~outside).any():
-        far = ndimage.distance_transform_edt(outside) > shell_px
+        r = int(np.floor(shell_px))
+        zz, yy, xx = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
+        ball = zz**2 + yy**2 + xx**2 <= shell_px**2
+        # the shell: outside voxels within shell_px of a particle (a dilation by a ball is
+        # exactly a Euclidean distance test, and much cheaper than a distance transform)
+        shell = ndimage.binary_dilation(~outside, ball) & outside
+        far = outside & ~shell
         if far.any():
-            _, nearest = ndimage.distance_transform_edt(~far, return_indices=True)
-            values = smooth[tuple(nearest)]
+            values = fill_from(smooth, far, shell, steps=r + 2)
         else:
             far = outside
     # the threshold comes from the voxels beyond the shell, whose grey levels are used
@@ -160,3 +167,40 @@ def estimate_phase(
     level = threshold_otsu(sample) if np.ptp(sample) > 0 else float(sample[0])
     phase[outside] = (values[outside] > level).astype(np.uint8)
     return phase
+
+
+def fill_from(values: np.ndarray, known: np.ndarray, unknown: np.ndarray, steps: int) -> np.ndarray:
+    """Fill ``unknown`` voxels with the mean of their known 3 x 3 x 3 neighbours, inwards.
+
+    Each step fills the unknown voxels that have at least one known neighbour (the known set
+    then grows by them); after ``steps`` steps unknown voxels still without a known neighbour
+    keep their own value.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        float (Z, Y, X) grey levels.
+    known, unknown : numpy.ndarray
+        bool (Z, Y, X) voxels whose value is trusted, and those to replace (disjoint).
+    steps : int
+        Maximum number of inward steps.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 copy of ``values`` with the filled voxels replaced.
+    """
+    out = np.array(values, dtype=np.float32)
+    have = np.asarray(known, dtype=bool).copy()
+    todo = np.asarray(unknown, dtype=bool) & ~have
+    for _ in range(steps):
+        if not todo.any():
+            break
+        weight = have.astype(np.float32)
+        total = ndimage.uniform_filter(np.where(have, out, np.float32(0.0)), 3)
+        count = ndimage.uniform_filter(weight, 3)
+        reach = todo & (count > 0)
+        out[reach] = total[reach] / count[reach]
+        have |= reach
+        todo &= ~reach
+    return out

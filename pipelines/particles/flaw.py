@@ -14,14 +14,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from scipy import ndimage
 
+from models.crack_unet import normalize_slices, reference_levels
 from models.flaw_cnn import (
     FlawCNN,
     load_flaw_cnn,
     predict_flaw_scores,
-    prepare_slice,
+    resize_crops,
     slice_positions,
+    square_crop,
 )
-from pipelines.particles.instances import check_volume, normalize_volume
+from pipelines.particles.instances import check_volume
 from pipelines.particles.measure import check_labels
 
 
@@ -94,17 +96,17 @@ def classify_flaws(
     lab = check_labels(labels)
     if vol.shape != lab.shape:
         raise ValueError(f"labels shape {lab.shape} != volume shape {vol.shape}")
-    normalized = normalize_volume(vol)
-    ids, zs, images = [], [], []
+    low, high = reference_levels(vol)
+    ids, zs = [], []
+    # (label, z, box) of every distinct slice to score; a short particle repeats slices
+    todo: list[tuple[int, int, tuple[slice, slice]]] = []
     for k, box in enumerate(ndimage.find_objects(lab), start=1):
         if box is None:
             continue
         positions = slice_positions(box[0].start, box[0].stop - 1, p.n_slices, p.height_span)
         ids.append(k)
         zs.append(positions)
-        for z in positions:
-            sub = (z, box[1], box[2])
-            images.append(prepare_slice(normalized[sub], lab[sub] == k))
+        todo.extend((k, int(z), (box[1], box[2])) for z in np.unique(positions))
     n = len(ids)
     if n == 0:
         empty = np.zeros((0, p.n_slices))
@@ -116,7 +118,21 @@ def classify_flaws(
             flawed=np.zeros(0, dtype=bool),
         )
     net = model if model is not None else load_flaw_cnn(p.weights)
-    scores = predict_flaw_scores(net, np.stack(images), p.batch_size).reshape(n, p.n_slices)
+    # crops are prepared and scored a chunk at a time: a 512^3 volume has ~10^5 slices to
+    # score, too many 128 x 128 images to hold at once
+    distinct = np.empty(len(todo), dtype=np.float32)
+    chunk = 16 * p.batch_size
+    for c0 in range(0, len(todo), chunk):
+        crops = []
+        for k, z, (ys, xs) in todo[c0 : c0 + chunk]:
+            image = normalize_slices(vol[z, ys, xs], low, high)
+            crops.append(square_crop(image, lab[z, ys, xs] == k))
+        distinct[c0 : c0 + len(crops)] = predict_flaw_scores(net, resize_crops(crops), p.batch_size)
+    score_of = {(k, z): distinct[i] for i, (k, z, _) in enumerate(todo)}
+    scores = np.array(
+        [[score_of[(k, int(z))] for z in positions] for k, positions in zip(ids, zs, strict=True)],
+        dtype=np.float32,
+    )
     flawed_slices = (scores >= p.slice_threshold).sum(axis=1).astype(np.int32)
     return FlawResult(
         label=np.asarray(ids, dtype=np.int32),

@@ -12,6 +12,7 @@ from pipelines.particles.detachment import (
     DetachmentParams,
     degree_of_detachment,
     estimate_phase,
+    fill_from,
 )
 from pipelines.particles.instances import watershed_baseline
 from tests.conftest import SHARED_DATA
@@ -110,6 +111,25 @@ def test_estimate_phase_on_grey_levels() -> None:
     assert np.all(shelled[3:7, 3:7, 2] == PORE)
     with pytest.raises(ValueError, match="shell_px"):
         estimate_phase(grey, labels, shell_px=-1.0)
+
+
+def test_fill_from_fills_inwards_from_the_known_voxels() -> None:
+    values = np.zeros((1, 1, 7), dtype=np.float32)
+    values[0, 0, :2] = 5.0  # known
+    values[0, 0, 6] = 9.0  # unknown, out of reach
+    known = np.zeros(values.shape, dtype=bool)
+    known[0, 0, :2] = True
+    unknown = np.zeros(values.shape, dtype=bool)
+    unknown[0, 0, 2:4] = True
+    unknown[0, 0, 6] = True
+    out = fill_from(values, known, unknown, steps=2)
+    assert out[0, 0, 2] == pytest.approx(5.0)  # one step in
+    assert out[0, 0, 3] == pytest.approx(5.0)  # two steps in, from the voxel filled first
+    assert out[0, 0, 6] == pytest.approx(9.0)  # no known neighbour within 2 steps: kept
+    assert out[0, 0, 4] == 0.0  # neither known nor unknown: untouched
+    assert values[0, 0, 2] == 0.0  # input unchanged
+    one_step = fill_from(values, known, unknown, steps=1)
+    assert one_step[0, 0, 3] == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from skimage.transform import resize
 
-from models.flaw_cnn import load_flaw_cnn, prepare_slice, roc_auc, slice_positions
+from models.checkpoint import read_checkpoint
+from models.flaw_cnn import (
+    DEFAULT_WEIGHTS,
+    FlawCNN,
+    load_flaw_cnn,
+    prepare_slice,
+    resize_crops,
+    roc_auc,
+    slice_positions,
+    square_crop,
+)
 from models.synthetic.reconstructed import make_reconstructed_cathode
 from models.train_flaw_cnn import TEST_SEEDS, particle_slices, scores
 from pipelines.particles.flaw import FlawParams, classify_flaws
@@ -37,6 +49,38 @@ def test_prepare_slice_masks_crops_and_resizes() -> None:
     assert out.max() == pytest.approx(0.7)
     assert out[0, 0] == 0.0  # outside the mask
     assert not prepare_slice(image, np.zeros_like(mask)).any()
+
+
+@pytest.mark.parametrize("side", [5, 23, 64, 127, 128, 129, 300])
+def test_resize_crops_samples_like_skimage_resize(side: int) -> None:
+    # the classifier was trained on skimage.transform.resize(order=1) crops; the batched torch
+    # resize must give the same images (up- and down-scaling)
+    rng = np.random.default_rng(side)
+    image = rng.random((400, 400)).astype(np.float32)
+    yy, xx = np.mgrid[:400, :400]
+    mask = (yy - 190) ** 2 + ((xx - 210) / 1.3) ** 2 < (side / 2) ** 2
+    crop = square_crop(image, mask)
+    expected = resize(crop, (128, 128), order=1, anti_aliasing=False, preserve_range=True)
+    other = square_crop(image, (yy - 200) ** 2 + (xx - 200) ** 2 < 100)
+    batch = resize_crops([crop, other, crop])
+    assert batch.shape == (3, 128, 128) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0], expected, atol=1e-5)
+    np.testing.assert_array_equal(batch[0], batch[2])
+    with pytest.raises(ValueError, match="square"):
+        resize_crops([np.zeros((4, 5), dtype=np.float32)])
+
+
+def test_loaded_classifier_matches_the_trained_network() -> None:
+    # load_flaw_cnn folds batch norm and stores the weights channels-last (twice as fast on a
+    # CPU); the logits must stay those of the network as trained
+    checkpoint, _ = read_checkpoint(None, DEFAULT_WEIGHTS, "flaw CNN", map_to_cpu=True)
+    plain = FlawCNN(widths=tuple(int(w) for w in checkpoint["widths"]))
+    plain.load_state_dict(checkpoint["state_dict"])
+    plain.eval()
+    fast = load_flaw_cnn(device=torch.device("cpu"))
+    x = torch.from_numpy(np.random.default_rng(1).random((6, 1, 128, 128), dtype=np.float32))
+    with torch.inference_mode():
+        np.testing.assert_allclose(fast(x).numpy(), plain(x).numpy(), atol=1e-4)
 
 
 def test_roc_auc() -> None:
