@@ -174,7 +174,8 @@ def fill_from(values: np.ndarray, known: np.ndarray, unknown: np.ndarray, steps:
 
     Each step fills the unknown voxels that have at least one known neighbour (the known set
     then grows by them); after ``steps`` steps unknown voxels still without a known neighbour
-    keep their own value.
+    keep their own value. Only the unknown voxels are visited (their 26 neighbours gathered),
+    so the cost follows the size of the shell, not of the volume.
 
     Parameters
     ----------
@@ -190,17 +191,35 @@ def fill_from(values: np.ndarray, known: np.ndarray, unknown: np.ndarray, steps:
     numpy.ndarray
         float32 copy of ``values`` with the filled voxels replaced.
     """
-    out = np.array(values, dtype=np.float32)
-    have = np.asarray(known, dtype=bool).copy()
-    todo = np.asarray(unknown, dtype=bool) & ~have
+    shape = np.shape(values)
+    # one voxel of padding (never known) so that neighbour offsets cannot wrap around
+    val = np.pad(np.asarray(values, dtype=np.float32), 1)
+    have = np.pad(np.asarray(known, dtype=bool) & ~np.asarray(unknown, dtype=bool), 1)
+    todo = np.flatnonzero(np.pad(np.asarray(unknown, dtype=bool), 1))
+    padded = val.shape
+    offsets = np.array(
+        [
+            (dz * padded[1] + dy) * padded[2] + dx
+            for dz in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if (dz, dy, dx) != (0, 0, 0)
+        ]
+    )
+    flat_val, flat_have = val.ravel(), have.ravel()
     for _ in range(steps):
-        if not todo.any():
+        if todo.size == 0:
             break
-        weight = have.astype(np.float32)
-        total = ndimage.uniform_filter(np.where(have, out, np.float32(0.0)), 3)
-        count = ndimage.uniform_filter(weight, 3)
-        reach = todo & (count > 0)
-        out[reach] = total[reach] / count[reach]
-        have |= reach
-        todo &= ~reach
-    return out
+        total = np.zeros(todo.size, dtype=np.float32)
+        count = np.zeros(todo.size, dtype=np.float32)
+        for off in offsets:
+            neighbour = todo + off
+            weight = flat_have[neighbour]
+            total += np.where(weight, flat_val[neighbour], np.float32(0.0))
+            count += weight
+        reach = count > 0
+        filled = todo[reach]
+        flat_val[filled] = total[reach] / count[reach]
+        flat_have[filled] = True
+        todo = todo[~reach]
+    return val[1:-1, 1:-1, 1:-1].reshape(shape).copy()
