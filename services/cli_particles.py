@@ -180,6 +180,11 @@ def analyze_command(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
     table = result.table
+    logger.info(
+        "%d particles; seconds per stage: %s",
+        len(table),
+        ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()),
+    )
     with h5py.File(args.output, "w") as out:
         grp = out.create_group("particles")
         opts = {"compression": "gzip", "compression_opts": 1}
@@ -193,6 +198,7 @@ def analyze_command(args: argparse.Namespace) -> int:
                 "crack_source": str(args.cracks) if args.cracks else "none",
                 "phase_source": str(args.phase) if args.phase else "estimated from grey levels",
                 "z_convention": "z = 0 is the separator side",
+                "stage_seconds": json.dumps(result.seconds),
                 "statistics": _statistics_json(
                     table, volume.shape[0], args.voxel_size_um, args.size_threshold_um
                 ),

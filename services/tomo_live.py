@@ -187,6 +187,7 @@ class CracksPipeline:
                     "mean_detachment": _finite(stats.overall.mean_detachment),
                     "n_excluded_border": int(stats.n_excluded_border),
                     "seconds": time.monotonic() - t0,
+                    "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
                     "figures": figures,
                 }
             )

@@ -122,6 +122,9 @@ def test_analyze_contract(analyzed: Path, scan: dict[str, Path]) -> None:
     assert finite.size and np.all((finite >= 0) & (finite <= 1))
     stats = json.loads(attrs["statistics"])
     assert stats["overall"]["count"] == int((~table["touches_border"]).sum())
+    stages = json.loads(attrs["stage_seconds"])
+    assert set(stages) == {"instances", "measure", "flaw", "phase", "detachment"}
+    assert all(v >= 0 for v in stages.values()) and stages["instances"] > 0
 
 
 def test_analyze_without_cracks_or_phase(parser, scan: dict[str, Path], tmp_path: Path) -> None:

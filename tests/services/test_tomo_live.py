@@ -67,6 +67,7 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         assert labels.shape == (6, 64, 64) and labels.dtype == np.int32
         table = particles["table"].read()
         assert len(table) == particles.metadata["particles"] == int(labels.max())
+        assert particles.metadata["stage_seconds"]["instances"] > 0
         for column in (
             "label",
             "volume_voxels",
