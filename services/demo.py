@@ -8,9 +8,11 @@ every analysis container is ``complete`` (or ``failed``), then reports where to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +89,15 @@ def _frame_count(stream_node: Any) -> int:
     return 0
 
 
-def run_demo(
-    settings: BeamwatchSettings,
-    *,
-    config_file: Path | None = None,
-    serve: bool = False,
-    quick: bool = False,
-) -> int:
-    from tiled.client import from_uri
+@contextlib.contextmanager
+def running_services(
+    settings: BeamwatchSettings, config_file: Path | None = None
+) -> Iterator[threading.Event]:
+    """Everything ``beamwatch up`` starts, ready (Tiled answers, consumers serve metrics).
 
+    Yields the event that a signal (Ctrl-C, SIGTERM) or a dead child sets; the children are
+    stopped on exit.
+    """
     supervisor = Supervisor(child_specs(settings, config_file))
     stop = threading.Event()
     install_signal_handlers(stop.set)
@@ -108,6 +110,38 @@ def run_demo(
         wait_for_metrics(settings)
         for line in banner(settings):
             logger.info(line)
+        yield stop
+    finally:
+        stop.set()
+        supervisor.stop()
+
+
+@contextlib.contextmanager
+def bus_run_engine(settings: BeamwatchSettings) -> Iterator[Any]:
+    """A RunEngine publishing its documents to the bus (msgpack), once both consumers hear it."""
+    from bluesky import RunEngine
+    from bluesky.callbacks.zmq import Publisher
+
+    RE = RunEngine({})
+    publisher = Publisher(settings.bus.in_address, serializer=serialization.dumps)
+    RE.subscribe(publisher)
+    try:
+        wait_until_delivered(lambda: publisher("beamwatch_ping", {}), lambda: _pings_seen(settings))
+        yield RE
+    finally:
+        publisher.close()
+
+
+def run_demo(
+    settings: BeamwatchSettings,
+    *,
+    config_file: Path | None = None,
+    serve: bool = False,
+    quick: bool = False,
+) -> int:
+    from tiled.client import from_uri
+
+    with running_services(settings, config_file) as stop:
         client = from_uri(settings.tiled_url, api_key=settings.resolved_api_key())
         t0 = time.monotonic()
         runs, truth = run_simulated_scans(settings, quick=quick)
@@ -130,9 +164,6 @@ def run_demo(
         if serve:
             logger.info("serving the live page on %s/; press Ctrl-C to stop", settings.web_url)
             stop.wait()
-    finally:
-        stop.set()
-        supervisor.stop()
     return 0
 
 
@@ -216,9 +247,6 @@ def run_simulated_scans(
     settings: BeamwatchSettings, *, quick: bool = False
 ) -> tuple[list[tuple[str, int, str]], dict[str, Any]]:
     """Run the XANES series and the tomogram through a RunEngine publishing to the bus."""
-    from bluesky import RunEngine
-    from bluesky.callbacks.zmq import Publisher
-
     from bluesky_plans.devices import SimTomoStation, SimTXM
     from bluesky_plans.feedback import DriftFeedback
     from bluesky_plans.plans import operando_xanes_plan, tomo_scan_plan, xanes_scan_plan
@@ -227,12 +255,8 @@ def run_simulated_scans(
     from pipelines.tomo.simulate import simulate_scan
 
     detector_dir = settings.detector_dir
-    RE = RunEngine({})
-    publisher = Publisher(settings.bus.in_address, serializer=serialization.dumps)
-    RE.subscribe(publisher)
-    wait_until_delivered(lambda: publisher("beamwatch_ping", {}), lambda: _pings_seen(settings))
     runs: list[tuple[str, int, str]] = []
-    try:
+    with bus_run_engine(settings) as RE:
         n_energies = 16 if quick else 60
         n_scans = 2
         scene = TxmScene.random(
@@ -281,6 +305,4 @@ def run_simulated_scans(
         )
         (tomo_uid,) = tomo_uids
         runs.append((tomo_uid, n_angles, "tomography"))
-    finally:
-        publisher.close()
     return runs, {"crack_mask": volume.crack_mask}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import models  # noqa: F401  (sets the OpenMP wait policy before torch loads, as in services)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
