@@ -4,6 +4,12 @@ The architecture follows the crack-detection seed paper (Fu et al.): five encode
 two 3x3 convolutions with ReLU joined by max pooling, four decoder modules joined by 2x2
 up-sampling convolutions with skip connections, and a one-channel sigmoid output (the network
 returns logits; the loss is the sigmoid cross-entropy).
+
+The input is 2.5-D: the normalised slices ``z - 1, z, z + 1`` as three channels
+(:func:`context_stacks`), and the output is the crack logit of the middle slice. A thin pore
+gap between two touching particles looks like a crack in one slice but changes from slice to
+slice, while a crack plane continues. Single-slice weights (one input channel) still load and
+run: :func:`predict_probabilities` then gives them the middle slice.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import read_checkpoint, read_metadata
+from models.particle_unet import context_stack
 from models.unet import UNet2d, save_unet
 from models.unet import pad_to_multiple as unet_pad
 
@@ -22,6 +29,8 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "crack_unet.pt"
 DEPTH = 5
 SIZE_MULTIPLE = 2 ** (DEPTH - 1)
 """Input height and width must be multiples of this (four poolings)."""
+CONTEXT_SLICES = 3
+"""Input channels of the 2.5-D network: slices ``z - 1, z, z + 1``."""
 
 
 def normalize_slices(volume: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -82,15 +91,48 @@ class CrackUNet(UNet2d):
     base_channels : int
         Channels of the first encoder module; doubled at each level.
     in_channels : int
-        Input channels (1 for grey-level slices).
+        Input channels: :data:`CONTEXT_SLICES` neighbouring slices, or 1 (single slices, the
+        earlier weights).
     """
 
-    def __init__(self, base_channels: int = 8, in_channels: int = 1) -> None:
+    def __init__(self, base_channels: int = 8, in_channels: int = CONTEXT_SLICES) -> None:
+        if in_channels not in (1, CONTEXT_SLICES):
+            raise ValueError(f"in_channels must be 1 or {CONTEXT_SLICES}, got {in_channels}")
         super().__init__(in_channels, 1, base_channels, DEPTH)
+        self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Crack logits (B, 1, H, W) for inputs (B, in_channels, H, W), H and W multiples of 16."""
         return super().forward(x)
+
+
+def context_stacks(normalized: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Network inputs of slices ``start .. stop - 1``: each with its two neighbours.
+
+    Parameters
+    ----------
+    normalized : numpy.ndarray
+        (Z, Y, X) normalised slices (:func:`normalize_slices`); the first and last slice stand
+        in for their missing outer neighbour.
+    start, stop : int, optional
+        Slice range (default all).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (stop - start, :data:`CONTEXT_SLICES`, Y, X), channels ``z - 1, z, z + 1``
+        (:func:`models.particle_unet.context_stack`).
+    """
+    vol = np.asarray(normalized)
+    if vol.ndim != 3:
+        raise ValueError(f"normalized must be 3-D (Z, Y, X), got shape {vol.shape}")
+    end = vol.shape[0] if stop is None else stop
+    if not 0 <= start <= end <= vol.shape[0]:
+        raise ValueError(f"start, stop must satisfy 0 <= start <= stop <= Z, got {start}, {end}")
+    out = np.empty((end - start, CONTEXT_SLICES, *vol.shape[1:]), dtype=np.float32)
+    for i, z in enumerate(range(start, end)):
+        out[i] = context_stack(vol, z)
+    return out
 
 
 def save_crack_unet(model: CrackUNet, path: Path, metadata: dict[str, Any] | None = None) -> None:
@@ -126,7 +168,10 @@ def load_crack_unet(
         Network on ``device``, ``eval()`` mode.
     """
     checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "crack U-Net", device=device)
-    model = CrackUNet(base_channels=int(checkpoint["base_channels"]))
+    first_conv = checkpoint["state_dict"]["encoders.0.0.weight"]
+    model = CrackUNet(
+        base_channels=int(checkpoint["base_channels"]), in_channels=int(first_conv.shape[1])
+    )
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(dev).eval()
 
@@ -163,24 +208,37 @@ def pad_to_multiple(
 
 
 @torch.inference_mode()
-def predict_probabilities(model: CrackUNet, tiles: np.ndarray) -> np.ndarray:
-    """Crack probabilities for a batch of normalised tiles.
+def predict_probabilities(model: CrackUNet, stacks: np.ndarray) -> np.ndarray:
+    """Crack probabilities of the middle slices of a batch of normalised context tiles.
 
     Parameters
     ----------
     model : CrackUNet
         Network in eval mode.
-    tiles : numpy.ndarray
-        float32 (B, H, W) or (H, W) normalised intensities (:func:`normalize_slices`).
+    stacks : numpy.ndarray
+        float32 (B, C, H, W) or (C, H, W) normalised intensities, C = :data:`CONTEXT_SLICES`
+        slices ``z - 1, z, z + 1`` (:func:`context_stacks`) or C = 1 (a lone slice, taken as
+        its own neighbours). A single-slice network uses the middle channel.
 
     Returns
     -------
     numpy.ndarray
-        float32 probabilities with the shape of ``tiles``.
+        float32 probabilities (B, H, W) or (H, W).
     """
-    arr = np.asarray(tiles, dtype=np.float32)
-    single = arr.ndim == 2
-    batch = torch.from_numpy(arr[np.newaxis] if single else arr).unsqueeze(1)
+    arr = np.asarray(stacks, dtype=np.float32)
+    if arr.ndim not in (3, 4) or arr.shape[-3] not in (1, CONTEXT_SLICES):
+        raise ValueError(
+            f"stacks must be (B, C, H, W) or (C, H, W) with C = 1 or {CONTEXT_SLICES}, "
+            f"got shape {arr.shape}"
+        )
+    single = arr.ndim == 3
+    if single:
+        arr = arr[np.newaxis]
+    if model.in_channels == 1:
+        arr = arr[:, arr.shape[1] // 2 : arr.shape[1] // 2 + 1]
+    elif arr.shape[1] == 1:
+        arr = np.repeat(arr, CONTEXT_SLICES, axis=1)
+    batch = torch.from_numpy(np.ascontiguousarray(arr))
     device = next(model.parameters()).device
     padded, h, w = pad_to_multiple(batch.to(device))
     probs = torch.sigmoid(model(padded))[:, 0, :h, :w].float().cpu().numpy()

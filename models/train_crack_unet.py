@@ -13,17 +13,24 @@ normalised, and reconstructed by filtered back projection (``skimage.transform.i
 ``models`` may not import ``pipelines`` (import-linter layers contract). Slices are normalised
 with ``reference_levels`` of their volume, exactly as at inference time.
 
-Augmentations follow the seed paper (shift, rotation, scaling, cropping) plus flips, Gaussian
-noise and contrast/brightness changes. The loss is the sigmoid cross-entropy plus a soft Dice
-term, ignoring pixels outside the reconstruction circle. About a third of the crops are centred
-near a crack pixel (``--crack-share``): the labels are visible in the reconstructions (within
-the true particle mask, a plain threshold halfway between pore and solid reproduces them with
-IoU ~0.89), and the errors of a starved network sit where cracks meet particle surfaces and on
-thin pore gaps between touching particles, which look like cracks in a single slice.
+The network is 2.5-D: each training sample is a slice with its two neighbours (channels
+``z - 1, z, z + 1``, :func:`models.crack_unet.context_stacks`), the label that of the middle
+slice. Augmentations follow the seed paper (shift, rotation, scaling, cropping) plus flips, a
+reversed slice order, Gaussian noise and contrast/brightness changes. The loss is the sigmoid
+cross-entropy plus a soft Dice term, ignoring pixels outside the reconstruction circle. About a
+third of the crops are centred near a crack pixel (``--crack-share``): the labels are visible
+in the reconstructions (within the true particle mask, a plain threshold halfway between pore
+and solid reproduces them with IoU ~0.89), and the errors of a starved network sit where
+cracks meet particle surfaces and on thin pore gaps between touching particles, which look
+like cracks in a single slice. Those gaps (:func:`touching_gaps`) are the hard negatives: a
+share of the crops is centred on them (``--gap-share``) and their cross-entropy counts
+``--gap-weight`` times.
 
-The shipped weights: the earlier weights (about 35 minutes of training) fine-tuned for 42 + 13
-minutes on one thread with ``--volumes 14 --depth 16 --seed 2026 --lr 1e-3`` then ``4e-4``
-(see ``crack_unet.json``).
+``--init`` with single-slice weights starts the 2.5-D network from them
+(:func:`inflate_input`: the neighbours' input weights start at zero, so the first step gives
+the old outputs). The shipped weights: the single-slice weights (about 90 minutes of training
+in earlier sessions) inflated and trained for 70 minutes on one thread with ``--volumes 16
+--depth 16 --seed 2027 --lr 1e-3`` (see ``crack_unet.json``).
 """
 
 from __future__ import annotations
@@ -39,12 +46,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage.transform import iradon, radon
 from torch.nn import functional as F
 
 from models.crack_unet import (
+    CONTEXT_SLICES,
     DEFAULT_WEIGHTS,
     CrackUNet,
+    context_stacks,
     load_crack_unet,
     load_crack_unet_metadata,
     normalize_slices,
@@ -64,11 +74,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SliceSet:
-    """Normalised reconstructed slices with crack labels and valid-pixel masks."""
+    """Normalised reconstructed context stacks with crack labels, valid pixels and gaps."""
 
-    images: np.ndarray  # float32 (S, H, W)
+    images: np.ndarray  # float32 (S, CONTEXT_SLICES, H, W): slices z - 1, z, z + 1
     labels: np.ndarray  # float32 (S, H, W)
     valid: np.ndarray  # float32 (S, H, W)
+    gaps: np.ndarray  # float32 (S, H, W): 1 on matrix pixels between touching particles
 
 
 def reconstruct_synthetic(
@@ -94,6 +105,33 @@ def reconstruct_synthetic(
         [iradon(sino[:, z, :].T, angles, filter_name=filter_name) for z in range(sino.shape[1])]
     )
     return recon.astype(np.float32)
+
+
+def touching_gaps(particle_ids: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Matrix pixels within ``radius`` (in-slice) of two different particles.
+
+    These thin gaps between touching particles are dark and narrow like cracks; they are the
+    hard negatives of the training crops and loss.
+
+    Parameters
+    ----------
+    particle_ids : numpy.ndarray
+        int (Z, Y, X) instance labels, 0 = no particle.
+    radius : int
+        Half-width of the square in-slice neighbourhood.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool (Z, Y, X).
+    """
+    ids = np.asarray(particle_ids)
+    footprint = np.ones((1, 2 * radius + 1, 2 * radius + 1), dtype=bool)
+    highest = ndimage.maximum_filter(ids, footprint=footprint)
+    lowest = ndimage.minimum_filter(
+        np.where(ids > 0, ids, np.iinfo(ids.dtype).max), footprint=footprint
+    )
+    return (ids == 0) & (highest > 0) & (lowest < highest)
 
 
 def make_slice_set(
@@ -129,17 +167,27 @@ def make_slice_set(
         filter_name=filter_name,
     )
     low, high = reference_levels(recon)
-    images = normalize_slices(recon, low, high)
+    images = context_stacks(normalize_slices(recon, low, high))
     n = shape[2]
     yy, xx = np.mgrid[:n, :n]
     circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
-    valid = np.broadcast_to(circle, images.shape).copy()
-    return SliceSet(images=images, labels=vol.crack_mask.astype(np.float32), valid=valid)
+    valid = np.broadcast_to(circle, shape).copy()
+    return SliceSet(
+        images=images,
+        labels=vol.crack_mask.astype(np.float32),
+        valid=valid,
+        gaps=touching_gaps(vol.particle_ids).astype(np.float32),
+    )
 
 
 def crack_pixels(data: SliceSet) -> np.ndarray:
     """(K, 3) int64 coordinates (z, y, x) of the crack pixels of a slice set."""
     return np.argwhere(data.labels > 0.5)
+
+
+def gap_pixels(data: SliceSet) -> np.ndarray:
+    """(K, 3) int64 coordinates (z, y, x) of the touching-particle gap pixels."""
+    return np.argwhere(data.gaps > 0.5)
 
 
 def augment_batch(
@@ -150,14 +198,24 @@ def augment_batch(
     *,
     cracks: np.ndarray | None = None,
     crack_share: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gaps: np.ndarray | None = None,
+    gap_share: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random shifted, rotated, scaled, flipped crops with noise and contrast changes.
 
     A share ``crack_share`` of the crops is centred near a random crack pixel (``cracks``,
-    see :func:`crack_pixels`), the others anywhere: cracks are a few percent of the pixels,
-    and their ends and mouths at particle surfaces are the hard cases.
+    see :func:`crack_pixels`) and a share ``gap_share`` near a gap between touching
+    particles (``gaps``, :func:`gap_pixels`), the others anywhere: cracks are a few percent
+    of the pixels, and their mouths at particle surfaces and the gaps are the hard cases.
+    The order of the context slices is reversed at random (z flip).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        Images (B, CONTEXT_SLICES, tile, tile), labels, valid mask and gap mask
+        (B, 1, tile, tile).
     """
-    n_slices, height, width = data.images.shape
+    n_slices, n_context, height, width = data.images.shape
     patch = int(math.ceil(tile * 1.42 * 1.25)) + 2
     half = patch // 2
     stacks = []
@@ -165,11 +223,14 @@ def augment_batch(
         z = int(rng.integers(n_slices))
         cy = int(rng.integers(half // 2, height - half // 2))
         cx = int(rng.integers(half // 2, width - half // 2))
-        if cracks is not None and len(cracks) and rng.random() < crack_share:
-            z, cy, cx = (int(v) for v in cracks[rng.integers(len(cracks))])
+        draw = rng.random()
+        centres = cracks if draw < crack_share else gaps if draw < crack_share + gap_share else None
+        if centres is not None and len(centres):
+            z, cy, cx = (int(v) for v in centres[rng.integers(len(centres))])
             cy = int(np.clip(cy + rng.integers(-tile // 3, tile // 3 + 1), 0, height - 1))
             cx = int(np.clip(cx + rng.integers(-tile // 3, tile // 3 + 1), 0, width - 1))
-        chans = np.stack((data.images[z], data.labels[z], data.valid[z]))
+        context = data.images[z] if rng.random() < 0.5 else data.images[z, ::-1]
+        chans = np.concatenate((context, np.stack((data.labels[z], data.valid[z], data.gaps[z]))))
         padded = np.pad(chans, ((0, 0), (half, half), (half, half)))
         stacks.append(padded[:, cy : cy + patch, cx : cx + patch])
     inp = torch.from_numpy(np.stack(stacks))
@@ -181,21 +242,31 @@ def augment_batch(
     theta = torch.zeros(batch_size, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
-    grid = F.affine_grid(theta, [batch_size, 3, tile, tile], align_corners=False)
+    grid = F.affine_grid(theta, [batch_size, inp.shape[1], tile, tile], align_corners=False)
     out = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    image, label, valid = out[:, 0:1], (out[:, 1:2] > 0.5).float(), (out[:, 2:3] > 0.99).float()
+    image = out[:, :n_context]
+    label = (out[:, n_context : n_context + 1] > 0.5).float()
+    valid = (out[:, n_context + 1 : n_context + 2] > 0.99).float()
+    gap = (out[:, n_context + 2 : n_context + 3] > 0.5).float()
     gain = torch.from_numpy(rng.uniform(0.75, 1.3, (batch_size, 1, 1, 1))).float()
     offset = torch.from_numpy(rng.uniform(-0.12, 0.12, (batch_size, 1, 1, 1))).float()
     sigma = torch.from_numpy(rng.uniform(0.0, 0.06, (batch_size, 1, 1, 1))).float()
     noise = torch.from_numpy(rng.standard_normal(image.shape).astype(np.float32))
     image = (image * gain + offset + sigma * noise) * valid
-    return image, label, valid
+    return image, label, valid, gap
 
 
-def crack_loss(logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Masked sigmoid cross-entropy plus soft Dice."""
+def crack_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    valid: torch.Tensor,
+    gap: torch.Tensor | None = None,
+    gap_weight: float = 1.0,
+) -> torch.Tensor:
+    """Masked sigmoid cross-entropy (``gap_weight`` times on gap pixels) plus soft Dice."""
     bce = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
-    bce = (bce * valid).sum() / valid.sum().clamp(min=1.0)
+    weight = valid if gap is None else valid * (1.0 + (gap_weight - 1.0) * gap)
+    bce = (bce * weight).sum() / valid.sum().clamp(min=1.0)
     prob = torch.sigmoid(logits) * valid
     inter = (prob * label).sum()
     dice = 1.0 - (2 * inter + 1.0) / (prob.sum() + (label * valid).sum() + 1.0)
@@ -224,6 +295,20 @@ def evaluate(model: CrackUNet, data: SliceSet, thresholds: list[float]) -> dict[
     return scores
 
 
+def inflate_input(model: CrackUNet, single_slice: CrackUNet) -> CrackUNet:
+    """Start a 2.5-D network from single-slice weights: same outputs at the first step.
+
+    The first convolution's weights go to the middle input channel, the neighbours' channels
+    start at zero; every other layer is copied.
+    """
+    state = single_slice.state_dict()
+    key = "encoders.0.0.weight"
+    weight = torch.zeros_like(model.state_dict()[key])
+    weight[:, CONTEXT_SLICES // 2] = state[key][:, 0]
+    model.load_state_dict({**state, key: weight})
+    return model
+
+
 def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[SliceSet, SliceSet]:
     """Training slices from ``args.volumes`` volumes (the last crack-free) and a held-out set."""
     shape = (args.depth, args.size, args.size)
@@ -238,6 +323,7 @@ def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[
         images=np.concatenate([s.images for s in sets]),
         labels=np.concatenate([s.labels for s in sets]),
         valid=np.concatenate([s.valid for s in sets]),
+        gaps=np.concatenate([s.gaps for s in sets]),
     )
     held_out = make_slice_set((12, args.size, args.size), seed=991_000, rng=rng, crack_density=1.0)
     return train, held_out
@@ -259,6 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--crack-share", type=float, default=0.35, help="share of crops centred near cracks"
     )
+    parser.add_argument(
+        "--gap-share",
+        type=float,
+        default=0.15,
+        help="share of crops centred near gaps between touching particles",
+    )
+    parser.add_argument(
+        "--gap-weight", type=float, default=2.0, help="cross-entropy weight of gap pixels"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=1000, help="log the held-out score every N steps"
+    )
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
@@ -273,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cache is not None and args.cache.is_file():
         cached = np.load(args.cache)
-        train = SliceSet(cached["images"], cached["labels"], cached["valid"])
-        held_out = SliceSet(cached["ho_images"], cached["ho_labels"], cached["ho_valid"])
+        train = SliceSet(cached["images"], cached["labels"], cached["valid"], cached["gaps"])
+        held_out = SliceSet(
+            cached["ho_images"], cached["ho_labels"], cached["ho_valid"], cached["ho_gaps"]
+        )
         logger.info("loaded %d training slices from %s", len(train.images), args.cache)
     else:
         train, held_out = build_datasets(args, rng)
@@ -284,18 +384,22 @@ def main(argv: list[str] | None = None) -> int:
                 images=train.images,
                 labels=train.labels,
                 valid=train.valid,
+                gaps=train.gaps,
                 ho_images=held_out.images,
                 ho_labels=held_out.labels,
                 ho_valid=held_out.valid,
+                ho_gaps=held_out.gaps,
             )
     data_seconds = time.monotonic() - t_start
 
-    cracks = crack_pixels(train)
+    cracks, gaps = crack_pixels(train), gap_pixels(train)
     model = CrackUNet(base_channels=args.base_channels)
     previous: dict = {}
     if args.init is not None:
         previous = load_crack_unet_metadata(args.init)
-        model = load_crack_unet(args.init, device=torch.device("cpu")).train()
+        start = load_crack_unet(args.init, device=torch.device("cpu"))
+        model = start if start.in_channels == CONTEXT_SLICES else inflate_input(model, start)
+        model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     budget = args.minutes * 60.0
     t_train = time.monotonic()
@@ -304,10 +408,17 @@ def main(argv: list[str] | None = None) -> int:
         lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        image, label, valid = augment_batch(
-            train, args.batch, args.tile, rng, cracks=cracks, crack_share=args.crack_share
+        image, label, valid, gap = augment_batch(
+            train,
+            args.batch,
+            args.tile,
+            rng,
+            cracks=cracks,
+            crack_share=args.crack_share,
+            gaps=gaps,
+            gap_share=args.gap_share,
         )
-        loss = crack_loss(model(image), label, valid)
+        loss = crack_loss(model(image), label, valid, gap, args.gap_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -316,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         if step % 100 == 0:
             logger.info("step %d  %.0fs  lr %.2e  loss %.4f", step, elapsed, lr, running)
+        if args.eval_every and step % args.eval_every == 0:
+            logger.info("step %d held-out %s", step, evaluate(model, held_out, [0.5]))
     train_seconds = time.monotonic() - t_train
 
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]

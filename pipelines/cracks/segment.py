@@ -16,6 +16,7 @@ from skimage.filters import threshold_otsu, threshold_triangle
 
 from models.crack_unet import (
     CrackUNet,
+    context_stacks,
     load_crack_unet,
     normalize_slices,
     predict_probabilities,
@@ -80,7 +81,8 @@ class CrackResult:
 
 
 def unet_tile_model(model: CrackUNet) -> TileModel:
-    """Wrap the U-Net as a tile model returning crack probabilities (float32)."""
+    """Wrap the U-Net as a tile model: context tiles (B, 3, h, w) -> crack probabilities
+    (B, h, w), float32."""
 
     def run(tiles: np.ndarray) -> np.ndarray:
         return predict_probabilities(model, tiles)
@@ -115,7 +117,8 @@ def iter_crack_slices(
 
     The intensity levels (:func:`models.crack_unet.reference_levels`) and the solid threshold
     are computed once on the whole volume first, so every slice is normalised the same way
-    as the training data.
+    as the training data. The model sees each slice with its two neighbours
+    (:func:`models.crack_unet.context_stacks`; the first and last slice repeat themselves).
 
     Parameters
     ----------
@@ -124,7 +127,8 @@ def iter_crack_slices(
     params : CrackParams, optional
         Tiling, threshold, weights, particle-mask settings.
     model : CrackUNet or callable, optional
-        Network or tile model (batch of normalised tiles -> probabilities); default the
+        Network or tile model (batch of normalised context tiles (B, 3, h, w), slices
+        ``z - 1, z, z + 1`` -> probabilities (B, h, w) of the middle slices); default the
         shipped U-Net.
 
     Yields
@@ -144,8 +148,10 @@ def iter_crack_slices(
     chunk = max(1, p.batch_size // tiles_per_slice)
     for z0 in range(0, vol.shape[0], chunk):
         block = vol[z0 : z0 + chunk]
+        below, above = max(z0 - 1, 0), min(z0 + len(block) + 1, vol.shape[0])
+        normalized = normalize_slices(vol[below:above], low, high)
         probs = apply_tiled(
-            normalize_slices(block, low, high),
+            context_stacks(normalized, z0 - below, z0 - below + len(block)),
             tile_model,
             tile_size=p.tile_size,
             overlap=p.overlap,

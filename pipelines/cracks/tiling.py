@@ -3,7 +3,9 @@
 Overlapping tiles are combined with weights that ramp linearly across each overlap, so the
 output changes smoothly from one tile to the next. Weights never reach zero and the
 normalisation is done in float64, so a model that returns its input gives back exactly the
-input (the tiling invariant checked by the property tests).
+input (the tiling invariant checked by the property tests). Slices may carry several channels
+(for example neighbouring slices as context); the model then maps multi-channel tiles to
+single-channel outputs, and a model returning one input channel gives back that channel.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 TileModel = Callable[[np.ndarray], np.ndarray]
-"""A model maps a batch of tiles (B, h, w) to outputs of the same shape."""
+"""A model maps a batch of tiles (B, h, w), or (B, C, h, w) for multi-channel slices, to
+outputs (B, h, w)."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,11 @@ def apply_tiled(
     Parameters
     ----------
     images : numpy.ndarray
-        (H, W) slice or (S, H, W) stack; each slice is tiled independently.
+        (H, W) slice, (S, H, W) stack, or (S, C, H, W) stack of slices with C channels; each
+        slice is tiled independently (all channels with the same windows).
     model : callable
-        Maps a batch (B, h, w) of tiles (dtype of ``images``) to outputs (B, h, w).
+        Maps a batch (B, h, w) of tiles, or (B, C, h, w) for a 4-D ``images``, (dtype of
+        ``images``) to outputs (B, h, w).
     tile_size : int, optional
         Tile height and width (smaller images use a single tile of their own size).
     overlap : int, optional
@@ -121,7 +126,8 @@ def apply_tiled(
     Returns
     -------
     numpy.ndarray
-        Blended output with the shape of ``images`` and the dtype returned by ``model``
+        Blended output, (H, W) or (S, H, W) (the shape of ``images`` without its channel
+        axis), with the dtype returned by ``model``
         (integer outputs are rounded). Blending is exact: where all tiles agree, the output
         equals their common value for float32 and integer dtypes.
     """
@@ -129,24 +135,26 @@ def apply_tiled(
     single = arr.ndim == 2
     if single:
         arr = arr[np.newaxis]
-    if arr.ndim != 3:
-        raise ValueError(f"images must be 2-D or 3-D, got shape {arr.shape}")
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"images must be (H, W), (S, H, W) or (S, C, H, W), got {arr.shape}")
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}")
     if not 0 <= overlap < tile_size:
         raise ValueError(f"overlap must be in [0, tile_size), got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    _, height, width = arr.shape
-    acc = np.zeros(arr.shape, dtype=np.float64)
-    norm = np.zeros(arr.shape, dtype=np.float64)
+    out_shape = (arr.shape[0], *arr.shape[-2:])
+    _, height, width = out_shape
+    acc = np.zeros(out_shape, dtype=np.float64)
+    norm = np.zeros(out_shape, dtype=np.float64)
     out_dtype: np.dtype | None = None
-    tiles = list(iter_tiles(arr.shape, tile_size, overlap))
+    tiles = list(iter_tiles(out_shape, tile_size, overlap))
     for b0 in range(0, len(tiles), batch_size):
         batch = tiles[b0 : b0 + batch_size]
-        inputs = np.stack([arr[t.index, t.y0 : t.y1, t.x0 : t.x1] for t in batch])
+        inputs = np.stack([arr[t.index, ..., t.y0 : t.y1, t.x0 : t.x1] for t in batch])
         outputs = np.asarray(model(inputs))
-        if outputs.shape != inputs.shape:
+        expected = (inputs.shape[0], *inputs.shape[-2:])
+        if outputs.shape != expected:
             raise ValueError(f"model returned shape {outputs.shape} for tiles {inputs.shape}")
         out_dtype = outputs.dtype if out_dtype is None else out_dtype
         for t, result in zip(batch, outputs, strict=True):

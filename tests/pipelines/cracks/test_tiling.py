@@ -38,6 +38,35 @@ def test_identity_model_returns_input_exactly(
 
 
 @settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(1, 70),
+    width=st.integers(1, 70),
+    n_slices=st.integers(1, 3),
+    channels=st.integers(1, 3),
+    tile=st.integers(4, 40),
+    overlap_share=st.floats(0.0, 0.9),
+    batch=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_channel_picking_model_returns_that_channel_exactly(
+    height, width, n_slices, channels, tile, overlap_share, batch, seed, data
+) -> None:
+    """Multi-channel slices (context slices): every channel is tiled with the same windows."""
+    channel = data.draw(st.integers(0, channels - 1))
+    rng = np.random.default_rng(seed)
+    image = (rng.random((n_slices, channels, height, width)) * 1000 - 300).astype(np.float32)
+    overlap = int(overlap_share * (tile - 1))
+
+    def pick(tiles: np.ndarray) -> np.ndarray:
+        assert tiles.shape[1] == channels
+        return tiles[:, channel].copy()
+
+    out = apply_tiled(image, pick, tile_size=tile, overlap=overlap, batch_size=batch)
+    np.testing.assert_array_equal(out, image[:, channel])
+
+
+@settings(max_examples=40, deadline=None)
 @given(length=st.integers(1, 300), tile=st.integers(2, 64), overlap_share=st.floats(0, 0.95))
 def test_tiles_cover_every_pixel_with_positive_weight(length, tile, overlap_share) -> None:
     overlap = int(overlap_share * (tile - 1))
@@ -81,3 +110,5 @@ def test_bad_parameters_are_named() -> None:
         apply_tiled(np.zeros(8), identity)
     with pytest.raises(ValueError, match="model returned"):
         apply_tiled(image, lambda t: t[:, :2], tile_size=4, overlap=1)
+    with pytest.raises(ValueError, match="model returned"):
+        apply_tiled(np.zeros((1, 3, 8, 8), np.float32), identity, tile_size=4, overlap=1)
