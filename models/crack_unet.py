@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import read_checkpoint, read_metadata
+from models.fusion import for_inference
 from models.particle_unet import context_stack
 from models.unet import UNet2d, save_unet
 from models.unet import pad_to_multiple as unet_pad
@@ -165,7 +166,8 @@ def load_crack_unet(
     Returns
     -------
     CrackUNet
-        Network on ``device``, ``eval()`` mode.
+        Network on ``device``, ``eval()`` mode, weights channels-last
+        (:func:`models.fusion.for_inference`).
     """
     checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "crack U-Net", device=device)
     first_conv = checkpoint["state_dict"]["encoders.0.0.weight"]
@@ -173,7 +175,7 @@ def load_crack_unet(
         base_channels=int(checkpoint["base_channels"]), in_channels=int(first_conv.shape[1])
     )
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(dev).eval()
+    return for_inference(model, dev)
 
 
 def load_crack_unet_metadata(path: str | Path | None = None) -> dict[str, Any]:
