@@ -28,7 +28,12 @@ import torch
 from scipy import ndimage
 from skimage.transform import iradon
 
-from models.crack_unet import load_crack_unet, normalize_slices, reference_levels
+from models.crack_unet import (
+    context_stacks,
+    load_crack_unet,
+    normalize_slices,
+    reference_levels,
+)
 from models.synthetic.cathode import make_cathode_volume
 from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
 from pipelines.cracks.segment import (
@@ -158,10 +163,10 @@ def bench_throughput(shape: tuple[int, int, int], params: CrackParams) -> dict[s
     model = load_crack_unet(device=torch.device("cpu"))
     tile_model = unet_tile_model(model)
     low, high = reference_levels(recon)
-    norm = normalize_slices(recon, low, high)
+    stacks = context_stacks(normalize_slices(recon, low, high))
     tiles = [
-        norm[t.index, t.y0 : t.y1, t.x0 : t.x1]
-        for t in iter_tiles(norm.shape, params.tile_size, params.overlap)
+        stacks[t.index, :, t.y0 : t.y1, t.x0 : t.x1]
+        for t in iter_tiles(recon.shape, params.tile_size, params.overlap)
     ]
     tile_model(np.stack(tiles[: params.batch_size]))  # warm-up
     t0 = time.perf_counter()
