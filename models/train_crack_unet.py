@@ -128,9 +128,8 @@ def touching_gaps(particle_ids: np.ndarray, radius: int = 2) -> np.ndarray:
     ids = np.asarray(particle_ids)
     footprint = np.ones((1, 2 * radius + 1, 2 * radius + 1), dtype=bool)
     highest = ndimage.maximum_filter(ids, footprint=footprint)
-    lowest = ndimage.minimum_filter(
-        np.where(ids > 0, ids, np.iinfo(ids.dtype).max), footprint=footprint
-    )
+    # background above every label (not the dtype's maximum: scipy mangles int64's)
+    lowest = ndimage.minimum_filter(np.where(ids > 0, ids, ids.max() + 1), footprint=footprint)
     return (ids == 0) & (highest > 0) & (lowest < highest)
 
 
