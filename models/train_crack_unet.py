@@ -28,7 +28,7 @@ share of the crops is centred on them (``--gap-share``) and their cross-entropy 
 
 ``--init`` with single-slice weights starts the 2.5-D network from them
 (:func:`inflate_input`: the neighbours' input weights start at zero, so the first step gives
-the old outputs). The shipped weights: the single-slice weights (about 90 minutes of training
+the old outputs). The shipped weights: the single-slice weights (about 95 minutes of training
 in earlier sessions) inflated and trained for 70 minutes on one thread with ``--volumes 16
 --depth 16 --seed 2027 --lr 1e-3`` (see ``crack_unet.json``).
 """
