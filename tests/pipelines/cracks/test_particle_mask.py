@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from scipy import ndimage
+from skimage.morphology import disk
 
 from pipelines.cracks.particle_mask import (
     CONVENTIONAL,
     ParticleMaskParams,
+    binary_dilate,
+    binary_erode,
     particle_mask,
     particle_mask_slice,
     solid_threshold,
@@ -64,3 +70,19 @@ def test_volume_mask_and_threshold() -> None:
         particle_mask(image)
     with pytest.raises(ValueError, match="cracks"):
         particle_mask_slice(image, 0.5, cracks=np.zeros((3, 3), bool))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mask=arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24))),
+    radius=st.integers(1, 3),
+)
+def test_shifted_morphology_equals_scipy(mask: np.ndarray, radius: int) -> None:
+    # the particle mask's closing uses these instead of scipy's (slow) binary morphology
+    for footprint in (disk(radius).astype(bool), np.ones((3, 3), dtype=bool)):
+        np.testing.assert_array_equal(
+            binary_dilate(mask, footprint), ndimage.binary_dilation(mask, structure=footprint)
+        )
+        np.testing.assert_array_equal(
+            binary_erode(mask, footprint), ndimage.binary_erosion(mask, structure=footprint)
+        )
