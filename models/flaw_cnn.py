@@ -170,10 +170,8 @@ def prepare_slice(image: np.ndarray, mask: np.ndarray, size: int = INPUT_SIZE) -
 
     Parameters
     ----------
-    image : numpy.ndarray
-        (Y, X) normalised slice (:func:`models.crack_unet.normalize_slices`).
-    mask : numpy.ndarray
-        (Y, X) bool mask of the particle in this slice (cracks included).
+    image, mask : numpy.ndarray
+        As for :func:`square_crop`.
     size : int, optional
         Output side length.
 
