@@ -45,6 +45,11 @@ class CrackParams(BaseModel):
     weights: str | None = Field(
         default=None, description="U-Net weights file; None = shipped weights."
     )
+    zero_is_outside: bool = Field(
+        default=True,
+        description="Voxels exactly 0 are outside the reconstruction circle: no crack there "
+        "(the network sees a flat zero input there, unlike anything it was trained on).",
+    )
     particle: ParticleMaskParams = ParticleMaskParams()
     quantify: QuantifyParams = QuantifyParams()
 
@@ -159,6 +164,8 @@ def iter_crack_slices(
         )
         for offset, (image, prob) in enumerate(zip(block, probs, strict=True)):
             crack = prob >= p.threshold
+            if p.zero_is_outside:
+                crack &= image != 0
             particle = particle_mask_slice(image, threshold, p.particle, cracks=crack)
             # a crack is inside a particle: isolated detections (dropped as too small to be
             # a particle) are not kept

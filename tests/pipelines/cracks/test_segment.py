@@ -127,6 +127,22 @@ def test_slices_in_order_and_custom_model(held_out: Scan) -> None:
     assert all(not p.crack.any() and p.particle.any() for p in pieces)
 
 
+def test_no_cracks_outside_the_reconstruction_circle(held_out: Scan) -> None:
+    # a model that calls everything a crack: outside the circle (voxels exactly 0) nothing is
+    # kept, unless zero_is_outside is switched off
+    def everything(tiles: np.ndarray) -> np.ndarray:
+        return np.ones((len(tiles), *tiles.shape[-2:]), dtype=np.float32)
+
+    recon = held_out.recon[:2]
+    outside = recon == 0
+    assert outside.any() and not outside[held_out.inside[:2]].all()
+    pieces = list(iter_crack_slices(recon, CrackParams(), model=everything))
+    cracks = np.stack([p.crack for p in pieces]).astype(bool)
+    assert cracks.any() and not cracks[outside].any()
+    kept = list(iter_crack_slices(recon, CrackParams(zero_is_outside=False), model=everything))
+    assert np.stack([p.crack for p in kept]).astype(bool)[outside].any()
+
+
 def test_context_slices_reach_the_model_in_order() -> None:
     """Slice z is given with z - 1 and z + 1 (edges repeated), also across slice blocks."""
     volume = np.arange(1, 8, dtype=np.float32)[:, None, None] * np.ones((7, 40, 36), np.float32)
