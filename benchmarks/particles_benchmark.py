@@ -42,6 +42,7 @@ from pipelines.cracks.particle_mask import solid_threshold
 from pipelines.particles.analyze import analyze_particles
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.instances import InstanceParams, segment_instances, watershed_baseline
+from pipelines.tomo.fbp import inside_circle
 
 HELD_OUT_SEEDS = (990_101, 990_102, 990_103)
 SHAPE = (48, 128, 128)
@@ -179,8 +180,7 @@ def full_size_timing(size: int, particle_model: Any, flaw_model: Any) -> dict[st
     truth = make_cathode_volume((size, size, size), seed=990_301, crack_density=1.0)
     rng = np.random.default_rng(990_301)
     volume = truth.attenuation + rng.normal(0.0, 0.001, truth.attenuation.shape).astype(np.float32)
-    yy, xx = np.mgrid[:size, :size]
-    volume[:, (yy - size / 2) ** 2 + (xx - size / 2) ** 2 >= (size / 2 - 2) ** 2] = 0
+    volume[:, ~inside_circle(size)] = 0
     generate = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = analyze_particles(

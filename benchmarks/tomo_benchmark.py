@@ -46,14 +46,9 @@ from pipelines.cracks.segment import (
 )
 from pipelines.cracks.tiling import iter_tiles
 from pipelines.tomo import fbp
-from pipelines.tomo.fbp import ReconParams, reconstruct
+from pipelines.tomo.fbp import ReconParams, inside_circle, reconstruct
 from pipelines.tomo.project import forward_project
 from pipelines.tomo.simulate import simulate_scan
-
-
-def _circle(n: int, margin: int = 2) -> np.ndarray:
-    yy, xx = np.mgrid[:n, :n]
-    return (yy - n // 2) ** 2 + (xx - n // 2) ** 2 < (n // 2 - margin) ** 2
 
 
 def tolerant_scores(predicted: np.ndarray, truth: np.ndarray, inside: np.ndarray) -> dict:
@@ -87,7 +82,7 @@ def bench_reconstruction(n_slices: int, size: int, n_angles: int) -> dict[str, A
     t0 = time.perf_counter()
     ref = np.stack([iradon(lint[:, z, :].T.astype(np.float64), angles) for z in range(n_slices)])
     t_ref = time.perf_counter() - t0
-    inside = np.broadcast_to(_circle(size), vol.attenuation.shape)
+    inside = np.broadcast_to(inside_circle(size), vol.attenuation.shape)
     truth = vol.attenuation[inside]
     rmse_ours = float(np.sqrt(np.mean((ours[inside] - truth) ** 2)))
     rmse_ref = float(np.sqrt(np.mean((ref[inside] - truth) ** 2)))
@@ -110,7 +105,7 @@ def simulate(shape: tuple[int, int, int], seed: int, crack_density: float):
     angles = np.linspace(0, 180, int(shape[2] * 1.5) + 1)
     frames = simulate_scan(truth.attenuation, angles, seed=seed + 1)
     recon = reconstruct(frames.projections, angles, flat=frames.flat, dark=frames.dark)
-    inside = np.broadcast_to(_circle(shape[2]), shape)
+    inside = np.broadcast_to(inside_circle(shape[2]), shape)
     return truth, recon, inside
 
 
@@ -218,7 +213,7 @@ def bench_end_to_end(size: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = map_cracks(recon)
     t_cracks = time.perf_counter() - t0
-    inside = np.broadcast_to(_circle(size), recon.shape)
+    inside = np.broadcast_to(inside_circle(size), recon.shape)
 
     # 512^3: a first call (fixed cost per geometry included) and a second call on 32 rows give
     # the fixed cost and the cost per slice; the crack map is timed on 16 slices.

@@ -77,6 +77,7 @@ def run(size: int, slab: int, timeout: float) -> dict[str, Any]:
 
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
+    from pipelines.tomo.fbp import inside_circle
     from services.demo import bus_run_engine, running_services
 
     t0 = time.monotonic()
@@ -101,8 +102,7 @@ def run(size: int, slab: int, timeout: float) -> dict[str, Any]:
             cracks = client["analysis"][uid]["cracks"]
             particles = client["analysis"][uid]["particles"].metadata
             mask = cracks["mask"].read().astype(bool)
-            yy, xx = np.mgrid[:size, :size]
-            inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 2 - 2) ** 2
+            inside = inside_circle(size)
             pred, true = mask[:, inside], truth[:, inside]
             iou = float((pred & true).sum() / max((pred | true).sum(), 1))
             client.context.close()

@@ -219,9 +219,9 @@ def report_crack_accuracy(
     true_mask = np.asarray(truth["crack_mask"], dtype=bool)
     # scored inside the reconstruction circle (as the benchmark does): the phantom's corners
     # are never seen by every projection, so the reconstruction is 0 there
-    n = mask.shape[-1]
-    yy, xx = np.mgrid[: mask.shape[-2], :n]
-    inside = (yy - n / 2) ** 2 + (xx - n / 2) ** 2 < (n / 2 - 2) ** 2
+    from pipelines.tomo.fbp import inside_circle
+
+    inside = inside_circle(mask.shape[-1])
     mask, true_mask = mask[:, inside], true_mask[:, inside]
     inter = np.logical_and(mask, true_mask).sum()
     union = np.logical_or(mask, true_mask).sum()

@@ -471,3 +471,13 @@ def _cached_projector(
 def _rows(frames: np.ndarray, r0: int, r1: int) -> np.ndarray:
     arr = np.asarray(frames)
     return arr[..., r0:r1, :]
+
+
+def inside_circle(n: int, margin: int = 2) -> np.ndarray:
+    """bool (n, n): pixels well inside the inscribed circle that :func:`reconstruct` fills.
+
+    The circle has its centre at ``n // 2`` and radius ``n // 2 - margin``; scores against a
+    phantom are computed there (outside it the reconstruction is 0, and the rim is unreliable).
+    """
+    yy, xx = np.mgrid[:n, :n]
+    return (yy - n // 2) ** 2 + (xx - n // 2) ** 2 < (n // 2 - margin) ** 2

@@ -23,7 +23,7 @@ from pipelines.cracks.segment import (
     overlap_scores,
     threshold_baseline,
 )
-from pipelines.tomo.fbp import reconstruct
+from pipelines.tomo.fbp import inside_circle, reconstruct
 from pipelines.tomo.simulate import simulate_scan
 
 # Measured with the shipped (2.5-D) weights on exactly these held-out volumes: crack IoU 0.865
@@ -46,10 +46,7 @@ def _scan(shape: tuple[int, int, int], seed: int, crack_density: float) -> Scan:
     angles = np.linspace(0, 180, int(shape[2] * 1.5) + 1)
     frames = simulate_scan(truth.attenuation, angles, seed=seed + 1)
     recon = reconstruct(frames.projections, angles, flat=frames.flat, dark=frames.dark)
-    n = shape[2]
-    yy, xx = np.mgrid[:n, :n]
-    inside = (yy - n // 2) ** 2 + (xx - n // 2) ** 2 < (n // 2 - 2) ** 2
-    return Scan(truth, recon, np.broadcast_to(inside, shape))
+    return Scan(truth, recon, np.broadcast_to(inside_circle(shape[2]), shape))
 
 
 @pytest.fixture(scope="module")
