@@ -156,24 +156,28 @@ def binary_erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
 
 
 def _neighbourhood_extremes(
-    labels: np.ndarray, points: tuple[np.ndarray, ...], size: int
-) -> tuple[np.ndarray, np.ndarray]:
+    labels: np.ndarray, points: tuple[np.ndarray, ...], size: int, *, lowest: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Highest label and lowest non-zero label in the size x size square around each point.
 
     Pixels beyond the border repeat the border (``mode="nearest"``); the lowest is
-    :data:`_NO_LABEL` where the square holds no label.
+    :data:`_NO_LABEL` where the square holds no label (None when ``lowest`` is False).
+    The squares are read with one flat gather from an edge-padded copy of ``labels``.
     """
     ys, xs = points
     half = size // 2
-    highest = np.zeros(ys.size, dtype=labels.dtype)
-    lowest = np.full(ys.size, _NO_LABEL, dtype=np.int64)
-    for dy in range(-half, half + 1):
-        yy = np.clip(ys + dy, 0, labels.shape[0] - 1)
-        for dx in range(-half, half + 1):
-            values = labels[yy, np.clip(xs + dx, 0, labels.shape[1] - 1)]
-            np.maximum(highest, values, out=highest)
-            np.minimum(lowest, np.where(values > 0, values, _NO_LABEL), out=lowest)
-    return highest, lowest
+    padded = np.pad(labels, half, mode="edge")
+    width = padded.shape[1]
+    centres = (ys + half) * width + (xs + half)
+    dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
+    steps = (dy * width + dx).ravel()
+    window = np.take(padded, centres[np.newaxis, :] + steps[:, np.newaxis])
+    highest = window.max(axis=0) if ys.size else np.zeros(0, dtype=labels.dtype)
+    if not lowest:
+        return highest, None
+    window[window == 0] = _NO_LABEL
+    low = window.min(axis=0) if ys.size else np.zeros(0, dtype=labels.dtype)
+    return highest, low.astype(np.int64)
 
 
 def _close_within_particles(solid: np.ndarray, radius: int) -> np.ndarray:
@@ -225,7 +229,7 @@ def _fill_holes_within_particles(solid: np.ndarray) -> np.ndarray:
     ring = binary_dilate(holes, square) & solid
     points = np.nonzero(ring)
     # the hole next to each ring pixel (the highest one where a pixel touches several)
-    hole_of_ring, _ = _neighbourhood_extremes(hole_labels, points, 3)
+    hole_of_ring, _ = _neighbourhood_extremes(hole_labels, points, 3, lowest=False)
     particle_of_ring = labels[points]
     highest = np.zeros(n_holes + 1, dtype=np.int64)
     lowest = np.full(n_holes + 1, _NO_LABEL, dtype=np.int64)

@@ -15,6 +15,7 @@ Definitions (per slice, z = 0 is the separator side):
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,7 +90,7 @@ class DamageQuantification:
     window: int
 
 
-def density_map(mask: np.ndarray, window: int) -> np.ndarray:
+def density_map(mask: np.ndarray, window: int, *, workers: int = 1) -> np.ndarray:
     """Share of True pixels in a moving square window, slice by slice.
 
     Parameters
@@ -98,6 +99,8 @@ def density_map(mask: np.ndarray, window: int) -> np.ndarray:
         (Y, X) or (Z, Y, X) boolean or 0/1 mask.
     window : int
         Window side in pixels (borders are mirrored).
+    workers : int, optional
+        Threads; a stack is split into that many runs of slices (same result).
 
     Returns
     -------
@@ -109,9 +112,26 @@ def density_map(mask: np.ndarray, window: int) -> np.ndarray:
         raise ValueError(f"mask must be 2-D or 3-D, got shape {arr.shape}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    size = (window, window) if arr.ndim == 2 else (1, window, window)
-    out = ndimage.uniform_filter(arr.astype(np.float32), size=size, mode="reflect")
-    return np.clip(out, 0.0, 1.0, out=out)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = np.empty(arr.shape, dtype=np.float32)
+    if arr.ndim == 2 or workers == 1 or arr.shape[0] < 2:
+        _density_into(arr, window, out)
+        return out
+    bounds = np.linspace(0, arr.shape[0], min(workers, arr.shape[0]) + 1).astype(int)
+    with ThreadPoolExecutor(len(bounds) - 1) as pool:
+        list(
+            pool.map(
+                lambda a, b: _density_into(arr[a:b], window, out[a:b]), bounds[:-1], bounds[1:]
+            )
+        )
+    return out
+
+
+def _density_into(mask: np.ndarray, window: int, out: np.ndarray) -> None:
+    size = (window, window) if mask.ndim == 2 else (1, window, window)
+    ndimage.uniform_filter(mask.astype(np.float32), size=size, output=out, mode="reflect")
+    np.clip(out, 0.0, 1.0, out=out)
 
 
 def fit_line(x: np.ndarray, y: np.ndarray) -> LineFit:
@@ -149,6 +169,8 @@ def quantify_damage(
     crack_mask: np.ndarray,
     particle_mask: np.ndarray,
     params: QuantifyParams | None = None,
+    *,
+    workers: int = 1,
 ) -> DamageQuantification:
     """Damage density maps, depth profile, damage distribution and packing correlation.
 
@@ -160,6 +182,8 @@ def quantify_damage(
         (Z, Y, X) particle mask including cracks (bool or 0/1).
     params : QuantifyParams, optional
         Window, correlation stride, histogram settings.
+    workers : int, optional
+        Threads for the density maps and the per-slice histograms (same result).
 
     Returns
     -------
@@ -175,8 +199,8 @@ def quantify_damage(
         raise ValueError(
             f"particle_mask shape {particles.shape} != crack_mask shape {cracks.shape}"
         )
-    damage = density_map(cracks, p.window)
-    packing = density_map(particles, p.window)
+    damage = density_map(cracks, p.window, workers=workers)
+    packing = density_map(particles, p.window, workers=workers)
     crack_area = cracks.sum(axis=(1, 2)).astype(np.int64)
     particle_area = particles.sum(axis=(1, 2)).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -185,11 +209,19 @@ def quantify_damage(
     top = p.histogram_max if p.histogram_max is not None else float(damage.max()) or 1.0
     edges = np.linspace(0.0, top, p.histogram_bins + 1)
     hist = np.zeros((cracks.shape[0], p.histogram_bins), dtype=np.float64)
-    for z in range(cracks.shape[0]):
+
+    def histogram(z: int) -> None:
         values = damage[z][particles[z]]
         if values.size:
             counts, _ = np.histogram(np.clip(values, 0.0, top), bins=edges)
             hist[z] = counts / values.size
+
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(histogram, range(cracks.shape[0])))
+    else:
+        for z in range(cracks.shape[0]):
+            histogram(z)
 
     stride = p.stride if p.stride is not None else max(1, p.window // 2)
     pd_samples = packing[:, ::stride, ::stride]

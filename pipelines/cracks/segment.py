@@ -7,10 +7,12 @@ quantification) or :func:`iter_crack_slices` (one slice at a time, for live writ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from skimage.filters import threshold_otsu, threshold_triangle
 
@@ -50,8 +52,17 @@ class CrackParams(BaseModel):
         description="Voxels exactly 0 are outside the reconstruction circle: no crack there "
         "(the network sees a flat zero input there, unlike anything it was trained on).",
     )
+    workers: PositiveInt | None = Field(
+        default=None,
+        description="Threads for the per-slice particle masks and the density maps; None = "
+        "torch's intra-op thread count (the CPU budget the network is given).",
+    )
     particle: ParticleMaskParams = ParticleMaskParams()
     quantify: QuantifyParams = QuantifyParams()
+
+    def n_workers(self) -> int:
+        """Thread count of the NumPy/SciPy stages (:attr:`workers`, resolved)."""
+        return self.workers if self.workers is not None else max(1, torch.get_num_threads())
 
 
 @dataclass
@@ -145,12 +156,48 @@ def iter_crack_slices(
     p = params if params is not None else CrackParams()
     vol = _check_volume(volume)
     tile_model = _resolve_model(model, p)
+    with ThreadPoolExecutor(p.n_workers(), thread_name_prefix="crack-slices") as pool:
+        levels = _volume_levels(vol, p, pool)
+        yield from _segment(vol, p, tile_model, pool, *levels)
+
+
+def _volume_levels(
+    vol: np.ndarray, p: CrackParams, pool: ThreadPoolExecutor
+) -> tuple[float, float, float]:
+    """Normalisation levels and solid threshold of the whole volume (computed side by side)."""
+    pending = pool.submit(solid_threshold, vol) if p.particle.threshold is None else None
     low, high = reference_levels(vol)
-    threshold = p.particle.threshold if p.particle.threshold is not None else solid_threshold(vol)
+    threshold = pending.result() if pending is not None else p.particle.threshold
+    assert threshold is not None
+    return low, high, threshold
+
+
+def _segment(
+    vol: np.ndarray,
+    p: CrackParams,
+    tile_model: TileModel,
+    pool: ThreadPoolExecutor,
+    low: float,
+    high: float,
+    threshold: float,
+) -> Iterator[CrackSlice]:
     tiles_per_slice = max(1, -(-vol.shape[1] // p.tile_size)) * max(
         1, -(-vol.shape[2] // p.tile_size)
     )
     chunk = max(1, p.batch_size // tiles_per_slice)
+
+    def finish(z: int, image: np.ndarray, prob: np.ndarray) -> CrackSlice:
+        crack = prob >= p.threshold
+        if p.zero_is_outside:
+            crack &= image != 0
+        particle = particle_mask_slice(image, threshold, p.particle, cracks=crack)
+        # a crack is inside a particle: isolated detections (dropped as too small to be a
+        # particle) are not kept
+        crack &= particle
+        return CrackSlice(z, crack.view(np.uint8), particle.view(np.uint8))
+
+    # the network's forward pass uses every core; the masks of a block's slices (SciPy and
+    # NumPy release the GIL) then run on as many threads, so no core idles during them
     for z0 in range(0, vol.shape[0], chunk):
         block = vol[z0 : z0 + chunk]
         below, above = max(z0 - 1, 0), min(z0 + len(block) + 1, vol.shape[0])
@@ -162,15 +209,7 @@ def iter_crack_slices(
             overlap=p.overlap,
             batch_size=p.batch_size,
         )
-        for offset, (image, prob) in enumerate(zip(block, probs, strict=True)):
-            crack = prob >= p.threshold
-            if p.zero_is_outside:
-                crack &= image != 0
-            particle = particle_mask_slice(image, threshold, p.particle, cracks=crack)
-            # a crack is inside a particle: isolated detections (dropped as too small to be
-            # a particle) are not kept
-            crack &= particle
-            yield CrackSlice(z0 + offset, crack.astype(np.uint8), particle.astype(np.uint8))
+        yield from pool.map(finish, range(z0, z0 + len(block)), block, probs)
 
 
 def map_cracks(
@@ -201,21 +240,20 @@ def map_cracks(
     """
     p = params if params is not None else CrackParams()
     vol = _check_volume(volume)
-    threshold = p.particle.threshold if p.particle.threshold is not None else solid_threshold(vol)
-    fixed = p.model_copy(
-        update={"particle": p.particle.model_copy(update={"threshold": threshold})}
-    )
+    tile_model = _resolve_model(model, p)
     cracks = np.zeros(vol.shape, dtype=np.uint8)
     particles = np.zeros(vol.shape, dtype=np.uint8)
-    for piece in iter_crack_slices(vol, fixed, model=model):
-        cracks[piece.z] = piece.crack
-        particles[piece.z] = piece.particle
-        if progress is not None:
-            progress(1)
+    with ThreadPoolExecutor(p.n_workers(), thread_name_prefix="crack-slices") as pool:
+        low, high, threshold = _volume_levels(vol, p, pool)
+        for piece in _segment(vol, p, tile_model, pool, low, high, threshold):
+            cracks[piece.z] = piece.crack
+            particles[piece.z] = piece.particle
+            if progress is not None:
+                progress(1)
     return CrackResult(
         crack_mask=cracks,
         particle_mask=particles,
-        quantification=quantify_damage(cracks, particles, p.quantify),
+        quantification=quantify_damage(cracks, particles, p.quantify, workers=p.n_workers()),
         solid_threshold=threshold,
     )
 

@@ -145,6 +145,10 @@ def apply_tiled(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_shape = (arr.shape[0], *arr.shape[-2:])
     _, height, width = out_shape
+    if height <= tile_size and width <= tile_size:
+        # one tile per slice: every weight is 1, the blend is the model output itself
+        whole = _apply_whole(arr, model, batch_size)
+        return whole[0] if single else whole
     acc = np.zeros(out_shape, dtype=np.float64)
     norm = np.zeros(out_shape, dtype=np.float64)
     out_dtype: np.dtype | None = None
@@ -152,10 +156,7 @@ def apply_tiled(
     for b0 in range(0, len(tiles), batch_size):
         batch = tiles[b0 : b0 + batch_size]
         inputs = np.stack([arr[t.index, ..., t.y0 : t.y1, t.x0 : t.x1] for t in batch])
-        outputs = np.asarray(model(inputs))
-        expected = (inputs.shape[0], *inputs.shape[-2:])
-        if outputs.shape != expected:
-            raise ValueError(f"model returned shape {outputs.shape} for tiles {inputs.shape}")
+        outputs = _checked(model(inputs), inputs)
         out_dtype = outputs.dtype if out_dtype is None else out_dtype
         for t, result in zip(batch, outputs, strict=True):
             wy = ramp_weights(t.y1 - t.y0, t.y0, t.y1, height, overlap)
@@ -169,3 +170,25 @@ def apply_tiled(
         blended = np.rint(blended)
     result = blended.astype(dtype)
     return result[0] if single else result
+
+
+def _checked(outputs: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    out = np.asarray(outputs)
+    expected = (inputs.shape[0], *inputs.shape[-2:])
+    if out.shape != expected:
+        raise ValueError(f"model returned shape {out.shape} for tiles {inputs.shape}")
+    return out
+
+
+def _apply_whole(arr: np.ndarray, model: TileModel, batch_size: int) -> np.ndarray:
+    """:func:`apply_tiled` where one tile covers each whole slice."""
+    result: np.ndarray | None = None
+    for b0 in range(0, arr.shape[0], batch_size):
+        inputs = np.ascontiguousarray(arr[b0 : b0 + batch_size])
+        outputs = _checked(model(inputs), inputs)
+        if result is None:
+            result = np.empty((arr.shape[0], *arr.shape[-2:]), dtype=outputs.dtype)
+        result[b0 : b0 + len(inputs)] = outputs
+    if result is None:  # no slices
+        return np.empty((0, *arr.shape[-2:]), dtype=arr.dtype)
+    return result

@@ -11,8 +11,10 @@ from scipy import ndimage
 from skimage.morphology import disk
 
 from pipelines.cracks.particle_mask import (
+    _NO_LABEL,
     CONVENTIONAL,
     ParticleMaskParams,
+    _neighbourhood_extremes,
     binary_dilate,
     binary_erode,
     particle_mask,
@@ -86,3 +88,29 @@ def test_shifted_morphology_equals_scipy(mask: np.ndarray, radius: int) -> None:
         np.testing.assert_array_equal(
             binary_erode(mask, footprint), ndimage.binary_erosion(mask, structure=footprint)
         )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    labels=arrays(
+        np.int32, st.tuples(st.integers(1, 20), st.integers(1, 20)), elements=st.integers(0, 5)
+    ),
+    size=st.sampled_from([3, 5, 7]),
+    seed=st.integers(0, 2**16),
+)
+def test_neighbourhood_extremes_equal_scipy_filters(
+    labels: np.ndarray, size: int, seed: int
+) -> None:
+    # highest label / lowest non-zero label of the square around chosen pixels, borders repeated
+    points = np.nonzero(np.random.default_rng(seed).random(labels.shape) < 0.5)
+    highest, lowest = _neighbourhood_extremes(labels, points, size)
+    nonzero = np.where(labels > 0, labels, _NO_LABEL)
+    np.testing.assert_array_equal(
+        highest, ndimage.maximum_filter(labels, size=size, mode="nearest")[points]
+    )
+    np.testing.assert_array_equal(
+        lowest, ndimage.minimum_filter(nonzero, size=size, mode="nearest")[points]
+    )
+    only_highest, none = _neighbourhood_extremes(labels, points, size, lowest=False)
+    assert none is None
+    np.testing.assert_array_equal(only_highest, highest)

@@ -33,6 +33,21 @@ def test_density_map_values() -> None:
     np.testing.assert_allclose(full, 1.0)
 
 
+def test_worker_threads_give_the_same_numbers() -> None:
+    rng = np.random.default_rng(11)
+    particles = rng.random((7, 90, 70)) < 0.6
+    cracks = particles & (rng.random(particles.shape) < 0.1)
+    params = QuantifyParams(window=9)
+    one = quantify_damage(cracks, particles, params)
+    three = quantify_damage(cracks, particles, params, workers=3)
+    for name in ("damage_density", "particle_density", "damage_histogram", "layer_slope"):
+        np.testing.assert_array_equal(getattr(three, name), getattr(one, name))
+    assert three.volume_fit == one.volume_fit
+    np.testing.assert_array_equal(density_map(cracks, 9, workers=8), one.damage_density)
+    with pytest.raises(ValueError, match="workers"):
+        density_map(cracks, 9, workers=0)
+
+
 def test_correlation_known_slope() -> None:
     """Cracks are every other column of the particles -> damage = particle density / 2."""
     rng = np.random.default_rng(3)
