@@ -130,7 +130,9 @@ def density_map(mask: np.ndarray, window: int, *, workers: int = 1) -> np.ndarra
 
 def _density_into(mask: np.ndarray, window: int, out: np.ndarray) -> None:
     size = (window, window) if mask.ndim == 2 else (1, window, window)
-    ndimage.uniform_filter(mask.astype(np.float32), size=size, output=out, mode="reflect")
+    # 0/1 input read directly (bool as uint8); the passes run in float64, written as float32
+    source = mask.view(np.uint8) if mask.dtype == bool else mask
+    ndimage.uniform_filter(source, size=size, output=out, mode="reflect")
     np.clip(out, 0.0, 1.0, out=out)
 
 
