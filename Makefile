@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_CPU := torch==2.13.0
 
-.PHONY: demo test lint typecheck contracts pytest benchmark clean-venv install browser
+.PHONY: demo test lint typecheck contracts pytest benchmark benchmark-full clean-venv install browser
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -42,6 +42,9 @@ test: lint typecheck contracts pytest
 
 benchmark: $(STAMP)  ## all benchmarks; README lists the latest numbers
 	$(PY) -m benchmarks.run_all
+
+benchmark-full: $(STAMP)  ## the same plus the whole-512^3 runs (about 18 min more)
+	$(PY) -m benchmarks.run_all --full-size
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,25 +1,42 @@
-"""Run every benchmark in turn (``make benchmark``); each prints its own table and ratios."""
+"""Run every benchmark in turn (``make benchmark``); each prints its own table and ratios.
+
+``--full-size`` (``make benchmark-full``) adds the two whole-512^3 runs: the particle pipeline on
+a 512^3 volume (about 3 to 6 minutes) and a 512^3 tomography scan through the live service
+(about 12 minutes).
+"""
 
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
 
-from benchmarks import particles_benchmark, tomo_benchmark, xanes_benchmark
+from benchmarks import particles_benchmark, tomo_benchmark, tomo_live_benchmark, xanes_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--full-size", action="store_true", help="also the two whole-512^3 runs (~18 min more)"
+    )
+    # any other options (--quick, --threads N, --json F) go to the tomography benchmark
+    args, tomo_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()
     print(f"machine: {machine}, python {platform.python_version()}")
+    runs = [
+        ("xanes", xanes_benchmark.main, []),
+        ("tomo", tomo_benchmark.main, tomo_args),
+        ("particles", particles_benchmark.main, []),
+    ]
+    if args.full_size:
+        runs += [
+            ("particles 512^3", particles_benchmark.main, ["--timing-only", "--full-size", "512"]),
+            ("live tomography 512^3", tomo_live_benchmark.main, ["--size", "512"]),
+        ]
     status = 0
-    for name, bench in (
-        ("xanes", xanes_benchmark),
-        ("tomo", tomo_benchmark),
-        ("particles", particles_benchmark),
-    ):
+    for name, bench, bench_args in runs:
         print(f"\n===== {name} =====", flush=True)
-        status |= int(bench.main(args if name == "tomo" else []) or 0)
+        status |= int(bench(bench_args) or 0)
     return status
 
 
