@@ -120,6 +120,17 @@ class CracksPipeline:
         )
         figures = self._figures(q, out)
         fit = q.volume_fit
+        # the particle stage is announced before the crack map is declared complete, so a
+        # watcher waiting for every container of the run to be final waits for it too
+        particles_out = out.sibling("particles")
+        particles_out.container(
+            {
+                "source_run_uid": self._uid,
+                "pipeline": "particles",
+                "version": self.version,
+                "status": "queued",
+            }
+        )
         out.metadata(
             {
                 "volume_fit": {
@@ -140,7 +151,7 @@ class CracksPipeline:
                 "status": "complete",
             }
         )
-        self._particles(volume, cracks, out.sibling("particles"))
+        self._particles(volume, cracks, particles_out)
         logger.info(
             "tomogram %s: %s volume reconstructed in %.1f s, cracks in %.1f s",
             self._uid,

@@ -268,7 +268,7 @@ async function refresh() {
 function summarise(pipelines, hasStop) {
   const statuses = Object.values(pipelines).map((p) => p.status);
   if (statuses.includes("failed")) return "failed";
-  if (statuses.includes("running")) return "running";
+  if (statuses.includes("running") || statuses.includes("queued")) return "running";
   if (statuses.includes("interrupted")) return "interrupted";
   if (statuses.length && statuses.every((s) => s === "complete")) return "complete";
   return hasStop ? "waiting" : "acquiring";
