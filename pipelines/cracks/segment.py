@@ -31,6 +31,7 @@ from pipelines.cracks.particle_mask import (
 )
 from pipelines.cracks.quantify import DamageQuantification, QuantifyParams, quantify_damage
 from pipelines.cracks.tiling import TileModel, apply_tiled
+from pipelines.volumes import check_volume
 
 
 class CrackParams(BaseModel):
@@ -114,15 +115,6 @@ def _resolve_model(model: CrackUNet | TileModel | None, params: CrackParams) -> 
     return model
 
 
-def _check_volume(volume: np.ndarray) -> np.ndarray:
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise ValueError(f"volume must be 3-D (Z, Y, X), got shape {vol.shape}")
-    if not (np.issubdtype(vol.dtype, np.integer) or np.issubdtype(vol.dtype, np.floating)):
-        raise ValueError(f"volume must have an integer or float dtype, got {vol.dtype}")
-    return vol
-
-
 def iter_crack_slices(
     volume: np.ndarray,
     params: CrackParams | None = None,
@@ -154,7 +146,7 @@ def iter_crack_slices(
         the particle mask.
     """
     p = params if params is not None else CrackParams()
-    vol = _check_volume(volume)
+    vol = check_volume(volume)
     tile_model = _resolve_model(model, p)
     with ThreadPoolExecutor(p.n_workers(), thread_name_prefix="crack-slices") as pool:
         levels = _volume_levels(vol, p, pool)
@@ -239,7 +231,7 @@ def map_cracks(
         uint8 masks and :class:`~pipelines.cracks.quantify.DamageQuantification`.
     """
     p = params if params is not None else CrackParams()
-    vol = _check_volume(volume)
+    vol = check_volume(volume)
     tile_model = _resolve_model(model, p)
     cracks = np.zeros(vol.shape, dtype=np.uint8)
     particles = np.zeros(vol.shape, dtype=np.uint8)
@@ -284,7 +276,7 @@ def threshold_baseline(
     numpy.ndarray
         uint8 (Z, Y, X), 1 = crack.
     """
-    vol = _check_volume(volume)
+    vol = check_volume(volume)
     mask = np.asarray(particle_mask).astype(bool)
     if mask.shape != vol.shape:
         raise ValueError(f"particle_mask shape {mask.shape} != volume shape {vol.shape}")

@@ -23,6 +23,7 @@ from skimage.segmentation import watershed
 
 from models.crack_unet import normalize_slices, reference_levels
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
+from pipelines.volumes import check_volume
 
 
 class InstanceParams(BaseModel):
@@ -68,16 +69,6 @@ class InstanceResult:
     labels: np.ndarray
     foreground: np.ndarray
     distance: np.ndarray
-
-
-def check_volume(volume: np.ndarray, name: str = "volume") -> np.ndarray:
-    """Return ``volume`` as an array after checking it is 3-D and real-valued."""
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise ValueError(f"{name} must be 3-D (Z, Y, X), got shape {vol.shape}")
-    if not (np.issubdtype(vol.dtype, np.integer) or np.issubdtype(vol.dtype, np.floating)):
-        raise ValueError(f"{name} must have an integer or float dtype, got {vol.dtype}")
-    return vol
 
 
 def normalize_volume(volume: np.ndarray) -> np.ndarray:
