@@ -14,10 +14,19 @@ Prints (and with ``--json PATH`` saves; with ``--record`` adds the instance scor
    held-out synthetic particles (ground-truth masks), and the particle accuracy when the
    particles come from our instance segmentation instead (all particles, and those not
    touching the volume border or the outside of the reconstruction circle);
-3. time of :func:`pipelines.particles.analyze.analyze_particles` on a 64 x 192 x 192 volume and
+3. degree of detachment when no phase segmentation is given: mean absolute error (and bias) of
+   the per-particle detachment against the one computed with the true phases, for the learned
+   estimate (:func:`pipelines.particles.detachment.estimate_phase_learned`, the default) and
+   the grey-level one (:func:`pipelines.particles.detachment.estimate_phase`), on the held-out
+   volumes of 1; with the true particle labels, and with our instance labels (each matched to
+   the true particle it overlaps most, at least half of it). Also the share of right pore/
+   binder calls on the non-particle voxels within 2 px of a particle and on those sharing a
+   face with one (true labels). ``--record-phase`` adds these to ``phase_net.json``;
+4. time of :func:`pipelines.particles.analyze.analyze_particles` on a 64 x 192 x 192 volume and
    its linear extrapolation to 512^3 (the watershed and the network scale about linearly with
-   the number of voxels), with the seconds of each stage; ``--full-size 512`` times a whole
-   512^3 volume as well (``--timing-only`` skips 1 and 2).
+   the number of voxels), with the seconds of each stage, and of the two phase estimates on a
+   64 x 512 x 512 slab extrapolated to 512^3; ``--full-size 512`` times a whole 512^3 volume as
+   well (``--timing-only`` skips 1 to 3).
 """
 
 from __future__ import annotations
@@ -35,11 +44,18 @@ from scipy import ndimage
 
 from models.flaw_cnn import load_flaw_cnn
 from models.particle_unet import DEFAULT_WEIGHTS, load_particle_unet
+from models.phase_net import DEFAULT_WEIGHTS as PHASE_WEIGHTS
+from models.phase_net import load_phase_net
 from models.synthetic.cathode import SOLID, make_cathode_volume
 from models.synthetic.reconstructed import ReconstructedCathode, make_reconstructed_cathode
 from models.train_flaw_cnn import TEST_SEEDS, particle_slices, scores
 from pipelines.cracks.particle_mask import solid_threshold
 from pipelines.particles.analyze import analyze_particles
+from pipelines.particles.detachment import (
+    degree_of_detachment,
+    estimate_phase,
+    estimate_phase_learned,
+)
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.instances import InstanceParams, segment_instances, watershed_baseline
 from pipelines.tomo.fbp import inside_circle
@@ -150,6 +166,112 @@ def flaw_benchmark(flaw_model: Any, particle_model: Any) -> dict[str, Any]:
     }
 
 
+def matched_detachment(
+    labels: np.ndarray, truth_ids: np.ndarray, estimated: np.ndarray, reference: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Detachment of our labels paired with the true particle each overlaps most (>= half)."""
+    ours, theirs = [], []
+    n = int(truth_ids.max()) + 1
+    for label, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        inside = labels[sl] == label
+        counts = np.bincount(truth_ids[sl][inside].ravel(), minlength=n)
+        best = int(np.argmax(counts))
+        if best == 0 or counts[best] < 0.5 * inside.sum():
+            continue
+        ours.append(estimated[label])
+        theirs.append(reference[best])
+    return np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+
+
+def error_of(estimated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Mean absolute error and bias over the particles where both are defined."""
+    ok = np.isfinite(estimated) & np.isfinite(reference)
+    diff = estimated[ok] - reference[ok]
+    return {
+        "mae": float(np.abs(diff).mean()),
+        "bias": float(diff.mean()),
+        "particles": int(ok.sum()),
+    }
+
+
+def detachment_case(sample: ReconstructedCathode, phase_model: Any, particle_model: Any) -> dict:
+    """Detachment errors and pore/binder accuracy of both estimates on one sample."""
+    ids, truth_phase = sample.truth.particle_ids, sample.truth.phase
+    reference = degree_of_detachment(ids, truth_phase).detachment
+    solid = ids > 0
+    within_2 = ~solid & (ndimage.distance_transform_edt(~solid) <= 2.0)
+    faces = ~solid & ndimage.binary_dilation(solid, ndimage.generate_binary_structure(3, 1))
+    ours = segment_instances(sample.recon, model=particle_model).labels
+    out: dict[str, Any] = {}
+    for name, estimate in (
+        ("learned", lambda lab: estimate_phase_learned(sample.recon, lab, model=phase_model)),
+        ("grey", lambda lab: estimate_phase(sample.recon, lab)),
+    ):
+        phase = estimate(ids)
+        det = degree_of_detachment(ids, phase).detachment
+        pipeline = degree_of_detachment(ours, estimate(ours)).detachment
+        out[name] = {
+            "true_labels": error_of(det, reference),
+            "pipeline_labels": error_of(*matched_detachment(ours, ids, pipeline, reference)),
+            "accuracy_within_2px": float((phase[within_2] == truth_phase[within_2]).mean()),
+            "accuracy_surface_neighbours": float((phase[faces] == truth_phase[faces]).mean()),
+        }
+    return out
+
+
+def detachment_benchmark(
+    phase_model: Any, particle_model: Any, seeds: tuple[int, ...]
+) -> dict[str, Any]:
+    """Detachment errors per held-out volume and their mean, learned vs grey-level estimate."""
+    per_volume = {}
+    for seed in seeds:
+        sample = make_reconstructed_cathode(SHAPE, seed=seed, crack_density=1.5)
+        per_volume[str(seed)] = detachment_case(sample, phase_model, particle_model)
+    first = next(iter(per_volume.values()))
+    mean: dict[str, dict[str, float]] = {}
+    for method, entries in first.items():
+        mean[method] = {}
+        for key, value in entries.items():
+            if isinstance(value, dict):
+                for sub in ("mae", "bias"):
+                    mean[method][f"{key}_{sub}"] = float(
+                        np.mean([v[method][key][sub] for v in per_volume.values()])
+                    )
+            else:
+                mean[method][key] = float(np.mean([v[method][key] for v in per_volume.values()]))
+    return {"shape": list(SHAPE), "crack_density": 1.5, "per_volume": per_volume, "mean": mean}
+
+
+def phase_timing(phase_model: Any) -> dict[str, Any]:
+    """Seconds of both phase estimates on a 64 x 512 x 512 slab, extrapolated to 512^3.
+
+    The slab is a synthetic cathode's attenuation with reconstruction-like noise and zeros
+    outside the reconstruction circle, its true particle instances as labels.
+    """
+    shape = (64, 512, 512)
+    truth = make_cathode_volume(shape, seed=990_302, crack_density=1.0)
+    rng = np.random.default_rng(990_302)
+    volume = truth.attenuation + rng.normal(0.0, 0.001, shape).astype(np.float32)
+    volume[:, ~inside_circle(shape[1])] = 0
+    labels = truth.particle_ids
+    out: dict[str, Any] = {"shape": list(shape), "threads": torch.get_num_threads()}
+    for name, estimate in (
+        ("learned", lambda: estimate_phase_learned(volume, labels, model=phase_model)),
+        ("grey", lambda: estimate_phase(volume, labels)),
+    ):
+        t0 = time.perf_counter()
+        estimate()
+        seconds = time.perf_counter() - t0
+        out[name] = {
+            "seconds": seconds,
+            "seconds_per_512_slice": seconds / shape[0],
+            "estimated_seconds_512_cubed": seconds * 512 / shape[0],
+        }
+    return out
+
+
 def timing_benchmark(particle_model: Any, flaw_model: Any) -> dict[str, Any]:
     """Seconds for analyze_particles on 64 x 192 x 192 (reconstructed), extrapolated to 512^3."""
     shape = (64, 192, 192)
@@ -204,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", type=Path, default=None, help="particle U-Net weights")
     parser.add_argument("--flaw-weights", type=Path, default=None)
+    parser.add_argument("--phase-weights", type=Path, default=None, help="phase net weights")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--timing-only", action="store_true", help="skip the accuracy parts")
+    parser.add_argument(
+        "--detachment-only", action="store_true", help="only the detachment errors (part 3)"
+    )
     parser.add_argument(
         "--full-size",
         type=int,
@@ -216,21 +342,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--record", action="store_true", help="add the instance scores to particle_unet.json"
     )
+    parser.add_argument(
+        "--record-phase", action="store_true", help="add the detachment scores to phase_net.json"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     particle_model = load_particle_unet(args.weights, device=cpu)
     flaw_model = load_flaw_cnn(args.flaw_weights, device=cpu)
+    phase_model = load_phase_net(args.phase_weights, device=cpu)
     results: dict[str, Any] = {"threads": args.threads}
-    if not args.timing_only:
+    if not args.timing_only and not args.detachment_only:
         results["instances"] = instance_benchmark(particle_model, HELD_OUT_SEEDS)
         print("instances (mean):", json.dumps(results["instances"]["mean"], indent=1))
         results["flaw"] = flaw_benchmark(flaw_model, particle_model)
         print("flaw:", json.dumps(results["flaw"], indent=1))
-    if not args.skip_timing:
+    if not args.timing_only:
+        results["detachment"] = detachment_benchmark(phase_model, particle_model, HELD_OUT_SEEDS)
+        print("detachment:", json.dumps(results["detachment"], indent=1))
+    if not args.skip_timing and not args.detachment_only:
         results["timing"] = timing_benchmark(particle_model, flaw_model)
         print("timing:", json.dumps(results["timing"], indent=1))
-    if args.full_size:
+        results["phase_timing"] = phase_timing(phase_model)
+        print("phase timing:", json.dumps(results["phase_timing"], indent=1))
+    if args.full_size and not args.detachment_only:
         results["full_size"] = full_size_timing(args.full_size, particle_model, flaw_model)
         print("full size:", json.dumps(results["full_size"], indent=1))
     if args.json is not None:
@@ -243,6 +378,19 @@ def main(argv: list[str] | None = None) -> int:
             **{k: v for k, v in results["instances"].items() if k != "per_volume"},
             "measured_by": "python -m benchmarks.particles_benchmark --record",
         }
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+    if args.record_phase and ("detachment" in results or "phase_timing" in results):
+        path = (args.phase_weights or PHASE_WEIGHTS).with_suffix(".json")
+        meta = json.loads(path.read_text())
+        measured_by = "python -m benchmarks.particles_benchmark --record-phase"
+        if "detachment" in results:
+            meta["held_out_detachment"] = {
+                "seeds": list(HELD_OUT_SEEDS),
+                **results["detachment"],
+                "measured_by": measured_by,
+            }
+        if "phase_timing" in results:
+            meta["timing"] = {**results["phase_timing"], "measured_by": measured_by}
         path.write_text(json.dumps(meta, indent=2) + "\n")
     return 0
 

@@ -11,7 +11,13 @@ from pydantic import BaseModel, ConfigDict
 
 from models.flaw_cnn import FlawCNN
 from models.particle_unet import ParticleUNet
-from pipelines.particles.detachment import DetachmentParams, degree_of_detachment, estimate_phase
+from models.phase_net import PhaseNet
+from pipelines.particles.detachment import (
+    DetachmentParams,
+    degree_of_detachment,
+    estimate_phase,
+    estimate_phase_learned,
+)
 from pipelines.particles.flaw import FlawParams, classify_flaws
 from pipelines.particles.instances import InstanceParams, check_volume, segment_instances
 from pipelines.particles.measure import measure_particles
@@ -66,6 +72,8 @@ class ParticleResult:
         0 outside the reconstruction circle, with ``params.instances.zero_is_outside``).
     phase : numpy.ndarray
         uint8/int (Z, Y, X) 3-phase segmentation used for the detachment (the given one, or
+        the estimate chosen by ``params.detachment.estimate``:
+        :func:`~pipelines.particles.detachment.estimate_phase_learned` by default, or
         :func:`~pipelines.particles.detachment.estimate_phase`).
     seconds : dict
         Wall time of each stage: ``instances``, ``measure``, ``flaw``, ``phase`` (0 when a
@@ -86,6 +94,7 @@ def analyze_particles(
     params: ParticleParams | None = None,
     particle_model: ParticleUNet | None = None,
     flaw_model: FlawCNN | None = None,
+    phase_model: PhaseNet | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ParticleResult:
     """Identify every particle once, even when cracked, and tabulate what each one is like.
@@ -100,13 +109,17 @@ def analyze_particles(
         (Z, Y, X) bool or 0/1 crack voxels (e.g. ``pipelines.cracks.segment.map_cracks``);
         gives ``crack_fraction``.
     phase : numpy.ndarray, optional
-        (Z, Y, X) integer 3-phase segmentation with ``params.detachment`` codes; when None a
-        rough one is estimated from the grey levels outside the particles
-        (:func:`~pipelines.particles.detachment.estimate_phase`, codes 0 pore / 1 binder).
+        (Z, Y, X) integer 3-phase segmentation with ``params.detachment`` codes; when None one
+        is estimated (codes 0 pore / 1 binder): by default with the learned binder/pore
+        classifier next to the particle surfaces
+        (:func:`~pipelines.particles.detachment.estimate_phase_learned`), with
+        ``params.detachment.estimate="grey"`` from the grey levels alone
+        (:func:`~pipelines.particles.detachment.estimate_phase`).
     params : ParticleParams, optional
         Instance, flaw and detachment settings.
-    particle_model, flaw_model : optional
-        Networks to use instead of the shipped weights.
+    particle_model, flaw_model, phase_model : optional
+        Networks to use instead of the shipped weights (``phase_model`` only for the learned
+        phase estimate).
     progress : callable, optional
         Called with the number of slices done by the instance network.
 
@@ -148,7 +161,10 @@ def analyze_particles(
     flaws = classify_flaws(vol, labels, p.flaw, model=flaw_model)
     lap("flaw")
     if phase is None:
-        ph = estimate_phase(vol, labels)
+        if detachment_params.estimate == "learned":
+            ph = estimate_phase_learned(vol, labels, model=phase_model)
+        else:
+            ph = estimate_phase(vol, labels)
         detachment_params = DetachmentParams(pore_value=0, binder_value=1)
     lap("phase")
     detachment = degree_of_detachment(labels, ph, detachment_params).detachment
