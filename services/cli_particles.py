@@ -185,6 +185,12 @@ def analyze_command(args: argparse.Namespace) -> int:
         len(table),
         ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()),
     )
+    if args.phase:
+        phase_source = str(args.phase)
+    elif params.detachment.estimate == "learned":
+        phase_source = "estimated by the learned classifier (models/weights/phase_net.pt)"
+    else:
+        phase_source = "estimated from grey levels"
     with h5py.File(args.output, "w") as out:
         grp = out.create_group("particles")
         opts = {"compression": "gzip", "compression_opts": 1}
@@ -196,7 +202,7 @@ def analyze_command(args: argparse.Namespace) -> int:
                 "particle_weights": str(args.weights) if args.weights else "shipped",
                 "flaw_weights": str(args.flaw_weights) if args.flaw_weights else "shipped",
                 "crack_source": str(args.cracks) if args.cracks else "none",
-                "phase_source": str(args.phase) if args.phase else "estimated from grey levels",
+                "phase_source": phase_source,
                 "z_convention": "z = 0 is the separator side",
                 "stage_seconds": json.dumps(result.seconds),
                 "statistics": _statistics_json(

@@ -133,6 +133,7 @@ def test_analyze_without_cracks_or_phase(parser, scan: dict[str, Path], tmp_path
     with h5py.File(out, "r") as h5:
         table = h5["/particles/table"][...]
         assert h5["/particles"].attrs["crack_source"] == "none"
+        assert "learned classifier" in h5["/particles"].attrs["phase_source"]
     assert np.isnan(table["crack_fraction"]).all()
 
 
