@@ -276,12 +276,18 @@ class _CoarseSampler:
         return out
 
 
+def _blur(coarse: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian of a half-resolution map (sigma in full-resolution voxels)."""
+    return ndimage.gaussian_filter(coarse, sigma / 2.0, truncate=3.0)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return num / np.maximum(den, np.float32(1e-3))
+
+
 def _coarse_mean(num: np.ndarray, den: np.ndarray, sigma: float) -> np.ndarray:
     """Normalised convolution at half resolution (sigma in full-resolution voxels)."""
-    s = sigma / 2.0
-    a = ndimage.gaussian_filter(num, s, truncate=3.0)
-    b = ndimage.gaussian_filter(den, s, truncate=3.0)
-    return a / np.maximum(b, np.float32(1e-3))
+    return _ratio(_blur(num, sigma), _blur(den, sigma))
 
 
 def phase_features(
@@ -335,7 +341,10 @@ def phase_features(
     c_par_v = _block_sum(np.where(particle, v, np.float32(0.0)))
     c_par = _block_sum(particle)
     sample = _CoarseSampler(index, v.shape, c_out.shape)
-    beyond_s2 = _coarse_mean(c_bey_v, c_bey, 2.0)
+    # smoothed counts that serve as the denominator (or numerator) of several features: once
+    bey_2, bey_4 = _blur(c_bey, 2.0), _blur(c_bey, 4.0)
+    par_2 = _blur(c_par, 2.0)
+    beyond_s2 = _ratio(_blur(c_bey_v, 2.0), bey_2)
     ref = beyond_s2[c_bey > 0]
     level, scale, volume_values = _volume_levels(v, mask, seen, ref)
     # grey-level call away from the surfaces: each voxel takes its block's smoothed value
@@ -359,16 +368,16 @@ def phase_features(
     values[:, 2] = relative(sample(_coarse_mean(c_out_v, c_out, 2.0)))
     values[:, 3] = relative(sample(_coarse_mean(c_out_v, c_out, 4.0)))
     values[:, 4] = relative(sample(beyond_s2))
-    values[:, 5] = relative(sample(_coarse_mean(c_bey_v, c_bey, 4.0)))
-    values[:, 6] = sample(_coarse_mean(c_bin, c_bey, 2.0))
-    values[:, 7] = sample(_coarse_mean(c_bin, c_bey, 4.0))
+    values[:, 5] = relative(sample(_ratio(_blur(c_bey_v, 4.0), bey_4)))
+    values[:, 6] = sample(_ratio(_blur(c_bin, 2.0), bey_2))
+    values[:, 7] = sample(_ratio(_blur(c_bin, 4.0), bey_4))
     values[:, 8] = ndimage.gaussian_filter(particle.astype(np.float32), 1.0, truncate=3.0).ravel()[
         index
     ]
     ones = _block_sum(seen)
-    values[:, 9] = sample(_coarse_mean(c_par, ones, 2.0))
+    values[:, 9] = sample(_ratio(par_2, _blur(ones, 2.0)))
     values[:, 10] = sample(_coarse_mean(c_par, ones, 4.0))
-    values[:, 11] = relative(sample(_coarse_mean(c_par_v, c_par, 2.0)))
+    values[:, 11] = relative(sample(_ratio(_blur(c_par_v, 2.0), par_2)))
     values[:, 12:] = np.asarray(volume_values, dtype=np.float32)
     return PhaseFeatures(
         values=values, index=index, faces=face_counts(mask, index), grey_binder=grey_binder
