@@ -244,6 +244,16 @@ def detachment_benchmark(
     return {"shape": list(SHAPE), "crack_density": 1.5, "per_volume": per_volume, "mean": mean}
 
 
+def noisy_cathode(shape: tuple[int, int, int], seed: int) -> tuple[Any, np.ndarray]:
+    """A synthetic cathode and its attenuation with reconstruction-like noise, 0 outside the
+    reconstruction circle (for timings: no projection and reconstruction needed)."""
+    truth = make_cathode_volume(shape, seed=seed, crack_density=1.0)
+    rng = np.random.default_rng(seed)
+    volume = truth.attenuation + rng.normal(0.0, 0.001, shape).astype(np.float32)
+    volume[:, ~inside_circle(shape[1])] = 0
+    return truth, volume
+
+
 def phase_timing(phase_model: Any) -> dict[str, Any]:
     """Seconds of both phase estimates on a 64 x 512 x 512 slab, extrapolated to 512^3.
 
@@ -251,10 +261,7 @@ def phase_timing(phase_model: Any) -> dict[str, Any]:
     outside the reconstruction circle, its true particle instances as labels.
     """
     shape = (64, 512, 512)
-    truth = make_cathode_volume(shape, seed=990_302, crack_density=1.0)
-    rng = np.random.default_rng(990_302)
-    volume = truth.attenuation + rng.normal(0.0, 0.001, shape).astype(np.float32)
-    volume[:, ~inside_circle(shape[1])] = 0
+    truth, volume = noisy_cathode(shape, seed=990_302)
     labels = truth.particle_ids
     out: dict[str, Any] = {"shape": list(shape), "threads": torch.get_num_threads()}
     for name, estimate in (
@@ -299,10 +306,7 @@ def full_size_timing(size: int, particle_model: Any, flaw_model: Any) -> dict[st
     of a reconstructed scan).
     """
     t0 = time.perf_counter()
-    truth = make_cathode_volume((size, size, size), seed=990_301, crack_density=1.0)
-    rng = np.random.default_rng(990_301)
-    volume = truth.attenuation + rng.normal(0.0, 0.001, truth.attenuation.shape).astype(np.float32)
-    volume[:, ~inside_circle(size)] = 0
+    truth, volume = noisy_cathode((size, size, size), seed=990_301)
     generate = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = analyze_particles(
