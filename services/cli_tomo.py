@@ -203,6 +203,11 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         center = _parse_center(args.center)
         if is_beamwatch_layout(paths):
             args.input = paths[0]
+            if args.angles is not None:
+                raise InputFileError(
+                    f"{args.input}: /entry/data/rotation_angle holds the angles; --angles is for "
+                    "files that store none"
+                )
             projections, angles, flat, dark = _read_layout_projections(args.input)
             file_pixel = layout_pixel_size(args.input)
         else:

@@ -139,6 +139,21 @@ def test_tiff_folder_needs_angles_then_matches_the_layout(
     np.testing.assert_allclose(volume, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
+def test_angles_option_only_for_files_without_angles(
+    parser, projections, tmp_path: Path, caplog
+) -> None:
+    src = tmp_path / "layout.h5"
+    with h5py.File(src, "w") as h5:
+        for name, value in projections.items():
+            h5[f"/entry/data/{name}"] = value
+    with caplog.at_level(logging.ERROR, logger="services.cli_tomo"):
+        argv = ["tomo", "reconstruct", src, "-o", tmp_path / "o.h5", "--angles", "0", "180"]
+        assert run(parser, *argv) == 2
+        argv[2] = need(TOOTH)
+        assert run(parser, *argv) == 2
+    assert caplog.text.count("--angles is for files that") == 2
+
+
 def test_xradia_txrm_pixel_size_from_the_file_or_the_option(parser, tmp_path: Path) -> None:
     src = need(CHIP / "txrm_test_chip_tomo.txrm")
     out = tmp_path / "chip.h5"
