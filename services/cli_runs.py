@@ -290,12 +290,12 @@ def run_documents(
 def _write_through_spool(settings: Any, client: Any, label: str, feed: Any) -> Spool:
     """A started spool applying records to ``client``; ``feed(spool)`` puts the records."""
     from services.metrics import Metrics
-    from services.tiled_io import TiledApplier, is_transient
+    from services.tiled_io import is_transient
 
     directory = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=_spool_root(settings)))
     spool = Spool(
         directory,
-        TiledApplier(client),
+        _import_applier(client),
         Metrics(label),
         max_backoff=settings.retry_max_backoff,
         is_transient=is_transient,
@@ -303,6 +303,28 @@ def _write_through_spool(settings: Any, client: Any, label: str, feed: Any) -> S
     spool.start()
     feed(spool)
     return spool
+
+
+#: Rows bluesky's TiledWriter holds before it writes (import: a whole stream at once).
+IMPORT_WRITER_BATCH = 100_000
+
+
+def _import_applier(client: Any) -> Any:
+    """A ``TiledApplier`` whose raw ``TiledWriter`` writes an event page in one request (the
+    live raw path uses ``batch_size=1`` so that every event shows at once)."""
+    from services.tiled_io import TiledApplier, ensure_container
+
+    class ImportApplier(TiledApplier):
+        def _op_raw_doc(self, record: dict[str, Any]) -> None:
+            if self._raw_writer is None:
+                from bluesky.callbacks.tiled_writer import TiledWriter
+
+                raw = ensure_container(self.client, ["raw"])
+                self._raw_writer = TiledWriter(raw, batch_size=IMPORT_WRITER_BATCH)
+            with self._append_lock:
+                self._raw_writer(record["name"], record["doc"])
+
+    return ImportApplier(client)
 
 
 def _spool_root(settings: Any) -> Path:
@@ -325,6 +347,64 @@ def _finish(spool: Spool, what: str) -> bool:
     return done
 
 
+#: Image rows per Tiled write when an imported stack is stored (about this many bytes).
+IMPORT_BLOCK_BYTES = 64 * 1024 * 1024
+
+
+def import_records(docs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """Spool records that store the documents of :func:`run_documents` in Tiled.
+
+    As the live raw path does, the 2-D images are taken out of the documents and stored as
+    arrays ``raw/<uid>/<stream>/image``; here each stream's events go as one event page and its
+    images in blocks of about ``IMPORT_BLOCK_BYTES`` (a live run writes both one event at a time).
+    """
+    from event_model import pack_event_page
+
+    records: list[dict[str, Any]] = []
+    uid = docs[0][1]["uid"]
+    stream_of: dict[str, str] = {}
+    events: dict[str, list[Any]] = {}
+
+    def flush(descriptor_uid: str) -> None:
+        page_events = events.pop(descriptor_uid, [])
+        if not page_events:
+            return
+        images = np.stack([e["data"].pop(IMAGE_KEY) for e in page_events])
+        for e in page_events:
+            e["timestamps"].pop(IMAGE_KEY, None)
+        records.append(
+            {"op": "raw_doc", "name": "event_page", "doc": pack_event_page(*page_events)}
+        )
+        step = max(1, IMPORT_BLOCK_BYTES // max(1, images[0].nbytes))
+        for offset in range(0, len(images), step):
+            records.append(
+                {
+                    "op": "array_rows",
+                    "path": ["raw", uid, stream_of[descriptor_uid]],
+                    "key": IMAGE_KEY,
+                    "array": images[offset : offset + step],
+                    "offset": offset,
+                    "metadata": {"source": "beamwatch import", "data_key": IMAGE_KEY},
+                }
+            )
+
+    for name, doc in docs:
+        if name == "descriptor":
+            doc = dict(doc)
+            doc["data_keys"] = {k: v for k, v in doc["data_keys"].items() if k != IMAGE_KEY}
+            stream_of[doc["uid"]] = doc["name"]
+            records.append({"op": "raw_doc", "name": name, "doc": doc})
+        elif name == "event":
+            events.setdefault(doc["descriptor"], []).append(
+                {**doc, "data": dict(doc["data"]), "timestamps": dict(doc["timestamps"])}
+            )
+        else:
+            for descriptor_uid in list(events):
+                flush(descriptor_uid)
+            records.append({"op": "raw_doc", "name": name, "doc": doc})
+    return records
+
+
 def import_scan(
     paths: list[Path],
     settings: Any,
@@ -342,8 +422,6 @@ def import_scan(
     RuntimeError
         Tiled did not take every write within the timeout.
     """
-    from services.ingest import RawRunRouter
-
     scan = read_scan(paths)
     technique = _technique(scan, technique)
     pixel = resolve_size(pixel_size_um, scan.pixel_size_um, str(paths[0]))
@@ -353,9 +431,8 @@ def import_scan(
     try:
 
         def feed(spool: Spool) -> None:
-            router = RawRunRouter(spool)
-            for name, doc in docs:
-                getattr(router, name)(doc)
+            for record in import_records(docs):
+                spool.put(record)
 
         spool = _write_through_spool(settings, client, "import", feed)
         if not _finish(spool, f"import {uid}"):
