@@ -81,8 +81,26 @@ def test_import_tooth_then_reprocess_with_a_new_centre(settings, tiled_client) -
     assert not np.allclose(again["reconstruction"].read(), volume)
 
 
-def test_import_ssrl_folder_then_xanes_analysis(settings, tiled_client) -> None:
-    uid = cli_runs.import_scan([need(SSRL)], settings, sample="NCA pristine")
+@pytest.fixture()
+def cli(settings, tmp_path: Path, monkeypatch):  # noqa: ANN201
+    """``beamwatch import`` / ``reprocess`` as the command line runs them, on the test Tiled."""
+    parser = argparse.ArgumentParser(prog="beamwatch")
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    cli_runs.register(parser.add_subparsers(dest="verb", required=True))
+    monkeypatch.setenv("BEAMWATCH_TILED__URL", settings.tiled_url)
+    monkeypatch.setenv("BEAMWATCH_TILED__API_KEY", settings.resolved_api_key())
+
+    def run(*argv: str | Path) -> int:
+        args = parser.parse_args(["--data-dir", str(tmp_path), *[str(a) for a in argv]])
+        return int(args.func(args))
+
+    return run
+
+
+def test_import_ssrl_folder_then_xanes_analysis(cli, tiled_client, capsys) -> None:
+    assert cli("import", need(SSRL), "--sample", "NCA pristine") == 0
+    uid = capsys.readouterr().out.strip()
     run = tiled_client["raw"][uid]
     start = run.metadata["start"]
     assert start["beamwatch_technique"] == "xanes" and start["sample_name"] == "NCA pristine"
@@ -100,20 +118,15 @@ def test_import_ssrl_folder_then_xanes_analysis(settings, tiled_client) -> None:
     np.testing.assert_allclose(flat["exposure_time"].to_numpy(), 0.3, rtol=1e-6)
     assert run["primary"]["image"].shape == (6, 1024, 1024)
 
-    assert cli_runs.reprocess_run(uid, settings) == {"xanes": "xanes"}
+    assert cli("reprocess", uid) == 0
+    assert capsys.readouterr().out.strip() == f"analysis/{uid}/xanes"
     xanes = tiled_client["analysis"][uid]["xanes"]
     assert xanes.metadata["status"] == "complete"
     assert xanes["labels"].read().max() >= 3
     np.testing.assert_array_equal(xanes["energy"].read(), energies)
 
 
-def test_cli_errors(settings, tiled_client, tmp_path: Path, caplog, monkeypatch) -> None:
-    parser = argparse.ArgumentParser(prog="beamwatch")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--data-dir", type=Path, default=None)
-    cli_runs.register(parser.add_subparsers(dest="verb", required=True))
-    monkeypatch.setenv("BEAMWATCH_TILED__URL", settings.tiled_url)
-    monkeypatch.setenv("BEAMWATCH_TILED__API_KEY", settings.resolved_api_key())
+def test_cli_errors(cli, tmp_path: Path, caplog) -> None:
     import tifffile
 
     folder = tmp_path / "frames"
@@ -122,13 +135,9 @@ def test_cli_errors(settings, tiled_client, tmp_path: Path, caplog, monkeypatch)
     bad_params = tmp_path / "p.json"
     bad_params.write_text(json.dumps({"beamwatch_unknown_params": {}}))
     with caplog.at_level(logging.ERROR, logger="services.cli_runs"):
-        args = parser.parse_args(["--data-dir", str(tmp_path), "import", str(folder)])
-        assert args.func(args) == 2
-        args = parser.parse_args(["--data-dir", str(tmp_path), "reprocess", "no-such-uid"])
-        assert args.func(args) == 2
-        argv = ["--data-dir", str(tmp_path), "reprocess", "x", "--params", str(bad_params)]
-        args = parser.parse_args(argv)
-        assert args.func(args) == 2
+        assert cli("import", folder) == 2
+        assert cli("reprocess", "no-such-uid") == 2
+        assert cli("reprocess", "x", "--params", bad_params) == 2
     assert "give --technique" in caplog.text
     assert "run no-such-uid is not in Tiled" in caplog.text
     assert "unknown keys ['beamwatch_unknown_params']" in caplog.text
