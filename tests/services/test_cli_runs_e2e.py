@@ -124,6 +124,10 @@ def test_import_ssrl_folder_then_xanes_analysis(cli, tiled_client, capsys) -> No
     assert xanes.metadata["status"] == "complete"
     assert xanes["labels"].read().max() >= 3
     np.testing.assert_array_equal(xanes["energy"].read(), energies)
+    from services.report import build_report
+
+    report = build_report(tiled_client, uid)
+    assert "beamwatch_import" in report and "<h2>xanes" in report
 
 
 def test_cli_errors(cli, tmp_path: Path, caplog) -> None:
