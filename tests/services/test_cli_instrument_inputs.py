@@ -114,6 +114,12 @@ def test_nxtomo_radians_give_the_same_volume_as_the_degree_layout(
         assert h5["/entry/data/data"].attrs["voxel_size_um"] == pytest.approx(0.5)
         assert h5["/entry/data/data"].attrs["length_unit"] == "um"
     np.testing.assert_allclose(volume, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    # the voxel size travels on with the volume: cracks map reads it from the attribute
+    cracks = tmp_path / "cracks.h5"
+    assert run(parser, "cracks", "map", out, "-o", cracks, "--window", "8") == 0
+    with h5py.File(cracks, "r") as h5:
+        assert h5["cracks"].attrs["voxel_size_um"] == pytest.approx(0.5)
+        assert h5["cracks"].attrs["window_um"] == pytest.approx(4.0)
 
 
 def test_tiff_folder_needs_angles_then_matches_the_layout(
