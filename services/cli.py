@@ -1,6 +1,6 @@
 """The ``beamwatch`` command line: ``up``, ``demo``, ``config show``, ``consume`` and the
 offline re-processing verbs (``xanes``, ``tomo``, ``cracks``, ``particles``, ``import``,
-``reprocess``)."""
+``reprocess``, ``export``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ OFFLINE_VERB_MODULES = (
     "services.cli_tomo",
     "services.cli_particles",
     "services.cli_runs",
+    "services.cli_export",
 )
 
 
