@@ -27,6 +27,7 @@ from services.instrument_files import (
 
 __all__ = [
     "INPUT_HELP",
+    "add_separator_option",
     "add_size_option",
     "as_paths",
     "is_beamwatch_layout",
@@ -34,6 +35,7 @@ __all__ = [
     "length_attrs",
     "read_scan",
     "resolve_size",
+    "separator_attrs",
     "volume_from_scan",
 ]
 
@@ -171,3 +173,24 @@ def add_size_option(parser: argparse.ArgumentParser, name: str = "--pixel-size-u
         default=None,
         help="pixel/voxel size in um (default: from the file; unknown sizes are reported in px)",
     )
+
+
+def add_separator_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--separator first|last``: which end of the z axis is the separator side."""
+    parser.add_argument(
+        "--separator",
+        choices=("first", "last"),
+        default="first",
+        help="which end of z is the separator side (depths count from it): the first slice "
+        "(z = 0, default) or the last",
+    )
+
+
+def separator_attrs(separator: str, depth: int) -> dict[str, Any]:
+    """Attributes stating the orientation: ``z_convention`` and ``separator_slice``."""
+    if separator == "first":
+        return {"z_convention": "z = 0 is the separator side", "separator_slice": 0}
+    return {
+        "z_convention": f"z = {depth - 1} (the last slice) is the separator side",
+        "separator_slice": depth - 1,
+    }

@@ -7,8 +7,9 @@ File contracts
 --------------
 ``beamwatch particles analyze VOLUME.h5 -o OUTPUT.h5 [--cracks CRACKS.h5] [--phase PHASE.h5]``
     Input: ``/entry/data/data`` (Z, Y, X) reconstructed volume, any integer or float dtype;
-    z = 0 is the separator side. ``--cracks``: ``/cracks/mask`` (Z, Y, X) as written by
-    ``beamwatch cracks map``. ``--phase``: ``/entry/data/data`` (Z, Y, X) integer 3-phase
+    z = 0 is the separator side (``--separator last``: the last slice; the statistics by depth
+    count from it, the table keeps the file's z). ``--cracks``: ``/cracks/mask`` (Z, Y, X) as
+    written by ``beamwatch cracks map``. ``--phase``: ``/entry/data/data`` (Z, Y, X) integer 3-phase
     segmentation with codes ``--pore-value`` / ``--binder-value`` (default: estimated from
     the grey levels). Output group ``/particles`` (attributes ``n_particles``,
     ``particle_weights``, ``flaw_weights``, ``crack_source``, ``phase_source``,
@@ -38,12 +39,14 @@ import numpy as np
 
 from services.cli_inputs import (
     INPUT_HELP,
+    add_separator_option,
     as_paths,
     is_beamwatch_layout,
     layout_pixel_size,
     length_attrs,
     read_scan,
     resolve_size,
+    separator_attrs,
     volume_from_scan,
 )
 from services.h5io import InputFileError, open_input, read_dataset
@@ -98,6 +101,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="small/large threshold in voxels, for volumes of unknown voxel size",
     )
+    add_separator_option(analyze)
     analyze.set_defaults(func=analyze_command)
 
     export = sub.add_parser(
@@ -174,6 +178,16 @@ def _statistics_json(
         result["small"] = result["large"] = None
         result["size_split"] = "not applied: voxel size unknown (give --voxel-size-um)"
     return json.dumps(result)
+
+
+def _from_separator(table: np.ndarray, depth: int, separator: str) -> np.ndarray:
+    """The table with ``centroid_z`` counted from the separator side (for the statistics by
+    depth); the table written to the file keeps the file's own z."""
+    if separator == "first":
+        return table
+    flipped = table.copy()
+    flipped["centroid_z"] = depth - 1 - flipped["centroid_z"]
+    return flipped
 
 
 def analyze_command(args: argparse.Namespace) -> int:
@@ -274,10 +288,10 @@ def analyze_command(args: argparse.Namespace) -> int:
                 "flaw_weights": str(args.flaw_weights) if args.flaw_weights else "shipped",
                 "crack_source": str(args.cracks) if args.cracks else "none",
                 "phase_source": phase_source,
-                "z_convention": "z = 0 is the separator side",
+                **separator_attrs(args.separator, volume.shape[0]),
                 "stage_seconds": json.dumps(result.seconds),
                 "statistics": _statistics_json(
-                    table,
+                    _from_separator(table, volume.shape[0], args.separator),
                     volume.shape[0],
                     voxel_um,
                     args.size_threshold_um,

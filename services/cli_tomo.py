@@ -15,7 +15,9 @@ File contracts
 
 ``beamwatch cracks map VOLUME.h5 -o OUTPUT.h5``
     Input: ``/entry/data/data`` (Z, Y, X), any integer or float dtype; z = 0 is the separator
-    side. Output group ``/cracks`` (attributes ``window``, ``threshold``, ``solid_threshold``,
+    side (``--separator last``: the last slice; attributes ``z_convention``,
+    ``separator_slice``, and ``depth_um`` counts from it). Output group ``/cracks``
+    (attributes ``window``, ``threshold``, ``solid_threshold``,
     ``weights``, ``z_convention``):
 
     - ``mask`` uint8 (Z, Y, X), 1 = crack
@@ -44,6 +46,7 @@ import numpy as np
 
 from services.cli_inputs import (
     INPUT_HELP,
+    add_separator_option,
     add_size_option,
     as_paths,
     is_beamwatch_layout,
@@ -51,6 +54,7 @@ from services.cli_inputs import (
     length_attrs,
     read_scan,
     resolve_size,
+    separator_attrs,
     volume_from_scan,
 )
 from services.h5io import InputFileError, open_input, read_dataset
@@ -127,6 +131,7 @@ def register(subparsers: Any) -> None:
         "--baseline", action="store_true", help="also write the Otsu threshold baseline mask"
     )
     add_size_option(cmap, "--voxel-size-um")
+    add_separator_option(cmap)
     cmap.set_defaults(func=cracks_map_command)
 
 
@@ -318,7 +323,7 @@ def cracks_map_command(args: argparse.Namespace) -> int:
                 "threshold": args.threshold,
                 "solid_threshold": result.solid_threshold,
                 "weights": str(args.weights) if args.weights is not None else "shipped",
-                "z_convention": "z = 0 is the separator side",
+                **separator_attrs(args.separator, volume.shape[0]),
                 "window_units": "px",
                 "window_um": q.window * voxel_um if voxel_um is not None else float("nan"),
                 **length_attrs(voxel_um, "voxel"),
@@ -328,8 +333,10 @@ def cracks_map_command(args: argparse.Namespace) -> int:
         grp.create_dataset("mask", data=result.crack_mask, dtype=np.uint8, **opts)
         grp.create_dataset("particle_mask", data=result.particle_mask, dtype=np.uint8, **opts)
         grp.create_dataset("depth_profile", data=q.depth_profile, dtype=np.float64)
-        if voxel_um is not None:  # depth of each slice's centre below z = 0, only when known
-            depth = (np.arange(volume.shape[0]) + 0.5) * voxel_um
+        if voxel_um is not None:  # depth of each slice's centre below the separator, when known
+            z = np.arange(volume.shape[0])
+            slices_below = z if args.separator == "first" else volume.shape[0] - 1 - z
+            depth = (slices_below + 0.5) * voxel_um
             grp.create_dataset("depth_um", data=depth, dtype=np.float64)
         grp.create_dataset("crack_area", data=q.crack_area, dtype=np.int64)
         grp.create_dataset("particle_area", data=q.particle_area, dtype=np.int64)

@@ -257,6 +257,40 @@ def test_particles_analyze_size_split_in_um_only_when_the_size_is_known(
     assert stats["overall"]["mean_diameter_um"] == pytest.approx(diameters_um.mean())
 
 
+def test_separator_at_the_last_slice(parser, tiff_volume, tmp_path: Path) -> None:
+    from pipelines.particles.stats import StatsParams, particle_statistics
+
+    out = tmp_path / "cracks.h5"
+    argv = ["cracks", "map", tiff_volume["sized"], "-o", out, "--window", "16"]
+    assert run(parser, *argv, "--separator", "last") == 0
+    with h5py.File(out, "r") as h5:
+        g = h5["cracks"]
+        assert g.attrs["separator_slice"] == 31 and "last slice" in g.attrs["z_convention"]
+        np.testing.assert_allclose(g["depth_um"][()], (31 - np.arange(32) + 0.5) * 0.5)
+    out = tmp_path / "particles.h5"
+    argv = ["particles", "analyze", tiff_volume["sized"], "-o", out, "--separator", "last"]
+    assert run(parser, *argv) == 0
+    with h5py.File(out, "r") as h5:
+        stats = json.loads(h5["particles"].attrs["statistics"])
+        table = h5["particles/table"][()]
+        assert h5["particles"].attrs["separator_slice"] == 31
+    flipped = table.copy()
+    flipped["centroid_z"] = 31 - table["centroid_z"]  # the table keeps the file's z
+    expected = particle_statistics(
+        flipped, depth=32, params=StatsParams(voxel_size_um=0.5, size_threshold_um=11.0)
+    )
+    unflipped = particle_statistics(
+        table, depth=32, params=StatsParams(voxel_size_um=0.5, size_threshold_um=11.0)
+    )
+
+    def diameters(groups: list) -> list:  # noqa: ANN001
+        return [None if np.isnan(g.mean_diameter_um) else g.mean_diameter_um for g in groups]
+
+    got = [g["mean_diameter_um"] for g in stats["by_depth"]]
+    assert got == pytest.approx(diameters(expected.by_depth), nan_ok=True)
+    assert diameters(expected.by_depth) != diameters(unflipped.by_depth)  # the check can fail
+
+
 # ---------------------------------------------------------------------------------- XANES
 def test_xanes_align_ssrl_folder(parser, tmp_path: Path) -> None:
     out = tmp_path / "ssrl.h5"
