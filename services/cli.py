@@ -1,5 +1,6 @@
 """The ``beamwatch`` command line: ``up``, ``demo``, ``config show``, ``consume`` and the
-offline re-processing verbs (``xanes``, ``tomo``, ``cracks``)."""
+offline re-processing verbs (``xanes``, ``tomo``, ``cracks``, ``particles``, ``import``,
+``reprocess``, ``export``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from services.settings import BeamwatchSettings, load_settings
 
 logger = logging.getLogger("beamwatch")
 
-OFFLINE_VERB_MODULES = ("services.cli_xanes", "services.cli_tomo", "services.cli_particles")
+OFFLINE_VERB_MODULES = (
+    "services.cli_xanes",
+    "services.cli_tomo",
+    "services.cli_particles",
+    "services.cli_runs",
+    "services.cli_export",
+)
 
 
 def _settings(args: argparse.Namespace) -> BeamwatchSettings:

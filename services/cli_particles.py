@@ -7,8 +7,9 @@ File contracts
 --------------
 ``beamwatch particles analyze VOLUME.h5 -o OUTPUT.h5 [--cracks CRACKS.h5] [--phase PHASE.h5]``
     Input: ``/entry/data/data`` (Z, Y, X) reconstructed volume, any integer or float dtype;
-    z = 0 is the separator side. ``--cracks``: ``/cracks/mask`` (Z, Y, X) as written by
-    ``beamwatch cracks map``. ``--phase``: ``/entry/data/data`` (Z, Y, X) integer 3-phase
+    z = 0 is the separator side (``--separator last``: the last slice; the statistics by depth
+    count from it, the table keeps the file's z). ``--cracks``: ``/cracks/mask`` (Z, Y, X) as
+    written by ``beamwatch cracks map``. ``--phase``: ``/entry/data/data`` (Z, Y, X) integer 3-phase
     segmentation with codes ``--pore-value`` / ``--binder-value`` (default: estimated from
     the grey levels). Output group ``/particles`` (attributes ``n_particles``,
     ``particle_weights``, ``flaw_weights``, ``crack_source``, ``phase_source``,
@@ -36,6 +37,18 @@ from typing import Any
 
 import numpy as np
 
+from services.cli_inputs import (
+    INPUT_HELP,
+    add_separator_option,
+    as_paths,
+    is_beamwatch_layout,
+    layout_pixel_size,
+    length_attrs,
+    read_scan,
+    resolve_size,
+    separator_attrs,
+    volume_from_scan,
+)
 from services.h5io import InputFileError, open_input, read_dataset
 
 logger = logging.getLogger(__name__)
@@ -60,7 +73,9 @@ def register(subparsers: Any) -> None:
         description="Identify every particle of /entry/data/data (Z, Y, X) once, even when "
         "cracked, and write labels and a per-particle table.",
     )
-    analyze.add_argument("input", type=Path, help="HDF5 file with /entry/data/data (Z, Y, X)")
+    analyze.add_argument(
+        "input", type=Path, nargs="+", help=INPUT_HELP.format(layout="/entry/data/data (Z, Y, X)")
+    )
     analyze.add_argument("-o", "--output", type=Path, required=True, help="output HDF5 file")
     analyze.add_argument("--cracks", type=Path, default=None, help="HDF5 with /cracks/mask")
     analyze.add_argument(
@@ -70,10 +85,23 @@ def register(subparsers: Any) -> None:
     analyze.add_argument("--binder-value", type=int, default=1, help="binder code in --phase")
     analyze.add_argument("--weights", type=Path, default=None, help="particle U-Net weights")
     analyze.add_argument("--flaw-weights", type=Path, default=None, help="flaw CNN weights")
-    analyze.add_argument("--voxel-size-um", type=float, default=1.0, help="voxel size (um)")
+    analyze.add_argument(
+        "--voxel-size-um",
+        type=float,
+        default=None,
+        help="voxel size (um); default: from the input file, else unknown (sizes in px, no "
+        "small/large split in um)",
+    )
     analyze.add_argument(
         "--size-threshold-um", type=float, default=11.0, help="small/large particle threshold"
     )
+    analyze.add_argument(
+        "--size-threshold-px",
+        type=float,
+        default=None,
+        help="small/large threshold in voxels, for volumes of unknown voxel size",
+    )
+    add_separator_option(analyze)
     analyze.set_defaults(func=analyze_command)
 
     export = sub.add_parser(
@@ -102,13 +130,23 @@ def _check_weights(*paths: Path | None) -> None:
             raise InputFileError(f"weights file not found: {path}")
 
 
-def _statistics_json(table: np.ndarray, depth: int, voxel_um: float, threshold_um: float) -> str:
+def _statistics_json(
+    table: np.ndarray,
+    depth: int,
+    voxel_um: float | None,
+    threshold_um: float,
+    threshold_px: float | None = None,
+) -> str:
+    """Statistics as JSON; with an unknown voxel size every length is in px (keys ``*_px``)
+    and the small/large split applies only with a threshold in px (else it is null)."""
     from pipelines.particles.stats import StatsParams, particle_statistics
 
+    known = voxel_um is not None
+    threshold = threshold_um if known else (threshold_px or 1.0)
     stats = particle_statistics(
         table,
         depth=depth,
-        params=StatsParams(voxel_size_um=voxel_um, size_threshold_um=threshold_um),
+        params=StatsParams(voxel_size_um=voxel_um or 1.0, size_threshold_um=threshold),
     )
 
     def plain(value: Any) -> Any:
@@ -122,7 +160,34 @@ def _statistics_json(table: np.ndarray, depth: int, voxel_um: float, threshold_u
             return {k: plain(v) for k, v in value.items()}
         return value
 
-    return json.dumps(plain(dataclasses.asdict(stats)))
+    result = plain(dataclasses.asdict(stats))
+    if known:
+        result.update(length_unit="um", voxel_size_um=voxel_um, size_threshold_um=threshold_um)
+        return json.dumps(result)
+
+    def in_px(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k.replace("_um", "_px"): in_px(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [in_px(v) for v in value]
+        return value
+
+    result = in_px(result)
+    result.update(length_unit="px", voxel_size_um=None, size_threshold_px=threshold_px)
+    if threshold_px is None:
+        result["small"] = result["large"] = None
+        result["size_split"] = "not applied: voxel size unknown (give --voxel-size-um)"
+    return json.dumps(result)
+
+
+def _from_separator(table: np.ndarray, depth: int, separator: str) -> np.ndarray:
+    """The table with ``centroid_z`` counted from the separator side (for the statistics by
+    depth); the table written to the file keeps the file's own z."""
+    if separator == "first":
+        return table
+    flipped = table.copy()
+    flipped["centroid_z"] = depth - 1 - flipped["centroid_z"]
+    return flipped
 
 
 def analyze_command(args: argparse.Namespace) -> int:
@@ -130,15 +195,35 @@ def analyze_command(args: argparse.Namespace) -> int:
     import h5py
     from tqdm import tqdm
 
+    paths = as_paths(args.input)
     try:
         _check_weights(args.weights, args.flaw_weights)
-        if args.voxel_size_um <= 0 or args.size_threshold_um <= 0:
+        if (args.voxel_size_um is not None and args.voxel_size_um <= 0) or (
+            args.size_threshold_um <= 0
+        ):
             raise InputFileError("--voxel-size-um and --size-threshold-um must be > 0")
+        if args.size_threshold_px is not None and args.size_threshold_px <= 0:
+            raise InputFileError("--size-threshold-px must be > 0")
         if args.pore_value == args.binder_value:
             raise InputFileError("--pore-value and --binder-value must differ")
         if not args.output.parent.is_dir():
             raise InputFileError(f"output directory does not exist: {args.output.parent}")
-        volume = _read_volume(args.input, "/entry/data/data")
+        if is_beamwatch_layout(paths):
+            args.input = paths[0]
+            volume = _read_volume(args.input, "/entry/data/data")
+            file_voxel = layout_pixel_size(args.input)
+        else:
+            scan = read_scan(paths)
+            args.input = paths[0] if len(paths) == 1 else paths[0].parent
+            volume = volume_from_scan(scan, str(args.input))
+            file_voxel = scan.pixel_size_um
+        voxel_um = resolve_size(args.voxel_size_um, file_voxel, str(args.input))
+        if voxel_um is None:
+            logger.warning(
+                "%s: voxel size unknown; sizes are in px and the %g um split is not applied",
+                args.input,
+                args.size_threshold_um,
+            )
         cracks = None
         if args.cracks is not None:
             cracks = _read_volume(args.cracks, "/cracks/mask", integer=True)
@@ -203,11 +288,16 @@ def analyze_command(args: argparse.Namespace) -> int:
                 "flaw_weights": str(args.flaw_weights) if args.flaw_weights else "shipped",
                 "crack_source": str(args.cracks) if args.cracks else "none",
                 "phase_source": phase_source,
-                "z_convention": "z = 0 is the separator side",
+                **separator_attrs(args.separator, volume.shape[0]),
                 "stage_seconds": json.dumps(result.seconds),
                 "statistics": _statistics_json(
-                    table, volume.shape[0], args.voxel_size_um, args.size_threshold_um
+                    _from_separator(table, volume.shape[0], args.separator),
+                    volume.shape[0],
+                    voxel_um,
+                    args.size_threshold_um,
+                    args.size_threshold_px,
                 ),
+                **length_attrs(voxel_um, "voxel"),
             }
         )
     logger.info(

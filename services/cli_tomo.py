@@ -15,7 +15,9 @@ File contracts
 
 ``beamwatch cracks map VOLUME.h5 -o OUTPUT.h5``
     Input: ``/entry/data/data`` (Z, Y, X), any integer or float dtype; z = 0 is the separator
-    side. Output group ``/cracks`` (attributes ``window``, ``threshold``, ``solid_threshold``,
+    side (``--separator last``: the last slice; attributes ``z_convention``,
+    ``separator_slice``, and ``depth_um`` counts from it). Output group ``/cracks``
+    (attributes ``window``, ``threshold``, ``solid_threshold``,
     ``weights``, ``z_convention``):
 
     - ``mask`` uint8 (Z, Y, X), 1 = crack
@@ -42,6 +44,19 @@ from typing import Any, Literal
 
 import numpy as np
 
+from services.cli_inputs import (
+    INPUT_HELP,
+    add_separator_option,
+    add_size_option,
+    as_paths,
+    is_beamwatch_layout,
+    layout_pixel_size,
+    length_attrs,
+    read_scan,
+    resolve_size,
+    separator_attrs,
+    volume_from_scan,
+)
 from services.h5io import InputFileError, open_input, read_dataset
 
 logger = logging.getLogger(__name__)
@@ -66,7 +81,12 @@ def register(subparsers: Any) -> None:
         help="filtered back projection of an HDF5 projection file",
         description="Reconstruct /entry/data/data projections into a (rows, cols, cols) volume.",
     )
-    rec.add_argument("input", type=Path, help="HDF5 file with /entry/data/data and rotation_angle")
+    rec.add_argument(
+        "input",
+        type=Path,
+        nargs="+",
+        help=INPUT_HELP.format(layout="/entry/data/data and rotation_angle"),
+    )
     rec.add_argument("-o", "--output", type=Path, required=True, help="output HDF5 file")
     rec.add_argument("--filter", dest="filter_name", choices=FILTERS, default="ramp")
     rec.add_argument(
@@ -80,6 +100,15 @@ def register(subparsers: Any) -> None:
         help="projections are already -log(I/I0); no flat/dark normalisation",
     )
     rec.add_argument("--memory-mb", type=float, default=4096.0, help="memory budget (MB)")
+    rec.add_argument(
+        "--angles",
+        nargs=2,
+        type=float,
+        metavar=("START", "STOP"),
+        default=None,
+        help="rotation angles (degrees, evenly spaced, both included) for files that store none",
+    )
+    add_size_option(rec)
     rec.set_defaults(func=reconstruct_command)
 
     cracks = subparsers.add_parser("cracks", help="crack segmentation and damage maps")
@@ -89,7 +118,9 @@ def register(subparsers: Any) -> None:
         help="U-Net crack map, particle mask and damage quantification of a volume",
         description="Segment cracks in /entry/data/data (Z, Y, X) and quantify the damage.",
     )
-    cmap.add_argument("input", type=Path, help="HDF5 file with /entry/data/data (Z, Y, X)")
+    cmap.add_argument(
+        "input", type=Path, nargs="+", help=INPUT_HELP.format(layout="/entry/data/data (Z, Y, X)")
+    )
     cmap.add_argument("-o", "--output", type=Path, required=True, help="output HDF5 file")
     cmap.add_argument("--weights", type=Path, default=None, help="U-Net weights (.pt)")
     cmap.add_argument("--window", type=int, default=50, help="damage-density window (pixels)")
@@ -99,6 +130,8 @@ def register(subparsers: Any) -> None:
     cmap.add_argument(
         "--baseline", action="store_true", help="also write the Otsu threshold baseline mask"
     )
+    add_size_option(cmap, "--voxel-size-um")
+    add_separator_option(cmap)
     cmap.set_defaults(func=cracks_map_command)
 
 
@@ -119,26 +152,73 @@ def _parse_center(value: str) -> float | Literal["auto", "detector"]:
         ) from exc
 
 
+def _read_layout_projections(path: Path) -> tuple[np.ndarray, ...]:
+    """Projections, angles (degrees), flat and dark of a beamwatch-layout file."""
+    with open_input(path) as h5:
+        projections = _read_dataset(h5, "/entry/data/data", (3,), path)
+        angles = _read_dataset(h5, "/entry/data/rotation_angle", (1,), path)
+        flat = (
+            _read_dataset(h5, "/entry/data/flat", (2, 3), path)
+            if "/entry/data/flat" in h5
+            else None
+        )
+        dark = (
+            _read_dataset(h5, "/entry/data/dark", (2, 3), path)
+            if "/entry/data/dark" in h5
+            else None
+        )
+    return projections, angles, flat, dark  # type: ignore[return-value]
+
+
+def _read_instrument_projections(paths: list[Path], args: argparse.Namespace) -> tuple[Any, ...]:
+    """Projections, angles (degrees), flat, dark and pixel size (um) of instrument files.
+
+    Frames whose flats depend on the frame (Xradia: per energy or embedded) or that are already
+    normalised are handed over as transmission, without flat and dark.
+    """
+    scan = read_scan(paths, needs="" if args.angles is not None else "angles")
+    if args.angles is not None:
+        if scan.angles_rad is not None:
+            raise InputFileError(
+                f"{scan.files[0]}: the file stores its rotation angles; --angles is for files "
+                "that do not"
+            )
+        angles = np.linspace(args.angles[0], args.angles[1], scan.n_frames)
+    else:
+        assert scan.angles_rad is not None  # read_scan(needs="angles") checked it
+        angles = np.rad2deg(scan.angles_rad)
+    if scan.normalized or scan.per_frame_flats:
+        projections = np.stack([scan.transmission(i) for i in range(scan.n_frames)])
+        return projections, angles, None, None, scan.pixel_size_um
+    if scan.flats is None:
+        logger.warning(
+            "%s: no flat frames; the projections are taken as flat-corrected transmission",
+            scan.source,
+        )
+    return scan.frames, angles, scan.flats, scan.darks, scan.pixel_size_um
+
+
 def reconstruct_command(args: argparse.Namespace) -> int:
     """Run ``tomo reconstruct``; returns the exit code."""
     import h5py
     from tqdm import tqdm
 
+    paths = as_paths(args.input)
     try:
         center = _parse_center(args.center)
-        with open_input(args.input) as h5:
-            projections = _read_dataset(h5, "/entry/data/data", (3,), args.input)
-            angles = _read_dataset(h5, "/entry/data/rotation_angle", (1,), args.input)
-            flat = (
-                _read_dataset(h5, "/entry/data/flat", (2, 3), args.input)
-                if "/entry/data/flat" in h5
-                else None
-            )
-            dark = (
-                _read_dataset(h5, "/entry/data/dark", (2, 3), args.input)
-                if "/entry/data/dark" in h5
-                else None
-            )
+        if is_beamwatch_layout(paths):
+            args.input = paths[0]
+            if args.angles is not None:
+                raise InputFileError(
+                    f"{args.input}: /entry/data/rotation_angle holds the angles; --angles is for "
+                    "files that store none"
+                )
+            projections, angles, flat, dark = _read_layout_projections(args.input)
+            file_pixel = layout_pixel_size(args.input)
+        else:
+            projections, angles, flat, dark, file_pixel = _read_instrument_projections(paths, args)
+            args.input = paths[0] if len(paths) == 1 else paths[0].parent
+        pixel_um = resolve_size(args.pixel_size_um, file_pixel, str(args.input))
         if angles.shape[0] != projections.shape[0]:
             raise InputFileError(
                 f"{args.input}: /entry/data/rotation_angle has {angles.shape[0]} angles but "
@@ -180,7 +260,9 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     with h5py.File(args.output, "w") as out:
         dset = out.create_dataset("/entry/data/data", data=volume, dtype=np.float32)
         dset.attrs["rotation_center"] = axis
+        dset.attrs["rotation_center_units"] = "px"
         dset.attrs["filter_name"] = args.filter_name
+        dset.attrs.update(length_attrs(pixel_um, "voxel"))
     logger.info("wrote %s %s", args.output, volume.shape)
     return EXIT_OK
 
@@ -190,8 +272,12 @@ def cracks_map_command(args: argparse.Namespace) -> int:
     import h5py
     from tqdm import tqdm
 
+    paths = as_paths(args.input)
     try:
-        if not args.input.is_file():
+        layout = is_beamwatch_layout(paths)
+        if layout:
+            args.input = paths[0]
+        if layout and not args.input.is_file():
             raise InputFileError(f"input file not found: {args.input}")
         if args.weights is not None and not args.weights.is_file():
             raise InputFileError(f"weights file not found: {args.weights}")
@@ -201,8 +287,16 @@ def cracks_map_command(args: argparse.Namespace) -> int:
             raise InputFileError(f"--threshold must be in (0, 1), got {args.threshold}")
         if not 0 <= args.overlap < args.tile_size:
             raise InputFileError("--overlap must be >= 0 and smaller than --tile-size")
-        with open_input(args.input) as h5:
-            volume = _read_dataset(h5, "/entry/data/data", (3,), args.input)
+        if layout:
+            with open_input(args.input) as h5:
+                volume = _read_dataset(h5, "/entry/data/data", (3,), args.input)
+            file_voxel = layout_pixel_size(args.input)
+        else:
+            scan = read_scan(paths)
+            args.input = paths[0] if len(paths) == 1 else paths[0].parent
+            volume = volume_from_scan(scan, str(args.input))
+            file_voxel = scan.pixel_size_um
+        voxel_um = resolve_size(args.voxel_size_um, file_voxel, str(args.input))
     except InputFileError as exc:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
@@ -229,13 +323,21 @@ def cracks_map_command(args: argparse.Namespace) -> int:
                 "threshold": args.threshold,
                 "solid_threshold": result.solid_threshold,
                 "weights": str(args.weights) if args.weights is not None else "shipped",
-                "z_convention": "z = 0 is the separator side",
+                **separator_attrs(args.separator, volume.shape[0]),
+                "window_units": "px",
+                "window_um": q.window * voxel_um if voxel_um is not None else float("nan"),
+                **length_attrs(voxel_um, "voxel"),
             }
         )
         opts = {"compression": "gzip", "compression_opts": 1}
         grp.create_dataset("mask", data=result.crack_mask, dtype=np.uint8, **opts)
         grp.create_dataset("particle_mask", data=result.particle_mask, dtype=np.uint8, **opts)
         grp.create_dataset("depth_profile", data=q.depth_profile, dtype=np.float64)
+        if voxel_um is not None:  # depth of each slice's centre below the separator, when known
+            z = np.arange(volume.shape[0])
+            slices_below = z if args.separator == "first" else volume.shape[0] - 1 - z
+            depth = (slices_below + 0.5) * voxel_um
+            grp.create_dataset("depth_um", data=depth, dtype=np.float64)
         grp.create_dataset("crack_area", data=q.crack_area, dtype=np.int64)
         grp.create_dataset("particle_area", data=q.particle_area, dtype=np.int64)
         grp.create_dataset("damage_density", data=q.damage_density, dtype=np.float32, **opts)

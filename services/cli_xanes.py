@@ -81,7 +81,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    align.add_argument("input", type=Path, metavar="INPUT.h5", help="NeXus-like HDF5 scan")
+    align.add_argument(
+        "input",
+        type=Path,
+        nargs="+",
+        metavar="INPUT",
+        help="NeXus-like HDF5 scan (/entry/data/data and energy), or instrument files: Xradia "
+        ".xrm/.txrm, FXI HDF5, Data Exchange, NXtomo, TIFF; one file, several files or a folder",
+    )
     align.add_argument(
         "-o", "--output", type=Path, required=True, metavar="OUTPUT.h5", help="result file"
     )
@@ -102,6 +109,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     align.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    align.add_argument(
+        "--pixel-size-um",
+        type=float,
+        default=None,
+        help="pixel size in um (default: from the file; unknown sizes are reported in px)",
+    )
     align.set_defaults(func=run_align)
     return xanes
 
@@ -119,10 +132,21 @@ def run_align(args: argparse.Namespace) -> int:
     int
         0 on success, 2 on missing or inconsistent input.
     """
+    from services.cli_inputs import as_paths, is_beamwatch_layout
+    from services.instrument_files import InstrumentFileError
+
+    paths = as_paths(args.input)
     try:
         params = _with_detector(_load_params(args.params), getattr(args, "detector", None))
-        _align_file(Path(args.input), Path(args.output), params, progress=not args.no_progress)
-    except InputError as exc:
+        if is_beamwatch_layout(paths):
+            _align_file(paths[0], Path(args.output), params, progress=not args.no_progress)
+            file_pixel = _layout_pixel_size(paths[0])
+        else:
+            file_pixel = _align_instrument_files(
+                paths, Path(args.output), params, progress=not args.no_progress
+            )
+        _write_pixel_size(Path(args.output), getattr(args, "pixel_size_um", None), file_pixel)
+    except (InputError, InstrumentFileError) as exc:
         logger.error("xanes align: %s", exc)
         return 2
     logger.info("xanes align: wrote %s", args.output)
@@ -252,3 +276,73 @@ def _write(output: Path, final: Any) -> None:
             dset.attrs["units"] = units.get(name, "")
         out["/xanes"].attrs["frame_reference"] = 0
         out["/xanes"].attrs["axis_order"] = "row, col"
+
+
+# ------------------------------------------------------------------ instrument files, pixel size
+#: Flat-corrected frames are handed to the tracker as transmission x this many counts, with a
+#: flat of exactly this value: its optical density is then -ln(transmission).
+TRANSMISSION_COUNTS = 1.0e4
+
+
+def _align_instrument_files(paths: list[Path], output: Path, params: Any, *, progress: bool) -> Any:
+    """Align a scan read from instrument files; returns the file's pixel size (um) or None.
+
+    Frames with flats of their own (Xradia: the references at their energy, scaled to their
+    exposure) or already normalised (FXI) are flat-corrected here, frame by frame; otherwise
+    the flats and darks go to the tracker as with the HDF5 layout.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from pipelines.xanes.tracker import XanesTracker
+    from services.cli_inputs import read_scan
+
+    scan = read_scan(paths, needs="energies")
+    own_flats = scan.normalized or scan.per_frame_flats
+    if own_flats:
+        counts = np.float32(TRANSMISSION_COUNTS)
+        flat = np.full(scan.frames.shape[1:], counts, dtype=np.float32)
+        tracker = XanesTracker(params, flat=flat)
+    else:
+        tracker = XanesTracker(params, flat=scan.flats, dark=scan.darks)
+    energies = scan.energies_eV
+    bar = tqdm(range(scan.n_frames), desc="xanes align", unit="frame", disable=not progress)
+    try:
+        for i in bar:
+            frame = scan.transmission(i) * counts if own_flats else scan.frames[i]
+            result = tracker.add_frame(frame, float(energies[i]))  # type: ignore[index]
+            bar.set_postfix(found=f"{result.n_found}/{tracker.n_particles}", refresh=False)
+    finally:
+        tracker.close()
+    _write(output, tracker.finalize())
+    with _open_output(output) as out:
+        out["/xanes"].attrs["source"] = scan.source
+    return scan.pixel_size_um
+
+
+def _open_output(output: Path) -> Any:
+    import h5py
+
+    return h5py.File(output, "a")
+
+
+def _layout_pixel_size(path: Path) -> float | None:
+    from services.cli_inputs import layout_pixel_size
+
+    return layout_pixel_size(path)
+
+
+def _write_pixel_size(output: Path, option: float | None, from_file: float | None) -> None:
+    """Attributes ``pixel_size_um`` (NaN when unknown) and ``length_unit`` (``um`` or ``px``)
+    on ``/xanes``, and ``global_shift_um`` when the pixel size is known."""
+    from services.cli_inputs import length_attrs, resolve_size
+
+    pixel = resolve_size(option, from_file, str(output))
+    with _open_output(output) as out:
+        group = out["/xanes"]
+        group.attrs.update(length_attrs(pixel))
+        if pixel is not None:
+            shift = group["global_shift"][()] * pixel
+            dset = group.create_dataset("global_shift_um", data=shift)
+            dset.attrs["units"] = "um"
+            dset.attrs["description"] = "global_shift x pixel_size_um"

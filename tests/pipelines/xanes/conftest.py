@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,29 +12,12 @@ from models.synthetic.txm import TxmScene, default_energies
 from tests.conftest import SHARED_DATA
 
 SSRL = SHARED_DATA / "txm_ssrl_nca"
-SAMPLE_EXPOSURE_S = 0.5
-FLAT_EXPOSURE_S = 0.3
 
 
 def _need_ssrl() -> Path:
     if not SSRL.is_dir() or not any(SSRL.glob("*.xrm")):
         pytest.skip(f"real SSRL TXM data not found at {SSRL} (see ../shared/data/README.md)")
     return SSRL
-
-
-def read_xrm(path: Path) -> np.ndarray:
-    """Frame of an Xradia .xrm file (uint16, 1024 x 1024)."""
-    olefile = pytest.importorskip("olefile")
-    with olefile.OleFileIO(str(path)) as ole:
-        raw = ole.openstream("ImageData1/Image1").read()
-    side = int(round(np.sqrt(len(raw) // 2)))
-    return np.frombuffer(raw, dtype="<u2").reshape(side, side)
-
-
-def xrm_energy(path: Path) -> float:
-    match = re.search(r"_(\d+\.\d+)_eV_", path.name)
-    assert match, path.name
-    return float(match.group(1))
 
 
 @dataclass(frozen=True)
@@ -49,16 +31,20 @@ class SsrlEnergy:
 
 @pytest.fixture(scope="session")
 def ssrl() -> dict[str, SsrlEnergy]:
+    """The SSRL frames per energy, read by ``services.instrument_files`` (energy from the file
+    name, flats: the ``ref`` files at the same energy scaled from 0.3 s to 0.5 s)."""
+    from services.instrument_files import read_instrument_files
+
     root = _need_ssrl()
     out = {}
     for tag in ("08324.0", "08354.0"):
-        flats = sorted(root.glob(f"rep01_*_ref_*_{tag}_eV_*.xrm"))
-        samples = sorted(p for p in root.glob(f"rep01_*_{tag}_eV_*.xrm") if "_ref_" not in p.name)
-        if not flats or not samples:
+        files = sorted(root.glob(f"rep01_*_{tag}_eV_*.xrm"))
+        if not any("_ref_" in p.name for p in files) or all("_ref_" in p.name for p in files):
             pytest.skip(f"SSRL frames for {tag} eV missing in {root}")
-        flat = np.mean([read_xrm(p).astype(np.float32) for p in flats], axis=0)
-        flat *= SAMPLE_EXPOSURE_S / FLAT_EXPOSURE_S
-        out[tag] = SsrlEnergy(xrm_energy(samples[0]), [read_xrm(p) for p in samples], flat)
+        scan = read_instrument_files(files)
+        flat = scan.reference(0)
+        assert flat is not None
+        out[tag] = SsrlEnergy(float(scan.energies_eV[0]), list(scan.frames), flat)
     return out
 
 
