@@ -10,9 +10,9 @@ from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
 
 from bluesky_plans.plans import xanes_scan_plan
-from services import serialization
-from services.bus import wait_until_delivered
-from services.consumer import Consumer
+from services.bus.subscriber import wait_until_delivered
+from services.core import serialization
+from services.runtime.consumer import Consumer
 from tests.conftest import TiledProcess, free_port, wait_until
 from tests.sim import N_ENERGIES, energies, small_txm
 
@@ -200,7 +200,7 @@ def test_lost_documents_are_counted_and_frames_recovered(consumer_settings, tile
 
 
 def test_tiled_restart_mid_run_loses_nothing(tmp_path, proxy):
-    from services.settings import load_settings
+    from services.core.settings import load_settings
 
     server = TiledProcess(tmp_path / "tiled-restart")
     server.start()

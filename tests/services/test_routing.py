@@ -1,7 +1,7 @@
 from prometheus_client import CollectorRegistry
 
-from services.metrics import Metrics
-from services.routing import RunDispatcher, RunRouter
+from services.core.metrics import Metrics
+from services.runs.routing import RunDispatcher, RunRouter
 
 
 class Recorder(RunRouter):

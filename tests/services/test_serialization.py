@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from services.serialization import (
+from services.core.serialization import (
     MalformedMessage,
     dumps,
     format_bus_message,

@@ -3,8 +3,8 @@ import threading
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from services.metrics import Metrics
-from services.spool import PermanentWriteError, Spool
+from services.core.metrics import Metrics
+from services.tiled.spool import PermanentWriteError, Spool
 
 
 def test_records_are_applied_in_order_with_arrays(tmp_path):
@@ -84,7 +84,7 @@ def test_unapplied_records_survive_a_restart(tmp_path):
 
 
 def test_queued_appends_are_merged_per_target_in_order():
-    from services.spool import merge_records
+    from services.tiled.spool import merge_records
 
     records = []
     for i in range(3):
@@ -123,7 +123,7 @@ def test_queued_appends_are_merged_per_target_in_order():
 
 
 def test_appends_with_a_gap_are_not_merged():
-    from services.spool import merge_records
+    from services.tiled.spool import merge_records
 
     records = [
         {"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [0]}, "offset": 0},
@@ -148,7 +148,7 @@ def test_spool_merges_a_backlog_but_stops_at_other_ops(tmp_path):
 def test_array_merges_stop_at_the_size_cap():
     import numpy as np
 
-    from services.spool import MAX_MERGED_ARRAY_BYTES, merge_records
+    from services.tiled.spool import MAX_MERGED_ARRAY_BYTES, merge_records
 
     rows = MAX_MERGED_ARRAY_BYTES // 1000  # slices of 1000 bytes: 3 writes for 2.5x the cap
     n = int(2.5 * rows)

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services import serialization
-from services.metrics import Metrics
+from services.core import serialization
+from services.core.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from services.settings import BeamwatchSettings
+from services.core.settings import BeamwatchSettings
 
 
 def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:

@@ -5,7 +5,7 @@ package, so the page works with no internet) and ``config.json`` (where Tiled is
 then reads runs and results from Tiled's HTTP API and listens on Tiled's websocket subscriptions
 (``/api/v1/stream/single/...``) for new frames, rows and slices, so the page shows the same thing
 whether the analysis ran a second ago or last month. The embedded Tiled server allows anonymous
-reads and lists this page's origin in ``allow_origins`` (``services.tiled_server``).
+reads and lists this page's origin in ``allow_origins`` (``services.tiled.server``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from services.settings import BeamwatchSettings
+from services.core.settings import BeamwatchSettings
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).with_name("web_static")
+STATIC_DIR = Path(__file__).with_name("static")
 
 
 def plotly_bundle() -> Path:

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.frames import Frame, FrameAssembler, Hdf5Reader
-from services.metrics import Metrics
-from services.routing import Doc, RunRouter
-from services.spool import Spool
+from services.core.metrics import Metrics
+from services.runs.frames import Frame, FrameAssembler, Hdf5Reader
+from services.runs.routing import Doc, RunRouter
+from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> P
     registry.register("frames", lambda start: True, FrameStatsPipeline)
     figures = figures_dir or Path("figures")
 
-    from services import xanes_live
+    from services.analysis import xanes_live
 
     series = xanes_live.SeriesStore()
     registry.register(
@@ -193,7 +193,7 @@ def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> P
             start, feedback=feedback, figures_dir=figures, series=series
         ),
     )
-    from services import tomo_live
+    from services.analysis import tomo_live
 
     registry.register(
         "cracks",

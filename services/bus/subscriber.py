@@ -9,8 +9,8 @@ from typing import Any
 
 import zmq
 
-from services.metrics import Metrics
-from services.serialization import MalformedMessage, parse_bus_message
+from services.core.metrics import Metrics
+from services.core.serialization import MalformedMessage, parse_bus_message
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from services.settings import BeamwatchSettings
-from services.tiled_server import tiled_command
+from services.core.settings import BeamwatchSettings
+from services.tiled.server import tiled_command
 
 logger = logging.getLogger(__name__)
 

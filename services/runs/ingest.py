@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from services.routing import Doc, RunRouter
-from services.spool import Spool
+from services.runs.routing import Doc, RunRouter
+from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from services.h5io import InputFileError, open_input, read_dataset
+from services.core.h5io import InputFileError, open_input, read_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from services.h5io import InputFileError, open_input, read_dataset
+from services.core.h5io import InputFileError, open_input, read_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.metrics import Metrics
+from services.core.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from services.spool import PermanentWriteError
+from services.tiled.spool import PermanentWriteError
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from services import serialization
-from services.bus import wait_until_delivered
-from services.settings import BeamwatchSettings
-from services.supervisor import (
+from services.bus.subscriber import wait_until_delivered
+from services.core import serialization
+from services.core.settings import BeamwatchSettings
+from services.runtime.supervisor import (
     Supervisor,
     banner,
     child_specs,

@@ -17,14 +17,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from services.analysis import AnalysisRunRouter, PipelineRegistry, default_registry
-from services.bus import BusSubscriber
-from services.ingest import RawRunRouter
-from services.metrics import Metrics
-from services.routing import Doc, RouterFactory, RunDispatcher
-from services.settings import BeamwatchSettings
-from services.spool import Spool
-from services.tiled_io import TiledApplier, connect, is_transient
+from services.analysis.router import AnalysisRunRouter, PipelineRegistry, default_registry
+from services.bus.subscriber import BusSubscriber
+from services.core.metrics import Metrics
+from services.core.settings import BeamwatchSettings
+from services.runs.ingest import RawRunRouter
+from services.runs.routing import Doc, RouterFactory, RunDispatcher
+from services.tiled.applier import TiledApplier, connect, is_transient
+from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Consumer:
             recover_start = None
         else:
             if registry is None:
-                from services.xanes_live import FeedbackPublisher
+                from services.analysis.xanes_live import FeedbackPublisher
 
                 self._feedback = FeedbackPublisher(settings.bus.feedback_address)
                 registry = default_registry(settings.data_dir / "figures", self._feedback)

@@ -10,12 +10,12 @@ import logging
 import sys
 from pathlib import Path
 
-from services.logs import configure_logging
-from services.settings import BeamwatchSettings, load_settings
+from services.core.logs import configure_logging
+from services.core.settings import BeamwatchSettings, load_settings
 
 logger = logging.getLogger("beamwatch")
 
-OFFLINE_VERB_MODULES = ("services.cli_xanes", "services.cli_tomo", "services.cli_particles")
+OFFLINE_VERB_MODULES = ("services.cli.xanes", "services.cli.tomo", "services.cli.particles")
 
 
 def _settings(args: argparse.Namespace) -> BeamwatchSettings:
@@ -32,8 +32,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from services.consumer import Consumer
-    from services.supervisor import install_signal_handlers
+    from services.runtime.consumer import Consumer
+    from services.runtime.supervisor import install_signal_handlers
 
     settings = _settings(args)
     configure_logging(settings.log_level, service=f"consumer-{args.role}")
@@ -47,7 +47,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from services.supervisor import (
+    from services.runtime.supervisor import (
         Supervisor,
         banner,
         child_specs,
@@ -72,7 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from services.web import serve
+    from services.web.app import serve
 
     settings = _settings(args)
     if args.port is not None:
@@ -83,7 +83,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from services.demo import run_demo
+    from services.runtime.demo import run_demo
 
     settings = _settings(args)
     configure_logging(settings.log_level, service="demo")
@@ -93,7 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tiled.client import from_uri
 
-    from services.report import build_report
+    from services.web.report import build_report
 
     settings = _settings(args)
     client = from_uri(settings.tiled_url, api_key=settings.resolved_api_key())

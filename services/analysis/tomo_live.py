@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from services.analysis import ResultWriter
-from services.figures import publish_figures
-from services.frames import Frame
+from services.analysis.figures import publish_figures
+from services.analysis.router import ResultWriter
+from services.runs.frames import Frame
 
 logger = logging.getLogger(__name__)
 
