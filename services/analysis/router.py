@@ -1,5 +1,9 @@
 """The analysis path: a registry maps runs to pipelines; one router per run feeds them frames.
 
+The live pipelines themselves and the default registry live in sibling modules
+(``xanes_live``, ``tomo_live``, ``registry``); they import the result writer from ``results``,
+never this module, so the analysis package has no import cycle.
+
 Results go under ``analysis/<run uid>/<pipeline>/`` through the spool. Each pipeline container
 carries metadata ``source_run_uid``, ``pipeline``, ``version``, ``status`` (``running``,
 ``complete``, ``failed`` with ``error``) and ``parameters``.
@@ -12,100 +16,17 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from services.analysis.results import PipelineRun, ResultWriter
 from services.core.metrics import Metrics
 from services.runs.frames import Frame, FrameAssembler, Hdf5Reader
 from services.runs.routing import Doc, RunRouter
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
-
-
-class ResultWriter:
-    """Spooled writes under ``analysis/<run uid>/<pipeline>``."""
-
-    def __init__(self, spool: Spool, run_uid: str, pipeline: str) -> None:
-        self._spool = spool
-        self.run_uid = run_uid
-        self.pipeline = pipeline
-        self.path = ["analysis", run_uid, pipeline]
-        self._rows: dict[str, int] = {}
-        self._table_rows: dict[str, int] = {}
-
-    def sibling(self, pipeline: str) -> ResultWriter:
-        """A writer for another pipeline container of the same run (a second stage)."""
-        return ResultWriter(self._spool, self.run_uid, pipeline)
-
-    def container(self, metadata: dict[str, Any], sub: list[str] | None = None) -> None:
-        self._spool.put({"op": "container", "path": self.path + (sub or []), "metadata": metadata})
-
-    def metadata(self, metadata: dict[str, Any]) -> None:
-        self._spool.put({"op": "metadata", "path": self.path, "metadata": metadata})
-
-    def array(
-        self,
-        key: str,
-        array: np.ndarray,
-        *,
-        dims: list[str] | None = None,
-        sub: list[str] | None = None,
-        **md: Any,
-    ) -> None:
-        """Write (or replace) a whole array, optionally in a sub-container."""
-        self._spool.put(
-            {
-                "op": "array",
-                "path": self.path + (sub or []),
-                "key": key,
-                "array": np.asarray(array),
-                "dims": dims,
-                "metadata": md,
-            }
-        )
-
-    def rows(
-        self, key: str, rows: np.ndarray, *, axis: int = 0, dims: list[str] | None = None
-    ) -> int:
-        """Append ``rows`` along ``axis`` of a growing array; return the offset written at."""
-        offset = self._rows.get(key, 0)
-        rows = np.asarray(rows)
-        self._spool.put(
-            {
-                "op": "array_rows",
-                "path": self.path,
-                "key": key,
-                "array": rows,
-                "offset": offset,
-                "axis": axis,
-                "dims": dims,
-            }
-        )
-        self._rows[key] = offset + rows.shape[axis]
-        return offset
-
-    def table_rows(self, key: str, columns: dict[str, list[Any]]) -> None:
-        """Append rows (columns of equal length) to an appendable table."""
-        n = len(next(iter(columns.values())))
-        offset = self._table_rows.get(key, 0)
-        self._spool.put(
-            {"op": "table_rows", "path": self.path, "key": key, "rows": columns, "offset": offset}
-        )
-        self._table_rows[key] = offset + n
-
-
-class PipelineRun(Protocol):
-    """One pipeline's state for one run."""
-
-    name: str
-    version: str
-    parameters: dict[str, Any]
-
-    def on_frame(self, frame: Frame, out: ResultWriter) -> None: ...
-    def on_stop(self, stop: Doc | None, out: ResultWriter) -> None: ...
 
 
 PipelineFactory = Callable[[Doc], PipelineRun]
@@ -175,32 +96,6 @@ class FrameStatsPipeline:
 
     def on_stop(self, stop: Doc | None, out: ResultWriter) -> None:
         out.metadata({"frames": self._count})
-
-
-def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> PipelineRegistry:
-    """The registry used by ``beamwatch up``; analysis modules are imported when first used."""
-    registry = PipelineRegistry()
-    registry.register("frames", lambda start: True, FrameStatsPipeline)
-    figures = figures_dir or Path("figures")
-
-    from services.analysis import xanes_live
-
-    series = xanes_live.SeriesStore()
-    registry.register(
-        "xanes",
-        xanes_live.select,
-        lambda start: xanes_live.XanesLivePipeline(
-            start, feedback=feedback, figures_dir=figures, series=series
-        ),
-    )
-    from services.analysis import tomo_live
-
-    registry.register(
-        "cracks",
-        tomo_live.select,
-        lambda start: tomo_live.CracksPipeline(start, figures_dir=figures),
-    )
-    return registry
 
 
 ReadingsLookup = Callable[[str, str, list[int]], dict[int, dict[str, Any]]]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from services.analysis.figures import publish_figures
-from services.analysis.router import ResultWriter
+from services.analysis.results import ResultWriter
 from services.runs.frames import Frame
 
 logger = logging.getLogger(__name__)

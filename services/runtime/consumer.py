@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from services.analysis.router import AnalysisRunRouter, PipelineRegistry, default_registry
+from services.analysis.registry import default_registry
+from services.analysis.router import AnalysisRunRouter, PipelineRegistry
 from services.bus.subscriber import BusSubscriber
 from services.core.metrics import Metrics
 from services.core.settings import BeamwatchSettings
