@@ -121,6 +121,7 @@ class AnalysisRunRouter(RunRouter):
         self._lost: list[tuple[Doc, list[int]]] = []
         self._pipelines: list[tuple[PipelineRun, ResultWriter]] = []
         self._failed: set[str] = set()
+        self._bad_fields: list[dict[str, Any]] = []
         for entry in entries:
             out = ResultWriter(spool, self._uid, entry.name)
             try:
@@ -171,6 +172,13 @@ class AnalysisRunRouter(RunRouter):
     def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
         self._lost.append((descriptor, seq_nums))
 
+    def bad_fields(self, descriptor: Doc, seq_num: int, problems: dict[str, str]) -> None:
+        stream = descriptor.get("name", "primary")
+        for key, problem in problems.items():
+            self._bad_fields.append(
+                {"stream": stream, "seq_num": seq_num, "data_key": key[:200], "problem": problem}
+            )
+
     def stop(self, doc: Doc | None) -> None:
         self._recover_lost()
         for run, out in self._pipelines:
@@ -181,7 +189,9 @@ class AnalysisRunRouter(RunRouter):
             except Exception as exc:
                 self._fail(run.name, out, exc)
                 continue
-            out.metadata({"status": "complete", "stop_lost": doc is None})
+            out.metadata(
+                {"status": "complete", "stop_lost": doc is None, "bad_fields": self._bad_fields}
+            )
         self._assembler.close()
 
     def close(self) -> None:

@@ -40,6 +40,13 @@ class Metrics:
             ["service", "kind"],
             registry=r,
         )
+        self.event_fields_dropped = Counter(
+            "beamwatch_event_fields_dropped",
+            "Event fields dropped (the rest of the Event kept), by problem: undecodable, "
+            "unknown key, type, dtype, shape.",
+            ["service", "problem"],
+            registry=r,
+        )
         self.frames_processed = Counter(
             "beamwatch_frames_processed",
             "Frames processed, by pipeline.",

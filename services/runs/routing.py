@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from services.core.metrics import Metrics
+from services.core.serialization import UndecodableField
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ class RunRouter:
 
     def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
         """Events with these seq_nums never arrived; recover them if the router can."""
+
+    def bad_fields(self, descriptor: Doc, seq_num: int, problems: dict[str, str]) -> None:
+        """Fields of the next Event (``seq_num``) were dropped; ``problems`` says why, by key."""
 
     def close(self) -> None:
         """The consumer is shutting down while the run is still open."""
@@ -150,6 +156,23 @@ class RunDispatcher:
             for router in run.routers:
                 self._call(router, "events_lost", run_uid, descriptor, missing)
         run.last_seq[doc["descriptor"]] = seq
+        descriptor = run.descriptors[doc["descriptor"]]
+        problems = bad_event_fields(doc, descriptor)
+        if problems:
+            doc = _without_fields(doc, problems)
+            for key, problem in problems.items():
+                self._metrics.event_fields_dropped.labels(
+                    self._metrics.service, _problem_kind(problem)
+                ).inc()
+                logger.warning(
+                    "event seq_num %d: field %r dropped, the others kept: %s",
+                    seq,
+                    key[:80],
+                    problem,
+                    extra={"run_uid": run_uid},
+                )
+            for router in run.routers:
+                self._call(router, "bad_fields", run_uid, descriptor, seq, problems)
         self._send(run, "event", doc)
 
     def _on_event_page(self, doc: Doc) -> None:
@@ -293,3 +316,74 @@ class RunDispatcher:
     def _lost(self, kind: str, count: int, run_uid: str | None, detail: str) -> None:
         self._metrics.messages_lost.labels(self._metrics.service, kind).inc(count)
         logger.warning("bus loss (%s x%d): %s", kind, count, detail, extra={"run_uid": run_uid})
+
+
+# ---- field checks -------------------------------------------------------------------------------
+_NUMERIC_KINDS = frozenset("biuf")
+_JSON_NUMBER_TYPES = frozenset({"number", "integer", "boolean"})
+
+
+def bad_event_fields(doc: Doc, descriptor: Doc) -> dict[str, str]:
+    """Which fields of an Event cannot be used, and why (empty when all are good).
+
+    Checked against the descriptor's ``data_keys``: a value that could not be decoded, a key
+    the descriptor does not declare, an image (declared with >= 2 dimensions) that is not a
+    non-empty numeric array of the declared rank and shape, a number that is not a number.
+    """
+    data_keys = descriptor.get("data_keys") or {}
+    problems: dict[str, str] = {}
+    for key, value in (doc.get("data") or {}).items():
+        info = data_keys.get(key)
+        if isinstance(value, UndecodableField):
+            problems[key] = f"undecodable: {value.reason}"
+        elif not isinstance(info, dict):
+            problems[key] = "unknown key: not a data key of the descriptor"
+        elif info.get("external"):
+            if not isinstance(value, str):
+                problems[key] = f"type: external reference is a {type(value).__name__}"
+        elif len(info.get("shape") or []) >= 2:
+            problem = _image_problem(value, list(info["shape"]))
+            if problem:
+                problems[key] = problem
+        elif not info.get("shape") and info.get("dtype") in _JSON_NUMBER_TYPES:
+            if not _is_number(value):
+                problems[key] = f"type: {type(value).__name__} where a number is declared"
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool | int | float | np.bool_ | np.number):
+        return True
+    return isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in _NUMERIC_KINDS
+
+
+def _image_problem(value: Any, shape: list[Any]) -> str | None:
+    if isinstance(value, str | bytes):
+        return "type: a string where an image is declared"
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - ragged nested lists and the like
+        return f"type: not an array ({exc})"
+    if arr.dtype.kind not in _NUMERIC_KINDS:
+        return f"dtype: {arr.dtype} is not numeric"
+    if arr.size == 0:
+        return f"shape: zero-sized array {arr.shape}"
+    declared = [int(n) for n in shape if isinstance(n, int)]
+    if arr.ndim != len(shape):
+        return f"shape: {arr.ndim}-D array {arr.shape} where {len(shape)}-D {shape} is declared"
+    if len(declared) == len(shape) and all(n > 0 for n in declared):
+        if tuple(declared) != arr.shape:
+            return f"shape: {arr.shape} where {tuple(declared)} is declared"
+    return None
+
+
+def _problem_kind(problem: str) -> str:
+    return problem.split(":", 1)[0]
+
+
+def _without_fields(doc: Doc, problems: dict[str, str]) -> Doc:
+    out = dict(doc)
+    for name in ("data", "timestamps", "filled"):
+        if isinstance(doc.get(name), dict):
+            out[name] = {k: v for k, v in doc[name].items() if k not in problems}
+    return out

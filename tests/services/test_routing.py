@@ -160,3 +160,71 @@ def test_document_missing_fields_is_counted_as_malformed():
     d, routers, metrics = make()
     d("descriptor", {"uid": "d"})  # no run_start
     assert _metric(metrics, "beamwatch_messages_malformed_total", reason="schema") == 1
+
+
+def test_bad_fields_are_dropped_named_and_counted_and_the_rest_kept():
+    import numpy as np
+
+    from services.core.serialization import UndecodableField
+
+    seen = []
+
+    class Recorder(RunRouter):
+        def event(self, doc):
+            seen.append(("event", doc["seq_num"], sorted(doc["data"])))
+
+        def bad_fields(self, descriptor, seq_num, problems):
+            seen.append(("bad", seq_num, sorted(problems)))
+
+    metrics = Metrics("t")
+    d = RunDispatcher([lambda start: Recorder()], metrics)
+    d("start", {"uid": "r", "time": 0})
+    keys = {
+        "img": {"shape": [4, 4], "dtype": "array", "source": "sim"},
+        "e": {"shape": [], "dtype": "number", "source": "sim"},
+    }
+    d("descriptor", {"uid": "d", "run_start": "r", "name": "primary", "data_keys": keys})
+    good = np.zeros((4, 4))
+    bad_images = [
+        np.zeros((1, 1, 4, 4)),
+        np.zeros((0, 4)),
+        np.float64(3.0),
+        "not an image",
+        np.zeros((5, 5)),
+        UndecodableField("why"),
+    ]
+    for seq, img in enumerate([good, *bad_images, good], start=1):
+        d(
+            "event",
+            {
+                "descriptor": "d",
+                "seq_num": seq,
+                "time": 0,
+                "data": {"img": img, "e": 1.0},
+                "timestamps": {"img": 0, "e": 0},
+            },
+        )
+    d(
+        "event",
+        {
+            "descriptor": "d",
+            "seq_num": 9,
+            "time": 0,
+            "data": {"img": good, "e": "x"},
+            "timestamps": {"img": 0, "e": 0},
+        },
+    )
+    events = [s for s in seen if s[0] == "event"]
+    assert [s[1] for s in events] == list(range(1, 10))  # no event lost
+    assert [s[2] for s in events] == [["e", "img"]] + [["e"]] * 6 + [["e", "img"], ["img"]]
+    assert [s[1:] for s in seen if s[0] == "bad"] == [(q, ["img"]) for q in range(2, 8)] + [
+        (9, ["e"])
+    ]
+    total = sum(
+        metrics.registry.get_sample_value(
+            "beamwatch_event_fields_dropped_total", {"service": "t", "problem": p}
+        )
+        or 0
+        for p in ("shape", "type", "dtype", "undecodable", "unknown key")
+    )
+    assert total == 7
