@@ -93,7 +93,7 @@ def _decode_msgpack_numpy(obj: dict[Any, Any]) -> Any:
                 f"msgpack_numpy scalar has {len(raw)} bytes, expected {dtype.itemsize}"
             )
         return np.frombuffer(raw, dtype=dtype)[0].item()
-    return _array_from_bytes(dtype, _key(obj, "shape"), raw, "msgpack_numpy array")
+    return _array_from_bytes(dtype, _key(obj, "shape"), bytes(raw), "msgpack_numpy array")
 
 
 def _array_from_bytes(dtype: np.dtype, shape: Any, raw: bytes, what: str) -> Any:
