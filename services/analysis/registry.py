@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from services.analysis.router import FrameStatsPipeline, PipelineRegistry
+from services.core.identifiers import confined_path
 
 
 def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> PipelineRegistry:
@@ -14,6 +15,12 @@ def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> P
     registry.register("frames", lambda start: True, FrameStatsPipeline)
     figures = figures_dir or Path("figures")
 
+    def figures_for(start: dict[str, Any]) -> Path:
+        # The pipelines write figures under figures/<run uid>; a uid that would leave the
+        # figures directory fails the pipeline instead (uids are also checked on arrival).
+        confined_path(figures, str(start["uid"]))
+        return figures
+
     from services.analysis import xanes_live
 
     series = xanes_live.SeriesStore()
@@ -21,7 +28,7 @@ def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> P
         "xanes",
         xanes_live.select,
         lambda start: xanes_live.XanesLivePipeline(
-            start, feedback=feedback, figures_dir=figures, series=series
+            start, feedback=feedback, figures_dir=figures_for(start), series=series
         ),
     )
     from services.analysis import tomo_live
@@ -29,6 +36,6 @@ def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> P
     registry.register(
         "cracks",
         tomo_live.select,
-        lambda start: tomo_live.CracksPipeline(start, figures_dir=figures),
+        lambda start: tomo_live.CracksPipeline(start, figures_dir=figures_for(start)),
     )
     return registry

@@ -20,6 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from services.core.identifiers import (
+    InvalidIdentifier,
+    check_datum_id,
+    check_name,
+    check_uid,
+)
 from services.core.metrics import Metrics
 from services.core.serialization import UndecodableField
 
@@ -98,6 +104,16 @@ class RunDispatcher:
         handler = getattr(self, f"_on_{name}", None)
         if handler is None:
             logger.debug("ignoring %s document", name)
+            return
+        try:
+            validate_document(name, doc)
+        except InvalidIdentifier as exc:
+            self._metrics.messages_malformed.labels(self._metrics.service, "identifier").inc()
+            logger.warning("dropped %s document: %s", name, exc)
+            return
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._metrics.messages_malformed.labels(self._metrics.service, "schema").inc()
+            logger.warning("dropped %s document: %s: %s", name, type(exc).__name__, exc)
             return
         try:
             handler(doc)
@@ -246,9 +262,10 @@ class RunDispatcher:
     def _on_stop(self, doc: Doc) -> None:
         uid = doc["run_start"]
         if uid not in self._runs:
-            if uid in self._finished:
-                return
-            self._run_for(uid, doc)
+            if uid not in self._finished:
+                # Nothing of this run was seen: no phantom run is made for a stop alone.
+                self._lost("start", 1, uid, "stop of a run none of whose documents arrived")
+            return
         self._finish(uid, doc)
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -387,3 +404,76 @@ def _without_fields(doc: Doc, problems: dict[str, str]) -> Doc:
         if isinstance(doc.get(name), dict):
             out[name] = {k: v for k, v in doc[name].items() if k not in problems}
     return out
+
+
+# ---- document checks at the boundary ------------------------------------------------------------
+def _mapping(doc: Doc, field: str) -> dict[str, Any]:
+    value = doc[field]
+    if not isinstance(value, dict):
+        raise TypeError(f"{field} is a {type(value).__name__}, expected a map")
+    return value
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{field} is a {type(value).__name__}, expected an integer")
+    return int(value)
+
+
+def validate_document(name: str, doc: Doc) -> None:
+    """Check the identifiers and types a router relies on; raise with what is wrong.
+
+    Raises
+    ------
+    InvalidIdentifier
+        A uid or name that could become a path or a Tiled key is not of the safe form.
+    KeyError, TypeError, ValueError
+        A required field is missing or of the wrong type.
+    """
+    if name == "start":
+        check_uid(doc["uid"], "start uid")
+    elif name == "descriptor":
+        check_uid(doc["uid"], "descriptor uid")
+        check_uid(doc["run_start"], "descriptor run_start")
+        check_name(doc.get("name", "primary"), "stream name")
+        for key, info in _mapping(doc, "data_keys").items():
+            check_name(key, "data key")
+            if not isinstance(info, dict):
+                raise TypeError(f"data key {key!r} is described by a {type(info).__name__}")
+    elif name == "event":
+        check_uid(doc["descriptor"], "event descriptor")
+        if _int(doc["seq_num"], "seq_num") < 1:
+            raise ValueError(f"seq_num {doc['seq_num']} is not >= 1")
+        _mapping(doc, "data")
+        if not isinstance(doc.get("timestamps", {}), dict):
+            raise TypeError("timestamps is not a map")
+    elif name == "event_page":
+        check_uid(doc["descriptor"], "event_page descriptor")
+        seq_nums = doc["seq_num"]
+        if not isinstance(seq_nums, list):
+            raise TypeError("event_page seq_num is not a list")
+        for column in (_mapping(doc, "data"), _mapping(doc, "timestamps")):
+            for key, values in column.items():
+                if not isinstance(values, list) or len(values) != len(seq_nums):
+                    raise ValueError(f"event_page column {key!r} is not a list of the page length")
+    elif name in ("resource", "stream_resource"):
+        check_uid(doc["uid"], f"{name} uid")
+        check_uid(doc["run_start"], f"{name} run_start")
+        if name == "stream_resource":
+            check_name(doc["data_key"], "stream_resource data_key")
+    elif name == "datum":
+        check_datum_id(doc["datum_id"], "datum_id")
+        check_uid(doc["resource"], "datum resource")
+    elif name == "datum_page":
+        check_uid(doc["resource"], "datum_page resource")
+        for datum_id in doc["datum_id"]:
+            check_datum_id(datum_id, "datum_id")
+    elif name == "stream_datum":
+        check_uid(doc["stream_resource"], "stream_datum stream_resource")
+        check_uid(doc["descriptor"], "stream_datum descriptor")
+        indices = _mapping(doc, "indices")
+        start, stop = _int(indices["start"], "indices.start"), _int(indices["stop"], "indices.stop")
+        if not 0 <= start <= stop:
+            raise ValueError(f"stream_datum indices {start}..{stop} are not an interval")
+    elif name == "stop":
+        check_uid(doc["run_start"], "stop run_start")
