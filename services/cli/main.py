@@ -42,8 +42,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     consumer.metrics.serve(settings.metrics.host, port)
     install_signal_handlers(consumer.request_stop)
     logger.info("%s consumer subscribed to %s", args.role, settings.bus.out_address)
-    consumer.run_forever()
-    return 0
+    return consumer.run_forever()
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -72,6 +72,18 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.writes_rejected = Counter(
+            "beamwatch_writes_rejected",
+            "Writes Tiled will not accept, kept in the spool's rejected/ directory, by op.",
+            ["service", "op"],
+            registry=r,
+        )
+        self.spool_errors = Counter(
+            "beamwatch_spool_errors",
+            "Errors of the spool itself (write: a record could not be put on disk; worker).",
+            ["service", "where"],
+            registry=r,
+        )
         self.pipeline_errors = Counter(
             "beamwatch_pipeline_errors",
             "Pipelines that failed on a run.",

@@ -25,6 +25,7 @@ class RawRunRouter(RunRouter):
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
         self._uid = ""
+        self._documents = 0
         self._array_keys: dict[str, list[str]] = {}  # descriptor uid -> keys moved out
         self._stream_name: dict[str, str] = {}
         self._rows_written: dict[tuple[str, str], int] = {}
@@ -34,7 +35,17 @@ class RawRunRouter(RunRouter):
         self._bad_report: list[dict[str, Any]] = []
 
     def _put(self, name: str, doc: Doc) -> None:
-        self._spool.put({"op": "raw_doc", "name": name, "doc": doc})
+        self._documents += 1
+        self._spool.put(
+            {
+                "op": "raw_doc",
+                "name": name,
+                "doc": doc,
+                "run": self._uid,
+                # identifies the record across retries (its documents are normalised once)
+                "rid": f"{self._uid}/{self._documents}",
+            }
+        )
 
     def start(self, doc: Doc) -> None:
         self._uid = doc["uid"]

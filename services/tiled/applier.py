@@ -26,8 +26,16 @@ logger = logging.getLogger(__name__)
 def connect(url: str, api_key: str, *, timeout: float = 120.0) -> Any:
     """A Tiled client on ``url``; retries are left to the spool."""
     import httpx
+    import tiled.client.utils as tiled_client_utils
     from tiled.client import from_uri
 
+    # The spool retries every write itself, with its own backoff, and counts server errors to
+    # tell a write Tiled will never accept. The client's own retries of 5xx answers (10
+    # attempts within up to 45 s per request by default, ``TILED_RETRY_ATTEMPTS``) would hide
+    # that and hold every later write of the consumer that long: one retry here, the rest
+    # is the spool's.
+    tiled_client_utils.TILED_RETRY_ATTEMPTS = min(tiled_client_utils.TILED_RETRY_ATTEMPTS, 2)
+    tiled_client_utils.TILED_RETRY_TIMEOUT = min(tiled_client_utils.TILED_RETRY_TIMEOUT, 5.0)
     return from_uri(url, api_key=api_key, timeout=httpx.Timeout(timeout))
 
 
@@ -130,12 +138,12 @@ class TiledApplier:
     # ---- ops --------------------------------------------------------------------------------
     def _op_raw_doc(self, record: dict[str, Any]) -> None:
         if self._raw_writer is None:
-            from bluesky.callbacks.tiled_writer import TiledWriter
+            # bluesky's TiledWriter, with the parts that are not safe to retry replaced
+            from services.tiled.raw_writer import RawWriter
 
-            raw = ensure_container(self.client, ["raw"])
-            self._raw_writer = TiledWriter(raw, batch_size=1)
+            self._raw_writer = RawWriter(ensure_container(self.client, ["raw"]))
         with self._append_lock:
-            self._raw_writer(record["name"], record["doc"])
+            self._raw_writer(record)
 
     def _op_container(self, record: dict[str, Any]) -> None:
         node = self._container(record["path"], record.get("metadata"))
@@ -191,6 +199,13 @@ class TiledApplier:
         parent = self._container(record["path"])
         key = record["key"]
         table = pa.table({k: list(v) for k, v in record["rows"].items()})
+        untyped = [f.name for f in table.schema if pa.types.is_null(f.type)]
+        if untyped and key not in parent:
+            # Tiled answers HTTP 500 "Unsupported PyArrow type: null" to such a table, forever.
+            raise PermanentWriteError(
+                f"{key}: columns {untyped} hold only nulls (no type); Tiled cannot create "
+                "a table with a null-typed column"
+            )
         ident = (*record["path"], key)
         offset = int(record.get("offset", -1))
         node = self._tables.get(ident)

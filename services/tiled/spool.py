@@ -4,10 +4,18 @@ Tiled being down must not lose results. Every write is first appended to the spo
 file per record, numbered), then a single worker applies records strictly in order, retrying
 each with capped exponential backoff until it succeeds. Records left on disk by a previous
 process are replayed at start.
+
+A write the server will never accept (a permanent error, or the same record answered with a
+server error ``max_server_errors`` times in a row while the server is up) is *rejected*: it is
+moved to ``rejected/`` beside its error, counted in ``beamwatch_writes_rejected_total``, reported
+through ``on_reject`` (the consumer writes it into the run's metadata) and the records after it
+go on. A spool directory that cannot be written makes :meth:`Spool.put` wait and retry (the
+dispatcher is held back; nothing is dropped); the worker thread survives any error of its own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -22,6 +30,7 @@ from services.core.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 Applier = Callable[[dict[str, Any]], None]
+RejectCallback = Callable[[dict[str, Any], str], None]
 
 
 class PermanentWriteError(Exception):
@@ -40,6 +49,8 @@ class Spool:
         max_backoff: float = 5.0,
         is_transient: Callable[[BaseException], bool] | None = None,
         max_batch: int = 256,
+        max_server_errors: int = 12,
+        on_reject: RejectCallback | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -54,6 +65,9 @@ class Spool:
         self._stop = False
         self._busy = False
         self._max_batch = max_batch
+        self._max_server_errors = max_server_errors
+        self._on_reject = on_reject
+        self.rejected_dir = self.directory / "rejected"
         self._thread = threading.Thread(target=self._run, name=f"spool-{self.directory.name}")
         self._metrics.queue_depth.labels(metrics.service).set(len(self._pending))
         if existing:
@@ -63,18 +77,41 @@ class Spool:
         self._thread.start()
 
     def put(self, record: dict[str, Any]) -> None:
-        """Persist a record to disk and queue it; returns once it is on disk."""
+        """Persist a record to disk and queue it; returns once it is on disk.
+
+        While the directory cannot be written, waits and retries (logged and counted): the
+        caller is held back, the record is never dropped.
+        """
         payload = serialization.dumps(record)
+        backoff = 0.05
         with self._cond:
             path = self.directory / f"{self._next:012d}.msgpack"
+            while True:
+                try:
+                    self._write_file(path, payload)
+                    break
+                except OSError as exc:
+                    self._metrics.spool_errors.labels(self._metrics.service, "write").inc()
+                    logger.error("cannot write spool record %s (retrying): %s", path, exc)
+                    if self._stop:
+                        raise
+                    self._cond.wait(backoff)
+                    backoff = min(backoff * 2, self._max_backoff)
             self._next += 1
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(payload)
-            os.replace(tmp, path)
             self._pending.append(path)
             self._metrics.queue_depth.labels(self._metrics.service).set(len(self._pending))
             self._cond.notify_all()
+
+    @staticmethod
+    def _write_file(path: Path, payload: bytes) -> None:
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+
+    def is_alive(self) -> bool:
+        """True while the worker thread runs (a consumer whose worker died must restart)."""
+        return self._thread.is_alive()
 
     def depth(self) -> int:
         with self._cond:
@@ -112,6 +149,12 @@ class Spool:
             done: list[Path] = []
             try:
                 done = self._apply_with_retry(candidates)
+            except Exception:
+                # Never die silently: reading a record or the disk failed; try again shortly.
+                self._metrics.spool_errors.labels(self._metrics.service, "worker").inc()
+                logger.exception("spool worker error; retrying")
+                with self._cond:
+                    self._cond.wait(self._max_backoff)
             finally:
                 with self._cond:
                     self._busy = False
@@ -136,30 +179,36 @@ class Spool:
         return paths, records
 
     def _apply_with_retry(self, candidates: list[Path]) -> list[Path]:
-        paths, records = self._batch(candidates)
-        merged = merge_records(records) if len(records) > 1 else records
+        try:
+            paths, records = self._batch(candidates)
+        except serialization.MalformedMessage as exc:
+            # A record file that cannot be decoded (disk damage): keep it aside, go on.
+            self._reject(candidates[:1], {"op": "unreadable"}, exc, raw=candidates[0])
+            candidates[0].unlink(missing_ok=True)
+            return candidates[:1]
+        try:
+            merged = merge_records(records) if len(records) > 1 else records
+        except Exception:  # noqa: BLE001 - a malformed record: apply them one by one
+            logger.exception("cannot merge spooled writes; applying them one by one")
+            merged = records
         backoff = 0.1
         for record in merged:
+            server_errors = 0
             while True:
                 try:
                     self._apply(record)
                 except Exception as exc:
-                    if not self._is_transient(exc):
-                        logger.error(
-                            "dropping spooled write %s (%s): %s",
-                            paths[0].name,
-                            record.get("op", "?"),
-                            exc,
-                            exc_info=True,
-                        )
-                        self._metrics.pipeline_errors.labels(self._metrics.service, "spool").inc()
+                    if _is_server_answer(exc):
+                        server_errors += 1
+                    if not self._is_transient(exc) or server_errors >= self._max_server_errors:
+                        self._reject(paths, record, exc)
                         break
                     with self._cond:
                         if self._stop:
                             return []  # keep everything on disk for the next start
                     self._metrics.tiled_write_retries.labels(self._metrics.service).inc()
                     logger.warning(
-                        "Tiled write %s (%s) failed, retrying in %.1f s: %s",
+                        "Tiled write %s (%s) failed, retrying in %.2f s: %s",
                         paths[0].name,
                         record.get("op", "?"),
                         backoff,
@@ -172,6 +221,44 @@ class Spool:
         for path in paths:
             path.unlink(missing_ok=True)
         return paths
+
+    def _reject(
+        self,
+        paths: list[Path],
+        record: dict[str, Any],
+        exc: BaseException,
+        raw: Path | None = None,
+    ) -> None:
+        """Keep a write the server will not accept beside its error; report it; go on."""
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        op = str(record.get("op", "?"))
+        logger.error(
+            "Tiled rejected write %s (%s %s); kept in %s: %s",
+            paths[0].name,
+            op,
+            "/".join(map(str, record.get("path") or [])) or record.get("name", ""),
+            self.rejected_dir,
+            error,
+        )
+        self._metrics.writes_rejected.labels(self._metrics.service, op).inc()
+        self.rejected_dir.mkdir(exist_ok=True)
+        name = paths[0].stem
+        payload = raw.read_bytes() if raw is not None else serialization.dumps(record)
+        self._write_file(self.rejected_dir / f"{name}.msgpack", payload)
+        (self.rejected_dir / f"{name}.error.json").write_text(
+            json.dumps({"op": op, "error": error, "records": [p.name for p in paths]})
+        )
+        if self._on_reject is not None and not record.get("notice"):
+            try:
+                self._on_reject(record, error)
+            except Exception:
+                logger.exception("reporting a rejected write failed")
+
+
+def _is_server_answer(exc: BaseException) -> bool:
+    """An HTTP answer of a running server (as opposed to a server that cannot be reached)."""
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) is not None
 
 
 #: Ops whose records can be merged when several are queued (Tiled lagging behind): appends to
