@@ -23,7 +23,7 @@ import numpy as np
 from services.analysis.results import PipelineRun, ResultWriter
 from services.core.metrics import Metrics
 from services.runs.frames import Frame, FrameAssembler, Hdf5Reader
-from services.runs.routing import Doc, RunRouter
+from services.runs.routing import ARRIVAL, Doc, RunRouter
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ class FrameStatsPipeline:
 
 
 ReadingsLookup = Callable[[str, str, list[int]], dict[int, dict[str, Any]]]
+#: Runs ``job`` (a run's after-scan stages) off the dispatch thread: ``after_scan(run_uid, job)``.
+AfterScan = Callable[[str, Callable[[], None]], None]
 
 
 class AnalysisRunRouter(RunRouter):
@@ -112,8 +114,10 @@ class AnalysisRunRouter(RunRouter):
         metrics: Metrics,
         *,
         readings_lookup: ReadingsLookup | None = None,
+        after_scan: AfterScan | None = None,
     ) -> None:
         self._uid = start["uid"]
+        self._after_scan = after_scan
         self._spool = spool
         self._metrics = metrics
         self._assembler = FrameAssembler(self._uid, Hdf5Reader())
@@ -122,6 +126,7 @@ class AnalysisRunRouter(RunRouter):
         self._pipelines: list[tuple[PipelineRun, ResultWriter]] = []
         self._failed: set[str] = set()
         self._bad_fields: list[dict[str, Any]] = []
+        self._missing: dict[str, list[int]] = {}
         for entry in entries:
             out = ResultWriter(spool, self._uid, entry.name)
             try:
@@ -181,6 +186,14 @@ class AnalysisRunRouter(RunRouter):
 
     def stop(self, doc: Doc | None) -> None:
         self._recover_lost()
+        if self._after_scan is None:
+            self._finish(doc)
+        else:
+            # After-scan stages (maps, reconstructions) can take minutes: they run in the
+            # consumer's worker pool so frames of the next runs are not held back.
+            self._after_scan(self._uid, lambda: self._finish(doc))
+
+    def _finish(self, doc: Doc | None) -> None:
         for run, out in self._pipelines:
             if run.name in self._failed:
                 continue
@@ -189,8 +202,14 @@ class AnalysisRunRouter(RunRouter):
             except Exception as exc:
                 self._fail(run.name, out, exc)
                 continue
+            # "complete" only when every frame is in; otherwise say which are missing
             out.metadata(
-                {"status": "complete", "stop_lost": doc is None, "bad_fields": self._bad_fields}
+                {
+                    "status": "incomplete" if self._missing else "complete",
+                    "missing_seq_nums": self._missing,
+                    "stop_lost": doc is None,
+                    "bad_fields": self._bad_fields,
+                }
             )
         self._assembler.close()
 
@@ -202,7 +221,10 @@ class AnalysisRunRouter(RunRouter):
 
     # ---- internals ---------------------------------------------------------------------------
     def _process(self, frames: list[Frame]) -> None:
+        arrival = ARRIVAL.get(None)
         for frame in frames:
+            if arrival is not None and not frame.recovered:
+                frame.received = arrival
             for run, out in self._pipelines:
                 if run.name in self._failed:
                     continue
@@ -233,6 +255,7 @@ class AnalysisRunRouter(RunRouter):
             for seq in seq_nums:
                 frame = self._assembler.frame_for(descriptor["uid"], seq, readings.get(seq, {}))
                 if frame is None:
+                    self._missing.setdefault(descriptor.get("name", "primary"), []).append(seq)
                     logger.error(
                         "frame %d of run is lost for good (no file reference)",
                         seq,

@@ -34,6 +34,12 @@ class Metrics:
             ["service", "kind"],
             registry=r,
         )
+        self.messages_duplicated = Counter(
+            "beamwatch_messages_duplicated",
+            "Documents received twice (or after they were given up as lost) and dropped.",
+            ["service", "kind"],
+            registry=r,
+        )
         self.messages_recovered = Counter(
             "beamwatch_messages_recovered",
             "Lost documents or frames recovered from the detector file or Tiled.",

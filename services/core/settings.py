@@ -72,6 +72,9 @@ class BeamwatchSettings(BaseSettings):
     web: WebSettings = WebSettings()
     #: Seconds after which a run with no documents and no stop is declared to have lost its stop.
     run_idle_timeout: float = Field(600.0, gt=0)
+    #: how long a seq_num gap (or a stop before its last events) is waited for before the
+    #: missing events are declared lost and recovered from Tiled / the detector file
+    reorder_timeout: float = Field(2.0, gt=0)
     #: Longest backoff between Tiled write retries (seconds).
     retry_max_backoff: float = Field(5.0, gt=0)
     log_level: str = "INFO"

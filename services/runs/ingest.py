@@ -33,6 +33,7 @@ class RawRunRouter(RunRouter):
         self._last_row: dict[tuple[str, str], np.ndarray] = {}
         self._bad: dict[tuple[str, int], dict[str, str]] = {}
         self._bad_report: list[dict[str, Any]] = []
+        self._missing: dict[str, list[int]] = {}
 
     def _put(self, name: str, doc: Doc) -> None:
         self._documents += 1
@@ -70,6 +71,10 @@ class RawRunRouter(RunRouter):
             doc["data_keys"] = doc["data_keys"] or {}
             doc.setdefault("configuration", {})
         self._put("descriptor", doc)
+
+    def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
+        # The raw path cannot rebuild an Event's readings: the run says what is missing.
+        self._missing.setdefault(descriptor.get("name", "primary"), []).extend(seq_nums)
 
     def bad_fields(self, descriptor: Doc, seq_num: int, problems: dict[str, str]) -> None:
         self._bad[(descriptor["uid"], seq_num)] = problems
@@ -127,14 +132,13 @@ class RawRunRouter(RunRouter):
         if doc is None:
             doc = _synthetic_stop(self._uid)
         self._put("stop", doc)
+        status: dict[str, Any] = {
+            "beamwatch_status": "incomplete" if self._missing else "complete",
+            "beamwatch_missing_seq_nums": self._missing,
+        }
         if self._bad_report:
-            self._spool.put(
-                {
-                    "op": "metadata",
-                    "path": ["raw", self._uid],
-                    "metadata": {"beamwatch_bad_fields": self._bad_report},
-                }
-            )
+            status["beamwatch_bad_fields"] = self._bad_report
+        self._spool.put({"op": "metadata", "path": ["raw", self._uid], "metadata": status})
 
     def _with_placeholders(self, doc: Doc, problems: dict[str, str], array_keys: list[str]) -> Doc:
         """Stand-ins for dropped fields, so rows stay aligned and say "unknown".

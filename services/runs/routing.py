@@ -11,6 +11,7 @@ neighbours), event gaps are handed to the routers, which recover from Tiled or t
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 import uuid
@@ -28,10 +29,15 @@ from services.core.identifiers import (
 )
 from services.core.metrics import Metrics
 from services.core.serialization import UndecodableField
+from services.runs.journal import RunJournal
 
 logger = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
+
+#: When the document being dispatched arrived on the bus (``time.monotonic()``); frames it
+#: completes are timed from then, not from when the dispatcher got to them.
+ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar("beamwatch_arrival")
 
 
 class RunRouter:
@@ -71,6 +77,12 @@ class _Run:
     last_seq: dict[str, int] = field(default_factory=dict)
     sres_stop: dict[str, int] = field(default_factory=dict)
     sres_seq_stop: dict[str, int] = field(default_factory=dict)
+    #: events that came ahead of a gap, per descriptor: seq_num -> (event, arrival)
+    held: dict[str, dict[int, Doc]] = field(default_factory=dict)
+    gap_since: dict[str, float] = field(default_factory=dict)
+    #: a stop that came before the last events, and since when it waits
+    stop: Doc | None = None
+    stop_since: float = 0.0
 
 
 class RunDispatcher:
@@ -83,8 +95,17 @@ class RunDispatcher:
         *,
         recover_start: StartRecovery | None = None,
         idle_timeout: float = 600.0,
+        reorder_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        journal: RunJournal | None = None,
+        on_finish: Callable[[str], None] | None = None,
     ) -> None:
+        self._journal = journal
+        self._reorder_timeout = reorder_timeout
+        #: events whose descriptor has not arrived yet: descriptor uid -> [(event, arrival)]
+        self._early: dict[str, list[tuple[str, Doc, float]]] = {}
+        self._on_finish = on_finish
+        self._replaying = False
         self._factories = list(factories)
         self._metrics = metrics
         self._recover_start = recover_start
@@ -100,7 +121,14 @@ class RunDispatcher:
     def open_runs(self) -> list[str]:
         return list(self._runs)
 
-    def __call__(self, name: str, doc: Doc) -> None:
+    def __call__(self, name: str, doc: Doc, received: float | None = None) -> None:
+        token = ARRIVAL.set(received if received is not None else time.monotonic())
+        try:
+            self._dispatch(name, doc)
+        finally:
+            ARRIVAL.reset(token)
+
+    def _dispatch(self, name: str, doc: Doc) -> None:
         handler = getattr(self, f"_on_{name}", None)
         if handler is None:
             logger.debug("ignoring %s document", name)
@@ -115,15 +143,68 @@ class RunDispatcher:
             self._metrics.messages_malformed.labels(self._metrics.service, "schema").inc()
             logger.warning("dropped %s document: %s: %s", name, type(exc).__name__, exc)
             return
+        journal = self._journal if not self._replaying else None
         try:
+            run_uid = self._run_uid_of(name, doc)
+            journaled = journal is not None and run_uid in self._runs
+            if journaled:  # before routing: the stop must be in before the run is finished
+                journal.append(run_uid, name, doc)  # type: ignore[union-attr, arg-type]
             handler(doc)
+            if journal is not None and not journaled:
+                run_uid = self._run_uid_of(name, doc)
+                if run_uid is not None and run_uid in self._runs:  # this document opened it
+                    journal.append(run_uid, name, doc)
         except KeyError as exc:
             self._metrics.messages_malformed.labels(self._metrics.service, "schema").inc()
             logger.warning("dropped %s document missing required field %s", name, exc)
 
+    def replay(self, run_uid: str, documents: list[tuple[str, Doc]]) -> None:
+        """Route a journaled run's documents again (after a crash), without journaling them."""
+        logger.warning(
+            "resuming run from its journal (%d documents)",
+            len(documents),
+            extra={"run_uid": run_uid},
+        )
+        self._replaying = True
+        try:
+            for name, doc in documents:
+                self(name, doc)
+        finally:
+            self._replaying = False
+
+    def _run_uid_of(self, name: str, doc: Doc) -> str | None:
+        if name == "start":
+            return str(doc["uid"])
+        if name in ("descriptor", "resource", "stream_resource", "stop"):
+            return str(doc["run_start"])
+        if name in ("event", "event_page"):
+            return self._run_of_descriptor.get(doc["descriptor"])
+        if name in ("datum", "datum_page"):
+            return self._run_of_resource.get(doc["resource"])
+        if name == "stream_datum":
+            return self._run_of_resource.get(doc["stream_resource"])
+        return None
+
     def sweep(self) -> None:
-        """Declare the stop lost for runs idle longer than the timeout."""
+        """Give up waiting: for gaps and early events after ``reorder_timeout``, for the
+        events a held stop announced after ``reorder_timeout``, for a stop after the idle
+        timeout."""
         now = self._clock()
+        for descriptor_uid, early in list(self._early.items()):
+            if now - early[0][2] > self._reorder_timeout:
+                del self._early[descriptor_uid]
+                self._lost(
+                    "descriptor",
+                    len(early),
+                    None,
+                    f"events for unknown descriptor {descriptor_uid}",
+                )
+        for uid, run in list(self._runs.items()):
+            for descriptor_uid, since in list(run.gap_since.items()):
+                if now - since > self._reorder_timeout:
+                    self._give_up_gap(uid, run, descriptor_uid)
+            if run.stop is not None and now - run.stop_since > self._reorder_timeout:
+                self._finish(uid, run.stop)
         for uid, run in list(self._runs.items()):
             if now - run.last_seen > self._idle_timeout:
                 self._lost(
@@ -151,26 +232,108 @@ class RunDispatcher:
         run.last_seq.setdefault(doc["uid"], 0)
         self._run_of_descriptor[doc["uid"]] = run.start["uid"]
         self._send(run, "descriptor", doc)
+        for name, early, _arrival in self._early.pop(doc["uid"], []):
+            getattr(self, f"_on_{name}")(early)  # in arrival order; events are ordered later
+
+    def _hold_early(self, name: str, doc: Doc) -> None:
+        """A document that refers to a descriptor not seen yet: its descriptor may be late."""
+        early = self._early.setdefault(doc["descriptor"], [])
+        if len(early) < MAX_HELD_EVENTS and len(self._early) < MAX_HELD_EVENTS:
+            early.append((name, doc, self._clock()))
+        else:
+            self._lost("descriptor", 1, None, f"{name} for unknown descriptor {doc['descriptor']}")
 
     def _on_event(self, doc: Doc) -> None:
         run_uid = self._run_of_descriptor.get(doc["descriptor"])
         if run_uid is None or run_uid not in self._runs:
-            self._lost("descriptor", 1, None, f"event for unknown descriptor {doc['descriptor']}")
+            self._hold_early("event", doc)
             return
         run = self._runs[run_uid]
+        run.last_seen = self._clock()
+        descriptor_uid = doc["descriptor"]
         seq = int(doc["seq_num"])
-        last = run.last_seq.get(doc["descriptor"], 0)
-        if seq <= last:
-            logger.warning(
-                "duplicate or out-of-order event seq_num %d (last %d) dropped", seq, last
-            )
+        last = run.last_seq.get(descriptor_uid, 0)
+        held = run.held.setdefault(descriptor_uid, {})
+        if seq <= last or seq in held:
+            self._metrics.messages_duplicated.labels(self._metrics.service, "event").inc()
+            logger.warning("duplicate or late event seq_num %d (last %d) dropped", seq, last)
             return
         if seq > last + 1:
-            missing = list(range(last + 1, seq))
-            self._lost("event", len(missing), run_uid, f"seq_num gap {missing[0]}..{missing[-1]}")
-            descriptor = run.descriptors[doc["descriptor"]]
-            for router in run.routers:
-                self._call(router, "events_lost", run_uid, descriptor, missing)
+            if len(held) >= MAX_HELD_EVENTS:
+                self._give_up_gap(run_uid, run, descriptor_uid)
+                self._on_event(doc)
+                return
+            held[seq] = doc  # wait a while for the missing ones: the bus may reorder
+            run.gap_since.setdefault(descriptor_uid, self._clock())
+            return
+        self._deliver(run_uid, run, doc)
+        self._release_held(run_uid, run, descriptor_uid)
+        self._maybe_finish_held_stop(run_uid, run)
+
+    def _release_held(self, run_uid: str, run: _Run, descriptor_uid: str) -> None:
+        held = run.held.get(descriptor_uid, {})
+        while held and min(held) == run.last_seq.get(descriptor_uid, 0) + 1:
+            self._deliver(run_uid, run, held.pop(min(held)))
+        if held:
+            run.gap_since.setdefault(descriptor_uid, self._clock())
+        else:
+            run.gap_since.pop(descriptor_uid, None)
+
+    def _give_up_gap(self, run_uid: str, run: _Run, descriptor_uid: str) -> None:
+        """The events before the first held one are lost: say so, then release the held."""
+        held = run.held.get(descriptor_uid, {})
+        if not held:
+            run.gap_since.pop(descriptor_uid, None)
+            return
+        last = run.last_seq.get(descriptor_uid, 0)
+        missing = list(range(last + 1, min(held)))
+        self._events_lost(run_uid, run, descriptor_uid, missing)
+        run.last_seq[descriptor_uid] = min(held) - 1
+        run.gap_since.pop(descriptor_uid, None)
+        self._release_held(run_uid, run, descriptor_uid)
+        self._maybe_finish_held_stop(run_uid, run)
+
+    def _events_lost(
+        self, run_uid: str, run: _Run, descriptor_uid: str, missing: list[int]
+    ) -> None:
+        if not missing:
+            return
+        self._lost("event", len(missing), run_uid, f"seq_num gap {missing[0]}..{missing[-1]}")
+        descriptor = run.descriptors[descriptor_uid]
+        for router in run.routers:
+            self._call(router, "events_lost", run_uid, descriptor, missing)
+
+    def _expected_events(self, run: _Run) -> dict[str, int]:
+        """Per descriptor, how many events the held stop announced (``num_events``)."""
+        counts = (run.stop or {}).get("num_events") or {}
+        out: dict[str, int] = {}
+        for descriptor_uid, descriptor in run.descriptors.items():
+            n = counts.get(descriptor.get("name", "primary"))
+            if isinstance(n, int) and not isinstance(n, bool):
+                out[descriptor_uid] = n
+        # several descriptors of one stream share its count: the last one carries it
+        return out
+
+    def _all_events_in(self, run: _Run) -> bool:
+        if any(run.held.values()):
+            return False
+        by_stream: dict[str, int] = {}
+        for descriptor_uid, descriptor in run.descriptors.items():
+            name = descriptor.get("name", "primary")
+            by_stream[name] = by_stream.get(name, 0) + run.last_seq.get(descriptor_uid, 0)
+        counts = (run.stop or {}).get("num_events") or {}
+        return all(
+            by_stream.get(name, 0) >= n
+            for name, n in counts.items()
+            if isinstance(n, int) and not isinstance(n, bool)
+        )
+
+    def _maybe_finish_held_stop(self, run_uid: str, run: _Run) -> None:
+        if run.stop is not None and self._all_events_in(run):
+            self._finish(run_uid, run.stop)
+
+    def _deliver(self, run_uid: str, run: _Run, doc: Doc) -> None:
+        seq = int(doc["seq_num"])
         run.last_seq[doc["descriptor"]] = seq
         descriptor = run.descriptors[doc["descriptor"]]
         problems = bad_event_fields(doc, descriptor)
@@ -237,6 +400,9 @@ class RunDispatcher:
             self._lost("resource", 1, None, f"stream_datum for unknown {doc['stream_resource']}")
             return
         run = self._runs[run_uid]
+        if doc["descriptor"] not in run.descriptors:
+            self._hold_early("stream_datum", doc)
+            return
         sres = doc["stream_resource"]
         expected = run.sres_stop.get(sres, 0)
         start, stop = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
@@ -265,6 +431,15 @@ class RunDispatcher:
             if uid not in self._finished:
                 # Nothing of this run was seen: no phantom run is made for a stop alone.
                 self._lost("start", 1, uid, "stop of a run none of whose documents arrived")
+            return
+        run = self._runs[uid]
+        if run.stop is not None:
+            return  # a duplicate stop
+        run.stop, run.stop_since = doc, self._clock()
+        if not self._all_events_in(run):
+            logger.info(
+                "stop came before the last events; waiting for them", extra={"run_uid": uid}
+            )
             return
         self._finish(uid, doc)
 
@@ -307,14 +482,33 @@ class RunDispatcher:
         return self._open(start)
 
     def _finish(self, uid: str, stop: Doc | None) -> None:
-        run = self._runs.pop(uid, None)
+        run = self._runs.get(uid)
         if run is None:
             return
+        for descriptor_uid in list(run.held):
+            self._give_up_gap(uid, run, descriptor_uid)  # may finish the run itself
+        if uid not in self._runs:
+            return
+        run.stop = stop
+        if stop is not None:
+            counts = self._expected_events(run)
+            for descriptor_uid, n in counts.items():
+                if descriptor_uid != _last_descriptor_of_stream(run, descriptor_uid):
+                    continue
+                self._events_lost(
+                    uid,
+                    run,
+                    descriptor_uid,
+                    list(range(run.last_seq.get(descriptor_uid, 0) + 1, n + 1)),
+                )
+        self._runs.pop(uid, None)
         for router in run.routers:
             self._call(router, "stop", uid, stop)
         self._finished.add(uid)
         for d in run.descriptors:
             self._run_of_descriptor.pop(d, None)
+        if self._on_finish is not None:
+            self._on_finish(uid)
 
     def _send(self, run: _Run, method: str, doc: Doc) -> None:
         run.last_seen = self._clock()
@@ -333,6 +527,16 @@ class RunDispatcher:
     def _lost(self, kind: str, count: int, run_uid: str | None, detail: str) -> None:
         self._metrics.messages_lost.labels(self._metrics.service, kind).inc(count)
         logger.warning("bus loss (%s x%d): %s", kind, count, detail, extra={"run_uid": run_uid})
+
+
+#: Events held per descriptor while waiting for a gap to fill (and early events overall).
+MAX_HELD_EVENTS = 10_000
+
+
+def _last_descriptor_of_stream(run: _Run, descriptor_uid: str) -> str:
+    name = run.descriptors[descriptor_uid].get("name", "primary")
+    same = [d for d, doc in run.descriptors.items() if doc.get("name", "primary") == name]
+    return same[-1]
 
 
 # ---- field checks -------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from services.analysis.registry import default_registry
@@ -23,6 +25,7 @@ from services.bus.subscriber import BusSubscriber
 from services.core.metrics import Metrics
 from services.core.settings import BeamwatchSettings
 from services.runs.ingest import RawRunRouter
+from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.tiled.applier import TiledApplier, connect, is_transient
 from services.tiled.spool import Spool
@@ -30,6 +33,10 @@ from services.tiled.spool import Spool
 logger = logging.getLogger(__name__)
 
 ROLES = ("raw", "analysis")
+#: How often the dispatcher gives up on gaps and idle runs, in seconds.
+SWEEP_INTERVAL = 0.25
+#: Threads running after-scan stages (maps, reconstructions) off the dispatch thread.
+AFTER_SCAN_WORKERS = 2
 
 
 class LazyClient:
@@ -90,7 +97,30 @@ class Consumer:
             self.metrics,
             max_backoff=settings.retry_max_backoff,
             is_transient=is_transient,
+            on_reject=self._report_rejected,
         )
+        self._rejected: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        # Two workers: a long stage (a tomogram's reconstruction) does not hold back the end
+        # of the next run; each stage is parallel inside already (numpy, torch).
+        self._after_scan_pool = ThreadPoolExecutor(
+            AFTER_SCAN_WORKERS, thread_name_prefix=f"{role}-after-scan"
+        )
+        self._after_scan_jobs: set[Future[None]] = set()
+        self._after_scan_lock = threading.Lock()
+        self._after_scan_runs: dict[str, int] = {}
+        # Runs to resume: their journals survived a crash. Spooled writes of those runs are
+        # dropped, the replay makes them again (idempotently) in the right order.
+        self.journal = RunJournal(settings.spool_dir / role / "runs")
+        self._resume = self.journal.runs()
+        self._finished_runs: set[str] = set()
+        if self._resume:
+            resume = set(self._resume)
+            dropped = self.spool.discard(lambda record: _record_run(record) in resume)
+            logger.warning(
+                "resuming %d runs after a crash; %d spooled writes of them will be remade",
+                len(resume),
+                dropped,
+            )
         factory: RouterFactory
         recover_start: Callable[[str], Doc | None] | None
         if role == "raw":
@@ -109,7 +139,12 @@ class Consumer:
                 if not entries:
                     return None
                 return AnalysisRunRouter(
-                    start, entries, self.spool, self.metrics, readings_lookup=self._lookup_readings
+                    start,
+                    entries,
+                    self.spool,
+                    self.metrics,
+                    readings_lookup=self._lookup_readings,
+                    after_scan=self._submit_after_scan,
                 )
 
             recover_start = self._recover_start
@@ -118,8 +153,11 @@ class Consumer:
             self.metrics,
             recover_start=recover_start,
             idle_timeout=settings.run_idle_timeout,
+            reorder_timeout=settings.reorder_timeout,
+            journal=self.journal,
+            on_finish=self._finished_runs.add,
         )
-        self._queue: queue.Queue[tuple[str, Doc]] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, Doc, float]] = queue.Queue()
         self._bus = BusSubscriber(
             bus_address or settings.bus.out_address,
             self._enqueue,
@@ -142,7 +180,10 @@ class Consumer:
         for t in self._threads:
             t.join(timeout=10)
         self.dispatcher.close()
+        self._after_scan_pool.shutdown(wait=True)
         self.spool.stop(drain_timeout)
+        self._remove_done_journals()
+        self.journal.close()
         self._bus.close()
         self._client.close()
         if self._feedback is not None:
@@ -150,28 +191,119 @@ class Consumer:
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until the queue is processed and the spool is drained (for tests and demo)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0 and self.spool.depth() == 0:
+            if (
+                self._queue.unfinished_tasks == 0
+                and self.after_scan_depth() == 0
+                and self.spool.depth() == 0
+            ):
                 return True
             self.spool.wait_empty(0.2)
         return False
 
-    def run_forever(self) -> None:
+    def run_forever(self) -> int:
+        """Run until asked to stop (0) or until a worker thread dies (1: restart the process).
+
+        A consumer whose bus, dispatch or spool thread died would look alive while doing
+        nothing; it exits instead, so the supervisor shows ``child_up`` 0 and restarts it.
+        """
         self.start()
         try:
-            self._stop.wait()
+            while not self._stop.wait(1.0):
+                dead = self.dead_workers()
+                if dead:
+                    logger.critical("worker threads %s died; exiting to be restarted", dead)
+                    return 1
+            return 0
         finally:
             self.stop()
+
+    def dead_workers(self) -> list[str]:
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if not self.spool.is_alive():
+            dead.append("spool")
+        return dead
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    # ---- rejected writes ----------------------------------------------------------------------
+    def _report_rejected(self, record: dict[str, Any], error: str) -> None:
+        """Name a write Tiled will not accept in the metadata of the run (or pipeline) it is for."""
+        path = [str(p) for p in record.get("path") or []]
+        if record.get("op") == "raw_doc" and record.get("run"):
+            target = ["raw", str(record["run"])]
+        elif path[:1] == ["analysis"] and len(path) >= 3:
+            target = path[:3]
+        elif path[:1] == ["raw"] and len(path) >= 2:
+            target = path[:2]
+        else:
+            return
+        entry = {
+            "op": record.get("op"),
+            "key": record.get("key") or record.get("name"),
+            "path": "/".join(path),
+            "error": error[:500],
+        }
+        rejected = self._rejected.setdefault(tuple(target), [])
+        rejected.append(entry)
+        self.spool.put(
+            {
+                "op": "metadata",
+                "path": target,
+                "metadata": {"rejected_writes": rejected, "write_errors": len(rejected)},
+                "notice": True,
+            }
+        )
+
     # ---- loops ---------------------------------------------------------------------------------
+    def _submit_after_scan(self, run_uid: str, job: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                job()
+            except Exception:
+                logger.exception("after-scan stage failed", extra={"run_uid": run_uid})
+
+        future = self._after_scan_pool.submit(run)
+        with self._after_scan_lock:
+            self._after_scan_jobs.add(future)
+            self._after_scan_runs[run_uid] = self._after_scan_runs.get(run_uid, 0) + 1
+        future.add_done_callback(lambda _f: self._after_scan_run_done(run_uid))
+        future.add_done_callback(self._after_scan_done)
+        self.metrics.queue_depth.labels(f"{self.role}-after-scan").set(self.after_scan_depth())
+
+    def _after_scan_done(self, future: Future[None]) -> None:
+        with self._after_scan_lock:
+            self._after_scan_jobs.discard(future)
+        self.metrics.queue_depth.labels(f"{self.role}-after-scan").set(self.after_scan_depth())
+
+    def _after_scan_run_done(self, run_uid: str) -> None:
+        with self._after_scan_lock:
+            left = self._after_scan_runs.get(run_uid, 1) - 1
+            if left > 0:
+                self._after_scan_runs[run_uid] = left
+            else:
+                self._after_scan_runs.pop(run_uid, None)
+
+    def _remove_done_journals(self) -> None:
+        """Journals of finished runs go once their stages are done and the spool is empty."""
+        if not self._finished_runs or self.spool.depth() > 0:
+            return
+        with self._after_scan_lock:
+            busy = set(self._after_scan_runs)
+        for run_uid in list(self._finished_runs - busy):
+            self.journal.remove(run_uid)
+            self._finished_runs.discard(run_uid)
+
+    def after_scan_depth(self) -> int:
+        """After-scan stages queued or running."""
+        with self._after_scan_lock:
+            return len(self._after_scan_jobs)
+
     def _enqueue(self, name: str, doc: Doc) -> None:
-        self._queue.put((name, doc))
+        # Arrival on the bus: the clock of every latency starts here.
+        self._queue.put((name, doc, time.monotonic()))
         self.metrics.queue_depth.labels(f"{self.role}-bus").set(self._queue.qsize())
 
     def _bus_loop(self) -> None:
@@ -179,14 +311,24 @@ class Consumer:
             self._bus.poll_once(200)
 
     def _dispatch_loop(self) -> None:
-        while not self._stop.is_set():
+        for run_uid in self._resume:
             try:
-                name, doc = self._queue.get(timeout=0.5)
-            except queue.Empty:
+                self.dispatcher.replay(run_uid, self.journal.documents(run_uid))
+            except Exception:
+                logger.exception("resuming run from its journal failed", extra={"run_uid": run_uid})
+        self._resume = []
+        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        while not self._stop.is_set():
+            if time.monotonic() >= next_sweep:  # also under load: gaps must not wait forever
                 self.dispatcher.sweep()
+                self._remove_done_journals()
+                next_sweep = time.monotonic() + SWEEP_INTERVAL
+            try:
+                name, doc, received = self._queue.get(timeout=SWEEP_INTERVAL)
+            except queue.Empty:
                 continue
             try:
-                self.dispatcher(name, doc)
+                self.dispatcher(name, doc, received)
             except Exception:
                 logger.exception("dispatching %s failed", name)
             finally:
@@ -218,3 +360,13 @@ class Consumer:
             if seq in wanted:
                 out[seq] = {k: v for k, v in row.items() if k != "seq_num"}
         return out
+
+
+def _record_run(record: dict[str, Any]) -> str | None:
+    """The run a spooled write belongs to."""
+    if record.get("op") == "raw_doc":
+        return record.get("run")
+    path = record.get("path") or []
+    if len(path) >= 2 and path[0] in ("raw", "analysis"):
+        return str(path[1])
+    return None

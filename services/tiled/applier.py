@@ -227,6 +227,11 @@ class TiledApplier:
         if offset >= 0 and current >= offset + table.num_rows:
             logger.info("rows %d.. of %s already in Tiled; not appended again", offset, key)
             return
+        if offset >= 0 and offset < current:
+            # Part of these rows is in already (a replay after a crash, a merged retry):
+            # append the rest only.
+            table = table.slice(current - offset)
+            offset = current
         if offset >= 0 and current != offset:
             raise PermanentWriteError(f"{key}: rows at {offset} but the table holds {current}")
         try:

@@ -76,6 +76,27 @@ class Spool:
     def start(self) -> None:
         self._thread.start()
 
+    def discard(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
+        """Before :meth:`start`: delete queued records for which ``predicate`` is true."""
+        if self._thread.is_alive():
+            raise RuntimeError("discard() is for records left by a previous process, before start")
+        kept: list[Path] = []
+        dropped = 0
+        for path in self._pending:
+            try:
+                record = serialization.loads(path.read_bytes())
+            except (OSError, serialization.MalformedMessage):
+                kept.append(path)  # the worker sets unreadable records aside
+                continue
+            if predicate(record):
+                path.unlink(missing_ok=True)
+                dropped += 1
+            else:
+                kept.append(path)
+        self._pending = kept
+        self._metrics.queue_depth.labels(self._metrics.service).set(len(kept))
+        return dropped
+
     def put(self, record: dict[str, Any]) -> None:
         """Persist a record to disk and queue it; returns once it is on disk.
 
