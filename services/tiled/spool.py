@@ -222,6 +222,9 @@ class Spool:
                     if _is_server_answer(exc):
                         server_errors += 1
                     if not self._is_transient(exc) or server_errors >= self._max_server_errors:
+                        with self._cond:
+                            if self._stop:
+                                return []  # shutting down: keep it on disk, decide next time
                         self._reject(paths, record, exc)
                         break
                     with self._cond:

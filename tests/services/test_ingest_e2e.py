@@ -241,7 +241,9 @@ def test_tiled_restart_mid_run_loses_nothing(tmp_path, proxy):
         # writes were held in the on-disk spool during the outage (checked in the hook) and
         # every one of them has been replayed since
         wait_until(lambda: raw.spool.depth() == 0 and ana.spool.depth() == 0, timeout=60)
-        assert not list(settings.spool_dir.rglob("*.msgpack"))
+        assert not list(settings.spool_dir.glob("*/*.msgpack"))
+        # the runs' journals go once they are finished and written
+        wait_until(lambda: not list(settings.spool_dir.glob("*/runs/*.msgpack")), timeout=30)
         client.context.close()
     finally:
         pub.close()
