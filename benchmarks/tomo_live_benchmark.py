@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from services.logs import configure_logging
-from services.settings import load_settings
+from services.core.logs import configure_logging
+from services.core.settings import load_settings
 
 logger = logging.getLogger("benchmarks.tomo_live")
 
@@ -78,7 +78,7 @@ def run(size: int, slab: int, timeout: float) -> dict[str, Any]:
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
     from pipelines.tomo.fbp import inside_circle
-    from services.demo import bus_run_engine, running_services
+    from services.runtime.demo import bus_run_engine, running_services
 
     t0 = time.monotonic()
     angles, frames, truth = simulate(size, slab, seed=3)

@@ -59,7 +59,7 @@ class TiledProcess:
     """``tiled serve config`` of the embedded beamwatch configuration, on an ephemeral port."""
 
     def __init__(self, data_dir: Path) -> None:
-        from services.settings import load_settings
+        from services.core.settings import load_settings
 
         self.port = free_port()
         self.api_key = secrets.token_hex(16)
@@ -70,8 +70,8 @@ class TiledProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        from services.supervisor import wait_for_tiled
-        from services.tiled_server import tiled_command
+        from services.runtime.supervisor import wait_for_tiled
+        from services.tiled.server import tiled_command
 
         argv, env = tiled_command(self.settings)
         log = open(self.settings.data_dir / "tiled.log", "ab")  # noqa: SIM115
@@ -144,7 +144,7 @@ def proxy() -> Iterator[ProxyProcess]:
 
 @pytest.fixture
 def consumer_settings(tmp_path: Path, tiled_server: TiledProcess, proxy: ProxyProcess):  # noqa: ANN201
-    from services.settings import load_settings
+    from services.core.settings import load_settings
 
     detector = tiled_server.settings.detector_dir  # Tiled may read detector files only here
     return load_settings(
@@ -217,7 +217,7 @@ class UpProcess:
 
     def settings(self):  # noqa: ANN201
         """Settings as the children of this ``up`` see them (for publishers in tests)."""
-        from services.settings import load_settings
+        from services.core.settings import load_settings
 
         env = {k: v for k, v in self.env.items() if k.startswith("BEAMWATCH_")}
         old = {k: os.environ.get(k) for k in env}

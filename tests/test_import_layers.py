@@ -6,7 +6,8 @@ import sys
 
 def test_importing_services_does_not_import_torch():
     code = (
-        "import sys, services.cli, services.consumer, services.analysis, services.supervisor;"
+        "import sys, services.cli, services.runtime.consumer, services.analysis.router,"
+        " services.runtime.supervisor;"
         "heavy = [m for m in ('torch', 'skimage') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

@@ -74,9 +74,9 @@ def publisher(up: UpProcess) -> Iterator[Any]:
     from bluesky import RunEngine
     from bluesky.callbacks.zmq import Publisher
 
-    from services import serialization
-    from services.bus import wait_until_delivered
-    from services.demo import _pings_seen
+    from services.bus.subscriber import wait_until_delivered
+    from services.core import serialization
+    from services.runtime.demo import _pings_seen
 
     settings = up.settings()
     pub = Publisher(settings.bus.in_address, serializer=serialization.dumps)

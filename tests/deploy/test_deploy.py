@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from services.settings import load_settings
+from services.core.settings import load_settings
 from tests.conftest import BIN, REPO, free_port
 
 DEPLOY = REPO / "deploy"
@@ -114,7 +114,7 @@ def test_production_tiled_with_postgresql_and_redis(tmp_path):
     try:
         from tiled.client import from_uri
 
-        from services.supervisor import wait_for_tiled
+        from services.runtime.supervisor import wait_for_tiled
 
         wait_for_tiled(f"http://127.0.0.1:{port}", timeout=120)
         client = from_uri(f"http://127.0.0.1:{port}", api_key=key)

@@ -12,8 +12,11 @@ import h5py
 import numpy as np
 import pytest
 
-from services import cli_export, cli_particles, cli_tomo, cli_xanes
-from services.instrument_files import read_instrument_files
+from services.cli import export as cli_export
+from services.cli import particles as cli_particles
+from services.cli import tomo as cli_tomo
+from services.cli import xanes as cli_xanes
+from services.core.instrument_files import read_instrument_files
 
 
 @pytest.fixture()
@@ -135,7 +138,7 @@ def test_export_errors(parser, tmp_path: Path, caplog) -> None:
     empty = tmp_path / "empty.h5"
     with h5py.File(empty, "w") as h5:
         h5["other"] = np.zeros(3)
-    with caplog.at_level(logging.ERROR, logger="services.cli_export"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.export"):
         assert run(parser, "export", empty, "-o", tmp_path / "out") == 2
         assert run(parser, "export", tmp_path / "missing.h5", "-o", tmp_path / "out") == 2
     assert "none of /entry/data/data, /cracks, /particles or /xanes" in caplog.text

@@ -13,7 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
-from services import cli_particles, cli_tomo, cli_xanes
+from services.cli import particles as cli_particles
+from services.cli import tomo as cli_tomo
+from services.cli import xanes as cli_xanes
 from tests.conftest import SHARED_DATA
 
 TOOTH = SHARED_DATA / "tomo_tooth_dxchange" / "tooth.h5"
@@ -135,7 +137,7 @@ def test_tiff_folder_needs_angles_then_matches_the_layout(
     tifffile.imwrite(folder / "flat.tif", projections["flat"].astype(np.float32))
     tifffile.imwrite(folder / "dark.tif", projections["dark"].astype(np.float32))
     out = tmp_path / "tiff_volume.h5"
-    with caplog.at_level(logging.ERROR, logger="services.cli_tomo"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.tomo"):
         assert run(parser, "tomo", "reconstruct", folder, "-o", out) == 2
     assert "give --angles START STOP" in caplog.text and not out.exists()
     argv = ["tomo", "reconstruct", folder, "-o", out, "--center", "24", "--angles", "0", "180"]
@@ -152,7 +154,7 @@ def test_angles_option_only_for_files_without_angles(
     with h5py.File(src, "w") as h5:
         for name, value in projections.items():
             h5[f"/entry/data/{name}"] = value
-    with caplog.at_level(logging.ERROR, logger="services.cli_tomo"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.tomo"):
         argv = ["tomo", "reconstruct", src, "-o", tmp_path / "o.h5", "--angles", "0", "180"]
         assert run(parser, *argv) == 2
         argv[2] = need(TOOTH)
@@ -349,7 +351,7 @@ def test_xanes_align_input_errors(parser, tmp_path: Path, caplog) -> None:
     folder.mkdir()
     for i in range(3):
         tifffile.imwrite(folder / f"frame_{i}.tif", np.full((16, 16), 100 + i, np.uint16))
-    with caplog.at_level(logging.ERROR, logger="services.cli_xanes"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.xanes"):
         assert run(parser, "xanes", "align", folder, "-o", tmp_path / "o.h5") == 2
         assert run(parser, "xanes", "align", tmp_path / "missing", "-o", tmp_path / "o.h5") == 2
     assert "no energies" in caplog.text and "does not exist" in caplog.text

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from services import cli_particles
+from services.cli import particles as cli_particles
 
 TABLE_FIELDS = (
     "label",
@@ -177,7 +177,7 @@ def test_analyze_input_errors(
     elif case == "codes":
         extra = ["--pore-value", "1", "--binder-value", "1"]
     output = tmp_path / "missing_dir" / "o.h5" if case == "output_dir" else tmp_path / "o.h5"
-    with caplog.at_level(logging.ERROR, logger="services.cli_particles"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.particles"):
         code = run(parser, "particles", "analyze", volume, "-o", output, *extra)
     assert code == 2
     assert message in caplog.text
@@ -229,11 +229,11 @@ def test_export_coco_errors(parser, tmp_path: Path, caplog, case: str, message: 
     elif case == "volume_shape":
         extra = ["--volume", write(tmp_path / "v.h5", "/entry/data/data", np.zeros((3, 8, 8)))]
     source = write(tmp_path / "labels.h5", "/particles/labels", labels)
-    with caplog.at_level(logging.ERROR, logger="services.cli_particles"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.particles"):
         assert run(parser, "particles", "export-coco", source, "-o", out, *extra) == 2
     assert message in caplog.text
 
 
 def test_importing_cli_module_does_not_import_torch() -> None:
-    code = "import sys, services.cli_particles; assert 'torch' not in sys.modules"
+    code = "import sys, services.cli.particles; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from services import cli_runs
+from services.cli import runs as cli_runs
 from tests.conftest import SHARED_DATA, TiledProcess
 
 TOOTH = SHARED_DATA / "tomo_tooth_dxchange" / "tooth.h5"
@@ -28,7 +28,7 @@ def need(path: Path) -> Path:
 
 @pytest.fixture()
 def settings(tiled_server: TiledProcess, tmp_path: Path):  # noqa: ANN201
-    from services.settings import load_settings
+    from services.core.settings import load_settings
 
     return load_settings(
         data_dir=str(tmp_path),
@@ -124,7 +124,7 @@ def test_import_ssrl_folder_then_xanes_analysis(cli, tiled_client, capsys) -> No
     assert xanes.metadata["status"] == "complete"
     assert xanes["labels"].read().max() >= 3
     np.testing.assert_array_equal(xanes["energy"].read(), energies)
-    from services.report import build_report
+    from services.web.report import build_report
 
     report = build_report(tiled_client, uid)
     assert "beamwatch_import" in report and "<h2>xanes" in report
@@ -138,7 +138,7 @@ def test_cli_errors(cli, tmp_path: Path, caplog) -> None:
     tifffile.imwrite(folder / "a.tif", np.zeros((4, 4), np.uint16))
     bad_params = tmp_path / "p.json"
     bad_params.write_text(json.dumps({"beamwatch_unknown_params": {}}))
-    with caplog.at_level(logging.ERROR, logger="services.cli_runs"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.runs"):
         assert cli("import", folder) == 2
         assert cli("reprocess", "no-such-uid") == 2
         assert cli("reprocess", "x", "--params", bad_params) == 2

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from services import cli_tomo
+from services.cli import tomo as cli_tomo
 
 
 @pytest.fixture()
@@ -99,7 +99,7 @@ def test_reconstruct_without_flat_dark_and_filter(parser, scan, tmp_path: Path) 
 def test_reconstruct_input_errors(parser, scan, tmp_path: Path, caplog, change, message) -> None:
     datasets = {**scan, **change}
     src = write_h5(tmp_path / "bad.h5", {k: v for k, v in datasets.items() if v is not None})
-    with caplog.at_level(logging.ERROR, logger="services.cli_tomo"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.tomo"):
         code = run(parser, "tomo", "reconstruct", src, "-o", tmp_path / "out.h5")
     assert code == 2
     assert message in caplog.text
@@ -161,11 +161,11 @@ def test_cracks_map_input_errors(parser, tmp_path: Path, caplog, data, message) 
     if data is None:
         with h5py.File(src, "a") as h5:
             h5.create_group("entry/data")
-    with caplog.at_level(logging.ERROR, logger="services.cli_tomo"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.tomo"):
         assert run(parser, "cracks", "map", src, "-o", tmp_path / "out.h5") == 2
     assert message in caplog.text
 
 
 def test_importing_cli_module_does_not_import_torch() -> None:
-    code = "import sys, services.cli_tomo; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, services.cli.tomo; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from models.synthetic.txm import TxmScene, default_energies
-from services import cli_xanes
+from services.cli import xanes as cli_xanes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,7 +122,7 @@ def test_missing_or_inconsistent_dataset(scan_file, tmp_path, caplog, drop, repl
         del h5[drop]
         if replace is not None:
             h5[drop] = replace
-    with caplog.at_level(logging.ERROR, logger="services.cli_xanes"):
+    with caplog.at_level(logging.ERROR, logger="services.cli.xanes"):
         code = _run("xanes", "align", str(broken), "-o", str(tmp_path / "o.h5"), "--no-progress")
     assert code == 2
     assert named in caplog.text
@@ -146,7 +146,7 @@ def test_help_documents_datasets(capsys):
 
 def test_import_is_light():
     code = (
-        "import sys, services.cli_xanes; "
+        "import sys, services.cli.xanes; "
         "heavy = [m for m in ('torch', 'h5py', 'pipelines.xanes', 'skimage') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

@@ -7,7 +7,7 @@ from bluesky import RunEngine
 from ophyd.sim import det1, motor1
 
 from bluesky_plans.plans import xanes_scan_plan
-from services.frames import FrameAssembler
+from services.runs.frames import FrameAssembler
 from tests.sim import N_ENERGIES, energies, small_txm
 
 

@@ -10,9 +10,9 @@ from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
 
 from bluesky_plans.plans import xanes_scan_plan
-from services import serialization
-from services.bus import wait_until_delivered
-from services.consumer import Consumer
+from services.bus.subscriber import wait_until_delivered
+from services.core import serialization
+from services.runtime.consumer import Consumer
 from tests.conftest import TiledProcess, free_port, wait_until
 from tests.sim import N_ENERGIES, energies, small_txm
 
@@ -200,7 +200,7 @@ def test_lost_documents_are_counted_and_frames_recovered(consumer_settings, tile
 
 
 def test_tiled_restart_mid_run_loses_nothing(tmp_path, proxy):
-    from services.settings import load_settings
+    from services.core.settings import load_settings
 
     server = TiledProcess(tmp_path / "tiled-restart")
     server.start()
@@ -241,7 +241,9 @@ def test_tiled_restart_mid_run_loses_nothing(tmp_path, proxy):
         # writes were held in the on-disk spool during the outage (checked in the hook) and
         # every one of them has been replayed since
         wait_until(lambda: raw.spool.depth() == 0 and ana.spool.depth() == 0, timeout=60)
-        assert not list(settings.spool_dir.rglob("*.msgpack"))
+        assert not list(settings.spool_dir.glob("*/*.msgpack"))
+        # the runs' journals go once they are finished and written
+        wait_until(lambda: not list(settings.spool_dir.glob("*/runs/*.msgpack")), timeout=30)
         client.context.close()
     finally:
         pub.close()

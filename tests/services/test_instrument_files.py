@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from services.instrument_files import (
+from services.core.instrument_files import (
     InstrumentFileError,
     detect_format,
     energy_from_name,

@@ -1,7 +1,7 @@
 from prometheus_client import CollectorRegistry
 
-from services.metrics import Metrics
-from services.routing import RunDispatcher, RunRouter
+from services.core.metrics import Metrics
+from services.runs.routing import RunDispatcher, RunRouter
 
 
 class Recorder(RunRouter):
@@ -56,8 +56,17 @@ def docs(uid="run1"):
     return start, desc, events, stop
 
 
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
 def test_seq_num_gap_is_counted_and_passed_to_routers():
-    d, routers, metrics = make()
+    clock = Clock()
+    d, routers, metrics = make(clock=clock)
     start, desc, events, stop = docs()
     d("start", start)
     d("descriptor", desc)
@@ -65,7 +74,11 @@ def test_seq_num_gap_is_counted_and_passed_to_routers():
         if e["seq_num"] not in (2, 3):
             d("event", e)
     d("stop", stop)
+    assert routers[0].lost == [] and ("stop", False) not in routers[0].calls  # waits a while
+    clock.now += 6.0  # past the reorder timeout (5 s): the gap is given up
+    d.sweep()
     assert routers[0].lost == [[2, 3]]
+    assert routers[0].calls[-1] == ("stop", False)
     assert _metric(metrics, "beamwatch_messages_lost_total", kind="event") == 2
     assert [c for c in routers[0].calls if c[0] == "event"] == [
         ("event", 1),
@@ -160,3 +173,129 @@ def test_document_missing_fields_is_counted_as_malformed():
     d, routers, metrics = make()
     d("descriptor", {"uid": "d"})  # no run_start
     assert _metric(metrics, "beamwatch_messages_malformed_total", reason="schema") == 1
+
+
+def test_bad_fields_are_dropped_named_and_counted_and_the_rest_kept():
+    import numpy as np
+
+    from services.core.serialization import UndecodableField
+
+    seen = []
+
+    class Recorder(RunRouter):
+        def event(self, doc):
+            seen.append(("event", doc["seq_num"], sorted(doc["data"])))
+
+        def bad_fields(self, descriptor, seq_num, problems):
+            seen.append(("bad", seq_num, sorted(problems)))
+
+    metrics = Metrics("t")
+    d = RunDispatcher([lambda start: Recorder()], metrics)
+    d("start", {"uid": "r", "time": 0})
+    keys = {
+        "img": {"shape": [4, 4], "dtype": "array", "source": "sim"},
+        "e": {"shape": [], "dtype": "number", "source": "sim"},
+    }
+    d("descriptor", {"uid": "d", "run_start": "r", "name": "primary", "data_keys": keys})
+    good = np.zeros((4, 4))
+    bad_images = [
+        np.zeros((1, 1, 4, 4)),
+        np.zeros((0, 4)),
+        np.float64(3.0),
+        "not an image",
+        np.zeros((5, 5)),
+        UndecodableField("why"),
+    ]
+    for seq, img in enumerate([good, *bad_images, good], start=1):
+        d(
+            "event",
+            {
+                "descriptor": "d",
+                "seq_num": seq,
+                "time": 0,
+                "data": {"img": img, "e": 1.0},
+                "timestamps": {"img": 0, "e": 0},
+            },
+        )
+    d(
+        "event",
+        {
+            "descriptor": "d",
+            "seq_num": 9,
+            "time": 0,
+            "data": {"img": good, "e": "x"},
+            "timestamps": {"img": 0, "e": 0},
+        },
+    )
+    events = [s for s in seen if s[0] == "event"]
+    assert [s[1] for s in events] == list(range(1, 10))  # no event lost
+    assert [s[2] for s in events] == [["e", "img"]] + [["e"]] * 6 + [["e", "img"], ["img"]]
+    assert [s[1:] for s in seen if s[0] == "bad"] == [(q, ["img"]) for q in range(2, 8)] + [
+        (9, ["e"])
+    ]
+    total = sum(
+        metrics.registry.get_sample_value(
+            "beamwatch_event_fields_dropped_total", {"service": "t", "problem": p}
+        )
+        or 0
+        for p in ("shape", "type", "dtype", "undecodable", "unknown key")
+    )
+    assert total == 7
+
+
+def test_reordered_duplicated_late_and_missing_events_are_ordered_and_counted():
+    clock = Clock()
+    d, routers, metrics = make(clock=clock)
+    start, desc, events, stop = docs()
+    stop = dict(stop, num_events={"primary": 6})
+    by_seq = {e["seq_num"]: e for e in events}
+    by_seq[6] = dict(by_seq[5], seq_num=6, uid="e6")
+    # an event before its descriptor, two swapped, one twice, one missing (4), stop early
+    d("start", start)
+    d("event", by_seq[1])
+    d("descriptor", desc)
+    for seq in (3, 2, 2, 5):
+        d("event", by_seq[seq])
+    d("stop", stop)
+    d("event", by_seq[6])  # after the stop
+    seen = [c[1] for c in routers[0].calls if c[0] == "event"]
+    assert seen == [1, 2, 3]  # 5 and 6 wait for 4
+    assert ("stop", False) not in routers[0].calls
+    clock.now += 6.0
+    d.sweep()
+    seen = [c[1] for c in routers[0].calls if c[0] == "event"]
+    assert seen == [1, 2, 3, 5, 6]
+    assert routers[0].lost == [[4]]
+    assert routers[0].calls[-1] == ("stop", False)
+    assert _metric(metrics, "beamwatch_messages_duplicated_total", kind="event") == 1
+    assert _metric(metrics, "beamwatch_messages_lost_total", kind="event") == 1
+
+
+def test_a_stop_before_the_last_events_waits_for_them():
+    d, routers, metrics = make(clock=Clock())
+    start, desc, events, stop = docs()
+    d("start", start)
+    d("descriptor", desc)
+    for e in events[:3]:
+        d("event", e)
+    d("stop", dict(stop, num_events={"primary": 5}))
+    assert ("stop", False) not in routers[0].calls
+    for e in events[3:]:
+        d("event", e)
+    assert [c[1] for c in routers[0].calls if c[0] == "event"] == [1, 2, 3, 4, 5]
+    assert routers[0].calls[-1] == ("stop", False) and routers[0].lost == []
+
+
+def test_a_stop_whose_announced_events_never_come_declares_them_lost():
+    clock = Clock()
+    d, routers, metrics = make(clock=clock)
+    start, desc, events, stop = docs()
+    d("start", start)
+    d("descriptor", desc)
+    for e in events[:3]:
+        d("event", e)
+    d("stop", dict(stop, num_events={"primary": 5}))
+    clock.now += 6.0
+    d.sweep()
+    assert routers[0].lost == [[4, 5]]
+    assert routers[0].calls[-1] == ("stop", False)

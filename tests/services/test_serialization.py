@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from services.serialization import (
+from services.core.serialization import (
     MalformedMessage,
     dumps,
     format_bus_message,
@@ -80,3 +80,60 @@ def test_object_and_truncated_arrays_are_refused():
 def test_bus_message_format_matches_bluesky_publisher():
     name, doc = parse_bus_message(format_bus_message("stop", {"uid": "u"}))
     assert (name, doc) == ("stop", {"uid": "u"})
+
+
+def test_msgpack_numpy_arrays_and_scalars_are_decoded():
+    import msgpack
+    import msgpack_numpy
+
+    from services.core.serialization import parse_bus_message
+
+    frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    doc = {"data": {"img": frame, "e": np.float64(8333.5), "ok": np.bool_(True)}, "seq_num": 1}
+    message = b" event " + msgpack.packb(doc, default=msgpack_numpy.encode)
+    name, out = parse_bus_message(message)
+    assert name == "event"
+    assert out["data"]["img"].dtype == np.uint16
+    np.testing.assert_array_equal(out["data"]["img"], frame)
+    assert out["data"]["e"] == 8333.5 and out["data"]["ok"] is True
+
+
+def test_msgpack_numpy_object_arrays_are_refused_without_unpickling():
+    import msgpack
+    import msgpack_numpy
+
+    from services.core.serialization import UndecodableField, parse_bus_message
+
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ("unpickled!",))
+
+    evil = np.empty(1, dtype=object)
+    evil[0] = Boom()
+    good = np.ones((2, 2))
+    payload = msgpack.packb(
+        {"data": {"evil": evil, "good": good}}, default=msgpack_numpy.encode, use_bin_type=True
+    )
+    _, out = parse_bus_message(b" event " + payload)
+    assert isinstance(out["data"]["evil"], UndecodableField)
+    assert "object" in out["data"]["evil"].reason
+    np.testing.assert_array_equal(out["data"]["good"], good)
+
+
+def test_json_payloads_are_decoded():
+    import json
+
+    name, out = parse_bus_message(b" start " + json.dumps({"uid": "u1", "time": 1.0}).encode())
+    assert (name, out) == ("start", {"uid": "u1", "time": 1.0})
+    with pytest.raises(MalformedMessage, match="not valid JSON"):
+        parse_bus_message(b" start {not json")
+
+
+def test_one_bad_array_does_not_cost_the_document():
+    import msgpack
+
+    from services.core.serialization import UndecodableField, parse_bus_message
+
+    short = msgpack.ExtType(1, msgpack.packb(["<f8", [4], b"1234"]))
+    _, out = parse_bus_message(b" event " + msgpack.packb({"data": {"a": short, "b": 2.0}}))
+    assert isinstance(out["data"]["a"], UndecodableField) and out["data"]["b"] == 2.0

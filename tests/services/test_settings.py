@@ -4,7 +4,7 @@ import stat
 import pytest
 
 from services.cli import main
-from services.settings import load_settings
+from services.core.settings import load_settings
 
 
 def test_yaml_then_env_precedence(tmp_path, monkeypatch):

@@ -87,7 +87,7 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         assert {"sizes", "detachment", "flawed"} <= set(particles["figures"])
 
         # the shareable report embeds every figure and needs nothing from the network
-        from services.report import build_report
+        from services.web.report import build_report
 
         page = build_report(tiled_client, uid)
         assert page.count("data:image/png;base64,") == 7  # 4 crack + 3 particle figures

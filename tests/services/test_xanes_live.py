@@ -11,7 +11,7 @@ from bluesky import RunEngine
 from bluesky_plans.devices import SimTXM
 from bluesky_plans.plans import operando_xanes_plan
 from models.synthetic.txm import TxmScene, default_energies
-from services.consumer import Consumer
+from services.runtime.consumer import Consumer
 from tests.conftest import wait_until
 from tests.services.test_ingest_e2e import live_publisher, start_consumers
 

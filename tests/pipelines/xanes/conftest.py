@@ -31,9 +31,9 @@ class SsrlEnergy:
 
 @pytest.fixture(scope="session")
 def ssrl() -> dict[str, SsrlEnergy]:
-    """The SSRL frames per energy, read by ``services.instrument_files`` (energy from the file
+    """The SSRL frames per energy, read by ``services.core.instrument_files`` (energy from the file
     name, flats: the ``ref`` files at the same energy scaled from 0.3 s to 0.5 s)."""
-    from services.instrument_files import read_instrument_files
+    from services.core.instrument_files import read_instrument_files
 
     root = _need_ssrl()
     out = {}

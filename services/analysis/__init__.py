@@ -1,0 +1,1 @@
+"""The analysis path: pipeline registry, per-run analysis router, live pipelines, figures."""

@@ -1,0 +1,41 @@
+"""The registry used by ``beamwatch up``: which pipelines consume which runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from services.analysis.router import FrameStatsPipeline, PipelineRegistry
+from services.core.identifiers import confined_path
+
+
+def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> PipelineRegistry:
+    """The registry used by ``beamwatch up``; analysis modules are imported when first used."""
+    registry = PipelineRegistry()
+    registry.register("frames", lambda start: True, FrameStatsPipeline)
+    figures = figures_dir or Path("figures")
+
+    def figures_for(start: dict[str, Any]) -> Path:
+        # The pipelines write figures under figures/<run uid>; a uid that would leave the
+        # figures directory fails the pipeline instead (uids are also checked on arrival).
+        confined_path(figures, str(start["uid"]))
+        return figures
+
+    from services.analysis import xanes_live
+
+    series = xanes_live.SeriesStore()
+    registry.register(
+        "xanes",
+        xanes_live.select,
+        lambda start: xanes_live.XanesLivePipeline(
+            start, feedback=feedback, figures_dir=figures_for(start), series=series
+        ),
+    )
+    from services.analysis import tomo_live
+
+    registry.register(
+        "cracks",
+        tomo_live.select,
+        lambda start: tomo_live.CracksPipeline(start, figures_dir=figures_for(start)),
+    )
+    return registry

@@ -1,0 +1,97 @@
+"""Where analysis results go: the spooled result writer and the pipeline protocol.
+
+Results go under ``analysis/<run uid>/<pipeline>/`` through the spool.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.runs.frames import Frame
+from services.runs.routing import Doc
+from services.tiled.spool import Spool
+
+
+class ResultWriter:
+    """Spooled writes under ``analysis/<run uid>/<pipeline>``."""
+
+    def __init__(self, spool: Spool, run_uid: str, pipeline: str) -> None:
+        self._spool = spool
+        self.run_uid = run_uid
+        self.pipeline = pipeline
+        self.path = ["analysis", run_uid, pipeline]
+        self._rows: dict[str, int] = {}
+        self._table_rows: dict[str, int] = {}
+
+    def sibling(self, pipeline: str) -> ResultWriter:
+        """A writer for another pipeline container of the same run (a second stage)."""
+        return ResultWriter(self._spool, self.run_uid, pipeline)
+
+    def container(self, metadata: dict[str, Any], sub: list[str] | None = None) -> None:
+        self._spool.put({"op": "container", "path": self.path + (sub or []), "metadata": metadata})
+
+    def metadata(self, metadata: dict[str, Any]) -> None:
+        self._spool.put({"op": "metadata", "path": self.path, "metadata": metadata})
+
+    def array(
+        self,
+        key: str,
+        array: np.ndarray,
+        *,
+        dims: list[str] | None = None,
+        sub: list[str] | None = None,
+        **md: Any,
+    ) -> None:
+        """Write (or replace) a whole array, optionally in a sub-container."""
+        self._spool.put(
+            {
+                "op": "array",
+                "path": self.path + (sub or []),
+                "key": key,
+                "array": np.asarray(array),
+                "dims": dims,
+                "metadata": md,
+            }
+        )
+
+    def rows(
+        self, key: str, rows: np.ndarray, *, axis: int = 0, dims: list[str] | None = None
+    ) -> int:
+        """Append ``rows`` along ``axis`` of a growing array; return the offset written at."""
+        offset = self._rows.get(key, 0)
+        rows = np.asarray(rows)
+        self._spool.put(
+            {
+                "op": "array_rows",
+                "path": self.path,
+                "key": key,
+                "array": rows,
+                "offset": offset,
+                "axis": axis,
+                "dims": dims,
+            }
+        )
+        self._rows[key] = offset + rows.shape[axis]
+        return offset
+
+    def table_rows(self, key: str, columns: dict[str, list[Any]]) -> None:
+        """Append rows (columns of equal length) to an appendable table."""
+        n = len(next(iter(columns.values())))
+        offset = self._table_rows.get(key, 0)
+        self._spool.put(
+            {"op": "table_rows", "path": self.path, "key": key, "rows": columns, "offset": offset}
+        )
+        self._table_rows[key] = offset + n
+
+
+class PipelineRun(Protocol):
+    """One pipeline's state for one run."""
+
+    name: str
+    version: str
+    parameters: dict[str, Any]
+
+    def on_frame(self, frame: Frame, out: ResultWriter) -> None: ...
+    def on_stop(self, stop: Doc | None, out: ResultWriter) -> None: ...

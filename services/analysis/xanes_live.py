@@ -1,0 +1,297 @@
+"""The live XANES pipeline: per-frame particle tracking, drift feedback, maps after the scan.
+
+Writes under ``analysis/<run uid>/xanes/``:
+
+``global_shift``          (N, 2) grows by one row per frame (dy, dx px, frame 0 reference)
+``particle_com``          (P, N, 2) grows along the frame axis; NaN where not found
+``particle_shift``        (P, N, 2) grows along the frame axis
+``frames``                table per frame: seq_num, energy, dy, dx, n_found, latency_ms
+``particles``             table per particle per frame: frame, particle, com_y, com_x,
+                          shift_y, shift_x, ssim
+after the last frame:     ``labels`` (H, W) int32, ``edge_energy`` / ``whiteline_energy``
+                          (H, W) float32 eV, ``spectra`` (P, N), ``energy`` (N,),
+                          ``aligned/particle_<k>`` (N, h, w) aligned ROI stacks,
+                          ``deformation`` table across the operando series so far,
+                          ``figures/<name>`` RGB images (PNG files under the data dir)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.analysis.figures import publish_figures
+from services.analysis.results import ResultWriter
+from services.runs.frames import Frame
+
+logger = logging.getLogger(__name__)
+
+
+class FeedbackPublisher:
+    """PUB socket publishing the live drift as JSON (see bluesky_plans.feedback)."""
+
+    def __init__(self, address: str) -> None:
+        import zmq
+
+        self._socket: Any = zmq.Context.instance().socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind(address)
+        self.address = address
+
+    def publish(self, message: dict[str, Any]) -> None:
+        self._socket.send(json.dumps(message).encode())
+
+    def close(self) -> None:
+        self._socket.close(0)
+
+
+@dataclass
+class _ScanSummary:
+    scan_index: int
+    labels: np.ndarray
+    reference: np.ndarray
+    mean_com: np.ndarray  # (P, 2)
+
+
+@dataclass
+class SeriesStore:
+    """Per operando series, what later scans need to follow each particle across scans."""
+
+    scans: dict[str, list[_ScanSummary]] = field(default_factory=dict)
+
+    def add(self, series: str, summary: _ScanSummary) -> list[_ScanSummary]:
+        items = self.scans.setdefault(series, [])
+        items.append(summary)
+        items.sort(key=lambda s: s.scan_index)
+        return items
+
+
+def select(start: dict[str, Any]) -> bool:
+    return start.get("beamwatch_technique") == "xanes" or start.get("plan_name") in (
+        "xanes_scan_plan",
+        "operando_xanes_plan",
+    )
+
+
+class XanesLivePipeline:
+    name = "xanes"
+    version = "1"
+
+    def __init__(
+        self,
+        start: dict[str, Any],
+        *,
+        feedback: FeedbackPublisher | None,
+        figures_dir: Path,
+        series: SeriesStore,
+    ) -> None:
+        from pipelines.xanes.params import XanesParams
+
+        self._params = XanesParams(**start.get("beamwatch_xanes_params", {}))
+        self.parameters = self._params.model_dump(mode="json")
+        self._start = start
+        self._uid = start["uid"]
+        self._image_key = start.get("image_key")
+        self._energy_key = start.get("energy_key", "energy")
+        self._pixel_size = start.get("pixel_size_um")
+        self._feedback = feedback
+        self._figures_dir = figures_dir / self._uid
+        self._series = series
+        self._flats: list[np.ndarray] = []
+        self._darks: list[np.ndarray] = []
+        self._tracker: Any = None
+        self._first_frame: np.ndarray | None = None
+        self._latencies: list[float] = []
+
+    def _image(self, frame: Frame) -> np.ndarray | None:
+        if self._image_key and self._image_key in frame.images:
+            return frame.images[self._image_key]
+        return next(iter(frame.images.values()), None)
+
+    def on_frame(self, frame: Frame, out: ResultWriter) -> None:
+        image = self._image(frame)
+        if image is None:
+            return
+        if frame.stream == "flat":
+            self._flats.append(np.asarray(image, dtype=np.float32))
+            return
+        if frame.stream == "dark":
+            self._darks.append(np.asarray(image, dtype=np.float32))
+            return
+        if frame.stream != "primary":
+            return
+        if self._energy_key not in frame.readings:
+            raise ValueError(f"event seq_num {frame.seq_num} has no reading {self._energy_key!r}")
+        energy = float(frame.readings[self._energy_key])
+        if self._tracker is None:
+            from pipelines.xanes.tracker import XanesTracker
+
+            flat = np.stack(self._flats) if self._flats else None
+            dark = np.stack(self._darks) if self._darks else None
+            self._tracker = XanesTracker(self._params, flat=flat, dark=dark)
+            self._first_frame = np.asarray(image)
+        result = self._tracker.add_frame(image, energy)
+        dy, dx = (float(v) for v in result.global_shift)
+        latency = time.monotonic() - frame.received
+        self._latencies.append(latency)
+        message = {
+            "run_uid": self._uid,
+            "seq_num": frame.seq_num,
+            "energy": energy,
+            "dy_px": dy,
+            "dx_px": dx,
+        }
+        if self._pixel_size:
+            message["dy_um"] = dy * float(self._pixel_size)
+            message["dx_um"] = dx * float(self._pixel_size)
+        if self._feedback is not None:
+            self._feedback.publish(message)
+        if result.index == 0:
+            out.array("labels", self._tracker.labels, dims=["row", "col"])
+        out.rows("global_shift", result.global_shift[None, :], dims=["frame", "axis"])
+        out.rows("particle_com", result.particle_com[:, None, :], axis=1)
+        out.rows("particle_shift", result.particle_shift[:, None, :], axis=1)
+        out.table_rows(
+            "frames",
+            {
+                "seq_num": [frame.seq_num],
+                "energy": [energy],
+                "dy": [dy],
+                "dx": [dx],
+                "n_found": [int(result.n_found)],
+                "latency_ms": [latency * 1e3],
+                "recovered": [frame.recovered],
+            },
+        )
+        p = result.particle_com.shape[0]
+        out.table_rows(
+            "particles",
+            {
+                "frame": [result.index] * p,
+                "particle": list(range(1, p + 1)),
+                "com_y": result.particle_com[:, 0].tolist(),
+                "com_x": result.particle_com[:, 1].tolist(),
+                "shift_y": result.particle_shift[:, 0].tolist(),
+                "shift_x": result.particle_shift[:, 1].tolist(),
+                "ssim": np.asarray(result.ssim, dtype=np.float64).tolist(),
+            },
+        )
+
+    def on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
+        if self._tracker is None:
+            out.metadata({"frames": 0})
+            return
+        final = self._tracker.finalize()
+        out.array("particle_com", final.particle_com, dims=["particle", "frame", "axis"])
+        out.array("particle_shift", final.particle_shift, dims=["particle", "frame", "axis"])
+        out.array("global_shift", final.global_shift, dims=["frame", "axis"])
+        out.array(
+            "edge_energy", final.edge_energy.astype(np.float32), dims=["row", "col"], units="eV"
+        )
+        out.array(
+            "whiteline_energy",
+            final.whiteline_energy.astype(np.float32),
+            dims=["row", "col"],
+            units="eV",
+        )
+        out.array("spectra", final.spectra, dims=["particle", "frame"])
+        out.array("energy", final.energies, dims=["frame"], units="eV")
+        for k, stack in enumerate(final.aligned_stacks):
+            out.array(
+                f"particle_{k + 1}",
+                np.asarray(stack),
+                sub=["aligned"],
+                dims=["frame", "row", "col"],
+            )
+        deformation_md = self._deformation(final, out)
+        figures = self._figures(final, out)
+        lat = np.asarray(self._latencies) * 1e3
+        out.metadata(
+            {
+                "frames": int(final.global_shift.shape[0]),
+                "particles": int(final.particle_com.shape[0]),
+                "latency_ms_p50": float(np.percentile(lat, 50)),
+                "latency_ms_p95": float(np.percentile(lat, 95)),
+                "residual_drift_rms_px": float(
+                    np.sqrt(np.nanmean(np.sum(final.global_shift**2, axis=1)))
+                ),
+                "figures": figures,
+                **deformation_md,
+            }
+        )
+
+    # ---- operando series ----
+    def _deformation(self, final: Any, out: ResultWriter) -> dict[str, Any]:
+        from pipelines.xanes.deformation import deformation_rows, deformation_series
+        from pipelines.xanes.match import match_labels
+        from pipelines.xanes.prepare import average_frames, optical_density, remove_background
+
+        series = self._start.get("operando_series")
+        if not series or self._first_frame is None:
+            return {}
+        flat = average_frames("flat", np.stack(self._flats)) if self._flats else None
+        dark = average_frames("dark", np.stack(self._darks)) if self._darks else None
+        reference = remove_background(optical_density(self._first_frame, flat, dark))
+        with np.errstate(invalid="ignore"):
+            mean_com = np.nanmean(final.particle_com, axis=1)
+        scans = self._series.add(
+            series,
+            _ScanSummary(int(self._start.get("scan_index", 0)), final.labels, reference, mean_com),
+        )
+        first = scans[0]
+        displacement = np.full((first.mean_com.shape[0], len(scans), 2), np.nan)
+        for t, scan in enumerate(scans):
+            matching = match_labels(first.labels, first.reference, scan.labels, scan.reference)
+            for k, j in enumerate(matching.assignment):
+                if j >= 0:
+                    displacement[k, t] = scan.mean_com[j] - first.mean_com[k]
+        times = np.asarray([s.scan_index for s in scans], dtype=np.float64)
+        deformation = deformation_series(displacement, times=times if len(times) > 1 else None)
+        rows = deformation_rows(deformation)
+        if rows:
+            out.array(
+                "deformation_displacement",
+                deformation.displacement,
+                dims=["particle", "scan", "axis"],
+            )
+            columns = {key: [row[key] for row in rows] for key in rows[0]}
+            out.array(
+                "deformation_nonrigid", deformation.nonrigid, dims=["particle", "scan", "axis"]
+            )
+            out.metadata({"deformation_columns": list(columns)})
+            out.table_rows("deformation", columns)
+        return {"operando_series": series, "series_scans": [int(s.scan_index) for s in scans]}
+
+    # ---- figures ----
+    def _figures(self, final: Any, out: ResultWriter) -> dict[str, str]:
+
+        def drift(fig: Any) -> None:
+            ax = fig.add_subplot(111)
+            ax.plot(final.global_shift[:, 0], label="dy")
+            ax.plot(final.global_shift[:, 1], label="dx")
+            ax.set_xlabel("frame")
+            ax.set_ylabel("global drift (px)")
+            ax.legend()
+
+        def tracks(fig: Any) -> None:
+            ax = fig.add_subplot(111)
+            ax.imshow(final.labels > 0, cmap="gray_r", alpha=0.3)
+            for k in range(final.particle_com.shape[0]):
+                ax.plot(final.particle_com[k, :, 1], final.particle_com[k, :, 0], lw=1)
+                ax.annotate(str(k + 1), final.particle_com[k, 0, ::-1], fontsize=8)
+            ax.set_title("particle tracks (frame-0 geometry)")
+
+        def edge_map(fig: Any) -> None:
+            ax = fig.add_subplot(111)
+            im = ax.imshow(final.edge_energy, cmap="viridis")
+            fig.colorbar(im, ax=ax, label="edge energy (eV)")
+            ax.set_title("edge energy at 50 % of the edge jump")
+
+        drawers = [("drift", drift), ("tracks", tracks), ("edge_energy", edge_map)]
+        return publish_figures(out, self._figures_dir, "xanes", drawers, run_uid=self._uid)

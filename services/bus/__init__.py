@@ -1,0 +1,1 @@
+"""The Bluesky 0MQ bus: subscription and safe decoding of documents."""

@@ -1,0 +1,246 @@
+"""``beamwatch export RESULT.h5... -o DIR``: the offline results in formats other tools read.
+
+From the HDF5 files ``tomo reconstruct``, ``cracks map``, ``particles analyze`` and
+``xanes align`` write:
+
+- volumes, masks and labels as TIFF stacks (Fiji/ImageJ hyperstacks with the voxel size in um
+  when it is known; labels above 65535 as plain 32-bit TIFF, which Avizo and Dragonfly read);
+- every table as CSV (vector fields spread over numbered columns);
+- per-particle XANES spectra as two-column text (``energy_eV absorbance``, ``#`` comments), as
+  Athena and Larch read them.
+
+Nothing is guessed: without a voxel size the TIFFs carry none and the CSV lengths stay in px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.core.h5io import InputFileError, open_input
+
+__all__ = ["export_file", "register"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+#: Stacks written as TIFF: dataset -> file suffix.
+STACKS = {
+    "/entry/data/data": "volume",
+    "/cracks/mask": "crack_mask",
+    "/cracks/particle_mask": "particle_mask",
+    "/cracks/damage_density": "damage_density",
+    "/cracks/particle_density": "particle_density",
+    "/particles/labels": "particle_labels",
+    "/xanes/labels": "xanes_labels",
+    "/xanes/edge_energy": "edge_energy_eV",
+    "/xanes/whiteline_energy": "whiteline_energy_eV",
+}
+
+
+def register(subparsers: Any) -> None:
+    """Add ``export`` to an argparse sub-parsers object."""
+    export = subparsers.add_parser(
+        "export",
+        help="TIFF stacks, CSV tables and two-column spectra of offline result files",
+        description="Write the volumes, masks, labels (TIFF), tables (CSV) and XANES spectra "
+        "(two-column text for Athena/Larch) of the HDF5 files the offline commands write.",
+    )
+    export.add_argument("input", type=Path, nargs="+", help="result HDF5 files")
+    export.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    export.set_defaults(func=export_command)
+
+
+def _voxel_size(obj: Any) -> float | None:
+    for name in ("voxel_size_um", "pixel_size_um"):
+        if name in obj.attrs:
+            value = float(obj.attrs[name])
+            return value if math.isfinite(value) and value > 0 else None
+    return None
+
+
+def _write_tiff(path: Path, array: np.ndarray, size_um: float | None) -> None:
+    """A TIFF stack; ImageJ hyperstack (with the voxel size in um when known) where ImageJ
+    takes the dtype, else a plain TIFF."""
+    import tifffile
+
+    data = np.asarray(array)
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    if np.issubdtype(data.dtype, np.signedinteger) and data.size and data.min() >= 0:
+        top = int(data.max())
+        data = data.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
+    elif data.dtype == np.float64:
+        data = data.astype(np.float32)
+    imagej = data.dtype in (np.uint8, np.uint16, np.float32)
+    kwargs: dict[str, Any] = {"photometric": "minisblack"}
+    if imagej:
+        kwargs["imagej"] = True
+        kwargs.pop("photometric")
+        metadata: dict[str, Any] = {"axes": "ZYX" if data.ndim == 3 else "YX"}
+        if size_um is not None:
+            kwargs["resolution"] = (1.0 / size_um, 1.0 / size_um)
+            metadata.update(unit="um", spacing=size_um)
+        kwargs["metadata"] = metadata
+    elif size_um is not None:
+        kwargs["resolution"] = (1e4 / size_um, 1e4 / size_um)  # pixels per cm
+        kwargs["resolutionunit"] = "CENTIMETER"
+    tifffile.imwrite(path, data, **kwargs)
+
+
+def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """Columns of equal length as CSV; 2-D columns spread over ``name_0``, ``name_1``, ..."""
+    flat: dict[str, np.ndarray] = {}
+    for name, values in columns.items():
+        values = np.asarray(values)
+        if values.ndim == 1:
+            flat[name] = values
+        else:
+            for k in range(values.shape[1]):
+                flat[f"{name}_{k}"] = values[:, k]
+    n = len(next(iter(flat.values())))
+    with open(path, "w") as fh:
+        fh.write(",".join(flat) + "\n")
+        for i in range(n):
+            fh.write(",".join(_cell(flat[c][i]) for c in flat) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.bool_ | bool):
+        return str(int(value))
+    if isinstance(value, np.floating | float):
+        return "nan" if not math.isfinite(float(value)) else repr(float(value))
+    return str(value)
+
+
+def _export_stacks(h5: Any, prefix: Path, written: list[Path]) -> None:
+    for name, suffix in STACKS.items():
+        obj = h5.get(name)
+        if obj is None or obj.ndim not in (2, 3):
+            continue
+        size = _voxel_size(obj) or _voxel_size(obj.parent)
+        path = prefix.with_name(f"{prefix.name}_{suffix}.tif")
+        _write_tiff(path, obj[()], size)
+        written.append(path)
+
+
+def _export_tables(h5: Any, prefix: Path, written: list[Path]) -> None:
+    table = h5.get("/particles/table")
+    if table is not None:
+        rows = table[()]
+        path = prefix.with_name(f"{prefix.name}_particles.csv")
+        _write_csv(path, {field: rows[field] for field in rows.dtype.names})
+        written.append(path)
+    cracks = h5.get("/cracks")
+    if cracks is not None and "depth_profile" in cracks:
+        columns: dict[str, np.ndarray] = {"z": np.arange(cracks["depth_profile"].shape[0])}
+        if "depth_um" in cracks:
+            columns["depth_um"] = cracks["depth_um"][()]
+        for key in ("depth_profile", "crack_area", "particle_area"):
+            columns[key] = cracks[key][()]
+        corr = cracks.get("correlation")
+        if corr is not None:
+            for key in ("layer_slope", "layer_intercept", "layer_pearson_r"):
+                if key in corr:
+                    columns[key] = corr[key][()]
+        path = prefix.with_name(f"{prefix.name}_cracks_by_slice.csv")
+        _write_csv(path, columns)
+        written.append(path)
+    xanes = h5.get("/xanes")
+    if xanes is not None and "global_shift" in xanes and "energy" in xanes:
+        shift = xanes["global_shift"][()]
+        columns = {
+            "frame": np.arange(shift.shape[0]),
+            "energy_eV": xanes["energy"][()],
+            "dy_px": shift[:, 0],
+            "dx_px": shift[:, 1],
+        }
+        if "global_shift_um" in xanes:
+            columns["dy_um"] = xanes["global_shift_um"][()][:, 0]
+            columns["dx_um"] = xanes["global_shift_um"][()][:, 1]
+        path = prefix.with_name(f"{prefix.name}_xanes_frames.csv")
+        _write_csv(path, columns)
+        written.append(path)
+        if "particle_com" in xanes:
+            com = xanes["particle_com"][()]
+            moved = xanes["particle_shift"][()]
+            p, n = com.shape[:2]
+            long = {
+                "particle": np.repeat(np.arange(1, p + 1), n),
+                "frame": np.tile(np.arange(n), p),
+                "com_y_px": com[..., 0].ravel(),
+                "com_x_px": com[..., 1].ravel(),
+                "shift_y_px": moved[..., 0].ravel(),
+                "shift_x_px": moved[..., 1].ravel(),
+            }
+            if "ssim" in xanes:
+                long["ssim"] = xanes["ssim"][()].ravel()
+            path = prefix.with_name(f"{prefix.name}_xanes_particles.csv")
+            _write_csv(path, long)
+            written.append(path)
+
+
+def _export_spectra(h5: Any, prefix: Path, written: list[Path]) -> None:
+    xanes = h5.get("/xanes")
+    if xanes is None or "spectra" not in xanes or "energy" not in xanes:
+        return
+    spectra = xanes["spectra"][()]
+    energy = xanes["energy"][()]
+    for k, spectrum in enumerate(spectra):
+        keep = np.isfinite(spectrum) & np.isfinite(energy)
+        path = prefix.with_name(f"{prefix.name}_particle_{k + 1:03d}.txt")
+        header = (
+            f"# beamwatch xanes align: particle {k + 1} (label {k + 1}), mean normalised "
+            f"absorbance\n# {int((~keep).sum())} of {keep.size} frames left out: particle not "
+            "found (NaN)\n# energy_eV absorbance\n"
+        )
+        with open(path, "w") as fh:
+            fh.write(header)
+            for e, a in zip(energy[keep], spectrum[keep], strict=True):
+                fh.write(f"{e:.4f} {a:.8g}\n")
+        written.append(path)
+
+
+def export_file(path: Path, output: Path) -> list[Path]:
+    """Export one result file into ``output``; returns the files written.
+
+    Raises
+    ------
+    InputFileError
+        The file is not readable HDF5 or holds none of the known results.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    prefix = output / path.stem
+    written: list[Path] = []
+    with open_input(path) as h5:
+        _export_stacks(h5, prefix, written)
+        _export_tables(h5, prefix, written)
+        _export_spectra(h5, prefix, written)
+    if not written:
+        raise InputFileError(
+            f"{path}: none of /entry/data/data, /cracks, /particles or /xanes to export"
+        )
+    return written
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Run ``beamwatch export``; returns the exit code."""
+    if args.output.exists() and not args.output.is_dir():
+        logger.error("export: output exists and is not a directory: %s", args.output)
+        return EXIT_BAD_INPUT
+    try:
+        for path in args.input:
+            written = export_file(Path(path), args.output)
+            logger.info("export: %s -> %d files in %s", path, len(written), args.output)
+    except InputFileError as exc:
+        logger.error("export: %s", exc)
+        return EXIT_BAD_INPUT
+    return EXIT_OK

@@ -1,0 +1,189 @@
+"""The ``beamwatch`` command line: ``up``, ``demo``, ``config show``, ``consume`` and the
+offline re-processing verbs (``xanes``, ``tomo``, ``cracks``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from services.core.logs import configure_logging
+from services.core.settings import BeamwatchSettings, load_settings
+
+logger = logging.getLogger("beamwatch")
+
+OFFLINE_VERB_MODULES = (
+    "services.cli.xanes",
+    "services.cli.tomo",
+    "services.cli.particles",
+    "services.cli.runs",
+    "services.cli.export",
+)
+
+
+def _settings(args: argparse.Namespace) -> BeamwatchSettings:
+    overrides = {}
+    if getattr(args, "data_dir", None) is not None:
+        overrides["data_dir"] = str(args.data_dir)
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    sys.stdout.write(json.dumps(settings.redacted(), indent=2) + "\n")
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from services.runtime.consumer import Consumer
+    from services.runtime.supervisor import install_signal_handlers
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, service=f"consumer-{args.role}")
+    consumer = Consumer(args.role, settings)
+    port = settings.metrics.raw_port if args.role == "raw" else settings.metrics.analysis_port
+    consumer.metrics.serve(settings.metrics.host, port)
+    install_signal_handlers(consumer.request_stop)
+    logger.info("%s consumer subscribed to %s", args.role, settings.bus.out_address)
+    return consumer.run_forever()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.runtime.supervisor import (
+        Supervisor,
+        banner,
+        child_specs,
+        install_signal_handlers,
+        wait_for_tiled,
+    )
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, service="up")
+    supervisor = Supervisor(child_specs(settings, args.config))
+    install_signal_handlers(supervisor.request_stop)
+    supervisor.metrics.serve(settings.metrics.host, settings.metrics.supervisor_port)
+    supervisor.start()
+    try:
+        wait_for_tiled(settings.tiled_url)
+        for line in banner(settings):
+            logger.info(line)
+        supervisor.run()
+    finally:
+        supervisor.stop()
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from services.web.app import serve
+
+    settings = _settings(args)
+    if args.port is not None:
+        settings.web.port = args.port
+    configure_logging(settings.log_level, service="web")
+    serve(settings, tiled_url=args.tiled_url)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services.runtime.demo import run_demo
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, service="demo")
+    return run_demo(settings, config_file=args.config, serve=args.serve, quick=args.quick)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tiled.client import from_uri
+
+    from services.web.report import build_report
+
+    settings = _settings(args)
+    client = from_uri(settings.tiled_url, api_key=settings.resolved_api_key())
+    try:
+        text = build_report(client, args.uid)
+    except KeyError:
+        logger.error("run %s is not in %s (raw/)", args.uid, settings.tiled_url)
+        return 2
+    finally:
+        client.context.close()
+    args.output.write_text(text)
+    logger.info("wrote %s (%d kB, self-contained)", args.output, len(text) // 1024)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beamwatch",
+        description="Live analysis of TXM and nano-tomography scans: Bluesky 0MQ in, Tiled out.",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="where Tiled, spools and detector files live"
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    up = sub.add_parser("up", help="start Tiled, the 0MQ proxy, the consumers and the live page")
+    up.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML settings file")
+    up.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser(
+        "demo", help="run `up`, then a simulated operando XANES and a tomography scan"
+    )
+    demo.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML settings file")
+    demo.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory")
+    demo.add_argument("--serve", action="store_true", help="keep serving after the scans")
+    demo.add_argument("--quick", action="store_true", help="fewer energies/angles (for tests)")
+    demo.set_defaults(func=cmd_demo)
+
+    config = sub.add_parser("config", help="settings")
+    config_sub = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the effective settings (API key redacted)")
+    show.set_defaults(func=cmd_config_show)
+
+    report = sub.add_parser(
+        "report", help="write a self-contained HTML report of a run (needs Tiled running)"
+    )
+    report.add_argument("uid", help="run uid")
+    report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
+    report.set_defaults(func=cmd_report)
+
+    web = sub.add_parser(
+        "web",
+        help="serve the live page alone (started by `up`); it reads from any Tiled server",
+        description="Serve the live web page. The page reads runs and results from Tiled in the "
+        "browser; the Tiled server must allow this page's origin (the embedded one does).",
+    )
+    web.add_argument("--tiled-url", default=None, help="Tiled to read (default: the settings')")
+    web.add_argument("--port", type=int, default=None, help="port (default: settings web.port)")
+    web.set_defaults(func=cmd_web)
+
+    consume = sub.add_parser("consume", help="run one consumer (started by `up`)")
+    consume.add_argument("role", choices=["raw", "analysis"], help="which consumer")
+    consume.set_defaults(func=cmd_consume)
+
+    for module_name in OFFLINE_VERB_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    if not logging.getLogger().handlers:
+        configure_logging("INFO")
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared basics of every service: settings, logging, metrics, the wire codec, HDF5 input."""

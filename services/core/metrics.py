@@ -1,0 +1,105 @@
+"""Prometheus metrics of a beamwatch process, served over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
+
+
+class Metrics:
+    """The metrics every beamwatch consumer exposes; one registry per process (or per test)."""
+
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages_received = Counter(
+            "beamwatch_messages_received",
+            "Bus messages received, by document name.",
+            ["service", "document"],
+            registry=r,
+        )
+        self.messages_malformed = Counter(
+            "beamwatch_messages_malformed",
+            "Bus messages dropped because they could not be decoded or validated.",
+            ["service", "reason"],
+            registry=r,
+        )
+        self.messages_lost = Counter(
+            "beamwatch_messages_lost",
+            "Documents detected as lost on the bus (seq_num gaps, missing start/stop, ...).",
+            ["service", "kind"],
+            registry=r,
+        )
+        self.messages_duplicated = Counter(
+            "beamwatch_messages_duplicated",
+            "Documents received twice (or after they were given up as lost) and dropped.",
+            ["service", "kind"],
+            registry=r,
+        )
+        self.messages_recovered = Counter(
+            "beamwatch_messages_recovered",
+            "Lost documents or frames recovered from the detector file or Tiled.",
+            ["service", "kind"],
+            registry=r,
+        )
+        self.event_fields_dropped = Counter(
+            "beamwatch_event_fields_dropped",
+            "Event fields dropped (the rest of the Event kept), by problem: undecodable, "
+            "unknown key, type, dtype, shape.",
+            ["service", "problem"],
+            registry=r,
+        )
+        self.frames_processed = Counter(
+            "beamwatch_frames_processed",
+            "Frames processed, by pipeline.",
+            ["service", "pipeline"],
+            registry=r,
+        )
+        self.processing_latency = Histogram(
+            "beamwatch_processing_latency_seconds",
+            "Time from receiving a frame's document to its results being queued for Tiled.",
+            ["service", "pipeline"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "beamwatch_queue_depth",
+            "Writes waiting in the spool for Tiled.",
+            ["service"],
+            registry=r,
+        )
+        self.tiled_write_retries = Counter(
+            "beamwatch_tiled_write_retries",
+            "Tiled writes retried after a failure.",
+            ["service"],
+            registry=r,
+        )
+        self.writes_rejected = Counter(
+            "beamwatch_writes_rejected",
+            "Writes Tiled will not accept, kept in the spool's rejected/ directory, by op.",
+            ["service", "op"],
+            registry=r,
+        )
+        self.spool_errors = Counter(
+            "beamwatch_spool_errors",
+            "Errors of the spool itself (write: a record could not be put on disk; worker).",
+            ["service", "where"],
+            registry=r,
+        )
+        self.pipeline_errors = Counter(
+            "beamwatch_pipeline_errors",
+            "Pipelines that failed on a run.",
+            ["service", "pipeline"],
+            registry=r,
+        )
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on host:port (port 0 picks a free port); return the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = int(server.server_address[1])
+        logger.info("metrics for %s on http://%s:%d/metrics", self.service, host, bound)
+        return bound

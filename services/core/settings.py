@@ -1,0 +1,176 @@
+"""All beamwatch settings: one pydantic-settings model (env prefix ``BEAMWATCH_``, YAML file)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+API_KEY_FILENAME = "tiled_api_key"
+
+
+class TiledSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    #: External server: when set, ``up`` does not start a Tiled server and uses this URL.
+    url: str | None = None
+    #: SQLAlchemy URI of the catalog; default SQLite under the data dir.
+    catalog_uri: str | None = None
+    #: Streaming cache: "memory" for the embedded default, or redis://host:port.
+    cache_uri: str = "memory"
+
+
+class BusSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    in_address: str = "tcp://127.0.0.1:5577"
+    out_address: str = "tcp://127.0.0.1:5578"
+    #: Where the XANES consumer publishes the live drift (JSON) for alignment feedback.
+    feedback_address: str = "tcp://127.0.0.1:5579"
+    #: Receive high-water mark of consumers (messages held before 0MQ drops).
+    rcvhwm: int = Field(100_000, ge=0)
+
+
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    raw_port: int = Field(9101, ge=0, le=65535)
+    analysis_port: int = Field(9102, ge=0, le=65535)
+    supervisor_port: int = Field(9100, ge=0, le=65535)
+
+
+class WebSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: The live page (``beamwatch up`` serves it; it reads only from Tiled).
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)
+    #: Seconds between polls of Tiled on top of its websocket notifications.
+    poll_seconds: float = Field(2.0, gt=0)
+
+
+class BeamwatchSettings(BaseSettings):
+    """Effective settings: defaults < YAML file < environment (``BEAMWATCH_TILED__PORT=...``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BEAMWATCH_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Path("beamwatch-data")
+    tiled: TiledSettings = TiledSettings()
+    bus: BusSettings = BusSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
+    #: Seconds after which a run with no documents and no stop is declared to have lost its stop.
+    run_idle_timeout: float = Field(600.0, gt=0)
+    #: how long a seq_num gap (or a stop before its last events) is waited for before the
+    #: missing events are declared lost and recovered from Tiled / the detector file
+    reorder_timeout: float = Field(2.0, gt=0)
+    #: Longest backoff between Tiled write retries (seconds).
+    retry_max_backoff: float = Field(5.0, gt=0)
+    log_level: str = "INFO"
+
+    # ---- derived paths -------------------------------------------------------------------
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def tiled_dir(self) -> Path:
+        return self.data_dir / "tiled"
+
+    @property
+    def detector_dir(self) -> Path:
+        return self.data_dir / "detector"
+
+    @property
+    def tiled_url(self) -> str:
+        if self.tiled.url:
+            return self.tiled.url.rstrip("/")
+        return f"http://{self.tiled.host}:{self.tiled.port}"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web.host}:{self.web.port}"
+
+    def resolved_api_key(self) -> str:
+        """The Tiled API key: from config/env, else generated once into the data dir (0600)."""
+        if self.tiled.api_key is not None:
+            return self.tiled.api_key.get_secret_value()
+        path = self.data_dir / API_KEY_FILENAME
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+        return key
+
+    def redacted(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        if data["tiled"].get("api_key"):
+            data["tiled"]["api_key"] = "**********"
+        data["spool_dir"] = str(self.spool_dir)
+        return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> BeamwatchSettings:
+    """Build settings from an optional YAML file; environment variables win over the file.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, is not YAML, or its top level is not a mapping.
+    """
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path}: top level must be a mapping")
+        file_values = loaded
+    env_settings = BeamwatchSettings()
+    env_set = _env_overrides()
+    merged = _deep_merge(file_values, env_set)
+    merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
+    if not merged:
+        return env_settings
+    return BeamwatchSettings(**merged)
+
+
+def _env_overrides() -> dict[str, Any]:
+    """The BEAMWATCH_* environment variables as a nested dict (so they win over the YAML)."""
+    out: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if not name.startswith("BEAMWATCH_"):
+            continue
+        keys = name[len("BEAMWATCH_") :].lower().split("__")
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,196 @@
+"""The raw-data path: every run's documents into Tiled under ``raw/<run uid>`` (TiledWriter).
+
+Documents are spooled before they are written, so a Tiled outage delays them but loses none.
+2-D arrays inside Event documents, which ``TiledWriter`` cannot store, are taken out of the
+documents and written as growing arrays ``raw/<uid>/<stream>/<data key>`` with the client.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import numpy as np
+
+from services.runs.routing import Doc, RunRouter
+from services.tiled.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+
+class RawRunRouter(RunRouter):
+    """Forwards one run's documents to the spool, splitting out in-Event image arrays."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._uid = ""
+        self._documents = 0
+        self._array_keys: dict[str, list[str]] = {}  # descriptor uid -> keys moved out
+        self._stream_name: dict[str, str] = {}
+        self._rows_written: dict[tuple[str, str], int] = {}
+        self._descriptors: dict[str, Doc] = {}
+        self._last_row: dict[tuple[str, str], np.ndarray] = {}
+        self._bad: dict[tuple[str, int], dict[str, str]] = {}
+        self._bad_report: list[dict[str, Any]] = []
+        self._missing: dict[str, list[int]] = {}
+
+    def _put(self, name: str, doc: Doc) -> None:
+        self._documents += 1
+        self._spool.put(
+            {
+                "op": "raw_doc",
+                "name": name,
+                "doc": doc,
+                "run": self._uid,
+                # identifies the record across retries (its documents are normalised once)
+                "rid": f"{self._uid}/{self._documents}",
+            }
+        )
+
+    def start(self, doc: Doc) -> None:
+        self._uid = doc["uid"]
+        self._put("start", doc)
+
+    def descriptor(self, doc: Doc) -> None:
+        keys = [
+            k
+            for k, v in doc["data_keys"].items()
+            if len(v.get("shape") or []) >= 2 and not v.get("external")
+        ]
+        self._stream_name[doc["uid"]] = doc.get("name", "primary")
+        self._descriptors[doc["uid"]] = doc
+        if keys:
+            self._array_keys[doc["uid"]] = keys
+            doc = copy.deepcopy(doc)
+            for key in keys:
+                doc["data_keys"].pop(key)
+                for obj_keys in doc.get("object_keys", {}).values():
+                    if key in obj_keys:
+                        obj_keys.remove(key)
+            doc["data_keys"] = doc["data_keys"] or {}
+            doc.setdefault("configuration", {})
+        self._put("descriptor", doc)
+
+    def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
+        # The raw path cannot rebuild an Event's readings: the run says what is missing.
+        self._missing.setdefault(descriptor.get("name", "primary"), []).extend(seq_nums)
+
+    def bad_fields(self, descriptor: Doc, seq_num: int, problems: dict[str, str]) -> None:
+        self._bad[(descriptor["uid"], seq_num)] = problems
+        stream = descriptor.get("name", "primary")
+        for key, problem in problems.items():
+            self._bad_report.append(
+                {"stream": stream, "seq_num": seq_num, "data_key": key[:200], "problem": problem}
+            )
+
+    def event(self, doc: Doc) -> None:
+        problems = self._bad.pop((doc["descriptor"], int(doc["seq_num"])), {})
+        keys = self._array_keys.get(doc["descriptor"])
+        if problems:
+            doc = self._with_placeholders(doc, problems, keys or [])
+        if keys:
+            doc = dict(doc)
+            doc["data"] = dict(doc["data"])
+            doc["timestamps"] = dict(doc["timestamps"])
+            stream = self._stream_name[doc["descriptor"]]
+            for key in keys:
+                if key not in doc["data"]:
+                    continue
+                value = np.asarray(doc["data"].pop(key))
+                self._last_row[(stream, key)] = value
+                doc["timestamps"].pop(key, None)
+                doc.get("filled", {}).pop(key, None)
+                slot = (stream, key)
+                offset = self._rows_written.get(slot, 0)
+                self._spool.put(
+                    {
+                        "op": "array_rows",
+                        "path": ["raw", self._uid, stream],
+                        "key": key,
+                        "array": value[None, ...],
+                        "offset": offset,
+                        "metadata": {"source": "event", "data_key": key},
+                    }
+                )
+                self._rows_written[slot] = offset + 1
+        self._put("event", doc)
+
+    def resource(self, doc: Doc) -> None:
+        self._put("resource", doc)
+
+    def datum(self, doc: Doc) -> None:
+        self._put("datum", doc)
+
+    def stream_resource(self, doc: Doc) -> None:
+        self._put("stream_resource", doc)
+
+    def stream_datum(self, doc: Doc) -> None:
+        self._put("stream_datum", doc)
+
+    def stop(self, doc: Doc | None) -> None:
+        if doc is None:
+            doc = _synthetic_stop(self._uid)
+        self._put("stop", doc)
+        status: dict[str, Any] = {
+            "beamwatch_status": "incomplete" if self._missing else "complete",
+            "beamwatch_missing_seq_nums": self._missing,
+        }
+        if self._bad_report:
+            status["beamwatch_bad_fields"] = self._bad_report
+        self._spool.put({"op": "metadata", "path": ["raw", self._uid], "metadata": status})
+
+    def _with_placeholders(self, doc: Doc, problems: dict[str, str], array_keys: list[str]) -> Doc:
+        """Stand-ins for dropped fields, so rows stay aligned and say "unknown".
+
+        A dropped scalar becomes NaN (None for non-numbers) in the row; a dropped image
+        becomes a frame of NaN (0 for integer dtypes) in the raw array, and its seq_num is
+        listed in the run's ``beamwatch_bad_fields`` metadata either way.
+        """
+        desc = self._descriptors.get(doc["descriptor"], {})
+        data_keys = desc.get("data_keys", {})
+        stream = self._stream_name.get(doc["descriptor"], "primary")
+        doc = dict(doc)
+        doc["data"] = dict(doc["data"])
+        doc["timestamps"] = dict(doc.get("timestamps") or {})
+        for key in problems:
+            info = data_keys.get(key)
+            if not isinstance(info, dict):
+                continue
+            if key in array_keys:
+                placeholder = self._placeholder_frame(stream, key, info)
+                if placeholder is not None:
+                    doc["data"][key] = placeholder
+                continue
+            if info.get("external"):
+                continue
+            numeric = info.get("dtype") in ("number", "integer", "boolean")
+            doc["data"][key] = float("nan") if numeric else None
+            doc["timestamps"][key] = doc.get("time")
+        return doc
+
+    def _placeholder_frame(self, stream: str, key: str, info: Doc) -> np.ndarray | None:
+        last = self._last_row.get((stream, key))
+        if last is not None:
+            shape, dtype = last.shape, last.dtype
+        else:
+            shape = tuple(int(n) for n in info.get("shape") or [])
+            if not shape or any(n <= 0 for n in shape):
+                return None
+            dtype = np.dtype("float64")
+        fill = np.nan if np.dtype(dtype).kind == "f" else 0
+        return np.full(shape, fill, dtype=dtype)
+
+
+def _synthetic_stop(run_uid: str) -> dict[str, Any]:
+    import time
+    import uuid
+
+    return {
+        "uid": str(uuid.uuid4()),
+        "run_start": run_uid,
+        "time": time.time(),
+        "exit_status": "fail",
+        "reason": "beamwatch: stop document lost on the bus (run idle past the timeout)",
+        "num_events": {},
+    }

@@ -1,0 +1,1 @@
+"""Processes: the consumers, the supervisor of ``beamwatch up`` and the demo."""

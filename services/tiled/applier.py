@@ -1,0 +1,243 @@
+"""Applying spooled write records to Tiled, idempotently where Tiled allows it.
+
+Records are plain dicts (msgpack-safe, arrays allowed) with an ``op`` field:
+
+``raw_doc``       a Bluesky document for bluesky's ``TiledWriter`` (under ``raw/``)
+``container``     create ``path`` (list of keys) if missing, with metadata
+``metadata``      merge metadata into the node at ``path``
+``array``         write (or overwrite) array ``key`` under ``path``
+``array_rows``    write rows ``array`` at ``offset`` along axis 0 of ``key``, extending it
+``table_rows``    append rows (dict of columns) to appendable table ``key`` under ``path``
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.tiled.spool import PermanentWriteError
+
+logger = logging.getLogger(__name__)
+
+
+def connect(url: str, api_key: str, *, timeout: float = 120.0) -> Any:
+    """A Tiled client on ``url``; retries are left to the spool."""
+    import httpx
+    import tiled.client.utils as tiled_client_utils
+    from tiled.client import from_uri
+
+    # The spool retries every write itself, with its own backoff, and counts server errors to
+    # tell a write Tiled will never accept. The client's own retries of 5xx answers (10
+    # attempts within up to 45 s per request by default, ``TILED_RETRY_ATTEMPTS``) would hide
+    # that and hold every later write of the consumer that long: one retry here, the rest
+    # is the spool's.
+    tiled_client_utils.TILED_RETRY_ATTEMPTS = min(tiled_client_utils.TILED_RETRY_ATTEMPTS, 2)
+    tiled_client_utils.TILED_RETRY_TIMEOUT = min(tiled_client_utils.TILED_RETRY_TIMEOUT, 5.0)
+    return from_uri(url, api_key=api_key, timeout=httpx.Timeout(timeout))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network failures and 5xx answers are retried; anything else is a permanent error."""
+    import httpx
+
+    if isinstance(exc, PermanentWriteError):
+        return False
+    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+        return True
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        return int(status) >= 500 or int(status) == 429
+    return False
+
+
+def ensure_container(client: Any, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
+    node = client
+    for i, key in enumerate(path):
+        if key in node:
+            node = node[key]
+        else:
+            md = metadata if (i == len(path) - 1 and metadata) else {}
+            try:
+                node = node.create_container(key=key, metadata=md)
+            except Exception as exc:
+                if _is_conflict(exc):
+                    node = node[key]
+                else:
+                    raise
+    return node
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) == 409
+
+
+class AppendLock:
+    """Host-wide lock around table appends to one Tiled server.
+
+    Tiled 0.2.20 shares one ADBC connection of its DuckDB tabular store between requests;
+    concurrent appends from the raw and analysis consumers then fail with "No active
+    transaction, cannot commit" (HTTP 500) and may be applied twice. Serialising our own
+    appends on the host avoids it.
+    """
+
+    def __init__(self, url: str) -> None:
+        import hashlib
+        import tempfile
+
+        digest = hashlib.sha1(url.encode()).hexdigest()[:12]
+        self.path = Path(tempfile.gettempdir()) / f"beamwatch-tiled-append-{digest}.lock"
+
+    def __enter__(self) -> AppendLock:
+        import fcntl
+
+        self._fh = open(self.path, "a")  # noqa: SIM115 - held until __exit__
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
+class TiledApplier:
+    """Applies records to one Tiled server; owns the raw ``TiledWriter``."""
+
+    def __init__(self, client: Any, append_lock: AppendLock | None = None) -> None:
+        self.client = client
+        self._append_lock = append_lock or AppendLock(str(client.uri))
+        self._raw_writer: Any = None
+        self._containers: dict[tuple[str, ...], Any] = {}
+        self._tables: dict[tuple[str, ...], Any] = {}
+        self._arrays: dict[tuple[str, ...], tuple[Any, int]] = {}
+        self._table_len: dict[tuple[str, ...], int] = {}
+        self._uncertain: set[tuple[str, ...]] = set()
+
+    def _container(self, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
+        """The container at ``path``, created if missing; cached (containers are never removed)."""
+        ident = tuple(path)
+        node = self._containers.get(ident)
+        if node is None:
+            node = ensure_container(self.client, path, metadata)
+            self._containers[ident] = node
+        return node
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        op = record.get("op")
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise PermanentWriteError(f"unknown write op {op!r}")
+        handler(record)
+
+    # ---- ops --------------------------------------------------------------------------------
+    def _op_raw_doc(self, record: dict[str, Any]) -> None:
+        if self._raw_writer is None:
+            # bluesky's TiledWriter, with the parts that are not safe to retry replaced
+            from services.tiled.raw_writer import RawWriter
+
+            self._raw_writer = RawWriter(ensure_container(self.client, ["raw"]))
+        with self._append_lock:
+            self._raw_writer(record)
+
+    def _op_container(self, record: dict[str, Any]) -> None:
+        node = self._container(record["path"], record.get("metadata"))
+        if record.get("metadata"):
+            node.update_metadata(metadata=record["metadata"], drop_revision=True)
+
+    def _op_metadata(self, record: dict[str, Any]) -> None:
+        node = self._container(record["path"])
+        node.update_metadata(metadata=record["metadata"], drop_revision=True)
+
+    def _op_array(self, record: dict[str, Any]) -> None:
+        parent = self._container(record["path"])
+        key = record["key"]
+        array = np.asarray(record["array"])
+        if key in parent:
+            parent.delete_contents([key], external_only=False)
+        parent.write_array(
+            array, key=key, dims=record.get("dims"), metadata=record.get("metadata") or {}
+        )
+        self._arrays.pop((*record["path"], key), None)
+
+    def _op_array_rows(self, record: dict[str, Any]) -> None:
+        """Write ``array`` at ``offset`` along ``axis`` (default 0), extending the array."""
+        parent = self._container(record["path"])
+        key = record["key"]
+        ident = (*record["path"], key)
+        rows = np.asarray(record["array"])
+        axis = int(record.get("axis", 0))
+        offset = int(record["offset"])
+        cached = self._arrays.get(ident)
+        if cached is None and key in parent:
+            node = parent[key]
+            cached = self._arrays[ident] = (node, int(node.shape[axis]))
+        if cached is None:
+            if offset != 0:
+                raise PermanentWriteError(f"{key}: first rows must start at offset 0, got {offset}")
+            md = record.get("metadata") or {}
+            node = parent.write_array(rows, key=key, dims=record.get("dims"), metadata=md)
+            self._arrays[ident] = (node, rows.shape[axis])
+            return
+        node, current = cached
+        if offset > current:
+            raise PermanentWriteError(f"{key}: rows at offset {offset} leave a gap after {current}")
+        end = offset + rows.shape[axis]
+        position = tuple(offset if i == axis else 0 for i in range(rows.ndim))
+        node.patch(rows.astype(node.dtype, copy=False), offset=position, extend=end > current)
+        self._arrays[ident] = (node, max(current, end))
+
+    def _op_table_rows(self, record: dict[str, Any]) -> None:
+        """Append rows at a known row offset, so a retried append is never applied twice."""
+        import pyarrow as pa
+
+        parent = self._container(record["path"])
+        key = record["key"]
+        table = pa.table({k: list(v) for k, v in record["rows"].items()})
+        untyped = [f.name for f in table.schema if pa.types.is_null(f.type)]
+        if untyped and key not in parent:
+            # Tiled answers HTTP 500 "Unsupported PyArrow type: null" to such a table, forever.
+            raise PermanentWriteError(
+                f"{key}: columns {untyped} hold only nulls (no type); Tiled cannot create "
+                "a table with a null-typed column"
+            )
+        ident = (*record["path"], key)
+        offset = int(record.get("offset", -1))
+        node = self._tables.get(ident)
+        if node is None and key in parent:
+            node = self._tables[ident] = parent[key]
+            self._uncertain.add(ident)
+        if node is None:
+            if offset > 0:
+                raise PermanentWriteError(f"{key}: first rows must start at row 0, got {offset}")
+            node = self._tables[ident] = parent.create_appendable_table(
+                schema=table.schema, key=key
+            )
+            self._table_len[ident] = 0
+        if ident in self._uncertain and offset >= 0:
+            # After a failure or a restart the table may already hold these rows.
+            self._table_len[ident] = len(node.read())
+            self._uncertain.discard(ident)
+        current = self._table_len.get(ident, offset)
+        if offset >= 0 and current >= offset + table.num_rows:
+            logger.info("rows %d.. of %s already in Tiled; not appended again", offset, key)
+            return
+        if offset >= 0 and offset < current:
+            # Part of these rows is in already (a replay after a crash, a merged retry):
+            # append the rest only.
+            table = table.slice(current - offset)
+            offset = current
+        if offset >= 0 and current != offset:
+            raise PermanentWriteError(f"{key}: rows at {offset} but the table holds {current}")
+        try:
+            with self._append_lock:
+                node.append_partition(0, table)
+        except Exception:
+            self._uncertain.add(ident)
+            raise
+        self._table_len[ident] = current + table.num_rows

@@ -1,0 +1,190 @@
+"""Raw runs into Tiled exactly once, under retries: bluesky's TiledWriter made idempotent.
+
+bluesky 1.15's ``TiledWriter`` is written for a client whose requests either succeed or fail
+cleanly and are never repeated. Our spool repeats a write after any transient failure, and a
+server can fail *after* committing (Tiled + DuckDB answer HTTP 500 "No active transaction" to
+an append that landed). Under such a retry ``TiledWriter`` breaks the run:
+
+* ``_RunWriter.event`` appends the row to its batch cache *before* writing and clears the
+  cache only on success, so a retried Event is written with its first copy again (a row
+  committed despite the 500 then appears three times: the flaky
+  ``test_run_appears_in_tiled_with_every_frame[stream]`` with 8285 eV three times);
+* ``_RunWriter._write_external_data`` grows the consolidator (the array's advertised shape)
+  before the request, so a retried StreamDatum advertises its frames twice (51 or 57 frames for a
+  50-frame file: every read fails with HTTP 422);
+* ``RunNormalizer`` pops the Datum of an Event while converting it, so a retried Event finds no
+  Datum; creating a container that a failed request did create answers 409.
+
+So the parts that are not retry-safe are replaced here, and the rest of bluesky's code (the
+normaliser, the consolidators, the layout) is kept:
+
+* each spooled document is normalised exactly once (its normalised documents are kept until all
+  of them are written), so the normaliser's state never sees a retry;
+* Event rows are appended one by one, never cached; after a failed append the table's seq_nums
+  are read back and a row already there is not appended again;
+* a StreamDatum grows the consolidator once (keyed by stream resource and index range); its
+  retry only re-sends the resulting data source, which is a replacement and so idempotent;
+* a container or array node that exists already (409) is taken as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from bluesky.callbacks.tiled_writer import RunNormalizer, _RunWriter
+from event_model import unpack_event_page
+
+logger = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True for an HTTP 409 answer: what we tried to create is there already."""
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) == 409
+
+
+class IdempotentRunWriter(_RunWriter):
+    """bluesky's per-run writer with Event rows and StreamDatums safe to retry.
+
+    Documents are plain dicts here (decoded from the bus), hence ``Any`` where bluesky
+    declares its TypedDicts.
+    """
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client, batch_size=1)
+        self._uncertain_tables: set[str] = set()
+        self._seq_nums_in_table: dict[str, set[int]] = {}
+        self._consumed: set[tuple[str, int, int]] = set()
+
+    # ---- containers: take what a failed request created -----------------------------------------
+    def start(self, doc: Any) -> None:  # type: ignore[override]
+        try:
+            super().start(doc)
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
+            self.access_tags = doc.get("tiled_access_tags")
+            self.root_node = self.client[doc["uid"]]
+
+    def descriptor(self, doc: Any) -> None:  # type: ignore[override]
+        try:
+            super().descriptor(doc)
+        except Exception as exc:
+            if not is_conflict(exc) or self.root_node is None:
+                raise
+            name = doc["name"]
+            desc_node = self.root_node[name].base
+            self._desc_nodes[doc["uid"]] = self._desc_nodes[name] = desc_node
+            if "internal" in desc_node:
+                self._internal_tables[name] = desc_node["internal"]
+                self._uncertain_tables.add(name)
+
+    # ---- Event rows: one append per row, never twice --------------------------------------------
+    def event(self, doc: Any) -> None:  # type: ignore[override]
+        desc_node = self._desc_nodes[doc["descriptor"]]
+        desc_name = desc_node.item["id"]
+        seq_num = int(doc["seq_num"])
+        row = {"seq_num": seq_num, "time": doc["time"], **doc["data"]}
+        row.update({f"ts_{k}": v for k, v in doc["timestamps"].items()})
+        if desc_name not in self._internal_tables and "internal" in desc_node:
+            self._internal_tables[desc_name] = desc_node["internal"]  # made by a failed request
+            self._uncertain_tables.add(desc_name)
+        if desc_name in self._uncertain_tables:
+            table = self._internal_tables[desc_name].read()
+            self._seq_nums_in_table[desc_name] = {int(s) for s in table["seq_num"]}
+            self._uncertain_tables.discard(desc_name)
+        present = self._seq_nums_in_table.setdefault(desc_name, set())
+        if seq_num in present:
+            logger.info("row seq_num %d of %s is in Tiled already", seq_num, desc_name)
+            return
+        try:
+            self._write_internal_data([row], desc_node=desc_node)
+        except Exception:
+            self._uncertain_tables.add(desc_name)
+            raise
+        present.add(seq_num)
+
+    def event_page(self, doc: Any) -> None:  # type: ignore[override]
+        for event in unpack_event_page(doc):
+            self.event(event)
+
+    # ---- StreamDatum: grow the consolidator once, re-send its data source on retry --------------
+    def stream_datum(self, doc: Any) -> None:  # type: ignore[override]
+        self._write_external_data(doc)
+
+    def _write_external_data(self, doc: Any) -> None:  # type: ignore[override]
+        sres_uid, desc_uid = doc["stream_resource"], doc["descriptor"]
+        key = (sres_uid, int(doc["indices"]["start"]), int(doc["indices"]["stop"]))
+        sres_node, consolidator = self.get_sres_node(sres_uid, desc_uid)
+        if key not in self._consumed:
+            consolidator.consume_stream_datum(doc)
+            self._consumed.add(key)
+        self._update_data_source_for_node(sres_node, consolidator.get_data_source())
+
+    def get_sres_node(self, sres_uid: str, desc_uid: str | None = None) -> tuple[Any, Any]:
+        try:
+            return super().get_sres_node(sres_uid, desc_uid)
+        except Exception as exc:
+            if not is_conflict(exc) or desc_uid is None:
+                raise
+        # The node was created by a request that failed after committing: adopt it.
+        from bluesky.consolidators import consolidator_factory
+
+        sres_doc = self._stream_resource_cache[sres_uid]
+        desc_node = self._desc_nodes[desc_uid]
+        full_data_key = f"{desc_node.item['id']}_{sres_doc['data_key']}"
+        consolidator = consolidator_factory(sres_doc, desc_node.metadata)
+        sres_node = desc_node[consolidator.data_key]
+        self._consolidators[sres_uid] = self._consolidators[full_data_key] = consolidator
+        self._sres_nodes[sres_uid] = self._sres_nodes[full_data_key] = sres_node
+        return sres_node, consolidator
+
+
+class RawRun:
+    """One run's normaliser and writer; each spooled document is normalised exactly once."""
+
+    def __init__(self, client: Any) -> None:
+        self.normalizer = RunNormalizer()
+        self.writer = IdempotentRunWriter(client)
+        self._collected: list[tuple[str, Doc]] = []
+        self.normalizer.subscribe(lambda name, doc: self._collected.append((name, doc)))
+
+    def normalize(self, name: str, doc: Doc) -> list[tuple[str, Doc]]:
+        self._collected = []
+        self.normalizer(name, copy.deepcopy(doc))
+        return self._collected
+
+
+class RawWriter:
+    """Applies ``raw_doc`` records; a record's normalised documents are written in order and
+    each at most once, however often the record is retried."""
+
+    def __init__(self, raw_container: Any) -> None:
+        # TiledWriter does the same: the data-source API needs the sources in the answers.
+        self._client = raw_container.include_data_sources()
+        self._runs: dict[str, RawRun] = {}
+        self._pending: dict[str, list[tuple[str, Doc]]] = {}
+
+    def __call__(self, record: Doc) -> None:
+        name, doc = record["name"], record["doc"]
+        run_uid = record.get("run") or (doc.get("uid") if name == "start" else None)
+        if not run_uid:
+            raise ValueError(f"raw_doc record of a {name} without its run uid")
+        run = self._runs.get(run_uid)
+        if run is None:
+            run = self._runs[run_uid] = RawRun(self._client)
+        rid = record.get("rid") or f"{run_uid}:{name}:{id(record)}"
+        pending = self._pending.get(rid)
+        if pending is None:
+            pending = self._pending[rid] = run.normalize(name, doc)
+        while pending:
+            out_name, out_doc = pending[0]
+            run.writer(out_name, out_doc)
+            pending.pop(0)
+        del self._pending[rid]
+        if name == "stop":
+            self._runs.pop(run_uid, None)

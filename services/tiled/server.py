@@ -1,0 +1,91 @@
+"""The embedded Tiled server: a config file generated under the data dir, served by ``tiled``.
+
+``tiled serve catalog DB --init -w ... --cache memory`` fails in tiled 0.2.20, so the embedded
+server is always described by a config file (``tiled serve config``), the same mechanism the
+production configuration in ``deploy/tiled/config.yml`` uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.core.settings import BeamwatchSettings
+
+
+def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
+    """The Tiled service configuration for the embedded server (API key by env var)."""
+    tdir = settings.tiled_dir.resolve()
+    catalog_uri = settings.tiled.catalog_uri or f"sqlite:///{tdir / 'catalog.db'}"
+    return {
+        # Anonymous clients may read (the live page and Tiled's /ui/ need no key); writing
+        # still needs the API key.
+        "authentication": {
+            "single_user_api_key": "${TILED_SINGLE_USER_API_KEY}",
+            "allow_anonymous_access": True,
+        },
+        # The live page is served from another port and reads Tiled from the browser.
+        "allow_origins": [settings.web_url, f"http://localhost:{settings.web.port}"],
+        "trees": [
+            {
+                "path": "/",
+                "tree": "catalog",
+                "args": {
+                    "uri": catalog_uri,
+                    "writable_storage": [
+                        str(tdir / "data"),
+                        f"duckdb:///{tdir / 'tabular.duckdb'}",
+                    ],
+                    "readable_storage": [str(settings.detector_dir.resolve())],
+                    "init_if_not_exists": True,
+                },
+            }
+        ],
+        "streaming_cache": {"uri": settings.tiled.cache_uri},
+        "uvicorn": {"host": settings.tiled.host, "port": settings.tiled.port},
+    }
+
+
+def init_sqlite_catalog(db: Path) -> None:
+    """Create the embedded SQLite catalog once, in WAL mode.
+
+    With the default rollback journal, readers polling the catalog while the consumers write
+    make writes fail with "database is locked" (HTTP 500) under load; in WAL mode readers
+    never block the writer. The journal mode is stored in the file.
+    """
+    if db.exists():
+        return
+    tiled_bin = Path(sys.executable).with_name("tiled")
+    subprocess.run(
+        [str(tiled_bin), "catalog", "init", f"sqlite:///{db}"],
+        check=True,
+        capture_output=True,
+    )
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def write_tiled_config(settings: BeamwatchSettings) -> Path:
+    tdir = settings.tiled_dir
+    (tdir / "data").mkdir(parents=True, exist_ok=True)
+    settings.detector_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.tiled.catalog_uri:
+        init_sqlite_catalog((tdir / "catalog.db").resolve())
+    path = tdir / "config.yml"
+    path.write_text(yaml.safe_dump(tiled_config(settings), sort_keys=False))
+    return path
+
+
+def tiled_command(settings: BeamwatchSettings) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that start the embedded Tiled server."""
+    config = write_tiled_config(settings)
+    env = dict(os.environ)
+    env["TILED_SINGLE_USER_API_KEY"] = settings.resolved_api_key()
+    tiled_bin = Path(sys.executable).with_name("tiled")
+    return [str(tiled_bin), "serve", "config", str(config)], env

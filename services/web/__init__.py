@@ -1,0 +1,1 @@
+"""The live web page and the self-contained HTML report."""

@@ -1,0 +1,104 @@
+"""SIGKILL of a consumer mid-run under ``beamwatch up``: the restarted child resumes the run
+from its journal and the run ends with every row and frame exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import bluesky.plan_stubs as bps
+import h5py
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.callbacks.zmq import Publisher
+from tiled.client import from_uri
+
+from bluesky_plans.plans import xanes_scan_plan
+from services.core import serialization
+from tests.conftest import UpProcess, wait_until
+from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS
+from tests.services.test_up_e2e import children_of, scrape, value
+from tests.sim import N_ENERGIES, energies, small_txm
+
+KILL_AT = 4  # before the 5th energy point: 4 frames of 8 are in
+
+
+def _child(up, role):
+    for pid in children_of(up.proc.pid):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"consume" in cmd and role.encode() in cmd:
+            return pid
+    return None
+
+
+def _pinged(up, pub, role):
+    pub("beamwatch_ping", {})
+    samples = scrape(up.metrics[role])
+    return value(samples, "beamwatch_messages_received_total", document="beamwatch_ping") > 0
+
+
+@pytest.mark.parametrize("role", ["raw", "analysis"])
+def test_a_consumer_killed_mid_run_resumes_it_with_every_frame(tmp_path, role):
+    up = UpProcess(tmp_path)
+    pub = Publisher(up.in_address, serializer=serialization.dumps)
+    client = from_uri(up.tiled, api_key=up.api_key())
+    try:
+        for r in ("raw", "analysis"):
+            wait_until(lambda r=r: _pinged(up, pub, r), timeout=60, interval=0.05)
+        run = {}
+
+        def primary_rows_in_tiled():
+            uid = run["uid"]
+            if role == "raw":
+                return len(client["raw"][uid]["primary"].base["internal"].read())
+            stats = client["analysis"][uid]["frames"]["frame_stats"].read()
+            return len(stats) - N_FLATS  # flats of the first energy come first
+
+        def kill_mid_run(i, energy):
+            if i == KILL_AT:
+                # everything published so far is through the consumer, then it dies
+                wait_until(lambda: primary_rows_in_tiled() >= KILL_AT, timeout=60)
+                old = _child(up, role)
+                os.kill(old, signal.SIGKILL)
+                wait_until(lambda: _child(up, role) not in (None, old), timeout=60)
+                wait_until(lambda: _pinged(up, pub, role), timeout=60, interval=0.05)
+            yield from bps.null()
+
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        RE.subscribe(lambda name, doc: run.setdefault("uid", doc["uid"]), "start")
+        txm = small_txm(up.settings().detector_dir, "stream", seed=11)
+        (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=N_FLATS, before_point=kill_mid_run))
+
+        def frames_status():
+            return client["analysis"][uid]["frames"].metadata["status"]
+
+        wait_until(lambda: frames_status() == "complete", timeout=180)
+        wait_until(
+            lambda: client["raw"][uid]["primary"]["txm_cam_image"].shape[0] == N_ENERGIES, 120
+        )
+        raw = client["raw"][uid]
+        wait_until(lambda: "stop" in client["raw"][uid].metadata, timeout=60)
+        assert client["raw"][uid].metadata["stop"]["exit_status"] == "success"
+        rows = raw["primary"].base["internal"].read()
+        assert sorted(rows["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+        np.testing.assert_allclose(np.sort(rows["energy"].to_numpy()), energies())
+        with h5py.File(txm.camera.path, "r", swmr=True) as fh:
+            np.testing.assert_array_equal(
+                raw["primary"]["txm_cam_image"].read(), fh["/entry/data/data"][()]
+            )
+        stats = client["analysis"][uid]["frames"]["frame_stats"].read()
+        assert len(stats) == N_ENERGIES + FLAT_FRAMES
+        primary = stats[-N_ENERGIES:]
+        assert sorted(primary["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+        restarts = value(
+            scrape(f"http://127.0.0.1:{up.ports['supervisor']}/metrics"),
+            "beamwatch_child_restarts_total",
+        )
+        assert restarts >= 1
+    finally:
+        client.context.close()
+        pub.close()
+        up.stop()

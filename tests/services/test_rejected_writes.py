@@ -1,0 +1,85 @@
+"""A write Tiled will never accept is diagnosed and kept; the rest of the run goes on."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from bluesky import RunEngine
+
+from bluesky_plans.plans import xanes_scan_plan
+from services.analysis.router import FrameStatsPipeline, PipelineRegistry
+from services.runtime.consumer import Consumer
+from tests.conftest import wait_until
+from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS, live_publisher, metric
+from tests.sim import N_ENERGIES, energies, small_txm
+
+
+class EmptyFieldOfView:
+    """Writes, for frame 2, a table whose only column is all null (nothing found in view):
+    Tiled answers "Unsupported PyArrow type: null" to it, every time."""
+
+    name = "fov"
+    version = "1"
+
+    def __init__(self, start):
+        self.parameters = {}
+
+    def on_frame(self, frame, out):
+        if frame.stream == "primary" and frame.seq_num == 2:
+            out.table_rows("particles", {"particle": [None]})
+        out.table_rows("seen", {"seq_num": [frame.seq_num]})
+
+    def on_stop(self, stop, out):
+        out.metadata({"done": True})
+
+
+def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_completes(
+    consumer_settings, tiled_client
+):
+    settings, detector = consumer_settings
+    settings.retry_max_backoff = 0.05
+    registry = PipelineRegistry()
+    registry.register("frames", lambda start: True, FrameStatsPipeline)
+    registry.register("fov", lambda start: True, EmptyFieldOfView)
+    ana = Consumer("analysis", settings, registry=registry)
+    ana.start()
+    pub = live_publisher(settings, (ana,))
+    try:
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        (uid,) = RE(
+            xanes_scan_plan(small_txm(detector, "stream", seed=8), energies(), n_flats=N_FLATS)
+        )
+
+        def fov():
+            return tiled_client["analysis"][uid]["fov"]
+
+        wait_until(lambda: fov().metadata.get("done") and fov().metadata.get("write_errors"), 120)
+        md = fov().metadata
+        assert md["status"] == "complete"
+        (rejected,) = md["rejected_writes"]
+        assert rejected["key"] == "particles" and "null" in rejected["error"].lower()
+        assert "particles" not in fov()
+        seen = fov()["seen"].read()["seq_num"].tolist()
+        assert len(seen) == N_ENERGIES + 2 * N_FLATS  # every later write went on
+        stats = tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
+        assert len(stats) == N_ENERGIES + FLAT_FRAMES
+        assert metric(ana, "beamwatch_writes_rejected_total", op="table_rows") == 1
+        (error_file,) = (settings.spool_dir / "analysis" / "rejected").glob("*.error.json")
+        assert "null" in json.loads(error_file.read_text())["error"].lower()
+    finally:
+        pub.close()
+        ana.stop()
+
+
+def test_a_consumer_whose_worker_died_exits_to_be_restarted(consumer_settings):
+    settings, _ = consumer_settings
+    consumer = Consumer("raw", settings)
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(consumer.run_forever()))
+    runner.start()
+    wait_until(lambda: consumer.spool.is_alive(), timeout=10)
+    consumer.spool.stop(drain_timeout=0)  # the spool worker ends: the consumer must not linger
+    runner.join(timeout=30)
+    assert result == [1]
