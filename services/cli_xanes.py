@@ -121,6 +121,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     cli_xanes_chemistry.add_arguments(align)
     align.set_defaults(func=run_align)
+    from services import cli_xanes_trajectory
+
+    cli_xanes_trajectory.register(commands)
     return xanes
 
 
