@@ -162,6 +162,8 @@ def test_ssrl_folder_with_its_two_real_spectra(parser, tmp_path: Path, caplog) -
         assert (clusters["labels"][()] == -1).all()
         assert clusters.attrs["status"].startswith("not computed")
         assert h5["xanes/lcf/reference_names"].attrs["files"][1].endswith(".tsv")
+        # the scan's time stamp, from the earliest sample frame's ImageInfo/Date
+        assert h5["xanes"].attrs["start_time"] == "2016-05-29T15:02:37"
     # the real references, normalised (pre-edge 8249-8320, post-edge 8380-8500 eV): below the
     # edge near 0, at 8354 eV on the white line above 1; the charged one's edge is higher in
     # energy (8343.4 vs 8342.3 eV), so it absorbs less at... both at 8354 are above 1
