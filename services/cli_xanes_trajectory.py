@@ -108,6 +108,13 @@ def run_trajectory(args: argparse.Namespace) -> int:
             scan, time = _read_scan(Path(path))
             scans.append(scan)
             times.append(time)
+        known = [t for t in times if t is not None]
+        if len(known) == len(times) and any(
+            b < a for a, b in zip(known[:-1], known[1:], strict=True)
+        ):
+            logger.warning(
+                "xanes trajectory: the files' start_time is not increasing in the order given"
+            )
         names = _common_maps(scans, args.inputs)
         scans = [_only(scan, names) for scan in scans]
         traj = trajectory(scans, params=MatchParams(max_distance_px=args.max_distance_px))

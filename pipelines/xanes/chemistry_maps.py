@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,9 +25,9 @@ from pipelines.xanes.chemistry import (
 )
 from pipelines.xanes.params import SpectraParams
 from pipelines.xanes.spectra import analyse_spectra
-from pipelines.xanes.tracker import XanesResult
 
 __all__ = [
+    "AlignedScan",
     "ClusterMaps",
     "LcfMaps",
     "ParticlePixels",
@@ -35,6 +36,17 @@ __all__ = [
     "lcf_maps",
     "particle_pixel_spectra",
 ]
+
+
+class AlignedScan(Protocol):
+    """What these functions read of an alignment result
+    (:class:`pipelines.xanes.tracker.XanesResult` provides it)."""
+
+    labels: np.ndarray  # (H, W) particle k has label k + 1 in frame 0
+    energies: np.ndarray  # (N,) eV, frame order
+    spectra: np.ndarray  # (P, N) mean normalised absorbance per particle, NaN if not found
+    rois: Sequence[Any]  # per particle: .origin (row, col), .mask (h, w) bool in frame 0
+    aligned_stacks: Sequence[np.ndarray]  # per particle (N, h, w) aligned OD, NaN frames
 
 
 @dataclass(frozen=True)
@@ -108,13 +120,13 @@ class ClusterMaps:
 
 
 def particle_pixel_spectra(
-    result: XanesResult, params: SpectraParams = SpectraParams()
+    result: AlignedScan, params: SpectraParams = SpectraParams()
 ) -> Iterator[ParticlePixels]:
     """Normalised per-pixel spectra of each particle, one particle at a time.
 
     Parameters
     ----------
-    result : XanesResult
+    result : AlignedScan
         Alignment result with ``aligned_stacks`` (``XanesParams.keep_aligned_stacks``).
     params : SpectraParams
         Normalisation windows (those of the edge-energy map).
@@ -215,7 +227,7 @@ def _fit_rows(
 
 
 def lcf_maps(
-    result: XanesResult,
+    result: AlignedScan,
     references: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
     spectra_params: SpectraParams = SpectraParams(),
@@ -225,7 +237,7 @@ def lcf_maps(
 
     Parameters
     ----------
-    result : XanesResult
+    result : AlignedScan
         Alignment result with aligned stacks.
     references : sequence of (energies, normalised mu)
         Normalised standards (same normalisation as the sample spectra), 1 to 8 of them.
@@ -265,7 +277,7 @@ def lcf_maps(
 
 
 def cluster_maps(
-    result: XanesResult,
+    result: AlignedScan,
     *,
     params: ClusterParams = ClusterParams(),
     spectra_params: SpectraParams = SpectraParams(),
@@ -274,7 +286,7 @@ def cluster_maps(
 
     Parameters
     ----------
-    result : XanesResult
+    result : AlignedScan
         Alignment result with aligned stacks.
     params : ClusterParams
         Components, clusters, seed.
