@@ -104,9 +104,11 @@ class ClusterMaps:
     ----------
     labels : numpy.ndarray
         ``(H, W)`` int32 cluster per pixel, -1 outside particles and where the spectrum is not
-        complete (a frame where its particle was not found, or a masked edge jump).
+        complete (a frame where its particle was not found, or a masked edge jump). Frames no
+        pixel has are left out of the clustering.
     cluster_spectra : numpy.ndarray
-        ``(K, N)`` mean normalised spectrum of each cluster, frame order.
+        ``(K, N)`` mean normalised spectrum of each cluster, frame order; NaN in frames left
+        out.
     cluster_sizes : numpy.ndarray
         ``(K,)`` pixels per cluster.
     explained_variance_ratio : numpy.ndarray
@@ -312,15 +314,19 @@ def cluster_maps(
     else:
         spectra, rows, cols = np.empty((0, n_energy)), np.empty(0, int), np.empty(0, int)
     del parts
-    n_components = min(params.n_components, n_energy)
+    # a frame no pixel has (no particle found there) is left out rather than every spectrum
+    keep = np.isfinite(spectra).any(axis=0)
+    n_components = min(params.n_components, int(keep.sum()))
     clusters = cluster_spectra(
-        spectra, params=params.model_copy(update={"n_components": n_components})
+        spectra[:, keep], params=params.model_copy(update={"n_components": max(1, n_components)})
     )
     labels = np.full((height, width), -1, dtype=np.int32)
     labels[rows, cols] = clusters.labels
+    means = np.full((params.n_clusters, n_energy), np.nan)
+    means[:, keep] = clusters.cluster_spectra
     return ClusterMaps(
         labels=labels,
-        cluster_spectra=clusters.cluster_spectra,
+        cluster_spectra=means,
         cluster_sizes=clusters.cluster_sizes,
         explained_variance_ratio=clusters.explained_variance_ratio,
     )
