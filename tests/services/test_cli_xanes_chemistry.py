@@ -11,11 +11,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 
 from pipelines.xanes.params import SpectraParams
 from pipelines.xanes.spectra import analyse_spectra
-from services import cli_xanes
+from services import cli_export, cli_xanes
 from services.cli_xanes_chemistry import ChemistryInputError, read_reference
 from tests.conftest import SHARED_DATA
 
@@ -140,6 +141,14 @@ def test_lcf_and_clusters_recover_known_pixel_fractions(parser, tmp_path: Path) 
     agree = np.mean(above == (cl_labels[inner_cl] == int(np.argmax(means))))
     assert agree > 0.9
     assert (cl_labels[~particles] == -1).all() and cl_spectra.shape == (2, ENERGIES.size)
+    # beamwatch export writes the maps as TIFF stacks that read back equal
+    export_parser = argparse.ArgumentParser(prog="beamwatch")
+    cli_export.register(export_parser.add_subparsers(dest="command", required=True))
+    assert run(export_parser, "export", out, "-o", tmp_path / "tiff") == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "tiff/out_lcf_fractions.tif"), fmap)
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "tiff/out_xanes_clusters.tif"), cl_labels
+    )
 
 
 def test_ssrl_folder_with_its_two_real_spectra(parser, tmp_path: Path, caplog) -> None:
