@@ -95,10 +95,18 @@ class ChemistryOptions:
         spectra_params : pipelines.xanes.params.SpectraParams
             Normalisation windows (those of the edge-energy map).
         """
+        from pipelines.xanes.chemistry_maps import particle_pixel_spectra
+
+        # both need the normalised per-pixel spectra: computed once when both are asked
+        pixels = None
+        if self.references and self.n_clusters is not None:
+            pixels = list(particle_pixel_spectra(result, spectra_params))
         if self.references:
-            _write_lcf(out, result, self.references, spectra_params, self.sum_to_one)
+            _write_lcf(out, result, self.references, spectra_params, self.sum_to_one, pixels)
         if self.n_clusters is not None:
-            _write_clusters(out, result, self.n_clusters, self.cluster_components, spectra_params)
+            _write_clusters(
+                out, result, self.n_clusters, self.cluster_components, spectra_params, pixels
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -289,14 +297,21 @@ def normalise_references(options: ChemistryOptions, spectra_params: Any) -> None
 
 
 def _write_lcf(
-    out: Any, result: Any, references: list[Reference], spectra_params: Any, sum_to_one: bool
+    out: Any,
+    result: Any,
+    references: list[Reference],
+    spectra_params: Any,
+    sum_to_one: bool,
+    pixels: Any = None,
 ) -> None:
     import numpy as np
 
     from pipelines.xanes.chemistry_maps import lcf_maps
 
     normalised = _normalised_references(references, spectra_params)
-    maps = lcf_maps(result, normalised, spectra_params=spectra_params, sum_to_one=sum_to_one)
+    maps = lcf_maps(
+        result, normalised, spectra_params=spectra_params, sum_to_one=sum_to_one, pixels=pixels
+    )
     energies = np.asarray(result.energies, dtype=np.float64)
     on_scan = np.stack(
         [
@@ -339,7 +354,12 @@ def _write_lcf(
 
 
 def _write_clusters(
-    out: Any, result: Any, n_clusters: int, components: int, spectra_params: Any
+    out: Any,
+    result: Any,
+    n_clusters: int,
+    components: int,
+    spectra_params: Any,
+    pixels: Any = None,
 ) -> None:
     import numpy as np
 
@@ -349,7 +369,7 @@ def _write_clusters(
     group = out.require_group("/xanes/clusters")
     params = ClusterParams(n_clusters=n_clusters, n_components=components)
     try:
-        maps = cluster_maps(result, params=params, spectra_params=spectra_params)
+        maps = cluster_maps(result, params=params, spectra_params=spectra_params, pixels=pixels)
     except ValueError as exc:
         status = f"not computed: {exc}"
         logger.warning("xanes align --clusters: %s", status)

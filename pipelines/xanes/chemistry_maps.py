@@ -234,6 +234,7 @@ def lcf_maps(
     *,
     spectra_params: SpectraParams = SpectraParams(),
     sum_to_one: bool = False,
+    pixels: Sequence[ParticlePixels] | None = None,
 ) -> LcfMaps:
     """Fit every particle's mean spectrum and every pixel's spectrum against references.
 
@@ -247,6 +248,9 @@ def lcf_maps(
         Normalisation of the per-pixel spectra.
     sum_to_one : bool
         Constrain the weights to sum to one.
+    pixels : sequence of ParticlePixels, optional
+        :func:`particle_pixel_spectra` already computed (e.g. shared with
+        :func:`cluster_maps`); default: computed here one particle at a time.
 
     Returns
     -------
@@ -264,7 +268,8 @@ def lcf_maps(
     height, width = result.labels.shape
     fraction_map = np.full((n_refs, height, width), np.nan, dtype=np.float32)
     r_map = np.full((height, width), np.nan, dtype=np.float32)
-    for pix in particle_pixel_spectra(result, spectra_params):
+    source = pixels if pixels is not None else particle_pixel_spectra(result, spectra_params)
+    for pix in source:
         _, fractions, r_factor = _fit_rows(energies, pix.normalised, references, params)
         fraction_map[:, pix.rows, pix.cols] = fractions.T
         r_map[pix.rows, pix.cols] = r_factor
@@ -283,6 +288,7 @@ def cluster_maps(
     *,
     params: ClusterParams = ClusterParams(),
     spectra_params: SpectraParams = SpectraParams(),
+    pixels: Sequence[ParticlePixels] | None = None,
 ) -> ClusterMaps:
     """Cluster the per-pixel normalised spectra of all particles (PCA + k-means).
 
@@ -294,6 +300,8 @@ def cluster_maps(
         Components, clusters, seed.
     spectra_params : SpectraParams
         Normalisation of the per-pixel spectra.
+    pixels : sequence of ParticlePixels, optional
+        :func:`particle_pixel_spectra` already computed.
 
     Returns
     -------
@@ -304,7 +312,9 @@ def cluster_maps(
     ValueError
         When fewer complete spectra than clusters exist.
     """
-    parts = list(particle_pixel_spectra(result, spectra_params))
+    parts = (
+        list(pixels) if pixels is not None else list(particle_pixel_spectra(result, spectra_params))
+    )
     height, width = result.labels.shape
     n_energy = np.asarray(result.energies).size
     if parts:
