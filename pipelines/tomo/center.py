@@ -9,6 +9,8 @@ _EXACT_PAIR_FRACTION = 0.02
 """A pair within this fraction of an angular step of 180 degrees counts as exactly opposite."""
 _SEAM_SEARCH_PX = 2.0
 """Half-width of the refinement search around the pair estimate, detector columns."""
+_MAX_SEAM_ROWS = 32
+"""Detector rows (evenly spaced) the seam refinement reads."""
 
 
 def opposite_pair(angles_deg: np.ndarray, tolerance_deg: float | None = None) -> tuple[int, int]:
@@ -226,6 +228,8 @@ def _seam_center(
     each end's bias (in shift units, 2 per axis pixel) is removed.
     """
     second_last, last, first, second = seam
+    if data.shape[1] > _MAX_SEAM_ROWS:  # evenly spaced rows bound the cost on large detectors
+        data = data[:, np.linspace(0, data.shape[1] - 1, _MAX_SEAM_ROWS).round().astype(int)]
     cols = data.shape[2]
     n_fft = 2 * cols
     ends = data[[second_last, last]].astype(np.float64)
