@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.device import pick_device
-from pipelines.tomo.center import estimate_center, opposite_pair
+from pipelines.tomo.center import center_frame_indices, estimate_center
 from pipelines.tomo.normalize import DEFAULT_MIN_TRANSMISSION, line_integrals
 
 FilterName = Literal["ramp", "shepp-logan", "cosine", "hann", "hamming"]
@@ -371,13 +371,15 @@ def resolve_center(
     if params.center == "detector":
         return float(cols // 2)
     try:
-        i, j = opposite_pair(angles_deg)
+        needed = center_frame_indices(angles_deg)
     except ValueError:
         return float(cols // 2)
-    pair = projections[[i, j]]
+    frames = projections[needed]
     if params.input_kind == "intensity":
-        pair = line_integrals(pair, flat=flat, dark=dark, min_transmission=params.min_transmission)
-    return estimate_center(pair, np.asarray(angles_deg)[[i, j]])
+        frames = line_integrals(
+            frames, flat=flat, dark=dark, min_transmission=params.min_transmission
+        )
+    return estimate_center(frames, np.asarray(angles_deg)[needed])
 
 
 def reconstruct(

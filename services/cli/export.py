@@ -41,6 +41,9 @@ STACKS = {
     "/xanes/labels": "xanes_labels",
     "/xanes/edge_energy": "edge_energy_eV",
     "/xanes/whiteline_energy": "whiteline_energy_eV",
+    "/xanes/lcf/fraction_map": "lcf_fractions",
+    "/xanes/lcf/r_factor_map": "lcf_r_factor",
+    "/xanes/clusters/labels": "xanes_clusters",
 }
 
 

@@ -11,6 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from services import cli_xanes_chemistry
+from services.cli_xanes_chemistry import CHEMISTRY_DATASETS
+
 __all__ = ["register", "run_align", "InputError", "OUTPUT_DATASETS"]
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ OUTPUT_DATASETS = {
     "/xanes/spectra": "float64 (P, N): mean normalised absorbance of each particle per frame",
     "/xanes/energy": "float64 (N,): energy of each frame (eV), copied from the input",
     "/xanes/ssim": "float64 (P, N): SSIM of each aligned particle ROI against its template",
+    **CHEMISTRY_DATASETS,
 }
 
 _EPILOG = (
@@ -115,7 +119,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="pixel size in um (default: from the file; unknown sizes are reported in px)",
     )
+    cli_xanes_chemistry.add_arguments(align)
     align.set_defaults(func=run_align)
+    from services import cli_xanes_trajectory
+
+    cli_xanes_trajectory.register(commands)
     return xanes
 
 
@@ -138,15 +146,21 @@ def run_align(args: argparse.Namespace) -> int:
     paths = as_paths(args.input)
     try:
         params = _with_detector(_load_params(args.params), getattr(args, "detector", None))
+        chemistry = cli_xanes_chemistry.options_from_args(args)
+        if chemistry is not None:
+            cli_xanes_chemistry.normalise_references(chemistry, params.spectra)
+            params = params.model_copy(update={"keep_aligned_stacks": True})
         if is_beamwatch_layout(paths):
-            _align_file(paths[0], Path(args.output), params, progress=not args.no_progress)
+            _align_file(
+                paths[0], Path(args.output), params, progress=not args.no_progress, chem=chemistry
+            )
             file_pixel = _layout_pixel_size(paths[0])
         else:
             file_pixel = _align_instrument_files(
-                paths, Path(args.output), params, progress=not args.no_progress
+                paths, Path(args.output), params, progress=not args.no_progress, chem=chemistry
             )
         _write_pixel_size(Path(args.output), getattr(args, "pixel_size_um", None), file_pixel)
-    except (InputError, InstrumentFileError) as exc:
+    except (InputError, InstrumentFileError, cli_xanes_chemistry.ChemistryInputError) as exc:
         logger.error("xanes align: %s", exc)
         return 2
     logger.info("xanes align: wrote %s", args.output)
@@ -194,7 +208,7 @@ def _read_optional(h5: Any, name: str, frame_shape: tuple[int, ...]) -> Any:
     return data[()]
 
 
-def _align_file(path: Path, output: Path, params: Any, *, progress: bool) -> None:
+def _align_file(path: Path, output: Path, params: Any, *, progress: bool, chem: Any = None) -> None:
     import h5py
     import numpy as np
     from tqdm import tqdm
@@ -228,6 +242,8 @@ def _align_file(path: Path, output: Path, params: Any, *, progress: bool) -> Non
         if not np.all(np.isfinite(energies)):
             raise InputError(f"dataset {ENERGY} holds non-finite values")
         frame_shape = tuple(frames.shape[1:])
+        start_time = h5["/entry"].attrs.get("start_time", h5.get("/entry/start_time"))
+        start_time = start_time[()] if hasattr(start_time, "shape") else start_time
         flat = _read_optional(h5, FLAT, frame_shape)
         dark = _read_optional(h5, DARK, frame_shape)
         tracker = XanesTracker(params, flat=flat, dark=dark)
@@ -239,10 +255,14 @@ def _align_file(path: Path, output: Path, params: Any, *, progress: bool) -> Non
         finally:
             tracker.close()
     final = tracker.finalize()
-    _write(output, final)
+    _write(output, final, chem, params)
+    if start_time is not None:  # NeXus /entry/start_time (ISO 8601), for xanes trajectory
+        with _open_output(output) as out:
+            text = start_time.decode() if isinstance(start_time, bytes) else str(start_time)
+            out["/xanes"].attrs["start_time"] = text
 
 
-def _write(output: Path, final: Any) -> None:
+def _write(output: Path, final: Any, chem: Any = None, params: Any = None) -> None:
     import h5py
     import numpy as np
 
@@ -276,6 +296,8 @@ def _write(output: Path, final: Any) -> None:
             dset.attrs["units"] = units.get(name, "")
         out["/xanes"].attrs["frame_reference"] = 0
         out["/xanes"].attrs["axis_order"] = "row, col"
+        if chem is not None:
+            chem.write(out, final, params.spectra)
 
 
 # ------------------------------------------------------------------ instrument files, pixel size
@@ -284,7 +306,9 @@ def _write(output: Path, final: Any) -> None:
 TRANSMISSION_COUNTS = 1.0e4
 
 
-def _align_instrument_files(paths: list[Path], output: Path, params: Any, *, progress: bool) -> Any:
+def _align_instrument_files(
+    paths: list[Path], output: Path, params: Any, *, progress: bool, chem: Any = None
+) -> Any:
     """Align a scan read from instrument files; returns the file's pixel size (um) or None.
 
     Frames with flats of their own (Xradia: the references at their energy, scaled to their
@@ -314,9 +338,11 @@ def _align_instrument_files(paths: list[Path], output: Path, params: Any, *, pro
             bar.set_postfix(found=f"{result.n_found}/{tracker.n_particles}", refresh=False)
     finally:
         tracker.close()
-    _write(output, tracker.finalize())
+    _write(output, tracker.finalize(), chem, params)
     with _open_output(output) as out:
         out["/xanes"].attrs["source"] = scan.source
+        if scan.metadata.get("start_time"):
+            out["/xanes"].attrs["start_time"] = scan.metadata["start_time"]
     return scan.pixel_size_um
 
 

@@ -306,5 +306,11 @@ def read_xradia(paths: Sequence[Path]) -> InstrumentScan:
         files=tuple(str(s.path) for s in samples) + tuple(str(r.path) for r in refs),
         flat_of_frame=tuple(flat_of_frame) if has_flats else None,
         flat_exposure_s=np.array(flat_exposure, dtype=np.float64) if exposures_known else None,
-        metadata={"references_used": used},
+        metadata={"references_used": used, "start_time": _start_time(samples)},
     )
+
+
+def _start_time(samples: list[_XradiaFile]) -> str | None:
+    """ISO 8601 time of the earliest sample frame (``ImageInfo/Date``), None if not stored."""
+    times = [s.time for s in samples if s.time is not None]
+    return min(times).isoformat() if times else None
