@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from services import cli_xanes_chemistry
-from services.cli_xanes_chemistry import CHEMISTRY_DATASETS
+from services.cli import xanes_chemistry as cli_xanes_chemistry
+from services.cli.xanes_chemistry import CHEMISTRY_DATASETS
 
 __all__ = ["register", "run_align", "InputError", "OUTPUT_DATASETS"]
 
@@ -121,7 +121,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     cli_xanes_chemistry.add_arguments(align)
     align.set_defaults(func=run_align)
-    from services import cli_xanes_trajectory
+    from services.cli import xanes_trajectory as cli_xanes_trajectory
 
     cli_xanes_trajectory.register(commands)
     return xanes

@@ -16,8 +16,9 @@ from scipy import ndimage
 
 from pipelines.xanes.params import SpectraParams
 from pipelines.xanes.spectra import analyse_spectra
-from services import cli_export, cli_xanes
-from services.cli_xanes_chemistry import ChemistryInputError, read_reference
+from services.cli import export as cli_export
+from services.cli import xanes as cli_xanes
+from services.cli.xanes_chemistry import ChemistryInputError, read_reference
 from tests.conftest import SHARED_DATA
 
 SSRL = SHARED_DATA / "txm_ssrl_nca"

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from services import cli_xanes
+from services.cli import xanes as cli_xanes
 from tests.services.test_cli_xanes_chemistry import PARTICLES, references, run, write_stack
 
 
