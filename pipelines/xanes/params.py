@@ -79,7 +79,10 @@ class DetectParams(_Params):
         gt=0,
         description="watershed seeds closer than this fraction of the radius are merged",
     )
-    exclude_border: bool = Field(default=True, description="drop objects touching the frame border")
+    exclude_border: bool = Field(
+        default=False,
+        description="drop objects touching the frame border (else kept and flagged partial)",
+    )
 
 
 class MatchParams(_Params):
@@ -106,6 +109,36 @@ class TrackParams(_Params):
     )
     refine_method: Literal["gradient", "correlation"] = Field(
         default="gradient", description="sub-pixel refinement of the moment estimate"
+    )
+    registration: Literal["edge", "silhouette"] = Field(
+        default="edge",
+        description=(
+            "edge: Gauss-Newton on the normalised gradient magnitude of the particle's outline "
+            "(contrast-invariant, frame border masked); silhouette: moments + soft-mask "
+            "refinement (the previous method)"
+        ),
+    )
+    edge_sigma_px: PositiveFloat = Field(default=1.5, description="edge: smoothing sd (px)")
+    min_edge_ncc: float = Field(
+        default=0.5, ge=-1, le=1, description="edge: lower normalised correlation = not found"
+    )
+    template_update_ratio: float = Field(
+        default=1.5, gt=1, description="edge: new template when the outline is this much stronger"
+    )
+    redetect_contrast_ratio: float = Field(
+        default=1.3,
+        gt=1,
+        description=(
+            "edge: detect again when the frame's contrast reaches this times the best so far; "
+            "particles not tracked yet join with this frame as their reference"
+        ),
+    )
+    max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
+    min_particles_trusted: PositiveInt = Field(
+        default=1, description="particles needed for a trusted global shift (drift feedback)"
+    )
+    max_spread_px: PositiveFloat = Field(
+        default=1.0, description="particle-shift spread above which the global shift is untrusted"
     )
     refine_iterations: PositiveInt = Field(default=2, description="Gauss-Newton iterations")
     support_px: PositiveInt = Field(

@@ -20,18 +20,32 @@ class FrameResult:
     energy : float
         Energy of the frame (eV).
     global_shift : numpy.ndarray
-        ``(2,)`` rigid drift: median of the found particles' shifts (coarse whole-frame shift
-        when no particle is found).
+        ``(2,)`` rigid drift: median of the found particles' shifts; NaN when no particle was
+        registered (the drift is then unknown, never 0.0).
     particle_com : numpy.ndarray
         ``(P, 2)`` centre of every particle, NaN rows when not found.
     particle_shift : numpy.ndarray
         ``(P, 2)`` ``particle_com - particle_com_frame0``.
     ssim : numpy.ndarray
-        ``(P,)`` SSIM of the aligned ROI against the particle template, NaN when not found.
+        ``(P,)`` similarity of the aligned particle to its template, NaN when not found: SSIM
+        of the silhouettes (``track.registration="silhouette"``) or normalised correlation of
+        the outlines (``"edge"``).
     found : numpy.ndarray
         ``(P,)`` bool.
     n_found : int
         Number of particles found.
+    n_used : int
+        Number of particles behind ``global_shift`` (all particles registered in the frame).
+    spread : float
+        Robust spread (1.4826 MAD, px, both axes pooled) of the found particles' shifts around
+        ``global_shift``; NaN with fewer than 2 particles.
+    partial : numpy.ndarray
+        ``(P,)`` bool: the particle is cut by the frame border (registered on its visible
+        outline only).
+    trusted : bool
+        True when ``global_shift`` is backed by at least ``track.min_particles_trusted``
+        particles whose spread is at most ``track.max_spread_px``: only then may it drive the
+        drift feedback.
     """
 
     index: int
@@ -42,6 +56,10 @@ class FrameResult:
     ssim: np.ndarray
     found: np.ndarray
     n_found: int
+    n_used: int = 0
+    spread: float = float("nan")
+    partial: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    trusted: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,7 +84,15 @@ class XanesResult:
     particle_com, particle_shift : numpy.ndarray
         ``(P, N, 2)`` float64.
     global_shift : numpy.ndarray
-        ``(N, 2)`` float64.
+        ``(N, 2)`` float64, NaN rows for frames without a registered particle.
+    n_found : numpy.ndarray
+        ``(N,)`` int: particles behind every global shift (:attr:`FrameResult.n_used`).
+    spread : numpy.ndarray
+        ``(N,)`` float64 spread of the particle shifts per frame (NaN below 2 particles).
+    trusted : numpy.ndarray
+        ``(N,)`` bool: see :attr:`FrameResult.trusted`.
+    partial : numpy.ndarray
+        ``(P,)`` bool: particles cut by the frame border.
     ssim : numpy.ndarray
         ``(P, N)`` float64 SSIM of the aligned ROI against the template.
     edge_energy, whiteline_energy : numpy.ndarray
@@ -92,5 +118,9 @@ class XanesResult:
     whiteline_energy: np.ndarray
     edge_jump: np.ndarray
     spectra: np.ndarray
+    n_found: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    spread: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    trusted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    partial: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     rois: list[ParticleRoi] = field(default_factory=list)
     aligned_stacks: list[np.ndarray] = field(default_factory=list)

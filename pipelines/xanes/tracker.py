@@ -55,7 +55,7 @@ from pipelines.xanes.register import (
 )
 from pipelines.xanes.results import FrameResult, ParticleRoi, XanesResult
 from pipelines.xanes.spectra import analyse_spectra
-from pipelines.xanes.window import Candidate, ParticleWindow
+from pipelines.xanes.window import Candidate, EdgeTemplate, ParticleWindow
 
 __all__ = ["FrameResult", "ParticleRoi", "XanesResult", "XanesTracker", "align_stack"]
 
@@ -110,6 +110,8 @@ class XanesTracker:
         self._stacks: list[list[np.ndarray | None]] = []
         self._prev_coarse_image: np.ndarray | None = None
         self._coarse_global = np.zeros(2)
+        self._best_evidence = 0.0
+        self._redetections = 0
         workers = params.track.workers
         self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
 
@@ -177,10 +179,18 @@ class XanesTracker:
         n = len(self._results)
         n_p = self.n_particles
         energies = np.array([r.energy for r in self._results], dtype=np.float64)
-        com = np.stack([r.particle_com for r in self._results], axis=1).reshape(n_p, n, 2)
-        shift = np.stack([r.particle_shift for r in self._results], axis=1).reshape(n_p, n, 2)
-        ssim = np.stack([r.ssim for r in self._results], axis=1).reshape(n_p, n)
+        com = np.full((n_p, n, 2), np.nan)
+        shift = np.full((n_p, n, 2), np.nan)
+        ssim = np.full((n_p, n), np.nan)
+        for i, r in enumerate(self._results):
+            m = r.particle_com.shape[0]
+            com[:m, i] = r.particle_com
+            shift[:m, i] = r.particle_shift
+            ssim[:m, i] = r.ssim
         global_shift = np.stack([r.global_shift for r in self._results])
+        n_found = np.array([r.n_used for r in self._results], dtype=int)
+        spread = np.array([r.spread for r in self._results], dtype=np.float64)
+        trusted = np.array([r.trusted for r in self._results], dtype=bool)
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -201,6 +211,10 @@ class XanesTracker:
             whiteline_energy=white,
             edge_jump=jump_map,
             spectra=spectra,
+            n_found=n_found,
+            spread=spread,
+            trusted=trusted,
+            partial=self._partial(),
             rois=[p.roi for p in self._particles],
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
         )
@@ -229,6 +243,45 @@ class XanesTracker:
         prepared = remove_background(od, params=self.params.prepare)
         return detect_particles(prepared, params=self.params.detect, background_removed=True)
 
+    def _window_for_label(
+        self, labels: np.ndarray, k: int, box: tuple[slice, slice], area_px: int
+    ) -> ParticleWindow:
+        """Tracking window of label ``k + 1`` of a label image, in that image's geometry."""
+        tp = self.params.track
+        diameter = 2.0 * np.sqrt(area_px / np.pi)
+        # the detection mask can be tighter than the particle's faint rim: pad by a
+        # fraction of the size so the ROI, the background ring and the support hold it
+        pad = int(round(tp.pad_fraction * diameter))
+        margin = tp.roi_margin_px + 2 * pad
+        r0 = box[0].start - margin
+        c0 = box[1].start - margin
+        shape = (
+            next_fast_len(box[0].stop - box[0].start + 2 * margin, real=True),
+            next_fast_len(box[1].stop - box[1].start + 2 * margin, real=True),
+        )
+        origin = np.array([r0, c0])
+        mask = extract_crop(labels, origin, shape) == k + 1
+        if r0 < 0 or c0 < 0:
+            mask = mask.copy()
+            mask[: max(0, -r0)] = False
+            mask[:, : max(0, -c0)] = False
+        occupied = extract_crop(labels, origin, shape) > 0
+        ring = ~ndimage.binary_dilation(occupied, iterations=2 + pad)
+        com0 = centre_of_mass(labels == k + 1)
+        roi = ParticleRoi(origin=(int(r0), int(c0)), shape=shape, mask=mask)
+        area = float(mask.sum())
+        sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(area / np.pi))
+        return ParticleWindow(
+            roi, com0, area, ring, tp.support_px + pad, search_px=tp.search_px, smooth_sigma=sigma
+        )
+
+    def _edge_template(self, od: np.ndarray, particle: ParticleWindow, origin: np.ndarray):
+        tp = self.params.track
+        sigma = max(tp.edge_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(particle.area / np.pi))
+        return EdgeTemplate(
+            od, origin, particle.roi.shape, particle.support, sigma, tp.search_px + 2
+        )
+
     def _start(self, od: np.ndarray, energy: float) -> FrameResult:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
         labels = self._detect(od)
@@ -238,40 +291,7 @@ class XanesTracker:
         for k, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
                 continue
-            diameter = 2.0 * np.sqrt(areas[k + 1] / np.pi)
-            # the detection mask can be tighter than the particle's faint rim: pad by a
-            # fraction of the size so the ROI, the background ring and the support hold it
-            pad = int(round(tp.pad_fraction * diameter))
-            margin = tp.roi_margin_px + 2 * pad
-            r0 = box[0].start - margin
-            c0 = box[1].start - margin
-            shape = (
-                next_fast_len(box[0].stop - box[0].start + 2 * margin, real=True),
-                next_fast_len(box[1].stop - box[1].start + 2 * margin, real=True),
-            )
-            origin = np.array([r0, c0])
-            mask = extract_crop(labels, origin, shape) == k + 1
-            if r0 < 0 or c0 < 0:
-                mask = mask.copy()
-                mask[: max(0, -r0)] = False
-                mask[:, : max(0, -c0)] = False
-            occupied = extract_crop(labels, origin, shape) > 0
-            ring = ~ndimage.binary_dilation(occupied, iterations=2 + pad)
-            com0 = centre_of_mass(labels == k + 1)
-            roi = ParticleRoi(origin=(int(r0), int(c0)), shape=shape, mask=mask)
-            area = float(mask.sum())
-            sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(area / np.pi))
-            self._particles.append(
-                ParticleWindow(
-                    roi,
-                    com0,
-                    area,
-                    ring,
-                    tp.support_px + pad,
-                    search_px=tp.search_px,
-                    smooth_sigma=sigma,
-                )
-            )
+            self._particles.append(self._window_for_label(labels, k, box, int(areas[k + 1])))
         n_p = len(self._particles)
         self._stacks = [[] for _ in range(n_p)]
         ssim = np.full(n_p, np.nan)
@@ -280,8 +300,10 @@ class XanesTracker:
             self._stacks[k].append(crop)
             particle.template_sum += self._soft_template_frame0(od, particle)
             particle.template_count = 1
+            particle.edge = self._edge_template(od, particle, np.array(particle.roi.origin))
             ssim[k] = 1.0
         self._prev_coarse_image = self._coarse_image(od)
+        self._best_evidence = float(self._prev_coarse_image.std())
         com = np.array([p.com0 for p in self._particles]).reshape(n_p, 2)
         return FrameResult(
             index=0,
@@ -292,7 +314,14 @@ class XanesTracker:
             ssim=ssim,
             found=np.ones(n_p, dtype=bool),
             n_found=n_p,
+            n_used=n_p,
+            spread=0.0 if n_p > 1 else float("nan"),
+            partial=self._partial(),
+            trusted=n_p >= tp.min_particles_trusted,
         )
+
+    def _partial(self) -> np.ndarray:
+        return np.array([p.edge is not None and p.edge.partial for p in self._particles], bool)
 
     # ------------------------------------------------------------------ frames > 0
     def _coarse_image(self, od: np.ndarray) -> np.ndarray:
@@ -324,6 +353,19 @@ class XanesTracker:
         predicted = np.array(
             [p.last_shift + self._coarse_global - p.last_coarse for p in self._particles]
         ).reshape(n_p, 2)
+        if self.params.track.registration == "edge":
+            found, shifts, ssim = self._register_edges(od, predicted)
+            result = self._frame_result(energy, found, shifts, ssim)
+            evidence = float(self._prev_coarse_image.std())
+            if (
+                result.trusted
+                and self._redetections < self.params.track.max_redetections
+                and evidence >= self.params.track.redetect_contrast_ratio * self._best_evidence
+            ):
+                self._best_evidence = evidence
+                self._redetections += 1
+                result = self._join_new_particles(od, result)
+            return result
         candidates: list[Candidate] = []
         shape = self._shape
 
@@ -359,13 +401,111 @@ class XanesTracker:
                 if refined is not None:
                     shifts[k], ssim[k] = refined
                     found[k] = True
+        for k in np.nonzero(~found)[0]:
+            self._stacks[k].append(None)
+        return self._frame_result(energy, found, shifts, ssim)
+
+    def _join_new_particles(self, od: np.ndarray, result: FrameResult) -> FrameResult:
+        """Detect again on a frame with more contrast; particles not tracked yet join.
+
+        A new particle's reference is this frame, brought into frame-0 geometry by the frame's
+        global shift; its earlier frames stay NaN (it was not seen there).
+        """
+        assert self._labels is not None
+        g = np.asarray(result.global_shift, dtype=np.float64)
+        base = np.round(g).astype(int)
+        labels = self._detect(od)
+        # tracked particles where they are now (frame-0 labels moved by the global shift)
+        occupied = ndimage.shift(self._labels > 0, base, order=0, mode="constant", cval=False)
+        areas = np.bincount(labels.ravel())
+        joined = []
+        for k, box in enumerate(ndimage.find_objects(labels)):
+            if box is None:
+                continue
+            own = labels[box] == k + 1
+            if np.count_nonzero(occupied[box] & own) > 0.1 * np.count_nonzero(own):
+                continue
+            window = self._window_for_label(labels, k, box, int(areas[k + 1]))
+            origin_now = np.array(window.roi.origin)
+            edge = self._edge_template(od, window, origin_now)
+            if edge.model is None:
+                continue
+            roi = ParticleRoi(
+                origin=(int(origin_now[0] - base[0]), int(origin_now[1] - base[1])),
+                shape=window.roi.shape,
+                mask=window.roi.mask,
+            )
+            window.roi = roi
+            window.com0 = window.com0 - g
+            edge.offset = g - base
+            window.edge = edge
+            window.last_shift = g.copy()
+            window.last_coarse = self._coarse_global.copy()
+            self._particles.append(window)
+            self._stacks.append([None] * (len(self._results)))
+            crop = self._local_background_free(od, origin_now, window)
+            self._stacks[-1].append(shift_image(crop, -(g - base)).astype(np.float32))
+            self._paint_label(window, len(self._particles))
+            joined.append(g)
+        if not joined:
+            return result
+        n = len(joined)
+        return FrameResult(
+            index=result.index,
+            energy=result.energy,
+            global_shift=result.global_shift,
+            particle_com=np.vstack(
+                [result.particle_com, [p.com0 + g for p in self._particles[-n:]]]
+            ),
+            particle_shift=np.vstack([result.particle_shift, np.tile(g, (n, 1))]),
+            ssim=np.concatenate([result.ssim, np.ones(n)]),
+            found=np.concatenate([result.found, np.ones(n, dtype=bool)]),
+            n_found=result.n_found + n,
+            n_used=result.n_used,
+            spread=result.spread,
+            partial=self._partial(),
+            trusted=result.trusted,
+        )
+
+    def _paint_label(self, window: ParticleWindow, label: int) -> None:
+        """Add a joined particle's footprint to the frame-0 labels where they are free."""
+        assert self._labels is not None
+        r0, c0 = window.roi.origin
+        rows, cols = np.nonzero(window.roi.mask)
+        rows, cols = rows + r0, cols + c0
+        h, w = self._labels.shape
+        keep = (rows >= 0) & (cols >= 0) & (rows < h) & (cols < w)
+        rows, cols = rows[keep], cols[keep]
+        free = self._labels[rows, cols] == 0
+        self._labels[rows[free], cols[free]] = label
+
+    def _frame_result(
+        self, energy: float, found: np.ndarray, shifts: np.ndarray, ssim: np.ndarray
+    ) -> FrameResult:
+        """Global shift, its support and trust from the particles registered in a frame."""
+        tp = self.params.track
+        n_p = self.n_particles
         for k, particle in enumerate(self._particles):
             if found[k]:
                 particle.last_shift = shifts[k]
                 particle.last_coarse = self._coarse_global.copy()
-            else:
-                self._stacks[k].append(None)
-        global_shift = robust_global_shift(shifts) if found.any() else self._coarse_global.copy()
+        # particles cut by the border vote too: registered on their visible outline (frame
+        # border masked), they measured as well as whole ones on the real frames
+        voters = found
+        n_found = int(voters.sum())
+        if n_found:
+            global_shift = robust_global_shift(np.where(voters[:, None], shifts, np.nan))
+        else:
+            global_shift = np.full(2, np.nan)
+        spread = float("nan")
+        if n_found >= 2:
+            deviation = np.abs(shifts[voters] - global_shift).ravel()
+            spread = float(1.4826 * np.median(deviation))
+        trusted = bool(
+            n_found >= tp.min_particles_trusted
+            and (n_found < 2 or spread <= tp.max_spread_px)
+            and np.all(np.isfinite(global_shift))
+        )
         com = np.array([p.com0 for p in self._particles]).reshape(n_p, 2) + shifts
         return FrameResult(
             index=len(self._results),
@@ -376,7 +516,52 @@ class XanesTracker:
             ssim=ssim,
             found=found,
             n_found=int(found.sum()),
+            n_used=n_found,
+            spread=spread,
+            partial=self._partial(),
+            trusted=trusted,
         )
+
+    def _register_edges(
+        self, od: np.ndarray, predicted: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Contrast-invariant registration of every particle on its outline (:class:`EdgeTemplate`).
+
+        A particle is found when the Gauss-Newton solution stays within ``search_px`` of the
+        prediction and the aligned outlines correlate at least ``min_edge_ncc``; otherwise its
+        shift is NaN. Its aligned, background-free ROI is kept for the XANES maps.
+        """
+        tp = self.params.track
+        n_p = self.n_particles
+        found = np.zeros(n_p, dtype=bool)
+        shifts = np.full((n_p, 2), np.nan)
+        score = np.full(n_p, np.nan)
+
+        def one(k: int):
+            particle = self._particles[k]
+            origin = np.array(particle.roi.origin)
+            if particle.edge is None:
+                return None
+            registered = particle.edge.register(od, origin, predicted[k], tp.refine_iterations)
+            if registered is None:
+                return None
+            shift, ncc, strength = registered
+            if ncc < tp.min_edge_ncc or np.any(np.abs(shift - predicted[k]) > tp.search_px):
+                return None
+            particle.edge.maybe_update(od, origin, shift, strength, tp.template_update_ratio)
+            base = np.round(shift).astype(int)
+            crop = self._local_background_free(od, origin + base, particle)
+            aligned = shift_image(crop, -(shift - base)).astype(np.float32, copy=False)
+            return shift, ncc, aligned
+
+        for k, outcome in enumerate(self._map(one, range(n_p))):
+            if outcome is None:
+                self._stacks[k].append(None)
+                continue
+            shifts[k], score[k], aligned = outcome
+            found[k] = True
+            self._stacks[k].append(aligned)
+        return found, shifts, score
 
     def _soft_template_frame0(self, od: np.ndarray, particle: ParticleWindow) -> np.ndarray:
         origin = np.array(particle.roi.origin)

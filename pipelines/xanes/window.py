@@ -77,6 +77,7 @@ class ParticleWindow:
         self.smooth_weights = gaussian_weights(smooth_sigma) if smooth_sigma > 1e-15 else None
         self._template_cache: tuple[int, np.ndarray, tuple[np.ndarray, float, float]] | None = None
         self._model_cache: tuple[int, GradientModel] | None = None
+        self.edge: EdgeTemplate | None = None
 
     def search_window(self, od: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Smoothed search window around a ROI origin: ``(window origin, window)``.
@@ -167,3 +168,173 @@ class ParticleWindow:
             stats = (template - mean, float(mean), float(template.var()))
             self._template_cache = (self.template_count, template, stats)
         return self._template_cache
+
+
+def edge_image(
+    od: np.ndarray, origin: np.ndarray, shape: tuple[int, int], sigma: float
+) -> np.ndarray:
+    """Gradient magnitude of the Gaussian-smoothed OD in a box (float64).
+
+    A particle's outline is where its OD steps from the background: the gradient magnitude
+    peaks there whatever the absorption level inside, and a scale change of the contrast only
+    scales it (removed by :class:`EdgeTemplate`'s normalisation).
+
+    Parameters
+    ----------
+    od : numpy.ndarray
+        ``(H, W)`` optical density of the whole frame.
+    origin : numpy.ndarray
+        Integer ``(row, col)`` of the box (may reach outside the frame: edge pixels repeat).
+    shape : tuple of int
+        Box shape.
+    sigma : float
+        Smoothing sd (px).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``shape`` gradient magnitude.
+    """
+    pad = int(3 * sigma) + 2
+    crop = np.asarray(
+        extract_crop(od, np.asarray(origin) - pad, (shape[0] + 2 * pad, shape[1] + 2 * pad)),
+        dtype=np.float64,
+    )
+    smooth = ndimage.gaussian_filter(crop, sigma) if sigma > 0 else crop
+    gr = smooth[2:, 1:-1] - smooth[:-2, 1:-1]
+    gc = smooth[1:-1, 2:] - smooth[1:-1, :-2]
+    magnitude = np.hypot(gr, gc)
+    return magnitude[pad - 1 : pad - 1 + shape[0], pad - 1 : pad - 1 + shape[1]]
+
+
+class EdgeTemplate:
+    """Contrast-invariant registration of one particle: its outline, not its grey levels.
+
+    The template is the particle's edge image (:func:`edge_image`) on a support around its
+    footprint, normalised to unit RMS; a frame's edge image at the predicted place is
+    normalised the same way and registered to it by Gauss-Newton (:class:`GradientModel`), so
+    scaling the particle's contrast changes nothing. Pixels near the frame border are left out
+    of the support (a particle cut by the border is registered on its visible outline only,
+    and the border line itself, which does not move with the sample, never enters).
+
+    The template is replaced when a frame shows the outline much more clearly (the edge of
+    the absorption edge raises the contrast): ``offset`` remembers where the particle sat in
+    the crop the new template came from, so later shifts stay relative to the reference.
+
+    Parameters
+    ----------
+    od : numpy.ndarray
+        OD of the reference frame.
+    origin : numpy.ndarray
+        Integer ROI origin in the reference frame.
+    shape : tuple of int
+        ROI shape.
+    support : numpy.ndarray
+        ``shape`` bool: the footprint dilated by the support margin.
+    sigma : float
+        Smoothing of the edge images (px).
+    border_px : int
+        Pixels closer than this to the frame border are not used.
+    """
+
+    def __init__(
+        self,
+        od: np.ndarray,
+        origin: np.ndarray,
+        shape: tuple[int, int],
+        support: np.ndarray,
+        sigma: float,
+        border_px: int,
+    ) -> None:
+        self.shape = shape
+        self.sigma = float(sigma)
+        self.frame_shape = od.shape
+        rows = np.arange(shape[0])[:, None] + int(origin[0])
+        cols = np.arange(shape[1])[None, :] + int(origin[1])
+        inside = (
+            (rows >= border_px)
+            & (rows < od.shape[0] - border_px)
+            & (cols >= border_px)
+            & (cols < od.shape[1] - border_px)
+        )
+        self.support = support & inside
+        self.partial = bool(np.count_nonzero(self.support) < np.count_nonzero(support))
+        self.offset = np.zeros(2)
+        self.strength = 0.0
+        self.model: GradientModel | None = None
+        self._set(edge_image(od, origin, shape, self.sigma), np.zeros(2))
+
+    def _set(self, edges: np.ndarray, offset: np.ndarray) -> None:
+        values = edges[self.support]
+        rms = float(np.sqrt(np.mean(values * values))) if values.size else 0.0
+        self.strength = float(values.std()) if values.size else 0.0
+        self.offset = np.asarray(offset, dtype=np.float64)
+        if rms <= 0 or np.count_nonzero(self.support) < 16:
+            self.model = None
+            return
+        self.template = edges / rms
+        self.model = GradientModel(self.template, self.support)
+        if self.model.degenerate:
+            self.model = None
+
+    def register(
+        self, od: np.ndarray, origin: np.ndarray, predicted: np.ndarray, iterations: int
+    ) -> tuple[np.ndarray, float, float] | None:
+        """Shift of the particle (reference geometry) in a frame, its match score, edge strength.
+
+        Parameters
+        ----------
+        od : numpy.ndarray
+            OD of the frame.
+        origin : numpy.ndarray
+            Integer ROI origin in the reference frame.
+        predicted : numpy.ndarray
+            Predicted shift (px), within a few px of the truth.
+        iterations : int
+            Gauss-Newton iterations.
+
+        Returns
+        -------
+        tuple or None
+            ``(shift, ncc, strength)``: the shift, the normalised correlation of the aligned
+            edge images on the support (1 = same outline) and the std of the frame's edge
+            image on the support; None when the template is degenerate or the solution left the
+            window.
+        """
+        if self.model is None:
+            return None
+        start = np.asarray(predicted, dtype=np.float64) - self.offset
+        base = np.round(start).astype(int)
+        shift = None
+        for _ in range(3):
+            edges = edge_image(od, np.asarray(origin) + base, self.shape, self.sigma)
+            values = edges[self.support]
+            rms = float(np.sqrt(np.mean(values * values)))
+            if rms <= 0:
+                return None
+            moving = edges / rms
+            d = self.model.displacement(moving, start - base, iterations + 2)
+            if d is None or not np.all(np.isfinite(d)):
+                return None
+            if np.all(np.abs(d) <= 1.0):
+                shift = base + d
+                break
+            base = base + np.round(d).astype(int)
+            start = base.astype(np.float64)
+        if shift is None:
+            return None
+        warped = self.model._warped(moving, shift - base)
+        reference = self.model.reference
+        a, b = warped - warped.mean(), reference - reference.mean()
+        ncc = float(a @ b / (np.sqrt((a @ a) * (b @ b)) + 1e-12))
+        return shift + self.offset, ncc, float(values.std())
+
+    def maybe_update(
+        self, od: np.ndarray, origin: np.ndarray, shift: np.ndarray, strength: float, ratio: float
+    ) -> bool:
+        """Take the frame's outline as the template when it is ``ratio`` times stronger."""
+        if strength < ratio * self.strength:
+            return False
+        base = np.round(shift).astype(int)
+        self._set(edge_image(od, np.asarray(origin) + base, self.shape, self.sigma), shift - base)
+        return True
