@@ -137,8 +137,12 @@ class TrackParams(_Params):
     min_particles_trusted: PositiveInt = Field(
         default=1, description="particles needed for a trusted global shift (drift feedback)"
     )
-    max_spread_px: PositiveFloat = Field(
-        default=1.0, description="particle-shift spread above which the global shift is untrusted"
+    max_spread_px: PositiveFloat | None = Field(
+        default=None,
+        description=(
+            "particle-shift spread above which the global shift is untrusted; None: no gate "
+            "(a deforming electrode spreads the particle shifts by design)"
+        ),
     )
     refine_iterations: PositiveInt = Field(default=2, description="Gauss-Newton iterations")
     support_px: PositiveInt = Field(

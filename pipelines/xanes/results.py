@@ -44,8 +44,8 @@ class FrameResult:
         outline only).
     trusted : bool
         True when ``global_shift`` is backed by at least ``track.min_particles_trusted``
-        particles whose spread is at most ``track.max_spread_px``: only then may it drive the
-        drift feedback.
+        particles (and, when ``track.max_spread_px`` is set, a spread at most that): only
+        then may it drive the drift feedback.
     """
 
     index: int

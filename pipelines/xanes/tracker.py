@@ -503,7 +503,7 @@ class XanesTracker:
             spread = float(1.4826 * np.median(deviation))
         trusted = bool(
             n_found >= tp.min_particles_trusted
-            and (n_found < 2 or spread <= tp.max_spread_px)
+            and (tp.max_spread_px is None or n_found < 2 or spread <= tp.max_spread_px)
             and np.all(np.isfinite(global_shift))
         )
         com = np.array([p.com0 for p in self._particles]).reshape(n_p, 2) + shifts
