@@ -55,7 +55,7 @@ from pipelines.xanes.register import (
 )
 from pipelines.xanes.results import FrameResult, ParticleRoi, XanesResult
 from pipelines.xanes.spectra import analyse_spectra
-from pipelines.xanes.window import Candidate, EdgeTemplate, ParticleWindow
+from pipelines.xanes.window import Candidate, EdgeTemplate, ParticleWindow, frame_edges
 
 __all__ = ["FrameResult", "ParticleRoi", "XanesResult", "XanesTracker", "align_stack"]
 
@@ -275,12 +275,9 @@ class XanesTracker:
             roi, com0, area, ring, tp.support_px + pad, search_px=tp.search_px, smooth_sigma=sigma
         )
 
-    def _edge_template(self, od: np.ndarray, particle: ParticleWindow, origin: np.ndarray):
+    def _edge_template(self, edges: np.ndarray, particle: ParticleWindow, origin: np.ndarray):
         tp = self.params.track
-        sigma = max(tp.edge_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(particle.area / np.pi))
-        return EdgeTemplate(
-            od, origin, particle.roi.shape, particle.support, sigma, tp.search_px + 2
-        )
+        return EdgeTemplate(edges, origin, particle.roi.shape, particle.support, tp.search_px + 2)
 
     def _start(self, od: np.ndarray, energy: float) -> FrameResult:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
@@ -294,13 +291,14 @@ class XanesTracker:
             self._particles.append(self._window_for_label(labels, k, box, int(areas[k + 1])))
         n_p = len(self._particles)
         self._stacks = [[] for _ in range(n_p)]
+        edges = frame_edges(od, tp.edge_sigma_px)
         ssim = np.full(n_p, np.nan)
         for k, particle in enumerate(self._particles):
             crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
             self._stacks[k].append(crop)
             particle.template_sum += self._soft_template_frame0(od, particle)
             particle.template_count = 1
-            particle.edge = self._edge_template(od, particle, np.array(particle.roi.origin))
+            particle.edge = self._edge_template(edges, particle, np.array(particle.roi.origin))
             ssim[k] = 1.0
         self._prev_coarse_image = self._coarse_image(od)
         self._best_evidence = float(self._prev_coarse_image.std())
@@ -354,7 +352,8 @@ class XanesTracker:
             [p.last_shift + self._coarse_global - p.last_coarse for p in self._particles]
         ).reshape(n_p, 2)
         if self.params.track.registration == "edge":
-            found, shifts, ssim = self._register_edges(od, predicted)
+            edges = frame_edges(od, self.params.track.edge_sigma_px)
+            found, shifts, ssim = self._register_edges(od, edges, predicted)
             result = self._frame_result(energy, found, shifts, ssim)
             evidence = float(self._prev_coarse_image.std())
             if (
@@ -364,7 +363,7 @@ class XanesTracker:
             ):
                 self._best_evidence = evidence
                 self._redetections += 1
-                result = self._join_new_particles(od, result)
+                result = self._join_new_particles(od, edges, result)
             return result
         candidates: list[Candidate] = []
         shape = self._shape
@@ -405,7 +404,9 @@ class XanesTracker:
             self._stacks[k].append(None)
         return self._frame_result(energy, found, shifts, ssim)
 
-    def _join_new_particles(self, od: np.ndarray, result: FrameResult) -> FrameResult:
+    def _join_new_particles(
+        self, od: np.ndarray, edges: np.ndarray, result: FrameResult
+    ) -> FrameResult:
         """Detect again on a frame with more contrast; particles not tracked yet join.
 
         A new particle's reference is this frame, brought into frame-0 geometry by the frame's
@@ -427,7 +428,7 @@ class XanesTracker:
                 continue
             window = self._window_for_label(labels, k, box, int(areas[k + 1]))
             origin_now = np.array(window.roi.origin)
-            edge = self._edge_template(od, window, origin_now)
+            edge = self._edge_template(edges, window, origin_now)
             if edge.model is None:
                 continue
             roi = ParticleRoi(
@@ -523,7 +524,7 @@ class XanesTracker:
         )
 
     def _register_edges(
-        self, od: np.ndarray, predicted: np.ndarray
+        self, od: np.ndarray, edges: np.ndarray, predicted: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Contrast-invariant registration of every particle on its outline (:class:`EdgeTemplate`).
 
@@ -542,13 +543,13 @@ class XanesTracker:
             origin = np.array(particle.roi.origin)
             if particle.edge is None:
                 return None
-            registered = particle.edge.register(od, origin, predicted[k], tp.refine_iterations)
+            registered = particle.edge.register(edges, origin, predicted[k], tp.refine_iterations)
             if registered is None:
                 return None
             shift, ncc, strength = registered
             if ncc < tp.min_edge_ncc or np.any(np.abs(shift - predicted[k]) > tp.search_px):
                 return None
-            particle.edge.maybe_update(od, origin, shift, strength, tp.template_update_ratio)
+            particle.edge.maybe_update(edges, origin, shift, strength, tp.template_update_ratio)
             base = np.round(shift).astype(int)
             crop = self._local_background_free(od, origin + base, particle)
             aligned = shift_image(crop, -(shift - base)).astype(np.float32, copy=False)

@@ -11,6 +11,7 @@ from pipelines.xanes.kernels import (
     CROSS,
     GradientModel,
     box_dilation,
+    dot,
     extract_crop,
     fill_holes,
     gaussian_weights,
@@ -170,41 +171,42 @@ class ParticleWindow:
         return self._template_cache
 
 
-def edge_image(
-    od: np.ndarray, origin: np.ndarray, shape: tuple[int, int], sigma: float
-) -> np.ndarray:
-    """Gradient magnitude of the Gaussian-smoothed OD in a box (float64).
+def frame_edges(od: np.ndarray, sigma: float) -> np.ndarray:
+    """Gradient magnitude of the Gaussian-smoothed OD frame (float32, central differences).
 
     A particle's outline is where its OD steps from the background: the gradient magnitude
     peaks there whatever the absorption level inside, and a scale change of the contrast only
-    scales it (removed by :class:`EdgeTemplate`'s normalisation).
+    scales it (removed by :class:`EdgeTemplate`'s normalisation). Computed once per frame and
+    shared by all particles.
 
     Parameters
     ----------
     od : numpy.ndarray
-        ``(H, W)`` optical density of the whole frame.
-    origin : numpy.ndarray
-        Integer ``(row, col)`` of the box (may reach outside the frame: edge pixels repeat).
-    shape : tuple of int
-        Box shape.
+        ``(H, W)`` optical density.
     sigma : float
-        Smoothing sd (px).
+        Smoothing sd (px); 0 for none.
 
     Returns
     -------
     numpy.ndarray
-        ``shape`` gradient magnitude.
+        ``(H, W)`` float32 gradient magnitude (half the central difference per axis).
     """
-    pad = int(3 * sigma) + 2
-    crop = np.asarray(
-        extract_crop(od, np.asarray(origin) - pad, (shape[0] + 2 * pad, shape[1] + 2 * pad)),
-        dtype=np.float64,
-    )
-    smooth = ndimage.gaussian_filter(crop, sigma) if sigma > 0 else crop
-    gr = smooth[2:, 1:-1] - smooth[:-2, 1:-1]
-    gc = smooth[1:-1, 2:] - smooth[1:-1, :-2]
-    magnitude = np.hypot(gr, gc)
-    return magnitude[pad - 1 : pad - 1 + shape[0], pad - 1 : pad - 1 + shape[1]]
+    image = np.asarray(od, dtype=np.float32)
+    if sigma > 0:
+        weights = gaussian_weights(sigma).astype(np.float32)
+        smooth = np.empty(image.shape, dtype=np.float32)
+        ndimage.correlate1d(image, weights, axis=0, output=smooth, mode="reflect")
+        ndimage.correlate1d(smooth, weights, axis=1, output=smooth, mode="reflect")
+    else:
+        smooth = image
+    gr = np.zeros(image.shape, dtype=np.float32)
+    gc = np.zeros(image.shape, dtype=np.float32)
+    np.subtract(smooth[2:], smooth[:-2], out=gr[1:-1])
+    np.subtract(smooth[:, 2:], smooth[:, :-2], out=gc[:, 1:-1])
+    np.multiply(gr, gr, out=gr)
+    np.multiply(gc, gc, out=gc)
+    np.add(gr, gc, out=gr)
+    return np.sqrt(gr, out=gr)
 
 
 class EdgeTemplate:
@@ -223,46 +225,44 @@ class EdgeTemplate:
 
     Parameters
     ----------
-    od : numpy.ndarray
-        OD of the reference frame.
+    edges : numpy.ndarray
+        :func:`frame_edges` of the reference frame.
     origin : numpy.ndarray
         Integer ROI origin in the reference frame.
     shape : tuple of int
         ROI shape.
     support : numpy.ndarray
         ``shape`` bool: the footprint dilated by the support margin.
-    sigma : float
-        Smoothing of the edge images (px).
     border_px : int
         Pixels closer than this to the frame border are not used.
     """
 
     def __init__(
         self,
-        od: np.ndarray,
+        edges: np.ndarray,
         origin: np.ndarray,
         shape: tuple[int, int],
         support: np.ndarray,
-        sigma: float,
         border_px: int,
     ) -> None:
         self.shape = shape
-        self.sigma = float(sigma)
-        self.frame_shape = od.shape
         rows = np.arange(shape[0])[:, None] + int(origin[0])
         cols = np.arange(shape[1])[None, :] + int(origin[1])
         inside = (
             (rows >= border_px)
-            & (rows < od.shape[0] - border_px)
+            & (rows < edges.shape[0] - border_px)
             & (cols >= border_px)
-            & (cols < od.shape[1] - border_px)
+            & (cols < edges.shape[1] - border_px)
         )
         self.support = support & inside
         self.partial = bool(np.count_nonzero(self.support) < np.count_nonzero(support))
         self.offset = np.zeros(2)
         self.strength = 0.0
         self.model: GradientModel | None = None
-        self._set(edge_image(od, origin, shape, self.sigma), np.zeros(2))
+        self._set(self._crop(edges, np.asarray(origin)), np.zeros(2))
+
+    def _crop(self, edges: np.ndarray, origin: np.ndarray) -> np.ndarray:
+        return np.asarray(extract_crop(edges, origin, self.shape), dtype=np.float64)
 
     def _set(self, edges: np.ndarray, offset: np.ndarray) -> None:
         values = edges[self.support]
@@ -278,14 +278,14 @@ class EdgeTemplate:
             self.model = None
 
     def register(
-        self, od: np.ndarray, origin: np.ndarray, predicted: np.ndarray, iterations: int
+        self, edges: np.ndarray, origin: np.ndarray, predicted: np.ndarray, iterations: int
     ) -> tuple[np.ndarray, float, float] | None:
         """Shift of the particle (reference geometry) in a frame, its match score, edge strength.
 
         Parameters
         ----------
-        od : numpy.ndarray
-            OD of the frame.
+        edges : numpy.ndarray
+            :func:`frame_edges` of the frame.
         origin : numpy.ndarray
             Integer ROI origin in the reference frame.
         predicted : numpy.ndarray
@@ -307,13 +307,13 @@ class EdgeTemplate:
         base = np.round(start).astype(int)
         shift = None
         for _ in range(3):
-            edges = edge_image(od, np.asarray(origin) + base, self.shape, self.sigma)
-            values = edges[self.support]
+            crop = self._crop(edges, np.asarray(origin) + base)
+            values = crop[self.support]
             rms = float(np.sqrt(np.mean(values * values)))
             if rms <= 0:
                 return None
-            moving = edges / rms
-            d = self.model.displacement(moving, start - base, iterations + 2)
+            moving = crop / rms
+            d = self.model.displacement(moving, start - base, iterations + 1)
             if d is None or not np.all(np.isfinite(d)):
                 return None
             if np.all(np.abs(d) <= 1.0):
@@ -326,15 +326,20 @@ class EdgeTemplate:
         warped = self.model._warped(moving, shift - base)
         reference = self.model.reference
         a, b = warped - warped.mean(), reference - reference.mean()
-        ncc = float(a @ b / (np.sqrt((a @ a) * (b @ b)) + 1e-12))
+        ncc = dot(a, b) / (np.sqrt(dot(a, a) * dot(b, b)) + 1e-12)
         return shift + self.offset, ncc, float(values.std())
 
     def maybe_update(
-        self, od: np.ndarray, origin: np.ndarray, shift: np.ndarray, strength: float, ratio: float
+        self,
+        edges: np.ndarray,
+        origin: np.ndarray,
+        shift: np.ndarray,
+        strength: float,
+        ratio: float,
     ) -> bool:
         """Take the frame's outline as the template when it is ``ratio`` times stronger."""
         if strength < ratio * self.strength:
             return False
         base = np.round(shift).astype(int)
-        self._set(edge_image(od, np.asarray(origin) + base, self.shape, self.sigma), shift - base)
+        self._set(self._crop(edges, np.asarray(origin) + base), shift - base)
         return True
