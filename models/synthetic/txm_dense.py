@@ -281,10 +281,12 @@ class DenseTxmScene:
 
         It holds 60 % of the beam pattern (its illumination gradient and zone-plate rings
         changed between the flat and the scan): 40 % stays in the OD as structured background.
+        It is the mean of 10 exposures, as beamlines average their reference frames (the SSRL
+        set has 10 per energy); its remaining noise is the same in every frame of the scan.
         """
         rng = np.random.default_rng([self.seed, int(energy * 10), 7])
         expected = self.counts * (1.0 + 0.6 * (self.pattern - 1.0))
-        return rng.poisson(expected).astype(np.float32)
+        return (rng.poisson(10.0 * expected) / 10.0).astype(np.float32)
 
     def frame(self, energy: float, index: int) -> np.ndarray:
         """Counts of frame ``index`` at ``energy`` (float32)."""

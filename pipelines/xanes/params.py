@@ -54,7 +54,11 @@ class DetectParams(_Params):
     average_transforms: bool = Field(
         default=True, description="learned: average the network over 8 rotations and flips"
     )
-    smooth_sigma_px: float = Field(default=1.5, ge=0)
+    smooth_sigma_px: float = Field(
+        default=3.0,
+        ge=0,
+        description="smoothing sd before the threshold (px); 3 px bridges zone-plate rings",
+    )
     threshold_factor: float = Field(
         default=0.5, gt=0, description="multiplies the Otsu threshold of the background-free OD"
     )
@@ -62,13 +66,24 @@ class DetectParams(_Params):
         default=3.0, ge=0, description="threshold at least this many noise sd"
     )
     min_area_fraction: float = Field(
-        default=0.002,
+        default=0.0005,
         ge=0,
         lt=1,
         description="objects smaller than this fraction of the frame are dropped",
     )
+    learned_min_area_fraction: float = Field(
+        default=0.002,
+        ge=0,
+        lt=1,
+        description="learned: objects smaller than this fraction of the frame are dropped",
+    )
+    min_area_px: float = Field(
+        default=100.0,
+        ge=0,
+        description="objects smaller than this many pixels are dropped (a 15 px particle is 177)",
+    )
     min_contrast_fraction: float = Field(
-        default=0.25,
+        default=0.05,
         ge=0,
         le=1,
         description="objects dimmer than this fraction of the brightest are dropped",
@@ -118,7 +133,20 @@ class TrackParams(_Params):
             "refinement (the previous method)"
         ),
     )
-    edge_sigma_px: PositiveFloat = Field(default=1.5, description="edge: smoothing sd (px)")
+    edge_sigma_px: PositiveFloat = Field(
+        default=1.5, description="edge: smallest smoothing sd of the edge images (px)"
+    )
+    edge_sigma_fraction: float = Field(
+        default=0.03, ge=0, description="edge: smoothing sd as a fraction of the diameter"
+    )
+    edge_sigma_max_px: PositiveFloat = Field(
+        default=4.0, description="edge: largest smoothing sd of the edge images (px)"
+    )
+    edge_band_px: int = Field(
+        default=0,
+        ge=0,
+        description="edge: use only the band this wide inside the outline (0: whole footprint)",
+    )
     min_edge_ncc: float = Field(
         default=0.5, ge=-1, le=1, description="edge: lower normalised correlation = not found"
     )

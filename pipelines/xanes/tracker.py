@@ -55,7 +55,13 @@ from pipelines.xanes.register import (
 )
 from pipelines.xanes.results import FrameResult, ParticleRoi, XanesResult
 from pipelines.xanes.spectra import analyse_spectra
-from pipelines.xanes.window import Candidate, EdgeTemplate, ParticleWindow, frame_edges
+from pipelines.xanes.window import (
+    Candidate,
+    EdgeTemplate,
+    FrameEdges,
+    ParticleWindow,
+    edge_scale,
+)
 
 __all__ = ["FrameResult", "ParticleRoi", "XanesResult", "XanesTracker", "align_stack"]
 
@@ -275,9 +281,17 @@ class XanesTracker:
             roi, com0, area, ring, tp.support_px + pad, search_px=tp.search_px, smooth_sigma=sigma
         )
 
-    def _edge_template(self, edges: np.ndarray, particle: ParticleWindow, origin: np.ndarray):
+    def _edge_template(self, edges: FrameEdges, particle: ParticleWindow, origin: np.ndarray):
         tp = self.params.track
-        return EdgeTemplate(edges, origin, particle.roi.shape, particle.support, tp.search_px + 2)
+        support = particle.support
+        if tp.edge_band_px > 0:
+            # the outline band only: the inside of a large particle adds noise and chemistry,
+            # not position
+            inner = ndimage.binary_erosion(particle.roi.mask, iterations=tp.edge_band_px)
+            support = support & ~inner
+        diameter = 2.0 * np.sqrt(particle.area / np.pi)
+        sigma = edge_scale(diameter, tp.edge_sigma_px, tp.edge_sigma_fraction, tp.edge_sigma_max_px)
+        return EdgeTemplate(edges, origin, particle.roi.shape, support, sigma, tp.search_px + 2)
 
     def _start(self, od: np.ndarray, energy: float) -> FrameResult:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
@@ -291,7 +305,7 @@ class XanesTracker:
             self._particles.append(self._window_for_label(labels, k, box, int(areas[k + 1])))
         n_p = len(self._particles)
         self._stacks = [[] for _ in range(n_p)]
-        edges = frame_edges(od, tp.edge_sigma_px)
+        edges = FrameEdges(od)
         ssim = np.full(n_p, np.nan)
         for k, particle in enumerate(self._particles):
             crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
@@ -352,7 +366,7 @@ class XanesTracker:
             [p.last_shift + self._coarse_global - p.last_coarse for p in self._particles]
         ).reshape(n_p, 2)
         if self.params.track.registration == "edge":
-            edges = frame_edges(od, self.params.track.edge_sigma_px)
+            edges = FrameEdges(od)
             found, shifts, ssim = self._register_edges(od, edges, predicted)
             result = self._frame_result(energy, found, shifts, ssim)
             evidence = float(self._prev_coarse_image.std())
@@ -405,7 +419,7 @@ class XanesTracker:
         return self._frame_result(energy, found, shifts, ssim)
 
     def _join_new_particles(
-        self, od: np.ndarray, edges: np.ndarray, result: FrameResult
+        self, od: np.ndarray, edges: FrameEdges, result: FrameResult
     ) -> FrameResult:
         """Detect again on a frame with more contrast; particles not tracked yet join.
 
@@ -524,7 +538,7 @@ class XanesTracker:
         )
 
     def _register_edges(
-        self, od: np.ndarray, edges: np.ndarray, predicted: np.ndarray
+        self, od: np.ndarray, edges: FrameEdges, predicted: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Contrast-invariant registration of every particle on its outline (:class:`EdgeTemplate`).
 

@@ -189,9 +189,16 @@ def frame_edges(od: np.ndarray, sigma: float) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``(H, W)`` float32 gradient magnitude (half the central difference per axis).
+        ``(H, W)`` float32 gradient magnitude (central differences), after clamping the OD to
+        its robust range widened by half of it on either side (dead and hot pixels).
     """
     image = np.asarray(od, dtype=np.float32)
+    # dead and hot pixels are static in the detector frame; their huge gradients would hold a
+    # particle's registration at zero shift: clamp the OD to its robust range first
+    sample = image[::4, ::4].ravel()
+    lo, hi = np.percentile(sample, [0.1, 99.9]) if sample.size >= 16 else (-np.inf, np.inf)
+    span = hi - lo
+    image = np.clip(image, lo - 0.5 * span, hi + 0.5 * span)
     if sigma > 0:
         weights = gaussian_weights(sigma).astype(np.float32)
         smooth = np.empty(image.shape, dtype=np.float32)
@@ -207,6 +214,34 @@ def frame_edges(od: np.ndarray, sigma: float) -> np.ndarray:
     np.multiply(gc, gc, out=gc)
     np.add(gr, gc, out=gr)
     return np.sqrt(gr, out=gr)
+
+
+class FrameEdges:
+    """:func:`frame_edges` of one frame at the smoothing scales its particles use (lazily).
+
+    Parameters
+    ----------
+    od : numpy.ndarray
+        ``(H, W)`` optical density of the frame.
+    """
+
+    def __init__(self, od: np.ndarray) -> None:
+        self.od = od
+        self.shape = od.shape
+        self._cache: dict[float, np.ndarray] = {}
+
+    def at(self, sigma: float) -> np.ndarray:
+        """Edge image at smoothing ``sigma`` (px)."""
+        if sigma not in self._cache:
+            self._cache[sigma] = frame_edges(self.od, sigma)
+        return self._cache[sigma]
+
+
+def edge_scale(diameter_px: float, minimum: float, fraction: float, maximum: float) -> float:
+    """Smoothing of a particle's edge images: ``fraction`` of its diameter, within the bounds,
+    rounded to half a pixel so particles of similar size share one edge image per frame."""
+    sigma = min(max(fraction * diameter_px, minimum), max(maximum, minimum))
+    return float(np.round(sigma * 2.0) / 2.0)
 
 
 class EdgeTemplate:
@@ -225,27 +260,31 @@ class EdgeTemplate:
 
     Parameters
     ----------
-    edges : numpy.ndarray
-        :func:`frame_edges` of the reference frame.
+    edges : FrameEdges
+        Edge images of the reference frame.
     origin : numpy.ndarray
         Integer ROI origin in the reference frame.
     shape : tuple of int
         ROI shape.
     support : numpy.ndarray
         ``shape`` bool: the footprint dilated by the support margin.
+    sigma : float
+        Smoothing of this particle's edge images (px, :func:`edge_scale`).
     border_px : int
         Pixels closer than this to the frame border are not used.
     """
 
     def __init__(
         self,
-        edges: np.ndarray,
+        edges: FrameEdges,
         origin: np.ndarray,
         shape: tuple[int, int],
         support: np.ndarray,
+        sigma: float,
         border_px: int,
     ) -> None:
         self.shape = shape
+        self.sigma = float(sigma)
         rows = np.arange(shape[0])[:, None] + int(origin[0])
         cols = np.arange(shape[1])[None, :] + int(origin[1])
         inside = (
@@ -261,8 +300,9 @@ class EdgeTemplate:
         self.model: GradientModel | None = None
         self._set(self._crop(edges, np.asarray(origin)), np.zeros(2))
 
-    def _crop(self, edges: np.ndarray, origin: np.ndarray) -> np.ndarray:
-        return np.asarray(extract_crop(edges, origin, self.shape), dtype=np.float64)
+    def _crop(self, edges: FrameEdges, origin: np.ndarray) -> np.ndarray:
+        image = edges.at(self.sigma)
+        return np.asarray(extract_crop(image, origin, self.shape), dtype=np.float64)
 
     def _set(self, edges: np.ndarray, offset: np.ndarray) -> None:
         values = edges[self.support]
@@ -278,14 +318,14 @@ class EdgeTemplate:
             self.model = None
 
     def register(
-        self, edges: np.ndarray, origin: np.ndarray, predicted: np.ndarray, iterations: int
+        self, edges: FrameEdges, origin: np.ndarray, predicted: np.ndarray, iterations: int
     ) -> tuple[np.ndarray, float, float] | None:
         """Shift of the particle (reference geometry) in a frame, its match score, edge strength.
 
         Parameters
         ----------
-        edges : numpy.ndarray
-            :func:`frame_edges` of the frame.
+        edges : FrameEdges
+            Edge images of the frame.
         origin : numpy.ndarray
             Integer ROI origin in the reference frame.
         predicted : numpy.ndarray
@@ -331,7 +371,7 @@ class EdgeTemplate:
 
     def maybe_update(
         self,
-        edges: np.ndarray,
+        edges: FrameEdges,
         origin: np.ndarray,
         shift: np.ndarray,
         strength: float,
