@@ -129,6 +129,8 @@ def detect_particles(
         od = np.nan_to_num(od, nan=0.0, posinf=0.0, neginf=0.0)
     flat = od.astype(np.float32) if background_removed else remove_background(od, params=prepare)
     sigma = params.smooth_sigma_px
+    if sigma is None:
+        sigma = min(3.0, max(1.5, 0.006 * min(od.shape)))
     smooth = ndimage.gaussian_filter(flat, sigma) if sigma > 0 else flat
     level, smooth_noise = _background_level(smooth.ravel())
     # white noise after the Gaussian smoothing: the floor of the background spread

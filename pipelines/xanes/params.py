@@ -54,10 +54,14 @@ class DetectParams(_Params):
     average_transforms: bool = Field(
         default=True, description="learned: average the network over 8 rotations and flips"
     )
-    smooth_sigma_px: float = Field(
-        default=3.0,
+    smooth_sigma_px: float | None = Field(
+        default=None,
         ge=0,
-        description="smoothing sd before the threshold (px); 3 px bridges zone-plate rings",
+        description=(
+            "smoothing sd before the threshold (px); None: 0.6 % of the smaller frame side "
+            "within 1.5-3 px (3 px bridges the zone-plate rings that cut faint particles into "
+            "stripes; 1.5 px keeps small particles of small frames tight)"
+        ),
     )
     threshold_factor: float = Field(
         default=0.5, gt=0, description="multiplies the Otsu threshold of the background-free OD"
@@ -131,6 +135,13 @@ class TrackParams(_Params):
             "edge: Gauss-Newton on the normalised gradient magnitude of the particle's outline "
             "(contrast-invariant, frame border masked); silhouette: moments + soft-mask "
             "refinement (the previous method)"
+        ),
+    )
+    edge_frame_px: PositiveInt = Field(
+        default=512,
+        description=(
+            "edge: frames are binned by round(min(H, W) / this) for the edge images (1024 px "
+            "frames by 2: same particle size in pixels as at 512, a quarter of the cost)"
         ),
     )
     edge_sigma_px: PositiveFloat = Field(

@@ -289,9 +289,12 @@ class XanesTracker:
             # not position
             inner = ndimage.binary_erosion(particle.roi.mask, iterations=tp.edge_band_px)
             support = support & ~inner
-        diameter = 2.0 * np.sqrt(particle.area / np.pi)
+        diameter = 2.0 * np.sqrt(particle.area / np.pi) / edges.binning
         sigma = edge_scale(diameter, tp.edge_sigma_px, tp.edge_sigma_fraction, tp.edge_sigma_max_px)
         return EdgeTemplate(edges, origin, particle.roi.shape, support, sigma, tp.search_px + 2)
+
+    def _edge_binning(self, od: np.ndarray) -> int:
+        return max(1, int(round(min(od.shape) / self.params.track.edge_frame_px)))
 
     def _start(self, od: np.ndarray, energy: float) -> FrameResult:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
@@ -305,7 +308,7 @@ class XanesTracker:
             self._particles.append(self._window_for_label(labels, k, box, int(areas[k + 1])))
         n_p = len(self._particles)
         self._stacks = [[] for _ in range(n_p)]
-        edges = FrameEdges(od)
+        edges = FrameEdges(od, self._edge_binning(od))
         ssim = np.full(n_p, np.nan)
         for k, particle in enumerate(self._particles):
             crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
@@ -346,7 +349,7 @@ class XanesTracker:
     def _coarse_step(self, od: np.ndarray) -> np.ndarray:
         image = self._coarse_image(od)
         assert self._prev_coarse_image is not None
-        d = PhaseCorrelator(self._prev_coarse_image, upsample=2).displacement(image)[0]
+        d = PhaseCorrelator(self._prev_coarse_image, upsample=1).displacement(image)[0]
         self._prev_coarse_image = image
         return d * self.params.track.coarse_binning
 
@@ -359,6 +362,15 @@ class XanesTracker:
         return crop - np.float32(np.percentile(crop, 10))
 
     def _track(self, od: np.ndarray, energy: float) -> FrameResult:
+        previous = (self._coarse_global, self._prev_coarse_image)
+        result = self._track_frame(od, energy)
+        if not result.trusted:
+            # no estimate to anchor this frame: the next frame is predicted from the last good
+            # one (a blank or garbled frame must not throw every particle off its track)
+            self._coarse_global, self._prev_coarse_image = previous
+        return result
+
+    def _track_frame(self, od: np.ndarray, energy: float) -> FrameResult:
         assert self._shape is not None
         self._coarse_global = self._coarse_global + self._coarse_step(od)
         n_p = self.n_particles
@@ -366,7 +378,7 @@ class XanesTracker:
             [p.last_shift + self._coarse_global - p.last_coarse for p in self._particles]
         ).reshape(n_p, 2)
         if self.params.track.registration == "edge":
-            edges = FrameEdges(od)
+            edges = FrameEdges(od, self._edge_binning(od))
             found, shifts, ssim = self._register_edges(od, edges, predicted)
             result = self._frame_result(energy, found, shifts, ssim)
             evidence = float(self._prev_coarse_image.std())
@@ -452,7 +464,7 @@ class XanesTracker:
             )
             window.roi = roi
             window.com0 = window.com0 - g
-            edge.offset = g - base
+            edge.offset = g.copy()  # shift of the particle when its template was taken
             window.edge = edge
             window.last_shift = g.copy()
             window.last_coarse = self._coarse_global.copy()
@@ -557,13 +569,13 @@ class XanesTracker:
             origin = np.array(particle.roi.origin)
             if particle.edge is None:
                 return None
-            registered = particle.edge.register(edges, origin, predicted[k], tp.refine_iterations)
+            registered = particle.edge.register(edges, predicted[k], tp.refine_iterations)
             if registered is None:
                 return None
             shift, ncc, strength = registered
             if ncc < tp.min_edge_ncc or np.any(np.abs(shift - predicted[k]) > tp.search_px):
                 return None
-            particle.edge.maybe_update(edges, origin, shift, strength, tp.template_update_ratio)
+            particle.edge.maybe_update(edges, shift, strength, tp.template_update_ratio)
             base = np.round(shift).astype(int)
             crop = self._local_background_free(od, origin + base, particle)
             aligned = shift_image(crop, -(shift - base)).astype(np.float32, copy=False)

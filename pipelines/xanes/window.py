@@ -10,6 +10,7 @@ from scipy import ndimage
 from pipelines.xanes.kernels import (
     CROSS,
     GradientModel,
+    block_mean,
     box_dilation,
     dot,
     extract_crop,
@@ -223,15 +224,20 @@ class FrameEdges:
     ----------
     od : numpy.ndarray
         ``(H, W)`` optical density of the frame.
+    binning : int
+        Edge images are computed on the frame block-averaged by this factor (large frames:
+        the particles are as many pixels across after binning as in a 512 px frame, and the
+        smoothing costs a quarter).
     """
 
-    def __init__(self, od: np.ndarray) -> None:
-        self.od = od
-        self.shape = od.shape
+    def __init__(self, od: np.ndarray, binning: int = 1) -> None:
+        self.binning = int(binning)
+        self.od = block_mean(od, self.binning) if self.binning > 1 else od
+        self.shape = self.od.shape
         self._cache: dict[float, np.ndarray] = {}
 
     def at(self, sigma: float) -> np.ndarray:
-        """Edge image at smoothing ``sigma`` (px)."""
+        """Edge image at smoothing ``sigma`` (binned px)."""
         if sigma not in self._cache:
             self._cache[sigma] = frame_edges(self.od, sigma)
         return self._cache[sigma]
@@ -239,15 +245,31 @@ class FrameEdges:
 
 def edge_scale(diameter_px: float, minimum: float, fraction: float, maximum: float) -> float:
     """Smoothing of a particle's edge images: ``fraction`` of its diameter, within the bounds,
-    rounded to half a pixel so particles of similar size share one edge image per frame."""
-    sigma = min(max(fraction * diameter_px, minimum), max(maximum, minimum))
-    return float(np.round(sigma * 2.0) / 2.0)
+    rounded to ``minimum`` times a power of two, so that a frame needs few edge images."""
+    maximum = max(maximum, minimum)
+    sigma = min(max(fraction * diameter_px, minimum), maximum)
+    level = minimum * 2.0 ** np.round(np.log2(sigma / minimum))
+    return float(min(level, maximum))
+
+
+def _bin_mask(mask: np.ndarray, origin: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ROI mask on the grid of a frame binned by ``factor``: (binned origin, binned mask)."""
+    if factor == 1:
+        return np.asarray(origin, dtype=int), mask
+    origin = np.asarray(origin, dtype=int)
+    start = np.floor_divide(origin, factor)
+    lead = origin - start * factor
+    rows = -(-(mask.shape[0] + lead[0]) // factor) * factor
+    cols = -(-(mask.shape[1] + lead[1]) // factor) * factor
+    padded = np.zeros((rows, cols), dtype=np.float32)
+    padded[lead[0] : lead[0] + mask.shape[0], lead[1] : lead[1] + mask.shape[1]] = mask
+    return start, block_mean(padded, factor) > 0.5
 
 
 class EdgeTemplate:
     """Contrast-invariant registration of one particle: its outline, not its grey levels.
 
-    The template is the particle's edge image (:func:`edge_image`) on a support around its
+    The template is the particle's edge image (:func:`frame_edges`) on a support around its
     footprint, normalised to unit RMS; a frame's edge image at the predicted place is
     normalised the same way and registered to it by Gauss-Newton (:class:`GradientModel`), so
     scaling the particle's contrast changes nothing. Pixels near the frame border are left out
@@ -257,21 +279,23 @@ class EdgeTemplate:
     The template is replaced when a frame shows the outline much more clearly (the edge of
     the absorption edge raises the contrast): ``offset`` remembers where the particle sat in
     the crop the new template came from, so later shifts stay relative to the reference.
+    On binned edge images (:class:`FrameEdges`) the work is done on the binned grid and the
+    shifts are returned in full-resolution pixels.
 
     Parameters
     ----------
     edges : FrameEdges
         Edge images of the reference frame.
     origin : numpy.ndarray
-        Integer ROI origin in the reference frame.
+        Integer ROI origin in the reference frame (full-resolution pixels).
     shape : tuple of int
         ROI shape.
     support : numpy.ndarray
         ``shape`` bool: the footprint dilated by the support margin.
     sigma : float
-        Smoothing of this particle's edge images (px, :func:`edge_scale`).
+        Smoothing of this particle's edge images (binned px, :func:`edge_scale`).
     border_px : int
-        Pixels closer than this to the frame border are not used.
+        Full-resolution pixels closer than this to the frame border are not used.
     """
 
     def __init__(
@@ -283,26 +307,29 @@ class EdgeTemplate:
         sigma: float,
         border_px: int,
     ) -> None:
-        self.shape = shape
+        self.binning = edges.binning
         self.sigma = float(sigma)
-        rows = np.arange(shape[0])[:, None] + int(origin[0])
-        cols = np.arange(shape[1])[None, :] + int(origin[1])
+        self.origin, binned = _bin_mask(support, origin, self.binning)
+        self.shape = (int(binned.shape[0]), int(binned.shape[1]))
+        border = -(-int(border_px) // self.binning)
+        rows = np.arange(self.shape[0])[:, None] + int(self.origin[0])
+        cols = np.arange(self.shape[1])[None, :] + int(self.origin[1])
         inside = (
-            (rows >= border_px)
-            & (rows < edges.shape[0] - border_px)
-            & (cols >= border_px)
-            & (cols < edges.shape[1] - border_px)
+            (rows >= border)
+            & (rows < edges.shape[0] - border)
+            & (cols >= border)
+            & (cols < edges.shape[1] - border)
         )
-        self.support = support & inside
-        self.partial = bool(np.count_nonzero(self.support) < np.count_nonzero(support))
+        self.support = binned & inside
+        self.partial = bool(np.count_nonzero(self.support) < np.count_nonzero(binned))
         self.offset = np.zeros(2)
         self.strength = 0.0
         self.model: GradientModel | None = None
-        self._set(self._crop(edges, np.asarray(origin)), np.zeros(2))
+        self._set(self._crop(edges, np.zeros(2, dtype=int)), np.zeros(2))
 
-    def _crop(self, edges: FrameEdges, origin: np.ndarray) -> np.ndarray:
+    def _crop(self, edges: FrameEdges, base: np.ndarray) -> np.ndarray:
         image = edges.at(self.sigma)
-        return np.asarray(extract_crop(image, origin, self.shape), dtype=np.float64)
+        return np.asarray(extract_crop(image, self.origin + base, self.shape), dtype=np.float64)
 
     def _set(self, edges: np.ndarray, offset: np.ndarray) -> None:
         values = edges[self.support]
@@ -318,7 +345,7 @@ class EdgeTemplate:
             self.model = None
 
     def register(
-        self, edges: FrameEdges, origin: np.ndarray, predicted: np.ndarray, iterations: int
+        self, edges: FrameEdges, predicted: np.ndarray, iterations: int
     ) -> tuple[np.ndarray, float, float] | None:
         """Shift of the particle (reference geometry) in a frame, its match score, edge strength.
 
@@ -326,28 +353,27 @@ class EdgeTemplate:
         ----------
         edges : FrameEdges
             Edge images of the frame.
-        origin : numpy.ndarray
-            Integer ROI origin in the reference frame.
         predicted : numpy.ndarray
-            Predicted shift (px), within a few px of the truth.
+            Predicted shift (full-resolution px), within a few px of the truth.
         iterations : int
             Gauss-Newton iterations.
 
         Returns
         -------
         tuple or None
-            ``(shift, ncc, strength)``: the shift, the normalised correlation of the aligned
-            edge images on the support (1 = same outline) and the std of the frame's edge
-            image on the support; None when the template is degenerate or the solution left the
-            window.
+            ``(shift, ncc, strength)``: the shift (full-resolution px), the normalised
+            correlation of the aligned edge images on the support (1 = same outline) and the
+            std of the frame's edge image on the support; None when the template is degenerate
+            or the solution left the window.
         """
         if self.model is None:
             return None
-        start = np.asarray(predicted, dtype=np.float64) - self.offset
+        b = self.binning
+        start = (np.asarray(predicted, dtype=np.float64) - self.offset) / b
         base = np.round(start).astype(int)
         shift = None
         for _ in range(3):
-            crop = self._crop(edges, np.asarray(origin) + base)
+            crop = self._crop(edges, base)
             values = crop[self.support]
             rms = float(np.sqrt(np.mean(values * values)))
             if rms <= 0:
@@ -365,21 +391,17 @@ class EdgeTemplate:
             return None
         warped = self.model._warped(moving, shift - base)
         reference = self.model.reference
-        a, b = warped - warped.mean(), reference - reference.mean()
-        ncc = dot(a, b) / (np.sqrt(dot(a, a) * dot(b, b)) + 1e-12)
-        return shift + self.offset, ncc, float(values.std())
+        a, c = warped - warped.mean(), reference - reference.mean()
+        ncc = dot(a, c) / (np.sqrt(dot(a, a) * dot(c, c)) + 1e-12)
+        return b * shift + self.offset, ncc, float(values.std())
 
     def maybe_update(
-        self,
-        edges: FrameEdges,
-        origin: np.ndarray,
-        shift: np.ndarray,
-        strength: float,
-        ratio: float,
+        self, edges: FrameEdges, shift: np.ndarray, strength: float, ratio: float
     ) -> bool:
         """Take the frame's outline as the template when it is ``ratio`` times stronger."""
         if strength < ratio * self.strength:
             return False
-        base = np.round(shift).astype(int)
-        self._set(self._crop(edges, np.asarray(origin) + base), shift - base)
+        base = np.round((np.asarray(shift, dtype=np.float64) - self.offset) / self.binning)
+        base = base.astype(int)
+        self._set(self._crop(edges, base), shift - self.binning * base)
         return True
