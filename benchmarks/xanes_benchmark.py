@@ -163,10 +163,13 @@ def _without_border_objects(labels: np.ndarray) -> np.ndarray:
 
 
 DETECTORS = {"classical": detect_particles, "learned": detect_particles_learned}
+# the detection truth leaves out particles cut by the border: so do the detectors here
+_WHOLE = DetectParams(exclude_border=True)
 DETECTION_ROWS = {
-    **DETECTORS,
+    "classical": partial(detect_particles, params=_WHOLE),
+    "learned": partial(detect_particles_learned, params=_WHOLE),
     "learned, 1 pass": partial(
-        detect_particles_learned, params=DetectParams(average_transforms=False)
+        detect_particles_learned, params=DetectParams(average_transforms=False, exclude_border=True)
     ),
 }
 
