@@ -381,6 +381,7 @@ class XanesTracker:
             edges = FrameEdges(od, self._edge_binning(od))
             found, shifts, ssim = self._register_edges(od, edges, predicted)
             result = self._frame_result(energy, found, shifts, ssim)
+            assert self._prev_coarse_image is not None
             evidence = float(self._prev_coarse_image.std())
             if (
                 result.trusted
@@ -426,8 +427,8 @@ class XanesTracker:
                 if refined is not None:
                     shifts[k], ssim[k] = refined
                     found[k] = True
-        for k in np.nonzero(~found)[0]:
-            self._stacks[k].append(None)
+        for lost in np.nonzero(~found)[0]:
+            self._stacks[int(lost)].append(None)
         return self._frame_result(energy, found, shifts, ssim)
 
     def _join_new_particles(

@@ -248,8 +248,8 @@ def edge_scale(diameter_px: float, minimum: float, fraction: float, maximum: flo
     rounded to ``minimum`` times a power of two, so that a frame needs few edge images."""
     maximum = max(maximum, minimum)
     sigma = min(max(fraction * diameter_px, minimum), maximum)
-    level = minimum * 2.0 ** np.round(np.log2(sigma / minimum))
-    return float(min(level, maximum))
+    level = minimum * 2.0 ** float(np.round(np.log2(sigma / minimum)))
+    return min(level, maximum)
 
 
 def _bin_mask(mask: np.ndarray, origin: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
