@@ -86,11 +86,12 @@ class DenseTxmScene:
 
     shape: tuple[int, int]
     lumps: list[_Lump]
-    drift: np.ndarray  # (N, 2)
+    drift: np.ndarray  # (n_scans * n_frames, 2), time t = scan * n_frames + index
     counts: float
     pattern: np.ndarray  # (H, W) incident-beam modulation not in the flat
     dead: tuple[np.ndarray, np.ndarray]
     seed: int
+    n_frames: int = 0
 
     @classmethod
     def random(
@@ -100,6 +101,7 @@ class DenseTxmScene:
         shape: tuple[int, int] = (512, 512),
         n_particles: int = 14,
         n_frames: int = 40,
+        n_scans: int = 1,
         counts: float = 1500.0,
         drift_step_px: float = 0.5,
     ) -> DenseTxmScene:
@@ -114,7 +116,9 @@ class DenseTxmScene:
         n_particles : int
             Number of particles placed (some end up cut by the border).
         n_frames : int
-            Frames of the scan (drift length).
+            Frames per scan.
+        n_scans : int
+            Scans of an operando series (the drift goes on from one scan to the next).
         counts : float
             Mean incident counts per pixel.
         drift_step_px : float
@@ -172,37 +176,48 @@ class DenseTxmScene:
                     ),
                 )
             )
-        steps = rng.normal(0.0, drift_step_px, (n_frames, 2))
+        steps = rng.normal(0.0, drift_step_px, (n_scans * n_frames, 2))
         steps[0] = 0.0
         drift = np.cumsum(steps, axis=0)
         pattern = _beam_pattern(rng, shape)
         n_dead = int(rng.integers(3, 12))
         dead = (rng.integers(0, h, n_dead), rng.integers(0, w, n_dead))
-        return cls(shape, lumps, drift, counts, pattern, dead, seed)
+        return cls(shape, lumps, drift, counts, pattern, dead, seed, n_frames)
 
     @property
     def n_particles(self) -> int:
         return len(self.lumps)
 
-    def truth_shift(self, index: int) -> np.ndarray:
-        """``(P, 2)`` shift of every particle in frame ``index`` relative to frame 0."""
-        return np.array([self._offset(lump, index) - self._offset(lump, 0) for lump in self.lumps])
+    def _time(self, scan: int, index: int) -> int:
+        t = scan * max(1, self.n_frames) + index
+        if not 0 <= t < self.drift.shape[0]:
+            raise ValueError(
+                f"scan {scan}, index {index} is outside the scene's {self.drift.shape[0]} frames"
+            )
+        return t
 
-    def truth_global_shift(self, index: int) -> np.ndarray:
-        """``(2,)`` rigid drift of frame ``index``."""
-        return self.drift[index].copy()
+    def truth_shift(self, index: int, scan: int = 0) -> np.ndarray:
+        """``(P, 2)`` shift of every particle in frame ``index`` of ``scan`` vs scan 0, frame 0."""
+        t = self._time(scan, index)
+        return np.array([self._offset(lump, t) - self._offset(lump, 0) for lump in self.lumps])
+
+    def truth_global_shift(self, index: int, scan: int = 0) -> np.ndarray:
+        """``(2,)`` rigid drift of frame ``index`` of ``scan``."""
+        return self.drift[self._time(scan, index)].copy()
 
     def _offset(self, lump: _Lump, index: int) -> np.ndarray:
         t = index / max(1, self.drift.shape[0] - 1)
         wobble = lump.wobble[:, 0] * np.sin(2 * np.pi * 0.7 * t + lump.wobble[:, 1])
         return self.drift[index] + wobble
 
-    def _footprints(self, index: int) -> list[tuple[tuple[slice, slice], np.ndarray, np.ndarray]]:
-        """Per particle: box, normalised radius rho (< 1 inside) and the polar angle."""
+    def _footprints(
+        self, t: int, stage_offset_px=(0.0, 0.0)
+    ) -> list[tuple[tuple[slice, slice], np.ndarray, np.ndarray]]:
+        """Per particle at time ``t``: box, normalised radius rho (< 1 inside), (dy, dx)."""
         h, w = self.shape
         out = []
         for lump in self.lumps:
-            centre = lump.centre + self._offset(lump, index)
+            centre = lump.centre + self._offset(lump, t) + np.asarray(stage_offset_px, float)
             reach = lump.radius * 1.3 + 2
             r0, r1 = (
                 int(max(0, np.floor(centre[0] - reach))),
@@ -256,10 +271,16 @@ class DenseTxmScene:
                     out[k] = False
         return out
 
-    def optical_density(self, energy: float, index: int) -> np.ndarray:
-        """Noise-free OD of the sample (no beam pattern) in frame ``index``."""
+    def optical_density(
+        self, energy: float, index: int, *, scan: int = 0, stage_offset_px=(0.0, 0.0)
+    ) -> np.ndarray:
+        """Noise-free OD of the sample (no beam pattern) in frame ``index`` of ``scan``.
+
+        ``stage_offset_px`` (dy, dx) is a commanded stage correction, added to the drift.
+        """
         od = np.full(self.shape, 0.05)
-        for lump, (box, rho, delta) in zip(self.lumps, self._footprints(index), strict=True):
+        footprints = self._footprints(self._time(scan, index), stage_offset_px)
+        for lump, (box, rho, delta) in zip(self.lumps, footprints, strict=True):
             if rho.size == 0:
                 continue
             # a rounded thickness profile with a soft (sub-pixel) rim
@@ -276,7 +297,7 @@ class DenseTxmScene:
             )
         return od
 
-    def flat(self, energy: float) -> np.ndarray:
+    def flat(self, energy: float, *, rng: np.random.Generator | None = None) -> np.ndarray:
         """Flat field (sample out), float32 counts.
 
         It holds 60 % of the beam pattern (its illumination gradient and zone-plate rings
@@ -284,14 +305,33 @@ class DenseTxmScene:
         It is the mean of 10 exposures, as beamlines average their reference frames (the SSRL
         set has 10 per energy); its remaining noise is the same in every frame of the scan.
         """
-        rng = np.random.default_rng([self.seed, int(energy * 10), 7])
+        if rng is None:
+            rng = np.random.default_rng([self.seed, int(energy * 10), 7])
         expected = self.counts * (1.0 + 0.6 * (self.pattern - 1.0))
         return (rng.poisson(10.0 * expected) / 10.0).astype(np.float32)
 
-    def frame(self, energy: float, index: int) -> np.ndarray:
-        """Counts of frame ``index`` at ``energy`` (float32)."""
-        rng = np.random.default_rng([self.seed, index, 11])
-        od = self.optical_density(energy, index)
+    def dark(self, *, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Dark counts (float32): a photon-counting detector, zero."""
+        del rng
+        return np.zeros(self.shape, dtype=np.float32)
+
+    def frame(
+        self,
+        energy: float,
+        index: int,
+        *,
+        scan: int = 0,
+        stage_offset_px=(0.0, 0.0),
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """Counts of frame ``index`` of ``scan`` at ``energy`` (float32).
+
+        The interface of :class:`models.synthetic.txm.TxmScene`: ``stage_offset_px`` is a
+        commanded stage correction (dy, dx) in pixels, added to the drift.
+        """
+        if rng is None:
+            rng = np.random.default_rng([self.seed, scan, index, 11])
+        od = self.optical_density(energy, index, scan=scan, stage_offset_px=stage_offset_px)
         expected = self.counts * self.pattern * np.exp(-od)
         expected = ndimage.gaussian_filter(expected, 0.7)
         counts = rng.poisson(expected).astype(np.float32)
