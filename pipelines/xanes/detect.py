@@ -129,8 +129,6 @@ def detect_particles(
         od = np.nan_to_num(od, nan=0.0, posinf=0.0, neginf=0.0)
     flat = od.astype(np.float32) if background_removed else remove_background(od, params=prepare)
     sigma = params.smooth_sigma_px
-    if sigma is None:
-        sigma = min(3.0, max(1.5, 0.006 * min(od.shape)))
     smooth = ndimage.gaussian_filter(flat, sigma) if sigma > 0 else flat
     level, smooth_noise = _background_level(smooth.ravel())
     # white noise after the Gaussian smoothing: the floor of the background spread
@@ -166,6 +164,10 @@ def detect_particles(
     labels = lut[labels]
     if params.split_touching and np.any(keep):
         labels = _split_touching(labels, params, min_area)
+    # the smoothing spreads a particle's edge outwards by about its excess over 1.5 px
+    shrink = int(round(sigma - 1.5))
+    if shrink > 0:
+        labels = np.where(ndimage.binary_erosion(labels > 0, iterations=shrink), labels, 0)
     return relabel_by_area(labels)
 
 

@@ -54,13 +54,12 @@ class DetectParams(_Params):
     average_transforms: bool = Field(
         default=True, description="learned: average the network over 8 rotations and flips"
     )
-    smooth_sigma_px: float | None = Field(
-        default=None,
+    smooth_sigma_px: float = Field(
+        default=3.0,
         ge=0,
         description=(
-            "smoothing sd before the threshold (px); None: 0.6 % of the smaller frame side "
-            "within 1.5-3 px (3 px bridges the zone-plate rings that cut faint particles into "
-            "stripes; 1.5 px keeps small particles of small frames tight)"
+            "smoothing sd before the threshold (px); 3 px bridges the zone-plate rings that cut "
+            "faint particles into stripes; the mask is then eroded by sd - 1.5 px"
         ),
     )
     threshold_factor: float = Field(
