@@ -50,6 +50,10 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
         assert node["spectra"].read().shape == (p, N)
         frames = node["frames"].read()
         assert sorted(frames["seq_num"]) == list(range(1, N + 1))
+        # the support of every drift estimate is recorded; these frames all have particles
+        assert {"n_used", "spread_px", "trusted"} <= set(frames.columns)
+        assert frames["trusted"].all() and (frames["n_used"] >= 1).all()
+        assert {"found", "partial"} <= set(node["particles"].read().columns)
         assert len(node["particles"].read()) == p * N
         assert {"drift", "tracks", "edge_energy"} <= set(node["figures"])
 
