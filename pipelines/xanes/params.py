@@ -172,6 +172,13 @@ class TrackParams(_Params):
         ),
     )
     max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
+    max_jump_px: PositiveFloat = Field(
+        default=3.0,
+        description=(
+            "edge: a particle found farther than this from its predicted place (its last shift "
+            "plus the frame's coarse step) is not found in that frame (a neighbour's outline)"
+        ),
+    )
     min_particles_trusted: PositiveInt = Field(
         default=1, description="particles needed for a trusted global shift (drift feedback)"
     )

@@ -35,7 +35,9 @@ class FrameResult:
     n_found : int
         Number of particles found.
     n_used : int
-        Number of particles behind ``global_shift`` (all particles registered in the frame).
+        Number of particles behind ``global_shift``: the whole particles registered in the
+        frame, or all registered ones (also those cut by the border) when fewer than 3 whole
+        ones were.
     spread : float
         Robust spread (1.4826 MAD, px, both axes pooled) of the found particles' shifts around
         ``global_shift``; NaN with fewer than 2 particles.

@@ -517,9 +517,10 @@ class XanesTracker:
             if found[k]:
                 particle.last_shift = shifts[k]
                 particle.last_coarse = self._coarse_global.copy()
-        # particles cut by the border vote too: registered on their visible outline (frame
-        # border masked), they measured as well as whole ones on the real frames
-        voters = found
+        # particles cut by the border vote only when fewer than 3 whole ones were registered:
+        # their outline changes as the sample drifts across the border
+        whole = found & ~self._partial()
+        voters = whole if whole.sum() >= 3 else found
         n_found = int(voters.sum())
         if n_found:
             global_shift = robust_global_shift(np.where(voters[:, None], shifts, np.nan))
@@ -574,7 +575,7 @@ class XanesTracker:
             if registered is None:
                 return None
             shift, ncc, strength = registered
-            if ncc < tp.min_edge_ncc or np.any(np.abs(shift - predicted[k]) > tp.search_px):
+            if ncc < tp.min_edge_ncc or np.any(np.abs(shift - predicted[k]) > tp.max_jump_px):
                 return None
             particle.edge.maybe_update(edges, shift, strength, tp.template_update_ratio)
             base = np.round(shift).astype(int)
