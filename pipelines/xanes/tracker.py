@@ -1,25 +1,28 @@
 """Live, incremental XANES particle tracking and the batch alignment built on it.
 
-Frame 0 is segmented once (classical detector, or the U-Net with ``detect.method="learned"``)
-and is the reference geometry. Every later frame costs a few small operations per particle:
+Frame 0 is segmented (classical detector, or the U-Net with ``detect.method="learned"``) and is
+the reference geometry; particles cut by the frame border are kept and flagged partial. Every
+later frame costs a few small operations per particle:
 
 1. optical density of the frame;
-2. a coarse whole-frame shift against the previous frame (binned phase correlation) that
+2. a coarse whole-frame shift against the previous good frame (binned phase correlation) that
    predicts where every particle went, so stage jumps (e.g. feedback moves) are followed;
-3. per particle, a search window around the prediction (background plane removed) is
-   thresholded at ``threshold_fraction`` of the particle level, holes filled; the components'
-   centres of mass (moments of a soft mask) are the candidates, assigned to particles by an
-   optimal assignment (Hungarian) on the distance to the prediction, gated by distance and area
-   ratio (no identity swaps; a particle with no acceptable candidate is "not found", NaN). SSIM
-   enters the assignment cost for scan-to-scan matching (:func:`match.match_labels`); per frame
-   it is reported as a quality figure;
-4. the moment estimate is refined to sub-pixel precision by registering the particle's
-   silhouette (contrast-independent soft mask, so the chemistry-dependent contrast inside the
-   particle across the edge does not bias it) to its frame-0 template on a support around the
-   reference footprint (Gauss-Newton; phase/cross-correlation as an option);
-5. the global drift is the median of the particle shifts.
+3. per particle (``track.registration="edge"``, the default), the outline is registered:
+   the normalised gradient magnitude of the smoothed OD on a support around the footprint
+   (frame border masked) is matched to the particle's template by Gauss-Newton
+   (:class:`pipelines.xanes.window.EdgeTemplate`), which a change of the particle's contrast
+   across the edge does not move; the template is renewed when the outline is much clearer.
+   A particle is "not found" (NaN) when the outlines no longer correlate or it jumped from its
+   prediction; ``"silhouette"`` is the previous method (soft-mask moments, Hungarian
+   assignment, silhouette refinement);
+4. the global drift is the median of the particle shifts (whole particles when 3 or more are
+   registered), with their number and spread; NaN and untrusted when none is registered;
+5. when the frame's contrast has risen 1.3x over the best so far, particles are detected again
+   and those not tracked yet join with this frame as their reference.
 
-The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`.
+The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`. The
+numeric kernels are in :mod:`pipelines.xanes.kernels`, the per-particle state in
+:mod:`pipelines.xanes.window`, the result types in :mod:`pipelines.xanes.results`.
 """
 
 from __future__ import annotations
