@@ -216,7 +216,8 @@ class SimTXM:
     """A simulated transmission X-ray microscope around a synthetic scene.
 
     ``scene`` is a :class:`models.synthetic.txm.TxmScene` (or anything with ``frame``,
-    ``flat`` and ``dark``). The sample stage (µm) moves the sample; moving ``sample_x`` by more
+    ``flat`` and ``dark``, e.g. :class:`models.synthetic.txm_dense.DenseTxmScene`: see
+    :meth:`real_looking`). The sample stage (µm) moves the sample; moving ``sample_x`` by more
     than ``out_of_beam_um`` from its in-beam position takes a flat field.
     """
 
@@ -243,6 +244,56 @@ class SimTXM:
         )
         self._rng = np.random.default_rng(seed)
         self._frame_in_scan: dict[int, int] = {}
+
+    @classmethod
+    def real_looking(
+        cls,
+        directory: str | Path,
+        *,
+        seed: int = 0,
+        shape: tuple[int, int] = (256, 256),
+        n_particles: int = 10,
+        n_frames: int = 40,
+        n_scans: int = 1,
+        frame_source: str = "stream",
+        pixel_size_um: float = 0.03,
+    ) -> SimTXM:
+        """A TXM whose field of view looks like a real one (``models.synthetic.txm_dense``).
+
+        Large, touching and border-cut particles, zone-plate rings and an illumination
+        gradient that the flat field removes only in part, 1500 counts per pixel, dead pixels:
+        the hard case of the live alignment, instead of the separated round particles of
+        :class:`models.synthetic.txm.TxmScene`.
+
+        Parameters
+        ----------
+        directory : str or Path
+            Where the camera writes its HDF5 files.
+        seed : int
+            Scene and noise seed.
+        shape : tuple of int
+            Frame shape.
+        n_particles : int
+            Particles placed (some end up cut by the border).
+        n_frames, n_scans : int
+            Frames per scan and scans of the series the scene's drift covers.
+        frame_source : str
+            See :class:`SimHdf5Camera`.
+        pixel_size_um : float
+            Pixel size (µm) of the stage-to-pixel conversion.
+
+        Returns
+        -------
+        SimTXM
+        """
+        from models.synthetic.txm_dense import DenseTxmScene
+
+        scene = DenseTxmScene.random(
+            seed, shape=shape, n_particles=n_particles, n_frames=n_frames, n_scans=n_scans
+        )
+        return cls(
+            scene, directory, frame_source=frame_source, pixel_size_um=pixel_size_um, seed=seed
+        )
 
     @property
     def motors(self) -> list[Any]:

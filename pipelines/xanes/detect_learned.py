@@ -3,11 +3,11 @@
 The network, trained on synthetic frames only, gives a particle probability per pixel (it runs
 at about 256 px: a 1024 x 1024 frame is binned by 4). The probability is thresholded, holes are
 filled, and the same rules as the classical baseline (:func:`pipelines.xanes.detect
-.detect_particles`) finish the job: objects smaller than ``min_area_fraction`` of the frame are
-dropped, touching particles are split by a watershed of the distance transform, and particles
-touching the frame border are dropped. Splitting comes before the border rule here, so a
-particle that touches a detected strip along the border (the SSRL frames have one) is kept.
-Labels are numbered by decreasing area, as by the classical detector.
+.detect_particles`) finish the job: objects smaller than ``learned_min_area_fraction`` of the
+frame are dropped, touching particles are split by a watershed of the distance transform, and
+particles touching the frame border are dropped (with ``exclude_border``). Splitting comes
+before the border rule here, so a particle that touches a detected strip along the border (the
+SSRL frames have one) is kept. Labels are numbered by decreasing area, as by the classical detector.
 
 The network sees the optical density itself: no background removal is needed, slow gradients
 and edge bands are what it was trained to ignore.
@@ -85,7 +85,7 @@ def detect_particles_learned(
         be removed.
     params : DetectParams
         ``probability_threshold``, ``weights``, ``average_transforms`` and the shared
-        ``min_area_fraction``,
+        ``learned_min_area_fraction``,
         ``exclude_border``, ``split_touching`` and ``split_min_distance_fraction``.
     model : TxmParticleNet, optional
         Network in eval mode; default the shipped one (or ``params.weights``).
@@ -101,7 +101,7 @@ def detect_particles_learned(
     labels, n = ndimage.label(mask)
     if n == 0:
         return np.zeros(probability.shape, dtype=np.int32)
-    min_area = params.min_area_fraction * probability.size
+    min_area = max(params.learned_min_area_fraction * probability.size, params.min_area_px)
     labels = _drop(labels, np.bincount(labels.ravel(), minlength=n + 1) < min_area)
     if params.split_touching and labels.any():
         labels = _split_touching(labels, params, min_area)

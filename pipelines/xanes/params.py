@@ -54,7 +54,14 @@ class DetectParams(_Params):
     average_transforms: bool = Field(
         default=True, description="learned: average the network over 8 rotations and flips"
     )
-    smooth_sigma_px: float = Field(default=1.5, ge=0)
+    smooth_sigma_px: float = Field(
+        default=3.0,
+        ge=0,
+        description=(
+            "smoothing sd before the threshold (px); 3 px bridges the zone-plate rings that cut "
+            "faint particles into stripes; the mask is then eroded by sd - 1.5 px"
+        ),
+    )
     threshold_factor: float = Field(
         default=0.5, gt=0, description="multiplies the Otsu threshold of the background-free OD"
     )
@@ -62,13 +69,24 @@ class DetectParams(_Params):
         default=3.0, ge=0, description="threshold at least this many noise sd"
     )
     min_area_fraction: float = Field(
-        default=0.002,
+        default=0.0005,
         ge=0,
         lt=1,
         description="objects smaller than this fraction of the frame are dropped",
     )
+    learned_min_area_fraction: float = Field(
+        default=0.002,
+        ge=0,
+        lt=1,
+        description="learned: objects smaller than this fraction of the frame are dropped",
+    )
+    min_area_px: float = Field(
+        default=100.0,
+        ge=0,
+        description="objects smaller than this many pixels are dropped (a 15 px particle is 177)",
+    )
     min_contrast_fraction: float = Field(
-        default=0.25,
+        default=0.05,
         ge=0,
         le=1,
         description="objects dimmer than this fraction of the brightest are dropped",
@@ -79,7 +97,10 @@ class DetectParams(_Params):
         gt=0,
         description="watershed seeds closer than this fraction of the radius are merged",
     )
-    exclude_border: bool = Field(default=True, description="drop objects touching the frame border")
+    exclude_border: bool = Field(
+        default=False,
+        description="drop objects touching the frame border (else kept and flagged partial)",
+    )
 
 
 class MatchParams(_Params):
@@ -106,6 +127,67 @@ class TrackParams(_Params):
     )
     refine_method: Literal["gradient", "correlation"] = Field(
         default="gradient", description="sub-pixel refinement of the moment estimate"
+    )
+    registration: Literal["edge", "silhouette"] = Field(
+        default="edge",
+        description=(
+            "edge: Gauss-Newton on the normalised gradient magnitude of the particle's outline "
+            "(contrast-invariant, frame border masked); silhouette: moments + soft-mask "
+            "refinement (the previous method)"
+        ),
+    )
+    edge_frame_px: PositiveInt = Field(
+        default=512,
+        description=(
+            "edge: frames are binned by round(min(H, W) / this) for the edge images (1024 px "
+            "frames by 2: same particle size in pixels as at 512, a quarter of the cost)"
+        ),
+    )
+    edge_sigma_px: PositiveFloat = Field(
+        default=1.5, description="edge: smallest smoothing sd of the edge images (px)"
+    )
+    edge_sigma_fraction: float = Field(
+        default=0.03, ge=0, description="edge: smoothing sd as a fraction of the diameter"
+    )
+    edge_sigma_max_px: PositiveFloat = Field(
+        default=4.0, description="edge: largest smoothing sd of the edge images (px)"
+    )
+    edge_band_px: int = Field(
+        default=0,
+        ge=0,
+        description="edge: use only the band this wide inside the outline (0: whole footprint)",
+    )
+    min_edge_ncc: float = Field(
+        default=0.5, ge=-1, le=1, description="edge: lower normalised correlation = not found"
+    )
+    template_update_ratio: float = Field(
+        default=1.5, gt=1, description="edge: new template when the outline is this much stronger"
+    )
+    redetect_contrast_ratio: float = Field(
+        default=1.3,
+        gt=1,
+        description=(
+            "edge: detect again when the frame's contrast reaches this times the best so far; "
+            "particles not tracked yet join with this frame as their reference"
+        ),
+    )
+    max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
+    max_jump_px: PositiveFloat = Field(
+        default=3.0,
+        description=(
+            "edge: a particle found farther than this from its predicted place (its last shift "
+            "plus the frame's coarse step) is not found in that frame (a neighbour's outline)"
+        ),
+    )
+    min_particles_trusted: PositiveInt = Field(
+        default=1, description="particles needed for a trusted global shift (drift feedback)"
+    )
+    max_spread_px: PositiveFloat | None = Field(
+        default=None,
+        description=(
+            "particle-shift spread above which the global shift is untrusted; None: no gate "
+            "(a deforming electrode spreads the particle shifts by design)"
+        ),
     )
     refine_iterations: PositiveInt = Field(default=2, description="Gauss-Newton iterations")
     support_px: PositiveInt = Field(

@@ -1,37 +1,46 @@
 """Live, incremental XANES particle tracking and the batch alignment built on it.
 
-Frame 0 is segmented once (classical detector, or the U-Net with ``detect.method="learned"``)
-and is the reference geometry. Every later frame costs a few small operations per particle:
+Frame 0 is segmented (classical detector, or the U-Net with ``detect.method="learned"``) and is
+the reference geometry; particles cut by the frame border are kept and flagged partial. Every
+later frame costs a few small operations per particle:
 
 1. optical density of the frame;
-2. a coarse whole-frame shift against the previous frame (binned phase correlation) that
+2. a coarse whole-frame shift against the previous good frame (binned phase correlation) that
    predicts where every particle went, so stage jumps (e.g. feedback moves) are followed;
-3. per particle, a search window around the prediction (background plane removed) is
-   thresholded at ``threshold_fraction`` of the particle level, holes filled; the components'
-   centres of mass (moments of a soft mask) are the candidates, assigned to particles by an
-   optimal assignment (Hungarian) on the distance to the prediction, gated by distance and area
-   ratio (no identity swaps; a particle with no acceptable candidate is "not found", NaN). SSIM
-   enters the assignment cost for scan-to-scan matching (:func:`match.match_labels`); per frame
-   it is reported as a quality figure;
-4. the moment estimate is refined to sub-pixel precision by registering the particle's
-   silhouette (contrast-independent soft mask, so the chemistry-dependent contrast inside the
-   particle across the edge does not bias it) to its frame-0 template on a support around the
-   reference footprint (Gauss-Newton; phase/cross-correlation as an option);
-5. the global drift is the median of the particle shifts.
+3. per particle (``track.registration="edge"``, the default), the outline is registered:
+   the normalised gradient magnitude of the smoothed OD on a support around the footprint
+   (frame border masked) is matched to the particle's template by Gauss-Newton
+   (:class:`pipelines.xanes.window.EdgeTemplate`), which a change of the particle's contrast
+   across the edge does not move; the template is renewed when the outline is much clearer.
+   A particle is "not found" (NaN) when the outlines no longer correlate or it jumped from its
+   prediction; ``"silhouette"`` is the previous method (soft-mask moments, Hungarian
+   assignment, silhouette refinement);
+4. the global drift is the median of the particle shifts (whole particles when 3 or more are
+   registered), with their number and spread; NaN and untrusted when none is registered;
+5. when the frame's contrast has risen 1.3x over the best so far, particles are detected again
+   and those not tracked yet join with this frame as their reference.
 
-The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`.
+The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`. The
+numeric kernels are in :mod:`pipelines.xanes.kernels`, the per-particle state in
+:mod:`pipelines.xanes.window`, the result types in :mod:`pipelines.xanes.results`.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 from scipy.fft import next_fast_len
 
 from pipelines.xanes.detect import detect_particles
+from pipelines.xanes.kernels import (
+    block_mean,
+    extract_crop,
+    fast_len_below,
+    fit_plane,
+    inside_fraction,
+)
 from pipelines.xanes.match import match_particles
 from pipelines.xanes.params import XanesParams
 from pipelines.xanes.prepare import (
@@ -47,389 +56,17 @@ from pipelines.xanes.register import (
     shift_image,
     ssim_from_moments,
 )
+from pipelines.xanes.results import FrameResult, ParticleRoi, XanesResult
 from pipelines.xanes.spectra import analyse_spectra
+from pipelines.xanes.window import (
+    Candidate,
+    EdgeTemplate,
+    FrameEdges,
+    ParticleWindow,
+    edge_scale,
+)
 
 __all__ = ["FrameResult", "ParticleRoi", "XanesResult", "XanesTracker", "align_stack"]
-
-
-@dataclass(frozen=True)
-class FrameResult:
-    """Tracking result of one frame (pixels, (row, col), frame 0 is the reference).
-
-    Attributes
-    ----------
-    index : int
-        Frame index (0-based, order of :meth:`XanesTracker.add_frame` calls).
-    energy : float
-        Energy of the frame (eV).
-    global_shift : numpy.ndarray
-        ``(2,)`` rigid drift: median of the found particles' shifts (coarse whole-frame shift
-        when no particle is found).
-    particle_com : numpy.ndarray
-        ``(P, 2)`` centre of every particle, NaN rows when not found.
-    particle_shift : numpy.ndarray
-        ``(P, 2)`` ``particle_com - particle_com_frame0``.
-    ssim : numpy.ndarray
-        ``(P,)`` SSIM of the aligned ROI against the particle template, NaN when not found.
-    found : numpy.ndarray
-        ``(P,)`` bool.
-    n_found : int
-        Number of particles found.
-    """
-
-    index: int
-    energy: float
-    global_shift: np.ndarray
-    particle_com: np.ndarray
-    particle_shift: np.ndarray
-    ssim: np.ndarray
-    found: np.ndarray
-    n_found: int
-
-
-@dataclass(frozen=True)
-class ParticleRoi:
-    """Box of a particle's ROI in frame-0 geometry and its mask inside the box."""
-
-    origin: tuple[int, int]
-    shape: tuple[int, int]
-    mask: np.ndarray
-
-
-@dataclass
-class XanesResult:
-    """Result of a XANES scan alignment (see the CLI contract in the README).
-
-    Attributes
-    ----------
-    labels : numpy.ndarray
-        ``(H, W)`` int32, particle k has label k + 1 in frame 0.
-    energies : numpy.ndarray
-        ``(N,)`` float64 energies in frame order.
-    particle_com, particle_shift : numpy.ndarray
-        ``(P, N, 2)`` float64.
-    global_shift : numpy.ndarray
-        ``(N, 2)`` float64.
-    ssim : numpy.ndarray
-        ``(P, N)`` float64 SSIM of the aligned ROI against the template.
-    edge_energy, whiteline_energy : numpy.ndarray
-        ``(H, W)`` float32 eV in frame-0 geometry, NaN outside particles and where masked.
-    edge_jump : numpy.ndarray
-        ``(H, W)`` float32 OD edge jump, NaN outside particles.
-    spectra : numpy.ndarray
-        ``(P, N)`` float64 mean normalised absorbance per particle in frame order.
-    rois : list of ParticleRoi
-        ROI box of every particle.
-    aligned_stacks : list of numpy.ndarray
-        Per particle ``(N, h, w)`` float32 background-free OD aligned to frame 0 (NaN frames
-        where the particle was not found); empty when ``keep_aligned_stacks`` is False.
-    """
-
-    labels: np.ndarray
-    energies: np.ndarray
-    particle_com: np.ndarray
-    particle_shift: np.ndarray
-    global_shift: np.ndarray
-    ssim: np.ndarray
-    edge_energy: np.ndarray
-    whiteline_energy: np.ndarray
-    edge_jump: np.ndarray
-    spectra: np.ndarray
-    rois: list[ParticleRoi] = field(default_factory=list)
-    aligned_stacks: list[np.ndarray] = field(default_factory=list)
-
-
-def _extract(image: np.ndarray, origin: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Crop ``shape`` at integer ``origin``; outside pixels repeat the nearest edge pixel."""
-    r0, c0 = int(origin[0]), int(origin[1])
-    h, w = shape
-    rows_total, cols_total = image.shape
-    if r0 >= 0 and c0 >= 0 and r0 + h <= rows_total and c0 + w <= cols_total:
-        return image[r0 : r0 + h, c0 : c0 + w]
-    rows = np.clip(np.arange(r0, r0 + h), 0, rows_total - 1)
-    cols = np.clip(np.arange(c0, c0 + w), 0, cols_total - 1)
-    return image[np.ix_(rows, cols)]
-
-
-def _inside_fraction(origin: np.ndarray, shape: tuple[int, int], frame: tuple[int, ...]) -> float:
-    r0, c0 = origin
-    h, w = shape
-    rows = max(0, min(r0 + h, frame[0]) - max(r0, 0))
-    cols = max(0, min(c0 + w, frame[1]) - max(c0, 0))
-    return rows * cols / float(h * w)
-
-
-def _median(values: np.ndarray) -> float:
-    """``np.median`` of a 1-D float array without NaN, by one partition (scratch reordered)."""
-    half = values.size // 2
-    if values.size % 2:
-        values.partition(half)
-        return float(values[half])
-    values.partition((half - 1, half))
-    return float((values[half - 1] + values[half]) / 2)
-
-
-def _percentile(values: np.ndarray, q: float) -> float:
-    """``np.percentile(values, q)`` (linear method) of a 1-D array, by one partition.
-
-    ``values`` is scratch: it is reordered in place.
-    """
-    virtual = (values.size - 1) * (q / 100)
-    previous = int(np.floor(virtual))
-    if previous >= values.size - 1:
-        return float(values.max())
-    values.partition((previous, previous + 1))
-    low, high = values[previous], values[previous + 1]
-    gamma = virtual - previous
-    diff = high - low
-    return float(high - diff * (1 - gamma) if gamma >= 0.5 else low + diff * gamma)
-
-
-def _plane_from_samples(
-    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int], dtype
-) -> np.ndarray:
-    """Least-squares plane of ``shape`` through samples (outliers beyond 3 MAD dropped)."""
-    values = values.astype(np.float64)
-    median = _median(values.copy())
-    deviation = np.abs(values - median)
-    spread = 1.4826 * _median(deviation.copy()) + 1e-12
-    keep = deviation <= 3.0 * spread
-    if np.count_nonzero(keep) >= 16:
-        rows, cols, values = rows[keep], cols[keep], values[keep]
-    r_mean, c_mean, v_mean = rows.mean(), cols.mean(), values.mean()
-    dr, dc, dv = rows - r_mean, cols - c_mean, values - v_mean
-    srr, scc, src = float(dr @ dr), float(dc @ dc), float(dr @ dc)
-    srv, scv = float(dr @ dv), float(dc @ dv)
-    det = srr * scc - src * src
-    if det <= 1e-9:
-        return np.full(shape, v_mean, dtype=dtype)
-    a = (srv * scc - scv * src) / det
-    b = (scv * srr - srv * src) / det
-    r = np.arange(shape[0], dtype=np.float64)[:, None] - r_mean
-    c = np.arange(shape[1], dtype=np.float64)[None, :] - c_mean
-    return (v_mean + a * r + b * c).astype(dtype)
-
-
-def _plane_samples(where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of ``where`` a plane is fitted on: at most about 1500, evenly subsampled."""
-    rows, cols = np.nonzero(where)
-    step = max(1, rows.size // 1500)
-    return rows[::step], cols[::step]
-
-
-def _plane(image: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """Least-squares plane through ``image[where]`` (outliers beyond 3 MAD dropped)."""
-    rows, cols = _plane_samples(where)
-    return _plane_from_samples(rows, cols, image[rows, cols], image.shape, image.dtype)
-
-
-def _gaussian_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """The 1-D kernel ``scipy.ndimage.gaussian_filter`` correlates with (same truncation)."""
-    radius = int(truncate * float(sigma) + 0.5)
-    x = np.arange(-radius, radius + 1)
-    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
-    return (phi / phi.sum())[::-1]
-
-
-class _GradientModel:
-    """Gauss-Newton registration of an image to a fixed template on a support.
-
-    Minimises the squared difference between ``moving(x + d)`` and ``template(x)`` over the
-    support pixels, linearised with the template gradient. The moving image is interpolated
-    bilinearly (edges repeated, as :func:`shift_image`) at the support pixels only.
-    """
-
-    def __init__(self, template: np.ndarray, support: np.ndarray) -> None:
-        self.rows, self.cols = np.nonzero(support)
-        if self.rows.size:
-            self.row_range = (int(self.rows.min()), int(self.rows.max()))
-            self.col_range = (int(self.cols.min()), int(self.cols.max()))
-        else:
-            self.row_range = self.col_range = (0, 0)
-        gradients = np.gradient(template.astype(np.float64))
-        self.gr, self.gc = gradients[0][support], gradients[1][support]
-        gr, gc = self.gr, self.gc
-        a = np.array([[gr @ gr, gr @ gc], [gr @ gc, gc @ gc]])
-        self.degenerate = bool(np.linalg.det(a) <= 1e-9 * max(1.0, float(np.trace(a)) ** 2))
-        self.inverse = None if self.degenerate else np.linalg.inv(a)
-        self.reference = template[support]
-        self._flat_index: tuple[int, np.ndarray] | None = None
-
-    def _warped(self, moving: np.ndarray, d: np.ndarray) -> np.ndarray:
-        """``shift_image(moving, -d)`` at the support pixels."""
-        h, w = moving.shape
-        image = np.asarray(moving, dtype=np.float64)
-        row0, col0 = int(np.floor(d[0])), int(np.floor(d[1]))
-        fr, fc = float(d[0]) - row0, float(d[1]) - col0
-        if (
-            row0 + self.row_range[0] >= 0
-            and col0 + self.col_range[0] >= 0
-            and row0 + self.row_range[1] + 1 < h
-            and col0 + self.col_range[1] + 1 < w
-        ):
-            if self._flat_index is None or self._flat_index[0] != w:
-                self._flat_index = (w, self.rows * w + self.cols)
-            flat = np.ravel(image)
-            index = self._flat_index[1] + (row0 * w + col0)
-            top_left, top_right = flat[index], flat[index + 1]
-            index += w
-            bottom_left, bottom_right = flat[index], flat[index + 1]
-        else:
-            r, c = self.rows + row0, self.cols + col0
-            r_lo, r_hi = np.clip(r, 0, h - 1), np.clip(r + 1, 0, h - 1)
-            c_lo, c_hi = np.clip(c, 0, w - 1), np.clip(c + 1, 0, w - 1)
-            top_left, top_right = image[r_lo, c_lo], image[r_lo, c_hi]
-            bottom_left, bottom_right = image[r_hi, c_lo], image[r_hi, c_hi]
-        top = top_left * (1.0 - fc) + top_right * fc
-        bottom = bottom_left * (1.0 - fc) + bottom_right * fc
-        return (top * (1.0 - fr) + bottom * fr).astype(moving.dtype, copy=False)
-
-    def displacement(self, moving: np.ndarray, start: np.ndarray, iterations: int):
-        """Displacement of ``moving`` vs the template; None when the problem is degenerate."""
-        if self.inverse is None:
-            return None
-        d = np.asarray(start, dtype=np.float64).copy()
-        for _ in range(iterations):
-            residual = self._warped(moving, d) - self.reference
-            step = self.inverse @ np.array([self.gr @ residual, self.gc @ residual])
-            d = d - step
-            if np.max(np.abs(step)) < 0.005:
-                break
-        return d
-
-
-_CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, ndimage's default
-
-
-def _box_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Dilation by a ``(2 radius + 1)`` square, pixels outside the array ignored.
-
-    Same as ``ndimage.maximum_filter(mask, size=2 * radius + 1)`` on a bool mask.
-    """
-    rows = mask.copy()
-    for step in range(1, radius + 1):
-        rows[step:] |= mask[:-step]
-        rows[:-step] |= mask[step:]
-    out = rows.copy()
-    for step in range(1, radius + 1):
-        out[:, step:] |= rows[:, :-step]
-        out[:, :-step] |= rows[:, step:]
-    return out
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_fill_holes(mask)``: background not 4-connected to the border is filled.
-
-    One labelling of the background instead of a dilation iterated to convergence.
-    """
-    background, n = ndimage.label(~mask, structure=_CROSS)
-    if n == 0:
-        return mask.copy()
-    edges = np.concatenate((background[0], background[-1], background[:, 0], background[:, -1]))
-    outside = np.zeros(n + 1, dtype=bool)
-    outside[edges] = True
-    outside[0] = False
-    return ~outside[background]
-
-
-def _fast_len_below(n: int) -> int:
-    """Largest FFT-friendly length (factors 2, 3, 5) not above n."""
-    for m in range(n, 0, -1):
-        if next_fast_len(m, real=True) == m:
-            return m
-    return n
-
-
-def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks (float32), summed by strided slices."""
-    if factor == 1:
-        return image.astype(np.float32)
-    h, w = image.shape[0] // factor, image.shape[1] // factor
-    blocks = np.asarray(image[: h * factor, : w * factor], dtype=np.float32)
-    # blocks.reshape(h, f, w, f).mean(axis=(1, 3)) up to float rounding, without its slow loop
-    cols = blocks[:, 0::factor] + blocks[:, 1::factor]
-    for j in range(2, factor):
-        cols += blocks[:, j::factor]
-    rows = cols[0::factor] + cols[1::factor]
-    for i in range(2, factor):
-        rows += cols[i::factor]
-    rows /= np.float32(factor * factor)
-    return rows
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A particle-like component found in a search window."""
-
-    com: np.ndarray  # (2,) frame coordinates
-    area: float
-    silhouette: np.ndarray  # soft mask of the whole window (shared by its candidates)
-    background: np.ndarray  # background plane of the window
-    origin: np.ndarray  # window origin in the frame
-
-
-class _Particle:
-    """Tracking state of one reference particle and the fixed geometry of its windows."""
-
-    def __init__(
-        self,
-        roi: ParticleRoi,
-        com0: np.ndarray,
-        area: float,
-        ring: np.ndarray,
-        support_px: int,
-        *,
-        search_px: int,
-        smooth_sigma: float,
-    ) -> None:
-        self.roi = roi
-        self.com0 = com0
-        self.area = area
-        self.ring = ring
-        # the particle with a margin: a level estimate from it does not depend on small shifts
-        self.cover = ndimage.binary_dilation(roi.mask, iterations=3)
-        self.support = ndimage.binary_dilation(roi.mask, iterations=support_px)
-        self.template_sum = np.zeros(roi.shape, dtype=np.float64)
-        self.template_count = 0
-        self.last_shift = np.zeros(2)
-        self.last_coarse = np.zeros(2)
-        # search window: the ROI with a margin of search_px; the reference ring (background
-        # plane samples) and cover (particle level) in window coordinates
-        h, w = roi.shape
-        self.window_shape = (h + 2 * search_px, w + 2 * search_px)
-        self.ring_count = int(np.count_nonzero(ring))
-        self.cover_count = int(np.count_nonzero(self.cover))
-        ring_rows, ring_cols = _plane_samples(ring)
-        self.ring_rows, self.ring_cols = ring_rows + search_px, ring_cols + search_px
-        self.ring_index = np.ravel_multi_index((self.ring_rows, self.ring_cols), self.window_shape)
-        cover_rows, cover_cols = np.nonzero(self.cover)
-        self.cover_index = np.ravel_multi_index(
-            (cover_rows + search_px, cover_cols + search_px), self.window_shape
-        )
-        self.smooth_weights = _gaussian_weights(smooth_sigma) if smooth_sigma > 1e-15 else None
-        self._template_cache: tuple[int, np.ndarray, tuple[np.ndarray, float, float]] | None = None
-        self._model_cache: tuple[int, _GradientModel] | None = None
-
-    def template(self) -> np.ndarray:
-        return self._template_state()[1]
-
-    def template_stats(self) -> tuple[np.ndarray, float, float]:
-        """Template minus its mean, its mean and variance (for the SSIM)."""
-        return self._template_state()[2]
-
-    def gradient_model(self) -> _GradientModel:
-        """Gauss-Newton model of the current template on the support (rebuilt on update)."""
-        if self._model_cache is None or self._model_cache[0] != self.template_count:
-            self._model_cache = (self.template_count, _GradientModel(self.template(), self.support))
-        return self._model_cache[1]
-
-    def _template_state(self) -> tuple[int, np.ndarray, tuple[np.ndarray, float, float]]:
-        if self._template_cache is None or self._template_cache[0] != self.template_count:
-            template = self.template_sum / max(1, self.template_count)
-            mean = template.mean()
-            stats = (template - mean, float(mean), float(template.var()))
-            self._template_cache = (self.template_count, template, stats)
-        return self._template_cache
 
 
 class XanesTracker:
@@ -477,11 +114,13 @@ class XanesTracker:
         )
         self._shape: tuple[int, int] | None = None
         self._labels: np.ndarray | None = None
-        self._particles: list[_Particle] = []
+        self._particles: list[ParticleWindow] = []
         self._results: list[FrameResult] = []
         self._stacks: list[list[np.ndarray | None]] = []
         self._prev_coarse_image: np.ndarray | None = None
         self._coarse_global = np.zeros(2)
+        self._best_evidence = 0.0
+        self._redetections = 0
         workers = params.track.workers
         self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
 
@@ -549,10 +188,18 @@ class XanesTracker:
         n = len(self._results)
         n_p = self.n_particles
         energies = np.array([r.energy for r in self._results], dtype=np.float64)
-        com = np.stack([r.particle_com for r in self._results], axis=1).reshape(n_p, n, 2)
-        shift = np.stack([r.particle_shift for r in self._results], axis=1).reshape(n_p, n, 2)
-        ssim = np.stack([r.ssim for r in self._results], axis=1).reshape(n_p, n)
+        com = np.full((n_p, n, 2), np.nan)
+        shift = np.full((n_p, n, 2), np.nan)
+        ssim = np.full((n_p, n), np.nan)
+        for i, r in enumerate(self._results):
+            m = r.particle_com.shape[0]
+            com[:m, i] = r.particle_com
+            shift[:m, i] = r.particle_shift
+            ssim[:m, i] = r.ssim
         global_shift = np.stack([r.global_shift for r in self._results])
+        n_found = np.array([r.n_used for r in self._results], dtype=int)
+        spread = np.array([r.spread for r in self._results], dtype=np.float64)
+        trusted = np.array([r.trusted for r in self._results], dtype=bool)
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -573,6 +220,10 @@ class XanesTracker:
             whiteline_energy=white,
             edge_jump=jump_map,
             spectra=spectra,
+            n_found=n_found,
+            spread=spread,
+            trusted=trusted,
+            partial=self._partial(),
             rois=[p.roi for p in self._particles],
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
         )
@@ -601,6 +252,53 @@ class XanesTracker:
         prepared = remove_background(od, params=self.params.prepare)
         return detect_particles(prepared, params=self.params.detect, background_removed=True)
 
+    def _window_for_label(
+        self, labels: np.ndarray, k: int, box: tuple[slice, slice], area_px: int
+    ) -> ParticleWindow:
+        """Tracking window of label ``k + 1`` of a label image, in that image's geometry."""
+        tp = self.params.track
+        diameter = 2.0 * np.sqrt(area_px / np.pi)
+        # the detection mask can be tighter than the particle's faint rim: pad by a
+        # fraction of the size so the ROI, the background ring and the support hold it
+        pad = int(round(tp.pad_fraction * diameter))
+        margin = tp.roi_margin_px + 2 * pad
+        r0 = box[0].start - margin
+        c0 = box[1].start - margin
+        shape = (
+            next_fast_len(box[0].stop - box[0].start + 2 * margin, real=True),
+            next_fast_len(box[1].stop - box[1].start + 2 * margin, real=True),
+        )
+        origin = np.array([r0, c0])
+        mask = extract_crop(labels, origin, shape) == k + 1
+        if r0 < 0 or c0 < 0:
+            mask = mask.copy()
+            mask[: max(0, -r0)] = False
+            mask[:, : max(0, -c0)] = False
+        occupied = extract_crop(labels, origin, shape) > 0
+        ring = ~ndimage.binary_dilation(occupied, iterations=2 + pad)
+        com0 = centre_of_mass(labels == k + 1)
+        roi = ParticleRoi(origin=(int(r0), int(c0)), shape=shape, mask=mask)
+        area = float(mask.sum())
+        sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(area / np.pi))
+        return ParticleWindow(
+            roi, com0, area, ring, tp.support_px + pad, search_px=tp.search_px, smooth_sigma=sigma
+        )
+
+    def _edge_template(self, edges: FrameEdges, particle: ParticleWindow, origin: np.ndarray):
+        tp = self.params.track
+        support = particle.support
+        if tp.edge_band_px > 0:
+            # the outline band only: the inside of a large particle adds noise and chemistry,
+            # not position
+            inner = ndimage.binary_erosion(particle.roi.mask, iterations=tp.edge_band_px)
+            support = support & ~inner
+        diameter = 2.0 * np.sqrt(particle.area / np.pi) / edges.binning
+        sigma = edge_scale(diameter, tp.edge_sigma_px, tp.edge_sigma_fraction, tp.edge_sigma_max_px)
+        return EdgeTemplate(edges, origin, particle.roi.shape, support, sigma, tp.search_px + 2)
+
+    def _edge_binning(self, od: np.ndarray) -> int:
+        return max(1, int(round(min(od.shape) / self.params.track.edge_frame_px)))
+
     def _start(self, od: np.ndarray, energy: float) -> FrameResult:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
         labels = self._detect(od)
@@ -610,50 +308,20 @@ class XanesTracker:
         for k, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
                 continue
-            diameter = 2.0 * np.sqrt(areas[k + 1] / np.pi)
-            # the detection mask can be tighter than the particle's faint rim: pad by a
-            # fraction of the size so the ROI, the background ring and the support hold it
-            pad = int(round(tp.pad_fraction * diameter))
-            margin = tp.roi_margin_px + 2 * pad
-            r0 = box[0].start - margin
-            c0 = box[1].start - margin
-            shape = (
-                next_fast_len(box[0].stop - box[0].start + 2 * margin, real=True),
-                next_fast_len(box[1].stop - box[1].start + 2 * margin, real=True),
-            )
-            origin = np.array([r0, c0])
-            mask = _extract(labels, origin, shape) == k + 1
-            if r0 < 0 or c0 < 0:
-                mask = mask.copy()
-                mask[: max(0, -r0)] = False
-                mask[:, : max(0, -c0)] = False
-            occupied = _extract(labels, origin, shape) > 0
-            ring = ~ndimage.binary_dilation(occupied, iterations=2 + pad)
-            com0 = centre_of_mass(labels == k + 1)
-            roi = ParticleRoi(origin=(int(r0), int(c0)), shape=shape, mask=mask)
-            area = float(mask.sum())
-            sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(area / np.pi))
-            self._particles.append(
-                _Particle(
-                    roi,
-                    com0,
-                    area,
-                    ring,
-                    tp.support_px + pad,
-                    search_px=tp.search_px,
-                    smooth_sigma=sigma,
-                )
-            )
+            self._particles.append(self._window_for_label(labels, k, box, int(areas[k + 1])))
         n_p = len(self._particles)
         self._stacks = [[] for _ in range(n_p)]
+        edges = FrameEdges(od, self._edge_binning(od))
         ssim = np.full(n_p, np.nan)
         for k, particle in enumerate(self._particles):
             crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
             self._stacks[k].append(crop)
             particle.template_sum += self._soft_template_frame0(od, particle)
             particle.template_count = 1
+            particle.edge = self._edge_template(edges, particle, np.array(particle.roi.origin))
             ssim[k] = 1.0
         self._prev_coarse_image = self._coarse_image(od)
+        self._best_evidence = float(self._prev_coarse_image.std())
         com = np.array([p.com0 for p in self._particles]).reshape(n_p, 2)
         return FrameResult(
             index=0,
@@ -664,65 +332,79 @@ class XanesTracker:
             ssim=ssim,
             found=np.ones(n_p, dtype=bool),
             n_found=n_p,
+            n_used=n_p,
+            spread=0.0 if n_p > 1 else float("nan"),
+            partial=self._partial(),
+            trusted=n_p >= tp.min_particles_trusted,
         )
+
+    def _partial(self) -> np.ndarray:
+        return np.array([p.edge is not None and p.edge.partial for p in self._particles], bool)
 
     # ------------------------------------------------------------------ frames > 0
     def _coarse_image(self, od: np.ndarray) -> np.ndarray:
-        binned = _block_mean(od, self.params.track.coarse_binning)
+        binned = block_mean(od, self.params.track.coarse_binning)
         rows, cols = binned.shape
-        binned = binned[: _fast_len_below(rows), : _fast_len_below(cols)]
+        binned = binned[: fast_len_below(rows), : fast_len_below(cols)]
         high = binned - ndimage.uniform_filter(binned, 9)
         return high - high.mean()
 
     def _coarse_step(self, od: np.ndarray) -> np.ndarray:
         image = self._coarse_image(od)
         assert self._prev_coarse_image is not None
-        d = PhaseCorrelator(self._prev_coarse_image, upsample=2).displacement(image)[0]
+        d = PhaseCorrelator(self._prev_coarse_image, upsample=1).displacement(image)[0]
         self._prev_coarse_image = image
         return d * self.params.track.coarse_binning
 
     def _local_background_free(
-        self, od: np.ndarray, origin: np.ndarray, particle: _Particle
+        self, od: np.ndarray, origin: np.ndarray, particle: ParticleWindow
     ) -> np.ndarray:
-        crop = _extract(od, origin, particle.roi.shape).astype(np.float32)
+        crop = extract_crop(od, origin, particle.roi.shape).astype(np.float32)
         if particle.ring.sum() >= 16:
-            return crop - _plane(crop, particle.ring)
+            return crop - fit_plane(crop, particle.ring)
         return crop - np.float32(np.percentile(crop, 10))
 
-    def _window(self, od: np.ndarray, particle: _Particle, origin: np.ndarray):
-        """Smoothed search window around a ROI origin and the window's own origin.
-
-        The smoothing is ``gaussian_filter`` (reflect mode) with the particle's sigma
-        (``track.smooth_sigma_px``, at least ``smooth_fraction`` of its diameter), its kernel
-        computed once per particle.
-        """
-        w_origin = origin - self.params.track.search_px
-        window = np.asarray(_extract(od, w_origin, particle.window_shape), dtype=np.float32)
-        weights = particle.smooth_weights
-        if weights is None:
-            return w_origin, window.copy()
-        smoothed = np.empty(window.shape, dtype=np.float32)
-        ndimage.correlate1d(window, weights, axis=0, output=smoothed, mode="reflect")
-        ndimage.correlate1d(smoothed, weights, axis=1, output=smoothed, mode="reflect")
-        return w_origin, smoothed
-
     def _track(self, od: np.ndarray, energy: float) -> FrameResult:
+        previous = (self._coarse_global, self._prev_coarse_image)
+        result = self._track_frame(od, energy)
+        if not result.trusted:
+            # no estimate to anchor this frame: the next frame is predicted from the last good
+            # one (a blank or garbled frame must not throw every particle off its track)
+            self._coarse_global, self._prev_coarse_image = previous
+        return result
+
+    def _track_frame(self, od: np.ndarray, energy: float) -> FrameResult:
         assert self._shape is not None
         self._coarse_global = self._coarse_global + self._coarse_step(od)
         n_p = self.n_particles
         predicted = np.array(
             [p.last_shift + self._coarse_global - p.last_coarse for p in self._particles]
         ).reshape(n_p, 2)
-        candidates: list[_Candidate] = []
+        if self.params.track.registration == "edge":
+            edges = FrameEdges(od, self._edge_binning(od))
+            found, shifts, ssim = self._register_edges(od, edges, predicted)
+            result = self._frame_result(energy, found, shifts, ssim)
+            assert self._prev_coarse_image is not None
+            evidence = float(self._prev_coarse_image.std())
+            if (
+                result.trusted
+                and self._redetections < self.params.track.max_redetections
+                and evidence >= self.params.track.redetect_contrast_ratio * self._best_evidence
+            ):
+                self._best_evidence = evidence
+                self._redetections += 1
+                result = self._join_new_particles(od, edges, result)
+            return result
+        candidates: list[Candidate] = []
         shape = self._shape
 
-        def search(k: int) -> list[_Candidate]:
+        def search(k: int) -> list[Candidate]:
             particle = self._particles[k]
             origin = np.array(particle.roi.origin) + np.round(predicted[k]).astype(int)
-            if _inside_fraction(origin, particle.roi.shape, shape) < 0.5:
+            if inside_fraction(origin, particle.roi.shape, shape) < 0.5:
                 return []
-            w_origin, window = self._window(od, particle, origin)
-            return self._candidates(window, w_origin, particle)
+            w_origin, window = particle.search_window(od, origin)
+            return particle.candidates(window, w_origin, self.params.track.threshold_fraction)
 
         for found_here in self._map(search, range(n_p)):
             candidates.extend(found_here)
@@ -748,13 +430,114 @@ class XanesTracker:
                 if refined is not None:
                     shifts[k], ssim[k] = refined
                     found[k] = True
+        for lost in np.nonzero(~found)[0]:
+            self._stacks[int(lost)].append(None)
+        return self._frame_result(energy, found, shifts, ssim)
+
+    def _join_new_particles(
+        self, od: np.ndarray, edges: FrameEdges, result: FrameResult
+    ) -> FrameResult:
+        """Detect again on a frame with more contrast; particles not tracked yet join.
+
+        A new particle's reference is this frame, brought into frame-0 geometry by the frame's
+        global shift; its earlier frames stay NaN (it was not seen there).
+        """
+        assert self._labels is not None
+        g = np.asarray(result.global_shift, dtype=np.float64)
+        base = np.round(g).astype(int)
+        labels = self._detect(od)
+        # tracked particles where they are now (frame-0 labels moved by the global shift)
+        occupied = ndimage.shift(self._labels > 0, base, order=0, mode="constant", cval=False)
+        areas = np.bincount(labels.ravel())
+        joined = []
+        for k, box in enumerate(ndimage.find_objects(labels)):
+            if box is None:
+                continue
+            own = labels[box] == k + 1
+            if np.count_nonzero(occupied[box] & own) > 0.1 * np.count_nonzero(own):
+                continue
+            window = self._window_for_label(labels, k, box, int(areas[k + 1]))
+            origin_now = np.array(window.roi.origin)
+            edge = self._edge_template(edges, window, origin_now)
+            if edge.model is None:
+                continue
+            roi = ParticleRoi(
+                origin=(int(origin_now[0] - base[0]), int(origin_now[1] - base[1])),
+                shape=window.roi.shape,
+                mask=window.roi.mask,
+            )
+            window.roi = roi
+            window.com0 = window.com0 - g
+            edge.offset = g.copy()  # shift of the particle when its template was taken
+            window.edge = edge
+            window.last_shift = g.copy()
+            window.last_coarse = self._coarse_global.copy()
+            self._particles.append(window)
+            self._stacks.append([None] * (len(self._results)))
+            crop = self._local_background_free(od, origin_now, window)
+            self._stacks[-1].append(shift_image(crop, -(g - base)).astype(np.float32))
+            self._paint_label(window, len(self._particles))
+            joined.append(g)
+        if not joined:
+            return result
+        n = len(joined)
+        return FrameResult(
+            index=result.index,
+            energy=result.energy,
+            global_shift=result.global_shift,
+            particle_com=np.vstack(
+                [result.particle_com, [p.com0 + g for p in self._particles[-n:]]]
+            ),
+            particle_shift=np.vstack([result.particle_shift, np.tile(g, (n, 1))]),
+            ssim=np.concatenate([result.ssim, np.ones(n)]),
+            found=np.concatenate([result.found, np.ones(n, dtype=bool)]),
+            n_found=result.n_found + n,
+            n_used=result.n_used,
+            spread=result.spread,
+            partial=self._partial(),
+            trusted=result.trusted,
+        )
+
+    def _paint_label(self, window: ParticleWindow, label: int) -> None:
+        """Add a joined particle's footprint to the frame-0 labels where they are free."""
+        assert self._labels is not None
+        r0, c0 = window.roi.origin
+        rows, cols = np.nonzero(window.roi.mask)
+        rows, cols = rows + r0, cols + c0
+        h, w = self._labels.shape
+        keep = (rows >= 0) & (cols >= 0) & (rows < h) & (cols < w)
+        rows, cols = rows[keep], cols[keep]
+        free = self._labels[rows, cols] == 0
+        self._labels[rows[free], cols[free]] = label
+
+    def _frame_result(
+        self, energy: float, found: np.ndarray, shifts: np.ndarray, ssim: np.ndarray
+    ) -> FrameResult:
+        """Global shift, its support and trust from the particles registered in a frame."""
+        tp = self.params.track
+        n_p = self.n_particles
         for k, particle in enumerate(self._particles):
             if found[k]:
                 particle.last_shift = shifts[k]
                 particle.last_coarse = self._coarse_global.copy()
-            else:
-                self._stacks[k].append(None)
-        global_shift = robust_global_shift(shifts) if found.any() else self._coarse_global.copy()
+        # particles cut by the border vote only when fewer than 3 whole ones were registered:
+        # their outline changes as the sample drifts across the border
+        whole = found & ~self._partial()
+        voters = whole if whole.sum() >= 3 else found
+        n_found = int(voters.sum())
+        if n_found:
+            global_shift = robust_global_shift(np.where(voters[:, None], shifts, np.nan))
+        else:
+            global_shift = np.full(2, np.nan)
+        spread = float("nan")
+        if n_found >= 2:
+            deviation = np.abs(shifts[voters] - global_shift).ravel()
+            spread = float(1.4826 * np.median(deviation))
+        trusted = bool(
+            n_found >= tp.min_particles_trusted
+            and (tp.max_spread_px is None or n_found < 2 or spread <= tp.max_spread_px)
+            and np.all(np.isfinite(global_shift))
+        )
         com = np.array([p.com0 for p in self._particles]).reshape(n_p, 2) + shifts
         return FrameResult(
             index=len(self._results),
@@ -765,73 +548,66 @@ class XanesTracker:
             ssim=ssim,
             found=found,
             n_found=int(found.sum()),
+            n_used=n_found,
+            spread=spread,
+            partial=self._partial(),
+            trusted=trusted,
         )
 
-    def _candidates(
-        self, window: np.ndarray, w_origin: np.ndarray, particle: _Particle
-    ) -> list[_Candidate]:
-        """Particle-like components of a search window, with their soft masks and moments.
+    def _register_edges(
+        self, od: np.ndarray, edges: FrameEdges, predicted: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Contrast-invariant registration of every particle on its outline (:class:`EdgeTemplate`).
 
-        The window's background plane (fitted on the reference ring) is removed; the mask is
-        the window above ``threshold_fraction`` of the particle level, holes filled; the soft
-        mask ramps linearly from the background to that threshold, so its centre of mass is
-        sub-pixel and insensitive to the chemistry-dependent contrast inside the particle.
+        A particle is found when the Gauss-Newton solution stays within ``search_px`` of the
+        prediction and the aligned outlines correlate at least ``min_edge_ncc``; otherwise its
+        shift is NaN. Its aligned, background-free ROI is kept for the XANES maps.
         """
-        if particle.ring_count < 16 or particle.cover_count < 4:
-            return []
-        rows, cols = particle.ring_rows, particle.ring_cols
-        samples = np.take(window, particle.ring_index)
-        background = _plane_from_samples(rows, cols, samples, window.shape, window.dtype)
-        window = window - background
-        level = _percentile(np.take(window, particle.cover_index), 90)
-        if level <= 0:
-            return []
-        contrast = self.params.track.threshold_fraction * level
-        labels, n = ndimage.label(_fill_holes(window > contrast), structure=_CROSS)
-        if n == 0:
-            return []
-        areas = np.bincount(labels.ravel(), minlength=n + 1)
-        kept = np.nonzero(areas[1:] >= max(4.0, 0.2 * particle.area))[0] + 1
-        if kept.size == 0:
-            return []
-        soft = window / np.float32(contrast)
-        np.clip(soft, 0.0, 1.0, out=soft)
-        boxes = ndimage.find_objects(labels)
-        out = []
-        for lab in kept:
-            # the component grown by 2 px into the background, in its box grown by 2 px
-            box = boxes[lab - 1]
-            r0, c0 = max(box[0].start - 2, 0), max(box[1].start - 2, 0)
-            near = (slice(r0, box[0].stop + 2), slice(c0, box[1].stop + 2))
-            near_labels = labels[near]
-            own = near_labels == lab
-            grown = _box_dilation(own, 2)
-            region = grown & ((near_labels == 0) | own)
-            weights = np.where(region, soft[near], np.float32(0.0))
-            out.append(
-                _Candidate(
-                    com=centre_of_mass(weights) + (r0, c0) + w_origin,
-                    area=float(areas[lab]),
-                    silhouette=soft,
-                    background=background,
-                    origin=w_origin,
-                )
-            )
-        return out
+        tp = self.params.track
+        n_p = self.n_particles
+        found = np.zeros(n_p, dtype=bool)
+        shifts = np.full((n_p, 2), np.nan)
+        score = np.full(n_p, np.nan)
 
-    def _soft_template_frame0(self, od: np.ndarray, particle: _Particle) -> np.ndarray:
+        def one(k: int):
+            particle = self._particles[k]
+            origin = np.array(particle.roi.origin)
+            if particle.edge is None:
+                return None
+            registered = particle.edge.register(edges, predicted[k], tp.refine_iterations)
+            if registered is None:
+                return None
+            shift, ncc, strength = registered
+            if ncc < tp.min_edge_ncc or np.any(np.abs(shift - predicted[k]) > tp.max_jump_px):
+                return None
+            particle.edge.maybe_update(edges, shift, strength, tp.template_update_ratio)
+            base = np.round(shift).astype(int)
+            crop = self._local_background_free(od, origin + base, particle)
+            aligned = shift_image(crop, -(shift - base)).astype(np.float32, copy=False)
+            return shift, ncc, aligned
+
+        for k, outcome in enumerate(self._map(one, range(n_p))):
+            if outcome is None:
+                self._stacks[k].append(None)
+                continue
+            shifts[k], score[k], aligned = outcome
+            found[k] = True
+            self._stacks[k].append(aligned)
+        return found, shifts, score
+
+    def _soft_template_frame0(self, od: np.ndarray, particle: ParticleWindow) -> np.ndarray:
         origin = np.array(particle.roi.origin)
-        w_origin, window = self._window(od, particle, origin)
-        candidates = self._candidates(window, w_origin, particle)
+        w_origin, window = particle.search_window(od, origin)
+        candidates = particle.candidates(window, w_origin, self.params.track.threshold_fraction)
         if not candidates:
             return np.zeros(particle.roi.shape, dtype=np.float32)
         # the reference centre uses the same estimator (soft-mask moments) as later frames
         best = min(candidates, key=lambda c: float(np.linalg.norm(c.com - particle.com0)))
         particle.com0 = best.com
-        return _extract(best.silhouette, origin - best.origin, particle.roi.shape)
+        return extract_crop(best.silhouette, origin - best.origin, particle.roi.shape)
 
     def _refine(
-        self, k: int, candidate: _Candidate, od: np.ndarray, predicted: np.ndarray
+        self, k: int, candidate: Candidate, od: np.ndarray, predicted: np.ndarray
     ) -> tuple[np.ndarray, float] | None:
         """Sub-pixel shift of particle k from its matched candidate, and its SSIM.
 
@@ -854,7 +630,7 @@ class XanesTracker:
             support_com = centre_of_mass(template * particle.support)
             for _ in range(3):
                 base = np.round(coarse).astype(int)
-                moving = _extract(
+                moving = extract_crop(
                     candidate.silhouette,
                     np.array(particle.roi.origin) + base - candidate.origin,
                     particle.roi.shape,
@@ -863,7 +639,7 @@ class XanesTracker:
             if not np.all(np.isfinite(coarse)):
                 return None
         base = np.round(coarse).astype(int)
-        moving = _extract(
+        moving = extract_crop(
             candidate.silhouette,
             np.array(particle.roi.origin) + base - candidate.origin,
             particle.roi.shape,
@@ -884,7 +660,9 @@ class XanesTracker:
         base = np.round(shift).astype(int)
         residual = shift - base
         origin = np.array(particle.roi.origin) + base
-        silhouette = _extract(candidate.silhouette, origin - candidate.origin, particle.roi.shape)
+        silhouette = extract_crop(
+            candidate.silhouette, origin - candidate.origin, particle.roi.shape
+        )
         if tp.template_update:
             silhouette = shift_image(silhouette, -residual).astype(np.float32)
             particle.template_sum += silhouette
@@ -901,8 +679,8 @@ class XanesTracker:
             float((centred * template_centred).mean()),
             data_range=1.0,
         )
-        crop = np.asarray(_extract(od, origin, particle.roi.shape), dtype=np.float32)
-        crop = crop - _extract(candidate.background, origin - candidate.origin, crop.shape)
+        crop = np.asarray(extract_crop(od, origin, particle.roi.shape), dtype=np.float32)
+        crop = crop - extract_crop(candidate.background, origin - candidate.origin, crop.shape)
         self._stacks[k].append(shift_image(crop, -residual).astype(np.float32, copy=False))
         return shift, score
 
@@ -915,7 +693,7 @@ class XanesTracker:
     def _particle_maps(
         self,
         k: int,
-        particle: _Particle,
+        particle: ParticleWindow,
         stack: np.ndarray,
         energies: np.ndarray,
         edge: np.ndarray,

@@ -150,13 +150,20 @@ class XanesLivePipeline:
         if self._pixel_size:
             message["dy_um"] = dy * float(self._pixel_size)
             message["dx_um"] = dx * float(self._pixel_size)
-        if self._feedback is not None:
+        # no trustworthy estimate (no particle registered, or particles disagree): the drift
+        # is unknown (NaN), and no feedback move is sent for it
+        if self._feedback is not None and bool(getattr(result, "trusted", True)):
             self._feedback.publish(message)
         if result.index == 0:
             out.array("labels", self._tracker.labels, dims=["row", "col"])
         out.rows("global_shift", result.global_shift[None, :], dims=["frame", "axis"])
-        out.rows("particle_com", result.particle_com[:, None, :], axis=1)
-        out.rows("particle_shift", result.particle_shift[:, None, :], axis=1)
+        # live per-frame arrays hold the frame-0 particles; particles joining later (detected
+        # when the edge raised the contrast) are in the "particles" table and the final arrays
+        p0 = self._tracker_particles0 = getattr(self, "_tracker_particles0", None) or len(
+            result.particle_com
+        )
+        out.rows("particle_com", result.particle_com[:p0, None, :], axis=1)
+        out.rows("particle_shift", result.particle_shift[:p0, None, :], axis=1)
         out.table_rows(
             "frames",
             {
@@ -165,6 +172,9 @@ class XanesLivePipeline:
                 "dy": [dy],
                 "dx": [dx],
                 "n_found": [int(result.n_found)],
+                "n_used": [int(getattr(result, "n_used", result.n_found))],
+                "spread_px": [float(getattr(result, "spread", float("nan")))],
+                "trusted": [bool(getattr(result, "trusted", True))],
                 "latency_ms": [latency * 1e3],
                 "recovered": [frame.recovered],
             },
@@ -180,6 +190,8 @@ class XanesLivePipeline:
                 "shift_y": result.particle_shift[:, 0].tolist(),
                 "shift_x": result.particle_shift[:, 1].tolist(),
                 "ssim": np.asarray(result.ssim, dtype=np.float64).tolist(),
+                "found": np.asarray(result.found, dtype=bool).tolist(),
+                "partial": np.asarray(result.partial, dtype=bool).tolist(),
             },
         )
 

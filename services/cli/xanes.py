@@ -28,13 +28,21 @@ OUTPUT_DATASETS = {
     "/xanes/labels": "int32 (H, W): particle k has label k + 1 in frame 0, 0 is background",
     "/xanes/particle_com": "float64 (P, N, 2): centre of particle k in frame i, NaN if not found",
     "/xanes/particle_shift": "float64 (P, N, 2): particle_com[:, i] - particle_com[:, 0]",
-    "/xanes/global_shift": "float64 (N, 2): rigid drift, median of the particle shifts",
+    "/xanes/global_shift": "float64 (N, 2): rigid drift, median of the particle shifts; "
+    "NaN where no particle was registered (unknown, never 0.0)",
+    "/xanes/n_found": "int64 (N,): particles behind the global shift of each frame",
+    "/xanes/spread": "float64 (N,): robust spread of the particle shifts per frame (px), "
+    "NaN below 2 particles",
+    "/xanes/trusted": "bool (N,): the global shift is backed by enough particles",
+    "/xanes/partial": "bool (P,): particle cut by the frame border",
     "/xanes/edge_energy": "float32 (H, W) eV at 50 % of the edge jump, frame-0 geometry, "
     "NaN outside particles or where the jump is too small",
     "/xanes/whiteline_energy": "float32 (H, W) eV of the white-line maximum, NaN as above",
     "/xanes/spectra": "float64 (P, N): mean normalised absorbance of each particle per frame",
     "/xanes/energy": "float64 (N,): energy of each frame (eV), copied from the input",
-    "/xanes/ssim": "float64 (P, N): SSIM of each aligned particle ROI against its template",
+    "/xanes/ssim": "float64 (P, N): similarity of each aligned particle to its template "
+    "(normalised correlation of the outlines; SSIM of the silhouettes with "
+    "track.registration=silhouette)",
     **CHEMISTRY_DATASETS,
 }
 
@@ -276,11 +284,16 @@ def _write(output: Path, final: Any, chem: Any = None, params: Any = None) -> No
         "/xanes/spectra": final.spectra.astype(np.float64),
         "/xanes/energy": final.energies.astype(np.float64),
         "/xanes/ssim": final.ssim.astype(np.float64),
+        "/xanes/n_found": np.asarray(final.n_found, dtype=np.int64),
+        "/xanes/spread": np.asarray(final.spread, dtype=np.float64),
+        "/xanes/trusted": np.asarray(final.trusted, dtype=bool),
+        "/xanes/partial": np.asarray(final.partial, dtype=bool),
     }
     units = {
         "/xanes/particle_com": "pixel",
         "/xanes/particle_shift": "pixel",
         "/xanes/global_shift": "pixel",
+        "/xanes/spread": "pixel",
         "/xanes/edge_energy": "eV",
         "/xanes/whiteline_energy": "eV",
         "/xanes/energy": "eV",

@@ -257,7 +257,7 @@ def run_simulated_scans(
     from bluesky_plans.feedback import DriftFeedback
     from bluesky_plans.plans import operando_xanes_plan, tomo_scan_plan, xanes_scan_plan
     from models.synthetic.cathode import make_cathode_volume
-    from models.synthetic.txm import TxmScene, default_energies
+    from models.synthetic.txm import default_energies
     from pipelines.tomo.simulate import simulate_scan
 
     detector_dir = settings.detector_dir
@@ -265,10 +265,17 @@ def run_simulated_scans(
     with bus_run_engine(settings) as RE:
         n_energies = 16 if quick else 60
         n_scans = 2
-        scene = TxmScene.random(
-            7, shape=(256, 256), n_particles=9, n_scans=n_scans, n_frames=n_energies
+        # a real-looking field of view (issue 12): large, touching and border-cut particles,
+        # zone-plate rings, an illumination gradient, 1500 counts per pixel
+        txm = SimTXM.real_looking(
+            detector_dir,
+            seed=7,
+            shape=(256, 256),
+            n_particles=10,
+            n_frames=n_energies,
+            n_scans=n_scans,
         )
-        txm = SimTXM(scene, detector_dir, seed=1)
+        scene = txm.scene
         energies = default_energies(n_energies)
         logger.info("operando XANES: %d scans x %d energies", n_scans, n_energies)
         xanes_uids: Any = RE(

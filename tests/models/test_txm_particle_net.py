@@ -15,6 +15,7 @@ from models.train_txm_particle_net import (
     net_labels,
     object_scores,
     summarize_scores,
+    wide_randomisation,
 )
 
 # Seeds used neither for training (< HELD_OUT_SEED_START) nor for the score in the JSON sidecar
@@ -106,3 +107,15 @@ def test_held_out_seeds_are_refused_for_training() -> None:
 
     with pytest.raises(SystemExit, match="held-out"):
         main(["--seed", str(HELD_OUT_SEED_START // 10_000), "--pool", "10"])
+
+
+def test_wide_randomisation_keeps_the_frame_and_adds_artefacts() -> None:
+    od = detection_sample(HELD_OUT_SEED_START + 6_000).od
+    outs = [wide_randomisation(od, np.random.default_rng(seed)) for seed in range(8)]
+    for out in outs:
+        assert out.dtype == np.float32 and out.shape == od.shape and np.all(np.isfinite(out))
+    # every draw changes the frame, and differently
+    assert all(not np.allclose(out, od) for out in outs)
+    assert not np.allclose(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[3], wide_randomisation(od, np.random.default_rng(3)))
+    assert "--wide" in build_parser().format_help()

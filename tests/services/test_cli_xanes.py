@@ -151,3 +151,30 @@ def test_import_is_light():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_align_writes_nan_and_flags_for_a_frame_without_particles(tmp_path):
+    """A frame with the sample out of the beam: its drift is unknown (NaN), never 0.0."""
+    n = 12
+    scene = TxmScene.random(8, shape=(128, 128), n_particles=4, n_frames=n)
+    energies = default_energies(n)
+    frames = [scene.frame(e, scan=0, index=i) for i, e in enumerate(energies)]
+    frames[5] = scene.flat(energies[5])
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    with h5py.File(path, "w") as h5:
+        h5["/entry/data/data"] = np.round(np.stack(frames)).astype(np.uint16)
+        h5["/entry/instrument/monochromator/energy"] = energies
+        h5["/entry/data/flat"] = scene.flat(8400.0)[None].astype(np.uint16)
+        h5["/entry/data/dark"] = scene.dark()[None].astype(np.uint16)
+    assert _run("xanes", "align", str(path), "-o", str(out), "--no-progress") == 0
+    with h5py.File(out, "r") as h5:
+        glob = h5["/xanes/global_shift"][()]
+        n_found = h5["/xanes/n_found"][()]
+        trusted = h5["/xanes/trusted"][()]
+        shift = h5["/xanes/particle_shift"][()]
+        partial = h5["/xanes/partial"][()]
+        assert h5["/xanes/spread"].shape == (n,)
+    assert np.all(np.isnan(glob[5])) and n_found[5] == 0 and not trusted[5]
+    assert np.all(np.isnan(shift[:, 5]))
+    assert np.all(np.isfinite(glob[6:])) and np.all(trusted[6:]) and np.all(n_found[6:] > 0)
+    assert partial.dtype == np.bool_ and partial.shape == (shift.shape[0],)

@@ -38,7 +38,8 @@ def test_learned_detector_contract(scan_file, tmp_path, learned_calls):
         "xanes", "align", str(path), "-o", str(out), "--detector", "learned", "--no-progress"
     )
     assert code == 0
-    assert len(learned_calls) == 1 and learned_calls[0].method == "learned"
+    # frame 0 and the re-detections when the edge raises the contrast: all by the network
+    assert learned_calls and all(params.method == "learned" for params in learned_calls)
     with h5py.File(out, "r") as h5:
         labels = h5["/xanes/labels"][()]
         shift = h5["/xanes/particle_shift"][()]
@@ -63,9 +64,10 @@ def test_classical_is_the_default_and_the_option_overrides_the_params_file(
     params.write_text(json.dumps({"detect": {"method": "learned"}}))
     argv = ["xanes", "align", str(path), "-o", str(out), "--params", str(params), "--no-progress"]
     assert _run(*argv) == 0
-    assert len(learned_calls) == 1
+    used = len(learned_calls)
+    assert used >= 1
     assert _run(*argv, "--detector", "classical") == 0
-    assert len(learned_calls) == 1
+    assert len(learned_calls) == used
 
 
 def test_unknown_detector_is_rejected(capsys):

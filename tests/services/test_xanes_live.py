@@ -50,6 +50,10 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
         assert node["spectra"].read().shape == (p, N)
         frames = node["frames"].read()
         assert sorted(frames["seq_num"]) == list(range(1, N + 1))
+        # the support of every drift estimate is recorded; these frames all have particles
+        assert {"n_used", "spread_px", "trusted"} <= set(frames.columns)
+        assert frames["trusted"].all() and (frames["n_used"] >= 1).all()
+        assert {"found", "partial"} <= set(node["particles"].read().columns)
         assert len(node["particles"].read()) == p * N
         assert {"drift", "tracks", "edge_energy"} <= set(node["figures"])
 
@@ -79,6 +83,64 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
         assert {m["run_uid"] for m in messages} <= set(uids)
         assert len([m for m in messages if m["run_uid"] == uids[1]]) == N
         assert all("dy_um" in m for m in messages)
+    finally:
+        pub.close()
+        feedback.close(0)
+        for consumer in (raw, ana):
+            Consumer.stop(consumer)
+
+
+def test_live_frame_without_particles_is_unknown_and_not_fed_back(consumer_settings, tiled_client):
+    """A frame taken with the sample out of the beam: NaN drift in Tiled, untrusted in the
+    frames table, no feedback message; tracking goes on after it (issue 12)."""
+    from bluesky import plan_stubs as bps
+
+    from bluesky_plans.plans import xanes_scan_plan
+
+    settings, detector = consumer_settings
+    feedback = zmq.Context.instance().socket(zmq.SUB)
+    feedback.connect(settings.bus.feedback_address)
+    feedback.setsockopt(zmq.SUBSCRIBE, b"")
+    raw, ana = start_consumers(settings)
+    pub = live_publisher(settings, (raw, ana))
+    n, blank = 10, 5
+    try:
+        scene = TxmScene.random(6, shape=(160, 160), n_particles=4, n_frames=n)
+        txm = SimTXM(scene, detector, seed=4)
+
+        def sample_out_at_blank(i, _energy):
+            if i == blank:
+                yield from bps.mv(txm.sample_x, 2 * txm.out_of_beam_um)
+            elif i == blank + 1:
+                yield from bps.mv(txm.sample_x, 0.0)
+
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        (uid,) = RE(
+            xanes_scan_plan(txm, default_energies(n), n_flats=2, before_point=sample_out_at_blank)
+        )
+
+        def status():
+            return tiled_client["analysis"][uid]["xanes"].metadata.get("status")
+
+        wait_until(lambda: status() in ("complete", "failed"), timeout=180)
+        assert status() == "complete"
+        node = tiled_client["analysis"][uid]["xanes"]
+        shift = node["global_shift"].read()
+        assert shift.shape == (n, 2)
+        assert np.all(np.isnan(shift[blank])), shift[blank]
+        assert np.all(np.isfinite(np.delete(shift, blank, axis=0)))
+        frames = node["frames"].read().sort_values("seq_num").reset_index(drop=True)
+        assert not frames["trusted"][blank] and frames["n_used"][blank] == 0
+        assert frames["trusted"].drop(index=blank).all()
+        assert np.all(np.isnan(node["particle_shift"].read()[:, blank]))
+
+        wait_until(lambda: feedback.poll(0), timeout=30)
+        messages = []
+        while feedback.poll(200):
+            messages.append(json.loads(feedback.recv()))
+        seq = sorted(m["seq_num"] for m in messages if m["run_uid"] == uid)
+        assert seq == [s for s in range(1, n + 1) if s != blank + 1]
     finally:
         pub.close()
         feedback.close(0)

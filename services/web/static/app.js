@@ -620,13 +620,21 @@ async function renderXanes(run) {
   if (n > 0) {
     const drift = await cachedArray(`${base}/global_shift`, shift.shape, `0:${n}`);
     const frames = drift.map((_r, i) => i);
+    // A frame where no particle was registered has an unknown drift (NaN, null in JSON): it
+    // is a gap in the curve and is counted above it, never drawn as 0.
+    const unknown = drift.filter((r) => r[0] === null || Number.isNaN(r[0])).length;
     draw(
       "plot-drift",
       [
         { x: frames, y: drift.map((r) => r[0]), name: "dy", mode: "lines+markers" },
         { x: frames, y: drift.map((r) => r[1]), name: "dx", mode: "lines+markers" },
       ],
-      { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "frame" } }, yaxis: { title: { text: "drift (px)" } } },
+      {
+        margin: { l: 50, r: 10, t: unknown ? 30 : 10, b: 40 },
+        title: unknown ? { text: `drift unknown in ${unknown} frame(s): no particle registered`, font: { size: 12 } } : undefined,
+        xaxis: { title: { text: "frame" } },
+        yaxis: { title: { text: "drift (px)" } },
+      },
       PLOT_CONFIG
     );
   }

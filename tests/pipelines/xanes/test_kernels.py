@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from pipelines.xanes import tracker
+from pipelines.xanes import kernels
 from pipelines.xanes.prepare import incident_counts, optical_density
 from pipelines.xanes.register import shift_image
 
@@ -30,13 +30,13 @@ def test_shift_image_order_1_matches_scipy(image, dy, dx):
 @given(mask=arrays(np.bool_, SHAPES), radius=st.integers(1, 3))
 def test_box_dilation_matches_maximum_filter(mask, radius):
     expected = ndimage.maximum_filter(mask, size=2 * radius + 1, mode="constant", cval=False)
-    np.testing.assert_array_equal(tracker._box_dilation(mask, radius), expected)
+    np.testing.assert_array_equal(kernels.box_dilation(mask, radius), expected)
 
 
 @settings(max_examples=80, deadline=None)
 @given(mask=arrays(np.bool_, SHAPES))
 def test_fill_holes_matches_scipy(mask):
-    np.testing.assert_array_equal(tracker._fill_holes(mask), ndimage.binary_fill_holes(mask))
+    np.testing.assert_array_equal(kernels.fill_holes(mask), ndimage.binary_fill_holes(mask))
 
 
 @settings(max_examples=80, deadline=None)
@@ -45,8 +45,10 @@ def test_fill_holes_matches_scipy(mask):
     q=st.floats(0, 100),
 )
 def test_median_and_percentile_match_numpy(values, q):
-    assert tracker._median(values.copy()) == np.median(values)
-    np.testing.assert_allclose(tracker._percentile(values.copy(), q), np.percentile(values, q))
+    assert kernels.partition_median(values.copy()) == np.median(values)
+    np.testing.assert_allclose(
+        kernels.partition_percentile(values.copy(), q), np.percentile(values, q)
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -61,7 +63,7 @@ def test_median_and_percentile_match_numpy(values, q):
 def test_block_mean_matches_reshape_mean(image, factor):
     h, w = image.shape[0] // factor, image.shape[1] // factor
     expected = image[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
-    np.testing.assert_allclose(tracker._block_mean(image, factor), expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(kernels.block_mean(image, factor), expected, rtol=1e-5, atol=1e-3)
 
 
 def test_optical_density_with_precomputed_incident_is_the_same():

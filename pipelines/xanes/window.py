@@ -1,0 +1,407 @@
+"""Per-particle tracking state: the particle's ROI, search window geometry and template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from pipelines.xanes.kernels import (
+    CROSS,
+    GradientModel,
+    block_mean,
+    box_dilation,
+    dot,
+    extract_crop,
+    fill_holes,
+    gaussian_weights,
+    partition_percentile,
+    plane_from_samples,
+    plane_samples,
+)
+from pipelines.xanes.register import centre_of_mass
+from pipelines.xanes.results import ParticleRoi
+
+__all__ = ["Candidate", "ParticleWindow"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A particle-like component found in a search window."""
+
+    com: np.ndarray  # (2,) frame coordinates
+    area: float
+    silhouette: np.ndarray  # soft mask of the whole window (shared by its candidates)
+    background: np.ndarray  # background plane of the window
+    origin: np.ndarray  # window origin in the frame
+
+
+class ParticleWindow:
+    """Tracking state of one reference particle and the fixed geometry of its windows."""
+
+    def __init__(
+        self,
+        roi: ParticleRoi,
+        com0: np.ndarray,
+        area: float,
+        ring: np.ndarray,
+        support_px: int,
+        *,
+        search_px: int,
+        smooth_sigma: float,
+    ) -> None:
+        self.roi = roi
+        self.com0 = com0
+        self.area = area
+        self.ring = ring
+        # the particle with a margin: a level estimate from it does not depend on small shifts
+        self.cover = ndimage.binary_dilation(roi.mask, iterations=3)
+        self.support = ndimage.binary_dilation(roi.mask, iterations=support_px)
+        self.template_sum = np.zeros(roi.shape, dtype=np.float64)
+        self.template_count = 0
+        self.last_shift = np.zeros(2)
+        self.last_coarse = np.zeros(2)
+        # search window: the ROI with a margin of search_px; the reference ring (background
+        # plane samples) and cover (particle level) in window coordinates
+        h, w = roi.shape
+        self.search_px = search_px
+        self.window_shape = (h + 2 * search_px, w + 2 * search_px)
+        self.ring_count = int(np.count_nonzero(ring))
+        self.cover_count = int(np.count_nonzero(self.cover))
+        ring_rows, ring_cols = plane_samples(ring)
+        self.ring_rows, self.ring_cols = ring_rows + search_px, ring_cols + search_px
+        self.ring_index = np.ravel_multi_index((self.ring_rows, self.ring_cols), self.window_shape)
+        cover_rows, cover_cols = np.nonzero(self.cover)
+        self.cover_index = np.ravel_multi_index(
+            (cover_rows + search_px, cover_cols + search_px), self.window_shape
+        )
+        self.smooth_weights = gaussian_weights(smooth_sigma) if smooth_sigma > 1e-15 else None
+        self._template_cache: tuple[int, np.ndarray, tuple[np.ndarray, float, float]] | None = None
+        self._model_cache: tuple[int, GradientModel] | None = None
+        self.edge: EdgeTemplate | None = None
+
+    def search_window(self, od: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed search window around a ROI origin: ``(window origin, window)``.
+
+        The smoothing is ``gaussian_filter`` (reflect mode) with the particle's sigma
+        (``track.smooth_sigma_px``, at least ``smooth_fraction`` of its diameter), its kernel
+        computed once per self.
+        """
+        w_origin = origin - self.search_px
+        window = np.asarray(extract_crop(od, w_origin, self.window_shape), dtype=np.float32)
+        weights = self.smooth_weights
+        if weights is None:
+            return w_origin, window.copy()
+        smoothed = np.empty(window.shape, dtype=np.float32)
+        ndimage.correlate1d(window, weights, axis=0, output=smoothed, mode="reflect")
+        ndimage.correlate1d(smoothed, weights, axis=1, output=smoothed, mode="reflect")
+        return w_origin, smoothed
+
+    def candidates(
+        self, window: np.ndarray, w_origin: np.ndarray, threshold_fraction: float
+    ) -> list[Candidate]:
+        """Particle-like components of a search window, with their soft masks and moments.
+
+        The window's background plane (fitted on the reference ring) is removed; the mask is
+        the window above ``threshold_fraction`` of the particle level, holes filled; the soft
+        mask ramps linearly from the background to that threshold, so its centre of mass is
+        sub-pixel and insensitive to the chemistry-dependent contrast inside the self.
+        """
+        if self.ring_count < 16 or self.cover_count < 4:
+            return []
+        rows, cols = self.ring_rows, self.ring_cols
+        samples = np.take(window, self.ring_index)
+        background = plane_from_samples(rows, cols, samples, window.shape, window.dtype)
+        window = window - background
+        level = partition_percentile(np.take(window, self.cover_index), 90)
+        if level <= 0:
+            return []
+        contrast = threshold_fraction * level
+        labels, n = ndimage.label(fill_holes(window > contrast), structure=CROSS)
+        if n == 0:
+            return []
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        kept = np.nonzero(areas[1:] >= max(4.0, 0.2 * self.area))[0] + 1
+        if kept.size == 0:
+            return []
+        soft = window / np.float32(contrast)
+        np.clip(soft, 0.0, 1.0, out=soft)
+        boxes = ndimage.find_objects(labels)
+        out = []
+        for lab in kept:
+            # the component grown by 2 px into the background, in its box grown by 2 px
+            box = boxes[lab - 1]
+            r0, c0 = max(box[0].start - 2, 0), max(box[1].start - 2, 0)
+            near = (slice(r0, box[0].stop + 2), slice(c0, box[1].stop + 2))
+            near_labels = labels[near]
+            own = near_labels == lab
+            grown = box_dilation(own, 2)
+            region = grown & ((near_labels == 0) | own)
+            weights = np.where(region, soft[near], np.float32(0.0))
+            out.append(
+                Candidate(
+                    com=centre_of_mass(weights) + (r0, c0) + w_origin,
+                    area=float(areas[lab]),
+                    silhouette=soft,
+                    background=background,
+                    origin=w_origin,
+                )
+            )
+        return out
+
+    def template(self) -> np.ndarray:
+        return self._template_state()[1]
+
+    def template_stats(self) -> tuple[np.ndarray, float, float]:
+        """Template minus its mean, its mean and variance (for the SSIM)."""
+        return self._template_state()[2]
+
+    def gradient_model(self) -> GradientModel:
+        """Gauss-Newton model of the current template on the support (rebuilt on update)."""
+        if self._model_cache is None or self._model_cache[0] != self.template_count:
+            self._model_cache = (self.template_count, GradientModel(self.template(), self.support))
+        return self._model_cache[1]
+
+    def _template_state(self) -> tuple[int, np.ndarray, tuple[np.ndarray, float, float]]:
+        if self._template_cache is None or self._template_cache[0] != self.template_count:
+            template = self.template_sum / max(1, self.template_count)
+            mean = template.mean()
+            stats = (template - mean, float(mean), float(template.var()))
+            self._template_cache = (self.template_count, template, stats)
+        return self._template_cache
+
+
+def frame_edges(od: np.ndarray, sigma: float) -> np.ndarray:
+    """Gradient magnitude of the Gaussian-smoothed OD frame (float32, central differences).
+
+    A particle's outline is where its OD steps from the background: the gradient magnitude
+    peaks there whatever the absorption level inside, and a scale change of the contrast only
+    scales it (removed by :class:`EdgeTemplate`'s normalisation). Computed once per frame and
+    shared by all particles.
+
+    Parameters
+    ----------
+    od : numpy.ndarray
+        ``(H, W)`` optical density.
+    sigma : float
+        Smoothing sd (px); 0 for none.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` float32 gradient magnitude (central differences), after clamping the OD to
+        its robust range widened by half of it on either side (dead and hot pixels).
+    """
+    image = np.asarray(od, dtype=np.float32)
+    # dead and hot pixels are static in the detector frame; their huge gradients would hold a
+    # particle's registration at zero shift: clamp the OD to its robust range first
+    sample = image[::4, ::4].ravel()
+    lo, hi = np.percentile(sample, [0.1, 99.9]) if sample.size >= 16 else (-np.inf, np.inf)
+    span = hi - lo
+    image = np.clip(image, lo - 0.5 * span, hi + 0.5 * span)
+    if sigma > 0:
+        weights = gaussian_weights(sigma).astype(np.float32)
+        smooth = np.empty(image.shape, dtype=np.float32)
+        ndimage.correlate1d(image, weights, axis=0, output=smooth, mode="reflect")
+        ndimage.correlate1d(smooth, weights, axis=1, output=smooth, mode="reflect")
+    else:
+        smooth = image
+    gr = np.zeros(image.shape, dtype=np.float32)
+    gc = np.zeros(image.shape, dtype=np.float32)
+    np.subtract(smooth[2:], smooth[:-2], out=gr[1:-1])
+    np.subtract(smooth[:, 2:], smooth[:, :-2], out=gc[:, 1:-1])
+    np.multiply(gr, gr, out=gr)
+    np.multiply(gc, gc, out=gc)
+    np.add(gr, gc, out=gr)
+    return np.sqrt(gr, out=gr)
+
+
+class FrameEdges:
+    """:func:`frame_edges` of one frame at the smoothing scales its particles use (lazily).
+
+    Parameters
+    ----------
+    od : numpy.ndarray
+        ``(H, W)`` optical density of the frame.
+    binning : int
+        Edge images are computed on the frame block-averaged by this factor (large frames:
+        the particles are as many pixels across after binning as in a 512 px frame, and the
+        smoothing costs a quarter).
+    """
+
+    def __init__(self, od: np.ndarray, binning: int = 1) -> None:
+        self.binning = int(binning)
+        self.od = block_mean(od, self.binning) if self.binning > 1 else od
+        self.shape = self.od.shape
+        self._cache: dict[float, np.ndarray] = {}
+
+    def at(self, sigma: float) -> np.ndarray:
+        """Edge image at smoothing ``sigma`` (binned px)."""
+        if sigma not in self._cache:
+            self._cache[sigma] = frame_edges(self.od, sigma)
+        return self._cache[sigma]
+
+
+def edge_scale(diameter_px: float, minimum: float, fraction: float, maximum: float) -> float:
+    """Smoothing of a particle's edge images: ``fraction`` of its diameter, within the bounds,
+    rounded to ``minimum`` times a power of two, so that a frame needs few edge images."""
+    maximum = max(maximum, minimum)
+    sigma = min(max(fraction * diameter_px, minimum), maximum)
+    level = minimum * 2.0 ** float(np.round(np.log2(sigma / minimum)))
+    return min(level, maximum)
+
+
+def _bin_mask(mask: np.ndarray, origin: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ROI mask on the grid of a frame binned by ``factor``: (binned origin, binned mask)."""
+    if factor == 1:
+        return np.asarray(origin, dtype=int), mask
+    origin = np.asarray(origin, dtype=int)
+    start = np.floor_divide(origin, factor)
+    lead = origin - start * factor
+    rows = -(-(mask.shape[0] + lead[0]) // factor) * factor
+    cols = -(-(mask.shape[1] + lead[1]) // factor) * factor
+    padded = np.zeros((rows, cols), dtype=np.float32)
+    padded[lead[0] : lead[0] + mask.shape[0], lead[1] : lead[1] + mask.shape[1]] = mask
+    return start, block_mean(padded, factor) > 0.5
+
+
+class EdgeTemplate:
+    """Contrast-invariant registration of one particle: its outline, not its grey levels.
+
+    The template is the particle's edge image (:func:`frame_edges`) on a support around its
+    footprint, normalised to unit RMS; a frame's edge image at the predicted place is
+    normalised the same way and registered to it by Gauss-Newton (:class:`GradientModel`), so
+    scaling the particle's contrast changes nothing. Pixels near the frame border are left out
+    of the support (a particle cut by the border is registered on its visible outline only,
+    and the border line itself, which does not move with the sample, never enters).
+
+    The template is replaced when a frame shows the outline much more clearly (the edge of
+    the absorption edge raises the contrast): ``offset`` remembers where the particle sat in
+    the crop the new template came from, so later shifts stay relative to the reference.
+    On binned edge images (:class:`FrameEdges`) the work is done on the binned grid and the
+    shifts are returned in full-resolution pixels.
+
+    Parameters
+    ----------
+    edges : FrameEdges
+        Edge images of the reference frame.
+    origin : numpy.ndarray
+        Integer ROI origin in the reference frame (full-resolution pixels).
+    shape : tuple of int
+        ROI shape.
+    support : numpy.ndarray
+        ``shape`` bool: the footprint dilated by the support margin.
+    sigma : float
+        Smoothing of this particle's edge images (binned px, :func:`edge_scale`).
+    border_px : int
+        Full-resolution pixels closer than this to the frame border are not used.
+    """
+
+    def __init__(
+        self,
+        edges: FrameEdges,
+        origin: np.ndarray,
+        shape: tuple[int, int],
+        support: np.ndarray,
+        sigma: float,
+        border_px: int,
+    ) -> None:
+        self.binning = edges.binning
+        self.sigma = float(sigma)
+        self.origin, binned = _bin_mask(support, origin, self.binning)
+        self.shape = (int(binned.shape[0]), int(binned.shape[1]))
+        border = -(-int(border_px) // self.binning)
+        rows = np.arange(self.shape[0])[:, None] + int(self.origin[0])
+        cols = np.arange(self.shape[1])[None, :] + int(self.origin[1])
+        inside = (
+            (rows >= border)
+            & (rows < edges.shape[0] - border)
+            & (cols >= border)
+            & (cols < edges.shape[1] - border)
+        )
+        self.support = binned & inside
+        self.partial = bool(np.count_nonzero(self.support) < np.count_nonzero(binned))
+        self.offset = np.zeros(2)
+        self.strength = 0.0
+        self.model: GradientModel | None = None
+        self._set(self._crop(edges, np.zeros(2, dtype=int)), np.zeros(2))
+
+    def _crop(self, edges: FrameEdges, base: np.ndarray) -> np.ndarray:
+        image = edges.at(self.sigma)
+        return np.asarray(extract_crop(image, self.origin + base, self.shape), dtype=np.float64)
+
+    def _set(self, edges: np.ndarray, offset: np.ndarray) -> None:
+        values = edges[self.support]
+        rms = float(np.sqrt(np.mean(values * values))) if values.size else 0.0
+        self.strength = float(values.std()) if values.size else 0.0
+        self.offset = np.asarray(offset, dtype=np.float64)
+        if rms <= 0 or np.count_nonzero(self.support) < 16:
+            self.model = None
+            return
+        self.template = edges / rms
+        self.model = GradientModel(self.template, self.support)
+        if self.model.degenerate:
+            self.model = None
+
+    def register(
+        self, edges: FrameEdges, predicted: np.ndarray, iterations: int
+    ) -> tuple[np.ndarray, float, float] | None:
+        """Shift of the particle (reference geometry) in a frame, its match score, edge strength.
+
+        Parameters
+        ----------
+        edges : FrameEdges
+            Edge images of the frame.
+        predicted : numpy.ndarray
+            Predicted shift (full-resolution px), within a few px of the truth.
+        iterations : int
+            Gauss-Newton iterations.
+
+        Returns
+        -------
+        tuple or None
+            ``(shift, ncc, strength)``: the shift (full-resolution px), the normalised
+            correlation of the aligned edge images on the support (1 = same outline) and the
+            std of the frame's edge image on the support; None when the template is degenerate
+            or the solution left the window.
+        """
+        if self.model is None:
+            return None
+        b = self.binning
+        start = (np.asarray(predicted, dtype=np.float64) - self.offset) / b
+        base = np.round(start).astype(int)
+        shift = None
+        for _ in range(3):
+            crop = self._crop(edges, base)
+            values = crop[self.support]
+            rms = float(np.sqrt(np.mean(values * values)))
+            if rms <= 0:
+                return None
+            moving = crop / rms
+            d = self.model.displacement(moving, start - base, iterations + 1)
+            if d is None or not np.all(np.isfinite(d)):
+                return None
+            if np.all(np.abs(d) <= 1.0):
+                shift = base + d
+                break
+            base = base + np.round(d).astype(int)
+            start = base.astype(np.float64)
+        if shift is None:
+            return None
+        warped = self.model._warped(moving, shift - base)
+        reference = self.model.reference
+        a, c = warped - warped.mean(), reference - reference.mean()
+        ncc = dot(a, c) / (np.sqrt(dot(a, a) * dot(c, c)) + 1e-12)
+        return b * shift + self.offset, ncc, float(values.std())
+
+    def maybe_update(
+        self, edges: FrameEdges, shift: np.ndarray, strength: float, ratio: float
+    ) -> bool:
+        """Take the frame's outline as the template when it is ``ratio`` times stronger."""
+        if strength < ratio * self.strength:
+            return False
+        base = np.round((np.asarray(shift, dtype=np.float64) - self.offset) / self.binning)
+        base = base.astype(int)
+        self._set(self._crop(edges, base), shift - self.binning * base)
+        return True
