@@ -130,11 +130,13 @@ def _place(
         axes = r * rng.uniform(0.65, 1.0, size=3)
         axes[int(rng.integers(3))] = r
         centre = np.array(
-            [rng.uniform(-0.3 * r, shape[0] + 0.3 * r), rng.uniform(0, shape[1]), rng.uniform(0, shape[2])]
+            [
+                rng.uniform(-0.3 * r, shape[0] + 0.3 * r),
+                rng.uniform(0, shape[1]),
+                rng.uniform(0, shape[2]),
+            ]
         )
-        ok = all(
-            np.linalg.norm(centre - q.centre) > 0.82 * (r + q.radius) for q in particles
-        )
+        ok = all(np.linalg.norm(centre - q.centre) > 0.82 * (r + q.radius) for q in particles)
         if not ok:
             continue
         k = int(rng.integers(2, 5))
@@ -183,8 +185,12 @@ def _damage(
         # a gently curved plane through the middle third of the particle
         d = float(rng.uniform(-0.25, 0.25)) * p.radius
         along = _perpendicular(normal, rng)
-        bend = 0.08 * p.radius * np.sin(
-            np.tensordot(along.astype(np.float32), offset, axes=1) / max(p.radius, 1) * 2.5
+        bend = (
+            0.08
+            * p.radius
+            * np.sin(
+                np.tensordot(along.astype(np.float32), offset, axes=1) / max(p.radius, 1) * 2.5
+            )
         )
         dist = np.tensordot(normal.astype(np.float32), offset, axes=1) - d - bend
         crack = np.abs(dist) < width / 2
@@ -215,7 +221,11 @@ def _damage(
         for _ in range(int(rng.integers(1, 4))):
             along = _unit(rng)
             crack |= _half_plane_crack(
-                offset, _perpendicular(along, rng), along, width, float(rng.uniform(0.35, 0.7)) * p.radius
+                offset,
+                _perpendicular(along, rng),
+                along,
+                width,
+                float(rng.uniform(0.35, 0.7)) * p.radius,
             )
     else:
         crack = np.zeros(r.shape, dtype=bool)
@@ -223,7 +233,10 @@ def _damage(
 
 
 def _binder(
-    free: np.ndarray, rng: np.random.Generator, style: Literal["blobby", "granular"], fraction: float
+    free: np.ndarray,
+    rng: np.random.Generator,
+    style: Literal["blobby", "granular"],
+    fraction: float,
 ) -> np.ndarray:
     if style == "blobby":
         field = ndimage.gaussian_filter(rng.normal(size=free.shape).astype(np.float32), (1.5, 4, 4))
@@ -340,8 +353,12 @@ def scan_and_reconstruct(
     laplace = ndimage.laplace(lint, mode="nearest") if fringe else 0.0
     photons = float(10 ** rng.uniform(3.6, 4.8))
     beam = photons * (1.0 + 0.1 * np.sin(np.linspace(0, 3, n)))[None, None, :]
-    intensity = beam * np.exp(-lint) * (1.0 + fringe * laplace / max(float(lint.std()), 1e-6) * 0.05)
-    intensity = ndimage.gaussian_filter(intensity, (0, float(rng.uniform(0.3, 1.1)), float(rng.uniform(0.3, 1.1))))
+    intensity = (
+        beam * np.exp(-lint) * (1.0 + fringe * laplace / max(float(lint.std()), 1e-6) * 0.05)
+    )
+    intensity = ndimage.gaussian_filter(
+        intensity, (0, float(rng.uniform(0.3, 1.1)), float(rng.uniform(0.3, 1.1)))
+    )
     gains = 1.0 + float(rng.uniform(0.0, 0.01)) * rng.normal(size=n)
     projections = rng.poisson(np.clip(intensity * gains, 0, None)).astype(np.float32)
     flat = rng.poisson(np.broadcast_to(beam, (4, attenuation.shape[0], n))).astype(np.float32)
@@ -393,7 +410,10 @@ def make_holdout_volume(
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"shape must be (Z, N, N), got {shape!r}")
     attenuation, ids, cracks, binder, kinds = make_microstructure(
-        shape, seed=seed, cracked=cracked, **micro  # type: ignore[arg-type]
+        shape,
+        seed=seed,
+        cracked=cracked,
+        **micro,  # type: ignore[arg-type]
     )
     recon = scan_and_reconstruct(attenuation, seed=seed + 7, quantize_8bit=quantize_8bit)
     return HoldoutVolume(
