@@ -5,7 +5,7 @@ Prints (and with ``--json PATH`` saves; with ``--record`` adds the instance scor
 
 0. validation sets side by side (``--sets-only`` runs only this): the training family's
    held-out seeds (a smoke test), the never-trained generator family
-   (:mod:`models.synthetic.holdout`) and the real labelled crops (``tests/data/real_labels``),
+   (:mod:`benchmarks.holdout_family`) and the real labelled crops (``tests/data/real_labels``),
    for our U-Net + watershed and the classic distance watershed on the Otsu solid: F1 at IoU
    0.5, split rate, share of predicted particle pixels in carbon/binder and labels lying mostly
    in carbon/binder (synthetic sets only: the real crops have no binder label);

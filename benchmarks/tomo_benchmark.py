@@ -8,7 +8,7 @@ Prints (and with ``--json PATH`` saves):
    its pixel order: interpolation weights are recomputed block by block in every call);
 0. validation sets side by side (``--sets-only`` runs only this): the training family's
    held-out seeds (a smoke test), the never-trained generator family
-   (:mod:`models.synthetic.holdout`, 4 volumes and their crack-free variants) and the real
+   (:mod:`benchmarks.holdout_family`, 4 volumes and their crack-free variants) and the real
    labelled crops (``tests/data/real_labels``), for the shipped U-Net and the Otsu fill-holes
    baseline: crack IoU, share of labelled crack/void pixels found, share of predicted crack
    pixels inside particles, false cracks on the crack-free volumes; and the particle mask the

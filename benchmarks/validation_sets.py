@@ -2,7 +2,7 @@
 
 1. ``training family``: held-out seeds of the generator the networks train on
    (:func:`models.synthetic.reconstructed.make_reconstructed_cathode`) -- a smoke test only;
-2. ``never-trained family``: :mod:`models.synthetic.holdout`, written apart, used by no
+2. ``never-trained family``: :mod:`benchmarks.holdout_family`, written apart, used by no
    training script;
 3. ``real crops``: the labelled crops of the real APS nano-CT slices (``tests/data/real_labels``).
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.holdout_family import make_holdout_volume
 from models.synthetic.cathode import BINDER
-from models.synthetic.holdout import make_holdout_volume
 from models.synthetic.reconstructed import make_reconstructed_cathode
 from pipelines.tomo.fbp import inside_circle
 

@@ -1,8 +1,9 @@
 """A validation-only family of synthetic cathode scans that no network trains on.
 
 Written apart from :mod:`models.synthetic.cathode` (different code and different shapes), so
-that a score here says something about data the networks have not seen. An import-linter
-contract (``pyproject.toml``) forbids the training scripts to import this module.
+that a score here says something about data the networks have not seen. It lives in
+``benchmarks/`` (above ``pipelines/``, as it reconstructs with the project's own FBP, and out of
+reach of the training scripts in ``models/``; a test checks that none imports it).
 
 What differs from the training family:
 
@@ -31,6 +32,9 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+
+from pipelines.tomo.fbp import ReconParams, reconstruct
+from pipelines.tomo.project import forward_project
 
 DamageKind = Literal["through", "hollow", "fragmented", "surface", "none"]
 DAMAGE_KINDS: tuple[DamageKind, ...] = ("through", "hollow", "fragmented", "surface", "none")
@@ -336,9 +340,6 @@ def scan_and_reconstruct(
     Photon counts, fringe sign and strength, blur, ring strength, the angular sampling
     (full, sparse or a missing wedge) and 8-bit quantisation are drawn from ``seed``.
     """
-    from pipelines.tomo.fbp import ReconParams, reconstruct
-    from pipelines.tomo.project import forward_project
-
     rng = np.random.default_rng(seed)
     n = attenuation.shape[2]
     scheme = rng.choice(["full", "full", "sparse", "wedge"])
@@ -422,5 +423,54 @@ def make_holdout_volume(
         crack_mask=cracks,
         binder_mask=binder,
         kinds=kinds,
+        attenuation=attenuation,
+    )
+
+
+def make_single_particle(
+    kind: DamageKind,
+    *,
+    seed: int,
+    shape: tuple[int, int, int] = (16, 128, 128),
+    radius: float = 36.0,
+    quantize_8bit: bool = False,
+) -> HoldoutVolume:
+    """One particle of the given damage kind in the middle of a binder-filled field, scanned.
+
+    For the acceptance checks "a through-cracked / hollow-core particle gets one label and a
+    crack mask inside its envelope".
+    """
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"shape must be (Z, N, N), got {shape!r}")
+    rng = np.random.default_rng(seed)
+    axes = radius * np.array([1.0, float(rng.uniform(0.8, 1.0)), float(rng.uniform(0.8, 1.0))])
+    p = _Particle(
+        centre=np.array([shape[0] / 2, shape[1] / 2, shape[2] / 2]),
+        axes=axes,
+        rotation=_rotation(rng),
+        power=float(rng.uniform(1.8, 2.6)),
+        bumps=rng.normal(size=(3, 3)) / np.sqrt(3),
+        bump_amp=rng.uniform(0.0, 0.05, size=3),
+        kind=kind,
+    )
+    box = _box(p, shape)
+    assert box is not None
+    offset, r = _local(p, box)
+    ids = np.zeros(shape, dtype=np.int32)
+    ids[box][r < 1.0] = 1
+    cracks = np.zeros(shape, dtype=bool)
+    cracks[box] = _damage(p, offset, r, ids[box] == 1, rng)
+    binder = _binder(ids == 0, rng, "blobby", 0.4)
+    attenuation = np.zeros(shape, dtype=np.float32)
+    attenuation[ids > 0] = 0.012
+    attenuation[binder] = 0.003
+    attenuation[cracks] = 0.0
+    recon = scan_and_reconstruct(attenuation, seed=seed + 7, quantize_8bit=quantize_8bit)
+    return HoldoutVolume(
+        recon=recon,
+        particle_ids=ids,
+        crack_mask=cracks,
+        binder_mask=binder,
+        kinds={1: kind},
         attenuation=attenuation,
     )
