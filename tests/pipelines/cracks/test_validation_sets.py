@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from benchmarks.holdout_family import make_single_particle
 from benchmarks.validation_sets import Case, holdout_family, mean_rows, real_crops
@@ -46,15 +47,19 @@ def real() -> dict[str, Any]:
     return _scores(real_crops())
 
 
-# measured (shipped weights, commit of this file): never-trained family crack IoU 0.316 vs
-# Otsu 0.206; real crops: 31 % of predicted crack pixels inside particles, 21 % of the
-# labelled crack/void pixels found; crack-free holdout: 0.01 % false cracks.
+# measured with the shipped weights and the earlier 'closing' particle mask: never-trained
+# family crack IoU 0.316 vs Otsu 0.206; real crops: 31 % of the predicted crack pixels inside
+# particles, 21 % of the labelled crack/void pixels found. With the 'contact' envelope (and
+# enclosed voids reported): never-trained 0.327; real crops 86 % inside, 58 % found, IoU 0.34
+# (Otsu 0.18); crack-free never-trained volumes: 0.02 % false cracks.
 def test_holdout_crack_iou_floor(holdout: dict[str, Any]) -> None:
-    assert holdout["unet"]["iou"] >= 0.28
-    assert holdout["unet"]["iou"] >= 1.3 * holdout["otsu"]["iou"]
+    assert holdout["unet"]["iou"] >= 0.29
+    assert holdout["unet"]["iou"] >= 1.4 * holdout["otsu"]["iou"]
 
 
-@pytest.mark.xfail(strict=True, reason="goal crack IoU >= 0.8 and >= 1.5x Otsu; measured 0.32")
+@pytest.mark.xfail(
+    strict=True, reason="goal crack IoU >= 0.8 and >= 1.5x Otsu; measured 0.323 (Otsu 0.206)"
+)
 def test_holdout_crack_iou_goal(holdout: dict[str, Any]) -> None:
     assert holdout["unet"]["iou"] >= 0.8
     assert holdout["unet"]["iou"] >= 1.5 * holdout["otsu"]["iou"]
@@ -69,40 +74,70 @@ def test_holdout_crack_free_volumes_get_at_most_1_percent_false_cracks(
 
 
 def test_real_crops_floor(real: dict[str, Any]) -> None:
-    assert real["unet"]["inside_particles"] >= 0.25
-    assert real["unet"]["found"] >= 0.18
+    assert real["unet"]["inside_particles"] >= 0.8
+    assert real["unet"]["found"] >= 0.52
+    assert real["unet"]["iou"] >= 1.6 * real["otsu"]["iou"]
 
 
-@pytest.mark.xfail(strict=True, reason="goal >= 90 % inside particles; measured 31 %")
+@pytest.mark.xfail(strict=True, reason="goal >= 90 % inside particles; measured 86 %")
 def test_real_crops_predicted_cracks_inside_particles_goal(real: dict[str, Any]) -> None:
     assert real["unet"]["inside_particles"] >= 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="goal >= 80 % of labelled cracks/voids found; measured 21 %")
+@pytest.mark.xfail(strict=True, reason="goal >= 80 % of labelled cracks/voids found; measured 58 %")
 def test_real_crops_labelled_cracks_found_goal(real: dict[str, Any]) -> None:
     assert real["unet"]["found"] >= 0.8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shipped pipeline: 41 % (through) of the predicted crack pixels inside the particle; "
-    "the particle mask is built by closing and splits at a through-crack",
-)
-@pytest.mark.parametrize("kind", ["through", "hollow"])
-def test_damaged_particle_crack_map_stays_inside_its_envelope(kind: str) -> None:
-    v = make_single_particle(kind, seed=1)
+def _single(kind: str, seed: int) -> dict[str, float]:
+    v = make_single_particle(kind, seed=seed)
     res = map_cracks(v.recon)
     truth = v.particle_ids == 1
     mask = res.particle_mask.astype(bool)
     predicted = res.crack_mask.astype(bool)
-    assert predicted.any()
-    assert (predicted & truth).sum() >= 0.9 * predicted.sum()
-    # the particle mask counts the crack / core as particle
-    assert (v.crack_mask & mask).sum() >= 0.9 * v.crack_mask.sum()
-    # ... and is one piece in the middle slice
-    from scipy import ndimage
-
     z = v.recon.shape[0] // 2
     pieces, n = ndimage.label(mask[z] & truth[z])
-    sizes = np.bincount(pieces.ravel())[1:]
-    assert n >= 1 and sizes.max() >= 0.95 * (mask[z] & truth[z]).sum()
+    biggest = np.bincount(pieces.ravel())[1:].max() if n else 0
+    return {
+        "predicted_inside": (predicted & truth).sum() / max(predicted.sum(), 1),
+        "true_inside_mask": (v.crack_mask & mask).sum() / v.crack_mask.sum(),
+        "found": (predicted & v.crack_mask).sum() / v.crack_mask.sum(),
+        "one_piece": biggest / max((mask[z] & truth[z]).sum(), 1),
+        "any": float(predicted.any()),
+    }
+
+
+SEEDS = range(6)
+
+
+@pytest.fixture(scope="module")
+def singles() -> dict[str, list[dict[str, float]]]:
+    return {kind: [_single(kind, s) for s in SEEDS] for kind in ("through", "hollow")}
+
+
+# Measured with the 'contact' envelope (before it, with the 'closing' mask: 41 % of the
+# predicted crack pixels of a through-cracked particle inside it, the particle mask in pieces):
+# hollow core: predicted cracks inside the particle 99.7-100 %, its mask one piece on 6/6
+# seeds, 46-100 % of the true core/cracks inside the mask; through-crack: predicted cracks
+# inside on 5/6 seeds (64 % on one), mask one piece on 3/6, true crack inside the mask 5-99 %.
+def test_hollow_core_particle_crack_map_stays_inside_one_envelope(singles: dict) -> None:
+    for s in singles["hollow"]:
+        assert s["any"] and s["predicted_inside"] >= 0.95
+        assert s["one_piece"] >= 0.95
+        assert s["true_inside_mask"] >= 0.45
+
+
+def test_through_cracked_particle_crack_map_mostly_inside_its_envelope(singles: dict) -> None:
+    rows = singles["through"]
+    assert sum(s["any"] and s["predicted_inside"] >= 0.9 for s in rows) >= 5
+    assert sum(s["one_piece"] >= 0.95 for s in rows) >= 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="goal: a through-crack is found and inside one envelope on every seed; measured: "
+    "mask one piece on 3/6 seeds, 0.3-17 % of the crack found",
+)
+def test_through_cracked_particle_goal(singles: dict) -> None:
+    for s in singles["through"]:
+        assert s["one_piece"] >= 0.95 and s["true_inside_mask"] >= 0.9 and s["found"] >= 0.5
