@@ -59,10 +59,10 @@ class ParticleMaskParams(BaseModel):
     )
     notch_radius: NonNegativeInt = Field(
         default=4,
-        description="particle_envelope_slice: crack candidates reached from one particle are "
-        "part of it where a closing of this radius within that particle covers them (a crack "
-        "open to the particle surface), not where they lie outside its outline (a dark fringe "
-        "or a gap).",
+        description="particle_envelope_slice: crack candidates reached from one particle only "
+        "are part of it where the square of this half-width around them holds no other "
+        "particle and is at least half particle (a crack open to the particle surface), not "
+        "where they lie outside its outline (a dark fringe or a gap).",
     )
     min_void_area: NonNegativeInt = Field(
         default=6,
@@ -283,6 +283,87 @@ def _fill_holes_within_particles(solid: np.ndarray, labels: np.ndarray | None = 
     return solid | enclosed_by_one[hole_labels]
 
 
+def fill_enclosed_holes(labels: np.ndarray) -> np.ndarray:
+    """2-D labels with every background hole enclosed by a single label given that label.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        int (Y, X) instance labels, 0 = background.
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of the same dtype; holes ringed by two or more labels (pores between
+        particles) stay background.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"labels must be 2-D, got shape {lab.shape}")
+    solid = lab > 0
+    filled = _fill_holes_within_particles(solid, lab)
+    added = filled & ~solid
+    if not added.any():
+        return lab.copy()
+    holes, _ = ndimage.label(added)
+    points = np.nonzero(added)
+    # each added hole takes the label of the pixels ringing it (one label by construction)
+    ring = binary_dilate(added, np.ones((3, 3), dtype=bool)) & solid
+    owner = np.zeros(int(holes.max()) + 1, dtype=lab.dtype)
+    ring_points = np.nonzero(ring)
+    hole_of_ring, _ = _neighbourhood_extremes(holes, ring_points, 3, lowest=False)
+    owner[hole_of_ring] = lab[ring_points]
+    out = lab.copy()
+    out[points] = owner[holes[points]]
+    return out
+
+
+def _grow_into(labels: np.ndarray, reach: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grow labels into the ``reach`` pixels, one 4-neighbour step at a time.
+
+    Returns the grown labels (highest neighbour label) and, for each pixel, the lowest label
+    that reached it at the same step (``_NO_LABEL`` where none), so ``lowest == grown`` marks
+    pixels reached from one particle only. Only the candidate pixels are visited.
+    """
+    height, width = labels.shape
+    high_pad = np.pad(labels.astype(np.int64), 1)
+    low_pad = np.where(high_pad > 0, high_pad, _NO_LABEL)
+    ys, xs = np.nonzero(reach & (labels == 0))
+    cand = (ys + 1) * (width + 2) + (xs + 1)
+    offsets = np.array([-1, 1, -(width + 2), width + 2])
+    high_flat, low_flat = high_pad.ravel(), low_pad.ravel()
+    for _ in range(steps):
+        if cand.size == 0:
+            break
+        around = cand[:, None] + offsets[None, :]
+        high = high_flat[around].max(axis=1)
+        low = low_flat[around].min(axis=1)
+        hit = high > 0
+        # all reads of this step happen before its writes: one synchronous growth step
+        high_flat[cand[hit]] = high[hit]
+        low_flat[cand[hit]] = low[hit]
+        cand = cand[~hit]
+    return high_pad[1:-1, 1:-1], low_pad[1:-1, 1:-1]
+
+
+def _box_share(mask: np.ndarray, points: tuple[np.ndarray, ...], radius: int) -> np.ndarray:
+    """Share of ``mask`` in the (2 radius + 1)^2 square around each point (summed-area table;
+    the square is clipped at the image border)."""
+    ys, xs = points
+    top, left = max(int(ys.min()) - radius, 0), max(int(xs.min()) - radius, 0)
+    bottom = min(int(ys.max()) + radius + 1, mask.shape[0])
+    right = min(int(xs.max()) + radius + 1, mask.shape[1])
+    window = mask[top:bottom, left:right].astype(np.int32)
+    table = np.pad(window.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    ys, xs = ys - top, xs - left
+    y0 = np.clip(ys - radius, 0, window.shape[0])
+    y1 = np.clip(ys + radius + 1, 0, window.shape[0])
+    x0 = np.clip(xs - radius, 0, window.shape[1])
+    x1 = np.clip(xs + radius + 1, 0, window.shape[1])
+    total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return total / ((y1 - y0) * (x1 - x0))
+
+
 def particle_envelope_slice(
     image: np.ndarray,
     threshold: float,
@@ -307,8 +388,8 @@ def particle_envelope_slice(
         into which particles may grow to meet across a crack; default none (only holes
         enclosed by one particle are then bridged).
     cracks : numpy.ndarray, optional
-        (Y, X) bool confident cracks: those reached from one particle only (no other particle
-        within ``bridge_px``) are part of that particle (a crack open to its surface).
+        Accepted for symmetry with :func:`particle_mask_slice`; crack candidates reached from
+        one particle only and flanked by it are part of it whether confident or not.
 
     Returns
     -------
@@ -333,14 +414,7 @@ def particle_envelope_slice(
     single = np.zeros(closed.shape, dtype=bool)
     if bridge is not None and n and p.bridge_px:
         reach = np.asarray(bridge, dtype=bool) & ~closed
-        cross = ndimage.generate_binary_structure(2, 1)
-        lowest = np.where(labels > 0, labels, _NO_LABEL)
-        for _ in range(p.bridge_px):
-            step = ndimage.maximum_filter(grown, footprint=cross)
-            low = ndimage.minimum_filter(lowest, footprint=cross)
-            fresh = reach & (grown == 0)
-            grown = np.where(fresh, step, grown)
-            lowest = np.where(fresh, low, lowest)
+        grown, lowest = _grow_into(labels, reach, p.bridge_px)
         single = (labels == 0) & (grown > 0) & (lowest == grown)
     merged, mapping = merge_by_contact(grown, min_share=p.merge_min_share) if n else (grown, {})
     # bridge pixels are kept only where they joined pieces of one particle
@@ -350,15 +424,18 @@ def particle_envelope_slice(
     bridged = (labels == 0) & (grown > 0) & joined[grown]
     group = np.where(closed | bridged, merged, 0)
     if p.notch_radius and bridge is not None:
-        reached = (labels == 0) & (grown > 0) & ~bridged
+        reached = single & ~bridged
         if reached.any():
-            notch = _close_within_particles(group > 0, p.notch_radius) & reached
-            if cracks is not None:
-                # a crack open to one particle's surface is flanked by that particle: most of
-                # its neighbourhood is particle (a dark fringe outside the outline has less)
-                size = 2 * p.notch_radius + 1
-                flanked = ndimage.uniform_filter((group > 0).astype(np.float32), size) >= 0.5
-                notch |= reached & single & np.asarray(cracks, dtype=bool) & flanked
+            # a crack open to one particle's surface is flanked by that particle: most of its
+            # neighbourhood is particle (a dark fringe or gap outside the outline has less)
+            points = np.nonzero(reached)
+            size = 2 * p.notch_radius + 1
+            highest, lowest_near = _neighbourhood_extremes(labels, points, size)
+            flanked = (highest == lowest_near) & (
+                _box_share(group > 0, points, p.notch_radius) >= 0.5
+            )
+            notch = np.zeros(group.shape, dtype=bool)
+            notch[points[0][flanked], points[1][flanked]] = True
             group = np.where(notch, merged, group)
     envelope = _fill_holes_within_particles(group > 0, group)
     if p.min_area > 0:

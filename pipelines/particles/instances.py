@@ -23,6 +23,7 @@ from skimage.segmentation import watershed
 
 from models.crack_unet import normalize_slices, reference_levels
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
+from pipelines.cracks.particle_mask import fill_enclosed_holes
 from pipelines.particles.merge import merge_by_contact
 from pipelines.volumes import check_volume
 
@@ -58,6 +59,11 @@ class InstanceParams(BaseModel):
         description="For the contact, instances are first grown by this many pixels into "
         "background that the network still gives some particle probability (a crack between "
         "two pieces); 0 = direct contacts only.",
+    )
+    fill_holes: bool = Field(
+        default=True,
+        description="In every slice, background enclosed by one instance (a hollow core, a "
+        "void) becomes part of it: a particle's label covers its envelope.",
     )
     merge_bridge_foreground: float = Field(
         default=0.05,
@@ -135,6 +141,10 @@ def segment_instances(
     labels = instances_from_maps(foreground, distance, p)
     if p.merge_min_share > 0:
         labels = merge_pieces(labels, foreground, p)
+    if p.fill_holes:
+        # a hole ringed by one particle lies inside the reconstruction circle, even where an
+        # 8-bit render has stored it as exact 0
+        labels = np.stack([fill_enclosed_holes(s) for s in labels])
     return InstanceResult(labels=labels, foreground=foreground, distance=distance)
 
 

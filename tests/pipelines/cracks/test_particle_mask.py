@@ -158,3 +158,21 @@ def test_envelope_keeps_a_hollow_core_and_reports_it_as_void() -> None:
     assert not particle_envelope_slice(image, 0.5, small)[1].any()
     with pytest.raises(ValueError, match="bridge"):
         particle_envelope_slice(image, 0.5, bridge=np.zeros((3, 3), bool))
+
+
+def test_fill_enclosed_holes_gives_a_core_to_its_particle_but_not_a_pore_to_two() -> None:
+    from pipelines.cracks.particle_mask import fill_enclosed_holes
+
+    labels = np.zeros((60, 100), dtype=np.int32)
+    ring = _disc((60, 100), 30, 25, 20) & ~_disc((60, 100), 30, 25, 8)
+    labels[ring] = 7
+    # a pore enclosed by two particles (left and right halves of a second ring)
+    other = _disc((60, 100), 30, 75, 20) & ~_disc((60, 100), 30, 75, 8)
+    labels[other & (np.arange(100)[None, :] < 75)] = 3
+    labels[other & (np.arange(100)[None, :] >= 75)] = 4
+    filled = fill_enclosed_holes(labels)
+    assert (filled[_disc((60, 100), 30, 25, 8)] == 7).all()
+    assert (filled[_disc((60, 100), 30, 75, 7)] == 0).all()
+    np.testing.assert_array_equal(filled[labels > 0], labels[labels > 0])
+    with pytest.raises(ValueError, match="2-D"):
+        fill_enclosed_holes(np.zeros((2, 3, 3), dtype=np.int32))
