@@ -26,17 +26,17 @@ from pipelines.cracks.segment import (
 from pipelines.tomo.fbp import inside_circle, reconstruct
 from pipelines.tomo.simulate import simulate_scan
 
-# Measured with the shipped (2.5-D) weights on exactly these held-out volumes: crack IoU 0.865
-# and false cracks 0.24 % of the particle volume. The bounds keep a margin from the measurement
-# (BLAS/thread differences change a few voxels); the previous single-slice weights (IoU 0.756,
-# false cracks 0.22 %) fail the IoU bound.
-MIN_UNET_IOU = 0.84
+# Measured on exactly these held-out volumes of the training generator (a smoke test: issue 13
+# scores the never-trained family and the real crops, tests/pipelines/cracks/
+# test_validation_sets.py). The shipped weights are fine-tuned with split, hollow-core and
+# fragmented particles and 8-bit renders (models.synthetic.damage): with the 'closing' particle
+# mask crack IoU 0.803 (the previous weights 0.865), with the default 'contact' envelope 0.690
+# (previous weights 0.734: the envelope drops network cracks outside the particle outline);
+# false cracks 0.37 % of the particle volume. The bounds keep a margin from the measurement
+# (BLAS/thread differences change a few voxels).
+MIN_UNET_IOU = 0.78
 MAX_FALSE_CRACK_FRACTION = 0.006
-# The default 'contact' particle envelope (issue 13) drops network cracks that lie outside the
-# particle outline (on real slices most of them lie in the gaps between particles); on this
-# training-family volume that costs IoU: measured 0.78 (the 'closing' mask 0.865). The network
-# itself is checked with the 'closing' mask, the default pipeline with its own floor.
-MIN_CONTACT_IOU = 0.75
+MIN_CONTACT_IOU = 0.66
 
 
 @pytest.fixture(scope="module")
