@@ -3,6 +3,12 @@
 Prints (and with ``--json PATH`` saves; with ``--record`` adds the instance scores to
 ``models/weights/particle_unet.json``):
 
+0. validation sets side by side (``--sets-only`` runs only this): the training family's
+   held-out seeds (a smoke test), the never-trained generator family
+   (:mod:`benchmarks.holdout_family`) and the real labelled crops (``tests/data/real_labels``),
+   for our U-Net + watershed and the classic distance watershed on the Otsu solid: F1 at IoU
+   0.5, split rate, share of predicted particle pixels in carbon/binder and labels lying mostly
+   in carbon/binder (synthetic sets only: the real crops have no binder label);
 1. instance segmentation on held-out reconstructed synthetic cathodes with cracks (seeds never
    used in training): detection F1 at IoU 0.5 and split rate (share of true particles covered
    by more than one predicted label) of our U-Net + seeded watershed, beside the classic
@@ -42,6 +48,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from benchmarks.validation_sets import (
+    SETS,
+    Case,
+    holdout_family,
+    mean_rows,
+    real_crops,
+    training_family,
+)
 from models.flaw_cnn import load_flaw_cnn
 from models.particle_unet import DEFAULT_WEIGHTS, load_particle_unet
 from models.phase_net import DEFAULT_WEIGHTS as PHASE_WEIGHTS
@@ -49,6 +63,7 @@ from models.phase_net import load_phase_net
 from models.synthetic.cathode import SOLID, make_cathode_volume
 from models.synthetic.reconstructed import ReconstructedCathode, make_reconstructed_cathode
 from models.train_flaw_cnn import TEST_SEEDS, particle_slices, scores
+from pipelines.cracks.evaluate import particle_scores
 from pipelines.cracks.particle_mask import solid_threshold
 from pipelines.particles.analyze import analyze_particles
 from pipelines.particles.detachment import (
@@ -104,6 +119,59 @@ def instance_case(
             "n_pred": s.n_pred,
         }
     return out
+
+
+def set_case(case: Case, model: Any) -> dict[str, dict[str, float]]:
+    """Scores of our instances and the Otsu watershed baseline on one validation case."""
+    w = case.window
+    ours = segment_instances(case.recon, model=model).labels
+    otsu = watershed_baseline(baseline_solid(case.recon), min_size=case.min_size)
+    binder = None if case.binder is None else case.binder[w]
+    ignore = None if case.ignore is None else case.ignore[w]
+    return {
+        name: particle_scores(
+            labels[w], case.particle_ids[w], binder=binder, ignore=ignore, min_size=case.min_size
+        ).as_dict()
+        for name, labels in (("ours", ours), ("watershed_otsu", otsu))
+    }
+
+
+def sets_benchmark(model: Any) -> dict[str, Any]:
+    """Instance scores on the three validation sets, per case and averaged per set."""
+    out: dict[str, Any] = {}
+    for name, cases in zip(SETS, (training_family(), holdout_family(), real_crops()), strict=True):
+        per_case = {c.name: set_case(c, model) for c in cases}
+        out[name] = {
+            "cases": per_case,
+            "mean": {
+                m: mean_rows([v[m] for v in per_case.values()]) for m in ("ours", "watershed_otsu")
+            },
+        }
+    return out
+
+
+SET_COLUMNS = (
+    ("f1", "F1 @ IoU 0.5"),
+    ("split_rate", "split rate"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("binder_share", "px in binder"),
+    ("labels_in_binder", "labels in binder"),
+)
+
+
+def sets_table(sets: dict[str, Any]) -> str:
+    """The validation sets side by side, one row per set and method."""
+    lines = [
+        "| set | method | " + " | ".join(t for _, t in SET_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(SET_COLUMNS),
+    ]
+    for name in SETS:
+        for method in ("ours", "watershed_otsu"):
+            row = sets[name]["mean"][method]
+            cells = " | ".join(f"{row[k]:.3f}" for k, _ in SET_COLUMNS)
+            lines.append(f"| {name} | {method} | {cells} |")
+    return "\n".join(lines)
 
 
 def instance_benchmark(model: Any, seeds: tuple[int, ...]) -> dict[str, Any]:
@@ -332,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flaw-weights", type=Path, default=None)
     parser.add_argument("--phase-weights", type=Path, default=None, help="phase net weights")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--sets-only", action="store_true", help="only the validation sets (0)")
     parser.add_argument("--timing-only", action="store_true", help="skip the accuracy parts")
     parser.add_argument(
         "--detachment-only", action="store_true", help="only the detachment errors (part 3)"
@@ -356,6 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     flaw_model = load_flaw_cnn(args.flaw_weights, device=cpu)
     phase_model = load_phase_net(args.phase_weights, device=cpu)
     results: dict[str, Any] = {"threads": args.threads}
+    if not args.timing_only and not args.detachment_only:
+        results["validation_sets"] = sets_benchmark(particle_model)
+        print("validation sets (means; per case in --json):")
+        print(sets_table(results["validation_sets"]))
+    if args.sets_only:
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     if not args.timing_only and not args.detachment_only:
         results["instances"] = instance_benchmark(particle_model, HELD_OUT_SEEDS)
         print("instances (mean):", json.dumps(results["instances"]["mean"], indent=1))

@@ -6,9 +6,18 @@ Prints (and with ``--json PATH`` saves):
    ``skimage.transform.iradon`` on the same sinograms (ramp filter, CPU); the first call for a
    new geometry and a second call with the same geometry (the back projector then only reuses
    its pixel order: interpolation weights are recomputed block by block in every call);
+0. validation sets side by side (``--sets-only`` runs only this): the training family's
+   held-out seeds (a smoke test), the never-trained generator family
+   (:mod:`benchmarks.holdout_family`, 4 volumes and their crack-free variants) and the real
+   labelled crops (``tests/data/real_labels``), for the shipped U-Net and the Otsu fill-holes
+   baseline: crack IoU, share of labelled crack/void pixels found, share of predicted crack
+   pixels inside particles, false cracks on the crack-free volumes; and the particle mask the
+   crack pipeline builds: IoU with the true envelope and the share of the true cracks inside it;
 2. crack IoU/Dice of the shipped U-Net and of the Otsu threshold baseline on held-out synthetic
-   scans (seeds never used in training), inside the reconstruction circle;
-3. false cracks: predicted crack voxels / particle voxels on a crack-free volume;
+   scans of the training generator (seeds never used in training), inside the reconstruction
+   circle;
+3. false cracks: predicted crack voxels / particle voxels on a crack-free volume of the
+   training generator;
 4. throughput: the full crack pipeline (normalise, tile, U-Net, blend, particle mask,
    quantification) against the bare U-Net forward pass on the same tiles (32 slices of 512^2,
    5 alternating rounds, best round of each, and the median round too);
@@ -29,6 +38,14 @@ import torch
 from scipy import ndimage
 from skimage.transform import iradon
 
+from benchmarks.validation_sets import (
+    SETS,
+    Case,
+    holdout_family,
+    mean_rows,
+    real_crops,
+    training_family,
+)
 from models.crack_unet import (
     context_stacks,
     load_crack_unet,
@@ -36,6 +53,7 @@ from models.crack_unet import (
     reference_levels,
 )
 from models.synthetic.cathode import make_cathode_volume
+from pipelines.cracks.evaluate import crack_scores
 from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
 from pipelines.cracks.segment import (
     CrackParams,
@@ -65,6 +83,92 @@ def tolerant_scores(predicted: np.ndarray, truth: np.ndarray, inside: np.ndarray
     recall = float((true & ndimage.binary_dilation(pred, grow)).sum() / max(true.sum(), 1))
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision_1px": precision, "recall_1px": recall, "f1_1px": f1}
+
+
+def crack_case(case: Case, params: CrackParams) -> dict[str, dict[str, float]]:
+    """Scores of the crack pipeline and the Otsu fill-holes baseline on one case."""
+    res = map_cracks(case.recon, params)
+    baseline = threshold_baseline(case.recon, particle_mask(case.recon, CONVENTIONAL))
+    envelope = case.particle_ids > 0
+    mask = res.particle_mask.astype(bool) & case.valid
+    truth_env = envelope & case.valid
+    cracks = case.cracks & case.valid
+    union = int((mask | truth_env).sum())
+    return {
+        "unet": crack_scores(res.crack_mask, case.cracks, envelope, case.valid).as_dict(),
+        "otsu": crack_scores(baseline, case.cracks, envelope, case.valid).as_dict(),
+        "particle_mask": {
+            "envelope_iou": int((mask & truth_env).sum()) / union if union else float("nan"),
+            "true_cracks_inside": (
+                int((mask & cracks).sum()) / int(cracks.sum()) if cracks.any() else float("nan")
+            ),
+        },
+    }
+
+
+def bench_sets(params: CrackParams | None = None) -> dict[str, Any]:
+    """Crack scores on the three validation sets, per case and averaged per set."""
+    p = params if params is not None else CrackParams()
+    sets = {
+        SETS[0]: training_family(),
+        SETS[1]: holdout_family(),
+        SETS[2]: real_crops(),
+    }
+    out: dict[str, Any] = {}
+    for name, cases in sets.items():
+        per_case = {c.name: crack_case(c, p) for c in cases}
+        methods = next(iter(per_case.values()))
+        out[name] = {
+            "cases": per_case,
+            "mean": {m: mean_rows([v[m] for v in per_case.values()]) for m in methods},
+        }
+    free = {}
+    for c in holdout_family(cracked=False):
+        res = map_cracks(c.recon, p)
+        baseline = threshold_baseline(c.recon, particle_mask(c.recon, CONVENTIONAL))
+        env = c.particle_ids > 0
+        free[c.name] = {
+            "unet": crack_scores(res.crack_mask, c.cracks, env, c.valid).false_crack_fraction,
+            "otsu": crack_scores(baseline, c.cracks, env, c.valid).false_crack_fraction,
+        }
+    out["never-trained family, crack-free"] = {
+        "cases": free,
+        "mean": {m: float(np.mean([v[m] for v in free.values()])) for m in ("unet", "otsu")},
+    }
+    return out
+
+
+CRACK_COLUMNS = (
+    ("iou", "crack IoU"),
+    ("found", "labelled found"),
+    ("inside_particles", "pred. inside particles"),
+    ("false_crack_fraction", "false / particle px"),
+)
+
+
+def sets_table(sets: dict[str, Any]) -> str:
+    """The validation sets side by side, one row per set and method."""
+    lines = [
+        "| set | method | " + " | ".join(t for _, t in CRACK_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(CRACK_COLUMNS),
+    ]
+    for name in SETS:
+        for method in ("unet", "otsu"):
+            row = sets[name]["mean"][method]
+            cells = " | ".join(f"{row[k]:.3f}" for k, _ in CRACK_COLUMNS)
+            lines.append(f"| {name} | {method} | {cells} |")
+    free = sets["never-trained family, crack-free"]["mean"]
+    lines.append(
+        f"| never-trained, crack-free | unet / otsu | | | | "
+        f"{free['unet']:.4f} / {free['otsu']:.4f} |"
+    )
+    lines.append("")
+    lines.append("| set | crack-pipeline particle mask: envelope IoU | true cracks inside |")
+    lines.append("|---|---|---|")
+    for name in SETS:
+        row = sets[name]["mean"]["particle_mask"]
+        lines.append(f"| {name} | {row['envelope_iou']:.3f} | {row['true_cracks_inside']:.3f} |")
+    return "\n".join(lines)
 
 
 def bench_reconstruction(n_slices: int, size: int, n_angles: int) -> dict[str, Any]:
@@ -260,10 +364,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smaller volumes")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--sets-only", action="store_true", help="only the validation sets")
+    parser.add_argument("--weights", default=None, help="crack U-Net weights (default shipped)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick = args.quick
     results: dict[str, Any] = {"torch_threads": args.threads}
+    results["validation_sets"] = bench_sets(CrackParams(weights=args.weights))
+    print("validation sets (means; per case in --json):")
+    print(sets_table(results["validation_sets"]))
+    if args.sets_only:
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     results["reconstruction"] = bench_reconstruction(
         16 if quick else 64, 128 if quick else 256, 180 if quick else 384
     )

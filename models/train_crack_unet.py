@@ -68,6 +68,7 @@ from models.synthetic.cathode import (
     make_cathode_volume,
     simulate_detector,
 )
+from models.synthetic.damage import add_damage
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +134,34 @@ def touching_gaps(particle_ids: np.ndarray, radius: int = 2) -> np.ndarray:
     return (ids == 0) & (highest > 0) & (lowest < highest)
 
 
+def quantize_8bit(recon: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The reconstruction as an 8-bit display render (as the real PNG slices are): stretched
+    between random low/high percentiles, rounded, exact 0 outside the reconstruction circle."""
+    inside = recon != 0
+    low, high = np.percentile(recon[inside], [rng.uniform(0.0, 1.0), rng.uniform(99.0, 100.0)])
+    out = np.round(np.clip((recon - low) / max(high - low, 1e-12), 0.0, 1.0) * 255.0)
+    out[~inside] = 0.0
+    return out.astype(np.float32)
+
+
 def make_slice_set(
-    shape: tuple[int, int, int], seed: int, rng: np.random.Generator, crack_density: float
+    shape: tuple[int, int, int],
+    seed: int,
+    rng: np.random.Generator,
+    crack_density: float,
+    *,
+    damage_share: float = 0.0,
+    quantize: bool = False,
+    diameter_px: tuple[float, float] = (18.0, 34.0),
 ) -> SliceSet:
-    """One synthetic volume -> normalised reconstructed slices with labels."""
+    """One synthetic volume -> normalised reconstructed slices with labels.
+
+    ``damage_share`` > 0 adds split, hollow-core and fragmented particles
+    (:func:`models.synthetic.damage.add_damage`); ``quantize`` renders the reconstruction as
+    8-bit (:func:`quantize_8bit`).
+    """
     params = CathodeParams(
-        particle_diameter_px=float(rng.uniform(18, 34)),
+        particle_diameter_px=float(rng.uniform(*diameter_px)),
         shape_irregularity=float(rng.uniform(0.08, 0.22)),
         binder_fraction=float(rng.uniform(0.35, 0.7)),
         crack_width_px=(float(rng.uniform(1.0, 1.6)), float(rng.uniform(2.2, 3.4))),
@@ -150,6 +173,8 @@ def make_slice_set(
         depth_gradient=bool(rng.random() < 0.5),
         params=params,
     )
+    if damage_share > 0:
+        vol = add_damage(vol, rng, share=damage_share)
     detector = DetectorParams(
         photons=float(10 ** rng.uniform(3.7, 4.7)),
         phase_fringe=float(rng.uniform(0.0, 1.2)),
@@ -165,6 +190,8 @@ def make_slice_set(
         detector=detector,
         filter_name=filter_name,
     )
+    if quantize:
+        recon = quantize_8bit(recon, rng)
     low, high = reference_levels(recon)
     images = context_stacks(normalize_slices(recon, low, high))
     n = shape[2]
@@ -314,7 +341,18 @@ def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[
     sets = []
     for i in range(args.volumes):
         density = 0.0 if i == args.volumes - 1 else float(rng.uniform(0.4, 1.6))
-        sets.append(make_slice_set(shape, seed=args.seed * 100 + i, rng=rng, crack_density=density))
+        damaged = i < args.volumes - 1 and rng.random() < args.damaged_volumes
+        sets.append(
+            make_slice_set(
+                shape,
+                seed=args.seed * 100 + i,
+                rng=rng,
+                crack_density=density,
+                damage_share=float(rng.uniform(0.3, 0.8)) if damaged else 0.0,
+                quantize=bool(rng.random() < args.quantize_share),
+                diameter_px=(args.min_diameter, args.max_diameter),
+            )
+        )
         logger.info(
             "training volume %d/%d ready (crack density %.2f)", i + 1, args.volumes, density
         )
@@ -356,6 +394,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-every", type=int, default=1000, help="log the held-out score every N steps"
     )
+    parser.add_argument(
+        "--damaged-volumes",
+        type=float,
+        default=0.0,
+        help="share of the cracked training volumes with split, hollow-core and fragmented "
+        "particles (models.synthetic.damage)",
+    )
+    parser.add_argument(
+        "--quantize-share", type=float, default=0.0, help="share of volumes rendered as 8 bit"
+    )
+    parser.add_argument("--min-diameter", type=float, default=18.0)
+    parser.add_argument("--max-diameter", type=float, default=34.0)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(

@@ -1,4 +1,16 @@
-"""Particle (solid) mask that counts the cracks inside a particle as particle."""
+"""Particle (solid) mask that counts the cracks inside a particle as particle.
+
+Two ways to build it per slice:
+
+* :func:`particle_mask_slice`: threshold, add the given cracks, close and fill holes within one
+  particle at a time (the original mask);
+* :func:`particle_envelope_slice`: threshold, close and fill within one particle; then let the
+  particles grow into the crack candidates and merge the pieces whose contact is a large share
+  of the smaller piece's perimeter (:func:`pipelines.particles.merge.merge_by_contact`), so a
+  crack through a particle or a hollow core stays inside its particle, while a dark gap between
+  two particles (which only meet over a short neck) stays outside. It also returns the enclosed
+  voids and the bridged cracks, which the crack map reports as cracks.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
+
+from pipelines.particles.merge import merge_by_contact
 
 
 class ParticleMaskParams(BaseModel):
@@ -30,6 +44,30 @@ class ParticleMaskParams(BaseModel):
     )
     threshold: float | None = Field(
         default=None, description="Solid intensity threshold; None = Otsu (solid_threshold)."
+    )
+    bridge_px: NonNegativeInt = Field(
+        default=4,
+        description="particle_envelope_slice: how far (pixels) particles grow into crack "
+        "candidates to meet the other side of a crack.",
+    )
+    merge_min_share: float = Field(
+        default=0.12,
+        gt=0.0,
+        le=1.0,
+        description="particle_envelope_slice: pieces merge into one particle when their "
+        "contact (after growing) is at least this share of the smaller piece's perimeter.",
+    )
+    notch_radius: NonNegativeInt = Field(
+        default=4,
+        description="particle_envelope_slice: crack candidates reached from one particle only "
+        "are part of it where the square of this half-width around them holds no other "
+        "particle and is at least half particle (a crack open to the particle surface), not "
+        "where they lie outside its outline (a dark fringe or a gap).",
+    )
+    min_void_area: NonNegativeInt = Field(
+        default=6,
+        description="particle_envelope_slice: smaller enclosed dark holes are not voids "
+        "(noise); they still count as particle.",
     )
 
 
@@ -218,13 +256,18 @@ def _holes(solid: np.ndarray) -> tuple[np.ndarray, int]:
     return new_ids[background], int(is_hole.sum())
 
 
-def _fill_holes_within_particles(solid: np.ndarray) -> np.ndarray:
-    """Fill the holes that are enclosed by one particle (not pores ringed by several)."""
+def _fill_holes_within_particles(solid: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """Fill the holes that are enclosed by one particle (not pores ringed by several).
+
+    ``labels`` (optional) says which pixels form one particle; default the connected
+    components of ``solid``.
+    """
     hole_labels, n_holes = _holes(solid)
     if n_holes == 0:
         return solid
     holes = hole_labels > 0
-    labels, _ = ndimage.label(solid)
+    if labels is None:
+        labels, _ = ndimage.label(solid)
     square = np.ones((3, 3), dtype=bool)
     ring = binary_dilate(holes, square) & solid
     points = np.nonzero(ring)
@@ -238,6 +281,180 @@ def _fill_holes_within_particles(solid: np.ndarray) -> np.ndarray:
     enclosed_by_one = (highest == lowest) & (highest > 0)
     enclosed_by_one[0] = False
     return solid | enclosed_by_one[hole_labels]
+
+
+def fill_enclosed_holes(labels: np.ndarray) -> np.ndarray:
+    """2-D labels with every background hole enclosed by a single label given that label.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        int (Y, X) instance labels, 0 = background.
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of the same dtype; holes ringed by two or more labels (pores between
+        particles) stay background.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"labels must be 2-D, got shape {lab.shape}")
+    solid = lab > 0
+    filled = _fill_holes_within_particles(solid, lab)
+    added = filled & ~solid
+    if not added.any():
+        return lab.copy()
+    holes, _ = ndimage.label(added)
+    points = np.nonzero(added)
+    # each added hole takes the label of the pixels ringing it (one label by construction)
+    ring = binary_dilate(added, np.ones((3, 3), dtype=bool)) & solid
+    owner = np.zeros(int(holes.max()) + 1, dtype=lab.dtype)
+    ring_points = np.nonzero(ring)
+    hole_of_ring, _ = _neighbourhood_extremes(holes, ring_points, 3, lowest=False)
+    owner[hole_of_ring] = lab[ring_points]
+    out = lab.copy()
+    out[points] = owner[holes[points]]
+    return out
+
+
+def _grow_into(labels: np.ndarray, reach: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grow labels into the ``reach`` pixels, one 4-neighbour step at a time.
+
+    Returns the grown labels (highest neighbour label) and, for each pixel, the lowest label
+    that reached it at the same step (``_NO_LABEL`` where none), so ``lowest == grown`` marks
+    pixels reached from one particle only. Only the candidate pixels are visited.
+    """
+    height, width = labels.shape
+    high_pad = np.pad(labels.astype(np.int64), 1)
+    low_pad = np.where(high_pad > 0, high_pad, _NO_LABEL)
+    ys, xs = np.nonzero(reach & (labels == 0))
+    cand = (ys + 1) * (width + 2) + (xs + 1)
+    offsets = np.array([-1, 1, -(width + 2), width + 2])
+    high_flat, low_flat = high_pad.ravel(), low_pad.ravel()
+    for _ in range(steps):
+        if cand.size == 0:
+            break
+        around = cand[:, None] + offsets[None, :]
+        high = high_flat[around].max(axis=1)
+        low = low_flat[around].min(axis=1)
+        hit = high > 0
+        # all reads of this step happen before its writes: one synchronous growth step
+        high_flat[cand[hit]] = high[hit]
+        low_flat[cand[hit]] = low[hit]
+        cand = cand[~hit]
+    return high_pad[1:-1, 1:-1], low_pad[1:-1, 1:-1]
+
+
+def _box_share(mask: np.ndarray, points: tuple[np.ndarray, ...], radius: int) -> np.ndarray:
+    """Share of ``mask`` in the (2 radius + 1)^2 square around each point (summed-area table;
+    the square is clipped at the image border)."""
+    ys, xs = points
+    top, left = max(int(ys.min()) - radius, 0), max(int(xs.min()) - radius, 0)
+    bottom = min(int(ys.max()) + radius + 1, mask.shape[0])
+    right = min(int(xs.max()) + radius + 1, mask.shape[1])
+    window = mask[top:bottom, left:right].astype(np.int32)
+    table = np.pad(window.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    ys, xs = ys - top, xs - left
+    y0 = np.clip(ys - radius, 0, window.shape[0])
+    y1 = np.clip(ys + radius + 1, 0, window.shape[0])
+    x0 = np.clip(xs - radius, 0, window.shape[1])
+    x1 = np.clip(xs + radius + 1, 0, window.shape[1])
+    total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return total / ((y1 - y0) * (x1 - x0))
+
+
+def particle_envelope_slice(
+    image: np.ndarray,
+    threshold: float,
+    params: ParticleMaskParams | None = None,
+    *,
+    bridge: np.ndarray | None = None,
+    cracks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Particle envelope of one slice and the voids and cracks it encloses.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (Y, X) reconstructed slice.
+    threshold : float
+        Solid threshold (:func:`solid_threshold`).
+    params : ParticleMaskParams, optional
+        ``smoothing_sigma``, ``closing_radius``, ``min_area``, ``bridge_px``,
+        ``merge_min_share``, ``min_void_area``.
+    bridge : numpy.ndarray, optional
+        (Y, X) bool crack candidates (e.g. the network's crack probability above a low level)
+        into which particles may grow to meet across a crack; default none (only holes
+        enclosed by one particle are then bridged).
+    cracks : numpy.ndarray, optional
+        Accepted for symmetry with :func:`particle_mask_slice`; crack candidates reached from
+        one particle only and flanked by it are part of it whether confident or not.
+
+    Returns
+    -------
+    envelope : numpy.ndarray
+        bool (Y, X): particles with their cracks and core voids.
+    voids : numpy.ndarray
+        bool (Y, X): dark holes of at least ``min_void_area`` pixels enclosed by one particle,
+        and the crack pixels that join the pieces of one particle.
+    """
+    p = params if params is not None else ParticleMaskParams()
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    if bridge is not None and np.shape(bridge) != img.shape:
+        raise ValueError(f"bridge shape {np.shape(bridge)} != image shape {img.shape}")
+    if p.smoothing_sigma > 0:
+        img = ndimage.gaussian_filter(img, p.smoothing_sigma)
+    solid = img > threshold
+    closed = _close_within_particles(solid, p.closing_radius) if p.closing_radius else solid
+    labels, n = ndimage.label(closed)
+    grown = labels
+    single = np.zeros(closed.shape, dtype=bool)
+    if bridge is not None and n and p.bridge_px:
+        reach = np.asarray(bridge, dtype=bool) & ~closed
+        grown, lowest = _grow_into(labels, reach, p.bridge_px)
+        single = (labels == 0) & (grown > 0) & (lowest == grown)
+    merged, mapping = merge_by_contact(grown, min_share=p.merge_min_share) if n else (grown, {})
+    # bridge pixels are kept only where they joined pieces of one particle
+    joined = np.zeros(n + 1, dtype=bool)
+    for old, new in mapping.items():
+        joined[old] = joined[new] = True
+    bridged = (labels == 0) & (grown > 0) & joined[grown]
+    group = np.where(closed | bridged, merged, 0)
+    if p.notch_radius and bridge is not None:
+        reached = single & ~bridged
+        if reached.any():
+            # a crack open to one particle's surface is flanked by that particle: most of its
+            # neighbourhood is particle (a dark fringe or gap outside the outline has less)
+            points = np.nonzero(reached)
+            size = 2 * p.notch_radius + 1
+            highest, lowest_near = _neighbourhood_extremes(labels, points, size)
+            flanked = (highest == lowest_near) & (
+                _box_share(group > 0, points, p.notch_radius) >= 0.5
+            )
+            notch = np.zeros(group.shape, dtype=bool)
+            notch[points[0][flanked], points[1][flanked]] = True
+            group = np.where(notch, merged, group)
+    envelope = _fill_holes_within_particles(group > 0, group)
+    if p.min_area > 0:
+        comp, m = ndimage.label(envelope)
+        if m:
+            small = np.bincount(comp.ravel()) < p.min_area
+            small[0] = False
+            envelope[small[comp]] = False
+    # voids: dark holes enclosed by one particle (at least min_void_area pixels), the cracks
+    # that join its pieces and the dark pixels the closing added right beside those
+    holes = envelope & ~(group > 0)
+    if p.min_void_area > 1 and holes.any():
+        hole_ids, _ = ndimage.label(holes)
+        big = np.bincount(hole_ids.ravel()) >= p.min_void_area
+        big[0] = False
+        holes = big[hole_ids]
+    joins = bridged | holes
+    beside = closed & ~solid & binary_dilate(joins, np.ones((3, 3), dtype=bool))
+    return envelope, (joins | beside) & envelope
 
 
 def particle_mask(

@@ -26,6 +26,7 @@ from models.crack_unet import (
 )
 from pipelines.cracks.particle_mask import (
     ParticleMaskParams,
+    particle_envelope_slice,
     particle_mask_slice,
     solid_threshold,
 )
@@ -52,6 +53,25 @@ class CrackParams(BaseModel):
         default=True,
         description="Voxels exactly 0 are outside the reconstruction circle: no crack there "
         "(the network sees a flat zero input there, unlike anything it was trained on).",
+    )
+    envelope: Literal["contact", "closing"] = Field(
+        default="contact",
+        description="Particle mask: 'contact' = pieces joined across cracks by their contact "
+        "share, enclosed voids and joining cracks reported as cracks "
+        "(particle_envelope_slice); 'closing' = the network's cracks added to the solid, "
+        "closed and filled within one particle (particle_mask_slice, the earlier mask).",
+    )
+    bridge_threshold: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="'contact' envelope: crack probability above which particles may grow "
+        "into a pixel to meet across a crack.",
+    )
+    report_voids: bool = Field(
+        default=True,
+        description="'contact' envelope: add the dark holes enclosed by one particle (core "
+        "voids) and the cracks that join its pieces to the crack mask.",
     )
     workers: PositiveInt | None = Field(
         default=None,
@@ -180,6 +200,21 @@ def _segment(
 
     def finish(z: int, image: np.ndarray, prob: np.ndarray) -> CrackSlice:
         crack = prob >= p.threshold
+        if p.envelope == "contact":
+            bridge = prob >= p.bridge_threshold
+            if p.zero_is_outside:
+                inside = image != 0
+                crack &= inside
+                bridge &= inside
+            particle, voids = particle_envelope_slice(
+                image, threshold, p.particle, bridge=bridge, cracks=crack
+            )
+            if p.report_voids:
+                crack |= voids
+            crack &= particle
+            if p.zero_is_outside:
+                crack &= inside
+            return CrackSlice(z, crack.view(np.uint8), particle.view(np.uint8))
         if p.zero_is_outside:
             crack &= image != 0
         particle = particle_mask_slice(image, threshold, p.particle, cracks=crack)

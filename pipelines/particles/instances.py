@@ -23,6 +23,8 @@ from skimage.segmentation import watershed
 
 from models.crack_unet import normalize_slices, reference_levels
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
+from pipelines.cracks.particle_mask import fill_enclosed_holes
+from pipelines.particles.merge import merge_by_contact
 from pipelines.volumes import check_volume
 
 
@@ -44,6 +46,31 @@ class InstanceParams(BaseModel):
         "distance varies slowly; n = 2 makes the search about 8 times faster).",
     )
     min_size: NonNegativeInt = Field(default=60, description="Smaller instances are dropped.")
+    merge_min_share: float = Field(
+        default=0.12,
+        ge=0.0,
+        le=1.0,
+        description="Merge touching instances whose contact is at least this share of the "
+        "smaller one's surface (pieces of one particle cut by a crack, a hollow "
+        "core or extra distance maxima; pipelines.particles.merge); 0 = no merging.",
+    )
+    merge_bridge_px: NonNegativeInt = Field(
+        default=1,
+        description="For the contact, instances are first grown by this many pixels into "
+        "background that the network still gives some particle probability (a crack between "
+        "two pieces); 0 = direct contacts only.",
+    )
+    fill_holes: bool = Field(
+        default=True,
+        description="In every slice, background enclosed by one instance (a hollow core, a "
+        "void) becomes part of it: a particle's label covers its envelope.",
+    )
+    merge_bridge_foreground: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Lowest particle probability a bridging pixel may have.",
+    )
     zero_is_outside: bool = Field(
         default=True,
         description="Voxels exactly 0 are outside the reconstruction circle: no particle there.",
@@ -112,7 +139,59 @@ def segment_instances(
     if p.zero_is_outside:
         foreground[vol == 0] = 0.0
     labels = instances_from_maps(foreground, distance, p)
+    if p.merge_min_share > 0:
+        labels = merge_pieces(labels, foreground, p)
+    if p.fill_holes:
+        # a hole ringed by one particle lies inside the reconstruction circle, even where an
+        # 8-bit render has stored it as exact 0
+        labels = np.stack([fill_enclosed_holes(s) for s in labels])
     return InstanceResult(labels=labels, foreground=foreground, distance=distance)
+
+
+def merge_pieces(
+    labels: np.ndarray, foreground: np.ndarray, params: InstanceParams | None = None
+) -> np.ndarray:
+    """Merge instances that are pieces of one particle (:mod:`pipelines.particles.merge`).
+
+    The instances are grown by ``merge_bridge_px`` into background whose particle probability
+    is at least ``merge_bridge_foreground`` (so a thin crack between two pieces is bridged, a
+    gap of binder or pore between two particles is not), then merged where their in-slice
+    contact is at least ``merge_min_share`` of the smaller surface. The returned labels are
+    the original ones (not grown), renumbered 1..n. Faces on the volume border are not
+    surface (the particle may continue there).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        int (Z, Y, X) instances.
+    foreground : numpy.ndarray
+        float (Z, Y, X) particle probability.
+    params : InstanceParams, optional
+        ``merge_min_share``, ``merge_bridge_px``, ``merge_bridge_foreground``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 (Z, Y, X) labels 1..n.
+    """
+    p = params if params is not None else InstanceParams()
+    lab = np.asarray(labels)
+    if np.shape(foreground) != lab.shape:
+        raise ValueError(f"foreground shape {np.shape(foreground)} != labels shape {lab.shape}")
+    grown = lab
+    if p.merge_bridge_px > 0:
+        bridgeable = (lab == 0) & (np.asarray(foreground) >= p.merge_bridge_foreground)
+        cross = ndimage.generate_binary_structure(lab.ndim, 1)
+        for _ in range(p.merge_bridge_px):
+            step = ndimage.maximum_filter(grown, footprint=cross)
+            grown = np.where(bridgeable & (grown == 0), step, grown)
+    _, mapping = merge_by_contact(grown, min_share=p.merge_min_share)
+    if not mapping:
+        return lab.astype(np.int32)
+    lut = np.arange(int(lab.max()) + 1, dtype=np.int32)
+    for old, new in mapping.items():
+        lut[old] = new
+    return remove_small(lut[lab], 0)
 
 
 def instances_from_maps(

@@ -100,3 +100,15 @@ def test_detector_frames() -> None:
     assert np.median(transmission[:, :, 17:]) == pytest.approx(1.0, abs=0.05)
     with pytest.raises(ValueError, match="line_integrals"):
         simulate_detector(np.zeros((4, 4)), seed=0)
+
+
+def test_added_damage_stays_inside_its_particles() -> None:
+    from models.synthetic.cathode import CathodeParams, make_cathode_volume
+    from models.synthetic.damage import add_damage
+
+    vol = make_cathode_volume((8, 96, 96), seed=4, crack_density=0.0, params=CathodeParams())
+    damaged = add_damage(vol, np.random.default_rng(0), share=1.0)
+    assert not vol.crack_mask.any() and damaged.crack_mask.any()
+    np.testing.assert_array_equal(damaged.particle_ids, vol.particle_ids)
+    assert not (damaged.crack_mask & (vol.particle_ids == 0)).any()
+    assert (damaged.attenuation[damaged.crack_mask] < vol.attenuation[damaged.crack_mask]).all()

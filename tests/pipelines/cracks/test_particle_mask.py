@@ -17,6 +17,7 @@ from pipelines.cracks.particle_mask import (
     _neighbourhood_extremes,
     binary_dilate,
     binary_erode,
+    particle_envelope_slice,
     particle_mask,
     particle_mask_slice,
     solid_threshold,
@@ -114,3 +115,64 @@ def test_neighbourhood_extremes_equal_scipy_filters(
     only_highest, none = _neighbourhood_extremes(labels, points, size, lowest=False)
     assert none is None
     np.testing.assert_array_equal(only_highest, highest)
+
+
+def _disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+
+
+def test_envelope_bridges_a_through_crack_but_not_a_gap_between_particles() -> None:
+    shape = (80, 140)
+    image = np.full(shape, 0.2, dtype=np.float32)
+    cut = _disc(shape, 40, 35, 24)
+    through = cut & (np.abs(np.arange(shape[1])[None, :] - 35) < 1.5)  # 2 px wide, edge to edge
+    left_particle, right_particle = _disc(shape, 40, 88, 16), _disc(shape, 40, 121, 16)
+    image[cut | left_particle | right_particle] = 1.0
+    image[through] = 0.0
+    # the network marks the crack and (wrongly) the 1-px gap between the two right particles
+    gap = (
+        (image < 0.5)
+        & ndimage.binary_dilation(left_particle, iterations=2)
+        & (ndimage.binary_dilation(right_particle, iterations=2))
+    )
+    assert gap.any()
+    envelope, voids = particle_envelope_slice(image, 0.5, bridge=through | gap)
+    assert envelope[through].all() and voids[through].all()
+    assert not envelope[gap].any() and not voids[gap].any()
+    labels, n = ndimage.label(envelope)
+    assert n == 3
+
+
+def test_envelope_keeps_a_hollow_core_and_reports_it_as_void() -> None:
+    shape = (90, 90)
+    image = np.full(shape, 0.2, dtype=np.float32)
+    particle = _disc(shape, 45, 45, 30)
+    core = _disc(shape, 45, 45, 9)
+    image[particle] = 1.0
+    image[core] = 0.05
+    envelope, voids = particle_envelope_slice(image, 0.5)
+    assert envelope[core].all() and voids[core].all()
+    assert not voids[particle & ~core].any()
+    small = ParticleMaskParams(min_void_area=int(core.sum()) + 1)
+    assert not particle_envelope_slice(image, 0.5, small)[1].any()
+    with pytest.raises(ValueError, match="bridge"):
+        particle_envelope_slice(image, 0.5, bridge=np.zeros((3, 3), bool))
+
+
+def test_fill_enclosed_holes_gives_a_core_to_its_particle_but_not_a_pore_to_two() -> None:
+    from pipelines.cracks.particle_mask import fill_enclosed_holes
+
+    labels = np.zeros((60, 100), dtype=np.int32)
+    ring = _disc((60, 100), 30, 25, 20) & ~_disc((60, 100), 30, 25, 8)
+    labels[ring] = 7
+    # a pore enclosed by two particles (left and right halves of a second ring)
+    other = _disc((60, 100), 30, 75, 20) & ~_disc((60, 100), 30, 75, 8)
+    labels[other & (np.arange(100)[None, :] < 75)] = 3
+    labels[other & (np.arange(100)[None, :] >= 75)] = 4
+    filled = fill_enclosed_holes(labels)
+    assert (filled[_disc((60, 100), 30, 25, 8)] == 7).all()
+    assert (filled[_disc((60, 100), 30, 75, 7)] == 0).all()
+    np.testing.assert_array_equal(filled[labels > 0], labels[labels > 0])
+    with pytest.raises(ValueError, match="2-D"):
+        fill_enclosed_holes(np.zeros((2, 3, 3), dtype=np.int32))

@@ -1,0 +1,133 @@
+"""The three validation sets the crack and particle benchmarks score side by side.
+
+1. ``training family``: held-out seeds of the generator the networks train on
+   (:func:`models.synthetic.reconstructed.make_reconstructed_cathode`) -- a smoke test only;
+2. ``never-trained family``: :mod:`benchmarks.holdout_family`, written apart, used by no
+   training script;
+3. ``real crops``: the labelled crops of the real APS nano-CT slices (``tests/data/real_labels``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks.holdout_family import make_holdout_volume
+from models.synthetic.cathode import BINDER
+from models.synthetic.reconstructed import make_reconstructed_cathode
+from pipelines.tomo.fbp import inside_circle
+
+TRAINING_FAMILY_SEEDS = (777_001, 777_002)
+HOLDOUT_SEEDS = (424_001, 424_002, 424_003, 424_004)
+TRAINING_SHAPE = (16, 160, 160)
+HOLDOUT_SHAPE = (16, 192, 192)
+SETS = ("training family", "never-trained family", "real crops")
+
+
+@dataclass
+class Case:
+    """One scored volume: the input, its truth, and where to score.
+
+    ``valid`` marks the voxels that are scored (inside the reconstruction circle, outside the
+    unlabelled region); ``window`` is the box the instance scores are computed on; ``min_size``
+    the smallest instance counted.
+    """
+
+    name: str
+    recon: np.ndarray
+    particle_ids: np.ndarray
+    cracks: np.ndarray
+    binder: np.ndarray | None
+    valid: np.ndarray
+    window: tuple[slice, ...]
+    min_size: int = 60
+    ignore: np.ndarray | None = None
+
+
+def inscribed_window(n: int) -> tuple[slice, ...]:
+    """(all z, the square inscribed in the reconstruction circle of an n x n slice)."""
+    margin = int(math.ceil(n / 2 - n / (2 * math.sqrt(2)))) + 2
+    return (slice(None), slice(margin, n - margin), slice(margin, n - margin))
+
+
+def training_family(
+    shape: tuple[int, int, int] = TRAINING_SHAPE,
+    seeds: tuple[int, ...] = TRAINING_FAMILY_SEEDS,
+    *,
+    crack_density: float = 1.5,
+) -> list[Case]:
+    """Held-out seeds of the training generator."""
+    out = []
+    for seed in seeds:
+        s = make_reconstructed_cathode(shape, seed=seed, crack_density=crack_density)
+        out.append(
+            Case(
+                name=f"train-family {seed}",
+                recon=s.recon,
+                particle_ids=s.truth.particle_ids,
+                cracks=s.truth.crack_mask.astype(bool),
+                binder=s.truth.phase == BINDER,
+                valid=np.broadcast_to(inside_circle(shape[2]), shape),
+                window=inscribed_window(shape[2]),
+            )
+        )
+    return out
+
+
+def holdout_family(
+    shape: tuple[int, int, int] = HOLDOUT_SHAPE,
+    seeds: tuple[int, ...] = HOLDOUT_SEEDS,
+    *,
+    cracked: bool = True,
+) -> list[Case]:
+    """The never-trained generator family (crack-free variant with ``cracked=False``)."""
+    out = []
+    for seed in seeds:
+        v = make_holdout_volume(shape, seed=seed, cracked=cracked)
+        out.append(
+            Case(
+                name=f"holdout {seed}" + ("" if cracked else " crack-free"),
+                recon=v.recon,
+                particle_ids=v.particle_ids,
+                cracks=v.crack_mask,
+                binder=v.binder_mask,
+                valid=np.broadcast_to(inside_circle(shape[2]), shape),
+                window=inscribed_window(shape[2]),
+            )
+        )
+    return out
+
+
+def real_crops() -> list[Case]:
+    """The labelled real crops as one-slice volumes (objects under 150 px not counted)."""
+    from tests.conftest import SHARED_DATA
+    from tests.data.real_labels import load_labelled_crops
+
+    out = []
+    for c in load_labelled_crops(SHARED_DATA):
+        out.append(
+            Case(
+                name=f"real {c.name}",
+                recon=c.image[np.newaxis],
+                particle_ids=c.instances[np.newaxis],
+                cracks=c.cracks[np.newaxis],
+                binder=None,
+                valid=~c.ignore[np.newaxis],
+                window=(slice(None),) * 3,
+                min_size=150,
+                ignore=c.ignore[np.newaxis],
+            )
+        )
+    return out
+
+
+def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each numeric key over rows, ignoring NaN (NaN when all are NaN)."""
+    out: dict[str, float] = {}
+    for key in rows[0]:
+        values = np.asarray([r[key] for r in rows], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        out[key] = float(finite.mean()) if finite.size else float("nan")
+    return out

@@ -1,0 +1,148 @@
+"""The shipped crack pipeline on data no network trained on: the never-trained generator family
+(:mod:`benchmarks.holdout_family`) and the real labelled crops (``tests/data/real_labels``).
+
+Floors sit just below what ``python -m benchmarks.tomo_benchmark --sets-only`` measured on the
+same cases; the goals of issue 13 that are not met yet are strict xfails naming the measured
+number, so they turn into failures (to be promoted to plain tests) the day they pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from benchmarks.holdout_family import make_single_particle
+from benchmarks.validation_sets import Case, holdout_family, mean_rows, real_crops
+from pipelines.cracks.evaluate import crack_scores
+from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
+from pipelines.cracks.segment import map_cracks, threshold_baseline
+
+
+def _scores(cases: list[Case]) -> dict[str, dict[str, float]]:
+    unet, otsu = [], []
+    for c in cases:
+        res = map_cracks(c.recon)
+        base = threshold_baseline(c.recon, particle_mask(c.recon, CONVENTIONAL))
+        env = c.particle_ids > 0
+        unet.append(crack_scores(res.crack_mask, c.cracks, env, c.valid).as_dict())
+        otsu.append(crack_scores(base, c.cracks, env, c.valid).as_dict())
+    return {"unet": mean_rows(unet), "otsu": mean_rows(otsu)}
+
+
+@pytest.fixture(scope="module")
+def holdout() -> dict[str, Any]:
+    return _scores(holdout_family())
+
+
+@pytest.fixture(scope="module")
+def crack_free() -> dict[str, Any]:
+    return _scores(holdout_family(cracked=False))
+
+
+@pytest.fixture(scope="module")
+def real() -> dict[str, Any]:
+    return _scores(real_crops())
+
+
+# measured with the previous weights and the earlier 'closing' particle mask: never-trained
+# family crack IoU 0.316 vs Otsu 0.206; real crops: 31 % of the predicted crack pixels inside
+# particles, 21 % of the labelled crack/void pixels found. With the 'contact' envelope and the
+# previous weights: never-trained 0.319; real crops 89 % inside, 57 % found, IoU 0.33. With the
+# fine-tuned shipped weights (models.synthetic.damage, 8-bit renders): never-trained 0.491
+# (51 % found); real crops 89 % inside, 58 % found, IoU 0.33 (Otsu 0.18); crack-free
+# never-trained volumes: 0.02 % false cracks.
+def test_holdout_crack_iou_floor(holdout: dict[str, Any]) -> None:
+    assert holdout["unet"]["iou"] >= 0.45
+    assert holdout["unet"]["iou"] >= 2.0 * holdout["otsu"]["iou"]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="goal crack IoU >= 0.8 and >= 1.5x Otsu; measured 0.491 (Otsu 0.206)"
+)
+def test_holdout_crack_iou_goal(holdout: dict[str, Any]) -> None:
+    assert holdout["unet"]["iou"] >= 0.8
+    assert holdout["unet"]["iou"] >= 1.5 * holdout["otsu"]["iou"]
+
+
+def test_holdout_crack_free_volumes_get_at_most_1_percent_false_cracks(
+    crack_free: dict[str, Any],
+) -> None:
+    assert crack_free["unet"]["false_crack_fraction"] <= 0.01
+    # the baseline calls the dark half of every particle a crack: the check can fail
+    assert crack_free["otsu"]["false_crack_fraction"] > 0.1
+
+
+def test_real_crops_floor(real: dict[str, Any]) -> None:
+    assert real["unet"]["inside_particles"] >= 0.85
+    assert real["unet"]["found"] >= 0.52
+    assert real["unet"]["iou"] >= 1.6 * real["otsu"]["iou"]
+
+
+@pytest.mark.xfail(strict=True, reason="goal >= 90 % inside particles; measured 89 %")
+def test_real_crops_predicted_cracks_inside_particles_goal(real: dict[str, Any]) -> None:
+    assert real["unet"]["inside_particles"] >= 0.9
+
+
+@pytest.mark.xfail(strict=True, reason="goal >= 80 % of labelled cracks/voids found; measured 58 %")
+def test_real_crops_labelled_cracks_found_goal(real: dict[str, Any]) -> None:
+    assert real["unet"]["found"] >= 0.8
+
+
+def _single(kind: str, seed: int) -> dict[str, float]:
+    v = make_single_particle(kind, seed=seed)
+    res = map_cracks(v.recon)
+    truth = v.particle_ids == 1
+    mask = res.particle_mask.astype(bool)
+    predicted = res.crack_mask.astype(bool)
+    z = v.recon.shape[0] // 2
+    pieces, n = ndimage.label(mask[z] & truth[z])
+    biggest = np.bincount(pieces.ravel())[1:].max() if n else 0
+    return {
+        "predicted_inside": (predicted & truth).sum() / max(predicted.sum(), 1),
+        "true_inside_mask": (v.crack_mask & mask).sum() / v.crack_mask.sum(),
+        "found": (predicted & v.crack_mask).sum() / v.crack_mask.sum(),
+        "one_piece": biggest / max((mask[z] & truth[z]).sum(), 1),
+        "any": float(predicted.any()),
+    }
+
+
+SEEDS = range(6)
+
+
+@pytest.fixture(scope="module")
+def singles() -> dict[str, list[dict[str, float]]]:
+    return {kind: [_single(kind, s) for s in SEEDS] for kind in ("through", "hollow")}
+
+
+# Measured with the 'contact' envelope and the fine-tuned weights (before, with the 'closing'
+# mask and the previous weights: 41 % of the predicted crack pixels of a through-cracked
+# particle inside it, the particle mask in pieces; with the 'contact' envelope and the previous
+# weights: hollow core found 20-89 %, through-crack mask one piece on 3/6 seeds, found 0.3-17 %).
+# Now: hollow core: predicted cracks inside the particle 98.7-100 %, mask one piece on 6/6
+# seeds, 94-100 % of the true core/cracks inside the mask, 70-99 % found; through-crack:
+# predicted cracks inside on 5/6 seeds (46 % on one), mask one piece on 5/6, found 12-99 %.
+def test_hollow_core_particle_crack_map_stays_inside_one_envelope(singles: dict) -> None:
+    for s in singles["hollow"]:
+        assert s["any"] and s["predicted_inside"] >= 0.95
+        assert s["one_piece"] >= 0.95
+        assert s["true_inside_mask"] >= 0.9
+        assert s["found"] >= 0.65
+
+
+def test_through_cracked_particle_crack_map_mostly_inside_its_envelope(singles: dict) -> None:
+    rows = singles["through"]
+    assert sum(s["any"] and s["predicted_inside"] >= 0.9 for s in rows) >= 5
+    assert sum(s["one_piece"] >= 0.95 for s in rows) >= 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="goal: a through-crack is found and inside one envelope on every seed; measured: "
+    "mask one piece on 5/6 seeds, 12-99 % of the crack found",
+)
+def test_through_cracked_particle_goal(singles: dict) -> None:
+    for s in singles["through"]:
+        assert s["one_piece"] >= 0.95 and s["true_inside_mask"] >= 0.9 and s["found"] >= 0.5

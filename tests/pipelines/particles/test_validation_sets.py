@@ -1,0 +1,100 @@
+"""The shipped particle instances on data no network trained on: the never-trained generator
+family (:mod:`benchmarks.holdout_family`) and the real labelled crops (``tests/data/real_labels``).
+
+Floors sit just below what ``python -m benchmarks.particles_benchmark --sets-only`` measured on
+the same cases; unmet goals of issue 13 are strict xfails naming the measured number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.holdout_family import make_single_particle
+from benchmarks.validation_sets import Case, holdout_family, mean_rows, real_crops
+from pipelines.cracks.evaluate import particle_scores
+from pipelines.particles.instances import segment_instances
+
+
+def _scores(cases: list[Case]) -> dict[str, float]:
+    rows = []
+    for c in cases:
+        w = c.window
+        labels = segment_instances(c.recon).labels[w]
+        rows.append(
+            particle_scores(
+                labels,
+                c.particle_ids[w],
+                binder=None if c.binder is None else c.binder[w],
+                ignore=None if c.ignore is None else c.ignore[w],
+                min_size=c.min_size,
+            ).as_dict()
+        )
+    return mean_rows(rows)
+
+
+@pytest.fixture(scope="module")
+def holdout() -> dict[str, Any]:
+    return _scores(holdout_family())
+
+
+@pytest.fixture(scope="module")
+def real() -> dict[str, Any]:
+    return _scores(real_crops())
+
+
+# measured with the shipped weights before the contact merge (pipelines.particles.merge):
+# never-trained family F1 0.81, split rate 17.6 %; real crops F1 0.43, split rate 48 %.
+# With it: never-trained F1 0.899, split 6.1 %, no label in binder; real crops F1 0.795,
+# split 16.2 %; the training family stays at F1 0.99, split 0 %.
+def test_holdout_floor(holdout: dict[str, Any]) -> None:
+    assert holdout["f1"] >= 0.86
+    assert holdout["split_rate"] <= 0.09
+    assert holdout["labels_in_binder"] == 0
+    assert holdout["binder_share"] <= 0.03
+
+
+@pytest.mark.xfail(strict=True, reason="goal F1 >= 0.95, split <= 2 %; measured 0.899, 6.1 %")
+def test_holdout_goal(holdout: dict[str, Any]) -> None:
+    assert holdout["f1"] >= 0.95
+    assert holdout["split_rate"] <= 0.02
+
+
+def test_real_crops_floor(real: dict[str, Any]) -> None:
+    assert real["f1"] >= 0.75
+    assert real["split_rate"] <= 0.2
+
+
+@pytest.mark.xfail(strict=True, reason="goal F1 >= 0.9 on the real crops; measured 0.795")
+def test_real_crops_goal(real: dict[str, Any]) -> None:
+    assert real["f1"] >= 0.9
+
+
+def _one_label(kind: str, seed: int) -> bool:
+    v = make_single_particle(kind, seed=seed)
+    labels = segment_instances(v.recon).labels
+    truth = v.particle_ids == 1
+    ids, counts = np.unique(labels[truth], return_counts=True)
+    big = counts[(ids > 0) & (counts >= 0.05 * truth.sum())]
+    return len(big) == 1 and big[0] >= 0.85 * truth.sum()
+
+
+SEEDS = range(6)
+
+
+def test_hollow_core_particle_gets_one_label() -> None:
+    # before the contact merge: split in three (seed 1); now one label on all 6 seeds
+    assert all(_one_label("hollow", seed) for seed in SEEDS)
+
+
+def test_through_cracked_particle_gets_one_label_mostly() -> None:
+    # before the contact merge: 1 of 6 seeds; now 3 of 6 (wide cracks that the network
+    # leaves as background are not bridged)
+    assert sum(_one_label("through", seed) for seed in SEEDS) >= 3
+
+
+@pytest.mark.xfail(strict=True, reason="goal: one label on every seed; measured 3 of 6")
+def test_through_cracked_particle_gets_one_label_always() -> None:
+    assert all(_one_label("through", seed) for seed in SEEDS)
