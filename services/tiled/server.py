@@ -40,7 +40,10 @@ def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
                     "uri": catalog_uri,
                     "writable_storage": [
                         str(tdir / "data"),
-                        f"duckdb:///{tdir / 'tabular.duckdb'}",
+                        # SQLite, not DuckDB: Tiled 0.2.20 shares one DuckDB ADBC connection
+                        # between requests; a table created while another request appends
+                        # fails ("closed pending query result", HTTP 500) and rows land twice.
+                        f"sqlite:///{tdir / 'tabular.sqlite'}",
                     ],
                     "readable_storage": [str(settings.detector_dir.resolve())],
                     "init_if_not_exists": True,
