@@ -52,6 +52,7 @@ from benchmarks.validation_sets import (
     SETS,
     Case,
     holdout_family,
+    markdown_table,
     mean_rows,
     real_crops,
     training_family,
@@ -162,15 +163,7 @@ SET_COLUMNS = (
 
 def sets_table(sets: dict[str, Any]) -> str:
     """The validation sets side by side, one row per set and method."""
-    lines = [
-        "| set | method | " + " | ".join(t for _, t in SET_COLUMNS) + " |",
-        "|---|---|" + "---|" * len(SET_COLUMNS),
-    ]
-    for name in SETS:
-        for method in ("ours", "watershed_otsu"):
-            row = sets[name]["mean"][method]
-            cells = " | ".join(f"{row[k]:.3f}" for k, _ in SET_COLUMNS)
-            lines.append(f"| {name} | {method} | {cells} |")
+    lines = markdown_table(sets, SET_COLUMNS, ("ours", "watershed_otsu"))
     return "\n".join(lines)
 
 

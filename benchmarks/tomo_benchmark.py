@@ -42,6 +42,7 @@ from benchmarks.validation_sets import (
     SETS,
     Case,
     holdout_family,
+    markdown_table,
     mean_rows,
     real_crops,
     training_family,
@@ -148,15 +149,7 @@ CRACK_COLUMNS = (
 
 def sets_table(sets: dict[str, Any]) -> str:
     """The validation sets side by side, one row per set and method."""
-    lines = [
-        "| set | method | " + " | ".join(t for _, t in CRACK_COLUMNS) + " |",
-        "|---|---|" + "---|" * len(CRACK_COLUMNS),
-    ]
-    for name in SETS:
-        for method in ("unet", "otsu"):
-            row = sets[name]["mean"][method]
-            cells = " | ".join(f"{row[k]:.3f}" for k, _ in CRACK_COLUMNS)
-            lines.append(f"| {name} | {method} | {cells} |")
+    lines = markdown_table(sets, CRACK_COLUMNS, ("unet", "otsu"))
     free = sets["never-trained family, crack-free"]["mean"]
     lines.append(
         f"| never-trained, crack-free | unet / otsu | | | | "

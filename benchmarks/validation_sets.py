@@ -131,3 +131,23 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
         finite = values[np.isfinite(values)]
         out[key] = float(finite.mean()) if finite.size else float("nan")
     return out
+
+
+def markdown_table(
+    sets: dict, columns: tuple[tuple[str, str], ...], methods: tuple[str, ...]
+) -> list[str]:
+    """Markdown lines of the validation sets' mean scores: one row per set and method.
+
+    ``sets[name]["mean"][method]`` maps each column key of ``columns`` ((key, title) pairs)
+    to a number.
+    """
+    lines = [
+        "| set | method | " + " | ".join(t for _, t in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for name in SETS:
+        for method in methods:
+            row = sets[name]["mean"][method]
+            cells = " | ".join(f"{row[k]:.3f}" for k, _ in columns)
+            lines.append(f"| {name} | {method} | {cells} |")
+    return lines
