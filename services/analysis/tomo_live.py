@@ -37,6 +37,40 @@ def select(start: dict[str, Any]) -> bool:
     )
 
 
+#: Start-document keys that give the edge length of a reconstructed voxel, in this order.
+VOXEL_SIZE_KEYS = ("voxel_size_um", "pixel_size_um")
+
+
+def voxel_size_from_start(start: dict[str, Any]) -> float | None:
+    """Voxel edge length (um) a start document states, or None when it states none.
+
+    ``voxel_size_um`` wins over ``pixel_size_um`` (the detector pixel, which is the voxel of
+    a parallel-beam reconstruction), then ``beamwatch_stats_params.voxel_size_um``. A value that
+    is not a positive finite number is refused with a warning and counts as unknown, so
+    lengths are then reported in px, never in a made-up um.
+    """
+    stats = start.get("beamwatch_stats_params")
+    candidates = [(key, start.get(key)) for key in VOXEL_SIZE_KEYS]
+    if isinstance(stats, dict):
+        candidates.append(("beamwatch_stats_params.voxel_size_um", stats.get("voxel_size_um")))
+    for key, value in candidates:
+        if value is None:
+            continue
+        try:
+            size = float(value)
+        except (TypeError, ValueError):
+            size = float("nan")
+        if np.isfinite(size) and size > 0:
+            return size
+        logger.warning(
+            "start document %s=%r is not a positive length in um; lengths stay in px",
+            key,
+            value,
+            extra={"run_uid": start.get("uid")},
+        )
+    return None
+
+
 class CracksPipeline:
     name = "cracks"
     version = "1"
@@ -57,6 +91,7 @@ class CracksPipeline:
         self._figures_dir = figures_dir / self._uid
         self._particle_params = start.get("beamwatch_particle_params", {})
         self._stats_params = start.get("beamwatch_stats_params", {})
+        self._voxel_um = voxel_size_from_start(start)
         self._frames: dict[str, list[np.ndarray]] = {"primary": [], "flat": [], "dark": []}
         self._angles: list[float] = []
 
@@ -167,7 +202,10 @@ class CracksPipeline:
         from pipelines.particles.stats import StatsParams, particle_statistics
 
         params = ParticleParams(**self._particle_params)
-        stats_params = StatsParams(**self._stats_params)
+        # Unknown voxel size: lengths in px (1 px per voxel); the paper's 11 um small/large
+        # split has no meaning in px and is not reported.
+        stats_params = StatsParams(**{**self._stats_params, "voxel_size_um": self._voxel_um or 1.0})
+        unit = "um" if self._voxel_um is not None else "px"
         out.container(
             {
                 "source_run_uid": self._uid,
@@ -189,10 +227,10 @@ class CracksPipeline:
             out.table_rows("table", {n: result.table[n].tolist() for n in scalar})
             out.array("slice_scores", result.table["slice_scores"], dims=["particle", "slice"])
             out.array("size_counts", stats.size_counts, dims=["bin"])
-            out.array("size_edges_um", stats.size_edges_um, dims=["edge"])
+            out.array(f"size_edges_{unit}", stats.size_edges_um, dims=["edge"])
             out.array("detachment_counts", stats.detachment_counts, dims=["bin"])
             out.array("detachment_edges", stats.detachment_edges, dims=["edge"])
-            figures = self._particle_figures(stats, out)
+            figures = self._particle_figures(stats, out, unit)
             out.metadata(
                 {
                     "status": "complete",
@@ -200,6 +238,9 @@ class CracksPipeline:
                     "flawed_fraction": _finite(stats.overall.flawed_fraction),
                     "mean_detachment": _finite(stats.overall.mean_detachment),
                     "n_excluded_border": int(stats.n_excluded_border),
+                    "length_unit": unit,
+                    "voxel_size_um": self._voxel_um,
+                    "size_threshold_um": stats_params.size_threshold_um if self._voxel_um else None,
                     "seconds": time.monotonic() - t0,
                     "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
                     "figures": figures,
@@ -211,11 +252,11 @@ class CracksPipeline:
             )
             out.metadata({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
 
-    def _particle_figures(self, stats: Any, out: ResultWriter) -> dict[str, str]:
+    def _particle_figures(self, stats: Any, out: ResultWriter, unit: str) -> dict[str, str]:
         def sizes(fig: Any) -> None:
             ax = fig.add_subplot(111)
             ax.stairs(stats.size_counts, stats.size_edges_um)
-            ax.set_xlabel("equivalent diameter (um)")
+            ax.set_xlabel(f"equivalent diameter ({unit})")
             ax.set_ylabel("particles")
 
         def detachment(fig: Any) -> None:
@@ -226,7 +267,9 @@ class CracksPipeline:
 
         def flawed(fig: Any) -> None:
             ax = fig.add_subplot(111)
-            groups = [("all", stats.overall), ("small", stats.small), ("large", stats.large)]
+            groups = [("all", stats.overall)]
+            if unit == "um":
+                groups += [("small", stats.small), ("large", stats.large)]
             ax.bar([g for g, _ in groups], [np.nan_to_num(s.flawed_fraction) for _, s in groups])
             ax.set_ylabel("flawed fraction")
             ax.set_ylim(0, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from bluesky import RunEngine
 
 from bluesky_plans.devices import SimTomoStation
@@ -85,6 +86,11 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         ):
             assert column in table.columns, column
         assert {"sizes", "detachment", "flawed"} <= set(particles["figures"])
+        # the start document states no voxel size: lengths in px, never a made-up um
+        assert particles.metadata["length_unit"] == "px"
+        assert particles.metadata["voxel_size_um"] is None
+        assert particles.metadata["size_threshold_um"] is None
+        assert "size_edges_px" in particles and "size_edges_um" not in particles
 
         # the shareable report embeds every figure and needs nothing from the network
         from services.web.report import build_report
@@ -97,3 +103,24 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         pub.close()
         raw.stop()
         ana.stop()
+
+
+@pytest.mark.parametrize(
+    ("start", "expected", "warns"),
+    [
+        ({}, None, False),
+        ({"voxel_size_um": 0.05}, 0.05, False),
+        ({"pixel_size_um": "0.03"}, 0.03, False),
+        ({"voxel_size_um": 0.05, "pixel_size_um": 0.03}, 0.05, False),
+        ({"beamwatch_stats_params": {"voxel_size_um": 0.2}}, 0.2, False),
+        ({"voxel_size_um": -1.0}, None, True),
+        ({"voxel_size_um": "nan"}, None, True),
+        ({"voxel_size_um": "wide"}, None, True),
+        ({"voxel_size_um": [1, 2], "pixel_size_um": 0.03}, 0.03, True),
+    ],
+)
+def test_voxel_size_from_start(start, expected, warns, caplog):
+    from services.analysis.tomo_live import voxel_size_from_start
+
+    assert voxel_size_from_start({"uid": "u", **start}) == expected
+    assert ("lengths stay in px" in caplog.text) == warns
