@@ -7,7 +7,8 @@ The training step, augmentation, loss, evaluation and checkpoint format are thos
   as ``cracks map`` normalises a one-slice volume, and becomes a context stack with the slice
   repeated as its own neighbours (:func:`models.crack_unet.context_stacks` on a (1, Y, X)
   volume: the first and last slice stand in for their missing neighbours).
-- The slices are cut into tiles; a share of the tiles (``val_fraction``) is held out. The
+- The slices are cut into tiles; a share of the tiles (``val_fraction``, stratified: tiles
+  with and without labelled cracks) is held out. The
   initial and every evaluated state are scored on the held-out tiles (crack IoU / Dice at
   threshold 0.5) and the best one is kept (the initial weights included: a run that does not
   improve returns the initial weights and says so).
@@ -61,6 +62,7 @@ class FinetuneResult:
     train_seconds: float
     n_train_tiles: int
     n_val_tiles: int
+    val_boxes: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -95,17 +97,27 @@ def _bounds(n: int, tile: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
+def tile_boxes(
+    shapes: Sequence[tuple[int, ...]], tile: int
+) -> list[tuple[int, int, int, int, int]]:
+    """(image index, y0, y1, x0, x1) of every tile, in the order of :func:`cut_tiles`."""
+    return [
+        (i, y0, y1, x0, x1)
+        for i, shape in enumerate(shapes)
+        for y0, y1 in _bounds(shape[0], tile)
+        for x0, x1 in _bounds(shape[1], tile)
+    ]
+
+
 def cut_tiles(
     images: Sequence[np.ndarray], masks: Sequence[np.ndarray], tile: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Non-overlapping tiles (about ``tile`` px) of the normalised stacks and their masks."""
-    tiles = []
-    for image, mask in zip(images, masks, strict=True):
-        stack = slice_stack(image)
-        for y0, y1 in _bounds(image.shape[0], tile):
-            for x0, x1 in _bounds(image.shape[1], tile):
-                tiles.append((stack[:, y0:y1, x0:x1], mask[y0:y1, x0:x1] != 0))
-    return tiles
+    stacks = [slice_stack(image) for image in images]
+    return [
+        (stacks[i][:, y0:y1, x0:x1], masks[i][y0:y1, x0:x1] != 0)
+        for i, y0, y1, x0, x1 in tile_boxes([im.shape for im in images], tile)
+    ]
 
 
 def tile_set(tiles: Sequence[tuple[np.ndarray, np.ndarray]]) -> SliceSet:
@@ -127,15 +139,30 @@ def tile_set(tiles: Sequence[tuple[np.ndarray, np.ndarray]]) -> SliceSet:
 def split_tiles(
     tiles: Sequence[tuple[np.ndarray, np.ndarray]], val_fraction: float, seed: int
 ) -> tuple[list[int], list[int]]:
-    """Indices of training and held-out tiles (at least one of each)."""
+    """Indices of training and held-out tiles, stratified by whether a tile has cracks.
+
+    ``val_fraction`` of the tiles with labelled cracks and of those without are held out (at
+    least one tile in total, and one with cracks when two or more have cracks), so the
+    held-out score measures cracks found, not only false alarms on empty tiles.
+    """
     if len(tiles) < 2:
         raise ValueError(
             f"need at least 2 tiles to hold some out, got {len(tiles)}: "
             "give more or larger slices, or a smaller --tile"
         )
-    order = np.random.default_rng(seed).permutation(len(tiles))
-    n_val = min(len(tiles) - 1, max(1, round(val_fraction * len(tiles))))
-    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    for has_cracks in (True, False):
+        group = [i for i, (_, mask) in enumerate(tiles) if bool(mask.any()) == has_cracks]
+        n = round(val_fraction * len(group))
+        if has_cracks and len(group) >= 2:
+            n = min(len(group) - 1, max(1, n))
+        val += [group[int(k)] for k in rng.permutation(len(group))[:n]]
+    if not val:
+        val = [int(rng.integers(len(tiles)))]
+    if len(val) == len(tiles):
+        val = val[:-1]
+    return sorted(set(range(len(tiles))) - set(val)), sorted(val)
 
 
 def finetune_cracks(
@@ -254,6 +281,7 @@ def finetune_cracks(
         train_seconds=train_seconds,
         n_train_tiles=len(train_idx),
         n_val_tiles=len(val_idx),
+        val_boxes=[tile_boxes([im.shape for im in images], tile)[i] for i in val_idx],
         history=history,
     )
 

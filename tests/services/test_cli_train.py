@@ -73,14 +73,18 @@ def test_train_cracks_end_to_end_then_cracks_map(crops, tmp_path: Path) -> None:
 
     report = json.loads(out.with_suffix(".json").read_text())
     held = report["held_out"]
-    assert held["n_tiles"] == 4  # 2 x (3 x 3) tiles of 64 px, a quarter held out
-    assert report["n_train_tiles"] == 14
+    # 2 x (3 x 3) tiles of 64 px, about a quarter held out
+    assert held["n_tiles"] + report["n_train_tiles"] == 18
+    assert 3 <= held["n_tiles"] <= 6
     for which in ("initial", "finetuned"):
         for key in ("crack_iou", "crack_dice"):
             assert 0.0 <= held[which][key] <= 1.0
     # keep-best: never worse than the start on the held-out tiles, and the weights say so
     assert held["finetuned"]["crack_iou"] >= held["initial"]["crack_iou"]
     assert report["steps"] >= 1
+    for which in ("initial", "finetuned"):
+        for key in ("crack_iou", "crack_dice"):
+            assert 0.0 <= report["held_out_cracks_map"][which][key] <= 1.0
     tuned = torch.load(out, map_location="cpu", weights_only=True)
     shipped = load_trainable(None).state_dict()
     same = all(torch.equal(tuned["state_dict"][k], v) for k, v in shipped.items())
@@ -89,6 +93,8 @@ def test_train_cracks_end_to_end_then_cracks_map(crops, tmp_path: Path) -> None:
         assert not same
     else:
         assert same
+        piped = report["held_out_cracks_map"]
+        assert piped["finetuned"] == piped["initial"]
     assert tuned["base_channels"] == 8
     assert tuned["metadata"]["finetune"]["held_out"] == held
     load_crack_unet(out, device=torch.device("cpu"))  # the loader of cracks map accepts it
