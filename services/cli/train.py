@@ -214,6 +214,9 @@ def train_cracks_command(args: argparse.Namespace) -> int:
         "threshold": THRESHOLD,
         "held_out": {
             "n_tiles": result.n_val_tiles,
+            "n_crack_pixels": sum(
+                int((masks[i][y0:y1, x0:x1] != 0).sum()) for i, y0, y1, x0, x1 in result.val_boxes
+            ),
             "initial": {
                 "crack_iou": result.initial[key_iou],
                 "crack_dice": result.initial[key_dice],

@@ -76,6 +76,7 @@ def test_train_cracks_end_to_end_then_cracks_map(crops, tmp_path: Path) -> None:
     # 2 x (3 x 3) tiles of 64 px, about a quarter held out
     assert held["n_tiles"] + report["n_train_tiles"] == 18
     assert 3 <= held["n_tiles"] <= 6
+    assert held["n_crack_pixels"] > 0  # stratified: cracked tiles are held out too
     for which in ("initial", "finetuned"):
         for key in ("crack_iou", "crack_dice"):
             assert 0.0 <= held[which][key] <= 1.0
