@@ -21,6 +21,7 @@ OFFLINE_VERB_MODULES = (
     "services.cli.particles",
     "services.cli.runs",
     "services.cli.export",
+    "services.cli.train",
 )
 
 

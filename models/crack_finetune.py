@@ -1,0 +1,291 @@
+"""Fine-tune the crack U-Net on a user's labelled 2-D slices (``beamwatch train cracks``).
+
+The training step, augmentation, loss, evaluation and checkpoint format are those of
+:mod:`models.train_crack_unet` (imported, not copied). What is specific here:
+
+- Each slice is normalised on its own with :func:`models.crack_unet.reference_levels`, exactly
+  as ``cracks map`` normalises a one-slice volume, and becomes a context stack with the slice
+  repeated as its own neighbours (:func:`models.crack_unet.context_stacks` on a (1, Y, X)
+  volume: the first and last slice stand in for their missing neighbours).
+- The slices are cut into tiles; a share of the tiles (``val_fraction``, stratified: tiles
+  with and without labelled cracks) is held out. The
+  initial and every evaluated state are scored on the held-out tiles (crack IoU / Dice at
+  threshold 0.5) and the best one is kept (the initial weights included: a run that does not
+  improve returns the initial weights and says so).
+- Training stops at a wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.checkpoint import read_checkpoint
+from models.crack_unet import (
+    CONTEXT_SLICES,
+    DEFAULT_WEIGHTS,
+    CrackUNet,
+    context_stacks,
+    normalize_slices,
+    reference_levels,
+    save_crack_unet,
+)
+from models.train_crack_unet import (
+    SliceSet,
+    augment_batch,
+    crack_loss,
+    crack_pixels,
+    evaluate,
+    inflate_input,
+)
+
+THRESHOLD = 0.5
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of :func:`finetune_cracks`."""
+
+    model: CrackUNet
+    initial: dict[str, float]
+    final: dict[str, float]
+    steps: int
+    best_step: int
+    train_seconds: float
+    n_train_tiles: int
+    n_val_tiles: int
+    val_boxes: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def load_trainable(path: str | Path | None) -> CrackUNet:
+    """The crack U-Net of a checkpoint, batch normalisation kept, in training mode, on the CPU.
+
+    Single-slice (1-channel) weights are inflated to the 2.5-D network
+    (:func:`models.train_crack_unet.inflate_input`).
+    """
+    checkpoint, _ = read_checkpoint(
+        path, DEFAULT_WEIGHTS, "crack U-Net", device=torch.device("cpu"), map_to_cpu=True
+    )
+    state = checkpoint["state_dict"]
+    base = int(checkpoint["base_channels"])
+    in_channels = int(state["encoders.0.0.weight"].shape[1])
+    loaded = CrackUNet(base_channels=base, in_channels=in_channels)
+    loaded.load_state_dict(state)
+    model = loaded if in_channels == CONTEXT_SLICES else inflate_input(CrackUNet(base), loaded)
+    return model.train()
+
+
+def slice_stack(image: np.ndarray) -> np.ndarray:
+    """(CONTEXT_SLICES, Y, X) float32 network input of one 2-D slice, as ``cracks map``."""
+    vol = np.asarray(image, dtype=np.float32)[np.newaxis]
+    low, high = reference_levels(vol)
+    return context_stacks(normalize_slices(vol, low, high))[0]
+
+
+def _bounds(n: int, tile: int) -> list[tuple[int, int]]:
+    pieces = max(1, round(n / tile))
+    edges = np.linspace(0, n, pieces + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def tile_boxes(
+    shapes: Sequence[tuple[int, ...]], tile: int
+) -> list[tuple[int, int, int, int, int]]:
+    """(image index, y0, y1, x0, x1) of every tile, in the order of :func:`cut_tiles`."""
+    return [
+        (i, y0, y1, x0, x1)
+        for i, shape in enumerate(shapes)
+        for y0, y1 in _bounds(shape[0], tile)
+        for x0, x1 in _bounds(shape[1], tile)
+    ]
+
+
+def cut_tiles(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray], tile: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Non-overlapping tiles (about ``tile`` px) of the normalised stacks and their masks."""
+    stacks = [slice_stack(image) for image in images]
+    return [
+        (stacks[i][:, y0:y1, x0:x1], masks[i][y0:y1, x0:x1] != 0)
+        for i, y0, y1, x0, x1 in tile_boxes([im.shape for im in images], tile)
+    ]
+
+
+def tile_set(tiles: Sequence[tuple[np.ndarray, np.ndarray]]) -> SliceSet:
+    """Tiles padded to a common size (padding not valid) as a :class:`SliceSet`."""
+    h = max(t[0].shape[1] for t in tiles)
+    w = max(t[0].shape[2] for t in tiles)
+    n = len(tiles)
+    images = np.zeros((n, CONTEXT_SLICES, h, w), dtype=np.float32)
+    labels = np.zeros((n, h, w), dtype=np.float32)
+    valid = np.zeros((n, h, w), dtype=np.float32)
+    for i, (stack, mask) in enumerate(tiles):
+        _, th, tw = stack.shape
+        images[i, :, :th, :tw] = stack
+        labels[i, :th, :tw] = mask
+        valid[i, :th, :tw] = 1.0
+    return SliceSet(images=images, labels=labels, valid=valid, gaps=np.zeros_like(labels))
+
+
+def split_tiles(
+    tiles: Sequence[tuple[np.ndarray, np.ndarray]], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Indices of training and held-out tiles, stratified by whether a tile has cracks.
+
+    ``val_fraction`` of the tiles with labelled cracks and of those without are held out (at
+    least one tile in total, and one with cracks when two or more have cracks), so the
+    held-out score measures cracks found, not only false alarms on empty tiles.
+    """
+    if len(tiles) < 2:
+        raise ValueError(
+            f"need at least 2 tiles to hold some out, got {len(tiles)}: "
+            "give more or larger slices, or a smaller --tile"
+        )
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    for has_cracks in (True, False):
+        group = [i for i, (_, mask) in enumerate(tiles) if bool(mask.any()) == has_cracks]
+        n = round(val_fraction * len(group))
+        if has_cracks and len(group) >= 2:
+            n = min(len(group) - 1, max(1, n))
+        val += [group[int(k)] for k in rng.permutation(len(group))[:n]]
+    if not val:
+        val = [int(rng.integers(len(tiles)))]
+    if len(val) == len(tiles):
+        val = val[:-1]
+    return sorted(set(range(len(tiles))) - set(val)), sorted(val)
+
+
+def finetune_cracks(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    *,
+    init: str | Path | None = None,
+    minutes: float = 3.0,
+    val_fraction: float = 0.25,
+    tile: int = 128,
+    crop: int = 96,
+    batch: int = 4,
+    lr: float = 3e-4,
+    seed: int = 0,
+    eval_seconds: float | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune the crack U-Net on labelled 2-D slices with keep-best on held-out tiles.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        2-D grey slices, any real dtype.
+    masks : sequence of numpy.ndarray
+        2-D masks of the same shapes; non-zero = crack.
+    init : str or pathlib.Path, optional
+        Starting weights; default the shipped ones.
+    minutes : float
+        Wall-clock training budget.
+    val_fraction : float
+        Share of the tiles held out for validation and keep-best.
+    tile : int
+        Approximate tile size of the train/validation split (px).
+    crop : int
+        Training crop size (px, a multiple of 16; at most the smallest tile).
+    batch, lr, seed
+        Batch size, AdamW learning rate (cosine decay), random seed.
+    eval_seconds : float, optional
+        Score the held-out tiles every this many seconds (default a tenth of the budget).
+    progress : callable, optional
+        Called with the elapsed share of the budget (0..1) after each step.
+
+    Returns
+    -------
+    FinetuneResult
+        The best network (train mode, CPU) and the held-out scores.
+    """
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    for i, (grey, mask) in enumerate(zip(images, masks, strict=True)):
+        if grey.ndim != 2 or grey.shape != mask.shape:
+            raise ValueError(
+                f"pair {i}: image shape {grey.shape} and mask shape {mask.shape} must be the "
+                "same 2-D shape"
+            )
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if minutes <= 0:
+        raise ValueError(f"minutes must be > 0, got {minutes}")
+    if crop % 16:
+        raise ValueError(f"crop must be a multiple of 16, got {crop}")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    tiles = cut_tiles(images, masks, tile)
+    train_idx, val_idx = split_tiles(tiles, val_fraction, seed)
+    smallest = min(min(t[0].shape[1:]) for t in tiles)
+    if smallest < 32:
+        raise ValueError(f"tiles must be at least 32 px, got {smallest}: use a larger --tile")
+    crop = min(crop, 16 * (smallest // 16))  # the crops' centres must fit in the tiles
+    train = tile_set([tiles[i] for i in train_idx])
+    val = tile_set([tiles[i] for i in val_idx])
+    cracks = crack_pixels(train)
+
+    model = load_trainable(init)
+    thresholds = [THRESHOLD]
+    initial = evaluate(model, val, thresholds)
+    best_score, best_step = initial[f"iou@{THRESHOLD:.2f}"], 0
+    best_state = copy.deepcopy(model.state_dict())
+    history = [{"step": 0.0, "seconds": 0.0, **initial}]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    budget = minutes * 60.0
+    every = eval_seconds if eval_seconds is not None else budget / 10.0
+    t0 = time.monotonic()
+    next_eval = every
+    step = 0
+    while (elapsed := time.monotonic() - t0) < budget:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
+        image, label, valid, gap = augment_batch(
+            train, batch, crop, rng, cracks=cracks, crack_share=0.5 if len(cracks) else 0.0
+        )
+        loss = crack_loss(model(image), label, valid, gap)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        elapsed = time.monotonic() - t0
+        if progress is not None:
+            progress(min(elapsed / budget, 1.0))
+        if elapsed >= next_eval or elapsed >= budget:
+            next_eval = elapsed + every
+            scores = evaluate(model, val, thresholds)
+            history.append({"step": float(step), "seconds": round(elapsed, 1), **scores})
+            if scores[f"iou@{THRESHOLD:.2f}"] > best_score:
+                best_score, best_step = scores[f"iou@{THRESHOLD:.2f}"], step
+                best_state = copy.deepcopy(model.state_dict())
+    train_seconds = time.monotonic() - t0
+    model.load_state_dict(best_state)
+    final = evaluate(model, val, thresholds)
+    return FinetuneResult(
+        model=model,
+        initial=initial,
+        final=final,
+        steps=step,
+        best_step=best_step,
+        train_seconds=train_seconds,
+        n_train_tiles=len(train_idx),
+        n_val_tiles=len(val_idx),
+        val_boxes=[tile_boxes([im.shape for im in images], tile)[i] for i in val_idx],
+        history=history,
+    )
+
+
+def save_finetuned(result: FinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
+    """Write the weights in the shipped checkpoint format (``base_channels`` inside)."""
+    save_crack_unet(result.model.eval(), path, metadata)
