@@ -74,12 +74,26 @@ def init_sqlite_catalog(db: Path) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
+def init_sqlite_tabular(db: Path) -> None:
+    """Create the embedded table storage's SQLite file once, in WAL mode.
+
+    Tiled creates its tables in it on first use. With the default rollback journal a table
+    read while a consumer appends fails with "database is locked" (HTTP 500 to the reader,
+    seen on ``analysis/<uid>/particles/table``); in WAL mode readers never wait for the writer.
+    """
+    if db.exists():
+        return
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
 def write_tiled_config(settings: BeamwatchSettings) -> Path:
     tdir = settings.tiled_dir
     (tdir / "data").mkdir(parents=True, exist_ok=True)
     settings.detector_dir.mkdir(parents=True, exist_ok=True)
     if not settings.tiled.catalog_uri:
         init_sqlite_catalog((tdir / "catalog.db").resolve())
+    init_sqlite_tabular((tdir / "tabular.sqlite").resolve())
     path = tdir / "config.yml"
     path.write_text(yaml.safe_dump(tiled_config(settings), sort_keys=False))
     return path
