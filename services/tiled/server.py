@@ -75,14 +75,14 @@ def init_sqlite_catalog(db: Path) -> None:
 
 
 def init_sqlite_tabular(db: Path) -> None:
-    """Create the embedded table storage's SQLite file once, in WAL mode.
+    """Create the embedded table storage's SQLite file, or switch an existing one, to WAL mode.
 
     Tiled creates its tables in it on first use. With the default rollback journal a table
     read while a consumer appends fails with "database is locked" (HTTP 500 to the reader,
     seen on ``analysis/<uid>/particles/table``); in WAL mode readers never wait for the writer.
+    A file of an earlier version is switched too (before the server opens it; the mode is
+    stored in the file).
     """
-    if db.exists():
-        return
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
 
