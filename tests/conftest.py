@@ -58,14 +58,15 @@ def wait_until(
 class TiledProcess:
     """``tiled serve config`` of the embedded beamwatch configuration, on an ephemeral port."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, readable_roots: list[Path] | None = None) -> None:
         from services.core.settings import load_settings
 
         self.port = free_port()
         self.api_key = secrets.token_hex(16)
-        self.settings = load_settings(
-            data_dir=str(data_dir), tiled={"port": self.port, "api_key": self.api_key}
-        )
+        tiled: dict = {"port": self.port, "api_key": self.api_key}
+        if readable_roots is not None:
+            tiled["readable_roots"] = [str(p) for p in readable_roots]
+        self.settings = load_settings(data_dir=str(data_dir), tiled=tiled)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
