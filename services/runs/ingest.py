@@ -249,9 +249,7 @@ class RawRunRouter(RunRouter):
     def _without_refused_datums(self, doc: Doc) -> Doc:
         """The Event without its references to Datums of refused Resources."""
         refused = [
-            k
-            for k, v in doc["data"].items()
-            if isinstance(v, str) and v in self._refused_datums
+            k for k, v in doc["data"].items() if isinstance(v, str) and v in self._refused_datums
         ]
         if not refused:
             return doc

@@ -66,8 +66,10 @@ def run_scan(raw, directory, source, seed):
 
 
 def finished(client, uid):
-    return "raw" in client and uid in client["raw"] and (
-        "beamwatch_status" in client["raw"][uid].metadata
+    return (
+        "raw" in client
+        and uid in client["raw"]
+        and ("beamwatch_status" in client["raw"][uid].metadata)
     )
 
 
@@ -126,3 +128,27 @@ def test_dotdot_and_symlinks_escaping_a_root_are_refused(tmp_path):
     assert refusal({"root": "", "resource_path": "relative/frames.h5"}, roots) is not None
     assert refusal({"uri": "s3://bucket/frames.h5"}, roots) is not None
     assert refusal({"spec": "AD_HDF5"}, roots) is not None
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_ophyd_sim_img_npy_files(beamline, raw, listed):
+    """``ophyd.sim``'s ``img`` (one NPY file per frame, Resource + Datum) in a chosen directory."""
+    from bluesky.plans import count
+    from ophyd.sim import hw
+
+    directory = beamline.allowed if listed else beamline.other
+    devices = hw(save_path=str(directory / "ophyd-img"))
+    (directory / "ophyd-img").mkdir(exist_ok=True)
+    RE = RunEngine({})
+    RE.subscribe(raw.pub)
+    (uid,) = RE(count([devices.img, devices.det], num=3))
+    wait_until(lambda: finished(beamline.client, uid), timeout=90)
+    run = beamline.client["raw"][uid]
+    assert len(run["primary"].base["internal"].read()) == 3
+    if listed:
+        images = run["primary"]["img"].read()
+        assert images.shape == (3, 10, 10)
+        assert "beamwatch_refused_resources" not in run.metadata
+    else:
+        assert "img" not in run["primary"].base
+        assert run.metadata["beamwatch_refused_resources"][0]["document"] == "resource"
