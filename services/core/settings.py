@@ -29,7 +29,7 @@ class TiledSettings(BaseModel):
     #: Directories, besides the data dir's ``detector/``, whose detector files Tiled may serve
     #: (the embedded server's ``readable_storage``). A Resource / StreamResource whose file,
     #: resolved (symlinks, ``..``), lies outside all of them is refused at ingestion. In the
-    #: environment: a JSON list or paths separated by ``os.pathsep``.
+    #: environment a JSON list; in YAML a list or one string of paths joined by ``os.pathsep``.
     readable_roots: list[Path] = Field(default_factory=list)
 
     @field_validator("readable_roots", mode="before")
