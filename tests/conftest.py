@@ -150,7 +150,12 @@ def consumer_settings(tmp_path: Path, tiled_server: TiledProcess, proxy: ProxyPr
     detector = tiled_server.settings.detector_dir  # Tiled may read detector files only here
     return load_settings(
         data_dir=str(tmp_path),
-        tiled={"url": tiled_server.url, "api_key": tiled_server.api_key},
+        tiled={
+            "url": tiled_server.url,
+            "api_key": tiled_server.api_key,
+            # the server's detector dir is outside this consumer's data dir
+            "readable_roots": [str(detector)],
+        },
         bus={
             "in_address": proxy.in_address,
             "out_address": proxy.out_address,
