@@ -58,14 +58,15 @@ def wait_until(
 class TiledProcess:
     """``tiled serve config`` of the embedded beamwatch configuration, on an ephemeral port."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, readable_roots: list[Path] | None = None) -> None:
         from services.core.settings import load_settings
 
         self.port = free_port()
         self.api_key = secrets.token_hex(16)
-        self.settings = load_settings(
-            data_dir=str(data_dir), tiled={"port": self.port, "api_key": self.api_key}
-        )
+        tiled: dict = {"port": self.port, "api_key": self.api_key}
+        if readable_roots is not None:
+            tiled["readable_roots"] = [str(p) for p in readable_roots]
+        self.settings = load_settings(data_dir=str(data_dir), tiled=tiled)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -149,7 +150,12 @@ def consumer_settings(tmp_path: Path, tiled_server: TiledProcess, proxy: ProxyPr
     detector = tiled_server.settings.detector_dir  # Tiled may read detector files only here
     return load_settings(
         data_dir=str(tmp_path),
-        tiled={"url": tiled_server.url, "api_key": tiled_server.api_key},
+        tiled={
+            "url": tiled_server.url,
+            "api_key": tiled_server.api_key,
+            # the server's detector dir is outside this consumer's data dir
+            "readable_roots": [str(detector)],
+        },
         bus={
             "in_address": proxy.in_address,
             "out_address": proxy.out_address,

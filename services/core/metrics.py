@@ -90,6 +90,13 @@ class Metrics:
             ["service", "where"],
             registry=r,
         )
+        self.resources_refused = Counter(
+            "beamwatch_resources_refused",
+            "Resources / StreamResources not registered in Tiled because their file lies "
+            "outside every readable root (listed in the run's beamwatch_refused_resources).",
+            ["service", "kind"],
+            registry=r,
+        )
         self.pipeline_errors = Counter(
             "beamwatch_pipeline_errors",
             "Pipelines that failed on a run.",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 API_KEY_FILENAME = "tiled_api_key"
@@ -26,6 +26,21 @@ class TiledSettings(BaseModel):
     catalog_uri: str | None = None
     #: Streaming cache: "memory" for the embedded default, or redis://host:port.
     cache_uri: str = "memory"
+    #: Directories, besides the data dir's ``detector/``, whose detector files Tiled may serve
+    #: (the embedded server's ``readable_storage``). A Resource / StreamResource whose file,
+    #: resolved (symlinks, ``..``), lies outside all of them is refused at ingestion. In the
+    #: environment a JSON list; in YAML a list or one string of paths joined by ``os.pathsep``.
+    readable_roots: list[Path] = Field(default_factory=list)
+
+    @field_validator("readable_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return yaml.safe_load(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
 
 
 class BusSettings(BaseModel):
@@ -91,6 +106,16 @@ class BeamwatchSettings(BaseSettings):
     @property
     def detector_dir(self) -> Path:
         return self.data_dir / "detector"
+
+    @property
+    def readable_roots(self) -> list[Path]:
+        """Resolved directories Tiled may read detector files from: ``detector/`` first."""
+        roots = [self.detector_dir.resolve()]
+        for root in self.tiled.readable_roots:
+            resolved = Path(root).expanduser().resolve()
+            if resolved not in roots:
+                roots.append(resolved)
+        return roots
 
     @property
     def tiled_url(self) -> str:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
@@ -19,11 +23,77 @@ from services.tiled.spool import Spool
 logger = logging.getLogger(__name__)
 
 
-class RawRunRouter(RunRouter):
-    """Forwards one run's documents to the spool, splitting out in-Event image arrays."""
+READABLE_ROOT_RULE = (
+    "the file, resolved (symlinks and '..'), must lie inside one of the readable roots "
+    "(the data dir's detector/ and settings tiled.readable_roots)"
+)
 
-    def __init__(self, spool: Spool) -> None:
+
+def resource_file(doc: Doc) -> str:
+    """The file a Resource or StreamResource points at, as written in the document.
+
+    A StreamResource names it by ``uri`` (``file://host/path``); a Resource (and a StreamResource
+    of the older schema) by ``root`` + ``resource_path``.
+
+    Raises
+    ------
+    ValueError
+        If the document names no local file (another URI scheme, no path at all).
+    """
+    uri = doc.get("uri")
+    if isinstance(uri, str) and uri:
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file"):
+            raise ValueError(f"uri {uri[:200]!r} is not a file:// URI")
+        return unquote(parsed.path)
+    resource_path = doc.get("resource_path")
+    if not isinstance(resource_path, str) or not resource_path:
+        raise ValueError("neither 'uri' nor 'resource_path' names a file")
+    root = doc.get("root") or "/"
+    if not isinstance(root, str):
+        raise ValueError(f"root must be a string, got {type(root).__name__}")
+    return os.path.join(root, resource_path)
+
+
+def refusal(doc: Doc, roots: Sequence[Path]) -> str | None:
+    """Why Tiled may not read this Resource / StreamResource's file; None when it may.
+
+    The path is resolved (symlinks, ``..``) before it is compared with ``roots`` (resolved
+    directories), so ``<root>/../elsewhere`` and a symlink out of a root are refused.
+    """
+    try:
+        path = resource_file(doc)
+    except ValueError as exc:
+        return f"no readable local file: {exc}"
+    if not os.path.isabs(path):
+        return f"path {path[:200]!r} is not absolute; " + READABLE_ROOT_RULE
+    resolved = Path(path).resolve()
+    if any(resolved.is_relative_to(root) for root in roots):
+        return None
+    return f"{resolved} is outside every readable root; " + READABLE_ROOT_RULE
+
+
+class RawRunRouter(RunRouter):
+    """Forwards one run's documents to the spool, splitting out in-Event image arrays.
+
+    A Resource or StreamResource whose file Tiled may not read (see :func:`refusal`) is not
+    registered: it, its Datums / StreamDatums are dropped, the refusal is counted
+    (``on_refused``) and listed in the run's ``beamwatch_refused_resources`` metadata, and the
+    rest of the run (scalar columns, in-Event images, other files) is written as usual.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        readable_roots: Sequence[Path] | None = None,
+        on_refused: Any = None,
+    ) -> None:
         self._spool = spool
+        self._roots = list(readable_roots) if readable_roots is not None else None
+        self._on_refused = on_refused
+        self._refused: set[str] = set()  # resource / stream_resource uids
+        self._refused_datums: set[str] = set()
+        self._refused_report: list[dict[str, Any]] = []
         self._uid = ""
         self._documents = 0
         self._array_keys: dict[str, list[str]] = {}  # descriptor uid -> keys moved out
@@ -85,6 +155,8 @@ class RawRunRouter(RunRouter):
             )
 
     def event(self, doc: Doc) -> None:
+        if self._refused_datums:
+            doc = self._without_refused_datums(doc)
         problems = self._bad.pop((doc["descriptor"], int(doc["seq_num"])), {})
         keys = self._array_keys.get(doc["descriptor"])
         if problems:
@@ -116,16 +188,48 @@ class RawRunRouter(RunRouter):
                 self._rows_written[slot] = offset + 1
         self._put("event", doc)
 
+    def _refuse(self, name: str, doc: Doc) -> bool:
+        if self._roots is None:
+            return False
+        reason = refusal(doc, self._roots)
+        if reason is None:
+            return False
+        self._refused.add(str(doc.get("uid")))
+        try:
+            path = resource_file(doc)
+        except ValueError:
+            path = ""
+        entry = {
+            "document": name,
+            "uid": str(doc.get("uid"))[:200],
+            "data_key": str(doc.get("data_key", ""))[:200],
+            "path": path[:1000],
+            "rule": reason,
+        }
+        self._refused_report.append(entry)
+        logger.error("run %s: %s %s refused: %s", self._uid, name, entry["uid"], reason)
+        if self._on_refused is not None:
+            self._on_refused(name)
+        return True
+
     def resource(self, doc: Doc) -> None:
-        self._put("resource", doc)
+        if not self._refuse("resource", doc):
+            self._put("resource", doc)
 
     def datum(self, doc: Doc) -> None:
+        if doc.get("resource") in self._refused:
+            # its Resource was refused: the Events' references to it are taken out too
+            self._refused_datums.add(str(doc.get("datum_id")))
+            return
         self._put("datum", doc)
 
     def stream_resource(self, doc: Doc) -> None:
-        self._put("stream_resource", doc)
+        if not self._refuse("stream_resource", doc):
+            self._put("stream_resource", doc)
 
     def stream_datum(self, doc: Doc) -> None:
+        if doc.get("stream_resource") in self._refused:
+            return
         self._put("stream_datum", doc)
 
     def stop(self, doc: Doc | None) -> None:
@@ -138,7 +242,28 @@ class RawRunRouter(RunRouter):
         }
         if self._bad_report:
             status["beamwatch_bad_fields"] = self._bad_report
+        if self._refused_report:
+            status["beamwatch_refused_resources"] = self._refused_report
         self._spool.put({"op": "metadata", "path": ["raw", self._uid], "metadata": status})
+
+    def _without_refused_datums(self, doc: Doc) -> Doc:
+        """The Event without its references to Datums of refused Resources."""
+        refused = [
+            k for k, v in doc["data"].items() if isinstance(v, str) and v in self._refused_datums
+        ]
+        if not refused:
+            return doc
+        data = doc["data"]
+        doc = dict(doc)
+        doc["data"] = {k: v for k, v in data.items() if k not in refused}
+        doc["timestamps"] = {
+            k: v for k, v in (doc.get("timestamps") or {}).items() if k not in refused
+        }
+        if "filled" in doc:
+            doc["filled"] = {k: v for k, v in doc["filled"].items() if k not in refused}
+        for key in refused:
+            self._refused_datums.discard(str(data[key]))
+        return doc
 
     def _with_placeholders(self, doc: Doc, problems: dict[str, str], array_keys: list[str]) -> Doc:
         """Stand-ins for dropped fields, so rows stay aligned and say "unknown".

@@ -124,7 +124,18 @@ class Consumer:
         factory: RouterFactory
         recover_start: Callable[[str], Doc | None] | None
         if role == "raw":
-            factory = lambda start: RawRunRouter(self.spool)  # noqa: E731
+            roots = settings.readable_roots
+            refused = self.metrics.resources_refused
+
+            def raw_factory(start: Doc) -> RawRunRouter | None:
+                return RawRunRouter(
+                    self.spool,
+                    readable_roots=roots,
+                    on_refused=lambda kind: refused.labels(self.role, kind).inc(),
+                )
+
+            factory = raw_factory
+
             recover_start = None
         else:
             if registry is None:

@@ -45,7 +45,7 @@ def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
                         # fails ("closed pending query result", HTTP 500) and rows land twice.
                         f"sqlite:///{tdir / 'tabular.sqlite'}",
                     ],
-                    "readable_storage": [str(settings.detector_dir.resolve())],
+                    "readable_storage": [str(root) for root in settings.readable_roots],
                     "init_if_not_exists": True,
                 },
             }

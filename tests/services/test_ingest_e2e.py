@@ -207,7 +207,11 @@ def test_tiled_restart_mid_run_loses_nothing(tmp_path, proxy):
     server.start()
     settings = load_settings(
         data_dir=str(tmp_path / "consumers"),
-        tiled={"url": server.url, "api_key": server.api_key},
+        tiled={
+            "url": server.url,
+            "api_key": server.api_key,
+            "readable_roots": [str(server.settings.detector_dir)],
+        },
         bus={
             "in_address": proxy.in_address,
             "out_address": proxy.out_address,

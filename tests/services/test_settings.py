@@ -52,3 +52,22 @@ def test_every_verb_has_help(capsys):
             main([verb, "--help"])
         assert exc.value.code == 0
         assert "usage: beamwatch" in capsys.readouterr().out
+
+
+def test_readable_roots_from_yaml_and_env_reach_the_embedded_server(tmp_path, monkeypatch):
+    from services.tiled.server import tiled_config
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    cfg = tmp_path / "bw.yml"
+    cfg.write_text(f"tiled:\n  readable_roots: [{a}, {tmp_path}/x/../b]\n")
+    s = load_settings(cfg, data_dir=str(tmp_path / "data"))
+    assert s.readable_roots == [(tmp_path / "data" / "detector").resolve(), a, b]
+    storage = tiled_config(s)["trees"][0]["args"]["readable_storage"]
+    assert storage == [str(p) for p in s.readable_roots]
+    monkeypatch.setenv("BEAMWATCH_TILED__READABLE_ROOTS", json.dumps([str(c), str(a)]))
+    s = load_settings(cfg, data_dir=str(tmp_path / "data"))
+    assert s.readable_roots[1:] == [c, a]  # env wins over the file
+    # a plain string in the YAML file is split on os.pathsep
+    cfg.write_text(f"tiled:\n  readable_roots: '{b}:{c}'\n")
+    monkeypatch.delenv("BEAMWATCH_TILED__READABLE_ROOTS")
+    assert load_settings(cfg, data_dir=str(tmp_path / "data")).readable_roots[1:] == [b, c]
