@@ -17,6 +17,7 @@ from services.cli import particles as cli_particles
 from services.cli import tomo as cli_tomo
 from services.cli import xanes as cli_xanes
 from services.core.instrument_files import read_instrument_files
+from tests.sim import scanned_cathode
 
 
 @pytest.fixture()
@@ -81,20 +82,8 @@ def test_export_xanes_align_result(parser, tmp_path: Path) -> None:
 def volume_tiff(tmp_path_factory) -> Path:
     import tifffile
 
-    from models.synthetic.cathode import make_cathode_volume
-    from pipelines.tomo.fbp import ReconParams, reconstruct
-    from pipelines.tomo.simulate import simulate_scan
-
-    truth = make_cathode_volume((32, 64, 64), seed=5, crack_density=1.5)
-    angles = np.linspace(0.0, 180.0, 90, endpoint=False)
-    frames = simulate_scan(truth.attenuation, angles, seed=6)
-    volume = reconstruct(
-        frames.projections,
-        angles,
-        flat=frames.flat,
-        dark=frames.dark,
-        params=ReconParams(center="detector"),
-    ).astype(np.float32)
+    _, volume = scanned_cathode((32, 64, 64))
+    volume = volume.astype(np.float32)
     path = tmp_path_factory.mktemp("volume") / "cathode.tif"
     tifffile.imwrite(
         path, volume, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "um"}

@@ -17,6 +17,7 @@ from services.cli import particles as cli_particles
 from services.cli import tomo as cli_tomo
 from services.cli import xanes as cli_xanes
 from tests.conftest import SHARED_DATA
+from tests.sim import scanned_cathode
 
 TOOTH = SHARED_DATA / "tomo_tooth_dxchange" / "tooth.h5"
 CHIP = SHARED_DATA / "xradia_chip"
@@ -196,20 +197,8 @@ def tiff_volume(tmp_path_factory) -> dict[str, Path]:
     """A synthetic reconstructed cathode as a TIFF stack with and without a pixel size."""
     import tifffile
 
-    from models.synthetic.cathode import make_cathode_volume
-    from pipelines.tomo.fbp import ReconParams, reconstruct
-    from pipelines.tomo.simulate import simulate_scan
-
-    truth = make_cathode_volume((32, 64, 64), seed=5, crack_density=1.5)
-    angles = np.linspace(0.0, 180.0, 90, endpoint=False)
-    frames = simulate_scan(truth.attenuation, angles, seed=6)
-    volume = reconstruct(
-        frames.projections,
-        angles,
-        flat=frames.flat,
-        dark=frames.dark,
-        params=ReconParams(center="detector"),
-    ).astype(np.float32)
+    _, volume = scanned_cathode((32, 64, 64))
+    volume = volume.astype(np.float32)
     folder = tmp_path_factory.mktemp("tiff_volume")
     sized = folder / "volume_sized.tif"
     tifffile.imwrite(

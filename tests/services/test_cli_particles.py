@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from services.cli import particles as cli_particles
+from tests.sim import scanned_cathode
 
 TABLE_FIELDS = (
     "label",
@@ -48,20 +49,8 @@ def run(parser: argparse.ArgumentParser, *argv: str | Path) -> int:
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A synthetic cathode scanned and reconstructed by pipelines.tomo, with its truth."""
-    from models.synthetic.cathode import make_cathode_volume
-    from pipelines.tomo.fbp import ReconParams, reconstruct
-    from pipelines.tomo.simulate import simulate_scan
 
-    truth = make_cathode_volume((16, 64, 64), seed=5, crack_density=1.5)
-    angles = np.linspace(0.0, 180.0, 90, endpoint=False)
-    frames = simulate_scan(truth.attenuation, angles, seed=6)
-    volume = reconstruct(
-        frames.projections,
-        angles,
-        flat=frames.flat,
-        dark=frames.dark,
-        params=ReconParams(center="detector"),
-    )
+    truth, volume = scanned_cathode((16, 64, 64))
     folder = tmp_path_factory.mktemp("particles")
     paths = {
         "volume": folder / "volume.h5",
