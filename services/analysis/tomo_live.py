@@ -10,7 +10,7 @@ Writes under ``analysis/<run uid>/cracks/``:
 ``particle_density``      float32 (Z, Y, X) particle share of the moving window
 ``damage_histogram``      float64 (Z, bins), ``histogram_edges`` (bins + 1,)
 ``layer_fit``             float64 (Z, 3): slope, intercept, Pearson r per slice
-``figures/<name>``        damage maps (top, bottom), depth profile, correlation scatter
+``figures/<name>``        and the numbers behind them: see :mod:`services.analysis.tomo_figures`
 metadata                  volume fit (slope, intercept, pearson_r, n), timings, figures
 """
 
@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from services.analysis.figures import publish_figures
 from services.analysis.results import ResultWriter
 from services.runs.frames import Frame
 
@@ -230,7 +229,7 @@ class CracksPipeline:
             out.array(f"size_edges_{unit}", stats.size_edges_um, dims=["edge"])
             out.array("detachment_counts", stats.detachment_counts, dims=["bin"])
             out.array("detachment_edges", stats.detachment_edges, dims=["edge"])
-            figures = self._particle_figures(stats, out, unit)
+            figures = self._particle_figures(stats, out, unit, result, volume)
             out.metadata(
                 {
                     "status": "complete",
@@ -252,68 +251,45 @@ class CracksPipeline:
             )
             out.metadata({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
 
-    def _particle_figures(self, stats: Any, out: ResultWriter, unit: str) -> dict[str, str]:
-        def sizes(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.stairs(stats.size_counts, stats.size_edges_um)
-            ax.set_xlabel(f"equivalent diameter ({unit})")
-            ax.set_ylabel("particles")
+    def _particle_figures(
+        self, stats: Any, out: ResultWriter, unit: str, result: Any, volume: np.ndarray
+    ) -> dict[str, str]:
+        from pipelines.particles.analyze import ParticleParams
+        from pipelines.particles.stats import StatsParams
+        from services.analysis.tomo_figures import particle_figures
 
-        def detachment(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.stairs(stats.detachment_counts, stats.detachment_edges)
-            ax.set_xlabel("degree of detachment (surface share facing pore)")
-            ax.set_ylabel("particles")
-
-        def flawed(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            groups = [("all", stats.overall)]
-            if unit == "um":
-                groups += [("small", stats.small), ("large", stats.large)]
-            ax.bar([g for g, _ in groups], [np.nan_to_num(s.flawed_fraction) for _, s in groups])
-            ax.set_ylabel("flawed fraction")
-            ax.set_ylim(0, 1)
-
-        drawers = [("sizes", sizes), ("detachment", detachment), ("flawed", flawed)]
-        return publish_figures(out, self._figures_dir, "particles", drawers, run_uid=self._uid)
+        params = ParticleParams(**self._particle_params)
+        threshold = StatsParams(**self._stats_params).size_threshold_um
+        extra = particle_figures(
+            stats,
+            result.table,
+            out,
+            volume=volume,
+            labels=result.labels,
+            voxel_um=self._voxel_um,
+            size_threshold_um=threshold,
+            min_flawed_slices=params.flaw.min_flawed_slices,
+            figures_dir=self._figures_dir,
+            run_uid=self._uid,
+        )
+        figures: dict[str, str] = extra.pop("figures")
+        out.metadata(extra)
+        return figures
 
     def _figures(self, q: Any, out: ResultWriter) -> dict[str, str]:
-        z_top, z_bottom = 0, q.damage_density.shape[0] - 1
+        from services.analysis.tomo_figures import crack_figures
 
-        def damage(z: int) -> Any:
-            def draw(fig: Any) -> None:
-                ax = fig.add_subplot(111)
-                im = ax.imshow(q.damage_density[z], cmap="inferno", vmin=0)
-                fig.colorbar(im, ax=ax, label=f"crack share of {q.window} px window")
-                ax.set_title(f"damage density, slice {z}")
-
-            return draw
-
-        def profile(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.plot(np.arange(len(q.depth_profile)), q.depth_profile)
-            ax.set_xlabel("slice (0 = separator side)")
-            ax.set_ylabel("crack area / particle area")
-
-        def scatter(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            x = q.particle_density[::2, ::4, ::4].ravel()
-            y = q.damage_density[::2, ::4, ::4].ravel()
-            ax.plot(x, y, ",", alpha=0.3)
-            xs = np.linspace(0, 1, 20)
-            fit = q.volume_fit
-            ax.plot(xs, fit.slope * xs + fit.intercept, "r-", label=f"r = {fit.pearson_r:.2f}")
-            ax.set_xlabel("particle density")
-            ax.set_ylabel("damage density")
-            ax.legend()
-
-        drawers = [
-            ("damage_top", damage(z_top)),
-            ("damage_bottom", damage(z_bottom)),
-            ("depth_profile", profile),
-            ("correlation", scatter),
-        ]
-        return publish_figures(out, self._figures_dir, "cracks", drawers, run_uid=self._uid)
+        extra = crack_figures(
+            q,
+            out,
+            n_layers=self._crack_params.quantify.n_layers,
+            voxel_um=self._voxel_um,
+            figures_dir=self._figures_dir,
+            run_uid=self._uid,
+        )
+        figures: dict[str, str] = extra.pop("figures")
+        out.metadata(extra)
+        return figures
 
 
 def _finite(value: float) -> float | None:

@@ -12,7 +12,8 @@ after the last frame:     ``labels`` (H, W) int32, ``edge_energy`` / ``whiteline
                           (H, W) float32 eV, ``spectra`` (P, N), ``energy`` (N,),
                           ``aligned/particle_<k>`` (N, h, w) aligned ROI stacks,
                           ``deformation`` table across the operando series so far,
-                          ``figures/<name>`` RGB images (PNG files under the data dir)
+                          ``figures/<name>`` RGB images (PNG files under the data dir) and
+                          the numbers behind them (:mod:`services.analysis.xanes_figures`)
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from services.analysis.figures import publish_figures
 from services.analysis.results import ResultWriter
 from services.runs.frames import Frame
 
@@ -282,28 +282,15 @@ class XanesLivePipeline:
 
     # ---- figures ----
     def _figures(self, final: Any, out: ResultWriter) -> dict[str, str]:
+        from services.analysis.xanes_figures import pixel_size, xanes_figures
 
-        def drift(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.plot(final.global_shift[:, 0], label="dy")
-            ax.plot(final.global_shift[:, 1], label="dx")
-            ax.set_xlabel("frame")
-            ax.set_ylabel("global drift (px)")
-            ax.legend()
-
-        def tracks(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.imshow(final.labels > 0, cmap="gray_r", alpha=0.3)
-            for k in range(final.particle_com.shape[0]):
-                ax.plot(final.particle_com[k, :, 1], final.particle_com[k, :, 0], lw=1)
-                ax.annotate(str(k + 1), final.particle_com[k, 0, ::-1], fontsize=8)
-            ax.set_title("particle tracks (frame-0 geometry)")
-
-        def edge_map(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            im = ax.imshow(final.edge_energy, cmap="viridis")
-            fig.colorbar(im, ax=ax, label="edge energy (eV)")
-            ax.set_title("edge energy at 50 % of the edge jump")
-
-        drawers = [("drift", drift), ("tracks", tracks), ("edge_energy", edge_map)]
-        return publish_figures(out, self._figures_dir, "xanes", drawers, run_uid=self._uid)
+        extra = xanes_figures(
+            final,
+            out,
+            pixel_um=pixel_size(self._pixel_size),
+            figures_dir=self._figures_dir,
+            run_uid=self._uid,
+        )
+        figures: dict[str, str] = extra.pop("figures")
+        out.metadata(extra)
+        return figures

@@ -105,8 +105,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     client = from_uri(settings.tiled_url, api_key=settings.resolved_api_key())
     try:
         text = build_report(client, args.uid)
-    except KeyError:
-        logger.error("run %s is not in %s (raw/)", args.uid, settings.tiled_url)
+    except KeyError as exc:
+        logger.error("run %s is not in %s (raw/)", exc.args[0], settings.tiled_url)
         return 2
     finally:
         client.context.close()
@@ -146,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     report = sub.add_parser(
-        "report", help="write a self-contained HTML report of a run (needs Tiled running)"
+        "report",
+        help="write a self-contained HTML report of one run, or a comparison of several "
+        "(needs Tiled running)",
     )
-    report.add_argument("uid", help="run uid")
+    report.add_argument("uid", nargs="+", help="run uid; several uids overlay their distributions")
     report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
     report.set_defaults(func=cmd_report)
 
