@@ -38,6 +38,7 @@ from scipy import ndimage
 from benchmarks.holdout_family import make_holdout_volume
 from models.crack_unet import normalize_slices, reference_levels
 from models.flaw_cnn import (
+    INPUT_SIZE,
     MIN_FLAWED_SLICES,
     load_flaw_cnn,
     load_flaw_cnn_metadata,
@@ -58,7 +59,7 @@ from pipelines.particles.evaluate import confusion_matrix, roc_curve
 OUT = Path(__file__).resolve().parents[1] / "docs" / "model_card"
 TRAINING_SHAPE = (48, 128, 128)
 HOLDOUT_SHAPE = (48, 160, 160)
-HOLDOUT_SEEDS = (515_001, 515_002, 515_003)
+HOLDOUT_SEEDS = (515_001, 515_002, 515_003, 515_004, 515_005, 515_006)
 SLICE_THRESHOLD = 0.5
 
 
@@ -110,8 +111,12 @@ def holdout_slices(seed: int, key_offset: int) -> Slices:
             labels.append(slice_label(int((crack[z] & mask).sum()), int(mask.sum())))
             keys.append(key_offset + k)
             plabels.append(plabel)
+    if not images:  # every particle reaches outside the reconstruction circle
+        images = [np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.float32)]
+    else:
+        images = [np.stack(images)]
     return Slices(
-        images=np.stack(images),
+        images=np.concatenate(images),
         labels=np.asarray(labels, dtype=np.int8),
         particle=np.asarray(keys, dtype=np.int64),
         particle_label=np.asarray(plabels, dtype=np.int8),
