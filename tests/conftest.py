@@ -211,8 +211,8 @@ class UpProcess:
             BEAMWATCH_BUS__MODE="zmq",
             BEAMWATCH_NATS__PORT=str(p["nats"]),
             BEAMWATCH_NATS__BRIDGE_METRICS_PORT=str(p["bridge"]),
-            **extra_env,
         )
+        self.env.update(extra_env)
         self.data = tmp_path / "data"
         self.log = tmp_path / "up.log"
         self.tiled = f"http://127.0.0.1:{p['tiled']}"
