@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Documents published and not acknowledged by the stream yet, at most.
 WINDOW = 2048
+#: 0MQ messages handed to the publisher at once.
+ZMQ_BATCH = 256
 #: A PubAck not received after this many seconds counts as failed (publish again).
 PUBACK_TIMEOUT = 5.0
 #: Documents whose run is found through their descriptor or resource.
@@ -150,27 +152,38 @@ class Bridge:
         )
         try:
             while not self._stop.is_set() and self.failed is None:
-                if socket.poll(200, zmq.POLLIN):
-                    self.handle_zmq(socket.recv())
+                if not socket.poll(200, zmq.POLLIN):
+                    continue
+                messages = [socket.recv()]
+                while len(messages) < ZMQ_BATCH:  # what else is there: one hand-over for all
+                    try:
+                        messages.append(socket.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+                self.handle_zmq(messages)
         finally:
             socket.close(0)
 
-    def handle_zmq(self, message: bytes) -> None:
-        """One 0MQ message from the proxy: ``prefix name payload``."""
+    def handle_zmq(self, messages: list[bytes]) -> None:
+        """0MQ messages from the proxy (``prefix name payload``), in order."""
         service = self.metrics.service
-        parts = message.split(b" ", 2)
-        if parts[1:2] == [PING_NAME.encode()]:
-            self.metrics.messages_received.labels(service, PING_NAME).inc()
-            self._loop.submit(self._nc.publish(ping_subject(self.nats), b""))
-            return
-        try:
-            name, doc = parse_bus_message(message)
-        except MalformedMessage as exc:
-            self.metrics.messages_malformed.labels(service, "payload").inc()
-            logger.warning("dropped malformed bus message (%d bytes): %s", len(message), exc)
-            return
-        self.metrics.messages_received.labels(service, name).inc()
-        self.publish(name, doc, parts[2])
+        batch: list[tuple[str, dict[str, Any], bytes]] = []
+        for message in messages:
+            parts = message.split(b" ", 2)
+            if parts[1:2] == [PING_NAME.encode()]:
+                self.metrics.messages_received.labels(service, PING_NAME).inc()
+                self._loop.submit(self._nc.publish(ping_subject(self.nats), b""))
+                continue
+            try:
+                name, doc = parse_bus_message(message)
+            except MalformedMessage as exc:
+                self.metrics.messages_malformed.labels(service, "payload").inc()
+                logger.warning("dropped malformed bus message (%d bytes): %s", len(message), exc)
+                continue
+            self.metrics.messages_received.labels(service, name).inc()
+            batch.append((name, doc, parts[2]))
+        if batch:
+            self.publish(batch)
 
     async def _read_nats_source(self) -> None:
         """Documents Bluesky publishes to JetStream itself, read durably."""
@@ -204,14 +217,17 @@ class Bridge:
                 await self._queue_put(name, doc, msg.data, run_uid, on_stored=msg.ack)
 
     # ---- routing and publishing --------------------------------------------------------------
-    def publish(self, name: str, doc: dict[str, Any], payload: bytes) -> None:
-        """Hand one document over (from the 0MQ thread); blocks while the window is full."""
-        self._window.acquire()
-        self._loop.run(self._route_and_queue(name, doc, payload))
+    def publish(self, batch: list[tuple[str, dict[str, Any], bytes]]) -> None:
+        """Hand (name, doc, payload) over in order (from the 0MQ thread); blocks while the
+        window is full."""
+        for _ in batch:
+            self._window.acquire()
+        self._loop.run(self._route_and_queue(batch))
 
-    async def _route_and_queue(self, name: str, doc: dict[str, Any], payload: bytes) -> None:
-        run_uid = await self._run_uid(name, doc)
-        await self._queue_put(name, doc, payload, run_uid)
+    async def _route_and_queue(self, batch: list[tuple[str, dict[str, Any], bytes]]) -> None:
+        for name, doc, payload in batch:
+            run_uid = await self._run_uid(name, doc)
+            await self._queue_put(name, doc, payload, run_uid)
 
     async def _acquire(self) -> None:
         while not self._window.acquire(blocking=False):
