@@ -203,6 +203,7 @@ async def ensure_stream(js: Any, nats: NatsSettings) -> None:
         storage=StorageType.FILE,
         duplicate_window=nats.duplicate_window,
         max_age=nats.max_age,
+        num_replicas=nats.replicas,
     )
     try:
         await js.stream_info(nats.stream)

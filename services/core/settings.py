@@ -75,6 +75,8 @@ class NatsSettings(BaseModel):
     #: Subjects are ``<subject_prefix>.<beamline>.<run uid>.<document name>``.
     subject_prefix: str = Field("beamwatch.docs", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     beamline: str = Field("local", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Copies of the stream in a NATS cluster (1 for the embedded server).
+    replicas: int = Field(1, ge=1, le=5)
     #: Seconds a re-published document (same message id) is dropped as a duplicate.
     duplicate_window: float = Field(120.0, gt=0)
     #: How long the stream keeps documents (seconds); runs older than this cannot be replayed.
