@@ -122,3 +122,62 @@ def test_documents_go_once_through_bridge_and_stream_to_tiled(jetstack, tiled_cl
         N_ENERGIES + FLAT_FRAMES
     )
     assert_run_exactly_once(tiled_client, uid, images)
+
+
+def test_a_run_published_to_jetstream_by_bluesky_nats_reaches_tiled(
+    jetstream_settings, tiled_client
+):
+    """Bluesky publishing to JetStream itself (``bluesky-nats``'s ``NATSPublisher``, as at the
+    Canadian Light Source): the bridge reads that subject durably instead of the 0MQ proxy."""
+    import nats
+    from bluesky_nats.nats_publisher import NATSPublisher
+    from bluesky_nats.nats_runtime import NatsRuntime
+    from bluesky_nats.outbox import Delivery, Outbox
+
+    settings, detector = jetstream_settings
+    settings = settings.model_copy(
+        update={
+            "nats": settings.nats.model_copy(
+                update={"source": "nats", "source_subject": "events.volatile.>"}
+            )
+        }
+    )
+    runtime = NatsRuntime("bluesky-nats")
+    client = runtime.connect(nats.connect(settings.nats_url))
+    js = client.jetstream()
+    runtime.setup(js.add_stream(name="BLUESKY", subjects=["events.volatile.>"]))
+    publisher = NATSPublisher(
+        Outbox(runtime, client, delivery=Delivery.CRITICAL), js, subject_factory="events.volatile"
+    )
+    bridge = BridgeThread(settings)
+    raw = Consumer("raw", settings)
+    raw.start()
+    try:
+        txm = small_txm(detector, "event", seed=8)
+        RE = RunEngine({})
+        RE.subscribe(publisher)
+        primary, frames = set(), []
+
+        def primary_frames(name, doc):
+            if name == "descriptor" and doc["name"] == "primary":
+                primary.add(doc["uid"])
+            elif name == "event" and doc["descriptor"] in primary:
+                frames.append(doc["data"]["txm_cam_image"])
+
+        RE.subscribe(primary_frames)
+        (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=N_FLATS))
+        assert publisher.flush()
+        wait_until(lambda: "stop" in tiled_client["raw"][uid].metadata, 90)
+        wait_until(lambda: not raw.runs_source.owned_runs, 60)
+        run = tiled_client["raw"][uid]
+        rows = run["primary"].base["internal"].read()
+        assert sorted(rows["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+        np.testing.assert_allclose(np.sort(rows["energy"].to_numpy()), energies())
+        images = run["primary"]["txm_cam_image"].read()
+        np.testing.assert_array_equal(images, np.stack(frames))
+        assert run.metadata["stop"]["exit_status"] == "success"
+    finally:
+        raw.stop()
+        bridge.stop()
+        publisher.close()
+        runtime.close()
