@@ -264,6 +264,7 @@ class JetStreamRuns:
         self._runs: dict[str, _OwnedRun] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._releases: list[Any] = []
         self.claimed: list[str] = []  # every run this process took, in order (tests, metrics)
         self.failed: BaseException | None = None
 
@@ -306,6 +307,11 @@ class JetStreamRuns:
             self._loop.stop()
             return
         self._closing = True
+        for release in self._releases:  # acknowledge what is done before leaving
+            try:
+                release.result(10)
+            except Exception:  # noqa: BLE001 - the claim comes back after ack_wait
+                logger.warning("releasing a run failed", exc_info=True)
         try:
             self._loop.run(self._close(), 10)
         except Exception:  # noqa: BLE001 - closing: nothing more to do
@@ -320,8 +326,9 @@ class JetStreamRuns:
     # ---- what the consumer calls ------------------------------------------------------------
     def run_done(self, run_uid: str) -> None:
         """The run is finished and everything of it is in Tiled: release it for good."""
-        if not self._closing:
-            self._loop.submit(self._release(run_uid))
+        if not self._closing and self._nc is not None:
+            self._releases = [f for f in self._releases if not f.done()]
+            self._releases.append(self._loop.submit(self._release(run_uid)))
 
     @property
     def owned_runs(self) -> list[str]:

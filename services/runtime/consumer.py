@@ -222,12 +222,12 @@ class Consumer:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=10)
-        if self.runs_source is not None:
-            self.runs_source.close()
         self.dispatcher.close()
         self._after_scan_pool.shutdown(wait=True)
         self.spool.stop(drain_timeout)
-        self._remove_done_journals()
+        self._remove_done_journals()  # releases the claims of runs now done
+        if self.runs_source is not None:
+            self.runs_source.close()  # open runs: claimed again after ack_wait
         self.journal.close()
         if self._bus is not None:
             self._bus.close()
