@@ -36,6 +36,7 @@ from services.bus.jetstream import (
     message_id,
     ping_subject,
 )
+from services.core import serialization
 from services.core.metrics import Metrics
 from services.core.serialization import MalformedMessage, parse_bus_message
 from services.core.settings import BeamwatchSettings
@@ -48,6 +49,8 @@ WINDOW = 2048
 ZMQ_BATCH = 256
 #: A PubAck not received after this many seconds counts as failed (publish again).
 PUBACK_TIMEOUT = 5.0
+#: Index key of a run's start (beside descriptor and resource uids).
+_RUN = "run-"
 #: Documents whose run is found through their descriptor or resource.
 _BY_DESCRIPTOR = ("event", "event_page", "stream_datum")
 _BY_RESOURCE = ("datum", "datum_page")
@@ -255,12 +258,15 @@ class Bridge:
         """The run a document belongs to; remembers descriptors and resources."""
         try:
             if name == "start":
+                await self._remember(_RUN + str(doc["uid"]), str(doc["uid"]))
                 return str(doc["uid"])
             if name in ("descriptor", "resource", "stream_resource"):
                 run_uid = str(doc["run_start"])
+                await self._ensure_started(run_uid, doc)
                 await self._remember(str(doc["uid"]), run_uid)
                 return run_uid
             if name == "stop":
+                await self._ensure_started(str(doc["run_start"]), doc)
                 return str(doc["run_start"])
             if name in _BY_DESCRIPTOR:
                 key = doc["stream_resource"] if name == "stream_datum" else doc["descriptor"]
@@ -270,6 +276,23 @@ class Bridge:
         except (KeyError, TypeError):
             return None
         return None
+
+    async def _ensure_started(self, run_uid: str, doc: dict[str, Any]) -> None:
+        """A run whose start never reached the bridge gets a stand-in start, so that it can be
+        claimed (its start is what consumers claim); the consumers see
+        ``beamwatch_start_lost`` as they would on 0MQ."""
+        if await self._lookup(_RUN + run_uid) is not None:
+            return
+        self.metrics.messages_lost.labels(self.metrics.service, "start").inc()
+        logger.warning("documents of a run whose start was never seen", extra={"run_uid": run_uid})
+        stand_in = {
+            "uid": run_uid,
+            "time": doc.get("time", time.time()),
+            "beamwatch_start_lost": True,
+        }
+        await self._remember(_RUN + run_uid, run_uid)
+        await self._acquire()
+        await self._queue_put("start", stand_in, serialization.dumps(stand_in), run_uid)
 
     async def _remember(self, uid: str, run_uid: str) -> None:
         if self._run_of.get(uid) == run_uid:

@@ -181,3 +181,79 @@ def test_a_run_published_to_jetstream_by_bluesky_nats_reaches_tiled(
         bridge.stop()
         publisher.close()
         runtime.close()
+
+
+def _stream_subjects(settings) -> list[tuple[str, dict]]:
+    """(subject, document) of every message of the stream, in order."""
+    from services.bus.jetstream import NatsLoop, connect, decode_message
+
+    async def read() -> list[tuple[str, dict]]:
+        nc = await connect(settings.nats_url)
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe(
+                f"{settings.nats.subject_prefix}.>", stream=settings.nats.stream
+            )
+            out = []
+            while True:
+                try:
+                    msgs = await sub.fetch(100, timeout=1)
+                except TimeoutError:
+                    return out
+                for msg in msgs:
+                    out.append((msg.subject, decode_message(msg.subject, msg.data)[1]))
+                    await msg.ack()
+        finally:
+            await nc.close()
+
+    loop = NatsLoop("test-read")
+    try:
+        return loop.run(read(), 60)
+    finally:
+        loop.stop()
+
+
+def test_bridge_routes_events_after_a_restart_and_stands_in_for_a_lost_start(nats_server, tmp_path):
+    from services.core.settings import load_settings
+
+    settings = load_settings(
+        data_dir=str(tmp_path / "bridge"),
+        bus={"mode": "nats", "nats_url": nats_server.url},
+        nats={"bridge_metrics_port": 0, "beamline": "txm"},
+    )
+
+    def message(name, doc):
+        return b" " + name.encode() + b" " + serialization.dumps(doc)
+
+    run, lost_run = "run-1", "run-2"
+    descriptor = {"uid": "desc-1", "run_start": run, "name": "primary", "data_keys": {}}
+    event = {"descriptor": "desc-1", "seq_num": 1, "data": {}, "timestamps": {}, "time": 1.0}
+    first = Bridge(settings)
+    first.start()
+    first.handle_zmq(
+        [message("start", {"uid": run, "time": 0.0}), message("descriptor", descriptor)]
+    )
+    assert first.flush(30)
+    first.close()
+    second = Bridge(settings)  # a restarted bridge: it knows desc-1 only from the index bucket
+    second.start()
+    second.handle_zmq(
+        [
+            message("event", event),
+            message("descriptor", {**descriptor, "uid": "desc-2", "run_start": lost_run}),
+            message("stop", {"uid": "stop-2", "run_start": lost_run, "time": 2.0}),
+        ]
+    )
+    assert second.flush(30)
+    second.close()
+    subjects = [subject for subject, _doc in _stream_subjects(settings)]
+    assert subjects == [
+        "beamwatch.docs.txm.run-1.start",
+        "beamwatch.docs.txm.run-1.descriptor",
+        "beamwatch.docs.txm.run-1.event",
+        "beamwatch.docs.txm.run-2.start",  # stood in for the start the bridge never saw
+        "beamwatch.docs.txm.run-2.descriptor",
+        "beamwatch.docs.txm.run-2.stop",
+    ]
+    stand_in = _stream_subjects(settings)[3][1]
+    assert stand_in["uid"] == lost_run and stand_in["beamwatch_start_lost"] is True
