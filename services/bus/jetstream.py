@@ -185,11 +185,27 @@ async def connect(url: str, *, timeout: float = 60.0, name: str = "beamwatch") -
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                error_cb=_on_error,
+                disconnected_cb=_on_disconnected,
+                reconnected_cb=_on_reconnected,
             )
         except Exception as exc:  # noqa: BLE001 - any failure to reach the server: retry
             if time.monotonic() > deadline:
                 raise TimeoutError(f"NATS at {url} not reachable in {timeout:.0f} s") from exc
             await asyncio.sleep(0.2)
+
+
+async def _on_error(exc: Exception) -> None:
+    # the server restarting: the client reconnects by itself (one line, not a traceback)
+    logger.warning("NATS: %s: %s", type(exc).__name__, exc)
+
+
+async def _on_disconnected() -> None:
+    logger.warning("NATS: disconnected; reconnecting")
+
+
+async def _on_reconnected() -> None:
+    logger.warning("NATS: reconnected")
 
 
 async def ensure_stream(js: Any, nats: NatsSettings) -> None:

@@ -257,3 +257,56 @@ def test_bridge_routes_events_after_a_restart_and_stands_in_for_a_lost_start(nat
     ]
     stand_in = _stream_subjects(settings)[3][1]
     assert stand_in["uid"] == lost_run and stand_in["beamwatch_start_lost"] is True
+
+
+def test_jetstream_server_killed_and_restarted_loses_no_document(nats_server, tmp_path):
+    """SIGKILL of the NATS server between two parts of a run: the bridge and a consumer
+    reconnect by themselves; the stream (on disk) keeps what it had; every event arrives."""
+    from services.bus.jetstream import JetStreamRuns
+    from services.core.metrics import Metrics
+    from services.core.settings import load_settings
+
+    settings = load_settings(
+        data_dir=str(tmp_path / "restart"),
+        bus={"mode": "nats", "nats_url": nats_server.url},
+        nats={"bridge_metrics_port": 0, "ack_wait": 3.0},
+    )
+    got: list[int] = []
+
+    def consume(name, doc, ack):
+        if name == "event":
+            got.append(doc["seq_num"])
+        ack()
+
+    def events(seq_nums):
+        docs = [
+            {"descriptor": "d1", "seq_num": i, "data": {}, "timestamps": {}, "time": 0.0}
+            for i in seq_nums
+        ]
+        return [b" event " + serialization.dumps(doc) for doc in docs]
+
+    runs = JetStreamRuns("raw", settings, Metrics("raw"), consume)
+    runs.start()
+    bridge = Bridge(settings)
+    bridge.start()
+    try:
+        bridge.handle_zmq(
+            [
+                b" start " + serialization.dumps({"uid": "r1", "time": 0.0}),
+                b" descriptor "
+                + serialization.dumps({"uid": "d1", "run_start": "r1", "data_keys": {}}),
+                *events(range(1, 6)),
+            ]
+        )
+        wait_until(lambda: sorted(got) == [1, 2, 3, 4, 5], 30, interval=0.05)
+        nats_server.proc.kill()
+        nats_server.proc.wait()
+        nats_server.start()
+        bridge.handle_zmq(events(range(6, 11)))
+        assert bridge.flush(60)
+        wait_until(lambda: sorted(set(got)) == list(range(1, 11)), 60, interval=0.05)
+        assert runs.is_alive()
+    finally:
+        runs.close()
+        bridge.close()
+    assert stream_count(settings) == 12  # start, descriptor, 10 events: each once
