@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from services.core.metrics import Metrics
@@ -239,9 +239,6 @@ class _OwnedRun:
     claim: Any
     subscription: Any = None
     task: asyncio.Task[None] | None = None
-    acked: int = 0
-    received: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class JetStreamRuns:
@@ -444,12 +441,16 @@ class JetStreamRuns:
             self.failed = exc
 
     def _deliver(self, run: _OwnedRun, msg: Any) -> None:
-        run.received += 1
         try:
             name, doc = decode_message(msg.subject, msg.data)
         except MalformedMessage as exc:
             self._metrics.messages_malformed.labels(self._metrics.service, "payload").inc()
-            logger.warning("dropped malformed stream message on %s: %s", msg.subject, exc)
+            logger.warning(
+                "dropped malformed stream message on %s: %s",
+                msg.subject,
+                exc,
+                extra={"run_uid": run.uid},
+            )
             asyncio.ensure_future(msg.term())
             return
         self._metrics.messages_received.labels(self._metrics.service, name).inc()
