@@ -172,14 +172,18 @@ class NatsLoop:
 
 
 async def connect(url: str, *, timeout: float = 60.0, name: str = "beamwatch") -> Any:
-    """Connect to NATS, waiting up to ``timeout`` s for the server (it may be starting)."""
+    """Connect to NATS, waiting up to ``timeout`` s for the server (it may be starting).
+
+    ``url`` may list several servers of a cluster, comma-separated.
+    """
     import nats
 
+    servers = [part.strip() for part in url.split(",") if part.strip()]
     deadline = time.monotonic() + timeout
     while True:
         try:
             return await nats.connect(
-                url,
+                servers,
                 name=name,
                 connect_timeout=2,
                 allow_reconnect=True,
@@ -191,7 +195,7 @@ async def connect(url: str, *, timeout: float = 60.0, name: str = "beamwatch") -
             )
         except Exception as exc:  # noqa: BLE001 - any failure to reach the server: retry
             if time.monotonic() > deadline:
-                raise TimeoutError(f"NATS at {url} not reachable in {timeout:.0f} s") from exc
+                raise TimeoutError(f"NATS not reachable in {timeout:.0f} s") from exc
             await asyncio.sleep(0.2)
 
 

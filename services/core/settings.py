@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -197,6 +198,10 @@ class BeamwatchSettings(BaseSettings):
         data = self.model_dump(mode="json")
         if data["tiled"].get("api_key"):
             data["tiled"]["api_key"] = "**********"
+        if data["bus"].get("nats_url"):  # nats://user:password@host, comma-separated
+            data["bus"]["nats_url"] = re.sub(
+                r"//[^@/,]*@", "//**********@", data["bus"]["nats_url"]
+            )
         data["spool_dir"] = str(self.spool_dir)
         return data
 

@@ -16,7 +16,7 @@ from services.bus.bridge import Bridge
 from services.bus.subscriber import wait_until_delivered
 from services.core import serialization
 from services.runtime.consumer import Consumer
-from tests.conftest import wait_until
+from tests.conftest import free_port, wait_until
 from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS, metric
 from tests.sim import N_ENERGIES, energies, small_txm
 
@@ -310,3 +310,26 @@ def test_jetstream_server_killed_and_restarted_loses_no_document(nats_server, tm
         runs.close()
         bridge.close()
     assert stream_count(settings) == 12  # start, descriptor, 10 events: each once
+
+
+def test_cluster_urls_connect_and_config_show_hides_their_password(nats_server, monkeypatch):
+    from services.bus.jetstream import NatsLoop, connect
+    from services.core.settings import load_settings
+
+    dead = f"nats://127.0.0.1:{free_port()}"  # a node that is down: the next one is used
+
+    async def connected() -> bool:
+        nc = await connect(f"{dead},{nats_server.url}", timeout=20)
+        try:
+            return bool(nc.is_connected)
+        finally:
+            await nc.close()
+
+    loop = NatsLoop("test-cluster")
+    try:
+        assert loop.run(connected(), 30)
+    finally:
+        loop.stop()
+    monkeypatch.setenv("BEAMWATCH_BUS__NATS_URL", "nats://bw:s3cret@a:4222,nats://bw:s3cret@b:4222")
+    shown = load_settings().redacted()["bus"]["nats_url"]
+    assert "s3cret" not in shown and shown.count("@") == 2
