@@ -282,6 +282,7 @@ class JetStreamRuns:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._releases: list[Any] = []
+        self._finished: set[str] = set()
         self.claimed: list[str] = []  # every run this process took, in order (tests, metrics)
         self.failed: BaseException | None = None
 
@@ -347,6 +348,12 @@ class JetStreamRuns:
             self._releases = [f for f in self._releases if not f.done()]
             self._releases.append(self._loop.submit(self._release(run_uid)))
 
+    def run_finished(self, run_uid: str) -> None:
+        """The run's stop is routed; its last writes may still wait in the spool. It no longer
+        counts against ``max_runs`` (a spool that is never empty under load must not stop
+        the worker from taking runs), but stays claimed until :meth:`run_done`."""
+        self._finished.add(run_uid)
+
     @property
     def owned_runs(self) -> list[str]:
         return list(self._runs)
@@ -360,7 +367,8 @@ class JetStreamRuns:
 
         try:
             while True:
-                if len(self._runs) >= self.nats.max_runs or not self._room():
+                working = [uid for uid in self._runs if uid not in self._finished]
+                if len(working) >= self.nats.max_runs or not self._room():
                     await asyncio.sleep(0.05)
                     continue
                 try:
@@ -474,6 +482,7 @@ class JetStreamRuns:
 
     async def _release(self, run_uid: str) -> None:
         run = self._runs.pop(run_uid, None)
+        self._finished.discard(run_uid)
         if run is None:
             return
         if run.task is not None:

@@ -178,7 +178,7 @@ class Consumer:
             idle_timeout=settings.run_idle_timeout,
             reorder_timeout=settings.reorder_timeout,
             journal=self.journal,
-            on_finish=self._finished_runs.add,
+            on_finish=self._run_finished,
         )
         self._queue: queue.Queue[tuple[str, Doc, float, Callable[[], None] | None]] = queue.Queue()
         self._bus: BusSubscriber | None = None
@@ -333,6 +333,11 @@ class Consumer:
                 self._after_scan_runs[run_uid] = left
             else:
                 self._after_scan_runs.pop(run_uid, None)
+
+    def _run_finished(self, run_uid: str) -> None:
+        self._finished_runs.add(run_uid)
+        if self.runs_source is not None:
+            self.runs_source.run_finished(run_uid)
 
     def _remove_done_journals(self) -> None:
         """Journals of finished runs go once their stages are done and the spool is empty."""
