@@ -421,6 +421,9 @@ class JetStreamRuns:
         run = _OwnedRun(uid, msg, sub)
         self._runs[uid] = run
         self.claimed.append(uid)
+        service = self._metrics.service
+        self._metrics.runs_claimed.labels(service, "first" if delivered == 1 else "again").inc()
+        self._metrics.runs_owned.labels(service).set(len(self._runs))
         run.task = asyncio.ensure_future(self._read_run(run))
         logger.info(
             "%s: took run (delivery %d, %s)",
@@ -483,6 +486,7 @@ class JetStreamRuns:
     async def _release(self, run_uid: str) -> None:
         run = self._runs.pop(run_uid, None)
         self._finished.discard(run_uid)
+        self._metrics.runs_owned.labels(self._metrics.service).set(len(self._runs))
         if run is None:
             return
         if run.task is not None:

@@ -197,6 +197,10 @@ def test_a_worker_killed_mid_run_hands_its_run_to_another(
         wait_until(lambda: frames_status(tiled_client, uid) == "complete", 120)
         wait_until(lambda: not other.runs_source.owned_runs, 60)
         assert other.runs_source.claimed == [uid]
+        taken_over = {"service": "analysis", "delivery": "again"}
+        assert (
+            other.metrics.registry.get_sample_value("beamwatch_runs_claimed_total", taken_over) == 1
+        )
         assert frame_stats_exactly_once(tiled_client, uid)
         stats = tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
         assert np.isfinite(stats["mean"].to_numpy()).all()
