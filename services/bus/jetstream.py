@@ -283,6 +283,7 @@ class JetStreamRuns:
         self._closing = False
         self._releases: list[Any] = []
         self._finished: set[str] = set()
+        self._waiting: dict[int, Any] = {}  # delivered, not acknowledged yet (Msg: unhashable)
         self.claimed: list[str] = []  # every run this process took, in order (tests, metrics)
         self.failed: BaseException | None = None
 
@@ -470,18 +471,27 @@ class JetStreamRuns:
             return
         self._metrics.messages_received.labels(self._metrics.service, name).inc()
         loop = self._loop.loop
+        self._waiting[id(msg)] = msg
 
         def ack() -> None:  # from the dispatch thread
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_quiet(msg.ack())))
+            loop.call_soon_threadsafe(self._ack, msg)
 
         self._enqueue(name, doc, ack)
 
+    def _ack(self, msg: Any) -> None:
+        self._waiting.pop(id(msg), None)
+        asyncio.ensure_future(_quiet(msg.ack()))
+
     async def _keep_claims(self) -> None:
-        """Mark every owned run in progress well within ``ack_wait`` (our heartbeat)."""
+        """Mark every owned run, and every document still waiting in the consumer's queue, in
+        progress well within ``ack_wait`` (our heartbeat): neither goes to anyone else, nor
+        comes again, while this process is alive."""
         while True:
             await asyncio.sleep(self.nats.ack_wait / 3)
             for run in list(self._runs.values()):
                 await _quiet(run.claim.in_progress())
+            for msg in list(self._waiting.values()):
+                await _quiet(msg.in_progress())
 
     async def _release(self, run_uid: str) -> None:
         run = self._runs.pop(run_uid, None)
