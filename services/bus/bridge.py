@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Documents published and not acknowledged by the stream yet, at most.
 WINDOW = 2048
+#: Bytes kept free for headers below the server's max_payload.
+HEADER_ROOM = 1024
 #: 0MQ messages handed to the publisher at once.
 ZMQ_BATCH = 256
 #: A PubAck not received after this many seconds counts as failed (publish again).
@@ -245,6 +247,22 @@ class Bridge:
         on_stored: Any = None,
     ) -> None:
         assert self._queue is not None
+        limit = int(self._nc.max_payload) - HEADER_ROOM
+        if len(payload) > limit:
+            # The server would refuse it: say so, and go on with the next documents.
+            self.metrics.messages_lost.labels(self.metrics.service, "too_large").inc()
+            logger.error(
+                "%s of %d bytes exceeds the server's max_payload (%d): not stored; raise "
+                "nats.max_payload (embedded) or max_payload of the cluster",
+                name,
+                len(payload),
+                limit,
+                extra={"run_uid": run_uid},
+            )
+            self._window.release()
+            if on_stored is not None:
+                await on_stored()
+            return
         msg_id = message_id(name, doc)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         if run_uid is None:

@@ -333,3 +333,44 @@ def test_cluster_urls_connect_and_config_show_hides_their_password(nats_server, 
     monkeypatch.setenv("BEAMWATCH_BUS__NATS_URL", "nats://bw:s3cret@a:4222,nats://bw:s3cret@b:4222")
     shown = load_settings().redacted()["bus"]["nats_url"]
     assert "s3cret" not in shown and shown.count("@") == 2
+
+
+def test_a_document_too_large_for_the_server_is_counted_and_the_next_ones_go_on(
+    nats_server, tmp_path
+):
+    from services.core.settings import load_settings
+
+    settings = load_settings(
+        data_dir=str(tmp_path / "large"),
+        bus={"mode": "nats", "nats_url": nats_server.url},
+        nats={"bridge_metrics_port": 0},
+    )
+    bridge = Bridge(settings)
+    bridge.start()
+    try:
+        huge = np.zeros(nats_server.settings.nats.max_payload // 8 + 1)  # float64: over the limit
+        descriptor = {"uid": "d1", "run_start": "r1", "data_keys": {}}
+        bridge.handle_zmq(
+            [
+                b" start " + serialization.dumps({"uid": "r1", "time": 0.0}),
+                b" descriptor " + serialization.dumps(descriptor),
+                b" event "
+                + serialization.dumps(
+                    {"descriptor": "d1", "seq_num": 1, "data": {"x": huge}, "timestamps": {}}
+                ),
+                b" event "
+                + serialization.dumps(
+                    {"descriptor": "d1", "seq_num": 2, "data": {"x": 1.0}, "timestamps": {}}
+                ),
+            ]
+        )
+        assert bridge.flush(30)
+        assert bridge.failed is None
+        lost = bridge.metrics.registry.get_sample_value(
+            "beamwatch_messages_lost_total", {"service": "bridge", "kind": "too_large"}
+        )
+        assert lost == 1
+    finally:
+        bridge.close()
+    stored = [doc.get("seq_num") for _subject, doc in _stream_subjects(settings)]
+    assert stored == [None, None, 2]
