@@ -34,6 +34,14 @@ runs; the per-run state (descriptors, a pipeline's tracker) stays in one process
      document and replays the whole run.
    Every write of the routers is idempotent (rows keyed by seq_num, arrays patched at
    offsets), so documents delivered twice change nothing in Tiled.
+
+Why not one shared consumer of all documents: its messages would be spread over the workers
+one by one, so a run's descriptor and its events would land in different processes. Why not
+a KV lease per run: a lease needs its own expiry and fencing; a claim message that is kept in
+progress, and redelivered by JetStream when it is not, is the same lease with JetStream's own
+timer. A run counts against ``nats.max_runs`` until its stop is routed; after that it stays
+claimed (and in progress) only until its last writes are in Tiled. Documents fetched but not
+yet dispatched are kept in progress too, so a busy but live process never gets them twice.
 """
 
 from __future__ import annotations
