@@ -11,7 +11,13 @@ import argparse
 import platform
 import sys
 
-from benchmarks import particles_benchmark, tomo_benchmark, tomo_live_benchmark, xanes_benchmark
+from benchmarks import (
+    bus_throughput,
+    particles_benchmark,
+    tomo_benchmark,
+    tomo_live_benchmark,
+    xanes_benchmark,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         ("xanes", xanes_benchmark.main, []),
         ("tomo", tomo_benchmark.main, tomo_args),
         ("particles", particles_benchmark.main, []),
+        ("bus", bus_throughput.main, []),
     ]
     if args.full_size:
         runs += [

@@ -103,6 +103,20 @@ class Metrics:
             ["service", "pipeline"],
             registry=r,
         )
+        # JetStream bus (bus.mode: nats)
+        self.runs_claimed = Counter(
+            "beamwatch_runs_claimed",
+            "Runs this process took from the stream: first (a new run) or again (taken over "
+            "from a process that died, or resumed after a restart).",
+            ["service", "delivery"],
+            registry=r,
+        )
+        self.runs_owned = Gauge(
+            "beamwatch_runs_owned",
+            "Runs this process holds (claimed, not yet all in Tiled).",
+            ["service"],
+            registry=r,
+        )
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on host:port (port 0 picks a free port); return the bound port."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -52,6 +53,52 @@ class BusSettings(BaseModel):
     feedback_address: str = "tcp://127.0.0.1:5579"
     #: Receive high-water mark of consumers (messages held before 0MQ drops).
     rcvhwm: int = Field(100_000, ge=0)
+    #: ``nats``: a bridge copies the proxy's documents into a NATS JetStream stream and the
+    #: consumers read it durably (acked, resumed after a crash, runs shared by workers);
+    #: ``zmq``: the consumers subscribe to the proxy directly (loss detection and recovery).
+    mode: Literal["zmq", "nats"] = "nats"
+    #: An existing NATS server or cluster (``nats://host:4222``); unset: ``up`` starts one.
+    nats_url: str | None = None
+
+
+class NatsSettings(BaseModel):
+    """The JetStream bus (``bus.mode: nats``); see ``services/bus/jetstream.py``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The embedded server ``up`` starts when ``bus.nats_url`` is unset (storage under
+    #: ``<data dir>/nats``).
+    host: str = "127.0.0.1"
+    port: int = Field(4223, ge=0, le=65535)
+    #: Largest message the embedded server accepts (an Event carrying a frame), bytes.
+    max_payload: int = Field(16 * 1024 * 1024, gt=0)
+    stream: str = Field("BEAMWATCH", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Subjects are ``<subject_prefix>.<beamline>.<run uid>.<document name>``.
+    subject_prefix: str = Field("beamwatch.docs", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    beamline: str = Field("local", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Copies of the stream in a NATS cluster (1 for the embedded server).
+    replicas: int = Field(1, ge=1, le=5)
+    #: Seconds a re-published document (same message id) is dropped as a duplicate.
+    duplicate_window: float = Field(120.0, gt=0)
+    #: How long the stream keeps documents (seconds); runs older than this cannot be replayed.
+    max_age: float = Field(7 * 24 * 3600.0, gt=0)
+    #: Seconds before an unacknowledged document (or run claim) goes to another consumer; a
+    #: worker that dies hands its runs on after this time. Must exceed the longest stall of a
+    #: live worker (its claims are kept alive every ack_wait / 3).
+    ack_wait: float = Field(30.0, gt=0)
+    #: Documents a consumer may hold unacknowledged.
+    max_ack_pending: int = Field(1024, gt=0)
+    #: Runs one worker (consumer process) works on at a time.
+    max_runs: int = Field(4, gt=0)
+    #: Prefix of the durable consumer names (several beamwatch instances on one stream).
+    durable_prefix: str = Field("beamwatch", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    #: ``zmq``: the bridge reads the 0MQ proxy. ``nats``: Bluesky already publishes to NATS
+    #: (``bluesky-nats``): the bridge reads ``source_subject`` durably and copies each
+    #: document into the stream under beamwatch's subjects.
+    source: Literal["zmq", "nats"] = "zmq"
+    source_subject: str = "events.volatile.>"
+    #: Metrics of the bridge on ``metrics.host``; 0: not served.
+    bridge_metrics_port: int = Field(9103, ge=0, le=65535)
 
 
 class MetricsSettings(BaseModel):
@@ -83,6 +130,7 @@ class BeamwatchSettings(BaseSettings):
     data_dir: Path = Path("beamwatch-data")
     tiled: TiledSettings = TiledSettings()
     bus: BusSettings = BusSettings()
+    nats: NatsSettings = NatsSettings()
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
     #: Seconds after which a run with no documents and no stop is declared to have lost its stop.
@@ -118,6 +166,11 @@ class BeamwatchSettings(BaseSettings):
         return roots
 
     @property
+    def nats_url(self) -> str:
+        """The JetStream server: ``bus.nats_url``, else the embedded one."""
+        return self.bus.nats_url or f"nats://{self.nats.host}:{self.nats.port}"
+
+    @property
     def tiled_url(self) -> str:
         if self.tiled.url:
             return self.tiled.url.rstrip("/")
@@ -145,6 +198,10 @@ class BeamwatchSettings(BaseSettings):
         data = self.model_dump(mode="json")
         if data["tiled"].get("api_key"):
             data["tiled"]["api_key"] = "**********"
+        if data["bus"].get("nats_url"):  # nats://user:password@host, comma-separated
+            data["bus"]["nats_url"] = re.sub(
+                r"//[^@/,]*@", "//**********@", data["bus"]["nats_url"]
+            )
         data["spool_dir"] = str(self.spool_dir)
         return data
 

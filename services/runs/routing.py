@@ -227,6 +227,11 @@ class RunDispatcher:
         self._open(doc)
 
     def _on_descriptor(self, doc: Doc) -> None:
+        known = self._runs.get(doc["run_start"])
+        if known is not None and doc["uid"] in known.descriptors:
+            # delivered again (a durable bus redelivers what was not acknowledged yet)
+            self._metrics.messages_duplicated.labels(self._metrics.service, "descriptor").inc()
+            return
         run = self._run_for(doc["run_start"], doc)
         run.descriptors[doc["uid"]] = doc
         run.last_seq.setdefault(doc["uid"], 0)

@@ -7,6 +7,12 @@ Two roles run side by side under ``beamwatch up``:
 
 The bus is drained by its own thread into an in-memory queue so a slow pipeline never makes
 0MQ drop messages; the queue depth is a metric.
+
+With ``bus.mode: nats`` the documents come from the JetStream stream instead
+(``services.bus.jetstream``): the consumer claims whole runs (other processes of the same role,
+here or on other machines, take the others), and acknowledges each document once the
+dispatcher has put its effects on disk (journal and spool); a run is released when it is
+finished and all its writes are in Tiled.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 from services.analysis.registry import default_registry
 from services.analysis.router import AnalysisRunRouter, PipelineRegistry
+from services.bus.jetstream import JetStreamRuns
 from services.bus.subscriber import BusSubscriber
 from services.core.metrics import Metrics
 from services.core.settings import BeamwatchSettings
@@ -35,6 +42,11 @@ logger = logging.getLogger(__name__)
 ROLES = ("raw", "analysis")
 #: How often the dispatcher gives up on gaps and idle runs, in seconds.
 SWEEP_INTERVAL = 0.25
+#: Documents fetched from JetStream but not dispatched yet, at most (back-pressure: no
+#: document waits unacknowledged long enough to be delivered again).
+MAX_QUEUED = 512
+#: A queue item that replays a run's journal (JetStream mode: when the run is claimed again).
+REPLAY = "__replay__"
 #: Threads running after-scan stages (maps, reconstructions) off the dispatch thread.
 AFTER_SCAN_WORKERS = 2
 
@@ -166,25 +178,45 @@ class Consumer:
             idle_timeout=settings.run_idle_timeout,
             reorder_timeout=settings.reorder_timeout,
             journal=self.journal,
-            on_finish=self._finished_runs.add,
+            on_finish=self._run_finished,
         )
-        self._queue: queue.Queue[tuple[str, Doc, float]] = queue.Queue()
-        self._bus = BusSubscriber(
-            bus_address or settings.bus.out_address,
-            self._enqueue,
-            self.metrics,
-            rcvhwm=settings.bus.rcvhwm,
-        )
+        self._queue: queue.Queue[tuple[str, Doc, float, Callable[[], None] | None]] = queue.Queue()
+        self._bus: BusSubscriber | None = None
+        self.runs_source: JetStreamRuns | None = None
+        if settings.bus.mode == "nats":
+            # Journals are replayed when their runs are claimed again (here or elsewhere).
+            self.runs_source = JetStreamRuns(
+                role,
+                settings,
+                self.metrics,
+                self._enqueue,
+                room=lambda: self._queue.qsize() < MAX_QUEUED,
+                journaled=set(self._resume),
+                replay=lambda uid: self._queue.put((REPLAY, {"uid": uid}, time.monotonic(), None)),
+            )
+            self._resume = []
+        else:
+            self._bus = BusSubscriber(
+                bus_address or settings.bus.out_address,
+                self._enqueue,
+                self.metrics,
+                rcvhwm=settings.bus.rcvhwm,
+            )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self.spool.start()
-        for target, name in ((self._bus_loop, "bus"), (self._dispatch_loop, "dispatch")):
+        loops = [(self._dispatch_loop, "dispatch")]
+        if self._bus is not None:
+            loops.append((self._bus_loop, "bus"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=f"{self.role}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self.runs_source is not None:
+            self.runs_source.start()
 
     def stop(self, drain_timeout: float = 5.0) -> None:
         self._stop.set()
@@ -193,9 +225,12 @@ class Consumer:
         self.dispatcher.close()
         self._after_scan_pool.shutdown(wait=True)
         self.spool.stop(drain_timeout)
-        self._remove_done_journals()
+        self._remove_done_journals()  # releases the claims of runs now done
+        if self.runs_source is not None:
+            self.runs_source.close()  # open runs: claimed again after ack_wait
         self.journal.close()
-        self._bus.close()
+        if self._bus is not None:
+            self._bus.close()
         self._client.close()
         if self._feedback is not None:
             self._feedback.close()
@@ -234,6 +269,8 @@ class Consumer:
         dead = [t.name for t in self._threads if not t.is_alive()]
         if not self.spool.is_alive():
             dead.append("spool")
+        if self.runs_source is not None and not self.runs_source.is_alive():
+            dead.append("jetstream")
         return dead
 
     def request_stop(self) -> None:
@@ -297,6 +334,11 @@ class Consumer:
             else:
                 self._after_scan_runs.pop(run_uid, None)
 
+    def _run_finished(self, run_uid: str) -> None:
+        self._finished_runs.add(run_uid)
+        if self.runs_source is not None:
+            self.runs_source.run_finished(run_uid)
+
     def _remove_done_journals(self) -> None:
         """Journals of finished runs go once their stages are done and the spool is empty."""
         if not self._finished_runs or self.spool.depth() > 0:
@@ -306,18 +348,21 @@ class Consumer:
         for run_uid in list(self._finished_runs - busy):
             self.journal.remove(run_uid)
             self._finished_runs.discard(run_uid)
+            if self.runs_source is not None:
+                self.runs_source.run_done(run_uid)
 
     def after_scan_depth(self) -> int:
         """After-scan stages queued or running."""
         with self._after_scan_lock:
             return len(self._after_scan_jobs)
 
-    def _enqueue(self, name: str, doc: Doc) -> None:
+    def _enqueue(self, name: str, doc: Doc, ack: Callable[[], None] | None = None) -> None:
         # Arrival on the bus: the clock of every latency starts here.
-        self._queue.put((name, doc, time.monotonic()))
+        self._queue.put((name, doc, time.monotonic(), ack))
         self.metrics.queue_depth.labels(f"{self.role}-bus").set(self._queue.qsize())
 
     def _bus_loop(self) -> None:
+        assert self._bus is not None
         while not self._stop.is_set():
             self._bus.poll_once(200)
 
@@ -335,14 +380,21 @@ class Consumer:
                 self._remove_done_journals()
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
             try:
-                name, doc, received = self._queue.get(timeout=SWEEP_INTERVAL)
+                name, doc, received, ack = self._queue.get(timeout=SWEEP_INTERVAL)
             except queue.Empty:
                 continue
             try:
-                self.dispatcher(name, doc, received)
+                if name == REPLAY:
+                    self.dispatcher.replay(doc["uid"], self.journal.documents(doc["uid"]))
+                else:
+                    self.dispatcher(name, doc, received)
             except Exception:
                 logger.exception("dispatching %s failed", name)
             finally:
+                # Acked once dispatched: what it changed is in the run's journal and the
+                # spool, both on disk (a document that failed is not retried forever).
+                if ack is not None:
+                    ack()
                 self._queue.task_done()
 
     # ---- recovery from Tiled ---------------------------------------------------------------------
