@@ -17,9 +17,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from event_model import DatumPage, EventPage, unpack_datum_page, unpack_event_page
 
 from services.core.identifiers import (
     InvalidIdentifier,
@@ -355,19 +356,8 @@ class RunDispatcher:
         self._send(run, "event", doc)
 
     def _on_event_page(self, doc: Doc) -> None:
-        keys = list(doc["data"])
-        for i, seq in enumerate(doc["seq_num"]):
-            self._on_event(
-                {
-                    "descriptor": doc["descriptor"],
-                    "uid": doc["uid"][i],
-                    "seq_num": seq,
-                    "time": doc["time"][i],
-                    "data": {k: doc["data"][k][i] for k in keys},
-                    "timestamps": {k: doc["timestamps"][k][i] for k in keys},
-                    "filled": {k: v[i] for k, v in doc.get("filled", {}).items()},
-                }
-            )
+        for event in unpack_event_page(cast(EventPage, doc)):  # checked by validate_document
+            self._on_event(dict(event))
 
     def _on_resource(self, doc: Doc) -> None:
         run = self._run_for(doc["run_start"], doc)
@@ -382,11 +372,8 @@ class RunDispatcher:
         self._send(self._runs[run_uid], "datum", doc)
 
     def _on_datum_page(self, doc: Doc) -> None:
-        for i, datum_id in enumerate(doc["datum_id"]):
-            kwargs = {k: v[i] for k, v in doc["datum_kwargs"].items()}
-            self._on_datum(
-                {"resource": doc["resource"], "datum_id": datum_id, "datum_kwargs": kwargs}
-            )
+        for datum in unpack_datum_page(cast(DatumPage, doc)):
+            self._on_datum(dict(datum))
 
     def _on_stream_resource(self, doc: Doc) -> None:
         run = self._run_for(doc["run_start"], doc)
@@ -624,6 +611,24 @@ def _int(value: Any, field: str) -> int:
     return int(value)
 
 
+def _check_page_lists(doc: Doc, fields: tuple[str, ...], length: int | None, what: str) -> None:
+    """``unpack_event_page`` / ``unpack_datum_page`` pad short lists: refuse them here."""
+    for name in fields:
+        values = doc[name]
+        if not isinstance(values, list):
+            raise TypeError(f"{what} {name} is a {type(values).__name__}, expected a list")
+        if length is not None and len(values) != length:
+            raise ValueError(f"{what} {name} has {len(values)} entries for a page of {length}")
+
+
+def _check_page_columns(columns: Any, length: int, what: str) -> None:
+    if not isinstance(columns, dict):
+        raise TypeError(f"{what} column map is a {type(columns).__name__}")
+    for key, values in columns.items():
+        if not isinstance(values, list) or len(values) != length:
+            raise ValueError(f"{what} column {key!r} is not a list of the page length")
+
+
 def validate_document(name: str, doc: Doc) -> None:
     """Check the identifiers and types a router relies on; raise with what is wrong.
 
@@ -656,10 +661,10 @@ def validate_document(name: str, doc: Doc) -> None:
         seq_nums = doc["seq_num"]
         if not isinstance(seq_nums, list):
             raise TypeError("event_page seq_num is not a list")
-        for column in (_mapping(doc, "data"), _mapping(doc, "timestamps")):
-            for key, values in column.items():
-                if not isinstance(values, list) or len(values) != len(seq_nums):
-                    raise ValueError(f"event_page column {key!r} is not a list of the page length")
+        _check_page_lists(doc, ("uid", "time"), len(seq_nums), "event_page")
+        columns = (_mapping(doc, "data"), _mapping(doc, "timestamps"), doc.get("filled") or {})
+        for column in columns:
+            _check_page_columns(column, len(seq_nums), "event_page")
     elif name in ("resource", "stream_resource"):
         check_uid(doc["uid"], f"{name} uid")
         check_uid(doc["run_start"], f"{name} run_start")
@@ -670,8 +675,10 @@ def validate_document(name: str, doc: Doc) -> None:
         check_uid(doc["resource"], "datum resource")
     elif name == "datum_page":
         check_uid(doc["resource"], "datum_page resource")
+        _check_page_lists(doc, ("datum_id",), None, "datum_page")
         for datum_id in doc["datum_id"]:
             check_datum_id(datum_id, "datum_id")
+        _check_page_columns(_mapping(doc, "datum_kwargs"), len(doc["datum_id"]), "datum_page")
     elif name == "stream_datum":
         check_uid(doc["stream_resource"], "stream_datum stream_resource")
         check_uid(doc["descriptor"], "stream_datum descriptor")
