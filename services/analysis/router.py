@@ -24,6 +24,7 @@ from services.analysis.results import PipelineRun, ResultWriter
 from services.core.metrics import Metrics
 from services.runs.frames import Frame, FrameAssembler, Hdf5Reader
 from services.runs.routing import ARRIVAL, Doc, RunRouter
+from services.tiled.records import Container
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -137,13 +138,7 @@ class AnalysisRunRouter(RunRouter):
             self._pipelines.append((run, out))
 
     def start(self, doc: Doc) -> None:
-        self._spool.put(
-            {
-                "op": "container",
-                "path": ["analysis", self._uid],
-                "metadata": {"source_run_uid": self._uid},
-            }
-        )
+        self._spool.put(Container(("analysis", self._uid), {"source_run_uid": self._uid}))
         for run, out in self._pipelines:
             out.container(
                 {

@@ -28,6 +28,7 @@ from services.runs.ingest import RawRunRouter
 from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.tiled.applier import TiledApplier, connect, is_transient
+from services.tiled.records import Metadata, RawDoc, Record
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class _ReconnectingApplier:
         self._client = client
         self._applier: TiledApplier | None = None
 
-    def __call__(self, record: dict[str, Any]) -> None:
+    def __call__(self, record: Record) -> None:
         if self._applier is None:
             self._applier = TiledApplier(self._client.get())
         self._applier(record)
@@ -115,7 +116,7 @@ class Consumer:
         self._finished_runs: set[str] = set()
         if self._resume:
             resume = set(self._resume)
-            dropped = self.spool.discard(lambda record: _record_run(record) in resume)
+            dropped = self.spool.discard(lambda record: record.run in resume)
             logger.warning(
                 "resuming %d runs after a crash; %d spooled writes of them will be remade",
                 len(resume),
@@ -240,33 +241,22 @@ class Consumer:
         self._stop.set()
 
     # ---- rejected writes ----------------------------------------------------------------------
-    def _report_rejected(self, record: dict[str, Any], error: str) -> None:
+    def _report_rejected(self, record: Record, error: str) -> None:
         """Name a write Tiled will not accept in the metadata of the run (or pipeline) it is for."""
-        path = [str(p) for p in record.get("path") or []]
-        if record.get("op") == "raw_doc" and record.get("run"):
-            target = ["raw", str(record["run"])]
-        elif path[:1] == ["analysis"] and len(path) >= 3:
+        path: tuple[str, ...] = () if isinstance(record, RawDoc) else record.path
+        if isinstance(record, RawDoc) and record.run:
+            target: tuple[str, ...] = ("raw", record.run)
+        elif path[:1] == ("analysis",) and len(path) >= 3:
             target = path[:3]
-        elif path[:1] == ["raw"] and len(path) >= 2:
+        elif path[:1] == ("raw",) and len(path) >= 2:
             target = path[:2]
         else:
             return
-        entry = {
-            "op": record.get("op"),
-            "key": record.get("key") or record.get("name"),
-            "path": "/".join(path),
-            "error": error[:500],
-        }
-        rejected = self._rejected.setdefault(tuple(target), [])
+        entry = {"op": record.op, "key": record.label, "path": "/".join(path), "error": error[:500]}
+        rejected = self._rejected.setdefault(target, [])
         rejected.append(entry)
-        self.spool.put(
-            {
-                "op": "metadata",
-                "path": target,
-                "metadata": {"rejected_writes": rejected, "write_errors": len(rejected)},
-                "notice": True,
-            }
-        )
+        metadata = {"rejected_writes": list(rejected), "write_errors": len(rejected)}
+        self.spool.put(Metadata(target, metadata, notice=True))
 
     # ---- loops ---------------------------------------------------------------------------------
     def _submit_after_scan(self, run_uid: str, job: Callable[[], None]) -> None:
@@ -371,13 +361,3 @@ class Consumer:
             if seq in wanted:
                 out[seq] = {k: v for k, v in row.items() if k != "seq_num"}
         return out
-
-
-def _record_run(record: dict[str, Any]) -> str | None:
-    """The run a spooled write belongs to."""
-    if record.get("op") == "raw_doc":
-        return record.get("run")
-    path = record.get("path") or []
-    if len(path) >= 2 and path[0] in ("raw", "analysis"):
-        return str(path[1])
-    return None

@@ -21,16 +21,21 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.core import serialization
 from services.core.metrics import Metrics
+from services.tiled import records as wire
+from services.tiled.records import ArrayRows, RawDoc, Record, TableRows
 
 logger = logging.getLogger(__name__)
 
-Applier = Callable[[dict[str, Any]], None]
-RejectCallback = Callable[[dict[str, Any], str], None]
+Applier = Callable[[Record], None]
+RejectCallback = Callable[[Record, str], None]
 
 
 class PermanentWriteError(Exception):
@@ -76,7 +81,7 @@ class Spool:
     def start(self) -> None:
         self._thread.start()
 
-    def discard(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
+    def discard(self, predicate: Callable[[Record], bool]) -> int:
         """Before :meth:`start`: delete queued records for which ``predicate`` is true."""
         if self._thread.is_alive():
             raise RuntimeError("discard() is for records left by a previous process, before start")
@@ -84,7 +89,7 @@ class Spool:
         dropped = 0
         for path in self._pending:
             try:
-                record = serialization.loads(path.read_bytes())
+                record = wire.loads(path.read_bytes())
             except (OSError, serialization.MalformedMessage):
                 kept.append(path)  # the worker sets unreadable records aside
                 continue
@@ -97,13 +102,13 @@ class Spool:
         self._metrics.queue_depth.labels(self._metrics.service).set(len(kept))
         return dropped
 
-    def put(self, record: dict[str, Any]) -> None:
+    def put(self, record: Record) -> None:
         """Persist a record to disk and queue it; returns once it is on disk.
 
         While the directory cannot be written, waits and retries (logged and counted): the
         caller is held back, the record is never dropped.
         """
-        payload = serialization.dumps(record)
+        payload = wire.dumps(record)
         backoff = 0.05
         with self._cond:
             path = self.directory / f"{self._next:012d}.msgpack"
@@ -185,15 +190,15 @@ class Spool:
                     self._metrics.queue_depth.labels(self._metrics.service).set(len(self._pending))
                     self._cond.notify_all()
 
-    def _batch(self, candidates: list[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+    def _batch(self, candidates: list[Path]) -> tuple[list[Path], list[Record]]:
         """The first record, plus the following ones while all of them can be merged."""
         paths = [candidates[0]]
-        records = [serialization.loads(candidates[0].read_bytes())]
-        if records[0].get("op") not in MERGEABLE_OPS:
+        records = [wire.loads(candidates[0].read_bytes())]
+        if not isinstance(records[0], MERGEABLE):
             return paths, records
         for path in candidates[1:]:
-            record = serialization.loads(path.read_bytes())
-            if record.get("op") not in MERGEABLE_OPS:
+            record = wire.loads(path.read_bytes())
+            if not isinstance(record, MERGEABLE):
                 break
             paths.append(path)
             records.append(record)
@@ -204,7 +209,7 @@ class Spool:
             paths, records = self._batch(candidates)
         except serialization.MalformedMessage as exc:
             # A record file that cannot be decoded (disk damage): keep it aside, go on.
-            self._reject(candidates[:1], {"op": "unreadable"}, exc, raw=candidates[0])
+            self._reject(candidates[:1], None, exc, raw=candidates[0])
             candidates[0].unlink(missing_ok=True)
             return candidates[:1]
         try:
@@ -234,7 +239,7 @@ class Spool:
                     logger.warning(
                         "Tiled write %s (%s) failed, retrying in %.2f s: %s",
                         paths[0].name,
-                        record.get("op", "?"),
+                        record.op,
                         backoff,
                         exc,
                     )
@@ -249,30 +254,38 @@ class Spool:
     def _reject(
         self,
         paths: list[Path],
-        record: dict[str, Any],
+        record: Record | None,
         exc: BaseException,
         raw: Path | None = None,
     ) -> None:
-        """Keep a write the server will not accept beside its error; report it; go on."""
+        """Keep a write the server will not accept beside its error; report it; go on.
+
+        ``record`` is None for a record file that cannot be read (``raw`` is kept as it is).
+        """
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        op = str(record.get("op", "?"))
+        op = record.op if record is not None else "unreadable"
         logger.error(
             "Tiled rejected write %s (%s %s); kept in %s: %s",
             paths[0].name,
             op,
-            "/".join(map(str, record.get("path") or [])) or record.get("name", ""),
+            _target(record),
             self.rejected_dir,
             error,
         )
         self._metrics.writes_rejected.labels(self._metrics.service, op).inc()
         self.rejected_dir.mkdir(exist_ok=True)
         name = paths[0].stem
-        payload = raw.read_bytes() if raw is not None else serialization.dumps(record)
+        if raw is not None or record is None:
+            payload = raw.read_bytes() if raw is not None else b""
+        else:
+            payload = wire.dumps(record)
         self._write_file(self.rejected_dir / f"{name}.msgpack", payload)
         (self.rejected_dir / f"{name}.error.json").write_text(
             json.dumps({"op": op, "error": error, "records": [p.name for p in paths]})
         )
-        if self._on_reject is not None and not record.get("notice"):
+        if record is None or getattr(record, "notice", False):
+            return
+        if self._on_reject is not None:
             try:
                 self._on_reject(record, error)
             except Exception:
@@ -285,64 +298,75 @@ def _is_server_answer(exc: BaseException) -> bool:
     return getattr(response, "status_code", None) is not None
 
 
-#: Ops whose records can be merged when several are queued (Tiled lagging behind): appends to
+def _target(record: Record | None) -> str:
+    """Where a record writes, for the log."""
+    if record is None:
+        return ""
+    if isinstance(record, RawDoc):
+        return f"raw/{record.run} {record.name}"
+    key = getattr(record, "key", None)
+    return "/".join((*record.path, key) if key else record.path)
+
+
+#: Records that can be merged when several are queued (Tiled lagging behind): appends to
 #: tables and growing arrays. They carry explicit offsets, so re-applying a merged batch after a
 #: failure is harmless.
-MERGEABLE_OPS = frozenset({"table_rows", "array_rows"})
+MERGEABLE = (TableRows, ArrayRows)
 #: Largest array append one merge makes. A lagging Tiled still sees a growing array grow in
 #: steps (a viewer watches the crack map fill slice by slice) and requests stay bounded.
 MAX_MERGED_ARRAY_BYTES = 1 << 20
 
 
-def merge_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_records(records: list[Record]) -> list[Record]:
     """Merge queued appends to the same table or array into one write each.
 
     Order is kept per target (the first record of a target fixes its place); appends with a
     gap or a different axis start a new write, and so does an array append that would grow a
-    merged write beyond :data:`MAX_MERGED_ARRAY_BYTES`.
+    merged write beyond :data:`MAX_MERGED_ARRAY_BYTES`. The input records are not changed.
     """
-    import numpy as np
-
-    merged: list[dict[str, Any]] = []
-    last_for: dict[tuple[Any, ...], dict[str, Any]] = {}
+    merged: list[Record] = []
+    place_of: dict[tuple[Any, ...], int] = {}
     for record in records:
-        target = (record["op"], tuple(record["path"]), record["key"], record.get("axis", 0))
-        prev = last_for.get(target)
-        if prev is not None and record["op"] == "table_rows" and _follows_table(prev, record):
-            for column, values in record["rows"].items():
-                prev["rows"][column] = list(prev["rows"][column]) + list(values)
+        if not isinstance(record, MERGEABLE):
+            merged.append(record)
             continue
-        if prev is not None and record["op"] == "array_rows" and _follows_array(prev, record):
-            axis = int(record.get("axis", 0))
-            prev["array"] = np.concatenate([prev["array"], record["array"]], axis=axis)
-            continue
-        copy = dict(record)
-        if record["op"] == "table_rows":
-            copy["rows"] = {k: list(v) for k, v in record["rows"].items()}
-        merged.append(copy)
-        last_for[target] = copy
+        target = (record.op, record.path, record.key, getattr(record, "axis", 0))
+        place = place_of.get(target)
+        if place is not None:
+            joined = _joined(merged[place], record)
+            if joined is not None:
+                merged[place] = joined
+                continue
+        place_of[target] = len(merged)
+        merged.append(record)
     return merged
 
 
-def _follows_table(prev: dict[str, Any], record: dict[str, Any]) -> bool:
-    n = len(next(iter(prev["rows"].values())))
-    return (
-        set(prev["rows"]) == set(record["rows"])
-        and int(record.get("offset", -1)) == int(prev.get("offset", -1)) + n
-    )
+def _joined(prev: Record, record: TableRows | ArrayRows) -> Record | None:
+    """``prev`` and ``record`` as one write, or None if ``record`` does not follow ``prev``."""
+    if isinstance(prev, TableRows) and isinstance(record, TableRows):
+        if _follows_table(prev, record):
+            rows = {c: list(prev.rows[c]) + list(v) for c, v in record.rows.items()}
+            return replace(prev, rows=rows)
+    if isinstance(prev, ArrayRows) and isinstance(record, ArrayRows):
+        if _follows_array(prev, record):
+            return replace(prev, array=np.concatenate([prev.array, record.array], axis=record.axis))
+    return None
 
 
-def _follows_array(prev: dict[str, Any], record: dict[str, Any]) -> bool:
-    import numpy as np
+def _follows_table(prev: TableRows, record: TableRows) -> bool:
+    return set(prev.rows) == set(record.rows) and record.offset == prev.offset + prev.n_rows >= 0
 
-    axis = int(record.get("axis", 0))
-    a, b = np.asarray(prev["array"]), np.asarray(record["array"])
+
+def _follows_array(prev: ArrayRows, record: ArrayRows) -> bool:
+    axis = record.axis
+    a, b = np.asarray(prev.array), np.asarray(record.array)
     same_shape = a.ndim == b.ndim and all(
         a.shape[i] == b.shape[i] for i in range(a.ndim) if i != axis
     )
     return (
         same_shape
         and a.dtype == b.dtype
-        and int(record["offset"]) == int(prev["offset"]) + a.shape[axis]
+        and record.offset == prev.offset + a.shape[axis]
         and a.nbytes + b.nbytes <= MAX_MERGED_ARRAY_BYTES
     )
