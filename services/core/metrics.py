@@ -72,6 +72,13 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.spool_runs_retrying = Gauge(
+            "beamwatch_spool_runs_retrying",
+            "Runs whose next write to Tiled failed and waits for its retry (their later writes "
+            "wait with it; other runs' writes go on).",
+            ["service"],
+            registry=r,
+        )
         self.tiled_write_retries = Counter(
             "beamwatch_tiled_write_retries",
             "Tiled writes retried after a failure.",

@@ -116,7 +116,7 @@ class Consumer:
         self._finished_runs: set[str] = set()
         if self._resume:
             resume = set(self._resume)
-            dropped = self.spool.discard(lambda record: record.run in resume)
+            dropped = self.spool.discard_runs(resume)
             logger.warning(
                 "resuming %d runs after a crash; %d spooled writes of them will be remade",
                 len(resume),
@@ -288,14 +288,15 @@ class Consumer:
                 self._after_scan_runs.pop(run_uid, None)
 
     def _remove_done_journals(self) -> None:
-        """Journals of finished runs go once their stages are done and the spool is empty."""
-        if not self._finished_runs or self.spool.depth() > 0:
+        """Journals of finished runs go once their stages are done and their writes applied."""
+        if not self._finished_runs:
             return
         with self._after_scan_lock:
             busy = set(self._after_scan_runs)
         for run_uid in list(self._finished_runs - busy):
-            self.journal.remove(run_uid)
-            self._finished_runs.discard(run_uid)
+            if self.spool.pending(run_uid) == 0:
+                self.journal.remove(run_uid)
+                self._finished_runs.discard(run_uid)
 
     def after_scan_depth(self) -> int:
         """After-scan stages queued or running."""

@@ -241,7 +241,7 @@ def test_an_unwritable_spool_holds_the_writer_back_and_loses_nothing(tmp_path):
     assert applied == [note(0), note(1)]
 
 
-def test_records_round_trip_and_records_of_before_the_version_field_are_read(tmp_path):
+def test_records_round_trip_and_records_of_before_the_version_field_are_read(tmp_path, caplog):
     from services.core import serialization
     from services.tiled import records
     from services.tiled.records import Container, RawDoc
@@ -274,6 +274,14 @@ def test_records_round_trip_and_records_of_before_the_version_field_are_read(tmp
         (tmp_path / f"{i:012d}.msgpack").write_bytes(serialization.dumps(record))
     applied = []
     spool = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
+    assert "4 records of the format before run lanes and record versions" in caplog.text
+    assert sorted(p.name for p in tmp_path.glob("*.msgpack")) == [
+        "000000000000-r2.msgpack",
+        "000000000001-r2.msgpack",
+        "000000000002-r2.msgpack",
+        "000000000003-r2.msgpack",
+    ]
+    assert spool.pending("r2") == 4
     spool.start()
     assert spool.wait_empty(10)
     spool.stop()
@@ -293,3 +301,53 @@ def test_records_round_trip_and_records_of_before_the_version_field_are_read(tmp
     ]:
         with pytest.raises(records.MalformedRecord, match=message):
             records.loads(serialization.dumps(bad))
+
+
+def test_a_failing_write_holds_back_only_the_later_writes_of_its_own_run(tmp_path):
+    from tests.conftest import wait_until
+
+    metrics = Metrics("t", CollectorRegistry())
+    fault = threading.Event()
+    fault.set()
+    applied = []
+
+    def apply(record):
+        if fault.is_set() and record.run == "run-a":
+            raise ConnectionError("run-a's writes time out")
+        applied.append((record.run, record.metadata["i"]))
+
+    spool = Spool(tmp_path, apply, metrics, max_backoff=0.05, is_transient=lambda exc: True)
+    spool.start()
+    for i in range(6):  # the runs' writes interleaved, as two live runs make them
+        spool.put(Metadata(("raw", "run-a"), {"i": i}))
+        spool.put(Metadata(("analysis", "run-b", "frames"), {"i": i}))
+    wait_until(lambda: spool.pending("run-b") == 0, timeout=10, interval=0.01)
+    assert applied == [("run-b", i) for i in range(6)]
+    assert spool.pending("run-a") == 6 and spool.depth() == 6
+    gauge = ("beamwatch_spool_runs_retrying", {"service": "t"})
+    assert metrics.registry.get_sample_value(*gauge) == 1
+    fault.clear()
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert [i for run, i in applied if run == "run-a"] == list(range(6))  # in order, once each
+    assert metrics.registry.get_sample_value(*gauge) == 0
+    assert not list(tmp_path.glob("*.msgpack"))
+
+
+def test_a_failing_write_of_a_merged_batch_is_rejected_alone(tmp_path):
+    applied, rejected = [], []
+
+    def apply(record):
+        if isinstance(record, TableRows) and 2 in record.rows["x"]:
+            raise PermanentWriteError("row 2 is refused")
+        applied.append(record)
+
+    metrics = Metrics("t", CollectorRegistry())
+    spool = Spool(tmp_path, apply, metrics, on_reject=lambda r, e: rejected.append(r))
+    for i in range(4):
+        spool.put(TableRows(("raw", "r1", "s"), "t", {"x": [i]}, offset=i))
+    spool.start()  # one merged append of rows 0-3 fails: they are retried one by one
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert [r.rows["x"] for r in rejected] == [[2]]
+    assert [r.rows["x"] for r in applied][-3:] == [[0], [1], [3]]
