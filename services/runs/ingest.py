@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from services.runs.routing import Doc, RunRouter
+from services.runs.routing import REPLAYING, Doc, RunRouter
 from services.tiled.records import ArrayRows, Metadata, RawDoc
 from services.tiled.spool import Spool
 
@@ -200,7 +200,7 @@ class RawRunRouter(RunRouter):
         }
         self._refused_report.append(entry)
         logger.error("run %s: %s %s refused: %s", self._uid, name, entry["uid"], reason)
-        if self._on_refused is not None:
+        if self._on_refused is not None and not REPLAYING.get():  # counted once, not on replay
             self._on_refused(name)
         return True
 

@@ -39,6 +39,12 @@ Doc = dict[str, Any]
 #: When the document being dispatched arrived on the bus (``time.monotonic()``); frames it
 #: completes are timed from then, not from when the dispatcher got to them.
 ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar("beamwatch_arrival")
+#: True while a run's journal is replayed after a crash (:meth:`RunDispatcher.replay`). Writes
+#: are made again (idempotently), but what left the process the first time must not leave it
+#: twice: drift feedback moves, and counts of losses, duplicates, dropped fields, refusals.
+REPLAYING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "beamwatch_replaying", default=False
+)
 
 
 class RunRouter:
@@ -167,10 +173,12 @@ class RunDispatcher:
             extra={"run_uid": run_uid},
         )
         self._replaying = True
+        token = REPLAYING.set(True)
         try:
             for name, doc in documents:
                 self(name, doc)
         finally:
+            REPLAYING.reset(token)
             self._replaying = False
 
     def _run_uid_of(self, name: str, doc: Doc) -> str | None:
@@ -256,7 +264,7 @@ class RunDispatcher:
         last = run.last_seq.get(descriptor_uid, 0)
         held = run.held.setdefault(descriptor_uid, {})
         if seq <= last or seq in held:
-            self._metrics.messages_duplicated.labels(self._metrics.service, "event").inc()
+            self._count(self._metrics.messages_duplicated, "event")
             logger.warning("duplicate or late event seq_num %d (last %d) dropped", seq, last)
             return
         if seq > last + 1:
@@ -341,9 +349,7 @@ class RunDispatcher:
         if problems:
             doc = _without_fields(doc, problems)
             for key, problem in problems.items():
-                self._metrics.event_fields_dropped.labels(
-                    self._metrics.service, _problem_kind(problem)
-                ).inc()
+                self._count(self._metrics.event_fields_dropped, _problem_kind(problem))
                 logger.warning(
                     "event seq_num %d: field %r dropped, the others kept: %s",
                     seq,
@@ -404,7 +410,7 @@ class RunDispatcher:
                 "indices": {"start": expected, "stop": start},
                 "seq_nums": {"start": seq_start, "stop": seq_start + gap if seq_start else 0},
             }
-            self._metrics.messages_recovered.labels(self._metrics.service, "stream_datum").inc()
+            self._count(self._metrics.messages_recovered, "stream_datum")
             logger.info(
                 "rebuilt lost StreamDatum for frames %d..%d from the detector file", expected, start
             )
@@ -458,7 +464,7 @@ class RunDispatcher:
         self._lost("start", 1, run_uid, "documents arrived for a run whose start was never seen")
         start = self._recover_start(run_uid) if self._recover_start else None
         if start is not None:
-            self._metrics.messages_recovered.labels(self._metrics.service, "start").inc()
+            self._count(self._metrics.messages_recovered, "start")
             logger.info("recovered start document of run %s", run_uid)
         else:
             start = {
@@ -511,8 +517,13 @@ class RunDispatcher:
             )
             self._metrics.pipeline_errors.labels(self._metrics.service, type(router).__name__).inc()
 
+    def _count(self, counter: Any, label: str, amount: float = 1) -> None:
+        """Count an event of the bus, unless it is a replay's (counted when it happened)."""
+        if not REPLAYING.get():
+            counter.labels(self._metrics.service, label).inc(amount)
+
     def _lost(self, kind: str, count: int, run_uid: str | None, detail: str) -> None:
-        self._metrics.messages_lost.labels(self._metrics.service, kind).inc(count)
+        self._count(self._metrics.messages_lost, kind, count)
         logger.warning("bus loss (%s x%d): %s", kind, count, detail, extra={"run_uid": run_uid})
 
 
