@@ -111,6 +111,11 @@ class BeamwatchSettings(BaseSettings):
     #: how long a seq_num gap (or a stop before its last events) is waited for before the
     #: missing events are declared lost and recovered from Tiled / the detector file
     reorder_timeout: float = Field(2.0, gt=0)
+    #: Documents a consumer holds between its bus thread and its dispatch thread, and about how
+    #: many MB of arrays they may hold. When full, the bus thread waits (back-pressure): 0MQ
+    #: then buffers up to ``bus.rcvhwm`` messages and drops beyond, counted as bus losses.
+    dispatch_queue_documents: int = Field(1000, ge=1)
+    dispatch_queue_mb: float = Field(256.0, gt=0)
     #: Longest backoff between Tiled write retries (seconds).
     retry_max_backoff: float = Field(5.0, gt=0)
     log_level: str = "INFO"

@@ -5,8 +5,9 @@ Two roles run side by side under ``beamwatch up``:
 ``raw``       registers every run in Tiled under ``raw/<uid>`` with bluesky's TiledWriter;
 ``analysis``  feeds frames to the pipelines of the registry, results under ``analysis/<uid>``.
 
-The bus is drained by its own thread into an in-memory queue so a slow pipeline never makes
-0MQ drop messages; the queue depth is a metric.
+The bus is drained by its own thread into a bounded in-memory queue (``doc_queue``): a slow
+pipeline holds the bus thread back (back-pressure) instead of growing memory without bound; its
+depth, bytes and waiting time are metrics, and what 0MQ then drops is counted as bus losses.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from services.core.settings import BeamwatchSettings
 from services.runs.ingest import RawRunRouter
 from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
+from services.runtime.doc_queue import DocumentQueue
 from services.tiled.applier import TiledApplier, connect, is_transient
 from services.tiled.records import Metadata, RawDoc, Record
 from services.tiled.spool import Spool
@@ -169,7 +171,13 @@ class Consumer:
             journal=self.journal,
             on_finish=self._finished_runs.add,
         )
-        self._queue: queue.Queue[tuple[str, Doc, float]] = queue.Queue()
+        bus_queue = f"{role}-bus"
+        self._queue = DocumentQueue(
+            settings.dispatch_queue_documents,
+            int(settings.dispatch_queue_mb * 2**20),
+            on_change=self._bus_queue_changed,
+            on_wait=self.metrics.backpressure_seconds.labels(bus_queue).inc,
+        )
         self._bus = BusSubscriber(
             bus_address or settings.bus.out_address,
             self._enqueue,
@@ -304,9 +312,14 @@ class Consumer:
             return len(self._after_scan_jobs)
 
     def _enqueue(self, name: str, doc: Doc) -> None:
-        # Arrival on the bus: the clock of every latency starts here.
-        self._queue.put((name, doc, time.monotonic()))
-        self.metrics.queue_depth.labels(f"{self.role}-bus").set(self._queue.qsize())
+        # Arrival on the bus: the clock of every latency starts here. While the queue is full
+        # this waits, and the socket is not read meanwhile (back-pressure).
+        if not self._queue.put((name, doc, time.monotonic()), self._stop):
+            logger.info("stopping: %s document not dispatched", name)
+
+    def _bus_queue_changed(self, depth: int, nbytes: int) -> None:
+        self.metrics.queue_depth.labels(f"{self.role}-bus").set(depth)
+        self.metrics.queue_bytes.labels(f"{self.role}-bus").set(nbytes)
 
     def _bus_loop(self) -> None:
         while not self._stop.is_set():
