@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +271,7 @@ class Spool:
                 if lane is None:
                     return
                 single = self._single.get(lane) == self._lanes[lane][0]
-                candidates = list(self._lanes[lane])[: 1 if single else self._max_batch]
+                candidates = list(islice(self._lanes[lane], 1 if single else self._max_batch))
                 self._busy = lane
             done: list[Path] = []
             try:
