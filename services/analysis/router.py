@@ -23,7 +23,8 @@ import numpy as np
 from services.analysis.results import PipelineRun, ResultWriter
 from services.core.metrics import Metrics
 from services.runs.frames import Frame, FrameAssembler, Hdf5Reader
-from services.runs.routing import ARRIVAL, Doc, RunRouter
+from services.runs.routing import ARRIVAL, REPLAYING, Doc, RunRouter
+from services.tiled.records import Container
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -137,13 +138,7 @@ class AnalysisRunRouter(RunRouter):
             self._pipelines.append((run, out))
 
     def start(self, doc: Doc) -> None:
-        self._spool.put(
-            {
-                "op": "container",
-                "path": ["analysis", self._uid],
-                "metadata": {"source_run_uid": self._uid},
-            }
-        )
+        self._spool.put(Container(("analysis", self._uid), {"source_run_uid": self._uid}))
         for run, out in self._pipelines:
             out.container(
                 {
@@ -222,7 +217,9 @@ class AnalysisRunRouter(RunRouter):
     # ---- internals ---------------------------------------------------------------------------
     def _process(self, frames: list[Frame]) -> None:
         arrival = ARRIVAL.get(None)
+        replayed = REPLAYING.get()
         for frame in frames:
+            frame.replayed = replayed
             if arrival is not None and not frame.recovered:
                 frame.received = arrival
             for run, out in self._pipelines:
@@ -263,7 +260,8 @@ class AnalysisRunRouter(RunRouter):
                     )
                     continue
                 frames.append(frame)
-                self._metrics.messages_recovered.labels(self._metrics.service, "event").inc()
+                if not REPLAYING.get():  # counted when it was recovered the first time
+                    self._metrics.messages_recovered.labels(self._metrics.service, "event").inc()
             self._process(frames)
         self._lost.clear()
 

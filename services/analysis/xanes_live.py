@@ -151,8 +151,10 @@ class XanesLivePipeline:
             message["dy_um"] = dy * float(self._pixel_size)
             message["dx_um"] = dx * float(self._pixel_size)
         # no trustworthy estimate (no particle registered, or particles disagree): the drift
-        # is unknown (NaN), and no feedback move is sent for it
-        if self._feedback is not None and bool(getattr(result, "trusted", True)):
+        # is unknown (NaN), and no feedback move is sent for it; nor for a frame replayed after
+        # a crash (its move was sent when it arrived; the stage has moved on since)
+        trusted = bool(getattr(result, "trusted", True))
+        if self._feedback is not None and trusted and not frame.replayed:
             self._feedback.publish(message)
         if result.index == 0:
             out.array("labels", self._tracker.labels, dims=["row", "col"])

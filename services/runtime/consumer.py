@@ -5,8 +5,9 @@ Two roles run side by side under ``beamwatch up``:
 ``raw``       registers every run in Tiled under ``raw/<uid>`` with bluesky's TiledWriter;
 ``analysis``  feeds frames to the pipelines of the registry, results under ``analysis/<uid>``.
 
-The bus is drained by its own thread into an in-memory queue so a slow pipeline never makes
-0MQ drop messages; the queue depth is a metric.
+The bus is drained by its own thread into a bounded in-memory queue (``doc_queue``): a slow
+pipeline holds the bus thread back (back-pressure) instead of growing memory without bound; its
+depth, bytes and waiting time are metrics, and what 0MQ then drops is counted as bus losses.
 
 With ``bus.mode: nats`` the documents come from the JetStream stream instead
 (``services.bus.jetstream``): the consumer claims whole runs (other processes of the same role,
@@ -34,7 +35,9 @@ from services.core.settings import BeamwatchSettings
 from services.runs.ingest import RawRunRouter
 from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
+from services.runtime.doc_queue import DocumentQueue
 from services.tiled.applier import TiledApplier, connect, is_transient
+from services.tiled.records import Metadata, RawDoc, Record
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -78,7 +81,7 @@ class _ReconnectingApplier:
         self._client = client
         self._applier: TiledApplier | None = None
 
-    def __call__(self, record: dict[str, Any]) -> None:
+    def __call__(self, record: Record) -> None:
         if self._applier is None:
             self._applier = TiledApplier(self._client.get())
         self._applier(record)
@@ -127,7 +130,7 @@ class Consumer:
         self._finished_runs: set[str] = set()
         if self._resume:
             resume = set(self._resume)
-            dropped = self.spool.discard(lambda record: _record_run(record) in resume)
+            dropped = self.spool.discard_runs(resume)
             logger.warning(
                 "resuming %d runs after a crash; %d spooled writes of them will be remade",
                 len(resume),
@@ -180,7 +183,13 @@ class Consumer:
             journal=self.journal,
             on_finish=self._run_finished,
         )
-        self._queue: queue.Queue[tuple[str, Doc, float, Callable[[], None] | None]] = queue.Queue()
+        bus_queue = f"{role}-bus"
+        self._queue = DocumentQueue(
+            settings.dispatch_queue_documents,
+            int(settings.dispatch_queue_mb * 2**20),
+            on_change=self._bus_queue_changed,
+            on_wait=self.metrics.backpressure_seconds.labels(bus_queue).inc,
+        )
         self._bus: BusSubscriber | None = None
         self.runs_source: JetStreamRuns | None = None
         if settings.bus.mode == "nats":
@@ -190,9 +199,9 @@ class Consumer:
                 settings,
                 self.metrics,
                 self._enqueue,
-                room=lambda: self._queue.qsize() < MAX_QUEUED,
+                room=lambda: self._queue.qsize() < min(MAX_QUEUED, self._queue.max_items),
                 journaled=set(self._resume),
-                replay=lambda uid: self._queue.put((REPLAY, {"uid": uid}, time.monotonic(), None)),
+                replay=self._queue_replay,
             )
             self._resume = []
         else:
@@ -277,33 +286,22 @@ class Consumer:
         self._stop.set()
 
     # ---- rejected writes ----------------------------------------------------------------------
-    def _report_rejected(self, record: dict[str, Any], error: str) -> None:
+    def _report_rejected(self, record: Record, error: str) -> None:
         """Name a write Tiled will not accept in the metadata of the run (or pipeline) it is for."""
-        path = [str(p) for p in record.get("path") or []]
-        if record.get("op") == "raw_doc" and record.get("run"):
-            target = ["raw", str(record["run"])]
-        elif path[:1] == ["analysis"] and len(path) >= 3:
+        path: tuple[str, ...] = () if isinstance(record, RawDoc) else record.path
+        if isinstance(record, RawDoc) and record.run:
+            target: tuple[str, ...] = ("raw", record.run)
+        elif path[:1] == ("analysis",) and len(path) >= 3:
             target = path[:3]
-        elif path[:1] == ["raw"] and len(path) >= 2:
+        elif path[:1] == ("raw",) and len(path) >= 2:
             target = path[:2]
         else:
             return
-        entry = {
-            "op": record.get("op"),
-            "key": record.get("key") or record.get("name"),
-            "path": "/".join(path),
-            "error": error[:500],
-        }
-        rejected = self._rejected.setdefault(tuple(target), [])
+        entry = {"op": record.op, "key": record.label, "path": "/".join(path), "error": error[:500]}
+        rejected = self._rejected.setdefault(target, [])
         rejected.append(entry)
-        self.spool.put(
-            {
-                "op": "metadata",
-                "path": target,
-                "metadata": {"rejected_writes": rejected, "write_errors": len(rejected)},
-                "notice": True,
-            }
-        )
+        metadata = {"rejected_writes": list(rejected), "write_errors": len(rejected)}
+        self.spool.put(Metadata(target, metadata, notice=True))
 
     # ---- loops ---------------------------------------------------------------------------------
     def _submit_after_scan(self, run_uid: str, job: Callable[[], None]) -> None:
@@ -340,16 +338,17 @@ class Consumer:
             self.runs_source.run_finished(run_uid)
 
     def _remove_done_journals(self) -> None:
-        """Journals of finished runs go once their stages are done and the spool is empty."""
-        if not self._finished_runs or self.spool.depth() > 0:
+        """Journals of finished runs go once their stages are done and their writes applied."""
+        if not self._finished_runs:
             return
         with self._after_scan_lock:
             busy = set(self._after_scan_runs)
         for run_uid in list(self._finished_runs - busy):
-            self.journal.remove(run_uid)
-            self._finished_runs.discard(run_uid)
-            if self.runs_source is not None:
-                self.runs_source.run_done(run_uid)
+            if self.spool.pending(run_uid) == 0:
+                self.journal.remove(run_uid)
+                self._finished_runs.discard(run_uid)
+                if self.runs_source is not None:
+                    self.runs_source.run_done(run_uid)
 
     def after_scan_depth(self) -> int:
         """After-scan stages queued or running."""
@@ -357,9 +356,18 @@ class Consumer:
             return len(self._after_scan_jobs)
 
     def _enqueue(self, name: str, doc: Doc, ack: Callable[[], None] | None = None) -> None:
-        # Arrival on the bus: the clock of every latency starts here.
-        self._queue.put((name, doc, time.monotonic(), ack))
-        self.metrics.queue_depth.labels(f"{self.role}-bus").set(self._queue.qsize())
+        # Arrival on the bus: the clock of every latency starts here. While the queue is full
+        # this waits, and the socket is not read meanwhile (back-pressure).
+        if not self._queue.put((name, doc, time.monotonic(), ack), self._stop):
+            logger.info("stopping: %s document not dispatched", name)
+
+    def _queue_replay(self, run_uid: str) -> None:
+        # A claimed run with a journal here: the dispatch thread replays it in bus order.
+        self._queue.put((REPLAY, {"uid": run_uid}, time.monotonic(), None), self._stop)
+
+    def _bus_queue_changed(self, depth: int, nbytes: int) -> None:
+        self.metrics.queue_depth.labels(f"{self.role}-bus").set(depth)
+        self.metrics.queue_bytes.labels(f"{self.role}-bus").set(nbytes)
 
     def _bus_loop(self) -> None:
         assert self._bus is not None
@@ -423,13 +431,3 @@ class Consumer:
             if seq in wanted:
                 out[seq] = {k: v for k, v in row.items() if k != "seq_num"}
         return out
-
-
-def _record_run(record: dict[str, Any]) -> str | None:
-    """The run a spooled write belongs to."""
-    if record.get("op") == "raw_doc":
-        return record.get("run")
-    path = record.get("path") or []
-    if len(path) >= 2 and path[0] in ("raw", "analysis"):
-        return str(path[1])
-    return None
