@@ -163,7 +163,8 @@ def small_tomograms(up: UpProcess, publisher: Any) -> list[FinishedRun]:
     runs = []
     angles = np.linspace(0.0, 180.0, 60, endpoint=False)
     for seed, voxel in ((21, 0.5), (22, 0.4)):
-        volume = make_cathode_volume((8, 128, 128), seed=seed)
+        # thick enough for particles that touch no face of the volume (the whole particles)
+        volume = make_cathode_volume((24, 128, 128), seed=seed)
         frames = simulate_scan(volume.attenuation, angles, seed=seed + 1)
         station = SimTomoStation.from_frames(
             angles, frames.projections, frames.flat, frames.dark, settings.detector_dir

@@ -25,7 +25,8 @@ def test_page_loads_the_layout_the_python_side_writes_by(page):
     modules = page.evaluate(
         """async () => {
           const names = ["state", "tiled", "subscriptions", "scheduler", "dom", "images", "runs",
-                         "selection", "views/header", "views/xanes", "views/tomo", "views/other"];
+                         "selection", "views/header", "views/xanes", "views/tomo", "views/other",
+                         "views/compare"];
           const out = {};
           for (const n of names) out[n] = Object.keys(await import(`/static/js/${n}.js`)).length;
           return out;
@@ -95,18 +96,47 @@ def test_image_helpers(page):
     assert out["finite"] == [1, 2.5]
 
 
-def test_websocket_rows(page):
+def test_websocket_rows_and_compare_helpers(page):
     wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
     out = run_js(
         page,
         """
         const s = await import("/static/js/subscriptions.js");
-        return [
-          s.rowsFromMessage({ type: "array-data", offset: [5, 0], shape: [2, 3] }),
-          s.rowsFromMessage({ type: "array-ref", shape: [7, 3] }),
-          s.rowsFromMessage({ type: "container-child-created" }),
-          s.rowsFromMessage(null),
-        ];
+        const c = await import("/static/js/views/compare.js");
+        const table = {
+          equivalent_diameter_px: [10, 20, null, 40],
+          detachment: [0.1, 0.5, 0.2, 0.9],
+          flawed: [true, false, true, true],
+          touches_border: [false, false, false, true],
+        };
+        return {
+          rows: [
+            s.rowsFromMessage({ type: "array-data", offset: [5, 0], shape: [2, 3] }),
+            s.rowsFromMessage({ type: "array-ref", shape: [7, 3] }),
+            s.rowsFromMessage({ type: "container-child-created" }),
+            s.rowsFromMessage(null),
+          ],
+          units: [c.commonUnit([0.5, 0.4]), c.commonUnit([0.5, null]), c.commonUnit([])],
+          sizes: c.wholeParticleValues(table, "equivalent_diameter_px", 0.5),
+          detachment: c.wholeParticleValues(table, "detachment"),
+          flawed: c.flawedFraction(table),
+          none: c.flawedFraction({ flawed: [true], touches_border: [true] }),
+          depth: [c.depthAxis(3, 0.5), c.depthAxis(3, null)],
+          label: c.runLabel({ plan: "tomo_scan_plan", uid: "0123456789abcdef" }),
+          bins: c.commonBins([[2, 4], [3, 12]], 5),
+          oneValue: c.commonBins([[7]], 5),
+          noValue: c.commonBins([[], []], 5) === undefined,
+        };
         """,
     )
-    assert out == [7, 7, None, None]
+    assert out["rows"] == [7, 7, None, None]
+    assert out["units"] == ["um", "px", "px"]
+    assert out["sizes"] == [5, 10]  # border particle and unknown size left out, in um
+    assert out["detachment"] == [0.1, 0.5, 0.2]
+    assert out["flawed"] == 2 / 3
+    assert out["none"] is None
+    assert out["depth"] == [[0, 0.5, 1.0], [0, 1, 2]]
+    assert out["label"] == "tomo_scan_plan 01234567"
+    assert out["bins"] == {"start": 1, "end": 13, "size": 2}  # 2 .. 12 in 5 bins of 2
+    assert out["oneValue"] == {"start": 6.5, "end": 7.5, "size": 1}
+    assert out["noValue"] is True

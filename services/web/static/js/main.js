@@ -6,19 +6,20 @@
 //   subscriptions.js  websocket subscriptions
 //   scheduler.js      the coalescing refresh loop
 //   dom.js, images.js DOM / Plotly helpers, pure image helpers
-//   runs.js           the run list; selection.js what is shown
-//   views/*.js        one module per view: header, xanes, tomo, other
+//   runs.js           the run list; selection.js what is shown / compared
+//   views/*.js        one module per view: header, xanes, tomo, other, compare
 import { config, layout, remember, state, ui } from "./state.js";
 import { TiledDown, onConnection } from "./tiled.js";
 import { resubscribe, subscribe } from "./subscriptions.js";
 import { scheduleRefresh, setRefresher } from "./scheduler.js";
 import { el, main } from "./dom.js";
 import { refreshRuns, viewKind } from "./runs.js";
-import { select } from "./selection.js";
+import { select, setCompare } from "./selection.js";
 import { buildHeader, renderHeader } from "./views/header.js";
 import { buildXanes, renderXanes } from "./views/xanes.js";
 import { buildTomo, renderTomo } from "./views/tomo.js";
 import { buildOther, renderOther } from "./views/other.js";
+import { buildCompare, renderCompare } from "./views/compare.js";
 
 const VIEWS = {
   xanes: [buildXanes, renderXanes],
@@ -89,6 +90,12 @@ async function refreshView() {
     );
     return;
   }
+  if (state.compare.length >= 2) {
+    showView("compare");
+    ensureLayout(`compare|${state.compare.join(",")}`, buildCompare);
+    await renderCompare();
+    return;
+  }
   const newest = state.runs[0];
   const wanted = location.hash.slice(1);
   if (!state.pinned && wanted && state.runs.find((r) => r.uid === wanted)) {
@@ -114,7 +121,10 @@ async function refreshView() {
 
 function followHash() {
   const hash = location.hash.slice(1);
-  if (hash && hash !== state.selected) {
+  if (hash.startsWith("compare=")) {
+    const uids = hash.slice("compare=".length).split(",").filter(Boolean);
+    if (uids.join(",") !== state.compare.join(",")) setCompare(uids);
+  } else if (hash && hash !== state.selected) {
     state.pinned = true;
     select(hash);
   }
@@ -134,9 +144,13 @@ async function start() {
   const follow = document.getElementById("follow-newest");
   follow.addEventListener("change", () => {
     state.pinned = !follow.checked;
-    if (follow.checked) history.replaceState(null, "", location.pathname);
+    if (follow.checked) {
+      state.compare = [];
+      history.replaceState(null, "", location.pathname);
+    }
     scheduleRefresh(0);
   });
+  if (location.hash.startsWith("#compare=")) followHash();
   subscribe(layout.containers.raw);
   scheduleRefresh(0);
   setInterval(() => scheduleRefresh(0), config.poll_seconds * 1000);

@@ -2,7 +2,7 @@
 import { apiOrNull, children } from "./tiled.js";
 import { badge, el } from "./dom.js";
 import { config, layout, state } from "./state.js";
-import { select } from "./selection.js";
+import { select, toggleCompare } from "./selection.js";
 
 const RUN_LIMIT = 50; // newest runs listed
 // Run summaries the page adds to the pipeline statuses of services/core/layout.py:
@@ -70,9 +70,10 @@ export async function refreshRuns() {
   });
   const runs = (page ? page.data : []).map((e) => runFromMetadata(e.id, e.attributes.metadata || {}));
   state.totalRuns = page ? page.meta.count : 0;
-  // A run linked by #uid stays listed even when it is older than the newest RUN_LIMIT.
-  for (const uid of [state.selected || location.hash.slice(1)]) {
-    if (!uid || runs.find((r) => r.uid === uid)) continue;
+  // Runs linked by #uid or ticked for comparison stay listed even when older than RUN_LIMIT.
+  const wanted = [state.selected || location.hash.slice(1), ...state.compare];
+  for (const uid of wanted) {
+    if (!uid || uid.startsWith("compare=") || runs.find((r) => r.uid === uid)) continue;
     const one = await apiOrNull(`metadata/${raw}/${uid}`);
     if (one) runs.push(runFromMetadata(uid, one.data.attributes.metadata || {}));
   }
@@ -83,7 +84,7 @@ export async function refreshRuns() {
     const finished =
       cached && run.stop && Object.keys(cached.pipelines).length &&
       Object.values(cached.pipelines).every((p) => final.includes(p.status));
-    const shown = run.uid === state.selected;
+    const shown = run.uid === state.selected || state.compare.includes(run.uid);
     if (finished && !shown && now - cached.at < 30000) {
       run.pipelines = cached.pipelines;
     } else {
@@ -106,19 +107,30 @@ export function renderRuns() {
     return;
   }
   for (const run of state.runs) {
-    const li = el("li", { className: "run" + (run.uid === state.selected ? " selected" : "") });
+    const compared = state.compare.includes(run.uid);
+    const li = el("li", { className: "run" + (run.uid === state.selected ? " selected" : "") + (compared ? " compared" : "") });
     li.dataset.uid = run.uid;
     li.dataset.status = run.status;
     const when = run.time ? new Date(run.time * 1000).toLocaleString() : "";
+    const tick = el("input", { type: "checkbox", className: "compare", checked: compared, title: "compare this run with others (or ctrl-click the run)" });
+    tick.dataset.uid = run.uid;
+    tick.addEventListener("click", (event) => {
+      event.stopPropagation();
+      toggleCompare(run.uid);
+    });
     const title = el("div");
-    title.append(el("b", {}, run.plan), document.createTextNode(" "), el("span", { className: "uid" }, run.uid.slice(0, 8)));
+    title.append(tick, el("b", {}, ` ${run.plan}`), document.createTextNode(" "), el("span", { className: "uid" }, run.uid.slice(0, 8)));
     const badges = el("div");
     badges.append(badge(run.status));
     for (const [name, p] of Object.entries(run.pipelines)) {
       badges.append(badge(`${name}: ${p.status}`, p.status, p.error || ""));
     }
     li.append(title, el("div", { className: "muted" }, when), badges);
-    li.addEventListener("click", () => {
+    li.addEventListener("click", (event) => {
+      if (event.ctrlKey || event.metaKey) {
+        toggleCompare(run.uid);
+        return;
+      }
       state.pinned = true;
       select(run.uid);
     });

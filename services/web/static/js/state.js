@@ -12,12 +12,14 @@ export const state = {
   totalRuns: 0,
   empty: null,
   selected: null,
-  view: "none", // none | empty | xanes | tomo | other
+  compare: [], // uids ticked for the compare view (two or more show it)
+  view: "none", // none | empty | xanes | tomo | other | compare
   drift: { points: 0 },
   cracks: { slices: 0, total: 0, shown: null },
   particles: { rows: 0 },
   series: { scans: 0 },
   edgeMap: false,
+  compared: null, // what the compare view last drew: {uids, unit, traces: {card: n}}
   errors: [], // pipeline errors shown for the selected run
   refreshes: 0,
   wsMessages: 0,
@@ -50,6 +52,7 @@ export function resetRunState() {
   state.particles.rows = 0;
   state.series.scans = 0;
   state.edgeMap = false;
+  state.compared = null;
   ui.viewKey = null;
   ui.followSlices = true;
 }
