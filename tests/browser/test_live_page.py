@@ -22,7 +22,7 @@ from tests.browser.conftest import (
     state,
     wait_page,
 )
-from tests.conftest import BIN, UpProcess, wait_until
+from tests.conftest import BIN, TiledProcess, free_port, wait_until
 
 skip_without_browser()
 
@@ -31,16 +31,30 @@ Z = 32  # slices of 320 x 320: segmenting one takes longer than a Tiled write, a
 
 
 def test_empty_catalog_says_so(browser, tmp_path):
-    # its own `up`: the session's catalog holds the other scenarios' runs
-    empty = UpProcess(tmp_path)
+    # its own Tiled and page (no consumers needed): the session's catalog holds other runs
+    import httpx
+
+    tiled = TiledProcess(tmp_path)
+    tiled.settings.web.port = free_port()  # the origin Tiled's config allows
+    tiled.start()
+    web = subprocess.Popen(
+        [str(BIN / "beamwatch"), "--data-dir", str(tmp_path), "web", "--tiled-url", tiled.url]
+        + ["--port", str(tiled.settings.web.port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        page = open_page(browser, empty.web + "/")
+        url = tiled.settings.web_url
+        wait_until(lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, timeout=60)
+        page = open_page(browser, url + "/")
         try:
             _empty_catalog_says_so(page)
         finally:
             page.context.close()
     finally:
-        empty.stop()
+        web.terminate()
+        web.wait(15)
+        tiled.stop()
 
 
 def _empty_catalog_says_so(page):
