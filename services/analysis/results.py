@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from services.core.layout import analysis_path
 from services.runs.frames import Frame
 from services.runs.routing import Doc
 from services.tiled.records import ArrayRows, ArrayWrite, Container, Metadata, TableRows
@@ -22,7 +23,7 @@ class ResultWriter:
         self._spool = spool
         self.run_uid = run_uid
         self.pipeline = pipeline
-        self.path = ("analysis", run_uid, pipeline)
+        self.path = tuple(analysis_path(run_uid, pipeline))
         self._rows: dict[str, int] = {}
         self._table_rows: dict[str, int] = {}
 

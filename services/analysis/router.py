@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from services.analysis.results import PipelineRun, ResultWriter
+from services.core.layout import FRAMES, Status, analysis_path
 from services.core.metrics import Metrics
 from services.runs.frames import Frame, FrameAssembler, Hdf5Reader
 from services.runs.routing import ARRIVAL, REPLAYING, Doc, RunRouter
@@ -72,7 +73,7 @@ class PipelineRegistry:
 class FrameStatsPipeline:
     """Per-frame statistics of every image: a light preview any imaging run gets."""
 
-    name = "frames"
+    name = FRAMES.pipeline
     version = "1"
 
     def __init__(self, start: Doc) -> None:
@@ -83,7 +84,7 @@ class FrameStatsPipeline:
         for key, image in frame.images.items():
             img = np.asarray(image, dtype=np.float64)
             out.table_rows(
-                "frame_stats",
+                FRAMES.frame_stats,
                 {
                     "seq_num": [frame.seq_num],
                     "data_key": [key],
@@ -138,14 +139,14 @@ class AnalysisRunRouter(RunRouter):
             self._pipelines.append((run, out))
 
     def start(self, doc: Doc) -> None:
-        self._spool.put(Container(("analysis", self._uid), {"source_run_uid": self._uid}))
+        self._spool.put(Container(tuple(analysis_path(self._uid)), {"source_run_uid": self._uid}))
         for run, out in self._pipelines:
             out.container(
                 {
                     "source_run_uid": self._uid,
                     "pipeline": run.name,
                     "version": run.version,
-                    "status": "running",
+                    "status": Status.RUNNING,
                     "parameters": run.parameters,
                     "plan_name": doc.get("plan_name"),
                 }
@@ -200,7 +201,7 @@ class AnalysisRunRouter(RunRouter):
             # "complete" only when every frame is in; otherwise say which are missing
             out.metadata(
                 {
-                    "status": "incomplete" if self._missing else "complete",
+                    "status": Status.INCOMPLETE if self._missing else Status.COMPLETE,
                     "missing_seq_nums": self._missing,
                     "stop_lost": doc is None,
                     "bad_fields": self._bad_fields,
@@ -211,7 +212,7 @@ class AnalysisRunRouter(RunRouter):
     def close(self) -> None:
         for run, out in self._pipelines:
             if run.name not in self._failed:
-                out.metadata({"status": "interrupted"})
+                out.metadata({"status": Status.INTERRUPTED})
         self._assembler.close()
 
     # ---- internals ---------------------------------------------------------------------------
@@ -273,7 +274,7 @@ class AnalysisRunRouter(RunRouter):
         )
         out.metadata(
             {
-                "status": "failed",
+                "status": Status.FAILED,
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exception(exc)[-5:],
             }

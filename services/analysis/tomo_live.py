@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from services.analysis.results import ResultWriter
+from services.core.layout import CRACKS, PARTICLES, Status
 from services.runs.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def voxel_size_from_start(start: dict[str, Any]) -> float | None:
 
 
 class CracksPipeline:
-    name = "cracks"
+    name = CRACKS.pipeline
     version = "1"
 
     def __init__(self, start: dict[str, Any], *, figures_dir: Path) -> None:
@@ -126,7 +127,7 @@ class CracksPipeline:
             projections, np.asarray(self._angles), flat=flat, dark=dark, params=self._recon_params
         )
         t_recon = time.monotonic() - t0
-        out.array("reconstruction", volume, dims=["z", "y", "x"])
+        out.array(CRACKS.reconstruction, volume, dims=["z", "y", "x"])
         threshold = solid_threshold(volume)
         params = self._crack_params.model_copy(
             update={
@@ -138,17 +139,17 @@ class CracksPipeline:
         for piece in iter_crack_slices(volume, params):
             cracks[piece.z] = piece.crack
             particles[piece.z] = piece.particle
-            out.rows("mask", piece.crack[None], dims=["z", "y", "x"])
-            out.rows("particle_mask", piece.particle[None], dims=["z", "y", "x"])
+            out.rows(CRACKS.mask, piece.crack[None], dims=["z", "y", "x"])
+            out.rows(CRACKS.particle_mask, piece.particle[None], dims=["z", "y", "x"])
         t_cracks = time.monotonic() - t0 - t_recon
         q = quantify_damage(cracks, particles, params.quantify, workers=params.n_workers())
-        out.array("depth_profile", q.depth_profile, dims=["z"])
-        out.array("damage_density", q.damage_density, dims=["z", "y", "x"])
-        out.array("particle_density", q.particle_density, dims=["z", "y", "x"])
-        out.array("damage_histogram", q.damage_histogram, dims=["z", "bin"])
-        out.array("histogram_edges", q.histogram_edges, dims=["edge"])
+        out.array(CRACKS.depth_profile, q.depth_profile, dims=["z"])
+        out.array(CRACKS.damage_density, q.damage_density, dims=["z", "y", "x"])
+        out.array(CRACKS.particle_density, q.particle_density, dims=["z", "y", "x"])
+        out.array(CRACKS.damage_histogram, q.damage_histogram, dims=["z", "bin"])
+        out.array(CRACKS.histogram_edges, q.histogram_edges, dims=["edge"])
         out.array(
-            "layer_fit",
+            CRACKS.layer_fit,
             np.stack([q.layer_slope, q.layer_intercept, q.layer_pearson_r], axis=1),
             dims=["z", "slope_intercept_r"],
         )
@@ -156,13 +157,13 @@ class CracksPipeline:
         fit = q.volume_fit
         # the particle stage is announced before the crack map is declared complete, so a
         # watcher waiting for every container of the run to be final waits for it too
-        particles_out = out.sibling("particles")
+        particles_out = out.sibling(PARTICLES.pipeline)
         particles_out.container(
             {
                 "source_run_uid": self._uid,
-                "pipeline": "particles",
+                "pipeline": PARTICLES.pipeline,
                 "version": self.version,
-                "status": "queued",
+                "status": Status.QUEUED,
             }
         )
         out.metadata(
@@ -182,7 +183,7 @@ class CracksPipeline:
                 "figures": figures,
                 # the crack map is whole now: a viewer need not wait for the particle stage
                 # (minutes at 512^3) to see it complete
-                "status": "complete",
+                "status": Status.COMPLETE,
             }
         )
         self._particles(volume, cracks, particles_out)
@@ -208,9 +209,9 @@ class CracksPipeline:
         out.container(
             {
                 "source_run_uid": self._uid,
-                "pipeline": "particles",
+                "pipeline": PARTICLES.pipeline,
                 "version": self.version,
-                "status": "running",
+                "status": Status.RUNNING,
                 "parameters": {
                     "particles": params.model_dump(mode="json"),
                     "statistics": stats_params.model_dump(mode="json"),
@@ -221,18 +222,24 @@ class CracksPipeline:
             t0 = time.monotonic()
             result = analyze_particles(volume, crack_mask=cracks.astype(bool), params=params)
             stats = particle_statistics(result.table, depth=volume.shape[0], params=stats_params)
-            out.array("labels", result.labels.astype(np.int32), dims=["z", "y", "x"])
+            out.array(PARTICLES.labels, result.labels.astype(np.int32), dims=["z", "y", "x"])
             scalar = [n for n in (result.table.dtype.names or ()) if result.table[n].ndim == 1]
-            out.table_rows("table", {n: result.table[n].tolist() for n in scalar})
-            out.array("slice_scores", result.table["slice_scores"], dims=["particle", "slice"])
-            out.array("size_counts", stats.size_counts, dims=["bin"])
-            out.array(f"size_edges_{unit}", stats.size_edges_um, dims=["edge"])
-            out.array("detachment_counts", stats.detachment_counts, dims=["bin"])
-            out.array("detachment_edges", stats.detachment_edges, dims=["edge"])
+            out.table_rows(PARTICLES.table, {n: result.table[n].tolist() for n in scalar})
+            out.array(
+                PARTICLES.slice_scores, result.table["slice_scores"], dims=["particle", "slice"]
+            )
+            out.array(PARTICLES.size_counts, stats.size_counts, dims=["bin"])
+            out.array(
+                PARTICLES.size_edges_um if unit == "um" else PARTICLES.size_edges_px,
+                stats.size_edges_um,
+                dims=["edge"],
+            )
+            out.array(PARTICLES.detachment_counts, stats.detachment_counts, dims=["bin"])
+            out.array(PARTICLES.detachment_edges, stats.detachment_edges, dims=["edge"])
             figures = self._particle_figures(stats, out, unit, result, volume)
             out.metadata(
                 {
-                    "status": "complete",
+                    "status": Status.COMPLETE,
                     "particles": int(len(result.table)),
                     "flawed_fraction": _finite(stats.overall.flawed_fraction),
                     "mean_detachment": _finite(stats.overall.mean_detachment),
@@ -249,7 +256,7 @@ class CracksPipeline:
             logger.error(
                 "particle analysis failed: %s", exc, exc_info=True, extra={"run_uid": self._uid}
             )
-            out.metadata({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            out.metadata({"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}"})
 
     def _particle_figures(
         self, stats: Any, out: ResultWriter, unit: str, result: Any, volume: np.ndarray

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from services.analysis.results import ResultWriter
+from services.core.layout import XANES
 from services.runs.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def select(start: dict[str, Any]) -> bool:
 
 
 class XanesLivePipeline:
-    name = "xanes"
+    name = XANES.pipeline
     version = "1"
 
     def __init__(
@@ -157,17 +158,17 @@ class XanesLivePipeline:
         if self._feedback is not None and trusted and not frame.replayed:
             self._feedback.publish(message)
         if result.index == 0:
-            out.array("labels", self._tracker.labels, dims=["row", "col"])
-        out.rows("global_shift", result.global_shift[None, :], dims=["frame", "axis"])
+            out.array(XANES.labels, self._tracker.labels, dims=["row", "col"])
+        out.rows(XANES.global_shift, result.global_shift[None, :], dims=["frame", "axis"])
         # live per-frame arrays hold the frame-0 particles; particles joining later (detected
         # when the edge raised the contrast) are in the "particles" table and the final arrays
         p0 = self._tracker_particles0 = getattr(self, "_tracker_particles0", None) or len(
             result.particle_com
         )
-        out.rows("particle_com", result.particle_com[:p0, None, :], axis=1)
-        out.rows("particle_shift", result.particle_shift[:p0, None, :], axis=1)
+        out.rows(XANES.particle_com, result.particle_com[:p0, None, :], axis=1)
+        out.rows(XANES.particle_shift, result.particle_shift[:p0, None, :], axis=1)
         out.table_rows(
-            "frames",
+            XANES.frames,
             {
                 "seq_num": [frame.seq_num],
                 "energy": [energy],
@@ -183,7 +184,7 @@ class XanesLivePipeline:
         )
         p = result.particle_com.shape[0]
         out.table_rows(
-            "particles",
+            XANES.particles,
             {
                 "frame": [result.index] * p,
                 "particle": list(range(1, p + 1)),
@@ -202,25 +203,25 @@ class XanesLivePipeline:
             out.metadata({"frames": 0})
             return
         final = self._tracker.finalize()
-        out.array("particle_com", final.particle_com, dims=["particle", "frame", "axis"])
-        out.array("particle_shift", final.particle_shift, dims=["particle", "frame", "axis"])
-        out.array("global_shift", final.global_shift, dims=["frame", "axis"])
+        out.array(XANES.particle_com, final.particle_com, dims=["particle", "frame", "axis"])
+        out.array(XANES.particle_shift, final.particle_shift, dims=["particle", "frame", "axis"])
+        out.array(XANES.global_shift, final.global_shift, dims=["frame", "axis"])
         out.array(
-            "edge_energy", final.edge_energy.astype(np.float32), dims=["row", "col"], units="eV"
+            XANES.edge_energy, final.edge_energy.astype(np.float32), dims=["row", "col"], units="eV"
         )
         out.array(
-            "whiteline_energy",
+            XANES.whiteline_energy,
             final.whiteline_energy.astype(np.float32),
             dims=["row", "col"],
             units="eV",
         )
-        out.array("spectra", final.spectra, dims=["particle", "frame"])
-        out.array("energy", final.energies, dims=["frame"], units="eV")
+        out.array(XANES.spectra, final.spectra, dims=["particle", "frame"])
+        out.array(XANES.energy, final.energies, dims=["frame"], units="eV")
         for k, stack in enumerate(final.aligned_stacks):
             out.array(
                 f"particle_{k + 1}",
                 np.asarray(stack),
-                sub=["aligned"],
+                sub=[XANES.aligned],
                 dims=["frame", "row", "col"],
             )
         deformation_md = self._deformation(final, out)
@@ -270,16 +271,16 @@ class XanesLivePipeline:
         rows = deformation_rows(deformation)
         if rows:
             out.array(
-                "deformation_displacement",
+                XANES.deformation_displacement,
                 deformation.displacement,
                 dims=["particle", "scan", "axis"],
             )
             columns = {key: [row[key] for row in rows] for key in rows[0]}
             out.array(
-                "deformation_nonrigid", deformation.nonrigid, dims=["particle", "scan", "axis"]
+                XANES.deformation_nonrigid, deformation.nonrigid, dims=["particle", "scan", "axis"]
             )
             out.metadata({"deformation_columns": list(columns)})
-            out.table_rows("deformation", columns)
+            out.table_rows(XANES.deformation, columns)
         return {"operando_series": series, "series_scans": [int(s.scan_index) for s in scans]}
 
     # ---- figures ----

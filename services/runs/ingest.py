@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from services.core.layout import RawStatus, raw_path
 from services.runs.routing import REPLAYING, Doc, RunRouter
 from services.tiled.records import ArrayRows, Metadata, RawDoc
 from services.tiled.spool import Spool
@@ -229,14 +230,14 @@ class RawRunRouter(RunRouter):
             doc = _synthetic_stop(self._uid)
         self._put("stop", doc)
         status: dict[str, Any] = {
-            "beamwatch_status": "incomplete" if self._missing else "complete",
+            "beamwatch_status": RawStatus.INCOMPLETE if self._missing else RawStatus.COMPLETE,
             "beamwatch_missing_seq_nums": self._missing,
         }
         if self._bad_report:
             status["beamwatch_bad_fields"] = self._bad_report
         if self._refused_report:
             status["beamwatch_refused_resources"] = self._refused_report
-        self._spool.put(Metadata(("raw", self._uid), status))
+        self._spool.put(Metadata(tuple(raw_path(self._uid)), status))
 
     def _without_refused_datums(self, doc: Doc) -> Doc:
         """The Event without its references to Datums of refused Resources."""
