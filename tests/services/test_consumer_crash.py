@@ -39,9 +39,13 @@ def _pinged(up, pub, role):
     return value(samples, "beamwatch_messages_received_total", document="beamwatch_ping") > 0
 
 
-@pytest.mark.parametrize("role", ["raw", "analysis"])
-def test_a_consumer_killed_mid_run_resumes_it_with_every_frame(tmp_path, role):
-    up = UpProcess(tmp_path)
+@pytest.mark.parametrize(
+    ("role", "up_tiled"),
+    [("raw", "embedded"), ("analysis", "embedded"), ("raw", "production")],
+    indirect=["up_tiled"],
+)
+def test_a_consumer_killed_mid_run_resumes_it_with_every_frame(tmp_path, role, up_tiled):
+    up = UpProcess(tmp_path, up_tiled)
     pub = Publisher(up.in_address, serializer=serialization.dumps)
     client = from_uri(up.tiled, api_key=up.api_key())
     try:
@@ -69,7 +73,7 @@ def test_a_consumer_killed_mid_run_resumes_it_with_every_frame(tmp_path, role):
         RE = RunEngine({})
         RE.subscribe(pub)
         RE.subscribe(lambda name, doc: run.setdefault("uid", doc["uid"]), "start")
-        txm = small_txm(up.settings().detector_dir, "stream", seed=11)
+        txm = small_txm(up.detector_dir, "stream", seed=11)
         (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=N_FLATS, before_point=kill_mid_run))
 
         def frames_status():

@@ -13,7 +13,7 @@ from bluesky_plans.plans import xanes_scan_plan
 from services.bus.subscriber import wait_until_delivered
 from services.core import serialization
 from services.runtime.consumer import Consumer
-from tests.conftest import TiledProcess, free_port, wait_until
+from tests.conftest import TiledProcess, both_backends, free_port, wait_until
 from tests.sim import N_ENERGIES, energies, small_txm
 
 N_FLATS = 2
@@ -71,6 +71,7 @@ def raw_frame_count(client, uid, stream="primary", key="txm_cam_image"):
     return client["raw"][uid][stream][key].shape[0]
 
 
+@both_backends
 @pytest.mark.parametrize("source", ["stream", "resource", "event"])
 def test_run_appears_in_tiled_with_every_frame(stack, tiled_client, source):
     txm = small_txm(stack.detector, source)
