@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,37 +49,37 @@ class ServiceUnreachable(RuntimeError):
     """PostgreSQL or Redis does not answer; the production cases skip with this reason."""
 
 
-def _with_database(uri: str, database: str, scheme: str | None = None) -> str:
+def with_database(uri: str, database: str, scheme: str | None = None) -> str:
     parsed = urlparse(uri)
     return urlunparse(parsed._replace(scheme=scheme or parsed.scheme, path=f"/{database}"))
 
 
+def _require_reachable(service: str, uri: str, variable: str, default_port: int) -> None:
+    """Raise ServiceUnreachable unless something accepts TCP connections where ``uri`` points;
+    any later error (authentication, privileges) is a real failure, not a skip."""
+    parsed = urlparse(uri)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or default_port
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        raise ServiceUnreachable(
+            f"{service} is not reachable at {host}:{port} ({variable}={uri}): {exc}"
+        ) from exc
+
+
 def _postgres_admin() -> Any:
-    import adbc_driver_manager
     import adbc_driver_postgresql.dbapi
 
-    try:
-        return adbc_driver_postgresql.dbapi.connect(POSTGRES_ADMIN_URI, autocommit=True)
-    except adbc_driver_manager.Error as exc:
-        if "connect" in str(exc).lower():
-            raise ServiceUnreachable(
-                f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URI} "
-                f"(BEAMWATCH_TEST_POSTGRES): {str(exc).splitlines()[0]}"
-            ) from exc
-        raise
+    _require_reachable("PostgreSQL", POSTGRES_ADMIN_URI, "BEAMWATCH_TEST_POSTGRES", 5432)
+    return adbc_driver_postgresql.dbapi.connect(POSTGRES_ADMIN_URI, autocommit=True)
 
 
 def _redis_client(db: int) -> Any:
     import redis
 
+    _require_reachable("Redis", REDIS_URI, "BEAMWATCH_TEST_REDIS", 6379)
     client = redis.Redis.from_url(REDIS_URI, db=db, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        client.close()
-        raise ServiceUnreachable(
-            f"Redis is not reachable at {REDIS_URI} (BEAMWATCH_TEST_REDIS): {exc}"
-        ) from exc
+    client.ping()
     return client
 
 
@@ -113,10 +114,10 @@ class ProductionServices:
     def env(self) -> dict[str, str]:
         """The variables ``deploy/tiled/config.yml`` reads (deploy/secrets.env.example)."""
         return {
-            "BEAMWATCH_CATALOG_URI": _with_database(
+            "BEAMWATCH_CATALOG_URI": with_database(
                 POSTGRES_ADMIN_URI, self.database, "postgresql+asyncpg"
             ),
-            "BEAMWATCH_TABULAR_URI": _with_database(POSTGRES_ADMIN_URI, self.tables_database),
+            "BEAMWATCH_TABULAR_URI": with_database(POSTGRES_ADMIN_URI, self.tables_database),
             "BEAMWATCH_REDIS_URI": f"{REDIS_URI.rstrip('/')}/{self.redis_db}",
         }
 
@@ -125,7 +126,7 @@ class ProductionServices:
         before the first node)."""
         import adbc_driver_postgresql.dbapi
 
-        uri = _with_database(POSTGRES_ADMIN_URI, self.database)
+        uri = with_database(POSTGRES_ADMIN_URI, self.database)
         with adbc_driver_postgresql.dbapi.connect(uri, autocommit=True) as conn:
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM nodes")
