@@ -13,8 +13,8 @@ of a million: two sessions sharing the Redis never see each other's keys or noti
 the session deletes exactly its own keys at the end (the root, node 0, is the one id they share:
 its entries are in the session's own database, and no test subscribes to the root).
 
-Where the services are: ``BEAMWATCH_TEST_POSTGRES`` (an admin URI that may create databases,
-default ``postgresql://postgres@127.0.0.1:5432/postgres``) and ``BEAMWATCH_TEST_REDIS`` (default
+Where the services are: ``TEST_POSTGRES_URI`` (an admin URI that may create databases,
+default ``postgresql://postgres@127.0.0.1:5432/postgres``) and ``TEST_REDIS_URI`` (default
 ``redis://127.0.0.1:6379``). Unreachable services skip the production cases with the reason;
 a reachable service that refuses what the tests need fails them.
 """
@@ -39,9 +39,9 @@ DEPLOY_DATA_DIR = "/var/lib/beamwatch"
 BACKENDS = ("embedded", "production")
 
 POSTGRES_ADMIN_URI = os.environ.get(
-    "BEAMWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+    "TEST_POSTGRES_URI", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URI = os.environ.get("BEAMWATCH_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_URI = os.environ.get("TEST_REDIS_URI", "redis://127.0.0.1:6379")
 NODE_ID_BLOCK = 1_000_000
 
 
@@ -70,14 +70,14 @@ def _require_reachable(service: str, uri: str, variable: str, default_port: int)
 def _postgres_admin() -> Any:
     import adbc_driver_postgresql.dbapi
 
-    _require_reachable("PostgreSQL", POSTGRES_ADMIN_URI, "BEAMWATCH_TEST_POSTGRES", 5432)
+    _require_reachable("PostgreSQL", POSTGRES_ADMIN_URI, "TEST_POSTGRES_URI", 5432)
     return adbc_driver_postgresql.dbapi.connect(POSTGRES_ADMIN_URI, autocommit=True)
 
 
 def _redis_client(db: int) -> Any:
     import redis
 
-    _require_reachable("Redis", REDIS_URI, "BEAMWATCH_TEST_REDIS", 6379)
+    _require_reachable("Redis", REDIS_URI, "TEST_REDIS_URI", 6379)
     client = redis.Redis.from_url(REDIS_URI, db=db, socket_connect_timeout=2, socket_timeout=5)
     client.ping()
     return client
@@ -114,11 +114,11 @@ class ProductionServices:
     def env(self) -> dict[str, str]:
         """The variables ``deploy/tiled/config.yml`` reads (deploy/secrets.env.example)."""
         return {
-            "BEAMWATCH_CATALOG_URI": with_database(
+            "TILED_DEPLOY_CATALOG_URI": with_database(
                 POSTGRES_ADMIN_URI, self.database, "postgresql+asyncpg"
             ),
-            "BEAMWATCH_TABULAR_URI": with_database(POSTGRES_ADMIN_URI, self.tables_database),
-            "BEAMWATCH_REDIS_URI": f"{REDIS_URI.rstrip('/')}/{self.redis_db}",
+            "TILED_DEPLOY_TABULAR_URI": with_database(POSTGRES_ADMIN_URI, self.tables_database),
+            "TILED_DEPLOY_REDIS_URI": f"{REDIS_URI.rstrip('/')}/{self.redis_db}",
         }
 
     def claim_node_ids(self) -> None:

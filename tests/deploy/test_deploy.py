@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import shlex
 from pathlib import Path
 
@@ -61,4 +62,28 @@ def test_tiled_config_validates_against_tiled_schema():
     schema = yaml.safe_load(schema_path.read_text())
     config = yaml.safe_load((DEPLOY / "tiled" / "config.yml").read_text())
     jsonschema.validate(config, schema)
-    assert config["trees"][0]["args"]["uri"] == "${BEAMWATCH_CATALOG_URI}"
+    assert config["trees"][0]["args"]["uri"] == "${TILED_DEPLOY_CATALOG_URI}"
+
+
+def test_every_unit_starts_with_the_shared_secrets_file(monkeypatch):
+    # All units read /etc/beamwatch/secrets.env; the Tiled-only variables in it must not be
+    # taken for beamwatch settings (BEAMWATCH_*), or the consumers would refuse to start.
+    for line in (DEPLOY / "secrets.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            monkeypatch.setenv(name, value)
+    s = load_settings(DEPLOY / "beamwatch.yml")
+    assert s.tiled.api_key is not None
+    assert s.tiled.api_key.get_secret_value() == os.environ["TILED_SINGLE_USER_API_KEY"]
+    config = (DEPLOY / "tiled" / "config.yml").read_text()
+    names = {
+        line.partition("=")[0]
+        for line in (DEPLOY / "secrets.env.example").read_text().splitlines()
+        if "=" in line
+    }
+    for variable in (
+        "TILED_DEPLOY_CATALOG_URI",
+        "TILED_DEPLOY_TABULAR_URI",
+        "TILED_DEPLOY_REDIS_URI",
+    ):
+        assert f"${{{variable}}}" in config and variable in names

@@ -113,10 +113,10 @@ def test_production_services_are_this_sessions_own(production_tiled: TiledProces
     services = production_tiled.production
     assert services is not None
     env = services.env
-    assert env["BEAMWATCH_CATALOG_URI"].startswith("postgresql+asyncpg://")
-    assert env["BEAMWATCH_CATALOG_URI"].endswith(f"/{services.database}")
-    assert env["BEAMWATCH_TABULAR_URI"].endswith(f"/{services.tables_database}")
-    assert env["BEAMWATCH_REDIS_URI"].endswith(f"/{services.redis_db}")
+    assert env["TILED_DEPLOY_CATALOG_URI"].startswith("postgresql+asyncpg://")
+    assert env["TILED_DEPLOY_CATALOG_URI"].endswith(f"/{services.database}")
+    assert env["TILED_DEPLOY_TABULAR_URI"].endswith(f"/{services.tables_database}")
+    assert env["TILED_DEPLOY_REDIS_URI"].endswith(f"/{services.redis_db}")
     node = production_tiled.shared_client.create_container(f"ids-{uuid.uuid4().hex[:8]}")
     node_id = _node_id(services, node.item["id"])
     assert node_id >= services.node_id_start
