@@ -14,6 +14,12 @@ from pathlib import Path
 import pytest
 
 import models  # noqa: F401  (sets the OpenMP wait policy before torch loads, as in services)
+from tests.backends import (
+    BACKENDS,
+    ProductionServices,
+    ServiceUnreachable,
+    production_tiled_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,9 +62,16 @@ def wait_until(
 
 
 class TiledProcess:
-    """``tiled serve config`` of the embedded beamwatch configuration, on an ephemeral port."""
+    """A Tiled server on an ephemeral port: the embedded beamwatch configuration
+    (``services/tiled/server.py``), or with ``production`` (this session's PostgreSQL databases
+    and Redis namespace) ``deploy/tiled/config.yml`` itself (tests/backends.py)."""
 
-    def __init__(self, data_dir: Path, readable_roots: list[Path] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        readable_roots: list[Path] | None = None,
+        production: ProductionServices | None = None,
+    ) -> None:
         from services.core.settings import load_settings
 
         self.port = free_port()
@@ -67,20 +80,38 @@ class TiledProcess:
         if readable_roots is not None:
             tiled["readable_roots"] = [str(p) for p in readable_roots]
         self.settings = load_settings(data_dir=str(data_dir), tiled=tiled)
+        self.production = production
+        self.backend = "production" if production else "embedded"
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.shared_client = None  # the session's client (tiled_client)
+        self._node_ids_claimed = False
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        from services.tiled.server import tiled_command
+
+        if self.production is None:
+            return tiled_command(self.settings)
+        self.settings.detector_dir.mkdir(parents=True, exist_ok=True)
+        config = production_tiled_config(
+            self.settings.data_dir.resolve(), self.port, self.settings.readable_roots
+        )
+        env = dict(os.environ, TILED_SINGLE_USER_API_KEY=self.api_key, **self.production.env)
+        return [str(BIN / "tiled"), "serve", "config", str(config)], env
 
     def start(self) -> None:
         from services.runtime.supervisor import wait_for_tiled
-        from services.tiled.server import tiled_command
 
-        argv, env = tiled_command(self.settings)
+        argv, env = self._command()
         log = open(self.settings.data_dir / "tiled.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         try:
             wait_for_tiled(self.url, timeout=120)
-        except TimeoutError:
+            if self.production is not None and not self._node_ids_claimed:
+                self.production.claim_node_ids()
+                self._node_ids_claimed = True
+        except BaseException:
             self.stop()
             raise
 
@@ -101,18 +132,64 @@ class TiledProcess:
 
 
 @pytest.fixture(scope="session")
-def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledProcess]:
-    server = TiledProcess(tmp_path_factory.mktemp("tiled"))
+def production_services() -> Iterator[ProductionServices]:
+    """This session's PostgreSQL databases and Redis namespace, dropped at the end; skips
+    (saying which service and where) when PostgreSQL or Redis is unreachable."""
+    try:
+        services = ProductionServices.create()
+    except ServiceUnreachable as exc:
+        pytest.skip(f"production Tiled backend: {exc}")
+    yield services
+    services.drop()
+
+
+def _session_tiled(
+    data_dir: Path, production: ProductionServices | None = None
+) -> Iterator[TiledProcess]:
+    server = TiledProcess(data_dir, production=production)
     server.start()
+    server.shared_client = server.client()
     yield server
+    server.shared_client.context.close()
     server.stop()
 
 
 @pytest.fixture(scope="session")
+def embedded_tiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledProcess]:
+    yield from _session_tiled(tmp_path_factory.mktemp("tiled"))
+
+
+@pytest.fixture(scope="session")
+def production_tiled(
+    tmp_path_factory: pytest.TempPathFactory, production_services: ProductionServices
+) -> Iterator[TiledProcess]:
+    yield from _session_tiled(tmp_path_factory.mktemp("tiled-production"), production_services)
+
+
+@pytest.fixture
+def tiled_server(request: pytest.FixtureRequest) -> TiledProcess:
+    """The session's Tiled server: the embedded one, or once per backend for a test marked
+    ``@both_backends``."""
+    backend = getattr(request, "param", "embedded")
+    return request.getfixturevalue(f"{backend}_tiled")
+
+
+#: Runs a test once per Tiled set-up (embedded, production) with one body.
+both_backends = pytest.mark.parametrize("tiled_server", BACKENDS, indirect=True)
+
+
+@pytest.fixture
 def tiled_client(tiled_server: TiledProcess):  # noqa: ANN201
-    client = tiled_server.client()
-    yield client
-    client.context.close()
+    return tiled_server.shared_client
+
+
+@pytest.fixture
+def up_tiled(request: pytest.FixtureRequest) -> TiledProcess | None:
+    """For tests of ``beamwatch up``: None (``up`` starts its embedded Tiled), or with
+    ``@pytest.mark.parametrize("up_tiled", BACKENDS, indirect=True)`` the production server
+    that ``up`` then writes to."""
+    backend = getattr(request, "param", "embedded")
+    return None if backend == "embedded" else request.getfixturevalue("production_tiled")
 
 
 class ProxyProcess:
@@ -176,7 +253,11 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class UpProcess:
-    """``beamwatch up`` as a user runs it, every port ephemeral; ``env`` is what it was given."""
+    """``beamwatch up`` as a user runs it, every port ephemeral; ``env`` is what it was given.
+
+    With ``tiled`` (a running server, e.g. the production one) ``up`` starts no Tiled and
+    writes to that server, as at a beamline with ``tiled.url`` set (deploy/beamwatch.yml);
+    detector files then go to that server's readable ``detector_dir``."""
 
     PORTS = (
         "tiled",
@@ -191,12 +272,22 @@ class UpProcess:
         "bridge",
     )
 
-    def __init__(self, tmp_path: Path, **extra_env: str) -> None:
+    def __init__(self, tmp_path: Path, tiled: TiledProcess | None = None, **extra_env: str) -> None:
+        import json
+
         import httpx
 
         self.ports = {name: free_port() for name in self.PORTS}
         p = self.ports
         self.env = dict(os.environ)
+        self.external_tiled = tiled
+        if tiled is not None:
+            extra_env = {
+                "BEAMWATCH_TILED__URL": tiled.url,
+                "BEAMWATCH_TILED__API_KEY": tiled.api_key,
+                "BEAMWATCH_TILED__READABLE_ROOTS": json.dumps([str(tiled.settings.detector_dir)]),
+                **extra_env,
+            }
         self.env.update(
             BEAMWATCH_TILED__PORT=str(p["tiled"]),
             BEAMWATCH_BUS__IN_ADDRESS=f"tcp://127.0.0.1:{p['in']}",
@@ -215,7 +306,7 @@ class UpProcess:
         self.env.update(extra_env)
         self.data = tmp_path / "data"
         self.log = tmp_path / "up.log"
-        self.tiled = f"http://127.0.0.1:{p['tiled']}"
+        self.tiled = tiled.url if tiled else f"http://127.0.0.1:{p['tiled']}"
         self.web = f"http://127.0.0.1:{p['web']}"
         self.in_address = self.env["BEAMWATCH_BUS__IN_ADDRESS"]
         self.metrics = {r: f"http://127.0.0.1:{p[r]}/metrics" for r in ("raw", "analysis")}
@@ -255,7 +346,16 @@ class UpProcess:
                     os.environ[k] = v
 
     def api_key(self) -> str:
+        if self.external_tiled is not None:
+            return self.external_tiled.api_key
         return (self.data / "tiled_api_key").read_text().strip()
+
+    @property
+    def detector_dir(self) -> Path:
+        """Where a simulated detector of a test writes files the Tiled of this ``up`` reads."""
+        if self.external_tiled is not None:
+            return self.external_tiled.settings.detector_dir
+        return self.settings().detector_dir
 
     def stop(self) -> None:
         """SIGTERM (``up`` stops its children), then SIGKILL for the whole process group."""

@@ -44,10 +44,15 @@ def _pinged(up, pub, role):
 
 
 # The analysis role on JetStream is killed mid-run in test_jetstream_workers.py (a worker
-# process; another one finishes the run), which keeps this slow test to three cases.
-@pytest.mark.parametrize(("role", "mode"), [("raw", "zmq"), ("analysis", "zmq"), ("raw", "nats")])
-def test_a_consumer_killed_mid_run_resumes_it_with_every_frame(tmp_path, role, mode):
-    up = UpProcess(tmp_path, BEAMWATCH_BUS__MODE=mode, BEAMWATCH_NATS__ACK_WAIT="3")
+# process; another one finishes the run); the production Tiled (deploy/, PostgreSQL + Redis)
+# is exercised by the JetStream case, which keeps this slow test to three cases.
+@pytest.mark.parametrize(
+    ("role", "mode", "up_tiled"),
+    [("raw", "zmq", "embedded"), ("analysis", "zmq", "embedded"), ("raw", "nats", "production")],
+    indirect=["up_tiled"],
+)
+def test_a_consumer_killed_mid_run_resumes_it_with_every_frame(tmp_path, role, mode, up_tiled):
+    up = UpProcess(tmp_path, up_tiled, BEAMWATCH_BUS__MODE=mode, BEAMWATCH_NATS__ACK_WAIT="3")
     pub = Publisher(up.in_address, serializer=serialization.dumps)
     client = from_uri(up.tiled, api_key=up.api_key())
     try:
@@ -75,7 +80,7 @@ def test_a_consumer_killed_mid_run_resumes_it_with_every_frame(tmp_path, role, m
         RE = RunEngine({})
         RE.subscribe(pub)
         RE.subscribe(lambda name, doc: run.setdefault("uid", doc["uid"]), "start")
-        txm = small_txm(up.settings().detector_dir, "stream", seed=11)
+        txm = small_txm(up.detector_dir, "stream", seed=11)
         (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=N_FLATS, before_point=kill_mid_run))
 
         def frames_status():

@@ -19,6 +19,7 @@ from services.runs.ingest import RawRunRouter
 from services.runs.routing import RunDispatcher
 from services.tiled.applier import TiledApplier, is_transient
 from services.tiled.spool import Spool
+from tests.conftest import both_backends
 from tests.sim import N_ENERGIES, energies, small_txm
 
 
@@ -91,6 +92,7 @@ def _check_run_exactly_once(tiled_client, uid, txm):
         np.testing.assert_array_equal(images.read(), fh["/entry/data/data"][()])
 
 
+@both_backends
 def test_appends_answered_500_after_commit_are_not_doubled(tiled_server, tiled_client, tmp_path):
     uid, txm, fault, retries = _raw_run_through_faults(tiled_server, tmp_path, _appends, 3)
     assert len(fault.injected) == 3 and retries >= 3

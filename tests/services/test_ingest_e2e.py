@@ -71,7 +71,15 @@ def raw_frame_count(client, uid, stream="primary", key="txm_cam_image"):
     return client["raw"][uid][stream][key].shape[0]
 
 
-@pytest.mark.parametrize("source", ["stream", "resource", "event"])
+@pytest.mark.parametrize(
+    ("source", "tiled_server"),
+    # every frame source on the embedded Tiled; on the production one (deploy/tiled/config.yml:
+    # PostgreSQL, Redis) the detector-file stream, which writes raw rows, registered frames and
+    # analysis tables alike, to keep the added run time small
+    [("stream", "embedded"), ("resource", "embedded"), ("event", "embedded")]
+    + [("stream", "production")],
+    indirect=["tiled_server"],
+)
 def test_run_appears_in_tiled_with_every_frame(stack, tiled_client, source):
     txm = small_txm(stack.detector, source)
     RE = RunEngine({})

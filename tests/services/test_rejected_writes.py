@@ -10,7 +10,7 @@ from bluesky import RunEngine
 from bluesky_plans.plans import xanes_scan_plan
 from services.analysis.router import FrameStatsPipeline, PipelineRegistry
 from services.runtime.consumer import Consumer
-from tests.conftest import wait_until
+from tests.conftest import both_backends, wait_until
 from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS, live_publisher, metric
 from tests.sim import N_ENERGIES, energies, small_txm
 
@@ -34,6 +34,7 @@ class EmptyFieldOfView:
         out.metadata({"done": True})
 
 
+@both_backends
 def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_completes(
     consumer_settings, tiled_client
 ):
