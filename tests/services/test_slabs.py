@@ -155,17 +155,18 @@ def test_slabs_on_a_cluster_equal_the_in_memory_pipelines(scan, tmp_path):
 
 
 def test_workers_stay_under_their_memory_cap_on_a_volume_four_times_larger(tmp_path):
-    cap_mb = 700.0
-    rows, cols, n_angles = 700, 1000, 12
+    cap_mb = 600.0
+    # 9600 slices of 256 x 256: a 2400 MB float32 volume, 4 times a worker's cap
+    rows, cols, n_angles = 9600, 256, 8
     volume_mb = rows * cols * cols * 4 / 2**20
-    assert volume_mb > 3.5 * cap_mb
+    assert volume_mb >= 4 * cap_mb
     angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
     path = tmp_path / "projections.h5"
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as h5:
         data = h5.create_dataset("/entry/data/data", (n_angles, rows, cols), dtype=np.float32)
-        for r0 in range(0, rows, 100):  # written slab-wise like a detector
-            data[:, r0 : r0 + 100] = rng.random((n_angles, 100, cols), dtype=np.float32)
+        for r0 in range(0, rows, 1200):  # written slab-wise like a detector
+            data[:, r0 : r0 + 1200] = rng.random((n_angles, 1200, cols), dtype=np.float32)
     settings = DaskSettings(n_workers=2, memory_limit_mb=cap_mb)
     with open_client(settings) as client:
         before = worker_ids(client)
