@@ -92,6 +92,9 @@ class DaskSettings(BaseModel):
     work_dir: Path | None = None
     #: Slices of context of the particle instances on each side of a slab.
     particle_halo: int = Field(24, ge=1)
+    #: Core slices (detector rows) per slab of every stage; None = the most that fit under
+    #: ``memory_limit_mb`` (services.slabs.tomo.slab_slices).
+    slab_slices: int | None = Field(None, ge=1)
 
 
 class BeamwatchSettings(BaseSettings):

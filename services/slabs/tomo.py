@@ -180,9 +180,7 @@ def reconstruct_slabs(
     per_slab = rows or recon_rows(n_angles, cols, memory_limit_mb)
     shape = (n_rows, cols, cols)
     # float32 grey levels hardly compress: stored raw, written at disk speed
-    out = create_zarr(
-        work_dir / "reconstruction.zarr", shape, np.float32, per_slab, compress=False
-    )
+    out = create_zarr(work_dir / "reconstruction.zarr", shape, np.float32, per_slab, compress=False)
     step = sample_step(shape)
     bounds = [(r0, min(r0 + per_slab, n_rows)) for r0 in range(0, n_rows, per_slab)]
     logger.info(

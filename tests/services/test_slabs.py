@@ -3,7 +3,9 @@ workers stay under their memory cap on a volume several times larger than it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -14,6 +16,7 @@ from pipelines.cracks.segment import CrackParams, map_cracks
 from pipelines.particles.analyze import ParticleParams, analyze_particles
 from pipelines.tomo.fbp import ReconParams, reconstruct
 from pipelines.tomo.simulate import simulate_scan
+from services.cli import main
 from services.core.settings import DaskSettings
 from services.slabs.cluster import open_client, worker_ids, worker_peak_memory_mb
 from services.slabs.stores import VolumeRef, open_volume
@@ -54,45 +57,87 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     return path, angles
 
 
-def test_slabs_on_a_cluster_equal_the_in_memory_pipelines(scan, tmp_path):
+@pytest.fixture(scope="module")
+def in_memory(scan) -> tuple[np.ndarray, Any, Any]:
+    """The in-memory pipelines on the scan: volume, crack map, particles."""
     path, angles = scan
     with h5py.File(path, "r") as h5:
         projections = h5["/entry/data/data"][()]
         flat, dark = h5["/entry/data/flat"][()], h5["/entry/data/dark"][()]
-    params = ReconParams(center="auto")
-    volume = reconstruct(projections, angles, flat=flat, dark=dark, params=params)
+    volume = reconstruct(projections, angles, flat=flat, dark=dark, params=ReconParams())
     cracks = map_cracks(volume)
-    particle_params = ParticleParams()
-    particles = analyze_particles(volume, crack_mask=cracks.crack_mask, params=particle_params)
+    particles = analyze_particles(volume, crack_mask=cracks.crack_mask, params=ParticleParams())
+    return volume, cracks, particles
 
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A LocalCluster of 2 worker processes shared by the tests of this module."""
+    with open_client(DaskSettings(n_workers=2, memory_limit_mb=1500)) as c:
+        yield c
+
+
+def _assert_same_particles(
+    labels: np.ndarray, table: np.ndarray, memory_labels: np.ndarray, memory_table: np.ndarray
+) -> None:
+    mapping = _label_pairs(memory_labels, labels)
+    assert len(table) == len(memory_table) == len(mapping) - 1
+    row_of = {int(k): i for i, k in enumerate(table["label"])}
+    rows = np.array([row_of[mapping[int(k)]] for k in memory_table["label"]])
+    for name in (
+        "volume_voxels",
+        "equivalent_diameter_px",
+        "centroid_z",
+        "centroid_y",
+        "centroid_x",
+        "surface_area_px2",
+        "sphericity",
+        "crack_fraction",
+        "touches_border",
+        "slice_z",
+        "flawed_slices",
+        "flawed",
+    ):
+        np.testing.assert_array_equal(table[name][rows], memory_table[name], err_msg=name)
+    # the flaw network scores the same crops in other batches
+    np.testing.assert_allclose(
+        table["slice_scores"][rows], memory_table["slice_scores"], rtol=0, atol=1e-5
+    )
+    # not computed on the slab path: unknown, never 0
+    assert np.isnan(table["detachment"]).all()
+
+
+def test_slabs_on_a_cluster_equal_the_in_memory_pipelines(scan, in_memory, client, tmp_path):
+    path, angles = scan
+    volume, cracks, particles = in_memory
+    params = ReconParams()
+    particle_params = ParticleParams()
     source = ProjectionFile(str(path), flat="/entry/data/flat", dark="/entry/data/dark")
-    settings = DaskSettings(n_workers=2, memory_limit_mb=1500)
-    with open_client(settings) as client:
-        recon = reconstruct_slabs(
-            client, source, angles, params, tmp_path, memory_limit_mb=1500, rows=7
-        )
-        slab_cracks = map_cracks_slabs(
-            client,
-            recon.volume,
-            recon.shape,
-            CrackParams(),
-            tmp_path,
-            memory_limit_mb=1500,
-            slab=6,
-            sample=recon.sample,
-        )
-        slab_particles = analyze_particles_slabs(
-            client,
-            recon.volume,
-            recon.shape,
-            particle_params,
-            tmp_path,
-            memory_limit_mb=1500,
-            crack_mask=slab_cracks.crack_mask,
-            halo=16,
-            slab=10,
-            levels=slab_cracks.levels,
-        )
+    recon = reconstruct_slabs(
+        client, source, angles, params, tmp_path, memory_limit_mb=1500, rows=7
+    )
+    slab_cracks = map_cracks_slabs(
+        client,
+        recon.volume,
+        recon.shape,
+        CrackParams(),
+        tmp_path,
+        memory_limit_mb=1500,
+        slab=6,
+        sample=recon.sample,
+    )
+    slab_particles = analyze_particles_slabs(
+        client,
+        recon.volume,
+        recon.shape,
+        particle_params,
+        tmp_path,
+        memory_limit_mb=1500,
+        crack_mask=slab_cracks.crack_mask,
+        halo=16,
+        slab=10,
+        levels=slab_cracks.levels,
+    )
 
     # reconstruction: detector rows are independent, the slabs give the same voxels
     np.testing.assert_array_equal(_read(recon.volume), volume)
@@ -119,39 +164,55 @@ def test_slabs_on_a_cluster_equal_the_in_memory_pipelines(scan, tmp_path):
 
     # particles: the same instances up to relabelling, with particles crossing slab borders
     labels = _read(slab_particles.labels)
-    mapping = _label_pairs(particles.labels, labels)
     crossing = [
-        z
-        for z in (10, 20, 30)
-        if set(np.unique(labels[z - 1])) & set(np.unique(labels[z])) - {0}
+        z for z in (10, 20, 30) if set(np.unique(labels[z - 1])) & set(np.unique(labels[z])) - {0}
     ]
     assert len(crossing) == 3, "the test volume must have particles crossing every border"
     assert slab_particles.n_slabs == 4
-    table, memory_table = slab_particles.table, particles.table
-    assert len(table) == len(memory_table) == len(mapping) - 1
-    row_of = {int(k): i for i, k in enumerate(table["label"])}
-    rows = np.array([row_of[mapping[int(k)]] for k in memory_table["label"]])
-    for name in (
-        "volume_voxels",
-        "equivalent_diameter_px",
-        "centroid_z",
-        "centroid_y",
-        "centroid_x",
-        "surface_area_px2",
-        "sphericity",
-        "crack_fraction",
-        "touches_border",
-        "slice_z",
-        "flawed_slices",
-        "flawed",
-    ):
-        np.testing.assert_array_equal(table[name][rows], memory_table[name], err_msg=name)
-    # the flaw network scores the same crops in other batches
-    np.testing.assert_allclose(
-        table["slice_scores"][rows], memory_table["slice_scores"], rtol=0, atol=1e-5
+    _assert_same_particles(labels, slab_particles.table, particles.labels, particles.table)
+
+
+def test_cli_runs_slab_by_slab_on_a_scheduler_address(scan, in_memory, client, tmp_path):
+    path, _ = scan
+    volume, cracks, particles = in_memory
+    config = tmp_path / "beamwatch.yml"
+    config.write_text(
+        "dask:\n"
+        f"  scheduler_address: {client.scheduler.address}\n"
+        f"  work_dir: {tmp_path / 'work'}\n"
+        "  slab_slices: 16\n"
+        "  particle_halo: 16\n"
     )
-    # not computed on the slab path: unknown, never 0
-    assert np.isnan(table["detachment"]).all()
+    rec, crk, par = tmp_path / "rec.h5", tmp_path / "cracks.h5", tmp_path / "particles.h5"
+    base = ["--config", str(config)]
+    assert main([*base, "tomo", "reconstruct", str(path), "-o", str(rec), "--slabs", "always"]) == 0
+    assert main([*base, "cracks", "map", str(rec), "-o", str(crk), "--slabs", "always"]) == 0
+    args = ["particles", "analyze", str(rec), "--cracks", str(crk), "-o", str(par)]
+    assert main([*base, *args, "--slabs", "always"]) == 0
+    with h5py.File(rec) as h5:
+        np.testing.assert_array_equal(h5["/entry/data/data"][()], volume)
+    with h5py.File(crk) as h5:
+        np.testing.assert_array_equal(h5["/cracks/mask"][()], cracks.crack_mask)
+        np.testing.assert_array_equal(
+            h5["/cracks/damage_density"][()], cracks.quantification.damage_density
+        )
+        assert h5["/cracks/correlation"].attrs["pearson_r"] == (
+            cracks.quantification.volume_fit.pearson_r
+        )
+    with h5py.File(par) as h5:
+        _assert_same_particles(
+            h5["/particles/labels"][()],
+            h5["/particles/table"][()],
+            particles.labels,
+            particles.table,
+        )
+        assert h5["/particles"].attrs["slabs"] == 3
+    assert not any((tmp_path / "work").iterdir()), "the work directory is left behind"
+    # what the slab path cannot do is refused with a message, not done differently
+    assert (
+        main([*base, "cracks", "map", str(rec), "-o", str(crk), "--slabs", "always", "--baseline"])
+        == 2
+    )
 
 
 def test_workers_stay_under_their_memory_cap_on_a_volume_four_times_larger(tmp_path):
