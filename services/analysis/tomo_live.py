@@ -75,7 +75,7 @@ class CracksPipeline:
     name = "cracks"
     version = "1"
 
-    def __init__(self, start: dict[str, Any], *, figures_dir: Path) -> None:
+    def __init__(self, start: dict[str, Any], *, figures_dir: Path, slabs: Any = None) -> None:
         from pipelines.cracks.segment import CrackParams
         from pipelines.tomo.fbp import ReconParams
 
@@ -94,6 +94,8 @@ class CracksPipeline:
         self._voxel_um = voxel_size_from_start(start)
         self._frames: dict[str, list[np.ndarray]] = {"primary": [], "flat": [], "dark": []}
         self._angles: list[float] = []
+        #: services.analysis.tomo_slabs.SlabConfig: big tomograms go slab by slab on Dask
+        self._slabs = slabs
 
     def on_frame(self, frame: Frame, out: ResultWriter) -> None:
         image: np.ndarray | None
@@ -119,6 +121,10 @@ class CracksPipeline:
             raise ValueError(
                 f"a tomogram needs at least 2 projections, got {len(self._frames['primary'])}"
             )
+        rows, cols = np.shape(self._frames["primary"][0])
+        if self._slabs is not None and self._slabs.wanted(rows, cols):
+            self._on_stop_slabs(out)
+            return
         t0 = time.monotonic()
         projections = np.stack(self._frames["primary"])
         flat = np.stack(self._frames["flat"]) if self._frames["flat"] else None
@@ -196,16 +202,83 @@ class CracksPipeline:
             extra={"run_uid": self._uid},
         )
 
-    def _particles(self, volume: np.ndarray, cracks: np.ndarray, out: ResultWriter) -> None:
-        """Second stage: every particle once (even when cracked), flaws, detachment, stats."""
-        from pipelines.particles.analyze import ParticleParams, analyze_particles
-        from pipelines.particles.stats import StatsParams, particle_statistics
+    def _on_stop_slabs(self, out: ResultWriter) -> None:
+        """The after-scan stages slab by slab on the Dask cluster (volume > dask.threshold_mb)."""
+        from pipelines.particles.analyze import ParticleParams
+        from services.analysis.tomo_slabs import run_slab_stages
 
         params = ParticleParams(**self._particle_params)
-        # Unknown voxel size: lengths in px (1 px per voxel); the paper's 11 um small/large
-        # split has no meaning in px and is not reported.
-        stats_params = StatsParams(**{**self._stats_params, "voxel_size_um": self._voxel_um or 1.0})
-        unit = "um" if self._voxel_um is not None else "px"
+        cracks_complete: list[bool] = []
+
+        def cracks_done(q: Any, numbers: dict[str, Any]) -> None:
+            out.array("depth_profile", q.depth_profile, dims=["z"])
+            out.array("damage_histogram", q.damage_histogram, dims=["z", "bin"])
+            out.array("histogram_edges", q.histogram_edges, dims=["edge"])
+            out.array(
+                "layer_fit",
+                np.stack([q.layer_slope, q.layer_intercept, q.layer_pearson_r], axis=1),
+                dims=["z", "slope_intercept_r"],
+            )
+            figures = self._figures(q, out)
+            particles_out = out.sibling("particles")
+            particles_out.container(
+                {
+                    "source_run_uid": self._uid,
+                    "pipeline": "particles",
+                    "version": self.version,
+                    "status": "queued",
+                }
+            )
+            fit = q.volume_fit
+            out.metadata(
+                {
+                    "volume_fit": {
+                        "slope": fit.slope,
+                        "intercept": fit.intercept,
+                        "pearson_r": fit.pearson_r,
+                        "n_samples": fit.n_samples,
+                    },
+                    "window": q.window,
+                    **numbers,
+                    "figures": figures,
+                    "status": "complete",
+                }
+            )
+            self._particles_container(particles_out, params)
+            cracks_complete.append(True)
+
+        def particles_done(
+            table: np.ndarray, shape: Any, particles_out: ResultWriter, seconds: float
+        ) -> None:
+            self._particle_results(table, shape[0], particles_out, seconds, {"slabs": seconds})
+
+        try:
+            run_slab_stages(
+                self._slabs,
+                uid=self._uid,
+                frames=self._frames,
+                angles=self._angles,
+                recon_params=self._recon_params,
+                crack_params=self._crack_params,
+                particle_params=params,
+                out=out,
+                cracks_done=cracks_done,
+                particles_done=particles_done,
+            )
+        except Exception as exc:
+            if not cracks_complete:
+                raise  # the crack stage failed: the router reports it
+            logger.error(
+                "particle analysis (slabs) failed: %s",
+                exc,
+                exc_info=True,
+                extra={"run_uid": self._uid},
+            )
+            out.sibling("particles").metadata(
+                {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            )
+
+    def _particles_container(self, out: ResultWriter, params: Any) -> None:
         out.container(
             {
                 "source_run_uid": self._uid,
@@ -214,43 +287,75 @@ class CracksPipeline:
                 "status": "running",
                 "parameters": {
                     "particles": params.model_dump(mode="json"),
-                    "statistics": stats_params.model_dump(mode="json"),
+                    "statistics": self._stats_params_model().model_dump(mode="json"),
                 },
             }
         )
+
+    def _stats_params_model(self) -> Any:
+        from pipelines.particles.stats import StatsParams
+
+        # Unknown voxel size: lengths in px (1 px per voxel); the paper's 11 um small/large
+        # split has no meaning in px and is not reported.
+        return StatsParams(**{**self._stats_params, "voxel_size_um": self._voxel_um or 1.0})
+
+    def _particles(self, volume: np.ndarray, cracks: np.ndarray, out: ResultWriter) -> None:
+        """Second stage: every particle once (even when cracked), flaws, detachment, stats."""
+        from pipelines.particles.analyze import ParticleParams, analyze_particles
+
+        params = ParticleParams(**self._particle_params)
+        self._particles_container(out, params)
         try:
             t0 = time.monotonic()
             result = analyze_particles(volume, crack_mask=cracks.astype(bool), params=params)
-            stats = particle_statistics(result.table, depth=volume.shape[0], params=stats_params)
             out.array("labels", result.labels.astype(np.int32), dims=["z", "y", "x"])
-            scalar = [n for n in (result.table.dtype.names or ()) if result.table[n].ndim == 1]
-            out.table_rows("table", {n: result.table[n].tolist() for n in scalar})
-            out.array("slice_scores", result.table["slice_scores"], dims=["particle", "slice"])
-            out.array("size_counts", stats.size_counts, dims=["bin"])
-            out.array(f"size_edges_{unit}", stats.size_edges_um, dims=["edge"])
-            out.array("detachment_counts", stats.detachment_counts, dims=["bin"])
-            out.array("detachment_edges", stats.detachment_edges, dims=["edge"])
-            figures = self._particle_figures(stats, out, unit)
-            out.metadata(
-                {
-                    "status": "complete",
-                    "particles": int(len(result.table)),
-                    "flawed_fraction": _finite(stats.overall.flawed_fraction),
-                    "mean_detachment": _finite(stats.overall.mean_detachment),
-                    "n_excluded_border": int(stats.n_excluded_border),
-                    "length_unit": unit,
-                    "voxel_size_um": self._voxel_um,
-                    "size_threshold_um": stats_params.size_threshold_um if self._voxel_um else None,
-                    "seconds": time.monotonic() - t0,
-                    "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-                    "figures": figures,
-                }
+            self._particle_results(
+                result.table, volume.shape[0], out, time.monotonic() - t0, result.seconds
             )
         except Exception as exc:
             logger.error(
                 "particle analysis failed: %s", exc, exc_info=True, extra={"run_uid": self._uid}
             )
             out.metadata({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+
+    def _particle_results(
+        self,
+        table: np.ndarray,
+        depth: int,
+        out: ResultWriter,
+        seconds: float,
+        stage_seconds: dict[str, float],
+    ) -> None:
+        """Table, statistics, figures and metadata of the particle stage."""
+        from pipelines.particles.stats import particle_statistics
+
+        stats_params = self._stats_params_model()
+        unit = "um" if self._voxel_um is not None else "px"
+        t0 = time.monotonic() - seconds
+        stats = particle_statistics(table, depth=depth, params=stats_params)
+        scalar = [n for n in (table.dtype.names or ()) if table[n].ndim == 1]
+        out.table_rows("table", {n: table[n].tolist() for n in scalar})
+        out.array("slice_scores", table["slice_scores"], dims=["particle", "slice"])
+        out.array("size_counts", stats.size_counts, dims=["bin"])
+        out.array(f"size_edges_{unit}", stats.size_edges_um, dims=["edge"])
+        out.array("detachment_counts", stats.detachment_counts, dims=["bin"])
+        out.array("detachment_edges", stats.detachment_edges, dims=["edge"])
+        figures = self._particle_figures(stats, out, unit)
+        out.metadata(
+            {
+                "status": "complete",
+                "particles": int(len(table)),
+                "flawed_fraction": _finite(stats.overall.flawed_fraction),
+                "mean_detachment": _finite(stats.overall.mean_detachment),
+                "n_excluded_border": int(stats.n_excluded_border),
+                "length_unit": unit,
+                "voxel_size_um": self._voxel_um,
+                "size_threshold_um": stats_params.size_threshold_um if self._voxel_um else None,
+                "seconds": time.monotonic() - t0,
+                "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
+                "figures": figures,
+            }
+        )
 
     def _particle_figures(self, stats: Any, out: ResultWriter, unit: str) -> dict[str, str]:
         def sizes(fig: Any) -> None:
