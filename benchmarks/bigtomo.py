@@ -107,6 +107,14 @@ def run_slabs(
         )
         seconds["reconstruction"] = time.perf_counter() - t0
         peak_recon = worker_peak_memory_mb(client)
+        if args.stages == "reconstruction":
+            return {
+                "seconds": seconds,
+                "peak_mb": peak_recon,
+                "peak_mb_after_reconstruction": peak_recon,
+                "restarted": worker_ids(client) != pids,
+                "recon": recon,
+            }
         t0 = time.perf_counter()
         cracks = map_cracks_slabs(
             client,
@@ -231,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare", action=argparse.BooleanOptionalAction, default=None, help="vs in-memory"
     )
+    parser.add_argument(
+        "--stages",
+        choices=("all", "reconstruction"),
+        default="all",
+        help="'reconstruction': only the first stage (a quick look at a large size)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     n_angles = args.angles or max(8, args.size * 3 // 4)
@@ -261,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
             + f"  (cap {args.cap_mb:.0f}; under the cap: {max(peaks.values()) < args.cap_mb}; "
             f"worker restarted: {result['restarted']})"
         )
+        report: dict[str, Any] = {
+            "size": args.size,
+            "angles": n_angles,
+            "cap_mb": args.cap_mb,
+            "workers": args.workers,
+            "seconds": result["seconds"],
+            "peak_mb": list(peaks.values()),
+            "restarted": result["restarted"],
+        }
+        if args.stages == "reconstruction":
+            if args.json is not None:
+                args.json.write_text(json.dumps(report, indent=2, default=str))
+            return 0 if max(peaks.values()) < args.cap_mb and not result["restarted"] else 1
         stats = result["stats"]
         crack_fraction = result["cracks"].crack_area.sum() / max(
             1, result["cracks"].particle_area.sum()
@@ -272,16 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{stats.overall.flawed_fraction:.3f}, crack fraction "
             f"{crack_fraction:.4f}"
         )
-        report: dict[str, Any] = {
-            "size": args.size,
-            "angles": n_angles,
-            "cap_mb": args.cap_mb,
-            "workers": args.workers,
-            "seconds": result["seconds"],
-            "peak_mb": list(peaks.values()),
-            "restarted": result["restarted"],
-            "particles": len(result["particles"].table),
-        }
+        report["particles"] = len(result["particles"].table)
         if check:
             cmp = compare(path, angles, result)
             print(f"  in-memory pipelines: {cmp['in_memory_seconds']:.1f} s")
