@@ -18,7 +18,7 @@ from tests.services.test_ingest_e2e import live_publisher, start_consumers
 
 def test_live_tomogram_above_the_threshold_goes_slab_by_slab(consumer_settings, tiled_client):
     settings, detector = consumer_settings
-    shape = (12, 64, 64)
+    shape = (8, 64, 64)
     volume = make_cathode_volume(shape, seed=11)
     angles = np.linspace(0.0, 180.0, 48, endpoint=False)
     frames = simulate_scan(volume.attenuation, angles, seed=4)
@@ -30,7 +30,7 @@ def test_live_tomogram_above_the_threshold_goes_slab_by_slab(consumer_settings, 
             scheduler_address=client.scheduler.address,
             threshold_mb=0.0,  # every tomogram is "big"
             slab_slices=4,
-            particle_halo=8,
+            particle_halo=4,
         )
         settings = settings.model_copy(update={"dask": dask})
         raw, ana = start_consumers(settings)
