@@ -11,7 +11,13 @@ import argparse
 import platform
 import sys
 
-from benchmarks import particles_benchmark, tomo_benchmark, tomo_live_benchmark, xanes_benchmark
+from benchmarks import (
+    bigtomo,
+    particles_benchmark,
+    tomo_benchmark,
+    tomo_live_benchmark,
+    xanes_benchmark,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         ("xanes", xanes_benchmark.main, []),
         ("tomo", tomo_benchmark.main, tomo_args),
         ("particles", particles_benchmark.main, []),
+        # slab by slab on Dask vs in memory; `python -m benchmarks.bigtomo --size 1024` for more
+        ("bigtomo 128^3", bigtomo.main, ["--size", "128", "--slab", "32"]),
     ]
     if args.full_size:
         runs += [
