@@ -99,7 +99,6 @@ def _recon_task(
     threads: int,
 ) -> np.ndarray:
     import h5py
-    import torch
 
     from pipelines.slabs import regular_sample
     from pipelines.tomo.fbp import ReconParams, reconstruct
@@ -115,7 +114,6 @@ def _recon_task(
         flat=flat,
         dark=dark,
         params=ReconParams(**params),
-        device=torch.device("cpu"),
     )
     del projections
     write_slices(out, r0, volume)
