@@ -35,7 +35,9 @@ def open_client(settings: DaskSettings) -> Iterator[Any]:
             threads_per_worker=settings.threads_per_worker,
             processes=True,
             memory_limit=int(settings.memory_limit_mb * 2**20),
-            dashboard_address=None,
+            # a free loopback port: None would mean the default :8787, which another
+            # cluster (or process) on this machine may hold
+            dashboard_address="127.0.0.1:0",
             host="127.0.0.1",
         ) as cluster,
         Client(cluster) as client,
