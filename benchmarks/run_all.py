@@ -13,6 +13,7 @@ import sys
 
 from benchmarks import (
     bigtomo,
+    bus_throughput,
     particles_benchmark,
     tomo_benchmark,
     tomo_live_benchmark,
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         ("particles", particles_benchmark.main, []),
         # slab by slab on Dask vs in memory; `python -m benchmarks.bigtomo --size 1024` for more
         ("bigtomo 128^3", bigtomo.main, ["--size", "128", "--slab", "32"]),
+        ("bus", bus_throughput.main, []),
     ]
     if args.full_size:
         runs += [

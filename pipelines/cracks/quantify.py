@@ -33,6 +33,11 @@ class QuantifyParams(BaseModel):
         default=None, description="Sampling step of the correlation; None = window // 2."
     )
     histogram_bins: PositiveInt = 20
+    n_layers: PositiveInt = Field(
+        default=8,
+        description="Slabs of equal thickness along z for the layer-by-layer fit and the "
+        "top/bottom damage distributions (pipelines.cracks.layers); at most the slice count.",
+    )
     histogram_max: float | None = Field(
         default=None,
         gt=0.0,

@@ -97,3 +97,62 @@ def instance_scores(
         n_matched=n_matched,
         n_split=n_split,
     )
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Binary confusion matrix.
+
+    Parameters
+    ----------
+    truth, predicted : numpy.ndarray
+        (n,) bool or 0/1 true and predicted classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (2, 2): rows are the true class (0, 1), columns the predicted one, i.e.
+        ``[[tn, fp], [fn, tp]]``.
+    """
+    t = np.asarray(truth).astype(bool).ravel()
+    p = np.asarray(predicted).astype(bool).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"truth and predicted must have one length, got {t.size} and {p.size}")
+    out = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(out, (t.astype(int), p.astype(int)), 1)
+    return out
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Receiver operating characteristic of a score.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        (n,) classifier scores (higher = more likely positive).
+    labels : numpy.ndarray
+        (n,) bool or 0/1 true classes; both classes must be present.
+
+    Returns
+    -------
+    fpr, tpr, thresholds : numpy.ndarray
+        False and true positive rates of the rule ``score >= threshold`` for every distinct
+        score, from ``(0, 0)`` (threshold +inf) to ``(1, 1)``; the trapezoid area under it
+        equals the Mann-Whitney AUC (ties counted half).
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).astype(bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels must have one length, got {s.size} and {y.size}")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("labels must hold both classes")
+    thresholds = np.unique(s)[::-1]
+    order = np.argsort(-s, kind="mergesort")
+    sorted_s, sorted_y = s[order], y[order]
+    # positives / negatives scoring >= each distinct threshold
+    last = np.searchsorted(-sorted_s, -thresholds, side="right")
+    tp = np.cumsum(sorted_y)[last - 1]
+    fp = np.cumsum(~sorted_y)[last - 1]
+    fpr = np.concatenate([[0.0], fp / n_neg])
+    tpr = np.concatenate([[0.0], tp / n_pos])
+    return fpr, tpr, np.concatenate([[np.inf], thresholds])

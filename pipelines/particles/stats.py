@@ -136,3 +136,109 @@ def particle_statistics(
         ],
         n_excluded_border=int(border.sum()) if p.exclude_border else 0,
     )
+
+
+def flawed_fraction_by_required_slices(flawed_slices: np.ndarray, n_slices: int = 10) -> np.ndarray:
+    """Share of particles called flawed when k = 1 .. ``n_slices`` flawed slices are required.
+
+    The flaw-classification seed paper calls a particle flawed from its 10 slice scores; how
+    the flawed fraction depends on that rule shows how robust a reported fraction is.
+
+    Parameters
+    ----------
+    flawed_slices : numpy.ndarray
+        (n,) integer number of flawed slices of each particle (0 .. ``n_slices``).
+    n_slices : int, optional
+        Slices scored per particle.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (n_slices,): entry ``k - 1`` is the share of particles with at least ``k``
+        flawed slices; NaN when there is no particle.
+    """
+    counts = np.asarray(flawed_slices)
+    if counts.ndim != 1:
+        raise ValueError(f"flawed_slices must be 1-D, got shape {counts.shape}")
+    if n_slices < 1:
+        raise ValueError(f"n_slices must be >= 1, got {n_slices}")
+    if counts.size and (counts.min() < 0 or counts.max() > n_slices):
+        raise ValueError(f"flawed_slices must lie in 0..{n_slices}")
+    if counts.size == 0:
+        return np.full(n_slices, np.nan)
+    required = np.arange(1, n_slices + 1)
+    return (counts[None, :] >= required[:, None]).mean(axis=1).astype(np.float64)
+
+
+@dataclass
+class DetachmentBySize:
+    """Detachment distributions of the small and the large particles (the seed's Fig. 4b, c).
+
+    Attributes
+    ----------
+    edges : numpy.ndarray
+        (bins + 1,) bin edges on [0, 1].
+    small_counts, large_counts : numpy.ndarray
+        int64 (bins,) particles per bin (particles with a known detachment only).
+    small_probability, large_probability : numpy.ndarray
+        float64 (bins,) counts / group size; NaN for an empty group.
+    threshold : float
+        Equivalent diameter separating the groups (small < threshold <= large).
+    """
+
+    edges: np.ndarray
+    small_counts: np.ndarray
+    large_counts: np.ndarray
+    small_probability: np.ndarray
+    large_probability: np.ndarray
+    threshold: float
+
+
+def detachment_by_size(
+    diameter: np.ndarray, detachment: np.ndarray, *, threshold: float, bins: int = 10
+) -> DetachmentBySize:
+    """Detachment distribution of particles below and at or above a diameter threshold.
+
+    Parameters
+    ----------
+    diameter : numpy.ndarray
+        (n,) equivalent diameters, in the unit of ``threshold``.
+    detachment : numpy.ndarray
+        (n,) degree of detachment on [0, 1]; NaN (unknown) rows are left out.
+    threshold : float
+        Diameter separating small from large particles (> 0).
+    bins : int, optional
+        Equal bins on [0, 1].
+
+    Returns
+    -------
+    DetachmentBySize
+    """
+    d = np.asarray(diameter, dtype=np.float64)
+    det = np.asarray(detachment, dtype=np.float64)
+    if d.ndim != 1 or det.shape != d.shape:
+        raise ValueError(
+            f"diameter and detachment must be 1-D of one length, got {d.shape}, {det.shape}"
+        )
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a positive length, got {threshold}")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    known = np.isfinite(det) & np.isfinite(d)
+    small = known & (d < threshold)
+    large = known & (d >= threshold)
+    small_counts, edges = np.histogram(det[small], bins=bins, range=(0.0, 1.0))
+    large_counts, _ = np.histogram(det[large], bins=bins, range=(0.0, 1.0))
+
+    def probability(counts: np.ndarray) -> np.ndarray:
+        total = counts.sum()
+        return counts / total if total else np.full(bins, np.nan)
+
+    return DetachmentBySize(
+        edges=edges,
+        small_counts=small_counts.astype(np.int64),
+        large_counts=large_counts.astype(np.int64),
+        small_probability=probability(small_counts),
+        large_probability=probability(large_counts),
+        threshold=float(threshold),
+    )

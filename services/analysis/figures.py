@@ -13,15 +13,16 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def render_png(
-    draw: Callable[[Any], None], path: Path, *, size: tuple[float, float] = (6, 4)
-) -> np.ndarray:
-    """Draw with matplotlib (Agg) into ``path`` and return the image as (H, W, 3) uint8."""
+#: A figure: a drawing function, or (drawing function, (width, height) in inches).
+Drawer = Callable[[Any], None] | tuple[Callable[[Any], None], tuple[float, float]]
+
+
+def png_bytes(draw: Callable[[Any], None], *, size: tuple[float, float] = (6, 4)) -> bytes:
+    """Draw with matplotlib (Agg) on a new figure of ``size`` inches and return the PNG."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     fig = plt.figure(figsize=size, dpi=100)
     try:
@@ -31,17 +32,43 @@ def render_png(
         fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def render_png(
+    draw: Callable[[Any], None], path: Path, *, size: tuple[float, float] = (6, 4)
+) -> np.ndarray:
+    """Draw with matplotlib (Agg) into ``path`` and return the image as (H, W, 3) uint8."""
+    from PIL import Image
+
+    data = png_bytes(draw, size=size)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def length_unit(size_um: float | None) -> str:
+    """The unit lengths are shown in: um when the pixel / voxel size is known, else px."""
+    return "um" if size_um else "px"
+
+
+def map_extent(shape: tuple[int, ...], size_um: float | None) -> list[float]:
+    """imshow ``extent`` (left, right, bottom, top) of an (H, W) map in :func:`length_unit`."""
+    scale = float(size_um) if size_um else 1.0
+    return [0.0, shape[-1] * scale, shape[-2] * scale, 0.0]
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A float for metadata, None where the value is unknown (NaN / inf)."""
+    number = float(value)
+    return number if np.isfinite(number) else None
 
 
 def publish_figures(
     out: Any,
     directory: Path,
     prefix: str,
-    drawers: Sequence[tuple[str, Callable[[Any], None]]],
+    drawers: Sequence[tuple[str, Drawer]],
     *,
     run_uid: str,
 ) -> dict[str, str]:
@@ -51,10 +78,11 @@ def publish_figures(
     A figure is a preview: one that fails is logged and skipped, the others still go out.
     """
     paths: dict[str, str] = {}
-    for name, draw in drawers:
+    for name, drawer in drawers:
+        draw, size = drawer if isinstance(drawer, tuple) else (drawer, (6.0, 4.0))
         path = directory / f"{prefix}_{name}.png"
         try:
-            rgb = render_png(draw, path)
+            rgb = render_png(draw, path, size=size)
         except Exception:
             logger.warning("figure %s failed", name, exc_info=True, extra={"run_uid": run_uid})
             continue

@@ -9,8 +9,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from services.core.layout import analysis_path
 from services.runs.frames import Frame
 from services.runs.routing import Doc
+from services.tiled.records import ArrayRows, ArrayWrite, Container, Metadata, TableRows
 from services.tiled.spool import Spool
 
 
@@ -21,7 +23,7 @@ class ResultWriter:
         self._spool = spool
         self.run_uid = run_uid
         self.pipeline = pipeline
-        self.path = ["analysis", run_uid, pipeline]
+        self.path = tuple(analysis_path(run_uid, pipeline))
         self._rows: dict[str, int] = {}
         self._table_rows: dict[str, int] = {}
 
@@ -30,10 +32,10 @@ class ResultWriter:
         return ResultWriter(self._spool, self.run_uid, pipeline)
 
     def container(self, metadata: dict[str, Any], sub: list[str] | None = None) -> None:
-        self._spool.put({"op": "container", "path": self.path + (sub or []), "metadata": metadata})
+        self._spool.put(Container((*self.path, *(sub or [])), metadata))
 
     def metadata(self, metadata: dict[str, Any]) -> None:
-        self._spool.put({"op": "metadata", "path": self.path, "metadata": metadata})
+        self._spool.put(Metadata(self.path, metadata))
 
     def array(
         self,
@@ -46,14 +48,7 @@ class ResultWriter:
     ) -> None:
         """Write (or replace) a whole array, optionally in a sub-container."""
         self._spool.put(
-            {
-                "op": "array",
-                "path": self.path + (sub or []),
-                "key": key,
-                "array": np.asarray(array),
-                "dims": dims,
-                "metadata": md,
-            }
+            ArrayWrite((*self.path, *(sub or [])), key, np.asarray(array), dims=dims, metadata=md)
         )
 
     def rows(
@@ -62,17 +57,7 @@ class ResultWriter:
         """Append ``rows`` along ``axis`` of a growing array; return the offset written at."""
         offset = self._rows.get(key, 0)
         rows = np.asarray(rows)
-        self._spool.put(
-            {
-                "op": "array_rows",
-                "path": self.path,
-                "key": key,
-                "array": rows,
-                "offset": offset,
-                "axis": axis,
-                "dims": dims,
-            }
-        )
+        self._spool.put(ArrayRows(self.path, key, rows, offset=offset, axis=axis, dims=dims))
         self._rows[key] = offset + rows.shape[axis]
         return offset
 
@@ -80,9 +65,7 @@ class ResultWriter:
         """Append rows (columns of equal length) to an appendable table."""
         n = len(next(iter(columns.values())))
         offset = self._table_rows.get(key, 0)
-        self._spool.put(
-            {"op": "table_rows", "path": self.path, "key": key, "rows": columns, "offset": offset}
-        )
+        self._spool.put(TableRows(self.path, key, columns, offset=offset))
         self._table_rows[key] = offset + n
 
 

@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from services.analysis.results import PipelineRun, ResultWriter
+from services.core.layout import FRAMES, Status, analysis_path
 from services.core.metrics import Metrics
 from services.runs.frames import Frame, FrameAssembler, Hdf5Reader
-from services.runs.routing import ARRIVAL, Doc, RunRouter
+from services.runs.routing import ARRIVAL, REPLAYING, Doc, RunRouter
+from services.tiled.records import Container
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class PipelineRegistry:
 class FrameStatsPipeline:
     """Per-frame statistics of every image: a light preview any imaging run gets."""
 
-    name = "frames"
+    name = FRAMES.pipeline
     version = "1"
 
     def __init__(self, start: Doc) -> None:
@@ -82,7 +84,7 @@ class FrameStatsPipeline:
         for key, image in frame.images.items():
             img = np.asarray(image, dtype=np.float64)
             out.table_rows(
-                "frame_stats",
+                FRAMES.frame_stats,
                 {
                     "seq_num": [frame.seq_num],
                     "data_key": [key],
@@ -137,20 +139,14 @@ class AnalysisRunRouter(RunRouter):
             self._pipelines.append((run, out))
 
     def start(self, doc: Doc) -> None:
-        self._spool.put(
-            {
-                "op": "container",
-                "path": ["analysis", self._uid],
-                "metadata": {"source_run_uid": self._uid},
-            }
-        )
+        self._spool.put(Container(tuple(analysis_path(self._uid)), {"source_run_uid": self._uid}))
         for run, out in self._pipelines:
             out.container(
                 {
                     "source_run_uid": self._uid,
                     "pipeline": run.name,
                     "version": run.version,
-                    "status": "running",
+                    "status": Status.RUNNING,
                     "parameters": run.parameters,
                     "plan_name": doc.get("plan_name"),
                 }
@@ -205,7 +201,7 @@ class AnalysisRunRouter(RunRouter):
             # "complete" only when every frame is in; otherwise say which are missing
             out.metadata(
                 {
-                    "status": "incomplete" if self._missing else "complete",
+                    "status": Status.INCOMPLETE if self._missing else Status.COMPLETE,
                     "missing_seq_nums": self._missing,
                     "stop_lost": doc is None,
                     "bad_fields": self._bad_fields,
@@ -216,13 +212,15 @@ class AnalysisRunRouter(RunRouter):
     def close(self) -> None:
         for run, out in self._pipelines:
             if run.name not in self._failed:
-                out.metadata({"status": "interrupted"})
+                out.metadata({"status": Status.INTERRUPTED})
         self._assembler.close()
 
     # ---- internals ---------------------------------------------------------------------------
     def _process(self, frames: list[Frame]) -> None:
         arrival = ARRIVAL.get(None)
+        replayed = REPLAYING.get()
         for frame in frames:
+            frame.replayed = replayed
             if arrival is not None and not frame.recovered:
                 frame.received = arrival
             for run, out in self._pipelines:
@@ -263,7 +261,8 @@ class AnalysisRunRouter(RunRouter):
                     )
                     continue
                 frames.append(frame)
-                self._metrics.messages_recovered.labels(self._metrics.service, "event").inc()
+                if not REPLAYING.get():  # counted when it was recovered the first time
+                    self._metrics.messages_recovered.labels(self._metrics.service, "event").inc()
             self._process(frames)
         self._lost.clear()
 
@@ -275,7 +274,7 @@ class AnalysisRunRouter(RunRouter):
         )
         out.metadata(
             {
-                "status": "failed",
+                "status": Status.FAILED,
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exception(exc)[-5:],
             }

@@ -10,7 +10,7 @@ Writes under ``analysis/<run uid>/cracks/``:
 ``particle_density``      float32 (Z, Y, X) particle share of the moving window
 ``damage_histogram``      float64 (Z, bins), ``histogram_edges`` (bins + 1,)
 ``layer_fit``             float64 (Z, 3): slope, intercept, Pearson r per slice
-``figures/<name>``        damage maps (top, bottom), depth profile, correlation scatter
+``figures/<name>``        and the numbers behind them: see :mod:`services.analysis.tomo_figures`
 metadata                  volume fit (slope, intercept, pearson_r, n), timings, figures
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from services.analysis.figures import publish_figures
 from services.analysis.results import ResultWriter
+from services.core.layout import CRACKS, PARTICLES, Status
 from services.runs.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def voxel_size_from_start(start: dict[str, Any]) -> float | None:
 
 
 class CracksPipeline:
-    name = "cracks"
+    name = CRACKS.pipeline
     version = "1"
 
     def __init__(self, start: dict[str, Any], *, figures_dir: Path, slabs: Any = None) -> None:
@@ -133,7 +133,7 @@ class CracksPipeline:
             projections, np.asarray(self._angles), flat=flat, dark=dark, params=self._recon_params
         )
         t_recon = time.monotonic() - t0
-        out.array("reconstruction", volume, dims=["z", "y", "x"])
+        out.array(CRACKS.reconstruction, volume, dims=["z", "y", "x"])
         threshold = solid_threshold(volume)
         params = self._crack_params.model_copy(
             update={
@@ -145,17 +145,17 @@ class CracksPipeline:
         for piece in iter_crack_slices(volume, params):
             cracks[piece.z] = piece.crack
             particles[piece.z] = piece.particle
-            out.rows("mask", piece.crack[None], dims=["z", "y", "x"])
-            out.rows("particle_mask", piece.particle[None], dims=["z", "y", "x"])
+            out.rows(CRACKS.mask, piece.crack[None], dims=["z", "y", "x"])
+            out.rows(CRACKS.particle_mask, piece.particle[None], dims=["z", "y", "x"])
         t_cracks = time.monotonic() - t0 - t_recon
         q = quantify_damage(cracks, particles, params.quantify, workers=params.n_workers())
-        out.array("depth_profile", q.depth_profile, dims=["z"])
-        out.array("damage_density", q.damage_density, dims=["z", "y", "x"])
-        out.array("particle_density", q.particle_density, dims=["z", "y", "x"])
-        out.array("damage_histogram", q.damage_histogram, dims=["z", "bin"])
-        out.array("histogram_edges", q.histogram_edges, dims=["edge"])
+        out.array(CRACKS.depth_profile, q.depth_profile, dims=["z"])
+        out.array(CRACKS.damage_density, q.damage_density, dims=["z", "y", "x"])
+        out.array(CRACKS.particle_density, q.particle_density, dims=["z", "y", "x"])
+        out.array(CRACKS.damage_histogram, q.damage_histogram, dims=["z", "bin"])
+        out.array(CRACKS.histogram_edges, q.histogram_edges, dims=["edge"])
         out.array(
-            "layer_fit",
+            CRACKS.layer_fit,
             np.stack([q.layer_slope, q.layer_intercept, q.layer_pearson_r], axis=1),
             dims=["z", "slope_intercept_r"],
         )
@@ -163,13 +163,13 @@ class CracksPipeline:
         fit = q.volume_fit
         # the particle stage is announced before the crack map is declared complete, so a
         # watcher waiting for every container of the run to be final waits for it too
-        particles_out = out.sibling("particles")
+        particles_out = out.sibling(PARTICLES.pipeline)
         particles_out.container(
             {
                 "source_run_uid": self._uid,
-                "pipeline": "particles",
+                "pipeline": PARTICLES.pipeline,
                 "version": self.version,
-                "status": "queued",
+                "status": Status.QUEUED,
             }
         )
         out.metadata(
@@ -189,7 +189,7 @@ class CracksPipeline:
                 "figures": figures,
                 # the crack map is whole now: a viewer need not wait for the particle stage
                 # (minutes at 512^3) to see it complete
-                "status": "complete",
+                "status": Status.COMPLETE,
             }
         )
         self._particles(volume, cracks, particles_out)
@@ -205,28 +205,30 @@ class CracksPipeline:
     def _on_stop_slabs(self, out: ResultWriter) -> None:
         """The after-scan stages slab by slab on the Dask cluster (volume > dask.threshold_mb)."""
         from pipelines.particles.analyze import ParticleParams
+        from pipelines.particles.stats import StatsParams
         from services.analysis.tomo_slabs import run_slab_stages
 
         params = ParticleParams(**self._particle_params)
+        stats_params = StatsParams(**{**self._stats_params, "voxel_size_um": self._voxel_um or 1.0})
         cracks_complete: list[bool] = []
 
         def cracks_done(q: Any, numbers: dict[str, Any]) -> None:
-            out.array("depth_profile", q.depth_profile, dims=["z"])
-            out.array("damage_histogram", q.damage_histogram, dims=["z", "bin"])
-            out.array("histogram_edges", q.histogram_edges, dims=["edge"])
+            out.array(CRACKS.depth_profile, q.depth_profile, dims=["z"])
+            out.array(CRACKS.damage_histogram, q.damage_histogram, dims=["z", "bin"])
+            out.array(CRACKS.histogram_edges, q.histogram_edges, dims=["edge"])
             out.array(
-                "layer_fit",
+                CRACKS.layer_fit,
                 np.stack([q.layer_slope, q.layer_intercept, q.layer_pearson_r], axis=1),
                 dims=["z", "slope_intercept_r"],
             )
-            figures = self._figures(q, out)
-            particles_out = out.sibling("particles")
+            figures = self._preview_figures(lambda: self._figures(q, out))
+            particles_out = out.sibling(PARTICLES.pipeline)
             particles_out.container(
                 {
                     "source_run_uid": self._uid,
-                    "pipeline": "particles",
+                    "pipeline": PARTICLES.pipeline,
                     "version": self.version,
-                    "status": "queued",
+                    "status": Status.QUEUED,
                 }
             )
             fit = q.volume_fit
@@ -241,16 +243,25 @@ class CracksPipeline:
                     "window": q.window,
                     **numbers,
                     "figures": figures,
-                    "status": "complete",
+                    "status": Status.COMPLETE,
                 }
             )
-            self._particles_container(particles_out, params)
+            particles_out.container(
+                {
+                    "source_run_uid": self._uid,
+                    "pipeline": PARTICLES.pipeline,
+                    "version": self.version,
+                    "status": Status.RUNNING,
+                    "parameters": {
+                        "particles": params.model_dump(mode="json"),
+                        "statistics": stats_params.model_dump(mode="json"),
+                    },
+                }
+            )
             cracks_complete.append(True)
 
-        def particles_done(
-            table: np.ndarray, shape: Any, particles_out: ResultWriter, seconds: float
-        ) -> None:
-            self._particle_results(table, shape[0], particles_out, seconds, {"slabs": seconds})
+        def particles_done(table: np.ndarray, shape: Any, pout: ResultWriter, sec: float) -> None:
+            self._slab_particle_results(table, shape[0], pout, stats_params, sec)
 
         try:
             run_slab_stages(
@@ -274,76 +285,41 @@ class CracksPipeline:
                 exc_info=True,
                 extra={"run_uid": self._uid},
             )
-            out.sibling("particles").metadata(
-                {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            out.sibling(PARTICLES.pipeline).metadata(
+                {"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}
             )
 
-    def _particles_container(self, out: ResultWriter, params: Any) -> None:
-        out.container(
-            {
-                "source_run_uid": self._uid,
-                "pipeline": "particles",
-                "version": self.version,
-                "status": "running",
-                "parameters": {
-                    "particles": params.model_dump(mode="json"),
-                    "statistics": self._stats_params_model().model_dump(mode="json"),
-                },
-            }
-        )
-
-    def _stats_params_model(self) -> Any:
-        from pipelines.particles.stats import StatsParams
-
-        # Unknown voxel size: lengths in px (1 px per voxel); the paper's 11 um small/large
-        # split has no meaning in px and is not reported.
-        return StatsParams(**{**self._stats_params, "voxel_size_um": self._voxel_um or 1.0})
-
-    def _particles(self, volume: np.ndarray, cracks: np.ndarray, out: ResultWriter) -> None:
-        """Second stage: every particle once (even when cracked), flaws, detachment, stats."""
-        from pipelines.particles.analyze import ParticleParams, analyze_particles
-
-        params = ParticleParams(**self._particle_params)
-        self._particles_container(out, params)
+    def _preview_figures(self, draw: Any) -> dict[str, str]:
+        """Figures of the slab path (its volumes are Zarr arrays, not in memory): a preview
+        that fails is logged and left out, the results stand."""
         try:
-            t0 = time.monotonic()
-            result = analyze_particles(volume, crack_mask=cracks.astype(bool), params=params)
-            out.array("labels", result.labels.astype(np.int32), dims=["z", "y", "x"])
-            self._particle_results(
-                result.table, volume.shape[0], out, time.monotonic() - t0, result.seconds
-            )
+            return dict(draw())
         except Exception as exc:
-            logger.error(
-                "particle analysis failed: %s", exc, exc_info=True, extra={"run_uid": self._uid}
-            )
-            out.metadata({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            logger.warning("figures of the slab path failed: %s", exc, extra={"run_uid": self._uid})
+            return {}
 
-    def _particle_results(
-        self,
-        table: np.ndarray,
-        depth: int,
-        out: ResultWriter,
-        seconds: float,
-        stage_seconds: dict[str, float],
+    def _slab_particle_results(
+        self, table: np.ndarray, depth: int, out: ResultWriter, stats_params: Any, seconds: float
     ) -> None:
-        """Table, statistics, figures and metadata of the particle stage."""
+        """Table, statistics and metadata of the particle stage of the slab path."""
         from pipelines.particles.stats import particle_statistics
 
-        stats_params = self._stats_params_model()
         unit = "um" if self._voxel_um is not None else "px"
-        t0 = time.monotonic() - seconds
         stats = particle_statistics(table, depth=depth, params=stats_params)
         scalar = [n for n in (table.dtype.names or ()) if table[n].ndim == 1]
-        out.table_rows("table", {n: table[n].tolist() for n in scalar})
-        out.array("slice_scores", table["slice_scores"], dims=["particle", "slice"])
-        out.array("size_counts", stats.size_counts, dims=["bin"])
-        out.array(f"size_edges_{unit}", stats.size_edges_um, dims=["edge"])
-        out.array("detachment_counts", stats.detachment_counts, dims=["bin"])
-        out.array("detachment_edges", stats.detachment_edges, dims=["edge"])
-        figures = self._particle_figures(stats, out, unit)
+        out.table_rows(PARTICLES.table, {n: table[n].tolist() for n in scalar})
+        out.array(PARTICLES.slice_scores, table["slice_scores"], dims=["particle", "slice"])
+        out.array(PARTICLES.size_counts, stats.size_counts, dims=["bin"])
+        out.array(
+            PARTICLES.size_edges_um if unit == "um" else PARTICLES.size_edges_px,
+            stats.size_edges_um,
+            dims=["edge"],
+        )
+        out.array(PARTICLES.detachment_counts, stats.detachment_counts, dims=["bin"])
+        out.array(PARTICLES.detachment_edges, stats.detachment_edges, dims=["edge"])
         out.metadata(
             {
-                "status": "complete",
+                "status": Status.COMPLETE,
                 "particles": int(len(table)),
                 "flawed_fraction": _finite(stats.overall.flawed_fraction),
                 "mean_detachment": _finite(stats.overall.mean_detachment),
@@ -351,74 +327,113 @@ class CracksPipeline:
                 "length_unit": unit,
                 "voxel_size_um": self._voxel_um,
                 "size_threshold_um": stats_params.size_threshold_um if self._voxel_um else None,
-                "seconds": time.monotonic() - t0,
-                "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
-                "figures": figures,
+                "seconds": seconds,
+                "slabs": True,
+                "figures": {},
             }
         )
 
-    def _particle_figures(self, stats: Any, out: ResultWriter, unit: str) -> dict[str, str]:
-        def sizes(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.stairs(stats.size_counts, stats.size_edges_um)
-            ax.set_xlabel(f"equivalent diameter ({unit})")
-            ax.set_ylabel("particles")
+    def _particles(self, volume: np.ndarray, cracks: np.ndarray, out: ResultWriter) -> None:
+        """Second stage: every particle once (even when cracked), flaws, detachment, stats."""
+        from pipelines.particles.analyze import ParticleParams, analyze_particles
+        from pipelines.particles.stats import StatsParams, particle_statistics
 
-        def detachment(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.stairs(stats.detachment_counts, stats.detachment_edges)
-            ax.set_xlabel("degree of detachment (surface share facing pore)")
-            ax.set_ylabel("particles")
+        params = ParticleParams(**self._particle_params)
+        # Unknown voxel size: lengths in px (1 px per voxel); the paper's 11 um small/large
+        # split has no meaning in px and is not reported.
+        stats_params = StatsParams(**{**self._stats_params, "voxel_size_um": self._voxel_um or 1.0})
+        unit = "um" if self._voxel_um is not None else "px"
+        out.container(
+            {
+                "source_run_uid": self._uid,
+                "pipeline": PARTICLES.pipeline,
+                "version": self.version,
+                "status": Status.RUNNING,
+                "parameters": {
+                    "particles": params.model_dump(mode="json"),
+                    "statistics": stats_params.model_dump(mode="json"),
+                },
+            }
+        )
+        try:
+            t0 = time.monotonic()
+            result = analyze_particles(volume, crack_mask=cracks.astype(bool), params=params)
+            stats = particle_statistics(result.table, depth=volume.shape[0], params=stats_params)
+            out.array(PARTICLES.labels, result.labels.astype(np.int32), dims=["z", "y", "x"])
+            scalar = [n for n in (result.table.dtype.names or ()) if result.table[n].ndim == 1]
+            out.table_rows(PARTICLES.table, {n: result.table[n].tolist() for n in scalar})
+            out.array(
+                PARTICLES.slice_scores, result.table["slice_scores"], dims=["particle", "slice"]
+            )
+            out.array(PARTICLES.size_counts, stats.size_counts, dims=["bin"])
+            out.array(
+                PARTICLES.size_edges_um if unit == "um" else PARTICLES.size_edges_px,
+                stats.size_edges_um,
+                dims=["edge"],
+            )
+            out.array(PARTICLES.detachment_counts, stats.detachment_counts, dims=["bin"])
+            out.array(PARTICLES.detachment_edges, stats.detachment_edges, dims=["edge"])
+            figures = self._particle_figures(stats, out, unit, result, volume)
+            out.metadata(
+                {
+                    "status": Status.COMPLETE,
+                    "particles": int(len(result.table)),
+                    "flawed_fraction": _finite(stats.overall.flawed_fraction),
+                    "mean_detachment": _finite(stats.overall.mean_detachment),
+                    "n_excluded_border": int(stats.n_excluded_border),
+                    "length_unit": unit,
+                    "voxel_size_um": self._voxel_um,
+                    "size_threshold_um": stats_params.size_threshold_um if self._voxel_um else None,
+                    "seconds": time.monotonic() - t0,
+                    "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+                    "figures": figures,
+                }
+            )
+        except Exception as exc:
+            logger.error(
+                "particle analysis failed: %s", exc, exc_info=True, extra={"run_uid": self._uid}
+            )
+            out.metadata({"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}"})
 
-        def flawed(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            groups = [("all", stats.overall)]
-            if unit == "um":
-                groups += [("small", stats.small), ("large", stats.large)]
-            ax.bar([g for g, _ in groups], [np.nan_to_num(s.flawed_fraction) for _, s in groups])
-            ax.set_ylabel("flawed fraction")
-            ax.set_ylim(0, 1)
+    def _particle_figures(
+        self, stats: Any, out: ResultWriter, unit: str, result: Any, volume: np.ndarray
+    ) -> dict[str, str]:
+        from pipelines.particles.analyze import ParticleParams
+        from pipelines.particles.stats import StatsParams
+        from services.analysis.tomo_figures import particle_figures
 
-        drawers = [("sizes", sizes), ("detachment", detachment), ("flawed", flawed)]
-        return publish_figures(out, self._figures_dir, "particles", drawers, run_uid=self._uid)
+        params = ParticleParams(**self._particle_params)
+        threshold = StatsParams(**self._stats_params).size_threshold_um
+        extra = particle_figures(
+            stats,
+            result.table,
+            out,
+            volume=volume,
+            labels=result.labels,
+            voxel_um=self._voxel_um,
+            size_threshold_um=threshold,
+            min_flawed_slices=params.flaw.min_flawed_slices,
+            figures_dir=self._figures_dir,
+            run_uid=self._uid,
+        )
+        figures: dict[str, str] = extra.pop("figures")
+        out.metadata(extra)
+        return figures
 
     def _figures(self, q: Any, out: ResultWriter) -> dict[str, str]:
-        z_top, z_bottom = 0, q.damage_density.shape[0] - 1
+        from services.analysis.tomo_figures import crack_figures
 
-        def damage(z: int) -> Any:
-            def draw(fig: Any) -> None:
-                ax = fig.add_subplot(111)
-                im = ax.imshow(q.damage_density[z], cmap="inferno", vmin=0)
-                fig.colorbar(im, ax=ax, label=f"crack share of {q.window} px window")
-                ax.set_title(f"damage density, slice {z}")
-
-            return draw
-
-        def profile(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.plot(np.arange(len(q.depth_profile)), q.depth_profile)
-            ax.set_xlabel("slice (0 = separator side)")
-            ax.set_ylabel("crack area / particle area")
-
-        def scatter(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            x = q.particle_density[::2, ::4, ::4].ravel()
-            y = q.damage_density[::2, ::4, ::4].ravel()
-            ax.plot(x, y, ",", alpha=0.3)
-            xs = np.linspace(0, 1, 20)
-            fit = q.volume_fit
-            ax.plot(xs, fit.slope * xs + fit.intercept, "r-", label=f"r = {fit.pearson_r:.2f}")
-            ax.set_xlabel("particle density")
-            ax.set_ylabel("damage density")
-            ax.legend()
-
-        drawers = [
-            ("damage_top", damage(z_top)),
-            ("damage_bottom", damage(z_bottom)),
-            ("depth_profile", profile),
-            ("correlation", scatter),
-        ]
-        return publish_figures(out, self._figures_dir, "cracks", drawers, run_uid=self._uid)
+        extra = crack_figures(
+            q,
+            out,
+            n_layers=self._crack_params.quantify.n_layers,
+            voxel_um=self._voxel_um,
+            figures_dir=self._figures_dir,
+            run_uid=self._uid,
+        )
+        figures: dict[str, str] = extra.pop("figures")
+        out.metadata(extra)
+        return figures
 
 
 def _finite(value: float) -> float | None:

@@ -12,7 +12,8 @@ after the last frame:     ``labels`` (H, W) int32, ``edge_energy`` / ``whiteline
                           (H, W) float32 eV, ``spectra`` (P, N), ``energy`` (N,),
                           ``aligned/particle_<k>`` (N, h, w) aligned ROI stacks,
                           ``deformation`` table across the operando series so far,
-                          ``figures/<name>`` RGB images (PNG files under the data dir)
+                          ``figures/<name>`` RGB images (PNG files under the data dir) and
+                          the numbers behind them (:mod:`services.analysis.xanes_figures`)
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from services.analysis.figures import publish_figures
 from services.analysis.results import ResultWriter
+from services.core.layout import XANES
 from services.runs.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def select(start: dict[str, Any]) -> bool:
 
 
 class XanesLivePipeline:
-    name = "xanes"
+    name = XANES.pipeline
     version = "1"
 
     def __init__(
@@ -151,21 +152,23 @@ class XanesLivePipeline:
             message["dy_um"] = dy * float(self._pixel_size)
             message["dx_um"] = dx * float(self._pixel_size)
         # no trustworthy estimate (no particle registered, or particles disagree): the drift
-        # is unknown (NaN), and no feedback move is sent for it
-        if self._feedback is not None and bool(getattr(result, "trusted", True)):
+        # is unknown (NaN), and no feedback move is sent for it; nor for a frame replayed after
+        # a crash (its move was sent when it arrived; the stage has moved on since)
+        trusted = bool(getattr(result, "trusted", True))
+        if self._feedback is not None and trusted and not frame.replayed:
             self._feedback.publish(message)
         if result.index == 0:
-            out.array("labels", self._tracker.labels, dims=["row", "col"])
-        out.rows("global_shift", result.global_shift[None, :], dims=["frame", "axis"])
+            out.array(XANES.labels, self._tracker.labels, dims=["row", "col"])
+        out.rows(XANES.global_shift, result.global_shift[None, :], dims=["frame", "axis"])
         # live per-frame arrays hold the frame-0 particles; particles joining later (detected
         # when the edge raised the contrast) are in the "particles" table and the final arrays
         p0 = self._tracker_particles0 = getattr(self, "_tracker_particles0", None) or len(
             result.particle_com
         )
-        out.rows("particle_com", result.particle_com[:p0, None, :], axis=1)
-        out.rows("particle_shift", result.particle_shift[:p0, None, :], axis=1)
+        out.rows(XANES.particle_com, result.particle_com[:p0, None, :], axis=1)
+        out.rows(XANES.particle_shift, result.particle_shift[:p0, None, :], axis=1)
         out.table_rows(
-            "frames",
+            XANES.frames,
             {
                 "seq_num": [frame.seq_num],
                 "energy": [energy],
@@ -181,7 +184,7 @@ class XanesLivePipeline:
         )
         p = result.particle_com.shape[0]
         out.table_rows(
-            "particles",
+            XANES.particles,
             {
                 "frame": [result.index] * p,
                 "particle": list(range(1, p + 1)),
@@ -200,25 +203,25 @@ class XanesLivePipeline:
             out.metadata({"frames": 0})
             return
         final = self._tracker.finalize()
-        out.array("particle_com", final.particle_com, dims=["particle", "frame", "axis"])
-        out.array("particle_shift", final.particle_shift, dims=["particle", "frame", "axis"])
-        out.array("global_shift", final.global_shift, dims=["frame", "axis"])
+        out.array(XANES.particle_com, final.particle_com, dims=["particle", "frame", "axis"])
+        out.array(XANES.particle_shift, final.particle_shift, dims=["particle", "frame", "axis"])
+        out.array(XANES.global_shift, final.global_shift, dims=["frame", "axis"])
         out.array(
-            "edge_energy", final.edge_energy.astype(np.float32), dims=["row", "col"], units="eV"
+            XANES.edge_energy, final.edge_energy.astype(np.float32), dims=["row", "col"], units="eV"
         )
         out.array(
-            "whiteline_energy",
+            XANES.whiteline_energy,
             final.whiteline_energy.astype(np.float32),
             dims=["row", "col"],
             units="eV",
         )
-        out.array("spectra", final.spectra, dims=["particle", "frame"])
-        out.array("energy", final.energies, dims=["frame"], units="eV")
+        out.array(XANES.spectra, final.spectra, dims=["particle", "frame"])
+        out.array(XANES.energy, final.energies, dims=["frame"], units="eV")
         for k, stack in enumerate(final.aligned_stacks):
             out.array(
                 f"particle_{k + 1}",
                 np.asarray(stack),
-                sub=["aligned"],
+                sub=[XANES.aligned],
                 dims=["frame", "row", "col"],
             )
         deformation_md = self._deformation(final, out)
@@ -268,42 +271,29 @@ class XanesLivePipeline:
         rows = deformation_rows(deformation)
         if rows:
             out.array(
-                "deformation_displacement",
+                XANES.deformation_displacement,
                 deformation.displacement,
                 dims=["particle", "scan", "axis"],
             )
             columns = {key: [row[key] for row in rows] for key in rows[0]}
             out.array(
-                "deformation_nonrigid", deformation.nonrigid, dims=["particle", "scan", "axis"]
+                XANES.deformation_nonrigid, deformation.nonrigid, dims=["particle", "scan", "axis"]
             )
             out.metadata({"deformation_columns": list(columns)})
-            out.table_rows("deformation", columns)
+            out.table_rows(XANES.deformation, columns)
         return {"operando_series": series, "series_scans": [int(s.scan_index) for s in scans]}
 
     # ---- figures ----
     def _figures(self, final: Any, out: ResultWriter) -> dict[str, str]:
+        from services.analysis.xanes_figures import pixel_size, xanes_figures
 
-        def drift(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.plot(final.global_shift[:, 0], label="dy")
-            ax.plot(final.global_shift[:, 1], label="dx")
-            ax.set_xlabel("frame")
-            ax.set_ylabel("global drift (px)")
-            ax.legend()
-
-        def tracks(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            ax.imshow(final.labels > 0, cmap="gray_r", alpha=0.3)
-            for k in range(final.particle_com.shape[0]):
-                ax.plot(final.particle_com[k, :, 1], final.particle_com[k, :, 0], lw=1)
-                ax.annotate(str(k + 1), final.particle_com[k, 0, ::-1], fontsize=8)
-            ax.set_title("particle tracks (frame-0 geometry)")
-
-        def edge_map(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            im = ax.imshow(final.edge_energy, cmap="viridis")
-            fig.colorbar(im, ax=ax, label="edge energy (eV)")
-            ax.set_title("edge energy at 50 % of the edge jump")
-
-        drawers = [("drift", drift), ("tracks", tracks), ("edge_energy", edge_map)]
-        return publish_figures(out, self._figures_dir, "xanes", drawers, run_uid=self._uid)
+        extra = xanes_figures(
+            final,
+            out,
+            pixel_um=pixel_size(self._pixel_size),
+            figures_dir=self._figures_dir,
+            run_uid=self._uid,
+        )
+        figures: dict[str, str] = extra.pop("figures")
+        out.metadata(extra)
+        return figures

@@ -48,8 +48,40 @@ def cmd_consume(args: argparse.Namespace) -> int:
     port = settings.metrics.raw_port if args.role == "raw" else settings.metrics.analysis_port
     consumer.metrics.serve(settings.metrics.host, port)
     install_signal_handlers(consumer.request_stop)
-    logger.info("%s consumer subscribed to %s", args.role, settings.bus.out_address)
+    source = settings.nats_url if settings.bus.mode == "nats" else settings.bus.out_address
+    logger.info("%s consumer reading %s", args.role, source)
     return consumer.run_forever()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One more analysis worker on the JetStream bus, on this machine or any other."""
+    from services.runtime.consumer import Consumer
+    from services.runtime.supervisor import install_signal_handlers
+
+    overrides: dict[str, object] = {"bus": {"mode": "nats", "nats_url": args.bus}}
+    if getattr(args, "data_dir", None) is not None:
+        overrides["data_dir"] = str(args.data_dir)
+    settings = load_settings(getattr(args, "config", None), **overrides)
+    configure_logging(settings.log_level, service=f"worker-{args.role}")
+    consumer = Consumer(args.role, settings)
+    if args.metrics_port:
+        consumer.metrics.serve(settings.metrics.host, args.metrics_port)
+    install_signal_handlers(consumer.request_stop)
+    logger.info("%s worker sharing the runs of %s", args.role, settings.nats_url)
+    return consumer.run_forever()
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from services.bus.bridge import Bridge
+    from services.runtime.supervisor import install_signal_handlers
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, service="bridge")
+    bridge = Bridge(settings)
+    if settings.nats.bridge_metrics_port:
+        bridge.metrics.serve(settings.metrics.host, settings.nats.bridge_metrics_port)
+    install_signal_handlers(bridge.request_stop)
+    return bridge.run()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -105,8 +137,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     client = from_uri(settings.tiled_url, api_key=settings.resolved_api_key())
     try:
         text = build_report(client, args.uid)
-    except KeyError:
-        logger.error("run %s is not in %s (raw/)", args.uid, settings.tiled_url)
+    except KeyError as exc:
+        logger.error("run %s is not in %s (raw/)", exc.args[0], settings.tiled_url)
         return 2
     finally:
         client.context.close()
@@ -146,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     report = sub.add_parser(
-        "report", help="write a self-contained HTML report of a run (needs Tiled running)"
+        "report",
+        help="write a self-contained HTML report of one run, or a comparison of several "
+        "(needs Tiled running)",
     )
-    report.add_argument("uid", help="run uid")
+    report.add_argument("uid", nargs="+", help="run uid; several uids overlay their distributions")
     report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
     report.set_defaults(func=cmd_report)
 
@@ -165,6 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     consume = sub.add_parser("consume", help="run one consumer (started by `up`)")
     consume.add_argument("role", choices=["raw", "analysis"], help="which consumer")
     consume.set_defaults(func=cmd_consume)
+
+    worker = sub.add_parser(
+        "worker",
+        help="one more consumer sharing the runs of a JetStream bus (any machine)",
+        description="Start one more consumer process on the JetStream bus: it claims runs no "
+        "other process of its role holds, and takes over the runs of one that died (after "
+        "nats.ack_wait). Tiled and the data dir come from the settings as for `up`.",
+    )
+    worker.add_argument("--bus", required=True, help="NATS server, e.g. nats://host:4222")
+    worker.add_argument(
+        "--role", choices=["analysis", "raw"], default="analysis", help="(default analysis)"
+    )
+    worker.add_argument("--metrics-port", type=int, default=0, help="serve metrics (0: none)")
+    worker.set_defaults(func=cmd_worker)
+
+    bridge = sub.add_parser(
+        "bridge", help="copy the 0MQ proxy's documents into JetStream (started by `up`)"
+    )
+    bridge.set_defaults(func=cmd_bridge)
 
     for module_name in OFFLINE_VERB_MODULES:
         importlib.import_module(module_name).register(sub)

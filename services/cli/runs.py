@@ -27,6 +27,7 @@ import re
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import numpy as np
 
 from services.cli.inputs import as_paths, read_scan, resolve_size
 from services.core.instrument_files import InstrumentFileError, InstrumentScan
+from services.tiled.records import ArrayRows, Container, RawDoc, Record, TableRows
 from services.tiled.spool import Spool
 
 __all__ = ["import_command", "import_scan", "register", "reprocess_command", "reprocess_run"]
@@ -315,14 +317,14 @@ def _import_applier(client: Any) -> Any:
     from services.tiled.applier import TiledApplier, ensure_container
 
     class ImportApplier(TiledApplier):
-        def _op_raw_doc(self, record: dict[str, Any]) -> None:
+        def _raw_doc(self, record: RawDoc) -> None:
             if self._raw_writer is None:
                 from bluesky.callbacks.tiled_writer import TiledWriter
 
                 raw = ensure_container(self.client, ["raw"])
                 self._raw_writer = TiledWriter(raw, batch_size=IMPORT_WRITER_BATCH)
             with self._append_lock:
-                self._raw_writer(record["name"], record["doc"])
+                self._raw_writer(record.name, record.doc)
 
     return ImportApplier(client)
 
@@ -351,7 +353,7 @@ def _finish(spool: Spool, what: str) -> bool:
 IMPORT_BLOCK_BYTES = 64 * 1024 * 1024
 
 
-def import_records(docs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+def import_records(docs: list[tuple[str, Any]]) -> list[Record]:
     """Spool records that store the documents of :func:`run_documents` in Tiled.
 
     As the live raw path does, the 2-D images are taken out of the documents and stored as
@@ -360,7 +362,7 @@ def import_records(docs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     """
     from event_model import pack_event_page
 
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     uid = docs[0][1]["uid"]
     stream_of: dict[str, str] = {}
     events: dict[str, list[Any]] = {}
@@ -372,20 +374,17 @@ def import_records(docs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         images = np.stack([e["data"].pop(IMAGE_KEY) for e in page_events])
         for e in page_events:
             e["timestamps"].pop(IMAGE_KEY, None)
-        records.append(
-            {"op": "raw_doc", "name": "event_page", "doc": pack_event_page(*page_events)}
-        )
+        records.append(RawDoc("event_page", dict(pack_event_page(*page_events)), run=uid))
         step = max(1, IMPORT_BLOCK_BYTES // max(1, images[0].nbytes))
         for offset in range(0, len(images), step):
             records.append(
-                {
-                    "op": "array_rows",
-                    "path": ["raw", uid, stream_of[descriptor_uid]],
-                    "key": IMAGE_KEY,
-                    "array": images[offset : offset + step],
-                    "offset": offset,
-                    "metadata": {"source": "beamwatch import", "data_key": IMAGE_KEY},
-                }
+                ArrayRows(
+                    ("raw", uid, stream_of[descriptor_uid]),
+                    IMAGE_KEY,
+                    images[offset : offset + step],
+                    offset=offset,
+                    metadata={"source": "beamwatch import", "data_key": IMAGE_KEY},
+                )
             )
 
     for name, doc in docs:
@@ -393,7 +392,7 @@ def import_records(docs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
             doc = dict(doc)
             doc["data_keys"] = {k: v for k, v in doc["data_keys"].items() if k != IMAGE_KEY}
             stream_of[doc["uid"]] = doc["name"]
-            records.append({"op": "raw_doc", "name": name, "doc": doc})
+            records.append(RawDoc(name, doc, run=uid))
         elif name == "event":
             events.setdefault(doc["descriptor"], []).append(
                 {**doc, "data": dict(doc["data"]), "timestamps": dict(doc["timestamps"])}
@@ -401,7 +400,7 @@ def import_records(docs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         else:
             for descriptor_uid in list(events):
                 flush(descriptor_uid)
-            records.append({"op": "raw_doc", "name": name, "doc": doc})
+            records.append(RawDoc(name, doc, run=uid))
     return records
 
 
@@ -595,19 +594,19 @@ class _RedirectingSpool(Spool):
         self._suffix = suffix
         self._note = note
 
-    def put(self, record: dict[str, Any]) -> None:
-        rows = record.get("rows")
-        if record.get("op") == "table_rows" and rows and not any(len(v) for v in rows.values()):
+    def put(self, record: Record) -> None:
+        if isinstance(record, TableRows) and record.rows and record.n_rows == 0:
             return  # no rows (e.g. no particle found): nothing to append, and Tiled refuses it
-        path = list(record.get("path") or [])
-        if len(path) >= 3 and path[:2] == ["analysis", self._uid]:
-            record = dict(record)
+        if isinstance(record, RawDoc):
+            super().put(record)
+            return
+        path = record.path
+        if len(path) >= 3 and path[:2] == ("analysis", self._uid):
             original = path[2]
-            path[2] = f"{original}{self._suffix}"
-            record["path"] = path
-            if record.get("op") == "container" and len(path) == 3:
+            record = replace(record, path=(*path[:2], f"{original}{self._suffix}", *path[3:]))
+            if isinstance(record, Container) and len(path) == 3:
                 extra = {"reprocess_of": original} if self._suffix else {}
-                record["metadata"] = {**(record.get("metadata") or {}), **extra, **self._note}
+                record = replace(record, metadata={**record.metadata, **extra, **self._note})
         super().put(record)
 
 

@@ -68,7 +68,28 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "beamwatch_queue_depth",
-            "Writes waiting in the spool for Tiled.",
+            "Items waiting: writes in the spool for Tiled (service=<role>), documents between "
+            "the bus and the dispatch thread (<role>-bus), after-scan stages (<role>-after-scan).",
+            ["service"],
+            registry=r,
+        )
+        self.queue_bytes = Gauge(
+            "beamwatch_queue_bytes",
+            "About how many bytes of documents wait in a consumer's bus queue.",
+            ["service"],
+            registry=r,
+        )
+        self.backpressure_seconds = Counter(
+            "beamwatch_backpressure_seconds",
+            "Time the bus thread waited for room in the full bus queue (0MQ buffers meanwhile, "
+            "then drops: see beamwatch_messages_lost_total).",
+            ["service"],
+            registry=r,
+        )
+        self.spool_runs_retrying = Gauge(
+            "beamwatch_spool_runs_retrying",
+            "Runs whose next write to Tiled failed and waits for its retry (their later writes "
+            "wait with it; other runs' writes go on).",
             ["service"],
             registry=r,
         )
@@ -101,6 +122,20 @@ class Metrics:
             "beamwatch_pipeline_errors",
             "Pipelines that failed on a run.",
             ["service", "pipeline"],
+            registry=r,
+        )
+        # JetStream bus (bus.mode: nats)
+        self.runs_claimed = Counter(
+            "beamwatch_runs_claimed",
+            "Runs this process took from the stream: first (a new run) or again (taken over "
+            "from a process that died, or resumed after a restart).",
+            ["service", "delivery"],
+            registry=r,
+        )
+        self.runs_owned = Gauge(
+            "beamwatch_runs_owned",
+            "Runs this process holds (claimed, not yet all in Tiled).",
+            ["service"],
             registry=r,
         )
 

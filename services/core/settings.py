@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 API_KEY_FILENAME = "tiled_api_key"
+#: The YAML file :func:`load_settings` is reading (the settings sources are built per class).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("beamwatch_config_file", default=None)
 
 
 class TiledSettings(BaseModel):
@@ -52,6 +61,52 @@ class BusSettings(BaseModel):
     feedback_address: str = "tcp://127.0.0.1:5579"
     #: Receive high-water mark of consumers (messages held before 0MQ drops).
     rcvhwm: int = Field(100_000, ge=0)
+    #: ``nats``: a bridge copies the proxy's documents into a NATS JetStream stream and the
+    #: consumers read it durably (acked, resumed after a crash, runs shared by workers);
+    #: ``zmq``: the consumers subscribe to the proxy directly (loss detection and recovery).
+    mode: Literal["zmq", "nats"] = "nats"
+    #: An existing NATS server or cluster (``nats://host:4222``); unset: ``up`` starts one.
+    nats_url: str | None = None
+
+
+class NatsSettings(BaseModel):
+    """The JetStream bus (``bus.mode: nats``); see ``services/bus/jetstream.py``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The embedded server ``up`` starts when ``bus.nats_url`` is unset (storage under
+    #: ``<data dir>/nats``).
+    host: str = "127.0.0.1"
+    port: int = Field(4223, ge=0, le=65535)
+    #: Largest message the embedded server accepts (an Event carrying a frame), bytes.
+    max_payload: int = Field(16 * 1024 * 1024, gt=0)
+    stream: str = Field("BEAMWATCH", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Subjects are ``<subject_prefix>.<beamline>.<run uid>.<document name>``.
+    subject_prefix: str = Field("beamwatch.docs", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    beamline: str = Field("local", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Copies of the stream in a NATS cluster (1 for the embedded server).
+    replicas: int = Field(1, ge=1, le=5)
+    #: Seconds a re-published document (same message id) is dropped as a duplicate.
+    duplicate_window: float = Field(120.0, gt=0)
+    #: How long the stream keeps documents (seconds); runs older than this cannot be replayed.
+    max_age: float = Field(7 * 24 * 3600.0, gt=0)
+    #: Seconds before an unacknowledged document (or run claim) goes to another consumer; a
+    #: worker that dies hands its runs on after this time. Must exceed the longest stall of a
+    #: live worker (its claims are kept alive every ack_wait / 3).
+    ack_wait: float = Field(30.0, gt=0)
+    #: Documents a consumer may hold unacknowledged.
+    max_ack_pending: int = Field(1024, gt=0)
+    #: Runs one worker (consumer process) works on at a time.
+    max_runs: int = Field(4, gt=0)
+    #: Prefix of the durable consumer names (several beamwatch instances on one stream).
+    durable_prefix: str = Field("beamwatch", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    #: ``zmq``: the bridge reads the 0MQ proxy. ``nats``: Bluesky already publishes to NATS
+    #: (``bluesky-nats``): the bridge reads ``source_subject`` durably and copies each
+    #: document into the stream under beamwatch's subjects.
+    source: Literal["zmq", "nats"] = "zmq"
+    source_subject: str = "events.volatile.>"
+    #: Metrics of the bridge on ``metrics.host``; 0: not served.
+    bridge_metrics_port: int = Field(9103, ge=0, le=65535)
 
 
 class MetricsSettings(BaseModel):
@@ -104,9 +159,23 @@ class BeamwatchSettings(BaseSettings):
         env_prefix="BEAMWATCH_", env_nested_delimiter="__", extra="forbid"
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments (command line) > environment > the YAML file of
+        :func:`load_settings` > defaults."""
+        return init_settings, env_settings, _YamlFileSource(settings_cls, _CONFIG_FILE.get())
+
     data_dir: Path = Path("beamwatch-data")
     tiled: TiledSettings = TiledSettings()
     bus: BusSettings = BusSettings()
+    nats: NatsSettings = NatsSettings()
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
     dask: DaskSettings = DaskSettings()
@@ -115,6 +184,11 @@ class BeamwatchSettings(BaseSettings):
     #: how long a seq_num gap (or a stop before its last events) is waited for before the
     #: missing events are declared lost and recovered from Tiled / the detector file
     reorder_timeout: float = Field(2.0, gt=0)
+    #: Documents a consumer holds between its bus thread and its dispatch thread, and about how
+    #: many MB of arrays they may hold. When full, the bus thread waits (back-pressure): 0MQ
+    #: then buffers up to ``bus.rcvhwm`` messages and drops beyond, counted as bus losses.
+    dispatch_queue_documents: int = Field(1000, ge=1)
+    dispatch_queue_mb: float = Field(256.0, gt=0)
     #: Longest backoff between Tiled write retries (seconds).
     retry_max_backoff: float = Field(5.0, gt=0)
     log_level: str = "INFO"
@@ -147,6 +221,11 @@ class BeamwatchSettings(BaseSettings):
         return roots
 
     @property
+    def nats_url(self) -> str:
+        """The JetStream server: ``bus.nats_url``, else the embedded one."""
+        return self.bus.nats_url or f"nats://{self.nats.host}:{self.nats.port}"
+
+    @property
     def tiled_url(self) -> str:
         if self.tiled.url:
             return self.tiled.url.rstrip("/")
@@ -174,57 +253,46 @@ class BeamwatchSettings(BaseSettings):
         data = self.model_dump(mode="json")
         if data["tiled"].get("api_key"):
             data["tiled"]["api_key"] = "**********"
+        if data["bus"].get("nats_url"):  # nats://user:password@host, comma-separated
+            data["bus"]["nats_url"] = re.sub(
+                r"//[^@/,]*@", "//**********@", data["bus"]["nats_url"]
+            )
         data["spool_dir"] = str(self.spool_dir)
         return data
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> BeamwatchSettings:
-    """Build settings from an optional YAML file; environment variables win over the file.
+    """Build settings: defaults < YAML file < environment < ``overrides`` (command line).
+
+    The file is read by pydantic-settings' ``YamlConfigSettingsSource`` (see
+    :meth:`BeamwatchSettings.settings_customise_sources`).
 
     Raises
     ------
     ValueError
-        If the file is missing, is not YAML, or its top level is not a mapping.
+        If the file is missing, is not YAML, its top level is not a mapping, or a value is
+        unknown or invalid (pydantic's ``ValidationError`` names the setting).
     """
-    file_values: dict[str, Any] = {}
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is None:
-            loaded = {}
+    if config_file is not None and not Path(config_file).is_file():
+        raise ValueError(f"config file {config_file} does not exist")
+    token = _CONFIG_FILE.set(Path(config_file) if config_file is not None else None)
+    try:
+        return BeamwatchSettings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+class _YamlFileSource(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source, with errors that name the file and what is wrong."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            loaded = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {file_path} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path}: top level must be a mapping")
-        file_values = loaded
-    env_settings = BeamwatchSettings()
-    env_set = _env_overrides()
-    merged = _deep_merge(file_values, env_set)
-    merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
-    if not merged:
-        return env_settings
-    return BeamwatchSettings(**merged)
-
-
-def _env_overrides() -> dict[str, Any]:
-    """The BEAMWATCH_* environment variables as a nested dict (so they win over the YAML)."""
-    out: dict[str, Any] = {}
-    for name, value in os.environ.items():
-        if not name.startswith("BEAMWATCH_"):
-            continue
-        keys = name[len("BEAMWATCH_") :].lower().split("__")
-        node = out
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-    return out
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+            raise ValueError(
+                f"config file {file_path}: top level must be a mapping, "
+                f"got a {type(loaded).__name__}"
+            )
+        return loaded

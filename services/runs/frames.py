@@ -41,6 +41,8 @@ class Frame:
     images: dict[str, np.ndarray]
     received: float = field(default_factory=monotonic)
     recovered: bool = False
+    #: processed again from the run's journal after a crash (its feedback went out already)
+    replayed: bool = False
 
 
 @dataclass

@@ -17,7 +17,9 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from services.runs.routing import Doc, RunRouter
+from services.core.layout import RawStatus, raw_path
+from services.runs.routing import REPLAYING, Doc, RunRouter
+from services.tiled.records import ArrayRows, Metadata, RawDoc
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -107,16 +109,8 @@ class RawRunRouter(RunRouter):
 
     def _put(self, name: str, doc: Doc) -> None:
         self._documents += 1
-        self._spool.put(
-            {
-                "op": "raw_doc",
-                "name": name,
-                "doc": doc,
-                "run": self._uid,
-                # identifies the record across retries (its documents are normalised once)
-                "rid": f"{self._uid}/{self._documents}",
-            }
-        )
+        # rid identifies the record across retries (its documents are normalised once)
+        self._spool.put(RawDoc(name, doc, run=self._uid, rid=f"{self._uid}/{self._documents}"))
 
     def start(self, doc: Doc) -> None:
         self._uid = doc["uid"]
@@ -176,14 +170,13 @@ class RawRunRouter(RunRouter):
                 slot = (stream, key)
                 offset = self._rows_written.get(slot, 0)
                 self._spool.put(
-                    {
-                        "op": "array_rows",
-                        "path": ["raw", self._uid, stream],
-                        "key": key,
-                        "array": value[None, ...],
-                        "offset": offset,
-                        "metadata": {"source": "event", "data_key": key},
-                    }
+                    ArrayRows(
+                        ("raw", self._uid, stream),
+                        key,
+                        value[None, ...],
+                        offset=offset,
+                        metadata={"source": "event", "data_key": key},
+                    )
                 )
                 self._rows_written[slot] = offset + 1
         self._put("event", doc)
@@ -208,7 +201,7 @@ class RawRunRouter(RunRouter):
         }
         self._refused_report.append(entry)
         logger.error("run %s: %s %s refused: %s", self._uid, name, entry["uid"], reason)
-        if self._on_refused is not None:
+        if self._on_refused is not None and not REPLAYING.get():  # counted once, not on replay
             self._on_refused(name)
         return True
 
@@ -237,14 +230,14 @@ class RawRunRouter(RunRouter):
             doc = _synthetic_stop(self._uid)
         self._put("stop", doc)
         status: dict[str, Any] = {
-            "beamwatch_status": "incomplete" if self._missing else "complete",
+            "beamwatch_status": RawStatus.INCOMPLETE if self._missing else RawStatus.COMPLETE,
             "beamwatch_missing_seq_nums": self._missing,
         }
         if self._bad_report:
             status["beamwatch_bad_fields"] = self._bad_report
         if self._refused_report:
             status["beamwatch_refused_resources"] = self._refused_report
-        self._spool.put({"op": "metadata", "path": ["raw", self._uid], "metadata": status})
+        self._spool.put(Metadata(tuple(raw_path(self._uid)), status))
 
     def _without_refused_datums(self, doc: Doc) -> Doc:
         """The Event without its references to Datums of refused Resources."""

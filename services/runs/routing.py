@@ -17,9 +17,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from event_model import DatumPage, EventPage, unpack_datum_page, unpack_event_page
 
 from services.core.identifiers import (
     InvalidIdentifier,
@@ -38,6 +39,12 @@ Doc = dict[str, Any]
 #: When the document being dispatched arrived on the bus (``time.monotonic()``); frames it
 #: completes are timed from then, not from when the dispatcher got to them.
 ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar("beamwatch_arrival")
+#: True while a run's journal is replayed after a crash (:meth:`RunDispatcher.replay`). Writes
+#: are made again (idempotently), but what left the process the first time must not leave it
+#: twice: drift feedback moves, and counts of losses, duplicates, dropped fields, refusals.
+REPLAYING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "beamwatch_replaying", default=False
+)
 
 
 class RunRouter:
@@ -166,10 +173,12 @@ class RunDispatcher:
             extra={"run_uid": run_uid},
         )
         self._replaying = True
+        token = REPLAYING.set(True)
         try:
             for name, doc in documents:
                 self(name, doc)
         finally:
+            REPLAYING.reset(token)
             self._replaying = False
 
     def _run_uid_of(self, name: str, doc: Doc) -> str | None:
@@ -227,6 +236,11 @@ class RunDispatcher:
         self._open(doc)
 
     def _on_descriptor(self, doc: Doc) -> None:
+        known = self._runs.get(doc["run_start"])
+        if known is not None and doc["uid"] in known.descriptors:
+            # delivered again (a durable bus redelivers what was not acknowledged yet)
+            self._metrics.messages_duplicated.labels(self._metrics.service, "descriptor").inc()
+            return
         run = self._run_for(doc["run_start"], doc)
         run.descriptors[doc["uid"]] = doc
         run.last_seq.setdefault(doc["uid"], 0)
@@ -255,7 +269,7 @@ class RunDispatcher:
         last = run.last_seq.get(descriptor_uid, 0)
         held = run.held.setdefault(descriptor_uid, {})
         if seq <= last or seq in held:
-            self._metrics.messages_duplicated.labels(self._metrics.service, "event").inc()
+            self._count(self._metrics.messages_duplicated, "event")
             logger.warning("duplicate or late event seq_num %d (last %d) dropped", seq, last)
             return
         if seq > last + 1:
@@ -340,9 +354,7 @@ class RunDispatcher:
         if problems:
             doc = _without_fields(doc, problems)
             for key, problem in problems.items():
-                self._metrics.event_fields_dropped.labels(
-                    self._metrics.service, _problem_kind(problem)
-                ).inc()
+                self._count(self._metrics.event_fields_dropped, _problem_kind(problem))
                 logger.warning(
                     "event seq_num %d: field %r dropped, the others kept: %s",
                     seq,
@@ -355,19 +367,8 @@ class RunDispatcher:
         self._send(run, "event", doc)
 
     def _on_event_page(self, doc: Doc) -> None:
-        keys = list(doc["data"])
-        for i, seq in enumerate(doc["seq_num"]):
-            self._on_event(
-                {
-                    "descriptor": doc["descriptor"],
-                    "uid": doc["uid"][i],
-                    "seq_num": seq,
-                    "time": doc["time"][i],
-                    "data": {k: doc["data"][k][i] for k in keys},
-                    "timestamps": {k: doc["timestamps"][k][i] for k in keys},
-                    "filled": {k: v[i] for k, v in doc.get("filled", {}).items()},
-                }
-            )
+        for event in unpack_event_page(cast(EventPage, doc)):  # checked by validate_document
+            self._on_event(dict(event))
 
     def _on_resource(self, doc: Doc) -> None:
         run = self._run_for(doc["run_start"], doc)
@@ -382,11 +383,8 @@ class RunDispatcher:
         self._send(self._runs[run_uid], "datum", doc)
 
     def _on_datum_page(self, doc: Doc) -> None:
-        for i, datum_id in enumerate(doc["datum_id"]):
-            kwargs = {k: v[i] for k, v in doc["datum_kwargs"].items()}
-            self._on_datum(
-                {"resource": doc["resource"], "datum_id": datum_id, "datum_kwargs": kwargs}
-            )
+        for datum in unpack_datum_page(cast(DatumPage, doc)):
+            self._on_datum(dict(datum))
 
     def _on_stream_resource(self, doc: Doc) -> None:
         run = self._run_for(doc["run_start"], doc)
@@ -417,7 +415,7 @@ class RunDispatcher:
                 "indices": {"start": expected, "stop": start},
                 "seq_nums": {"start": seq_start, "stop": seq_start + gap if seq_start else 0},
             }
-            self._metrics.messages_recovered.labels(self._metrics.service, "stream_datum").inc()
+            self._count(self._metrics.messages_recovered, "stream_datum")
             logger.info(
                 "rebuilt lost StreamDatum for frames %d..%d from the detector file", expected, start
             )
@@ -471,7 +469,7 @@ class RunDispatcher:
         self._lost("start", 1, run_uid, "documents arrived for a run whose start was never seen")
         start = self._recover_start(run_uid) if self._recover_start else None
         if start is not None:
-            self._metrics.messages_recovered.labels(self._metrics.service, "start").inc()
+            self._count(self._metrics.messages_recovered, "start")
             logger.info("recovered start document of run %s", run_uid)
         else:
             start = {
@@ -524,8 +522,13 @@ class RunDispatcher:
             )
             self._metrics.pipeline_errors.labels(self._metrics.service, type(router).__name__).inc()
 
+    def _count(self, counter: Any, label: str, amount: float = 1) -> None:
+        """Count an event of the bus, unless it is a replay's (counted when it happened)."""
+        if not REPLAYING.get():
+            counter.labels(self._metrics.service, label).inc(amount)
+
     def _lost(self, kind: str, count: int, run_uid: str | None, detail: str) -> None:
-        self._metrics.messages_lost.labels(self._metrics.service, kind).inc(count)
+        self._count(self._metrics.messages_lost, kind, count)
         logger.warning("bus loss (%s x%d): %s", kind, count, detail, extra={"run_uid": run_uid})
 
 
@@ -624,6 +627,24 @@ def _int(value: Any, field: str) -> int:
     return int(value)
 
 
+def _check_page_lists(doc: Doc, fields: tuple[str, ...], length: int | None, what: str) -> None:
+    """``unpack_event_page`` / ``unpack_datum_page`` pad short lists: refuse them here."""
+    for name in fields:
+        values = doc[name]
+        if not isinstance(values, list):
+            raise TypeError(f"{what} {name} is a {type(values).__name__}, expected a list")
+        if length is not None and len(values) != length:
+            raise ValueError(f"{what} {name} has {len(values)} entries for a page of {length}")
+
+
+def _check_page_columns(columns: Any, length: int, what: str) -> None:
+    if not isinstance(columns, dict):
+        raise TypeError(f"{what} column map is a {type(columns).__name__}")
+    for key, values in columns.items():
+        if not isinstance(values, list) or len(values) != length:
+            raise ValueError(f"{what} column {key!r} is not a list of the page length")
+
+
 def validate_document(name: str, doc: Doc) -> None:
     """Check the identifiers and types a router relies on; raise with what is wrong.
 
@@ -656,10 +677,10 @@ def validate_document(name: str, doc: Doc) -> None:
         seq_nums = doc["seq_num"]
         if not isinstance(seq_nums, list):
             raise TypeError("event_page seq_num is not a list")
-        for column in (_mapping(doc, "data"), _mapping(doc, "timestamps")):
-            for key, values in column.items():
-                if not isinstance(values, list) or len(values) != len(seq_nums):
-                    raise ValueError(f"event_page column {key!r} is not a list of the page length")
+        _check_page_lists(doc, ("uid", "time"), len(seq_nums), "event_page")
+        columns = (_mapping(doc, "data"), _mapping(doc, "timestamps"), doc.get("filled") or {})
+        for column in columns:
+            _check_page_columns(column, len(seq_nums), "event_page")
     elif name in ("resource", "stream_resource"):
         check_uid(doc["uid"], f"{name} uid")
         check_uid(doc["run_start"], f"{name} run_start")
@@ -670,8 +691,10 @@ def validate_document(name: str, doc: Doc) -> None:
         check_uid(doc["resource"], "datum resource")
     elif name == "datum_page":
         check_uid(doc["resource"], "datum_page resource")
+        _check_page_lists(doc, ("datum_id",), None, "datum_page")
         for datum_id in doc["datum_id"]:
             check_datum_id(datum_id, "datum_id")
+        _check_page_columns(_mapping(doc, "datum_kwargs"), len(doc["datum_id"]), "datum_page")
     elif name == "stream_datum":
         check_uid(doc["stream_resource"], "stream_datum stream_resource")
         check_uid(doc["descriptor"], "stream_datum descriptor")

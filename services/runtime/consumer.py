@@ -5,8 +5,15 @@ Two roles run side by side under ``beamwatch up``:
 ``raw``       registers every run in Tiled under ``raw/<uid>`` with bluesky's TiledWriter;
 ``analysis``  feeds frames to the pipelines of the registry, results under ``analysis/<uid>``.
 
-The bus is drained by its own thread into an in-memory queue so a slow pipeline never makes
-0MQ drop messages; the queue depth is a metric.
+The bus is drained by its own thread into a bounded in-memory queue (``doc_queue``): a slow
+pipeline holds the bus thread back (back-pressure) instead of growing memory without bound; its
+depth, bytes and waiting time are metrics, and what 0MQ then drops is counted as bus losses.
+
+With ``bus.mode: nats`` the documents come from the JetStream stream instead
+(``services.bus.jetstream``): the consumer claims whole runs (other processes of the same role,
+here or on other machines, take the others), and acknowledges each document once the
+dispatcher has put its effects on disk (journal and spool); a run is released when it is
+finished and all its writes are in Tiled.
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ from typing import Any
 
 from services.analysis.registry import default_registry
 from services.analysis.router import AnalysisRunRouter, PipelineRegistry
+from services.bus.jetstream import JetStreamRuns
 from services.bus.subscriber import BusSubscriber
 from services.core.metrics import Metrics
 from services.core.settings import BeamwatchSettings
 from services.runs.ingest import RawRunRouter
 from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
+from services.runtime.doc_queue import DocumentQueue
 from services.tiled.applier import TiledApplier, connect, is_transient
+from services.tiled.records import Metadata, RawDoc, Record
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -35,6 +45,11 @@ logger = logging.getLogger(__name__)
 ROLES = ("raw", "analysis")
 #: How often the dispatcher gives up on gaps and idle runs, in seconds.
 SWEEP_INTERVAL = 0.25
+#: Documents fetched from JetStream but not dispatched yet, at most (back-pressure: no
+#: document waits unacknowledged long enough to be delivered again).
+MAX_QUEUED = 512
+#: A queue item that replays a run's journal (JetStream mode: when the run is claimed again).
+REPLAY = "__replay__"
 #: Threads running after-scan stages (maps, reconstructions) off the dispatch thread.
 AFTER_SCAN_WORKERS = 2
 
@@ -66,7 +81,7 @@ class _ReconnectingApplier:
         self._client = client
         self._applier: TiledApplier | None = None
 
-    def __call__(self, record: dict[str, Any]) -> None:
+    def __call__(self, record: Record) -> None:
         if self._applier is None:
             self._applier = TiledApplier(self._client.get())
         self._applier(record)
@@ -115,7 +130,7 @@ class Consumer:
         self._finished_runs: set[str] = set()
         if self._resume:
             resume = set(self._resume)
-            dropped = self.spool.discard(lambda record: _record_run(record) in resume)
+            dropped = self.spool.discard_runs(resume)
             logger.warning(
                 "resuming %d runs after a crash; %d spooled writes of them will be remade",
                 len(resume),
@@ -172,25 +187,51 @@ class Consumer:
             idle_timeout=settings.run_idle_timeout,
             reorder_timeout=settings.reorder_timeout,
             journal=self.journal,
-            on_finish=self._finished_runs.add,
+            on_finish=self._run_finished,
         )
-        self._queue: queue.Queue[tuple[str, Doc, float]] = queue.Queue()
-        self._bus = BusSubscriber(
-            bus_address or settings.bus.out_address,
-            self._enqueue,
-            self.metrics,
-            rcvhwm=settings.bus.rcvhwm,
+        bus_queue = f"{role}-bus"
+        self._queue = DocumentQueue(
+            settings.dispatch_queue_documents,
+            int(settings.dispatch_queue_mb * 2**20),
+            on_change=self._bus_queue_changed,
+            on_wait=self.metrics.backpressure_seconds.labels(bus_queue).inc,
         )
+        self._bus: BusSubscriber | None = None
+        self.runs_source: JetStreamRuns | None = None
+        if settings.bus.mode == "nats":
+            # Journals are replayed when their runs are claimed again (here or elsewhere).
+            self.runs_source = JetStreamRuns(
+                role,
+                settings,
+                self.metrics,
+                self._enqueue,
+                room=lambda: self._queue.qsize() < min(MAX_QUEUED, self._queue.max_items),
+                journaled=set(self._resume),
+                replay=self._queue_replay,
+            )
+            self._resume = []
+        else:
+            self._bus = BusSubscriber(
+                bus_address or settings.bus.out_address,
+                self._enqueue,
+                self.metrics,
+                rcvhwm=settings.bus.rcvhwm,
+            )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self.spool.start()
-        for target, name in ((self._bus_loop, "bus"), (self._dispatch_loop, "dispatch")):
+        loops = [(self._dispatch_loop, "dispatch")]
+        if self._bus is not None:
+            loops.append((self._bus_loop, "bus"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=f"{self.role}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self.runs_source is not None:
+            self.runs_source.start()
 
     def stop(self, drain_timeout: float = 5.0) -> None:
         self._stop.set()
@@ -199,9 +240,12 @@ class Consumer:
         self.dispatcher.close()
         self._after_scan_pool.shutdown(wait=True)
         self.spool.stop(drain_timeout)
-        self._remove_done_journals()
+        self._remove_done_journals()  # releases the claims of runs now done
+        if self.runs_source is not None:
+            self.runs_source.close()  # open runs: claimed again after ack_wait
         self.journal.close()
-        self._bus.close()
+        if self._bus is not None:
+            self._bus.close()
         self._client.close()
         if self._feedback is not None:
             self._feedback.close()
@@ -240,39 +284,30 @@ class Consumer:
         dead = [t.name for t in self._threads if not t.is_alive()]
         if not self.spool.is_alive():
             dead.append("spool")
+        if self.runs_source is not None and not self.runs_source.is_alive():
+            dead.append("jetstream")
         return dead
 
     def request_stop(self) -> None:
         self._stop.set()
 
     # ---- rejected writes ----------------------------------------------------------------------
-    def _report_rejected(self, record: dict[str, Any], error: str) -> None:
+    def _report_rejected(self, record: Record, error: str) -> None:
         """Name a write Tiled will not accept in the metadata of the run (or pipeline) it is for."""
-        path = [str(p) for p in record.get("path") or []]
-        if record.get("op") == "raw_doc" and record.get("run"):
-            target = ["raw", str(record["run"])]
-        elif path[:1] == ["analysis"] and len(path) >= 3:
+        path: tuple[str, ...] = () if isinstance(record, RawDoc) else record.path
+        if isinstance(record, RawDoc) and record.run:
+            target: tuple[str, ...] = ("raw", record.run)
+        elif path[:1] == ("analysis",) and len(path) >= 3:
             target = path[:3]
-        elif path[:1] == ["raw"] and len(path) >= 2:
+        elif path[:1] == ("raw",) and len(path) >= 2:
             target = path[:2]
         else:
             return
-        entry = {
-            "op": record.get("op"),
-            "key": record.get("key") or record.get("name"),
-            "path": "/".join(path),
-            "error": error[:500],
-        }
-        rejected = self._rejected.setdefault(tuple(target), [])
+        entry = {"op": record.op, "key": record.label, "path": "/".join(path), "error": error[:500]}
+        rejected = self._rejected.setdefault(target, [])
         rejected.append(entry)
-        self.spool.put(
-            {
-                "op": "metadata",
-                "path": target,
-                "metadata": {"rejected_writes": rejected, "write_errors": len(rejected)},
-                "notice": True,
-            }
-        )
+        metadata = {"rejected_writes": list(rejected), "write_errors": len(rejected)}
+        self.spool.put(Metadata(target, metadata, notice=True))
 
     # ---- loops ---------------------------------------------------------------------------------
     def _submit_after_scan(self, run_uid: str, job: Callable[[], None]) -> None:
@@ -303,27 +338,45 @@ class Consumer:
             else:
                 self._after_scan_runs.pop(run_uid, None)
 
+    def _run_finished(self, run_uid: str) -> None:
+        self._finished_runs.add(run_uid)
+        if self.runs_source is not None:
+            self.runs_source.run_finished(run_uid)
+
     def _remove_done_journals(self) -> None:
-        """Journals of finished runs go once their stages are done and the spool is empty."""
-        if not self._finished_runs or self.spool.depth() > 0:
+        """Journals of finished runs go once their stages are done and their writes applied."""
+        if not self._finished_runs:
             return
         with self._after_scan_lock:
             busy = set(self._after_scan_runs)
         for run_uid in list(self._finished_runs - busy):
-            self.journal.remove(run_uid)
-            self._finished_runs.discard(run_uid)
+            if self.spool.pending(run_uid) == 0:
+                self.journal.remove(run_uid)
+                self._finished_runs.discard(run_uid)
+                if self.runs_source is not None:
+                    self.runs_source.run_done(run_uid)
 
     def after_scan_depth(self) -> int:
         """After-scan stages queued or running."""
         with self._after_scan_lock:
             return len(self._after_scan_jobs)
 
-    def _enqueue(self, name: str, doc: Doc) -> None:
-        # Arrival on the bus: the clock of every latency starts here.
-        self._queue.put((name, doc, time.monotonic()))
-        self.metrics.queue_depth.labels(f"{self.role}-bus").set(self._queue.qsize())
+    def _enqueue(self, name: str, doc: Doc, ack: Callable[[], None] | None = None) -> None:
+        # Arrival on the bus: the clock of every latency starts here. While the queue is full
+        # this waits, and the socket is not read meanwhile (back-pressure).
+        if not self._queue.put((name, doc, time.monotonic(), ack), self._stop):
+            logger.info("stopping: %s document not dispatched", name)
+
+    def _queue_replay(self, run_uid: str) -> None:
+        # A claimed run with a journal here: the dispatch thread replays it in bus order.
+        self._queue.put((REPLAY, {"uid": run_uid}, time.monotonic(), None), self._stop)
+
+    def _bus_queue_changed(self, depth: int, nbytes: int) -> None:
+        self.metrics.queue_depth.labels(f"{self.role}-bus").set(depth)
+        self.metrics.queue_bytes.labels(f"{self.role}-bus").set(nbytes)
 
     def _bus_loop(self) -> None:
+        assert self._bus is not None
         while not self._stop.is_set():
             self._bus.poll_once(200)
 
@@ -341,14 +394,21 @@ class Consumer:
                 self._remove_done_journals()
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
             try:
-                name, doc, received = self._queue.get(timeout=SWEEP_INTERVAL)
+                name, doc, received, ack = self._queue.get(timeout=SWEEP_INTERVAL)
             except queue.Empty:
                 continue
             try:
-                self.dispatcher(name, doc, received)
+                if name == REPLAY:
+                    self.dispatcher.replay(doc["uid"], self.journal.documents(doc["uid"]))
+                else:
+                    self.dispatcher(name, doc, received)
             except Exception:
                 logger.exception("dispatching %s failed", name)
             finally:
+                # Acked once dispatched: what it changed is in the run's journal and the
+                # spool, both on disk (a document that failed is not retried forever).
+                if ack is not None:
+                    ack()
                 self._queue.task_done()
 
     # ---- recovery from Tiled ---------------------------------------------------------------------
@@ -377,13 +437,3 @@ class Consumer:
             if seq in wanted:
                 out[seq] = {k: v for k, v in row.items() if k != "seq_num"}
         return out
-
-
-def _record_run(record: dict[str, Any]) -> str | None:
-    """The run a spooled write belongs to."""
-    if record.get("op") == "raw_doc":
-        return record.get("run")
-    path = record.get("path") or []
-    if len(path) >= 2 and path[0] in ("raw", "analysis"):
-        return str(path[1])
-    return None

@@ -21,6 +21,7 @@ import numpy as np
 
 from services.bus.subscriber import wait_until_delivered
 from services.core import serialization
+from services.core.layout import Status
 from services.core.settings import BeamwatchSettings
 from services.runtime.supervisor import (
     Supervisor,
@@ -32,7 +33,7 @@ from services.runtime.supervisor import (
 
 logger = logging.getLogger(__name__)
 
-FINAL_STATUSES = ("complete", "failed")
+FINAL_STATUSES = (Status.COMPLETE, Status.FAILED)
 
 
 def wait_for_metrics(settings: BeamwatchSettings, timeout: float = 60.0) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from services.bus.nats_server import nats_command
 from services.core.settings import BeamwatchSettings
 from services.tiled.server import tiled_command
 
@@ -42,7 +43,8 @@ class _Child:
 
 def child_specs(settings: BeamwatchSettings, config_file: Path | None) -> list[ChildSpec]:
     """What ``up`` runs: the embedded Tiled server (unless an external URL is set), the proxy,
-    the two consumer roles and the live page."""
+    with ``bus.mode: nats`` the embedded JetStream server (unless ``bus.nats_url`` is set) and
+    the bridge, the two consumer roles and the live page."""
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     specs: list[ChildSpec] = []
@@ -67,6 +69,10 @@ def child_specs(settings: BeamwatchSettings, config_file: Path | None) -> list[C
     if config_file is not None:
         base += ["--config", str(config_file)]
     base += ["--data-dir", str(settings.data_dir)]
+    if settings.bus.mode == "nats":
+        if not settings.bus.nats_url:
+            specs.append(ChildSpec("nats", nats_command(settings), log_file=logs / "nats.log"))
+        specs.append(ChildSpec("bridge", [*base, "bridge"], log_file=logs / "bridge.log"))
     for role in ("raw", "analysis"):
         specs.append(ChildSpec(f"consumer-{role}", [*base, "consume", role]))
     specs.append(ChildSpec("web", [*base, "web"], log_file=logs / "web.log"))
@@ -214,6 +220,11 @@ def banner(settings: BeamwatchSettings) -> list[str]:
         f"API key file:   {settings.data_dir / 'tiled_api_key'}",
         f"Bluesky bus:    publish to {settings.bus.in_address} (msgpack, see README)",
         f"Drift feedback: {settings.bus.feedback_address}",
+        *(
+            [f"JetStream:      {settings.nats_url} stream {settings.nats.stream}"]
+            if settings.bus.mode == "nats"
+            else []
+        ),
         f"Metrics:        http://{m.host}:{m.raw_port}/metrics (raw), "
         f"http://{m.host}:{m.analysis_port}/metrics (analysis), "
         f"http://{m.host}:{m.supervisor_port}/metrics (children)",

@@ -1,13 +1,7 @@
-"""Applying spooled write records to Tiled, idempotently where Tiled allows it.
-
-Records are plain dicts (msgpack-safe, arrays allowed) with an ``op`` field:
-
-``raw_doc``       a Bluesky document for bluesky's ``TiledWriter`` (under ``raw/``)
-``container``     create ``path`` (list of keys) if missing, with metadata
-``metadata``      merge metadata into the node at ``path``
-``array``         write (or overwrite) array ``key`` under ``path``
-``array_rows``    write rows ``array`` at ``offset`` along axis 0 of ``key``, extending it
-``table_rows``    append rows (dict of columns) to appendable table ``key`` under ``path``
+"""Applying spooled write records (:mod:`services.tiled.records`) to Tiled, idempotently
+where Tiled allows it: raw documents through the retry-safe ``TiledWriter``
+(:mod:`services.tiled.raw_writer`), containers adopted when they exist, arrays patched at
+offsets, table rows appended at known row offsets.
 """
 
 from __future__ import annotations
@@ -18,6 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from services.tiled.records import (
+    ArrayRows,
+    ArrayWrite,
+    Container,
+    Metadata,
+    RawDoc,
+    Record,
+    TableRows,
+)
 from services.tiled.spool import PermanentWriteError
 
 logger = logging.getLogger(__name__)
@@ -128,15 +131,26 @@ class TiledApplier:
             self._containers[ident] = node
         return node
 
-    def __call__(self, record: dict[str, Any]) -> None:
-        op = record.get("op")
-        handler = getattr(self, f"_op_{op}", None)
-        if handler is None:
-            raise PermanentWriteError(f"unknown write op {op!r}")
-        handler(record)
+    def __call__(self, record: Record) -> None:
+        if isinstance(record, RawDoc):
+            self._raw_doc(record)
+        elif isinstance(record, Container):
+            self._container_record(record)
+        elif isinstance(record, Metadata):
+            self._container(list(record.path)).update_metadata(
+                metadata=record.metadata, drop_revision=True
+            )
+        elif isinstance(record, ArrayWrite):
+            self._array(record)
+        elif isinstance(record, ArrayRows):
+            self._array_rows(record)
+        elif isinstance(record, TableRows):
+            self._table_rows(record)
+        else:
+            raise PermanentWriteError(f"unknown write record {type(record).__name__}")
 
-    # ---- ops --------------------------------------------------------------------------------
-    def _op_raw_doc(self, record: dict[str, Any]) -> None:
+    # ---- records --------------------------------------------------------------------------
+    def _raw_doc(self, record: RawDoc) -> None:
         if self._raw_writer is None:
             # bluesky's TiledWriter, with the parts that are not safe to retry replaced
             from services.tiled.raw_writer import RawWriter
@@ -145,34 +159,28 @@ class TiledApplier:
         with self._append_lock:
             self._raw_writer(record)
 
-    def _op_container(self, record: dict[str, Any]) -> None:
-        node = self._container(record["path"], record.get("metadata"))
-        if record.get("metadata"):
-            node.update_metadata(metadata=record["metadata"], drop_revision=True)
+    def _container_record(self, record: Container) -> None:
+        node = self._container(list(record.path), record.metadata)
+        if record.metadata:
+            node.update_metadata(metadata=record.metadata, drop_revision=True)
 
-    def _op_metadata(self, record: dict[str, Any]) -> None:
-        node = self._container(record["path"])
-        node.update_metadata(metadata=record["metadata"], drop_revision=True)
-
-    def _op_array(self, record: dict[str, Any]) -> None:
-        parent = self._container(record["path"])
-        key = record["key"]
-        array = np.asarray(record["array"])
+    def _array(self, record: ArrayWrite) -> None:
+        parent = self._container(list(record.path))
+        key = record.key
+        array = np.asarray(record.array)
         if key in parent:
             parent.delete_contents([key], external_only=False)
-        parent.write_array(
-            array, key=key, dims=record.get("dims"), metadata=record.get("metadata") or {}
-        )
-        self._arrays.pop((*record["path"], key), None)
+        parent.write_array(array, key=key, dims=record.dims, metadata=record.metadata)
+        self._arrays.pop((*record.path, key), None)
 
-    def _op_array_rows(self, record: dict[str, Any]) -> None:
-        """Write ``array`` at ``offset`` along ``axis`` (default 0), extending the array."""
-        parent = self._container(record["path"])
-        key = record["key"]
-        ident = (*record["path"], key)
-        rows = np.asarray(record["array"])
-        axis = int(record.get("axis", 0))
-        offset = int(record["offset"])
+    def _array_rows(self, record: ArrayRows) -> None:
+        """Write ``array`` at ``offset`` along ``axis``, extending the array."""
+        parent = self._container(list(record.path))
+        key = record.key
+        ident = (*record.path, key)
+        rows = np.asarray(record.array)
+        axis = record.axis
+        offset = record.offset
         cached = self._arrays.get(ident)
         if cached is None and key in parent:
             node = parent[key]
@@ -180,8 +188,7 @@ class TiledApplier:
         if cached is None:
             if offset != 0:
                 raise PermanentWriteError(f"{key}: first rows must start at offset 0, got {offset}")
-            md = record.get("metadata") or {}
-            node = parent.write_array(rows, key=key, dims=record.get("dims"), metadata=md)
+            node = parent.write_array(rows, key=key, dims=record.dims, metadata=record.metadata)
             self._arrays[ident] = (node, rows.shape[axis])
             return
         node, current = cached
@@ -192,13 +199,13 @@ class TiledApplier:
         node.patch(rows.astype(node.dtype, copy=False), offset=position, extend=end > current)
         self._arrays[ident] = (node, max(current, end))
 
-    def _op_table_rows(self, record: dict[str, Any]) -> None:
+    def _table_rows(self, record: TableRows) -> None:
         """Append rows at a known row offset, so a retried append is never applied twice."""
         import pyarrow as pa
 
-        parent = self._container(record["path"])
-        key = record["key"]
-        table = pa.table({k: list(v) for k, v in record["rows"].items()})
+        parent = self._container(list(record.path))
+        key = record.key
+        table = pa.table({k: list(v) for k, v in record.rows.items()})
         untyped = [f.name for f in table.schema if pa.types.is_null(f.type)]
         if untyped and key not in parent:
             # Tiled answers HTTP 500 "Unsupported PyArrow type: null" to such a table, forever.
@@ -206,8 +213,8 @@ class TiledApplier:
                 f"{key}: columns {untyped} hold only nulls (no type); Tiled cannot create "
                 "a table with a null-typed column"
             )
-        ident = (*record["path"], key)
-        offset = int(record.get("offset", -1))
+        ident = (*record.path, key)
+        offset = record.offset
         node = self._tables.get(ident)
         if node is None and key in parent:
             node = self._tables[ident] = parent[key]

@@ -36,6 +36,8 @@ from typing import Any
 from bluesky.callbacks.tiled_writer import RunNormalizer, _RunWriter
 from event_model import unpack_event_page
 
+from services.tiled.records import RawDoc
+
 logger = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
@@ -169,15 +171,14 @@ class RawWriter:
         self._runs: dict[str, RawRun] = {}
         self._pending: dict[str, list[tuple[str, Doc]]] = {}
 
-    def __call__(self, record: Doc) -> None:
-        name, doc = record["name"], record["doc"]
-        run_uid = record.get("run") or (doc.get("uid") if name == "start" else None)
+    def __call__(self, record: RawDoc) -> None:
+        name, doc, run_uid = record.name, record.doc, record.run
         if not run_uid:
             raise ValueError(f"raw_doc record of a {name} without its run uid")
         run = self._runs.get(run_uid)
         if run is None:
             run = self._runs[run_uid] = RawRun(self._client)
-        rid = record.get("rid") or f"{run_uid}:{name}:{id(record)}"
+        rid = record.rid or f"{run_uid}:{name}:{id(record)}"
         pending = self._pending.get(rid)
         if pending is None:
             pending = self._pending[rid] = run.normalize(name, doc)

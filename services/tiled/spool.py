@@ -1,9 +1,13 @@
-"""A durable, ordered write queue: records are spooled to disk and applied to Tiled in order.
+"""A durable write queue: records are spooled to disk and applied to Tiled in order per run.
 
 Tiled being down must not lose results. Every write is first appended to the spool (one msgpack
-file per record, numbered), then a single worker applies records strictly in order, retrying
-each with capped exponential backoff until it succeeds. Records left on disk by a previous
-process are replayed at start.
+file per record, numbered, named after its run: ``<n>-<run uid>.msgpack``), then a worker
+applies the records of each run strictly in order, retrying a failed one with capped
+exponential backoff until it succeeds. Order matters only within a run, so runs are *lanes*:
+while a run's head write fails and waits for its retry, the worker goes on with the other runs
+(round robin), and a write that keeps failing holds back only the later writes of its own run.
+Records left on disk by a previous process are replayed at start (files of before the run
+lanes, ``<n>.msgpack``, are read and renamed once, with a log line).
 
 A write the server will never accept (a permanent error, or the same record answered with a
 server error ``max_server_errors`` times in a row while the server is up) is *rejected*: it is
@@ -20,25 +24,45 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.core import serialization
+from services.core.identifiers import UID_PATTERN
 from services.core.metrics import Metrics
+from services.tiled import records as wire
+from services.tiled.records import ArrayRows, RawDoc, Record, TableRows
 
 logger = logging.getLogger(__name__)
 
-Applier = Callable[[dict[str, Any]], None]
-RejectCallback = Callable[[dict[str, Any], str], None]
+Applier = Callable[[Record], None]
+RejectCallback = Callable[[Record, str], None]
+
+#: The lane of records that belong to no run (never a run uid: those start with a letter or
+#: digit).
+NO_RUN = "_"
+#: First retry delay of a failing write (seconds); doubled per failure up to ``max_backoff``.
+FIRST_BACKOFF = 0.1
 
 
 class PermanentWriteError(Exception):
     """A write that can never succeed (bad data); it is logged, counted and skipped."""
 
 
+def lane_of(record: Record) -> str:
+    """The lane (run uid, or :data:`NO_RUN`) a record is ordered in."""
+    run = record.run
+    return run if run and UID_PATTERN.fullmatch(run) else NO_RUN
+
+
 class Spool:
-    """Ordered on-disk queue of write records with a retrying worker thread."""
+    """On-disk queue of write records, ordered per run, with a retrying worker thread."""
 
     def __init__(
         self,
@@ -59,54 +83,114 @@ class Spool:
         self._max_backoff = max_backoff
         self._is_transient = is_transient or (lambda exc: not isinstance(exc, PermanentWriteError))
         self._cond = threading.Condition()
-        existing = sorted(self.directory.glob("*.msgpack"))
-        self._next = int(existing[-1].stem) + 1 if existing else 0
-        self._pending: list[Path] = existing
+        #: pending record files per lane, in order; a lane exists while it has records
+        self._lanes: dict[str, deque[Path]] = {}
+        self._rotation: deque[str] = deque()  # lanes in round-robin order
+        self._retry_at: dict[str, float] = {}  # lane -> when its failed head write is retried
+        self._backoff: dict[str, float] = {}
+        self._server_errors: dict[str, tuple[Path, int]] = {}  # lane -> (head, errors in a row)
+        self._single: dict[str, Path] = {}  # lane -> head file to apply alone (a merge failed)
+        self._count = 0
         self._stop = False
-        self._busy = False
+        self._busy: str | None = None  # the lane being applied
         self._max_batch = max_batch
         self._max_server_errors = max_server_errors
         self._on_reject = on_reject
         self.rejected_dir = self.directory / "rejected"
         self._thread = threading.Thread(target=self._run, name=f"spool-{self.directory.name}")
-        self._metrics.queue_depth.labels(metrics.service).set(len(self._pending))
+        existing = self._existing_records()
+        self._next = (_number(existing[-1][1]) + 1) if existing else 0
+        for lane, path in existing:
+            self._enqueue(lane, path)
+        self._set_gauges()
         if existing:
             logger.warning("replaying %d spooled writes from %s", len(existing), self.directory)
 
+    # ---- records on disk ---------------------------------------------------------------------
+    def _existing_records(self) -> list[tuple[str, Path]]:
+        """(lane, file) of the records on disk, in number order; older files get their lane."""
+        found: list[tuple[str, Path]] = []
+        migrated = 0
+        for path in sorted(self.directory.glob("*.msgpack"), key=_number):
+            number, sep, lane = path.stem.partition("-")
+            if sep:
+                found.append((lane, path))
+                continue
+            found.append(self._migrate(path))
+            migrated += 1
+        if migrated:
+            logger.warning(
+                "spool %s: %d records of the format before run lanes and record versions "
+                "read and rewritten as version %d records, each in its run's lane",
+                self.directory,
+                migrated,
+                wire.RECORD_VERSION,
+            )
+        return found
+
+    def _migrate(self, path: Path) -> tuple[str, Path]:
+        """A record file named ``<n>.msgpack`` (before run lanes) rewritten with its lane."""
+        try:
+            record = wire.loads(path.read_bytes())
+        except (OSError, serialization.MalformedMessage):
+            return NO_RUN, path  # the worker sets unreadable records aside
+        lane = lane_of(record)
+        target = self._path(_number(path), lane)
+        try:
+            self._write_file(target, wire.dumps(record))
+            path.unlink()
+        except OSError as exc:
+            logger.error("cannot rewrite spool record %s (read in place): %s", path, exc)
+            return lane, path
+        return lane, target
+
+    def _path(self, number: int, lane: str) -> Path:
+        return self.directory / f"{number:012d}-{lane}.msgpack"
+
+    def _enqueue(self, lane: str, path: Path) -> None:
+        queue = self._lanes.get(lane)
+        if queue is None:
+            queue = self._lanes[lane] = deque()
+            self._rotation.append(lane)
+        queue.append(path)
+        self._count += 1
+
+    def _set_gauges(self) -> None:
+        service = self._metrics.service
+        self._metrics.queue_depth.labels(service).set(self._count)
+        self._metrics.spool_runs_retrying.labels(service).set(len(self._retry_at))
+
+    # ---- public --------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
 
-    def discard(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
-        """Before :meth:`start`: delete queued records for which ``predicate`` is true."""
+    def discard_runs(self, runs: Iterable[str]) -> int:
+        """Before :meth:`start`: delete the queued records of these runs; return how many."""
         if self._thread.is_alive():
-            raise RuntimeError("discard() is for records left by a previous process, before start")
-        kept: list[Path] = []
+            raise RuntimeError("discard_runs() is for records of a previous process, before start")
         dropped = 0
-        for path in self._pending:
-            try:
-                record = serialization.loads(path.read_bytes())
-            except (OSError, serialization.MalformedMessage):
-                kept.append(path)  # the worker sets unreadable records aside
-                continue
-            if predicate(record):
-                path.unlink(missing_ok=True)
-                dropped += 1
-            else:
-                kept.append(path)
-        self._pending = kept
-        self._metrics.queue_depth.labels(self._metrics.service).set(len(kept))
+        with self._cond:
+            for run in set(runs):
+                for path in self._lanes.pop(run, ()):
+                    path.unlink(missing_ok=True)
+                    dropped += 1
+                if run in self._rotation:
+                    self._rotation.remove(run)
+            self._count -= dropped
+            self._set_gauges()
         return dropped
 
-    def put(self, record: dict[str, Any]) -> None:
+    def put(self, record: Record) -> None:
         """Persist a record to disk and queue it; returns once it is on disk.
 
         While the directory cannot be written, waits and retries (logged and counted): the
         caller is held back, the record is never dropped.
         """
-        payload = serialization.dumps(record)
+        payload = wire.dumps(record)
+        lane = lane_of(record)
         backoff = 0.05
         with self._cond:
-            path = self.directory / f"{self._next:012d}.msgpack"
+            path = self._path(self._next, lane)
             while True:
                 try:
                     self._write_file(path, payload)
@@ -119,8 +203,8 @@ class Spool:
                     self._cond.wait(backoff)
                     backoff = min(backoff * 2, self._max_backoff)
             self._next += 1
-            self._pending.append(path)
-            self._metrics.queue_depth.labels(self._metrics.service).set(len(self._pending))
+            self._enqueue(lane, path)
+            self._set_gauges()
             self._cond.notify_all()
 
     @staticmethod
@@ -135,14 +219,20 @@ class Spool:
         return self._thread.is_alive()
 
     def depth(self) -> int:
+        """Records not applied yet (the ones being applied included)."""
         with self._cond:
-            return len(self._pending) + (1 if self._busy else 0)
+            return self._count
+
+    def pending(self, run: str) -> int:
+        """Records of ``run`` not applied yet."""
+        with self._cond:
+            return len(self._lanes.get(run, ()))
 
     def wait_empty(self, timeout: float | None = None) -> bool:
         """Block until every queued record has been applied; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._pending or self._busy:
+            while self._count or self._busy is not None:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -158,53 +248,84 @@ class Spool:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
+    # ---- worker --------------------------------------------------------------------------------
+    def _next_lane(self) -> str | None:
+        """Under the lock: wait for a lane whose head write is due (round robin); None: stop."""
+        while not self._stop:
+            now = time.monotonic()
+            soonest: float | None = None
+            for _ in range(len(self._rotation)):
+                lane = self._rotation[0]
+                self._rotation.rotate(-1)
+                due = self._retry_at.get(lane, 0.0)
+                if due <= now:
+                    return lane
+                soonest = due if soonest is None else min(soonest, due)
+            self._cond.wait(None if soonest is None else max(soonest - now, 0.001))
+        return None
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stop:
-                    self._cond.wait()
-                if self._stop:
+                lane = self._next_lane()
+                if lane is None:
                     return
-                candidates = list(self._pending[: self._max_batch])
-                self._busy = True
+                single = self._single.get(lane) == self._lanes[lane][0]
+                candidates = list(islice(self._lanes[lane], 1 if single else self._max_batch))
+                self._busy = lane
             done: list[Path] = []
             try:
-                done = self._apply_with_retry(candidates)
+                done = self._apply_lane(lane, candidates)
             except Exception:
                 # Never die silently: reading a record or the disk failed; try again shortly.
                 self._metrics.spool_errors.labels(self._metrics.service, "worker").inc()
                 logger.exception("spool worker error; retrying")
                 with self._cond:
-                    self._cond.wait(self._max_backoff)
+                    self._retry_at[lane] = time.monotonic() + self._max_backoff
             finally:
                 with self._cond:
-                    self._busy = False
-                    for path in done:
-                        if self._pending and self._pending[0] == path:
-                            self._pending.pop(0)
-                    self._metrics.queue_depth.labels(self._metrics.service).set(len(self._pending))
+                    self._busy = None
+                    self._remove_done(lane, done)
+                    self._set_gauges()
                     self._cond.notify_all()
 
-    def _batch(self, candidates: list[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+    def _remove_done(self, lane: str, done: list[Path]) -> None:
+        queue = self._lanes.get(lane)
+        if queue is None:
+            return
+        for path in done:
+            if queue and queue[0] == path:
+                queue.popleft()
+                self._count -= 1
+        if not queue:
+            del self._lanes[lane]
+            self._rotation.remove(lane)
+            self._retry_at.pop(lane, None)
+            self._backoff.pop(lane, None)
+            self._server_errors.pop(lane, None)
+            self._single.pop(lane, None)
+
+    def _batch(self, candidates: list[Path]) -> tuple[list[Path], list[Record]]:
         """The first record, plus the following ones while all of them can be merged."""
         paths = [candidates[0]]
-        records = [serialization.loads(candidates[0].read_bytes())]
-        if records[0].get("op") not in MERGEABLE_OPS:
+        records = [wire.loads(candidates[0].read_bytes())]
+        if not isinstance(records[0], MERGEABLE):
             return paths, records
         for path in candidates[1:]:
-            record = serialization.loads(path.read_bytes())
-            if record.get("op") not in MERGEABLE_OPS:
+            record = wire.loads(path.read_bytes())
+            if not isinstance(record, MERGEABLE):
                 break
             paths.append(path)
             records.append(record)
         return paths, records
 
-    def _apply_with_retry(self, candidates: list[Path]) -> list[Path]:
+    def _apply_lane(self, lane: str, candidates: list[Path]) -> list[Path]:
+        """Apply the head of a lane; return the files done (empty: retry the lane later)."""
         try:
             paths, records = self._batch(candidates)
         except serialization.MalformedMessage as exc:
             # A record file that cannot be decoded (disk damage): keep it aside, go on.
-            self._reject(candidates[:1], {"op": "unreadable"}, exc, raw=candidates[0])
+            self._reject(candidates[:1], None, exc, raw=candidates[0])
             candidates[0].unlink(missing_ok=True)
             return candidates[:1]
         try:
@@ -212,71 +333,108 @@ class Spool:
         except Exception:  # noqa: BLE001 - a malformed record: apply them one by one
             logger.exception("cannot merge spooled writes; applying them one by one")
             merged = records
-        backoff = 0.1
         for record in merged:
-            server_errors = 0
-            while True:
-                try:
-                    self._apply(record)
-                except Exception as exc:
-                    if _is_server_answer(exc):
-                        server_errors += 1
-                    if not self._is_transient(exc) or server_errors >= self._max_server_errors:
-                        with self._cond:
-                            if self._stop:
-                                return []  # shutting down: keep it on disk, decide next time
-                        self._reject(paths, record, exc)
-                        break
+            try:
+                self._apply(record)
+            except Exception as exc:
+                if len(paths) > 1:
+                    # Retried one record at a time (the merged writes applied already are
+                    # idempotent), so that what is rejected is exactly the failing record.
+                    with self._cond:
+                        self._single[lane] = paths[0]
+                    if self._is_transient(exc):
+                        self._retry_later(lane, paths[0], record, exc)
+                    return []
+                if self._gives_up(lane, paths[0], exc):
                     with self._cond:
                         if self._stop:
-                            return []  # keep everything on disk for the next start
-                    self._metrics.tiled_write_retries.labels(self._metrics.service).inc()
-                    logger.warning(
-                        "Tiled write %s (%s) failed, retrying in %.2f s: %s",
-                        paths[0].name,
-                        record.get("op", "?"),
-                        backoff,
-                        exc,
-                    )
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, self._max_backoff)
-                    continue
-                break
+                            return []  # shutting down: keep it on disk, decide next time
+                    self._reject(paths, record, exc)
+                    break
+                self._retry_later(lane, paths[0], record, exc)
+                return []
+        with self._cond:
+            self._backoff.pop(lane, None)
+            self._retry_at.pop(lane, None)
+            self._server_errors.pop(lane, None)
+            self._single.pop(lane, None)
         for path in paths:
             path.unlink(missing_ok=True)
         return paths
 
+    def _gives_up(self, lane: str, head: Path, exc: BaseException) -> bool:
+        """Whether a failed write is never to be accepted (permanent, or too many 5xx)."""
+        if not self._is_transient(exc):
+            return True
+        if not _is_server_answer(exc):
+            return False
+        with self._cond:
+            previous, errors = self._server_errors.get(lane, (head, 0))
+            errors = errors + 1 if previous == head else 1
+            self._server_errors[lane] = (head, errors)
+        return errors >= self._max_server_errors
+
+    def _retry_later(self, lane: str, head: Path, record: Record, exc: BaseException) -> None:
+        """The lane waits for its backoff; the worker goes on with the other lanes."""
+        with self._cond:
+            backoff = self._backoff.get(lane, FIRST_BACKOFF / 2) * 2
+            backoff = min(backoff, self._max_backoff)
+            self._backoff[lane] = backoff
+            self._retry_at[lane] = time.monotonic() + backoff
+        self._metrics.tiled_write_retries.labels(self._metrics.service).inc()
+        logger.warning(
+            "Tiled write %s (%s %s) failed, retrying in %.2f s (other runs go on): %s",
+            head.name,
+            record.op,
+            _target(record),
+            backoff,
+            exc,
+        )
+
     def _reject(
         self,
         paths: list[Path],
-        record: dict[str, Any],
+        record: Record | None,
         exc: BaseException,
         raw: Path | None = None,
     ) -> None:
-        """Keep a write the server will not accept beside its error; report it; go on."""
+        """Keep a write the server will not accept beside its error; report it; go on.
+
+        ``record`` is None for a record file that cannot be read (``raw`` is kept as it is).
+        """
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        op = str(record.get("op", "?"))
+        op = record.op if record is not None else "unreadable"
         logger.error(
             "Tiled rejected write %s (%s %s); kept in %s: %s",
             paths[0].name,
             op,
-            "/".join(map(str, record.get("path") or [])) or record.get("name", ""),
+            _target(record),
             self.rejected_dir,
             error,
         )
         self._metrics.writes_rejected.labels(self._metrics.service, op).inc()
         self.rejected_dir.mkdir(exist_ok=True)
         name = paths[0].stem
-        payload = raw.read_bytes() if raw is not None else serialization.dumps(record)
+        if raw is not None or record is None:
+            payload = raw.read_bytes() if raw is not None else b""
+        else:
+            payload = wire.dumps(record)
         self._write_file(self.rejected_dir / f"{name}.msgpack", payload)
         (self.rejected_dir / f"{name}.error.json").write_text(
             json.dumps({"op": op, "error": error, "records": [p.name for p in paths]})
         )
-        if self._on_reject is not None and not record.get("notice"):
+        if record is None or getattr(record, "notice", False):
+            return
+        if self._on_reject is not None:
             try:
                 self._on_reject(record, error)
             except Exception:
                 logger.exception("reporting a rejected write failed")
+
+
+def _number(path: Path) -> int:
+    """The sequence number a record file is named by."""
+    return int(path.stem.partition("-")[0])
 
 
 def _is_server_answer(exc: BaseException) -> bool:
@@ -285,64 +443,75 @@ def _is_server_answer(exc: BaseException) -> bool:
     return getattr(response, "status_code", None) is not None
 
 
-#: Ops whose records can be merged when several are queued (Tiled lagging behind): appends to
+def _target(record: Record | None) -> str:
+    """Where a record writes, for the log."""
+    if record is None:
+        return ""
+    if isinstance(record, RawDoc):
+        return f"raw/{record.run} {record.name}"
+    key = getattr(record, "key", None)
+    return "/".join((*record.path, key) if key else record.path)
+
+
+#: Records that can be merged when several are queued (Tiled lagging behind): appends to
 #: tables and growing arrays. They carry explicit offsets, so re-applying a merged batch after a
 #: failure is harmless.
-MERGEABLE_OPS = frozenset({"table_rows", "array_rows"})
+MERGEABLE = (TableRows, ArrayRows)
 #: Largest array append one merge makes. A lagging Tiled still sees a growing array grow in
 #: steps (a viewer watches the crack map fill slice by slice) and requests stay bounded.
 MAX_MERGED_ARRAY_BYTES = 1 << 20
 
 
-def merge_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_records(records: list[Record]) -> list[Record]:
     """Merge queued appends to the same table or array into one write each.
 
     Order is kept per target (the first record of a target fixes its place); appends with a
     gap or a different axis start a new write, and so does an array append that would grow a
-    merged write beyond :data:`MAX_MERGED_ARRAY_BYTES`.
+    merged write beyond :data:`MAX_MERGED_ARRAY_BYTES`. The input records are not changed.
     """
-    import numpy as np
-
-    merged: list[dict[str, Any]] = []
-    last_for: dict[tuple[Any, ...], dict[str, Any]] = {}
+    merged: list[Record] = []
+    place_of: dict[tuple[Any, ...], int] = {}
     for record in records:
-        target = (record["op"], tuple(record["path"]), record["key"], record.get("axis", 0))
-        prev = last_for.get(target)
-        if prev is not None and record["op"] == "table_rows" and _follows_table(prev, record):
-            for column, values in record["rows"].items():
-                prev["rows"][column] = list(prev["rows"][column]) + list(values)
+        if not isinstance(record, MERGEABLE):
+            merged.append(record)
             continue
-        if prev is not None and record["op"] == "array_rows" and _follows_array(prev, record):
-            axis = int(record.get("axis", 0))
-            prev["array"] = np.concatenate([prev["array"], record["array"]], axis=axis)
-            continue
-        copy = dict(record)
-        if record["op"] == "table_rows":
-            copy["rows"] = {k: list(v) for k, v in record["rows"].items()}
-        merged.append(copy)
-        last_for[target] = copy
+        target = (record.op, record.path, record.key, getattr(record, "axis", 0))
+        place = place_of.get(target)
+        if place is not None:
+            joined = _joined(merged[place], record)
+            if joined is not None:
+                merged[place] = joined
+                continue
+        place_of[target] = len(merged)
+        merged.append(record)
     return merged
 
 
-def _follows_table(prev: dict[str, Any], record: dict[str, Any]) -> bool:
-    n = len(next(iter(prev["rows"].values())))
-    return (
-        set(prev["rows"]) == set(record["rows"])
-        and int(record.get("offset", -1)) == int(prev.get("offset", -1)) + n
-    )
+def _joined(prev: Record, record: TableRows | ArrayRows) -> Record | None:
+    """``prev`` and ``record`` as one write, or None if ``record`` does not follow ``prev``."""
+    if isinstance(prev, TableRows) and isinstance(record, TableRows):
+        if _follows_table(prev, record):
+            rows = {c: list(prev.rows[c]) + list(v) for c, v in record.rows.items()}
+            return replace(prev, rows=rows)
+    if isinstance(prev, ArrayRows) and isinstance(record, ArrayRows):
+        if _follows_array(prev, record):
+            return replace(prev, array=np.concatenate([prev.array, record.array], axis=record.axis))
+    return None
 
 
-def _follows_array(prev: dict[str, Any], record: dict[str, Any]) -> bool:
-    import numpy as np
+def _follows_table(prev: TableRows, record: TableRows) -> bool:
+    return set(prev.rows) == set(record.rows) and record.offset == prev.offset + prev.n_rows >= 0
 
-    axis = int(record.get("axis", 0))
-    a, b = np.asarray(prev["array"]), np.asarray(record["array"])
+
+def _follows_array(prev: ArrayRows, record: ArrayRows) -> bool:
+    axis = record.axis
+    a, b = np.asarray(prev.array), np.asarray(record.array)
     same_shape = a.ndim == b.ndim and all(
         a.shape[i] == b.shape[i] for i in range(a.ndim) if i != axis
     )
     return (
         same_shape
         and a.dtype == b.dtype
-        and int(record["offset"]) == int(prev["offset"]) + a.shape[axis]
+        and record.offset == prev.offset + a.shape[axis]
         and a.nbytes + b.nbytes <= MAX_MERGED_ARRAY_BYTES
     )

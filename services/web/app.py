@@ -1,7 +1,9 @@
 """The live page: a small static web app that reads everything from Tiled, in the browser.
 
-The server only hands out the page, its script, the Plotly bundle (from the installed ``plotly``
-package, so the page works with no internet) and ``config.json`` (where Tiled is). The browser
+The server only hands out the page, its ES modules, the Plotly bundle (from the installed
+``plotly`` package, so the page works with no internet), ``config.json`` (where Tiled is) and
+``layout.json`` (the result keys and statuses of ``services.core.layout``, which the analysis
+writes by). The browser
 then reads runs and results from Tiled's HTTP API and listens on Tiled's websocket subscriptions
 (``/api/v1/stream/single/...``) for new frames, rows and slices, so the page shows the same thing
 whether the analysis ran a second ago or last month. The embedded Tiled server allows anonymous
@@ -20,6 +22,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from services.core.layout import layout_json
 from services.core.settings import BeamwatchSettings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,9 @@ def create_app(settings: BeamwatchSettings, tiled_url: str | None = None) -> Sta
     async def config_json(_request: Request) -> Response:
         return JSONResponse(config, headers={"cache-control": "no-cache"})
 
+    async def layout(_request: Request) -> Response:
+        return JSONResponse(layout_json(), headers={"cache-control": "no-cache"})
+
     async def plotly_js(_request: Request) -> Response:
         return FileResponse(bundle, media_type="text/javascript")
 
@@ -70,6 +76,7 @@ def create_app(settings: BeamwatchSettings, tiled_url: str | None = None) -> Sta
         routes=[
             Route("/", index),
             Route("/config.json", config_json),
+            Route("/layout.json", layout),
             Route("/vendor/plotly.min.js", plotly_js),
             Route("/healthz", healthz),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

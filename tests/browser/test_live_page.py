@@ -1,9 +1,7 @@
 """The live page as a person uses it: `beamwatch up`, real scans on the bus, headless Chromium.
 
-The page keeps a history of what it has shown (``window.bw.state.history``); the assertions read
-it, so "the drift plot gained points while the scan ran" is checked on what the page displayed,
-not on timing. Screenshots of every view go to ``test-artifacts/screenshots/`` (or
-``$BEAMWATCH_TEST_ARTIFACTS``).
+Each scenario publishes its own run and opens its own page (fixtures in ``conftest.py``), so the
+scenarios pass in any order.
 """
 
 from __future__ import annotations
@@ -12,104 +10,54 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 
-from tests.conftest import BIN, REPO, UpProcess, wait_until
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = (
-    Path(os.environ.get("BEAMWATCH_TEST_ARTIFACTS", REPO / "test-artifacts")) / "screenshots"
+from tests.browser.conftest import (
+    ARTIFACTS,
+    open_page,
+    shoot,
+    skip_without_browser,
+    state,
+    wait_page,
 )
+from tests.conftest import BIN, TiledProcess, free_port, wait_until
+
+skip_without_browser()
+
 N_ENERGIES = 30
 Z = 32  # slices of 320 x 320: segmenting one takes longer than a Tiled write, as at a beamline
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        "Debian's chromium is not installed (/usr/bin/chromium); `make test` installs it when "
-        "it runs as root with apt-get (tests/browser/install-chromium.sh)",
-        allow_module_level=True,
+
+def test_empty_catalog_says_so(browser, tmp_path):
+    # its own Tiled and page (no consumers needed): the session's catalog holds other runs
+    import httpx
+
+    tiled = TiledProcess(tmp_path)
+    tiled.settings.web.port = free_port()  # the origin Tiled's config allows
+    tiled.start()
+    web = subprocess.Popen(
+        [str(BIN / "beamwatch"), "--data-dir", str(tmp_path), "web", "--tiled-url", tiled.url]
+        + ["--port", str(tiled.settings.web.port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) missing")
-
-
-@pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
-    proc = UpProcess(tmp_path_factory.mktemp("live"), BEAMWATCH_WEB__POLL_SECONDS="0.5")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def page(up: UpProcess) -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1500, "height": 1100})
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(up.web + "/")
-        pg.errors = errors  # type: ignore[attr-defined]
-        yield pg
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def publisher(up: UpProcess) -> Iterator[Any]:
-    """A RunEngine publishing to the bus of `up` with the documented msgpack serializer."""
-    from bluesky import RunEngine
-    from bluesky.callbacks.zmq import Publisher
-
-    from services.bus.subscriber import wait_until_delivered
-    from services.core import serialization
-    from services.runtime.demo import _pings_seen
-
-    settings = up.settings()
-    pub = Publisher(settings.bus.in_address, serializer=serialization.dumps)
-    wait_until_delivered(lambda: pub("beamwatch_ping", {}), lambda: _pings_seen(settings))
-    RE = RunEngine({})
-    RE.subscribe(pub)
-    yield RE, settings
-    pub.close()
-
-
-def state(page: Any, expr: str) -> Any:
-    return page.evaluate(f"() => {expr}")
-
-
-def shoot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def wait_page(page: Any, expr: str, timeout_s: float) -> None:
     try:
-        page.wait_for_function(f"() => {expr}", timeout=timeout_s * 1000, polling=200)
-    except sync_api.TimeoutError:
-        seen = page.evaluate(
-            "() => JSON.stringify({...bw.state, runs: bw.state.runs.map(r => [r.uid, r.status])})"
-        )
-        shoot(page, "timeout")
-        raise AssertionError(
-            f"page never showed {expr} within {timeout_s} s; state: {seen}"
-        ) from None
+        url = tiled.settings.web_url
+        wait_until(lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, timeout=60)
+        page = open_page(browser, url + "/")
+        try:
+            _empty_catalog_says_so(page)
+        finally:
+            page.context.close()
+    finally:
+        web.terminate()
+        web.wait(15)
+        tiled.stop()
 
 
-def test_1_empty_catalog_says_so(page):
+def _empty_catalog_says_so(page):
     wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
     assert state(page, "bw.state.connected") is True
     assert state(page, "bw.state.view") == "empty"
@@ -118,7 +66,7 @@ def test_1_empty_catalog_says_so(page):
     shoot(page, "empty-catalog")
 
 
-def test_2_xanes_drift_plot_grows_while_the_scan_runs(page, publisher):
+def test_xanes_drift_plot_grows_while_the_scan_runs(page, publisher):
     import bluesky.plan_stubs as bps
 
     from bluesky_plans.devices import SimTXM
@@ -184,7 +132,7 @@ def test_2_xanes_drift_plot_grows_while_the_scan_runs(page, publisher):
     shoot(page, "xanes")
 
 
-def test_3_crack_view_shows_new_slices(page, publisher):
+def test_crack_view_shows_new_slices(page, publisher):
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
     from models.synthetic.cathode import make_cathode_volume
@@ -222,7 +170,7 @@ def test_3_crack_view_shows_new_slices(page, publisher):
     assert not page.errors
 
 
-def test_4_failed_analysis_is_shown_with_its_error(page, publisher):
+def test_failed_analysis_is_shown_with_its_error(page, publisher):
     from bluesky.plans import count
     from ophyd.sim import direct_img
 
@@ -236,7 +184,14 @@ def test_4_failed_analysis_is_shown_with_its_error(page, publisher):
     shoot(page, "failed-analysis")
 
 
-def test_5_tiled_going_away_and_coming_back(page, up):
+def test_tiled_going_away_and_coming_back(page, up, publisher):
+    from bluesky.plans import count
+    from ophyd.sim import direct_img
+
+    RE, _settings = publisher
+    (uid,) = RE(count([direct_img], num=2), beamwatch_pipelines=["frames", "xanes"])
+    page.goto(f"{up.web}/#{uid}")
+    wait_page(page, f"bw.state.selected === '{uid}' && bw.state.errors.length > 0", 120)
     tiled_pid = next(
         int(pid)
         for pid in subprocess.run(
@@ -244,33 +199,26 @@ def test_5_tiled_going_away_and_coming_back(page, up):
         ).stdout.split()
         if b"tiled\x00serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
     )
-    shown = state(page, "bw.state.selected")
     os.kill(tiled_pid, signal.SIGKILL)
     wait_page(page, "bw.state.connected === false", 60)
     banner = page.inner_text("#conn")
     assert "not reachable" in banner and "reconnecting" in banner
     # The last data stays on screen.
-    assert page.locator("li.run").count() >= 3
-    assert shown in page.inner_text("#run-title")
+    assert page.locator(f"li.run[data-uid='{uid}']").count() == 1
+    assert uid in page.inner_text("#run-title")
     assert page.is_visible(".pipeline-error")
     shoot(page, "tiled-down")
     # `up` restarts Tiled; the page reconnects by itself.
     wait_page(page, "bw.state.connected === true", 120)
     wait_until(lambda: page.inner_text("#conn") == "Tiled connected", timeout=30)
-    assert state(page, "bw.state.selected") == shown
+    assert state(page, "bw.state.selected") == uid
     history = state(page, "bw.state.history.conn")
     assert history[-2:] == [False, True]
     assert not page.errors
 
 
-def test_6_report_opens_offline_and_tiled_ui_browses_results(page, up):
-    from tiled.client import from_uri
-
-    client = from_uri(up.tiled, api_key=up.api_key())
-    try:
-        uid = next(u for u in client["analysis"] if "cracks" in client["analysis"][u])
-    finally:
-        client.context.close()
+def test_report_opens_offline_and_tiled_ui_browses_results(page, up, small_tomograms):
+    uid = small_tomograms[0].uid
     report = up.data.parent / "report.html"
     subprocess.run(
         [str(BIN / "beamwatch"), "--data-dir", str(up.data), "report", uid, "-o", str(report)],

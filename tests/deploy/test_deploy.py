@@ -28,6 +28,25 @@ def test_beamwatch_settings_file_is_valid():
     tiled_config = yaml.safe_load((DEPLOY / "tiled" / "config.yml").read_text())
     assert s.web_url in tiled_config["allow_origins"]
     assert s.bus.in_address.startswith("tcp://127.0.0.1:")
+    assert s.bus.mode == "nats" and s.nats.replicas == 3
+
+
+def test_nats_cluster_config_is_accepted_by_the_server(tmp_path):
+    """``nats-server -t`` checks the configuration file of deploy/nats/ (no server starts)."""
+    from services.bus.nats_server import nats_server_binary
+
+    env = dict(os.environ, NATS_SERVER_NAME="nats-1", BEAMWATCH_NATS_PASSWORD="x")
+    conf = (DEPLOY / "nats" / "nats-server.conf").read_text()
+    # the store directory of a real node does not exist here
+    (tmp_path / "nats.conf").write_text(conf.replace("/var/lib/nats", str(tmp_path / "js")))
+    result = subprocess.run(
+        [str(nats_server_binary()), "-t", "-c", str(tmp_path / "nats.conf")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
@@ -43,8 +62,8 @@ def test_systemd_units_name_installed_entry_points(unit):
         from services.cli import build_parser
 
         args = build_parser().parse_args(argv[1:])
-        if args.verb == "web":
-            assert unit.name == "beamwatch-web.service"
+        if args.verb in ("web", "bridge", "worker"):
+            assert unit.name == f"beamwatch-{args.verb}.service"
         else:
             assert args.verb == "consume" and args.role in unit.name
     assert parser["Install"]["WantedBy"] == "multi-user.target"

@@ -79,6 +79,13 @@ def test_import_tooth_then_reprocess_with_a_new_centre(settings, tiled_client) -
     assert "particles-r1" in analysis and "particles" in analysis
     np.testing.assert_array_equal(analysis["cracks"]["reconstruction"].read(), volume)
     assert not np.allclose(again["reconstruction"].read(), volume)
+    # a comparison report uses the newest complete analysis of each run
+    from services.web.report import latest_result, run_numbers
+
+    assert latest_result(analysis, "cracks").item["id"] == "cracks-r1"
+    numbers = run_numbers(tiled_client, uid)
+    np.testing.assert_array_equal(numbers.depth_profile, again["depth_profile"].read())
+    assert numbers.depth_unit == "px"  # the file states no pixel size
 
 
 @pytest.fixture()

@@ -43,6 +43,7 @@ def raw(beamline, tmp_path, proxy):
             "readable_roots": [str(beamline.allowed)],
         },
         bus={
+            "mode": "zmq",
             "in_address": proxy.in_address,
             "out_address": proxy.out_address,
             "feedback_address": f"tcp://127.0.0.1:{free_port()}",

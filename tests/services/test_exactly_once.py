@@ -103,3 +103,70 @@ def test_stream_datums_answered_500_after_commit_keep_the_array_shape(
     uid, txm, fault, retries = _raw_run_through_faults(tiled_server, tmp_path, _data_sources, 3)
     assert len(fault.injected) == 3 and retries >= 3
     _check_run_exactly_once(tiled_client, uid, txm)
+
+
+class FailingForRun:
+    """Answers HTTP 500 to every request about one run while ``active`` (after the server has
+    handled it, as ``CommittedButFailed``): that run's writes keep failing."""
+
+    def __init__(self):
+        self.uid = ""
+        self.active = threading.Event()
+        self.injected = 0
+
+    def __call__(self, response: httpx.Response) -> None:
+        request = response.request
+        if not self.active.is_set() or not self.uid:
+            return
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = b""
+        if self.uid in request.url.path or self.uid.encode() in body:
+            self.injected += 1
+            response.status_code = 500
+
+
+def test_a_run_whose_writes_keep_failing_holds_back_only_itself(
+    tiled_server, tiled_client, tmp_path
+):
+    from services.tiled.applier import connect
+    from tests.conftest import wait_until
+
+    client = connect(tiled_server.url, tiled_server.api_key)  # as the consumers connect
+    fault = FailingForRun()
+    fault.active.set()
+    client.context.http_client.event_hooks["response"].append(fault)
+    metrics = Metrics("raw")
+    spool = Spool(
+        tmp_path / "spool",
+        TiledApplier(client),
+        metrics,
+        max_backoff=0.2,
+        is_transient=is_transient,
+        max_server_errors=100_000,  # failing, not refused for good: it must wait, not be dropped
+    )
+    spool.start()
+    dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: setattr(fault, "uid", fault.uid or doc["uid"]), "start")
+    RE.subscribe(dispatcher)
+    try:
+        txm_a = small_txm(tiled_server.settings.detector_dir, "stream", seed=21)
+        (uid_a,) = RE(xanes_scan_plan(txm_a, energies(), n_flats=1))
+        assert fault.uid == uid_a
+        txm_b = small_txm(tiled_server.settings.detector_dir, "stream", seed=22)
+        (uid_b,) = RE(xanes_scan_plan(txm_b, energies(), n_flats=1))
+        wait_until(lambda: spool.pending(uid_b) == 0, timeout=120, interval=0.1)
+        _check_run_exactly_once(tiled_client, uid_b, txm_b)  # B landed whole while A failed
+        assert spool.pending(uid_a) > 0 and fault.injected > 0
+        assert uid_a not in tiled_client["raw"] or "stop" not in tiled_client["raw"][uid_a].metadata
+        fault.active.clear()
+        assert spool.wait_empty(120)
+    finally:
+        spool.stop(drain_timeout=0)
+        client.context.close()
+    _check_run_exactly_once(tiled_client, uid_a, txm_a)
+    for uid in (uid_a, uid_b):  # rows in seq_num order, each once
+        table = tiled_client["raw"][uid]["primary"].base["internal"].read()
+        assert table["seq_num"].tolist() == list(range(1, N_ENERGIES + 1))

@@ -213,6 +213,7 @@ def test_tiled_restart_mid_run_loses_nothing(tmp_path, proxy):
             "readable_roots": [str(server.settings.detector_dir)],
         },
         bus={
+            "mode": "zmq",
             "in_address": proxy.in_address,
             "out_address": proxy.out_address,
             "feedback_address": f"tcp://127.0.0.1:{free_port()}",

@@ -299,3 +299,45 @@ def test_a_stop_whose_announced_events_never_come_declares_them_lost():
     d.sweep()
     assert routers[0].lost == [[4, 5]]
     assert routers[0].calls[-1] == ("stop", False)
+
+
+def test_pages_are_routed_as_their_single_documents():
+    from event_model import pack_datum_page, pack_event_page
+
+    d, routers, metrics = make()
+    start, desc, events, stop = docs()
+    seen = []
+
+    class PageRecorder(Recorder):
+        def event(self, doc):
+            seen.append(doc)
+
+        def datum(self, doc):
+            seen.append(doc)
+
+    d = RunDispatcher([PageRecorder], metrics, idle_timeout=10.0)
+    desc["data_keys"] = {"x": {"dtype": "number", "shape": [], "source": "s"}}
+    d("start", start)
+    d("descriptor", desc)
+    for e in events:
+        e.update(data={"x": float(e["seq_num"])}, timestamps={"x": 0.5})
+    d("event_page", pack_event_page(*events[:3]))
+    resource = {"uid": "res1", "run_start": "run1", "spec": "S", "root": "/", "resource_path": "f"}
+    d("resource", resource)
+    datums = [
+        {"datum_id": f"res1/{i}", "resource": "res1", "datum_kwargs": {"i": i}} for i in (0, 1)
+    ]
+    d("datum_page", pack_datum_page(*datums))
+    assert [(e["seq_num"], e["data"], e["uid"]) for e in seen[:3]] == [
+        (i, {"x": float(i)}, f"e{i}") for i in (1, 2, 3)
+    ]
+    assert [(x["datum_id"], x["datum_kwargs"]) for x in seen[3:]] == [
+        ("res1/0", {"i": 0}),
+        ("res1/1", {"i": 1}),
+    ]
+    # a page whose lists disagree in length is refused whole, not padded with empty events
+    short = pack_event_page(*events[3:])
+    short["uid"] = short["uid"][:1]
+    d("event_page", short)
+    assert len(seen) == 5
+    assert _metric(metrics, "beamwatch_messages_malformed_total", reason="schema") == 1

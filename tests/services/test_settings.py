@@ -16,6 +16,37 @@ def test_yaml_then_env_precedence(tmp_path, monkeypatch):
     assert s.bus.in_address == "tcp://127.0.0.1:7000"
 
 
+def test_command_line_beats_env_beats_file_beats_defaults(tmp_path, monkeypatch):
+    cfg = tmp_path / "bw.yml"
+    cfg.write_text(f"data_dir: {tmp_path / 'file'}\ntiled:\n  port: 8123\n  host: 127.0.0.2\n")
+    monkeypatch.setenv("BEAMWATCH_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("BEAMWATCH_TILED__HOST", "127.0.0.3")
+    s = load_settings(cfg, data_dir=str(tmp_path / "cli"))
+    assert s.data_dir == tmp_path / "cli"  # the command line wins over the environment
+    assert s.tiled.host == "127.0.0.3"  # the environment wins over the file
+    assert s.tiled.port == 8123  # the file wins over the defaults, field by field
+    assert s.bus.out_address == "tcp://127.0.0.1:5578"
+    assert load_settings(cfg).data_dir == tmp_path / "env"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a\n- b\n", "top level must be a mapping, got a list"),
+        ("tiled: [unclosed\n", "is not valid YAML"),
+        ("tiled:\n  port: eighty\n", "tiled.port"),
+    ],
+)
+def test_a_bad_config_file_is_an_error_naming_it(tmp_path, text, message):
+    cfg = tmp_path / "bw.yml"
+    cfg.write_text(text)
+    with pytest.raises(ValueError, match=message) as exc:
+        load_settings(cfg)
+    assert message == "tiled.port" or str(cfg) in str(exc.value)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_settings(tmp_path / "missing.yml")
+
+
 def test_unknown_setting_is_an_error(tmp_path):
     cfg = tmp_path / "bw.yml"
     cfg.write_text("tiled:\n  prot: 1\n")

@@ -1,10 +1,21 @@
 import threading
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from services.core.metrics import Metrics
+from services.tiled.records import ArrayRows, ArrayWrite, Metadata, TableRows
 from services.tiled.spool import PermanentWriteError, Spool
+
+
+def note(i, **extra):
+    """A small record carrying ``i`` (the spool does not look inside records)."""
+    return Metadata(("a",), {"i": i, **extra})
+
+
+def numbers(applied):
+    return [r.metadata["i"] for r in applied]
 
 
 def test_records_are_applied_in_order_with_arrays(tmp_path):
@@ -12,11 +23,11 @@ def test_records_are_applied_in_order_with_arrays(tmp_path):
     spool = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
     spool.start()
     for i in range(20):
-        spool.put({"op": "x", "i": i, "a": np.full(3, i)})
+        spool.put(ArrayWrite(("a",), f"k{i}", np.full(3, i)))
     assert spool.wait_empty(10)
     spool.stop()
-    assert [r["i"] for r in applied] == list(range(20))
-    assert applied[7]["a"].tolist() == [7, 7, 7]
+    assert [r.key for r in applied] == [f"k{i}" for i in range(20)]
+    assert applied[7].array.tolist() == [7, 7, 7]
     assert not list(tmp_path.glob("*.msgpack"))
 
 
@@ -25,14 +36,14 @@ def test_transient_failures_are_retried_and_counted(tmp_path):
     attempts = []
 
     def flaky(record):
-        attempts.append(record["i"])
+        attempts.append(record.metadata["i"])
         if len(attempts) < 3:
             raise ConnectionError("tiled down")
 
     spool = Spool(tmp_path, flaky, metrics, max_backoff=0.05)
     spool.start()
-    spool.put({"i": 1})
-    spool.put({"i": 2})
+    spool.put(note(1))
+    spool.put(note(2))
     assert spool.wait_empty(10)
     spool.stop()
     assert attempts == [1, 1, 1, 2]
@@ -46,14 +57,14 @@ def test_permanent_failure_is_skipped_not_blocking(tmp_path):
     applied = []
 
     def apply(record):
-        if record["i"] == 1:
+        if record.metadata["i"] == 1:
             raise PermanentWriteError("bad record")
-        applied.append(record["i"])
+        applied.append(record.metadata["i"])
 
     spool = Spool(tmp_path, apply, Metrics("t", CollectorRegistry()))
     spool.start()
     for i in range(3):
-        spool.put({"i": i})
+        spool.put(note(i))
     assert spool.wait_empty(10)
     spool.stop()
     assert applied == [0, 2]
@@ -69,7 +80,7 @@ def test_unapplied_records_survive_a_restart(tmp_path):
     first = Spool(tmp_path, never, Metrics("t", CollectorRegistry()), max_backoff=0.05)
     first.start()
     for i in range(5):
-        first.put({"i": i})
+        first.put(note(i))
     assert blocked.wait(5)
     first.stop(drain_timeout=0.2)
     assert len(list(tmp_path.glob("*.msgpack"))) == 5
@@ -77,10 +88,10 @@ def test_unapplied_records_survive_a_restart(tmp_path):
     applied = []
     second = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
     second.start()
-    second.put({"i": 5})
+    second.put(note(5))
     assert second.wait_empty(10)
     second.stop()
-    assert [r["i"] for r in applied] == [0, 1, 2, 3, 4, 5]
+    assert numbers(applied) == [0, 1, 2, 3, 4, 5]
 
 
 def test_queued_appends_are_merged_per_target_in_order():
@@ -88,46 +99,27 @@ def test_queued_appends_are_merged_per_target_in_order():
 
     records = []
     for i in range(3):
-        records.append(
-            {"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [i]}, "offset": i}
-        )
-        records.append(
-            {
-                "op": "array_rows",
-                "path": ["a"],
-                "key": "g",
-                "array": np.full((1, 2), i),
-                "offset": i,
-            }
-        )
-        records.append(
-            {
-                "op": "array_rows",
-                "path": ["a"],
-                "key": "p",
-                "array": np.full((4, 1, 2), i),
-                "offset": i,
-                "axis": 1,
-            }
-        )
+        records.append(TableRows(("a",), "t", {"x": [i]}, offset=i))
+        records.append(ArrayRows(("a",), "g", np.full((1, 2), i), offset=i))
+        records.append(ArrayRows(("a",), "p", np.full((4, 1, 2), i), offset=i, axis=1))
     merged = merge_records(records)
-    assert [(r["op"], r["key"]) for r in merged] == [
+    assert [(r.op, r.key) for r in merged] == [
         ("table_rows", "t"),
         ("array_rows", "g"),
         ("array_rows", "p"),
     ]
-    assert merged[0]["rows"] == {"x": [0, 1, 2]} and merged[0]["offset"] == 0
-    assert merged[1]["array"].shape == (3, 2) and merged[1]["array"][:, 0].tolist() == [0, 1, 2]
-    assert merged[2]["array"].shape == (4, 3, 2)
-    assert records[0]["rows"] == {"x": [0]}  # inputs untouched
+    assert merged[0].rows == {"x": [0, 1, 2]} and merged[0].offset == 0
+    assert merged[1].array.shape == (3, 2) and merged[1].array[:, 0].tolist() == [0, 1, 2]
+    assert merged[2].array.shape == (4, 3, 2)
+    assert records[0].rows == {"x": [0]}  # inputs untouched
 
 
 def test_appends_with_a_gap_are_not_merged():
     from services.tiled.spool import merge_records
 
     records = [
-        {"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [0]}, "offset": 0},
-        {"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [5]}, "offset": 5},
+        TableRows(("a",), "t", {"x": [0]}, offset=0),
+        TableRows(("a",), "t", {"x": [5]}, offset=5),
     ]
     assert len(merge_records(records)) == 2
 
@@ -136,37 +128,28 @@ def test_spool_merges_a_backlog_but_stops_at_other_ops(tmp_path):
     applied = []
     spool = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
     for i in range(5):
-        spool.put({"op": "table_rows", "path": ["a"], "key": "t", "rows": {"x": [i]}, "offset": i})
-    spool.put({"op": "metadata", "path": ["a"], "metadata": {"status": "complete"}})
+        spool.put(TableRows(("a",), "t", {"x": [i]}, offset=i))
+    spool.put(Metadata(("a",), {"status": "complete"}))
     spool.start()  # the backlog is already on disk: one merged append, then the metadata
     assert spool.wait_empty(10)
     spool.stop()
-    assert [r["op"] for r in applied] == ["table_rows", "metadata"]
-    assert applied[0]["rows"]["x"] == [0, 1, 2, 3, 4]
+    assert [r.op for r in applied] == ["table_rows", "metadata"]
+    assert applied[0].rows["x"] == [0, 1, 2, 3, 4]
 
 
 def test_array_merges_stop_at_the_size_cap():
-    import numpy as np
-
     from services.tiled.spool import MAX_MERGED_ARRAY_BYTES, merge_records
 
     rows = MAX_MERGED_ARRAY_BYTES // 1000  # slices of 1000 bytes: 3 writes for 2.5x the cap
     n = int(2.5 * rows)
     records = [
-        {
-            "op": "array_rows",
-            "path": ["a"],
-            "key": "mask",
-            "array": np.full((1, 1000), i % 256, dtype=np.uint8),
-            "offset": i,
-            "axis": 0,
-        }
+        ArrayRows(("a",), "mask", np.full((1, 1000), i % 256, dtype=np.uint8), offset=i)
         for i in range(n)
     ]
     merged = merge_records(records)
-    assert [r["array"].shape[0] for r in merged] == [rows, rows, n - 2 * rows]
-    assert [r["offset"] for r in merged] == [0, rows, 2 * rows]
-    assert all(r["array"].nbytes <= MAX_MERGED_ARRAY_BYTES for r in merged)
+    assert [r.array.shape[0] for r in merged] == [rows, rows, n - 2 * rows]
+    assert [r.offset for r in merged] == [0, rows, 2 * rows]
+    assert all(r.array.nbytes <= MAX_MERGED_ARRAY_BYTES for r in merged)
 
 
 class _ServerError(Exception):
@@ -184,9 +167,9 @@ def test_a_write_the_server_never_accepts_is_kept_reported_and_the_rest_goes_on(
     applied, reported = [], []
 
     def apply(record):
-        if record["i"] == 1:
+        if record.metadata["i"] == 1:
             raise _ServerError(500)  # e.g. "Unsupported PyArrow type: null", every time
-        applied.append(record["i"])
+        applied.append(record.metadata["i"])
 
     spool = Spool(
         tmp_path,
@@ -195,21 +178,21 @@ def test_a_write_the_server_never_accepts_is_kept_reported_and_the_rest_goes_on(
         max_backoff=0.01,
         max_server_errors=3,
         is_transient=lambda exc: True,
-        on_reject=lambda record, error: reported.append((record["i"], error)),
+        on_reject=lambda record, error: reported.append((record.metadata["i"], error)),
     )
     spool.start()
     for i in range(4):
-        spool.put({"op": "x", "i": i})
+        spool.put(note(i))
     assert spool.wait_empty(10)
     spool.stop()
     assert applied == [0, 2, 3]
     assert reported == [(1, "_ServerError: HTTP 500")]
     (kept,) = (tmp_path / "rejected").glob("*.msgpack")
     error = json.loads(kept.with_name(kept.stem + ".error.json").read_text())
-    assert error["op"] == "x" and "HTTP 500" in error["error"]
+    assert error["op"] == "metadata" and "HTTP 500" in error["error"]
     assert (
         metrics.registry.get_sample_value(
-            "beamwatch_writes_rejected_total", {"service": "t", "op": "x"}
+            "beamwatch_writes_rejected_total", {"service": "t", "op": "metadata"}
         )
         == 1
     )
@@ -220,11 +203,11 @@ def test_an_unreadable_record_is_set_aside_and_the_worker_lives_on(tmp_path):
     (tmp_path / "000000000000.msgpack").write_bytes(b"\xc1 not msgpack")
     spool = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
     spool.start()
-    spool.put({"i": 1})
+    spool.put(note(1))
     assert spool.wait_empty(10)
     assert spool.is_alive()
     spool.stop()
-    assert applied == [{"i": 1}]
+    assert applied == [note(1)]
     assert [p.name for p in (tmp_path / "rejected").glob("*.msgpack")] == ["000000000000.msgpack"]
 
 
@@ -234,13 +217,13 @@ def test_an_unwritable_spool_holds_the_writer_back_and_loses_nothing(tmp_path):
     directory = tmp_path / "spool"
     spool = Spool(directory, applied.append, metrics, max_backoff=0.05)
     spool.start()
-    spool.put({"i": 0})
+    spool.put(note(0))
     assert spool.wait_empty(10)
     # The directory becomes unwritable: here a file takes its place (root ignores modes).
     directory.rename(tmp_path / "away")
     directory.write_bytes(b"")
     done = threading.Event()
-    writer = threading.Thread(target=lambda: (spool.put({"i": 1}), done.set()))
+    writer = threading.Thread(target=lambda: (spool.put(note(1)), done.set()))
     writer.start()
     error = ("beamwatch_spool_errors_total", {"service": "t", "where": "write"})
     deadline = __import__("time").monotonic() + 10
@@ -255,4 +238,116 @@ def test_an_unwritable_spool_holds_the_writer_back_and_loses_nothing(tmp_path):
     assert spool.wait_empty(10)
     assert spool.is_alive()
     spool.stop()
-    assert applied == [{"i": 0}, {"i": 1}]
+    assert applied == [note(0), note(1)]
+
+
+def test_records_round_trip_and_records_of_before_the_version_field_are_read(tmp_path, caplog):
+    from services.core import serialization
+    from services.tiled import records
+    from services.tiled.records import Container, RawDoc
+
+    written = [
+        RawDoc("start", {"uid": "r1", "time": 1.0}, run="r1", rid="r1/1"),
+        Container(("analysis", "r1"), {"source_run_uid": "r1"}),
+        note(3),
+        Metadata(("raw", "r1"), {"rejected_writes": []}, notice=True),
+        ArrayWrite(("analysis", "r1", "x"), "labels", np.arange(6).reshape(2, 3), dims=["y", "x"]),
+        ArrayRows(("raw", "r1", "primary"), "img", np.ones((1, 2, 2), "u2"), offset=4, axis=0),
+        TableRows(("analysis", "r1", "x"), "frames", {"seq_num": [1, 2]}, offset=7),
+    ]
+    for record in written:
+        back = records.loads(records.dumps(record))
+        assert type(back) is type(record)
+        for name, value in vars(record).items():
+            np.testing.assert_equal(getattr(back, name), value)
+    assert [r.run for r in written] == ["r1", "r1", None, "r1", "r1", "r1", "r1"]
+    # version 0: the plain dicts the spool wrote before (no "v"); raw documents of the offline
+    # import had no run
+    old = [
+        {"op": "raw_doc", "name": "start", "doc": {"uid": "r2"}},
+        {"op": "raw_doc", "name": "event", "doc": {"seq_num": 1}, "run": "r2", "rid": "r2/2"},
+        {"op": "array_rows", "path": ["raw", "r2", "primary"], "key": "img",
+         "array": np.zeros((1, 2)), "offset": 0, "metadata": None},
+        {"op": "table_rows", "path": ["analysis", "r2", "frames"], "key": "t", "rows": {"a": [1]}},
+    ]  # fmt: skip
+    for i, record in enumerate(old):
+        (tmp_path / f"{i:012d}.msgpack").write_bytes(serialization.dumps(record))
+    applied = []
+    spool = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
+    assert "4 records of the format before run lanes and record versions" in caplog.text
+    assert sorted(p.name for p in tmp_path.glob("*.msgpack")) == [
+        "000000000000-r2.msgpack",
+        "000000000001-r2.msgpack",
+        "000000000002-r2.msgpack",
+        "000000000003-r2.msgpack",
+    ]
+    assert spool.pending("r2") == 4
+    spool.start()
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert [(r.op, r.run) for r in applied] == [
+        ("raw_doc", "r2"),
+        ("raw_doc", "r2"),
+        ("array_rows", "r2"),
+        ("table_rows", "r2"),
+    ]
+    assert applied[2].metadata == {} and applied[2].path == ("raw", "r2", "primary")
+    assert applied[3].offset == -1  # no offset then: a plain append
+    for bad, message in [
+        ({"v": 99, "op": "metadata", "path": ["a"], "metadata": {}}, "version 99"),
+        ({"v": 1, "op": "drop_table", "path": ["a"]}, "unknown write record op"),
+        ({"v": 1, "op": "metadata", "path": ["a"]}, "metadata"),
+        ([1, 2], "is a map"),
+    ]:
+        with pytest.raises(records.MalformedRecord, match=message):
+            records.loads(serialization.dumps(bad))
+
+
+def test_a_failing_write_holds_back_only_the_later_writes_of_its_own_run(tmp_path):
+    from tests.conftest import wait_until
+
+    metrics = Metrics("t", CollectorRegistry())
+    fault = threading.Event()
+    fault.set()
+    applied = []
+
+    def apply(record):
+        if fault.is_set() and record.run == "run-a":
+            raise ConnectionError("run-a's writes time out")
+        applied.append((record.run, record.metadata["i"]))
+
+    spool = Spool(tmp_path, apply, metrics, max_backoff=0.05, is_transient=lambda exc: True)
+    spool.start()
+    for i in range(6):  # the runs' writes interleaved, as two live runs make them
+        spool.put(Metadata(("raw", "run-a"), {"i": i}))
+        spool.put(Metadata(("analysis", "run-b", "frames"), {"i": i}))
+    wait_until(lambda: spool.pending("run-b") == 0, timeout=10, interval=0.01)
+    assert applied == [("run-b", i) for i in range(6)]
+    assert spool.pending("run-a") == 6 and spool.depth() == 6
+    gauge = ("beamwatch_spool_runs_retrying", {"service": "t"})
+    assert metrics.registry.get_sample_value(*gauge) == 1
+    fault.clear()
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert [i for run, i in applied if run == "run-a"] == list(range(6))  # in order, once each
+    assert metrics.registry.get_sample_value(*gauge) == 0
+    assert not list(tmp_path.glob("*.msgpack"))
+
+
+def test_a_failing_write_of_a_merged_batch_is_rejected_alone(tmp_path):
+    applied, rejected = [], []
+
+    def apply(record):
+        if isinstance(record, TableRows) and 2 in record.rows["x"]:
+            raise PermanentWriteError("row 2 is refused")
+        applied.append(record)
+
+    metrics = Metrics("t", CollectorRegistry())
+    spool = Spool(tmp_path, apply, metrics, on_reject=lambda r, e: rejected.append(r))
+    for i in range(4):
+        spool.put(TableRows(("raw", "r1", "s"), "t", {"x": [i]}, offset=i))
+    spool.start()  # one merged append of rows 0-3 fails: they are retried one by one
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert [r.rows["x"] for r in rejected] == [[2]]
+    assert [r.rows["x"] for r in applied][-3:] == [[0], [1], [3]]

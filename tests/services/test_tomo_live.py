@@ -53,9 +53,17 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         assert node["reconstruction"].read().dtype == np.float32
         fit = node.metadata["volume_fit"]
         assert -1.0 <= fit["pearson_r"] <= 1.0
-        assert {"damage_top", "damage_bottom", "depth_profile", "correlation"} <= set(
-            node["figures"]
-        )
+        assert set(node["figures"]) == {
+            "damage_top",
+            "damage_bottom",
+            "particle_density_top",
+            "particle_density_bottom",
+            "depth_profile",
+            "correlation",
+            "layer_correlation",
+            "damage_distribution_top_bottom",
+        }
+        check_crack_numbers(node)
 
         # second stage: every particle once, with its measurements, flaw call and detachment
         wait_until(
@@ -85,7 +93,16 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
             "touches_border",
         ):
             assert column in table.columns, column
-        assert {"sizes", "detachment", "flawed"} <= set(particles["figures"])
+        assert set(particles["figures"]) == {
+            "sizes",
+            "detachment",
+            "flawed",
+            "detachment_by_size",
+            "detachment_vs_volume",
+            "flawed_vs_required_slices",
+            "flaw_gallery",
+        }
+        check_particle_numbers(particles, table)
         # the start document states no voxel size: lengths in px, never a made-up um
         assert particles.metadata["length_unit"] == "px"
         assert particles.metadata["voxel_size_um"] is None
@@ -96,13 +113,94 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         from services.web.report import build_report
 
         page = build_report(tiled_client, uid)
-        assert page.count("data:image/png;base64,") == 7  # 4 crack + 3 particle figures
+        assert page.count("data:image/png;base64,") == 15  # 8 crack + 7 particle figures
+        for name in ("layer_correlation", "flaw_gallery", "flawed_vs_required_slices"):
+            assert f"alt='{name}'" in page
+        assert "<h3>layer_correlation</h3>" in page
         assert "src='http" not in page and "href='http" not in page
         assert "particles" in page and "complete" in page
     finally:
         pub.close()
         raw.stop()
         ana.stop()
+
+
+def check_crack_numbers(node, voxel_um: float | None = None) -> None:  # noqa: ANN001
+    """The layer table and the top/bottom distributions are those of the maps in Tiled."""
+    from pipelines.cracks.layers import layer_correlation, pooled_distribution
+
+    damage = node["damage_density"].read()
+    packing = node["particle_density"].read()
+    window = node.metadata["window"]
+    n_z = damage.shape[0]
+    assert node.metadata["length_unit"] == ("um" if voxel_um else "px")
+    assert node.metadata["voxel_size_um"] == voxel_um
+    scale = voxel_um or 1.0
+    np.testing.assert_allclose(node["slice_depth"].read(), (np.arange(n_z) + 0.5) * scale)
+    table = node["layer_correlation"].read().sort_values("layer")
+    n_layers = min(8, n_z)
+    assert list(table["layer"]) == list(range(n_layers))
+    expected = layer_correlation(packing, damage, n_layers=n_layers, stride=max(1, window // 2))
+    np.testing.assert_array_equal(table["z_start"], expected.z_start)
+    np.testing.assert_allclose(table["depth_stop"], expected.z_stop * scale)
+    np.testing.assert_allclose(table["slope"], expected.slope, equal_nan=True)
+    np.testing.assert_allclose(table["pearson_r"], expected.pearson_r, equal_nan=True)
+    np.testing.assert_array_equal(table["n_samples"], expected.n_samples)
+    summary = node.metadata["layer_fit_summary"]
+    for key, value in (("slope_separator", 0), ("slope_collector", -1)):
+        want = expected.slope[value]
+        assert (summary[key] is None) if np.isnan(want) else summary[key] == pytest.approx(want)
+    # Fig. 4f: pooled over the particle pixels of the first and last layer
+    area = node["particle_mask"].read().sum(axis=(1, 2))
+    hist = node["damage_histogram"].read()
+    top_bottom = node["damage_distribution_top_bottom"].read()
+    assert top_bottom.shape == (2, hist.shape[1])
+    for row, z in ((0, 0), (1, n_layers - 1)):
+        a, b = int(expected.z_start[z]), int(expected.z_stop[z])
+        np.testing.assert_allclose(
+            top_bottom[row], pooled_distribution(hist, area, a, b), equal_nan=True
+        )
+
+
+def check_particle_numbers(particles, table, voxel_um: float | None = None) -> None:  # noqa: ANN001
+    """Flawed fraction against the slices required, gallery and volumes, from the table."""
+    n_gallery = particles.metadata["flaw_gallery_particles"]
+    assert n_gallery == min(6, int(table["flawed"].sum()))
+    if n_gallery:
+        gallery = particles["flaw_gallery"].read()
+        labels = particles["flaw_gallery_labels"].read()
+        assert gallery.shape == (n_gallery, 10, 64, 64)
+        flagged = set(table.loc[table["flawed"], "label"])
+        assert set(labels.tolist()) <= flagged
+        assert np.isfinite(gallery).any() and np.isnan(gallery).any()  # particle, not box
+    inner = table[~table["touches_border"]]
+    by_slices = particles["flawed_fraction_by_slices"].read()
+    if len(inner) == 0:  # every particle cut by the volume border: unknown, never 0
+        assert np.isnan(by_slices).all() and particles.metadata["flawed_fraction"] is None
+        assert "detachment_vs_volume" not in particles
+        return
+    expected = [(inner["flawed_slices"] >= k).mean() for k in range(1, 11)]
+    np.testing.assert_allclose(by_slices, expected)
+    assert by_slices[3] == pytest.approx(particles.metadata["flawed_fraction"])  # the 4-of-10 rule
+    pairs = particles["detachment_vs_volume"].read()
+    scale = voxel_um or 1.0
+    np.testing.assert_allclose(pairs[:, 0], inner["volume_voxels"] * scale**3)
+    np.testing.assert_array_equal(pairs[:, 1], inner["detachment"])
+    if voxel_um is None:  # no voxel size: no small/large split in a made-up um
+        assert "detachment_by_size" not in particles
+        return
+    from pipelines.particles.stats import detachment_by_size
+
+    groups = detachment_by_size(
+        inner["equivalent_diameter_px"].to_numpy() * voxel_um,
+        inner["detachment"].to_numpy(),
+        threshold=11.0,
+    )
+    counts = particles["detachment_by_size_counts"].read()
+    np.testing.assert_array_equal(counts, np.stack([groups.small_counts, groups.large_counts]))
+    small = inner["equivalent_diameter_px"] * voxel_um < 11.0
+    known = np.isfinite(inner["detachment"])
+    assert counts[0].sum() == (small & known).sum() and counts[1].sum() == (~small & known).sum()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import zmq
 from bluesky import RunEngine
 
@@ -55,7 +56,15 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
         assert frames["trusted"].all() and (frames["n_used"] >= 1).all()
         assert {"found", "partial"} <= set(node["particles"].read().columns)
         assert len(node["particles"].read()) == p * N
-        assert {"drift", "tracks", "edge_energy"} <= set(node["figures"])
+        assert set(node["figures"]) == {
+            "drift",
+            "tracks",
+            "edge_energy",
+            "whiteline_energy",
+            "kinematics",
+            "ssim",
+        }
+        check_motion_numbers(node, scene)
 
         # per-particle shifts against the simulation's ground truth (scan 0)
         shift = node["particle_shift"].read()
@@ -76,6 +85,17 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
         assert second.metadata["series_scans"] == [0, 1]
         assert second["deformation_displacement"].read().shape[1] == 2
 
+        # the two scans side by side: their edge-energy distributions in one figure
+        from services.web.report import build_report
+
+        page = build_report(tiled_client, list(uids))
+        assert page.count("alt='compare_edge_energy'") == 1
+        for uid in uids:
+            edge = tiled_client["analysis"][uid]["xanes"]["edge_energy"].read()
+            assert f"<td>{float(edge[np.isfinite(edge)].mean()):.4g}</td>" in page
+            assert f"id='run-{uid}'" in page
+        assert page.count("alt='kinematics'") == 2
+
         # one drift message per frame of each scan, JSON with the run uid
         messages = []
         while feedback.poll(0):
@@ -88,6 +108,46 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
         feedback.close(0)
         for consumer in (raw, ana):
             Consumer.stop(consumer)
+
+
+def check_motion_numbers(node, scene) -> None:  # noqa: ANN001
+    """Within-scan kinematics, rigid split and SSIM summary: those of the arrays in Tiled, and
+    the non-rigid motion measured is the simulation's."""
+    from pipelines.xanes.deformation import deformation_series, rigid_split
+    from pipelines.xanes.quality import ssim_summary
+
+    shift = node["particle_shift"].read()
+    p = shift.shape[0]
+    kin = deformation_series(shift)
+    np.testing.assert_allclose(node["scan_velocity"].read(), kin.velocity, equal_nan=True)
+    np.testing.assert_allclose(node["scan_acceleration"].read(), kin.acceleration, equal_nan=True)
+    np.testing.assert_allclose(
+        node["scan_cumulative_distance"].read(), kin.cumulative_distance, equal_nan=True
+    )
+    motion = node["particle_motion"].read().sort_values("particle")
+    assert list(motion["particle"]) == list(range(1, p + 1))
+    split = rigid_split(kin, tolerance=1.0)
+    np.testing.assert_array_equal(motion["rigid"], split.rigid)
+    summary = node.metadata["rigid_split"]
+    assert summary["n_rigid"] + summary["n_nonrigid"] == int(split.known.sum())
+    assert node.metadata["length_unit"] == "um" and node.metadata["pixel_size_um"] == 0.03
+    # SSIM summary from the per-frame particle rows
+    rows = node["particles"].read()
+    ssim = np.full((p, N), np.nan)
+    ssim[rows["particle"].to_numpy() - 1, rows["frame"].to_numpy()] = rows["ssim"].to_numpy()
+    quality = ssim_summary(ssim, low=0.5)
+    np.testing.assert_allclose(motion["ssim_mean"], quality.particle_mean, equal_nan=True)
+    np.testing.assert_allclose(node["ssim_frame_mean"].read(), quality.frame_mean, equal_nan=True)
+    assert node.metadata["ssim_quality"]["mean"] == pytest.approx(quality.overall_mean)
+    # truth: each particle's own motion in scan 0 (its shift minus the median of all shifts)
+    truth = np.stack([scene.truth_shift(0, i) - scene.truth_shift(0, 0) for i in range(N)], axis=1)
+    true_nonrigid = truth - np.median(truth, axis=0)[None]
+    true_peak = np.linalg.norm(true_nonrigid, axis=2).max(axis=1)
+    centres = scene.truth_centres(0, 0)
+    com0 = node["particle_com"].read()[:, 0, :]
+    for k in range(p):
+        j = int(np.argmin(np.linalg.norm(centres - com0[k], axis=1)))
+        assert motion["nonrigid_peak_px"].iloc[k] == pytest.approx(true_peak[j], abs=0.6)
 
 
 def test_live_frame_without_particles_is_unknown_and_not_fed_back(consumer_settings, tiled_client):

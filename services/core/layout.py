@@ -1,0 +1,164 @@
+"""Where results live in Tiled and what their statuses say: one place for every reader.
+
+The analysis writers (``services.analysis``), the raw path, the report and the live page all
+read these names; the page gets them as JSON from ``/layout.json`` (:func:`layout_json`), so a
+key renamed here is renamed everywhere. The README's "Layout in Tiled" describes the same tree::
+
+    raw/<run uid>/<stream>/...              what the detector saw (bluesky TiledWriter layout)
+    analysis/<run uid>/<pipeline>/<key>     what beamwatch made of it
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+#: Top-level containers of the catalog.
+RAW = "raw"
+ANALYSIS = "analysis"
+
+
+class Status(StrEnum):
+    """``status`` of a pipeline container ``analysis/<uid>/<pipeline>``."""
+
+    QUEUED = "queued"  # announced, waits for an earlier stage (particles after cracks)
+    RUNNING = "running"
+    COMPLETE = "complete"  # every frame is in and every result written
+    INCOMPLETE = "incomplete"  # finished without some frames (``missing_seq_nums``)
+    FAILED = "failed"  # ``error`` and ``traceback`` say why
+    INTERRUPTED = "interrupted"  # the consumer stopped before the run did
+
+
+#: Statuses after which a pipeline container no longer changes.
+FINAL_STATUSES: tuple[Status, ...] = (
+    Status.COMPLETE,
+    Status.INCOMPLETE,
+    Status.FAILED,
+    Status.INTERRUPTED,
+)
+
+
+class RawStatus(StrEnum):
+    """``beamwatch_status`` of ``raw/<uid>`` once its stop document is in."""
+
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+
+
+@dataclass(frozen=True)
+class MetadataKeys:
+    """Metadata keys of a pipeline container (and of ``raw/<uid>``)."""
+
+    status: str = "status"
+    error: str = "error"
+    traceback: str = "traceback"
+    missing_seq_nums: str = "missing_seq_nums"
+    stop_lost: str = "stop_lost"
+    bad_fields: str = "bad_fields"
+    raw_status: str = "beamwatch_status"
+
+
+@dataclass(frozen=True)
+class FramesKeys:
+    pipeline: str = "frames"
+    frame_stats: str = "frame_stats"
+
+
+@dataclass(frozen=True)
+class XanesKeys:
+    pipeline: str = "xanes"
+    global_shift: str = "global_shift"
+    particle_com: str = "particle_com"
+    particle_shift: str = "particle_shift"
+    labels: str = "labels"
+    frames: str = "frames"
+    particles: str = "particles"
+    edge_energy: str = "edge_energy"
+    whiteline_energy: str = "whiteline_energy"
+    spectra: str = "spectra"
+    energy: str = "energy"
+    aligned: str = "aligned"
+    deformation: str = "deformation"
+    deformation_displacement: str = "deformation_displacement"
+    deformation_nonrigid: str = "deformation_nonrigid"
+    figures: str = "figures"
+
+
+@dataclass(frozen=True)
+class CracksKeys:
+    pipeline: str = "cracks"
+    reconstruction: str = "reconstruction"
+    mask: str = "mask"
+    particle_mask: str = "particle_mask"
+    depth_profile: str = "depth_profile"
+    damage_density: str = "damage_density"
+    particle_density: str = "particle_density"
+    damage_histogram: str = "damage_histogram"
+    histogram_edges: str = "histogram_edges"
+    layer_fit: str = "layer_fit"
+    figures: str = "figures"
+
+
+@dataclass(frozen=True)
+class ParticlesKeys:
+    pipeline: str = "particles"
+    labels: str = "labels"
+    table: str = "table"
+    slice_scores: str = "slice_scores"
+    size_counts: str = "size_counts"
+    size_edges_um: str = "size_edges_um"
+    size_edges_px: str = "size_edges_px"
+    detachment_counts: str = "detachment_counts"
+    detachment_edges: str = "detachment_edges"
+    figures: str = "figures"
+
+
+@dataclass(frozen=True)
+class ParticleColumns:
+    """Columns of ``analysis/<uid>/particles/table`` (one row per particle)."""
+
+    label: str = "label"
+    volume_voxels: str = "volume_voxels"
+    equivalent_diameter_px: str = "equivalent_diameter_px"
+    centroid_z: str = "centroid_z"
+    sphericity: str = "sphericity"
+    crack_fraction: str = "crack_fraction"
+    flawed_slices: str = "flawed_slices"
+    flawed: str = "flawed"
+    detachment: str = "detachment"
+    touches_border: str = "touches_border"
+
+
+METADATA = MetadataKeys()
+FRAMES = FramesKeys()
+XANES = XanesKeys()
+CRACKS = CracksKeys()
+PARTICLES = ParticlesKeys()
+PARTICLE_COLUMNS = ParticleColumns()
+
+
+def raw_path(run_uid: str, *parts: str) -> list[str]:
+    """``raw/<run uid>/...`` as a path list."""
+    return [RAW, run_uid, *parts]
+
+
+def analysis_path(run_uid: str, *parts: str) -> list[str]:
+    """``analysis/<run uid>/...`` as a path list (``parts`` start with the pipeline name)."""
+    return [ANALYSIS, run_uid, *parts]
+
+
+def layout_json() -> dict[str, Any]:
+    """The whole layout as plain JSON, as the live page reads it (``/layout.json``)."""
+    return {
+        "containers": {"raw": RAW, "analysis": ANALYSIS},
+        "status": {s.name.lower(): s.value for s in Status},
+        "final_statuses": [s.value for s in FINAL_STATUSES],
+        "raw_status": {s.name.lower(): s.value for s in RawStatus},
+        "metadata": asdict(METADATA),
+        "frames": asdict(FRAMES),
+        "xanes": asdict(XANES),
+        "cracks": asdict(CRACKS),
+        "particles": asdict(PARTICLES),
+        "particle_columns": asdict(PARTICLE_COLUMNS),
+    }

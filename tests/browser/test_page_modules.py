@@ -1,0 +1,142 @@
+"""The page's pure helpers, imported as the ES modules the page itself loads.
+
+The modules are the page's own instances (the browser caches a module per URL), so the layout
+they read is the one ``/layout.json`` served.
+"""
+
+from __future__ import annotations
+
+from services.core import layout
+from tests.browser.conftest import skip_without_browser, wait_page
+
+skip_without_browser()
+
+
+def run_js(page, body: str):
+    return page.evaluate(f"async () => {{ {body} }}")
+
+
+def test_page_loads_the_layout_the_python_side_writes_by(page):
+    wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
+    served = page.evaluate("() => bw.layout")
+    assert served["xanes"]["edge_energy"] == layout.XANES.edge_energy
+    assert served["final_statuses"] == [s.value for s in layout.FINAL_STATUSES]
+    # every module of the page loads (a syntax error or a bad import fails here)
+    modules = page.evaluate(
+        """async () => {
+          const names = ["state", "tiled", "subscriptions", "scheduler", "dom", "images", "runs",
+                         "selection", "views/header", "views/xanes", "views/tomo", "views/other",
+                         "views/compare"];
+          const out = {};
+          for (const n of names) out[n] = Object.keys(await import(`/static/js/${n}.js`)).length;
+          return out;
+        }"""
+    )
+    assert all(n > 0 for n in modules.values()), modules
+
+
+def test_summarise_gives_one_status_per_run(page):
+    wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
+    out = run_js(
+        page,
+        """
+        const { summarise } = await import("/static/js/runs.js");
+        const p = (...s) => Object.fromEntries(s.map((x, i) => [`p${i}`, { status: x }]));
+        return [
+          summarise(p("complete", "failed"), true),
+          summarise(p("complete", "queued"), true),
+          summarise(p("running", "interrupted"), false),
+          summarise(p("complete", "interrupted"), true),
+          summarise(p("complete", "incomplete"), true),
+          summarise(p("complete", "complete"), true),
+          summarise({}, true),
+          summarise({}, false),
+        ];
+        """,
+    )
+    assert out == [
+        "failed",
+        "running",
+        "running",
+        "interrupted",
+        "incomplete",
+        "complete",
+        "waiting",
+        "acquiring",
+    ]
+
+
+def test_image_helpers(page):
+    wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
+    out = run_js(
+        page,
+        """
+        const m = await import("/static/js/images.js");
+        const labels = [
+          [0, 0, 0, 0, 0],
+          [0, 1, 1, 1, 0],
+          [0, 1, 1, 1, 0],
+          [0, 1, 1, 1, 2],
+          [0, 0, 0, 0, 2],
+        ];
+        return {
+          steps: [[10, 256, 256], [512, 512], [100, 1000, 300], [3, 257]].map(m.downsampleStep),
+          outlines: m.outlines(labels),
+          finite: m.finiteValues([[1, null], [NaN, [2.5, Infinity]]]),
+        };
+        """,
+    )
+    assert out["steps"] == [1, 2, 4, 2]
+    # label 1: the 3 x 3 block without its centre (2, 2); label 2: both its pixels
+    rows, cols = out["outlines"]["1"]
+    assert sorted(zip(rows, cols, strict=True)) == [
+        (r, c) for r in (1, 2, 3) for c in (1, 2, 3) if (r, c) != (2, 2)
+    ]
+    assert sorted(zip(*out["outlines"]["2"], strict=True)) == [(3, 4), (4, 4)]
+    assert out["finite"] == [1, 2.5]
+
+
+def test_websocket_rows_and_compare_helpers(page):
+    wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
+    out = run_js(
+        page,
+        """
+        const s = await import("/static/js/subscriptions.js");
+        const c = await import("/static/js/views/compare.js");
+        const table = {
+          equivalent_diameter_px: [10, 20, null, 40],
+          detachment: [0.1, 0.5, 0.2, 0.9],
+          flawed: [true, false, true, true],
+          touches_border: [false, false, false, true],
+        };
+        return {
+          rows: [
+            s.rowsFromMessage({ type: "array-data", offset: [5, 0], shape: [2, 3] }),
+            s.rowsFromMessage({ type: "array-ref", shape: [7, 3] }),
+            s.rowsFromMessage({ type: "container-child-created" }),
+            s.rowsFromMessage(null),
+          ],
+          units: [c.commonUnit([0.5, 0.4]), c.commonUnit([0.5, null]), c.commonUnit([])],
+          sizes: c.wholeParticleValues(table, "equivalent_diameter_px", 0.5),
+          detachment: c.wholeParticleValues(table, "detachment"),
+          flawed: c.flawedFraction(table),
+          none: c.flawedFraction({ flawed: [true], touches_border: [true] }),
+          depth: [c.depthAxis(3, 0.5), c.depthAxis(3, null)],
+          label: c.runLabel({ plan: "tomo_scan_plan", uid: "0123456789abcdef" }),
+          bins: c.commonBins([[2, 4], [3, 12]], 5),
+          oneValue: c.commonBins([[7]], 5),
+          noValue: c.commonBins([[], []], 5) === undefined,
+        };
+        """,
+    )
+    assert out["rows"] == [7, 7, None, None]
+    assert out["units"] == ["um", "px", "px"]
+    assert out["sizes"] == [5, 10]  # border particle and unknown size left out, in um
+    assert out["detachment"] == [0.1, 0.5, 0.2]
+    assert out["flawed"] == 2 / 3
+    assert out["none"] is None
+    assert out["depth"] == [[0, 0.5, 1.0], [0, 1, 2]]
+    assert out["label"] == "tomo_scan_plan 01234567"
+    assert out["bins"] == {"start": 1, "end": 13, "size": 2}  # 2 .. 12 in 5 bins of 2
+    assert out["oneValue"] == {"start": 6.5, "end": 7.5, "size": 1}
+    assert out["noValue"] is True

