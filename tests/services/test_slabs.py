@@ -218,7 +218,7 @@ def test_cli_runs_slab_by_slab_on_a_scheduler_address(scan, in_memory, client, t
 def test_workers_stay_under_their_memory_cap_on_a_volume_four_times_larger(tmp_path):
     cap_mb = 600.0
     # 9600 slices of 256 x 256: a 2400 MB float32 volume, 4 times a worker's cap
-    rows, cols, n_angles = 9600, 256, 8
+    rows, cols, n_angles = 9600, 256, 4
     volume_mb = rows * cols * cols * 4 / 2**20
     assert volume_mb >= 4 * cap_mb
     angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
