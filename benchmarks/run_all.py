@@ -12,6 +12,7 @@ import platform
 import sys
 
 from benchmarks import (
+    bigtomo,
     bus_throughput,
     particles_benchmark,
     tomo_benchmark,
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         ("xanes", xanes_benchmark.main, []),
         ("tomo", tomo_benchmark.main, tomo_args),
         ("particles", particles_benchmark.main, []),
+        # slab by slab on Dask vs in memory; `python -m benchmarks.bigtomo --size 1024` for more
+        ("bigtomo 128^3", bigtomo.main, ["--size", "128", "--slab", "32"]),
         ("bus", bus_throughput.main, []),
     ]
     if args.full_size:

@@ -74,11 +74,27 @@ def reference_levels(volume: np.ndarray, max_samples: int = 2_000_000) -> tuple[
     """
     flat = np.asarray(volume).ravel()
     step = max(1, flat.size // max_samples)
-    sample = flat[::step].astype(np.float64)
-    sample = sample[sample != 0]
-    if sample.size == 0:
+    return levels_from_sample(flat[::step])
+
+
+def levels_from_sample(sample: np.ndarray) -> tuple[float, float]:
+    """:func:`reference_levels` of a regular subsample already taken (e.g. slab by slab).
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+        The voxels ``volume.ravel()[::step]`` (any real dtype), zeros included.
+
+    Returns
+    -------
+    tuple of float
+        1st and 99.5th percentiles of the non-zero values.
+    """
+    values = np.asarray(sample).ravel().astype(np.float64)
+    values = values[values != 0]
+    if values.size == 0:
         return 0.0, 1.0
-    low, high = np.percentile(sample, [1.0, 99.5])
+    low, high = np.percentile(values, [1.0, 99.5])
     if not high > low:
         high = low + 1.0
     return float(low), float(high)

@@ -89,7 +89,23 @@ def solid_threshold(volume: np.ndarray, max_samples: int = 2_000_000) -> float:
         is unstable here: phase-contrast fringes make a bright tail it may split off.)
     """
     flat = np.asarray(volume).ravel()
-    sample = flat[:: max(1, flat.size // max_samples)].astype(np.float64)
+    return solid_threshold_from_sample(flat[:: max(1, flat.size // max_samples)])
+
+
+def solid_threshold_from_sample(sample: np.ndarray) -> float:
+    """:func:`solid_threshold` of a regular subsample already taken (e.g. slab by slab).
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+        The voxels ``volume.ravel()[::step]`` (any real dtype), zeros included.
+
+    Returns
+    -------
+    float
+        Otsu threshold of the non-zero values.
+    """
+    sample = np.asarray(sample).ravel().astype(np.float64)
     sample = sample[sample != 0]
     if sample.size < 3 or np.ptp(sample) == 0:
         raise ValueError("volume has too few distinct non-zero values to find a solid threshold")

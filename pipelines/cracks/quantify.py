@@ -172,6 +172,158 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> LineFit:
     return LineFit(float(slope), intercept, float(r), n)
 
 
+@dataclass
+class SlabDamage:
+    """What :func:`slab_damage` finds in one run of slices (the whole volume is one run).
+
+    Attributes
+    ----------
+    damage_density, particle_density : numpy.ndarray
+        float32 (z, Y, X) maps of the run.
+    crack_area, particle_area : numpy.ndarray
+        int64 (z,) pixel counts.
+    particle_samples, damage_samples : numpy.ndarray
+        float32 (n,) the correlation samples (every ``stride``-th pixel where the particle
+        density is positive), in (z, y, x) order.
+    layer_slope, layer_intercept, layer_pearson_r : numpy.ndarray
+        float64 (z,) per-slice fits.
+    damage_max : float
+        Largest damage density of the run (-inf for no voxels).
+    """
+
+    damage_density: np.ndarray
+    particle_density: np.ndarray
+    crack_area: np.ndarray
+    particle_area: np.ndarray
+    particle_samples: np.ndarray
+    damage_samples: np.ndarray
+    layer_slope: np.ndarray
+    layer_intercept: np.ndarray
+    layer_pearson_r: np.ndarray
+    damage_max: float
+
+
+def _check_masks(crack_mask: np.ndarray, particle_mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    cracks = np.asarray(crack_mask).astype(bool)
+    particles = np.asarray(particle_mask).astype(bool)
+    if cracks.ndim != 3:
+        raise ValueError(f"crack_mask must be 3-D (Z, Y, X), got shape {cracks.shape}")
+    if particles.shape != cracks.shape:
+        raise ValueError(
+            f"particle_mask shape {particles.shape} != crack_mask shape {cracks.shape}"
+        )
+    return cracks, particles
+
+
+def slab_damage(
+    crack_mask: np.ndarray,
+    particle_mask: np.ndarray,
+    params: QuantifyParams | None = None,
+    *,
+    workers: int = 1,
+) -> SlabDamage:
+    """Density maps, areas, correlation samples and per-slice fits of a run of slices.
+
+    Every quantity is per slice (the window moves within a slice), so a volume processed run
+    by run (slab by slab, no overlap needed) gives exactly the numbers of the whole volume;
+    the volume-wide parts (histogram range, volume fit) are combined afterwards
+    (:func:`histogram_edges`, :func:`damage_histograms`, :func:`fit_line` of the
+    concatenated samples).
+
+    Parameters
+    ----------
+    crack_mask, particle_mask : numpy.ndarray
+        (z, Y, X) masks (bool or 0/1).
+    params : QuantifyParams, optional
+        Window and correlation stride.
+    workers : int, optional
+        Threads for the density maps.
+
+    Returns
+    -------
+    SlabDamage
+    """
+    p = params if params is not None else QuantifyParams()
+    cracks, particles = _check_masks(crack_mask, particle_mask)
+    damage = density_map(cracks, p.window, workers=workers)
+    packing = density_map(particles, p.window, workers=workers)
+    stride = p.stride if p.stride is not None else max(1, p.window // 2)
+    pd_samples = packing[:, ::stride, ::stride]
+    dd_samples = damage[:, ::stride, ::stride]
+    keep = pd_samples > 0
+    n_z = cracks.shape[0]
+    slopes, intercepts, rs = (np.full(n_z, np.nan) for _ in range(3))
+    for z in range(n_z):
+        fit = fit_line(pd_samples[z][keep[z]], dd_samples[z][keep[z]])
+        slopes[z], intercepts[z], rs[z] = fit.slope, fit.intercept, fit.pearson_r
+    return SlabDamage(
+        damage_density=damage,
+        particle_density=packing,
+        crack_area=cracks.sum(axis=(1, 2)).astype(np.int64),
+        particle_area=particles.sum(axis=(1, 2)).astype(np.int64),
+        particle_samples=pd_samples[keep],
+        damage_samples=dd_samples[keep],
+        layer_slope=slopes,
+        layer_intercept=intercepts,
+        layer_pearson_r=rs,
+        damage_max=float(damage.max()) if damage.size else float("-inf"),
+    )
+
+
+def histogram_edges(params: QuantifyParams, damage_max: float) -> np.ndarray:
+    """Bin edges of the damage histogram: up to ``histogram_max`` or the volume's maximum."""
+    top = params.histogram_max if params.histogram_max is not None else damage_max or 1.0
+    return np.linspace(0.0, top, params.histogram_bins + 1)
+
+
+def damage_histograms(
+    damage_density: np.ndarray, particle_mask: np.ndarray, edges: np.ndarray, *, workers: int = 1
+) -> np.ndarray:
+    """Distribution of the damage density over the particle pixels of each slice.
+
+    Parameters
+    ----------
+    damage_density : numpy.ndarray
+        float (z, Y, X) damage density.
+    particle_mask : numpy.ndarray
+        (z, Y, X) particle mask (bool or 0/1).
+    edges : numpy.ndarray
+        (bins + 1,) bin edges (:func:`histogram_edges`).
+    workers : int, optional
+        Threads.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (z, bins) probabilities per slice (0 where a slice has no particle pixel).
+    """
+    damage = np.asarray(damage_density)
+    particles = np.asarray(particle_mask).astype(bool)
+    top = float(edges[-1])
+    hist = np.zeros((damage.shape[0], len(edges) - 1), dtype=np.float64)
+
+    def histogram(z: int) -> None:
+        values = damage[z][particles[z]]
+        if values.size:
+            counts, _ = np.histogram(np.clip(values, 0.0, top), bins=edges)
+            hist[z] = counts / values.size
+
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(histogram, range(damage.shape[0])))
+    else:
+        for z in range(damage.shape[0]):
+            histogram(z)
+    return hist
+
+
+def depth_profile(crack_area: np.ndarray, particle_area: np.ndarray) -> np.ndarray:
+    """float64 crack area / particle area per slice, NaN where a slice has no particle."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        profile = np.where(particle_area > 0, crack_area / np.maximum(particle_area, 1), np.nan)
+    return profile.astype(np.float64)
+
+
 def quantify_damage(
     crack_mask: np.ndarray,
     particle_mask: np.ndarray,
@@ -198,59 +350,21 @@ def quantify_damage(
         See the module docstring for the definitions.
     """
     p = params if params is not None else QuantifyParams()
-    cracks = np.asarray(crack_mask).astype(bool)
-    particles = np.asarray(particle_mask).astype(bool)
-    if cracks.ndim != 3:
-        raise ValueError(f"crack_mask must be 3-D (Z, Y, X), got shape {cracks.shape}")
-    if particles.shape != cracks.shape:
-        raise ValueError(
-            f"particle_mask shape {particles.shape} != crack_mask shape {cracks.shape}"
-        )
-    damage = density_map(cracks, p.window, workers=workers)
-    packing = density_map(particles, p.window, workers=workers)
-    crack_area = cracks.sum(axis=(1, 2)).astype(np.int64)
-    particle_area = particles.sum(axis=(1, 2)).astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        profile = np.where(particle_area > 0, crack_area / np.maximum(particle_area, 1), np.nan)
-
-    top = p.histogram_max if p.histogram_max is not None else float(damage.max()) or 1.0
-    edges = np.linspace(0.0, top, p.histogram_bins + 1)
-    hist = np.zeros((cracks.shape[0], p.histogram_bins), dtype=np.float64)
-
-    def histogram(z: int) -> None:
-        values = damage[z][particles[z]]
-        if values.size:
-            counts, _ = np.histogram(np.clip(values, 0.0, top), bins=edges)
-            hist[z] = counts / values.size
-
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(histogram, range(cracks.shape[0])))
-    else:
-        for z in range(cracks.shape[0]):
-            histogram(z)
-
-    stride = p.stride if p.stride is not None else max(1, p.window // 2)
-    pd_samples = packing[:, ::stride, ::stride]
-    dd_samples = damage[:, ::stride, ::stride]
-    keep = pd_samples > 0
-    volume_fit = fit_line(pd_samples[keep], dd_samples[keep])
-    n_z = cracks.shape[0]
-    slopes, intercepts, rs = (np.full(n_z, np.nan) for _ in range(3))
-    for z in range(n_z):
-        fit = fit_line(pd_samples[z][keep[z]], dd_samples[z][keep[z]])
-        slopes[z], intercepts[z], rs[z] = fit.slope, fit.intercept, fit.pearson_r
+    cracks, particles = _check_masks(crack_mask, particle_mask)
+    run = slab_damage(cracks, particles, p, workers=workers)
+    edges = histogram_edges(p, run.damage_max)
+    hist = damage_histograms(run.damage_density, particles, edges, workers=workers)
     return DamageQuantification(
-        damage_density=damage,
-        particle_density=packing,
-        crack_area=crack_area,
-        particle_area=particle_area,
-        depth_profile=profile.astype(np.float64),
+        damage_density=run.damage_density,
+        particle_density=run.particle_density,
+        crack_area=run.crack_area,
+        particle_area=run.particle_area,
+        depth_profile=depth_profile(run.crack_area, run.particle_area),
         damage_histogram=hist,
         histogram_edges=edges,
-        volume_fit=volume_fit,
-        layer_slope=slopes,
-        layer_intercept=intercepts,
-        layer_pearson_r=rs,
+        volume_fit=fit_line(run.particle_samples, run.damage_samples),
+        layer_slope=run.layer_slope,
+        layer_intercept=run.layer_intercept,
+        layer_pearson_r=run.layer_pearson_r,
         window=p.window,
     )

@@ -71,6 +71,9 @@ def classify_flaws(
     params: FlawParams | None = None,
     *,
     model: FlawCNN | None = None,
+    levels: tuple[float, float] | None = None,
+    label_ids: np.ndarray | None = None,
+    origin_z: int = 0,
 ) -> FlawResult:
     """Score 10 slices of every particle and call it flawed or not.
 
@@ -85,6 +88,13 @@ def classify_flaws(
         Slice sampling and decision rule.
     model : FlawCNN, optional
         Default the shipped weights.
+    levels : tuple of float, optional
+        Normalisation levels (low, high); default those of ``volume``.
+    label_ids : numpy.ndarray, optional
+        Only these labels (default every label present).
+    origin_z : int, optional
+        z of the first slice of ``volume`` in a larger volume it was cut from (slice
+        positions and ``slice_z`` are then in the larger volume's z).
 
     Returns
     -------
@@ -96,14 +106,17 @@ def classify_flaws(
     lab = check_labels(labels)
     if vol.shape != lab.shape:
         raise ValueError(f"labels shape {lab.shape} != volume shape {vol.shape}")
-    low, high = reference_levels(vol)
+    low, high = reference_levels(vol) if levels is None else levels
     ids, zs = [], []
+    wanted = None if label_ids is None else set(np.asarray(label_ids).tolist())
     # (label, z, box) of every distinct slice to score; a short particle repeats slices
     todo: list[tuple[int, int, tuple[slice, slice]]] = []
     for k, box in enumerate(ndimage.find_objects(lab), start=1):
-        if box is None:
+        if box is None or (wanted is not None and k not in wanted):
             continue
-        positions = slice_positions(box[0].start, box[0].stop - 1, p.n_slices, p.height_span)
+        positions = slice_positions(
+            box[0].start + origin_z, box[0].stop - 1 + origin_z, p.n_slices, p.height_span
+        )
         ids.append(k)
         zs.append(positions)
         todo.extend((k, int(z), (box[1], box[2])) for z in np.unique(positions))
@@ -125,8 +138,8 @@ def classify_flaws(
     for c0 in range(0, len(todo), chunk):
         crops = []
         for k, z, (ys, xs) in todo[c0 : c0 + chunk]:
-            image = normalize_slices(vol[z, ys, xs], low, high)
-            crops.append(square_crop(image, lab[z, ys, xs] == k))
+            image = normalize_slices(vol[z - origin_z, ys, xs], low, high)
+            crops.append(square_crop(image, lab[z - origin_z, ys, xs] == k))
         distinct[c0 : c0 + len(crops)] = predict_flaw_scores(net, resize_crops(crops), p.batch_size)
     score_of = {(k, z): distinct[i] for i, (k, z, _) in enumerate(todo)}
     scores = np.array(

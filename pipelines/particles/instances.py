@@ -110,6 +110,7 @@ def segment_instances(
     *,
     model: ParticleUNet | None = None,
     progress: Callable[[int], None] | None = None,
+    levels: tuple[float, float] | None = None,
 ) -> InstanceResult:
     """Crack-robust particle instances of a reconstructed volume.
 
@@ -124,6 +125,9 @@ def segment_instances(
         Default the shipped weights (:func:`models.particle_unet.load_particle_unet`).
     progress : callable, optional
         Called with the number of slices done after each network batch.
+    levels : tuple of float, optional
+        Normalisation levels (low, high) to use instead of those of ``volume`` (a slab of a
+        larger volume is normalised with the levels of the whole volume).
 
     Returns
     -------
@@ -133,9 +137,8 @@ def segment_instances(
     p = params if params is not None else InstanceParams()
     vol = check_volume(volume)
     net = model if model is not None else load_particle_unet(p.weights)
-    foreground, distance = predict_maps(
-        net, normalize_volume(vol), batch_size=p.batch_size, progress=progress
-    )
+    normalized = normalize_volume(vol) if levels is None else normalize_slices(vol, *levels)
+    foreground, distance = predict_maps(net, normalized, batch_size=p.batch_size, progress=progress)
     if p.zero_is_outside:
         foreground[vol == 0] = 0.0
     labels = instances_from_maps(foreground, distance, p)

@@ -74,6 +74,9 @@ def measure_particles(
     *,
     crack_mask: np.ndarray | None = None,
     unobserved: np.ndarray | None = None,
+    label_ids: np.ndarray | None = None,
+    origin_z: int = 0,
+    depth: int | None = None,
 ) -> np.ndarray:
     """Volume, size, centroid, surface, sphericity, crack share and border contact per particle.
 
@@ -97,6 +100,16 @@ def measure_particles(
         mesh makes it exceed 1 by up to ~10 % for round particles below ~8 voxels across);
         ``touches_border`` is True when the particle reaches any face of the volume or an
         unobserved voxel (it is then only partly seen).
+
+    Other Parameters
+    ----------------
+    label_ids : numpy.ndarray, optional
+        Only these labels (default every label present).
+    origin_z, depth : int, optional
+        ``labels`` is the run of slices ``origin_z ..`` of a volume of ``depth`` slices (default
+        0 and its own depth); z values and the border test are then those of the whole
+        volume. Each measured particle must lie one slice inside the run (unless it reaches
+        the volume's own first or last slice) for its unobserved neighbours to be seen.
     """
     lab = check_labels(labels)
     cracks = None
@@ -111,22 +124,27 @@ def measure_particles(
             raise ValueError(f"unobserved shape {outside.shape} != labels shape {lab.shape}")
         near_unobserved = ndimage.binary_dilation(outside)
     objects = ndimage.find_objects(lab)
+    full_shape = (lab.shape[0] if depth is None else depth, *lab.shape[1:])
+    wanted = None if label_ids is None else set(np.asarray(label_ids).tolist())
     rows = []
     for k, box in enumerate(objects, start=1):
-        if box is None:
+        if box is None or (wanted is not None and k not in wanted):
             continue
         inside = lab[box] == k
         coords = np.nonzero(inside)
         n = int(coords[0].size)
         centroid = [float(c.mean()) + s.start for c, s in zip(coords, box, strict=True)]
+        centroid[0] += origin_z
         area = surface_area(inside)
         volume = float(n)
         sphericity = np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area if area > 0 else np.nan
         crack_fraction = (
             float(np.count_nonzero(cracks[box] & inside)) / n if cracks is not None else np.nan
         )
+        starts = (box[0].start + origin_z, box[1].start, box[2].start)
+        stops = (box[0].stop + origin_z, box[1].stop, box[2].stop)
         touches = any(
-            s.start == 0 or s.stop == size for s, size in zip(box, lab.shape, strict=True)
+            a == 0 or b == size for a, b, size in zip(starts, stops, full_shape, strict=True)
         ) or bool(near_unobserved is not None and (near_unobserved[box] & inside).any())
         rows.append(
             (
@@ -138,8 +156,8 @@ def measure_particles(
                 sphericity,
                 crack_fraction,
                 touches,
-                box[0].start,
-                box[0].stop - 1,
+                starts[0],
+                stops[0] - 1,
             )
         )
     return np.array(rows, dtype=MEASURE_DTYPE)

@@ -9,8 +9,14 @@ from services.analysis.router import FrameStatsPipeline, PipelineRegistry
 from services.core.identifiers import confined_path
 
 
-def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> PipelineRegistry:
-    """The registry used by ``beamwatch up``; analysis modules are imported when first used."""
+def default_registry(
+    figures_dir: Path | None = None, feedback: Any = None, slabs: Any = None
+) -> PipelineRegistry:
+    """The registry used by ``beamwatch up``; analysis modules are imported when first used.
+
+    ``slabs`` (a :class:`services.analysis.tomo_slabs.SlabConfig`) sends tomograms larger
+    than its threshold slab by slab to a Dask cluster; None keeps every one in memory.
+    """
     registry = PipelineRegistry()
     registry.register("frames", lambda start: True, FrameStatsPipeline)
     figures = figures_dir or Path("figures")
@@ -36,6 +42,6 @@ def default_registry(figures_dir: Path | None = None, feedback: Any = None) -> P
     registry.register(
         "cracks",
         tomo_live.select,
-        lambda start: tomo_live.CracksPipeline(start, figures_dir=figures_for(start)),
+        lambda start: tomo_live.CracksPipeline(start, figures_dir=figures_for(start), slabs=slabs),
     )
     return registry

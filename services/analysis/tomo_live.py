@@ -75,7 +75,7 @@ class CracksPipeline:
     name = CRACKS.pipeline
     version = "1"
 
-    def __init__(self, start: dict[str, Any], *, figures_dir: Path) -> None:
+    def __init__(self, start: dict[str, Any], *, figures_dir: Path, slabs: Any = None) -> None:
         from pipelines.cracks.segment import CrackParams
         from pipelines.tomo.fbp import ReconParams
 
@@ -94,6 +94,8 @@ class CracksPipeline:
         self._voxel_um = voxel_size_from_start(start)
         self._frames: dict[str, list[np.ndarray]] = {"primary": [], "flat": [], "dark": []}
         self._angles: list[float] = []
+        #: services.analysis.tomo_slabs.SlabConfig: big tomograms go slab by slab on Dask
+        self._slabs = slabs
 
     def on_frame(self, frame: Frame, out: ResultWriter) -> None:
         image: np.ndarray | None
@@ -119,6 +121,10 @@ class CracksPipeline:
             raise ValueError(
                 f"a tomogram needs at least 2 projections, got {len(self._frames['primary'])}"
             )
+        rows, cols = np.shape(self._frames["primary"][0])
+        if self._slabs is not None and self._slabs.wanted(rows, cols):
+            self._on_stop_slabs(out)
+            return
         t0 = time.monotonic()
         projections = np.stack(self._frames["primary"])
         flat = np.stack(self._frames["flat"]) if self._frames["flat"] else None
@@ -194,6 +200,137 @@ class CracksPipeline:
             t_recon,
             t_cracks,
             extra={"run_uid": self._uid},
+        )
+
+    def _on_stop_slabs(self, out: ResultWriter) -> None:
+        """The after-scan stages slab by slab on the Dask cluster (volume > dask.threshold_mb)."""
+        from pipelines.particles.analyze import ParticleParams
+        from pipelines.particles.stats import StatsParams
+        from services.analysis.tomo_slabs import run_slab_stages
+
+        params = ParticleParams(**self._particle_params)
+        stats_params = StatsParams(**{**self._stats_params, "voxel_size_um": self._voxel_um or 1.0})
+        cracks_complete: list[bool] = []
+
+        def cracks_done(q: Any, numbers: dict[str, Any]) -> None:
+            out.array(CRACKS.depth_profile, q.depth_profile, dims=["z"])
+            out.array(CRACKS.damage_histogram, q.damage_histogram, dims=["z", "bin"])
+            out.array(CRACKS.histogram_edges, q.histogram_edges, dims=["edge"])
+            out.array(
+                CRACKS.layer_fit,
+                np.stack([q.layer_slope, q.layer_intercept, q.layer_pearson_r], axis=1),
+                dims=["z", "slope_intercept_r"],
+            )
+            figures = self._preview_figures(lambda: self._figures(q, out))
+            particles_out = out.sibling(PARTICLES.pipeline)
+            particles_out.container(
+                {
+                    "source_run_uid": self._uid,
+                    "pipeline": PARTICLES.pipeline,
+                    "version": self.version,
+                    "status": Status.QUEUED,
+                }
+            )
+            fit = q.volume_fit
+            out.metadata(
+                {
+                    "volume_fit": {
+                        "slope": fit.slope,
+                        "intercept": fit.intercept,
+                        "pearson_r": fit.pearson_r,
+                        "n_samples": fit.n_samples,
+                    },
+                    "window": q.window,
+                    **numbers,
+                    "figures": figures,
+                    "status": Status.COMPLETE,
+                }
+            )
+            particles_out.container(
+                {
+                    "source_run_uid": self._uid,
+                    "pipeline": PARTICLES.pipeline,
+                    "version": self.version,
+                    "status": Status.RUNNING,
+                    "parameters": {
+                        "particles": params.model_dump(mode="json"),
+                        "statistics": stats_params.model_dump(mode="json"),
+                    },
+                }
+            )
+            cracks_complete.append(True)
+
+        def particles_done(table: np.ndarray, shape: Any, pout: ResultWriter, sec: float) -> None:
+            self._slab_particle_results(table, shape[0], pout, stats_params, sec)
+
+        try:
+            run_slab_stages(
+                self._slabs,
+                uid=self._uid,
+                frames=self._frames,
+                angles=self._angles,
+                recon_params=self._recon_params,
+                crack_params=self._crack_params,
+                particle_params=params,
+                out=out,
+                cracks_done=cracks_done,
+                particles_done=particles_done,
+            )
+        except Exception as exc:
+            if not cracks_complete:
+                raise  # the crack stage failed: the router reports it
+            logger.error(
+                "particle analysis (slabs) failed: %s",
+                exc,
+                exc_info=True,
+                extra={"run_uid": self._uid},
+            )
+            out.sibling(PARTICLES.pipeline).metadata(
+                {"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}
+            )
+
+    def _preview_figures(self, draw: Any) -> dict[str, str]:
+        """Figures of the slab path (its volumes are Zarr arrays, not in memory): a preview
+        that fails is logged and left out, the results stand."""
+        try:
+            return dict(draw())
+        except Exception as exc:
+            logger.warning("figures of the slab path failed: %s", exc, extra={"run_uid": self._uid})
+            return {}
+
+    def _slab_particle_results(
+        self, table: np.ndarray, depth: int, out: ResultWriter, stats_params: Any, seconds: float
+    ) -> None:
+        """Table, statistics and metadata of the particle stage of the slab path."""
+        from pipelines.particles.stats import particle_statistics
+
+        unit = "um" if self._voxel_um is not None else "px"
+        stats = particle_statistics(table, depth=depth, params=stats_params)
+        scalar = [n for n in (table.dtype.names or ()) if table[n].ndim == 1]
+        out.table_rows(PARTICLES.table, {n: table[n].tolist() for n in scalar})
+        out.array(PARTICLES.slice_scores, table["slice_scores"], dims=["particle", "slice"])
+        out.array(PARTICLES.size_counts, stats.size_counts, dims=["bin"])
+        out.array(
+            PARTICLES.size_edges_um if unit == "um" else PARTICLES.size_edges_px,
+            stats.size_edges_um,
+            dims=["edge"],
+        )
+        out.array(PARTICLES.detachment_counts, stats.detachment_counts, dims=["bin"])
+        out.array(PARTICLES.detachment_edges, stats.detachment_edges, dims=["edge"])
+        out.metadata(
+            {
+                "status": Status.COMPLETE,
+                "particles": int(len(table)),
+                "flawed_fraction": _finite(stats.overall.flawed_fraction),
+                "mean_detachment": _finite(stats.overall.mean_detachment),
+                "n_excluded_border": int(stats.n_excluded_border),
+                "length_unit": unit,
+                "voxel_size_um": self._voxel_um,
+                "size_threshold_um": stats_params.size_threshold_um if self._voxel_um else None,
+                "seconds": seconds,
+                "slabs": True,
+                "figures": {},
+            }
         )
 
     def _particles(self, volume: np.ndarray, cracks: np.ndarray, out: ResultWriter) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from services.cli import slab_commands
 from services.cli.inputs import (
     INPUT_HELP,
     add_separator_option,
@@ -49,6 +50,7 @@ from services.cli.inputs import (
     separator_attrs,
     volume_from_scan,
 )
+from services.cli.slab_commands import add_slab_option, dataset_shape, wants_slabs
 from services.core.h5io import InputFileError, open_input, read_dataset
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ def register(subparsers: Any) -> None:
         help="small/large threshold in voxels, for volumes of unknown voxel size",
     )
     add_separator_option(analyze)
+    add_slab_option(analyze)
     analyze.set_defaults(func=analyze_command)
 
     export = sub.add_parser(
@@ -190,6 +193,31 @@ def _from_separator(table: np.ndarray, depth: int, separator: str) -> np.ndarray
     return flipped
 
 
+def _analyze_slabs(args: argparse.Namespace) -> int:
+    """``particles analyze`` slab by slab (:mod:`services.cli.slab_commands`)."""
+    from pipelines.particles.analyze import ParticleParams
+    from pipelines.particles.flaw import FlawParams
+    from pipelines.particles.instances import InstanceParams
+
+    voxel_um = resolve_size(args.voxel_size_um, layout_pixel_size(args.input), str(args.input))
+    params = ParticleParams(
+        instances=InstanceParams(weights=str(args.weights) if args.weights else None),
+        flaw=FlawParams(weights=str(args.flaw_weights) if args.flaw_weights else None),
+    )
+    depth = dataset_shape(args.input, "/entry/data/data")[0]  # type: ignore[index]
+
+    def statistics(table: np.ndarray) -> str:
+        return _statistics_json(
+            _from_separator(table, depth, args.separator),
+            depth,
+            voxel_um,
+            args.size_threshold_um,
+            args.size_threshold_px,
+        )
+
+    return slab_commands.particles_analyze_command(args, params, voxel_um, statistics)
+
+
 def analyze_command(args: argparse.Namespace) -> int:
     """Run ``particles analyze``; returns the exit code."""
     import h5py
@@ -210,6 +238,9 @@ def analyze_command(args: argparse.Namespace) -> int:
             raise InputFileError(f"output directory does not exist: {args.output.parent}")
         if is_beamwatch_layout(paths):
             args.input = paths[0]
+            shape = dataset_shape(args.input, "/entry/data/data")
+            if shape is not None and len(shape) == 3 and wants_slabs(args, shape):
+                return _analyze_slabs(args)
             volume = _read_volume(args.input, "/entry/data/data")
             file_voxel = layout_pixel_size(args.input)
         else:

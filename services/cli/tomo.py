@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from services.cli import slab_commands
 from services.cli.inputs import (
     INPUT_HELP,
     add_separator_option,
@@ -57,6 +58,7 @@ from services.cli.inputs import (
     separator_attrs,
     volume_from_scan,
 )
+from services.cli.slab_commands import add_slab_option, dataset_shape, wants_slabs
 from services.core.h5io import InputFileError, open_input, read_dataset
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ def register(subparsers: Any) -> None:
         help="rotation angles (degrees, evenly spaced, both included) for files that store none",
     )
     add_size_option(rec)
+    add_slab_option(rec)
     rec.set_defaults(func=reconstruct_command)
 
     cracks = subparsers.add_parser("cracks", help="crack segmentation and damage maps")
@@ -132,6 +135,7 @@ def register(subparsers: Any) -> None:
     )
     add_size_option(cmap, "--voxel-size-um")
     add_separator_option(cmap)
+    add_slab_option(cmap)
     cmap.set_defaults(func=cracks_map_command)
 
 
@@ -213,6 +217,14 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                     f"{args.input}: /entry/data/rotation_angle holds the angles; --angles is for "
                     "files that store none"
                 )
+            proj_shape = dataset_shape(args.input, "/entry/data/data")
+            if proj_shape is not None and len(proj_shape) == 3:
+                volume_shape = (proj_shape[1], proj_shape[2], proj_shape[2])
+                if wants_slabs(args, volume_shape):
+                    pixel = resolve_size(
+                        args.pixel_size_um, layout_pixel_size(args.input), str(args.input)
+                    )
+                    return slab_commands.reconstruct_command(args, center, pixel, FILTERS)
             projections, angles, flat, dark = _read_layout_projections(args.input)
             file_pixel = layout_pixel_size(args.input)
         else:
@@ -267,6 +279,19 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _crack_params(args: argparse.Namespace) -> Any:
+    from pipelines.cracks.quantify import QuantifyParams
+    from pipelines.cracks.segment import CrackParams
+
+    return CrackParams(
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        threshold=args.threshold,
+        weights=None if args.weights is None else str(args.weights),
+        quantify=QuantifyParams(window=args.window),
+    )
+
+
 def cracks_map_command(args: argparse.Namespace) -> int:
     """Run ``cracks map``; returns the exit code."""
     import h5py
@@ -288,6 +313,12 @@ def cracks_map_command(args: argparse.Namespace) -> int:
         if not 0 <= args.overlap < args.tile_size:
             raise InputFileError("--overlap must be >= 0 and smaller than --tile-size")
         if layout:
+            shape = dataset_shape(args.input, "/entry/data/data")
+            if shape is not None and len(shape) == 3 and wants_slabs(args, shape):
+                voxel = resolve_size(
+                    args.voxel_size_um, layout_pixel_size(args.input), str(args.input)
+                )
+                return slab_commands.cracks_map_command(args, _crack_params(args), voxel)
             with open_input(args.input) as h5:
                 volume = _read_dataset(h5, "/entry/data/data", (3,), args.input)
             file_voxel = layout_pixel_size(args.input)
@@ -301,16 +332,9 @@ def cracks_map_command(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
 
-    from pipelines.cracks.quantify import QuantifyParams
-    from pipelines.cracks.segment import CrackParams, map_cracks, threshold_baseline
+    from pipelines.cracks.segment import map_cracks, threshold_baseline
 
-    params = CrackParams(
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        threshold=args.threshold,
-        weights=None if args.weights is None else str(args.weights),
-        quantify=QuantifyParams(window=args.window),
-    )
+    params = _crack_params(args)
     logger.info("mapping cracks in %s %s (%s)", args.input, volume.shape, volume.dtype)
     with tqdm(total=volume.shape[0], desc="cracks", unit="slice") as bar:
         result = map_cracks(volume, params, progress=bar.update)

@@ -128,6 +128,30 @@ class WebSettings(BaseModel):
     poll_seconds: float = Field(2.0, gt=0)
 
 
+class DaskSettings(BaseModel):
+    """Slab-by-slab processing of tomograms too large for memory, on a Dask cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: An existing scheduler (``tcp://host:8786``, e.g. started by dask-jobqueue or on
+    #: Kubernetes); None = a LocalCluster of worker processes on this machine.
+    scheduler_address: str | None = None
+    n_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    #: Memory cap of each local worker process (MB); slab sizes are chosen to stay under it.
+    memory_limit_mb: float = Field(2048.0, gt=0)
+    #: A tomogram whose float32 volume is larger than this (MB) goes slab by slab through
+    #: the cluster; smaller ones stay on the in-memory path.
+    threshold_mb: float = Field(4096.0, ge=0)
+    #: Intermediate volumes (chunked Zarr); default ``<data dir>/slabs``.
+    work_dir: Path | None = None
+    #: Slices of context of the particle instances on each side of a slab.
+    particle_halo: int = Field(24, ge=1)
+    #: Core slices (detector rows) per slab of every stage; None = the most that fit under
+    #: ``memory_limit_mb`` (services.slabs.tomo.slab_slices).
+    slab_slices: int | None = Field(None, ge=1)
+
+
 class BeamwatchSettings(BaseSettings):
     """Effective settings: defaults < YAML file < environment (``BEAMWATCH_TILED__PORT=...``)."""
 
@@ -154,6 +178,7 @@ class BeamwatchSettings(BaseSettings):
     nats: NatsSettings = NatsSettings()
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
+    dask: DaskSettings = DaskSettings()
     #: Seconds after which a run with no documents and no stop is declared to have lost its stop.
     run_idle_timeout: float = Field(600.0, gt=0)
     #: how long a seq_num gap (or a stop before its last events) is waited for before the
@@ -180,6 +205,10 @@ class BeamwatchSettings(BaseSettings):
     @property
     def detector_dir(self) -> Path:
         return self.data_dir / "detector"
+
+    @property
+    def slab_work_dir(self) -> Path:
+        return self.dask.work_dir if self.dask.work_dir is not None else self.data_dir / "slabs"
 
     @property
     def readable_roots(self) -> list[Path]:

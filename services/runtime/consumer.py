@@ -157,7 +157,13 @@ class Consumer:
                 from services.analysis.xanes_live import FeedbackPublisher
 
                 self._feedback = FeedbackPublisher(settings.bus.feedback_address)
-                registry = default_registry(settings.data_dir / "figures", self._feedback)
+                from services.analysis.tomo_slabs import SlabConfig
+
+                registry = default_registry(
+                    settings.data_dir / "figures",
+                    self._feedback,
+                    slabs=SlabConfig(settings.dask, settings.slab_work_dir),
+                )
             reg = registry
 
             def factory(start: Doc) -> AnalysisRunRouter | None:

@@ -1,0 +1,92 @@
+"""Invariants of the slab functions: sampling, quantification and label merging."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipelines.cracks.quantify import (
+    QuantifyParams,
+    damage_histograms,
+    depth_profile,
+    fit_line,
+    histogram_edges,
+    quantify_damage,
+    slab_damage,
+)
+from pipelines.slabs import LabelMerger, border_matches, plan_slabs, regular_sample
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    depth=st.integers(1, 20),
+    plane=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    slab=st.integers(1, 8),
+    step=st.integers(1, 50),
+)
+def test_slab_samples_concatenate_to_the_volume_sample(depth, plane, slab, step):
+    volume = np.arange(depth * plane[0] * plane[1]).reshape(depth, *plane)
+    parts = [
+        regular_sample(volume[s.start : s.stop], s.start, step) for s in plan_slabs(depth, slab)
+    ]
+    np.testing.assert_array_equal(np.concatenate(parts), volume.ravel()[::step])
+
+
+def test_plan_covers_every_slice_once_with_clipped_context():
+    slabs = plan_slabs(23, 5, halo=3)
+    assert [s.start for s in slabs] == [0, 5, 10, 15, 20]
+    assert slabs[-1].stop == 23 and slabs[0].lo == 0 and slabs[-1].hi == 23
+    assert slabs[1].lo == 2 and slabs[1].hi == 13 and slabs[1].core == slice(3, 8)
+
+
+def test_quantification_combined_from_slabs_equals_the_whole_volume():
+    rng = np.random.default_rng(1)
+    particles = rng.random((11, 60, 70)) < 0.6
+    cracks = (rng.random(particles.shape) < 0.15) & particles
+    p = QuantifyParams(window=9)
+    whole = quantify_damage(cracks, particles, p)
+    runs = [
+        slab_damage(cracks[s.start : s.stop], particles[s.start : s.stop], p)
+        for s in plan_slabs(11, 3)
+    ]
+    edges = histogram_edges(p, max(r.damage_max for r in runs))
+    hist = np.concatenate(
+        [
+            damage_histograms(r.damage_density, particles[s.start : s.stop], edges)
+            for r, s in zip(runs, plan_slabs(11, 3), strict=True)
+        ]
+    )
+    np.testing.assert_array_equal(hist, whole.damage_histogram)
+    np.testing.assert_array_equal(edges, whole.histogram_edges)
+    area = np.concatenate([r.crack_area for r in runs])
+    solid = np.concatenate([r.particle_area for r in runs])
+    np.testing.assert_array_equal(depth_profile(area, solid), whole.depth_profile)
+    fit = fit_line(
+        np.concatenate([r.particle_samples for r in runs]),
+        np.concatenate([r.damage_samples for r in runs]),
+    )
+    assert fit == whole.volume_fit
+    np.testing.assert_array_equal(
+        np.concatenate([r.damage_density for r in runs]), whole.damage_density
+    )
+
+
+def test_border_matches_join_one_particle_and_keep_touching_ones_apart():
+    lower = np.zeros((2, 10, 10), dtype=np.int32)
+    upper = np.zeros_like(lower)
+    lower[:, 1:5, 1:5] = 3  # a particle crossing the border, labelled 3 below and 7 above
+    upper[:, 1:5, 1:5] = 7
+    lower[0, 6:9, 6:9] = 2  # ends at the last slice below the border ...
+    upper[1, 6:9, 6:9] = 5  # ... and another particle starts right above it: they touch
+    assert border_matches(lower, upper) == [(3, 7)]
+
+
+def test_label_merger_chains_a_particle_through_three_slabs():
+    merger = LabelMerger([2, 1, 3])
+    merger.union(0, 2, 1, 1)
+    merger.union(1, 1, 2, 3)
+    tables = merger.lookup_tables([np.array([1, 2]), np.array([1]), np.array([1, 3])])
+    assert tables[0].tolist() == [0, 1, 2]
+    assert tables[1].tolist() == [0, 2]
+    assert tables[2].tolist() == [0, 3, 0, 2]

@@ -1,0 +1,72 @@
+"""The live after-scan stage sends a tomogram above dask.threshold_mb slab by slab to Dask."""
+
+from __future__ import annotations
+
+import numpy as np
+from bluesky import RunEngine
+
+from bluesky_plans.devices import SimTomoStation
+from bluesky_plans.plans import tomo_scan_plan
+from models.synthetic.cathode import make_cathode_volume
+from pipelines.cracks.segment import map_cracks
+from pipelines.tomo.simulate import simulate_scan
+from services.core.settings import DaskSettings
+from services.slabs.cluster import open_client
+from tests.conftest import wait_until
+from tests.services.test_ingest_e2e import live_publisher, start_consumers
+
+
+def test_live_tomogram_above_the_threshold_goes_slab_by_slab(consumer_settings, tiled_client):
+    settings, detector = consumer_settings
+    shape = (8, 64, 64)
+    volume = make_cathode_volume(shape, seed=11)
+    angles = np.linspace(0.0, 180.0, 48, endpoint=False)
+    frames = simulate_scan(volume.attenuation, angles, seed=4)
+    station = SimTomoStation.from_frames(
+        angles, frames.projections, frames.flat, frames.dark, detector
+    )
+    with open_client(DaskSettings(n_workers=2, memory_limit_mb=1500)) as client:
+        dask = DaskSettings(
+            scheduler_address=client.scheduler.address,
+            threshold_mb=0.0,  # every tomogram is "big"
+            slab_slices=4,
+            particle_halo=4,
+        )
+        settings = settings.model_copy(update={"dask": dask})
+        raw, ana = start_consumers(settings)
+        pub = live_publisher(settings, (raw, ana))
+        try:
+            RE = RunEngine({})
+            RE.subscribe(pub)
+            (uid,) = RE(tomo_scan_plan(station, angles, n_darks=2, n_flats=2))
+
+            def status(pipeline):
+                node = tiled_client["analysis"][uid]
+                return node[pipeline].metadata.get("status") if pipeline in node else None
+
+            wait_until(lambda: status("particles") in ("complete", "failed"), timeout=240)
+        finally:
+            pub.close()
+            raw.stop()
+            ana.stop()
+    cracks = tiled_client["analysis"][uid]["cracks"]
+    assert cracks.metadata["status"] == "complete", cracks.metadata
+    assert cracks.metadata["slabs"] is True
+    reconstruction = cracks["reconstruction"].read()
+    assert reconstruction.shape == shape and reconstruction.dtype == np.float32
+    # the slabs' crack map is the in-memory crack map of the same reconstruction
+    expected = map_cracks(reconstruction)
+    np.testing.assert_array_equal(cracks["mask"].read(), expected.crack_mask)
+    np.testing.assert_array_equal(
+        cracks["damage_density"].read(), expected.quantification.damage_density
+    )
+    assert {"damage_top", "damage_bottom", "depth_profile", "correlation"} <= set(cracks["figures"])
+    particles = tiled_client["analysis"][uid]["particles"]
+    assert particles.metadata["status"] == "complete", particles.metadata
+    labels = particles["labels"].read()
+    table = particles["table"].read()
+    assert labels.shape == shape
+    assert len(table) == particles.metadata["particles"] == len(np.unique(labels)) - 1
+    assert particles.metadata["mean_detachment"] is None  # not computed slab by slab: unknown
+    # the work directory of the run is gone
+    assert not any(settings.slab_work_dir.glob("*/*"))
