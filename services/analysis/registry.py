@@ -10,12 +10,17 @@ from services.core.identifiers import confined_path
 
 
 def default_registry(
-    figures_dir: Path | None = None, feedback: Any = None, slabs: Any = None
+    figures_dir: Path | None = None,
+    feedback: Any = None,
+    slabs: Any = None,
+    series_dir: Path | None = None,
 ) -> PipelineRegistry:
     """The registry used by ``beamwatch up``; analysis modules are imported when first used.
 
     ``slabs`` (a :class:`services.analysis.tomo_slabs.SlabConfig`) sends tomograms larger
     than its threshold slab by slab to a Dask cluster; None keeps every one in memory.
+    ``series_dir`` keeps the operando series state (what later scans of a series need) on disk,
+    so that it survives a restart of the consumer; without it the state lives in memory only.
     """
     registry = PipelineRegistry()
     registry.register("frames", lambda start: True, FrameStatsPipeline)
@@ -29,7 +34,7 @@ def default_registry(
 
     from services.analysis import xanes_live
 
-    series = xanes_live.SeriesStore()
+    series = xanes_live.SeriesStore(directory=series_dir)
     registry.register(
         "xanes",
         xanes_live.select,

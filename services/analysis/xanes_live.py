@@ -18,8 +18,10 @@ after the last frame:     ``labels`` (H, W) int32, ``edge_energy`` / ``whiteline
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,19 +60,91 @@ class _ScanSummary:
     labels: np.ndarray
     reference: np.ndarray
     mean_com: np.ndarray  # (P, 2)
+    run_uid: str = ""
 
 
 @dataclass
 class SeriesStore:
-    """Per operando series, what later scans need to follow each particle across scans."""
+    """Per operando series, what later scans need to follow each particle across scans.
+
+    With a ``directory`` (``<data dir>/series`` under ``beamwatch up``) every scan summary is
+    also kept on disk when its scan finishes, one ``.npz`` file per run (plain arrays, read
+    back with ``allow_pickle=False``), and a series seen for the first time in this process is
+    loaded from there: a restarted analysis consumer links the next scan of a series to the
+    scans it analysed before the restart. Series and run uids come from documents, so file and
+    folder names are their SHA-256 digests, never the strings themselves.
+    """
 
     scans: dict[str, list[_ScanSummary]] = field(default_factory=dict)
+    directory: Path | None = None
 
     def add(self, series: str, summary: _ScanSummary) -> list[_ScanSummary]:
-        items = self.scans.setdefault(series, [])
+        items = self.scans.get(series)
+        if items is None:
+            items = self.scans[series] = self._load(series)
+        if summary.run_uid:
+            # the same run analysed again (a resumed or replayed run) replaces its summary
+            items[:] = [s for s in items if s.run_uid != summary.run_uid]
         items.append(summary)
         items.sort(key=lambda s: s.scan_index)
+        try:
+            self._save(series, summary)
+        except OSError as exc:  # the analysis of this scan goes on; only a restart would miss it
+            logger.error("series %s: scan summary not kept on disk (%s)", series, exc)
         return items
+
+    def _series_dir(self, series: str) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / _digest(series)
+
+    def _load(self, series: str) -> list[_ScanSummary]:
+        folder = self._series_dir(series)
+        if folder is None or not folder.is_dir():
+            return []
+        items = []
+        for path in sorted(folder.glob("*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    items.append(
+                        _ScanSummary(
+                            scan_index=int(data["scan_index"]),
+                            labels=data["labels"],
+                            reference=data["reference"],
+                            mean_com=data["mean_com"],
+                            run_uid=str(data["run_uid"]),
+                        )
+                    )
+            except (OSError, ValueError, KeyError) as exc:
+                logger.error(
+                    "series %s: unreadable scan summary %s (%s); skipped", series, path, exc
+                )
+        logger.info("series %s: %d earlier scans loaded from %s", series, len(items), folder)
+        return items
+
+    def _save(self, series: str, summary: _ScanSummary) -> None:
+        folder = self._series_dir(series)
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        name = _digest(summary.run_uid or f"scan-{summary.scan_index}")
+        tmp = folder / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                scan_index=np.int64(summary.scan_index),
+                labels=summary.labels,
+                reference=summary.reference,
+                mean_com=summary.mean_com,
+                run_uid=np.str_(summary.run_uid),
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / f"{name}.npz")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def select(start: dict[str, Any]) -> bool:
@@ -257,7 +331,13 @@ class XanesLivePipeline:
             mean_com = np.nanmean(final.particle_com, axis=1)
         scans = self._series.add(
             series,
-            _ScanSummary(int(self._start.get("scan_index", 0)), final.labels, reference, mean_com),
+            _ScanSummary(
+                int(self._start.get("scan_index", 0)),
+                final.labels,
+                reference,
+                mean_com,
+                run_uid=str(self._uid),
+            ),
         )
         first = scans[0]
         displacement = np.full((first.mean_com.shape[0], len(scans), 2), np.nan)

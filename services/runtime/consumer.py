@@ -163,6 +163,7 @@ class Consumer:
                     settings.data_dir / "figures",
                     self._feedback,
                     slabs=SlabConfig(settings.dask, settings.slab_work_dir),
+                    series_dir=settings.data_dir / "series",
                 )
             reg = registry
 

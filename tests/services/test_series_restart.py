@@ -1,0 +1,128 @@
+"""Operando series state survives a restart of the analysis consumer (issue 14, point 2).
+
+The documents of a two-scan operando series (real RunEngine, frames inside the Events) go
+through the analysis routers and the pipelines ``beamwatch up`` registers; between the scans
+the registry is rebuilt from the same data dir, as a restarted consumer does. The second scan's
+cross-scan deformation must equal the one of a consumer that ran through both scans.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from bluesky import RunEngine
+
+from bluesky_plans.devices import SimTXM
+from bluesky_plans.plans import operando_xanes_plan
+from models.synthetic.txm import TxmScene, default_energies
+from services.analysis.registry import default_registry
+from services.analysis.router import AnalysisRunRouter
+from services.core.metrics import Metrics
+from services.runs.routing import RunDispatcher, RunRouter
+from services.tiled.records import ArrayWrite, Container, Metadata
+
+N = 8
+
+
+class RecordingSpool:
+    """The records the pipelines hand to the spool, in order (no Tiled behind it)."""
+
+    def __init__(self) -> None:
+        self.records: list[object] = []
+
+    def put(self, record: object) -> None:
+        self.records.append(record)
+
+
+def _series_documents(tmp_path):
+    scene = TxmScene.random(5, shape=(128, 128), n_particles=3, n_scans=2, n_frames=N)
+    txm = SimTXM(scene, tmp_path / "detector", frame_source="event", seed=3)
+    docs: list[tuple[str, dict]] = []
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    uids = RE(operando_xanes_plan(txm, default_energies(N), 2, n_flats=2))
+    assert len(uids) == 2
+    per_run: dict[str, list[tuple[str, dict]]] = {uid: [] for uid in uids}
+    descriptors: dict[str, str] = {}
+    for name, doc in docs:
+        if name == "start":
+            uid = doc["uid"]
+        elif name == "descriptor":
+            uid = descriptors.setdefault(doc["uid"], doc["run_start"])
+        elif name in ("event", "event_page"):
+            uid = descriptors[doc["descriptor"]]
+        else:
+            uid = doc.get("run_start") or doc.get("run")
+        per_run[uid].append((name, doc))
+    return uids, per_run
+
+
+class AnalysisConsumer:
+    """The analysis side of a consumer as ``Consumer`` builds it from a data dir."""
+
+    def __init__(self, data_dir, series: bool = True) -> None:
+        self.spool = RecordingSpool()
+        metrics = Metrics("analysis")
+        registry = default_registry(
+            data_dir / "figures", None, series_dir=data_dir / "series" if series else None
+        )
+
+        def factory(start) -> RunRouter | None:
+            entries = registry.select(start)
+            return AnalysisRunRouter(start, entries, self.spool, metrics) if entries else None
+
+        self.dispatcher = RunDispatcher([factory], metrics)
+
+    def feed(self, documents) -> None:
+        for name, doc in documents:
+            self.dispatcher(name, doc)
+
+    def xanes(self, uid: str) -> dict:
+        """The arrays and metadata written under analysis/<uid>/xanes."""
+        arrays, md = {}, {}
+        for r in self.spool.records:
+            if tuple(getattr(r, "path", ())) == ("analysis", uid, "xanes"):
+                if isinstance(r, ArrayWrite):
+                    arrays[r.key] = r.array
+                elif isinstance(r, Container | Metadata):
+                    md.update(r.metadata or {})
+        return {"arrays": arrays, "metadata": md}
+
+
+def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_one(tmp_path):
+    (first, second), docs = _series_documents(tmp_path)
+
+    uninterrupted = AnalysisConsumer(tmp_path / "a")
+    uninterrupted.feed(docs[first])
+    uninterrupted.feed(docs[second])
+    expected = uninterrupted.xanes(second)
+    assert expected["metadata"]["series_scans"] == [0, 1]
+    assert expected["metadata"]["status"] == "complete"
+
+    before = AnalysisConsumer(tmp_path / "b")
+    before.feed(docs[first])
+    assert before.xanes(first)["metadata"]["series_scans"] == [0]
+    after = AnalysisConsumer(tmp_path / "b")  # restarted: a new registry from the same data dir
+    after.feed(docs[second])
+    resumed = after.xanes(second)
+    assert resumed["metadata"]["status"] == "complete"
+    assert resumed["metadata"]["series_scans"] == [0, 1]
+    for key in ("deformation_displacement", "deformation_nonrigid"):
+        assert expected["arrays"][key].shape[1] == 2
+        np.testing.assert_array_equal(resumed["arrays"][key], expected["arrays"][key])
+    # the second scan really moved: a deformation of zeros would prove nothing
+    displacement = expected["arrays"]["deformation_displacement"]
+    assert np.isfinite(displacement[:, 1]).any()
+    assert np.nanmax(np.abs(displacement[:, 1])) > 0.1
+
+    # the same scan analysed again after the restart replaces its summary, never adds a scan
+    again = AnalysisConsumer(tmp_path / "b")
+    again.feed(docs[second])
+    assert again.xanes(second)["metadata"]["series_scans"] == [0, 1]
+    np.testing.assert_array_equal(
+        again.xanes(second)["arrays"]["deformation_displacement"], displacement
+    )
+
+    # without the state on disk a restart forgets the first scan (what issue 14 reported)
+    forgetful = AnalysisConsumer(tmp_path / "c", series=False)
+    forgetful.feed(docs[second])
+    assert forgetful.xanes(second)["metadata"]["series_scans"] == [1]
