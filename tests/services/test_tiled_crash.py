@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import bluesky.plan_stubs as bps
@@ -25,7 +26,7 @@ from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS
 from tests.services.test_up_e2e import children_of, scrape, value
 from tests.sim import N_ENERGIES, energies, small_txm
 
-KILL_AT = 4  # before the 5th energy point: 4 frames of 8 are in Tiled
+KILL_AT = N_ENERGIES - 1  # the plan waits for the kill before its last energy point
 
 
 def _tiled_child(up: UpProcess) -> int | None:
@@ -60,21 +61,33 @@ def test_tiled_killed_mid_run_leaves_every_row_and_frame_once_and_readable(tmp_p
             wait_until(lambda r=r: _pinged(up, pub, r), timeout=60, interval=0.05)
         run: dict[str, str] = {}
 
-        def committed() -> bool:
-            uid = run["uid"]
-            rows = len(client["raw"][uid]["primary"].base["internal"].read())
-            stats = client["analysis"][uid]["frames"]["frame_stats"].read()
-            return rows >= KILL_AT and len(stats) - N_FLATS >= KILL_AT
-
-        def kill_tiled_mid_run(i, energy):
-            if i == KILL_AT:
-                # both consumers have written part of the run, then Tiled dies; the rest of the
-                # scan is published while it is down or still starting up again
-                wait_until(committed, timeout=90)
+        def kill_once_rows_are_in() -> None:
+            # runs beside the plan: as soon as the first rows are in Tiled it is killed, while
+            # the consumers are still writing the frames published since
+            try:
+                wait_until(
+                    lambda: len(client["raw"][run["uid"]]["primary"].base["internal"].read()) >= 2,
+                    timeout=90,
+                    interval=0.05,
+                )
                 old = _tiled_child(up)
                 assert old is not None
                 os.kill(old, signal.SIGKILL)
                 killed.append(old)
+            finally:
+                kill_done.set()
+
+        kill_done = threading.Event()
+        killer = threading.Thread(target=kill_once_rows_are_in, daemon=True)
+
+        def kill_tiled_mid_run(i, energy):
+            if i == 1:
+                killer.start()
+            if i == KILL_AT:
+                # the points since the first rows were published while the kill came; the last
+                # one and the stop are published while Tiled is down or starting up again
+                assert kill_done.wait(120)
+                assert killed, "Tiled was not killed"
                 wait_until(lambda: _tiled_down(up), timeout=30, interval=0.05)
             yield from bps.null()
 
