@@ -306,17 +306,7 @@ class CracksPipeline:
 
         unit = "um" if self._voxel_um is not None else "px"
         stats = particle_statistics(table, depth=depth, params=stats_params)
-        scalar = [n for n in (table.dtype.names or ()) if table[n].ndim == 1]
-        out.table_rows(PARTICLES.table, {n: table[n].tolist() for n in scalar})
-        out.array(PARTICLES.slice_scores, table["slice_scores"], dims=["particle", "slice"])
-        out.array(PARTICLES.size_counts, stats.size_counts, dims=["bin"])
-        out.array(
-            PARTICLES.size_edges_um if unit == "um" else PARTICLES.size_edges_px,
-            stats.size_edges_um,
-            dims=["edge"],
-        )
-        out.array(PARTICLES.detachment_counts, stats.detachment_counts, dims=["bin"])
-        out.array(PARTICLES.detachment_edges, stats.detachment_edges, dims=["edge"])
+        _write_particle_table(out, table, stats, unit)
         out.metadata(
             {
                 "status": Status.COMPLETE,
@@ -360,19 +350,7 @@ class CracksPipeline:
             result = analyze_particles(volume, crack_mask=cracks.astype(bool), params=params)
             stats = particle_statistics(result.table, depth=volume.shape[0], params=stats_params)
             out.array(PARTICLES.labels, result.labels.astype(np.int32), dims=["z", "y", "x"])
-            scalar = [n for n in (result.table.dtype.names or ()) if result.table[n].ndim == 1]
-            out.table_rows(PARTICLES.table, {n: result.table[n].tolist() for n in scalar})
-            out.array(
-                PARTICLES.slice_scores, result.table["slice_scores"], dims=["particle", "slice"]
-            )
-            out.array(PARTICLES.size_counts, stats.size_counts, dims=["bin"])
-            out.array(
-                PARTICLES.size_edges_um if unit == "um" else PARTICLES.size_edges_px,
-                stats.size_edges_um,
-                dims=["edge"],
-            )
-            out.array(PARTICLES.detachment_counts, stats.detachment_counts, dims=["bin"])
-            out.array(PARTICLES.detachment_edges, stats.detachment_edges, dims=["edge"])
+            _write_particle_table(out, result.table, stats, unit)
             figures = self._particle_figures(stats, out, unit, result, volume)
             out.metadata(
                 {
@@ -438,3 +416,19 @@ class CracksPipeline:
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+def _write_particle_table(out: ResultWriter, table: np.ndarray, stats: Any, unit: str) -> None:
+    """The particle table, per-slice flaw scores and the size / detachment histograms (the
+    in-memory and the slab path write the same keys)."""
+    scalar = [n for n in (table.dtype.names or ()) if table[n].ndim == 1]
+    out.table_rows(PARTICLES.table, {n: table[n].tolist() for n in scalar})
+    out.array(PARTICLES.slice_scores, table["slice_scores"], dims=["particle", "slice"])
+    out.array(PARTICLES.size_counts, stats.size_counts, dims=["bin"])
+    out.array(
+        PARTICLES.size_edges_um if unit == "um" else PARTICLES.size_edges_px,
+        stats.size_edges_um,
+        dims=["edge"],
+    )
+    out.array(PARTICLES.detachment_counts, stats.detachment_counts, dims=["bin"])
+    out.array(PARTICLES.detachment_edges, stats.detachment_edges, dims=["edge"])
