@@ -82,7 +82,19 @@ def run_tasks(
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB; Linux reports KiB)."""
+    """Peak resident memory of this process's own program so far (MB).
+
+    Linux's ``VmHWM`` (the high-water mark of this address space), not ``getrusage``'s
+    ``ru_maxrss``: that one survives ``fork`` + ``exec``, so a worker spawned from a large
+    process (a test session holding torch and a few volumes) would report its parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

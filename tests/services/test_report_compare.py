@@ -43,13 +43,13 @@ def write_scan(path: Path, crack_density: float) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiled_server: TiledProcess, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def two_runs(embedded_tiled: TiledProcess, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     from services.core.settings import load_settings
 
     folder = tmp_path_factory.mktemp("compare")
     settings = load_settings(
         data_dir=str(folder),
-        tiled={"url": tiled_server.url, "api_key": tiled_server.api_key},
+        tiled={"url": embedded_tiled.url, "api_key": embedded_tiled.api_key},
         retry_max_backoff=0.5,
     )
     uids = {}
