@@ -57,16 +57,17 @@ AFTER_SCAN_WORKERS = 2
 class LazyClient:
     """Connects to Tiled on first use and again after a failure (the server may restart)."""
 
-    def __init__(self, url: str, api_key: str) -> None:
+    def __init__(self, url: str, api_key: str, timeout: float = 20.0) -> None:
         self._url = url
         self._api_key = api_key
+        self._timeout = timeout
         self._client: Any = None
         self._lock = threading.Lock()
 
     def get(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = connect(self._url, self._api_key)
+                self._client = connect(self._url, self._api_key, timeout=self._timeout)
             return self._client
 
     def close(self) -> None:
@@ -105,7 +106,9 @@ class Consumer:
         self.settings = settings
         self.metrics = metrics or Metrics(role)
         self._feedback: Any = None
-        self._client = LazyClient(settings.tiled_url, settings.resolved_api_key())
+        self._client = LazyClient(
+            settings.tiled_url, settings.resolved_api_key(), settings.tiled.request_timeout
+        )
         self.spool = Spool(
             settings.spool_dir / role,
             _ReconnectingApplier(self._client),

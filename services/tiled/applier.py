@@ -26,8 +26,13 @@ from services.tiled.spool import PermanentWriteError
 logger = logging.getLogger(__name__)
 
 
-def connect(url: str, api_key: str, *, timeout: float = 120.0) -> Any:
-    """A Tiled client on ``url``; retries are left to the spool."""
+def connect(url: str, api_key: str, *, timeout: float = 20.0) -> Any:
+    """A Tiled client on ``url``; retries are left to the spool.
+
+    No request waits more than ``timeout`` seconds for an answer (connecting: 5 s at most):
+    a server that hangs (a locked catalog, a dead peer) costs one timeout, then the spool
+    retries, and an idempotent write that did commit is not applied twice.
+    """
     import httpx
     import tiled.client.utils as tiled_client_utils
     from tiled.client import from_uri
@@ -39,7 +44,7 @@ def connect(url: str, api_key: str, *, timeout: float = 120.0) -> Any:
     # is the spool's.
     tiled_client_utils.TILED_RETRY_ATTEMPTS = min(tiled_client_utils.TILED_RETRY_ATTEMPTS, 2)
     tiled_client_utils.TILED_RETRY_TIMEOUT = min(tiled_client_utils.TILED_RETRY_TIMEOUT, 5.0)
-    return from_uri(url, api_key=api_key, timeout=httpx.Timeout(timeout))
+    return from_uri(url, api_key=api_key, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -174,11 +179,19 @@ class TiledApplier:
         self._arrays.pop((*record.path, key), None)
 
     def _array_rows(self, record: ArrayRows) -> None:
-        """Write ``array`` at ``offset`` along ``axis``, extending the array."""
+        """Write ``array`` at ``offset`` along ``axis``, extending the array.
+
+        A block without elements (no particle found: ``(0, 1, 2)``) holds nothing to store,
+        and Tiled answers HTTP 500 to it every time, which held back every later write of the
+        consumer for the 12 retries before it was rejected: it is not sent.
+        """
+        rows = np.asarray(record.array)
+        if rows.size == 0:
+            logger.debug("%s: empty block %s not written", record.key, rows.shape)
+            return
         parent = self._container(list(record.path))
         key = record.key
         ident = (*record.path, key)
-        rows = np.asarray(record.array)
         axis = record.axis
         offset = record.offset
         cached = self._arrays.get(ident)
@@ -203,9 +216,11 @@ class TiledApplier:
         """Append rows at a known row offset, so a retried append is never applied twice."""
         import pyarrow as pa
 
+        table = pa.table({k: list(v) for k, v in record.rows.items()})
+        if table.num_rows == 0:
+            return  # no rows (no particle in a frame): nothing to append, no error
         parent = self._container(list(record.path))
         key = record.key
-        table = pa.table({k: list(v) for k, v in record.rows.items()})
         untyped = [f.name for f in table.schema if pa.types.is_null(f.type)]
         if untyped and key not in parent:
             # Tiled answers HTTP 500 "Unsupported PyArrow type: null" to such a table, forever.
