@@ -37,7 +37,7 @@ from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.runtime.doc_queue import DocumentQueue
 from services.tiled.applier import TiledApplier, connect, is_transient
-from services.tiled.records import Metadata, RawDoc, Record
+from services.tiled.records import Metadata, RawDoc, RawDocs, Record
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -298,8 +298,9 @@ class Consumer:
     # ---- rejected writes ----------------------------------------------------------------------
     def _report_rejected(self, record: Record, error: str) -> None:
         """Name a write Tiled will not accept in the metadata of the run (or pipeline) it is for."""
-        path: tuple[str, ...] = () if isinstance(record, RawDoc) else record.path
-        if isinstance(record, RawDoc) and record.run:
+        raw = isinstance(record, RawDoc | RawDocs)
+        path: tuple[str, ...] = () if isinstance(record, RawDoc | RawDocs) else record.path
+        if raw and record.run:
             target: tuple[str, ...] = ("raw", record.run)
         elif path[:1] == ("analysis",) and len(path) >= 3:
             target = path[:3]
@@ -406,6 +407,10 @@ class Consumer:
                     self.dispatcher.replay(doc["uid"], self.journal.documents(doc["uid"]))
                 else:
                     self.dispatcher(name, doc, received)
+                if self._queue.qsize() == 0:
+                    # Idle: nothing to batch with, so what the routers hold goes now (held
+                    # documents are in the run's journal already, so an ack is safe).
+                    self.dispatcher.flush()
             except Exception:
                 logger.exception("dispatching %s failed", name)
             finally:

@@ -18,6 +18,7 @@ from services.tiled.records import (
     Container,
     Metadata,
     RawDoc,
+    RawDocs,
     Record,
     TableRows,
 )
@@ -77,6 +78,13 @@ def ensure_container(client: Any, path: list[str], metadata: dict[str, Any] | No
                 else:
                     raise
     return node
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a server's answer, None when no answer came (network, timeout)."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return None if status is None else int(status)
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -139,6 +147,8 @@ class TiledApplier:
     def __call__(self, record: Record) -> None:
         if isinstance(record, RawDoc):
             self._raw_doc(record)
+        elif isinstance(record, RawDocs):
+            self._raw_docs(record)
         elif isinstance(record, Container):
             self._container_record(record)
         elif isinstance(record, Metadata):
@@ -156,13 +166,39 @@ class TiledApplier:
 
     # ---- records --------------------------------------------------------------------------
     def _raw_doc(self, record: RawDoc) -> None:
+        self._raw_docs(RawDocs(record.run, (record,)))
+
+    def _raw_docs(self, record: RawDocs) -> None:
+        """A run's raw documents in one batch (held back by the raw router, or merged by the
+        spool when Tiled lags): Event rows in blocks, StreamDatums one update per node."""
         if self._raw_writer is None:
             # bluesky's TiledWriter, with the parts that are not safe to retry replaced
             from services.tiled.raw_writer import RawWriter
 
             self._raw_writer = RawWriter(ensure_container(self.client, ["raw"]))
+        records = record.records
         with self._append_lock:
-            self._raw_writer(record)
+            try:
+                self._raw_writer.apply_many(records)
+            except Exception as exc:
+                if len(records) == 1 or _status(exc) is None:
+                    raise
+                # Tiled answered with an error: one document it refuses must not cost the
+                # others of the record, so they go one by one (each is written once, whatever
+                # was in already); the error of the first refused one is raised after.
+                logger.warning(
+                    "raw write of %d documents refused (%s); one by one", len(records), exc
+                )
+                first: Exception | None = None
+                for one in records:
+                    try:
+                        self._raw_writer.apply_many([one])
+                    except Exception as one_exc:
+                        if _status(one_exc) is None:
+                            raise
+                        first = first or one_exc
+                if first is not None:
+                    raise first from exc
 
     def _container_record(self, record: Container) -> None:
         node = self._container(list(record.path), record.metadata)
