@@ -26,7 +26,7 @@ from services.core.settings import BeamwatchSettings, load_settings
 from services.runtime.supervisor import Supervisor, child_specs, wait_for_tiled
 
 #: child names of ``beamwatch up`` (see ``services.runtime.supervisor.child_specs``)
-ALL_CHILDREN = ("tiled", "proxy", "nats", "bridge", "consumer-raw", "consumer-analysis", "web")
+ALL_CHILDREN = ("tiled", "proxy", "consumer-raw", "consumer-analysis", "web")
 
 
 def free_port() -> int:
@@ -44,8 +44,6 @@ def write_config(data_dir: Path, **extra: Any) -> Path:
             "out_address": f"tcp://127.0.0.1:{free_port()}",
             "feedback_address": f"tcp://127.0.0.1:{free_port()}",
         },
-        # bus.mode nats (the default): the embedded JetStream server and the bridge
-        "nats": {"port": free_port(), "bridge_metrics_port": free_port()},
         "metrics": {
             "raw_port": free_port(),
             "analysis_port": free_port(),
