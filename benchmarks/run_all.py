@@ -1,8 +1,11 @@
 """Run every benchmark in turn (``make benchmark``); each prints its own table and ratios.
 
-``--full-size`` (``make benchmark-full``) adds the two whole-512^3 runs: the particle pipeline on
-a 512^3 volume (about 3 to 6 minutes) and a 512^3 tomography scan through the live service
-(about 12 minutes).
+The raw-path ingest rates (``benchmarks.ingest_rates``, about 3 minutes: a Tiled server, the
+proxy and the raw consumer are started for it) run by default. ``--full-size``
+(``make benchmark-full``) adds the two whole-512^3 runs: the particle pipeline on a 512^3
+volume (about 3 to 6 minutes) and a 512^3 tomography scan through the live service (about 12
+minutes), and the chaos run (``benchmarks.chaos``: 10 scans while children are killed, about
+10 minutes).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import sys
 from benchmarks import (
     bigtomo,
     bus_throughput,
+    chaos,
+    ingest_rates,
     particles_benchmark,
     tomo_benchmark,
     tomo_live_benchmark,
@@ -37,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         # slab by slab on Dask vs in memory; `python -m benchmarks.bigtomo --size 1024` for more
         ("bigtomo 128^3", bigtomo.main, ["--size", "128", "--slab", "32"]),
         ("bus", bus_throughput.main, []),
+        ("raw ingest rates", ingest_rates.main, []),
     ]
     if args.full_size:
         runs += [
             ("particles 512^3", particles_benchmark.main, ["--timing-only", "--full-size", "512"]),
             ("live tomography 512^3", tomo_live_benchmark.main, ["--size", "512"]),
+            ("chaos: 10 scans, children killed", chaos.main, []),
         ]
     status = 0
     for name, bench, bench_args in runs:

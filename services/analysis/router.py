@@ -166,9 +166,29 @@ class AnalysisRunRouter(RunRouter):
 
     def stream_datum(self, doc: Doc) -> None:
         self._process(self._assembler.stream_datum(doc))
+        self._take_unassembled()
 
     def event(self, doc: Doc) -> None:
         self._process(self._assembler.event(doc))
+        self._take_unassembled()
+
+    def _take_unassembled(self, waiting: list[Doc] | None = None) -> None:
+        """Events whose frame could not be assembled (their Datum or StreamDatum was lost)
+        are lost events: recovered at the stop if the file says where the frame is, else
+        listed as missing (the run is then ``incomplete``, never ``complete``)."""
+        problems = [(doc, why) for doc, why in self._assembler.unassembled]
+        problems += [(doc, "its StreamDatum never came") for doc in waiting or []]
+        self._assembler.unassembled.clear()
+        for doc, why in problems:
+            descriptor = self._assembler.descriptors.get(doc["descriptor"])
+            seq = int(doc["seq_num"])
+            logger.warning(
+                "no frame for event seq_num %d: %s", seq, why, extra={"run_uid": self._uid}
+            )
+            if descriptor is None:
+                self._missing.setdefault("?", []).append(seq)
+            else:
+                self._lost.append((descriptor, [seq]))
 
     def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
         self._lost.append((descriptor, seq_nums))
@@ -181,6 +201,7 @@ class AnalysisRunRouter(RunRouter):
             )
 
     def stop(self, doc: Doc | None) -> None:
+        self._take_unassembled(self._assembler.drain())
         self._recover_lost()
         if self._after_scan is None:
             self._finish(doc)

@@ -35,7 +35,7 @@ import numpy as np
 
 from services.cli.inputs import as_paths, read_scan, resolve_size
 from services.core.instrument_files import InstrumentFileError, InstrumentScan
-from services.tiled.records import ArrayRows, Container, RawDoc, Record, TableRows
+from services.tiled.records import ArrayRows, Container, RawDoc, RawDocs, Record, TableRows
 from services.tiled.spool import Spool
 
 __all__ = ["import_command", "import_scan", "register", "reprocess_command", "reprocess_run"]
@@ -326,6 +326,10 @@ def _import_applier(client: Any) -> Any:
             with self._append_lock:
                 self._raw_writer(record.name, record.doc)
 
+        def _raw_docs(self, record: RawDocs) -> None:
+            for one in record.records:  # the TiledWriter batches the rows itself
+                self._raw_doc(one)
+
     return ImportApplier(client)
 
 
@@ -597,7 +601,7 @@ class _RedirectingSpool(Spool):
     def put(self, record: Record) -> None:
         if isinstance(record, TableRows) and record.rows and record.n_rows == 0:
             return  # no rows (e.g. no particle found): nothing to append, and Tiled refuses it
-        if isinstance(record, RawDoc):
+        if isinstance(record, RawDoc | RawDocs):
             super().put(record)
             return
         path = record.path

@@ -40,6 +40,10 @@ class TiledSettings(BaseModel):
     #: resolved (symlinks, ``..``), lies outside all of them is refused at ingestion. In the
     #: environment a JSON list; in YAML a list or one string of paths joined by ``os.pathsep``.
     readable_roots: list[Path] = Field(default_factory=list)
+    #: Longest wait (seconds) for any answer of Tiled to a consumer's request, whole requests
+    #: included: a request that gets no answer in that time is abandoned and retried (every
+    #: write is idempotent, so one the server did commit is not doubled).
+    request_timeout: float = Field(20.0, gt=0)
 
     @field_validator("readable_roots", mode="before")
     @classmethod

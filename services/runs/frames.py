@@ -113,8 +113,15 @@ class FrameAssembler:
         # descriptor uid -> data_key -> seq_num -> (file ref, index)
         self._stream_index: dict[str, dict[str, dict[int, tuple[_FileRef, int]]]] = {}
         self._pending: list[Doc] = []
+        #: Events whose frame cannot be assembled (a lost Datum, an unknown resource), with
+        #: why: taken out of the queue so that the frames after them go on
+        self.unassembled: list[tuple[Doc, str]] = []
 
     # ---- documents ---------------------------------------------------------------------------
+    @property
+    def descriptors(self) -> dict[str, Doc]:
+        return self._descriptors
+
     def descriptor(self, doc: Doc) -> None:
         self._descriptors[doc["uid"]] = doc
 
@@ -181,10 +188,20 @@ class FrameAssembler:
         self._reader.close()
 
     # ---- internals ---------------------------------------------------------------------------
+    def drain(self) -> list[Doc]:
+        """The Events still waiting for their frame (their StreamDatum never came), forgotten."""
+        pending, self._pending = self._pending, []
+        return pending
+
     def _flush_pending(self) -> list[Frame]:
         frames: list[Frame] = []
         while self._pending:
-            frame = self._try_assemble(self._pending[0])
+            try:
+                frame = self._try_assemble(self._pending[0])
+            except FrameSourceError as exc:
+                # Never a reason to hold back the frames after it: set it aside.
+                self.unassembled.append((self._pending.pop(0), str(exc)))
+                continue
             if frame is None:
                 break
             self._pending.pop(0)

@@ -3,6 +3,13 @@
 Documents are spooled before they are written, so a Tiled outage delays them but loses none.
 2-D arrays inside Event documents, which ``TiledWriter`` cannot store, are taken out of the
 documents and written as growing arrays ``raw/<uid>/<stream>/<data key>`` with the client.
+
+Batching adapts to the load: Events, Datums and StreamDatums wait in the router until the
+consumer has nothing else queued (:meth:`RawRunRouter.flush`, called by the dispatcher), a
+size cap is reached or another document of the run comes. At 20 Hz every Event is spooled on
+its own as soon as it is routed; when documents pile up (a fast detector, a busy machine) a
+run's queued Events become one spooled record (:class:`~services.tiled.records.RawDocs`) and
+their frames one block of rows.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +27,15 @@ import numpy as np
 
 from services.core.layout import RawStatus, raw_path
 from services.runs.routing import REPLAYING, Doc, RunRouter
-from services.tiled.records import ArrayRows, Metadata, RawDoc
-from services.tiled.spool import Spool
+from services.tiled.records import ArrayRows, Metadata, RawDoc, RawDocs
+from services.tiled.spool import MAX_MERGED_ARRAY_BYTES, Spool
 
 logger = logging.getLogger(__name__)
+
+#: Most documents, bytes of frames and seconds a router holds before it spools them.
+MAX_BUFFERED_DOCS = 1000
+MAX_BUFFERED_BYTES = MAX_MERGED_ARRAY_BYTES
+MAX_BUFFERED_SECONDS = 0.2
 
 
 READABLE_ROOT_RULE = (
@@ -106,11 +119,78 @@ class RawRunRouter(RunRouter):
         self._bad: dict[tuple[str, int], dict[str, str]] = {}
         self._bad_report: list[dict[str, Any]] = []
         self._missing: dict[str, list[int]] = {}
+        # waiting to be spooled: raw documents, and frames per (stream, key) with the row
+        # offset of the first
+        self._held: list[RawDoc] = []
+        self._held_frames: dict[tuple[str, str], tuple[int, list[np.ndarray]]] = {}
+        self._held_bytes = 0
+        self._held_since = 0.0
 
-    def _put(self, name: str, doc: Doc) -> None:
+    def _record(self, name: str, doc: Doc) -> RawDoc:
         self._documents += 1
         # rid identifies the record across retries (its documents are normalised once)
-        self._spool.put(RawDoc(name, doc, run=self._uid, rid=f"{self._uid}/{self._documents}"))
+        return RawDoc(name, doc, run=self._uid, rid=f"{self._uid}/{self._documents}")
+
+    def _put(self, name: str, doc: Doc) -> None:
+        """Spool a document after everything held before it."""
+        self.flush()
+        self._spool.put(self._record(name, doc))
+
+    def _hold(self, name: str, doc: Doc) -> None:
+        """Keep an Event, Datum or StreamDatum for the next flush (see the module docstring)."""
+        if not self._held and not self._held_frames:
+            self._held_since = time.monotonic()
+        self._held.append(self._record(name, doc))
+        self._flush_if_full()
+
+    def _hold_frame(self, stream: str, key: str, frame: np.ndarray) -> None:
+        slot = (stream, key)
+        held = self._held_frames.get(slot)
+        if held is not None and (
+            held[1][0].shape != frame.shape or held[1][0].dtype != frame.dtype
+        ):
+            self.flush()  # a block holds frames of one shape and dtype
+            held = None
+        if not self._held and not self._held_frames:
+            self._held_since = time.monotonic()
+        if held is None:
+            self._held_frames[slot] = (self._rows_written.get(slot, 0), [frame])
+        else:
+            held[1].append(frame)
+        self._rows_written[slot] = self._rows_written.get(slot, 0) + 1
+        self._held_bytes += frame.nbytes
+
+    def _flush_if_full(self) -> None:
+        if (
+            len(self._held) >= MAX_BUFFERED_DOCS
+            or self._held_bytes >= MAX_BUFFERED_BYTES
+            or time.monotonic() - self._held_since >= MAX_BUFFERED_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Spool what is held: each block of frames, then the documents in one record."""
+        for (stream, key), (offset, frames) in self._held_frames.items():
+            block = frames[0][None, ...] if len(frames) == 1 else np.stack(frames)
+            self._spool.put(
+                ArrayRows(
+                    ("raw", self._uid, stream),
+                    key,
+                    block,
+                    offset=offset,
+                    metadata={"source": "event", "data_key": key},
+                )
+            )
+        self._held_frames = {}
+        self._held_bytes = 0
+        if len(self._held) == 1:
+            self._spool.put(self._held[0])
+        elif self._held:
+            self._spool.put(RawDocs(self._uid, tuple(self._held)))
+        self._held = []
+
+    def close(self) -> None:
+        self.flush()
 
     def start(self, doc: Doc) -> None:
         self._uid = doc["uid"]
@@ -167,19 +247,8 @@ class RawRunRouter(RunRouter):
                 self._last_row[(stream, key)] = value
                 doc["timestamps"].pop(key, None)
                 doc.get("filled", {}).pop(key, None)
-                slot = (stream, key)
-                offset = self._rows_written.get(slot, 0)
-                self._spool.put(
-                    ArrayRows(
-                        ("raw", self._uid, stream),
-                        key,
-                        value[None, ...],
-                        offset=offset,
-                        metadata={"source": "event", "data_key": key},
-                    )
-                )
-                self._rows_written[slot] = offset + 1
-        self._put("event", doc)
+                self._hold_frame(stream, key, value)
+        self._hold("event", doc)
 
     def _refuse(self, name: str, doc: Doc) -> bool:
         if self._roots is None:
@@ -214,7 +283,7 @@ class RawRunRouter(RunRouter):
             # its Resource was refused: the Events' references to it are taken out too
             self._refused_datums.add(str(doc.get("datum_id")))
             return
-        self._put("datum", doc)
+        self._hold("datum", doc)
 
     def stream_resource(self, doc: Doc) -> None:
         if not self._refuse("stream_resource", doc):
@@ -223,12 +292,12 @@ class RawRunRouter(RunRouter):
     def stream_datum(self, doc: Doc) -> None:
         if doc.get("stream_resource") in self._refused:
             return
-        self._put("stream_datum", doc)
+        self._hold("stream_datum", doc)
 
     def stop(self, doc: Doc | None) -> None:
         if doc is None:
             doc = _synthetic_stop(self._uid)
-        self._put("stop", doc)
+        self._put("stop", doc)  # after everything held
         status: dict[str, Any] = {
             "beamwatch_status": RawStatus.INCOMPLETE if self._missing else RawStatus.COMPLETE,
             "beamwatch_missing_seq_nums": self._missing,
@@ -301,7 +370,6 @@ class RawRunRouter(RunRouter):
 
 
 def _synthetic_stop(run_uid: str) -> dict[str, Any]:
-    import time
     import uuid
 
     return {

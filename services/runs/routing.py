@@ -67,6 +67,9 @@ class RunRouter:
     def bad_fields(self, descriptor: Doc, seq_num: int, problems: dict[str, str]) -> None:
         """Fields of the next Event (``seq_num``) were dropped; ``problems`` says why, by key."""
 
+    def flush(self) -> None:
+        """Nothing else is queued: write what the router holds back to batch it."""
+
     def close(self) -> None:
         """The consumer is shutting down while the run is still open."""
 
@@ -214,12 +217,19 @@ class RunDispatcher:
                     self._give_up_gap(uid, run, descriptor_uid)
             if run.stop is not None and now - run.stop_since > self._reorder_timeout:
                 self._finish(uid, run.stop)
+        self.flush()
         for uid, run in list(self._runs.items()):
             if now - run.last_seen > self._idle_timeout:
                 self._lost(
                     "stop", 1, uid, f"no stop document after {self._idle_timeout:.0f} s idle"
                 )
                 self._finish(uid, None)
+
+    def flush(self) -> None:
+        """Let every open run's routers write what they hold back (the consumer is idle)."""
+        for uid, run in list(self._runs.items()):
+            for router in run.routers:
+                self._call(router, "flush", uid)
 
     def close(self) -> None:
         for uid, run in list(self._runs.items()):

@@ -37,7 +37,7 @@ from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.runtime.doc_queue import DocumentQueue
 from services.tiled.applier import TiledApplier, connect, is_transient
-from services.tiled.records import Metadata, RawDoc, Record
+from services.tiled.records import Metadata, RawDoc, RawDocs, Record
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -57,16 +57,17 @@ AFTER_SCAN_WORKERS = 2
 class LazyClient:
     """Connects to Tiled on first use and again after a failure (the server may restart)."""
 
-    def __init__(self, url: str, api_key: str) -> None:
+    def __init__(self, url: str, api_key: str, timeout: float = 20.0) -> None:
         self._url = url
         self._api_key = api_key
+        self._timeout = timeout
         self._client: Any = None
         self._lock = threading.Lock()
 
     def get(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = connect(self._url, self._api_key)
+                self._client = connect(self._url, self._api_key, timeout=self._timeout)
             return self._client
 
     def close(self) -> None:
@@ -105,7 +106,9 @@ class Consumer:
         self.settings = settings
         self.metrics = metrics or Metrics(role)
         self._feedback: Any = None
-        self._client = LazyClient(settings.tiled_url, settings.resolved_api_key())
+        self._client = LazyClient(
+            settings.tiled_url, settings.resolved_api_key(), settings.tiled.request_timeout
+        )
         self.spool = Spool(
             settings.spool_dir / role,
             _ReconnectingApplier(self._client),
@@ -295,8 +298,9 @@ class Consumer:
     # ---- rejected writes ----------------------------------------------------------------------
     def _report_rejected(self, record: Record, error: str) -> None:
         """Name a write Tiled will not accept in the metadata of the run (or pipeline) it is for."""
-        path: tuple[str, ...] = () if isinstance(record, RawDoc) else record.path
-        if isinstance(record, RawDoc) and record.run:
+        raw = isinstance(record, RawDoc | RawDocs)
+        path: tuple[str, ...] = () if isinstance(record, RawDoc | RawDocs) else record.path
+        if raw and record.run:
             target: tuple[str, ...] = ("raw", record.run)
         elif path[:1] == ("analysis",) and len(path) >= 3:
             target = path[:3]
@@ -403,6 +407,10 @@ class Consumer:
                     self.dispatcher.replay(doc["uid"], self.journal.documents(doc["uid"]))
                 else:
                     self.dispatcher(name, doc, received)
+                if self._queue.qsize() == 0:
+                    # Idle: nothing to batch with, so what the routers hold goes now (held
+                    # documents are in the run's journal already, so an ack is safe).
+                    self.dispatcher.flush()
             except Exception:
                 logger.exception("dispatching %s failed", name)
             finally:

@@ -1,7 +1,8 @@
 """``beamwatch up``: start Tiled, the 0MQ proxy and the consumers as child processes.
 
-A child that dies is reported and restarted (with a growing delay); SIGINT/SIGTERM stop every
-child (SIGTERM, then SIGKILL after a grace period), so no process outlives the supervisor.
+A child that dies is reported and restarted (after 1 s, a delay that doubles while it keeps
+dying within a minute of its start, up to 30 s); SIGINT/SIGTERM stop every child (SIGTERM,
+then SIGKILL after a grace period), so no process outlives the supervisor.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class _Child:
     proc: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
+    started: float = 0.0
+    #: deaths in a row, each after less than ``stable_after`` seconds up: the restart delay
+    #: grows with them, and a child that ran long enough starts again at once
+    quick_deaths: int = 0
 
 
 def child_specs(settings: BeamwatchSettings, config_file: Path | None) -> list[ChildSpec]:
@@ -120,9 +125,12 @@ class SupervisorMetrics:
 class Supervisor:
     """Starts children, restarts the ones that die, stops them all on request."""
 
-    def __init__(self, specs: list[ChildSpec], *, grace: float = 10.0) -> None:
+    def __init__(
+        self, specs: list[ChildSpec], *, grace: float = 10.0, stable_after: float = 60.0
+    ) -> None:
         self._children = [_Child(s) for s in specs]
         self._grace = grace
+        self._stable_after = stable_after
         self._stopping = threading.Event()
         self.metrics = SupervisorMetrics()
 
@@ -149,6 +157,7 @@ class Supervisor:
         )
         if out:
             out.close()
+        child.started = time.monotonic()
         self.metrics.up.labels(spec.name).set(1)
         logger.info("started %s (pid %d)", spec.name, child.proc.pid)
 
@@ -161,7 +170,10 @@ class Supervisor:
                 continue
             if child.next_start == 0.0:
                 self.metrics.up.labels(child.spec.name).set(0)
-                delay = min(2.0**child.restarts, 30.0)
+                if now - child.started >= self._stable_after:
+                    child.quick_deaths = 0  # it ran well: no penalty for earlier crashes
+                delay = self.restart_delay(child.quick_deaths)
+                child.quick_deaths += 1
                 logger.error(
                     "%s (pid %d) exited with code %s; restarting in %.0f s",
                     child.spec.name,
@@ -175,6 +187,11 @@ class Supervisor:
                 self.metrics.restarts.labels(child.spec.name).inc()
                 child.next_start = 0.0
                 self._spawn(child)
+
+    @staticmethod
+    def restart_delay(quick_deaths: int) -> float:
+        """Seconds before a restart after ``quick_deaths`` short-lived runs in a row."""
+        return min(2.0**quick_deaths, 30.0)
 
     def run(self, poll: float = 0.5) -> None:
         while not self._stopping.wait(poll):

@@ -18,6 +18,7 @@ from services.tiled.records import (
     Container,
     Metadata,
     RawDoc,
+    RawDocs,
     Record,
     TableRows,
 )
@@ -26,8 +27,13 @@ from services.tiled.spool import PermanentWriteError
 logger = logging.getLogger(__name__)
 
 
-def connect(url: str, api_key: str, *, timeout: float = 120.0) -> Any:
-    """A Tiled client on ``url``; retries are left to the spool."""
+def connect(url: str, api_key: str, *, timeout: float = 20.0) -> Any:
+    """A Tiled client on ``url``; retries are left to the spool.
+
+    No request waits more than ``timeout`` seconds for an answer (connecting: 5 s at most):
+    a server that hangs (a locked catalog, a dead peer) costs one timeout, then the spool
+    retries, and an idempotent write that did commit is not applied twice.
+    """
     import httpx
     import tiled.client.utils as tiled_client_utils
     from tiled.client import from_uri
@@ -39,7 +45,7 @@ def connect(url: str, api_key: str, *, timeout: float = 120.0) -> Any:
     # is the spool's.
     tiled_client_utils.TILED_RETRY_ATTEMPTS = min(tiled_client_utils.TILED_RETRY_ATTEMPTS, 2)
     tiled_client_utils.TILED_RETRY_TIMEOUT = min(tiled_client_utils.TILED_RETRY_TIMEOUT, 5.0)
-    return from_uri(url, api_key=api_key, timeout=httpx.Timeout(timeout))
+    return from_uri(url, api_key=api_key, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -72,6 +78,13 @@ def ensure_container(client: Any, path: list[str], metadata: dict[str, Any] | No
                 else:
                     raise
     return node
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a server's answer, None when no answer came (network, timeout)."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return None if status is None else int(status)
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -134,6 +147,8 @@ class TiledApplier:
     def __call__(self, record: Record) -> None:
         if isinstance(record, RawDoc):
             self._raw_doc(record)
+        elif isinstance(record, RawDocs):
+            self._raw_docs(record)
         elif isinstance(record, Container):
             self._container_record(record)
         elif isinstance(record, Metadata):
@@ -151,13 +166,39 @@ class TiledApplier:
 
     # ---- records --------------------------------------------------------------------------
     def _raw_doc(self, record: RawDoc) -> None:
+        self._raw_docs(RawDocs(record.run, (record,)))
+
+    def _raw_docs(self, record: RawDocs) -> None:
+        """A run's raw documents in one batch (held back by the raw router, or merged by the
+        spool when Tiled lags): Event rows in blocks, StreamDatums one update per node."""
         if self._raw_writer is None:
             # bluesky's TiledWriter, with the parts that are not safe to retry replaced
             from services.tiled.raw_writer import RawWriter
 
             self._raw_writer = RawWriter(ensure_container(self.client, ["raw"]))
+        records = record.records
         with self._append_lock:
-            self._raw_writer(record)
+            try:
+                self._raw_writer.apply_many(records)
+            except Exception as exc:
+                if len(records) == 1 or _status(exc) is None:
+                    raise
+                # Tiled answered with an error: one document it refuses must not cost the
+                # others of the record, so they go one by one (each is written once, whatever
+                # was in already); the error of the first refused one is raised after.
+                logger.warning(
+                    "raw write of %d documents refused (%s); one by one", len(records), exc
+                )
+                first: Exception | None = None
+                for one in records:
+                    try:
+                        self._raw_writer.apply_many([one])
+                    except Exception as one_exc:
+                        if _status(one_exc) is None:
+                            raise
+                        first = first or one_exc
+                if first is not None:
+                    raise first from exc
 
     def _container_record(self, record: Container) -> None:
         node = self._container(list(record.path), record.metadata)
@@ -174,11 +215,19 @@ class TiledApplier:
         self._arrays.pop((*record.path, key), None)
 
     def _array_rows(self, record: ArrayRows) -> None:
-        """Write ``array`` at ``offset`` along ``axis``, extending the array."""
+        """Write ``array`` at ``offset`` along ``axis``, extending the array.
+
+        A block without elements (no particle found: ``(0, 1, 2)``) holds nothing to store,
+        and Tiled answers HTTP 500 to it every time, which held back every later write of the
+        consumer for the 12 retries before it was rejected: it is not sent.
+        """
+        rows = np.asarray(record.array)
+        if rows.size == 0:
+            logger.debug("%s: empty block %s not written", record.key, rows.shape)
+            return
         parent = self._container(list(record.path))
         key = record.key
         ident = (*record.path, key)
-        rows = np.asarray(record.array)
         axis = record.axis
         offset = record.offset
         cached = self._arrays.get(ident)
@@ -203,9 +252,11 @@ class TiledApplier:
         """Append rows at a known row offset, so a retried append is never applied twice."""
         import pyarrow as pa
 
+        table = pa.table({k: list(v) for k, v in record.rows.items()})
+        if table.num_rows == 0:
+            return  # no rows (no particle in a frame): nothing to append, no error
         parent = self._container(list(record.path))
         key = record.key
-        table = pa.table({k: list(v) for k, v in record.rows.items()})
         untyped = [f.name for f in table.schema if pa.types.is_null(f.type)]
         if untyped and key not in parent:
             # Tiled answers HTTP 500 "Unsupported PyArrow type: null" to such a table, forever.

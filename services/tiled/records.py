@@ -156,10 +156,25 @@ class TableRows:
         return len(next(iter(self.rows.values()), []))
 
 
-Record = RawDoc | Container | Metadata | ArrayWrite | ArrayRows | TableRows
+@dataclass(frozen=True)
+class RawDocs:
+    """Several :class:`RawDoc` records of one run, written as one batch (their Event rows one
+    table append per stream): spooled by the raw router for what it held back, or made by the
+    spool merging a run's queued raw documents."""
+
+    op: ClassVar[str] = "raw_docs"
+    run: str
+    records: tuple[RawDoc, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{len(self.records)} documents"
+
+
+Record = RawDoc | RawDocs | Container | Metadata | ArrayWrite | ArrayRows | TableRows
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.op: cls for cls in (RawDoc, Container, Metadata, ArrayWrite, ArrayRows, TableRows)
+    cls.op: cls for cls in (RawDoc, RawDocs, Container, Metadata, ArrayWrite, ArrayRows, TableRows)
 }
 
 
@@ -168,6 +183,8 @@ def to_wire(record: Record) -> dict[str, Any]:
     out: dict[str, Any] = {"v": RECORD_VERSION, "op": record.op}
     for f in dataclasses.fields(record):
         out[f.name] = getattr(record, f.name)
+    if isinstance(record, RawDocs):
+        out["records"] = [to_wire(one) for one in record.records]
     return out
 
 
@@ -207,6 +224,14 @@ def from_wire(obj: Any) -> Record:
     for key in ("metadata",):
         if key in values and values[key] is None:
             values[key] = {}
+    if cls is RawDocs:
+        parts = values.get("records")
+        if not isinstance(parts, list | tuple):
+            raise MalformedRecord("raw_docs record: records is not a list")
+        inner = tuple(from_wire(part) for part in parts)
+        if not all(isinstance(one, RawDoc) for one in inner):
+            raise MalformedRecord("raw_docs record: records holds other records than raw_doc")
+        values["records"] = inner
     try:
         return cls(**values)
     except TypeError as exc:

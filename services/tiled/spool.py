@@ -37,7 +37,7 @@ from services.core import serialization
 from services.core.identifiers import UID_PATTERN
 from services.core.metrics import Metrics
 from services.tiled import records as wire
-from services.tiled.records import ArrayRows, RawDoc, Record, TableRows
+from services.tiled.records import ArrayRows, RawDoc, RawDocs, Record, TableRows
 
 logger = logging.getLogger(__name__)
 
@@ -309,11 +309,11 @@ class Spool:
         """The first record, plus the following ones while all of them can be merged."""
         paths = [candidates[0]]
         records = [wire.loads(candidates[0].read_bytes())]
-        if not isinstance(records[0], MERGEABLE):
+        if not _mergeable(records[0]):
             return paths, records
         for path in candidates[1:]:
             record = wire.loads(path.read_bytes())
-            if not isinstance(record, MERGEABLE):
+            if not _mergeable(record):
                 break
             paths.append(path)
             records.append(record)
@@ -449,17 +449,28 @@ def _target(record: Record | None) -> str:
         return ""
     if isinstance(record, RawDoc):
         return f"raw/{record.run} {record.name}"
+    if isinstance(record, RawDocs):
+        return f"raw/{record.run} {record.label}"
     key = getattr(record, "key", None)
     return "/".join((*record.path, key) if key else record.path)
 
 
 #: Records that can be merged when several are queued (Tiled lagging behind): appends to
-#: tables and growing arrays. They carry explicit offsets, so re-applying a merged batch after a
-#: failure is harmless.
-MERGEABLE = (TableRows, ArrayRows)
+#: tables and growing arrays, and raw documents (a run's Event rows become one table append,
+#: its StreamDatums one data-source update). They carry explicit offsets or seq_nums, so
+#: re-applying a merged batch after a failure is harmless.
+MERGEABLE = (TableRows, ArrayRows, RawDoc, RawDocs)
 #: Largest array append one merge makes. A lagging Tiled still sees a growing array grow in
 #: steps (a viewer watches the crack map fill slice by slice) and requests stay bounded.
-MAX_MERGED_ARRAY_BYTES = 1 << 20
+MAX_MERGED_ARRAY_BYTES = 8 << 20
+
+
+def _mergeable(record: Record) -> bool:
+    """Whether ``record`` can join a merged batch; a run's stop ends a batch (it is written
+    after every row and frame before it)."""
+    if isinstance(record, RawDoc) and record.name == "stop":
+        return False
+    return isinstance(record, MERGEABLE)
 
 
 def merge_records(records: list[Record]) -> list[Record]:
@@ -467,23 +478,54 @@ def merge_records(records: list[Record]) -> list[Record]:
 
     Order is kept per target (the first record of a target fixes its place); appends with a
     gap or a different axis start a new write, and so does an array append that would grow a
-    merged write beyond :data:`MAX_MERGED_ARRAY_BYTES`. The input records are not changed.
+    merged write beyond :data:`MAX_MERGED_ARRAY_BYTES`. The raw documents of a run
+    (:class:`RawDoc`, and those inside :class:`RawDocs`) become one :class:`RawDocs` at the
+    place of the first. Arrays are joined once, at the end (joining at every step would copy
+    quadratically). The input records are not changed.
     """
     merged: list[Record] = []
     place_of: dict[tuple[Any, ...], int] = {}
+    arrays: dict[int, list[np.ndarray]] = {}  # place of an array append -> its parts
+    raw_docs: dict[int, list[RawDoc]] = {}  # place of a run's raw documents -> them
     for record in records:
+        if isinstance(record, RawDoc | RawDocs):
+            docs = list(record.records) if isinstance(record, RawDocs) else [record]
+            place = place_of.get(("raw_docs", record.run))
+            if place is None:
+                place_of[("raw_docs", record.run)] = len(merged)
+                raw_docs[len(merged)] = list(docs)
+                merged.append(record)
+            else:
+                raw_docs[place] += docs
+            continue
         if not isinstance(record, MERGEABLE):
             merged.append(record)
             continue
         target = (record.op, record.path, record.key, getattr(record, "axis", 0))
         place = place_of.get(target)
         if place is not None:
-            joined = _joined(merged[place], record)
-            if joined is not None:
-                merged[place] = joined
-                continue
+            prev = merged[place]
+            if isinstance(record, ArrayRows) and isinstance(prev, ArrayRows):
+                if _follows_array(arrays[place], record, prev.offset):
+                    arrays[place].append(np.asarray(record.array))
+                    continue
+            else:
+                joined = _joined(prev, record)
+                if joined is not None:
+                    merged[place] = joined
+                    continue
         place_of[target] = len(merged)
+        if isinstance(record, ArrayRows):
+            arrays[len(merged)] = [np.asarray(record.array)]
         merged.append(record)
+    for place, parts in arrays.items():
+        write = merged[place]
+        if len(parts) > 1 and isinstance(write, ArrayRows):
+            merged[place] = replace(write, array=np.concatenate(parts, axis=write.axis))
+    for place, docs in raw_docs.items():
+        write = merged[place]
+        if len(docs) > 1 or isinstance(write, RawDocs):
+            merged[place] = RawDocs(str(write.run), tuple(docs))
     return merged
 
 
@@ -493,9 +535,6 @@ def _joined(prev: Record, record: TableRows | ArrayRows) -> Record | None:
         if _follows_table(prev, record):
             rows = {c: list(prev.rows[c]) + list(v) for c, v in record.rows.items()}
             return replace(prev, rows=rows)
-    if isinstance(prev, ArrayRows) and isinstance(record, ArrayRows):
-        if _follows_array(prev, record):
-            return replace(prev, array=np.concatenate([prev.array, record.array], axis=record.axis))
     return None
 
 
@@ -503,15 +542,17 @@ def _follows_table(prev: TableRows, record: TableRows) -> bool:
     return set(prev.rows) == set(record.rows) and record.offset == prev.offset + prev.n_rows >= 0
 
 
-def _follows_array(prev: ArrayRows, record: ArrayRows) -> bool:
+def _follows_array(parts: list[np.ndarray], record: ArrayRows, first_offset: int) -> bool:
+    """``record`` continues the arrays ``parts`` merged so far (the first at ``first_offset``)
+    right after their end, with the same shape and dtype, within the size cap."""
     axis = record.axis
-    a, b = np.asarray(prev.array), np.asarray(record.array)
+    a, b = parts[0], np.asarray(record.array)
     same_shape = a.ndim == b.ndim and all(
         a.shape[i] == b.shape[i] for i in range(a.ndim) if i != axis
     )
     return (
         same_shape
         and a.dtype == b.dtype
-        and record.offset == prev.offset + a.shape[axis]
-        and a.nbytes + b.nbytes <= MAX_MERGED_ARRAY_BYTES
+        and record.offset == first_offset + sum(p.shape[axis] for p in parts)
+        and sum(p.nbytes for p in parts) + b.nbytes <= MAX_MERGED_ARRAY_BYTES
     )

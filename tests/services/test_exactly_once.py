@@ -1,8 +1,9 @@
 """Every raw row and frame exactly once when Tiled answers 500 to writes it has committed.
 
 A real Tiled server; the fault is injected in the client's HTTP layer *after* the server has
-answered: the request was applied, the client sees HTTP 500 and the spool retries it. This is
-what Tiled + DuckDB do under concurrent appends ("No active transaction" after the commit).
+answered: the request was applied, the client sees HTTP 500 (or gives up waiting: a request
+past the client's timeout) and the spool retries it. This is what Tiled + DuckDB do under
+concurrent appends ("No active transaction" after the commit).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 
 import httpx
 import numpy as np
+import pytest
 from bluesky import RunEngine
 
 from bluesky_plans.plans import xanes_scan_plan
@@ -24,11 +26,13 @@ from tests.sim import N_ENERGIES, energies, small_txm
 
 
 class CommittedButFailed:
-    """Turns the answers to chosen, already applied requests into HTTP 500."""
+    """Turns the answers to chosen, already applied requests into HTTP 500, or (``timeout``)
+    into the client's read timeout: the server committed, the client gave up waiting."""
 
-    def __init__(self, matches, times):
+    def __init__(self, matches, times, timeout=False):
         self.matches = matches
         self.left = times
+        self.timeout = timeout
         self.injected: list[str] = []
         self._lock = threading.Lock()
 
@@ -38,6 +42,8 @@ class CommittedButFailed:
             if response.is_success and self.left > 0 and self.matches(request):
                 self.left -= 1
                 self.injected.append(f"{request.method} {request.url.path}")
+                if self.timeout:
+                    raise httpx.ReadTimeout("injected: no answer in time", request=request)
                 response.status_code = 500
 
 
@@ -51,9 +57,14 @@ def _data_sources(request: httpx.Request) -> bool:
     return request.method == "PUT" and "/data_source/" in path and "/primary/" in path
 
 
-def _raw_run_through_faults(tiled_server, tmp_path, matches, times, source="stream"):
+def _raw_run_through_faults(
+    tiled_server, tmp_path, matches, times, source="stream", batched=False, timeout=False
+):
+    """A raw run written row by row (an idle consumer: the router's documents are spooled
+    one by one and the spool merges nothing) or ``batched`` (the router holds a run's
+    documents, the spool merges a backlog), with HTTP 500s (or timeouts) after commit."""
     client = tiled_server.client()
-    fault = CommittedButFailed(matches, times)
+    fault = CommittedButFailed(matches, times, timeout=timeout)
     client.context.http_client.event_hooks["response"].append(fault)
     metrics = Metrics("raw")
     spool = Spool(
@@ -62,12 +73,16 @@ def _raw_run_through_faults(tiled_server, tmp_path, matches, times, source="stre
         metrics,
         max_backoff=0.2,
         is_transient=is_transient,
+        max_batch=256 if batched else 1,
     )
     spool.start()
     dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
     txm = small_txm(tiled_server.settings.detector_dir, source, seed=7)
     RE = RunEngine({})
-    RE.subscribe(dispatcher)
+    if batched:
+        RE.subscribe(dispatcher)
+    else:  # as the consumer does when nothing else is queued
+        RE.subscribe(lambda name, doc: (dispatcher(name, doc), dispatcher.flush()))
     (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=1))
     assert spool.wait_empty(120)
     spool.stop()
@@ -105,6 +120,60 @@ def test_stream_datums_answered_500_after_commit_keep_the_array_shape(
     uid, txm, fault, retries = _raw_run_through_faults(tiled_server, tmp_path, _data_sources, 3)
     assert len(fault.injected) == 3 and retries >= 3
     _check_run_exactly_once(tiled_client, uid, txm)
+
+
+@pytest.mark.parametrize("timeout", [False, True], ids=["http500", "timeout"])
+def test_batched_rows_and_frames_failing_after_commit_are_not_doubled(
+    tiled_server, tiled_client, tmp_path, timeout
+):
+    hit: set[str] = set()
+
+    def first_append_and_first_frames(request: httpx.Request) -> bool:
+        # a block of frames is written by PUT (a new array) or PATCH (rows at an offset)
+        frames = request.method in ("PUT", "PATCH") and "/array/full/" in request.url.path
+        kind = "rows" if _appends(request) else "frames" if frames else None
+        if kind is None or kind in hit:
+            return False
+        hit.add(kind)
+        return True
+
+    uid, _txm, fault, _retries = _raw_run_through_faults(
+        tiled_server,
+        tmp_path,
+        first_append_and_first_frames,
+        2,
+        source="event",
+        batched=True,
+        timeout=timeout,
+    )
+    assert len(fault.injected) == 2
+    assert any("/table/" in f for f in fault.injected)
+    assert any("/array/" in f for f in fault.injected)
+    run = tiled_client["raw"][uid]
+    table = run["primary"].base["internal"].read()
+    assert sorted(table["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+    images = run["primary"]["txm_cam_image"].read()
+    assert images.shape[0] == N_ENERGIES
+
+
+def test_no_request_waits_past_the_timeout():
+    """A server that accepts the connection and never answers: the client gives up after its
+    timeout (a transient error: the spool retries), instead of waiting for minutes."""
+    import socket
+    import time
+
+    from services.tiled.applier import connect
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(httpx.TimeoutException) as caught:
+            connect(url, "key", timeout=0.5)
+        waited = time.monotonic() - t0
+    assert is_transient(caught.value)
+    assert waited < 10  # two attempts of 0.5 s (the client's one retry); it was 120 s each
 
 
 class FailingForRun:

@@ -244,7 +244,7 @@ def test_an_unwritable_spool_holds_the_writer_back_and_loses_nothing(tmp_path):
 def test_records_round_trip_and_records_of_before_the_version_field_are_read(tmp_path, caplog):
     from services.core import serialization
     from services.tiled import records
-    from services.tiled.records import Container, RawDoc
+    from services.tiled.records import Container, RawDoc, RawDocs
 
     written = [
         RawDoc("start", {"uid": "r1", "time": 1.0}, run="r1", rid="r1/1"),
@@ -254,13 +254,20 @@ def test_records_round_trip_and_records_of_before_the_version_field_are_read(tmp
         ArrayWrite(("analysis", "r1", "x"), "labels", np.arange(6).reshape(2, 3), dims=["y", "x"]),
         ArrayRows(("raw", "r1", "primary"), "img", np.ones((1, 2, 2), "u2"), offset=4, axis=0),
         TableRows(("analysis", "r1", "x"), "frames", {"seq_num": [1, 2]}, offset=7),
+        RawDocs(
+            "r1",
+            (
+                RawDoc("event", {"seq_num": 1, "data": {"x": 1.5}}, run="r1", rid="r1/2"),
+                RawDoc("datum", {"datum_id": "d/1"}, run="r1", rid="r1/3"),
+            ),
+        ),
     ]
     for record in written:
         back = records.loads(records.dumps(record))
         assert type(back) is type(record)
         for name, value in vars(record).items():
             np.testing.assert_equal(getattr(back, name), value)
-    assert [r.run for r in written] == ["r1", "r1", None, "r1", "r1", "r1", "r1"]
+    assert [r.run for r in written] == ["r1", "r1", None, "r1", "r1", "r1", "r1", "r1"]
     # version 0: the plain dicts the spool wrote before (no "v"); raw documents of the offline
     # import had no run
     old = [
@@ -285,19 +292,30 @@ def test_records_round_trip_and_records_of_before_the_version_field_are_read(tmp
     spool.start()
     assert spool.wait_empty(10)
     spool.stop()
+    # the backlog is merged: the run's two raw documents into one write
     assert [(r.op, r.run) for r in applied] == [
-        ("raw_doc", "r2"),
-        ("raw_doc", "r2"),
+        ("raw_docs", "r2"),
         ("array_rows", "r2"),
         ("table_rows", "r2"),
     ]
-    assert applied[2].metadata == {} and applied[2].path == ("raw", "r2", "primary")
-    assert applied[3].offset == -1  # no offset then: a plain append
+    assert [(d.name, d.run) for d in applied[0].records] == [("start", "r2"), ("event", "r2")]
+    assert applied[1].metadata == {} and applied[1].path == ("raw", "r2", "primary")
+    assert applied[2].offset == -1  # no offset then: a plain append
     for bad, message in [
         ({"v": 99, "op": "metadata", "path": ["a"], "metadata": {}}, "version 99"),
         ({"v": 1, "op": "drop_table", "path": ["a"]}, "unknown write record op"),
         ({"v": 1, "op": "metadata", "path": ["a"]}, "metadata"),
         ([1, 2], "is a map"),
+        ({"v": 1, "op": "raw_docs", "run": "r", "records": 3}, "not a list"),
+        (
+            {
+                "v": 1,
+                "op": "raw_docs",
+                "run": "r",
+                "records": [{"op": "metadata", "path": ["a"], "metadata": {}}],
+            },
+            "other records than raw_doc",
+        ),
     ]:
         with pytest.raises(records.MalformedRecord, match=message):
             records.loads(serialization.dumps(bad))
@@ -351,3 +369,81 @@ def test_a_failing_write_of_a_merged_batch_is_rejected_alone(tmp_path):
     spool.stop()
     assert [r.rows["x"] for r in rejected] == [[2]]
     assert [r.rows["x"] for r in applied][-3:] == [[0], [1], [3]]
+
+
+def _raw_doc(run, i, name="event"):
+    from services.tiled.records import RawDoc
+
+    return RawDoc(name, {"i": i}, run=run, rid=f"{run}/{i}")
+
+
+def _doc_numbers(record):
+    from services.tiled.records import RawDocs
+
+    return [r.doc["i"] for r in (record.records if isinstance(record, RawDocs) else [record])]
+
+
+def test_raw_docs_of_a_run_merge_into_one_write_and_a_stop_ends_the_batch(tmp_path):
+    from services.tiled.records import RawDocs
+    from services.tiled.spool import merge_records
+
+    path = ("raw", "a", "primary")
+    records = [
+        _raw_doc("a", 1),
+        ArrayRows(path, "img", np.zeros((1, 2)), offset=0),
+        _raw_doc("b", 1),
+        RawDocs("a", (_raw_doc("a", 2), _raw_doc("a", 3))),
+        ArrayRows(path, "img", np.ones((1, 2)), offset=1),
+        ArrayRows(path, "img", np.full((1, 2), 2.0), offset=2),
+    ]
+    merged = merge_records(records)
+    assert [(m.op, m.run) for m in merged] == [
+        ("raw_docs", "a"),
+        ("array_rows", "a"),
+        ("raw_doc", "b"),
+    ]
+    assert _doc_numbers(merged[0]) == [1, 2, 3]
+    assert merged[1].array.tolist() == [[0, 0], [1, 1], [2, 2]]
+    assert records[1].array.tolist() == [[0, 0]]  # the inputs are not changed
+
+    applied = []
+    spool = Spool(tmp_path, applied.append, Metrics("t", CollectorRegistry()))
+    for record in [_raw_doc("a", 1), _raw_doc("a", 2), _raw_doc("a", 3, "stop"), _raw_doc("a", 4)]:
+        spool.put(record)
+    spool.start()  # a backlog: the stop is written after the documents before it, alone
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert [(r.op, _doc_numbers(r)) for r in applied] == [
+        ("raw_docs", [1, 2]),
+        ("raw_doc", [3]),
+        ("raw_doc", [4]),
+    ]
+
+
+def test_a_refused_merged_raw_write_is_split_and_only_the_bad_document_rejected(tmp_path):
+    from services.tiled.applier import is_transient
+
+    metrics = Metrics("t", CollectorRegistry())
+    applied, reported = [], []
+
+    def apply(record):
+        numbers = _doc_numbers(record)
+        if 2 in numbers:
+            raise _ServerError(422)  # Tiled will never take document 2
+        applied.extend(numbers)
+
+    spool = Spool(
+        tmp_path,
+        apply,
+        metrics,
+        max_backoff=0.01,
+        is_transient=is_transient,  # a 422 is permanent
+        on_reject=lambda record, error: reported.append(_doc_numbers(record)),
+    )
+    for i in range(5):
+        spool.put(_raw_doc("a", i))
+    spool.start()
+    assert spool.wait_empty(10)
+    spool.stop()
+    assert sorted(set(applied)) == [0, 1, 3, 4] and reported == [[2]]
+    assert len(list((tmp_path / "rejected").glob("*.msgpack"))) == 1

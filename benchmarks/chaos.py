@@ -1,0 +1,452 @@
+"""Scans through ``beamwatch up`` while children are killed: ``python -m benchmarks.chaos``.
+
+Starts what ``beamwatch up`` starts (the embedded Tiled server, the bluesky 0MQ proxy, the raw
+and analysis consumers; not the live page) under the real supervisor, which restarts a child
+that dies. A real RunEngine publishes ``--scans`` small scans to the bus, XANES and tomography
+mixed (frames in HDF5 files, as StreamResource/StreamDatum or Resource/Datum, or inside the
+Events), while a seeded RNG SIGKILLs a random child (raw consumer, analysis consumer or Tiled)
+at random moments. Then it waits for every run to settle and counts, against what was
+published:
+
+- raw rows: ``raw/<uid>/<stream>/internal`` seq_nums, per stream;
+- raw frames: the image array of every stream (shape, and a read of all of it);
+- analysis rows: ``analysis/<uid>/frames/frame_stats`` (one per frame of every stream) and,
+  for XANES runs, ``analysis/<uid>/xanes/frames`` (one per energy),
+
+as lost / duplicated / unreadable (goal 0 / 0 / 0), and prints each run's final statuses.
+
+0MQ PUB/SUB keeps nothing for a subscriber that is down: documents published while a consumer
+restarts (or in flight when it was killed) never reach it. By default the RunEngine therefore
+waits, before publishing a document, until every consumer is up and hears the bus again (the
+``--no-pause`` run shows what a beamline without a durable bus loses); documents in flight at
+the moment of a kill can still be lost, and such losses are counted apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("benchmarks.chaos")
+
+TARGETS = ("consumer-raw", "consumer-analysis", "tiled")
+FINAL = ("complete", "incomplete", "failed", "interrupted")
+#: a document published this long before a consumer was killed may have been in flight
+IN_FLIGHT_SECONDS = 1.0
+
+
+@dataclass
+class Published:
+    """What the RunEngine sent, per run: events per stream, image keys, publish times."""
+
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    streams: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)  # descriptor
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if name == "start":
+            self.runs[doc["uid"]] = {"plan": doc.get("plan_name"), "events": {}, "times": {}}
+            self.runs[doc["uid"]]["times"][("doc", "start")] = now
+        elif name == "descriptor":
+            self.runs[doc["run_start"]]["times"][("doc", doc["uid"])] = now
+            keys = [
+                k
+                for k, v in doc["data_keys"].items()
+                if len(v.get("shape") or []) >= 2 or v.get("external")
+            ]
+            self.streams[doc["uid"]] = (doc["run_start"], doc.get("name", "primary"), keys)
+        elif name == "event":
+            run_uid, stream, _keys = self.streams[doc["descriptor"]]
+            run = self.runs[run_uid]
+            run["events"].setdefault(stream, []).append(int(doc["seq_num"]))
+            run["times"][(stream, int(doc["seq_num"]))] = now
+
+
+@dataclass
+class Kill:
+    child: str
+    pid: int
+    at: float
+    back: float = float("inf")  # when it was up again (consumers: hearing the bus)
+
+
+class Killer(threading.Thread):
+    """SIGKILLs a random child of the supervisor every ``interval`` (uniform) seconds."""
+
+    def __init__(self, stack: Any, rng: random.Random, interval: tuple[float, float]) -> None:
+        super().__init__(name="chaos-killer", daemon=True)
+        self.stack, self.rng, self.interval = stack, rng, interval
+        self.kills: list[Kill] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.rng.uniform(*self.interval)):
+            child = self.rng.choice(TARGETS)
+            proc = _proc(self.stack.supervisor, child)
+            if proc is None or proc.poll() is not None:
+                continue  # still down from an earlier kill
+            os.kill(proc.pid, signal.SIGKILL)
+            self.kills.append(Kill(child, proc.pid, time.monotonic()))
+            logger.warning("chaos: killed %s (pid %d)", child, proc.pid)
+
+
+def _proc(supervisor: Any, name: str) -> Any:
+    for child in supervisor._children:  # noqa: SLF001 - the benchmark reads its own supervisor
+        if child.spec.name == name:
+            return child.proc
+    return None
+
+
+def _consumer_hears(stack: Any, pub: Any, role: str) -> bool:
+    before = stack.metric(role, "beamwatch_messages_received_total", document="beamwatch_ping")
+    pub("beamwatch_ping", {})
+    return bool(before > 0)
+
+
+class PausingPublisher:
+    """Publishes a document once every consumer runs and hears the bus (``pause``)."""
+
+    def __init__(
+        self,
+        stack: Any,
+        pub: Any,
+        killer: Killer,
+        published: Published,
+        pause: bool,
+        exposure: float = 0.0,
+    ):
+        self.stack, self.pub, self.killer = stack, pub, killer
+        self.published, self.pause, self.exposure = published, pause, exposure
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if name == "event" and self.exposure:
+            time.sleep(self.exposure)  # the detector's exposure: scans last a while
+        if self.pause:
+            self._wait_for_consumers()
+        self.published(name, doc)
+        self.pub(name, doc)
+
+    def _wait_for_consumers(self) -> None:
+        """Block while a killed consumer is down: until its new process hears the bus."""
+        deadline = time.monotonic() + 300
+        for kill in list(self.killer.kills):
+            if not kill.child.startswith("consumer-") or kill.back != float("inf"):
+                continue
+            role = kill.child.removeprefix("consumer-")
+            while time.monotonic() < deadline:
+                proc = _proc(self.stack.supervisor, kill.child)
+                alive = proc is not None and proc.pid != kill.pid and proc.poll() is None
+                if alive and _consumer_hears(self.stack, self.pub, role):
+                    break
+                time.sleep(0.1)
+            kill.back = time.monotonic()
+
+
+# ---- the scans ---------------------------------------------------------------------------------
+def xanes_scan(detector_dir: Path, seed: int, n_energies: int, source: str) -> tuple[Any, Any]:
+    from bluesky_plans.devices import SimTXM
+    from bluesky_plans.plans import xanes_scan_plan
+    from models.synthetic.txm import TxmScene, default_energies
+
+    scene = TxmScene.random(seed, shape=(64, 64), n_particles=3, n_scans=1, n_frames=n_energies)
+    txm = SimTXM(scene, detector_dir, frame_source=source, seed=seed)
+    energies = list(default_energies(n_energies))
+    return xanes_scan_plan(txm, energies, n_flats=1, md={"chaos_seed": seed}), txm
+
+
+def tomo_scan(detector_dir: Path, seed: int, n_angles: int, source: str) -> tuple[Any, Any]:
+    from bluesky_plans.devices import SimTomoStation
+    from bluesky_plans.plans import tomo_scan_plan
+    from models.synthetic.cathode import make_cathode_volume
+    from pipelines.tomo.simulate import simulate_scan
+
+    volume = make_cathode_volume((4, 48, 48), seed=seed)
+    angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
+    frames = simulate_scan(volume.attenuation, angles, seed=seed + 1)
+    station = SimTomoStation.from_frames(
+        angles, frames.projections, frames.flat, frames.dark, detector_dir, frame_source=source
+    )
+    plan = tomo_scan_plan(station, list(angles), n_darks=1, n_flats=1, md={"chaos_seed": seed})
+    return plan, station
+
+
+# ---- counting --------------------------------------------------------------------------------
+@dataclass
+class Counts:
+    expected: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    unreadable: int = 0
+    lost_in_flight: int = 0  # of ``lost``: published while its consumer was down or dying
+
+    def add(self, other: Counts) -> None:
+        for name in ("expected", "lost", "duplicated", "unreadable", "lost_in_flight"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _compare(expected: list[Any], got: list[Any]) -> tuple[list[Any], int]:
+    """(the expected items missing from ``got``, how many of ``got`` are extra copies)."""
+    want, have = collections.Counter(expected), collections.Counter(got)
+    missing = list((want - have).elements())
+    return missing, sum((have - want).values())
+
+
+def _in_flight(times: dict[Any, float], item: Any, kills: list[Kill], child: str) -> bool:
+    """Was ``item`` (or the start or a descriptor of its run, without which it cannot be
+    used) published while ``child`` was down or dying?"""
+    for key in [item, *(k for k in times if k[0] == "doc")]:
+        t = times.get(key)
+        if t is not None and any(
+            k.child == child and k.at - IN_FLIGHT_SECONDS <= t <= k.back for k in kills
+        ):
+            return True
+    return False
+
+
+def count_raw(client: Any, uid: str, run: dict[str, Any], kills: list[Kill]) -> dict[str, Counts]:
+    rows, frames = Counts(), Counts()
+    for stream, seq_nums in run["events"].items():
+        rows.expected += len(seq_nums)
+        try:
+            node = client["raw"][uid][stream].base
+            got = [int(s) for s in node["internal"].read(["seq_num"])["seq_num"]]
+        except Exception as exc:  # noqa: BLE001 - missing or unreadable: counted as such
+            logger.warning("raw %s/%s rows: %s", uid[:8], stream, exc)
+            if isinstance(exc, KeyError):
+                rows.lost += len(seq_nums)
+            else:
+                rows.unreadable += len(seq_nums)
+            got = None
+        if got is not None:
+            missing, extra = _compare(seq_nums, got)
+            rows.lost += len(missing)
+            rows.duplicated += extra
+            rows.lost_in_flight += sum(
+                _in_flight(run["times"], (stream, s), kills, "consumer-raw") for s in missing
+            )
+        image_keys = [k for k in _image_keys(client, uid, stream)]
+        for key in image_keys:
+            frames.expected += len(seq_nums)
+            try:
+                array = client["raw"][uid][stream].base[key]
+                n = int(array.shape[0])
+                array.read()
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("raw %s/%s/%s frames: %s", uid[:8], stream, key, exc)
+                frames.unreadable += len(seq_nums)
+                continue
+            frames.lost += max(0, len(seq_nums) - n)
+            frames.duplicated += max(0, n - len(seq_nums))
+    return {"raw rows": rows, "raw frames": frames}
+
+
+def _image_keys(client: Any, uid: str, stream: str) -> list[str]:
+    try:
+        node = client["raw"][uid][stream].base
+        return [k for k in node if k != "internal"]
+    except Exception:  # noqa: BLE001 - the stream never reached raw/
+        return []
+
+
+def count_analysis(client: Any, uid: str, run: dict[str, Any], kills: list[Kill]) -> Counts:
+    counts = Counts()
+    expected = [s for seq_nums in run["events"].values() for s in seq_nums]
+    tables = [("frames", "frame_stats", expected)]
+    if run["plan"] == "xanes_scan_plan":
+        tables.append(("xanes", "frames", list(run["events"].get("primary", []))))
+    for pipeline, key, want in tables:
+        counts.expected += len(want)
+        try:
+            got = [int(s) for s in client["analysis"][uid][pipeline][key].read()["seq_num"]]
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("analysis %s/%s/%s: %s", uid[:8], pipeline, key, exc)
+            if isinstance(exc, KeyError):
+                counts.lost += len(want)
+            else:
+                counts.unreadable += len(want)
+            continue
+        missing, extra = _compare(want, got)
+        counts.lost += len(missing)
+        counts.duplicated += extra
+        # a seq_num repeats across streams; in flight if any of its events was
+        counts.lost_in_flight += sum(
+            any(
+                _in_flight(run["times"], (st, s), kills, "consumer-analysis")
+                for st in run["events"]
+            )
+            for s in missing
+        )
+    return counts
+
+
+def statuses(client: Any, uid: str) -> dict[str, str]:
+    out = {}
+    try:
+        md = client["raw"][uid].metadata
+        out["raw"] = str(md.get("beamwatch_status", "no stop" if "stop" not in md else "?"))
+    except Exception:  # noqa: BLE001
+        out["raw"] = "missing"
+    try:
+        analysis = client["analysis"][uid]
+        for name in analysis:
+            out[name] = str(analysis[name].metadata.get("status", "?"))
+    except Exception:  # noqa: BLE001
+        out["analysis"] = "missing"
+    return out
+
+
+def settled(client: Any, uids: list[str]) -> bool:
+    for uid in uids:
+        st = statuses(client, uid)
+        if st.get("raw") not in FINAL or not all(v in FINAL for k, v in st.items() if k != "raw"):
+            return False
+        if len(st) < 2:
+            return False
+    return True
+
+
+# ---- main --------------------------------------------------------------------------------------
+def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from bluesky import RunEngine
+
+    from benchmarks.stack import running_stack
+
+    rng = random.Random(args.seed)
+    children = ("tiled", "proxy", "consumer-raw", "consumer-analysis")
+    # 0MQ (what this run was made for: a consumer that is down misses what is published)
+    config = {"run_idle_timeout": args.idle_timeout, "bus": {"mode": "zmq"}}
+    with running_stack(data_dir, children, **config) as stack:
+        client = stack.client()
+        published = Published()
+        killer = Killer(stack, rng, (args.min_interval, args.max_interval))
+        uids: list[str] = []
+        t0 = time.monotonic()
+        with stack.publisher() as pub:
+            RE = RunEngine({})
+            RE.subscribe(
+                PausingPublisher(stack, pub, killer, published, not args.no_pause, args.exposure)
+            )
+            killer.start()
+            for i in range(args.scans):
+                kind = rng.choice(("xanes", "tomo"))
+                source = rng.choice(("stream", "resource", "event"))
+                seed = rng.randrange(1_000_000)
+                if kind == "xanes":
+                    plan, _dev = xanes_scan(
+                        stack.settings.detector_dir, seed, args.energies, source
+                    )
+                else:
+                    plan, _dev = tomo_scan(stack.settings.detector_dir, seed, args.angles, source)
+                logger.warning("scan %d: %s (%s, seed %d)", i + 1, kind, source, seed)
+                uids += list(RE(plan))
+            killer.stop.set()
+            killer.join()
+            scans_seconds = time.monotonic() - t0
+            # consumers back before settling: the runs they were in the middle of resume
+            PausingPublisher(stack, pub, killer, published, True)._wait_for_consumers()
+        for kill in killer.kills:  # Tiled's downtime: until it answers again
+            if kill.back == float("inf"):
+                kill.back = time.monotonic()
+        deadline = time.monotonic() + args.settle_timeout
+        while time.monotonic() < deadline and not settled(client, uids):
+            time.sleep(1.0)
+        totals = {name: Counts() for name in ("raw rows", "raw frames", "analysis rows")}
+        per_run = []
+        for uid in uids:
+            run_pub = published.runs[uid]
+            raw = count_raw(client, uid, run_pub, killer.kills)
+            ana = count_analysis(client, uid, run_pub, killer.kills)
+            totals["raw rows"].add(raw["raw rows"])
+            totals["raw frames"].add(raw["raw frames"])
+            totals["analysis rows"].add(ana)
+            per_run.append(
+                {
+                    "uid": uid,
+                    "plan": run_pub["plan"],
+                    "events": sum(len(v) for v in run_pub["events"].values()),
+                    "statuses": statuses(client, uid),
+                }
+            )
+        restarts = {c.spec.name: c.restarts for c in stack.supervisor._children}  # noqa: SLF001
+        client.context.close()
+    return {
+        "load_average": os.getloadavg()[0],
+        "seed": args.seed,
+        "pause": not args.no_pause,
+        "scans_seconds": scans_seconds,
+        "kills": [(k.child, round(k.at - t0, 1)) for k in killer.kills],
+        "restarts": restarts,
+        "totals": {k: vars(v) for k, v in totals.items()},
+        "runs": per_run,
+    }
+
+
+def format_result(result: dict[str, Any]) -> str:
+    lines = [
+        f"seed {result['seed']}; publisher {'waits for' if result['pause'] else 'ignores'} "
+        f"restarting consumers; scans took {result['scans_seconds']:.0f} s "
+        f"(load average {result['load_average']:.1f} at the end)",
+        "restarts: " + ", ".join(f"{k} {v}" for k, v in result["restarts"].items()),
+        "kills: " + ", ".join(f"{c} at {t:.0f} s" for c, t in result["kills"]) or "none",
+        f"{'':<14} {'expected':>8} {'lost':>5} {'dup':>5} {'unreadable':>10}"
+        f"   (lost of it in flight at a kill)",
+    ]
+    for name, c in result["totals"].items():
+        lines.append(
+            f"{name:<14} {c['expected']:>8} {c['lost']:>5} {c['duplicated']:>5} "
+            f"{c['unreadable']:>10}   ({c['lost_in_flight']})"
+        )
+    lines.append("goal: 0 / 0 / 0")
+    for r in result["runs"]:
+        st = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
+        lines.append(f"  {r['uid'][:8]} {r['plan']:<16} {r['events']:>4} events: {st}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from services.core.logs import configure_logging
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=None, help="RNG seed (default: random)")
+    parser.add_argument("--energies", type=int, default=10, help="per XANES scan")
+    parser.add_argument("--angles", type=int, default=24, help="per tomography scan")
+    parser.add_argument("--exposure", type=float, default=0.2, help="s per event")
+    parser.add_argument("--min-interval", type=float, default=5.0, help="s between kills")
+    parser.add_argument("--max-interval", type=float, default=20.0)
+    parser.add_argument("--idle-timeout", type=float, default=60.0, help="run_idle_timeout")
+    parser.add_argument("--settle-timeout", type=float, default=300.0)
+    parser.add_argument("--no-pause", action="store_true", help="publish while consumers are down")
+    parser.add_argument("--data-dir", type=Path, default=None, help="keep data and logs here")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1_000_000)
+    print(f"chaos seed: {args.seed}", flush=True)
+    configure_logging(args.log_level, service="chaos")
+    with tempfile.TemporaryDirectory(prefix="beamwatch-chaos-") as tmp:
+        result = run(args, args.data_dir or Path(tmp) / "data")
+    print(format_result(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    totals = result["totals"].values()
+    return 0 if all(c["lost"] == c["duplicated"] == c["unreadable"] == 0 for c in totals) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

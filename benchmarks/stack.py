@@ -1,0 +1,165 @@
+"""What ``beamwatch up`` starts, on ephemeral ports in a scratch data dir, for the benchmarks.
+
+The children are the real ones (``tiled serve config``, ``bluesky-0MQ-proxy``,
+``beamwatch consume raw|analysis``), started and restarted by the real
+:class:`~services.runtime.supervisor.Supervisor`. Ports are free ones, so a benchmark runs
+beside a ``beamwatch up`` or a test session on the same machine. The children's logs go to
+``DIR/logs/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from services.core import serialization
+from services.core.settings import BeamwatchSettings, load_settings
+from services.runtime.supervisor import Supervisor, child_specs, wait_for_tiled
+
+#: child names of ``beamwatch up`` (see ``services.runtime.supervisor.child_specs``)
+ALL_CHILDREN = ("tiled", "proxy", "consumer-raw", "consumer-analysis", "web")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(data_dir: Path, **extra: Any) -> Path:
+    """A settings YAML with every port free; ``extra`` is merged in at the top level."""
+    config: dict[str, Any] = {
+        "tiled": {"port": free_port()},
+        "bus": {
+            "in_address": f"tcp://127.0.0.1:{free_port()}",
+            "out_address": f"tcp://127.0.0.1:{free_port()}",
+            "feedback_address": f"tcp://127.0.0.1:{free_port()}",
+        },
+        "metrics": {
+            "raw_port": free_port(),
+            "analysis_port": free_port(),
+            "supervisor_port": free_port(),
+        },
+        "web": {"port": free_port()},
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "beamwatch.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class Stack:
+    settings: BeamwatchSettings
+    config_file: Path
+    supervisor: Supervisor
+    roles: tuple[str, ...]
+
+    def metrics_url(self, role: str) -> str:
+        m = self.settings.metrics
+        port = m.raw_port if role == "raw" else m.analysis_port
+        return f"http://{m.host}:{port}/metrics"
+
+    def metric(self, role: str, name: str, **labels: str) -> float:
+        """Sum of a consumer's samples ``name`` matching ``labels`` (NaN if it cannot answer)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            text = httpx.get(self.metrics_url(role), timeout=2).text
+        except httpx.HTTPError:
+            return float("nan")
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+    def client(self) -> Any:
+        from tiled.client import from_uri
+
+        return from_uri(self.settings.tiled_url, api_key=self.settings.resolved_api_key())
+
+    @contextlib.contextmanager
+    def publisher(self, timeout: float = 60.0) -> Iterator[Any]:
+        """bluesky's 0MQ ``Publisher`` (msgpack), once every consumer has heard a ping."""
+        from bluesky.callbacks.zmq import Publisher
+
+        pub = Publisher(self.settings.bus.in_address, serializer=serialization.dumps)
+        try:
+            deadline = time.monotonic() + timeout
+            pending = list(self.roles)
+            while pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"consumers {pending} heard no ping in {timeout:.0f} s")
+                pub("beamwatch_ping", {})
+                seen = self.metric(
+                    pending[0], "beamwatch_messages_received_total", document="beamwatch_ping"
+                )
+                if seen > 0:
+                    pending.pop(0)
+                else:
+                    time.sleep(0.05)
+            yield pub
+        finally:
+            pub.close()
+
+
+@contextlib.contextmanager
+def running_stack(
+    data_dir: Path, children: tuple[str, ...] = ALL_CHILDREN, **config: Any
+) -> Iterator[Stack]:
+    """Start ``children`` of ``beamwatch up`` under a supervisor that restarts them."""
+    config_file = write_config(data_dir, **config)
+    settings = load_settings(config_file, data_dir=str(data_dir))
+    specs = [s for s in child_specs(settings, config_file) if s.name in children]
+    for spec in specs:
+        if spec.log_file is None:
+            spec.log_file = settings.data_dir / "logs" / f"{spec.name}.log"
+    supervisor = Supervisor(specs)
+    stop = threading.Event()
+    roles = tuple(r for r in ("raw", "analysis") if f"consumer-{r}" in children)
+    supervisor.start()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            supervisor.check()
+
+    watcher = threading.Thread(target=watch, name="supervisor", daemon=True)
+    watcher.start()
+    try:
+        if "tiled" in children:
+            wait_for_tiled(settings.tiled_url, timeout=300)
+        stack = Stack(settings, config_file, supervisor, roles)
+        deadline = time.monotonic() + 300
+        for role in roles:
+            while _down(stack.metrics_url(role)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"consumer {role} did not serve metrics")
+                time.sleep(0.2)
+        yield stack
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+        supervisor.stop()
+
+
+def _down(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code != 200
+    except httpx.HTTPError:
+        return True
