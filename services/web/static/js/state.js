@@ -20,6 +20,7 @@ export const state = {
   series: { scans: 0 },
   edgeMap: false,
   figures: [], // [{pipeline, name}] of the figures card of the selected run
+  figureListings: 0, // how often the figures card was listed (on pipeline status changes)
   compared: null, // what the compare view last drew: {uids, unit, traces: {card: n}}
   errors: [], // pipeline errors shown for the selected run
   refreshes: 0,

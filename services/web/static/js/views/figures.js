@@ -41,4 +41,5 @@ export async function renderFigures(run) {
   else box.replaceChildren(el("p", { className: "muted" }, "written when a pipeline finishes"));
   box.dataset.statuses = statuses; // only after every container was read (Tiled may be down)
   state.figures = shown;
+  state.figureListings += 1;
 }
