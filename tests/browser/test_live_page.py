@@ -217,8 +217,62 @@ def test_tiled_going_away_and_coming_back(page, up, publisher):
     assert not page.errors
 
 
-def test_report_opens_offline_and_tiled_ui_browses_results(page, up, small_tomograms):
+def figures_in_tiled(up, uid: str) -> list[dict[str, str]]:
+    """``{pipeline, name}`` of every figure of a run, as Python reads them from Tiled."""
+    from tiled.client import from_uri
+
+    from services.core import layout
+
+    client = from_uri(up.tiled, api_key=up.api_key())
+    try:
+        run = client[layout.ANALYSIS][uid]
+        return [
+            {"pipeline": pipeline, "name": name}
+            for pipeline in run
+            if layout.XANES.figures in run[pipeline]
+            for name in sorted(run[pipeline][layout.XANES.figures])
+        ]
+    finally:
+        client.context.close()
+
+
+def check_figures_card(page, up, uid: str, pipelines: set[str], screenshot: str) -> None:
+    """The figures card of run ``uid`` shows every figure the analysis wrote to Tiled, loaded,
+    and lists them again only when a pipeline status changes (not on every refresh)."""
+    expected = figures_in_tiled(up, uid)
+    assert pipelines <= {f["pipeline"] for f in expected}, expected
+    page.goto(f"{up.web}/#{uid}")
+    wait_page(page, f"bw.state.selected === '{uid}' && bw.state.figures.length > 0", 120)
+    key = lambda f: (f["pipeline"], f["name"])  # noqa: E731
+    assert sorted(state(page, "bw.state.figures"), key=key) == sorted(expected, key=key)
+    wait_page(page, "[...document.querySelectorAll('#figures img')].every(i => i.complete)", 60)
+    shown = state(
+        page,
+        """[...document.querySelectorAll('#figures figure')].map(f => ({
+            pipeline: f.dataset.pipeline, name: f.dataset.name,
+            caption: f.querySelector('figcaption').textContent,
+            width: f.querySelector('img').naturalWidth})) """,
+    )
+    assert sorted(
+        ({"pipeline": f["pipeline"], "name": f["name"]} for f in shown), key=key
+    ) == sorted(expected, key=key)
+    assert all(f["name"] in f["caption"] and f["width"] > 0 for f in shown), shown
+    # The run is finished: later refreshes (polled every 0.5 s) do not list the figures again.
+    listings = state(page, "bw.state.figureListings")
+    refreshes = state(page, "bw.state.refreshes")
+    wait_page(page, f"bw.state.refreshes >= {refreshes + 3}", 60)
+    assert state(page, "bw.state.figureListings") == listings
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#card-figures").screenshot(path=str(ARTIFACTS / f"{screenshot}.png"))
+    assert not page.errors
+
+
+def test_report_live_figures_and_tiled_ui_show_the_results(
+    page, up, small_tomograms, small_xanes_scans
+):
     uid = small_tomograms[0].uid
+    check_figures_card(page, up, small_xanes_scans[0].uid, {"xanes"}, "figures-xanes")
+    check_figures_card(page, up, uid, {"cracks", "particles"}, "figures")
     report = up.data.parent / "report.html"
     subprocess.run(
         [str(BIN / "beamwatch"), "--data-dir", str(up.data), "report", uid, "-o", str(report)],

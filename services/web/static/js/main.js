@@ -7,7 +7,8 @@
 //   scheduler.js      the coalescing refresh loop
 //   dom.js, images.js DOM / Plotly helpers, pure image helpers
 //   runs.js           the run list; selection.js what is shown / compared
-//   views/*.js        one module per view: header, xanes, tomo, other, compare
+//   views/*.js        one module per view: header, xanes, tomo, other, compare; figures
+//                     (the analysis' figures, a card of the xanes and tomo views)
 import { config, layout, remember, state, ui } from "./state.js";
 import { TiledDown, onConnection } from "./tiled.js";
 import { resubscribe, subscribe } from "./subscriptions.js";
@@ -20,12 +21,15 @@ import { buildXanes, renderXanes } from "./views/xanes.js";
 import { buildTomo, renderTomo } from "./views/tomo.js";
 import { buildOther, renderOther } from "./views/other.js";
 import { buildCompare, renderCompare } from "./views/compare.js";
+import { buildFigures, renderFigures } from "./views/figures.js";
 
 const VIEWS = {
   xanes: [buildXanes, renderXanes],
   tomo: [buildTomo, renderTomo],
   other: [buildOther, renderOther],
 };
+// Views of runs whose pipelines write figures (layout.json: a "figures" key).
+const WITH_FIGURES = new Set(["xanes", "tomo"]);
 
 function setConnected(up) {
   const banner = document.getElementById("conn");
@@ -114,9 +118,14 @@ async function refreshView() {
   const kind = viewKind(run);
   const [build, render] = VIEWS[kind];
   showView(kind);
-  ensureLayout(`${run.uid}|${kind}`, (root) => build(buildHeader(root)));
+  ensureLayout(`${run.uid}|${kind}`, (root) => {
+    const grid = buildHeader(root);
+    build(grid);
+    if (WITH_FIGURES.has(kind)) buildFigures(grid);
+  });
   renderHeader(run);
   await render(run);
+  if (WITH_FIGURES.has(kind)) await renderFigures(run);
 }
 
 function followHash() {

@@ -19,6 +19,8 @@ export const state = {
   particles: { rows: 0 },
   series: { scans: 0 },
   edgeMap: false,
+  figures: [], // [{pipeline, name}] of the figures card of the selected run
+  figureListings: 0, // how often the figures card was listed (on pipeline status changes)
   compared: null, // what the compare view last drew: {uids, unit, traces: {card: n}}
   errors: [], // pipeline errors shown for the selected run
   refreshes: 0,
@@ -52,6 +54,7 @@ export function resetRunState() {
   state.particles.rows = 0;
   state.series.scans = 0;
   state.edgeMap = false;
+  state.figures = [];
   state.compared = null;
   ui.viewKey = null;
   ui.followSlices = true;
