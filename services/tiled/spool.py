@@ -35,6 +35,7 @@ import numpy as np
 
 from services.core import serialization
 from services.core.identifiers import UID_PATTERN
+from services.core.layout import RAW
 from services.core.metrics import Metrics
 from services.tiled import records as wire
 from services.tiled.records import ArrayRows, RawDoc, RawDocs, Record, TableRows
@@ -460,9 +461,12 @@ def _target(record: Record | None) -> str:
 #: its StreamDatums one data-source update). They carry explicit offsets or seq_nums, so
 #: re-applying a merged batch after a failure is harmless.
 MERGEABLE = (TableRows, ArrayRows, RawDoc, RawDocs)
-#: Largest array append one merge makes. A lagging Tiled still sees a growing array grow in
-#: steps (a viewer watches the crack map fill slice by slice) and requests stay bounded.
+#: Largest array append one merge makes under ``raw/`` (detector frames: large blocks are
+#: what makes the raw path keep up at beamline rates) and elsewhere (analysis results, which
+#: a viewer watches grow: a lagging Tiled must still show the crack map fill in steps; with
+#: 8 MB a whole small crack map went in one write and the page never saw it grow).
 MAX_MERGED_ARRAY_BYTES = 8 << 20
+MAX_MERGED_RESULT_BYTES = 1 << 20
 
 
 def _mergeable(record: Record) -> bool:
@@ -554,5 +558,9 @@ def _follows_array(parts: list[np.ndarray], record: ArrayRows, first_offset: int
         same_shape
         and a.dtype == b.dtype
         and record.offset == first_offset + sum(p.shape[axis] for p in parts)
-        and sum(p.nbytes for p in parts) + b.nbytes <= MAX_MERGED_ARRAY_BYTES
+        and sum(p.nbytes for p in parts) + b.nbytes <= _merge_cap(record)
     )
+
+
+def _merge_cap(record: ArrayRows) -> int:
+    return MAX_MERGED_ARRAY_BYTES if record.path[:1] == (RAW,) else MAX_MERGED_RESULT_BYTES

@@ -137,19 +137,28 @@ def test_spool_merges_a_backlog_but_stops_at_other_ops(tmp_path):
     assert applied[0].rows["x"] == [0, 1, 2, 3, 4]
 
 
-def test_array_merges_stop_at_the_size_cap():
-    from services.tiled.spool import MAX_MERGED_ARRAY_BYTES, merge_records
+@pytest.mark.parametrize(
+    ("path", "cap_name"),
+    [
+        (("raw", "u", "primary"), "MAX_MERGED_ARRAY_BYTES"),  # detector frames: large blocks
+        (("analysis", "u", "cracks"), "MAX_MERGED_RESULT_BYTES"),  # results a viewer watches grow
+    ],
+)
+def test_array_merges_stop_at_the_size_cap(path, cap_name):
+    from services.tiled import spool
+    from services.tiled.spool import merge_records
 
-    rows = MAX_MERGED_ARRAY_BYTES // 1000  # slices of 1000 bytes: 3 writes for 2.5x the cap
+    cap = getattr(spool, cap_name)
+    rows = cap // 1000  # slices of 1000 bytes: 3 writes for 2.5x the cap
     n = int(2.5 * rows)
     records = [
-        ArrayRows(("a",), "mask", np.full((1, 1000), i % 256, dtype=np.uint8), offset=i)
+        ArrayRows(path, "mask", np.full((1, 1000), i % 256, dtype=np.uint8), offset=i)
         for i in range(n)
     ]
     merged = merge_records(records)
     assert [r.array.shape[0] for r in merged] == [rows, rows, n - 2 * rows]
     assert [r.offset for r in merged] == [0, rows, 2 * rows]
-    assert all(r.array.nbytes <= MAX_MERGED_ARRAY_BYTES for r in merged)
+    assert all(r.array.nbytes <= cap for r in merged)
 
 
 class _ServerError(Exception):
