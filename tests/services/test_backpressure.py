@@ -118,8 +118,11 @@ def test_a_slow_consumer_stays_bounded_and_reports_what_the_bus_dropped(
         # 0MQ dropped what did not fit, and every event is either in Tiled or reported missing
         assert 0 < received < N_EVENTS and lost == N_EVENTS - received
         assert frames_md()["status"] == "incomplete"
-        assert kept == list(range(1, int(received) + 1))
-        assert missing == list(range(int(received) + 1, N_EVENTS + 1))
+        # Which events 0MQ drops is a race between the sender and the bus thread (a slot freed
+        # by the bus thread lets a later event through), so the kept ones need not be a prefix:
+        # each event is in Tiled once or reported missing, never both, never neither.
+        assert kept == sorted(set(kept)) and len(kept) == int(received)
+        assert sorted(kept + list(missing)) == list(range(1, N_EVENTS + 1))
     finally:
         opened.set()
         ana.stop()
