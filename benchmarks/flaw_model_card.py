@@ -27,32 +27,27 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from benchmarks.holdout_family import make_holdout_volume
 from models.crack_unet import normalize_slices, reference_levels
 from models.flaw_cnn import (
-    INPUT_SIZE,
     MIN_FLAWED_SLICES,
     load_flaw_cnn,
     load_flaw_cnn_metadata,
     predict_flaw_scores,
-    prepare_slice,
     roc_auc,
-    slice_positions,
 )
 from models.train_flaw_cnn import (
-    FLAWED_PARTICLE_FRACTION,
-    MIN_PARTICLE_VOXELS,
     TEST_SEEDS,
+    SliceSet,
+    concat,
     particle_slices,
-    slice_label,
+    sample_particles,
 )
 from pipelines.particles.evaluate import confusion_matrix, roc_curve
 
@@ -63,74 +58,27 @@ HOLDOUT_SEEDS = (515_001, 515_002, 515_003, 515_004, 515_005, 515_006)
 SLICE_THRESHOLD = 0.5
 
 
-@dataclass
-class Slices:
-    """Classifier inputs with slice truth (1, 0, -1 ambiguous) and particle keys / truth."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    particle: np.ndarray
-    particle_label: np.ndarray
-
-
-def training_family() -> Slices:
+def training_family() -> SliceSet:
     sets = [
         particle_slices(TRAINING_SHAPE, s, 1.0, None, i * 10_000) for i, s in enumerate(TEST_SEEDS)
     ]
-    return Slices(
-        images=np.concatenate([s.images for s in sets]).astype(np.float32),
-        labels=np.concatenate([s.labels for s in sets]),
-        particle=np.concatenate([s.particle for s in sets]),
-        particle_label=np.concatenate([s.particle_label for s in sets]),
-    )
+    merged = concat(sets)
+    merged.images = merged.images.astype(np.float32)
+    return merged
 
 
-def holdout_slices(seed: int, key_offset: int) -> Slices:
+def holdout_slices(seed: int, key_offset: int) -> SliceSet:
     """Sampled slices of every particle of one never-trained volume."""
     sample = make_holdout_volume(HOLDOUT_SHAPE, seed=seed)
     recon = np.asarray(sample.recon, dtype=np.float32)
-    low, high = reference_levels(recon)
-    ids, crack = sample.particle_ids, sample.crack_mask
-    n = HOLDOUT_SHAPE[2]
-    yy, xx = np.mgrid[:n, :n]
-    unseen = (yy - n // 2) ** 2 + (xx - n // 2) ** 2 > (n // 2 - 2) ** 2
-    images, labels, keys, plabels = [], [], [], []
-    for k, box in enumerate(ndimage.find_objects(ids), start=1):
-        if box is None:
-            continue
-        inside = ids[box] == k
-        n_voxels = int(inside.sum())
-        if n_voxels < MIN_PARTICLE_VOXELS or (inside & unseen[box[1:]]).any():
-            continue
-        fraction = float((crack[box] & inside).sum()) / n_voxels
-        plabel = 0 if fraction == 0 else (1 if fraction >= FLAWED_PARTICLE_FRACTION else -1)
-        for z in slice_positions(box[0].start, box[0].stop - 1):
-            mask = ids[z] == k
-            image = normalize_slices(recon[z], low, high)
-            images.append(prepare_slice(image, mask).astype(np.float32))
-            labels.append(slice_label(int((crack[z] & mask).sum()), int(mask.sum())))
-            keys.append(key_offset + k)
-            plabels.append(plabel)
-    if not images:  # every particle reaches outside the reconstruction circle
-        images = [np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.float32)]
-    else:
-        images = [np.stack(images)]
-    return Slices(
-        images=np.concatenate(images),
-        labels=np.asarray(labels, dtype=np.int8),
-        particle=np.asarray(keys, dtype=np.int64),
-        particle_label=np.asarray(plabels, dtype=np.int8),
+    normalized = normalize_slices(recon, *reference_levels(recon))
+    return sample_particles(
+        normalized, sample.particle_ids, sample.crack_mask, key_offset, dtype=np.float32
     )
 
 
-def holdout_family() -> Slices:
-    sets = [holdout_slices(s, i * 10_000) for i, s in enumerate(HOLDOUT_SEEDS)]
-    return Slices(
-        images=np.concatenate([s.images for s in sets]),
-        labels=np.concatenate([s.labels for s in sets]),
-        particle=np.concatenate([s.particle for s in sets]),
-        particle_label=np.concatenate([s.particle_label for s in sets]),
-    )
+def holdout_family() -> SliceSet:
+    return concat([holdout_slices(s, i * 10_000) for i, s in enumerate(HOLDOUT_SEEDS)])
 
 
 def _rates(matrix: np.ndarray) -> dict[str, float]:
@@ -144,7 +92,7 @@ def _rates(matrix: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate(model: Any, data: Slices) -> dict[str, Any]:
+def evaluate(model: Any, data: SliceSet) -> dict[str, Any]:
     """Slice and particle confusion matrices, ROC curves and AUCs."""
     prob = predict_flaw_scores(model, data.images)
     known = data.labels >= 0

@@ -81,11 +81,42 @@ def particle_slices(
 ) -> SliceSet:
     """Sampled slices of every particle of one reconstructed volume."""
     sample = make_reconstructed_cathode(shape, seed=seed, crack_density=crack_density)
-    ids = sample.truth.particle_ids
-    crack = sample.truth.phase == CRACK
-    n = shape[2]
+    return sample_particles(
+        sample.normalized, sample.truth.particle_ids, sample.truth.phase == CRACK, key_offset, rng
+    )
+
+
+def sample_particles(
+    normalized: np.ndarray,
+    ids: np.ndarray,
+    crack: np.ndarray,
+    key_offset: int,
+    rng: np.random.Generator | None = None,
+    dtype: type[np.floating] = np.float16,
+) -> SliceSet:
+    """Slices of every particle of a labelled volume, sampled as at inference time.
+
+    Parameters
+    ----------
+    normalized : numpy.ndarray
+        ``(Z, Y, X)`` reconstruction in the network's input range.
+    ids : numpy.ndarray
+        True particle labels of the same shape (0 outside particles).
+    crack : numpy.ndarray
+        True crack mask of the same shape.
+    key_offset : int
+        Added to the particle labels to make keys unique across volumes.
+    rng : numpy.random.Generator, optional
+        When given, half the slice masks are eroded or dilated by one pixel (a predicted mask's
+        error); the truth labels always use the true mask.
+    dtype : numpy dtype
+        Of the returned images.
+
+    Particles smaller than :data:`MIN_PARTICLE_VOXELS` and particles reaching outside the
+    reconstruction circle (where the reconstruction is 0, so they are not seen) are left out.
+    """
+    n = ids.shape[2]
     yy, xx = np.mgrid[:n, :n]
-    # the reconstruction is 0 outside its circle: particles there are not seen
     unseen = (yy - n // 2) ** 2 + (xx - n // 2) ** 2 > (n // 2 - 2) ** 2
     images, labels, keys, plabels = [], [], [], []
     for k, box in enumerate(ndimage.find_objects(ids), start=1):
@@ -99,19 +130,18 @@ def particle_slices(
         fraction = n_crack / n_voxels
         plabel = 0 if n_crack == 0 else (1 if fraction >= FLAWED_PARTICLE_FRACTION else -1)
         for z in slice_positions(box[0].start, box[0].stop - 1):
-            mask = ids[z] == k
+            truth_mask = ids[z] == k
+            mask = truth_mask
             if rng is not None and rng.random() < 0.5:
                 op = ndimage.binary_erosion if rng.random() < 0.5 else ndimage.binary_dilation
                 perturbed = op(mask)
                 mask = perturbed if perturbed.any() else mask
-            truth_mask = ids[z] == k
-            area = int(truth_mask.sum())
-            images.append(prepare_slice(sample.normalized[z], mask).astype(np.float16))
-            labels.append(slice_label(int((crack[z] & truth_mask).sum()), area))
+            images.append(prepare_slice(normalized[z], mask).astype(dtype))
+            labels.append(slice_label(int((crack[z] & truth_mask).sum()), int(truth_mask.sum())))
             keys.append(key_offset + k)
             plabels.append(plabel)
     return SliceSet(
-        images=np.stack(images),
+        images=np.stack(images) if images else np.zeros((0, INPUT_SIZE, INPUT_SIZE), dtype),
         labels=np.asarray(labels, dtype=np.int8),
         particle=np.asarray(keys, dtype=np.int64),
         particle_label=np.asarray(plabels, dtype=np.int8),
