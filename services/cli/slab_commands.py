@@ -103,6 +103,18 @@ def _slices_per_copy(shape: tuple[int, ...]) -> int:
     return max(1, int(256e6 // (4 * shape[1] * shape[2])))
 
 
+def _input_volume(path: Any) -> tuple[Any, tuple[int, int, int]]:
+    """The reconstruction of a beamwatch-layout file as a lazily read volume and its shape."""
+    from services.slabs.stores import VolumeRef
+
+    shape = dataset_shape(path, "/entry/data/data")
+    if shape is None or len(shape) != 3:
+        raise InputFileError(
+            f"{path}: /entry/data/data must be a 3-D reconstruction (z, y, x); found {shape}"
+        )
+    return VolumeRef(str(path), "/entry/data/data"), (shape[0], shape[1], shape[2])
+
+
 def reconstruct_command(
     args: argparse.Namespace, center: Any, pixel_um: float | None, filters: Any
 ) -> int:
@@ -166,7 +178,6 @@ def cracks_map_command(args: argparse.Namespace, params: Any, voxel_um: float | 
     import h5py
     from tqdm import tqdm
 
-    from services.slabs.stores import VolumeRef
     from services.slabs.tomo import map_cracks_slabs
 
     if args.baseline:
@@ -174,15 +185,13 @@ def cracks_map_command(args: argparse.Namespace, params: Any, voxel_um: float | 
             "--baseline needs the whole volume in memory; it is not available slab by slab "
             "(--slabs never)"
         )
-    shape = dataset_shape(args.input, "/entry/data/data")
-    assert shape is not None and len(shape) == 3
-    volume = VolumeRef(str(args.input), "/entry/data/data")
+    volume, shape = _input_volume(args.input)
     with slab_session(args) as (client, settings, work):
         with tqdm(total=shape[0], desc="cracks (slabs)", unit="slice") as bar:
             q = map_cracks_slabs(
                 client,
                 volume,
-                shape,  # type: ignore[arg-type]
+                shape,
                 params,
                 work,
                 memory_limit_mb=settings.dask.memory_limit_mb,
@@ -263,8 +272,7 @@ def particles_analyze_command(
         raise InputFileError(
             "--phase: the degree of detachment is not computed slab by slab; use --slabs never"
         )
-    shape = dataset_shape(args.input, "/entry/data/data")
-    assert shape is not None and len(shape) == 3
+    volume, shape = _input_volume(args.input)
     cracks = None
     if args.cracks is not None:
         crack_shape = dataset_shape(args.cracks, "/cracks/mask")
@@ -273,13 +281,12 @@ def particles_analyze_command(
                 f"{args.cracks}: /cracks/mask shape {crack_shape} != volume shape {shape}"
             )
         cracks = VolumeRef(str(args.cracks), "/cracks/mask")
-    volume = VolumeRef(str(args.input), "/entry/data/data")
     with slab_session(args) as (client, settings, work):
         with tqdm(total=shape[0], desc="particles (slabs)", unit="slice") as bar:
             result = analyze_particles_slabs(
                 client,
                 volume,
-                shape,  # type: ignore[arg-type]
+                shape,
                 params,
                 work,
                 memory_limit_mb=settings.dask.memory_limit_mb,

@@ -190,7 +190,17 @@ def test_cli_runs_slab_by_slab_on_a_scheduler_address(scan, in_memory, client, t
     args = ["particles", "analyze", str(rec), "--cracks", str(crk), "-o", str(par)]
     assert main([*base, *args, "--slabs", "always"]) == 0
     with h5py.File(rec) as h5:
-        np.testing.assert_array_equal(h5["/entry/data/data"][()], volume)
+        cli_volume = h5["/entry/data/data"][()]
+    # torch's sparse back projection may round the last bit differently for another number of
+    # rows per slab (on AVX-512 CPUs, 4 to 24 rows in multiples of 4 against any other count):
+    # equal to float32 rounding, and the later stages are compared on the volume they read
+    scale = float(np.abs(volume).max())
+    np.testing.assert_allclose(cli_volume, volume, rtol=0, atol=1e-6 * scale)
+    if not np.array_equal(cli_volume, volume):
+        cracks = map_cracks(cli_volume)
+        particles = analyze_particles(
+            cli_volume, crack_mask=cracks.crack_mask, params=ParticleParams()
+        )
     with h5py.File(crk) as h5:
         np.testing.assert_array_equal(h5["/cracks/mask"][()], cracks.crack_mask)
         np.testing.assert_array_equal(
