@@ -55,8 +55,11 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     proc.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """Chromium, closed when the browser tests end: Playwright's sync API keeps its asyncio loop
+    marked running in the main thread while it is open, which breaks ``asyncio.run()`` in any
+    later test of the session."""
     from playwright import sync_api
 
     with sync_api.sync_playwright() as pw:

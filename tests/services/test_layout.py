@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
@@ -46,10 +45,7 @@ def test_live_page_serves_the_layout_as_json(tmp_path):
         async with httpx.AsyncClient(transport=transport, base_url="http://page") as client:
             return await client.get("/layout.json")
 
-    # In a thread of its own: asyncio.run() here would depend on no event loop being left
-    # running in this thread by an earlier test (one was, in a whole-suite run).
-    with ThreadPoolExecutor(1) as pool:
-        resp = pool.submit(lambda: asyncio.run(get())).result(timeout=60)
+    resp = asyncio.run(get())
     assert resp.status_code == 200
     served = resp.json()
     assert served == json.loads(json.dumps(layout.layout_json()))
