@@ -1,8 +1,9 @@
 """Raw-path ingest rates at beamline speed: ``python -m benchmarks.ingest_rates``.
 
 Starts what ``beamwatch up`` starts for the raw path, as real processes under the real
-supervisor (the embedded Tiled server, the bluesky 0MQ proxy, ``beamwatch consume raw``) in a
-scratch data dir on free ports, and publishes runs with bluesky's 0MQ ``Publisher`` (the msgpack
+supervisor (the embedded Tiled server, the bluesky 0MQ proxy, ``beamwatch consume raw``, and
+with ``--bus nats`` the embedded ``nats-server`` and the bridge) in a scratch data dir on free
+ports, and publishes runs with bluesky's 0MQ ``Publisher`` (the msgpack
 serializer of the README). Documents are made by ``event_model.compose_run``, as a RunEngine
 makes them, so the publisher is faster than every goal and the consumer is what is measured.
 
@@ -18,6 +19,11 @@ Events/s is the number of events over the time from the run's first document on 
 the moment every row (table ``raw/<uid>/primary/internal``) and every frame (the image array's
 first axis) is readable from Tiled. Each run is also checked: seq_nums 1..N exactly once,
 frames equal to what was published. Sizes are options (``--quick`` for a smoke run).
+
+``--bus`` (default ``both``): ``zmq``, the raw consumer subscribes to the proxy; ``nats``, the
+bridge copies the proxy into the JetStream stream and the raw consumer reads the run from it
+(the default ``bus.mode`` of ``beamwatch up``); ``both`` runs the cases on each, one stack
+after the other, and prints JetStream's numbers beside 0MQ's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -55,6 +62,7 @@ class CaseResult:
     goal: str
     met: bool
     checks: list[str] = field(default_factory=list)
+    bus: str = "zmq"
 
 
 def frame_for(i: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -86,6 +94,7 @@ def publish_run(
     h5_path: Path | None = None,
     plan_name: str = "ingest_benchmark",
     received: Callable[[], float] | None = None,
+    stall_timeout: float = 120.0,
 ) -> tuple[str, float, float]:
     """Publish one run of ``n`` events; return (uid, time of the start, time of the stop).
 
@@ -93,6 +102,8 @@ def publish_run(
     publisher at most :data:`IN_FLIGHT` events ahead: 0MQ drops what does not fit in a
     socket's queue (1000 messages) when the proxy or the consumer is starved of CPU for a
     moment, which a burst of thousands of events at full speed does on a busy machine.
+    A consumer that takes no event for ``stall_timeout`` s raises :class:`TimeoutError`
+    (the run's documents were lost on the way) instead of waiting for good.
     """
     from event_model import compose_run
 
@@ -124,8 +135,7 @@ def publish_run(
             if delay > 0:
                 time.sleep(delay)  # the publisher's own pace (a 20 Hz scan)
         if received is not None and i % 100 == 0:
-            while i - received() > IN_FLIGHT:
-                time.sleep(0.005)
+            _wait_for_consumer(received, i, stall_timeout)
         now = time.time()
         image: Any = datum_of(i) if datum_of is not None else frame_for(i, shape)
         event = desc.compose_event(
@@ -139,6 +149,22 @@ def publish_run(
     t_stop = time.monotonic()
     pub("stop", stop)
     return str(run.start_doc["uid"]), t_start, t_stop
+
+
+def _wait_for_consumer(received: Callable[[], float], sent: int, stall_timeout: float) -> None:
+    """Wait until the consumer is at most :data:`IN_FLIGHT` events behind ``sent``."""
+    last = received()
+    stalled_since = time.monotonic()
+    while not sent - last <= IN_FLIGHT:  # NaN (metrics not answering) waits too
+        if time.monotonic() - stalled_since > stall_timeout:
+            raise TimeoutError(
+                f"the consumer took {last:.0f} of the {sent} events published and none for "
+                f"{stall_timeout:.0f} s: the run's documents were lost on the way"
+            )
+        time.sleep(0.005)
+        now = received()
+        if not math.isnan(now) and now != last:  # progress (NaN: metrics not answering)
+            last, stalled_since = now, time.monotonic()
 
 
 def write_h5(path: Path, n: int, shape: tuple[int, ...]) -> None:
@@ -210,6 +236,7 @@ def run_case(
     shape: tuple[int, ...],
     timeout: float,
     rate_hz: float | None = None,
+    bus: str = "zmq",
 ) -> CaseResult:
     h5_path = None
     if case == "c":
@@ -219,7 +246,15 @@ def run_case(
     def events_received() -> float:
         return stack.metric("raw", "beamwatch_messages_received_total", document="event")
 
+    # The publisher keeps pace with the first 0MQ subscriber after the proxy: the raw consumer,
+    # or on the JetStream path the bridge (the stream holds what the consumer has not taken).
+    paced_by = "bridge" if bus == "nats" else "raw"
+
+    def events_off_0mq() -> float:
+        return stack.metric(paced_by, "beamwatch_messages_received_total", document="event")
+
     before = events_received()
+    paced_before = events_off_0mq()
     with stack.publisher() as pub:
         uid, t_start, t_stop = publish_run(
             pub,
@@ -227,7 +262,7 @@ def run_case(
             shape,
             rate_hz=rate_hz,
             h5_path=h5_path,
-            received=lambda: events_received() - before,
+            received=lambda: events_off_0mq() - paced_before,
         )
     publish_seconds = t_stop - t_start
     poll = 0.05 if rate_hz else 0.25
@@ -253,6 +288,7 @@ def run_case(
             "<= 2 s after the stop",
             after_stop <= 2.0 and not checks,
             checks,
+            bus,
         )
     goal = {"a": 500.0, "b": 100.0, "c": 2000.0}[case]
     seconds = t_done - t_start
@@ -267,6 +303,7 @@ def run_case(
         f">= {goal:.0f} events/s",
         rate >= goal and not checks,
         checks,
+        bus,
     )
 
 
@@ -278,21 +315,87 @@ CASE_TITLES = {
 }
 
 
+BUS_TITLES = {
+    "zmq": "0MQ: raw consumer on the proxy (bus.mode zmq)",
+    "nats": "JetStream: proxy -> bridge -> stream -> raw consumer (bus.mode nats)",
+}
+
+
 def format_results(results: list[CaseResult]) -> str:
-    lines = [f"{'case':<52} {'events':>7} {'measured':>16}  {'goal':<24} met"]
-    for r in results:
-        measured = f"{r.value:.2f} s" if r.case == "d" else f"{r.value:.0f} events/s"
-        title = f"{r.case}. {CASE_TITLES[r.case]}"
-        lines.append(
-            f"{title:<52} {r.events:>7} {measured:>16}  {r.goal:<24} {'yes' if r.met else 'NO'}"
-        )
-        for problem in r.checks:
-            lines.append(f"    ! {problem}")
+    buses = list(dict.fromkeys(r.bus for r in results))
+    lines = []
+    for bus in buses:
+        if len(buses) > 1 or bus != "zmq":
+            lines.append(BUS_TITLES[bus])
+        lines.append(f"{'case':<52} {'events':>7} {'measured':>16}  {'goal':<24} met")
+        for r in results:
+            if r.bus != bus:
+                continue
+            measured = f"{r.value:.2f} s" if r.case == "d" else f"{r.value:.0f} events/s"
+            title = f"{r.case}. {CASE_TITLES[r.case]}"
+            lines.append(
+                f"{title:<52} {r.events:>7} {measured:>16}  {r.goal:<24} {'yes' if r.met else 'NO'}"
+            )
+            for problem in r.checks:
+                lines.append(f"    ! {problem}")
+    lines += format_ratios(results)
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def format_ratios(results: list[CaseResult]) -> list[str]:
+    """JetStream beside 0MQ, case by case (both measured in this run)."""
+    zmq = {r.case: r for r in results if r.bus == "zmq"}
+    nats = {r.case: r for r in results if r.bus == "nats"}
+    cases = sorted(set(zmq) & set(nats))
+    if not cases:
+        return []
+    lines = ["JetStream vs 0MQ (same run)"]
+    for case in cases:
+        z, n = zmq[case], nats[case]
+        if case == "d":
+            lines.append(
+                f"  {case}. stop -> all in raw/: {n.value:.2f} s vs {z.value:.2f} s "
+                f"({n.value - z.value:+.2f} s)"
+            )
+        else:
+            lines.append(
+                f"  {case}. {n.value:.0f} vs {z.value:.0f} events/s: x{n.value / z.value:.2f}"
+            )
+    return lines
+
+
+def run_bus(
+    bus: str,
+    data_dir: Path,
+    args: argparse.Namespace,
+    sizes: dict[str, int],
+    shapes: dict[str, tuple[int, ...]],
+) -> list[CaseResult]:
+    """Every case of ``args.cases`` on a fresh stack of ``bus`` mode (``zmq`` or ``nats``)."""
     from benchmarks.stack import running_stack
+
+    children = ("tiled", "proxy", "consumer-raw")
+    if bus == "nats":
+        children += ("nats", "bridge")
+    results = []
+    with running_stack(data_dir, children, bus={"mode": bus}) as stack:
+        client = stack.client()
+        try:
+            # Warm-up: the first run after a start pays the server's lazy imports.
+            run_case(stack, client, "a", 5, shapes["a"], args.timeout, bus=bus)
+            for case in sorted(set(args.cases)):
+                rate = args.rate_d if case == "d" else None
+                result = run_case(
+                    stack, client, case, sizes[case], shapes[case], args.timeout, rate, bus
+                )
+                logger.warning("%s case %s: %s", bus, case, result)
+                results.append(result)
+        finally:
+            client.context.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
     from services.core.logs import configure_logging
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -307,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument(
+        "--bus",
+        choices=("zmq", "nats", "both"),
+        default="both",
+        help="the consumer on the 0MQ proxy, on the JetStream stream through the bridge, or "
+        "both one after the other (default; prints the ratios)",
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=None, help="keep the data dir and logs here (a new dir)"
     )
     args = parser.parse_args(argv)
@@ -319,24 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, service="benchmark")
     load_before = os.getloadavg()[0]
     results: list[CaseResult] = []
+    buses = ("zmq", "nats") if args.bus == "both" else (args.bus,)
     with tempfile.TemporaryDirectory(prefix="beamwatch-rates-") as tmp:
-        children = ("tiled", "proxy", "consumer-raw")
-        data_dir = args.data_dir or Path(tmp) / "data"
-        # 0MQ: the consumer on the proxy (JetStream, main's default, is not measured here)
-        with running_stack(data_dir, children, bus={"mode": "zmq"}) as stack:
-            client = stack.client()
-            try:
-                # Warm-up: the first run after a start pays the server's lazy imports.
-                run_case(stack, client, "a", 5, shapes["a"], args.timeout)
-                for case in sorted(set(args.cases)):
-                    rate = args.rate_d if case == "d" else None
-                    result = run_case(
-                        stack, client, case, sizes[case], shapes[case], args.timeout, rate
-                    )
-                    logger.warning("case %s: %s", case, result)
-                    results.append(result)
-            finally:
-                client.context.close()
+        for bus in buses:
+            data_dir = (args.data_dir or Path(tmp) / "data") / bus
+            results += run_bus(bus, data_dir, args, sizes, shapes)
     print(
         f"{os.cpu_count()} cores, load average {load_before:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end (other jobs share the machine)"

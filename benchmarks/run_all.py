@@ -1,7 +1,8 @@
 """Run every benchmark in turn (``make benchmark``); each prints its own table and ratios.
 
-The raw-path ingest rates (``benchmarks.ingest_rates``, about 3 minutes: a Tiled server, the
-proxy and the raw consumer are started for it) run by default. ``--full-size``
+The raw-path ingest rates (``benchmarks.ingest_rates``, about 6 minutes: a Tiled server, the
+proxy and the raw consumer are started for it, on the 0MQ and on the JetStream bus) run by
+default. ``--full-size``
 (``make benchmark-full``) adds the two whole-512^3 runs: the particle pipeline on a 512^3
 volume (about 3 to 6 minutes) and a 512^3 tomography scan through the live service (about 12
 minutes), and the chaos run (``benchmarks.chaos``: 10 scans while children are killed, about

@@ -21,10 +21,12 @@ from typing import Any
 import httpx
 import yaml
 
+from services.bus.subscriber import PING_NAME, wait_until_delivered
 from services.core import serialization
 from services.core.settings import BeamwatchSettings, load_settings
 from services.runtime.supervisor import Supervisor, child_specs, wait_for_tiled
 
+PING = PING_NAME.decode()
 #: child names of ``beamwatch up`` (see ``services.runtime.supervisor.child_specs``)
 ALL_CHILDREN = ("tiled", "proxy", "consumer-raw", "consumer-analysis", "web")
 
@@ -50,6 +52,8 @@ def write_config(data_dir: Path, **extra: Any) -> Path:
             "supervisor_port": free_port(),
         },
         "web": {"port": free_port()},
+        # bus.mode nats: the embedded server and the bridge's metrics on free ports too
+        "nats": {"port": free_port(), "bridge_metrics_port": free_port()},
     }
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
@@ -70,8 +74,14 @@ class Stack:
     roles: tuple[str, ...]
 
     def metrics_url(self, role: str) -> str:
+        """Metrics of a consumer role (``raw``, ``analysis``) or of the ``bridge``."""
         m = self.settings.metrics
-        port = m.raw_port if role == "raw" else m.analysis_port
+        ports = {
+            "raw": m.raw_port,
+            "analysis": m.analysis_port,
+            "bridge": self.settings.nats.bridge_metrics_port,
+        }
+        port = ports[role]
         return f"http://{m.host}:{port}/metrics"
 
     def metric(self, role: str, name: str, **labels: str) -> float:
@@ -96,24 +106,21 @@ class Stack:
 
     @contextlib.contextmanager
     def publisher(self, timeout: float = 60.0) -> Iterator[Any]:
-        """bluesky's 0MQ ``Publisher`` (msgpack), once every consumer has heard a ping."""
+        """bluesky's 0MQ ``Publisher`` (msgpack), once every consumer has heard a ping of
+        this publisher (the counts of earlier publishers' pings do not say that this one's
+        path through the proxy is live yet)."""
         from bluesky.callbacks.zmq import Publisher
 
         pub = Publisher(self.settings.bus.in_address, serializer=serialization.dumps)
         try:
-            deadline = time.monotonic() + timeout
-            pending = list(self.roles)
-            while pending:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"consumers {pending} heard no ping in {timeout:.0f} s")
-                pub("beamwatch_ping", {})
-                seen = self.metric(
-                    pending[0], "beamwatch_messages_received_total", document="beamwatch_ping"
-                )
-                if seen > 0:
-                    pending.pop(0)
-                else:
-                    time.sleep(0.05)
+            wait_until_delivered(
+                lambda: pub(PING, {}),
+                lambda: [
+                    self.metric(role, "beamwatch_messages_received_total", document=PING)
+                    for role in self.roles
+                ],
+                timeout,
+            )
             yield pub
         finally:
             pub.close()

@@ -251,6 +251,7 @@ class _OwnedRun:
     claim: Any
     subscription: Any = None
     task: asyncio.Task[None] | None = None
+    delivered: int = 1
 
 
 class JetStreamRuns:
@@ -260,7 +261,9 @@ class JetStreamRuns:
     ``ack``; ``room()`` says whether the consumer can take more (back-pressure: nothing is
     fetched while its queue is full, so no document waits unacknowledged for ``ack_wait``);
     ``replay(uid)`` is called (from the loop thread, in order with ``enqueue``) before the
-    documents of a run taken over whose journal is on this machine.
+    documents of a run taken over whose journal is on this machine; ``given_up(uid, reason)``
+    (from a thread of the loop's executor) records a run given up after
+    ``nats.max_run_deliveries`` deliveries, before its claim is terminated.
     """
 
     def __init__(
@@ -273,6 +276,7 @@ class JetStreamRuns:
         room: Callable[[], bool] = lambda: True,
         journaled: set[str] | None = None,
         replay: Callable[[str], None] | None = None,
+        given_up: Callable[[str, str], None] | None = None,
     ) -> None:
         self.role = role
         self.settings = settings
@@ -282,6 +286,7 @@ class JetStreamRuns:
         self._room = room
         self._journaled = set(journaled or ())
         self._replay = replay
+        self._given_up = given_up
         self._loop = NatsLoop(f"{role}-nats")
         self._nc: Any = None
         self._js: Any = None
@@ -377,7 +382,11 @@ class JetStreamRuns:
         try:
             while True:
                 working = [uid for uid in self._runs if uid not in self._finished]
-                if len(working) >= self.nats.max_runs or not self._room():
+                # A run taken again (its last owner died) is worked on alone until it is
+                # released: if it kills this process too, no other run dies with it and
+                # its delivery count is its own.
+                retaken = any(run.delivered > 1 for run in self._runs.values())
+                if retaken or len(working) >= self.nats.max_runs or not self._room():
                     await asyncio.sleep(0.05)
                     continue
                 try:
@@ -406,6 +415,10 @@ class JetStreamRuns:
             return
         delivered = msg.metadata.num_delivered
         durable = consumer_name(self.nats, self.role, uid)
+        limit = self.nats.max_run_deliveries
+        if limit and delivered > limit:
+            await self._give_up(uid, msg, delivered)
+            return
         resume = uid in self._journaled
         if not resume:
             try:  # no state of this run here: replay it from its first document
@@ -427,7 +440,7 @@ class JetStreamRuns:
         sub = await self._js.pull_subscribe(
             run_filter(self.nats, uid), durable=durable, stream=self.nats.stream, config=config
         )
-        run = _OwnedRun(uid, msg, sub)
+        run = _OwnedRun(uid, msg, sub, delivered=delivered)
         self._runs[uid] = run
         self.claimed.append(uid)
         service = self._metrics.service
@@ -441,6 +454,30 @@ class JetStreamRuns:
             "resuming after the last ack" if resume else "from its first document",
             extra={"run_uid": uid},
         )
+
+    async def _give_up(self, uid: str, claim: Any, delivered: int) -> None:
+        """The run came back once too often: every worker that took it died (or stalled past
+        ``ack_wait``). Say so, mark it failed, and terminate its claim so that JetStream never
+        hands it out again; the other runs go on."""
+        from nats.js.errors import NotFoundError
+
+        reason = (
+            f"given up after {delivered - 1} deliveries: each {self.role} worker that took the "
+            f"run died or stalled before finishing it (nats.max_run_deliveries = "
+            f"{self.nats.max_run_deliveries}); its documents stay in stream {self.nats.stream}"
+        )
+        logger.error("%s: run %s", self.role, reason, extra={"run_uid": uid})
+        self._metrics.runs_given_up.labels(self._metrics.service).inc()
+        self._journaled.discard(uid)
+        if self._given_up is not None:  # on disk (the spool) before the claim goes for good
+            await asyncio.get_running_loop().run_in_executor(None, self._given_up, uid, reason)
+        await _quiet(claim.term())
+        try:
+            await self._js.delete_consumer(
+                self.nats.stream, consumer_name(self.nats, self.role, uid)
+            )
+        except NotFoundError:
+            pass
 
     async def _read_run(self, run: _OwnedRun) -> None:
         import nats.errors

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -88,15 +89,37 @@ def _reason(message: bytes) -> str:
 
 
 def wait_until_delivered(
-    send_ping: Callable[[], None], pings_seen: Callable[[], float], timeout: float = 30.0
+    send_ping: Callable[[], None],
+    pings_seen: Callable[[], float | Sequence[float]],
+    timeout: float = 30.0,
 ) -> None:
-    """Ping through the bus until the consumers have seen one (0MQ slow-joiner guard)."""
+    """Ping through the bus until every consumer has counted a ping sent *here* (0MQ
+    slow-joiner guard).
+
+    ``pings_seen`` returns the ping count of each consumer (or of one). The counts from
+    before the first ping are the baseline: a ping of an earlier publisher proves nothing
+    about this one's path. A fresh PUB socket drops what it sends until its subscriber's
+    subscription has arrived, so a guard satisfied by old pings let a new publisher's
+    ``start`` and descriptor vanish (on the JetStream path, the bridge then published the
+    run's events as unrouted and no consumer ever took the run).
+    """
     import time
 
     deadline = time.monotonic() + timeout
+    before = _counts(pings_seen())
+    while not all(math.isfinite(b) for b in before):  # a consumer not answering yet
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the consumers' ping counts unreadable for {timeout} s")
+        time.sleep(0.05)
+        before = _counts(pings_seen())
     while time.monotonic() < deadline:
         send_ping()
-        if pings_seen() > 0:
+        seen = _counts(pings_seen())
+        if len(seen) == len(before) and all(s > b for s, b in zip(seen, before, strict=True)):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"no consumer received a ping within {timeout} s")
+    raise TimeoutError(f"no consumer received a ping of this publisher within {timeout} s")
+
+
+def _counts(seen: float | Sequence[float]) -> list[float]:
+    return [float(seen)] if isinstance(seen, int | float) else [float(s) for s in seen]

@@ -40,10 +40,12 @@ FINAL_STATUSES: tuple[Status, ...] = (
 
 
 class RawStatus(StrEnum):
-    """``beamwatch_status`` of ``raw/<uid>`` once its stop document is in."""
+    """``beamwatch_status`` of ``raw/<uid>`` once its stop document is in (or given up)."""
 
     COMPLETE = "complete"
     INCOMPLETE = "incomplete"
+    #: given up: every raw worker that took the run died (``error`` says how often)
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)

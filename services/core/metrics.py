@@ -132,6 +132,13 @@ class Metrics:
             ["service", "delivery"],
             registry=r,
         )
+        self.runs_given_up = Counter(
+            "beamwatch_runs_given_up",
+            "Runs handed out more than nats.max_run_deliveries times (each worker that took "
+            "them died or stalled): marked failed and not handed out again.",
+            ["service"],
+            registry=r,
+        )
         self.runs_owned = Gauge(
             "beamwatch_runs_owned",
             "Runs this process holds (claimed, not yet all in Tiled).",

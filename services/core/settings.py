@@ -102,6 +102,12 @@ class NatsSettings(BaseModel):
     max_ack_pending: int = Field(1024, gt=0)
     #: Runs one worker (consumer process) works on at a time.
     max_runs: int = Field(4, gt=0)
+    #: A run whose claim comes back more often than this (every worker that took it died or
+    #: stalled, e.g. a document that crashes the process) is given up: marked ``failed`` in
+    #: Tiled, counted in ``beamwatch_runs_given_up_total``, never handed out again. A clean
+    #: stop of a consumer mid-run also hands its runs on, so keep room for restarts.
+    #: 0: hand a run on for ever.
+    max_run_deliveries: int = Field(5, ge=0)
     #: Prefix of the durable consumer names (several beamwatch instances on one stream).
     durable_prefix: str = Field("beamwatch", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     #: ``zmq``: the bridge reads the 0MQ proxy. ``nats``: Bluesky already publishes to NATS

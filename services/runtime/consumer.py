@@ -30,6 +30,8 @@ from services.analysis.registry import default_registry
 from services.analysis.router import AnalysisRunRouter, PipelineRegistry
 from services.bus.jetstream import JetStreamRuns
 from services.bus.subscriber import BusSubscriber
+from services.core.identifiers import InvalidIdentifier, check_uid
+from services.core.layout import ANALYSIS, RAW, MetadataKeys, RawStatus, Status
 from services.core.metrics import Metrics
 from services.core.settings import BeamwatchSettings
 from services.runs.ingest import RawRunRouter
@@ -212,6 +214,7 @@ class Consumer:
                 room=lambda: self._queue.qsize() < min(MAX_QUEUED, self._queue.max_items),
                 journaled=set(self._resume),
                 replay=self._queue_replay,
+                given_up=self._run_given_up,
             )
             self._resume = []
         else:
@@ -313,6 +316,20 @@ class Consumer:
         rejected.append(entry)
         metadata = {"rejected_writes": list(rejected), "write_errors": len(rejected)}
         self.spool.put(Metadata(target, metadata, notice=True))
+
+    def _run_given_up(self, run_uid: str, reason: str) -> None:
+        """A run that crashed every worker (JetStream): ``failed`` in its Tiled container."""
+        try:
+            check_uid(run_uid, "run uid")
+        except InvalidIdentifier as exc:
+            logger.error("cannot mark the run failed in Tiled: %s", exc)
+            return
+        keys = MetadataKeys()
+        if self.role == "raw":
+            target, status = (RAW, run_uid), {keys.raw_status: RawStatus.FAILED.value}
+        else:
+            target, status = (ANALYSIS, run_uid), {keys.status: Status.FAILED.value}
+        self.spool.put(Metadata(target, {**status, keys.error: reason}))
 
     # ---- loops ---------------------------------------------------------------------------------
     def _submit_after_scan(self, run_uid: str, job: Callable[[], None]) -> None:

@@ -168,8 +168,8 @@ def run_demo(
     return 0
 
 
-def _pings_seen(settings: BeamwatchSettings) -> float:
-    """Fewest ``beamwatch_ping`` messages counted by either consumer (0MQ slow-joiner guard)."""
+def _pings_seen(settings: BeamwatchSettings) -> list[float]:
+    """``beamwatch_ping`` messages counted by each consumer (0MQ slow-joiner guard)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     m = settings.metrics
@@ -185,7 +185,7 @@ def _pings_seen(settings: BeamwatchSettings) -> float:
                 ):
                     seen += s.value
         counts.append(seen)
-    return min(counts)
+    return counts
 
 
 def report_feedback_effect(client: Any, runs: list[tuple[str, int, str]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 
 import bluesky.plan_stubs as bps
@@ -19,7 +20,7 @@ from bluesky import RunEngine
 from bluesky_plans.plans import xanes_scan_plan
 from services.analysis.router import FrameStatsPipeline, PipelineRegistry
 from services.runtime.consumer import Consumer
-from tests.conftest import BIN, free_port, wait_until
+from tests.conftest import BIN, REPO, free_port, wait_until
 from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS, metric
 from tests.services.test_jetstream_bus import BridgeThread, ping_until_received
 from tests.services.test_up_e2e import scrape, value
@@ -212,3 +213,117 @@ def test_a_worker_killed_mid_run_hands_its_run_to_another(
         if other is not None:
             other.stop()
         bridge.stop()
+
+
+def test_a_run_that_kills_every_worker_is_given_up_and_the_others_go_on(
+    jetstream_settings, tiled_client, tmp_path
+):
+    """Real processes: an analysis worker (``tests/services/poison_worker.py``) that SIGKILLs
+    itself on the first frame of a poison run, restarted by the real supervisor. The run's
+    claim comes back after each death; after ``nats.max_run_deliveries`` (2) deliveries it is
+    given up: ``failed`` in Tiled, counted, its claim terminated (the worker dies no more), and
+    a good run published after it completes."""
+    from bluesky.callbacks.zmq import Publisher
+
+    from services.bus.subscriber import wait_until_delivered
+    from services.core import serialization
+    from services.runtime.supervisor import ChildSpec, Supervisor
+
+    settings, detector = jetstream_settings
+    bridge = BridgeThread(settings)
+    metrics_port = free_port()
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        BEAMWATCH_TILED__URL=settings.tiled_url,
+        BEAMWATCH_TILED__API_KEY=settings.resolved_api_key(),
+        BEAMWATCH_TILED__READABLE_ROOTS=f'["{detector}"]',
+        BEAMWATCH_BUS__FEEDBACK_ADDRESS=f"tcp://127.0.0.1:{free_port()}",
+        BEAMWATCH_NATS__ACK_WAIT="3",
+        BEAMWATCH_NATS__MAX_RUN_DELIVERIES="2",
+        BEAMWATCH_RETRY_MAX_BACKOFF="0.5",
+    )
+    argv = [sys.executable, "-m", "tests.services.poison_worker"]
+    argv += [str(tmp_path / "worker"), settings.nats_url, str(metrics_port)]
+    supervisor = Supervisor([ChildSpec("worker", argv, env, tmp_path / "worker.log")])
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            supervisor.check()
+
+    watcher = threading.Thread(target=watch, name="test-supervisor")
+
+    def worker_metric(name: str, **labels: str) -> float:
+        try:
+            return value(scrape(url), name, **labels)
+        except Exception:  # noqa: BLE001 - the worker is (re)starting
+            return float("nan")
+
+    supervisor.start()
+    watcher.start()
+    pub = Publisher(settings.bus.in_address, serializer=serialization.dumps)
+    try:
+        wait_until_delivered(
+            lambda: pub("beamwatch_ping", {}),
+            lambda: worker_metric("beamwatch_messages_received_total", document="beamwatch_ping"),
+            timeout=120,
+        )
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        pipelines = ["frames", "crash"]
+        (poison,) = RE(
+            xanes_scan_plan(
+                small_txm(detector, "event", seed=31),
+                energies(),
+                n_flats=N_FLATS,
+                md={"beamwatch_pipelines": pipelines, "poison": True},
+            )
+        )
+        (good,) = RE(
+            xanes_scan_plan(
+                small_txm(detector, "event", seed=32),
+                energies(),
+                n_flats=N_FLATS,
+                md={"beamwatch_pipelines": ["frames"]},
+            )
+        )
+        wait_until(lambda: tiled_client["analysis"][poison].metadata.get("status") == "failed", 300)
+        error = tiled_client["analysis"][poison].metadata["error"]
+        assert "max_run_deliveries = 2" in error
+        wait_until(lambda: frames_status(tiled_client, good) == "complete", 180)
+        assert frame_stats_exactly_once(tiled_client, good)
+        # both claims settled (the good one acked, the poison one terminated): nothing of
+        # the role's claim consumer is pending or waiting for its ack any more
+        wait_until(lambda: _claims_settled(settings), 60)
+        assert worker_metric("beamwatch_runs_given_up_total", service="analysis") == 1
+        deaths = supervisor.metrics.registry.get_sample_value(
+            "beamwatch_child_restarts_total", {"child": "worker"}
+        )
+        assert deaths == 2  # deliveries 1 and 2 killed it; the third gave the run up
+    finally:
+        pub.close()
+        stop.set()
+        watcher.join(10)
+        supervisor.stop()
+        bridge.stop()
+
+
+def _claims_settled(settings) -> bool:
+    from services.bus.jetstream import NatsLoop, connect, consumer_name
+
+    async def info() -> bool:
+        nc = await connect(settings.nats_url)
+        try:
+            name = consumer_name(settings.nats, "analysis")
+            state = await nc.jetstream().consumer_info(settings.nats.stream, name)
+            return bool(state.num_ack_pending == 0 and state.num_pending == 0)
+        finally:
+            await nc.close()
+
+    loop = NatsLoop("test-claims")
+    try:
+        return loop.run(info(), 30)
+    finally:
+        loop.stop()
