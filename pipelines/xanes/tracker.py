@@ -18,7 +18,9 @@ later frame costs a few small operations per particle:
 4. the global drift is the median of the particle shifts (whole particles when 3 or more are
    registered), with their number and spread; NaN and untrusted when none is registered;
 5. when the frame's contrast has risen 1.3x over the best so far, particles are detected again
-   and those not tracked yet join with this frame as their reference.
+   and those not tracked yet join with this frame as their reference; a tracked particle the
+   new detection outlines differently (a touching-cluster member whose neighbours brighten at
+   the edge) gets a new outline template from it (``track.retemplate_iou``).
 
 The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`. The
 numeric kernels are in :mod:`pipelines.xanes.kernels`, the per-particle state in
