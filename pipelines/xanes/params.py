@@ -171,6 +171,15 @@ class TrackParams(_Params):
             "particles not tracked yet join with this frame as their reference"
         ),
     )
+    retemplate_iou: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description=(
+            "edge: a re-detected object covering one tracked particle whose frame-0 footprint "
+            "it overlaps by less IoU than this gives that particle a new outline template"
+        ),
+    )
     max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
     max_jump_px: PositiveFloat = Field(
         default=3.0,

@@ -18,7 +18,9 @@ later frame costs a few small operations per particle:
 4. the global drift is the median of the particle shifts (whole particles when 3 or more are
    registered), with their number and spread; NaN and untrusted when none is registered;
 5. when the frame's contrast has risen 1.3x over the best so far, particles are detected again
-   and those not tracked yet join with this frame as their reference.
+   and those not tracked yet join with this frame as their reference; a tracked particle the
+   new detection outlines differently (a touching-cluster member whose neighbours brighten at
+   the edge) gets a new outline template from it (``track.retemplate_iou``).
 
 The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`. The
 numeric kernels are in :mod:`pipelines.xanes.kernels`, the per-particle state in
@@ -284,7 +286,9 @@ class XanesTracker:
             roi, com0, area, ring, tp.support_px + pad, search_px=tp.search_px, smooth_sigma=sigma
         )
 
-    def _edge_template(self, edges: FrameEdges, particle: ParticleWindow, origin: np.ndarray):
+    def _edge_template(
+        self, edges: FrameEdges, particle: ParticleWindow, origin: np.ndarray
+    ) -> EdgeTemplate:
         tp = self.params.track
         support = particle.support
         if tp.edge_band_px > 0:
@@ -447,7 +451,8 @@ class XanesTracker:
         base = np.round(g).astype(int)
         labels = self._detect(od)
         # tracked particles where they are now (frame-0 labels moved by the global shift)
-        occupied = ndimage.shift(self._labels > 0, base, order=0, mode="constant", cval=False)
+        moved = ndimage.shift(self._labels, base, order=0, mode="constant", cval=0)
+        occupied = moved > 0
         areas = np.bincount(labels.ravel())
         joined = []
         for k, box in enumerate(ndimage.find_objects(labels)):
@@ -455,6 +460,7 @@ class XanesTracker:
                 continue
             own = labels[box] == k + 1
             if np.count_nonzero(occupied[box] & own) > 0.1 * np.count_nonzero(own):
+                self._maybe_new_outline(edges, labels, k, box, moved, result)
                 continue
             window = self._window_for_label(labels, k, box, int(areas[k + 1]))
             origin_now = np.array(window.roi.origin)
@@ -497,6 +503,68 @@ class XanesTracker:
             partial=self._partial(),
             trusted=result.trusted,
         )
+
+    def _maybe_new_outline(
+        self,
+        edges: FrameEdges,
+        labels: np.ndarray,
+        k: int,
+        box: tuple[slice, slice],
+        moved: np.ndarray,
+        result: FrameResult,
+    ) -> None:
+        """Take a tracked particle's outline again from a re-detection that sees it differently.
+
+        A particle detected on a faint frame can have a footprint that is only part of what
+        the brighter frames show (a touching cluster whose members brighten at the edge): its
+        outline template then stops matching. When a re-detected object covers exactly one
+        tracked particle and overlaps its (moved) frame-0 footprint by IoU below
+        ``track.retemplate_iou``, the particle's template is rebuilt from the new footprint,
+        anchored at the particle's shift in this frame (when it was not registered: the frame's
+        global shift plus the particle's median offset from it so far). Its ROI, label and
+        history stay.
+        """
+        tp = self.params.track
+        own = labels[box] == k + 1
+        under = moved[box][own]
+        under = under[under > 0]
+        if under.size == 0:
+            return
+        counts = np.bincount(under)
+        tracked = int(np.argmax(counts))
+        if counts[tracked] < 0.9 * under.size:
+            return  # covers several tracked particles (merged): no new outline from it
+        old = moved == tracked
+        union = np.count_nonzero(old) + np.count_nonzero(own) - int(counts[tracked])
+        if counts[tracked] >= tp.retemplate_iou * union:
+            return
+        index = tracked - 1
+        particle = self._particles[index]
+        anchor = np.asarray(result.particle_shift[index], dtype=np.float64)
+        if not np.all(np.isfinite(anchor)):
+            # not registered in this frame: the global shift plus the particle's usual offset
+            # from it (deformation) over the frames so far
+            anchor = np.asarray(result.global_shift, dtype=np.float64)
+            if not np.all(np.isfinite(anchor)):
+                return
+            offsets = [
+                r.particle_shift[index] - r.global_shift
+                for r in self._results
+                if r.particle_shift.shape[0] > index
+                and np.all(np.isfinite(r.particle_shift[index]))
+                and np.all(np.isfinite(r.global_shift))
+            ]
+            if offsets:
+                anchor = anchor + np.median(np.array(offsets), axis=0)
+        area = int(np.count_nonzero(labels == k + 1))
+        window = self._window_for_label(labels, k, box, area)
+        edge = self._edge_template(edges, window, np.array(window.roi.origin))
+        if edge.model is None:
+            return
+        edge.offset = np.asarray(anchor, dtype=np.float64).copy()
+        particle.edge = edge
+        particle.last_shift = edge.offset.copy()
+        particle.last_coarse = self._coarse_global.copy()
 
     def _paint_label(self, window: ParticleWindow, label: int) -> None:
         """Add a joined particle's footprint to the frame-0 labels where they are free."""
