@@ -38,6 +38,7 @@ from models.particle_unet import (
     predict_maps,
     save_particle_unet,
 )
+from models.synthetic.damage import DAMAGE
 from models.synthetic.reconstructed import make_reconstructed_cathode
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def make_volume_set(
     diameter_px: tuple[float, float] = (18.0, 34.0),
     damage_share: float = 0.0,
     damage_width_px: tuple[float, float] = (1.0, 2.6),
+    damage_kinds: tuple[str, ...] = DAMAGE,
     quantize: bool = False,
 ) -> VolumeSet:
     """One reconstructed synthetic volume and its targets (the keywords widen the domain:
@@ -72,6 +74,7 @@ def make_volume_set(
         diameter_px=diameter_px,
         damage_share=damage_share,
         damage_width_px=damage_width_px,
+        damage_kinds=damage_kinds,
         quantize=quantize,
     )
     ids = sample.truth.particle_ids
@@ -163,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         "--damage-width-max", type=float, default=2.6, help="widest crack of that damage (px)"
     )
     parser.add_argument(
+        "--damage-kinds",
+        nargs="+",
+        choices=DAMAGE,
+        default=list(DAMAGE),
+        help="kinds of that damage drawn from",
+    )
+    parser.add_argument(
         "--quantize-share", type=float, default=0.0, help="share of volumes rendered as 8 bit"
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
@@ -178,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     widen = {
         "diameter_px": (args.min_diameter, args.max_diameter),
         "damage_width_px": (1.0, args.damage_width_max),
+        "damage_kinds": tuple(args.damage_kinds),
     }
     for i in range(args.volumes):
         density = 0.0 if i == args.volumes - 1 else float(rng.uniform(0.5, 2.0))

@@ -20,7 +20,7 @@ from models.synthetic.cathode import (
     DetectorParams,
     make_cathode_volume,
 )
-from models.synthetic.damage import add_damage
+from models.synthetic.damage import DAMAGE, add_damage
 from models.train_crack_unet import quantize_8bit, reconstruct_synthetic
 
 
@@ -52,6 +52,7 @@ def make_reconstructed_cathode(
     diameter_px: tuple[float, float] = (18.0, 34.0),
     damage_share: float = 0.0,
     damage_width_px: tuple[float, float] = (1.0, 2.6),
+    damage_kinds: tuple[str, ...] = DAMAGE,
     quantize: bool = False,
 ) -> ReconstructedCathode:
     """Generate, scan and reconstruct a synthetic cathode volume.
@@ -75,6 +76,8 @@ def make_reconstructed_cathode(
         fragmentation (:func:`models.synthetic.damage.add_damage`); 0 = none.
     damage_width_px : tuple of float, optional
         Range of the widths of those cracks.
+    damage_kinds : tuple of str, optional
+        Which of those kinds of damage are drawn.
     quantize : bool, optional
         Render the reconstruction as an 8-bit display image
         (:func:`models.train_crack_unet.quantize_8bit`).
@@ -112,7 +115,9 @@ def make_reconstructed_cathode(
         params=params,
     )
     if damage_share > 0:
-        truth = add_damage(truth, rng, share=damage_share, width_px=damage_width_px)
+        truth = add_damage(
+            truth, rng, share=damage_share, width_px=damage_width_px, kinds=damage_kinds
+        )
     recon = reconstruct_synthetic(
         truth.attenuation, seed=seed + 1, n_angles=n_angles, detector=detector
     )

@@ -80,3 +80,16 @@ def test_wider_training_domain_damages_and_quantises_without_relabelling() -> No
     assert cracks.sum() > 0 and not plain.truth.crack_mask.any()
     assert (damaged.truth.particle_ids[cracks] > 0).all()
     assert np.unique(damaged.recon).size <= 256
+
+
+def test_damage_kinds_are_checked() -> None:
+    import pytest
+
+    from models.synthetic.cathode import make_cathode_volume
+    from models.synthetic.damage import add_damage
+
+    vol = make_cathode_volume((4, 48, 48), seed=3, crack_density=0.0)
+    with pytest.raises(ValueError, match="non-empty subset"):
+        add_damage(vol, np.random.default_rng(0), kinds=("planar",))
+    split = add_damage(vol, np.random.default_rng(0), share=1.0, kinds=("split",))
+    np.testing.assert_array_equal(split.particle_ids, vol.particle_ids)
