@@ -12,6 +12,13 @@ normalised with ``models.crack_unet.reference_levels`` as at inference time. Tar
 particle foreground with its cracks, and the 3-D distance to the particle boundary in which
 cracks are not boundaries (:func:`models.particle_unet.instance_distance`). Augmentations:
 random crops, 90-degree rotations, flips, contrast/brightness changes and Gaussian noise.
+
+Wider domain (all off by default): ``--damaged-volumes`` gives a share of the cracked volumes
+through-cracked, hollow-core or fragmented particles (``--damage-kinds``, cracks up to
+``--damage-width-max`` px; :mod:`models.synthetic.damage`), ``--quantize-share`` renders volumes
+as 8-bit images, ``--min-diameter`` / ``--max-diameter`` set the particle sizes; ``--init``
+starts from existing weights. Two such fine-tunings (README, issue 13 section) scored better on
+the never-trained family and worse on the real crops, so the shipped weights are not theirs.
 """
 
 from __future__ import annotations
