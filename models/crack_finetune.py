@@ -1,7 +1,9 @@
 """Fine-tune the crack U-Net on a user's labelled 2-D slices (``beamwatch train cracks``).
 
 The training step, augmentation, loss, evaluation and checkpoint format are those of
-:mod:`models.train_crack_unet` (imported, not copied). What is specific here:
+:mod:`models.train_crack_unet` (imported, not copied); the slice input, the tiles, the held-out
+split and the keep-best loop are shared with ``train particles`` (:mod:`models.finetune`). What
+is specific here:
 
 - Each slice is normalised on its own with :func:`models.crack_unet.reference_levels`, exactly
   as ``cracks map`` normalises a one-slice volume, and becomes a context stack with the slice
@@ -17,9 +19,6 @@ The training step, augmentation, loss, evaluation and checkpoint format are thos
 
 from __future__ import annotations
 
-import copy
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +28,8 @@ import numpy as np
 import torch
 
 from models.checkpoint import read_checkpoint
-from models.crack_unet import (
-    CONTEXT_SLICES,
-    DEFAULT_WEIGHTS,
-    CrackUNet,
-    context_stacks,
-    normalize_slices,
-    reference_levels,
-    save_crack_unet,
-)
+from models.crack_unet import CONTEXT_SLICES, DEFAULT_WEIGHTS, CrackUNet, save_crack_unet
+from models.finetune import slice_stack, split_indices, tile_boxes, train_keep_best
 from models.train_crack_unet import (
     SliceSet,
     augment_batch,
@@ -84,31 +76,6 @@ def load_trainable(path: str | Path | None) -> CrackUNet:
     return model.train()
 
 
-def slice_stack(image: np.ndarray) -> np.ndarray:
-    """(CONTEXT_SLICES, Y, X) float32 network input of one 2-D slice, as ``cracks map``."""
-    vol = np.asarray(image, dtype=np.float32)[np.newaxis]
-    low, high = reference_levels(vol)
-    return context_stacks(normalize_slices(vol, low, high))[0]
-
-
-def _bounds(n: int, tile: int) -> list[tuple[int, int]]:
-    pieces = max(1, round(n / tile))
-    edges = np.linspace(0, n, pieces + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-
-
-def tile_boxes(
-    shapes: Sequence[tuple[int, ...]], tile: int
-) -> list[tuple[int, int, int, int, int]]:
-    """(image index, y0, y1, x0, x1) of every tile, in the order of :func:`cut_tiles`."""
-    return [
-        (i, y0, y1, x0, x1)
-        for i, shape in enumerate(shapes)
-        for y0, y1 in _bounds(shape[0], tile)
-        for x0, x1 in _bounds(shape[1], tile)
-    ]
-
-
 def cut_tiles(
     images: Sequence[np.ndarray], masks: Sequence[np.ndarray], tile: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -139,30 +106,9 @@ def tile_set(tiles: Sequence[tuple[np.ndarray, np.ndarray]]) -> SliceSet:
 def split_tiles(
     tiles: Sequence[tuple[np.ndarray, np.ndarray]], val_fraction: float, seed: int
 ) -> tuple[list[int], list[int]]:
-    """Indices of training and held-out tiles, stratified by whether a tile has cracks.
-
-    ``val_fraction`` of the tiles with labelled cracks and of those without are held out (at
-    least one tile in total, and one with cracks when two or more have cracks), so the
-    held-out score measures cracks found, not only false alarms on empty tiles.
-    """
-    if len(tiles) < 2:
-        raise ValueError(
-            f"need at least 2 tiles to hold some out, got {len(tiles)}: "
-            "give more or larger slices, or a smaller --tile"
-        )
-    rng = np.random.default_rng(seed)
-    val: list[int] = []
-    for has_cracks in (True, False):
-        group = [i for i, (_, mask) in enumerate(tiles) if bool(mask.any()) == has_cracks]
-        n = round(val_fraction * len(group))
-        if has_cracks and len(group) >= 2:
-            n = min(len(group) - 1, max(1, n))
-        val += [group[int(k)] for k in rng.permutation(len(group))[:n]]
-    if not val:
-        val = [int(rng.integers(len(tiles)))]
-    if len(val) == len(tiles):
-        val = val[:-1]
-    return sorted(set(range(len(tiles))) - set(val)), sorted(val)
+    """Indices of training and held-out tiles, stratified by whether a tile has cracks
+    (:func:`models.finetune.split_indices`)."""
+    return split_indices([bool(mask.any()) for _, mask in tiles], val_fraction, seed)
 
 
 def finetune_cracks(
@@ -238,51 +184,34 @@ def finetune_cracks(
 
     model = load_trainable(init)
     thresholds = [THRESHOLD]
-    initial = evaluate(model, val, thresholds)
-    best_score, best_step = initial[f"iou@{THRESHOLD:.2f}"], 0
-    best_state = copy.deepcopy(model.state_dict())
-    history = [{"step": 0.0, "seconds": 0.0, **initial}]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    budget = minutes * 60.0
-    every = eval_seconds if eval_seconds is not None else budget / 10.0
-    t0 = time.monotonic()
-    next_eval = every
-    step = 0
-    while (elapsed := time.monotonic() - t0) < budget:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
+
+    def loss_of_step() -> torch.Tensor:
         image, label, valid, gap = augment_batch(
             train, batch, crop, rng, cracks=cracks, crack_share=0.5 if len(cracks) else 0.0
         )
-        loss = crack_loss(model(image), label, valid, gap)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        step += 1
-        elapsed = time.monotonic() - t0
-        if progress is not None:
-            progress(min(elapsed / budget, 1.0))
-        if elapsed >= next_eval or elapsed >= budget:
-            next_eval = elapsed + every
-            scores = evaluate(model, val, thresholds)
-            history.append({"step": float(step), "seconds": round(elapsed, 1), **scores})
-            if scores[f"iou@{THRESHOLD:.2f}"] > best_score:
-                best_score, best_step = scores[f"iou@{THRESHOLD:.2f}"], step
-                best_state = copy.deepcopy(model.state_dict())
-    train_seconds = time.monotonic() - t0
-    model.load_state_dict(best_state)
-    final = evaluate(model, val, thresholds)
+        return crack_loss(model(image), label, valid, gap)
+
+    run = train_keep_best(
+        model,
+        loss_of_step,
+        lambda: evaluate(model, val, thresholds),
+        f"iou@{THRESHOLD:.2f}",
+        minutes=minutes,
+        lr=lr,
+        eval_seconds=eval_seconds,
+        progress=progress,
+    )
     return FinetuneResult(
         model=model,
-        initial=initial,
-        final=final,
-        steps=step,
-        best_step=best_step,
-        train_seconds=train_seconds,
+        initial=run.initial,
+        final=run.final,
+        steps=run.steps,
+        best_step=run.best_step,
+        train_seconds=run.train_seconds,
         n_train_tiles=len(train_idx),
         n_val_tiles=len(val_idx),
         val_boxes=[tile_boxes([im.shape for im in images], tile)[i] for i in val_idx],
-        history=history,
+        history=run.history,
     )
 
 

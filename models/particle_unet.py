@@ -106,6 +106,17 @@ def load_particle_unet(
     return for_inference(model, dev)
 
 
+def load_trainable_particle_unet(path: str | Path | None = None) -> ParticleUNet:
+    """The particle U-Net of a checkpoint for further training: batch normalisation kept,
+    training mode, on the CPU (``path`` None: the shipped weights)."""
+    checkpoint, _ = read_checkpoint(
+        path, DEFAULT_WEIGHTS, "particle U-Net", device=torch.device("cpu"), map_to_cpu=True
+    )
+    model = ParticleUNet(base_channels=int(checkpoint["base_channels"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.train()
+
+
 def load_particle_unet_metadata(path: str | Path | None = None) -> dict[str, Any]:
     """Training metadata stored with the weights (config, held-out scores)."""
     return read_metadata(path, DEFAULT_WEIGHTS)

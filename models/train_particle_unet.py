@@ -12,6 +12,13 @@ normalised with ``models.crack_unet.reference_levels`` as at inference time. Tar
 particle foreground with its cracks, and the 3-D distance to the particle boundary in which
 cracks are not boundaries (:func:`models.particle_unet.instance_distance`). Augmentations:
 random crops, 90-degree rotations, flips, contrast/brightness changes and Gaussian noise.
+
+Wider domain (all off by default): ``--damaged-volumes`` gives a share of the cracked volumes
+through-cracked, hollow-core or fragmented particles (``--damage-kinds``, cracks up to
+``--damage-width-max`` px; :mod:`models.synthetic.damage`), ``--quantize-share`` renders volumes
+as 8-bit images, ``--min-diameter`` / ``--max-diameter`` set the particle sizes; ``--init``
+starts from existing weights. Two such fine-tunings (README, issue 13 section) scored better on
+the never-trained family and worse on the real crops, so the shipped weights are not theirs.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ from models.particle_unet import (
     ParticleUNet,
     context_stack,
     instance_distance,
+    load_trainable_particle_unet,
     predict_maps,
     save_particle_unet,
 )
+from models.synthetic.damage import DAMAGE
 from models.synthetic.reconstructed import make_reconstructed_cathode
 
 logger = logging.getLogger(__name__)
@@ -52,9 +61,29 @@ class VolumeSet:
     distance: np.ndarray  # float32 (Z, Y, X), in units of DISTANCE_SCALE_PX
 
 
-def make_volume_set(shape: tuple[int, int, int], seed: int, crack_density: float) -> VolumeSet:
-    """One reconstructed synthetic volume and its targets."""
-    sample = make_reconstructed_cathode(shape, seed=seed, crack_density=crack_density)
+def make_volume_set(
+    shape: tuple[int, int, int],
+    seed: int,
+    crack_density: float,
+    *,
+    diameter_px: tuple[float, float] = (18.0, 34.0),
+    damage_share: float = 0.0,
+    damage_width_px: tuple[float, float] = (1.0, 2.6),
+    damage_kinds: tuple[str, ...] = DAMAGE,
+    quantize: bool = False,
+) -> VolumeSet:
+    """One reconstructed synthetic volume and its targets (the keywords widen the domain:
+    :func:`models.synthetic.reconstructed.make_reconstructed_cathode`)."""
+    sample = make_reconstructed_cathode(
+        shape,
+        seed=seed,
+        crack_density=crack_density,
+        diameter_px=diameter_px,
+        damage_share=damage_share,
+        damage_width_px=damage_width_px,
+        damage_kinds=damage_kinds,
+        quantize=quantize,
+    )
     ids = sample.truth.particle_ids
     return VolumeSet(
         images=sample.normalized,
@@ -132,6 +161,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-channels", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
+    parser.add_argument(
+        "--damaged-volumes",
+        type=float,
+        default=0.0,
+        help="share of the cracked volumes with through-cracked, hollow-core and fragmented "
+        "particles (models.synthetic.damage)",
+    )
+    parser.add_argument(
+        "--damage-width-max", type=float, default=2.6, help="widest crack of that damage (px)"
+    )
+    parser.add_argument(
+        "--damage-kinds",
+        nargs="+",
+        choices=DAMAGE,
+        default=list(DAMAGE),
+        help="kinds of that damage drawn from",
+    )
+    parser.add_argument(
+        "--quantize-share", type=float, default=0.0, help="share of volumes rendered as 8 bit"
+    )
+    parser.add_argument("--min-diameter", type=float, default=18.0)
+    parser.add_argument("--max-diameter", type=float, default=34.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -140,14 +192,45 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     shape = (args.depth, args.size, args.size)
     sets = []
+    widen = {
+        "diameter_px": (args.min_diameter, args.max_diameter),
+        "damage_width_px": (1.0, args.damage_width_max),
+        "damage_kinds": tuple(args.damage_kinds),
+    }
     for i in range(args.volumes):
         density = 0.0 if i == args.volumes - 1 else float(rng.uniform(0.5, 2.0))
-        sets.append(make_volume_set(shape, seed=args.seed * 1000 + i, crack_density=density))
-        logger.info("volume %d/%d ready (crack density %.2f)", i + 1, args.volumes, density)
-    held_out = make_volume_set(shape, seed=HELD_OUT_SEED, crack_density=1.5)
+        damaged = i < args.volumes - 1 and rng.random() < args.damaged_volumes
+        sets.append(
+            make_volume_set(
+                shape,
+                seed=args.seed * 1000 + i,
+                crack_density=density,
+                damage_share=float(rng.uniform(0.3, 0.8)) if damaged else 0.0,
+                quantize=bool(rng.random() < args.quantize_share),
+                **widen,  # type: ignore[arg-type]
+            )
+        )
+        logger.info(
+            "volume %d/%d ready (crack density %.2f%s)",
+            i + 1,
+            args.volumes,
+            density,
+            ", damaged" if damaged else "",
+        )
+    held_out = make_volume_set(
+        shape,
+        seed=HELD_OUT_SEED,
+        crack_density=1.5,
+        damage_share=0.5 if args.damaged_volumes > 0 else 0.0,
+        **widen,  # type: ignore[arg-type]
+    )
     data_seconds = time.monotonic() - t_start
 
-    model = ParticleUNet(base_channels=args.base_channels)
+    model = (
+        ParticleUNet(base_channels=args.base_channels)
+        if args.init is None
+        else load_trainable_particle_unet(args.init)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     budget = args.minutes * 60.0
     t_train = time.monotonic()
@@ -176,7 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         "steps": step,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(train_seconds, 1),
-        "held_out": {"shape": list(shape), "seed": HELD_OUT_SEED, "crack_density": 1.5, **scores},
+        "held_out": {
+            "shape": list(shape),
+            "seed": HELD_OUT_SEED,
+            "crack_density": 1.5,
+            "damage_share": 0.5 if args.damaged_volumes > 0 else 0.0,
+            **scores,
+        },
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "distance_scale_px": DISTANCE_SCALE_PX,
         "torch": str(torch.__version__),

@@ -80,6 +80,7 @@ def add_damage(
     *,
     share: float = 0.5,
     width_px: tuple[float, float] = (1.0, 2.6),
+    kinds: tuple[str, ...] = DAMAGE,
 ) -> CathodeVolume:
     """A copy of ``volume`` with split, hollow-core or fragmented particles added.
 
@@ -93,12 +94,17 @@ def add_damage(
         Share of the particles that get one of the three kinds of damage.
     width_px : tuple of float
         Range of crack widths.
+    kinds : tuple of str, optional
+        The kinds of damage drawn from (a subset of :data:`DAMAGE`).
 
     Returns
     -------
     CathodeVolume
         Attenuation and phase (hence the crack mask) updated; particle ids unchanged.
     """
+    unknown = set(kinds) - set(DAMAGE)
+    if not kinds or unknown:
+        raise ValueError(f"kinds must be a non-empty subset of {DAMAGE}, got {kinds}")
     ids = volume.particle_ids
     attenuation = volume.attenuation.copy()
     phase = volume.phase.copy()
@@ -109,7 +115,7 @@ def add_damage(
         inside = ids[box] == label
         if inside.sum() < 200:
             continue
-        kind = DAMAGE[int(rng.integers(len(DAMAGE)))]
+        kind = kinds[int(rng.integers(len(kinds)))]
         crack = _particle_damage(inside, rng, kind, float(rng.uniform(*width_px)))
         attenuation[box][crack] = pore_mu
         phase[box][crack] = CRACK

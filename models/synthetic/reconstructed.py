@@ -20,7 +20,8 @@ from models.synthetic.cathode import (
     DetectorParams,
     make_cathode_volume,
 )
-from models.train_crack_unet import reconstruct_synthetic
+from models.synthetic.damage import DAMAGE, add_damage
+from models.train_crack_unet import quantize_8bit, reconstruct_synthetic
 
 
 @dataclass
@@ -48,6 +49,11 @@ def make_reconstructed_cathode(
     seed: int,
     crack_density: float = 1.0,
     randomize: bool = True,
+    diameter_px: tuple[float, float] = (18.0, 34.0),
+    damage_share: float = 0.0,
+    damage_width_px: tuple[float, float] = (1.0, 2.6),
+    damage_kinds: tuple[str, ...] = DAMAGE,
+    quantize: bool = False,
 ) -> ReconstructedCathode:
     """Generate, scan and reconstruct a synthetic cathode volume.
 
@@ -63,6 +69,18 @@ def make_reconstructed_cathode(
         Draw particle size, shape irregularity, binder share and the imaging conditions
         (photons, fringes, blur, rings, number of angles) at random from ``seed``; False
         uses the defaults of :class:`CathodeParams` and :class:`DetectorParams`.
+    diameter_px : tuple of float, optional
+        Range of the mean particle diameter drawn when ``randomize``.
+    damage_share : float, optional
+        Share of the particles given a through-crack, a hollow core with radial cracks or
+        fragmentation (:func:`models.synthetic.damage.add_damage`); 0 = none.
+    damage_width_px : tuple of float, optional
+        Range of the widths of those cracks.
+    damage_kinds : tuple of str, optional
+        Which of those kinds of damage are drawn.
+    quantize : bool, optional
+        Render the reconstruction as an 8-bit display image
+        (:func:`models.train_crack_unet.quantize_8bit`).
 
     Returns
     -------
@@ -75,7 +93,7 @@ def make_reconstructed_cathode(
     n = int(shape[2])
     if randomize:
         params = CathodeParams(
-            particle_diameter_px=float(rng.uniform(18, 34)),
+            particle_diameter_px=float(rng.uniform(*diameter_px)),
             shape_irregularity=float(rng.uniform(0.08, 0.22)),
             binder_fraction=float(rng.uniform(0.35, 0.7)),
             crack_width_px=(float(rng.uniform(1.0, 1.6)), float(rng.uniform(2.2, 3.4))),
@@ -96,9 +114,15 @@ def make_reconstructed_cathode(
         depth_gradient=bool(rng.random() < 0.5) if randomize else True,
         params=params,
     )
+    if damage_share > 0:
+        truth = add_damage(
+            truth, rng, share=damage_share, width_px=damage_width_px, kinds=damage_kinds
+        )
     recon = reconstruct_synthetic(
         truth.attenuation, seed=seed + 1, n_angles=n_angles, detector=detector
     )
+    if quantize:
+        recon = quantize_8bit(recon, rng)
     low, high = reference_levels(recon)
     return ReconstructedCathode(
         truth=truth, recon=recon, normalized=normalize_slices(recon, low, high)

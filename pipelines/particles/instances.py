@@ -24,6 +24,7 @@ from skimage.segmentation import watershed
 from models.crack_unet import normalize_slices, reference_levels
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
 from pipelines.cracks.particle_mask import fill_enclosed_holes
+from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.merge import merge_by_contact
 from pipelines.volumes import check_volume
 
@@ -141,6 +142,31 @@ def segment_instances(
     foreground, distance = predict_maps(net, normalized, batch_size=p.batch_size, progress=progress)
     if p.zero_is_outside:
         foreground[vol == 0] = 0.0
+    labels = labels_from_maps(foreground, distance, p)
+    return InstanceResult(labels=labels, foreground=foreground, distance=distance)
+
+
+def labels_from_maps(
+    foreground: np.ndarray, distance: np.ndarray, params: InstanceParams | None = None
+) -> np.ndarray:
+    """Instances of the network's maps: seeded watershed, merge of pieces, holes filled.
+
+    The steps of :func:`segment_instances` after the network (:func:`instances_from_maps`,
+    :func:`merge_pieces` when ``merge_min_share`` > 0, per-slice hole filling when
+    ``fill_holes``).
+
+    Parameters
+    ----------
+    foreground, distance : numpy.ndarray
+        float (Z, Y, X) particle probability and boundary distance (voxels).
+    params : InstanceParams, optional
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 (Z, Y, X) labels.
+    """
+    p = params if params is not None else InstanceParams()
     labels = instances_from_maps(foreground, distance, p)
     if p.merge_min_share > 0:
         labels = merge_pieces(labels, foreground, p)
@@ -148,7 +174,7 @@ def segment_instances(
         # a hole ringed by one particle lies inside the reconstruction circle, even where an
         # 8-bit render has stored it as exact 0
         labels = np.stack([fill_enclosed_holes(s) for s in labels])
-    return InstanceResult(labels=labels, foreground=foreground, distance=distance)
+    return labels
 
 
 def merge_pieces(
@@ -328,3 +354,57 @@ def watershed_baseline(
     markers, _ = ndimage.label(peaks, structure=np.ones((3, 3, 3), dtype=bool))
     labels = watershed(-dist, markers, mask=solid).astype(np.int32)
     return remove_small(labels, min_size)
+
+
+def tile_instance_scores(
+    maps: list[tuple[np.ndarray, np.ndarray]],
+    truths: list[np.ndarray],
+    params: InstanceParams | None = None,
+    *,
+    min_size: int | None = None,
+) -> dict[str, float]:
+    """Instance scores of :func:`labels_from_maps` on tiles, pooled over the tiles.
+
+    The held-out score of ``beamwatch train particles``: each tile's maps become instances as
+    in :func:`segment_instances`, scored against the tile's labels
+    (:func:`pipelines.particles.evaluate.instance_scores`, IoU 0.5); the counts are summed
+    over the tiles before F1, precision, recall and split rate are formed.
+
+    Parameters
+    ----------
+    maps : list of (numpy.ndarray, numpy.ndarray)
+        Per tile, (Z, Y, X) foreground probability and distance (voxels).
+    truths : list of numpy.ndarray
+        Per tile, int (Z, Y, X) instance labels.
+    params : InstanceParams, optional
+    min_size : int, optional
+        Smallest instance counted on both sides (default ``params.min_size``).
+
+    Returns
+    -------
+    dict
+        ``f1``, ``precision``, ``recall``, ``split_rate``, ``n_true``, ``n_pred``,
+        ``foreground_iou`` (network probability >= ``foreground_threshold``, pooled).
+    """
+    p = params if params is not None else InstanceParams()
+    size = p.min_size if min_size is None else min_size
+    n_true = n_pred = n_matched = n_split = inter = union = 0
+    for (foreground, distance), truth in zip(maps, truths, strict=True):
+        s = instance_scores(labels_from_maps(foreground, distance, p), truth, min_size=size)
+        n_true += s.n_true
+        n_pred += s.n_pred
+        n_matched += s.n_matched
+        n_split += s.n_split
+        pred, true = np.asarray(foreground) >= p.foreground_threshold, np.asarray(truth) > 0
+        inter += int((pred & true).sum())
+        union += int((pred | true).sum())
+    total = n_true + n_pred
+    return {
+        "f1": 2.0 * n_matched / total if total else 1.0,
+        "precision": n_matched / n_pred if n_pred else 1.0,
+        "recall": n_matched / n_true if n_true else 1.0,
+        "split_rate": n_split / n_true if n_true else 0.0,
+        "n_true": float(n_true),
+        "n_pred": float(n_pred),
+        "foreground_iou": inter / union if union else 1.0,
+    }

@@ -1,4 +1,5 @@
-"""Offline CLI: ``train cracks`` (fine-tune the crack U-Net on a user's labelled slices).
+"""Offline CLI: ``train cracks`` and ``train particles`` (fine-tune the crack / particle U-Net
+on a user's labelled slices).
 
 ``beamwatch train cracks --images IMG... --labels MASK... -o OUT.pt``
     Input: 2-D grey slices (TIFF/PNG, any bit depth; an RGB(A) file must be grey, R = G = B)
@@ -50,27 +51,50 @@ def register(subparsers: Any) -> None:
         description="Fine-tune the crack U-Net on labelled slices, keep the best weights on "
         "held-out tiles, write OUT.pt and OUT.json.",
     )
-    cracks.add_argument("--images", type=Path, nargs="+", required=True, help="grey slices")
     cracks.add_argument(
         "--labels", type=Path, nargs="+", required=True, help="masks, non-zero = crack"
     )
-    cracks.add_argument(
+    _add_common_arguments(cracks)
+    cracks.set_defaults(func=train_cracks_command)
+    particles = train_sub.add_parser(
+        "particles",
+        help="fine-tune the particle U-Net on instance-labelled 2-D slices (TIFF/PNG or COCO)",
+        description="Fine-tune the particle U-Net on slices labelled with particle instances, "
+        "keep the best weights on held-out tiles (instance F1 of the particles analyze "
+        "instance step), write OUT.pt and OUT.json.",
+    )
+    source = particles.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--labels",
+        type=Path,
+        nargs="+",
+        help="instance label images (TIFF/PNG, 0 = not particle, one value per particle)",
+    )
+    source.add_argument(
+        "--coco", type=Path, help="COCO JSON (RLE or polygon masks), images matched by file name"
+    )
+    _add_common_arguments(particles)
+    particles.set_defaults(func=train_particles_command)
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=Path, nargs="+", required=True, help="grey slices")
+    parser.add_argument(
         "--pair",
         choices=("order", "stem"),
         default="order",
-        help="pair images and masks by argument order (default) or by file stem",
+        help="pair images and label files by argument order (default) or by file stem",
     )
-    cracks.add_argument("--init", type=Path, default=None, help="start weights (default shipped)")
-    cracks.add_argument("--minutes", type=float, default=3.0, help="wall-clock training budget")
-    cracks.add_argument(
+    parser.add_argument("--init", type=Path, default=None, help="start weights (default shipped)")
+    parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock training budget")
+    parser.add_argument(
         "--val-fraction", type=float, default=0.25, help="share of tiles held out for keep-best"
     )
-    cracks.add_argument("--tile", type=int, default=128, help="split tile size (px)")
-    cracks.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
-    cracks.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    cracks.add_argument("--seed", type=int, default=0)
-    cracks.add_argument("-o", "--output", type=Path, required=True, help="weights file (.pt)")
-    cracks.set_defaults(func=train_cracks_command)
+    parser.add_argument("--tile", type=int, default=128, help="split tile size (px)")
+    parser.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="weights file (.pt)")
 
 
 def read_grey(path: Path, what: str) -> np.ndarray:
@@ -169,12 +193,7 @@ def train_cracks_command(args: argparse.Namespace) -> int:
                 )
             images.append(image)
             masks.append(mask)
-        if args.init is not None and not args.init.is_file():
-            raise TrainInputError(f"--init weights not found: {args.init}")
-        if not 0 < args.val_fraction < 1:
-            raise TrainInputError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-        if args.minutes <= 0:
-            raise TrainInputError(f"--minutes must be > 0, got {args.minutes}")
+        _check_common(args)
     except TrainInputError as exc:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
@@ -262,6 +281,223 @@ def train_cracks_command(args: argparse.Namespace) -> int:
         piped["finetuned"]["crack_iou"],
         piped["initial"]["crack_dice"],
         piped["finetuned"]["crack_dice"],
+        result.n_val_tiles,
+        "" if result.best_step else " (no improvement: initial weights kept)",
+        args.output,
+        json_path,
+    )
+    return EXIT_OK
+
+
+def read_instances(path: Path) -> np.ndarray:
+    """2-D int instance labels from TIFF/PNG (0 = not particle, one value per particle).
+
+    A two-valued image (a binary mask, as some tools export) becomes one instance per
+    4-connected component, with a warning: touching particles then count as one.
+    """
+    from scipy import ndimage
+    from skimage import io
+
+    if not path.is_file():
+        raise TrainInputError(f"label image not found: {path}")
+    try:
+        labels = np.asarray(io.imread(path))
+    except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
+        raise TrainInputError(f"label image {path} cannot be read as TIFF/PNG: {exc}") from exc
+    if labels.ndim != 2:
+        raise TrainInputError(
+            f"label image {path} has shape {labels.shape}; expected a 2-D image of instance "
+            "numbers (a colour label render cannot be read as instances)"
+        )
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise TrainInputError(f"label image {path} is {labels.dtype}; expected integers")
+    if labels.min() < 0:
+        raise TrainInputError(f"label image {path} has negative values")
+    if np.unique(labels).size <= 2:
+        logger.warning(
+            "%s holds one value besides 0: each connected component is taken as one particle "
+            "(touching particles count as one; export instance labels to keep them apart)",
+            path,
+        )
+        labels, _ = ndimage.label(labels > 0)
+    return labels.astype(np.int32)
+
+
+def instances_from_coco(coco_path: Path, images: list[Path]) -> list[np.ndarray]:
+    """Per image (matched by file name), the instance labels of its COCO annotations.
+
+    Segmentations as uncompressed RLE (``particles export-coco``) or polygons (most labelling
+    tools); each annotation is one instance, later annotations drawn over earlier ones.
+    """
+    from skimage.draw import polygon2mask
+
+    from pipelines.particles.coco import rle_decode
+
+    try:
+        coco = json.loads(coco_path.read_text())
+        entries = {Path(im["file_name"]).name: im for im in coco["images"]}
+        annotations = coco["annotations"]
+    except FileNotFoundError as exc:
+        raise TrainInputError(f"COCO file not found: {coco_path}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrainInputError(f"{coco_path} is not a COCO dataset: {exc}") from exc
+    missing = [str(p) for p in images if p.name not in entries]
+    if missing:
+        raise TrainInputError(f"{coco_path} has no image entry for {missing}")
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in annotations:
+        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    out = []
+    for path in images:
+        entry = entries[path.name]
+        shape = (int(entry["height"]), int(entry["width"]))
+        labels = np.zeros(shape, dtype=np.int32)
+        for k, ann in enumerate(by_image.get(int(entry["id"]), []), start=1):
+            seg = ann.get("segmentation")
+            if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+                mask = rle_decode(seg)
+            elif isinstance(seg, list) and seg:
+                mask = np.zeros(shape, dtype=bool)
+                for poly in seg:
+                    xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+                    mask |= polygon2mask(shape, xy[:, ::-1])
+            else:
+                raise TrainInputError(
+                    f"{coco_path}: annotation {ann.get('id')} has a segmentation this reader "
+                    "does not take (uncompressed RLE or polygons; compressed RLE strings need "
+                    "pycocotools: convert them first)"
+                )
+            if mask.shape != shape:
+                raise TrainInputError(
+                    f"{coco_path}: annotation {ann.get('id')} is {mask.shape}, its image {shape}"
+                )
+            labels[mask] = k
+        out.append(labels)
+    return out
+
+
+def _read_slices(images: list[Path]) -> list[np.ndarray]:
+    return [read_grey(p, "image") for p in images]
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    if args.init is not None and not args.init.is_file():
+        raise TrainInputError(f"--init weights not found: {args.init}")
+    if not 0 < args.val_fraction < 1:
+        raise TrainInputError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.minutes <= 0:
+        raise TrainInputError(f"--minutes must be > 0, got {args.minutes}")
+
+
+def train_particles_command(args: argparse.Namespace) -> int:
+    """Run ``train particles``; returns the exit code."""
+    import torch
+    from tqdm import tqdm
+
+    try:
+        if args.coco is not None:
+            image_paths = list(args.images)
+            label_names = [f"{args.coco}:{p.name}" for p in image_paths]
+            images = _read_slices(image_paths)
+            labels = instances_from_coco(args.coco, image_paths)
+        else:
+            pairs = pair_files(list(args.images), list(args.labels), args.pair)
+            image_paths = [p for p, _ in pairs]
+            label_names = [str(m) for _, m in pairs]
+            images = _read_slices(image_paths)
+            labels = [read_instances(m) for _, m in pairs]
+        for image, lab, path, name in zip(images, labels, image_paths, label_names, strict=True):
+            if image.shape != lab.shape:
+                raise TrainInputError(
+                    f"image {path} is {image.shape} but its labels {name} are {lab.shape}; "
+                    "they must be the same size"
+                )
+        _check_common(args)
+    except TrainInputError as exc:
+        logger.error("%s", exc)
+        return EXIT_BAD_INPUT
+
+    from models.particle_finetune import finetune_particles, save_finetuned
+    from pipelines.particles.instances import InstanceParams, tile_instance_scores
+
+    torch.set_num_threads(args.threads)
+    params = InstanceParams()
+    n_particles = sum(int(np.unique(lab[lab > 0]).size) for lab in labels)
+    logger.info(
+        "fine-tuning the particle U-Net on %d slices (%d labelled particles) for %.1f min",
+        len(images),
+        n_particles,
+        args.minutes,
+    )
+
+    def score(maps: list[tuple[np.ndarray, np.ndarray]], truths: list[np.ndarray]) -> dict:
+        return tile_instance_scores(maps, truths, params)
+
+    with tqdm(total=1000, desc="train particles", unit="‰") as bar:
+
+        def progress(share: float) -> None:
+            bar.update(int(share * 1000) - bar.n)
+
+        try:
+            result = finetune_particles(
+                images,
+                labels,
+                init=args.init,
+                minutes=args.minutes,
+                val_fraction=args.val_fraction,
+                tile=args.tile,
+                lr=args.lr,
+                seed=args.seed,
+                progress=progress,
+                score=score,
+                key="f1",
+            )
+        except ValueError as exc:  # too few or too small tiles
+            logger.error("%s", exc)
+            return EXIT_BAD_INPUT
+    report = {
+        "images": [str(p) for p in image_paths],
+        "labels": label_names,
+        "pairing": "coco file name" if args.coco is not None else args.pair,
+        "init": str(args.init) if args.init is not None else "shipped",
+        "held_out": {
+            "n_tiles": result.n_val_tiles,
+            "n_particles": sum(
+                int(np.unique(labels[i][y0:y1, x0:x1]).size) - 1
+                for i, y0, y1, x0, x1 in result.val_boxes
+            ),
+            "min_size_px": params.min_size,
+            "initial": result.initial,
+            "finetuned": result.final,
+        },
+        "keep_best_score": "f1 (IoU 0.5) of the particles analyze instance step on the tiles",
+        "improved": result.best_step > 0,
+        "n_train_tiles": result.n_train_tiles,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "train_seconds": round(result.train_seconds, 1),
+        "config": {
+            "minutes": args.minutes,
+            "val_fraction": args.val_fraction,
+            "tile": args.tile,
+            "lr": args.lr,
+            "seed": args.seed,
+            "threads": args.threads,
+        },
+        "normalization": "per slice: models.crack_unet.reference_levels, as particles analyze",
+        "history": result.history,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    save_finetuned(result, args.output, {"finetune": report})
+    json_path = args.output.with_suffix(".json")
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    logger.info(
+        "held-out particle F1 %.3f -> %.3f (split rate %.3f -> %.3f) on %d tiles%s; wrote %s "
+        "and %s",
+        result.initial["f1"],
+        result.final["f1"],
+        result.initial["split_rate"],
+        result.final["split_rate"],
         result.n_val_tiles,
         "" if result.best_step else " (no improvement: initial weights kept)",
         args.output,

@@ -50,3 +50,46 @@ def test_instance_distance_treats_cracks_as_inside() -> None:
     dist = particle_unet.instance_distance(ids)
     assert dist[4, 4, 4] == dist.max() == 3.0
     assert dist[1, 4, 4] == 0.0 and dist[0, 0, 0] == 0.0
+
+
+def test_wider_training_domain_damages_and_quantises_without_relabelling() -> None:
+    """``make_reconstructed_cathode``'s domain options: damage adds crack voxels inside the
+    same particles (ids unchanged), 8-bit rendering leaves at most 256 grey levels, and the
+    defaults give the volume they always gave."""
+    from models.synthetic.reconstructed import make_reconstructed_cathode
+
+    shape = (4, 64, 64)
+    plain = make_reconstructed_cathode(shape, seed=5, crack_density=0.0)
+    again = make_reconstructed_cathode(shape, seed=5, crack_density=0.0)
+    np.testing.assert_array_equal(plain.recon, again.recon)
+    damaged = make_reconstructed_cathode(
+        shape,
+        seed=5,
+        crack_density=0.0,
+        damage_share=1.0,
+        diameter_px=(30.0, 30.0),
+        quantize=True,
+    )
+    np.testing.assert_array_equal(
+        damaged.truth.particle_ids,
+        make_reconstructed_cathode(
+            shape, seed=5, crack_density=0.0, diameter_px=(30.0, 30.0)
+        ).truth.particle_ids,
+    )
+    cracks = damaged.truth.crack_mask.astype(bool)
+    assert cracks.sum() > 0 and not plain.truth.crack_mask.any()
+    assert (damaged.truth.particle_ids[cracks] > 0).all()
+    assert np.unique(damaged.recon).size <= 256
+
+
+def test_damage_kinds_are_checked() -> None:
+    import pytest
+
+    from models.synthetic.cathode import make_cathode_volume
+    from models.synthetic.damage import add_damage
+
+    vol = make_cathode_volume((4, 48, 48), seed=3, crack_density=0.0)
+    with pytest.raises(ValueError, match="non-empty subset"):
+        add_damage(vol, np.random.default_rng(0), kinds=("planar",))
+    split = add_damage(vol, np.random.default_rng(0), share=1.0, kinds=("split",))
+    np.testing.assert_array_equal(split.particle_ids, vol.particle_ids)

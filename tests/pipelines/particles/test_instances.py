@@ -17,6 +17,7 @@ from pipelines.particles.instances import (
     instances_from_maps,
     remove_small,
     segment_instances,
+    tile_instance_scores,
     watershed_baseline,
     watershed_by_component,
 )
@@ -147,6 +148,40 @@ def test_shipped_weights_scores(held_out: tuple[ReconstructedCathode, np.ndarray
     scores = instance_scores(ours[window], sample.truth.particle_ids[window])
     assert scores.f1 >= MEASURED_F1 - MARGIN
     assert scores.split_rate <= MEASURED_SPLIT + MARGIN
+
+
+def test_tile_instance_scores_pool_the_counts_of_the_tiles() -> None:
+    """Exact maps of two balls score 1; a tile whose maps show nothing adds its particles as
+    misses to the pooled counts; a tile with one ball as two instances adds a split."""
+    from models.particle_unet import instance_distance
+
+    truth = two_balls()
+    exact = ((truth > 0).astype(np.float32), instance_distance(truth))
+    nothing = (np.zeros(truth.shape, np.float32), np.zeros(truth.shape, np.float32))
+    one = np.where(truth == 1, 1, 0).astype(np.int32)
+    halves = one.copy()
+    halves[:, :, 15:] *= 2  # the ball cut in two along x, the halves' own distance maxima
+    cut = ((one > 0).astype(np.float32), instance_distance(halves))
+    params = InstanceParams(merge_min_share=0, smoothing_sigma=0, marker_downsample=1)
+
+    assert tile_instance_scores([exact], [truth], params) == pytest.approx(
+        {
+            "f1": 1.0,
+            "precision": 1.0,
+            "recall": 1.0,
+            "split_rate": 0.0,
+            "n_true": 2.0,
+            "n_pred": 2.0,
+            "foreground_iou": 1.0,
+        }
+    )
+    pooled = tile_instance_scores([exact, nothing], [truth, truth], params)
+    assert pooled["recall"] == 0.5 and pooled["precision"] == 1.0
+    assert pooled["f1"] == pytest.approx(2 * 2 / (4 + 2))
+    assert pooled["foreground_iou"] == pytest.approx(0.5)
+    split = tile_instance_scores([exact, cut], [truth, one], params)
+    assert split["n_true"] == 3 and split["n_pred"] == 4
+    assert split["split_rate"] == pytest.approx(1 / 3)
 
 
 def test_segment_instances_rejects_bad_volume() -> None:

@@ -1,0 +1,218 @@
+"""Fine-tune the particle U-Net on a user's labelled 2-D slices (``beamwatch train particles``).
+
+The batch sampling (crops, rotations, flips, contrast and noise), the loss, the targets and the
+checkpoint format are those of :mod:`models.train_particle_unet` and
+:mod:`models.particle_unet`; the slice input, the tiles, the held-out split and the keep-best
+loop are those of ``train cracks`` (:mod:`models.finetune`). What is specific here:
+
+- The labels are particle instances (0 = not particle; a particle's label covers its cracks and
+  core voids). The targets are the particle foreground and the distance to each instance's
+  boundary within the slice (:func:`models.particle_unet.instance_distance` of the slice): the
+  network is taught that a crack or a core void inside a labelled particle is particle.
+- Keep-best needs a score of the held-out tiles. By default it is the foreground IoU of the
+  network (``models`` may not run the instance pipeline); ``beamwatch train particles`` passes
+  the instance F1 of the whole ``particles analyze`` instance step
+  (:func:`pipelines.particles.instances.tile_instance_scores`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.finetune import slice_stack, split_indices, tile_boxes, train_keep_best
+from models.particle_unet import (
+    DISTANCE_SCALE_PX,
+    SIZE_MULTIPLE,
+    ParticleUNet,
+    instance_distance,
+    load_trainable_particle_unet,
+    predict_maps,
+    save_particle_unet,
+)
+from models.train_particle_unet import VolumeSet, particle_loss, sample_batch
+
+TileMaps = list[tuple[np.ndarray, np.ndarray]]
+"""Per held-out tile: (1, h, w) foreground probability and distance (px)."""
+Scorer = Callable[[TileMaps, list[np.ndarray]], dict[str, float]]
+"""Held-out scores from the tiles' predicted maps and their (1, h, w) instance labels."""
+
+
+@dataclass
+class ParticleFinetuneResult:
+    """Outcome of :func:`finetune_particles`."""
+
+    model: ParticleUNet
+    initial: dict[str, float]
+    final: dict[str, float]
+    key: str
+    steps: int
+    best_step: int
+    train_seconds: float
+    n_train_tiles: int
+    n_val_tiles: int
+    val_boxes: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def tile_set(stack: np.ndarray, labels: np.ndarray) -> VolumeSet:
+    """A one-slice :class:`~models.train_particle_unet.VolumeSet` of a tile and its targets."""
+    ids = np.asarray(labels)[np.newaxis]
+    return VolumeSet(
+        images=np.ascontiguousarray(stack[1][np.newaxis], dtype=np.float32),
+        foreground=(ids > 0).astype(np.float32),
+        distance=instance_distance(ids) / np.float32(DISTANCE_SCALE_PX),
+    )
+
+
+def cut_tiles(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], tile: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Non-overlapping tiles (about ``tile`` px) of the normalised stacks and their labels."""
+    stacks = [slice_stack(image) for image in images]
+    return [
+        (stacks[i][:, y0:y1, x0:x1], np.asarray(labels[i])[y0:y1, x0:x1])
+        for i, y0, y1, x0, x1 in tile_boxes([im.shape for im in images], tile)
+    ]
+
+
+def pixel_scores(maps: TileMaps, truths: list[np.ndarray]) -> dict[str, float]:
+    """Foreground IoU (probability >= 0.5) pooled over the tiles; the default keep-best score."""
+    inter = union = 0
+    for (prob, _), truth in zip(maps, truths, strict=True):
+        pred, true = prob >= 0.5, truth > 0
+        inter += int((pred & true).sum())
+        union += int((pred | true).sum())
+    return {"foreground_iou": inter / union if union else 1.0}
+
+
+def tile_maps(model: ParticleUNet, sets: Sequence[VolumeSet]) -> TileMaps:
+    """The network's maps of each tile (evaluation mode, back to training mode after)."""
+    model.eval()
+    try:
+        return [predict_maps(model, s.images) for s in sets]
+    finally:
+        model.train()
+
+
+def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:
+    """Same count, 2-D, same shapes, integer labels (``ValueError`` naming the pair)."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label images")
+    for i, (grey, lab) in enumerate(zip(images, labels, strict=True)):
+        if grey.ndim != 2 or grey.shape != lab.shape:
+            raise ValueError(
+                f"pair {i}: image shape {grey.shape} and label shape {lab.shape} must be the "
+                "same 2-D shape"
+            )
+        if not np.issubdtype(lab.dtype, np.integer) and not np.issubdtype(lab.dtype, np.bool_):
+            raise ValueError(f"pair {i}: labels must be integers, got {lab.dtype}")
+
+
+def finetune_particles(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    init: str | Path | None = None,
+    minutes: float = 3.0,
+    val_fraction: float = 0.25,
+    tile: int = 128,
+    crop: int = 96,
+    batch: int = 4,
+    lr: float = 3e-4,
+    seed: int = 0,
+    eval_seconds: float | None = None,
+    progress: Callable[[float], None] | None = None,
+    score: Scorer | None = None,
+    key: str = "foreground_iou",
+) -> ParticleFinetuneResult:
+    """Fine-tune the particle U-Net on instance-labelled 2-D slices, keep-best on held-out tiles.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        2-D grey slices, any real dtype (particles bright).
+    labels : sequence of numpy.ndarray
+        2-D int instance labels of the same shapes, 0 = not particle.
+    init : str or pathlib.Path, optional
+        Starting weights; default the shipped ones.
+    minutes : float
+        Wall-clock training budget.
+    val_fraction : float
+        Share of the tiles held out (stratified: tiles with and without particles).
+    tile : int
+        Approximate tile size of the split (px).
+    crop : int
+        Training crop size (px; reduced to the smallest tile, a multiple of 8).
+    batch, lr, seed
+        Batch size, AdamW learning rate (cosine decay), random seed.
+    eval_seconds : float, optional
+        Score the held-out tiles every this many seconds (default a tenth of the budget).
+    progress : callable, optional
+        Called with the elapsed share of the budget (0..1) after each step.
+    score : callable, optional
+        Held-out scores from the tiles' maps and labels (default :func:`pixel_scores`).
+    key : str
+        The score of ``score`` that selects the kept state (higher is better).
+
+    Returns
+    -------
+    ParticleFinetuneResult
+        The best network (training mode, CPU) and the held-out scores.
+    """
+    check_pairs(images, labels)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    tiles = cut_tiles(images, labels, tile)
+    train_idx, val_idx = split_indices([bool(t[1].any()) for t in tiles], val_fraction, seed)
+    smallest = min(min(t[1].shape) for t in tiles)
+    if smallest < 32:
+        raise ValueError(f"tiles must be at least 32 px, got {smallest}: use a larger --tile")
+    crop = min(crop, SIZE_MULTIPLE * (smallest // SIZE_MULTIPLE))
+    train = [tile_set(*tiles[i]) for i in train_idx]
+    val = [tile_set(*tiles[i]) for i in val_idx]
+    truths = [np.asarray(tiles[i][1])[np.newaxis] for i in val_idx]
+    scorer = score if score is not None else pixel_scores
+
+    model = load_trainable_particle_unet(init)
+
+    def loss_of_step() -> torch.Tensor:
+        image, fg, dist = sample_batch(train, batch, crop, rng)
+        return particle_loss(model(image), fg, dist)
+
+    run = train_keep_best(
+        model,
+        loss_of_step,
+        lambda: scorer(tile_maps(model, val), truths),
+        key,
+        minutes=minutes,
+        lr=lr,
+        eval_seconds=eval_seconds,
+        progress=progress,
+    )
+    boxes = tile_boxes([im.shape for im in images], tile)
+    return ParticleFinetuneResult(
+        model=model,
+        initial=run.initial,
+        final=run.final,
+        key=key,
+        steps=run.steps,
+        best_step=run.best_step,
+        train_seconds=run.train_seconds,
+        n_train_tiles=len(train_idx),
+        n_val_tiles=len(val_idx),
+        val_boxes=[boxes[i] for i in val_idx],
+        history=run.history,
+    )
+
+
+def save_finetuned(result: ParticleFinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
+    """Write the weights in the shipped checkpoint format (``base_channels`` inside)."""
+    save_particle_unet(result.model.eval(), path, metadata)
