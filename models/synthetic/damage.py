@@ -47,8 +47,9 @@ def _surface_cracks(
 ) -> np.ndarray:
     """1 to 4 planar cracks entering from random surface points toward the centroid.
 
-    Each is a rectangle in a plane containing the inward direction: it reaches 20 to 60 % of
-    the particle's largest inner distance times two deep and is about as wide.
+    Each lies in a plane containing the inward direction, reaches 20 to 60 % of twice the
+    particle's largest inner distance deep, is about as wide, and opens from ``width`` at its
+    tip to up to 8 px at its mouth.
     """
     depth = _inner_depth(inside)
     surface = np.argwhere(inside & (depth <= 1.5)).astype(np.float32)
@@ -67,8 +68,12 @@ def _surface_cracks(
         length = float(rng.uniform(0.2, 0.6)) * reach
         half_span = 0.5 * length * float(rng.uniform(0.6, 1.4))
         along = np.tensordot(inward.astype(np.float32), rel, axes=1)
+        # wedge-shaped: the crack opens toward its mouth (half-width up to 1 to 4 px there)
+        mouth_half = max(width / 2, float(rng.uniform(1.0, 4.0)))
+        opening = np.clip(1.0 - along / length, 0.0, 1.0)
+        half_width = width / 2 + (mouth_half - width / 2) * opening
         crack |= (
-            (np.abs(np.tensordot(normal.astype(np.float32), rel, axes=1)) < width / 2)
+            (np.abs(np.tensordot(normal.astype(np.float32), rel, axes=1)) < half_width)
             & (along > -2.0)
             & (along < length)
             & (np.abs(np.tensordot(lateral.astype(np.float32), rel, axes=1)) < half_span)
