@@ -26,6 +26,12 @@ like cracks in a single slice. Those gaps (:func:`touching_gaps`) are the hard n
 share of the crops is centred on them (``--gap-share``) and their cross-entropy counts
 ``--gap-weight`` times.
 
+``--wide`` draws the volumes and scans from a much wider range (:func:`wide_volume` and the
+scan settings of ``_wide_slice_set``: particles 12-120 px, packing, binder texture, surface
+cracks and void clusters, fringes of either sign, sparse-angle / missing-wedge scans, JPEG).
+A 40-min fine-tune with it was better on the never-trained family and worse on the real
+crops, so it is not the shipped run (``docs/training_logs/crack_unet_wide_2026-11-29.log``).
+
 ``--init`` with single-slice weights starts the 2.5-D network from them
 (:func:`inflate_input`: the neighbours' input weights start at zero, so the first step gives
 the old outputs). The shipped weights: the single-slice weights (about 95 minutes of training
