@@ -26,6 +26,12 @@ like cracks in a single slice. Those gaps (:func:`touching_gaps`) are the hard n
 share of the crops is centred on them (``--gap-share``) and their cross-entropy counts
 ``--gap-weight`` times.
 
+``--wide`` draws the volumes and scans from a much wider range (:func:`wide_volume` and the
+scan settings of ``_wide_slice_set``: particles 12-120 px, packing, binder texture, surface
+cracks and void clusters, fringes of either sign, sparse-angle / missing-wedge scans, JPEG).
+A 40-min fine-tune with it was better on the never-trained family and worse on the real
+crops, so it is not the shipped run (``docs/training_logs/crack_unet_wide_2026-11-29.log``).
+
 ``--init`` with single-slice weights starts the 2.5-D network from them
 (:func:`inflate_input`: the neighbours' input weights start at zero, so the first step gives
 the old outputs). The shipped weights: the single-slice weights (about 95 minutes of training
@@ -36,12 +42,13 @@ in earlier sessions) inflated and trained for 70 minutes on one thread with ``--
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +70,15 @@ from models.crack_unet import (
     save_crack_unet,
 )
 from models.synthetic.cathode import (
+    BINDER,
+    SOLID,
     CathodeParams,
+    CathodeVolume,
     DetectorParams,
     make_cathode_volume,
     simulate_detector,
 )
-from models.synthetic.damage import add_damage
+from models.synthetic.damage import WIDE_DAMAGE, add_damage
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +100,14 @@ def reconstruct_synthetic(
     n_angles: int,
     detector: DetectorParams,
     filter_name: str = "ramp",
+    angle_range: float = 180.0,
 ) -> np.ndarray:
-    """Simulate a scan of a volume and reconstruct it slice by slice (scikit-image FBP)."""
-    angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
+    """Simulate a scan of a volume and reconstruct it slice by slice (scikit-image FBP).
+
+    ``angle_range`` < 180 degrees leaves a missing wedge (the projections span
+    ``[0, angle_range)``); few ``n_angles`` give sparse-angle streaks.
+    """
+    angles = np.linspace(0.0, angle_range, n_angles, endpoint=False)
     with warnings.catch_warnings():
         # the sample fills the square field of view, as in forward_project
         warnings.filterwarnings("ignore", message="Radon transform: image must be zero")
@@ -144,6 +159,82 @@ def quantize_8bit(recon: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def jpeg_roundtrip(image8: np.ndarray, quality: int) -> np.ndarray:
+    """8-bit slices (Z, Y, X) compressed and decoded as JPEG, one slice at a time."""
+    from PIL import Image
+
+    out = np.empty_like(image8)
+    for z, plane in enumerate(image8):
+        buffer = io.BytesIO()
+        Image.fromarray(plane.astype(np.uint8)).save(buffer, format="JPEG", quality=int(quality))
+        buffer.seek(0)
+        out[z] = np.asarray(Image.open(buffer), dtype=np.float32)
+    return out
+
+
+def _fine_texture(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-std Gaussian-filtered white noise (grain size ~``sigma`` px), float32."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return (field / max(float(field.std()), 1e-6)).astype(np.float32)
+
+
+def wide_volume(
+    shape: tuple[int, int, int],
+    seed: int,
+    rng: np.random.Generator,
+    crack_density: float,
+    *,
+    damage_share: float,
+    diameter_px: tuple[float, float],
+) -> CathodeVolume:
+    """A training volume with the wider domain randomisation (``--wide``).
+
+    Particle diameter log-uniform in ``diameter_px``, size spread, packing, gap width,
+    binder share and contrast, crack widths (scaled down for small particles), all five kinds
+    of damage (:data:`models.synthetic.damage.WIDE_DAMAGE`) with larger hollow cores, a
+    granular texture of the carbon/binder and a primary-grain texture inside the particles.
+    """
+    diameter = float(np.exp(rng.uniform(np.log(diameter_px[0]), np.log(diameter_px[1]))))
+    width_scale = float(np.clip(diameter / 30.0, 0.5, 1.0))
+    params = CathodeParams(
+        particle_diameter_px=diameter,
+        diameter_spread=float(rng.uniform(0.1, 0.35)),
+        packing_variation=float(rng.uniform(0.2, 1.0)),
+        shape_irregularity=float(rng.uniform(0.05, 0.3)),
+        gap_px=float(rng.uniform(0.6, 3.5)),
+        binder_fraction=float(rng.uniform(0.2, 0.8)),
+        crack_width_px=(
+            float(rng.uniform(0.8, 1.8)),
+            float(rng.uniform(2.0, 4.5)) * width_scale + 0.8 * (1 - width_scale),
+        ),
+        mu_binder=0.012 * float(rng.uniform(0.1, 0.5)),
+    )
+    vol = make_cathode_volume(
+        shape,
+        seed=seed,
+        crack_density=crack_density,
+        depth_gradient=bool(rng.random() < 0.5),
+        params=params,
+    )
+    if damage_share > 0:
+        vol = add_damage(
+            vol,
+            rng,
+            share=damage_share,
+            width_px=(0.8, 1.0 + 2.5 * width_scale),
+            kinds=WIDE_DAMAGE,
+            core_share=(0.4, 0.8),
+        )
+    attenuation = vol.attenuation.copy()
+    binder = vol.phase == BINDER
+    grain = _fine_texture(shape, float(rng.uniform(0.6, 1.6)), rng)
+    attenuation[binder] *= np.clip(1.0 + float(rng.uniform(0.0, 0.8)) * grain[binder], 0.1, None)
+    solid = vol.phase == SOLID
+    grain = _fine_texture(shape, float(rng.uniform(1.0, 3.0)), rng)
+    attenuation[solid] *= np.clip(1.0 + float(rng.uniform(0.0, 0.15)) * grain[solid], 0.5, None)
+    return replace(vol, attenuation=attenuation.astype(np.float32))
+
+
 def make_slice_set(
     shape: tuple[int, int, int],
     seed: int,
@@ -153,13 +244,18 @@ def make_slice_set(
     damage_share: float = 0.0,
     quantize: bool = False,
     diameter_px: tuple[float, float] = (18.0, 34.0),
+    wide: bool = False,
 ) -> SliceSet:
     """One synthetic volume -> normalised reconstructed slices with labels.
 
     ``damage_share`` > 0 adds split, hollow-core and fragmented particles
     (:func:`models.synthetic.damage.add_damage`); ``quantize`` renders the reconstruction as
-    8-bit (:func:`quantize_8bit`).
+    8-bit (:func:`quantize_8bit`). ``wide`` draws the volume with :func:`wide_volume` and the
+    scan from a wider range: photons, phase fringes of either sign, blur, rings, sparse-angle
+    or missing-wedge scans, 8-bit renders half of them JPEG-compressed, extra blur.
     """
+    if wide:
+        return _wide_slice_set(shape, seed, rng, crack_density, damage_share, quantize, diameter_px)
     params = CathodeParams(
         particle_diameter_px=float(rng.uniform(*diameter_px)),
         shape_irregularity=float(rng.uniform(0.08, 0.22)),
@@ -202,6 +298,65 @@ def make_slice_set(
         images=images,
         labels=vol.crack_mask.astype(np.float32),
         valid=valid,
+        gaps=touching_gaps(vol.particle_ids).astype(np.float32),
+    )
+
+
+def _wide_slice_set(
+    shape: tuple[int, int, int],
+    seed: int,
+    rng: np.random.Generator,
+    crack_density: float,
+    damage_share: float,
+    quantize: bool,
+    diameter_px: tuple[float, float],
+) -> SliceSet:
+    vol = wide_volume(
+        shape, seed, rng, crack_density, damage_share=damage_share, diameter_px=diameter_px
+    )
+    sign = -1.0 if rng.random() < 0.35 else 1.0
+    detector = DetectorParams(
+        photons=float(10 ** rng.uniform(3.6, 4.8)),
+        phase_fringe=sign * float(rng.uniform(0.0, 2.0)),
+        blur_sigma_px=float(rng.uniform(0.3, 1.8)),
+        ring_fraction=float(rng.uniform(0.0, 0.15)),
+        ring_amplitude=float(rng.uniform(0.01, 0.06)),
+    )
+    n = shape[2]
+    scan = rng.random()
+    if scan < 0.2:  # sparse angles: streaks
+        n_angles, angle_range = int(n * rng.uniform(0.2, 0.5)), 180.0
+    elif scan < 0.35:  # missing wedge
+        n_angles, angle_range = int(n * 1.4), float(rng.uniform(110.0, 165.0))
+    else:
+        n_angles, angle_range = int(rng.choice([n, int(n * 1.4), int(n * 1.6)])), 180.0
+    filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
+    recon = reconstruct_synthetic(
+        vol.attenuation,
+        seed=seed + 1,
+        n_angles=n_angles,
+        detector=detector,
+        filter_name=filter_name,
+        angle_range=angle_range,
+    )
+    if rng.random() < 0.25:
+        inside = recon != 0
+        recon = ndimage.gaussian_filter(recon, (0, *(2 * [float(rng.uniform(0.5, 1.3))])))
+        recon[~inside] = 0.0
+    if quantize:
+        recon = quantize_8bit(recon, rng)
+        if rng.random() < 0.5:
+            inside = recon != 0
+            recon = jpeg_roundtrip(recon, int(rng.integers(25, 91)))
+            recon[~inside] = 0.0
+    low, high = reference_levels(recon)
+    images = context_stacks(normalize_slices(recon, low, high))
+    yy, xx = np.mgrid[:n, :n]
+    circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
+    return SliceSet(
+        images=images,
+        labels=vol.crack_mask.astype(np.float32),
+        valid=np.broadcast_to(circle, shape).copy(),
         gaps=touching_gaps(vol.particle_ids).astype(np.float32),
     )
 
@@ -351,6 +506,7 @@ def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[
                 damage_share=float(rng.uniform(0.3, 0.8)) if damaged else 0.0,
                 quantize=bool(rng.random() < args.quantize_share),
                 diameter_px=(args.min_diameter, args.max_diameter),
+                wide=args.wide,
             )
         )
         logger.info(
@@ -403,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quantize-share", type=float, default=0.0, help="share of volumes rendered as 8 bit"
+    )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="wider domain randomisation of the training volumes and scans (wide_volume)",
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)

@@ -476,7 +476,9 @@ class DetectorParams(BaseModel):
     dark_counts: float = Field(default=100.0, ge=0)
     read_noise: float = Field(default=2.0, ge=0)
     phase_fringe: float = Field(
-        default=0.6, ge=0, description="Strength (px^2) of the Laplacian edge fringes."
+        default=0.6,
+        description="Strength (px^2) of the Laplacian edge fringes; negative flips their sign "
+        "(the other side of focus).",
     )
     blur_sigma_px: float = Field(default=0.7, ge=0)
     ring_fraction: float = Field(
@@ -545,7 +547,7 @@ def simulate_detector(
     lint = np.asarray(line_integrals, dtype=np.float32)
     _, rows, cols = lint.shape
     intensity = np.exp(-lint)
-    if p.phase_fringe > 0:
+    if p.phase_fringe != 0:
         # the Laplacian acts in the detector plane only, not across projection angles
         lap = np.stack([ndimage.laplace(frame, mode="nearest") for frame in lint])
         intensity *= np.clip(1.0 + np.float32(p.phase_fringe) * lap, 0.05, None)

@@ -9,7 +9,11 @@ transform and centroid), unlike the hold-out family of the benchmarks
 * ``core``: the part of the particle deeper than a share of its largest inner distance is void,
   with 2 to 5 planar radial cracks from the core to the surface;
 * ``fragmented``: the particle is divided into 3 to 8 grains by nearest-seed regions and a
-  random part of the grain boundaries opens.
+  random part of the grain boundaries opens;
+* ``surface`` (in :data:`WIDE_DAMAGE` only): 1 to 4 short planar cracks entering from the
+  surface and stopping at a random depth, like the first cracks of a cycled particle;
+* ``voids`` (:data:`WIDE_DAMAGE` only): a cluster of 3 to 12 small round pores of random size
+  in the particle's interior.
 
 Crack voxels get the pore attenuation; the particle ids are unchanged (a particle includes its
 cracks and core).
@@ -25,6 +29,8 @@ from scipy import ndimage
 from models.synthetic.cathode import CRACK, CathodeVolume
 
 DAMAGE = ("split", "core", "fragmented")
+# the wider randomisation of the training generator (``--wide`` in models.train_crack_unet)
+WIDE_DAMAGE = ("split", "core", "fragmented", "surface", "voids")
 
 
 def _unit(rng: np.random.Generator) -> np.ndarray:
@@ -32,21 +38,90 @@ def _unit(rng: np.random.Generator) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _inner_depth(inside: np.ndarray) -> np.ndarray:
+    return ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1, 1:-1]
+
+
+def _surface_cracks(
+    inside: np.ndarray, offset: np.ndarray, rng: np.random.Generator, width: float
+) -> np.ndarray:
+    """1 to 4 planar cracks entering from random surface points toward the centroid.
+
+    Each lies in a plane containing the inward direction, reaches 20 to 60 % of twice the
+    particle's largest inner distance deep, is about as wide, and opens from ``width`` at its
+    tip to up to 8 px at its mouth.
+    """
+    depth = _inner_depth(inside)
+    surface = np.argwhere(inside & (depth <= 1.5)).astype(np.float32)
+    crack = np.zeros(inside.shape, dtype=bool)
+    if not len(surface):
+        return crack
+    centroid = np.argwhere(inside).mean(axis=0).astype(np.float32)
+    reach = 2.0 * float(depth.max())
+    for _ in range(int(rng.integers(1, 5))):
+        mouth = surface[rng.integers(len(surface))] - centroid
+        inward = -mouth / max(float(np.linalg.norm(mouth)), 1e-6)
+        normal = np.cross(inward, _unit(rng))
+        normal /= max(float(np.linalg.norm(normal)), 1e-6)
+        lateral = np.cross(inward, normal)
+        rel = offset - mouth[:, None, None, None]
+        length = float(rng.uniform(0.2, 0.6)) * reach
+        half_span = 0.5 * length * float(rng.uniform(0.6, 1.4))
+        along = np.tensordot(inward.astype(np.float32), rel, axes=1)
+        # wedge-shaped: the crack opens toward its mouth (half-width up to 1 to 4 px there)
+        mouth_half = max(width / 2, float(rng.uniform(1.0, 4.0)))
+        opening = np.clip(1.0 - along / length, 0.0, 1.0)
+        half_width = width / 2 + (mouth_half - width / 2) * opening
+        crack |= (
+            (np.abs(np.tensordot(normal.astype(np.float32), rel, axes=1)) < half_width)
+            & (along > -2.0)
+            & (along < length)
+            & (np.abs(np.tensordot(lateral.astype(np.float32), rel, axes=1)) < half_span)
+        )
+    return crack
+
+
+def _void_cluster(inside: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """3 to 12 round pores (radius 1 to 5 px) at random interior points."""
+    depth = _inner_depth(inside)
+    candidates = np.argwhere(depth > max(2.0, 0.25 * depth.max()))
+    voids = np.zeros(inside.shape, dtype=bool)
+    if not len(candidates):
+        return voids
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in inside.shape], indexing="ij"), axis=0)
+    for _ in range(int(rng.integers(3, 13))):
+        c = candidates[rng.integers(len(candidates))].astype(np.float32)
+        radius = float(rng.uniform(1.0, 5.0))
+        scale = np.exp(rng.normal(0.0, 0.25, size=3)).astype(np.float32)
+        d2 = sum(((grid[i] - c[i]) / scale[i]) ** 2 for i in range(3))
+        voids |= d2 <= radius * radius
+    return voids
+
+
 def _particle_damage(
-    inside: np.ndarray, rng: np.random.Generator, kind: str, width: float
+    inside: np.ndarray,
+    rng: np.random.Generator,
+    kind: str,
+    width: float,
+    *,
+    core_share: tuple[float, float] = (0.5, 0.75),
 ) -> np.ndarray:
     """Crack voxels of one particle (``inside``: its mask within its bounding box)."""
     coords = np.argwhere(inside).astype(np.float32)
     centre = coords.mean(axis=0)
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in inside.shape], indexing="ij"), axis=0)
     offset = grid.astype(np.float32) - centre[:, None, None, None]
+    if kind == "surface":
+        return _surface_cracks(inside, offset, rng, width) & inside
+    if kind == "voids":
+        return _void_cluster(inside, rng) & inside
     if kind == "split":
         normal = _unit(rng)
         shift = float(rng.uniform(-1.5, 1.5))
         crack = np.abs(np.tensordot(normal, offset, axes=1) - shift) < width / 2
     elif kind == "core":
-        depth = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1, 1:-1]
-        crack = depth > float(rng.uniform(0.5, 0.75)) * depth.max()
+        depth = _inner_depth(inside)
+        crack = depth > float(rng.uniform(*core_share)) * depth.max()
         for _ in range(int(rng.integers(2, 6))):
             out = _unit(rng)
             across = np.cross(out, _unit(rng))
@@ -81,6 +156,7 @@ def add_damage(
     share: float = 0.5,
     width_px: tuple[float, float] = (1.0, 2.6),
     kinds: tuple[str, ...] = DAMAGE,
+    core_share: tuple[float, float] = (0.5, 0.75),
 ) -> CathodeVolume:
     """A copy of ``volume`` with split, hollow-core or fragmented particles added.
 
@@ -91,20 +167,23 @@ def add_damage(
     rng : numpy.random.Generator
         Source of all random choices.
     share : float, optional
-        Share of the particles that get one of the three kinds of damage.
+        Share of the particles that get one of the kinds of damage.
     width_px : tuple of float
         Range of crack widths.
-    kinds : tuple of str, optional
-        The kinds of damage drawn from (a subset of :data:`DAMAGE`).
+    kinds : tuple of str
+        Kinds of damage drawn from (:data:`DAMAGE`, or :data:`WIDE_DAMAGE` for all five).
+    core_share : tuple of float
+        Range of the inner-distance share above which a hollow core is void (smaller = a
+        larger core).
 
     Returns
     -------
     CathodeVolume
         Attenuation and phase (hence the crack mask) updated; particle ids unchanged.
     """
-    unknown = set(kinds) - set(DAMAGE)
+    unknown = set(kinds) - set(WIDE_DAMAGE)
     if not kinds or unknown:
-        raise ValueError(f"kinds must be a non-empty subset of {DAMAGE}, got {kinds}")
+        raise ValueError(f"kinds must be a non-empty subset of {WIDE_DAMAGE}, got {kinds}")
     ids = volume.particle_ids
     attenuation = volume.attenuation.copy()
     phase = volume.phase.copy()
@@ -116,7 +195,9 @@ def add_damage(
         if inside.sum() < 200:
             continue
         kind = kinds[int(rng.integers(len(kinds)))]
-        crack = _particle_damage(inside, rng, kind, float(rng.uniform(*width_px)))
+        crack = _particle_damage(
+            inside, rng, kind, float(rng.uniform(*width_px)), core_share=core_share
+        )
         attenuation[box][crack] = pore_mu
         phase[box][crack] = CRACK
     return replace(volume, attenuation=attenuation, phase=phase)

@@ -26,6 +26,7 @@ from models.crack_unet import (
 )
 from pipelines.cracks.particle_mask import (
     ParticleMaskParams,
+    drop_edge_specks,
     particle_envelope_slice,
     particle_mask_slice,
     solid_threshold,
@@ -72,6 +73,12 @@ class CrackParams(BaseModel):
         default=True,
         description="'contact' envelope: add the dark holes enclosed by one particle (core "
         "voids) and the cracks that join its pieces to the crack mask.",
+    )
+    min_edge_crack_px: NonNegativeInt = Field(
+        default=8,
+        description="'contact' envelope: crack pieces (8-connected, in-slice) smaller than "
+        "this that touch the outside of the particle envelope are dropped "
+        "(particle_mask.drop_edge_specks); 0 keeps them.",
     )
     workers: PositiveInt | None = Field(
         default=None,
@@ -214,6 +221,7 @@ def _segment(
             crack &= particle
             if p.zero_is_outside:
                 crack &= inside
+            crack = drop_edge_specks(crack, particle, p.min_edge_crack_px)
             return CrackSlice(z, crack.view(np.uint8), particle.view(np.uint8))
         if p.zero_is_outside:
             crack &= image != 0

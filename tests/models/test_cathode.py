@@ -112,3 +112,39 @@ def test_added_damage_stays_inside_its_particles() -> None:
     np.testing.assert_array_equal(damaged.particle_ids, vol.particle_ids)
     assert not (damaged.crack_mask & (vol.particle_ids == 0)).any()
     assert (damaged.attenuation[damaged.crack_mask] < vol.attenuation[damaged.crack_mask]).all()
+
+
+@pytest.mark.parametrize("kind", ["surface", "voids"])
+def test_wide_damage_kinds_stay_inside_their_particles(kind: str) -> None:
+    from models.synthetic.cathode import CathodeParams, make_cathode_volume
+    from models.synthetic.damage import add_damage
+
+    vol = make_cathode_volume(
+        (8, 96, 96), seed=5, crack_density=0.0, params=CathodeParams(particle_diameter_px=40)
+    )
+    damaged = add_damage(vol, np.random.default_rng(1), share=1.0, kinds=(kind,))
+    assert damaged.crack_mask.any()
+    np.testing.assert_array_equal(damaged.particle_ids, vol.particle_ids)
+    assert not (damaged.crack_mask & (vol.particle_ids == 0)).any()
+    # neither kind empties a particle: most of every damaged particle stays solid
+    share = damaged.crack_mask.sum() / max((vol.particle_ids > 0).sum(), 1)
+    assert share < 0.3
+
+
+def test_negative_phase_fringe_flips_the_edge_overshoot() -> None:
+    from models.synthetic.cathode import DetectorParams
+
+    lint = np.zeros((1, 32, 32), dtype=np.float32)
+    lint[:, :, 16:] = 1.0
+    quiet = {"photons": 3e4, "read_noise": 0.0, "ring_fraction": 0.0, "beam_nonuniformity": 0.0}
+    rows = {}
+    for sign in (1.0, -1.0):
+        frames = simulate_detector(
+            lint, seed=0, params=DetectorParams(phase_fringe=0.3 * sign, blur_sigma_px=0.0, **quiet)
+        )
+        flat = frames.flat.astype(np.float64).mean(axis=0) - frames.dark.mean(axis=0)
+        rows[sign] = (frames.projections[0].astype(np.float64) - frames.dark.mean(axis=0))[
+            16
+        ] / flat[16]
+    # just outside the edge the fringe brightens with one sign and darkens with the other
+    assert rows[-1.0][15] < 0.85 and rows[1.0][15] > 1.15

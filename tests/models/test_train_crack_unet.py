@@ -67,3 +67,26 @@ def test_inflated_network_starts_with_the_single_slice_outputs() -> None:
     np.testing.assert_allclose(
         predict_probabilities(inflated, stacks), predict_probabilities(single, stacks), atol=1e-6
     )
+
+
+def test_wide_slice_set_is_normalised_labelled_and_reproducible() -> None:
+    from models.train_crack_unet import make_slice_set
+
+    def draw() -> object:
+        return make_slice_set(
+            (4, 64, 64),
+            seed=11,
+            rng=np.random.default_rng(3),
+            crack_density=1.5,
+            damage_share=0.8,
+            quantize=True,
+            diameter_px=(12.0, 40.0),
+            wide=True,
+        )
+
+    a, b = draw(), draw()
+    assert a.images.shape == (4, 3, 64, 64) and a.labels.shape == (4, 64, 64)
+    assert np.isfinite(a.images).all()
+    assert a.labels.any() and set(np.unique(a.labels)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)

@@ -17,6 +17,7 @@ from pipelines.cracks.particle_mask import (
     _neighbourhood_extremes,
     binary_dilate,
     binary_erode,
+    drop_edge_specks,
     particle_envelope_slice,
     particle_mask,
     particle_mask_slice,
@@ -176,3 +177,21 @@ def test_fill_enclosed_holes_gives_a_core_to_its_particle_but_not_a_pore_to_two(
     np.testing.assert_array_equal(filled[labels > 0], labels[labels > 0])
     with pytest.raises(ValueError, match="2-D"):
         fill_enclosed_holes(np.zeros((2, 3, 3), dtype=np.int32))
+
+
+def test_drop_edge_specks_keeps_cracks_and_voids_drops_outline_specks() -> None:
+    yy, xx = np.mgrid[:60, :60]
+    envelope = (yy - 30) ** 2 + (xx - 30) ** 2 < 20**2
+    cracks = np.zeros(envelope.shape, dtype=bool)
+    cracks[30, 11:30] = True  # a crack open to the surface, 19 px
+    cracks[28:30, 40:42] = True  # an enclosed 4-px void away from the outline
+    speck = np.zeros(envelope.shape, dtype=bool)
+    speck[11:13, 29:31] = envelope[11:13, 29:31]  # a speck on the outline
+    assert speck.any()
+    cracks |= speck
+    kept = drop_edge_specks(cracks, envelope, 8)
+    assert kept[30, 11:30].all()
+    assert kept[28:30, 40:42].all()
+    assert not (kept & speck).any()
+    assert np.array_equal(drop_edge_specks(cracks, envelope, 0), cracks)
+    assert not (kept & ~cracks).any()
