@@ -64,6 +64,16 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def ensure_container(client: Any, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
+    """The container at ``path``, created (with ``metadata`` on the last) where missing.
+
+    One request when it exists (``client[path]`` looks the whole path up at once); walking
+    down key by key, two requests per level, cost a raw run 4 to 6 requests more.
+    """
+    if path:
+        try:
+            return client[tuple(path)]
+        except KeyError:
+            pass
     node = client
     for i, key in enumerate(path):
         if key in node:
