@@ -323,8 +323,7 @@ def _import_applier(client: Any) -> Any:
 
                 raw = ensure_container(self.client, ["raw"])
                 self._raw_writer = TiledWriter(raw, batch_size=IMPORT_WRITER_BATCH)
-            with self._append_lock:
-                self._raw_writer(record.name, record.doc)
+            self._raw_writer(record.name, record.doc)
 
         def _raw_docs(self, record: RawDocs) -> None:
             for one in record.records:  # the TiledWriter batches the rows itself

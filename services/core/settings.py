@@ -201,6 +201,9 @@ class BeamwatchSettings(BaseSettings):
     dispatch_queue_mb: float = Field(256.0, gt=0)
     #: Longest backoff between Tiled write retries (seconds).
     retry_max_backoff: float = Field(5.0, gt=0)
+    #: Threads of a consumer writing to Tiled, each applying a different run's writes: a
+    #: request that hangs until ``tiled.request_timeout`` holds only its own run.
+    spool_workers: int = Field(4, ge=1)
     log_level: str = "INFO"
 
     # ---- derived paths -------------------------------------------------------------------

@@ -80,14 +80,21 @@ class LazyClient:
 
 
 class _ReconnectingApplier:
+    """One :class:`TiledApplier` for all the spool's workers (it holds each run's state)."""
+
     def __init__(self, client: LazyClient) -> None:
         self._client = client
         self._applier: TiledApplier | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, record: Record) -> None:
-        if self._applier is None:
-            self._applier = TiledApplier(self._client.get())
-        self._applier(record)
+        applier = self._applier
+        if applier is None:
+            with self._lock:
+                if self._applier is None:
+                    self._applier = TiledApplier(self._client.get())
+                applier = self._applier
+        applier(record)
 
 
 class Consumer:
@@ -118,6 +125,7 @@ class Consumer:
             max_backoff=settings.retry_max_backoff,
             is_transient=is_transient,
             on_reject=self._report_rejected,
+            workers=settings.spool_workers,
         )
         self._rejected: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         # Two workers: a long stage (a tomogram's reconstruction) does not hold back the end

@@ -7,7 +7,7 @@ offsets, table rows appended at known row offsets.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import threading
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,16 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def ensure_container(client: Any, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
+    """The container at ``path``, created (with ``metadata`` on the last) where missing.
+
+    One request when it exists (``client[path]`` looks the whole path up at once); walking
+    down key by key, two requests per level, cost a raw run 4 to 6 requests more.
+    """
+    if path:
+        try:
+            return client[tuple(path)]
+        except KeyError:
+            pass
     node = client
     for i, key in enumerate(path):
         if key in node:
@@ -92,43 +102,22 @@ def _is_conflict(exc: BaseException) -> bool:
     return getattr(response, "status_code", None) == 409
 
 
-class AppendLock:
-    """Host-wide lock around table appends to one Tiled server.
+class TiledApplier:
+    """Applies records to one Tiled server; owns the raw ``TiledWriter``.
 
-    Tiled 0.2.20 shares one ADBC connection of its DuckDB tabular store between requests;
-    concurrent appends from the raw and analysis consumers then fail with "No active
-    transaction, cannot commit" (HTTP 500) and may be applied twice. Serialising our own
-    appends on the host avoids it.
+    Safe to call from several threads for records of different runs (the spool's workers
+    never apply two records of one run at once). There is no lock among writers: the table
+    storage takes concurrent appends (the embedded SQLite through its server's single
+    connection, PostgreSQL by itself; ``tests/services/test_tiled_storage.py``). DuckDB table
+    storage does not (tiled 0.2.20 shares one connection between requests: "No active
+    transaction", rows twice) and is not supported. A host-wide lock around appends was used
+    for it before; a request hanging under that lock held every run of every consumer.
     """
 
-    def __init__(self, url: str) -> None:
-        import hashlib
-        import tempfile
-
-        digest = hashlib.sha1(url.encode()).hexdigest()[:12]
-        self.path = Path(tempfile.gettempdir()) / f"beamwatch-tiled-append-{digest}.lock"
-
-    def __enter__(self) -> AppendLock:
-        import fcntl
-
-        self._fh = open(self.path, "a")  # noqa: SIM115 - held until __exit__
-        fcntl.flock(self._fh, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import fcntl
-
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
-
-
-class TiledApplier:
-    """Applies records to one Tiled server; owns the raw ``TiledWriter``."""
-
-    def __init__(self, client: Any, append_lock: AppendLock | None = None) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
-        self._append_lock = append_lock or AppendLock(str(client.uri))
         self._raw_writer: Any = None
+        self._raw_writer_lock = threading.Lock()
         self._containers: dict[tuple[str, ...], Any] = {}
         self._tables: dict[tuple[str, ...], Any] = {}
         self._arrays: dict[tuple[str, ...], tuple[Any, int]] = {}
@@ -171,34 +160,35 @@ class TiledApplier:
     def _raw_docs(self, record: RawDocs) -> None:
         """A run's raw documents in one batch (held back by the raw router, or merged by the
         spool when Tiled lags): Event rows in blocks, StreamDatums one update per node."""
-        if self._raw_writer is None:
-            # bluesky's TiledWriter, with the parts that are not safe to retry replaced
-            from services.tiled.raw_writer import RawWriter
+        writer = self._raw_writer
+        if writer is None:
+            with self._raw_writer_lock:  # one writer: it holds the per-run state
+                if self._raw_writer is None:
+                    # bluesky's TiledWriter, with the parts that are not safe to retry replaced
+                    from services.tiled.raw_writer import RawWriter
 
-            self._raw_writer = RawWriter(ensure_container(self.client, ["raw"]))
+                    self._raw_writer = RawWriter(ensure_container(self.client, ["raw"]))
+                writer = self._raw_writer
         records = record.records
-        with self._append_lock:
-            try:
-                self._raw_writer.apply_many(records)
-            except Exception as exc:
-                if len(records) == 1 or _status(exc) is None:
-                    raise
-                # Tiled answered with an error: one document it refuses must not cost the
-                # others of the record, so they go one by one (each is written once, whatever
-                # was in already); the error of the first refused one is raised after.
-                logger.warning(
-                    "raw write of %d documents refused (%s); one by one", len(records), exc
-                )
-                first: Exception | None = None
-                for one in records:
-                    try:
-                        self._raw_writer.apply_many([one])
-                    except Exception as one_exc:
-                        if _status(one_exc) is None:
-                            raise
-                        first = first or one_exc
-                if first is not None:
-                    raise first from exc
+        try:
+            writer.apply_many(records)
+        except Exception as exc:
+            if len(records) == 1 or _status(exc) is None:
+                raise
+            # Tiled answered with an error: one document it refuses must not cost the
+            # others of the record, so they go one by one (each is written once, whatever
+            # was in already); the error of the first refused one is raised after.
+            logger.warning("raw write of %d documents refused (%s); one by one", len(records), exc)
+            first: Exception | None = None
+            for one in records:
+                try:
+                    writer.apply_many([one])
+                except Exception as one_exc:
+                    if _status(one_exc) is None:
+                        raise
+                    first = first or one_exc
+            if first is not None:
+                raise first from exc
 
     def _container_record(self, record: Container) -> None:
         node = self._container(list(record.path), record.metadata)
@@ -293,8 +283,7 @@ class TiledApplier:
         if offset >= 0 and current != offset:
             raise PermanentWriteError(f"{key}: rows at {offset} but the table holds {current}")
         try:
-            with self._append_lock:
-                node.append_partition(0, table)
+            node.append_partition(0, table)
         except Exception:
             self._uncertain.add(ident)
             raise

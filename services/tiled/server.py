@@ -18,6 +18,9 @@ import yaml
 
 from services.core.settings import BeamwatchSettings
 
+#: Connections of the embedded server to its SQLite table storage (see :func:`tiled_config`).
+STORAGE_POOL_SIZE = 1
+
 
 def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
     """The Tiled service configuration for the embedded server (API key by env var)."""
@@ -50,6 +53,16 @@ def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
                 },
             }
         ],
+        # One connection to the SQLite table storage, shared by every request in turn:
+        # SQLite has one writer at a time, and tiled's ADBC connections set no busy timeout,
+        # so with the default pool (5 + 10) two requests appending at once (the raw and the
+        # analysis consumer) made one fail at once with "database is locked" (HTTP 500).
+        # Through a single connection appends are serialised by the server itself, without
+        # any lock among the clients. (Reads wait for it too; in WAL mode they never wait
+        # for another process's write.) 0 overflow needs TILED_STORAGE_MAX_OVERFLOW=0 as
+        # well (``tiled_command``): tiled takes a 0 in the file for "unset".
+        "storage_pool_size": STORAGE_POOL_SIZE,
+        "storage_max_overflow": 0,
         "streaming_cache": {"uri": settings.tiled.cache_uri},
         "uvicorn": {"host": settings.tiled.host, "port": settings.tiled.port},
     }
@@ -104,5 +117,6 @@ def tiled_command(settings: BeamwatchSettings) -> tuple[list[str], dict[str, str
     config = write_tiled_config(settings)
     env = dict(os.environ)
     env["TILED_SINGLE_USER_API_KEY"] = settings.resolved_api_key()
+    env["TILED_STORAGE_MAX_OVERFLOW"] = "0"  # see tiled_config
     tiled_bin = Path(sys.executable).with_name("tiled")
     return [str(tiled_bin), "serve", "config", str(config)], env

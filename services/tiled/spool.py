@@ -6,6 +6,10 @@ applies the records of each run strictly in order, retrying a failed one with ca
 exponential backoff until it succeeds. Order matters only within a run, so runs are *lanes*:
 while a run's head write fails and waits for its retry, the worker goes on with the other runs
 (round robin), and a write that keeps failing holds back only the later writes of its own run.
+With several workers (``workers``) each takes a lane no other worker is applying, so a request
+that hangs until its timeout holds only its own run's lane too: the other runs go on through
+the other workers. (Which is why an applier given to several workers must be safe to call from
+several threads for different runs.)
 Records left on disk by a previous process are replayed at start (files of before the run
 lanes, ``<n>.msgpack``, are read and renamed once, with a log line).
 
@@ -76,7 +80,10 @@ class Spool:
         max_batch: int = 256,
         max_server_errors: int = 12,
         on_reject: RejectCallback | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._apply = apply
@@ -93,12 +100,16 @@ class Spool:
         self._single: dict[str, Path] = {}  # lane -> head file to apply alone (a merge failed)
         self._count = 0
         self._stop = False
-        self._busy: str | None = None  # the lane being applied
+        self._busy: set[str] = set()  # lanes being applied (one worker each)
         self._max_batch = max_batch
         self._max_server_errors = max_server_errors
         self._on_reject = on_reject
         self.rejected_dir = self.directory / "rejected"
-        self._thread = threading.Thread(target=self._run, name=f"spool-{self.directory.name}")
+        name = f"spool-{self.directory.name}"
+        self._threads = [
+            threading.Thread(target=self._run, name=name if i == 0 else f"{name}-{i}")
+            for i in range(workers)
+        ]
         existing = self._existing_records()
         self._next = (_number(existing[-1][1]) + 1) if existing else 0
         for lane, path in existing:
@@ -163,11 +174,12 @@ class Spool:
 
     # ---- public --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def discard_runs(self, runs: Iterable[str]) -> int:
         """Before :meth:`start`: delete the queued records of these runs; return how many."""
-        if self._thread.is_alive():
+        if any(t.is_alive() for t in self._threads):
             raise RuntimeError("discard_runs() is for records of a previous process, before start")
         dropped = 0
         with self._cond:
@@ -216,8 +228,8 @@ class Spool:
         os.replace(tmp, path)
 
     def is_alive(self) -> bool:
-        """True while the worker thread runs (a consumer whose worker died must restart)."""
-        return self._thread.is_alive()
+        """True while every worker thread runs (a consumer whose worker died must restart)."""
+        return all(t.is_alive() for t in self._threads)
 
     def depth(self) -> int:
         """Records not applied yet (the ones being applied included)."""
@@ -233,7 +245,7 @@ class Spool:
         """Block until every queued record has been applied; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._count or self._busy is not None:
+            while self._count or self._busy:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -246,18 +258,22 @@ class Spool:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=10)
 
     # ---- worker --------------------------------------------------------------------------------
     def _next_lane(self) -> str | None:
-        """Under the lock: wait for a lane whose head write is due (round robin); None: stop."""
+        """Under the lock: wait for a lane whose head write is due and that no other worker is
+        applying (round robin); None: stop."""
         while not self._stop:
             now = time.monotonic()
             soonest: float | None = None
             for _ in range(len(self._rotation)):
                 lane = self._rotation[0]
                 self._rotation.rotate(-1)
+                if lane in self._busy:
+                    continue
                 due = self._retry_at.get(lane, 0.0)
                 if due <= now:
                     return lane
@@ -273,7 +289,7 @@ class Spool:
                     return
                 single = self._single.get(lane) == self._lanes[lane][0]
                 candidates = list(islice(self._lanes[lane], 1 if single else self._max_batch))
-                self._busy = lane
+                self._busy.add(lane)
             done: list[Path] = []
             try:
                 done = self._apply_lane(lane, candidates)
@@ -285,7 +301,7 @@ class Spool:
                     self._retry_at[lane] = time.monotonic() + self._max_backoff
             finally:
                 with self._cond:
-                    self._busy = None
+                    self._busy.discard(lane)
                     self._remove_done(lane, done)
                     self._set_gauges()
                     self._cond.notify_all()

@@ -241,3 +241,133 @@ def test_a_run_whose_writes_keep_failing_holds_back_only_itself(
     for uid in (uid_a, uid_b):  # rows in seq_num order, each once
         table = tiled_client["raw"][uid]["primary"].base["internal"].read()
         assert table["seq_num"].tolist() == list(range(1, N_ENERGIES + 1))
+
+
+class HangingProxy:
+    """A reverse proxy in front of the real Tiled server that gives no answer to any request
+    about one run (``uid`` in its path or body) until :meth:`release`: a server stuck on that
+    run's writes. Held requests are then answered 503 without being forwarded (the server
+    never saw them); later ones go through. Other requests are forwarded as they come."""
+
+    def __init__(self, upstream: str) -> None:
+        from tests.conftest import free_port
+
+        self.upstream = upstream
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.uid = ""
+        self.held = 0  # requests being held now
+        self.first_held = threading.Event()
+        self._released = threading.Event()
+        self._server = None
+        self._thread = None
+
+    async def app(self, scope, receive, send) -> None:
+        import asyncio
+
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        path = scope["path"]
+        if self.uid and (self.uid in path or self.uid.encode() in body):
+            if not self._released.is_set():
+                self.held += 1
+                self.first_held.set()
+                while not self._released.is_set():
+                    await asyncio.sleep(0.05)
+                self.held -= 1
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b"held by the test"})
+                return
+        query = scope["query_string"].decode()
+        # the Host header goes along: Tiled's answers link to the proxy, not around it
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+        async with httpx.AsyncClient(base_url=self.upstream, timeout=60) as client:
+            target = path + (f"?{query}" if query else "")
+            request = client.build_request(scope["method"], target, headers=headers, content=body)
+            response = await client.send(request, stream=True)
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+            await response.aclose()
+        out = [
+            (k, v)
+            for k, v in response.headers.raw
+            if k.lower() not in (b"content-length", b"transfer-encoding", b"connection")
+        ]
+        out.append((b"content-length", str(len(raw)).encode()))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": raw})
+
+    def __enter__(self) -> HangingProxy:
+        import uvicorn
+
+        port = int(self.url.rsplit(":", 1)[1])
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            interface="asgi3",
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        from tests.conftest import wait_until
+
+        wait_until(lambda: self._server.started, timeout=30, interval=0.05)
+        return self
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._server.should_exit = True
+        self._thread.join(30)
+
+
+def test_a_hanging_request_holds_only_its_own_runs_lane(tiled_server, tiled_client, tmp_path):
+    """Run A's first write hangs at the server (no answer, and the client's timeout is far
+    off); run B is written whole meanwhile, by another of the spool's workers. With one
+    worker B waited for A's timeout. Then A's writes go through, and both runs are in once."""
+    from services.tiled.applier import connect
+    from tests.conftest import wait_until
+
+    with HangingProxy(tiled_server.url) as proxy:
+        client = connect(proxy.url, tiled_server.api_key, timeout=300.0)
+        metrics = Metrics("raw")
+        spool = Spool(
+            tmp_path / "spool",
+            TiledApplier(client),
+            metrics,
+            max_backoff=0.2,
+            is_transient=is_transient,
+            workers=2,
+        )
+        spool.start()
+        dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
+        RE = RunEngine({})
+        RE.subscribe(lambda name, doc: setattr(proxy, "uid", proxy.uid or doc["uid"]), "start")
+        RE.subscribe(dispatcher)
+        try:
+            txm_a = small_txm(tiled_server.settings.detector_dir, "stream", seed=23)
+            (uid_a,) = RE(xanes_scan_plan(txm_a, energies(), n_flats=1))
+            assert proxy.uid == uid_a
+            assert proxy.first_held.wait(20)
+            txm_b = small_txm(tiled_server.settings.detector_dir, "stream", seed=24)
+            (uid_b,) = RE(xanes_scan_plan(txm_b, energies(), n_flats=1))
+            wait_until(lambda: spool.pending(uid_b) == 0, timeout=200, interval=0.1)
+            # B is in while A's first request is still waiting for its answer
+            assert proxy.held == 1
+            _check_run_exactly_once(tiled_client, uid_b, txm_b)
+            assert uid_a not in tiled_client["raw"]
+            proxy.release()
+            assert spool.wait_empty(120)
+        finally:
+            spool.stop(drain_timeout=0)
+            client.context.close()
+    _check_run_exactly_once(tiled_client, uid_a, txm_a)
+    for uid in (uid_a, uid_b):
+        table = tiled_client["raw"][uid]["primary"].base["internal"].read()
+        assert table["seq_num"].tolist() == list(range(1, N_ENERGIES + 1))

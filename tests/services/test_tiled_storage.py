@@ -1,10 +1,13 @@
 """Table storage under concurrent use: the embedded Tiled's SQLite serves reads while a writer
-holds the database; appends from several writers land once on the production PostgreSQL.
+holds the database; appends from several writers land once, on the embedded SQLite and on the
+production PostgreSQL.
 
 With SQLite's default rollback journal, a table read during another connection's write failed
 with "database is locked" (HTTP 500 to the reader; seen in ``make test`` on
 ``analysis/<uid>/particles/table``). The embedded storage file is created in WAL mode, where
-readers never wait for the writer.
+readers never wait for the writer. Two appends at once failed with "database is locked" too
+(one writer at a time, and no busy timeout on tiled's connections): the embedded server now
+uses one connection to its table storage, so it serialises appends itself.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import threading
 import uuid
 
 import pyarrow as pa
-import pytest
+
+from tests.conftest import both_backends
 
 
 def test_tabular_storage_is_wal(tiled_server):
@@ -41,13 +45,14 @@ def test_table_read_while_a_writer_holds_the_database(tiled_server, tiled_client
         writer.close()
 
 
-# The production table storage only: on the embedded SQLite one two writers' appends fail with
-# "database is locked" (HTTP 500; the consumers' spool retries them, exactly once by offset).
-@pytest.mark.parametrize("tiled_server", ["production"], indirect=True)
+@both_backends
 def test_concurrent_appends_land_exactly_once(tiled_server, tiled_client):
     """Two writers appending (as the two consumers do) while tables are created and read (as
     a viewer does): every row once, in order, no error. Tiled 0.2.20 + DuckDB failed this
-    ("No active transaction", rows twice); PostgreSQL (deploy/tiled/config.yml) holds."""
+    ("No active transaction", rows twice); PostgreSQL (deploy/tiled/config.yml) holds; the
+    embedded SQLite storage answered "database is locked" (HTTP 500) to one of two appends
+    at once while its server pooled several connections (each without a busy timeout), and
+    holds with one (``services.tiled.server.STORAGE_POOL_SIZE``)."""
     prefix = f"concurrent-{uuid.uuid4().hex[:8]}"
     n_writers, n_appends = 2, 15
     errors: list[BaseException] = []
