@@ -18,7 +18,7 @@ from services.analysis.registry import default_registry
 from services.analysis.router import AnalysisRunRouter
 from services.core.metrics import Metrics
 from services.runs.routing import RunDispatcher, RunRouter
-from services.tiled.records import ArrayWrite, Container, Metadata
+from services.tiled.records import ArrayWrite, Container, Metadata, TableRows
 
 N = 8
 
@@ -77,15 +77,19 @@ class AnalysisConsumer:
             self.dispatcher(name, doc)
 
     def xanes(self, uid: str) -> dict:
-        """The arrays and metadata written under analysis/<uid>/xanes."""
-        arrays, md = {}, {}
+        """The arrays, tables and metadata written under analysis/<uid>/xanes."""
+        arrays, md, tables = {}, {}, {}
         for r in self.spool.records:
             if tuple(getattr(r, "path", ())) == ("analysis", uid, "xanes"):
                 if isinstance(r, ArrayWrite):
                     arrays[r.key] = r.array
+                elif isinstance(r, TableRows):
+                    table = tables.setdefault(r.key, {})
+                    for column, values in r.rows.items():
+                        table.setdefault(column, []).extend(values)
                 elif isinstance(r, Container | Metadata):
                     md.update(r.metadata or {})
-        return {"arrays": arrays, "metadata": md}
+        return {"arrays": arrays, "metadata": md, "tables": tables}
 
 
 def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_one(tmp_path):
@@ -109,6 +113,13 @@ def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_on
     for key in ("deformation_displacement", "deformation_nonrigid"):
         assert expected["arrays"][key].shape[1] == 2
         np.testing.assert_array_equal(resumed["arrays"][key], expected["arrays"][key])
+    # the state-of-charge trajectory goes on too: the first scan's maps and time stamp came
+    # back from the data dir (edge energy per particle per scan, both scans)
+    trajectory = expected["tables"]["soc_trajectory"]
+    assert sorted(set(trajectory["scan"])) == [0, 1]
+    assert np.isfinite(trajectory["edge_energy_eV_mean"]).all()
+    assert len(set(trajectory["scan_time"])) == 2
+    np.testing.assert_equal(resumed["tables"]["soc_trajectory"], trajectory)
     # the second scan really moved: a deformation of zeros would prove nothing
     displacement = expected["arrays"]["deformation_displacement"]
     assert np.isfinite(displacement[:, 1]).any()
