@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,21 +85,29 @@ class SeriesStore:
 
     scans: dict[str, list[_ScanSummary]] = field(default_factory=dict)
     directory: Path | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, series: str, summary: _ScanSummary) -> list[_ScanSummary]:
-        items = self.scans.get(series)
-        if items is None:
-            items = self.scans[series] = self._load(series)
-        if summary.run_uid:
-            # the same run analysed again (a resumed or replayed run) replaces its summary
-            items[:] = [s for s in items if s.run_uid != summary.run_uid]
-        items.append(summary)
-        items.sort(key=lambda s: s.scan_index)
-        try:
-            self._save(series, summary)
-        except OSError as exc:  # the analysis of this scan goes on; only a restart would miss it
-            logger.error("series %s: scan summary not kept on disk (%s)", series, exc)
-        return items
+        """Add a scan's summary; return the series as it is now (a copy, in scan order).
+
+        The after-scan stages of two scans of one series can run at once (the consumer's
+        worker pool): the summaries change under a lock, and each scan works on its own copy,
+        so its deformation arrays, trajectory and ``series_scans`` describe the same scans.
+        """
+        with self._lock:
+            items = self.scans.get(series)
+            if items is None:
+                items = self.scans[series] = self._load(series)
+            if summary.run_uid:
+                # the same run analysed again (a resumed or replayed run) replaces its summary
+                items[:] = [s for s in items if s.run_uid != summary.run_uid]
+            items.append(summary)
+            items.sort(key=lambda s: s.scan_index)
+            try:
+                self._save(series, summary)
+            except OSError as exc:  # the analysis goes on; only a restart would miss it
+                logger.error("series %s: scan summary not kept on disk (%s)", series, exc)
+            return list(items)
 
     def _series_dir(self, series: str) -> Path | None:
         if self.directory is None:

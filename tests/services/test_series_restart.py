@@ -137,3 +137,30 @@ def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_on
     forgetful = AnalysisConsumer(tmp_path / "c", series=False)
     forgetful.feed(docs[second])
     assert forgetful.xanes(second)["metadata"]["series_scans"] == [1]
+
+
+def test_a_scan_keeps_the_series_it_was_added_to(tmp_path):
+    """Two scans' after-scan stages can run at once (the consumer's worker pool): what
+    ``add`` returned to one scan must not change when the other adds itself, or its
+    deformation arrays and its ``series_scans`` would describe different scans (seen in
+    test_xanes_live: series_scans [0, 1] next to a one-scan deformation array)."""
+    from services.analysis.xanes_live import SeriesStore, _ScanSummary
+
+    store = SeriesStore(directory=tmp_path / "series")
+
+    def summary(index: int) -> _ScanSummary:
+        labels = np.zeros((8, 8), dtype=np.int32)
+        labels[2:5, 2:5] = 1
+        return _ScanSummary(
+            index, labels, labels.astype(np.float32), np.array([[3.0, 3.0]]), run_uid=f"r{index}"
+        )
+
+    second = store.add("s", summary(1))
+    first = store.add("s", summary(0))
+    assert [s.scan_index for s in second] == [1]
+    assert [s.scan_index for s in first] == [0, 1]
+    assert np.isnan(first[0].time) and first[0].maps == {}
+    # and what a restarted consumer reads back holds both, in scan order
+    assert [
+        s.scan_index for s in SeriesStore(directory=tmp_path / "series").add("s", summary(2))
+    ] == [0, 1, 2]
