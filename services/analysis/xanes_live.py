@@ -371,9 +371,13 @@ class XanesLivePipeline:
                 sub=[XANES.aligned],
                 dims=["frame", "row", "col"],
             )
+        # the operando series first (as before the chemistry): the scan joins its series as
+        # soon as it can, so a later scan's stage, running at the same time, rarely overtakes it
+        extra_figures: dict[str, str] = {}
+        chemistry_md, maps = self._chemistry_results(final, out, extra_figures)
+        deformation_md = self._deformation(final, out, maps, extra_figures)
         figures = self._figures(final, out)
-        chemistry_md, maps = self._chemistry_results(final, out, figures)
-        deformation_md = self._deformation(final, out, maps, figures)
+        figures.update(extra_figures)
         lat = np.asarray(self._latencies) * 1e3
         out.metadata(
             {
