@@ -32,8 +32,10 @@ from scipy import ndimage
 __all__ = [
     "EDGE_STACK_ENERGIES",
     "RealEdgeStack",
+    "RealMixtureStack",
     "aps_fov03_od",
     "build_edge_stack",
+    "build_mixture_stack",
     "coregister",
     "normalised_nca_spectrum",
     "read_xrm",
@@ -324,4 +326,130 @@ def build_edge_stack(
         truth_shift=truth,
         weights=weights,
         od_reference=od_above.astype(np.float32),
+    )
+
+
+@dataclass(frozen=True)
+class RealMixtureStack:
+    """A XANES stack of real particles whose pixels are known mixtures of two real spectra.
+
+    Attributes
+    ----------
+    energies : numpy.ndarray
+        ``(N,)`` eV, acquisition order.
+    frames : numpy.ndarray
+        ``(N, H, W)`` float32 counts (Poisson).
+    flat : numpy.ndarray
+        ``(H, W)`` float32 incident counts.
+    truth_shift : numpy.ndarray
+        ``(N, 2)`` drift of every frame relative to frame 0 (row, col).
+    fraction : numpy.ndarray
+        ``(H, W)`` float64 fraction of the first spectrum in every pixel (frame-0 geometry).
+    edge_jump : numpy.ndarray
+        ``(H, W)`` float64 OD edge jump per pixel (the real particles' thickness); the
+        background has a jump near 0 (the real frames' noise).
+    """
+
+    energies: np.ndarray
+    frames: np.ndarray
+    flat: np.ndarray
+    truth_shift: np.ndarray
+    fraction: np.ndarray
+    edge_jump: np.ndarray
+
+
+def build_mixture_stack(
+    od_below: np.ndarray,
+    od_above: np.ndarray,
+    energy_below: float,
+    energy_above: float,
+    spectra: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    fraction: np.ndarray,
+    energies: np.ndarray,
+    *,
+    particles: np.ndarray | None = None,
+    seed: int = 0,
+    incident_counts: float = 3000.0,
+    drift_step_px: float = 0.4,
+) -> RealMixtureStack:
+    """Stack whose per-pixel spectra are mixtures of two real normalised spectra.
+
+    The two co-registered real frames give every pixel its pre-edge OD and its edge jump,
+    read as a sample of the first spectrum ``a`` (the SSRL and APS frames are of pristine
+    NCA): ``J = (OD_above - OD_below) / (a(E_above) - a(E_below))`` and
+    ``OD_pre = OD_below - J a(E_below)``. The stack then has, in every pixel,
+    ``OD(E) = OD_pre + J (f a(E) + (1 - f) b(E))`` with the known fraction map ``f`` and the
+    second spectrum ``b``. With ``particles`` (a mask of the real particles' footprint) the
+    jump is set to 0 outside it: the background keeps the real below-edge OD (zone-plate pattern
+    and all) at every energy, instead of the small differences between the two real frames
+    (flat-field and beam changes) read as an edge. Each frame is shifted by a known
+    random-walk drift (Fourier shift), turned into counts under a uniform beam and given
+    Poisson noise.
+
+    Parameters
+    ----------
+    od_below, od_above : numpy.ndarray
+        ``(H, W)`` co-registered real OD frames below / above the edge.
+    energy_below, energy_above : float
+        Their energies (eV).
+    spectra : pair of (energies, normalised mu)
+        The spectra ``a`` and ``b`` (:func:`normalised_nca_spectrum`).
+    fraction : numpy.ndarray
+        ``(H, W)`` fraction of ``a`` per pixel, in [0, 1].
+    energies : numpy.ndarray
+        Energies of the stack (eV), inside both spectra's ranges.
+    particles : numpy.ndarray, optional
+        ``(H, W)`` bool: where the edge jump is kept.
+    seed, incident_counts, drift_step_px
+        Noise and drift (drift 0 gives a stack without drift).
+
+    Returns
+    -------
+    RealMixtureStack
+    """
+    if od_below.shape != od_above.shape or od_below.ndim != 2:
+        raise ValueError(
+            f"od_below {od_below.shape} and od_above {od_above.shape} must be equal 2-D"
+        )
+    fraction = np.asarray(fraction, dtype=np.float64)
+    if fraction.shape != od_above.shape:
+        raise ValueError(
+            f"fraction shape {fraction.shape} differs from the frames {od_above.shape}"
+        )
+    if not (np.all(np.isfinite(fraction)) and fraction.min() >= 0 and fraction.max() <= 1):
+        raise ValueError("fraction must be finite and in [0, 1]")
+    energies = np.asarray(energies, dtype=np.float64)
+    (e_a, mu_a), (e_b, mu_b) = spectra
+    for e_spec, name in ((e_a, "spectra[0]"), (e_b, "spectra[1]")):
+        if energies.min() < e_spec.min() or energies.max() > e_spec.max():
+            raise ValueError(f"{name} covers {e_spec.min()}-{e_spec.max()} eV, not the stack's")
+    a_below, a_above = np.interp([energy_below, energy_above], e_a, mu_a)
+    jump = (od_above.astype(np.float64) - od_below) / (a_above - a_below)
+    if particles is not None:
+        if particles.shape != jump.shape:
+            raise ValueError(f"particles shape {particles.shape} differs from {jump.shape}")
+        jump = np.where(particles, jump, 0.0)
+    pre = od_below - jump * a_below
+    a_on = np.interp(energies, e_a, mu_a)
+    b_on = np.interp(energies, e_b, mu_b)
+    rng = np.random.default_rng(seed)
+    steps = rng.normal(0.0, drift_step_px, (energies.size, 2)) if drift_step_px > 0 else None
+    truth = np.zeros((energies.size, 2))
+    if steps is not None:
+        steps[0] = 0.0
+        truth = np.cumsum(steps, axis=0)
+    flat = np.full(od_above.shape, incident_counts, dtype=np.float32)
+    frames = np.empty((energies.size, *od_above.shape), dtype=np.float32)
+    for i in range(energies.size):
+        od = pre + jump * (fraction * a_on[i] + (1.0 - fraction) * b_on[i])
+        if np.any(truth[i]):
+            od = fourier_shift_padded(od, truth[i]).astype(np.float64)
+        frames[i] = rng.poisson(incident_counts * np.exp(-od)).astype(np.float32)
+    return RealMixtureStack(
+        energies=energies,
+        frames=frames,
+        flat=flat,
+        truth_shift=truth,
+        fraction=fraction,
+        edge_jump=jump,
     )

@@ -14,6 +14,8 @@ def default_registry(
     feedback: Any = None,
     slabs: Any = None,
     series_dir: Path | None = None,
+    references_dir: Path | None = None,
+    metrics: Any = None,
 ) -> PipelineRegistry:
     """The registry used by ``beamwatch up``; analysis modules are imported when first used.
 
@@ -21,6 +23,8 @@ def default_registry(
     than its threshold slab by slab to a Dask cluster; None keeps every one in memory.
     ``series_dir`` keeps the operando series state (what later scans of a series need) on disk,
     so that it survives a restart of the consumer; without it the state lives in memory only.
+    ``references_dir`` (the data dir) is where a start document's ``lcf_references`` file names
+    point; ``metrics`` (:class:`services.core.metrics.Metrics`) counts refused start options.
     """
     registry = PipelineRegistry()
     registry.register("frames", lambda start: True, FrameStatsPipeline)
@@ -35,11 +39,21 @@ def default_registry(
     from services.analysis import xanes_live
 
     series = xanes_live.SeriesStore(directory=series_dir)
+
+    def rejected(option: str) -> None:
+        if metrics is not None:
+            metrics.start_options_rejected.labels(metrics.service, option).inc()
+
     registry.register(
         "xanes",
         xanes_live.select,
         lambda start: xanes_live.XanesLivePipeline(
-            start, feedback=feedback, figures_dir=figures_for(start), series=series
+            start,
+            feedback=feedback,
+            figures_dir=figures_for(start),
+            series=series,
+            references_dir=references_dir,
+            on_rejected=rejected,
         ),
     )
     from services.analysis import tomo_live

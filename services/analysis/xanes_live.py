@@ -13,7 +13,11 @@ after the last frame:     ``labels`` (H, W) int32, ``edge_energy`` / ``whiteline
                           ``aligned/particle_<k>`` (N, h, w) aligned ROI stacks,
                           ``deformation`` table across the operando series so far,
                           ``figures/<name>`` RGB images (PNG files under the data dir) and
-                          the numbers behind them (:mod:`services.analysis.xanes_figures`)
+                          the numbers behind them (:mod:`services.analysis.xanes_figures`);
+                          when the start document asks (``lcf_references``,
+                          ``xanes_clusters``): LCF and cluster maps, and across an operando
+                          series the ``soc_trajectory`` table
+                          (:mod:`services.analysis.xanes_chemistry`)
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +67,8 @@ class _ScanSummary:
     reference: np.ndarray
     mean_com: np.ndarray  # (P, 2)
     run_uid: str = ""
+    time: float = float("nan")  # start document 'time' (Unix s)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # (H, W) per-pixel, NaN unknown
 
 
 @dataclass
@@ -77,21 +85,29 @@ class SeriesStore:
 
     scans: dict[str, list[_ScanSummary]] = field(default_factory=dict)
     directory: Path | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, series: str, summary: _ScanSummary) -> list[_ScanSummary]:
-        items = self.scans.get(series)
-        if items is None:
-            items = self.scans[series] = self._load(series)
-        if summary.run_uid:
-            # the same run analysed again (a resumed or replayed run) replaces its summary
-            items[:] = [s for s in items if s.run_uid != summary.run_uid]
-        items.append(summary)
-        items.sort(key=lambda s: s.scan_index)
-        try:
-            self._save(series, summary)
-        except OSError as exc:  # the analysis of this scan goes on; only a restart would miss it
-            logger.error("series %s: scan summary not kept on disk (%s)", series, exc)
-        return items
+        """Add a scan's summary; return the series as it is now (a copy, in scan order).
+
+        The after-scan stages of two scans of one series can run at once (the consumer's
+        worker pool): the summaries change under a lock, and each scan works on its own copy,
+        so its deformation arrays, trajectory and ``series_scans`` describe the same scans.
+        """
+        with self._lock:
+            items = self.scans.get(series)
+            if items is None:
+                items = self.scans[series] = self._load(series)
+            if summary.run_uid:
+                # the same run analysed again (a resumed or replayed run) replaces its summary
+                items[:] = [s for s in items if s.run_uid != summary.run_uid]
+            items.append(summary)
+            items.sort(key=lambda s: s.scan_index)
+            try:
+                self._save(series, summary)
+            except OSError as exc:  # the analysis goes on; only a restart would miss it
+                logger.error("series %s: scan summary not kept on disk (%s)", series, exc)
+            return list(items)
 
     def _series_dir(self, series: str) -> Path | None:
         if self.directory is None:
@@ -113,6 +129,13 @@ class SeriesStore:
                             reference=data["reference"],
                             mean_com=data["mean_com"],
                             run_uid=str(data["run_uid"]),
+                            # summaries written before the trajectory have neither
+                            time=float(data["time"]) if "time" in data else float("nan"),
+                            maps={
+                                key.removeprefix(_MAP_PREFIX): data[key]
+                                for key in data.files
+                                if key.startswith(_MAP_PREFIX)
+                            },
                         )
                     )
             except (OSError, ValueError, KeyError) as exc:
@@ -129,22 +152,53 @@ class SeriesStore:
         folder.mkdir(parents=True, exist_ok=True)
         name = _digest(summary.run_uid or f"scan-{summary.scan_index}")
         tmp = folder / f".{name}.tmp"
+        arrays: dict[str, Any] = {
+            "scan_index": np.int64(summary.scan_index),
+            "labels": summary.labels,
+            "reference": summary.reference,
+            "mean_com": summary.mean_com,
+            "run_uid": np.str_(summary.run_uid),
+            "time": np.float64(summary.time),
+        }
+        arrays.update({f"{_MAP_PREFIX}{key}": v for key, v in summary.maps.items()})
         with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                scan_index=np.int64(summary.scan_index),
-                labels=summary.labels,
-                reference=summary.reference,
-                mean_com=summary.mean_com,
-                run_uid=np.str_(summary.run_uid),
-            )
+            np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, folder / f"{name}.npz")
 
 
+_MAP_PREFIX = "map__"
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _start_time(start: dict[str, Any]) -> float:
+    value = start.get("time")
+    if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    return float("nan")
+
+
+def _describe_option(value: Any) -> Any:
+    """A start-document option as metadata: file names as given, inline spectra by size."""
+    if isinstance(value, dict):
+        return {
+            str(k)[:60]: v[:200] if isinstance(v, str) else f"inline ({_length(v)} rows)"
+            for k, v in list(value.items())[:16]
+        }
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value if not isinstance(value, str) else value[:200]
+    return f"{type(value).__name__}"
+
+
+def _length(value: Any) -> str:
+    try:
+        return str(len(value))
+    except TypeError:
+        return "?"
 
 
 def select(start: dict[str, Any]) -> bool:
@@ -165,8 +219,11 @@ class XanesLivePipeline:
         feedback: FeedbackPublisher | None,
         figures_dir: Path,
         series: SeriesStore,
+        references_dir: Path | None = None,
+        on_rejected: Callable[[str], None] | None = None,
     ) -> None:
         from pipelines.xanes.params import XanesParams
+        from services.analysis.xanes_chemistry import ChemistryRequestError, chemistry_request
 
         self._params = XanesParams(**start.get("beamwatch_xanes_params", {}))
         self.parameters = self._params.model_dump(mode="json")
@@ -183,6 +240,19 @@ class XanesLivePipeline:
         self._tracker: Any = None
         self._first_frame: np.ndarray | None = None
         self._latencies: list[float] = []
+        self._chemistry: Any = None
+        self._chemistry_error: str | None = None
+        try:
+            self._chemistry = chemistry_request(
+                start, references_dir=references_dir, spectra_params=self._params.spectra
+            )
+        except ChemistryRequestError as exc:
+            # the XANES analysis goes on without the chemistry; the run's metadata says why
+            self._chemistry_error = str(exc)
+            logger.error("chemistry options refused: %s", exc, extra={"run_uid": str(self._uid)})
+            if on_rejected is not None:
+                on_rejected(exc.option)
+        self._chemistry_reported = False
 
     def _image(self, frame: Frame) -> np.ndarray | None:
         if self._image_key and self._image_key in frame.images:
@@ -201,6 +271,9 @@ class XanesLivePipeline:
             return
         if frame.stream != "primary":
             return
+        if self._chemistry_error is not None and not self._chemistry_reported:
+            out.metadata({XANES.chemistry: self._chemistry_md()})
+            self._chemistry_reported = True
         if self._energy_key not in frame.readings:
             raise ValueError(f"event seq_num {frame.seq_num} has no reading {self._energy_key!r}")
         energy = float(frame.readings[self._energy_key])
@@ -298,8 +371,13 @@ class XanesLivePipeline:
                 sub=[XANES.aligned],
                 dims=["frame", "row", "col"],
             )
-        deformation_md = self._deformation(final, out)
+        # the operando series first (as before the chemistry): the scan joins its series as
+        # soon as it can, so a later scan's stage, running at the same time, rarely overtakes it
+        extra_figures: dict[str, str] = {}
+        chemistry_md, maps = self._chemistry_results(final, out, extra_figures)
+        deformation_md = self._deformation(final, out, maps, extra_figures)
         figures = self._figures(final, out)
+        figures.update(extra_figures)
         lat = np.asarray(self._latencies) * 1e3
         out.metadata(
             {
@@ -312,11 +390,72 @@ class XanesLivePipeline:
                 ),
                 "figures": figures,
                 **deformation_md,
+                **chemistry_md,
             }
         )
 
+    # ---- chemistry ----
+    def _chemistry_md(self) -> dict[str, Any]:
+        from services.analysis.xanes_chemistry import (
+            CLUSTERS_KEY,
+            LCF_REFERENCES_KEY,
+            SUM_TO_ONE_KEY,
+        )
+        from services.core.layout import Status
+
+        return {
+            "status": Status.FAILED,
+            "error": self._chemistry_error,
+            "request": {
+                key: _describe_option(self._start.get(key))
+                for key in (LCF_REFERENCES_KEY, CLUSTERS_KEY, SUM_TO_ONE_KEY)
+                if key in self._start
+            },
+        }
+
+    def _chemistry_results(
+        self, final: Any, out: ResultWriter, figures: dict[str, str]
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """LCF / cluster maps when the run asked for them; the maps the trajectory follows."""
+        maps = {"edge_energy_eV": np.asarray(final.edge_energy, dtype=np.float32)}
+        if self._chemistry_error is not None:
+            return {XANES.chemistry: self._chemistry_md()}, maps
+        if self._chemistry is None:
+            return {}, maps
+        from services.analysis.xanes_chemistry import write_chemistry
+        from services.analysis.xanes_figures import pixel_size
+
+        try:
+            md, fractions, paths = write_chemistry(
+                final,
+                self._chemistry,
+                out,
+                spectra_params=self._params.spectra,
+                pixel_um=pixel_size(self._pixel_size),
+                figures_dir=self._figures_dir,
+                run_uid=str(self._uid),
+            )
+        except Exception as exc:
+            # the maps, tracks and figures of the scan stand; the chemistry says it failed
+            logger.error(
+                "chemistry failed: %s", exc, exc_info=True, extra={"run_uid": str(self._uid)}
+            )
+            from services.core.layout import Status
+
+            failed = {
+                **self._chemistry.describe(),
+                "status": Status.FAILED,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+            return {XANES.chemistry: failed}, maps
+        figures.update(paths)
+        maps.update({name: v.astype(np.float32) for name, v in fractions.items()})
+        return {XANES.chemistry: md}, maps
+
     # ---- operando series ----
-    def _deformation(self, final: Any, out: ResultWriter) -> dict[str, Any]:
+    def _deformation(
+        self, final: Any, out: ResultWriter, maps: dict[str, np.ndarray], figures: dict[str, str]
+    ) -> dict[str, Any]:
         from pipelines.xanes.deformation import deformation_rows, deformation_series
         from pipelines.xanes.match import match_labels
         from pipelines.xanes.prepare import average_frames, optical_density, remove_background
@@ -337,6 +476,8 @@ class XanesLivePipeline:
                 reference,
                 mean_com,
                 run_uid=str(self._uid),
+                time=_start_time(self._start),
+                maps=maps,
             ),
         )
         first = scans[0]
@@ -361,7 +502,29 @@ class XanesLivePipeline:
             )
             out.metadata({"deformation_columns": list(columns)})
             out.table_rows(XANES.deformation, columns)
-        return {"operando_series": series, "series_scans": [int(s.scan_index) for s in scans]}
+        trajectory_md = self._trajectory(scans, out, figures)
+        return {
+            "operando_series": series,
+            "series_scans": [int(s.scan_index) for s in scans],
+            **trajectory_md,
+        }
+
+    def _trajectory(
+        self, scans: list[_ScanSummary], out: ResultWriter, figures: dict[str, str]
+    ) -> dict[str, Any]:
+        from services.analysis.xanes_chemistry import SeriesScan, write_trajectory
+
+        md, paths = write_trajectory(
+            [
+                SeriesScan(s.run_uid, int(s.scan_index), float(s.time), s.labels, s.maps)
+                for s in scans
+            ],
+            out,
+            figures_dir=self._figures_dir,
+            run_uid=str(self._uid),
+        )
+        figures.update(paths)
+        return md
 
     # ---- figures ----
     def _figures(self, final: Any, out: ResultWriter) -> dict[str, str]:

@@ -653,7 +653,9 @@ def reprocess_run(
         start = {**docs[0][1], **overrides}
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         figures = Path(settings.data_dir) / "figures" / f"reprocess-{stamp}"
-        registry = default_registry(figures_dir=figures, feedback=None)
+        registry = default_registry(
+            figures_dir=figures, feedback=None, references_dir=Path(settings.data_dir)
+        )
         if pipelines is not None:
             unknown = sorted(set(pipelines) - set(registry.names))
             if unknown:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,9 +181,6 @@ def options_from_args(args: argparse.Namespace) -> ChemistryOptions | None:
     )
 
 
-_SEPARATORS = re.compile(r"[,;\s]+")
-
-
 def read_reference(path: Path) -> tuple[Any, Any]:
     """Read a two-column text spectrum (energy in eV, absorbance).
 
@@ -203,56 +199,15 @@ def read_reference(path: Path) -> tuple[Any, Any]:
     ------
     ChemistryInputError
         Unreadable file, fewer than 5 rows, a line that is not two numbers, non-finite values,
-        repeated energies, or energies below 100 (keV or an index, not eV).
+        repeated energies, or energies below 100 (keV or an index, not eV)
+        (:func:`services.core.reference_spectra.read_reference_file`).
     """
-    import numpy as np
+    from services.core.reference_spectra import ReferenceSpectrumError, read_reference_file
 
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ChemistryInputError(f"cannot read reference file {path}: {exc}") from exc
-    rows: list[tuple[float, float]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("#", "%", ";")):
-            continue
-        fields = [f for f in _SEPARATORS.split(stripped) if f]
-        try:
-            if len(fields) < 2:
-                raise ValueError
-            rows.append((float(fields[0]), float(fields[1])))
-        except ValueError:
-            if not rows and number == _first_content_line(text):
-                continue  # one header line (column names)
-            raise ChemistryInputError(
-                f"reference file {path}, line {number}: expected two numbers (energy eV, "
-                f"absorbance), got {stripped[:60]!r}"
-            ) from None
-    if len(rows) < 5:
-        raise ChemistryInputError(
-            f"reference file {path} holds {len(rows)} data rows; a spectrum needs at least 5"
-        )
-    data = np.asarray(rows, dtype=np.float64)
-    if not np.all(np.isfinite(data)):
-        raise ChemistryInputError(f"reference file {path} holds NaN or infinite values")
-    order = np.argsort(data[:, 0], kind="stable")
-    energies, absorbance = data[order, 0], data[order, 1]
-    if np.any(np.diff(energies) <= 0):
-        raise ChemistryInputError(f"reference file {path} repeats an energy")
-    if energies[0] < 100.0:
-        raise ChemistryInputError(
-            f"reference file {path}: energies start at {energies[0]:g}; expected eV "
-            "(convert keV to eV)"
-        )
-    return energies, absorbance
-
-
-def _first_content_line(text: str) -> int:
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if stripped and not stripped.startswith(("#", "%", ";")):
-            return number
-    return 0
+        return read_reference_file(path)
+    except ReferenceSpectrumError as exc:
+        raise ChemistryInputError(str(exc)) from exc
 
 
 def _dataset(group: Any, name: str, data: Any, full_name: str, units: str = "") -> None:

@@ -84,6 +84,16 @@ class XanesKeys:
     deformation: str = "deformation"
     deformation_displacement: str = "deformation_displacement"
     deformation_nonrigid: str = "deformation_nonrigid"
+    # chemistry (start document lcf_references / xanes_clusters; services.analysis.xanes_chemistry)
+    lcf_references: str = "lcf_references"
+    lcf_fraction_map: str = "lcf_fraction_map"
+    lcf_r_factor_map: str = "lcf_r_factor_map"
+    lcf_particles: str = "lcf_particles"
+    cluster_labels: str = "cluster_labels"
+    cluster_spectra: str = "cluster_spectra"
+    clusters: str = "clusters"
+    chemistry: str = "chemistry"  # metadata key: request, status, error, fit summary
+    soc_trajectory: str = "soc_trajectory"  # operando series: per particle per scan
     figures: str = "figures"
 
 

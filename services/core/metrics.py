@@ -118,6 +118,13 @@ class Metrics:
             ["service", "kind"],
             registry=r,
         )
+        self.start_options_rejected = Counter(
+            "beamwatch_start_options_rejected",
+            "Start-document options a pipeline refused (e.g. lcf_references naming a file "
+            "that is not there); the run is analysed without them and says why.",
+            ["service", "option"],
+            registry=r,
+        )
         self.pipeline_errors = Counter(
             "beamwatch_pipeline_errors",
             "Pipelines that failed on a run.",

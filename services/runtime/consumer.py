@@ -177,6 +177,8 @@ class Consumer:
                     self._feedback,
                     slabs=SlabConfig(settings.dask, settings.slab_work_dir),
                     series_dir=settings.data_dir / "series",
+                    references_dir=settings.data_dir,
+                    metrics=self.metrics,
                 )
             reg = registry
 

@@ -18,7 +18,7 @@ from services.analysis.registry import default_registry
 from services.analysis.router import AnalysisRunRouter
 from services.core.metrics import Metrics
 from services.runs.routing import RunDispatcher, RunRouter
-from services.tiled.records import ArrayWrite, Container, Metadata
+from services.tiled.records import ArrayWrite, Container, Metadata, TableRows
 
 N = 8
 
@@ -77,15 +77,19 @@ class AnalysisConsumer:
             self.dispatcher(name, doc)
 
     def xanes(self, uid: str) -> dict:
-        """The arrays and metadata written under analysis/<uid>/xanes."""
-        arrays, md = {}, {}
+        """The arrays, tables and metadata written under analysis/<uid>/xanes."""
+        arrays, md, tables = {}, {}, {}
         for r in self.spool.records:
             if tuple(getattr(r, "path", ())) == ("analysis", uid, "xanes"):
                 if isinstance(r, ArrayWrite):
                     arrays[r.key] = r.array
+                elif isinstance(r, TableRows):
+                    table = tables.setdefault(r.key, {})
+                    for column, values in r.rows.items():
+                        table.setdefault(column, []).extend(values)
                 elif isinstance(r, Container | Metadata):
                     md.update(r.metadata or {})
-        return {"arrays": arrays, "metadata": md}
+        return {"arrays": arrays, "metadata": md, "tables": tables}
 
 
 def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_one(tmp_path):
@@ -109,6 +113,13 @@ def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_on
     for key in ("deformation_displacement", "deformation_nonrigid"):
         assert expected["arrays"][key].shape[1] == 2
         np.testing.assert_array_equal(resumed["arrays"][key], expected["arrays"][key])
+    # the state-of-charge trajectory goes on too: the first scan's maps and time stamp came
+    # back from the data dir (edge energy per particle per scan, both scans)
+    trajectory = expected["tables"]["soc_trajectory"]
+    assert sorted(set(trajectory["scan"])) == [0, 1]
+    assert np.isfinite(trajectory["edge_energy_eV_mean"]).all()
+    assert len(set(trajectory["scan_time"])) == 2
+    np.testing.assert_equal(resumed["tables"]["soc_trajectory"], trajectory)
     # the second scan really moved: a deformation of zeros would prove nothing
     displacement = expected["arrays"]["deformation_displacement"]
     assert np.isfinite(displacement[:, 1]).any()
@@ -126,3 +137,30 @@ def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_on
     forgetful = AnalysisConsumer(tmp_path / "c", series=False)
     forgetful.feed(docs[second])
     assert forgetful.xanes(second)["metadata"]["series_scans"] == [1]
+
+
+def test_a_scan_keeps_the_series_it_was_added_to(tmp_path):
+    """Two scans' after-scan stages can run at once (the consumer's worker pool): what
+    ``add`` returned to one scan must not change when the other adds itself, or its
+    deformation arrays and its ``series_scans`` would describe different scans (seen in
+    test_xanes_live: series_scans [0, 1] next to a one-scan deformation array)."""
+    from services.analysis.xanes_live import SeriesStore, _ScanSummary
+
+    store = SeriesStore(directory=tmp_path / "series")
+
+    def summary(index: int) -> _ScanSummary:
+        labels = np.zeros((8, 8), dtype=np.int32)
+        labels[2:5, 2:5] = 1
+        return _ScanSummary(
+            index, labels, labels.astype(np.float32), np.array([[3.0, 3.0]]), run_uid=f"r{index}"
+        )
+
+    second = store.add("s", summary(1))
+    first = store.add("s", summary(0))
+    assert [s.scan_index for s in second] == [1]
+    assert [s.scan_index for s in first] == [0, 1]
+    assert np.isnan(first[0].time) and first[0].maps == {}
+    # and what a restarted consumer reads back holds both, in scan order
+    assert [
+        s.scan_index for s in SeriesStore(directory=tmp_path / "series").add("s", summary(2))
+    ] == [0, 1, 2]

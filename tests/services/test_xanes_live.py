@@ -63,7 +63,10 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
             "whiteline_energy",
             "kinematics",
             "ssim",
+            "soc_trajectory",  # a scan of an operando series
         }
+        # no chemistry asked for: none written, none reported
+        assert "chemistry" not in node.metadata and "lcf_fraction_map" not in node
         check_motion_numbers(node, scene)
 
         # per-particle shifts against the simulation's ground truth (scan 0)

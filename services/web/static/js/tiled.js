@@ -51,6 +51,24 @@ export async function api(path, params) {
   return resp.json();
 }
 
+// Raw bytes of a node (an ArrayBuffer), with the same connection and error handling as api().
+export async function apiBytes(path, params) {
+  let resp;
+  try {
+    resp = await fetch(apiUrl(path, params), { cache: "no-store" });
+  } catch (err) {
+    connectionListener(false);
+    throw new TiledDown(String(err));
+  }
+  if (resp.status >= 502 && resp.status <= 504) {
+    connectionListener(false);
+    throw new TiledDown(`HTTP ${resp.status}`);
+  }
+  connectionListener(true);
+  if (!resp.ok) throw new TiledHttpError(resp.status, path, resp.statusText);
+  return resp.arrayBuffer();
+}
+
 export async function apiOrNull(path, params) {
   try {
     return await api(path, params);

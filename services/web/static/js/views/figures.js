@@ -1,7 +1,10 @@
 // The figures the analysis writes for the papers (analysis/<uid>/<pipeline>/figures/<name>,
-// RGB arrays), shown as PNG images Tiled renders. Listed again only when a pipeline status of
-// the run changes (figures are written before a pipeline says "complete"), not on every frame.
-import { apiUrl, children } from "../tiled.js";
+// RGB uint8 arrays), shown as written: the raw bytes are read from Tiled and drawn as they are.
+// (Tiled's own image/png rendering stretches every array's 1st-99th percentile to 0-255, which
+// made the figures darker and harsher than the PNG files.) Listed again only when a pipeline
+// status of the run changes (figures are written before a pipeline says "complete"), not on
+// every frame.
+import { TiledDown, apiBytes, children } from "../tiled.js";
 import { el } from "../dom.js";
 import { layout, state } from "../state.js";
 
@@ -17,6 +20,39 @@ function figurePipelines(run) {
   return Object.keys(run.pipelines).filter((name) => layout[name] && layout[name].figures);
 }
 
+// RGBA pixels (for ImageData) of row-major RGB bytes of an (height, width, 3) image; null when
+// the byte count does not match the shape.
+export function rgbToRgba(bytes, height, width) {
+  if (bytes.length !== height * width * 3) return null;
+  const out = new Uint8ClampedArray(height * width * 4);
+  for (let i = 0, j = 0; i < bytes.length; i += 3, j += 4) {
+    out[j] = bytes[i];
+    out[j + 1] = bytes[i + 1];
+    out[j + 2] = bytes[i + 2];
+    out[j + 3] = 255;
+  }
+  return out;
+}
+
+let shownUrls = []; // object URLs of the figures on screen, released when they are replaced
+
+// An object URL of the figure at `path` as written (PNG of the raw RGB bytes).
+async function figureUrl(path, shape) {
+  if (!shape || shape.length !== 3 || shape[2] !== 3) {
+    throw new Error(`figure ${path} is not an RGB image (shape ${JSON.stringify(shape)})`);
+  }
+  const [height, width] = shape;
+  const bytes = new Uint8Array(await apiBytes(`array/full/${path}`, { format: "application/octet-stream" }));
+  const rgba = rgbToRgba(bytes, height, width);
+  if (rgba === null) throw new Error(`figure ${path}: ${bytes.length} bytes for shape ${shape}`);
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  canvas.getContext("2d").putImageData(new ImageData(rgba, width, height), 0, 0);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  return URL.createObjectURL(blob);
+}
+
 export async function renderFigures(run) {
   const box = document.getElementById("figures");
   if (!box) return;
@@ -24,19 +60,35 @@ export async function renderFigures(run) {
   if (box.dataset.statuses === statuses) return;
   const shown = [];
   const items = [];
-  for (const pipeline of figurePipelines(run)) {
-    const path = `${layout.containers.analysis}/${run.uid}/${pipeline}/${layout[pipeline].figures}`;
-    const figures = (await children(path)) || {};
-    for (const name of Object.keys(figures).sort()) {
-      const img = el("img", { src: apiUrl(`array/full/${path}/${name}`, { format: "image/png" }).href, alt: `${pipeline}: ${name}` });
-      const figure = el("figure");
-      figure.dataset.pipeline = pipeline;
-      figure.dataset.name = name;
-      figure.append(img, el("figcaption", {}, `${pipeline}: ${name}`));
-      items.push(figure);
-      shown.push({ pipeline, name });
+  const urls = [];
+  try {
+    for (const pipeline of figurePipelines(run)) {
+      const path = `${layout.containers.analysis}/${run.uid}/${pipeline}/${layout[pipeline].figures}`;
+      const figures = (await children(path)) || {};
+      for (const name of Object.keys(figures).sort()) {
+        const figure = el("figure");
+        figure.dataset.pipeline = pipeline;
+        figure.dataset.name = name;
+        let img;
+        try {
+          const url = await figureUrl(`${path}/${name}`, figures[name].shape);
+          urls.push(url);
+          img = el("img", { src: url, alt: `${pipeline}: ${name}` });
+        } catch (err) {
+          if (err instanceof TiledDown) throw err; // listed again when Tiled is back
+          img = el("p", { className: "muted" }, `cannot be shown: ${err.message}`);
+        }
+        figure.append(img, el("figcaption", {}, `${pipeline}: ${name}`));
+        items.push(figure);
+        shown.push({ pipeline, name });
+      }
     }
+  } catch (err) {
+    urls.forEach((u) => URL.revokeObjectURL(u));
+    throw err;
   }
+  shownUrls.forEach((u) => URL.revokeObjectURL(u));
+  shownUrls = urls;
   if (items.length) box.replaceChildren(...items);
   else box.replaceChildren(el("p", { className: "muted" }, "written when a pipeline finishes"));
   box.dataset.statuses = statuses; // only after every container was read (Tiled may be down)
