@@ -206,6 +206,10 @@ class AnalysisRunRouter(RunRouter):
         if self._after_scan is None:
             self._finish(doc)
         else:
+            for run, _ in self._pipelines:
+                queued = getattr(run, "stop_queued", None)
+                if queued is not None and run.name not in self._failed:
+                    queued()
             # After-scan stages (maps, reconstructions) can take minutes: they run in the
             # consumer's worker pool so frames of the next runs are not held back.
             self._after_scan(self._uid, lambda: self._finish(doc))

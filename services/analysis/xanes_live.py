@@ -85,16 +85,55 @@ class SeriesStore:
 
     scans: dict[str, list[_ScanSummary]] = field(default_factory=dict)
     directory: Path | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: Longest a scan's stage waits for an earlier scan of its series to join (s).
+    wait_s: float = 600.0
+    _lock: threading.Condition = field(
+        default_factory=threading.Condition, repr=False, compare=False
+    )
+    _queued: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
+
+    def expect(self, series: str, run_uid: str, scan_index: int) -> None:
+        """A scan's after-scan stage is queued (called in stop order, before it is queued)."""
+        with self._lock:
+            self._queued.setdefault(series, {})[run_uid] = scan_index
+
+    def release(self, series: str, run_uid: str) -> None:
+        """The scan's stage ended (joined the series or failed): later scans stop waiting."""
+        with self._lock:
+            queued = self._queued.get(series, {})
+            if queued.pop(run_uid, None) is not None:
+                self._lock.notify_all()
 
     def add(self, series: str, summary: _ScanSummary) -> list[_ScanSummary]:
         """Add a scan's summary; return the series as it is now (a copy, in scan order).
 
         The after-scan stages of two scans of one series can run at once (the consumer's
-        worker pool): the summaries change under a lock, and each scan works on its own copy,
-        so its deformation arrays, trajectory and ``series_scans`` describe the same scans.
+        worker pool) and a later scan's can end first: a scan first waits (at most
+        :attr:`wait_s`) for the earlier scans of its series whose stages were queued before
+        its own, so it is compared with every scan before it, whatever the timing. The
+        summaries change under a lock, and each scan works on its own copy, so its deformation
+        arrays, trajectory and ``series_scans`` describe the same scans.
         """
         with self._lock:
+
+            def earlier_queued() -> bool:
+                queued = self._queued.get(series, {})
+                return any(
+                    index < summary.scan_index
+                    for uid, index in queued.items()
+                    if uid != summary.run_uid
+                )
+
+            if not self._lock.wait_for(lambda: not earlier_queued(), timeout=self.wait_s):
+                logger.warning(
+                    "series %s: scan %d joins without earlier scans still being analysed "
+                    "after %.0f s",
+                    series,
+                    summary.scan_index,
+                    self.wait_s,
+                )
+            self._queued.get(series, {}).pop(summary.run_uid, None)
+            self._lock.notify_all()
             items = self.scans.get(series)
             if items is None:
                 items = self.scans[series] = self._load(series)
@@ -345,7 +384,25 @@ class XanesLivePipeline:
             },
         )
 
+    def stop_queued(self) -> None:
+        """Called on the dispatch thread, in stop order, before this run's stage is queued."""
+        series = self._start.get("operando_series")
+        if series and self._tracker is not None:
+            try:
+                index = int(self._start.get("scan_index", 0))
+            except (TypeError, ValueError):
+                return  # the stage says what is wrong with it; nothing to wait for
+            self._series.expect(str(series), str(self._uid), index)
+
     def on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
+        try:
+            self._on_stop(stop, out)
+        finally:
+            series = self._start.get("operando_series")
+            if series:
+                self._series.release(str(series), str(self._uid))
+
+    def _on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
         if self._tracker is None:
             out.metadata({"frames": 0})
             return
@@ -371,8 +428,7 @@ class XanesLivePipeline:
                 sub=[XANES.aligned],
                 dims=["frame", "row", "col"],
             )
-        # the operando series first (as before the chemistry): the scan joins its series as
-        # soon as it can, so a later scan's stage, running at the same time, rarely overtakes it
+        # the operando series: a later scan's stage waits for this one to join (stop_queued)
         extra_figures: dict[str, str] = {}
         chemistry_md, maps = self._chemistry_results(final, out, extra_figures)
         deformation_md = self._deformation(final, out, maps, extra_figures)
@@ -469,7 +525,7 @@ class XanesLivePipeline:
         with np.errstate(invalid="ignore"):
             mean_com = np.nanmean(final.particle_com, axis=1)
         scans = self._series.add(
-            series,
+            str(series),
             _ScanSummary(
                 int(self._start.get("scan_index", 0)),
                 final.labels,

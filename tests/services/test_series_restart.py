@@ -164,3 +164,42 @@ def test_a_scan_keeps_the_series_it_was_added_to(tmp_path):
     assert [
         s.scan_index for s in SeriesStore(directory=tmp_path / "series").add("s", summary(2))
     ] == [0, 1, 2]
+
+
+def test_a_later_scan_whose_stage_ends_first_waits_for_the_earlier_one(tmp_path):
+    """Scan 1's after-scan stage can reach the series before scan 0's (two pool workers):
+    it waits for scan 0, queued before it, and so compares itself with scan 0 whatever the
+    timing; a stage that fails releases the scans behind it."""
+    import threading
+
+    from services.analysis.xanes_live import SeriesStore, _ScanSummary
+
+    store = SeriesStore(directory=tmp_path / "series")
+
+    def summary(index: int) -> _ScanSummary:
+        labels = np.zeros((8, 8), dtype=np.int32)
+        labels[2:5, 2:5] = 1
+        return _ScanSummary(
+            index, labels, labels.astype(np.float32), np.array([[3.0, 3.0]]), run_uid=f"r{index}"
+        )
+
+    # the stops of scans 0 and 1 arrive in order; scan 1's stage is first at the series
+    store.expect("s", "r0", 0)
+    store.expect("s", "r1", 1)
+    got: dict[int, list[int]] = {}
+    later = threading.Thread(
+        target=lambda: got.setdefault(1, [s.scan_index for s in store.add("s", summary(1))])
+    )
+    later.start()
+    later.join(0.5)
+    assert later.is_alive(), "scan 1 joined before scan 0, whose stage was queued first"
+    got[0] = [s.scan_index for s in store.add("s", summary(0))]
+    later.join(10)
+    assert not later.is_alive()
+    assert got == {0: [0], 1: [0, 1]}
+
+    # scan 2's stage fails before it joins: scan 3 does not wait for it
+    store.expect("s", "r2", 2)
+    store.expect("s", "r3", 3)
+    store.release("s", "r2")
+    assert [s.scan_index for s in store.add("s", summary(3))] == [0, 1, 3]
