@@ -227,9 +227,11 @@ class XanesLivePipeline:
             message["dx_um"] = dx * float(self._pixel_size)
         # no trustworthy estimate (no particle registered, or particles disagree): the drift
         # is unknown (NaN), and no feedback move is sent for it; nor for a frame replayed after
-        # a crash (its move was sent when it arrived; the stage has moved on since)
+        # a crash (its move was sent when it arrived; the stage has moved on since), nor for
+        # one recovered after the stop (the scan is over; and that runs off the dispatch
+        # thread, which alone uses the feedback socket)
         trusted = bool(getattr(result, "trusted", True))
-        if self._feedback is not None and trusted and not frame.replayed:
+        if self._feedback is not None and trusted and not frame.replayed and not frame.recovered:
             self._feedback.publish(message)
         if result.index == 0:
             out.array(XANES.labels, self._tracker.labels, dims=["row", "col"])
