@@ -121,6 +121,8 @@ class RecoveryInterrupted(RuntimeError):
     open (its journal is replayed by the next process), not finished as incomplete."""
 
 
+#: lost frames rebuilt (read from Tiled, processed) at a time
+RECOVERY_CHUNK = 32
 #: streams whose frames feed others (flats and darks before projections): recovered first
 _STREAM_ORDER = {"dark": 0, "flat": 1}
 #: Runs ``job`` (a run's after-scan stages) off the dispatch thread: ``after_scan(run_uid, job)``.
@@ -297,27 +299,38 @@ class AnalysisRunRouter(RunRouter):
         the detector file where the run's StreamDatums say where they are, else from ``raw/``.
         A frame found nowhere is missing: the run ends ``incomplete`` naming it.
         """
-        wanted: dict[str, set[int]] = {}
-        for descriptor, seq_nums in self._lost:
-            wanted.setdefault(descriptor.get("name", "primary"), set()).update(seq_nums)
+        # stream -> seq_num -> its descriptor (None: the stream's descriptor was lost too)
+        wanted: dict[str, dict[int, Doc | None]] = {}
         for stream, seq_nums in self._lost_streams:
-            wanted.setdefault(stream, set()).update(seq_nums)
-        raw: dict[str, dict[int, RawEvent]] = {}
+            wanted.setdefault(stream, {}).update(dict.fromkeys(seq_nums))
+        for descriptor, seq_nums in self._lost:
+            stream = descriptor.get("name", "primary")
+            wanted.setdefault(stream, {}).update(dict.fromkeys(seq_nums, descriptor))
         for stream in sorted(wanted, key=lambda name: (_STREAM_ORDER.get(name, 2), name)):
-            raw[stream] = self._raw_events(stream, sorted(wanted[stream]))
-            frames: list[Frame] = []
-            for descriptor, seq_nums in self._lost:
-                if descriptor.get("name", "primary") == stream:
-                    frames += self._rebuild(stream, descriptor, seq_nums, raw[stream])
-            for lost_stream, seq_nums in self._lost_streams:
-                if lost_stream == stream:
-                    frames += self._rebuild(stream, None, seq_nums, raw[stream])
-            frames.sort(key=lambda f: f.seq_num)
-            if not REPLAYING.get():  # counted when it was recovered the first time
-                self._metrics.messages_recovered.labels(self._metrics.service, "event").inc(
-                    len(frames)
-                )
-            self._process(frames)
+            seq_nums = sorted(wanted[stream])
+            # in chunks: a whole lost stream of large frames is never in memory at once
+            for i in range(0, len(seq_nums), RECOVERY_CHUNK):
+                chunk = seq_nums[i : i + RECOVERY_CHUNK]
+                raw = self._raw_events(stream, chunk)
+                frames = []
+                for seq in chunk:
+                    frame = self._rebuild_one(stream, wanted[stream][seq], seq, raw.get(seq))
+                    if frame is None:
+                        self._missing.setdefault(stream, []).append(seq)
+                        logger.error(
+                            "frame %d of stream %s is lost for good (not in the detector file "
+                            "nor in raw/)",
+                            seq,
+                            stream,
+                            extra={"run_uid": self._uid},
+                        )
+                    else:
+                        frames.append(frame)
+                if not REPLAYING.get():  # counted when it was recovered the first time
+                    self._metrics.messages_recovered.labels(self._metrics.service, "event").inc(
+                        len(frames)
+                    )
+                self._process(frames)
         for name in self._missing:
             self._missing[name] = sorted(set(self._missing[name]))
         self._lost.clear()
@@ -338,24 +351,6 @@ class AnalysisRunRouter(RunRouter):
                 extra={"run_uid": self._uid},
             )
             return {}
-
-    def _rebuild(
-        self, stream: str, descriptor: Doc | None, seq_nums: list[int], raw: dict[int, RawEvent]
-    ) -> list[Frame]:
-        frames = []
-        for seq in seq_nums:
-            frame = self._rebuild_one(stream, descriptor, seq, raw.get(seq))
-            if frame is None:
-                self._missing.setdefault(stream, []).append(seq)
-                logger.error(
-                    "frame %d of stream %s is lost for good (not in the detector file nor raw/)",
-                    seq,
-                    stream,
-                    extra={"run_uid": self._uid},
-                )
-            else:
-                frames.append(frame)
-        return frames
 
     def _rebuild_one(
         self, stream: str, descriptor: Doc | None, seq: int, raw: RawEvent | None
