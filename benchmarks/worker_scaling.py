@@ -12,8 +12,10 @@ For each worker count (``--workers 1 2``), on a fresh data dir and a fresh JetSt
    document: the queue is full before any worker starts;
 3. start that many ``beamwatch worker --bus nats://...`` processes (each with its own data dir,
    as on separate machines; ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
-   = 1, so one worker is one core's worth of BLAS/torch) and time until every run's analysis
-   (``frames`` and ``xanes``) is ``complete`` in Tiled;
+   = 1, so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
+   ``nats.max_after_scan`` 2 by default, so that a worker does not take more of the queue than
+   it works on) and time until every run's analysis (``frames`` and ``xanes``) is
+   ``complete`` in Tiled;
 4. check that every run was processed exactly once: claims summed over the workers equal the
    runs, no run delivered again, and ``frame_stats`` has each seq_num once.
 
@@ -158,13 +160,13 @@ def queue_runs(stack: Stack, args: argparse.Namespace) -> list[str]:
 
 
 def start_workers(
-    stack: Stack, data_dir: Path, n: int, max_runs: int
+    stack: Stack, data_dir: Path, n: int, nats: dict[str, int]
 ) -> list[tuple[subprocess.Popen[bytes], str]]:
     env = dict(
         os.environ,
         BEAMWATCH_TILED__URL=stack.settings.tiled_url,
         BEAMWATCH_TILED__API_KEY=stack.settings.resolved_api_key(),
-        BEAMWATCH_NATS__MAX_RUNS=str(max_runs),
+        **{f"BEAMWATCH_NATS__{k.upper()}": str(v) for k, v in nats.items()},
         **ONE_THREAD,
     )
     workers = []
@@ -239,7 +241,12 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
         uids = queue_runs(stack, args)
         logger.warning("%d runs queued; starting %d worker(s)", len(uids), n_workers)
         t_launch = time.monotonic()
-        workers = start_workers(stack, data_dir, n_workers, args.max_runs)
+        workers = start_workers(
+            stack,
+            data_dir,
+            n_workers,
+            {"max_runs": args.max_runs, "max_after_scan": args.max_after_scan},
+        )
         t_claim = float("nan")
         try:
             deadline = t_launch + args.timeout
@@ -290,7 +297,7 @@ def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
     lines = [
         f"worker scaling: {args.runs} XANES runs ({args.energies} energies + {2 * N_FLATS} flats, "
         f"{args.size}x{args.size} frames) queued on JetStream, then processed by N workers "
-        f"(nats.max_runs {args.max_runs})",
+        f"(nats.max_runs {args.max_runs}, nats.max_after_scan {args.max_after_scan})",
         f"(each worker 1 BLAS/OpenMP thread; {os.cpu_count()} CPUs; load average = 1-min, "
         "at the end of each case)",
     ]
@@ -330,15 +337,22 @@ def main(argv: list[str] | None = None) -> int:
         "--max-runs",
         type=int,
         default=1,
-        help="nats.max_runs of each worker (runs held at once); with beamwatch's default 4 "
-        "the first worker to connect takes 4 runs of the queue at once",
+        help="nats.max_runs of each worker: runs read at once (beamwatch's default: 4)",
+    )
+    parser.add_argument(
+        "--max-after-scan",
+        type=int,
+        default=2,
+        help="nats.max_after_scan of each worker: no new run while this many after-scan "
+        "stages wait or run in it (0: no limit, beamwatch's default; then the first worker "
+        "to connect reads every queued run and the others idle)",
     )
     parser.add_argument("--timeout", type=float, default=900, help="per worker count, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--keep", type=Path, default=None, help="data dirs here (kept) for logs")
     args = parser.parse_args(argv)
-    if min(args.runs, args.max_runs, *args.workers) < 1:
-        parser.error("--runs, --workers and --max-runs must be >= 1")
+    if min(args.runs, args.max_runs, *args.workers) < 1 or args.max_after_scan < 0:
+        parser.error("--runs, --workers, --max-runs must be >= 1, --max-after-scan >= 0")
     from services.core.logs import configure_logging
 
     configure_logging("WARNING", service="bench")

@@ -271,6 +271,7 @@ class JetStreamRuns:
         enqueue: Enqueue,
         *,
         room: Callable[[], bool] = lambda: True,
+        claim_room: Callable[[], bool] = lambda: True,
         journaled: set[str] | None = None,
         replay: Callable[[str], None] | None = None,
     ) -> None:
@@ -280,6 +281,7 @@ class JetStreamRuns:
         self._metrics = metrics
         self._enqueue = enqueue
         self._room = room
+        self._claim_room = claim_room
         self._journaled = set(journaled or ())
         self._replay = replay
         self._loop = NatsLoop(f"{role}-nats")
@@ -377,7 +379,8 @@ class JetStreamRuns:
         try:
             while True:
                 working = [uid for uid in self._runs if uid not in self._finished]
-                if len(working) >= self.nats.max_runs or not self._room():
+                full = len(working) >= self.nats.max_runs
+                if full or not self._room() or not self._claim_room():
                     await asyncio.sleep(0.05)
                     continue
                 try:
