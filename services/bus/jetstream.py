@@ -274,6 +274,7 @@ class JetStreamRuns:
         enqueue: Enqueue,
         *,
         room: Callable[[], bool] = lambda: True,
+        claim_room: Callable[[], bool] = lambda: True,
         journaled: set[str] | None = None,
         replay: Callable[[str], None] | None = None,
         given_up: Callable[[str, str], None] | None = None,
@@ -284,6 +285,7 @@ class JetStreamRuns:
         self._metrics = metrics
         self._enqueue = enqueue
         self._room = room
+        self._claim_room = claim_room
         self._journaled = set(journaled or ())
         self._replay = replay
         self._given_up = given_up
@@ -386,7 +388,8 @@ class JetStreamRuns:
                 # released: if it kills this process too, no other run dies with it and
                 # its delivery count is its own.
                 retaken = any(run.delivered > 1 for run in self._runs.values())
-                if retaken or len(working) >= self.nats.max_runs or not self._room():
+                full = len(working) >= self.nats.max_runs
+                if retaken or full or not self._room() or not self._claim_room():
                     await asyncio.sleep(0.05)
                     continue
                 try:

