@@ -242,19 +242,7 @@ def train_cracks_command(args: argparse.Namespace) -> int:
             },
             "finetuned": {"crack_iou": result.final[key_iou], "crack_dice": result.final[key_dice]},
         },
-        "improved": result.best_step > 0,
-        "n_train_tiles": result.n_train_tiles,
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "train_seconds": round(result.train_seconds, 1),
-        "config": {
-            "minutes": args.minutes,
-            "val_fraction": args.val_fraction,
-            "tile": args.tile,
-            "lr": args.lr,
-            "seed": args.seed,
-            "threads": args.threads,
-        },
+        **_training_summary(result, args),
         "normalization": "per slice: models.crack_unet.reference_levels, as cracks map",
         "history": result.history,
     }
@@ -471,19 +459,7 @@ def train_particles_command(args: argparse.Namespace) -> int:
             "finetuned": result.final,
         },
         "keep_best_score": "f1 (IoU 0.5) of the particles analyze instance step on the tiles",
-        "improved": result.best_step > 0,
-        "n_train_tiles": result.n_train_tiles,
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "train_seconds": round(result.train_seconds, 1),
-        "config": {
-            "minutes": args.minutes,
-            "val_fraction": args.val_fraction,
-            "tile": args.tile,
-            "lr": args.lr,
-            "seed": args.seed,
-            "threads": args.threads,
-        },
+        **_training_summary(result, args),
         "normalization": "per slice: models.crack_unet.reference_levels, as particles analyze",
         "history": result.history,
     }
@@ -504,3 +480,22 @@ def train_particles_command(args: argparse.Namespace) -> int:
         json_path,
     )
     return EXIT_OK
+
+
+def _training_summary(result: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The report fields every fine-tuning command writes: steps, timing and its options."""
+    return {
+        "improved": result.best_step > 0,
+        "n_train_tiles": result.n_train_tiles,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "train_seconds": round(result.train_seconds, 1),
+        "config": {
+            "minutes": args.minutes,
+            "val_fraction": args.val_fraction,
+            "tile": args.tile,
+            "lr": args.lr,
+            "seed": args.seed,
+            "threads": args.threads,
+        },
+    }

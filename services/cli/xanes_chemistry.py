@@ -182,26 +182,8 @@ def options_from_args(args: argparse.Namespace) -> ChemistryOptions | None:
 
 
 def read_reference(path: Path) -> tuple[Any, Any]:
-    """Read a two-column text spectrum (energy in eV, absorbance).
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        Athena/Larch-style export: comma, semicolon, tab or space separated, ``#`` comments,
-        at most one header line; further columns are ignored.
-
-    Returns
-    -------
-    tuple of numpy.ndarray
-        Energies (eV, ascending, unique) and absorbance.
-
-    Raises
-    ------
-    ChemistryInputError
-        Unreadable file, fewer than 5 rows, a line that is not two numbers, non-finite values,
-        repeated energies, or energies below 100 (keV or an index, not eV)
-        (:func:`services.core.reference_spectra.read_reference_file`).
-    """
+    """:func:`services.core.reference_spectra.read_reference_file` (energies in eV, absorbance),
+    its errors raised as :class:`ChemistryInputError` for the CLI."""
     from services.core.reference_spectra import ReferenceSpectrumError, read_reference_file
 
     try:
