@@ -379,6 +379,14 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                     "plan": run_pub["plan"],
                     "events": sum(len(v) for v in run_pub["events"].values()),
                     "statuses": statuses(client, uid),
+                    "lost": {
+                        "raw rows": raw["raw rows"].lost,
+                        "raw frames": raw["raw frames"].lost,
+                        "analysis rows": ana.lost,
+                    },
+                    "duplicated": raw["raw rows"].duplicated
+                    + raw["raw frames"].duplicated
+                    + ana.duplicated,
                 }
             )
         restarts = {c.spec.name: c.restarts for c in stack.supervisor._children}  # noqa: SLF001
@@ -411,9 +419,22 @@ def format_result(result: dict[str, Any]) -> str:
             f"{c['unreadable']:>10}   ({c['lost_in_flight']})"
         )
     lines.append("goal: 0 / 0 / 0")
+    false_complete = 0
     for r in result["runs"]:
         st = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
-        lines.append(f"  {r['uid'][:8]} {r['plan']:<16} {r['events']:>4} events: {st}")
+        lost = r.get("lost", {})
+        # a run whose every part says complete must hold every row and frame
+        claims_complete = all(v == "complete" for v in r["statuses"].values())
+        wrong = claims_complete and (sum(lost.values()) > 0 or r.get("duplicated", 0) > 0)
+        false_complete += wrong
+        losses = ", ".join(f"{k} {v}" for k, v in lost.items() if v)
+        lines.append(
+            f"  {r['uid'][:8]} {r['plan']:<16} {r['events']:>4} events: {st}"
+            + (f"; lost {losses}" if losses else "")
+            + (f"; duplicated {r['duplicated']}" if r.get("duplicated") else "")
+            + ("   <- says complete but is not" if wrong else "")
+        )
+    lines.append(f"runs saying complete with rows lost or doubled: {false_complete} (goal 0)")
     return "\n".join(lines)
 
 
