@@ -161,7 +161,7 @@ def xanes_figures(
             f"{int((split.known & ~split.rigid).sum())} non-rigid particles",
             fontsize=9,
         )
-        if n_p <= 12:
+        if 0 < n_p <= 12 and axes[0].get_legend_handles_labels()[0]:
             axes[0].legend(fontsize=6, ncol=2)
 
     def ssim(fig: Any) -> None:
