@@ -26,7 +26,9 @@ export function apiUrl(path, params) {
   return url;
 }
 
-export async function api(path, params) {
+// fetch() of a Tiled route; a server that cannot be reached (or a gateway error) marks the
+// connection down and throws TiledDown, any answer marks it up.
+async function fetchTiled(path, params) {
   let resp;
   try {
     resp = await fetch(apiUrl(path, params), { cache: "no-store" });
@@ -39,6 +41,11 @@ export async function api(path, params) {
     throw new TiledDown(`HTTP ${resp.status}`);
   }
   connectionListener(true);
+  return resp;
+}
+
+export async function api(path, params) {
+  const resp = await fetchTiled(path, params);
   if (!resp.ok) {
     let detail = "";
     try {
@@ -53,18 +60,7 @@ export async function api(path, params) {
 
 // Raw bytes of a node (an ArrayBuffer), with the same connection and error handling as api().
 export async function apiBytes(path, params) {
-  let resp;
-  try {
-    resp = await fetch(apiUrl(path, params), { cache: "no-store" });
-  } catch (err) {
-    connectionListener(false);
-    throw new TiledDown(String(err));
-  }
-  if (resp.status >= 502 && resp.status <= 504) {
-    connectionListener(false);
-    throw new TiledDown(`HTTP ${resp.status}`);
-  }
-  connectionListener(true);
+  const resp = await fetchTiled(path, params);
   if (!resp.ok) throw new TiledHttpError(resp.status, path, resp.statusText);
   return resp.arrayBuffer();
 }
