@@ -53,7 +53,6 @@ from models.crack_unet import (
     normalize_slices,
     reference_levels,
 )
-from models.synthetic.cathode import make_cathode_volume
 from pipelines.cracks.evaluate import crack_scores
 from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
 from pipelines.cracks.segment import (
@@ -67,7 +66,8 @@ from pipelines.cracks.tiling import iter_tiles
 from pipelines.tomo import fbp
 from pipelines.tomo.fbp import ReconParams, inside_circle, reconstruct
 from pipelines.tomo.project import forward_project
-from pipelines.tomo.simulate import simulate_scan
+from synthetic.cathode import make_cathode_volume
+from synthetic.scan import simulate_scan
 
 
 def tolerant_scores(predicted: np.ndarray, truth: np.ndarray, inside: np.ndarray) -> dict:

@@ -26,7 +26,7 @@ The features wider than sigma 1 are computed at half resolution. The network ret
 binder logit; the calls keep the expected number of binder faces (:func:`matched_calls`)
 rather than cutting at 0.5, which would call the uncertain voxels binder (the majority next to
 particles) and bias the detachment. It is trained on reconstructed synthetic cathodes by
-``python -m models.train_phase_net``; the synthetic binder prefers particle surfaces, and the
+``python -m training.phase_net``; the synthetic binder prefers particle surfaces, and the
 classifier learned that too, so on real data its calls are an estimate.
 """
 

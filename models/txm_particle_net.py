@@ -7,8 +7,8 @@ about 1 at every energy) and returns one foreground logit per pixel. :func:`pred
 does all of this and resamples the probability to the frame's own size. Turning the
 probability into labelled particles is ``pipelines.xanes.detect_learned``.
 
-Trained by ``python -m models.train_txm_particle_net`` on synthetic frames only
-(:mod:`models.synthetic.txm_detection`).
+Trained by ``python -m training.txm_particle_net`` on synthetic frames only
+(:mod:`synthetic.txm_detection`).
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ def train_cracks_command(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
 
-    from models.crack_finetune import THRESHOLD, finetune_cracks, save_finetuned
+    from training.crack_finetune import THRESHOLD, finetune_cracks, save_finetuned
 
     torch.set_num_threads(args.threads)
     n_crack = int(sum(int((m != 0).sum()) for m in masks))
@@ -405,8 +405,8 @@ def train_particles_command(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
 
-    from models.particle_finetune import finetune_particles, save_finetuned
     from pipelines.particles.instances import InstanceParams, tile_instance_scores
+    from training.particle_finetune import finetune_particles, save_finetuned
 
     torch.set_num_threads(args.threads)
     params = InstanceParams()

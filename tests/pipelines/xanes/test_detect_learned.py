@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from models.synthetic.txm import TxmScene, default_energies
 from pipelines.xanes import XanesParams, XanesTracker, detect_particles_learned
 from pipelines.xanes.detect import detect_particles
 from pipelines.xanes.params import DetectParams
 from pipelines.xanes.prepare import optical_density, remove_background
+from synthetic.txm import TxmScene, default_energies
 from tests.pipelines.xanes.conftest import truth_index
 from tests.pipelines.xanes.test_detect import LARGE
 

@@ -1,7 +1,7 @@
 """What fine-tuning a shipped network on a user's labelled 2-D slices shares across networks.
 
-Used by ``beamwatch train cracks`` (:mod:`models.crack_finetune`) and ``beamwatch train
-particles`` (:mod:`models.particle_finetune`):
+Used by ``beamwatch train cracks`` (:mod:`training.crack_finetune`) and ``beamwatch train
+particles`` (:mod:`training.particle_finetune`):
 
 - :func:`slice_stack`: a lone slice as the 2.5-D networks' input, normalised on its own levels
   exactly as ``cracks map`` and ``particles analyze`` normalise a one-slice volume, repeated as

@@ -1,12 +1,12 @@
 """Train the particle U-Net (foreground + boundary distance) on reconstructed synthetic cathodes.
 
-Run ``python -m models.train_particle_unet`` (about 12 minutes on one CPU thread). It writes
+Run ``python -m training.particle_unet`` (about 12 minutes on one CPU thread). It writes
 ``models/weights/particle_unet.pt`` and ``models/weights/particle_unet.json`` (training config
 and pixel scores on a held-out volume). Instance scores of the full pipeline (F1 at IoU 0.5,
 split rate) are measured by ``python -m benchmarks.particles_benchmark --record``, which adds
 them to the JSON file.
 
-Training data: synthetic cathode volumes with cracks (``models.synthetic.reconstructed``: the
+Training data: synthetic cathode volumes with cracks (``synthetic.reconstructed``: the
 same simulated scan and filtered back projection as the crack U-Net's training data),
 normalised with ``models.crack_unet.reference_levels`` as at inference time. Targets: the
 particle foreground with its cracks, and the 3-D distance to the particle boundary in which
@@ -15,7 +15,7 @@ random crops, 90-degree rotations, flips, contrast/brightness changes and Gaussi
 
 Wider domain (all off by default): ``--damaged-volumes`` gives a share of the cracked volumes
 through-cracked, hollow-core or fragmented particles (``--damage-kinds``, cracks up to
-``--damage-width-max`` px; :mod:`models.synthetic.damage`), ``--quantize-share`` renders volumes
+``--damage-width-max`` px; :mod:`synthetic.damage`), ``--quantize-share`` renders volumes
 as 8-bit images, ``--min-diameter`` / ``--max-diameter`` set the particle sizes; ``--init``
 starts from existing weights. Two such fine-tunings (README, issue 13 section) scored better on
 the never-trained family and worse on the real crops, so the shipped weights are not theirs.
@@ -45,8 +45,8 @@ from models.particle_unet import (
     predict_maps,
     save_particle_unet,
 )
-from models.synthetic.damage import DAMAGE
-from models.synthetic.reconstructed import make_reconstructed_cathode
+from synthetic.damage import DAMAGE
+from synthetic.reconstructed import make_reconstructed_cathode
 
 logger = logging.getLogger(__name__)
 HELD_OUT_SEED = 990_001
@@ -73,7 +73,7 @@ def make_volume_set(
     quantize: bool = False,
 ) -> VolumeSet:
     """One reconstructed synthetic volume and its targets (the keywords widen the domain:
-    :func:`models.synthetic.reconstructed.make_reconstructed_cathode`)."""
+    :func:`synthetic.reconstructed.make_reconstructed_cathode`)."""
     sample = make_reconstructed_cathode(
         shape,
         seed=seed,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="share of the cracked volumes with through-cracked, hollow-core and fragmented "
-        "particles (models.synthetic.damage)",
+        "particles (synthetic.damage)",
     )
     parser.add_argument(
         "--damage-width-max", type=float, default=2.6, help="widest crack of that damage (px)"

@@ -1,8 +1,8 @@
 """Fine-tune the crack U-Net on a user's labelled 2-D slices (``beamwatch train cracks``).
 
 The training step, augmentation, loss, evaluation and checkpoint format are those of
-:mod:`models.train_crack_unet` (imported, not copied); the slice input, the tiles, the held-out
-split and the keep-best loop are shared with ``train particles`` (:mod:`models.finetune`). What
+:mod:`training.crack_unet` (imported, not copied); the slice input, the tiles, the held-out
+split and the keep-best loop are shared with ``train particles`` (:mod:`training.finetune`). What
 is specific here:
 
 - Each slice is normalised on its own with :func:`models.crack_unet.reference_levels`, exactly
@@ -29,8 +29,7 @@ import torch
 
 from models.checkpoint import read_checkpoint
 from models.crack_unet import CONTEXT_SLICES, DEFAULT_WEIGHTS, CrackUNet, save_crack_unet
-from models.finetune import slice_stack, split_indices, tile_boxes, train_keep_best
-from models.train_crack_unet import (
+from training.crack_unet import (
     SliceSet,
     augment_batch,
     crack_loss,
@@ -38,6 +37,7 @@ from models.train_crack_unet import (
     evaluate,
     inflate_input,
 )
+from training.finetune import slice_stack, split_indices, tile_boxes, train_keep_best
 
 THRESHOLD = 0.5
 
@@ -62,7 +62,7 @@ def load_trainable(path: str | Path | None) -> CrackUNet:
     """The crack U-Net of a checkpoint, batch normalisation kept, in training mode, on the CPU.
 
     Single-slice (1-channel) weights are inflated to the 2.5-D network
-    (:func:`models.train_crack_unet.inflate_input`).
+    (:func:`training.crack_unet.inflate_input`).
     """
     checkpoint, _ = read_checkpoint(
         path, DEFAULT_WEIGHTS, "crack U-Net", device=torch.device("cpu"), map_to_cpu=True
@@ -107,7 +107,7 @@ def split_tiles(
     tiles: Sequence[tuple[np.ndarray, np.ndarray]], val_fraction: float, seed: int
 ) -> tuple[list[int], list[int]]:
     """Indices of training and held-out tiles, stratified by whether a tile has cracks
-    (:func:`models.finetune.split_indices`)."""
+    (:func:`training.finetune.split_indices`)."""
     return split_indices([bool(mask.any()) for _, mask in tiles], val_fraction, seed)
 
 

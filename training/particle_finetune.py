@@ -1,9 +1,9 @@
 """Fine-tune the particle U-Net on a user's labelled 2-D slices (``beamwatch train particles``).
 
 The batch sampling (crops, rotations, flips, contrast and noise), the loss, the targets and the
-checkpoint format are those of :mod:`models.train_particle_unet` and
+checkpoint format are those of :mod:`training.particle_unet` and
 :mod:`models.particle_unet`; the slice input, the tiles, the held-out split and the keep-best
-loop are those of ``train cracks`` (:mod:`models.finetune`). What is specific here:
+loop are those of ``train cracks`` (:mod:`training.finetune`). What is specific here:
 
 - The labels are particle instances (0 = not particle; a particle's label covers its cracks and
   core voids). The targets are the particle foreground and the distance to each instance's
@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.finetune import slice_stack, split_indices, tile_boxes, train_keep_best
 from models.particle_unet import (
     DISTANCE_SCALE_PX,
     SIZE_MULTIPLE,
@@ -35,7 +34,8 @@ from models.particle_unet import (
     predict_maps,
     save_particle_unet,
 )
-from models.train_particle_unet import VolumeSet, particle_loss, sample_batch
+from training.finetune import slice_stack, split_indices, tile_boxes, train_keep_best
+from training.particle_unet import VolumeSet, particle_loss, sample_batch
 
 TileMaps = list[tuple[np.ndarray, np.ndarray]]
 """Per held-out tile: (1, h, w) foreground probability and distance (px)."""
@@ -61,7 +61,7 @@ class ParticleFinetuneResult:
 
 
 def tile_set(stack: np.ndarray, labels: np.ndarray) -> VolumeSet:
-    """A one-slice :class:`~models.train_particle_unet.VolumeSet` of a tile and its targets."""
+    """A one-slice :class:`~training.particle_unet.VolumeSet` of a tile and its targets."""
     ids = np.asarray(labels)[np.newaxis]
     return VolumeSet(
         images=np.ascontiguousarray(stack[1][np.newaxis], dtype=np.float32),
