@@ -1,6 +1,6 @@
 """Train the crack U-Net on reconstructed synthetic cathode volumes.
 
-Run ``python -m training.crack_unet`` (about 15-20 minutes on 2 CPU threads). It writes
+Run ``python -m training.train_crack_unet`` (about 15-20 minutes on 2 CPU threads). It writes
 ``models/weights/crack_unet.pt`` and ``models/weights/crack_unet.json`` (training config and
 the score on a held-out volume).
 
@@ -75,6 +75,7 @@ from synthetic.cathode import (
 )
 from synthetic.damage import WIDE_DAMAGE, add_damage
 from synthetic.scan import jpeg_roundtrip, quantize_8bit, reconstruct_synthetic
+from training.loop import train_within_budget
 
 logger = logging.getLogger(__name__)
 
@@ -491,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         "--gap-weight", type=float, default=2.0, help="cross-entropy weight of gap pixels"
     )
     parser.add_argument(
-        "--eval-every", type=int, default=1000, help="log the held-out score every N steps"
+        "--eval-every",
+        type=int,
+        default=1000,
+        help="score the held-out volume every N steps and keep the best state (0: keep the last)",
     )
     parser.add_argument(
         "--damaged-volumes",
@@ -553,14 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         start = load_crack_unet(args.init, device=torch.device("cpu"))
         model = start if start.in_channels == CONTEXT_SLICES else inflate_input(model, start)
         model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    budget = args.minutes * 60.0
-    t_train = time.monotonic()
-    step, running = 0, 0.0
-    while (elapsed := time.monotonic() - t_train) < budget:
-        lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def loss_of_step() -> torch.Tensor:
         image, label, valid, gap = augment_batch(
             train,
             args.batch,
@@ -571,18 +569,19 @@ def main(argv: list[str] | None = None) -> int:
             gaps=gaps,
             gap_share=args.gap_share,
         )
-        loss = crack_loss(model(image), label, valid, gap, args.gap_weight)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        running = 0.98 * running + 0.02 * value if step else value
-        step += 1
-        if step % 100 == 0:
-            logger.info("step %d  %.0fs  lr %.2e  loss %.4f", step, elapsed, lr, running)
-        if args.eval_every and step % args.eval_every == 0:
-            logger.info("step %d held-out %s", step, evaluate(model, held_out, [0.5]))
-    train_seconds = time.monotonic() - t_train
+        return crack_loss(model(image), label, valid, gap, args.gap_weight)
+
+    keep_best = args.eval_every > 0
+    run = train_within_budget(
+        model,
+        loss_of_step,
+        evaluate=(lambda: evaluate(model, held_out, [0.5])) if keep_best else None,
+        key="iou@0.50" if keep_best else None,
+        eval_steps=args.eval_every if keep_best else None,
+        minutes=args.minutes,
+        lr=args.lr,
+        lr_floor=0.02,
+    )
 
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
     scores = evaluate(model, held_out, thresholds)
@@ -590,9 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
         "config": config,
-        "steps": step,
+        "steps": run.steps,
+        "best_step": run.best_step,
+        "kept": "best held-out iou@0.50" if keep_best else "last step",
         "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(run.train_seconds, 1),
         "held_out": {"shape": [12, args.size, args.size], "seed": 991_000, **scores},
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "threshold": 0.5,
@@ -605,7 +606,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

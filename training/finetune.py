@@ -8,23 +8,22 @@ particles`` (:mod:`training.particle_finetune`):
   its own z - 1 / z + 1 neighbours;
 - :func:`tile_boxes` and :func:`split_indices`: non-overlapping tiles and a held-out share of
   them, stratified by whether a tile holds labelled objects;
-- :func:`train_keep_best`: AdamW with cosine decay inside a wall-clock budget, the held-out
-  score at the start and every ``eval_seconds``, the best state kept (the initial one
-  included: a run that does not improve gives back the initial weights).
+- :class:`FinetuneResult`: the kept network and its held-out scores. Training is the one loop
+  (:func:`training.loop.train_within_budget`): the held-out score at the start and every
+  ``eval_seconds``, the best state kept (the initial one included: a run that does not improve
+  gives back the initial weights).
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from models.crack_unet import context_stacks, normalize_slices, reference_levels
+from training.loop import TrainingRun
 
 
 def slice_stack(image: np.ndarray) -> np.ndarray:
@@ -82,91 +81,46 @@ def split_indices(
 
 
 @dataclass
-class KeepBestRun:
-    """Outcome of :func:`train_keep_best` (the model itself holds the best state)."""
+class FinetuneResult:
+    """Outcome of fine-tuning a network on labelled slices (``train cracks|particles``).
 
+    ``model`` holds the kept state (training mode, CPU); ``initial`` and ``final`` are the
+    held-out tiles' scores of the starting and the kept weights, ``key`` the score that chose.
+    """
+
+    model: torch.nn.Module
     initial: dict[str, float]
     final: dict[str, float]
+    key: str
     steps: int
     best_step: int
     train_seconds: float
+    n_train_tiles: int
+    n_val_tiles: int
+    val_boxes: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
 
-
-def train_keep_best(
-    model: torch.nn.Module,
-    loss_of_step: Callable[[], torch.Tensor],
-    evaluate: Callable[[], dict[str, float]],
-    key: str,
-    *,
-    minutes: float,
-    lr: float,
-    eval_seconds: float | None = None,
-    progress: Callable[[float], None] | None = None,
-) -> KeepBestRun:
-    """Train inside a wall-clock budget and keep the state with the best held-out ``key``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Network in training mode; it ends with the best state loaded.
-    loss_of_step : callable
-        Draws a batch, runs the model and returns the loss of one step.
-    evaluate : callable
-        Held-out scores of the current state (higher ``key`` is better); it must leave the
-        model in training mode.
-    key : str
-        Score that selects the kept state.
-    minutes : float
-        Wall-clock budget.
-    lr : float
-        AdamW learning rate at the start (cosine decay to 5 %).
-    eval_seconds : float, optional
-        Evaluate every this many seconds (default a tenth of the budget) and at the end.
-    progress : callable, optional
-        Called with the elapsed share of the budget (0..1) after each step.
-
-    Returns
-    -------
-    KeepBestRun
-    """
-    if minutes <= 0:
-        raise ValueError(f"minutes must be > 0, got {minutes}")
-    initial = evaluate()
-    best_score, best_step = initial[key], 0
-    best_state = copy.deepcopy(model.state_dict())
-    history = [{"step": 0.0, "seconds": 0.0, **initial}]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    budget = minutes * 60.0
-    every = eval_seconds if eval_seconds is not None else budget / 10.0
-    t0 = time.monotonic()
-    next_eval = every
-    step = 0
-    while (elapsed := time.monotonic() - t0) < budget:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
-        loss = loss_of_step()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        step += 1
-        elapsed = time.monotonic() - t0
-        if progress is not None:
-            progress(min(elapsed / budget, 1.0))
-        if elapsed >= next_eval or elapsed >= budget:
-            next_eval = elapsed + every
-            scores = evaluate()
-            history.append({"step": float(step), "seconds": round(elapsed, 1), **scores})
-            if scores[key] > best_score:
-                best_score, best_step = scores[key], step
-                best_state = copy.deepcopy(model.state_dict())
-    train_seconds = time.monotonic() - t0
-    model.load_state_dict(best_state)
-    return KeepBestRun(
-        initial=initial,
-        final=evaluate(),
-        steps=step,
-        best_step=best_step,
-        train_seconds=train_seconds,
-        history=history,
-    )
+    @classmethod
+    def of_run(
+        cls,
+        model: torch.nn.Module,
+        run: TrainingRun,
+        *,
+        key: str,
+        n_train_tiles: int,
+        val_boxes: list[tuple[int, int, int, int, int]],
+    ) -> FinetuneResult:
+        """The result of a :func:`training.loop.train_within_budget` run."""
+        return cls(
+            model=model,
+            initial=run.initial,
+            final=run.final,
+            key=key,
+            steps=run.steps,
+            best_step=run.best_step,
+            train_seconds=run.train_seconds,
+            n_train_tiles=n_train_tiles,
+            n_val_tiles=len(val_boxes),
+            val_boxes=val_boxes,
+            history=run.history,
+        )

@@ -1,6 +1,6 @@
 """Train the flaw (crack) slice classifier on particle slices of reconstructed synthetic cathodes.
 
-Run ``python -m training.flaw_cnn`` (about 8 minutes on one CPU thread). It writes
+Run ``python -m training.train_flaw_cnn`` (about 8 minutes on one CPU thread). It writes
 ``models/weights/flaw_cnn.pt`` and ``models/weights/flaw_cnn.json`` (training config, and the
 slice and particle accuracy and ROC AUC on held-out volumes).
 
@@ -299,7 +299,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

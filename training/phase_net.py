@@ -1,6 +1,6 @@
 """Train the carbon/binder vs pore classifier (:class:`models.phase_net.PhaseNet`).
 
-Run ``python -m training.phase_net`` (about 11 minutes on one CPU thread: 10 to build
+Run ``python -m training.train_phase_net`` (about 11 minutes on one CPU thread: 10 to build
 the 160 volumes, half a minute to train). It writes ``models/weights/phase_net.pt`` and
 ``models/weights/phase_net.json`` (training config and per-voxel scores on held-out volumes).
 The degree-of-detachment errors of the full estimate are measured by
@@ -214,7 +214,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

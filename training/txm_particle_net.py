@@ -1,6 +1,6 @@
 """Train the TXM particle network on synthetic frames (issue 3, step 2: learned detector).
 
-Run ``python -m training.txm_particle_net`` (at most 32 minutes plus about 2 minutes of data
+Run ``python -m training.train_txm_particle_net`` (at most 32 minutes plus about 2 minutes of data
 on 1 CPU thread with the defaults; training stops at ``--steps`` or at the ``--minutes`` budget,
 whichever comes first, so a slower machine takes fewer steps: the shipped weights stopped after
 1958 of 3200 steps on a shared 2-core node). It writes ``models/weights/txm_particle_net.pt``
@@ -235,7 +235,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the training script."""
     parser = argparse.ArgumentParser(
-        prog="python -m training.txm_particle_net",
+        prog="python -m training.train_txm_particle_net",
         description=(
             "Train the TXM particle network (models.txm_particle_net) on synthetic TXM frames "
             "with background augmentation; write the weights, a JSON sidecar with the training "
@@ -358,7 +358,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
