@@ -6,7 +6,7 @@ on a user's labelled slices).
     and masks of the same shapes (TIFF/PNG, non-zero = crack, as exported by Fiji/ilastik).
     Pairs are made by the order of the arguments (``--pair order``, default) or by file stem
     (``--pair stem``: ``a.png`` with ``a.tif``; a mask stem may end in ``_mask`` or
-    ``_labels``). Output: ``OUT.pt`` in the shipped checkpoint format (``cracks map --weights
+    ``_labels``). Output: ``OUT.pt`` in the one checkpoint format (``cracks map --weights
     OUT.pt``) and ``OUT.json`` with the crack IoU / Dice of the initial and the fine-tuned
     weights on the held-out tiles: ``held_out`` the network's probabilities >= 0.5 (the
     keep-best score), ``held_out_cracks_map`` the crack mask of ``cracks map`` (network plus

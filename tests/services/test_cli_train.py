@@ -96,7 +96,7 @@ def test_train_cracks_end_to_end_then_cracks_map(crops, tmp_path: Path) -> None:
         assert same
         piped = report["held_out_cracks_map"]
         assert piped["finetuned"] == piped["initial"]
-    assert tuned["base_channels"] == 8
+    assert tuned["kind"] == "crack_unet" and tuned["init"]["base_channels"] == 8
     assert tuned["metadata"]["finetune"]["held_out"] == held
     load_crack_unet(out, device=torch.device("cpu"))  # the loader of cracks map accepts it
 
