@@ -105,8 +105,8 @@ def test_bad_input():
         detect_particles_learned(np.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="od"):
         detect_particles_learned(np.zeros((8, 8)))
-    with pytest.raises(FileNotFoundError):
-        detect_particles_learned(np.zeros((64, 64)), params=DetectParams(weights="/nonexistent.pt"))
+    with pytest.raises(ValueError, match="weights"):  # a path is no parameter: pass a model
+        DetectParams(weights="/nonexistent.pt")
     with pytest.raises(ValueError, match="method"):
         DetectParams(method="magic")
 
