@@ -57,20 +57,18 @@ class RunWeights:
         return out
 
 
+# on the device the shipped networks use (models.device.pick_device), so a run with named
+# weights runs where a run without them would
 def _crack_loader(path: Path) -> Any:
-    import torch
-
     from models.crack_unet import load_crack_unet
 
-    return load_crack_unet(path, device=torch.device("cpu"))
+    return load_crack_unet(path)
 
 
 def _particle_loader(path: Path) -> Any:
-    import torch
-
     from models.particle_unet import load_particle_unet
 
-    return load_particle_unet(path, device=torch.device("cpu"))
+    return load_particle_unet(path)
 
 
 _LOADERS: dict[str, tuple[str, Callable[[Path], Any]]] = {
