@@ -41,8 +41,8 @@ def write_projections(
     """Projections, flats and darks of a ``size^3`` phantom written slab by slab."""
     import h5py
 
-    from models.synthetic.cathode import make_cathode_volume
-    from pipelines.tomo.simulate import simulate_scan
+    from synthetic.cathode import make_cathode_volume
+    from synthetic.scan import simulate_scan
 
     angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
     pieces: dict[int, Any] = {}

@@ -160,7 +160,7 @@ class PausingPublisher:
 def xanes_scan(detector_dir: Path, seed: int, n_energies: int, source: str) -> tuple[Any, Any]:
     from bluesky_plans.devices import SimTXM
     from bluesky_plans.plans import xanes_scan_plan
-    from models.synthetic.txm import TxmScene, default_energies
+    from synthetic.txm import TxmScene, default_energies
 
     scene = TxmScene.random(seed, shape=(64, 64), n_particles=3, n_scans=1, n_frames=n_energies)
     txm = SimTXM(scene, detector_dir, frame_source=source, seed=seed)
@@ -171,8 +171,8 @@ def xanes_scan(detector_dir: Path, seed: int, n_energies: int, source: str) -> t
 def tomo_scan(detector_dir: Path, seed: int, n_angles: int, source: str) -> tuple[Any, Any]:
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
-    from models.synthetic.cathode import make_cathode_volume
-    from pipelines.tomo.simulate import simulate_scan
+    from synthetic.cathode import make_cathode_volume
+    from synthetic.scan import simulate_scan
 
     volume = make_cathode_volume((4, 48, 48), seed=seed)
     angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)

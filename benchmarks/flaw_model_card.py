@@ -4,8 +4,8 @@ Confusion matrices and ROC curves of :mod:`models.flaw_cnn` (shipped weights) on
 validation sets it never trained on:
 
 1. ``training family, held-out seeds``: volumes of the training generator
-   (:func:`models.synthetic.reconstructed.make_reconstructed_cathode`) with the seeds
-   :data:`models.train_flaw_cnn.TEST_SEEDS`, used neither for training nor for choosing the
+   (:func:`synthetic.reconstructed.make_reconstructed_cathode`) with the seeds
+   :data:`training.flaw_cnn.TEST_SEEDS`, used neither for training nor for choosing the
    checkpoint;
 2. ``never-trained family``: :mod:`benchmarks.holdout_family` volumes (other particle shapes,
    damage kinds and detector model), written apart and used by no training script.
@@ -42,14 +42,14 @@ from models.flaw_cnn import (
     predict_flaw_scores,
     roc_auc,
 )
-from models.train_flaw_cnn import (
+from pipelines.particles.evaluate import confusion_matrix, roc_curve
+from training.flaw_cnn import (
     TEST_SEEDS,
     SliceSet,
     concat,
     particle_slices,
     sample_particles,
 )
-from pipelines.particles.evaluate import confusion_matrix, roc_curve
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "model_card"
 TRAINING_SHAPE = (48, 128, 128)

@@ -1,6 +1,6 @@
 """A validation-only family of synthetic cathode scans that no network trains on.
 
-Written apart from :mod:`models.synthetic.cathode` (different code and different shapes), so
+Written apart from :mod:`synthetic.cathode` (different code and different shapes), so
 that a score here says something about data the networks have not seen. It lives in
 ``benchmarks/`` (above ``pipelines/``, as it reconstructs with the project's own FBP, and out of
 reach of the training scripts in ``models/``; a test checks that none imports it).

@@ -61,9 +61,6 @@ from models.flaw_cnn import load_flaw_cnn
 from models.particle_unet import DEFAULT_WEIGHTS, load_particle_unet
 from models.phase_net import DEFAULT_WEIGHTS as PHASE_WEIGHTS
 from models.phase_net import load_phase_net
-from models.synthetic.cathode import SOLID, make_cathode_volume
-from models.synthetic.reconstructed import ReconstructedCathode, make_reconstructed_cathode
-from models.train_flaw_cnn import TEST_SEEDS, particle_slices, scores
 from pipelines.cracks.evaluate import particle_scores
 from pipelines.cracks.particle_mask import solid_threshold
 from pipelines.particles.analyze import analyze_particles
@@ -75,6 +72,9 @@ from pipelines.particles.detachment import (
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.instances import InstanceParams, segment_instances, watershed_baseline
 from pipelines.tomo.fbp import inside_circle
+from synthetic.cathode import SOLID, make_cathode_volume
+from synthetic.reconstructed import ReconstructedCathode, make_reconstructed_cathode
+from training.flaw_cnn import TEST_SEEDS, particle_slices, scores
 
 HELD_OUT_SEEDS = (990_101, 990_102, 990_103)
 SHAPE = (48, 128, 128)
@@ -184,7 +184,7 @@ def instance_benchmark(model: Any, seeds: tuple[int, ...]) -> dict[str, Any]:
 
 def flaw_benchmark(flaw_model: Any, particle_model: Any) -> dict[str, Any]:
     """Flaw classifier scores on ground-truth particle masks and on our instances."""
-    from models.train_flaw_cnn import concat
+    from training.flaw_cnn import concat
 
     shape = (48, 128, 128)
     truth_masks = concat(

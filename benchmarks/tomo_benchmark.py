@@ -53,7 +53,6 @@ from models.crack_unet import (
     normalize_slices,
     reference_levels,
 )
-from models.synthetic.cathode import make_cathode_volume
 from pipelines.cracks.evaluate import crack_scores
 from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
 from pipelines.cracks.segment import (
@@ -67,7 +66,8 @@ from pipelines.cracks.tiling import iter_tiles
 from pipelines.tomo import fbp
 from pipelines.tomo.fbp import ReconParams, inside_circle, reconstruct
 from pipelines.tomo.project import forward_project
-from pipelines.tomo.simulate import simulate_scan
+from synthetic.cathode import make_cathode_volume
+from synthetic.scan import simulate_scan
 
 
 def tolerant_scores(predicted: np.ndarray, truth: np.ndarray, inside: np.ndarray) -> dict:
@@ -86,9 +86,9 @@ def tolerant_scores(predicted: np.ndarray, truth: np.ndarray, inside: np.ndarray
     return {"precision_1px": precision, "recall_1px": recall, "f1_1px": f1}
 
 
-def crack_case(case: Case, params: CrackParams) -> dict[str, dict[str, float]]:
+def crack_case(case: Case, params: CrackParams, model: Any = None) -> dict[str, dict[str, float]]:
     """Scores of the crack pipeline and the Otsu fill-holes baseline on one case."""
-    res = map_cracks(case.recon, params)
+    res = map_cracks(case.recon, params, model=model)
     baseline = threshold_baseline(case.recon, particle_mask(case.recon, CONVENTIONAL))
     envelope = case.particle_ids > 0
     mask = res.particle_mask.astype(bool) & case.valid
@@ -107,9 +107,12 @@ def crack_case(case: Case, params: CrackParams) -> dict[str, dict[str, float]]:
     }
 
 
-def bench_sets(params: CrackParams | None = None) -> dict[str, Any]:
-    """Crack scores on the three validation sets, per case and averaged per set."""
+def bench_sets(params: CrackParams | None = None, model: Any = None) -> dict[str, Any]:
+    """Crack scores on the three validation sets, per case and averaged per set (``model``:
+    a loaded crack U-Net, default the shipped one)."""
     p = params if params is not None else CrackParams()
+    if model is None:
+        model = load_crack_unet()
     sets = {
         SETS[0]: training_family(),
         SETS[1]: holdout_family(),
@@ -117,7 +120,7 @@ def bench_sets(params: CrackParams | None = None) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for name, cases in sets.items():
-        per_case = {c.name: crack_case(c, p) for c in cases}
+        per_case = {c.name: crack_case(c, p, model) for c in cases}
         methods = next(iter(per_case.values()))
         out[name] = {
             "cases": per_case,
@@ -125,7 +128,7 @@ def bench_sets(params: CrackParams | None = None) -> dict[str, Any]:
         }
     free = {}
     for c in holdout_family(cracked=False):
-        res = map_cracks(c.recon, p)
+        res = map_cracks(c.recon, p, model=model)
         baseline = threshold_baseline(c.recon, particle_mask(c.recon, CONVENTIONAL))
         env = c.particle_ids > 0
         free[c.name] = {
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     quick = args.quick
     results: dict[str, Any] = {"torch_threads": args.threads}
-    results["validation_sets"] = bench_sets(CrackParams(weights=args.weights))
+    results["validation_sets"] = bench_sets(CrackParams(), load_crack_unet(args.weights))
     print("validation sets (means; per case in --json):")
     print(sets_table(results["validation_sets"]))
     if args.sets_only:

@@ -58,8 +58,8 @@ def wait_for_status(client: Any, uid: str, pipeline: str, timeout: float) -> flo
 
 def simulate(size: int, slab: int, seed: int) -> tuple[np.ndarray, Any, np.ndarray]:
     """Angles, simulated frames and the true crack mask of a size^3 (slab-periodic) phantom."""
-    from models.synthetic.cathode import make_cathode_volume
-    from pipelines.tomo.simulate import simulate_scan
+    from synthetic.cathode import make_cathode_volume
+    from synthetic.scan import simulate_scan
 
     repeats = -(-size // slab)
     phantom = make_cathode_volume((slab, size, size), seed=seed)

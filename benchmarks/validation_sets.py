@@ -1,7 +1,7 @@
 """The three validation sets the crack and particle benchmarks score side by side.
 
 1. ``training family``: held-out seeds of the generator the networks train on
-   (:func:`models.synthetic.reconstructed.make_reconstructed_cathode`) -- a smoke test only;
+   (:func:`synthetic.reconstructed.make_reconstructed_cathode`) -- a smoke test only;
 2. ``never-trained family``: :mod:`benchmarks.holdout_family`, written apart, used by no
    training script;
 3. ``real crops``: the labelled crops of the real APS nano-CT slices (``tests/data/real_labels``).
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks.holdout_family import make_holdout_volume
-from models.synthetic.cathode import BINDER
-from models.synthetic.reconstructed import make_reconstructed_cathode
 from pipelines.tomo.fbp import inside_circle
+from synthetic.cathode import BINDER
+from synthetic.reconstructed import make_reconstructed_cathode
 
 TRAINING_FAMILY_SEEDS = (777_001, 777_002)
 HOLDOUT_SEEDS = (424_001, 424_002, 424_003, 424_004)

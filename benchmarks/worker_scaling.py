@@ -92,7 +92,7 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -
 def xanes_plan(detector_dir: Path, seed: int, n_energies: int, size: int) -> Any:
     from bluesky_plans.devices import SimTXM
     from bluesky_plans.plans import xanes_scan_plan
-    from models.synthetic.txm import TxmScene, default_energies
+    from synthetic.txm import TxmScene, default_energies
 
     scene = TxmScene.random(seed, shape=(size, size), n_particles=3, n_scans=1, n_frames=n_energies)
     txm = SimTXM(scene, detector_dir, frame_source="event", seed=seed)

@@ -5,7 +5,7 @@ Run from the repository root::
     python -m benchmarks.xanes_benchmark            # 460 x 460, 143 energies, 9 particles
     python -m benchmarks.xanes_benchmark --size 256 --frames 60
 
-A synthetic scan following the seed's protocol (models.synthetic.txm) is registered by this
+A synthetic scan following the seed's protocol (synthetic.txm) is registered by this
 pipeline and by global methods: skimage phase correlation, pystackreg translation (if
 installed) and ORB features + RANSAC. Printed: registration RMS error over particles and frames
 against ground truth, the edge-energy median absolute error inside the particles after aligning
@@ -13,7 +13,7 @@ with ours vs with the best baseline, frames per second and per-frame latency.
 
 Particle detection: the learned detector (U-Net, ``pipelines.xanes.detect_learned``) against the
 classical baseline (``pipelines.xanes.detect``) on held-out synthetic frames
-(``models.synthetic.txm_detection``, seeds never used in training; particles touching the border
+(``synthetic.txm_detection``, seeds never used in training; particles touching the border
 are left out of the truth because both detectors drop them) and on frame 0 of the scan above:
 object precision, recall and F1 at IoU >= 0.5, mean IoU of matched particles, pixel IoU and
 frames per second (the learned detector averages 8 rotations/flips; "1 pass" is without).
@@ -21,10 +21,10 @@ frames per second (the learned detector averages 8 rotations/flips; "1 pass" is 
 
 Issue 12 adds, beside that scene and with the same baselines:
 
-- the dense, real-looking scene family (``models.synthetic.txm_dense``, written apart from the
+- the dense, real-looking scene family (``synthetic.txm_dense``, written apart from the
   generator above: large touching and border-cut particles, zone-plate rings, illumination
   gradient, 1500 counts): ``--dense-seeds`` scenes of 512 x 512;
-- the real-frame stacks (``models.synthetic.txm_real``: SSRL and APS fov03 frames crossing the
+- the real-frame stacks (``synthetic.txm_real``: SSRL and APS fov03 frames crossing the
   Ni K-edge with a known drift), when ``../shared/data`` is there;
 - the speed at 1024 x 1024 (a dense scene).
 
@@ -48,16 +48,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from models.synthetic.txm import TxmScene, default_energies
-from models.synthetic.txm_dense import DenseTxmScene, dense_energies
-from models.synthetic.txm_detection import HELD_OUT_SEED_START, detection_sample
-from models.train_txm_particle_net import object_scores, summarize_scores
 from pipelines.xanes.detect import detect_particles
 from pipelines.xanes.detect_learned import detect_particles_learned
 from pipelines.xanes.params import DetectParams, XanesParams
 from pipelines.xanes.prepare import optical_density
 from pipelines.xanes.spectra import analyse_spectra
 from pipelines.xanes.tracker import XanesTracker
+from synthetic.txm import TxmScene, default_energies
+from synthetic.txm_dense import DenseTxmScene, dense_energies
+from synthetic.txm_detection import HELD_OUT_SEED_START, detection_sample
+from training.txm_particle_net import object_scores, summarize_scores
 
 
 def _truth_index(scene: TxmScene, labels: np.ndarray) -> np.ndarray:
@@ -488,7 +488,7 @@ def _dense_family(args: argparse.Namespace) -> None:
         scan = _dense_scan(1000 + seed, 512, args.dense_frames)
         rows.append((scan.name, *_evaluate(scan, params)))
     _print_family(
-        f"dense real-looking scene family (models.synthetic.txm_dense, 512 x 512, "
+        f"dense real-looking scene family (synthetic.txm_dense, 512 x 512, "
         f"{args.dense_frames} energies, 1500 counts); shift RMS px, found = wholly visible "
         "particles tracked:",
         rows,
@@ -496,7 +496,7 @@ def _dense_family(args: argparse.Namespace) -> None:
 
 
 def _real_scans() -> list[_Scan]:
-    from models.synthetic.txm_real import (
+    from synthetic.txm_real import (
         aps_fov03_od,
         build_edge_stack,
         coregister,

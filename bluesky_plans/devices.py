@@ -215,8 +215,8 @@ class SimHdf5Camera(Device):
 class SimTXM:
     """A simulated transmission X-ray microscope around a synthetic scene.
 
-    ``scene`` is a :class:`models.synthetic.txm.TxmScene` (or anything with ``frame``,
-    ``flat`` and ``dark``, e.g. :class:`models.synthetic.txm_dense.DenseTxmScene`: see
+    ``scene`` is a :class:`synthetic.txm.TxmScene` (or anything with ``frame``,
+    ``flat`` and ``dark``, e.g. :class:`synthetic.txm_dense.DenseTxmScene`: see
     :meth:`real_looking`). The sample stage (µm) moves the sample; moving ``sample_x`` by more
     than ``out_of_beam_um`` from its in-beam position takes a flat field.
     """
@@ -258,12 +258,12 @@ class SimTXM:
         frame_source: str = "stream",
         pixel_size_um: float = 0.03,
     ) -> SimTXM:
-        """A TXM whose field of view looks like a real one (``models.synthetic.txm_dense``).
+        """A TXM whose field of view looks like a real one (``synthetic.txm_dense``).
 
         Large, touching and border-cut particles, zone-plate rings and an illumination
         gradient that the flat field removes only in part, 1500 counts per pixel, dead pixels:
         the hard case of the live alignment, instead of the separated round particles of
-        :class:`models.synthetic.txm.TxmScene`.
+        :class:`synthetic.txm.TxmScene`.
 
         Parameters
         ----------
@@ -286,7 +286,7 @@ class SimTXM:
         -------
         SimTXM
         """
-        from models.synthetic.txm_dense import DenseTxmScene
+        from synthetic.txm_dense import DenseTxmScene
 
         scene = DenseTxmScene.random(
             seed, shape=shape, n_particles=n_particles, n_frames=n_frames, n_scans=n_scans

@@ -1,4 +1,6 @@
-"""Networks, their training scripts and weights, and the synthetic data they learn from.
+"""Networks (architectures), their pre-processing and inference helpers, checkpoints and weights.
+
+Their training lives in :mod:`training`, the synthetic data in :mod:`synthetic`.
 
 Importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` for the OpenMP runtime that torch
 loads, unless the environment already sets it (so it must come before ``import torch``;

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint import read_checkpoint, read_metadata
+from models.checkpoint import constructor_args, read_checkpoint, read_metadata, save_checkpoint
 from models.fusion import for_inference
 from models.particle_unet import context_stack
-from models.unet import UNet2d, save_unet
+from models.unet import UNet2d
 from models.unet import pad_to_multiple as unet_pad
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "crack_unet.pt"
+KIND = "crack_unet"
 DEPTH = 5
 SIZE_MULTIPLE = 2 ** (DEPTH - 1)
 """Input height and width must be multiples of this (four poolings)."""
@@ -164,7 +165,26 @@ def save_crack_unet(model: CrackUNet, path: Path, metadata: dict[str, Any] | Non
     metadata : dict, optional
         JSON-like extra information stored alongside (training config, scores).
     """
-    save_unet(model, path, metadata)
+    save_checkpoint(
+        model,
+        path,
+        kind=KIND,
+        init={"base_channels": model.base_channels, "in_channels": model.in_channels},
+        metadata=metadata,
+    )
+
+
+def crack_unet_args(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of a crack U-Net checkpoint (the shipped file keeps
+    ``base_channels`` at the top level; its input channels are those of the first layer)."""
+    return constructor_args(
+        checkpoint,
+        KIND,
+        lambda c: {
+            "base_channels": int(c["base_channels"]),
+            "in_channels": int(c["state_dict"]["encoders.0.0.weight"].shape[1]),
+        },
+    )
 
 
 def load_crack_unet(
@@ -186,10 +206,7 @@ def load_crack_unet(
         (:func:`models.fusion.for_inference`).
     """
     checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "crack U-Net", device=device)
-    first_conv = checkpoint["state_dict"]["encoders.0.0.weight"]
-    model = CrackUNet(
-        base_channels=int(checkpoint["base_channels"]), in_channels=int(first_conv.shape[1])
-    )
+    model = CrackUNet(**crack_unet_args(checkpoint))
     model.load_state_dict(checkpoint["state_dict"])
     return for_inference(model, dev)
 

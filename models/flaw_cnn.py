@@ -10,7 +10,6 @@ of its height) and called flawed when at least 4 slices are flawed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import read_checkpoint, read_metadata
+from models.checkpoint import constructor_args, read_checkpoint, read_metadata, save_checkpoint
 from models.fusion import for_inference
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "flaw_cnn.pt"
+KIND = "flaw_cnn"
 INPUT_SIZE = 128
 N_SLICES = 10
 HEIGHT_SPAN = 0.8
@@ -187,9 +187,7 @@ def prepare_slice(image: np.ndarray, mask: np.ndarray, size: int = INPUT_SIZE) -
 
 def save_flaw_cnn(model: FlawCNN, path: Path, metadata: dict[str, Any] | None = None) -> None:
     """Save weights, architecture settings and JSON metadata (training config, scores)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    plain = json.loads(json.dumps(metadata or {}))
-    torch.save({"widths": list(model.widths), "state_dict": state, "metadata": plain}, path)
+    save_checkpoint(model, path, kind=KIND, init={"widths": list(model.widths)}, metadata=metadata)
 
 
 def load_flaw_cnn(path: str | Path | None = None, *, device: torch.device | None = None) -> FlawCNN:
@@ -210,7 +208,8 @@ def load_flaw_cnn(path: str | Path | None = None, *, device: torch.device | None
         be trained further).
     """
     checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "flaw CNN", device=device)
-    model = FlawCNN(widths=tuple(int(w) for w in checkpoint["widths"]))
+    init = constructor_args(checkpoint, KIND, lambda c: {"widths": c["widths"]})
+    model = FlawCNN(widths=tuple(int(w) for w in init["widths"]))
     model.load_state_dict(checkpoint["state_dict"])
     return for_inference(model, dev)
 

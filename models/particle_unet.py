@@ -21,9 +21,10 @@ from skimage.segmentation import find_boundaries
 
 from models.checkpoint import read_checkpoint, read_metadata
 from models.fusion import for_inference
-from models.unet import UNet2d, pad_to_multiple, save_unet
+from models.unet import UNet2d, pad_to_multiple, save_unet, unet_args
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "particle_unet.pt"
+KIND = "particle_unet"
 DEPTH = 4
 SIZE_MULTIPLE = 2 ** (DEPTH - 1)
 DISTANCE_SCALE_PX = 8.0
@@ -78,7 +79,7 @@ def save_particle_unet(
     model: ParticleUNet, path: Path, metadata: dict[str, Any] | None = None
 ) -> None:
     """Save weights, architecture settings and JSON metadata (training config, scores)."""
-    save_unet(model, path, metadata)
+    save_unet(model, path, metadata, kind=KIND)
 
 
 def load_particle_unet(
@@ -101,7 +102,7 @@ def load_particle_unet(
         be trained further).
     """
     checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "particle U-Net", device=device)
-    model = ParticleUNet(base_channels=int(checkpoint["base_channels"]))
+    model = ParticleUNet(**unet_args(checkpoint, KIND))
     model.load_state_dict(checkpoint["state_dict"])
     return for_inference(model, dev)
 
@@ -112,7 +113,7 @@ def load_trainable_particle_unet(path: str | Path | None = None) -> ParticleUNet
     checkpoint, _ = read_checkpoint(
         path, DEFAULT_WEIGHTS, "particle U-Net", device=torch.device("cpu"), map_to_cpu=True
     )
-    model = ParticleUNet(base_channels=int(checkpoint["base_channels"]))
+    model = ParticleUNet(**unet_args(checkpoint, KIND))
     model.load_state_dict(checkpoint["state_dict"])
     return model.train()
 

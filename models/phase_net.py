@@ -26,13 +26,12 @@ The features wider than sigma 1 are computed at half resolution. The network ret
 binder logit; the calls keep the expected number of binder faces (:func:`matched_calls`)
 rather than cutting at 0.5, which would call the uncertain voxels binder (the majority next to
 particles) and bias the detachment. It is trained on reconstructed synthetic cathodes by
-``python -m models.train_phase_net``; the synthetic binder prefers particle surfaces, and the
+``python -m training.train_phase_net``; the synthetic binder prefers particle surfaces, and the
 classifier learned that too, so on real data its calls are an estimate.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,10 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from torch import nn
 
-from models.checkpoint import read_checkpoint, read_metadata
+from models.checkpoint import constructor_args, read_checkpoint, read_metadata, save_checkpoint
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "phase_net.pt"
+KIND = "phase_net"
 
 FEATURE_NAMES = (
     "grey",
@@ -415,16 +415,13 @@ def predict_binder(model: PhaseNet, features: np.ndarray, batch_size: int = 1 <<
 
 def save_phase_net(model: PhaseNet, path: Path, metadata: dict[str, Any] | None = None) -> None:
     """Save weights, architecture settings and JSON metadata (training config, scores)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    plain = json.loads(json.dumps(metadata or {}))
-    torch.save(
-        {
-            "hidden": list(model.hidden),
-            "features": list(FEATURE_NAMES),
-            "state_dict": state,
-            "metadata": plain,
-        },
+    save_checkpoint(
+        model,
         path,
+        kind=KIND,
+        init={"hidden": list(model.hidden)},
+        metadata=metadata,
+        extra={"features": list(FEATURE_NAMES)},
     )
 
 
@@ -455,7 +452,8 @@ def load_phase_net(
     checkpoint, dev = read_checkpoint(path, DEFAULT_WEIGHTS, "phase net", device=device)
     if tuple(checkpoint.get("features", ())) != FEATURE_NAMES:
         raise ValueError("phase net weights were trained on other features than FEATURE_NAMES")
-    model = PhaseNet(hidden=tuple(int(h) for h in checkpoint["hidden"]))
+    init = constructor_args(checkpoint, KIND, lambda c: {"hidden": c["hidden"]})
+    model = PhaseNet(hidden=tuple(int(h) for h in init["hidden"]))
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(dev).eval()
 

@@ -7,8 +7,8 @@ about 1 at every energy) and returns one foreground logit per pixel. :func:`pred
 does all of this and resamples the probability to the frame's own size. Turning the
 probability into labelled particles is ``pipelines.xanes.detect_learned``.
 
-Trained by ``python -m models.train_txm_particle_net`` on synthetic frames only
-(:mod:`models.synthetic.txm_detection`).
+Trained by ``python -m training.train_txm_particle_net`` on synthetic frames only
+(:mod:`synthetic.txm_detection`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from models.checkpoint import read_checkpoint, read_metadata
 from models.fusion import for_inference
-from models.unet import UNet2d, pad_to_multiple, save_unet
+from models.unet import UNet2d, pad_to_multiple, save_unet, unet_args
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "txm_particle_net.pt"
+KIND = "txm_particle_net"
 DEPTH = 5
 SIZE_MULTIPLE = 2 ** (DEPTH - 1)
 WORK_SIZE = 256
@@ -101,7 +102,7 @@ def save_txm_particle_net(
 ) -> None:
     """Save weights as float16 (half the size), architecture settings and JSON metadata."""
     half = copy.deepcopy(model).half()
-    save_unet(half, path, {**(metadata or {}), "weights_dtype": "float16"})
+    save_unet(half, path, {**(metadata or {}), "weights_dtype": "float16"}, kind=KIND)
 
 
 def float_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -132,7 +133,7 @@ def load_txm_particle_net(
     checkpoint, dev = read_checkpoint(
         path, DEFAULT_WEIGHTS, "TXM particle network", device=device, map_to_cpu=True
     )
-    model = TxmParticleNet(base_channels=int(checkpoint["base_channels"]))
+    model = TxmParticleNet(**unet_args(checkpoint, KIND))
     model.load_state_dict(float_state_dict(checkpoint))
     return for_inference(model, dev)
 

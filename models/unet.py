@@ -7,13 +7,14 @@ connections, and a 1x1 convolution head returning logits.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from models.checkpoint import constructor_args, save_checkpoint
 
 
 def double_conv(c_in: int, c_out: int, *, batch_norm: bool = False) -> nn.Sequential:
@@ -98,12 +99,16 @@ def pad_to_multiple(batch: torch.Tensor, multiple: int) -> tuple[torch.Tensor, i
     return batch, h, w
 
 
-def save_unet(model: UNet2d, path: Path, metadata: dict[str, Any] | None = None) -> None:
-    """Save weights with ``base_channels`` (needed to rebuild the network) and metadata.
+def save_unet(
+    model: UNet2d, path: Path, metadata: dict[str, Any] | None = None, *, kind: str = "unet"
+) -> None:
+    """Save weights with ``base_channels`` (needed to rebuild the network) and metadata
+    (:func:`models.checkpoint.save_checkpoint`)."""
+    save_checkpoint(
+        model, path, kind=kind, init={"base_channels": model.base_channels}, metadata=metadata
+    )
 
-    Metadata is reduced to plain JSON types so that ``torch.load(weights_only=True)`` accepts
-    the file.
-    """
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    plain = json.loads(json.dumps(metadata or {}))
-    torch.save({"base_channels": model.base_channels, "state_dict": state, "metadata": plain}, path)
+
+def unet_args(checkpoint: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Constructor arguments of a U-Net checkpoint of ``kind`` (shipped files: top level)."""
+    return constructor_args(checkpoint, kind, lambda c: {"base_channels": int(c["base_channels"])})

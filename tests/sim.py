@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from bluesky_plans.devices import SimTXM
-from models.synthetic.cathode import CathodeVolume, make_cathode_volume
-from models.synthetic.txm import TxmScene, default_energies
 from pipelines.tomo.fbp import ReconParams, reconstruct
-from pipelines.tomo.simulate import simulate_scan
+from synthetic.cathode import CathodeVolume, make_cathode_volume
+from synthetic.scan import simulate_scan
+from synthetic.txm import TxmScene, default_energies
 
 N_ENERGIES = 8
 

@@ -1,7 +1,7 @@
 """Scores of a crack map and of a particle labelling against labelled truth.
 
 Used by the benchmarks and the acceptance tests on three kinds of sets: held-out seeds of the
-training generator, the never-trained generator family (:mod:`models.synthetic.holdout`) and
+training generator, the never-trained generator family (:mod:`synthetic.holdout`) and
 the real labelled crops. Every score is NaN when what it divides by is empty (the code does not
 know), never 0.
 """

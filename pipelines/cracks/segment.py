@@ -47,9 +47,6 @@ class CrackParams(BaseModel):
     threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Crack probability threshold."
     )
-    weights: str | None = Field(
-        default=None, description="U-Net weights file; None = shipped weights."
-    )
     zero_is_outside: bool = Field(
         default=True,
         description="Voxels exactly 0 are outside the reconstruction circle: no crack there "
@@ -136,7 +133,7 @@ def unet_tile_model(model: CrackUNet) -> TileModel:
 
 def _resolve_model(model: CrackUNet | TileModel | None, params: CrackParams) -> TileModel:
     if model is None:
-        return unet_tile_model(load_crack_unet(params.weights))
+        return unet_tile_model(load_crack_unet())
     if isinstance(model, CrackUNet):
         return unet_tile_model(model)
     return model
@@ -160,7 +157,7 @@ def iter_crack_slices(
     volume : numpy.ndarray
         (Z, Y, X) reconstructed volume, any integer or float dtype.
     params : CrackParams, optional
-        Tiling, threshold, weights, particle-mask settings.
+        Tiling, threshold, particle-mask settings.
     model : CrackUNet or callable, optional
         Network or tile model (batch of normalised context tiles (B, 3, h, w), slices
         ``z - 1, z, z + 1`` -> probabilities (B, h, w) of the middle slices); default the

@@ -37,7 +37,6 @@ class FlawParams(BaseModel):
     slice_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     min_flawed_slices: PositiveInt = 4
     batch_size: PositiveInt = 64
-    weights: str | None = Field(default=None, description="None = shipped weights.")
 
 
 @dataclass
@@ -130,7 +129,7 @@ def classify_flaws(
             flawed_slices=np.zeros(0, dtype=np.int32),
             flawed=np.zeros(0, dtype=bool),
         )
-    net = model if model is not None else load_flaw_cnn(p.weights)
+    net = model if model is not None else load_flaw_cnn()
     # crops are prepared and scored a chunk at a time: a 512^3 volume has ~10^5 slices to
     # score, too many 128 x 128 images to hold at once
     distinct = np.empty(len(todo), dtype=np.float32)

@@ -77,7 +77,6 @@ class InstanceParams(BaseModel):
         description="Voxels exactly 0 are outside the reconstruction circle: no particle there.",
     )
     batch_size: PositiveInt = 4
-    weights: str | None = Field(default=None, description="None = shipped weights.")
 
 
 @dataclass
@@ -137,7 +136,7 @@ def segment_instances(
     """
     p = params if params is not None else InstanceParams()
     vol = check_volume(volume)
-    net = model if model is not None else load_particle_unet(p.weights)
+    net = model if model is not None else load_particle_unet()
     normalized = normalize_volume(vol) if levels is None else normalize_slices(vol, *levels)
     foreground, distance = predict_maps(net, normalized, batch_size=p.batch_size, progress=progress)
     if p.zero_is_outside:

@@ -20,7 +20,6 @@ from scipy import ndimage
 
 from models.txm_particle_net import (
     TxmParticleNet,
-    load_txm_particle_net,
     predict_probability,
     shipped_txm_particle_net,
 )
@@ -31,11 +30,7 @@ __all__ = ["detect_particles_learned", "particle_probability"]
 
 
 def _model_for(params: DetectParams, model: TxmParticleNet | None) -> TxmParticleNet:
-    if model is not None:
-        return model
-    if params.weights is None:
-        return shipped_txm_particle_net()
-    return load_txm_particle_net(params.weights)
+    return model if model is not None else shipped_txm_particle_net()
 
 
 def particle_probability(
@@ -51,9 +46,9 @@ def particle_probability(
     od : numpy.ndarray
         ``(H, W)`` optical density (particles absorb: positive), any float or integer dtype.
     params : DetectParams
-        ``weights`` selects the network when ``model`` is not given; ``average_transforms``.
+        ``average_transforms``.
     model : TxmParticleNet, optional
-        Network in eval mode; default the shipped one (or ``params.weights``).
+        Network in eval mode; default the shipped one.
 
     Returns
     -------
@@ -84,11 +79,11 @@ def detect_particles_learned(
         ``(H, W)`` optical density (particles absorb: positive); the slow background need not
         be removed.
     params : DetectParams
-        ``probability_threshold``, ``weights``, ``average_transforms`` and the shared
+        ``probability_threshold``, ``average_transforms`` and the shared
         ``learned_min_area_fraction``,
         ``exclude_border``, ``split_touching`` and ``split_min_distance_fraction``.
     model : TxmParticleNet, optional
-        Network in eval mode; default the shipped one (or ``params.weights``).
+        Network in eval mode; default the shipped one.
 
     Returns
     -------

@@ -36,8 +36,8 @@ class DetectParams(_Params):
     """Particle detection in frame 0: classical (threshold + watershed) or learned (U-Net).
 
     Both detectors share the size filter, the border rule and the watershed split of touching
-    particles; the threshold fields are the classical detector's; ``probability_threshold``,
-    ``weights`` and ``average_transforms`` the learned one's
+    particles; the threshold fields are the classical detector's; ``probability_threshold``
+    and ``average_transforms`` the learned one's (its network is passed as ``model``)
     (:func:`pipelines.xanes.detect_learned.detect_particles_learned`).
     """
 
@@ -47,9 +47,6 @@ class DetectParams(_Params):
     )
     probability_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="learned: particle probability threshold"
-    )
-    weights: str | None = Field(
-        default=None, description="learned: network weights file; None = shipped weights"
     )
     average_transforms: bool = Field(
         default=True, description="learned: average the network over 8 rotations and flips"

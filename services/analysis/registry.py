@@ -23,8 +23,9 @@ def default_registry(
     than its threshold slab by slab to a Dask cluster; None keeps every one in memory.
     ``series_dir`` keeps the operando series state (what later scans of a series need) on disk,
     so that it survives a restart of the consumer; without it the state lives in memory only.
-    ``references_dir`` (the data dir) is where a start document's ``lcf_references`` file names
-    point; ``metrics`` (:class:`services.core.metrics.Metrics`) counts refused start options.
+    ``references_dir`` (the data dir) is where a start document's ``lcf_references`` and
+    ``crack_weights`` / ``particle_weights`` file names point; ``metrics``
+    (:class:`services.core.metrics.Metrics`) counts refused start options.
     """
     registry = PipelineRegistry()
     registry.register("frames", lambda start: True, FrameStatsPipeline)
@@ -61,6 +62,12 @@ def default_registry(
     registry.register(
         "cracks",
         tomo_live.select,
-        lambda start: tomo_live.CracksPipeline(start, figures_dir=figures_for(start), slabs=slabs),
+        lambda start: tomo_live.CracksPipeline(
+            start,
+            figures_dir=figures_for(start),
+            slabs=slabs,
+            data_dir=references_dir,
+            on_rejected=rejected,
+        ),
     )
     return registry

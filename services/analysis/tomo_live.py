@@ -11,13 +11,18 @@ Writes under ``analysis/<run uid>/cracks/``:
 ``damage_histogram``      float64 (Z, bins), ``histogram_edges`` (bins + 1,)
 ``layer_fit``             float64 (Z, 3): slope, intercept, Pearson r per slice
 ``figures/<name>``        and the numbers behind them: see :mod:`services.analysis.tomo_figures`
-metadata                  volume fit (slope, intercept, pearson_r, n), timings, figures
+metadata                  volume fit (slope, intercept, pearson_r, n), timings, figures,
+                          ``weights``: the networks used (``crack_weights`` /
+                          ``particle_weights``: a file under the data dir or "shipped") and
+                          ``errors`` for refused start-document weights
+                          (:mod:`services.analysis.tomo_weights`)
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +80,18 @@ class CracksPipeline:
     name = CRACKS.pipeline
     version = "1"
 
-    def __init__(self, start: dict[str, Any], *, figures_dir: Path, slabs: Any = None) -> None:
+    def __init__(
+        self,
+        start: dict[str, Any],
+        *,
+        figures_dir: Path,
+        slabs: Any = None,
+        data_dir: Path | None = None,
+        on_rejected: Callable[[str], None] | None = None,
+    ) -> None:
         from pipelines.cracks.segment import CrackParams
         from pipelines.tomo.fbp import ReconParams
+        from services.analysis.tomo_weights import run_weights
 
         self._recon_params = ReconParams(**start.get("beamwatch_recon_params", {}))
         self._crack_params = CrackParams(**start.get("beamwatch_crack_params", {}))
@@ -86,6 +100,10 @@ class CracksPipeline:
             "cracks": self._crack_params.model_dump(mode="json"),
         }
         self._uid = start["uid"]
+        # start-document weights (crack_weights, particle_weights) under the data dir; a refused
+        # one leaves the shipped weights, and the metadata says which were used and why
+        self._weights = run_weights(start, data_dir=data_dir, on_rejected=on_rejected)
+        self.parameters["weights"] = self._weights.metadata()
         self._image_key = start.get("image_key")
         self._angle_key = start.get("angle_key", "rotation")
         self._figures_dir = figures_dir / self._uid
@@ -142,7 +160,7 @@ class CracksPipeline:
         )
         cracks = np.zeros(volume.shape, dtype=np.uint8)
         particles = np.zeros(volume.shape, dtype=np.uint8)
-        for piece in iter_crack_slices(volume, params):
+        for piece in iter_crack_slices(volume, params, model=self._weights.crack_model):
             cracks[piece.z] = piece.crack
             particles[piece.z] = piece.particle
             out.rows(CRACKS.mask, piece.crack[None], dims=["z", "y", "x"])
@@ -187,6 +205,7 @@ class CracksPipeline:
                 "seconds_cracks": t_cracks,
                 "seconds_total": time.monotonic() - t0,
                 "figures": figures,
+                "weights": self._weights.metadata(),
                 # the crack map is whole now: a viewer need not wait for the particle stage
                 # (minutes at 512^3) to see it complete
                 "status": Status.COMPLETE,
@@ -207,6 +226,7 @@ class CracksPipeline:
         from pipelines.particles.analyze import ParticleParams
         from pipelines.particles.stats import StatsParams
         from services.analysis.tomo_slabs import run_slab_stages
+        from services.analysis.tomo_weights import CRACK_WEIGHTS_KEY, PARTICLE_WEIGHTS_KEY
 
         params = ParticleParams(**self._particle_params)
         stats_params = StatsParams(**{**self._stats_params, "voxel_size_um": self._voxel_um or 1.0})
@@ -242,6 +262,7 @@ class CracksPipeline:
                     },
                     "window": q.window,
                     **numbers,
+                    "weights": self._weights.metadata(),
                     "figures": figures,
                     "status": Status.COMPLETE,
                 }
@@ -272,6 +293,8 @@ class CracksPipeline:
                 recon_params=self._recon_params,
                 crack_params=self._crack_params,
                 particle_params=params,
+                crack_weights=self._weights.paths.get(CRACK_WEIGHTS_KEY),
+                particle_weights=self._weights.paths.get(PARTICLE_WEIGHTS_KEY),
                 out=out,
                 cracks_done=cracks_done,
                 particles_done=particles_done,
@@ -347,7 +370,12 @@ class CracksPipeline:
         )
         try:
             t0 = time.monotonic()
-            result = analyze_particles(volume, crack_mask=cracks.astype(bool), params=params)
+            result = analyze_particles(
+                volume,
+                crack_mask=cracks.astype(bool),
+                params=params,
+                particle_model=self._weights.particle_model,
+            )
             stats = particle_statistics(result.table, depth=volume.shape[0], params=stats_params)
             out.array(PARTICLES.labels, result.labels.astype(np.int32), dims=["z", "y", "x"])
             _write_particle_table(out, result.table, stats, unit)

@@ -80,6 +80,8 @@ def run_slab_stages(
     crack_params: Any,
     particle_params: Any,
     out: ResultWriter,
+    crack_weights: str | None = None,
+    particle_weights: str | None = None,
     cracks_done: Callable[[Any, dict[str, Any]], None],
     particles_done: Callable[[Any, Any, ResultWriter, float], None],
 ) -> None:
@@ -88,7 +90,8 @@ def run_slab_stages(
     ``cracks_done(q, numbers)`` writes the crack stage's figures and metadata from ``q`` (the
     quantification, its density maps as read-only Zarr arrays) and returns after announcing
     the particle stage; ``particles_done(table, stats_input, writer, seconds)`` writes the
-    particle stage's statistics, figures and metadata.
+    particle stage's statistics, figures and metadata. ``crack_weights`` and
+    ``particle_weights`` are checked checkpoint files the workers load (None: shipped).
     """
     from services.slabs.cluster import open_client
     from services.slabs.stores import open_volume
@@ -124,6 +127,7 @@ def run_slab_stages(
                 slab=s.slab_slices,
                 sample=recon.sample,
                 threads=s.threads_per_worker,
+                weights=crack_weights,
             )
             _rows_to(out, "mask", q.crack_mask, step)
             _rows_to(out, "particle_mask", q.particle_mask, step)
@@ -170,6 +174,7 @@ def run_slab_stages(
                 slab=s.slab_slices,
                 levels=q.levels,
                 threads=s.threads_per_worker,
+                particle_weights=particle_weights,
             )
             _rows_to(particles_out, "labels", result.labels, step)
             particles_done(result.table, recon.shape, particles_out, time.monotonic() - t1)

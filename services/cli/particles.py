@@ -196,14 +196,9 @@ def _from_separator(table: np.ndarray, depth: int, separator: str) -> np.ndarray
 def _analyze_slabs(args: argparse.Namespace) -> int:
     """``particles analyze`` slab by slab (:mod:`services.cli.slab_commands`)."""
     from pipelines.particles.analyze import ParticleParams
-    from pipelines.particles.flaw import FlawParams
-    from pipelines.particles.instances import InstanceParams
 
     voxel_um = resolve_size(args.voxel_size_um, layout_pixel_size(args.input), str(args.input))
-    params = ParticleParams(
-        instances=InstanceParams(weights=str(args.weights) if args.weights else None),
-        flaw=FlawParams(weights=str(args.flaw_weights) if args.flaw_weights else None),
-    )
+    params = ParticleParams()
     depth = dataset_shape(args.input, "/entry/data/data")[0]  # type: ignore[index]
 
     def statistics(table: np.ndarray) -> str:

@@ -198,6 +198,7 @@ def cracks_map_command(args: argparse.Namespace, params: Any, voxel_um: float | 
                 slab=settings.dask.slab_slices,
                 threads=settings.dask.threads_per_worker,
                 progress=bar.update,
+                weights=str(args.weights) if args.weights is not None else None,
             )
         with h5py.File(args.output, "w") as out:
             grp = out.create_group("cracks")
@@ -295,6 +296,8 @@ def particles_analyze_command(
                 slab=settings.dask.slab_slices,
                 threads=settings.dask.threads_per_worker,
                 progress=bar.update,
+                particle_weights=str(args.weights) if args.weights else None,
+                flaw_weights=str(args.flaw_weights) if args.flaw_weights else None,
             )
         table = result.table
         with h5py.File(args.output, "w") as out:

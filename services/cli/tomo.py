@@ -287,7 +287,6 @@ def _crack_params(args: argparse.Namespace) -> Any:
         tile_size=args.tile_size,
         overlap=args.overlap,
         threshold=args.threshold,
-        weights=None if args.weights is None else str(args.weights),
         quantify=QuantifyParams(window=args.window),
     )
 
@@ -332,12 +331,18 @@ def cracks_map_command(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
 
+    from models.crack_unet import load_crack_unet
     from pipelines.cracks.segment import map_cracks, threshold_baseline
 
     params = _crack_params(args)
+    try:
+        model = load_crack_unet(args.weights)
+    except ValueError as exc:
+        logger.error("--weights %s: %s", args.weights, exc)
+        return EXIT_BAD_INPUT
     logger.info("mapping cracks in %s %s (%s)", args.input, volume.shape, volume.dtype)
     with tqdm(total=volume.shape[0], desc="cracks", unit="slice") as bar:
-        result = map_cracks(volume, params, progress=bar.update)
+        result = map_cracks(volume, params, model=model, progress=bar.update)
     q = result.quantification
     with h5py.File(args.output, "w") as out:
         grp = out.create_group("cracks")

@@ -6,7 +6,7 @@ on a user's labelled slices).
     and masks of the same shapes (TIFF/PNG, non-zero = crack, as exported by Fiji/ilastik).
     Pairs are made by the order of the arguments (``--pair order``, default) or by file stem
     (``--pair stem``: ``a.png`` with ``a.tif``; a mask stem may end in ``_mask`` or
-    ``_labels``). Output: ``OUT.pt`` in the shipped checkpoint format (``cracks map --weights
+    ``_labels``). Output: ``OUT.pt`` in the one checkpoint format (``cracks map --weights
     OUT.pt``) and ``OUT.json`` with the crack IoU / Dice of the initial and the fine-tuned
     weights on the held-out tiles: ``held_out`` the network's probabilities >= 0.5 (the
     keep-best score), ``held_out_cracks_map`` the crack mask of ``cracks map`` (network plus
@@ -198,7 +198,7 @@ def train_cracks_command(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
 
-    from models.crack_finetune import THRESHOLD, finetune_cracks, save_finetuned
+    from training.crack_finetune import THRESHOLD, finetune_cracks, save_finetuned
 
     torch.set_num_threads(args.threads)
     n_crack = int(sum(int((m != 0).sum()) for m in masks))
@@ -405,8 +405,8 @@ def train_particles_command(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
 
-    from models.particle_finetune import finetune_particles, save_finetuned
     from pipelines.particles.instances import InstanceParams, tile_instance_scores
+    from training.particle_finetune import finetune_particles, save_finetuned
 
     torch.set_num_threads(args.threads)
     params = InstanceParams()

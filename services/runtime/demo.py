@@ -257,9 +257,9 @@ def run_simulated_scans(
     from bluesky_plans.devices import SimTomoStation, SimTXM
     from bluesky_plans.feedback import DriftFeedback
     from bluesky_plans.plans import operando_xanes_plan, tomo_scan_plan, xanes_scan_plan
-    from models.synthetic.cathode import make_cathode_volume
-    from models.synthetic.txm import default_energies
-    from pipelines.tomo.simulate import simulate_scan
+    from synthetic.cathode import make_cathode_volume
+    from synthetic.scan import simulate_scan
+    from synthetic.txm import default_energies
 
     detector_dir = settings.detector_dir
     runs: list[tuple[str, int, str]] = []

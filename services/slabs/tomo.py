@@ -263,6 +263,7 @@ def _crack_task(
     z1: int,
     levels: tuple[float, float, float],
     params: dict[str, Any],
+    weights: str | None,
     outs: dict[str, VolumeRef],
     threads: int,
 ) -> Any:
@@ -276,7 +277,7 @@ def _crack_task(
         lo, hi = max(0, z0 - 1), min(array.shape[0], z1 + 1)
         slab = np.asarray(array[lo:hi])
     cracks, particles = crack_slab(
-        slab, slice(z0 - lo, z1 - lo), levels, p, model=_crack_model(p.weights)
+        slab, slice(z0 - lo, z1 - lo), levels, p, model=_crack_model(weights)
     )
     del slab
     write_slices(outs["mask"], z0, cracks)
@@ -309,11 +310,13 @@ def map_cracks_slabs(
     sample: np.ndarray | None = None,
     threads: int = 1,
     progress: Progress = None,
+    weights: str | None = None,
 ) -> CrackSlabResult:
     """:func:`pipelines.cracks.segment.map_cracks` of a stored volume, slab by slab.
 
     ``params`` is a :class:`pipelines.cracks.segment.CrackParams`; ``sample`` the volume's
-    regular subsample when already known (from :func:`reconstruct_slabs`).
+    regular subsample when already known (from :func:`reconstruct_slabs`); ``weights`` the
+    crack U-Net checkpoint each worker loads (None: the shipped weights).
     """
     from models.crack_unet import levels_from_sample
     from pipelines.cracks.particle_mask import solid_threshold_from_sample
@@ -344,7 +347,16 @@ def map_cracks_slabs(
         client,
         _crack_task,
         [
-            (volume, a, b, (low, high, threshold), params.model_dump(mode="json"), outs, threads)
+            (
+                volume,
+                a,
+                b,
+                (low, high, threshold),
+                params.model_dump(mode="json"),
+                weights,
+                outs,
+                threads,
+            )
             for a, b in bounds
         ],
         progress=progress,
@@ -415,6 +427,7 @@ def _instance_task(
     halo: int,
     levels: tuple[float, float],
     params: dict[str, Any],
+    weights: str | None,
     out: VolumeRef,
     threads: int,
 ) -> dict[str, Any]:
@@ -429,7 +442,7 @@ def _instance_task(
         depth = array.shape[0]
         lo, hi = max(0, z0 - halo), min(depth, z1 + halo)
         slab = np.asarray(array[lo:hi])
-    labels = instance_slab(slab, levels, p, model=_particle_model(p.weights))
+    labels = instance_slab(slab, levels, p, model=_particle_model(weights))
     del slab
     core = labels[z0 - lo : z1 - lo]
     write_slices(out, z0, core)
@@ -464,6 +477,7 @@ def _measure_task(
     ids: np.ndarray,
     levels: tuple[float, float],
     flaw_params: dict[str, Any],
+    flaw_weights: str | None,
     zero_is_outside: bool,
     threads: int,
 ) -> tuple[np.ndarray, Any]:
@@ -490,7 +504,7 @@ def _measure_task(
     )
     p = FlawParams(**flaw_params)
     flaws = classify_flaws(
-        vol, lab, p, model=_flaw_model(p.weights), levels=levels, label_ids=ids, origin_z=z0
+        vol, lab, p, model=_flaw_model(flaw_weights), levels=levels, label_ids=ids, origin_z=z0
     )
     return measures, flaws
 
@@ -531,6 +545,8 @@ def analyze_particles_slabs(
     levels: tuple[float, float] | None = None,
     threads: int = 1,
     progress: Progress = None,
+    particle_weights: str | None = None,
+    flaw_weights: str | None = None,
 ) -> ParticleSlabResult:
     """Particle instances, measurements and flaws of a stored volume, slab by slab.
 
@@ -541,7 +557,8 @@ def analyze_particles_slabs(
     detachment is not computed on this path (its learned phase estimate chooses one cut for
     the whole volume): the table holds NaN there.
 
-    ``params`` is a :class:`pipelines.particles.analyze.ParticleParams`.
+    ``params`` is a :class:`pipelines.particles.analyze.ParticleParams`; ``particle_weights``
+    and ``flaw_weights`` the checkpoints each worker loads (None: the shipped weights).
     """
     import time
 
@@ -568,7 +585,17 @@ def analyze_particles_slabs(
         client,
         _instance_task,
         [
-            (volume, a, b, halo, levels, params.instances.model_dump(mode="json"), out, threads)
+            (
+                volume,
+                a,
+                b,
+                halo,
+                levels,
+                params.instances.model_dump(mode="json"),
+                particle_weights,
+                out,
+                threads,
+            )
             for a, b in bounds
         ],
         progress=progress,
@@ -606,6 +633,7 @@ def analyze_particles_slabs(
                 ids,
                 levels,
                 params.flaw.model_dump(mode="json"),
+                flaw_weights,
                 params.instances.zero_is_outside,
                 threads,
             )

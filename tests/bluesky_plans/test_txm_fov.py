@@ -7,7 +7,7 @@ from bluesky import RunEngine
 
 from bluesky_plans.devices import SimTXM
 from bluesky_plans.plans import xanes_scan_plan
-from models.synthetic.txm_dense import DenseTxmScene, dense_energies
+from synthetic.txm_dense import DenseTxmScene, dense_energies
 
 
 def test_real_looking_field_of_view_scan(tmp_path):

@@ -159,8 +159,8 @@ def small_tomograms(up: UpProcess, publisher: Any) -> list[FinishedRun]:
     """Two small finished tomograms (crack map and particles), different samples and voxels."""
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
-    from models.synthetic.cathode import make_cathode_volume
-    from pipelines.tomo.simulate import simulate_scan
+    from synthetic.cathode import make_cathode_volume
+    from synthetic.scan import simulate_scan
 
     RE, settings = publisher
     runs = []
@@ -184,7 +184,7 @@ def small_xanes_scans(up: UpProcess, publisher: Any) -> list[FinishedRun]:
     """Two small finished XANES scans (edge-energy maps) of different fields of view."""
     from bluesky_plans.devices import SimTXM
     from bluesky_plans.plans import xanes_scan_plan
-    from models.synthetic.txm import TxmScene, default_energies
+    from synthetic.txm import TxmScene, default_energies
 
     RE, settings = publisher
     runs = []

@@ -44,7 +44,7 @@ PAGE_PIXELS = """(name) => {
 
 
 def edge_reference(edge_ev: float) -> list[list[float]]:
-    from models.synthetic.txm import _CROSSING_OFFSET, normalised_edge_model
+    from synthetic.txm import _CROSSING_OFFSET, normalised_edge_model
 
     grid = np.arange(8240.0, 8520.0, 1.0)
     mu = normalised_edge_model(grid, np.array(edge_ev - _CROSSING_OFFSET))
@@ -59,7 +59,7 @@ def test_chemistry_figures_are_shown_as_the_png_files(page, up, publisher):
 
     from bluesky_plans.devices import SimTXM
     from bluesky_plans.plans import operando_xanes_plan
-    from models.synthetic.txm import TxmScene, default_energies
+    from synthetic.txm import TxmScene, default_energies
 
     RE, settings = publisher
     scene = TxmScene.random(41, shape=(128, 128), n_particles=4, n_scans=2, n_frames=N)

@@ -71,7 +71,7 @@ def test_xanes_drift_plot_grows_while_the_scan_runs(page, publisher):
 
     from bluesky_plans.devices import SimTXM
     from bluesky_plans.plans import xanes_scan_plan
-    from models.synthetic.txm import TxmScene, default_energies
+    from synthetic.txm import TxmScene, default_energies
 
     RE, settings = publisher
     scene = TxmScene.random(11, shape=(192, 192), n_particles=6, n_scans=1, n_frames=N_ENERGIES)
@@ -135,8 +135,8 @@ def test_xanes_drift_plot_grows_while_the_scan_runs(page, publisher):
 def test_crack_view_shows_new_slices(page, publisher):
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
-    from models.synthetic.cathode import make_cathode_volume
-    from pipelines.tomo.simulate import simulate_scan
+    from synthetic.cathode import make_cathode_volume
+    from synthetic.scan import simulate_scan
 
     RE, settings = publisher
     volume = make_cathode_volume((Z, 320, 320), seed=5)

@@ -56,7 +56,7 @@ def test_wider_training_domain_damages_and_quantises_without_relabelling() -> No
     """``make_reconstructed_cathode``'s domain options: damage adds crack voxels inside the
     same particles (ids unchanged), 8-bit rendering leaves at most 256 grey levels, and the
     defaults give the volume they always gave."""
-    from models.synthetic.reconstructed import make_reconstructed_cathode
+    from synthetic.reconstructed import make_reconstructed_cathode
 
     shape = (4, 64, 64)
     plain = make_reconstructed_cathode(shape, seed=5, crack_density=0.0)
@@ -85,8 +85,8 @@ def test_wider_training_domain_damages_and_quantises_without_relabelling() -> No
 def test_damage_kinds_are_checked() -> None:
     import pytest
 
-    from models.synthetic.cathode import make_cathode_volume
-    from models.synthetic.damage import add_damage
+    from synthetic.cathode import make_cathode_volume
+    from synthetic.damage import add_damage
 
     vol = make_cathode_volume((4, 48, 48), seed=3, crack_density=0.0)
     with pytest.raises(ValueError, match="non-empty subset"):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from models import txm_particle_net as net
-from models.synthetic.txm_detection import HELD_OUT_SEED_START, detection_sample
-from models.train_txm_particle_net import (
+from synthetic.txm_detection import HELD_OUT_SEED_START, detection_sample
+from training.txm_particle_net import (
     build_parser,
     net_labels,
     object_scores,
@@ -103,7 +103,7 @@ def test_training_script_help_names_its_options() -> None:
 
 
 def test_held_out_seeds_are_refused_for_training() -> None:
-    from models.train_txm_particle_net import main
+    from training.txm_particle_net import main
 
     with pytest.raises(SystemExit, match="held-out"):
         main(["--seed", str(HELD_OUT_SEED_START // 10_000), "--pool", "10"])

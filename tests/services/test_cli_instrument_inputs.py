@@ -72,8 +72,8 @@ def test_tooth_data_exchange_end_to_end(parser, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def projections() -> dict[str, np.ndarray]:
-    from models.synthetic.cathode import make_cathode_volume, simulate_detector
     from pipelines.tomo.project import forward_project
+    from synthetic.cathode import make_cathode_volume, simulate_detector
 
     vol = make_cathode_volume((3, 48, 48), seed=21)
     angles = np.linspace(0, 180, 73)
@@ -303,7 +303,7 @@ def test_xanes_align_ssrl_folder(parser, tmp_path: Path) -> None:
 def write_fxi(path: Path, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic FXI XANES file as FXI's exporter writes it: normalised float32 frames,
     energies in keV."""
-    from models.synthetic.txm import TxmScene, default_energies
+    from synthetic.txm import TxmScene, default_energies
 
     scene = TxmScene.random(5, shape=(128, 128), n_particles=4, n_frames=n_frames)
     energies = default_energies(n_frames)

@@ -30,8 +30,8 @@ def run(parser: argparse.ArgumentParser, *argv: str | Path) -> int:
 
 @pytest.fixture(scope="module")
 def scan() -> dict[str, np.ndarray]:
-    from models.synthetic.cathode import make_cathode_volume, simulate_detector
     from pipelines.tomo.project import forward_project
+    from synthetic.cathode import make_cathode_volume, simulate_detector
 
     vol = make_cathode_volume((3, 48, 48), seed=21)
     angles = np.linspace(0, 180, 73)
@@ -117,7 +117,7 @@ def test_missing_input_file(parser, tmp_path: Path, caplog) -> None:
 
 @pytest.fixture(scope="module")
 def volume_file(tmp_path_factory) -> Path:
-    from models.synthetic.cathode import make_cathode_volume
+    from synthetic.cathode import make_cathode_volume
 
     vol = make_cathode_volume((4, 64, 64), seed=8)
     rng = np.random.default_rng(0)

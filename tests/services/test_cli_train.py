@@ -13,11 +13,11 @@ import pytest
 import torch
 from skimage import io
 
-from models.crack_finetune import load_trainable, slice_stack
 from models.crack_unet import load_crack_unet, normalize_slices, reference_levels
 from services.cli.main import main
 from tests.conftest import SHARED_DATA
 from tests.data.real_labels.make_labels import CROPS, load_crop
+from training.crack_finetune import load_trainable, slice_stack
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "real_labels"
 #: two crops with cracks / core voids, cut to their 192 x 192 quarter (row, col) with the most
@@ -96,7 +96,7 @@ def test_train_cracks_end_to_end_then_cracks_map(crops, tmp_path: Path) -> None:
         assert same
         piped = report["held_out_cracks_map"]
         assert piped["finetuned"] == piped["initial"]
-    assert tuned["base_channels"] == 8
+    assert tuned["kind"] == "crack_unet" and tuned["init"]["base_channels"] == 8
     assert tuned["metadata"]["finetune"]["held_out"] == held
     load_crack_unet(out, device=torch.device("cpu"))  # the loader of cracks map accepts it
 

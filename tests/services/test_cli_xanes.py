@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from models.synthetic.txm import TxmScene, default_energies
 from services.cli import xanes as cli_xanes
+from synthetic.txm import TxmScene, default_energies
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,10 +14,10 @@ import h5py
 import numpy as np
 import pytest
 
-from models.synthetic.cathode import CathodeParams, make_cathode_volume
-from pipelines.tomo.simulate import simulate_scan
 from services.cli import runs as cli_runs
 from services.web.report import build_report, comparison_rows, run_numbers
+from synthetic.cathode import CathodeParams, make_cathode_volume
+from synthetic.scan import simulate_scan
 from tests.conftest import TiledProcess
 from tests.services.test_tomo_live import check_crack_numbers, check_particle_numbers
 

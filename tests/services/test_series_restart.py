@@ -13,12 +13,12 @@ from bluesky import RunEngine
 
 from bluesky_plans.devices import SimTXM
 from bluesky_plans.plans import operando_xanes_plan
-from models.synthetic.txm import TxmScene, default_energies
 from services.analysis.registry import default_registry
 from services.analysis.router import AnalysisRunRouter
 from services.core.metrics import Metrics
 from services.runs.routing import RunDispatcher, RunRouter
 from services.tiled.records import ArrayWrite, Container, Metadata, TableRows
+from synthetic.txm import TxmScene, default_energies
 
 N = 8
 

@@ -11,11 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
-from models.synthetic.cathode import make_cathode_volume
 from pipelines.cracks.segment import CrackParams, map_cracks
 from pipelines.particles.analyze import ParticleParams, analyze_particles
 from pipelines.tomo.fbp import ReconParams, reconstruct
-from pipelines.tomo.simulate import simulate_scan
 from services.cli import main
 from services.core.settings import DaskSettings
 from services.slabs.cluster import open_client, worker_ids, worker_peak_memory_mb
@@ -26,6 +24,8 @@ from services.slabs.tomo import (
     map_cracks_slabs,
     reconstruct_slabs,
 )
+from synthetic.cathode import make_cathode_volume
+from synthetic.scan import simulate_scan
 
 SHAPE = (40, 64, 64)
 

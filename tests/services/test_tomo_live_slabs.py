@@ -7,11 +7,11 @@ from bluesky import RunEngine
 
 from bluesky_plans.devices import SimTomoStation
 from bluesky_plans.plans import tomo_scan_plan
-from models.synthetic.cathode import make_cathode_volume
 from pipelines.cracks.segment import map_cracks
-from pipelines.tomo.simulate import simulate_scan
 from services.core.settings import DaskSettings
 from services.slabs.cluster import open_client
+from synthetic.cathode import make_cathode_volume
+from synthetic.scan import simulate_scan
 from tests.conftest import wait_until
 from tests.services.test_ingest_e2e import live_publisher, start_consumers
 

@@ -3,7 +3,7 @@ reference spectra (``lcf_references``: a file under the data dir, or inline
 ``[[E, mu], ...]``) and the analysis consumer writes LCF fractions, the R-factor map, PCA +
 k-means clusters and, across an operando series, each particle's state-of-charge trajectory.
 
-The simulated particles (``models.synthetic.txm``) each have their own edge energy between
+The simulated particles (``synthetic.txm``) each have their own edge energy between
 8333 and 8350 eV, and charge between the scans (the edge rises by up to 3 eV). The references
 are the simulation's own edge model at both ends of that range, so the fitted "charged"
 fraction must rank the particles like their true edge energies and must rise from scan 0 to
@@ -20,7 +20,6 @@ from bluesky import RunEngine
 
 from bluesky_plans.devices import SimTXM
 from bluesky_plans.plans import operando_xanes_plan, xanes_scan_plan
-from models.synthetic.txm import _CROSSING_OFFSET, TxmScene, default_energies, normalised_edge_model
 from pipelines.xanes.params import SpectraParams
 from services.analysis.registry import default_registry
 from services.analysis.router import AnalysisRunRouter
@@ -29,6 +28,7 @@ from services.core.metrics import Metrics
 from services.runs.routing import RunDispatcher
 from services.runtime.consumer import Consumer
 from services.tiled.records import Container, Metadata
+from synthetic.txm import _CROSSING_OFFSET, TxmScene, default_energies, normalised_edge_model
 from tests.conftest import wait_until
 from tests.services.test_ingest_e2e import live_publisher, start_consumers
 

@@ -11,8 +11,8 @@ from bluesky import RunEngine
 
 from bluesky_plans.devices import SimTXM
 from bluesky_plans.plans import operando_xanes_plan
-from models.synthetic.txm import TxmScene, default_energies
 from services.runtime.consumer import Consumer
+from synthetic.txm import TxmScene, default_energies
 from tests.conftest import wait_until
 from tests.services.test_ingest_e2e import live_publisher, start_consumers
 

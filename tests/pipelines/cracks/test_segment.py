@@ -14,7 +14,6 @@ from models.crack_unet import (
     normalize_slices,
     reference_levels,
 )
-from models.synthetic.cathode import CathodeVolume, make_cathode_volume
 from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
 from pipelines.cracks.segment import (
     CrackParams,
@@ -24,12 +23,13 @@ from pipelines.cracks.segment import (
     threshold_baseline,
 )
 from pipelines.tomo.fbp import inside_circle, reconstruct
-from pipelines.tomo.simulate import simulate_scan
+from synthetic.cathode import CathodeVolume, make_cathode_volume
+from synthetic.scan import simulate_scan
 
 # Measured on exactly these held-out volumes of the training generator (a smoke test: issue 13
 # scores the never-trained family and the real crops, tests/pipelines/cracks/
 # test_validation_sets.py). The shipped weights are fine-tuned with split, hollow-core and
-# fragmented particles and 8-bit renders (models.synthetic.damage): with the 'closing' particle
+# fragmented particles and 8-bit renders (synthetic.damage): with the 'closing' particle
 # mask crack IoU 0.803 (the previous weights 0.865), with the default 'contact' envelope 0.690
 # (previous weights 0.734: the envelope drops network cracks outside the particle outline);
 # false cracks 0.37 % of the particle volume. The bounds keep a margin from the measurement

@@ -51,7 +51,7 @@ def real() -> dict[str, Any]:
 # family crack IoU 0.316 vs Otsu 0.206; real crops: 31 % of the predicted crack pixels inside
 # particles, 21 % of the labelled crack/void pixels found. With the 'contact' envelope and the
 # previous weights: never-trained 0.319; real crops 89 % inside, 57 % found, IoU 0.33. With the
-# fine-tuned shipped weights (models.synthetic.damage, 8-bit renders): never-trained 0.491
+# fine-tuned shipped weights (synthetic.damage, 8-bit renders): never-trained 0.491
 # (51 % found); real crops 89 % inside, 58 % found, IoU 0.33 (Otsu 0.18); crack-free
 # never-trained volumes: 0.02 % false cracks. With crack pieces under 8 px on the particle
 # outline dropped (CrackParams.min_edge_crack_px): never-trained 0.487 (50.5 % found); real

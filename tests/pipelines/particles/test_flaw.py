@@ -18,9 +18,9 @@ from models.flaw_cnn import (
     slice_positions,
     square_crop,
 )
-from models.synthetic.reconstructed import make_reconstructed_cathode
-from models.train_flaw_cnn import TEST_SEEDS, particle_slices, scores
 from pipelines.particles.flaw import FlawParams, classify_flaws
+from synthetic.reconstructed import make_reconstructed_cathode
+from training.flaw_cnn import TEST_SEEDS, particle_slices, scores
 
 # measured with the shipped weights on held-out seed TEST_SEEDS[0] (346 slices, 35 particles,
 # 20 flawed): slice accuracy 0.980, slice ROC AUC 0.991, particle accuracy (4 of 10) 1.0

@@ -9,8 +9,6 @@ import pytest
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from models.synthetic.cathode import SOLID
-from models.synthetic.reconstructed import ReconstructedCathode, make_reconstructed_cathode
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.instances import (
     InstanceParams,
@@ -21,6 +19,8 @@ from pipelines.particles.instances import (
     watershed_baseline,
     watershed_by_component,
 )
+from synthetic.cathode import SOLID
+from synthetic.reconstructed import ReconstructedCathode, make_reconstructed_cathode
 
 TEST_SEED = 990_301  # never used in training
 SHAPE = (40, 128, 128)
@@ -100,8 +100,8 @@ def pieces(labels: np.ndarray, truth: np.ndarray) -> int:
 
 def test_a_ball_cut_through_by_a_crack_gets_one_label_and_the_baseline_two() -> None:
     """One particle cut by a through crack, in a binder/pore matrix, scanned and reconstructed."""
-    from models.synthetic.cathode import CathodeParams, DetectorParams
-    from models.train_crack_unet import reconstruct_synthetic
+    from synthetic.cathode import CathodeParams, DetectorParams
+    from synthetic.scan import reconstruct_synthetic
 
     mu = CathodeParams()
     shape = (40, 96, 96)

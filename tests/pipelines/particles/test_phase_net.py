@@ -18,14 +18,14 @@ from models.phase_net import (
     predict_binder,
     surface_neighbours,
 )
-from models.synthetic.reconstructed import make_reconstructed_cathode
-from models.train_phase_net import HELD_OUT_SEEDS
 from pipelines.particles.analyze import ParticleParams
 from pipelines.particles.detachment import (
     degree_of_detachment,
     estimate_phase,
     estimate_phase_learned,
 )
+from synthetic.reconstructed import make_reconstructed_cathode
+from training.phase_net import HELD_OUT_SEEDS
 
 # never used in training (seeds 531001-531160), nor by the benchmark (990101-990103)
 TEST_SEEDS = (990_411, 990_412, 990_413)

@@ -7,10 +7,10 @@ import pytest
 from skimage.data import shepp_logan_phantom
 from skimage.transform import iradon, radon, resize
 
-from models.synthetic.cathode import make_cathode_volume, simulate_detector
 from pipelines.tomo.center import estimate_center, opposite_pair
 from pipelines.tomo.fbp import ReconParams, fbp_sinograms, fourier_filter, reconstruct
 from pipelines.tomo.project import forward_project
+from synthetic.cathode import make_cathode_volume, simulate_detector
 
 N = 128
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.synthetic.txm import TxmScene, default_energies
+from synthetic.txm import TxmScene, default_energies
 from tests.conftest import SHARED_DATA
 
 SSRL = SHARED_DATA / "txm_ssrl_nca"

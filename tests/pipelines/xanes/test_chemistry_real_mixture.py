@@ -2,7 +2,7 @@
 
 The project has real TXM frames at two energies only (SSRL, 8324 and 8354 eV) and two real
 Ni K-edge spectra (pristine ``NCA_xanes.csv``, charged ``...soc1...tsv``). The stack here
-(:func:`models.synthetic.txm_real.build_mixture_stack`) takes from the two real frames every
+(:func:`synthetic.txm_real.build_mixture_stack`) takes from the two real frames every
 pixel's pre-edge OD and edge jump (the real particles: shapes, thickness, touching neighbours,
 the zone-plate background), and gives each particle pixel the spectrum
 ``f * pristine + (1 - f) * charged`` with a known smooth fraction map ``f``, on the 44 energies
@@ -24,16 +24,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from models.synthetic.txm_real import (
+from pipelines.xanes import XanesParams, align_stack
+from pipelines.xanes.chemistry_maps import lcf_maps
+from pipelines.xanes.params import SpectraParams
+from pipelines.xanes.spectra import analyse_spectra
+from synthetic.txm_real import (
     build_mixture_stack,
     coregister,
     normalised_nca_spectrum,
     ssrl_od,
 )
-from pipelines.xanes import XanesParams, align_stack
-from pipelines.xanes.chemistry_maps import lcf_maps
-from pipelines.xanes.params import SpectraParams
-from pipelines.xanes.spectra import analyse_spectra
 from tests.conftest import SHARED_DATA
 
 SSRL = SHARED_DATA / "txm_ssrl_nca"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.synthetic.txm import TxmScene, default_energies
 from pipelines.xanes import XanesParams, XanesTracker, align_stack
+from synthetic.txm import TxmScene, default_energies
 
 
 def _disc_scene(contrasts: np.ndarray, shifts: np.ndarray, seed: int = 0) -> np.ndarray:

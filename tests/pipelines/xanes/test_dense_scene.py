@@ -1,4 +1,4 @@
-"""The tracker on the dense, real-looking scene family (``models.synthetic.txm_dense``, issue 12).
+"""The tracker on the dense, real-looking scene family (``synthetic.txm_dense``, issue 12).
 
 That generator was written apart from the one the pipeline was developed on: large touching and
 border-cut particles, zone-plate rings, an illumination gradient, 1500 counts per pixel.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.synthetic.txm_dense import DenseTxmScene, dense_energies
 from pipelines.xanes import XanesParams, align_stack
+from synthetic.txm_dense import DenseTxmScene, dense_energies
 
 
 @pytest.fixture(scope="module")

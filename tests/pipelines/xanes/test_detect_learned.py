@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from models.synthetic.txm import TxmScene, default_energies
 from pipelines.xanes import XanesParams, XanesTracker, detect_particles_learned
 from pipelines.xanes.detect import detect_particles
 from pipelines.xanes.params import DetectParams
 from pipelines.xanes.prepare import optical_density, remove_background
+from synthetic.txm import TxmScene, default_energies
 from tests.pipelines.xanes.conftest import truth_index
 from tests.pipelines.xanes.test_detect import LARGE
 
@@ -105,8 +105,8 @@ def test_bad_input():
         detect_particles_learned(np.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="od"):
         detect_particles_learned(np.zeros((8, 8)))
-    with pytest.raises(FileNotFoundError):
-        detect_particles_learned(np.zeros((64, 64)), params=DetectParams(weights="/nonexistent.pt"))
+    with pytest.raises(ValueError, match="weights"):  # a path is no parameter: pass a model
+        DetectParams(weights="/nonexistent.pt")
     with pytest.raises(ValueError, match="method"):
         DetectParams(method="magic")
 

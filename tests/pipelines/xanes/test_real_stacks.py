@@ -1,7 +1,7 @@
 """Tracking on XANES stacks built from real TXM frames (issue 12).
 
 Each stack crosses the Ni K-edge with 20 frames mixed from a real below-edge and a real
-above-edge frame of one field of view (``models.synthetic.txm_real``), with a known sub-pixel
+above-edge frame of one field of view (``synthetic.txm_real``), with a known sub-pixel
 drift and Poisson noise. The particles listed here are the ones a person sees in the above-edge
 frame (512 x 512 after 2x binning; approximate centres, row and column): every one must be
 found, tracked without identity swaps, and the global drift must hold to 0.3 px RMS.
@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.synthetic.txm_real import (
+from pipelines.xanes import XanesParams, align_stack
+from synthetic.txm_real import (
     RealEdgeStack,
     aps_fov03_od,
     build_edge_stack,
@@ -20,7 +21,6 @@ from models.synthetic.txm_real import (
     normalised_nca_spectrum,
     ssrl_od,
 )
-from pipelines.xanes import XanesParams, align_stack
 from tests.conftest import SHARED_DATA
 
 SSRL = SHARED_DATA / "txm_ssrl_nca"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.synthetic.txm import default_energies, normalised_edge_model
 from pipelines.xanes.params import SpectraParams
 from pipelines.xanes.spectra import analyse_spectra
+from synthetic.txm import default_energies, normalised_edge_model
 
 # README of ../shared/data: normalised with the pre-edge mean (8249-8320 eV) and the post-edge
 # mean (8380-8500 eV), the 50 % crossing is 8342.3 / 8343.4 eV and the white line 8350 / 8352 eV.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.synthetic.txm import TxmScene, default_energies
 from pipelines.xanes.params import XanesParams
 from pipelines.xanes.tracker import XanesTracker, align_stack
+from synthetic.txm import TxmScene, default_energies
 from tests.pipelines.xanes.conftest import truth_index
 
 

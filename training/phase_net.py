@@ -1,12 +1,12 @@
 """Train the carbon/binder vs pore classifier (:class:`models.phase_net.PhaseNet`).
 
-Run ``python -m models.train_phase_net`` (about 11 minutes on one CPU thread: 10 to build
+Run ``python -m training.train_phase_net`` (about 11 minutes on one CPU thread: 10 to build
 the 160 volumes, half a minute to train). It writes ``models/weights/phase_net.pt`` and
 ``models/weights/phase_net.json`` (training config and per-voxel scores on held-out volumes).
 The degree-of-detachment errors of the full estimate are measured by
 ``python -m benchmarks.particles_benchmark --record-phase``, which adds them to the JSON file.
 
-Training data: reconstructed synthetic cathodes (``models.synthetic.reconstructed``, random
+Training data: reconstructed synthetic cathodes (``synthetic.reconstructed``, random
 microstructure and imaging conditions, crack density drawn from 0 to 2), normalised as at
 inference time. Samples: the non-particle voxels sharing a face with a particle voxel,
 weighted by the number of such faces (the degree of detachment counts faces); target: carbon/
@@ -44,8 +44,8 @@ from models.phase_net import (
     predict_binder,
     save_phase_net,
 )
-from models.synthetic.cathode import BINDER, PORE
-from models.synthetic.reconstructed import make_reconstructed_cathode
+from synthetic.cathode import BINDER, PORE
+from synthetic.reconstructed import make_reconstructed_cathode
 
 logger = logging.getLogger(__name__)
 HELD_OUT_SEEDS = (990_101, 990_102, 990_103)
@@ -214,7 +214,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

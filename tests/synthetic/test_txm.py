@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from models.synthetic.txm import TxmScene, default_energies
+from synthetic.txm import TxmScene, default_energies
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Fine-tune the crack U-Net on a user's labelled 2-D slices (``beamwatch train cracks``).
 
 The training step, augmentation, loss, evaluation and checkpoint format are those of
-:mod:`models.train_crack_unet` (imported, not copied); the slice input, the tiles, the held-out
-split and the keep-best loop are shared with ``train particles`` (:mod:`models.finetune`). What
+:mod:`training.crack_unet` (imported, not copied); the slice input, the tiles, the held-out
+split and the keep-best loop are shared with ``train particles`` (:mod:`training.finetune`). What
 is specific here:
 
 - Each slice is normalised on its own with :func:`models.crack_unet.reference_levels`, exactly
@@ -20,7 +20,6 @@ is specific here:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,14 @@ import numpy as np
 import torch
 
 from models.checkpoint import read_checkpoint
-from models.crack_unet import CONTEXT_SLICES, DEFAULT_WEIGHTS, CrackUNet, save_crack_unet
-from models.finetune import slice_stack, split_indices, tile_boxes, train_keep_best
-from models.train_crack_unet import (
+from models.crack_unet import (
+    CONTEXT_SLICES,
+    DEFAULT_WEIGHTS,
+    CrackUNet,
+    crack_unet_args,
+    save_crack_unet,
+)
+from training.crack_unet import (
     SliceSet,
     augment_batch,
     crack_loss,
@@ -38,41 +42,27 @@ from models.train_crack_unet import (
     evaluate,
     inflate_input,
 )
+from training.finetune import FinetuneResult, slice_stack, split_indices, tile_boxes
+from training.loop import train_within_budget
 
 THRESHOLD = 0.5
-
-
-@dataclass
-class FinetuneResult:
-    """Outcome of :func:`finetune_cracks`."""
-
-    model: CrackUNet
-    initial: dict[str, float]
-    final: dict[str, float]
-    steps: int
-    best_step: int
-    train_seconds: float
-    n_train_tiles: int
-    n_val_tiles: int
-    val_boxes: list[tuple[int, int, int, int, int]] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def load_trainable(path: str | Path | None) -> CrackUNet:
     """The crack U-Net of a checkpoint, batch normalisation kept, in training mode, on the CPU.
 
     Single-slice (1-channel) weights are inflated to the 2.5-D network
-    (:func:`models.train_crack_unet.inflate_input`).
+    (:func:`training.crack_unet.inflate_input`).
     """
     checkpoint, _ = read_checkpoint(
         path, DEFAULT_WEIGHTS, "crack U-Net", device=torch.device("cpu"), map_to_cpu=True
     )
-    state = checkpoint["state_dict"]
-    base = int(checkpoint["base_channels"])
-    in_channels = int(state["encoders.0.0.weight"].shape[1])
-    loaded = CrackUNet(base_channels=base, in_channels=in_channels)
-    loaded.load_state_dict(state)
-    model = loaded if in_channels == CONTEXT_SLICES else inflate_input(CrackUNet(base), loaded)
+    loaded = CrackUNet(**crack_unet_args(checkpoint))
+    loaded.load_state_dict(checkpoint["state_dict"])
+    if loaded.in_channels == CONTEXT_SLICES:
+        model = loaded
+    else:
+        model = inflate_input(CrackUNet(loaded.base_channels), loaded)
     return model.train()
 
 
@@ -107,7 +97,7 @@ def split_tiles(
     tiles: Sequence[tuple[np.ndarray, np.ndarray]], val_fraction: float, seed: int
 ) -> tuple[list[int], list[int]]:
     """Indices of training and held-out tiles, stratified by whether a tile has cracks
-    (:func:`models.finetune.split_indices`)."""
+    (:func:`training.finetune.split_indices`)."""
     return split_indices([bool(mask.any()) for _, mask in tiles], val_fraction, seed)
 
 
@@ -191,30 +181,26 @@ def finetune_cracks(
         )
         return crack_loss(model(image), label, valid, gap)
 
-    run = train_keep_best(
+    key = f"iou@{THRESHOLD:.2f}"
+    run = train_within_budget(
         model,
         loss_of_step,
-        lambda: evaluate(model, val, thresholds),
-        f"iou@{THRESHOLD:.2f}",
+        evaluate=lambda: evaluate(model, val, thresholds),
+        key=key,
         minutes=minutes,
         lr=lr,
         eval_seconds=eval_seconds,
         progress=progress,
+        log_every=0,
     )
-    return FinetuneResult(
-        model=model,
-        initial=run.initial,
-        final=run.final,
-        steps=run.steps,
-        best_step=run.best_step,
-        train_seconds=run.train_seconds,
-        n_train_tiles=len(train_idx),
-        n_val_tiles=len(val_idx),
-        val_boxes=[tile_boxes([im.shape for im in images], tile)[i] for i in val_idx],
-        history=run.history,
+    boxes = tile_boxes([im.shape for im in images], tile)
+    return FinetuneResult.of_run(
+        model, run, key=key, n_train_tiles=len(train_idx), val_boxes=[boxes[i] for i in val_idx]
     )
 
 
 def save_finetuned(result: FinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
-    """Write the weights in the shipped checkpoint format (``base_channels`` inside)."""
-    save_crack_unet(result.model.eval(), path, metadata)
+    """Write the weights in the one checkpoint format (constructor arguments inside)."""
+    model = result.model
+    assert isinstance(model, CrackUNet)
+    save_crack_unet(model.eval(), path, metadata)

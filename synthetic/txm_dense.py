@@ -1,6 +1,6 @@
 """Dense, real-looking TXM-XANES fields of view with ground truth (issue 12).
 
-Written separately from :mod:`models.synthetic.txm` (different shapes, edge model, background and
+Written separately from :mod:`synthetic.txm` (different shapes, edge model, background and
 noise code) so that a pipeline tuned on that generator is checked on scenes it was not tuned on:
 
 - many secondary particles, radius 15 px to a quarter of the frame (log-uniform), lumpy outlines
@@ -326,7 +326,7 @@ class DenseTxmScene:
     ) -> np.ndarray:
         """Counts of frame ``index`` of ``scan`` at ``energy`` (float32).
 
-        The interface of :class:`models.synthetic.txm.TxmScene`: ``stage_offset_px`` is a
+        The interface of :class:`synthetic.txm.TxmScene`: ``stage_offset_px`` is a
         commanded stage correction (dy, dx) in pixels, added to the drift.
         """
         if rng is None:

@@ -1,16 +1,16 @@
 """Train the TXM particle network on synthetic frames (issue 3, step 2: learned detector).
 
-Run ``python -m models.train_txm_particle_net`` (at most 32 minutes plus about 2 minutes of data
+Run ``python -m training.train_txm_particle_net`` (at most 32 minutes plus about 2 minutes of data
 on 1 CPU thread with the defaults; training stops at ``--steps`` or at the ``--minutes`` budget,
 whichever comes first, so a slower machine takes fewer steps: the shipped weights stopped after
 1958 of 3200 steps on a shared 2-core node). It writes ``models/weights/txm_particle_net.pt``
 (float16, 0.6 MB) and ``.json`` next to it with the training configuration and the score on
 held-out synthetic frames.
 
-Data: a pool of synthetic frames (:func:`models.synthetic.txm_detection.detection_sample`
+Data: a pool of synthetic frames (:func:`synthetic.txm_detection.detection_sample`
 without perturbation; seeds ``seed * 10_000 + i``, all below the held-out seeds) drawn once.
 Every training crop gets a fresh background perturbation
-(:func:`models.synthetic.txm_detection.perturb_background`: slow gradients, bumps, an edge band,
+(:func:`synthetic.txm_detection.perturb_background`: slow gradients, bumps, an edge band,
 haze, texture, noise), is normalised on its whole frame exactly as at inference
 (:func:`models.txm_particle_net.normalize_frame`), then cropped, flipped, rotated by multiples of
 90 degrees and given a random gain and offset. The loss is sigmoid cross-entropy plus soft Dice.
@@ -36,12 +36,6 @@ from scipy import ndimage
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from models.synthetic.txm_detection import (
-    HELD_OUT_SEED_START,
-    DetectionSample,
-    detection_sample,
-    perturb_background,
-)
 from models.txm_particle_net import (
     DEFAULT_WEIGHTS,
     TxmParticleNet,
@@ -50,6 +44,12 @@ from models.txm_particle_net import (
     normalize_frame,
     predict_logits,
     save_txm_particle_net,
+)
+from synthetic.txm_detection import (
+    HELD_OUT_SEED_START,
+    DetectionSample,
+    detection_sample,
+    perturb_background,
 )
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the training script."""
     parser = argparse.ArgumentParser(
-        prog="python -m models.train_txm_particle_net",
+        prog="python -m training.train_txm_particle_net",
         description=(
             "Train the TXM particle network (models.txm_particle_net) on synthetic TXM frames "
             "with background augmentation; write the weights, a JSON sidecar with the training "
@@ -358,7 +358,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

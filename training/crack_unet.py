@@ -1,17 +1,16 @@
 """Train the crack U-Net on reconstructed synthetic cathode volumes.
 
-Run ``python -m models.train_crack_unet`` (about 15-20 minutes on 2 CPU threads). It writes
+Run ``python -m training.train_crack_unet`` (about 15-20 minutes on 2 CPU threads). It writes
 ``models/weights/crack_unet.pt`` and ``models/weights/crack_unet.json`` (training config and
 the score on a held-out volume).
 
-Training data: synthetic cathode volumes (``models.synthetic.cathode``) are projected
+Training data: synthetic cathode volumes (``synthetic.cathode``) are projected
 (``skimage.transform.radon``, the same parallel-beam geometry as
 ``pipelines.tomo.project.forward_project``), turned into raw phase-contrast-like frames with
 noise, blur, fringes and ring-causing column gains (``simulate_detector``), flat/dark
 normalised, and reconstructed by filtered back projection (``skimage.transform.iradon``, which
-``pipelines.tomo.fbp`` matches to float32 precision). scikit-image is used here because
-``models`` may not import ``pipelines`` (import-linter layers contract). Slices are normalised
-with ``reference_levels`` of their volume, exactly as at inference time.
+``pipelines.tomo.fbp`` matches to float32 precision; :func:`synthetic.scan.reconstruct_synthetic`).
+Slices are normalised with ``reference_levels`` of their volume, exactly as at inference time.
 
 The network is 2.5-D: each training sample is a slice with its two neighbours (channels
 ``z - 1, z, z + 1``, :func:`models.crack_unet.context_stacks`), the label that of the middle
@@ -42,19 +41,16 @@ in earlier sessions) inflated and trained for 70 minutes on one thread with ``--
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
-from skimage.transform import iradon, radon
 from torch.nn import functional as F
 
 from models.crack_unet import (
@@ -69,16 +65,17 @@ from models.crack_unet import (
     reference_levels,
     save_crack_unet,
 )
-from models.synthetic.cathode import (
+from synthetic.cathode import (
     BINDER,
     SOLID,
     CathodeParams,
     CathodeVolume,
     DetectorParams,
     make_cathode_volume,
-    simulate_detector,
 )
-from models.synthetic.damage import WIDE_DAMAGE, add_damage
+from synthetic.damage import WIDE_DAMAGE, add_damage
+from synthetic.scan import jpeg_roundtrip, quantize_8bit, reconstruct_synthetic
+from training.loop import train_within_budget
 
 logger = logging.getLogger(__name__)
 
@@ -91,36 +88,6 @@ class SliceSet:
     labels: np.ndarray  # float32 (S, H, W)
     valid: np.ndarray  # float32 (S, H, W)
     gaps: np.ndarray  # float32 (S, H, W): 1 on matrix pixels between touching particles
-
-
-def reconstruct_synthetic(
-    attenuation: np.ndarray,
-    *,
-    seed: int,
-    n_angles: int,
-    detector: DetectorParams,
-    filter_name: str = "ramp",
-    angle_range: float = 180.0,
-) -> np.ndarray:
-    """Simulate a scan of a volume and reconstruct it slice by slice (scikit-image FBP).
-
-    ``angle_range`` < 180 degrees leaves a missing wedge (the projections span
-    ``[0, angle_range)``); few ``n_angles`` give sparse-angle streaks.
-    """
-    angles = np.linspace(0.0, angle_range, n_angles, endpoint=False)
-    with warnings.catch_warnings():
-        # the sample fills the square field of view, as in forward_project
-        warnings.filterwarnings("ignore", message="Radon transform: image must be zero")
-        lint = np.stack([radon(s.astype(np.float64), angles).T for s in attenuation], axis=1)
-    frames = simulate_detector(lint.astype(np.float32), seed=seed, params=detector)
-    dark = frames.dark.astype(np.float32).mean(axis=0)
-    beam = frames.flat.astype(np.float32).mean(axis=0) - dark
-    transmission = (frames.projections.astype(np.float32) - dark) / np.maximum(beam, 1e-6)
-    sino = -np.log(np.maximum(transmission, 1e-3))
-    recon = np.stack(
-        [iradon(sino[:, z, :].T, angles, filter_name=filter_name) for z in range(sino.shape[1])]
-    )
-    return recon.astype(np.float32)
 
 
 def touching_gaps(particle_ids: np.ndarray, radius: int = 2) -> np.ndarray:
@@ -149,29 +116,6 @@ def touching_gaps(particle_ids: np.ndarray, radius: int = 2) -> np.ndarray:
     return (ids == 0) & (highest > 0) & (lowest < highest)
 
 
-def quantize_8bit(recon: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The reconstruction as an 8-bit display render (as the real PNG slices are): stretched
-    between random low/high percentiles, rounded, exact 0 outside the reconstruction circle."""
-    inside = recon != 0
-    low, high = np.percentile(recon[inside], [rng.uniform(0.0, 1.0), rng.uniform(99.0, 100.0)])
-    out = np.round(np.clip((recon - low) / max(high - low, 1e-12), 0.0, 1.0) * 255.0)
-    out[~inside] = 0.0
-    return out.astype(np.float32)
-
-
-def jpeg_roundtrip(image8: np.ndarray, quality: int) -> np.ndarray:
-    """8-bit slices (Z, Y, X) compressed and decoded as JPEG, one slice at a time."""
-    from PIL import Image
-
-    out = np.empty_like(image8)
-    for z, plane in enumerate(image8):
-        buffer = io.BytesIO()
-        Image.fromarray(plane.astype(np.uint8)).save(buffer, format="JPEG", quality=int(quality))
-        buffer.seek(0)
-        out[z] = np.asarray(Image.open(buffer), dtype=np.float32)
-    return out
-
-
 def _fine_texture(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Unit-std Gaussian-filtered white noise (grain size ~``sigma`` px), float32."""
     field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
@@ -191,7 +135,7 @@ def wide_volume(
 
     Particle diameter log-uniform in ``diameter_px``, size spread, packing, gap width,
     binder share and contrast, crack widths (scaled down for small particles), all five kinds
-    of damage (:data:`models.synthetic.damage.WIDE_DAMAGE`) with larger hollow cores, a
+    of damage (:data:`synthetic.damage.WIDE_DAMAGE`) with larger hollow cores, a
     granular texture of the carbon/binder and a primary-grain texture inside the particles.
     """
     diameter = float(np.exp(rng.uniform(np.log(diameter_px[0]), np.log(diameter_px[1]))))
@@ -249,7 +193,7 @@ def make_slice_set(
     """One synthetic volume -> normalised reconstructed slices with labels.
 
     ``damage_share`` > 0 adds split, hollow-core and fragmented particles
-    (:func:`models.synthetic.damage.add_damage`); ``quantize`` renders the reconstruction as
+    (:func:`synthetic.damage.add_damage`); ``quantize`` renders the reconstruction as
     8-bit (:func:`quantize_8bit`). ``wide`` draws the volume with :func:`wide_volume` and the
     scan from a wider range: photons, phase fringes of either sign, blur, rings, sparse-angle
     or missing-wedge scans, 8-bit renders half of them JPEG-compressed, extra blur.
@@ -548,14 +492,17 @@ def main(argv: list[str] | None = None) -> int:
         "--gap-weight", type=float, default=2.0, help="cross-entropy weight of gap pixels"
     )
     parser.add_argument(
-        "--eval-every", type=int, default=1000, help="log the held-out score every N steps"
+        "--eval-every",
+        type=int,
+        default=1000,
+        help="score the held-out volume every N steps and keep the best state (0: keep the last)",
     )
     parser.add_argument(
         "--damaged-volumes",
         type=float,
         default=0.0,
         help="share of the cracked training volumes with split, hollow-core and fragmented "
-        "particles (models.synthetic.damage)",
+        "particles (synthetic.damage)",
     )
     parser.add_argument(
         "--quantize-share", type=float, default=0.0, help="share of volumes rendered as 8 bit"
@@ -610,14 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         start = load_crack_unet(args.init, device=torch.device("cpu"))
         model = start if start.in_channels == CONTEXT_SLICES else inflate_input(model, start)
         model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    budget = args.minutes * 60.0
-    t_train = time.monotonic()
-    step, running = 0, 0.0
-    while (elapsed := time.monotonic() - t_train) < budget:
-        lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def loss_of_step() -> torch.Tensor:
         image, label, valid, gap = augment_batch(
             train,
             args.batch,
@@ -628,18 +569,19 @@ def main(argv: list[str] | None = None) -> int:
             gaps=gaps,
             gap_share=args.gap_share,
         )
-        loss = crack_loss(model(image), label, valid, gap, args.gap_weight)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        running = 0.98 * running + 0.02 * value if step else value
-        step += 1
-        if step % 100 == 0:
-            logger.info("step %d  %.0fs  lr %.2e  loss %.4f", step, elapsed, lr, running)
-        if args.eval_every and step % args.eval_every == 0:
-            logger.info("step %d held-out %s", step, evaluate(model, held_out, [0.5]))
-    train_seconds = time.monotonic() - t_train
+        return crack_loss(model(image), label, valid, gap, args.gap_weight)
+
+    keep_best = args.eval_every > 0
+    run = train_within_budget(
+        model,
+        loss_of_step,
+        evaluate=(lambda: evaluate(model, held_out, [0.5])) if keep_best else None,
+        key="iou@0.50" if keep_best else None,
+        eval_steps=args.eval_every if keep_best else None,
+        minutes=args.minutes,
+        lr=args.lr,
+        lr_floor=0.02,
+    )
 
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
     scores = evaluate(model, held_out, thresholds)
@@ -647,9 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
         "config": config,
-        "steps": step,
+        "steps": run.steps,
+        "best_step": run.best_step,
+        "kept": "best held-out iou@0.50" if keep_best else "last step",
         "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(run.train_seconds, 1),
         "held_out": {"shape": [12, args.size, args.size], "seed": 991_000, **scores},
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "threshold": 0.5,
@@ -662,7 +606,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from models.synthetic.cathode import (
+from synthetic.cathode import (
     BINDER,
     CRACK,
     PORE,
@@ -103,8 +103,8 @@ def test_detector_frames() -> None:
 
 
 def test_added_damage_stays_inside_its_particles() -> None:
-    from models.synthetic.cathode import CathodeParams, make_cathode_volume
-    from models.synthetic.damage import add_damage
+    from synthetic.cathode import CathodeParams, make_cathode_volume
+    from synthetic.damage import add_damage
 
     vol = make_cathode_volume((8, 96, 96), seed=4, crack_density=0.0, params=CathodeParams())
     damaged = add_damage(vol, np.random.default_rng(0), share=1.0)
@@ -116,8 +116,8 @@ def test_added_damage_stays_inside_its_particles() -> None:
 
 @pytest.mark.parametrize("kind", ["surface", "voids"])
 def test_wide_damage_kinds_stay_inside_their_particles(kind: str) -> None:
-    from models.synthetic.cathode import CathodeParams, make_cathode_volume
-    from models.synthetic.damage import add_damage
+    from synthetic.cathode import CathodeParams, make_cathode_volume
+    from synthetic.damage import add_damage
 
     vol = make_cathode_volume(
         (8, 96, 96), seed=5, crack_density=0.0, params=CathodeParams(particle_diameter_px=40)
@@ -132,7 +132,7 @@ def test_wide_damage_kinds_stay_inside_their_particles(kind: str) -> None:
 
 
 def test_negative_phase_fringe_flips_the_edge_overshoot() -> None:
-    from models.synthetic.cathode import DetectorParams
+    from synthetic.cathode import DetectorParams
 
     lint = np.zeros((1, 32, 32), dtype=np.float32)
     lint[:, :, 16:] = 1.0

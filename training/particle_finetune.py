@@ -1,31 +1,28 @@
 """Fine-tune the particle U-Net on a user's labelled 2-D slices (``beamwatch train particles``).
 
 The batch sampling (crops, rotations, flips, contrast and noise), the loss, the targets and the
-checkpoint format are those of :mod:`models.train_particle_unet` and
+checkpoint format are those of :mod:`training.particle_unet` and
 :mod:`models.particle_unet`; the slice input, the tiles, the held-out split and the keep-best
-loop are those of ``train cracks`` (:mod:`models.finetune`). What is specific here:
+loop are those of ``train cracks`` (:mod:`training.finetune`). What is specific here:
 
 - The labels are particle instances (0 = not particle; a particle's label covers its cracks and
   core voids). The targets are the particle foreground and the distance to each instance's
   boundary within the slice (:func:`models.particle_unet.instance_distance` of the slice): the
   network is taught that a crack or a core void inside a labelled particle is particle.
 - Keep-best needs a score of the held-out tiles. By default it is the foreground IoU of the
-  network (``models`` may not run the instance pipeline); ``beamwatch train particles`` passes
-  the instance F1 of the whole ``particles analyze`` instance step
-  (:func:`pipelines.particles.instances.tile_instance_scores`).
+  network; ``beamwatch train particles`` passes the instance F1 of the whole
+  ``particles analyze`` instance step (:func:`pipelines.particles.instances.tile_instance_scores`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.finetune import slice_stack, split_indices, tile_boxes, train_keep_best
 from models.particle_unet import (
     DISTANCE_SCALE_PX,
     SIZE_MULTIPLE,
@@ -35,7 +32,9 @@ from models.particle_unet import (
     predict_maps,
     save_particle_unet,
 )
-from models.train_particle_unet import VolumeSet, particle_loss, sample_batch
+from training.finetune import FinetuneResult, slice_stack, split_indices, tile_boxes
+from training.loop import train_within_budget
+from training.particle_unet import VolumeSet, particle_loss, sample_batch
 
 TileMaps = list[tuple[np.ndarray, np.ndarray]]
 """Per held-out tile: (1, h, w) foreground probability and distance (px)."""
@@ -43,25 +42,8 @@ Scorer = Callable[[TileMaps, list[np.ndarray]], dict[str, float]]
 """Held-out scores from the tiles' predicted maps and their (1, h, w) instance labels."""
 
 
-@dataclass
-class ParticleFinetuneResult:
-    """Outcome of :func:`finetune_particles`."""
-
-    model: ParticleUNet
-    initial: dict[str, float]
-    final: dict[str, float]
-    key: str
-    steps: int
-    best_step: int
-    train_seconds: float
-    n_train_tiles: int
-    n_val_tiles: int
-    val_boxes: list[tuple[int, int, int, int, int]] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def tile_set(stack: np.ndarray, labels: np.ndarray) -> VolumeSet:
-    """A one-slice :class:`~models.train_particle_unet.VolumeSet` of a tile and its targets."""
+    """A one-slice :class:`~training.particle_unet.VolumeSet` of a tile and its targets."""
     ids = np.asarray(labels)[np.newaxis]
     return VolumeSet(
         images=np.ascontiguousarray(stack[1][np.newaxis], dtype=np.float32),
@@ -130,7 +112,7 @@ def finetune_particles(
     progress: Callable[[float], None] | None = None,
     score: Scorer | None = None,
     key: str = "foreground_iou",
-) -> ParticleFinetuneResult:
+) -> FinetuneResult:
     """Fine-tune the particle U-Net on instance-labelled 2-D slices, keep-best on held-out tiles.
 
     Parameters
@@ -162,7 +144,7 @@ def finetune_particles(
 
     Returns
     -------
-    ParticleFinetuneResult
+    FinetuneResult
         The best network (training mode, CPU) and the held-out scores.
     """
     check_pairs(images, labels)
@@ -187,32 +169,25 @@ def finetune_particles(
         image, fg, dist = sample_batch(train, batch, crop, rng)
         return particle_loss(model(image), fg, dist)
 
-    run = train_keep_best(
+    run = train_within_budget(
         model,
         loss_of_step,
-        lambda: scorer(tile_maps(model, val), truths),
-        key,
+        evaluate=lambda: scorer(tile_maps(model, val), truths),
+        key=key,
         minutes=minutes,
         lr=lr,
         eval_seconds=eval_seconds,
         progress=progress,
+        log_every=0,
     )
     boxes = tile_boxes([im.shape for im in images], tile)
-    return ParticleFinetuneResult(
-        model=model,
-        initial=run.initial,
-        final=run.final,
-        key=key,
-        steps=run.steps,
-        best_step=run.best_step,
-        train_seconds=run.train_seconds,
-        n_train_tiles=len(train_idx),
-        n_val_tiles=len(val_idx),
-        val_boxes=[boxes[i] for i in val_idx],
-        history=run.history,
+    return FinetuneResult.of_run(
+        model, run, key=key, n_train_tiles=len(train_idx), val_boxes=[boxes[i] for i in val_idx]
     )
 
 
-def save_finetuned(result: ParticleFinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
-    """Write the weights in the shipped checkpoint format (``base_channels`` inside)."""
-    save_particle_unet(result.model.eval(), path, metadata)
+def save_finetuned(result: FinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
+    """Write the weights in the one checkpoint format (constructor arguments inside)."""
+    model = result.model
+    assert isinstance(model, ParticleUNet)
+    save_particle_unet(model.eval(), path, metadata)

@@ -1,10 +1,10 @@
-"""The dense TXM scene family (issue 12): a generator written apart from models.synthetic.txm."""
+"""The dense TXM scene family (issue 12): a generator written apart from synthetic.txm."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from models.synthetic.txm_dense import DenseTxmScene, dense_energies
+from synthetic.txm_dense import DenseTxmScene, dense_energies
 
 
 def test_dense_scene_has_large_touching_and_border_cut_particles():

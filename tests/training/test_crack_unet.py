@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from models.crack_unet import CONTEXT_SLICES, CrackUNet, predict_probabilities
-from models.train_crack_unet import (
+from training.crack_unet import (
     SliceSet,
     augment_batch,
     crack_loss,
@@ -70,7 +70,7 @@ def test_inflated_network_starts_with_the_single_slice_outputs() -> None:
 
 
 def test_wide_slice_set_is_normalised_labelled_and_reproducible() -> None:
-    from models.train_crack_unet import make_slice_set
+    from training.crack_unet import make_slice_set
 
     def draw() -> object:
         return make_slice_set(

@@ -1,11 +1,11 @@
 """Train the flaw (crack) slice classifier on particle slices of reconstructed synthetic cathodes.
 
-Run ``python -m models.train_flaw_cnn`` (about 8 minutes on one CPU thread). It writes
+Run ``python -m training.train_flaw_cnn`` (about 8 minutes on one CPU thread). It writes
 ``models/weights/flaw_cnn.pt`` and ``models/weights/flaw_cnn.json`` (training config, and the
 slice and particle accuracy and ROC AUC on held-out volumes).
 
 Data: synthetic cathode volumes with cracks are scanned and reconstructed
-(``models.synthetic.reconstructed``). Each particle is sampled as at inference time
+(``synthetic.reconstructed``). Each particle is sampled as at inference time
 (:func:`models.flaw_cnn.slice_positions`: 10 slices over the central 80 % of its height), each
 slice masked with the particle's mask (randomly eroded or dilated by one pixel, as a predicted
 mask may be) and resized to 128 x 128 (:func:`models.flaw_cnn.prepare_slice`). A slice is
@@ -45,8 +45,8 @@ from models.flaw_cnn import (
     save_flaw_cnn,
     slice_positions,
 )
-from models.synthetic.cathode import CRACK
-from models.synthetic.reconstructed import make_reconstructed_cathode
+from synthetic.cathode import CRACK
+from synthetic.reconstructed import make_reconstructed_cathode
 
 logger = logging.getLogger(__name__)
 VALIDATION_SEEDS = (870_001,)
@@ -299,7 +299,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

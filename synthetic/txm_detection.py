@@ -1,6 +1,6 @@
 """Synthetic TXM frames with particle masks, for training and scoring particle detectors.
 
-A sample is one optical-density frame of a still :class:`models.synthetic.txm.TxmScene` with
+A sample is one optical-density frame of a still :class:`synthetic.txm.TxmScene` with
 1-14 particles of a random typical size (5-48 px radius per 256 px of field; they may nearly
 touch or be cut by the border), at any energy across the Ni K-edge (faint below-edge frames
 included) and dose, and its ground-truth particle labels. On top of the
@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from models.synthetic.txm import TxmScene, _make_particle
+from synthetic.txm import TxmScene, _make_particle
 
 __all__ = [
     "HELD_OUT_SEED_START",

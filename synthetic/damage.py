@@ -1,6 +1,6 @@
 """More crack morphologies for the training family: split, hollow-core and fragmented particles.
 
-:func:`add_damage` takes a :class:`~models.synthetic.cathode.CathodeVolume` and gives a share of
+:func:`add_damage` takes a :class:`~synthetic.cathode.CathodeVolume` and gives a share of
 its particles one of three kinds of damage, built from the particle's own shape (its distance
 transform and centroid), unlike the hold-out family of the benchmarks
 (``benchmarks/holdout_family.py``), which no training script may use:
@@ -26,10 +26,10 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
-from models.synthetic.cathode import CRACK, CathodeVolume
+from synthetic.cathode import CRACK, CathodeVolume
 
 DAMAGE = ("split", "core", "fragmented")
-# the wider randomisation of the training generator (``--wide`` in models.train_crack_unet)
+# the wider randomisation of the training generator (``--wide`` in training.crack_unet)
 WIDE_DAMAGE = ("split", "core", "fragmented", "surface", "voids")
 
 

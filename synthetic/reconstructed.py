@@ -1,8 +1,8 @@
 """Reconstructed synthetic cathode volumes with ground truth, for the particle models.
 
-A :class:`~models.synthetic.cathode.CathodeVolume` is projected, turned into noisy
+A :class:`~synthetic.cathode.CathodeVolume` is projected, turned into noisy
 phase-contrast-like frames and reconstructed by filtered back projection
-(:func:`models.train_crack_unet.reconstruct_synthetic`), then normalised exactly as the
+(:func:`synthetic.scan.reconstruct_synthetic`), then normalised exactly as the
 inference pipelines normalise a reconstructed volume
 (:func:`models.crack_unet.reference_levels` and :func:`models.crack_unet.normalize_slices`).
 """
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.crack_unet import normalize_slices, reference_levels
-from models.synthetic.cathode import (
+from synthetic.cathode import (
     CathodeParams,
     CathodeVolume,
     DetectorParams,
     make_cathode_volume,
 )
-from models.synthetic.damage import DAMAGE, add_damage
-from models.train_crack_unet import quantize_8bit, reconstruct_synthetic
+from synthetic.damage import DAMAGE, add_damage
+from synthetic.scan import quantize_8bit, reconstruct_synthetic
 
 
 @dataclass
@@ -73,14 +73,14 @@ def make_reconstructed_cathode(
         Range of the mean particle diameter drawn when ``randomize``.
     damage_share : float, optional
         Share of the particles given a through-crack, a hollow core with radial cracks or
-        fragmentation (:func:`models.synthetic.damage.add_damage`); 0 = none.
+        fragmentation (:func:`synthetic.damage.add_damage`); 0 = none.
     damage_width_px : tuple of float, optional
         Range of the widths of those cracks.
     damage_kinds : tuple of str, optional
         Which of those kinds of damage are drawn.
     quantize : bool, optional
         Render the reconstruction as an 8-bit display image
-        (:func:`models.train_crack_unet.quantize_8bit`).
+        (:func:`synthetic.scan.quantize_8bit`).
 
     Returns
     -------
