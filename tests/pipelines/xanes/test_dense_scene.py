@@ -49,6 +49,46 @@ def test_dense_scene_detections_are_particles(dense):
     assert np.all(which >= 0), "a detection on the background pattern"
 
 
+def _errors(scene: DenseTxmScene, result, truth: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Shift errors of every registered particle-frame, and the wholly visible particles tracked
+    in >= 90 % of the frames from the one they were detected in."""
+    which = list(_truth_of_labels(scene, result.labels))
+    errors = []
+    for k, j in enumerate(which):
+        if j < 0:
+            continue
+        error = result.particle_shift[k] - truth[j]
+        errors.append(error[np.isfinite(error[:, 0])])
+    tracked = []
+    for j in np.nonzero(scene.wholly_visible())[0]:
+        if j not in which:
+            continue
+        shifts = result.particle_shift[which.index(j), :, 0]
+        seen = np.nonzero(np.isfinite(shifts))[0]
+        if seen.size and np.mean(np.isfinite(shifts[seen[0] :])) >= 0.9:
+            tracked.append(int(j))
+    return np.concatenate(errors), tracked
+
+
+def test_dense_scene_holds_its_measured_level(dense):
+    """Not the issue-12 goals (see the xfail below): the level measured on 2026-11-29 (5th
+    session; per particle 1.16 px, global 0.61 px, 6 of 8 wholly visible particles tracked, the
+    worst particle-frame 2.99 px off, a border-cut particle), with a margin, so that a change
+    that makes the dense family worse fails here."""
+    scene, result, truth = dense
+    error, tracked = _errors(scene, result, truth)
+    distance = np.hypot(error[:, 0], error[:, 1])
+    rms = float(np.sqrt(np.mean(distance**2)))
+    assert rms <= 1.35, f"per-particle RMS {rms:.3f} px"
+    global_error = result.global_shift - np.median(truth, axis=0)
+    global_rms = float(np.sqrt(np.mean(np.sum(global_error**2, axis=1))))
+    assert global_rms <= 0.75, f"global RMS {global_rms:.3f} px"
+    visible = int(np.count_nonzero(scene.wholly_visible()))
+    assert len(tracked) >= 6, f"{len(tracked)} of {visible} wholly visible particles tracked"
+    # an identity swap (a neighbour's outline) is several px; 3.5 leaves the measured 2.99
+    assert distance.max() < 3.5, f"a particle {distance.max():.2f} px off its truth"
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="issue 12 goals not met on the dense family: faint pre-edge particles under the "
@@ -56,16 +96,8 @@ def test_dense_scene_detections_are_particles(dense):
 )
 def test_dense_scene_goals(dense):
     scene, result, truth = dense
-    which = _truth_of_labels(scene, result.labels)
-    visible = np.nonzero(scene.wholly_visible())[0]
-    tracked = [
-        j
-        for j in visible
-        if j in which
-        and np.mean(np.isfinite(result.particle_shift[list(which).index(j), :, 0])) >= 0.9
-    ]
-    assert len(tracked) >= 0.95 * visible.size
-    errors = [result.particle_shift[k] - truth[j] for k, j in enumerate(which) if j >= 0]
-    error = np.concatenate(errors)
-    error = error[np.isfinite(error[:, 0])]
+    error, tracked = _errors(scene, result, truth)
+    assert len(tracked) >= 0.95 * np.count_nonzero(scene.wholly_visible())
     assert float(np.sqrt(np.mean(np.sum(error**2, axis=1)))) <= 0.3
+    global_error = result.global_shift - np.median(truth, axis=0)
+    assert float(np.sqrt(np.mean(np.sum(global_error**2, axis=1)))) <= 0.3
