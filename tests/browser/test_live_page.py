@@ -217,6 +217,32 @@ def test_tiled_going_away_and_coming_back(page, up, publisher):
     assert not page.errors
 
 
+def test_a_link_to_a_run_not_listed_yet_waits_for_it(page, up, publisher):
+    """A link to a run that Tiled does not list yet (a scan that has just started, a slow
+    catalog) waits for that run; it is not replaced by the newest run (the page kept showing
+    the previous test's run when the run list lagged behind the link, on a loaded machine)."""
+    import uuid
+
+    from bluesky.plans import count
+    from ophyd.sim import direct_img
+
+    RE, _settings = publisher
+    wanted = str(uuid.uuid4())
+    page.goto(f"{up.web}/#{wanted}")
+    wait_page(page, f"bw.state.selected === '{wanted}' && bw.state.view === 'waiting'", 60)
+    assert f"Waiting for run {wanted}" in page.inner_text("#main")
+    (uid,) = RE(count([direct_img], num=1), beamwatch_pipelines=["frames"])
+    wait_page(page, f"bw.state.runs.some((r) => r.uid === '{uid}')", 120)
+    seen = state(page, "bw.state.refreshes")
+    wait_page(page, f"bw.state.refreshes >= {seen + 2}", 60)  # refreshed with the run listed
+    assert state(page, "bw.state.selected") == wanted
+    assert state(page, "bw.state.view") == "waiting"
+    # Following the newest run again shows the run just published.
+    page.check("#follow-newest")
+    wait_page(page, f"bw.state.selected === '{uid}'", 60)
+    assert not page.errors
+
+
 def figures_in_tiled(up, uid: str) -> list[dict[str, str]]:
     """``{pipeline, name}`` of every figure of a run, as Python reads them from Tiled."""
     from tiled.client import from_uri

@@ -107,6 +107,24 @@ async function refreshView() {
     if (wanted !== state.selected) select(wanted);
     return;
   }
+  if (state.pinned && state.selected && wanted === state.selected &&
+      !state.runs.find((r) => r.uid === state.selected)) {
+    // A link to a run that Tiled does not list yet (a scan that has just started, or a
+    // slow catalog): wait for it instead of showing another run in its place.
+    showView("waiting");
+    ensureLayout(`waiting|${wanted}`, (root) =>
+      root.append(
+        el("h2", {}, `Waiting for run ${wanted}`),
+        el(
+          "p",
+          {},
+          "Tiled does not list this run (yet). It is shown as soon as it appears; " +
+            "tick \"show the newest run as it starts\" to follow the newest run instead."
+        )
+      )
+    );
+    return;
+  }
   if (!state.selected || !state.runs.find((r) => r.uid === state.selected) ||
       (!state.pinned && newest.uid !== state.selected)) {
     // Until the user picks a run, follow the newest one (a new scan shows up by itself).
