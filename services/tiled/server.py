@@ -49,7 +49,12 @@ def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
                         f"sqlite:///{tdir / 'tabular.sqlite'}",
                     ],
                     "readable_storage": [str(root) for root in settings.readable_roots],
-                    "init_if_not_exists": True,
+                    # The embedded SQLite catalog is created by ``write_tiled_config`` (in WAL
+                    # mode) before the server starts. Tiled's own init check runs
+                    # ``python -m tiled catalog init`` in a subprocess at every start, which
+                    # imports all of tiled again (about a third of a start); only a catalog
+                    # given by URI is left to it.
+                    "init_if_not_exists": bool(settings.tiled.catalog_uri),
                 },
             }
         ],
