@@ -339,9 +339,11 @@ class XanesLivePipeline:
             message["dx_um"] = dx * float(self._pixel_size)
         # no trustworthy estimate (no particle registered, or particles disagree): the drift
         # is unknown (NaN), and no feedback move is sent for it; nor for a frame replayed after
-        # a crash (its move was sent when it arrived; the stage has moved on since)
+        # a crash (its move was sent when it arrived; the stage has moved on since), nor for
+        # one recovered after the stop (the scan is over; and that runs off the dispatch
+        # thread, which alone uses the feedback socket)
         trusted = bool(getattr(result, "trusted", True))
-        if self._feedback is not None and trusted and not frame.replayed:
+        if self._feedback is not None and trusted and not frame.replayed and not frame.recovered:
             self._feedback.publish(message)
         if result.index == 0:
             out.array(XANES.labels, self._tracker.labels, dims=["row", "col"])
@@ -394,13 +396,17 @@ class XanesLivePipeline:
                 return  # the stage says what is wrong with it; nothing to wait for
             self._series.expect(str(series), str(self._uid), index)
 
+    def stop_abandoned(self) -> None:
+        """This run's stage will not join its series (the pipeline failed)."""
+        series = self._start.get("operando_series")
+        if series:
+            self._series.release(str(series), str(self._uid))
+
     def on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
         try:
             self._on_stop(stop, out)
         finally:
-            series = self._start.get("operando_series")
-            if series:
-                self._series.release(str(series), str(self._uid))
+            self.stop_abandoned()
 
     def _on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
         if self._tracker is None:
