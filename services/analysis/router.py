@@ -24,7 +24,13 @@ import numpy as np
 from services.analysis.results import PipelineRun, ResultWriter
 from services.core.layout import FRAMES, Status, analysis_path
 from services.core.metrics import Metrics
-from services.runs.frames import Frame, FrameAssembler, FrameSourceError, Hdf5Reader
+from services.runs.frames import (
+    Frame,
+    FrameAssembler,
+    FrameSourceError,
+    FrameUnusable,
+    Hdf5Reader,
+)
 from services.runs.routing import ARRIVAL, REPLAYING, Doc, RunRouter
 from services.tiled.records import Container
 from services.tiled.spool import Spool
@@ -155,6 +161,11 @@ class AnalysisRunRouter(RunRouter):
         self._failed: set[str] = set()
         self._bad_fields: list[dict[str, Any]] = []
         self._missing: dict[str, list[int]] = {}
+        #: per pipeline, the frames it could not use (FrameUnusable): stream -> seq_nums
+        self._unusable: dict[str, dict[str, list[int]]] = {}
+        #: lost documents were rebuilt at the stop (False for a run where nothing was lost:
+        #: it never waits for raw/)
+        self.recovery_entered = False
         for entry in entries:
             out = ResultWriter(spool, self._uid, entry.name)
             try:
@@ -261,11 +272,13 @@ class AnalysisRunRouter(RunRouter):
             except Exception as exc:
                 self._fail(run.name, out, exc)
                 continue
-            # "complete" only when every frame is in; otherwise say which are missing
+            # "complete" only when every frame is in and used; otherwise say which are missing
+            missing = _merged(self._missing, self._unusable.get(run.name, {}))
             out.metadata(
                 {
-                    "status": Status.INCOMPLETE if self._missing else Status.COMPLETE,
-                    "missing_seq_nums": self._missing,
+                    "status": Status.INCOMPLETE if missing else Status.COMPLETE,
+                    "missing_seq_nums": missing,
+                    "recovery_entered": self.recovery_entered,
                     "stop_lost": doc is None,
                     "bad_fields": self._bad_fields,
                 }
@@ -291,6 +304,17 @@ class AnalysisRunRouter(RunRouter):
                     continue
                 try:
                     run.on_frame(frame, out)
+                except FrameUnusable as exc:
+                    logger.warning(
+                        "pipeline %s leaves out a frame: %s",
+                        run.name,
+                        exc,
+                        extra={"run_uid": self._uid},
+                    )
+                    unusable = self._unusable.setdefault(run.name, {})
+                    unusable.setdefault(frame.stream, []).append(frame.seq_num)
+                    self._metrics.frames_unusable.labels(self._metrics.service, run.name).inc()
+                    continue
                 except Exception as exc:
                     self._fail(run.name, out, exc)
                     continue
@@ -306,6 +330,10 @@ class AnalysisRunRouter(RunRouter):
         the detector file where the run's StreamDatums say where they are, else from ``raw/``.
         A frame found nowhere is missing: the run ends ``incomplete`` naming it.
         """
+        if not (self._lost or self._lost_streams):
+            return  # nothing lost: no look in raw/, no wait for it
+        self.recovery_entered = True
+        self._metrics.recoveries.labels(self._metrics.service).inc()
         # stream -> seq_num -> its descriptor (None: the stream's descriptor was lost too)
         wanted: dict[str, dict[int, Doc | None]] = {}
         for stream, seq_nums in self._lost_streams:
@@ -372,6 +400,8 @@ class AnalysisRunRouter(RunRouter):
                 logger.warning("lost frame %d not in the detector file: %s", seq, exc)
                 frame = None
             if frame is not None:
+                # the image is in the file, but its Event's readings are found nowhere
+                frame.readings_lost = raw is None
                 return frame
             keys = self._assembler.image_keys(descriptor["uid"])
         else:
@@ -401,3 +431,12 @@ class AnalysisRunRouter(RunRouter):
                 "traceback": traceback.format_exception(exc)[-5:],
             }
         )
+
+
+def _merged(*missing: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Missing seq_nums per stream, from several sources, each list sorted and unique."""
+    out: dict[str, set[int]] = {}
+    for source in missing:
+        for stream, seq_nums in source.items():
+            out.setdefault(stream, set()).update(seq_nums)
+    return {stream: sorted(seq_nums) for stream, seq_nums in out.items()}

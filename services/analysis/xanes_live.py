@@ -37,7 +37,7 @@ import numpy as np
 
 from services.analysis.results import ResultWriter
 from services.core.layout import XANES
-from services.runs.frames import Frame
+from services.runs.frames import Frame, axis_reading
 
 logger = logging.getLogger(__name__)
 
@@ -313,9 +313,9 @@ class XanesLivePipeline:
         if self._chemistry_error is not None and not self._chemistry_reported:
             out.metadata({XANES.chemistry: self._chemistry_md()})
             self._chemistry_reported = True
-        if self._energy_key not in frame.readings:
-            raise ValueError(f"event seq_num {frame.seq_num} has no reading {self._energy_key!r}")
-        energy = float(frame.readings[self._energy_key])
+        # a frame whose energy is unknown has no place on the energy axis: it never feeds
+        # the spectra (FrameUnusable: the router names it missing, the run is incomplete)
+        energy = axis_reading(frame, self._energy_key)
         if self._tracker is None:
             from pipelines.xanes.tracker import XanesTracker
 

@@ -103,6 +103,9 @@ def test_run_appears_in_tiled_with_every_frame(stack, tiled_client, source):
         primary_means, images.reshape(N_ENERGIES, -1).mean(axis=1), rtol=1e-9
     )
     assert metric(stack.raw, "beamwatch_messages_lost_total", kind="event") == 0
+    # nothing was lost: the run never entered recovery (no wait for raw/, recovery_timeout)
+    assert metric(stack.ana, "beamwatch_recoveries_total") == 0
+    assert tiled_client["analysis"][uid]["frames"].metadata["recovery_entered"] is False
 
 
 def test_pickled_and_garbage_payloads_only_bump_the_malformed_counter(stack, tiled_client):
@@ -192,6 +195,7 @@ def test_lost_documents_are_counted_and_frames_recovered(consumer_settings, tile
                 )
         assert metric(raw, "beamwatch_messages_recovered_total", kind="stream_datum") == 1
         assert metric(ana, "beamwatch_messages_recovered_total", kind="event") == 1
+        assert metric(ana, "beamwatch_recoveries_total") == 1
 
         stats = tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
         assert len(stats) == N_ENERGIES + FLAT_FRAMES  # no frame silently skipped
