@@ -11,11 +11,12 @@ carries metadata ``source_run_uid``, ``pipeline``, ``version``, ``status`` (``ru
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,13 @@ import numpy as np
 from services.analysis.results import PipelineRun, ResultWriter
 from services.core.layout import FRAMES, Status, analysis_path
 from services.core.metrics import Metrics
-from services.runs.frames import Frame, FrameAssembler, Hdf5Reader
+from services.runs.frames import (
+    Frame,
+    FrameAssembler,
+    FrameSourceError,
+    FrameUnusable,
+    Hdf5Reader,
+)
 from services.runs.routing import ARRIVAL, REPLAYING, Doc, RunRouter
 from services.tiled.records import Container
 from services.tiled.spool import Spool
@@ -100,7 +107,30 @@ class FrameStatsPipeline:
         out.metadata({"frames": self._count})
 
 
-ReadingsLookup = Callable[[str, str, list[int]], dict[int, dict[str, Any]]]
+@dataclass
+class RawEvent:
+    """An Event as ``raw/<uid>/<stream>`` in Tiled holds it: its row and its frames."""
+
+    time: float
+    readings: dict[str, Any]
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+#: ``raw_lookup(run_uid, stream, seq_nums)``: the Events of ``stream`` with these seq_nums
+#: that ``raw/`` holds (absent ones left out). It may wait a bounded time for the raw path to
+#: finish the run; it raises when Tiled cannot be read.
+RawLookup = Callable[[str, str, list[int]], dict[int, RawEvent]]
+
+
+class RecoveryInterrupted(RuntimeError):
+    """The consumer is stopping while a run's lost frames wait for Tiled: the run is left
+    open (its journal is replayed by the next process), not finished as incomplete."""
+
+
+#: lost frames rebuilt (read from Tiled, processed) at a time
+RECOVERY_CHUNK = 32
+#: streams whose frames feed others (flats and darks before projections): recovered first
+_STREAM_ORDER = {"dark": 0, "flat": 1}
 #: Runs ``job`` (a run's after-scan stages) off the dispatch thread: ``after_scan(run_uid, job)``.
 AfterScan = Callable[[str, Callable[[], None]], None]
 
@@ -115,7 +145,7 @@ class AnalysisRunRouter(RunRouter):
         spool: Spool,
         metrics: Metrics,
         *,
-        readings_lookup: ReadingsLookup | None = None,
+        raw_lookup: RawLookup | None = None,
         after_scan: AfterScan | None = None,
     ) -> None:
         self._uid = start["uid"]
@@ -123,12 +153,23 @@ class AnalysisRunRouter(RunRouter):
         self._spool = spool
         self._metrics = metrics
         self._assembler = FrameAssembler(self._uid, Hdf5Reader())
-        self._lookup = readings_lookup
+        self._lookup = raw_lookup
         self._lost: list[tuple[Doc, list[int]]] = []
+        #: streams none of whose descriptors came: (stream name, seq_nums the stop counts)
+        self._lost_streams: list[tuple[str, list[int]]] = []
         self._pipelines: list[tuple[PipelineRun, ResultWriter]] = []
         self._failed: set[str] = set()
         self._bad_fields: list[dict[str, Any]] = []
         self._missing: dict[str, list[int]] = {}
+        #: per pipeline, the frames it could not use (FrameUnusable): stream -> seq_nums
+        self._unusable: dict[str, dict[str, list[int]]] = {}
+        #: lost documents were rebuilt at the stop (False for a run where nothing was lost:
+        #: it never waits for raw/)
+        self.recovery_entered = False
+        #: opened from a stand-in start (the start was lost and not in raw/ when the run's
+        #: first document came): which pipelines the run wanted, and so whether every result
+        #: is in, is unknown; the run never says ``complete`` (found by benchmarks.chaos)
+        self._start_lost = bool(start.get("beamwatch_start_lost"))
         for entry in entries:
             out = ResultWriter(spool, self._uid, entry.name)
             try:
@@ -193,6 +234,9 @@ class AnalysisRunRouter(RunRouter):
     def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
         self._lost.append((descriptor, seq_nums))
 
+    def stream_lost(self, stream: str, seq_nums: list[int]) -> None:
+        self._lost_streams.append((stream, seq_nums))
+
     def bad_fields(self, descriptor: Doc, seq_num: int, problems: dict[str, str]) -> None:
         stream = descriptor.get("name", "primary")
         for key, problem in problems.items():
@@ -202,32 +246,45 @@ class AnalysisRunRouter(RunRouter):
 
     def stop(self, doc: Doc | None) -> None:
         self._take_unassembled(self._assembler.drain())
-        self._recover_lost()
         if self._after_scan is None:
-            self._finish(doc)
+            self._end(doc)
         else:
             for run, _ in self._pipelines:
                 queued = getattr(run, "stop_queued", None)
                 if queued is not None and run.name not in self._failed:
                     queued()
-            # After-scan stages (maps, reconstructions) can take minutes: they run in the
-            # consumer's worker pool so frames of the next runs are not held back.
-            self._after_scan(self._uid, lambda: self._finish(doc))
+            # Recovering lost frames may wait for Tiled and the raw path, and after-scan
+            # stages (maps, reconstructions) can take minutes: both run in the consumer's
+            # worker pool so frames of the next runs are not held back (in this context:
+            # a replay's frames stay marked as replayed).
+            context = contextvars.copy_context()
+            self._after_scan(self._uid, lambda: context.run(self._end, doc))
+
+    def _end(self, doc: Doc | None) -> None:
+        self._recover_lost()
+        self._finish(doc)
 
     def _finish(self, doc: Doc | None) -> None:
         for run, out in self._pipelines:
             if run.name in self._failed:
+                abandoned = getattr(run, "stop_abandoned", None)
+                if abandoned is not None:
+                    abandoned()
                 continue
             try:
                 run.on_stop(doc, out)
             except Exception as exc:
                 self._fail(run.name, out, exc)
                 continue
-            # "complete" only when every frame is in; otherwise say which are missing
+            # "complete" only when every frame is in and used; otherwise say which are missing
+            missing = _merged(self._missing, self._unusable.get(run.name, {}))
+            whole = not missing and not self._start_lost
             out.metadata(
                 {
-                    "status": Status.INCOMPLETE if self._missing else Status.COMPLETE,
-                    "missing_seq_nums": self._missing,
+                    "status": Status.COMPLETE if whole else Status.INCOMPLETE,
+                    "missing_seq_nums": missing,
+                    "start_lost": self._start_lost,
+                    "recovery_entered": self.recovery_entered,
                     "stop_lost": doc is None,
                     "bad_fields": self._bad_fields,
                 }
@@ -253,6 +310,17 @@ class AnalysisRunRouter(RunRouter):
                     continue
                 try:
                     run.on_frame(frame, out)
+                except FrameUnusable as exc:
+                    logger.warning(
+                        "pipeline %s leaves out a frame: %s",
+                        run.name,
+                        exc,
+                        extra={"run_uid": self._uid},
+                    )
+                    unusable = self._unusable.setdefault(run.name, {})
+                    unusable.setdefault(frame.stream, []).append(frame.seq_num)
+                    self._metrics.frames_unusable.labels(self._metrics.service, run.name).inc()
+                    continue
                 except Exception as exc:
                     self._fail(run.name, out, exc)
                     continue
@@ -262,34 +330,99 @@ class AnalysisRunRouter(RunRouter):
                 )
 
     def _recover_lost(self) -> None:
-        """Rebuild frames whose Events were lost: readings from Tiled, images from the file."""
+        """Rebuild the frames whose Events, or whole streams, were lost on the bus.
+
+        Readings come from ``raw/`` in Tiled (the raw consumer's copy of the run), images from
+        the detector file where the run's StreamDatums say where they are, else from ``raw/``.
+        A frame found nowhere is missing: the run ends ``incomplete`` naming it.
+        """
+        if not (self._lost or self._lost_streams):
+            return  # nothing lost: no look in raw/, no wait for it
+        self.recovery_entered = True
+        self._metrics.recoveries.labels(self._metrics.service).inc()
+        # stream -> seq_num -> its descriptor (None: the stream's descriptor was lost too)
+        wanted: dict[str, dict[int, Doc | None]] = {}
+        for stream, seq_nums in self._lost_streams:
+            wanted.setdefault(stream, {}).update(dict.fromkeys(seq_nums))
         for descriptor, seq_nums in self._lost:
-            readings: dict[int, dict[str, Any]] = {}
-            if self._lookup is not None:
-                try:
-                    readings = self._lookup(self._uid, descriptor.get("name", "primary"), seq_nums)
-                except Exception:
-                    logger.warning(
-                        "could not read lost events from Tiled",
-                        exc_info=True,
-                        extra={"run_uid": self._uid},
-                    )
-            frames = []
-            for seq in seq_nums:
-                frame = self._assembler.frame_for(descriptor["uid"], seq, readings.get(seq, {}))
-                if frame is None:
-                    self._missing.setdefault(descriptor.get("name", "primary"), []).append(seq)
-                    logger.error(
-                        "frame %d of run is lost for good (no file reference)",
-                        seq,
-                        extra={"run_uid": self._uid},
-                    )
-                    continue
-                frames.append(frame)
+            stream = descriptor.get("name", "primary")
+            wanted.setdefault(stream, {}).update(dict.fromkeys(seq_nums, descriptor))
+        for stream in sorted(wanted, key=lambda name: (_STREAM_ORDER.get(name, 2), name)):
+            seq_nums = sorted(wanted[stream])
+            # in chunks: a whole lost stream of large frames is never in memory at once
+            for i in range(0, len(seq_nums), RECOVERY_CHUNK):
+                chunk = seq_nums[i : i + RECOVERY_CHUNK]
+                raw = self._raw_events(stream, chunk)
+                frames = []
+                for seq in chunk:
+                    frame = self._rebuild_one(stream, wanted[stream][seq], seq, raw.get(seq))
+                    if frame is None:
+                        self._missing.setdefault(stream, []).append(seq)
+                        logger.error(
+                            "frame %d of stream %s is lost for good (not in the detector file "
+                            "nor in raw/)",
+                            seq,
+                            stream,
+                            extra={"run_uid": self._uid},
+                        )
+                    else:
+                        frames.append(frame)
                 if not REPLAYING.get():  # counted when it was recovered the first time
-                    self._metrics.messages_recovered.labels(self._metrics.service, "event").inc()
-            self._process(frames)
+                    self._metrics.messages_recovered.labels(self._metrics.service, "event").inc(
+                        len(frames)
+                    )
+                self._process(frames)
+        for name in self._missing:
+            self._missing[name] = sorted(set(self._missing[name]))
         self._lost.clear()
+        self._lost_streams.clear()
+
+    def _raw_events(self, stream: str, seq_nums: list[int]) -> dict[int, RawEvent]:
+        if self._lookup is None:
+            return {}
+        try:
+            return self._lookup(self._uid, stream, seq_nums)
+        except RecoveryInterrupted:
+            raise
+        except Exception:
+            logger.warning(
+                "could not read lost events of stream %s from Tiled",
+                stream,
+                exc_info=True,
+                extra={"run_uid": self._uid},
+            )
+            return {}
+
+    def _rebuild_one(
+        self, stream: str, descriptor: Doc | None, seq: int, raw: RawEvent | None
+    ) -> Frame | None:
+        if descriptor is not None:
+            readings = dict(raw.readings) if raw is not None else {}
+            if raw is not None:
+                readings.setdefault("time", raw.time)
+            try:
+                frame = self._assembler.frame_for(descriptor["uid"], seq, readings)
+            except FrameSourceError as exc:
+                logger.warning("lost frame %d not in the detector file: %s", seq, exc)
+                frame = None
+            if frame is not None:
+                # the image is in the file, but its Event's readings are found nowhere
+                frame.readings_lost = raw is None
+                return frame
+            keys = self._assembler.image_keys(descriptor["uid"])
+        else:
+            keys = list(raw.images) if raw is not None else []
+        if raw is None or not keys or any(k not in raw.images for k in keys):
+            return None
+        return Frame(
+            self._uid,
+            stream,
+            seq,
+            raw.time,
+            dict(raw.readings),
+            {k: raw.images[k] for k in keys},
+            recovered=True,
+        )
 
     def _fail(self, name: str, out: ResultWriter, exc: BaseException) -> None:
         self._failed.add(name)
@@ -304,3 +437,12 @@ class AnalysisRunRouter(RunRouter):
                 "traceback": traceback.format_exception(exc)[-5:],
             }
         )
+
+
+def _merged(*missing: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Missing seq_nums per stream, from several sources, each list sorted and unique."""
+    out: dict[str, set[int]] = {}
+    for source in missing:
+        for stream, seq_nums in source.items():
+            out.setdefault(stream, set()).update(seq_nums)
+    return {stream: sorted(seq_nums) for stream, seq_nums in out.items()}

@@ -30,7 +30,7 @@ import numpy as np
 
 from services.analysis.results import ResultWriter
 from services.core.layout import CRACKS, PARTICLES, Status
-from services.runs.frames import Frame
+from services.runs.frames import Frame, axis_reading
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +124,9 @@ class CracksPipeline:
         if image is None or frame.stream not in self._frames:
             return
         if frame.stream == "primary":
-            if self._angle_key not in frame.readings:
-                raise ValueError(f"projection seq_num {frame.seq_num} has no {self._angle_key!r}")
-            self._angles.append(float(frame.readings[self._angle_key]))
+            # a projection whose angle is unknown cannot be back-projected: left out and
+            # named missing (FrameUnusable), never reconstructed at a made-up angle
+            self._angles.append(axis_reading(frame, self._angle_key))
         self._frames[frame.stream].append(np.asarray(image))
 
     def on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from services.analysis.results import ResultWriter
 from services.core.layout import XANES
-from services.runs.frames import Frame
+from services.runs.frames import Frame, axis_reading
 
 logger = logging.getLogger(__name__)
 
@@ -313,9 +313,9 @@ class XanesLivePipeline:
         if self._chemistry_error is not None and not self._chemistry_reported:
             out.metadata({XANES.chemistry: self._chemistry_md()})
             self._chemistry_reported = True
-        if self._energy_key not in frame.readings:
-            raise ValueError(f"event seq_num {frame.seq_num} has no reading {self._energy_key!r}")
-        energy = float(frame.readings[self._energy_key])
+        # a frame whose energy is unknown has no place on the energy axis: it never feeds
+        # the spectra (FrameUnusable: the router names it missing, the run is incomplete)
+        energy = axis_reading(frame, self._energy_key)
         if self._tracker is None:
             from pipelines.xanes.tracker import XanesTracker
 
@@ -339,9 +339,11 @@ class XanesLivePipeline:
             message["dx_um"] = dx * float(self._pixel_size)
         # no trustworthy estimate (no particle registered, or particles disagree): the drift
         # is unknown (NaN), and no feedback move is sent for it; nor for a frame replayed after
-        # a crash (its move was sent when it arrived; the stage has moved on since)
+        # a crash (its move was sent when it arrived; the stage has moved on since), nor for
+        # one recovered after the stop (the scan is over; and that runs off the dispatch
+        # thread, which alone uses the feedback socket)
         trusted = bool(getattr(result, "trusted", True))
-        if self._feedback is not None and trusted and not frame.replayed:
+        if self._feedback is not None and trusted and not frame.replayed and not frame.recovered:
             self._feedback.publish(message)
         if result.index == 0:
             out.array(XANES.labels, self._tracker.labels, dims=["row", "col"])
@@ -394,13 +396,17 @@ class XanesLivePipeline:
                 return  # the stage says what is wrong with it; nothing to wait for
             self._series.expect(str(series), str(self._uid), index)
 
+    def stop_abandoned(self) -> None:
+        """This run's stage will not join its series (the pipeline failed)."""
+        series = self._start.get("operando_series")
+        if series:
+            self._series.release(str(series), str(self._uid))
+
     def on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
         try:
             self._on_stop(stop, out)
         finally:
-            series = self._start.get("operando_series")
-            if series:
-                self._series.release(str(series), str(self._uid))
+            self.stop_abandoned()
 
     def _on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
         if self._tracker is None:

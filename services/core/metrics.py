@@ -59,6 +59,20 @@ class Metrics:
             ["service", "pipeline"],
             registry=r,
         )
+        self.frames_unusable = Counter(
+            "beamwatch_frames_unusable",
+            "Frames a pipeline left out because a reading it needs (energy, angle) is unknown; "
+            "the run says incomplete and names them.",
+            ["service", "pipeline"],
+            registry=r,
+        )
+        self.recoveries = Counter(
+            "beamwatch_recoveries",
+            "Runs whose lost documents were rebuilt at the stop (from raw/ in Tiled or the "
+            "detector file); a run where nothing was lost never enters recovery.",
+            ["service"],
+            registry=r,
+        )
         self.processing_latency = Histogram(
             "beamwatch_processing_latency_seconds",
             "Time from receiving a frame's document to its results being queued for Tiled.",

@@ -200,6 +200,10 @@ class BeamwatchSettings(BaseSettings):
     #: how long a seq_num gap (or a stop before its last events) is waited for before the
     #: missing events are declared lost and recovered from Tiled / the detector file
     reorder_timeout: float = Field(2.0, gt=0)
+    #: how long the analysis consumer waits, at a run's stop, for ``raw/`` in Tiled to hold
+    #: the run's documents it lost (Tiled restarting, the raw consumer behind) before it calls
+    #: the frames it cannot rebuild missing (the run ``incomplete``)
+    recovery_timeout: float = Field(120.0, gt=0)
     #: Documents a consumer holds between its bus thread and its dispatch thread, and about how
     #: many MB of arrays they may hold. When full, the bus thread waits (back-pressure): 0MQ
     #: then buffers up to ``bus.rcvhwm`` messages and drops beyond, counted as bus losses.

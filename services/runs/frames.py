@@ -43,6 +43,47 @@ class Frame:
     recovered: bool = False
     #: processed again from the run's journal after a crash (its feedback went out already)
     replayed: bool = False
+    #: rebuilt from the detector file while its Event's readings (energy, angle, ...) were
+    #: found nowhere: ``readings`` holds none of them, and the frame cannot be placed on a
+    #: scan axis (pipelines that need one raise :class:`FrameUnusable` for it)
+    readings_lost: bool = False
+
+
+class FrameUnusable(Exception):
+    """A pipeline cannot use this frame (e.g. a lost Event's energy is unknown, so the frame
+    has no place on the energy axis). The router leaves it out of that pipeline's results and
+    names it in the pipeline's ``missing_seq_nums``: the run ends ``incomplete``, never
+    ``complete``, and the pipeline goes on with the other frames."""
+
+
+def axis_reading(frame: Frame, key: str) -> float:
+    """The reading ``key`` that places ``frame`` on its scan axis (energy, angle).
+
+    Raises
+    ------
+    FrameUnusable
+        The reading is unknown: lost with the frame's Event (``readings_lost``), or not a
+        finite number. The frame cannot be placed on the axis, so it must not feed results
+        that need one; the run names it as missing.
+    ValueError
+        A frame that came with its Event lacks ``key``: the run's documents name a reading
+        they do not record (a configuration error, not a loss).
+    """
+    if key not in frame.readings:
+        if frame.readings_lost:
+            raise FrameUnusable(
+                f"{frame.stream} seq_num {frame.seq_num}: its {key!r} was lost with its Event"
+            )
+        raise ValueError(f"event seq_num {frame.seq_num} has no reading {key!r}")
+    try:
+        value = float(frame.readings[key])
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value):
+        raise FrameUnusable(
+            f"{frame.stream} seq_num {frame.seq_num}: {key!r} is {frame.readings[key]!r}"
+        )
+    return value
 
 
 @dataclass

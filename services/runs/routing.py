@@ -64,6 +64,10 @@ class RunRouter:
     def events_lost(self, descriptor: Doc, seq_nums: list[int]) -> None:
         """Events with these seq_nums never arrived; recover them if the router can."""
 
+    def stream_lost(self, stream: str, seq_nums: list[int]) -> None:
+        """No descriptor of ``stream`` arrived, yet the stop counts these events of it:
+        the stream's descriptor and events are lost; recover them if the router can."""
+
     def bad_fields(self, descriptor: Doc, seq_num: int, problems: dict[str, str]) -> None:
         """Fields of the next Event (``seq_num``) were dropped; ``problems`` says why, by key."""
 
@@ -109,8 +113,13 @@ class RunDispatcher:
         clock: Callable[[], float] = time.monotonic,
         journal: RunJournal | None = None,
         on_finish: Callable[[str], None] | None = None,
+        recovery_timeout: float = 120.0,
     ) -> None:
         self._journal = journal
+        self._recovery_timeout = recovery_timeout
+        #: stops of runs none of whose documents came, whose start is not in Tiled yet (the
+        #: raw path may be behind, Tiled restarting): run uid -> (stop, since, next try)
+        self._orphan_stops: dict[str, tuple[Doc, float, float]] = {}
         self._reorder_timeout = reorder_timeout
         #: events whose descriptor has not arrived yet: descriptor uid -> [(event, arrival)]
         self._early: dict[str, list[tuple[str, Doc, float]]] = {}
@@ -156,6 +165,9 @@ class RunDispatcher:
         journal = self._journal if not self._replaying else None
         try:
             run_uid = self._run_uid_of(name, doc)
+            if name == "stop" and run_uid not in self._runs and run_uid not in self._finished:
+                if not self._open_from_stop(doc):  # journaled with its recovered start
+                    return
             journaled = journal is not None and run_uid in self._runs
             if journaled:  # before routing: the stop must be in before the run is finished
                 journal.append(run_uid, name, doc)  # type: ignore[union-attr, arg-type]
@@ -202,6 +214,9 @@ class RunDispatcher:
         events a held stop announced after ``reorder_timeout``, for a stop after the idle
         timeout."""
         now = self._clock()
+        for stop, _since, next_try in list(self._orphan_stops.values()):
+            if now >= next_try:
+                self("stop", stop)
         for descriptor_uid, early in list(self._early.items()):
             if now - early[0][2] > self._reorder_timeout:
                 del self._early[descriptor_uid]
@@ -327,6 +342,24 @@ class RunDispatcher:
         for router in run.routers:
             self._call(router, "events_lost", run_uid, descriptor, missing)
 
+    def _streams_lost(self, run_uid: str, run: _Run, stop: Doc) -> None:
+        """Streams the stop counts events of, none of whose descriptors arrived."""
+        seen = {d.get("name", "primary") for d in run.descriptors.values()}
+        for stream, n in (stop.get("num_events") or {}).items():
+            if stream in seen or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                continue
+            if n > MAX_HELD_EVENTS * 100:
+                logger.warning("stop counts %d events of stream %r: not believed", n, stream[:80])
+                continue
+            try:
+                check_name(stream, "stream name")
+            except InvalidIdentifier as exc:
+                logger.warning("stop counts events of a stream with a bad name: %s", exc)
+                continue
+            self._lost("descriptor", 1, run_uid, f"no descriptor of stream {stream!r} ({n} events)")
+            for router in run.routers:
+                self._call(router, "stream_lost", run_uid, stream, list(range(1, n + 1)))
+
     def _expected_events(self, run: _Run) -> dict[str, int]:
         """Per descriptor, how many events the held stop announced (``num_events``)."""
         counts = (run.stop or {}).get("num_events") or {}
@@ -433,13 +466,46 @@ class RunDispatcher:
         run.sres_stop[sres] = max(stop, expected)
         self._send(run, "stream_datum", doc)
 
+    def _open_from_stop(self, doc: Doc) -> bool:
+        """A stop of a run none of whose documents arrived (they were lost, e.g. while the
+        consumer restarted): the run is opened from its start as recovered from Tiled, so
+        that its routers can rebuild what the stop says it held. A start not in Tiled yet is
+        looked for again by :meth:`sweep` for ``recovery_timeout``. Without a recovered start
+        no phantom run is made for a stop alone. True when the run is open."""
+        uid = doc["run_start"]
+        if uid not in self._orphan_stops:
+            self._lost("start", 1, uid, "stop of a run none of whose documents arrived")
+        if self._recover_start is None:
+            return False
+        start = self._recover_start(uid)
+        if start is None:
+            now = self._clock()
+            since = self._orphan_stops.get(uid, (doc, now, now))[1]
+            if now - since < self._recovery_timeout:
+                self._orphan_stops[uid] = (doc, since, now + ORPHAN_RETRY_SECONDS)
+            else:
+                self._orphan_stops.pop(uid, None)
+                logger.error(
+                    "start of a run not found in Tiled within %.0f s of its stop: no analysis",
+                    self._recovery_timeout,
+                    extra={"run_uid": uid},
+                )
+            return False
+        self._orphan_stops.pop(uid, None)
+        self._count(self._metrics.messages_recovered, "start")
+        logger.warning("recovered the start of a run from its stop", extra={"run_uid": uid})
+        self._open(start)
+        self._journal_recovered_start(start)
+        return True
+
+    def _journal_recovered_start(self, start: Doc) -> None:
+        if self._journal is not None and not self._replaying:
+            self._journal.append(start["uid"], "start", start)
+
     def _on_stop(self, doc: Doc) -> None:
         uid = doc["run_start"]
         if uid not in self._runs:
-            if uid not in self._finished:
-                # Nothing of this run was seen: no phantom run is made for a stop alone.
-                self._lost("start", 1, uid, "stop of a run none of whose documents arrived")
-            return
+            return  # a stop of a finished run, or of a run that could not be recovered
         run = self._runs[uid]
         if run.stop is not None:
             return  # a duplicate stop
@@ -487,7 +553,10 @@ class RunDispatcher:
                 "time": doc.get("time", time.time()),
                 "beamwatch_start_lost": True,
             }
-        return self._open(start)
+        run = self._open(start)
+        # the document that opened the run is journaled after it: a replay opens it the same
+        self._journal_recovered_start(start)
+        return run
 
     def _finish(self, uid: str, stop: Doc | None) -> None:
         run = self._runs.get(uid)
@@ -509,6 +578,7 @@ class RunDispatcher:
                     descriptor_uid,
                     list(range(run.last_seq.get(descriptor_uid, 0) + 1, n + 1)),
                 )
+            self._streams_lost(uid, run, stop)
         self._runs.pop(uid, None)
         for router in run.routers:
             self._call(router, "stop", uid, stop)
@@ -544,6 +614,8 @@ class RunDispatcher:
 
 #: Events held per descriptor while waiting for a gap to fill (and early events overall).
 MAX_HELD_EVENTS = 10_000
+#: Seconds between looks in Tiled for the start of a run of which only the stop came.
+ORPHAN_RETRY_SECONDS = 2.0
 
 
 def _last_descriptor_of_stream(run: _Run, descriptor_uid: str) -> str:

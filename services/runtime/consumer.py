@@ -27,7 +27,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from services.analysis.registry import default_registry
-from services.analysis.router import AnalysisRunRouter, PipelineRegistry
+from services.analysis.router import (
+    AnalysisRunRouter,
+    PipelineRegistry,
+    RawEvent,
+    RecoveryInterrupted,
+)
 from services.bus.jetstream import JetStreamRuns
 from services.bus.subscriber import BusSubscriber
 from services.core.identifiers import InvalidIdentifier, check_uid
@@ -191,7 +196,7 @@ class Consumer:
                     entries,
                     self.spool,
                     self.metrics,
-                    readings_lookup=self._lookup_readings,
+                    raw_lookup=self._raw_events,
                     after_scan=self._submit_after_scan,
                 )
 
@@ -204,6 +209,7 @@ class Consumer:
             reorder_timeout=settings.reorder_timeout,
             journal=self.journal,
             on_finish=self._run_finished,
+            recovery_timeout=settings.recovery_timeout,
         )
         bus_queue = f"{role}-bus"
         self._queue = DocumentQueue(
@@ -347,6 +353,12 @@ class Consumer:
         def run() -> None:
             try:
                 job()
+            except RecoveryInterrupted:
+                # stopping before the run's lost frames were recovered: its journal stays,
+                # and the next process replays the run and recovers them
+                logger.warning("run left unfinished at shutdown", extra={"run_uid": run_uid})
+                with self._after_scan_lock:
+                    self._finished_runs.discard(run_uid)
             except Exception:
                 logger.exception("after-scan stage failed", extra={"run_uid": run_uid})
 
@@ -461,23 +473,79 @@ class Consumer:
             client = self._client.get()
             node = client["raw"][run_uid]
             start = dict(node.metadata.get("start") or {})
+        except KeyError:
+            logger.warning("start of run %s not in Tiled (yet)", run_uid)
+            return None
         except Exception:
             logger.warning("start of run %s not found in Tiled", run_uid, exc_info=True)
             return None
         return start or None
 
-    def _lookup_readings(
-        self, run_uid: str, stream: str, seq_nums: list[int]
-    ) -> dict[int, dict[str, Any]]:
-        client = self._client.get()
-        node = client["raw"][run_uid][stream]
-        table = (node.base if hasattr(node, "base") else node)["internal"].read()
-        out: dict[int, dict[str, Any]] = {}
-        if "seq_num" not in table.columns:
-            return out
-        wanted = set(seq_nums)
-        for row in table.to_dict(orient="records"):
-            seq = int(row["seq_num"])
-            if seq in wanted:
-                out[seq] = {k: v for k, v in row.items() if k != "seq_num"}
-        return out
+    def _raw_events(self, run_uid: str, stream: str, seq_nums: list[int]) -> dict[int, RawEvent]:
+        """The Events of a stream as ``raw/<uid>`` holds them, for frames lost on the bus.
+
+        Waits, up to ``recovery_timeout``, for the raw path to have finished the run (its stop
+        is in ``raw/<uid>``) and for Tiled to answer: at the stop of a run the raw consumer may
+        be behind, or Tiled restarting. After that, what ``raw/`` holds is taken.
+        """
+        deadline = time.monotonic() + self.settings.recovery_timeout
+        while True:
+            try:
+                run = self._client.get()["raw"][run_uid]
+                if "stop" in run.metadata or time.monotonic() >= deadline:
+                    return read_raw_events(run, stream, seq_nums)
+                logger.info("waiting for raw/ to finish the run", extra={"run_uid": run_uid})
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                logger.info(
+                    "raw/ not readable yet (%s); retrying",
+                    type(exc).__name__,
+                    extra={"run_uid": run_uid},
+                )
+            if self._stop.wait(1.0):
+                raise RecoveryInterrupted(run_uid)
+
+
+def read_raw_events(run: Any, stream: str, seq_nums: list[int]) -> dict[int, RawEvent]:
+    """Rows and frames of ``seq_nums`` in ``raw/<uid>/<stream>`` (absent ones left out).
+
+    Frame ``i`` of a stream's image array is the Event with seq_num ``i + 1`` (the raw path
+    appends in seq_num order); where the stream's rows have a gap that holds only for the
+    seq_nums before it, so later ones are not taken from the array.
+    """
+    if stream not in run:
+        return {}
+    node = run[stream]
+    base = node.base if hasattr(node, "base") else node
+    if "internal" not in base:
+        return {}
+    table = base["internal"].read()
+    if "seq_num" not in table.columns:
+        return {}
+    rows = {int(r["seq_num"]): r for r in table.to_dict(orient="records")}
+    first_gap = next(s for s in range(1, len(rows) + 2) if s not in rows)
+    wanted = [s for s in seq_nums if s in rows]
+    images: dict[int, dict[str, Any]] = {s: {} for s in wanted}
+    in_array = [s for s in wanted if s < first_gap]
+    for key in base:
+        array = base[key]
+        if key == "internal" or getattr(array, "structure_family", None) != "array":
+            continue
+        if len(array.shape) < 3 or not in_array:
+            continue
+        lo, hi = min(in_array) - 1, min(max(in_array), int(array.shape[0]))
+        if hi <= lo:
+            continue
+        block = array[lo:hi]
+        for s in in_array:
+            if s - 1 < hi:
+                images[s][key] = block[s - 1 - lo]
+    out = {}
+    for s in wanted:
+        row = rows[s]
+        readings = {
+            k: v for k, v in row.items() if k not in ("seq_num", "time") and not k.startswith("ts_")
+        }
+        out[s] = RawEvent(float(row.get("time", float("nan"))), readings, images[s])
+    return out

@@ -69,6 +69,7 @@ def test_a_slow_consumer_stays_bounded_and_reports_what_the_bus_dropped(
     settings.dispatch_queue_mb = QUEUE_MB
     settings.bus.rcvhwm = 4
     settings.reorder_timeout = 0.5
+    settings.recovery_timeout = 5.0  # no raw consumer here: raw/ never gets this run
     entered, opened = threading.Event(), threading.Event()
     registry = PipelineRegistry()
     registry.register("frames", lambda start: True, FrameStatsPipeline)

@@ -103,6 +103,9 @@ def test_run_appears_in_tiled_with_every_frame(stack, tiled_client, source):
         primary_means, images.reshape(N_ENERGIES, -1).mean(axis=1), rtol=1e-9
     )
     assert metric(stack.raw, "beamwatch_messages_lost_total", kind="event") == 0
+    # nothing was lost: the run never entered recovery (no wait for raw/, recovery_timeout)
+    assert metric(stack.ana, "beamwatch_recoveries_total") == 0
+    assert tiled_client["analysis"][uid]["frames"].metadata["recovery_entered"] is False
 
 
 def test_pickled_and_garbage_payloads_only_bump_the_malformed_counter(stack, tiled_client):
@@ -182,8 +185,12 @@ def test_lost_documents_are_counted_and_frames_recovered(consumer_settings, tile
         (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=N_FLATS))
         assert sorted(dropping.dropped) == ["event", "start", "stop", "stream_datum"]
 
-        wait_until(lambda: frames_status(tiled_client, uid) == "complete", timeout=90)
+        # the start is lost on both consumers: raw/ holds a stand-in, so which pipelines the
+        # run wanted is unknown and it never says complete, though every frame is in
+        wait_until(lambda: frames_status(tiled_client, uid) == "incomplete", timeout=90)
         wait_until(lambda: raw_frame_count(tiled_client, uid) == N_ENERGIES, timeout=60)
+        frames_md = tiled_client["analysis"][uid]["frames"].metadata
+        assert frames_md["start_lost"] is True and frames_md["missing_seq_nums"] == {}
         for consumer in (raw, ana):
             for kind in ("start", "event", "stream_datum", "stop"):
                 assert metric(consumer, "beamwatch_messages_lost_total", kind=kind) >= 1, (
@@ -192,6 +199,7 @@ def test_lost_documents_are_counted_and_frames_recovered(consumer_settings, tile
                 )
         assert metric(raw, "beamwatch_messages_recovered_total", kind="stream_datum") == 1
         assert metric(ana, "beamwatch_messages_recovered_total", kind="event") == 1
+        assert metric(ana, "beamwatch_recoveries_total") == 1
 
         stats = tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
         assert len(stats) == N_ENERGIES + FLAT_FRAMES  # no frame silently skipped

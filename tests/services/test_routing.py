@@ -21,6 +21,9 @@ class Recorder(RunRouter):
     def events_lost(self, descriptor, seq_nums):
         self.lost.append(seq_nums)
 
+    def stream_lost(self, stream, seq_nums):
+        self.lost.append((stream, seq_nums))
+
     def stop(self, doc):
         self.calls.append(("stop", doc is None))
 
@@ -341,3 +344,58 @@ def test_pages_are_routed_as_their_single_documents():
     d("event_page", short)
     assert len(seen) == 5
     assert _metric(metrics, "beamwatch_messages_malformed_total", reason="schema") == 1
+
+
+def test_a_stream_the_stop_counts_without_its_descriptor_is_lost_for_the_routers():
+    # the flat descriptor and its events never came (in flight at a consumer's kill): the
+    # stop's num_events is the only trace, and the routers must hear of it (chaos, seed 14)
+    clock = Clock()
+    d, routers, metrics = make(clock=clock)
+    start, desc, events, stop = docs()
+    d("start", start)
+    d("descriptor", desc)
+    for e in events:
+        d("event", e)
+    d("stop", {**stop, "num_events": {"primary": 5, "flat": 3}})
+    clock.now += 6.0
+    d.sweep()
+    assert routers[0].lost == [("flat", [1, 2, 3])]
+    assert routers[0].calls[-1] == ("stop", False)
+    assert _metric(metrics, "beamwatch_messages_lost_total", kind="descriptor") == 1
+
+
+def test_a_stop_alone_opens_its_run_once_the_start_is_in_tiled():
+    # nothing of the run but its stop came; the raw path writes the start to Tiled a little
+    # later: the start is looked for again until it is there
+    clock = Clock()
+    start, desc, events, stop = docs()
+    in_tiled = {}
+    d, routers, metrics = make(recover=in_tiled.get, clock=clock)
+    d("stop", {**stop, "num_events": {"primary": 5}})
+    assert routers == []
+    clock.now += 1.0
+    d.sweep()
+    assert routers == []  # not looked for again yet (every 2 s)
+    in_tiled[start["uid"]] = start
+    clock.now += 1.5
+    d.sweep()
+    assert len(routers) == 1 and routers[0].calls[0] == ("start", start["uid"])
+    clock.now += 6.0  # the stop waits for its events, then the stream is lost
+    d.sweep()
+    assert routers[0].lost == [("primary", [1, 2, 3, 4, 5])]
+    assert routers[0].calls[-1] == ("stop", False)
+    assert _metric(metrics, "beamwatch_messages_recovered_total", kind="start") == 1
+    d("stop", stop)  # the same stop again: the run is finished, nothing more
+    assert len(routers) == 1 and routers[0].calls.count(("stop", False)) == 1
+
+
+def test_a_stop_alone_whose_start_never_comes_makes_no_run():
+    clock = Clock()
+    _start, _desc, _events, stop = docs()
+    d, routers, metrics = make(recover=lambda uid: None, clock=clock)
+    d("stop", stop)
+    for _ in range(100):
+        clock.now += 2.5
+        d.sweep()
+    assert routers == [] and d.open_runs == []
+    assert _metric(metrics, "beamwatch_messages_lost_total", kind="start") == 1
