@@ -21,6 +21,7 @@ export const state = {
   edgeMap: false,
   figures: [], // [{pipeline, name}] of the figures card of the selected run
   figureListings: 0, // how often the figures card was listed (on pipeline status changes)
+  chemistryProblems: [], // [{pipeline, option, error, request, when}]: chemistry refused / failed
   compared: null, // what the compare view last drew: {uids, unit, traces: {card: n}}
   errors: [], // pipeline errors shown for the selected run
   refreshes: 0,
@@ -55,6 +56,7 @@ export function resetRunState() {
   state.series.scans = 0;
   state.edgeMap = false;
   state.figures = [];
+  state.chemistryProblems = [];
   state.compared = null;
   ui.viewKey = null;
   ui.followSlices = true;
