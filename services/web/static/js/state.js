@@ -19,6 +19,7 @@ export const state = {
   particles: { rows: 0 },
   series: { scans: 0 },
   edgeMap: false,
+  units: null, // lengths of the shown run: {length: "um" | "px", scale (unit per px), window}
   figures: [], // [{pipeline, name}] of the figures card of the selected run
   figureListings: 0, // how often the figures card was listed (on pipeline status changes)
   chemistryProblems: [], // [{pipeline, option, error, request, when}]: chemistry refused / failed
@@ -55,6 +56,7 @@ export function resetRunState() {
   state.particles.rows = 0;
   state.series.scans = 0;
   state.edgeMap = false;
+  state.units = null;
   state.figures = [];
   state.chemistryProblems = [];
   state.compared = null;
