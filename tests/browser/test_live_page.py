@@ -383,6 +383,7 @@ def test_lengths_are_in_um_when_the_voxel_size_is_known(page, up, small_tomogram
     )
     want = table["equivalent_diameter_px"].dropna().to_numpy() * voxel
     np.testing.assert_allclose(sorted(shown), sorted(want))
-    wait_page(page, "bw.state.figures.length > 0", 60)  # the screenshot shows the figures too
+    # the screenshot shows the figures too (the card of this run, drawn)
+    wait_page(page, "document.querySelectorAll('#figures figure img').length > 0", 60)
     shoot(page, "tomography-um")
     assert not page.errors

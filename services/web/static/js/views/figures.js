@@ -151,6 +151,11 @@ export async function renderFigures(run) {
     urls.forEach((u) => URL.revokeObjectURL(u));
     throw err;
   }
+  if (!box.isConnected || state.selected !== run.uid) {
+    // another run was selected while the figures were read: this card is gone
+    urls.forEach((u) => URL.revokeObjectURL(u));
+    return;
+  }
   shownUrls.forEach((u) => URL.revokeObjectURL(u));
   shownUrls = urls;
   if (items.length) box.replaceChildren(...items);
