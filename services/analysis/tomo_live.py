@@ -139,6 +139,14 @@ class CracksPipeline:
             raise ValueError(
                 f"a tomogram needs at least 2 projections, got {len(self._frames['primary'])}"
             )
+        # lengths for a viewer from the first slice on (the figures and numbers follow)
+        out.metadata(
+            {
+                "voxel_size_um": self._voxel_um,
+                "length_unit": "um" if self._voxel_um else "px",
+                "window": self._crack_params.quantify.window,
+            }
+        )
         rows, cols = np.shape(self._frames["primary"][0])
         if self._slabs is not None and self._slabs.wanted(rows, cols):
             self._on_stop_slabs(out)

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -427,15 +427,46 @@ def _cluster_figure(clusters: Any, energies: np.ndarray, extent: list[float], un
 
 
 # ---- operando series -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SeriesScan:
-    """What the trajectory needs of one scan of a series."""
+class SeriesScan(Protocol):
+    """What the trajectory needs of one scan of a series.
 
-    run_uid: str
-    scan_index: int
-    time: float  # start document 'time' (Unix s), NaN if unknown
-    labels: np.ndarray
-    maps: Mapping[str, np.ndarray]
+    A scan kept on disk (``services.analysis.xanes_live.SeriesStore``) reads ``labels`` and
+    ``maps`` from its file on every access, so they are read where they are used, one or two
+    scans at a time.
+    """
+
+    @property
+    def run_uid(self) -> str: ...
+    @property
+    def scan_index(self) -> int: ...
+    @property
+    def time(self) -> float: ...  # start document 'time' (Unix s), NaN if unknown
+    @property
+    def labels(self) -> np.ndarray: ...
+    @property
+    def maps(self) -> Mapping[str, np.ndarray]: ...
+
+
+class _ScanMapsView(Sequence[Any]):
+    """The scans as ``pipelines.xanes.trajectory.ScanMaps``, each built when it is indexed."""
+
+    def __init__(self, scans: Sequence[SeriesScan]) -> None:
+        self._scans = scans
+
+    def __len__(self) -> int:
+        return len(self._scans)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        from pipelines.xanes.trajectory import ScanMaps
+
+        scan = self._scans[index]
+        return ScanMaps(labels=scan.labels, maps=dict(scan.maps))
 
 
 def write_trajectory(
@@ -452,15 +483,16 @@ def write_trajectory(
     tuple
         Metadata (``soc_trajectory_columns``, ``soc_trajectory_maps``) and the figure paths.
     """
-    from pipelines.xanes.trajectory import ScanMaps, trajectory
+    from pipelines.xanes.trajectory import trajectory
 
-    if not scans or any(s.labels.shape != scans[0].labels.shape for s in scans):
+    shape = scans[0].labels.shape if scans else None
+    if not scans or any(s.labels.shape != shape for s in scans):
         logger.warning(
             "series scans differ in frame shape: no trajectory", extra={"run_uid": run_uid}
         )
         return {}, {}
     names = sorted({name for s in scans for name in s.maps})
-    traj = trajectory([ScanMaps(labels=s.labels, maps=dict(s.maps)) for s in scans])
+    traj = trajectory(_ScanMapsView(scans))
     t0 = scans[0].time
     columns: dict[str, list[Any]] = {key: [] for key in _base_columns()}
     for name in names:

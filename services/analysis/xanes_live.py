@@ -71,19 +71,81 @@ class _ScanSummary:
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # (H, W) per-pixel, NaN unknown
 
 
+class _StoredScan:
+    """A scan of a series kept on disk: its numbers in memory, its arrays read when asked.
+
+    Has the attributes of :class:`_ScanSummary`; every read of ``labels``, ``reference``,
+    ``mean_com`` or ``maps`` loads them from the scan's ``.npz`` file and keeps nothing, so
+    what the store holds per scan is a few numbers, whatever the frame size.
+    """
+
+    __slots__ = ("path", "run_uid", "scan_index", "time")
+
+    def __init__(self, path: Path, scan_index: int, run_uid: str, time: float) -> None:
+        self.path = path
+        self.scan_index = scan_index
+        self.run_uid = run_uid
+        self.time = time
+
+    @classmethod
+    def open(cls, path: Path) -> _StoredScan:
+        """Read a summary file's numbers (not its arrays)."""
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                path,
+                int(data["scan_index"]),
+                str(data["run_uid"]),
+                # summaries written before the trajectory have no time
+                float(data["time"]) if "time" in data.files else float("nan"),
+            )
+
+    def _read(self, key: str) -> np.ndarray:
+        with np.load(self.path, allow_pickle=False) as data:
+            return np.asarray(data[key])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._read("labels")
+
+    @property
+    def reference(self) -> np.ndarray:
+        return self._read("reference")
+
+    @property
+    def mean_com(self) -> np.ndarray:
+        return self._read("mean_com")
+
+    @property
+    def maps(self) -> dict[str, np.ndarray]:
+        with np.load(self.path, allow_pickle=False) as data:
+            return {
+                key.removeprefix(_MAP_PREFIX): np.asarray(data[key])
+                for key in data.files
+                if key.startswith(_MAP_PREFIX)
+            }
+
+
+#: One scan of a series as :meth:`SeriesStore.add` returns it.
+SeriesScanSummary = _ScanSummary | _StoredScan
+
+
 @dataclass
 class SeriesStore:
     """Per operando series, what later scans need to follow each particle across scans.
 
     With a ``directory`` (``<data dir>/series`` under ``beamwatch up``) every scan summary is
-    also kept on disk when its scan finishes, one ``.npz`` file per run (plain arrays, read
-    back with ``allow_pickle=False``), and a series seen for the first time in this process is
-    loaded from there: a restarted analysis consumer links the next scan of a series to the
-    scans it analysed before the restart. Series and run uids come from documents, so file and
-    folder names are their SHA-256 digests, never the strings themselves.
+    kept on disk when its scan finishes, one ``.npz`` file per run (plain arrays, read back
+    with ``allow_pickle=False``), and only its numbers (scan index, run uid, time) stay in
+    memory: the arrays (labels, reference frame, per-pixel maps) are read back from the file
+    when a later scan's stage uses them, one or two scans at a time, so the memory the store
+    holds does not grow with the length of a series. A series seen for the first time in this
+    process is listed from there: a restarted analysis consumer links the next scan of a
+    series to the scans it analysed before the restart. Series and run uids come from
+    documents, so file and folder names are their SHA-256 digests, never the strings
+    themselves. Without a directory (tests, in-process use) the summaries stay in memory.
     """
 
-    scans: dict[str, list[_ScanSummary]] = field(default_factory=dict)
+    scans: dict[str, list[SeriesScanSummary]] = field(default_factory=dict)
     directory: Path | None = None
     #: Longest a scan's stage waits for an earlier scan of its series to join (s).
     wait_s: float = 600.0
@@ -104,15 +166,16 @@ class SeriesStore:
             if queued.pop(run_uid, None) is not None:
                 self._lock.notify_all()
 
-    def add(self, series: str, summary: _ScanSummary) -> list[_ScanSummary]:
+    def add(self, series: str, summary: _ScanSummary) -> list[SeriesScanSummary]:
         """Add a scan's summary; return the series as it is now (a copy, in scan order).
 
         The after-scan stages of two scans of one series can run at once (the consumer's
         worker pool) and a later scan's can end first: a scan first waits (at most
         :attr:`wait_s`) for the earlier scans of its series whose stages were queued before
         its own, so it is compared with every scan before it, whatever the timing. The
-        summaries change under a lock, and each scan works on its own copy, so its deformation
-        arrays, trajectory and ``series_scans`` describe the same scans.
+        summaries change under a lock, and each scan works on its own copy of the list, so
+        its deformation arrays, trajectory and ``series_scans`` describe the same scans. With
+        a directory the returned scans read their arrays from disk when used.
         """
         with self._lock:
 
@@ -140,12 +203,15 @@ class SeriesStore:
             if summary.run_uid:
                 # the same run analysed again (a resumed or replayed run) replaces its summary
                 items[:] = [s for s in items if s.run_uid != summary.run_uid]
-            items.append(summary)
-            items.sort(key=lambda s: s.scan_index)
+            kept: SeriesScanSummary = summary
             try:
-                self._save(series, summary)
+                path = self._save(series, summary)
+                if path is not None:
+                    kept = _StoredScan(path, summary.scan_index, summary.run_uid, summary.time)
             except OSError as exc:  # the analysis goes on; only a restart would miss it
                 logger.error("series %s: scan summary not kept on disk (%s)", series, exc)
+            items.append(kept)
+            items.sort(key=lambda s: s.scan_index)
             return list(items)
 
     def _series_dir(self, series: str) -> Path | None:
@@ -153,41 +219,25 @@ class SeriesStore:
             return None
         return self.directory / _digest(series)
 
-    def _load(self, series: str) -> list[_ScanSummary]:
+    def _load(self, series: str) -> list[SeriesScanSummary]:
         folder = self._series_dir(series)
         if folder is None or not folder.is_dir():
             return []
-        items = []
+        items: list[SeriesScanSummary] = []
         for path in sorted(folder.glob("*.npz")):
             try:
-                with np.load(path, allow_pickle=False) as data:
-                    items.append(
-                        _ScanSummary(
-                            scan_index=int(data["scan_index"]),
-                            labels=data["labels"],
-                            reference=data["reference"],
-                            mean_com=data["mean_com"],
-                            run_uid=str(data["run_uid"]),
-                            # summaries written before the trajectory have neither
-                            time=float(data["time"]) if "time" in data else float("nan"),
-                            maps={
-                                key.removeprefix(_MAP_PREFIX): data[key]
-                                for key in data.files
-                                if key.startswith(_MAP_PREFIX)
-                            },
-                        )
-                    )
+                items.append(_StoredScan.open(path))
             except (OSError, ValueError, KeyError) as exc:
                 logger.error(
                     "series %s: unreadable scan summary %s (%s); skipped", series, path, exc
                 )
-        logger.info("series %s: %d earlier scans loaded from %s", series, len(items), folder)
+        logger.info("series %s: %d earlier scans listed in %s", series, len(items), folder)
         return items
 
-    def _save(self, series: str, summary: _ScanSummary) -> None:
+    def _save(self, series: str, summary: _ScanSummary) -> Path | None:
         folder = self._series_dir(series)
         if folder is None:
-            return
+            return None
         folder.mkdir(parents=True, exist_ok=True)
         name = _digest(summary.run_uid or f"scan-{summary.scan_index}")
         tmp = folder / f".{name}.tmp"
@@ -204,7 +254,9 @@ class SeriesStore:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, folder / f"{name}.npz")
+        path = folder / f"{name}.npz"
+        os.replace(tmp, path)
+        return path
 
 
 _MAP_PREFIX = "map__"
@@ -281,6 +333,7 @@ class XanesLivePipeline:
         self._latencies: list[float] = []
         self._chemistry: Any = None
         self._chemistry_error: str | None = None
+        self._chemistry_option: str | None = None
         try:
             self._chemistry = chemistry_request(
                 start, references_dir=references_dir, spectra_params=self._params.spectra
@@ -288,6 +341,7 @@ class XanesLivePipeline:
         except ChemistryRequestError as exc:
             # the XANES analysis goes on without the chemistry; the run's metadata says why
             self._chemistry_error = str(exc)
+            self._chemistry_option = exc.option
             logger.error("chemistry options refused: %s", exc, extra={"run_uid": str(self._uid)})
             if on_rejected is not None:
                 on_rejected(exc.option)
@@ -347,6 +401,11 @@ class XanesLivePipeline:
             self._feedback.publish(message)
         if result.index == 0:
             out.array(XANES.labels, self._tracker.labels, dims=["row", "col"])
+            # lengths for a viewer from the first frame on (the figures say the same)
+            from services.analysis.xanes_figures import pixel_size
+
+            size = pixel_size(self._pixel_size)
+            out.metadata({"pixel_size_um": size, "length_unit": "um" if size else "px"})
         out.rows(XANES.global_shift, result.global_shift[None, :], dims=["frame", "axis"])
         # live per-frame arrays hold the frame-0 particles; particles joining later (detected
         # when the edge raised the contrast) are in the "particles" table and the final arrays
@@ -467,6 +526,7 @@ class XanesLivePipeline:
 
         return {
             "status": Status.FAILED,
+            "option": self._chemistry_option,
             "error": self._chemistry_error,
             "request": {
                 key: _describe_option(self._start.get(key))
@@ -542,13 +602,16 @@ class XanesLivePipeline:
                 maps=maps,
             ),
         )
-        first = scans[0]
-        displacement = np.full((first.mean_com.shape[0], len(scans), 2), np.nan)
+        # scans kept on disk read their arrays on each access: read each once here
+        first_labels, first_reference = scans[0].labels, scans[0].reference
+        first_com = scans[0].mean_com
+        displacement = np.full((first_com.shape[0], len(scans), 2), np.nan)
         for t, scan in enumerate(scans):
-            matching = match_labels(first.labels, first.reference, scan.labels, scan.reference)
+            labels, scan_com = scan.labels, scan.mean_com
+            matching = match_labels(first_labels, first_reference, labels, scan.reference)
             for k, j in enumerate(matching.assignment):
                 if j >= 0:
-                    displacement[k, t] = scan.mean_com[j] - first.mean_com[k]
+                    displacement[k, t] = scan_com[j] - first_com[k]
         times = np.asarray([s.scan_index for s in scans], dtype=np.float64)
         deformation = deformation_series(displacement, times=times if len(times) > 1 else None)
         rows = deformation_rows(deformation)
@@ -572,15 +635,13 @@ class XanesLivePipeline:
         }
 
     def _trajectory(
-        self, scans: list[_ScanSummary], out: ResultWriter, figures: dict[str, str]
+        self, scans: list[SeriesScanSummary], out: ResultWriter, figures: dict[str, str]
     ) -> dict[str, Any]:
-        from services.analysis.xanes_chemistry import SeriesScan, write_trajectory
+        from services.analysis.xanes_chemistry import write_trajectory
 
+        # the scans as they are: those kept on disk are read one or two at a time
         md, paths = write_trajectory(
-            [
-                SeriesScan(s.run_uid, int(s.scan_index), float(s.time), s.labels, s.maps)
-                for s in scans
-            ],
+            scans,
             out,
             figures_dir=self._figures_dir,
             run_uid=str(self._uid),

@@ -51,11 +51,19 @@ def register(subparsers: Any) -> None:
     """Add ``export`` to an argparse sub-parsers object."""
     export = subparsers.add_parser(
         "export",
-        help="TIFF stacks, CSV tables and two-column spectra of offline result files",
+        help="TIFF stacks, CSV tables and two-column spectra of result files or of runs in Tiled",
         description="Write the volumes, masks, labels (TIFF), tables (CSV) and XANES spectra "
-        "(two-column text for Athena/Larch) of the HDF5 files the offline commands write.",
+        "(two-column text for Athena/Larch) of the HDF5 files the offline commands write, or "
+        "of a run's analysis results in the configured Tiled (--run UID).",
     )
-    export.add_argument("input", type=Path, nargs="+", help="result HDF5 files")
+    export.add_argument("input", type=Path, nargs="*", help="result HDF5 files")
+    export.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="a run's results in Tiled (analysis/<uid>/...); repeat for several runs",
+    )
     export.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     export.set_defaults(func=export_command)
 
@@ -115,6 +123,8 @@ def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.bool_ | bool):
@@ -191,17 +201,17 @@ def _export_tables(h5: Any, prefix: Path, written: list[Path]) -> None:
             written.append(path)
 
 
-def _export_spectra(h5: Any, prefix: Path, written: list[Path]) -> None:
-    xanes = h5.get("/xanes")
-    if xanes is None or "spectra" not in xanes or "energy" not in xanes:
-        return
-    spectra = xanes["spectra"][()]
-    energy = xanes["energy"][()]
-    for k, spectrum in enumerate(spectra):
+def write_spectra(
+    spectra: np.ndarray, energy: np.ndarray, prefix: Path, *, source: str
+) -> list[Path]:
+    """Each particle's mean spectrum as two-column text (``energy_eV absorbance``), NaN frames
+    left out and counted in a comment, as Athena and Larch read it."""
+    written = []
+    for k, spectrum in enumerate(np.asarray(spectra)):
         keep = np.isfinite(spectrum) & np.isfinite(energy)
         path = prefix.with_name(f"{prefix.name}_particle_{k + 1:03d}.txt")
         header = (
-            f"# beamwatch xanes align: particle {k + 1} (label {k + 1}), mean normalised "
+            f"# {source}: particle {k + 1} (label {k + 1}), mean normalised "
             f"absorbance\n# {int((~keep).sum())} of {keep.size} frames left out: particle not "
             "found (NaN)\n# energy_eV absorbance\n"
         )
@@ -210,6 +220,16 @@ def _export_spectra(h5: Any, prefix: Path, written: list[Path]) -> None:
             for e, a in zip(energy[keep], spectrum[keep], strict=True):
                 fh.write(f"{e:.4f} {a:.8g}\n")
         written.append(path)
+    return written
+
+
+def _export_spectra(h5: Any, prefix: Path, written: list[Path]) -> None:
+    xanes = h5.get("/xanes")
+    if xanes is None or "spectra" not in xanes or "energy" not in xanes:
+        return
+    written += write_spectra(
+        xanes["spectra"][()], xanes["energy"][()], prefix, source="beamwatch xanes align"
+    )
 
 
 def export_file(path: Path, output: Path) -> list[Path]:
@@ -239,6 +259,9 @@ def export_command(args: argparse.Namespace) -> int:
     if args.output.exists() and not args.output.is_dir():
         logger.error("export: output exists and is not a directory: %s", args.output)
         return EXIT_BAD_INPUT
+    if not args.input and not args.run:
+        logger.error("export: give result files, or --run UID for a run's results in Tiled")
+        return EXIT_BAD_INPUT
     try:
         for path in args.input:
             written = export_file(Path(path), args.output)
@@ -246,4 +269,24 @@ def export_command(args: argparse.Namespace) -> int:
     except InputFileError as exc:
         logger.error("export: %s", exc)
         return EXIT_BAD_INPUT
+    if args.run:
+        return _export_runs(args)
+    return EXIT_OK
+
+
+def _export_runs(args: argparse.Namespace) -> int:
+    from services.cli.export_tiled import RunExportError, export_run
+    from services.cli.runs import _client, _settings
+
+    settings = _settings(args)
+    client = _client(settings)
+    try:
+        for uid in args.run:
+            written = export_run(client, uid, args.output)
+            logger.info("export: run %s -> %d files in %s", uid, len(written), args.output)
+    except RunExportError as exc:
+        logger.error("export: %s", exc)
+        return EXIT_BAD_INPUT
+    finally:
+        client.context.close()
     return EXIT_OK

@@ -125,3 +125,73 @@ def test_chemistry_figures_are_shown_as_the_png_files(page, up, publisher):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.locator("#card-figures").screenshot(path=str(ARTIFACTS / "chemistry.png"))
     assert not page.errors
+
+
+# `beamwatch up` and one 12-frame XANES scan: about 1 min on an idle 2-core machine
+@pytest.mark.timeout(900)
+def test_a_refused_chemistry_request_is_shown_with_its_reason(page, up, publisher):
+    """A scan whose start document names a reference file that is not under the data dir and a
+    cluster count out of range: the page's figures card says the chemistry was refused, why
+    (the error the analysis wrote into the run's metadata) and what was asked, and the
+    rest of the XANES view is there (edge-energy map, figures)."""
+    from bluesky_plans.devices import SimTXM
+    from bluesky_plans.plans import xanes_scan_plan
+    from models.synthetic.txm import TxmScene, default_energies
+
+    RE, settings = publisher
+    scene = TxmScene.random(43, shape=(128, 128), n_particles=3, n_scans=1, n_frames=N)
+    txm = SimTXM(scene, settings.detector_dir, seed=43)
+    md = {
+        "lcf_references": {
+            "pristine": "references/not-there.csv",
+            "charged": edge_reference(8350.0),
+        },
+        "xanes_clusters": 3,
+    }
+    (uid,) = RE(xanes_scan_plan(txm, default_energies(N), n_flats=1, md=md))
+    _finish(up, uid, N)  # the XANES analysis completes without the chemistry
+    client = _client(up)
+    try:
+        chemistry = client["analysis"][uid]["xanes"].metadata["chemistry"]
+        figures = set(client["analysis"][uid]["xanes"]["figures"])
+    finally:
+        client.context.close()
+    assert chemistry["status"] == "failed" and chemistry["option"] == "lcf_references"
+    assert "not-there.csv" in chemistry["error"]
+    assert not CHEMISTRY_FIGURES & figures and "edge_energy" in figures
+
+    page.goto(f"{up.web}/#{uid}")
+    wait_page(
+        page,
+        f"bw.state.selected === '{uid}' && bw.state.chemistryProblems.length === 1"
+        " && bw.state.figures.some(f => f.name === 'edge_energy')",
+        120,
+    )
+    (problem,) = state(page, "bw.state.chemistryProblems")
+    assert problem == {
+        "pipeline": "xanes",
+        "option": "lcf_references",
+        "error": chemistry["error"],
+        "request": chemistry["request"],
+        "when": "refused",
+    }
+    note = page.locator("#figure-notes .chemistry-note")
+    assert note.count() == 1
+    text = note.inner_text()
+    assert "refused" in text and chemistry["error"] in text
+    rows = len(edge_reference(8350.0))
+    assert "references/not-there.csv" in text and f"inline ({rows} rows)" in text
+    assert "xanes_clusters = 3" in text
+    assert state(page, "bw.state.edgeMap") is True
+    # the pure helper that writes the request line
+    line = page.evaluate(
+        """async () => {
+          const { describeRequest } = await import('/static/js/views/figures.js');
+          return describeRequest({lcf_references: {a: 'x.csv', b: 'inline (5 rows)'},
+                                  xanes_clusters: 2});
+        }"""
+    )
+    assert line == "lcf_references = {a: x.csv, b: inline (5 rows)}; xanes_clusters = 2"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#card-figures").screenshot(path=str(ARTIFACTS / "chemistry-refused.png"))
+    assert not page.errors

@@ -92,7 +92,9 @@ def test_compare_overlays_one_trace_per_run(page, up, small_tomograms, small_xan
         profile = expected[run.uid]["depth_profile"]
         shown = np.asarray([np.nan if v is None else v for v in depth[run.uid]["x"]], float)
         np.testing.assert_allclose(shown, profile)
-        np.testing.assert_allclose(depth[run.uid]["y"], np.arange(len(profile)) * run.voxel_size_um)
+        # slice centres in um, as the analysis' slice_depth
+        centres = (np.arange(len(profile)) + 0.5) * run.voxel_size_um
+        np.testing.assert_allclose(depth[run.uid]["y"], centres)
     edge = traces(page, "edge")
     xanes = [r.uid for r in small_xanes_scans]
     assert sorted(edge) == sorted(xanes)

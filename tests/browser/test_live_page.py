@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.browser.conftest import (
     ARTIFACTS,
@@ -125,6 +126,23 @@ def test_xanes_drift_plot_grows_while_the_scan_runs(page, publisher):
     assert "text" in frame_traces  # particle ids drawn on the latest frame
     colorbar = state(page, "document.getElementById('plot-edge').data[0].colorbar.title.text")
     assert "eV" in colorbar
+    # the simulated TXM states its pixel (0.03 um): lengths in um, drift = px x 0.03
+    assert state(page, "bw.state.units") == {"length": "um", "scale": 0.03, "window": None}
+    titles = state(
+        page,
+        "['plot-drift', 'plot-tracks', 'plot-edge'].map(id => "
+        "document.getElementById(id).layout.yaxis.title.text)",
+    )
+    assert titles == ["drift (um)", "shift y (um)", "y (um)"]
+    shifts = httpx.get(
+        f"{settings.tiled_url}/api/v1/array/full/analysis/{uid}/xanes/global_shift",
+        params={"format": "application/json"},
+        timeout=10,
+    ).json()
+    shown = state(page, "document.getElementById('plot-drift').data[0].y")
+    np.testing.assert_allclose(
+        np.asarray(shown, dtype=float), np.asarray(shifts, dtype=float)[:, 0] * 0.03
+    )
     assert state(page, "document.getElementById('plot-spectra').data.length") == n_particles
     done = f"li[data-uid='{uid}'][data-status='complete']"
     wait_page(page, f'!!document.querySelector("{done}")', 60)
@@ -156,6 +174,20 @@ def test_crack_view_shows_new_slices(page, publisher):
     assert state(page, "document.getElementById('plot-slice').data.length") == 2
     wait_page(page, "bw.state.particles.rows > 0", 240)
     shoot(page, "tomography")
+    # no voxel size in the start document: every length in px, never a made-up um
+    assert state(page, "bw.state.units.length") == "px"
+    titles = state(
+        page,
+        "['plot-slice', 'plot-sizes'].map(id => "
+        "document.getElementById(id).layout.xaxis.title.text)",
+    )
+    assert titles == ["x (px)", "equivalent diameter (px)"]
+    assert "voxel size unknown" in state(
+        page, "document.getElementById('plot-depth').layout.yaxis.title.text"
+    )
+    assert state(page, "document.querySelector('#card-damage h3').textContent") == (
+        "Damage density (crack share of the 50 x 50 px window) of this slice"
+    )
     # Sorting the particle table by a column, as a user clicks it.
     page.click("th[data-column='equivalent_diameter_px']")
     page.click("th[data-column='equivalent_diameter_px']")
@@ -330,3 +362,54 @@ def test_report_live_figures_and_tiled_ui_show_the_results(
         ui.screenshot(path=str(ARTIFACTS / "tiled-ui.png"))
     finally:
         ui.close()
+
+
+def test_lengths_are_in_um_when_the_voxel_size_is_known(page, up, small_tomograms):
+    """A tomogram whose start document states voxel_size_um: the slice and damage maps, the
+    depth axis, the damage window and the size distribution are in um, the values being the
+    analysis' px numbers times the voxel size."""
+    from tests.browser.conftest import _client
+
+    run = small_tomograms[0]
+    voxel = run.voxel_size_um
+    client = _client(up)
+    try:
+        table = client["analysis"][run.uid]["particles"]["table"].read()
+        window = client["analysis"][run.uid]["cracks"].metadata["window"]
+        n_z = client["analysis"][run.uid]["cracks"]["depth_profile"].shape[0]
+    finally:
+        client.context.close()
+    page.goto(f"{up.web}/#{run.uid}")
+    wait_page(page, f"bw.state.selected === '{run.uid}' && bw.state.particles.rows > 0", 120)
+    wait_page(page, "!!(document.getElementById('plot-depth').data || [])[0]", 60)
+    assert state(page, "bw.state.units") == {"length": "um", "scale": voxel, "window": window}
+    axes = state(
+        page,
+        """['plot-slice', 'plot-damage', 'plot-sizes'].map(id => {
+             const l = document.getElementById(id).layout;
+             return [l.xaxis.title.text, l.yaxis.title ? l.yaxis.title.text : null];
+           })""",
+    )
+    assert axes == [
+        ["x (um)", "y (um)"],
+        ["x (um)", "y (um)"],
+        ["equivalent diameter (um)", "particles"],
+    ]
+    dx = state(page, "document.getElementById('plot-slice').data[0].dx")
+    columns = state(page, "document.getElementById('plot-slice').data[0].z[0].length")
+    assert dx * columns == pytest.approx(128 * voxel)  # the 128 px slice spans 64 um
+    title = state(page, "document.querySelector('#card-damage h3').textContent")
+    assert f"{window} x {window} px ({window * voxel:g} um)" in title
+    depth = state(page, "document.getElementById('plot-depth').data[0].y")
+    np.testing.assert_allclose(depth, (np.arange(n_z) + 0.5) * voxel)
+    # the size histogram holds the table's diameters (px) times the voxel size
+    shown = state(
+        page,
+        "document.getElementById('plot-sizes').data.flatMap(t => Array.from(t.x))",
+    )
+    want = table["equivalent_diameter_px"].dropna().to_numpy() * voxel
+    np.testing.assert_allclose(sorted(shown), sorted(want))
+    # the screenshot shows the figures too (the card of this run, drawn)
+    wait_page(page, "document.querySelectorAll('#figures figure img').length > 0", 60)
+    shoot(page, "tomography-um")
+    assert not page.errors

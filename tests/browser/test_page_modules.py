@@ -26,7 +26,7 @@ def test_page_loads_the_layout_the_python_side_writes_by(page):
         """async () => {
           const names = ["state", "tiled", "subscriptions", "scheduler", "dom", "images", "runs",
                          "selection", "views/header", "views/xanes", "views/tomo", "views/other",
-                         "views/compare"];
+                         "views/compare", "views/figures", "units"];
           const out = {};
           for (const n of names) out[n] = Object.keys(await import(`/static/js/${n}.js`)).length;
           return out;
@@ -135,8 +135,32 @@ def test_websocket_rows_and_compare_helpers(page):
     assert out["detachment"] == [0.1, 0.5, 0.2]
     assert out["flawed"] == 2 / 3
     assert out["none"] is None
-    assert out["depth"] == [[0, 0.5, 1.0], [0, 1, 2]]
+    assert out["depth"] == [[0.25, 0.75, 1.25], [0, 1, 2]]  # slice centres in um, or slices
     assert out["label"] == "tomo_scan_plan 01234567"
     assert out["bins"] == {"start": 1, "end": 13, "size": 2}  # 2 .. 12 in 5 bins of 2
     assert out["oneValue"] == {"start": 6.5, "end": 7.5, "size": 1}
     assert out["noValue"] is True
+
+
+def test_length_helpers(page):
+    """um only when a positive size is stated, px otherwise; the damage window in both."""
+    wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
+    out = run_js(
+        page,
+        """
+        const u = await import("/static/js/units.js");
+        const run = { pipelines: { cracks: { metadata: { voxel_size_um: null } },
+                                   particles: { metadata: { voxel_size_um: 0.5 } } } };
+        return {
+          scales: [0.03, 0, -1, null, undefined, NaN, "0.5"].map(u.lengthScale),
+          stated: [u.statedSize(run, ["cracks", "particles"], "voxel_size_um"),
+                   u.statedSize(run, ["xanes"], "pixel_size_um")],
+          windows: [u.windowText(50, u.lengthScale(0.5)), u.windowText(50, u.lengthScale(null)),
+                    u.windowText(null, u.lengthScale(0.5))],
+        };
+        """,
+    )
+    px = {"unit": "px", "scale": 1}
+    assert out["scales"] == [{"unit": "um", "scale": 0.03}, px, px, px, px, px, px]
+    assert out["stated"] == [0.5, None]
+    assert out["windows"] == ["50 x 50 px (25 um)", "50 x 50 px", "moving"]

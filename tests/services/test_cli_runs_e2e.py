@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from services.cli import export as cli_export
 from services.cli import runs as cli_runs
 from tests.conftest import SHARED_DATA, TiledProcess
 
@@ -94,7 +95,9 @@ def cli(settings, tmp_path: Path, monkeypatch):  # noqa: ANN201
     parser = argparse.ArgumentParser(prog="beamwatch")
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--data-dir", type=Path, default=None)
-    cli_runs.register(parser.add_subparsers(dest="verb", required=True))
+    subparsers = parser.add_subparsers(dest="verb", required=True)
+    cli_runs.register(subparsers)
+    cli_export.register(subparsers)
     monkeypatch.setenv("BEAMWATCH_TILED__URL", settings.tiled_url)
     monkeypatch.setenv("BEAMWATCH_TILED__API_KEY", settings.resolved_api_key())
 
@@ -105,7 +108,7 @@ def cli(settings, tmp_path: Path, monkeypatch):  # noqa: ANN201
     return run
 
 
-def test_import_ssrl_folder_then_xanes_analysis(cli, tiled_client, capsys) -> None:
+def test_import_ssrl_folder_then_xanes_analysis(cli, tiled_client, capsys, tmp_path) -> None:
     assert cli("import", need(SSRL), "--sample", "NCA pristine") == 0
     uid = capsys.readouterr().out.strip()
     run = tiled_client["raw"][uid]
@@ -135,6 +138,28 @@ def test_import_ssrl_folder_then_xanes_analysis(cli, tiled_client, capsys) -> No
 
     report = build_report(tiled_client, uid)
     assert "beamwatch_import" in report and "<h2>xanes" in report
+
+    # the results exported from Tiled: maps as TIFF in um, tables as CSV, spectra as text
+    import pandas as pd
+    import tifffile
+
+    out = tmp_path / "export"
+    assert cli("export", "--run", uid, "-o", out) == 0
+    with tifffile.TiffFile(out / f"{uid}_xanes_edge_energy_eV.tif") as tif:
+        np.testing.assert_array_equal(tif.asarray(), xanes["edge_energy"].read())
+        assert tif.imagej_metadata["spacing"] == pytest.approx(0.0312, abs=1e-4)
+    frames = pd.read_csv(out / f"{uid}_xanes_frames.csv")
+    np.testing.assert_array_equal(np.sort(frames["energy"].to_numpy()), energies)
+    spectra = xanes["spectra"].read()
+    assert len(list(out.glob(f"{uid}_xanes_particle_*.txt"))) == spectra.shape[0]
+    # two energies only: nothing can be normalised, so the frames are left out and counted
+    lines = (out / f"{uid}_xanes_particle_001.txt").read_text().splitlines()
+    keep = np.isfinite(spectra[0])
+    assert lines[1].startswith(f"# {int((~keep).sum())} of {keep.size} frames left out")
+    rows = [line.split() for line in lines if not line.startswith("#")]
+    values = np.asarray(rows, dtype=float).reshape(-1, 2)
+    np.testing.assert_allclose(values[:, 0], energies[keep])
+    np.testing.assert_allclose(values[:, 1], spectra[0][keep], rtol=1e-7)
 
 
 def test_cli_errors(cli, tmp_path: Path, caplog) -> None:

@@ -131,3 +131,59 @@ def test_report_command_takes_several_uids(two_runs, tmp_path: Path, monkeypatch
     assert not (tmp_path / "x.html").exists()
     with pytest.raises(ValueError, match="at least one"):
         build_report(None, [])
+
+
+def test_export_of_runs_in_tiled(two_runs, tiled_client, tmp_path: Path, monkeypatch) -> None:
+    """``beamwatch export --run UID`` writes a run's results from Tiled as the file export does:
+    TIFF stacks carrying the voxel size, every table as CSV, the crack numbers per slice."""
+    import pandas as pd
+    import tifffile
+
+    from services.cli.main import build_parser
+
+    settings, uids = two_runs
+    monkeypatch.setenv("BEAMWATCH_TILED__URL", settings.tiled_url)
+    monkeypatch.setenv("BEAMWATCH_TILED__API_KEY", settings.resolved_api_key())
+    parser = build_parser()
+    out = tmp_path / "export"
+
+    def run(*argv: str) -> int:
+        args = parser.parse_args(["--data-dir", str(tmp_path), *argv])
+        return int(args.func(args))
+
+    uid = uids["cycled"]
+    assert run("export", "--run", uid, "-o", str(out)) == 0
+    names = {p.name for p in out.iterdir()}
+    cracks, particles = (
+        tiled_client["analysis"][uid]["cracks"],
+        tiled_client["analysis"][uid]["particles"],
+    )
+    for key, suffix in (
+        ("reconstruction", "volume"),
+        ("mask", "crack_mask"),
+        ("damage_density", "damage_density"),
+    ):
+        with tifffile.TiffFile(out / f"{uid}_cracks_{suffix}.tif") as tif:
+            np.testing.assert_array_equal(tif.asarray(), cracks[key].read())
+            assert tif.imagej_metadata["unit"] == "um"
+            assert tif.imagej_metadata["spacing"] == pytest.approx(VOXEL_UM)
+    labels = tifffile.imread(out / f"{uid}_particles_particle_labels.tif")
+    np.testing.assert_array_equal(labels, particles["labels"].read())
+    table = pd.read_csv(out / f"{uid}_particles_table.csv")
+    stored = particles["table"].read()
+    assert len(table) == len(stored) == particles.metadata["particles"]
+    np.testing.assert_allclose(table["volume_voxels"], stored["volume_voxels"])
+    layers = pd.read_csv(out / f"{uid}_cracks_layer_correlation.csv")
+    np.testing.assert_allclose(
+        layers["slope"], cracks["layer_correlation"].read()["slope"], equal_nan=True
+    )
+    by_slice = pd.read_csv(out / f"{uid}_cracks_cracks_by_slice.csv")
+    assert list(by_slice["z"]) == list(range(SHAPE[0]))
+    np.testing.assert_allclose(by_slice["depth_um"], (np.arange(SHAPE[0]) + 0.5) * VOXEL_UM)
+    np.testing.assert_allclose(
+        by_slice["depth_profile"], cracks["depth_profile"].read(), equal_nan=True
+    )
+    assert f"{uid}_particles_flawed_fraction_by_slices.csv" not in names  # arrays are not tables
+    # a run without results, and no input at all: exit 2 with a message
+    assert run("export", "--run", "no-such-run", "-o", str(out)) == 2
+    assert run("export", "-o", str(out)) == 2

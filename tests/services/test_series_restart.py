@@ -203,3 +203,73 @@ def test_a_later_scan_whose_stage_ends_first_waits_for_the_earlier_one(tmp_path)
     store.expect("s", "r3", 3)
     store.release("s", "r2")
     assert [s.scan_index for s in store.add("s", summary(3))] == [0, 1, 3]
+
+
+def test_the_series_store_holds_numbers_not_maps_and_a_restart_continues(tmp_path):
+    """With a directory the store keeps each scan's arrays on disk only: adding scans 3 to 12
+    of a series (about 1 MB of arrays each) leaves the memory the store holds as it was (the
+    numbers of a scan are a few hundred bytes); without a directory the same scans stay in
+    memory, which is what the measure must see. The arrays read back are the ones added, and
+    a store opened on the same directory (a restarted consumer) continues the series."""
+    import gc
+    import tracemalloc
+
+    from services.analysis.xanes_live import SeriesStore, _ScanSummary
+
+    shape = (256, 256)
+    scan_bytes = 4 * shape[0] * shape[1] * 4  # labels, reference and two maps, 4 bytes each
+
+    def summary(index: int) -> _ScanSummary:
+        rng = np.random.default_rng(index)
+        labels = np.zeros(shape, dtype=np.int32)
+        labels[40:90, 40 + index : 90 + index] = 1
+        return _ScanSummary(
+            index,
+            labels,
+            rng.random(shape, dtype=np.float32),
+            np.array([[65.0, 65.0 + index]]),
+            run_uid=f"run-{index}",
+            time=1000.0 + 60 * index,
+            maps={
+                "edge_energy_eV": rng.random(shape, dtype=np.float32) + 8340,
+                "fraction_charged": rng.random(shape, dtype=np.float32),
+            },
+        )
+
+    def held_after_adding(store: SeriesStore, indices: range) -> list[int]:
+        held = []
+        for index in indices:
+            scans = store.add("s", summary(index))
+            assert [s.scan_index for s in scans] == list(range(index + 1))
+            del scans
+            gc.collect()
+            held.append(tracemalloc.get_traced_memory()[0])
+        return held
+
+    tracemalloc.start()
+    try:
+        on_disk = held_after_adding(SeriesStore(directory=tmp_path / "series"), range(12))
+        tracemalloc.reset_peak()
+        in_memory_store = SeriesStore()
+        in_memory = held_after_adding(in_memory_store, range(12))
+    finally:
+        tracemalloc.stop()
+    # from the 3rd scan on, 10 more scans: the disk-backed store grew by less than a tenth of
+    # one scan's arrays; the in-memory one by about 10 scans (the measure sees the arrays)
+    assert on_disk[-1] - on_disk[2] < scan_bytes / 10, (on_disk, scan_bytes)
+    assert in_memory[-1] - in_memory[2] > 9 * scan_bytes, (in_memory, scan_bytes)
+    del in_memory_store
+
+    # what a restarted consumer sees: every scan, in order, arrays as they were added
+    restarted = SeriesStore(directory=tmp_path / "series")
+    scans = restarted.add("s", summary(12))
+    assert [s.scan_index for s in scans] == list(range(13))
+    for s in (scans[0], scans[7], scans[12]):
+        want = summary(s.scan_index)
+        assert s.run_uid == want.run_uid and s.time == want.time
+        np.testing.assert_array_equal(s.labels, want.labels)
+        np.testing.assert_array_equal(s.reference, want.reference)
+        np.testing.assert_array_equal(s.mean_com, want.mean_com)
+        assert s.maps.keys() == want.maps.keys()
+        for key, value in want.maps.items():
+            np.testing.assert_array_equal(s.maps[key], value)

@@ -125,7 +125,7 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         ana.stop()
 
 
-def check_crack_numbers(node, voxel_um: float | None = None) -> None:  # noqa: ANN001
+def check_crack_numbers(node, voxel_um: float | None = None, n_layers: int = 8) -> None:  # noqa: ANN001
     """The layer table and the top/bottom distributions are those of the maps in Tiled."""
     from pipelines.cracks.layers import layer_correlation, pooled_distribution
 
@@ -138,7 +138,7 @@ def check_crack_numbers(node, voxel_um: float | None = None) -> None:  # noqa: A
     scale = voxel_um or 1.0
     np.testing.assert_allclose(node["slice_depth"].read(), (np.arange(n_z) + 0.5) * scale)
     table = node["layer_correlation"].read().sort_values("layer")
-    n_layers = min(8, n_z)
+    n_layers = min(n_layers, n_z)
     assert list(table["layer"]) == list(range(n_layers))
     expected = layer_correlation(packing, damage, n_layers=n_layers, stride=max(1, window // 2))
     np.testing.assert_array_equal(table["z_start"], expected.z_start)
@@ -222,3 +222,106 @@ def test_voxel_size_from_start(start, expected, warns, caplog):
 
     assert voxel_size_from_start({"uid": "u", **start}) == expected
     assert ("lengths stay in px" in caplog.text) == warns
+
+
+def sign_flip_volume(seed: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A cathode whose damage follows particle density with opposite signs in its two halves.
+
+    The x < 96 half keeps 15 % of its particles (sparse), the other half all (dense). In the
+    separator half (z < 8) only the sparse particles are cracked: damage is high where particles
+    are few (negative slope, as near the separator in the crack paper's Fig. 5f); in the
+    collector half (z >= 8) only the dense ones: positive slope. Cracked and uncracked volumes
+    of one seed share every particle; the chosen cracks are carved into the uncracked one.
+    Returns the attenuation, the true crack mask and the true particle mask.
+    """
+    from models.synthetic.cathode import CRACK, CathodeParams
+
+    shape = (16, 192, 192)
+    params = CathodeParams(particle_diameter_px=24.0, packing_variation=0.0)
+    cracked = make_cathode_volume(
+        shape, seed=seed, crack_density=6.0, depth_gradient=False, params=params
+    )
+    plain = make_cathode_volume(
+        shape, seed=seed, crack_density=0.0, depth_gradient=False, params=params
+    )
+    assert np.array_equal(cracked.particle_ids, plain.particle_ids)
+    ids = plain.particle_ids
+    n = int(ids.max())
+    count = np.bincount(ids.ravel(), minlength=n + 1)[1:]
+    x_sum = np.bincount(ids.ravel(), weights=np.indices(shape)[2].ravel(), minlength=n + 1)[1:]
+    sparse_side = x_sum / np.maximum(count, 1) < shape[2] / 2
+    dropped = sparse_side & (np.random.default_rng(0).random(n) < 0.85)
+    kept = np.where(np.isin(ids, np.flatnonzero(dropped) + 1), 0, ids)
+    sparse = np.isin(kept, np.flatnonzero(sparse_side) + 1)
+    dense = (kept > 0) & ~sparse
+    z = np.arange(shape[0])[:, None, None]
+    cracks = (cracked.phase == CRACK) & np.where(z < shape[0] // 2, sparse, dense)
+    attenuation = plain.attenuation.copy()
+    attenuation[(ids > 0) & (kept == 0)] = 0.0  # dropped particles are pore
+    attenuation[cracks] = 0.0  # cracks have the pore value (models.synthetic.cathode)
+    return attenuation, cracks, kept > 0
+
+
+# one 16 x 192 x 192 tomogram through both consumers and Tiled: about 1 min on 2 cores
+@pytest.mark.timeout(900)
+def test_layer_correlation_sign_flip_reaches_tiled(consumer_settings, tiled_client):
+    """The crack paper's key finding end to end: a tomogram whose damage-vs-particle-density
+    slope is negative near the separator and positive near the collector by construction goes
+    through reconstruction, the crack U-Net and the quantification of the live service; the
+    layer table, the summary and the figure in Tiled show the same signs."""
+    from pipelines.cracks.layers import layer_correlation
+    from pipelines.cracks.quantify import QuantifyParams, quantify_damage
+
+    attenuation, true_cracks, true_particles = sign_flip_volume()
+    window = 48
+    truth_q = quantify_damage(
+        true_cracks.astype(np.uint8),
+        true_particles.astype(np.uint8),
+        QuantifyParams(window=window, n_layers=2),
+    )
+    truth = layer_correlation(
+        truth_q.particle_density, truth_q.damage_density, n_layers=2, stride=window // 2
+    )
+    assert truth.slope[0] < 0 < truth.slope[1], truth  # the construction has the sign flip
+    settings, detector = consumer_settings
+    angles = np.linspace(0.0, 180.0, 192, endpoint=False)
+    frames = simulate_scan(attenuation, angles, seed=7)
+    station = SimTomoStation.from_frames(
+        angles, frames.projections, frames.flat, frames.dark, detector
+    )
+    raw, ana = start_consumers(settings)
+    pub = live_publisher(settings, (raw, ana))
+    try:
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        md = {
+            "voxel_size_um": 0.25,
+            "beamwatch_crack_params": {"quantify": {"window": window, "n_layers": 2}},
+        }
+        (uid,) = RE(tomo_scan_plan(station, angles, n_darks=2, n_flats=2, md=md))
+
+        def status():
+            return tiled_client["analysis"][uid]["cracks"].metadata.get("status")
+
+        wait_until(lambda: status() in ("complete", "failed"), timeout=600)
+        node = tiled_client["analysis"][uid]["cracks"]
+        assert status() == "complete", node.metadata
+        table = node["layer_correlation"].read().sort_values("layer")
+        assert list(table["layer"]) == [0, 1]
+        np.testing.assert_array_equal(table["z_start"], [0, 8])
+        np.testing.assert_allclose(table["depth_stop"], [8 * 0.25, 16 * 0.25])
+        slope, r = table["slope"].to_numpy(), table["pearson_r"].to_numpy()
+        assert slope[0] < 0 < slope[1], table
+        assert r[0] < -0.1 and r[1] > 0.5, table
+        summary = node.metadata["layer_fit_summary"]
+        assert summary["n_layers"] == 2
+        assert summary["slope_separator"] == pytest.approx(slope[0])
+        assert summary["slope_collector"] == pytest.approx(slope[1])
+        assert summary["pearson_r_separator"] < 0 < summary["pearson_r_collector"]
+        figure = node["figures"]["layer_correlation"]
+        assert figure.shape[2] == 3 and figure.read().std() > 0
+        check_crack_numbers(node, voxel_um=0.25, n_layers=2)
+    finally:
+        pub.close()
+        raw.stop()
+        ana.stop()

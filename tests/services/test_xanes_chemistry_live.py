@@ -140,6 +140,7 @@ def test_refused_references_leave_the_analysis_running_and_say_why(tmp_path: Pat
         final.update(m)
     assert final["status"] == "complete"
     assert final["chemistry"]["status"] == "failed"
+    assert final["chemistry"]["option"] == "lcf_references"
     assert "pristine: no file 'missing.csv'" in final["chemistry"]["error"]
     assert final["chemistry"]["request"]["lcf_references"] == {
         "pristine": "missing.csv",

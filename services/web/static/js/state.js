@@ -19,8 +19,10 @@ export const state = {
   particles: { rows: 0 },
   series: { scans: 0 },
   edgeMap: false,
+  units: null, // lengths of the shown run: {length: "um" | "px", scale (unit per px), window}
   figures: [], // [{pipeline, name}] of the figures card of the selected run
   figureListings: 0, // how often the figures card was listed (on pipeline status changes)
+  chemistryProblems: [], // [{pipeline, option, error, request, when}]: chemistry refused / failed
   compared: null, // what the compare view last drew: {uids, unit, traces: {card: n}}
   errors: [], // pipeline errors shown for the selected run
   refreshes: 0,
@@ -54,7 +56,9 @@ export function resetRunState() {
   state.particles.rows = 0;
   state.series.scans = 0;
   state.edgeMap = false;
+  state.units = null;
   state.figures = [];
+  state.chemistryProblems = [];
   state.compared = null;
   ui.viewKey = null;
   ui.followSlices = true;

@@ -56,9 +56,10 @@ export function commonBins(valueLists, n) {
   return { start: lo - size / 2, end: hi + size / 2, size };
 }
 
-// Depth of every slice from the separator side: in um when the voxel size is known.
+// Depth of every slice from the separator side: its centre in um when the voxel size is known
+// (as the analysis' slice_depth and depth_profile figure), else the slice index.
 export function depthAxis(n, voxelUm) {
-  return [...Array(n).keys()].map((z) => (voxelUm ? z * voxelUm : z));
+  return [...Array(n).keys()].map((z) => (voxelUm ? (z + 0.5) * voxelUm : z));
 }
 
 // ---- reading ----

@@ -10,7 +10,11 @@ import { layout, state } from "../state.js";
 
 export function buildFigures(grid) {
   const div = el("div", { className: "card figures", id: "card-figures" });
-  div.append(el("h3", {}, "Figures written by the analysis"), el("div", { id: "figures" }));
+  div.append(
+    el("h3", {}, "Figures written by the analysis"),
+    el("div", { id: "figure-notes" }),
+    el("div", { id: "figures" })
+  );
   div.lastChild.append(el("p", { className: "muted" }, "written when a pipeline finishes"));
   grid.append(div);
 }
@@ -53,9 +57,69 @@ async function figureUrl(path, shape) {
   return URL.createObjectURL(blob);
 }
 
+// What a run asked for that was not computed: the XANES chemistry (start document
+// lcf_references / xanes_clusters / lcf_sum_to_one) refused when the run started, or failed
+// after the scan. [{pipeline, option, error, request, when}] from the pipelines' metadata.
+export function chemistryProblems(run) {
+  const key = layout.xanes.chemistry;
+  const out = [];
+  for (const [pipeline, p] of Object.entries(run.pipelines)) {
+    const chem = p.metadata && p.metadata[key];
+    if (!chem || chem.status !== layout.status.failed) continue;
+    const refused = chem.request !== undefined; // refused at the start, before any frame
+    out.push({
+      pipeline,
+      option: chem.option || null,
+      error: chem.error || "(no message)",
+      request: refused ? chem.request : null,
+      when: refused ? "refused" : "failed",
+    });
+  }
+  return out;
+}
+
+// A request as one line: "lcf_references = {pristine: NCA.csv, charged: inline (30 rows)}".
+export function describeRequest(request) {
+  const value = (v) =>
+    v !== null && typeof v === "object"
+      ? `{${Object.entries(v).map(([k, x]) => `${k}: ${value(x)}`).join(", ")}}`
+      : String(v);
+  return Object.entries(request || {}).map(([k, v]) => `${k} = ${value(v)}`).join("; ");
+}
+
+function renderNotes(run) {
+  const notes = document.getElementById("figure-notes");
+  if (!notes) return;
+  const problems = chemistryProblems(run);
+  const text = JSON.stringify(problems);
+  state.chemistryProblems = problems;
+  if (notes.dataset.shown === text) return;
+  notes.dataset.shown = text;
+  notes.replaceChildren(
+    ...problems.map((p) => {
+      const box = el("div", { className: "note chemistry-note" });
+      box.dataset.pipeline = p.pipeline;
+      box.dataset.when = p.when;
+      const head =
+        p.when === "refused"
+          ? `${p.pipeline} chemistry (LCF / clusters) not computed: the run's request was refused when it started. `
+          : `${p.pipeline} chemistry (LCF / clusters) failed after the scan. `;
+      box.append(el("b", {}, head), el("span", { className: "chemistry-error" }, p.error));
+      if (p.request) {
+        box.append(el("div", { className: "muted chemistry-request" }, `asked: ${describeRequest(p.request)}`));
+      }
+      box.append(
+        el("div", { className: "muted" }, "The rest of the analysis goes on; the figures below are those it wrote.")
+      );
+      return box;
+    })
+  );
+}
+
 export async function renderFigures(run) {
   const box = document.getElementById("figures");
   if (!box) return;
+  renderNotes(run);
   const statuses = JSON.stringify(Object.entries(run.pipelines).map(([name, p]) => [name, p.status]));
   if (box.dataset.statuses === statuses) return;
   const shown = [];
@@ -86,6 +150,11 @@ export async function renderFigures(run) {
   } catch (err) {
     urls.forEach((u) => URL.revokeObjectURL(u));
     throw err;
+  }
+  if (!box.isConnected || state.selected !== run.uid) {
+    // another run was selected while the figures were read: this card is gone
+    urls.forEach((u) => URL.revokeObjectURL(u));
+    return;
   }
   shownUrls.forEach((u) => URL.revokeObjectURL(u));
   shownUrls = urls;

@@ -6,6 +6,7 @@ import { scheduleRefresh } from "../scheduler.js";
 import { card, draw, el, heat, imageLayout, plotLayout, setNote } from "../dom.js";
 import { downsampleStep } from "../images.js";
 import { layout, remember, state, ui } from "../state.js";
+import { lengthScale, statedSize, windowText } from "../units.js";
 
 export function buildTomo(grid) {
   card(grid, "slice", "Reconstructed slice with the crack overlay (red)", (div) => {
@@ -38,9 +39,30 @@ export function buildTomo(grid) {
   card(grid, "flawed", "Flawed fraction");
 }
 
+// The voxel size the analysis states (cracks, else particles metadata): um or px.
+function tomoLength(run) {
+  return lengthScale(statedSize(run, [layout.cracks.pipeline, layout.particles.pipeline], "voxel_size_um"));
+}
+
+// Axis titles of a slice image in the run's length unit.
+function sliceLayout(length) {
+  return imageLayout({
+    margin: { l: 50, r: 10, t: 24, b: 40 },
+    xaxis: { constrain: "domain", title: { text: `x (${length.unit})` } },
+    yaxis: { autorange: "reversed", scaleanchor: "x", constrain: "domain", title: { text: `y (${length.unit})` } },
+  });
+}
+
 export async function renderTomo(run) {
   const C = layout.cracks;
   const base = `${layout.containers.analysis}/${run.uid}/${C.pipeline}`;
+  const length = tomoLength(run);
+  const cracksMd = (run.pipelines[C.pipeline] || {}).metadata || {};
+  state.units = { length: length.unit, scale: length.scale, window: cracksMd.window || null };
+  const damageTitle = document.querySelector("#card-damage h3");
+  if (damageTitle) {
+    damageTitle.textContent = `Damage density (crack share of the ${windowText(cracksMd.window, length)} window) of this slice`;
+  }
   subscribe(`${base}/${C.mask}`, (rows) => showCrackProgress(run, Math.max(rows, state.cracks.slices), state.cracks.total));
   const nodes = (await children(base)) || {};
   const recon = nodes[C.reconstruction];
@@ -60,18 +82,19 @@ export async function renderTomo(run) {
     const img = await cachedArray(`${base}/${C.reconstruction}`, [z], sl);
     const crack = await cachedArray(`${base}/${C.mask}`, [z, done > z], sl);
     const overlay = crack.map((row) => row.map((v) => (v ? 1 : null)));
+    const d = step * length.scale; // image pixels in the run's length unit
     draw(
       "plot-slice",
-      [heat(img, step, { reversescale: false }), heat(overlay, step, { colorscale: [[0, "rgba(229,57,53,0.85)"], [1, "rgba(229,57,53,0.85)"]], hoverinfo: "skip" })],
-      imageLayout()
+      [heat(img, d, { reversescale: false }), heat(overlay, d, { colorscale: [[0, "rgba(229,57,53,0.85)"], [1, "rgba(229,57,53,0.85)"]], hoverinfo: "skip" })],
+      sliceLayout(length)
     );
     state.cracks.shown = z;
     if (damageNode && damageNode.shape) {
       const dmg = await cachedArray(`${base}/${C.damage_density}`, [z], sl);
       draw(
         "plot-damage",
-        [heat(dmg, step, { colorscale: "Hot", reversescale: true, showscale: true, colorbar: { title: { text: "crack share" } } })],
-        imageLayout()
+        [heat(dmg, d, { colorscale: "Hot", reversescale: true, showscale: true, colorbar: { title: { text: "crack share" } } })],
+        sliceLayout(length)
       );
     } else setNote("plot-damage", "computed when every slice is segmented");
   } else {
@@ -81,12 +104,15 @@ export async function renderTomo(run) {
   const profNode = nodes[C.depth_profile];
   if (profNode && profNode.shape) {
     const prof = await cachedArray(`${base}/${C.depth_profile}`, profNode.shape);
+    // slice centres, as the analysis' depth_profile figure and slice_depth array
+    const depth = prof.map((_v, i) => (length.unit === "um" ? (i + 0.5) * length.scale : i));
+    const depthTitle = length.unit === "um" ? "depth from the separator (um)" : "slice (0 = separator side; voxel size unknown)";
     draw(
       "plot-depth",
-      [{ x: prof, y: prof.map((_v, i) => i), mode: "lines+markers", name: "damage" }],
+      [{ x: prof, y: depth, mode: "lines+markers", name: "damage" }],
       plotLayout("crack area / particle area", "", {
         margin: { l: 60, r: 10, t: 10, b: 40 },
-        yaxis: { title: { text: "slice (0 = separator side)" }, autorange: "reversed" },
+        yaxis: { title: { text: depthTitle }, autorange: "reversed" },
       })
     );
   } else setNote("plot-depth", "computed when every slice is segmented");
@@ -114,10 +140,14 @@ export async function renderTomo(run) {
           line: { color: "#c62828" },
         },
       ],
-      plotLayout("particle density", "damage density", { showlegend: true, legend: { x: 0, y: 1 } })
+      plotLayout(
+        `particle density (share of the ${windowText(cracksMd.window, length)} window)`,
+        "damage density (crack share)",
+        { showlegend: true, legend: { x: 0, y: 1 } }
+      )
     );
   } else setNote("plot-correlation", "computed when every slice is segmented");
-  await renderParticles(run);
+  await renderParticles(run, length);
 }
 
 function showCrackProgress(run, done, total) {
@@ -133,7 +163,7 @@ function showCrackProgress(run, done, total) {
   }
 }
 
-async function renderParticles(run) {
+async function renderParticles(run, length) {
   const P = layout.particles;
   const S = layout.status;
   const p = run.pipelines[P.pipeline];
@@ -149,8 +179,8 @@ async function renderParticles(run) {
   renderTable(table);
   const col = layout.particle_columns;
   // Distributions from the table itself, particles cut by the volume border drawn apart.
-  const hist = (column, target, xlabel) => {
-    const values = table[column] || [];
+  const hist = (column, target, xlabel, scale = 1) => {
+    const values = (table[column] || []).map((v) => (v === null ? null : v * scale));
     const border = table[col.touches_border] || [];
     const pick = (cut) => values.filter((v, i) => v !== null && Boolean(border[i]) === cut);
     draw(
@@ -162,7 +192,7 @@ async function renderParticles(run) {
       plotLayout(xlabel, "particles", { barmode: "stack", showlegend: true, legend: { x: 0.55, y: 1 } })
     );
   };
-  hist(col.equivalent_diameter_px, "plot-sizes", "equivalent diameter (px)");
+  hist(col.equivalent_diameter_px, "plot-sizes", `equivalent diameter (${length.unit})`, length.scale);
   hist(col.detachment, "plot-detachment", "degree of detachment (0 intact, 1 detached)");
   const flawed = (table[col.flawed] || []).filter((v) => v === true || v === 1).length;
   const n = (table[col.label] || []).length;

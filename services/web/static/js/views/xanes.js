@@ -5,19 +5,37 @@ import { subscribe } from "../subscriptions.js";
 import { card, draw, heat, imageLayout, plotLayout, setNote } from "../dom.js";
 import { downsampleStep, outlines } from "../images.js";
 import { layout, remember, state } from "../state.js";
+import { lengthScale } from "../units.js";
 
 export function buildXanes(grid) {
   card(grid, "frame", "Latest frame with particle outlines and ids");
-  card(grid, "drift", "Global drift against frame number (pixels)");
-  card(grid, "tracks", "Per-particle tracks (shift against frame 0, pixels)");
+  card(grid, "drift", "Global drift against frame number");
+  card(grid, "tracks", "Per-particle tracks (shift against frame 0)");
   card(grid, "edge", "Edge energy map (eV) — when the scan is complete");
   card(grid, "spectra", "Mean normalised spectra per particle — when the scan is complete");
   card(grid, "series", "Operando series: cumulative displacement per particle across scans");
 }
 
+// Axis titles of an image in the run's length unit.
+function mapLayout(length, extra) {
+  return imageLayout({
+    margin: { l: 50, r: 10, t: 24, b: 40 },
+    xaxis: { constrain: "domain", title: { text: `x (${length.unit})` } },
+    yaxis: { autorange: "reversed", scaleanchor: "x", constrain: "domain", title: { text: `y (${length.unit})` } },
+    ...(extra || {}),
+  });
+}
+
+const scaled = (v, s) => (v === null || Number.isNaN(v) ? null : v * s);
+
 export async function renderXanes(run) {
   const X = layout.xanes;
   const base = `${layout.containers.analysis}/${run.uid}/${X.pipeline}`;
+  const xanes = run.pipelines[X.pipeline];
+  const length = lengthScale(xanes && xanes.metadata ? xanes.metadata.pixel_size_um : null);
+  state.units = { length: length.unit, scale: length.scale, window: null };
+  const u = length.unit;
+  const s = length.scale;
   subscribe(`${base}/${X.global_shift}`, (rows) => {
     state.drift.streamed = rows; // drawn by the refresh this message triggers
   });
@@ -33,10 +51,10 @@ export async function renderXanes(run) {
     draw(
       "plot-drift",
       [
-        { x: frames, y: drift.map((r) => r[0]), name: "dy", mode: "lines+markers" },
-        { x: frames, y: drift.map((r) => r[1]), name: "dx", mode: "lines+markers" },
+        { x: frames, y: drift.map((r) => scaled(r[0], s)), name: "dy", mode: "lines+markers" },
+        { x: frames, y: drift.map((r) => scaled(r[1], s)), name: "dx", mode: "lines+markers" },
       ],
-      plotLayout("frame", "drift (px)", {
+      plotLayout("frame", `drift (${u})`, {
         margin: { l: 50, r: 10, t: unknown ? 30 : 10, b: 40 },
         title: unknown ? { text: `drift unknown in ${unknown} frame(s): no particle registered`, font: { size: 12 } } : undefined,
       })
@@ -51,16 +69,16 @@ export async function renderXanes(run) {
     draw(
       "plot-tracks",
       shifts.map((track, k) => ({
-        x: track.map((p) => p[1]),
-        y: track.map((p) => p[0]),
+        x: track.map((p) => scaled(p[1], s)),
+        y: track.map((p) => scaled(p[0], s)),
         name: `particle ${k + 1}`,
         mode: "lines+markers",
         marker: { size: 4 },
       })),
-      plotLayout("shift x (px)", "shift y (px)")
+      plotLayout(`shift x (${u})`, `shift y (${u})`)
     );
   }
-  await renderLatestFrame(run, nodes, n, shifts, run.imageKey);
+  await renderLatestFrame(run, nodes, n, shifts, run.imageKey, length);
   const failed = run.status === layout.status.failed;
   const edgeNode = nodes[X.edge_energy];
   if (edgeNode && edgeNode.shape) {
@@ -68,8 +86,8 @@ export async function renderXanes(run) {
     const edge = await cachedArray(`${base}/${X.edge_energy}`, edgeNode.shape, `::${step},::${step}`);
     draw(
       "plot-edge",
-      [heat(edge, step, { colorscale: "Viridis", reversescale: false, showscale: true, colorbar: { title: { text: "edge energy (eV)" } } })],
-      imageLayout()
+      [heat(edge, step * s, { colorscale: "Viridis", reversescale: false, showscale: true, colorbar: { title: { text: "edge energy (eV)" } } })],
+      mapLayout(length)
     );
     state.edgeMap = true;
   } else {
@@ -94,18 +112,18 @@ export async function renderXanes(run) {
       "plot-series",
       disp.map((track, k) => ({
         x: track.map((_p, i) => i + 1),
-        y: track.map((p) => (p[0] === null ? null : Math.hypot(p[0], p[1]))),
+        y: track.map((p) => (p[0] === null ? null : Math.hypot(p[0], p[1]) * s)),
         name: `particle ${k + 1}`,
         mode: "lines+markers",
       })),
-      plotLayout("scan in the series", "displacement from scan 1 (px)", { xaxis: { title: { text: "scan in the series" }, dtick: 1 } })
+      plotLayout("scan in the series", `displacement from scan 1 (${u})`, { xaxis: { title: { text: "scan in the series" }, dtick: 1 } })
     );
   } else {
     setNote("plot-series", run.series ? "computed after each scan of the series" : "this scan is not part of an operando series");
   }
 }
 
-async function renderLatestFrame(run, nodes, n, shifts, keyHint) {
+async function renderLatestFrame(run, nodes, n, shifts, keyHint, length) {
   if (n === 0) {
     setNote("plot-frame", "waiting for the first analysed frame");
     return;
@@ -124,7 +142,8 @@ async function renderLatestFrame(run, nodes, n, shifts, keyHint) {
   if (i < 0) return;
   const step = downsampleStep(shape);
   const frame = await cachedArray(`${rawBase}/${key}`, [i], `${i},::${step},::${step}`);
-  const traces = [heat(frame, step)];
+  const sc = length.scale;
+  const traces = [heat(frame, step * sc)];
   if (nodes[X.labels] && nodes[X.labels].shape) {
     const cacheKey = `outlines|${run.uid}`;
     if (!cache.has(cacheKey)) {
@@ -138,18 +157,18 @@ async function renderLatestFrame(run, nodes, n, shifts, keyHint) {
       traces.push({
         type: "scatter",
         mode: "markers",
-        x: cols.map((c) => c + s[1]),
-        y: rows.map((r) => r + s[0]),
+        x: cols.map((c) => (c + s[1]) * sc),
+        y: rows.map((r) => (r + s[0]) * sc),
         marker: { size: 2, color: "#ff5722" },
         hoverinfo: "skip",
         name: `particle ${label}`,
       });
-      ids.x.push(cols.reduce((a, b) => a + b, 0) / cols.length + s[1]);
-      ids.y.push(rows.reduce((a, b) => a + b, 0) / rows.length + s[0]);
+      ids.x.push((cols.reduce((a, b) => a + b, 0) / cols.length + s[1]) * sc);
+      ids.y.push((rows.reduce((a, b) => a + b, 0) / rows.length + s[0]) * sc);
       ids.text.push(String(label));
     }
     traces.push({ type: "scatter", mode: "text", ...ids, textfont: { color: "#0d47a1", size: 15, family: "sans-serif" }, name: "ids" });
   }
-  draw("plot-frame", traces, { ...imageLayout(), title: { text: `frame ${i}`, font: { size: 12 } } });
+  draw("plot-frame", traces, mapLayout(length, { title: { text: `frame ${i}`, font: { size: 12 } } }));
   state.frameShown = i;
 }
