@@ -136,7 +136,7 @@ def test_a_refused_chemistry_request_is_shown_with_its_reason(page, up, publishe
     rest of the XANES view is there (edge-energy map, figures)."""
     from bluesky_plans.devices import SimTXM
     from bluesky_plans.plans import xanes_scan_plan
-    from models.synthetic.txm import TxmScene, default_energies
+    from synthetic.txm import TxmScene, default_energies
 
     RE, settings = publisher
     scene = TxmScene.random(43, shape=(128, 128), n_particles=3, n_scans=1, n_frames=N)

@@ -234,7 +234,7 @@ def sign_flip_volume(seed: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     of one seed share every particle; the chosen cracks are carved into the uncracked one.
     Returns the attenuation, the true crack mask and the true particle mask.
     """
-    from models.synthetic.cathode import CRACK, CathodeParams
+    from synthetic.cathode import CRACK, CathodeParams
 
     shape = (16, 192, 192)
     params = CathodeParams(particle_diameter_px=24.0, packing_variation=0.0)
@@ -258,7 +258,7 @@ def sign_flip_volume(seed: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     cracks = (cracked.phase == CRACK) & np.where(z < shape[0] // 2, sparse, dense)
     attenuation = plain.attenuation.copy()
     attenuation[(ids > 0) & (kept == 0)] = 0.0  # dropped particles are pore
-    attenuation[cracks] = 0.0  # cracks have the pore value (models.synthetic.cathode)
+    attenuation[cracks] = 0.0  # cracks have the pore value (synthetic.cathode)
     return attenuation, cracks, kept > 0
 
 
