@@ -276,9 +276,11 @@ class AnalysisRunRouter(RunRouter):
             except Exception as exc:
                 self._fail(run.name, out, exc)
                 continue
-            # "complete" only when every frame is in and used; otherwise say which are missing
+            # "complete" only when every frame is in and used; otherwise say which are missing.
+            # Without a stop (closed after the idle timeout) nothing says how many Events the
+            # run had, so Events lost after the last one seen cannot be counted: never complete.
             missing = _merged(self._missing, self._unusable.get(run.name, {}))
-            whole = not missing and not self._start_lost
+            whole = not missing and not self._start_lost and doc is not None
             out.metadata(
                 {
                     "status": Status.COMPLETE if whole else Status.INCOMPLETE,
