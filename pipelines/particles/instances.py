@@ -76,15 +76,6 @@ class InstanceParams(BaseModel):
         default=True,
         description="Voxels exactly 0 are outside the reconstruction circle: no particle there.",
     )
-    min_contrast: float = Field(
-        default=0.08,
-        ge=0.0,
-        description="An instance whose median normalised grey level exceeds that of the "
-        "background ring around it (3 px, in-slice) by less than this is dropped: active "
-        "material is denser than the carbon/binder around it (drop_faint_instances); "
-        "0 keeps every instance. 0.08 keeps every true particle of the training and the "
-        "never-trained families (lowest contrast 0.089 and 0.147).",
-    )
     batch_size: PositiveInt = 4
 
 
@@ -151,76 +142,7 @@ def segment_instances(
     if p.zero_is_outside:
         foreground[vol == 0] = 0.0
     labels = labels_from_maps(foreground, distance, p)
-    if p.min_contrast > 0:
-        labels = drop_faint_instances(
-            labels, normalized, p.min_contrast, valid=vol != 0 if p.zero_is_outside else None
-        )
     return InstanceResult(labels=labels, foreground=foreground, distance=distance)
-
-
-def drop_faint_instances(
-    labels: np.ndarray,
-    normalized: np.ndarray,
-    min_contrast: float,
-    *,
-    ring_px: int = 3,
-    valid: np.ndarray | None = None,
-) -> np.ndarray:
-    """Labels without the instances that are not brighter than their surroundings.
-
-    For each instance, the median of its normalised grey levels minus the median over the
-    background (label 0, inside ``valid``) within ``ring_px`` pixels of it in its slices; an
-    instance below ``min_contrast`` is removed (set to 0). Active-material particles are
-    denser than the carbon/binder and pores around them; a patch of bright binder texture the
-    network calls particle is not. An instance with no background ring (it fills its
-    surroundings) is kept.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        int (Z, Y, X) instances.
-    normalized : numpy.ndarray
-        float (Z, Y, X) normalised grey levels (:func:`normalize_volume`).
-    min_contrast : float
-        Smallest kept contrast (normalised grey-level units).
-    ring_px : int, optional
-        Width of the background ring (in-slice).
-    valid : numpy.ndarray, optional
-        bool (Z, Y, X): where the ring may lie (e.g. inside the reconstruction circle);
-        default everywhere.
-
-    Returns
-    -------
-    numpy.ndarray
-        Labels of the same dtype, faint instances set to 0 (ids not renumbered).
-    """
-    lab = np.asarray(labels)
-    img = np.asarray(normalized)
-    if lab.shape != img.shape:
-        raise ValueError(f"normalized shape {img.shape} != labels shape {lab.shape}")
-    if ring_px < 1:
-        raise ValueError(f"ring_px must be >= 1, got {ring_px}")
-    if valid is not None and np.shape(valid) != lab.shape:
-        raise ValueError(f"valid shape {np.shape(valid)} != labels shape {lab.shape}")
-    out = lab.copy()
-    grow = np.ones((1, 2 * ring_px + 1, 2 * ring_px + 1), dtype=bool)
-    for index, box in enumerate(ndimage.find_objects(lab), start=1):
-        if box is None:
-            continue
-        wide = (box[0],) + tuple(
-            slice(max(s.start - ring_px, 0), s.stop + ring_px) for s in box[1:]
-        )
-        sub = lab[wide]
-        own = sub == index
-        ring = ndimage.binary_dilation(own, grow) & (sub == 0)
-        if valid is not None:
-            ring &= valid[wide]
-        if not ring.any():
-            continue
-        contrast = float(np.median(img[wide][own]) - np.median(img[wide][ring]))
-        if contrast < min_contrast:
-            out[wide][own] = 0
-    return out
 
 
 def labels_from_maps(

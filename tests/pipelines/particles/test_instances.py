@@ -12,7 +12,6 @@ from skimage.segmentation import watershed
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.instances import (
     InstanceParams,
-    drop_faint_instances,
     instances_from_maps,
     remove_small,
     segment_instances,
@@ -211,31 +210,3 @@ def test_watershed_by_component_equals_the_whole_volume_watershed(seed: int) -> 
     assert n_orphans > 0 and components >= 3  # the cases this is about are present
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, expected)
-
-
-def test_drop_faint_instances_keeps_a_bright_particle_and_drops_a_binder_patch() -> None:
-    yy, xx = np.mgrid[:64, :64]
-    normalized = np.full((1, 64, 64), 0.2, dtype=np.float32)
-    bright = (yy - 20) ** 2 + (xx - 20) ** 2 < 64
-    faint = (yy - 44) ** 2 + (xx - 44) ** 2 < 64
-    normalized[0][bright] = 0.8
-    normalized[0][faint] = 0.25
-    labels = np.zeros((1, 64, 64), dtype=np.int32)
-    labels[0][bright] = 1
-    labels[0][faint] = 2
-    out = drop_faint_instances(labels, normalized, 0.08)
-    assert set(np.unique(out)) == {0, 1}
-    assert np.array_equal(out == 1, labels == 1)
-    # the ring may only lie where valid: with the faint patch's surroundings invalid it has
-    # no ring and is kept
-    valid = np.ones_like(labels, dtype=bool)
-    valid[0][30:, 30:] = False
-    valid[0][faint] = True
-    kept = drop_faint_instances(labels, normalized, 0.08, valid=valid)
-    assert set(np.unique(kept)) == {0, 1, 2}
-    assert np.array_equal(drop_faint_instances(labels, normalized, 0.0), labels)
-
-
-def test_drop_faint_instances_rejects_mismatched_shapes() -> None:
-    with pytest.raises(ValueError, match="normalized shape"):
-        drop_faint_instances(np.zeros((1, 4, 4), int), np.zeros((1, 4, 5)), 0.1)
