@@ -183,9 +183,12 @@ async function start() {
   setInterval(() => scheduleRefresh(0), config.poll_seconds * 1000);
 }
 
-window.addEventListener("hashchange", followHash);
+const started = start();
+// A link followed before config.json and layout.json are in (a fast click, a test) waits for
+// them: following it reads layout.containers.
+window.addEventListener("hashchange", () => started.then(followHash, () => {}));
 
-start().catch((err) => {
+started.catch((err) => {
   state.problem = String(err);
   main().replaceChildren(el("div", { className: "error" }, `The page could not start: ${err}`));
 });
