@@ -160,6 +160,8 @@ class AnalysisRunRouter(RunRouter):
         self._pipelines: list[tuple[PipelineRun, ResultWriter]] = []
         self._failed: set[str] = set()
         self._bad_fields: list[dict[str, Any]] = []
+        #: (stream, seq_num) -> fields dropped from that Event (their frames say so)
+        self._dropped: dict[tuple[str, int], set[str]] = {}
         self._missing: dict[str, list[int]] = {}
         #: per pipeline, the frames it could not use (FrameUnusable): stream -> seq_nums
         self._unusable: dict[str, dict[str, list[int]]] = {}
@@ -239,6 +241,7 @@ class AnalysisRunRouter(RunRouter):
 
     def bad_fields(self, descriptor: Doc, seq_num: int, problems: dict[str, str]) -> None:
         stream = descriptor.get("name", "primary")
+        self._dropped.setdefault((stream, seq_num), set()).update(problems)
         for key, problem in problems.items():
             self._bad_fields.append(
                 {"stream": stream, "seq_num": seq_num, "data_key": key[:200], "problem": problem}
@@ -305,6 +308,9 @@ class AnalysisRunRouter(RunRouter):
         replayed = REPLAYING.get()
         for frame in frames:
             frame.replayed = replayed
+            dropped = self._dropped.pop((frame.stream, frame.seq_num), None)
+            if dropped:
+                frame.dropped_fields = frozenset(dropped)
             if arrival is not None and not frame.recovered:
                 frame.received = arrival
             for run, out in self._pipelines:

@@ -47,6 +47,9 @@ class Frame:
     #: found nowhere: ``readings`` holds none of them, and the frame cannot be placed on a
     #: scan axis (pipelines that need one raise :class:`FrameUnusable` for it)
     readings_lost: bool = False
+    #: readings its Event carried but that were dropped as unusable (undecodable, wrong
+    #: type): known to have been measured, unknown in value
+    dropped_fields: frozenset[str] = frozenset()
 
 
 class FrameUnusable(Exception):
@@ -62,13 +65,19 @@ def axis_reading(frame: Frame, key: str) -> float:
     Raises
     ------
     FrameUnusable
-        The reading is unknown: lost with the frame's Event (``readings_lost``), or not a
-        finite number. The frame cannot be placed on the axis, so it must not feed results
-        that need one; the run names it as missing.
+        The reading is unknown: lost with the frame's Event (``readings_lost``), dropped from
+        it as undecodable or of the wrong type (``dropped_fields``), or not a finite number.
+        The frame cannot be placed on the axis, so it must not feed results that need one;
+        the run names it as missing.
     ValueError
         A frame that came with its Event lacks ``key``: the run's documents name a reading
         they do not record (a configuration error, not a loss).
     """
+    if key in frame.dropped_fields:
+        raise FrameUnusable(
+            f"{frame.stream} seq_num {frame.seq_num}: its {key!r} could not be used "
+            "(dropped from its Event, see the run's bad_fields)"
+        )
     if key not in frame.readings:
         if frame.readings_lost:
             raise FrameUnusable(

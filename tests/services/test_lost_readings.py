@@ -21,6 +21,7 @@ from services.analysis.router import (
 )
 from services.analysis.xanes_live import SeriesStore, XanesLivePipeline, select
 from services.core.metrics import Metrics
+from services.core.serialization import UndecodableField
 from services.runs.routing import RunDispatcher
 from services.tiled.records import ArrayWrite, Metadata, Record, TableRows
 from services.tiled.spool import Spool
@@ -36,6 +37,7 @@ def _run(
     lose: int | None = LOST,
     lose_start=False,
     lose_stop=False,
+    garble: int | None = None,
 ):
     txm = small_txm(tmp_path / "detector", "stream", seed=5)
     RE = RunEngine({})
@@ -76,6 +78,9 @@ def _run(
         clock=clock,
     )
     for name, doc in docs:
+        if name == "event" and (doc["descriptor"], doc["seq_num"]) == (primary, garble):
+            # the Event came, but its energy could not be decoded: dropped, the rest kept
+            doc = {**doc, "data": {**doc["data"], "energy": UndecodableField("truncated ext")}}
         if (
             doc is not lost
             and not (lose_start and name == "start")
@@ -180,3 +185,25 @@ def test_a_run_closed_without_its_stop_never_says_complete(tmp_path):
         assert md["stop_lost"] is True
     # every Event that did come is still used
     assert sorted(_column(applied, "xanes", "frames", "seq_num")) == list(range(1, N_ENERGIES + 1))
+
+
+def test_a_frame_whose_energy_could_not_be_decoded_feeds_no_spectrum_and_the_run_names_it(
+    tmp_path,
+):
+    # The Event arrived, but its energy was undecodable: the field is dropped and the rest of
+    # the Event kept (its image feeds the frame statistics). Without its energy the frame has
+    # no place on the energy axis; it used to fail the whole xanes pipeline ("event seq_num N
+    # has no reading 'energy'"): now it is left out and named, like a lost reading.
+    applied, metrics = _run(tmp_path, raw_holds_the_event=False, lose=None, garble=LOST)
+    assert _final(applied, "frames")["status"] == "complete"
+    assert sorted(_column(applied, "frames", "frame_stats", "seq_num")).count(LOST) == 1
+    xanes = _final(applied, "xanes")
+    assert xanes["status"] == "incomplete", xanes
+    assert xanes["missing_seq_nums"] == {"primary": [LOST]}
+    assert [b["data_key"] for b in xanes["bad_fields"]] == ["energy"]
+    kept = [s for s in range(1, N_ENERGIES + 1) if s != LOST]
+    assert _column(applied, "xanes", "frames", "seq_num") == kept
+    (spectra,) = [r.array for r in applied if isinstance(r, ArrayWrite) and r.key == "spectra"]
+    assert spectra.shape[1] == N_ENERGIES - 1
+    labels = {"service": "analysis", "pipeline": "xanes"}
+    assert metrics.registry.get_sample_value("beamwatch_frames_unusable_total", labels) == 1
