@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.core.layout import analysis_path
+from services.core.layout import Status, analysis_path
 from services.runs.frames import Frame
 from services.runs.routing import Doc
 from services.tiled.records import ArrayRows, ArrayWrite, Container, Metadata, TableRows
@@ -26,10 +26,22 @@ class ResultWriter:
         self.path = tuple(analysis_path(run_uid, pipeline))
         self._rows: dict[str, int] = {}
         self._table_rows: dict[str, int] = {}
+        #: how the run's results end, set by the router before ``on_stop``: ``complete`` only
+        #: when every frame is in and used, else ``incomplete`` with what is missing. A
+        #: pipeline that declares a stage final itself (the crack map, before the particle
+        #: stage) writes :meth:`final` instead of a status of its own.
+        self.final_status: dict[str, Any] = {"status": Status.COMPLETE}
 
     def sibling(self, pipeline: str) -> ResultWriter:
-        """A writer for another pipeline container of the same run (a second stage)."""
-        return ResultWriter(self._spool, self.run_uid, pipeline)
+        """A writer for another pipeline container of the same run (a second stage): its
+        results end as this run's do."""
+        other = ResultWriter(self._spool, self.run_uid, pipeline)
+        other.final_status = self.final_status
+        return other
+
+    def final(self) -> dict[str, Any]:
+        """The metadata that ends a stage: status and, when not complete, what is missing."""
+        return dict(self.final_status)
 
     def container(self, metadata: dict[str, Any], sub: list[str] | None = None) -> None:
         self._spool.put(Container((*self.path, *(sub or [])), metadata))

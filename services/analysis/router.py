@@ -274,26 +274,27 @@ class AnalysisRunRouter(RunRouter):
                 if abandoned is not None:
                     abandoned()
                 continue
+            # "complete" only when every frame is in and used; otherwise say which are missing.
+            # Without a stop (closed after the idle timeout) nothing says how many Events the
+            # run had, so Events lost after the last one seen cannot be counted: never complete.
+            # Decided before on_stop: a stage the pipeline declares final itself (the crack
+            # map, then the particle stage) ends with the same status.
+            missing = _merged(self._missing, self._unusable.get(run.name, {}))
+            whole = not missing and not self._start_lost and doc is not None
+            out.final_status = {
+                "status": Status.COMPLETE if whole else Status.INCOMPLETE,
+                "missing_seq_nums": missing,
+                "start_lost": self._start_lost,
+                "recovery_entered": self.recovery_entered,
+                "stop_lost": doc is None,
+                "bad_fields": self._bad_fields,
+            }
             try:
                 run.on_stop(doc, out)
             except Exception as exc:
                 self._fail(run.name, out, exc)
                 continue
-            # "complete" only when every frame is in and used; otherwise say which are missing.
-            # Without a stop (closed after the idle timeout) nothing says how many Events the
-            # run had, so Events lost after the last one seen cannot be counted: never complete.
-            missing = _merged(self._missing, self._unusable.get(run.name, {}))
-            whole = not missing and not self._start_lost and doc is not None
-            out.metadata(
-                {
-                    "status": Status.COMPLETE if whole else Status.INCOMPLETE,
-                    "missing_seq_nums": missing,
-                    "start_lost": self._start_lost,
-                    "recovery_entered": self.recovery_entered,
-                    "stop_lost": doc is None,
-                    "bad_fields": self._bad_fields,
-                }
-            )
+            out.metadata(out.final())
         self._assembler.close()
 
     def close(self) -> None:

@@ -214,9 +214,9 @@ class CracksPipeline:
                 "seconds_total": time.monotonic() - t0,
                 "figures": figures,
                 "weights": self._weights.metadata(),
-                # the crack map is whole now: a viewer need not wait for the particle stage
-                # (minutes at 512^3) to see it complete
-                "status": Status.COMPLETE,
+                # the crack map is final now: a viewer need not wait for the particle stage
+                # (minutes at 512^3) to see it complete (or incomplete: projections missing)
+                **out.final(),
             }
         )
         self._particles(volume, cracks, particles_out)
@@ -272,7 +272,7 @@ class CracksPipeline:
                     **numbers,
                     "weights": self._weights.metadata(),
                     "figures": figures,
-                    "status": Status.COMPLETE,
+                    **out.final(),
                 }
             )
             particles_out.container(
@@ -340,7 +340,7 @@ class CracksPipeline:
         _write_particle_table(out, table, stats, unit)
         out.metadata(
             {
-                "status": Status.COMPLETE,
+                **out.final(),
                 "particles": int(len(table)),
                 "flawed_fraction": _finite(stats.overall.flawed_fraction),
                 "mean_detachment": _finite(stats.overall.mean_detachment),
@@ -390,7 +390,7 @@ class CracksPipeline:
             figures = self._particle_figures(stats, out, unit, result, volume)
             out.metadata(
                 {
-                    "status": Status.COMPLETE,
+                    **out.final(),
                     "particles": int(len(result.table)),
                     "flawed_fraction": _finite(stats.overall.flawed_fraction),
                     "mean_detachment": _finite(stats.overall.mean_detachment),
