@@ -80,6 +80,9 @@ class RunRouter:
 
 RouterFactory = Callable[[Doc], RunRouter | None]
 StartRecovery = Callable[[str], Doc | None]
+#: ``recover_stop(run_uid)``: the run's stop document as another copy of the run holds it
+#: (``raw/<uid>`` in Tiled), or None
+StopRecovery = Callable[[str], Doc | None]
 
 
 @dataclass
@@ -108,6 +111,7 @@ class RunDispatcher:
         metrics: Metrics,
         *,
         recover_start: StartRecovery | None = None,
+        recover_stop: StopRecovery | None = None,
         idle_timeout: float = 600.0,
         reorder_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -128,6 +132,7 @@ class RunDispatcher:
         self._factories = list(factories)
         self._metrics = metrics
         self._recover_start = recover_start
+        self._recover_stop = recover_stop
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._runs: dict[str, _Run] = {}
@@ -238,7 +243,23 @@ class RunDispatcher:
                 self._lost(
                     "stop", 1, uid, f"no stop document after {self._idle_timeout:.0f} s idle"
                 )
-                self._finish(uid, None)
+                self._finish(uid, self._stop_from_elsewhere(uid))
+
+    def _stop_from_elsewhere(self, uid: str) -> Doc | None:
+        """The stop of an idle run, from another copy of the run (``raw/<uid>``), so that its
+        ``num_events`` counts the Events this consumer never saw and they are recovered like
+        any other lost ones. None when no copy has it: the run then ends without its stop and
+        never says complete."""
+        if self._recover_stop is None:
+            return None
+        stop = self._recover_stop(uid)
+        if not isinstance(stop, dict) or stop.get("run_start") != uid:
+            return None
+        self._count(self._metrics.messages_recovered, "stop")
+        logger.warning("recovered the stop of an idle run", extra={"run_uid": uid})
+        if self._journal is not None and not self._replaying:
+            self._journal.append(uid, "stop", stop)
+        return stop
 
     def flush(self) -> None:
         """Let every open run's routers write what they hold back (the consumer is idle)."""

@@ -169,7 +169,7 @@ class Consumer:
 
             factory = raw_factory
 
-            recover_start = None
+            recover_start = recover_stop = None
         else:
             if registry is None:
                 from services.analysis.xanes_live import FeedbackPublisher
@@ -201,10 +201,12 @@ class Consumer:
                 )
 
             recover_start = self._recover_start
+            recover_stop = self._recover_stop
         self.dispatcher = RunDispatcher(
             [factory],
             self.metrics,
             recover_start=recover_start,
+            recover_stop=recover_stop,
             idle_timeout=settings.run_idle_timeout,
             reorder_timeout=settings.reorder_timeout,
             journal=self.journal,
@@ -480,6 +482,17 @@ class Consumer:
             logger.warning("start of run %s not found in Tiled", run_uid, exc_info=True)
             return None
         return start or None
+
+    def _recover_stop(self, run_uid: str) -> Doc | None:
+        """The stop of a run this consumer never got, as the raw path stored it."""
+        try:
+            stop = self._client.get()["raw"][run_uid].metadata.get("stop")
+        except Exception:
+            logger.warning(
+                "stop of an idle run not found in Tiled", exc_info=True, extra={"run_uid": run_uid}
+            )
+            return None
+        return dict(stop) if stop else None
 
     def _raw_events(self, run_uid: str, stream: str, seq_nums: list[int]) -> dict[int, RawEvent]:
         """The Events of a stream as ``raw/<uid>`` holds them, for frames lost on the bus.

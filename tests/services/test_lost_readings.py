@@ -38,6 +38,7 @@ def _run(
     lose_start=False,
     lose_stop=False,
     garble: int | None = None,
+    raw_has_stop: bool = False,
 ):
     txm = small_txm(tmp_path / "detector", "stream", seed=5)
     RE = RunEngine({})
@@ -54,9 +55,9 @@ def _run(
     def raw_lookup(run_uid, stream, seq_nums):
         # what raw/<uid>/<stream> in Tiled holds: the Event's row (its frame is in the file)
         looked_up.append((stream, seq_nums))
-        if lost is None or not raw_holds_the_event or stream != "primary" or LOST not in seq_nums:
+        if lost is None or not raw_holds_the_event or stream != "primary" or lose not in seq_nums:
             return {}
-        return {LOST: RawEvent(lost["time"], dict(lost["data"]))}
+        return {lose: RawEvent(lost["time"], dict(lost["data"]))}
 
     applied: list[Record] = []
     metrics = Metrics("analysis")
@@ -72,10 +73,12 @@ def _run(
         ),
     ]
     clock = Clock()
+    stop = next(d for n, d in docs if n == "stop")
     dispatcher = RunDispatcher(
         [lambda start: AnalysisRunRouter(start, entries, spool, metrics, raw_lookup=raw_lookup)],
         metrics,
         clock=clock,
+        recover_stop=(lambda uid: dict(stop)) if raw_has_stop else None,
     )
     for name, doc in docs:
         if name == "event" and (doc["descriptor"], doc["seq_num"]) == (primary, garble):
@@ -95,7 +98,9 @@ def _run(
     spool.start()
     assert spool.wait_empty(60)
     spool.stop()
-    assert looked_up == ([] if lost is None else [("primary", [LOST])])
+    # a lost last Event is seen as lost only through the stop's num_events
+    unseen = lost is None or (lose == N_ENERGIES and lose_stop and not raw_has_stop)
+    assert looked_up == ([] if unseen else [("primary", [lose])])
     return applied, metrics
 
 
@@ -207,3 +212,31 @@ def test_a_frame_whose_energy_could_not_be_decoded_feeds_no_spectrum_and_the_run
     assert spectra.shape[1] == N_ENERGIES - 1
     labels = {"service": "analysis", "pipeline": "xanes"}
     assert metrics.registry.get_sample_value("beamwatch_frames_unusable_total", labels) == 1
+
+
+def test_a_lost_stop_is_taken_from_raw_and_the_events_after_the_last_seen_are_recovered(
+    tmp_path,
+):
+    # The last Event and the stop were lost (the analysis consumer was down): the run goes
+    # idle, its stop is read from raw/<uid>, whose num_events names the Event never seen, and
+    # that Event is rebuilt from raw/ and the detector file: the run is whole again.
+    applied, metrics = _run(
+        tmp_path, raw_holds_the_event=True, lose=N_ENERGIES, lose_stop=True, raw_has_stop=True
+    )
+    for pipeline in ("frames", "xanes"):
+        md = _final(applied, pipeline)
+        assert md["status"] == "complete", (pipeline, md)
+        assert md["stop_lost"] is False and md["recovery_entered"] is True
+    assert _column(applied, "xanes", "frames", "seq_num") == list(range(1, N_ENERGIES + 1))
+    labels = {"service": "analysis", "kind": "stop"}
+    assert metrics.registry.get_sample_value("beamwatch_messages_recovered_total", labels) == 1
+
+
+def test_a_lost_stop_not_in_raw_leaves_the_run_incomplete(tmp_path):
+    applied, _metrics = _run(
+        tmp_path, raw_holds_the_event=True, lose=N_ENERGIES, lose_stop=True, raw_has_stop=False
+    )
+    xanes = _final(applied, "xanes")
+    assert xanes["status"] == "incomplete" and xanes["stop_lost"] is True, xanes
+    # the Event never seen is not counted without the stop: only the seen ones are in
+    assert _column(applied, "xanes", "frames", "seq_num") == list(range(1, N_ENERGIES))
