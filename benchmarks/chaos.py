@@ -20,6 +20,12 @@ restarts (or in flight when it was killed) never reach it. By default the RunEng
 waits, before publishing a document, until every consumer is up and hears the bus again (the
 ``--no-pause`` run shows what a beamline without a durable bus loses); documents in flight at
 the moment of a kill can still be lost, and such losses are counted apart.
+
+``--bus nats`` runs ``beamwatch up``'s default bus instead: the proxy feeds the bridge, which
+stores every document once in the embedded JetStream server, and both consumers read the stream
+durably (issue 15). The bridge and ``nats-server`` are killed too. Only the bridge listens to
+the 0MQ proxy, so the RunEngine waits for it alone; a consumer that is down resumes from its
+last ack. Goal: nothing lost or doubled and every run ``complete`` in every part.
 """
 
 from __future__ import annotations
@@ -44,6 +50,13 @@ import numpy as np
 logger = logging.getLogger("benchmarks.chaos")
 
 TARGETS = ("consumer-raw", "consumer-analysis", "tiled")
+#: with ``--bus nats`` the JetStream server and the bridge are killed too (the proxy is the
+#: RunEngine side's, not beamwatch's)
+NATS_TARGETS = (*TARGETS, "bridge", "nats")
+#: the children that must hear the 0MQ proxy before the RunEngine publishes on (``pause``):
+#: with 0MQ the consumers; with JetStream the bridge only (the consumers read the stream
+#: durably and resume from their last ack)
+LISTENERS = {"zmq": ("consumer-raw", "consumer-analysis"), "nats": ("bridge",)}
 FINAL = ("complete", "incomplete", "failed", "interrupted")
 #: a document published this long before a consumer was killed may have been in flight
 IN_FLIGHT_SECONDS = 1.0
@@ -87,15 +100,22 @@ class Kill:
 class Killer(threading.Thread):
     """SIGKILLs a random child of the supervisor every ``interval`` (uniform) seconds."""
 
-    def __init__(self, stack: Any, rng: random.Random, interval: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        stack: Any,
+        rng: random.Random,
+        interval: tuple[float, float],
+        targets: tuple[str, ...] = TARGETS,
+    ) -> None:
         super().__init__(name="chaos-killer", daemon=True)
         self.stack, self.rng, self.interval = stack, rng, interval
+        self.targets = targets
         self.kills: list[Kill] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(self.rng.uniform(*self.interval)):
-            child = self.rng.choice(TARGETS)
+            child = self.rng.choice(self.targets)
             proc = _proc(self.stack.supervisor, child)
             if proc is None or proc.poll() is not None:
                 continue  # still down from an earlier kill
@@ -109,6 +129,11 @@ def _proc(supervisor: Any, name: str) -> Any:
         if child.spec.name == name:
             return child.proc
     return None
+
+
+def _listener_role(child: str) -> str:
+    """The metrics role of a child that listens to the proxy: ``raw``, ``analysis``, ``bridge``."""
+    return child.removeprefix("consumer-")
 
 
 def _consumer_hears(stack: Any, pub: Any, role: str) -> bool:
@@ -128,9 +153,11 @@ class PausingPublisher:
         published: Published,
         pause: bool,
         exposure: float = 0.0,
+        listeners: tuple[str, ...] = LISTENERS["zmq"],
     ):
         self.stack, self.pub, self.killer = stack, pub, killer
         self.published, self.pause, self.exposure = published, pause, exposure
+        self.listeners = listeners
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         if name == "event" and self.exposure:
@@ -141,12 +168,12 @@ class PausingPublisher:
         self.pub(name, doc)
 
     def _wait_for_consumers(self) -> None:
-        """Block while a killed consumer is down: until its new process hears the bus."""
+        """Block while a killed listener of the proxy is down: until its new process hears it."""
         deadline = time.monotonic() + 300
         for kill in list(self.killer.kills):
-            if not kill.child.startswith("consumer-") or kill.back != float("inf"):
+            if kill.child not in self.listeners or kill.back != float("inf"):
                 continue
-            role = kill.child.removeprefix("consumer-")
+            role = _listener_role(kill.child)
             while time.monotonic() < deadline:
                 proc = _proc(self.stack.supervisor, kill.child)
                 alive = proc is not None and proc.pid != kill.pid and proc.poll() is None
@@ -331,19 +358,26 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from benchmarks.stack import running_stack
 
     rng = random.Random(args.seed)
-    children = ("tiled", "proxy", "consumer-raw", "consumer-analysis")
-    # 0MQ (what this run was made for: a consumer that is down misses what is published)
-    config = {"run_idle_timeout": args.idle_timeout, "bus": {"mode": "zmq"}}
+    children: tuple[str, ...] = ("tiled", "proxy", "consumer-raw", "consumer-analysis")
+    targets = TARGETS
+    if args.bus == "nats":
+        children += ("nats", "bridge")
+        targets = NATS_TARGETS
+    # 0MQ: a consumer that is down misses what is published; JetStream keeps it for them
+    config = {"run_idle_timeout": args.idle_timeout, "bus": {"mode": args.bus}}
+    listeners = LISTENERS[args.bus]
     with running_stack(data_dir, children, **config) as stack:
         client = stack.client()
         published = Published()
-        killer = Killer(stack, rng, (args.min_interval, args.max_interval))
+        killer = Killer(stack, rng, (args.min_interval, args.max_interval), targets)
         uids: list[str] = []
         t0 = time.monotonic()
         with stack.publisher() as pub:
             RE = RunEngine({})
             RE.subscribe(
-                PausingPublisher(stack, pub, killer, published, not args.no_pause, args.exposure)
+                PausingPublisher(
+                    stack, pub, killer, published, not args.no_pause, args.exposure, listeners
+                )
             )
             killer.start()
             for i in range(args.scans):
@@ -362,7 +396,9 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             killer.join()
             scans_seconds = time.monotonic() - t0
             # consumers back before settling: the runs they were in the middle of resume
-            PausingPublisher(stack, pub, killer, published, True)._wait_for_consumers()
+            PausingPublisher(
+                stack, pub, killer, published, True, listeners=listeners
+            )._wait_for_consumers()
         for kill in killer.kills:  # Tiled's downtime: until it answers again
             if kill.back == float("inf"):
                 kill.back = time.monotonic()
@@ -406,6 +442,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     return {
         "load_average": os.getloadavg()[0],
         "seed": args.seed,
+        "bus": args.bus,
         "pause": not args.no_pause,
         "scans_seconds": scans_seconds,
         "kills": [(k.child, round(k.at - t0, 1)) for k in killer.kills],
@@ -416,9 +453,12 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def format_result(result: dict[str, Any]) -> str:
+    bus = result.get("bus", "zmq")
+    waits_for = "the restarting bridge" if bus == "nats" else "restarting consumers"
     lines = [
-        f"seed {result['seed']}; publisher {'waits for' if result['pause'] else 'ignores'} "
-        f"restarting consumers; scans took {result['scans_seconds']:.0f} s "
+        f"seed {result['seed']}; bus {bus}; publisher "
+        f"{'waits for' if result['pause'] else 'ignores'} "
+        f"{waits_for}; scans took {result['scans_seconds']:.0f} s "
         f"(load average {result['load_average']:.1f} at the end)",
         "restarts: " + ", ".join(f"{k} {v}" for k, v in result["restarts"].items()),
         "kills: " + ", ".join(f"{c} at {t:.0f} s" for c, t in result["kills"]) or "none",
@@ -455,6 +495,12 @@ def format_result(result: dict[str, Any]) -> str:
         f"runs with a part saying complete while its rows are lost or doubled: {false_complete}"
         " (goal 0)"
     )
+    whole = sum(
+        1
+        for r in result["runs"]
+        if len(r["statuses"]) > 1 and all(v == "complete" for v in r["statuses"].values())
+    )
+    lines.append(f"runs complete in every part: {whole} of {len(result['runs'])}")
     return "\n".join(lines)
 
 
@@ -471,7 +517,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-interval", type=float, default=20.0)
     parser.add_argument("--idle-timeout", type=float, default=60.0, help="run_idle_timeout")
     parser.add_argument("--settle-timeout", type=float, default=300.0)
-    parser.add_argument("--no-pause", action="store_true", help="publish while consumers are down")
+    parser.add_argument(
+        "--no-pause",
+        action="store_true",
+        help="publish while the proxy's listeners (consumers; with nats the bridge) are down",
+    )
+    parser.add_argument(
+        "--bus",
+        choices=("zmq", "nats"),
+        default="zmq",
+        help="zmq: consumers on the 0MQ proxy; nats: proxy -> bridge -> JetStream -> "
+        "consumers (beamwatch up's default), and the bridge and nats-server are killed too",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep data and logs here")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--log-level", default="WARNING")
