@@ -13,7 +13,6 @@ scan 1 for every particle.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np

@@ -29,7 +29,7 @@ export function buildChemistry(grid) {
   );
   card(grid, "clusters", "Clusters of the per-pixel spectra (PCA + k-means)");
   card(grid, "cluster-spectra", "Mean normalised spectrum of each cluster");
-  card(grid, "trajectory", "State of charge across the operando series: mean +- sd per particle", (div) =>
+  card(grid, "trajectory", "State of charge across the series: mean +- sd per particle", (div) =>
     div.append(
       el("label", { className: "muted" }, "quantity "),
       el("select", { id: "trajectory-quantity" })
@@ -113,22 +113,20 @@ export async function renderChemistry(run) {
   const base = `${layout.containers.analysis}/${run.uid}/${X.pipeline}`;
   const nodes = (await children(base)) || {};
   const length = lengthScale(md.pixel_size_um);
-  const shown = { lcf: null, clusters: 0, trajectory: null };
-  const cardsOn = [];
-  if (chem.lcf || nodes[X.lcf_fraction_map]) {
-    cardsOn.push("lcf");
-    shown.lcf = await renderLcf(base, nodes, chem, length);
-  }
-  if (chem.clusters || nodes[X.cluster_labels]) {
-    cardsOn.push("clusters", "cluster-spectra");
-    shown.clusters = await renderClusters(run, base, nodes, chem, length);
-  }
-  if (nodes[X.soc_trajectory]) {
-    cardsOn.push("trajectory");
-    shown.trajectory = await renderTrajectory(run, base);
-  }
-  showCards(true, cardsOn);
-  state.chemistry = shown;
+  const lcf = Boolean(chem.lcf || nodes[X.lcf_fraction_map]);
+  const clusters = Boolean(chem.clusters || nodes[X.cluster_labels]);
+  const trajectory = Boolean(nodes[X.soc_trajectory]);
+  // shown before drawing: Plotly sizes a plot by its (visible) card
+  showCards(true, [
+    ...(lcf ? ["lcf"] : []),
+    ...(clusters ? ["clusters", "cluster-spectra"] : []),
+    ...(trajectory ? ["trajectory"] : []),
+  ]);
+  state.chemistry = {
+    lcf: lcf ? await renderLcf(base, nodes, chem, length) : null,
+    clusters: clusters ? await renderClusters(run, base, nodes, chem, length) : 0,
+    trajectory: trajectory ? await renderTrajectory(run, base) : null,
+  };
 }
 
 async function renderLcf(base, nodes, chem, length) {
