@@ -62,7 +62,7 @@ class AnalysisConsumer:
     def __init__(self, data_dir, series: bool = True) -> None:
         self.spool = RecordingSpool()
         metrics = Metrics("analysis")
-        registry = default_registry(
+        registry = self.registry = default_registry(
             data_dir / "figures", None, series_dir=data_dir / "series" if series else None
         )
 
@@ -92,7 +92,9 @@ class AnalysisConsumer:
         return {"arrays": arrays, "metadata": md, "tables": tables}
 
 
-def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_one(tmp_path):
+def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_one(
+    tmp_path, monkeypatch
+):
     (first, second), docs = _series_documents(tmp_path)
 
     uninterrupted = AnalysisConsumer(tmp_path / "a")
@@ -133,10 +135,30 @@ def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_on
         again.xanes(second)["arrays"]["deformation_displacement"], displacement
     )
 
+    # without a data dir the series state goes to a temporary directory (the same result, the
+    # scans' arrays on disk, not in memory), removed when the registry is closed (consumer stop)
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    spilling = AnalysisConsumer(tmp_path / "d", series=False)
+    spilling.feed(docs[first])
+    spilling.feed(docs[second])
+    assert spilling.xanes(second)["metadata"]["series_scans"] == [0, 1]
+    np.testing.assert_array_equal(
+        spilling.xanes(second)["arrays"]["deformation_displacement"], displacement
+    )
+    (spill,) = temp.glob("beamwatch-series-*")
+    assert len(list(spill.rglob("*.npz"))) == 2
+    spilling.registry.close()
+    assert not spill.exists()
+
     # without the state on disk a restart forgets the first scan (what issue 14 reported)
     forgetful = AnalysisConsumer(tmp_path / "c", series=False)
     forgetful.feed(docs[second])
     assert forgetful.xanes(second)["metadata"]["series_scans"] == [1]
+    forgetful.registry.close()
 
 
 def test_a_scan_keeps_the_series_it_was_added_to(tmp_path):
