@@ -22,7 +22,8 @@ def default_registry(
     ``slabs`` (a :class:`services.analysis.tomo_slabs.SlabConfig`) sends tomograms larger
     than its threshold slab by slab to a Dask cluster; None keeps every one in memory.
     ``series_dir`` keeps the operando series state (what later scans of a series need) on disk,
-    so that it survives a restart of the consumer; without it the state lives in memory only.
+    so that it survives a restart of the consumer; without it the state goes to a temporary
+    directory that :meth:`PipelineRegistry.close` removes.
     ``references_dir`` (the data dir) is where a start document's ``lcf_references`` and
     ``crack_weights`` / ``particle_weights`` file names point; ``metrics``
     (:class:`services.core.metrics.Metrics`) counts refused start options.
@@ -40,6 +41,7 @@ def default_registry(
     from services.analysis import xanes_live
 
     series = xanes_live.SeriesStore(directory=series_dir)
+    registry.on_close(series.close)  # without series_dir: removes its temporary directory
 
     def rejected(option: str) -> None:
         if metrics is not None:

@@ -57,6 +57,16 @@ class PipelineRegistry:
 
     def __init__(self) -> None:
         self._entries: dict[str, RegistryEntry] = {}
+        self._closers: list[Callable[[], None]] = []
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at :meth:`close` (state the pipelines share, e.g. temporary files)."""
+        self._closers.append(fn)
+
+    def close(self) -> None:
+        """Release what the registered pipelines share (when the consumer stops)."""
+        while self._closers:
+            self._closers.pop()()
 
     def register(self, name: str, matches: Callable[[Doc], bool], factory: PipelineFactory) -> None:
         self._entries[name] = RegistryEntry(name, matches, factory)

@@ -95,12 +95,16 @@ def _load(option: str, spec: Any, data_dir: Path | None) -> tuple[Path, Any]:
         raise WeightsRequestError(option, "this consumer has no data dir to read weights from")
     try:
         path = confined_path(data_dir, spec)
-    except InvalidIdentifier as exc:
+    except InvalidIdentifier:
+        # named as the start document gave it, never by the data dir's own path (the message
+        # reaches the run's metadata and the live page)
         raise WeightsRequestError(
-            option, f"{spec[:200]!r} is not under the data dir: {exc}"
+            option,
+            f"{spec[:200]!r} is not under the data dir "
+            "(an absolute path, or one that leaves it through '..' or a link)",
         ) from None
     if not path.is_file():
-        raise WeightsRequestError(option, f"no file {spec[:200]!r} under the data dir {data_dir}")
+        raise WeightsRequestError(option, f"no file {spec[:200]!r} under the data dir")
     try:
         return path, loader(path)
     except Exception as exc:  # any failure to read the file is a refusal of the option

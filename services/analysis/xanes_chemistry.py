@@ -212,15 +212,19 @@ def _reference(name: str, spec: Any, references_dir: Path | None, spectra_params
                 raise ChemistryRequestError(
                     key, f"{name}: file {spec[:200]!r} given, but this consumer has no data dir"
                 )
+            # the messages name the file as the start document gave it, never the data dir's
+            # own path: they reach the run's metadata and the live page
             try:
                 path = confined_path(references_dir, spec)
-            except InvalidIdentifier as exc:
+            except InvalidIdentifier:
                 raise ChemistryRequestError(
-                    key, f"{name}: file {spec[:200]!r} is not under the data dir ({exc})"
-                ) from exc
+                    key,
+                    f"{name}: file {spec[:200]!r} is not under the data dir "
+                    "(an absolute path, or one that leaves it through '..' or a link)",
+                ) from None
             if not path.is_file():
                 raise ChemistryRequestError(
-                    key, f"{name}: no file {spec[:200]!r} under the data dir {references_dir}"
+                    key, f"{name}: no file {spec[:200]!r} under the data dir"
                 )
             energies, absorbance = read_reference_file(path)
             source = spec

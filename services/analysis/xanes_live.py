@@ -142,7 +142,10 @@ class SeriesStore:
     process is listed from there: a restarted analysis consumer links the next scan of a
     series to the scans it analysed before the restart. Series and run uids come from
     documents, so file and folder names are their SHA-256 digests, never the strings
-    themselves. Without a directory (tests, in-process use) the summaries stay in memory.
+    themselves. Without a directory (tests, in-process use, a consumer without a data dir) the
+    files go to a temporary directory made when the first scan is kept and removed by
+    :meth:`close` (or when the store is garbage-collected, or at exit): the memory is bounded
+    the same way, only a restart does not find them.
     """
 
     scans: dict[str, list[SeriesScanSummary]] = field(default_factory=dict)
@@ -153,6 +156,25 @@ class SeriesStore:
         default_factory=threading.Condition, repr=False, compare=False
     )
     _queued: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
+    #: the temporary directory the files go to without a ``directory``, and its remover
+    _spill: Path | None = field(default=None, repr=False, compare=False)
+    _remove_spill: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def spill_directory(self) -> Path | None:
+        """The temporary directory of a store without ``directory`` (None until a scan is kept
+        and after :meth:`close`)."""
+        return self._spill
+
+    def close(self) -> None:
+        """Remove the temporary directory of a store without ``directory`` (idempotent; a
+        ``directory`` given by the caller is left as it is)."""
+        with self._lock:
+            if self._remove_spill is not None:
+                self._remove_spill()
+            self._spill = None
+            self._remove_spill = None
+            self.scans.clear()
 
     def expect(self, series: str, run_uid: str, scan_index: int) -> None:
         """A scan's after-scan stage is queued (called in stop order, before it is queued)."""
@@ -174,8 +196,8 @@ class SeriesStore:
         :attr:`wait_s`) for the earlier scans of its series whose stages were queued before
         its own, so it is compared with every scan before it, whatever the timing. The
         summaries change under a lock, and each scan works on its own copy of the list, so
-        its deformation arrays, trajectory and ``series_scans`` describe the same scans. With
-        a directory the returned scans read their arrays from disk when used.
+        its deformation arrays, trajectory and ``series_scans`` describe the same scans. The
+        returned scans read their arrays from disk when used.
         """
         with self._lock:
 
@@ -214,10 +236,24 @@ class SeriesStore:
             items.sort(key=lambda s: s.scan_index)
             return list(items)
 
-    def _series_dir(self, series: str) -> Path | None:
-        if self.directory is None:
-            return None
-        return self.directory / _digest(series)
+    def _root(self, *, create: bool) -> Path | None:
+        if self.directory is not None:
+            return self.directory
+        if self._spill is None and create:
+            import shutil
+            import tempfile
+            import weakref
+
+            self._spill = Path(tempfile.mkdtemp(prefix="beamwatch-series-"))
+            self._remove_spill = weakref.finalize(
+                self, shutil.rmtree, str(self._spill), ignore_errors=True
+            )
+            logger.info("operando series state in %s until the consumer stops", self._spill)
+        return self._spill
+
+    def _series_dir(self, series: str, *, create: bool = False) -> Path | None:
+        root = self._root(create=create)
+        return None if root is None else root / _digest(series)
 
     def _load(self, series: str) -> list[SeriesScanSummary]:
         folder = self._series_dir(series)
@@ -235,7 +271,7 @@ class SeriesStore:
         return items
 
     def _save(self, series: str, summary: _ScanSummary) -> Path | None:
-        folder = self._series_dir(series)
+        folder = self._series_dir(series, create=True)
         if folder is None:
             return None
         folder.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,7 @@ class Consumer:
         self.settings = settings
         self.metrics = metrics or Metrics(role)
         self._feedback: Any = None
+        self._registry: Any = None  # the analysis registry, closed when the consumer stops
         self._client = LazyClient(
             settings.tiled_url, settings.resolved_api_key(), settings.tiled.request_timeout
         )
@@ -185,7 +186,7 @@ class Consumer:
                     references_dir=settings.data_dir,
                     metrics=self.metrics,
                 )
-            reg = registry
+            reg = self._registry = registry
 
             def factory(start: Doc) -> AnalysisRunRouter | None:
                 entries = reg.select(start)
@@ -265,6 +266,8 @@ class Consumer:
             t.join(timeout=10)
         self.dispatcher.close()
         self._after_scan_pool.shutdown(wait=True)
+        if self._registry is not None:
+            self._registry.close()  # after the after-scan stages that use its series state
         self.spool.stop(drain_timeout)
         self._remove_done_journals()  # releases the claims of runs now done
         if self.runs_source is not None:

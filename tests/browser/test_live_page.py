@@ -31,6 +31,54 @@ N_ENERGIES = 30
 Z = 32  # slices of 320 x 320: segmenting one takes longer than a Tiled write, as at a beamline
 
 
+# the particle table as the page shows it: {stored column: header}, and rows of cell texts
+TABLE_SHOWN = """() => {
+  const heads = [...document.querySelectorAll('#particles th')];
+  return {
+    headers: Object.fromEntries(heads.map(th => [th.dataset.column,
+                                                 th.textContent.replace(/ [▲▼]$/, '')])),
+    columns: heads.map(th => th.dataset.column),
+    rows: [...document.querySelectorAll('#particles tr')].slice(1)
+      .map(tr => [...tr.children].map(td => td.textContent)),
+  };
+}"""
+
+LENGTH_COLUMNS = ("equivalent_diameter_px", "centroid_z", "centroid_y", "centroid_x")
+
+
+def check_particle_table(page, table, voxel: float | None) -> None:
+    """The page's particle table holds the stored table's rows, lengths times the voxel size
+    (um, um², um³ in the headers) when it is known, as stored (px, px², voxels) when not."""
+    shown = page.evaluate(TABLE_SHOWN)
+    headers = shown["headers"]
+    names = {
+        "equivalent_diameter_px": "equivalent diameter",
+        "centroid_z": "centroid z",
+        "centroid_y": "centroid y",
+        "centroid_x": "centroid x",
+    }
+    unit = "um" if voxel else "px"
+    for column, name in names.items():
+        assert headers[column] == f"{name} ({unit})", headers
+    assert headers["surface_area_px2"] == ("surface area (um²)" if voxel else "surface area (px²)")
+    assert headers["volume_voxels"] == ("volume (um³)" if voxel else "volume (voxels)")
+    if not voxel:
+        assert "um" not in page.inner_text("#particle-table").replace("volume", "")
+    scale = voxel or 1.0
+    powers = {c: 1 for c in LENGTH_COLUMNS} | {"surface_area_px2": 2, "volume_voxels": 3}
+    by_label = {int(row[shown["columns"].index("label")]): row for row in shown["rows"]}
+    assert sorted(by_label) == sorted(int(v) for v in table["label"])
+    for _, particle in table.iterrows():
+        row = by_label[int(particle["label"])]
+        for column, power in powers.items():
+            want = float(particle[column]) * scale**power
+            cell = row[shown["columns"].index(column)]
+            if np.isnan(want):
+                assert cell == "–", (column, cell)
+            else:
+                assert float(cell) == pytest.approx(want, abs=6e-4, rel=1e-9), (column, cell, want)
+
+
 def test_empty_catalog_says_so(browser, tmp_path):
     # its own Tiled and page (no consumers needed): the session's catalog holds other runs
     import httpx
@@ -150,7 +198,7 @@ def test_xanes_drift_plot_grows_while_the_scan_runs(page, publisher):
     shoot(page, "xanes")
 
 
-def test_crack_view_shows_new_slices(page, publisher):
+def test_crack_view_shows_new_slices(page, up, publisher):
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
     from synthetic.cathode import make_cathode_volume
@@ -188,6 +236,15 @@ def test_crack_view_shows_new_slices(page, publisher):
     assert state(page, "document.querySelector('#card-damage h3').textContent") == (
         "Damage density (crack share of the 50 x 50 px window) of this slice"
     )
+    # the particle table: the stored px / voxel values, px in the headers, no "um"
+    from tests.browser.conftest import _client
+
+    client = _client(up)
+    try:
+        table = client["analysis"][uid]["particles"]["table"].read()
+    finally:
+        client.context.close()
+    check_particle_table(page, table, None)
     # Sorting the particle table by a column, as a user clicks it.
     page.click("th[data-column='equivalent_diameter_px']")
     page.click("th[data-column='equivalent_diameter_px']")
@@ -409,6 +466,8 @@ def test_lengths_are_in_um_when_the_voxel_size_is_known(page, up, small_tomogram
     )
     want = table["equivalent_diameter_px"].dropna().to_numpy() * voxel
     np.testing.assert_allclose(sorted(shown), sorted(want))
+    # the particle table: diameters, centroids, areas and volumes in um, um², um³
+    check_particle_table(page, table, voxel)
     # the screenshot shows the figures too (the card of this run, drawn)
     wait_page(page, "document.querySelectorAll('#figures figure img').length > 0", 60)
     shoot(page, "tomography-um")

@@ -26,7 +26,7 @@ def test_page_loads_the_layout_the_python_side_writes_by(page):
         """async () => {
           const names = ["state", "tiled", "subscriptions", "scheduler", "dom", "images", "runs",
                          "selection", "views/header", "views/xanes", "views/tomo", "views/other",
-                         "views/compare", "views/figures", "units"];
+                         "views/compare", "views/figures", "views/chemistry", "units"];
           const out = {};
           for (const n of names) out[n] = Object.keys(await import(`/static/js/${n}.js`)).length;
           return out;
@@ -164,3 +164,72 @@ def test_length_helpers(page):
     assert out["scales"] == [{"unit": "um", "scale": 0.03}, px, px, px, px, px, px]
     assert out["stated"] == [0.5, None]
     assert out["windows"] == ["50 x 50 px (25 um)", "50 x 50 px", "moving"]
+
+
+def test_particle_table_columns_in_the_run_unit(page):
+    """The particle table's lengths, areas and volumes: um, um², um³ with a known voxel size,
+    px, px², voxels without one (never "um"); other columns keep their stored name."""
+    wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
+    out = run_js(
+        page,
+        """
+        const u = await import("/static/js/units.js");
+        const cols = bw.layout.particle_columns;
+        const names = ["equivalent_diameter_px", "centroid_z", "centroid_y", "centroid_x",
+                       "surface_area_px2", "volume_voxels", "sphericity", "label"];
+        const both = (size) => names.map((c) => u.particleColumn(c, u.lengthScale(size), cols));
+        return { um: both(0.5), px: both(null) };
+        """,
+    )
+    assert out["um"] == [
+        {"header": "equivalent diameter (um)", "scale": 0.5},
+        {"header": "centroid z (um)", "scale": 0.5},
+        {"header": "centroid y (um)", "scale": 0.5},
+        {"header": "centroid x (um)", "scale": 0.5},
+        {"header": "surface area (um²)", "scale": 0.25},
+        {"header": "volume (um³)", "scale": 0.125},
+        {"header": "sphericity", "scale": 1},
+        {"header": "label", "scale": 1},
+    ]
+    assert out["px"] == [
+        {"header": "equivalent diameter (px)", "scale": 1},
+        {"header": "centroid z (px)", "scale": 1},
+        {"header": "centroid y (px)", "scale": 1},
+        {"header": "centroid x (px)", "scale": 1},
+        {"header": "surface area (px²)", "scale": 1},
+        {"header": "volume (voxels)", "scale": 1},
+        {"header": "sphericity", "scale": 1},
+        {"header": "label", "scale": 1},
+    ]
+    assert not any("(um" in c["header"] for c in out["px"])
+
+
+def test_chemistry_helpers(page):
+    """The chemistry view's layer list, stepped cluster colours and quantity names."""
+    wait_page(page, "window.bw && bw.state.refreshes > 0", 60)
+    out = run_js(
+        page,
+        """
+        const c = await import("/static/js/views/chemistry.js");
+        return {
+          layers: c.lcfLayers(["pristine", "charged"]).map((l) => [l.key, l.label]),
+          scale: c.discreteColorscale(["#a", "#b", "#c"]),
+          labels: ["edge_energy_eV", "fraction_charged", "n_pixels"].map(c.quantityLabel),
+        };
+        """,
+    )
+    assert out["layers"] == [
+        ["fraction_pristine", "fraction of pristine"],
+        ["fraction_charged", "fraction of charged"],
+        ["r_factor", "R-factor"],
+    ]
+    third = 1 / 3
+    assert out["scale"] == [
+        [0, "#a"],
+        [third, "#a"],
+        [third, "#b"],
+        [2 * third, "#b"],
+        [2 * third, "#c"],
+        [1, "#c"],
+    ]
+    assert out["labels"] == ["edge energy (eV)", "fraction of charged", "n pixels"]

@@ -62,7 +62,7 @@ class AnalysisConsumer:
     def __init__(self, data_dir, series: bool = True) -> None:
         self.spool = RecordingSpool()
         metrics = Metrics("analysis")
-        registry = default_registry(
+        registry = self.registry = default_registry(
             data_dir / "figures", None, series_dir=data_dir / "series" if series else None
         )
 
@@ -92,7 +92,9 @@ class AnalysisConsumer:
         return {"arrays": arrays, "metadata": md, "tables": tables}
 
 
-def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_one(tmp_path):
+def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_one(
+    tmp_path, monkeypatch
+):
     (first, second), docs = _series_documents(tmp_path)
 
     uninterrupted = AnalysisConsumer(tmp_path / "a")
@@ -133,10 +135,30 @@ def test_series_deformation_after_a_consumer_restart_equals_the_uninterrupted_on
         again.xanes(second)["arrays"]["deformation_displacement"], displacement
     )
 
+    # without a data dir the series state goes to a temporary directory (the same result, the
+    # scans' arrays on disk, not in memory), removed when the registry is closed (consumer stop)
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    spilling = AnalysisConsumer(tmp_path / "d", series=False)
+    spilling.feed(docs[first])
+    spilling.feed(docs[second])
+    assert spilling.xanes(second)["metadata"]["series_scans"] == [0, 1]
+    np.testing.assert_array_equal(
+        spilling.xanes(second)["arrays"]["deformation_displacement"], displacement
+    )
+    (spill,) = temp.glob("beamwatch-series-*")
+    assert len(list(spill.rglob("*.npz"))) == 2
+    spilling.registry.close()
+    assert not spill.exists()
+
     # without the state on disk a restart forgets the first scan (what issue 14 reported)
     forgetful = AnalysisConsumer(tmp_path / "c", series=False)
     forgetful.feed(docs[second])
     assert forgetful.xanes(second)["metadata"]["series_scans"] == [1]
+    forgetful.registry.close()
 
 
 def test_a_scan_keeps_the_series_it_was_added_to(tmp_path):
@@ -206,11 +228,13 @@ def test_a_later_scan_whose_stage_ends_first_waits_for_the_earlier_one(tmp_path)
 
 
 def test_the_series_store_holds_numbers_not_maps_and_a_restart_continues(tmp_path):
-    """With a directory the store keeps each scan's arrays on disk only: adding scans 3 to 12
-    of a series (about 1 MB of arrays each) leaves the memory the store holds as it was (the
-    numbers of a scan are a few hundred bytes); without a directory the same scans stay in
-    memory, which is what the measure must see. The arrays read back are the ones added, and
-    a store opened on the same directory (a restarted consumer) continues the series."""
+    """The store keeps each scan's arrays on disk only, in the directory it is given or,
+    without one, in a temporary directory it removes at close: adding scans 3 to 12 of a
+    series (about 1 MB of arrays each) leaves the memory the store holds as it was (the numbers
+    of a scan are a few hundred bytes); keeping the same summaries in a list, as the store did
+    without a directory before, grows by about 10 scans, which is what the measure must see.
+    The arrays read back are the ones added, and a store opened on the same directory (a
+    restarted consumer) continues the series."""
     import gc
     import tracemalloc
 
@@ -246,19 +270,43 @@ def test_the_series_store_holds_numbers_not_maps_and_a_restart_continues(tmp_pat
             held.append(tracemalloc.get_traced_memory()[0])
         return held
 
+    def held_in_a_list(indices: range) -> tuple[list[int], list[_ScanSummary]]:
+        kept: list[_ScanSummary] = []
+        held = []
+        for index in indices:
+            kept.append(summary(index))
+            gc.collect()
+            held.append(tracemalloc.get_traced_memory()[0])
+        return held, kept
+
+    spilling = SeriesStore()  # no directory: a temporary one
     tracemalloc.start()
     try:
         on_disk = held_after_adding(SeriesStore(directory=tmp_path / "series"), range(12))
-        tracemalloc.reset_peak()
-        in_memory_store = SeriesStore()
-        in_memory = held_after_adding(in_memory_store, range(12))
+        spilled = held_after_adding(spilling, range(12))
+        in_memory, kept = held_in_a_list(range(12))
     finally:
         tracemalloc.stop()
-    # from the 3rd scan on, 10 more scans: the disk-backed store grew by less than a tenth of
-    # one scan's arrays; the in-memory one by about 10 scans (the measure sees the arrays)
+    # from the 3rd scan on, 10 more scans: the disk-backed stores grew by less than a tenth of
+    # one scan's arrays; the list by about 10 scans (the measure sees the arrays)
     assert on_disk[-1] - on_disk[2] < scan_bytes / 10, (on_disk, scan_bytes)
+    assert spilled[-1] - spilled[2] < scan_bytes / 10, (spilled, scan_bytes)
     assert in_memory[-1] - in_memory[2] > 9 * scan_bytes, (in_memory, scan_bytes)
-    del in_memory_store
+    del kept
+    # the spilled arrays are files in the store's temporary directory, read back as added,
+    # and the directory is gone once the store is closed
+    spill = spilling.spill_directory
+    assert spill is not None and not spill.is_relative_to(tmp_path)
+    assert len(list(spill.rglob("*.npz"))) == 12
+    again = spilling.add("s", summary(12))
+    np.testing.assert_array_equal(again[5].labels, summary(5).labels)
+    np.testing.assert_array_equal(
+        again[5].maps["fraction_charged"], summary(5).maps["fraction_charged"]
+    )
+    del again
+    spilling.close()
+    assert not spill.exists() and spilling.spill_directory is None
+    spilling.close()  # twice is fine
 
     # what a restarted consumer sees: every scan, in order, arrays as they were added
     restarted = SeriesStore(directory=tmp_path / "series")

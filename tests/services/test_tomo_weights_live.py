@@ -84,6 +84,8 @@ def test_checked_weights_are_loaded_and_bad_ones_refused(tmp_path: Path) -> None
         assert got.crack_model is None and got.used["crack_weights"] == "shipped", spec
         assert reason in got.errors["crack_weights"], (spec, got.errors)
         assert got.errors["crack_weights"].endswith("using the shipped weights")
+        # the reason names the file as given, never the data dir's own (absolute) path
+        assert str(data.resolve()) not in got.errors["crack_weights"], got.errors
     assert refused == ["crack_weights"] * len(cases)
     nowhere = run_weights({"uid": "u", "particle_weights": "p.pt"}, data_dir=None)
     assert "no data dir" in nowhere.errors["particle_weights"]

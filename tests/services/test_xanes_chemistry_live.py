@@ -12,6 +12,7 @@ scan 1 for every particle.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,9 @@ def test_start_document_options_are_checked(tmp_path: Path) -> None:
                 request(**start)
             assert info.value.option == option
             assert message in str(info.value), (value, str(info.value))
+            # the reason names files as given, never the data dir's own (absolute) path: it
+            # reaches the run's metadata and the live page
+            assert str(tmp_path.resolve()) not in str(info.value), str(info.value)
     with pytest.raises(ChemistryRequestError, match="no data dir"):
         chemistry_request(
             {"lcf_references": {"a": good, "b": inline}}, references_dir=None, spectra_params=params
@@ -142,6 +146,8 @@ def test_refused_references_leave_the_analysis_running_and_say_why(tmp_path: Pat
     assert final["chemistry"]["status"] == "failed"
     assert final["chemistry"]["option"] == "lcf_references"
     assert "pristine: no file 'missing.csv'" in final["chemistry"]["error"]
+    # the data dir's own path is nowhere in the run's metadata (the page shows the error)
+    assert str((tmp_path / "data").resolve()) not in json.dumps(final, default=str)
     assert final["chemistry"]["request"]["lcf_references"] == {
         "pristine": "missing.csv",
         "charged": f"inline ({GRID.size} rows)",

@@ -7,8 +7,9 @@
 //   scheduler.js      the coalescing refresh loop
 //   dom.js, images.js DOM / Plotly helpers, pure image helpers
 //   runs.js           the run list; selection.js what is shown / compared
-//   views/*.js        one module per view: header, xanes, tomo, other, compare; figures
-//                     (the analysis' figures, a card of the xanes and tomo views)
+//   views/*.js        one module per view: header, xanes, tomo, other, compare; chemistry
+//                     (LCF / cluster maps and trajectory, cards of the xanes view) and
+//                     figures (the analysis' figures, a card of the xanes and tomo views)
 import { config, layout, remember, state, ui } from "./state.js";
 import { TiledDown, onConnection } from "./tiled.js";
 import { resubscribe, subscribe } from "./subscriptions.js";
@@ -22,14 +23,20 @@ import { buildTomo, renderTomo } from "./views/tomo.js";
 import { buildOther, renderOther } from "./views/other.js";
 import { buildCompare, renderCompare } from "./views/compare.js";
 import { buildFigures, renderFigures } from "./views/figures.js";
+import { buildChemistry, renderChemistry } from "./views/chemistry.js";
 
 const VIEWS = {
   xanes: [buildXanes, renderXanes],
   tomo: [buildTomo, renderTomo],
   other: [buildOther, renderOther],
 };
-// Views of runs whose pipelines write figures (layout.json: a "figures" key).
-const WITH_FIGURES = new Set(["xanes", "tomo"]);
+// Cards some views end with, in order: the XANES chemistry (LCF / cluster maps, trajectory)
+// and the figures of runs whose pipelines write figures (layout.json: a "figures" key).
+const EXTRA_CARDS = {
+  xanes: [[buildChemistry, renderChemistry], [buildFigures, renderFigures]],
+  tomo: [[buildFigures, renderFigures]],
+  other: [],
+};
 
 function setConnected(up) {
   const banner = document.getElementById("conn");
@@ -139,11 +146,11 @@ async function refreshView() {
   ensureLayout(`${run.uid}|${kind}`, (root) => {
     const grid = buildHeader(root);
     build(grid);
-    if (WITH_FIGURES.has(kind)) buildFigures(grid);
+    for (const [buildCard] of EXTRA_CARDS[kind]) buildCard(grid);
   });
   renderHeader(run);
   await render(run);
-  if (WITH_FIGURES.has(kind)) await renderFigures(run);
+  for (const [, renderCard] of EXTRA_CARDS[kind]) await renderCard(run);
 }
 
 function followHash() {

@@ -19,6 +19,7 @@ export const state = {
   particles: { rows: 0 },
   series: { scans: 0 },
   edgeMap: false,
+  chemistry: null, // the chemistry cards: {lcf: {layer, layers, step}, clusters: k, trajectory}
   units: null, // lengths of the shown run: {length: "um" | "px", scale (unit per px), window}
   figures: [], // [{pipeline, name}] of the figures card of the selected run
   figureListings: 0, // how often the figures card was listed (on pipeline status changes)
@@ -56,6 +57,7 @@ export function resetRunState() {
   state.particles.rows = 0;
   state.series.scans = 0;
   state.edgeMap = false;
+  state.chemistry = null;
   state.units = null;
   state.figures = [];
   state.chemistryProblems = [];

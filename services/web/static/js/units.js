@@ -26,3 +26,23 @@ export function windowText(px, length) {
   const um = length.unit === "um" ? ` (${+(px * length.scale).toPrecision(3)} um)` : "";
   return `${px} x ${px} px${um}`;
 }
+
+// How the particle table shows a stored column: {header, scale} (scale multiplies the stored
+// value). The table stores lengths in voxels (equivalent_diameter_px, centroid_z/y/x), areas in
+// voxel faces (surface_area_px2) and volumes in voxels; with a known voxel size they are shown
+// in um, um² and um³, else in px, px² and voxels, never "um". Other columns keep their name.
+export function particleColumn(column, length, columns) {
+  const um = length.unit === "um";
+  const s = length.scale;
+  const c = columns;
+  const lengths = {
+    [c.equivalent_diameter_px]: "equivalent diameter",
+    [c.centroid_z]: "centroid z",
+    [c.centroid_y]: "centroid y",
+    [c.centroid_x]: "centroid x",
+  };
+  if (column in lengths) return { header: `${lengths[column]} (${um ? "um" : "px"})`, scale: um ? s : 1 };
+  if (column === c.surface_area_px2) return { header: `surface area (${um ? "um²" : "px²"})`, scale: um ? s * s : 1 };
+  if (column === c.volume_voxels) return { header: `volume (${um ? "um³" : "voxels"})`, scale: um ? s * s * s : 1 };
+  return { header: column, scale: 1 };
+}

@@ -6,7 +6,7 @@ import { scheduleRefresh } from "../scheduler.js";
 import { card, draw, el, heat, imageLayout, plotLayout, setNote } from "../dom.js";
 import { downsampleStep } from "../images.js";
 import { layout, remember, state, ui } from "../state.js";
-import { lengthScale, statedSize, windowText } from "../units.js";
+import { lengthScale, particleColumn, statedSize, windowText } from "../units.js";
 
 export function buildTomo(grid) {
   card(grid, "slice", "Reconstructed slice with the crack overlay (red)", (div) => {
@@ -176,7 +176,7 @@ async function renderParticles(run, length) {
   }
   const base = `${layout.containers.analysis}/${run.uid}/${P.pipeline}`;
   const table = await cached(`table|${run.uid}`, () => readTable(`${base}/${P.table}`));
-  renderTable(table);
+  renderTable(table, length);
   const col = layout.particle_columns;
   // Distributions from the table itself, particles cut by the volume border drawn apart.
   const hist = (column, target, xlabel, scale = 1) => {
@@ -206,31 +206,41 @@ async function renderParticles(run, length) {
   );
 }
 
-function renderTable(table) {
+// The particle table: stored columns (data-column, what sorting uses), lengths shown in the
+// run's unit with the unit in the header (units.js particleColumn).
+function renderTable(table, length) {
   const columns = Object.values(layout.particle_columns).filter((c) => c in table);
+  const shown = columns.map((c) => ({ column: c, ...particleColumn(c, length, layout.particle_columns) }));
   const n = columns.length ? table[columns[0]].length : 0;
   const sort = ui.tableSort;
   state.particles.rows = n;
   state.particles.sort = { ...sort };
+  state.particles.columns = shown;
   const order = [...Array(n).keys()];
   const col = table[sort.column] || table[columns[0]];
   order.sort((a, b) => (col[a] < col[b] ? -1 : col[a] > col[b] ? 1 : 0) * (sort.descending ? -1 : 1));
-  const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v));
+  const fmt = (v, scale) => {
+    if (v === null || (typeof v === "number" && Number.isNaN(v))) return "–"; // unknown
+    if (typeof v !== "number") return String(v);
+    const x = v * scale;
+    return Number.isInteger(x) ? String(x) : x.toFixed(3);
+  };
   const t = el("table", { className: "particles", id: "particles" });
   const head = el("tr");
-  for (const c of columns) {
-    const th = el("th", {}, c + (c === sort.column ? (sort.descending ? " ▼" : " ▲") : ""));
+  for (const { column: c, header } of shown) {
+    const th = el("th", {}, header + (c === sort.column ? (sort.descending ? " ▼" : " ▲") : ""));
     th.dataset.column = c;
+    th.title = c === header ? c : `${header}; stored as ${c}`;
     th.addEventListener("click", () => {
       ui.tableSort = { column: c, descending: sort.column === c ? !sort.descending : false };
-      renderTable(table);
+      renderTable(table, length);
     });
     head.append(th);
   }
   t.append(head);
   for (const i of order) {
     const tr = el("tr");
-    for (const c of columns) tr.append(el("td", {}, fmt(table[c][i])));
+    for (const { column: c, scale } of shown) tr.append(el("td", {}, fmt(table[c][i], scale)));
     t.append(tr);
   }
   document.getElementById("particle-table").replaceChildren(t);
