@@ -42,8 +42,14 @@ from training.crack_unet import (
     evaluate,
     inflate_input,
 )
-from training.finetune import FinetuneResult, slice_stack, split_indices, tile_boxes
-from training.loop import train_within_budget
+from training.finetune import (
+    FinetuneResult,
+    finetune_within_budget,
+    save_kept,
+    slice_stack,
+    split_indices,
+    tile_boxes,
+)
 
 THRESHOLD = 0.5
 
@@ -182,25 +188,22 @@ def finetune_cracks(
         return crack_loss(model(image), label, valid, gap)
 
     key = f"iou@{THRESHOLD:.2f}"
-    run = train_within_budget(
+    return finetune_within_budget(
         model,
         loss_of_step,
-        evaluate=lambda: evaluate(model, val, thresholds),
+        lambda: evaluate(model, val, thresholds),
         key=key,
+        shapes=[im.shape for im in images],
+        tile=tile,
+        train_idx=train_idx,
+        val_idx=val_idx,
         minutes=minutes,
         lr=lr,
         eval_seconds=eval_seconds,
         progress=progress,
-        log_every=0,
-    )
-    boxes = tile_boxes([im.shape for im in images], tile)
-    return FinetuneResult.of_run(
-        model, run, key=key, n_train_tiles=len(train_idx), val_boxes=[boxes[i] for i in val_idx]
     )
 
 
 def save_finetuned(result: FinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
     """Write the weights in the one checkpoint format (constructor arguments inside)."""
-    model = result.model
-    assert isinstance(model, CrackUNet)
-    save_crack_unet(model.eval(), path, metadata)
+    save_kept(result, path, metadata, CrackUNet, save_crack_unet)

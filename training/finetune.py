@@ -8,22 +8,27 @@ particles`` (:mod:`training.particle_finetune`):
   its own z - 1 / z + 1 neighbours;
 - :func:`tile_boxes` and :func:`split_indices`: non-overlapping tiles and a held-out share of
   them, stratified by whether a tile holds labelled objects;
-- :class:`FinetuneResult`: the kept network and its held-out scores. Training is the one loop
+- :func:`finetune_within_budget`: training in the one loop
   (:func:`training.loop.train_within_budget`): the held-out score at the start and every
   ``eval_seconds``, the best state kept (the initial one included: a run that does not improve
-  gives back the initial weights).
+  gives back the initial weights), as a :class:`FinetuneResult` (the kept network and its
+  held-out scores); :func:`save_kept` writes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from models.crack_unet import context_stacks, normalize_slices, reference_levels
-from training.loop import TrainingRun
+from training.loop import TrainingRun, train_within_budget
+
+Net = TypeVar("Net", bound=torch.nn.Module)
 
 
 def slice_stack(image: np.ndarray) -> np.ndarray:
@@ -124,3 +129,74 @@ class FinetuneResult:
             val_boxes=val_boxes,
             history=run.history,
         )
+
+
+def finetune_within_budget(
+    model: torch.nn.Module,
+    loss_of_step: Callable[[], torch.Tensor],
+    evaluate: Callable[[], dict[str, float]],
+    *,
+    key: str,
+    shapes: Sequence[tuple[int, ...]],
+    tile: int,
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+    minutes: float,
+    lr: float,
+    eval_seconds: float | None,
+    progress: Callable[[float], None] | None,
+) -> FinetuneResult:
+    """Fine-tune ``model`` with keep-best on the held-out tiles' ``key``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The starting network (training mode); it ends with the kept state.
+    loss_of_step : callable
+        Loss of one step on a batch of the training tiles.
+    evaluate : callable
+        Held-out tiles' scores of the current state (higher ``key`` is better).
+    key : str
+        The score that selects the kept state.
+    shapes : sequence of tuple
+        Shapes of the labelled slices, ``tile``: the tile size that cut them
+        (:func:`tile_boxes`); ``train_idx`` and ``val_idx`` index those tiles
+        (:func:`split_indices`).
+    minutes, lr, eval_seconds, progress
+        As :func:`training.loop.train_within_budget`.
+
+    Returns
+    -------
+    FinetuneResult
+        The kept network, its scores and the held-out tiles' boxes.
+    """
+    run = train_within_budget(
+        model,
+        loss_of_step,
+        evaluate=evaluate,
+        key=key,
+        minutes=minutes,
+        lr=lr,
+        eval_seconds=eval_seconds,
+        progress=progress,
+        log_every=0,
+    )
+    boxes = tile_boxes(shapes, tile)
+    return FinetuneResult.of_run(
+        model, run, key=key, n_train_tiles=len(train_idx), val_boxes=[boxes[i] for i in val_idx]
+    )
+
+
+def save_kept(
+    result: FinetuneResult,
+    path: Path,
+    metadata: dict[str, Any],
+    network: type[Net],
+    save: Callable[[Net, Path, dict[str, Any]], None],
+) -> None:
+    """Write the kept network of ``result`` with ``save`` (the one checkpoint format of its
+    ``network`` class: constructor arguments inside), in evaluation mode."""
+    model = result.model
+    if not isinstance(model, network):
+        raise TypeError(f"expected a {network.__name__}, got {type(model).__name__}")
+    save(model.eval(), path, metadata)

@@ -32,8 +32,14 @@ from models.particle_unet import (
     predict_maps,
     save_particle_unet,
 )
-from training.finetune import FinetuneResult, slice_stack, split_indices, tile_boxes
-from training.loop import train_within_budget
+from training.finetune import (
+    FinetuneResult,
+    finetune_within_budget,
+    save_kept,
+    slice_stack,
+    split_indices,
+    tile_boxes,
+)
 from training.particle_unet import VolumeSet, particle_loss, sample_batch
 
 TileMaps = list[tuple[np.ndarray, np.ndarray]]
@@ -169,25 +175,22 @@ def finetune_particles(
         image, fg, dist = sample_batch(train, batch, crop, rng)
         return particle_loss(model(image), fg, dist)
 
-    run = train_within_budget(
+    return finetune_within_budget(
         model,
         loss_of_step,
-        evaluate=lambda: scorer(tile_maps(model, val), truths),
+        lambda: scorer(tile_maps(model, val), truths),
         key=key,
+        shapes=[im.shape for im in images],
+        tile=tile,
+        train_idx=train_idx,
+        val_idx=val_idx,
         minutes=minutes,
         lr=lr,
         eval_seconds=eval_seconds,
         progress=progress,
-        log_every=0,
-    )
-    boxes = tile_boxes([im.shape for im in images], tile)
-    return FinetuneResult.of_run(
-        model, run, key=key, n_train_tiles=len(train_idx), val_boxes=[boxes[i] for i in val_idx]
     )
 
 
 def save_finetuned(result: FinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
     """Write the weights in the one checkpoint format (constructor arguments inside)."""
-    model = result.model
-    assert isinstance(model, ParticleUNet)
-    save_particle_unet(model.eval(), path, metadata)
+    save_kept(result, path, metadata, ParticleUNet, save_particle_unet)
