@@ -71,9 +71,9 @@ from synthetic.cathode import (
     CathodeParams,
     CathodeVolume,
     DetectorParams,
-    make_cathode_volume,
 )
-from synthetic.damage import WIDE_DAMAGE, add_damage
+from synthetic.damage import WIDE_DAMAGE, damaged_cathode_volume
+from synthetic.reconstructed import random_cathode_params
 from synthetic.scan import jpeg_roundtrip, quantize_8bit, reconstruct_synthetic
 from training.loop import train_within_budget
 
@@ -153,22 +153,18 @@ def wide_volume(
         ),
         mu_binder=0.012 * float(rng.uniform(0.1, 0.5)),
     )
-    vol = make_cathode_volume(
+    vol = damaged_cathode_volume(
         shape,
+        rng,
         seed=seed,
         crack_density=crack_density,
         depth_gradient=bool(rng.random() < 0.5),
         params=params,
+        damage_share=damage_share,
+        width_px=(0.8, 1.0 + 2.5 * width_scale),
+        kinds=WIDE_DAMAGE,
+        core_share=(0.4, 0.8),
     )
-    if damage_share > 0:
-        vol = add_damage(
-            vol,
-            rng,
-            share=damage_share,
-            width_px=(0.8, 1.0 + 2.5 * width_scale),
-            kinds=WIDE_DAMAGE,
-            core_share=(0.4, 0.8),
-        )
     attenuation = vol.attenuation.copy()
     binder = vol.phase == BINDER
     grain = _fine_texture(shape, float(rng.uniform(0.6, 1.6)), rng)
@@ -200,21 +196,15 @@ def make_slice_set(
     """
     if wide:
         return _wide_slice_set(shape, seed, rng, crack_density, damage_share, quantize, diameter_px)
-    params = CathodeParams(
-        particle_diameter_px=float(rng.uniform(*diameter_px)),
-        shape_irregularity=float(rng.uniform(0.08, 0.22)),
-        binder_fraction=float(rng.uniform(0.35, 0.7)),
-        crack_width_px=(float(rng.uniform(1.0, 1.6)), float(rng.uniform(2.2, 3.4))),
-    )
-    vol = make_cathode_volume(
+    vol = damaged_cathode_volume(
         shape,
+        rng,
         seed=seed,
         crack_density=crack_density,
+        params=random_cathode_params(rng, diameter_px),
         depth_gradient=bool(rng.random() < 0.5),
-        params=params,
+        damage_share=damage_share,
     )
-    if damage_share > 0:
-        vol = add_damage(vol, rng, share=damage_share)
     detector = DetectorParams(
         photons=float(10 ** rng.uniform(3.7, 4.7)),
         phase_fringe=float(rng.uniform(0.0, 1.2)),
@@ -222,28 +212,10 @@ def make_slice_set(
         ring_fraction=float(rng.uniform(0.0, 0.08)),
     )
     n_angles = int(rng.choice([shape[2], int(shape[2] * 1.4), int(shape[2] * 1.6)]))
-    filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
-    recon = reconstruct_synthetic(
-        vol.attenuation,
-        seed=seed + 1,
-        n_angles=n_angles,
-        detector=detector,
-        filter_name=filter_name,
-    )
+    recon = _scan(vol, seed, rng, detector, n_angles)
     if quantize:
         recon = quantize_8bit(recon, rng)
-    low, high = reference_levels(recon)
-    images = context_stacks(normalize_slices(recon, low, high))
-    n = shape[2]
-    yy, xx = np.mgrid[:n, :n]
-    circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
-    valid = np.broadcast_to(circle, shape).copy()
-    return SliceSet(
-        images=images,
-        labels=vol.crack_mask.astype(np.float32),
-        valid=valid,
-        gaps=touching_gaps(vol.particle_ids).astype(np.float32),
-    )
+    return _labelled_slices(recon, vol)
 
 
 def _wide_slice_set(
@@ -274,15 +246,7 @@ def _wide_slice_set(
         n_angles, angle_range = int(n * 1.4), float(rng.uniform(110.0, 165.0))
     else:
         n_angles, angle_range = int(rng.choice([n, int(n * 1.4), int(n * 1.6)])), 180.0
-    filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
-    recon = reconstruct_synthetic(
-        vol.attenuation,
-        seed=seed + 1,
-        n_angles=n_angles,
-        detector=detector,
-        filter_name=filter_name,
-        angle_range=angle_range,
-    )
+    recon = _scan(vol, seed, rng, detector, n_angles, angle_range)
     if rng.random() < 0.25:
         inside = recon != 0
         recon = ndimage.gaussian_filter(recon, (0, *(2 * [float(rng.uniform(0.5, 1.3))])))
@@ -293,8 +257,36 @@ def _wide_slice_set(
             inside = recon != 0
             recon = jpeg_roundtrip(recon, int(rng.integers(25, 91)))
             recon[~inside] = 0.0
+    return _labelled_slices(recon, vol)
+
+
+def _scan(
+    vol: CathodeVolume,
+    seed: int,
+    rng: np.random.Generator,
+    detector: DetectorParams,
+    n_angles: int,
+    angle_range: float = 180.0,
+) -> np.ndarray:
+    """Reconstruction of a simulated scan of ``vol`` with a filter drawn from ``rng``."""
+    filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
+    return reconstruct_synthetic(
+        vol.attenuation,
+        seed=seed + 1,
+        n_angles=n_angles,
+        detector=detector,
+        filter_name=filter_name,
+        angle_range=angle_range,
+    )
+
+
+def _labelled_slices(recon: np.ndarray, vol: CathodeVolume) -> SliceSet:
+    """Context stacks of ``recon`` normalised on its own levels, as at inference, with the
+    crack labels, the reconstruction circle as the valid pixels and the touching gaps."""
     low, high = reference_levels(recon)
     images = context_stacks(normalize_slices(recon, low, high))
+    shape = vol.crack_mask.shape
+    n = shape[2]
     yy, xx = np.mgrid[:n, :n]
     circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
     return SliceSet(
