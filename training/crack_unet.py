@@ -41,7 +41,6 @@ in earlier sessions) inflated and trained for 70 minutes on one thread with ``--
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -75,6 +74,13 @@ from synthetic.cathode import (
 from synthetic.damage import WIDE_DAMAGE, damaged_cathode_volume
 from synthetic.reconstructed import random_cathode_params
 from synthetic.scan import jpeg_roundtrip, quantize_8bit, reconstruct_synthetic
+from training.cli import (
+    add_volume_options,
+    run_metadata,
+    save_trained,
+    start_training,
+    trainer_parser,
+)
 from training.loop import train_within_budget
 
 logger = logging.getLogger(__name__)
@@ -460,17 +466,18 @@ def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build data, train, evaluate on a held-out volume, save weights."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--minutes", type=float, default=13.0, help="training time budget")
-    parser.add_argument("--volumes", type=int, default=8)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=20)
-    parser.add_argument("--tile", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--base-channels", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser = trainer_parser(
+        __doc__.splitlines()[0],
+        out=DEFAULT_WEIGHTS,
+        threads=2,
+        minutes=13.0,
+        batch=8,
+        lr=3e-3,
+        seed=2024,
+    )
+    add_volume_options(parser, volumes=8, size=256, depth=20)
+    parser.add_argument("--tile", type=int, default=128, help="side of the training crops")
+    parser.add_argument("--base-channels", type=int, default=8, help="U-Net width")
     parser.add_argument(
         "--crack-share", type=float, default=0.35, help="share of crops centred near cracks"
     )
@@ -506,16 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)
-    parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
         "--cache", type=Path, default=None, help="npz file to reuse/save the prepared slices"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = start_training(args)
     t_start = time.monotonic()
 
     if args.cache is not None and args.cache.is_file():
@@ -578,23 +581,15 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
     scores = evaluate(model, held_out, thresholds)
     logger.info("held-out scores: %s", scores)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
-        "config": config,
-        "steps": run.steps,
-        "best_step": run.best_step,
-        "kept": "best held-out iou@0.50" if keep_best else "last step",
-        "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(run.train_seconds, 1),
+        **run_metadata(
+            args, run, data_seconds=data_seconds, kept="iou@0.50" if keep_best else None
+        ),
         "held_out": {"shape": [12, args.size, args.size], "seed": 991_000, **scores},
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "threshold": 0.5,
-        "torch": str(torch.__version__),
     }
     if previous:
         metadata["initialised_from"] = previous
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_crack_unet(model, args.out, metadata)
-    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    save_trained(save_crack_unet, model, args.out, metadata)
     return 0

@@ -23,8 +23,6 @@ the never-trained family and worse on the real crops, so the shipped weights are
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -46,6 +44,13 @@ from models.particle_unet import (
 )
 from synthetic.damage import DAMAGE
 from synthetic.reconstructed import make_reconstructed_cathode
+from training.cli import (
+    add_volume_options,
+    run_metadata,
+    save_trained,
+    start_training,
+    trainer_parser,
+)
 from training.loop import train_within_budget
 
 logger = logging.getLogger(__name__)
@@ -149,18 +154,18 @@ def evaluate(model: ParticleUNet, data: VolumeSet) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build data, train, evaluate on a held-out volume, save weights."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--minutes", type=float, default=11.0, help="training time budget")
-    parser.add_argument("--volumes", type=int, default=10)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--depth", type=int, default=40)
-    parser.add_argument("--tile", type=int, default=80)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--base-channels", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=7)
+    parser = trainer_parser(
+        __doc__.splitlines()[0],
+        out=DEFAULT_WEIGHTS,
+        threads=1,
+        minutes=11.0,
+        batch=8,
+        lr=3e-3,
+        seed=7,
+    )
+    add_volume_options(parser, volumes=10, size=128, depth=40)
+    parser.add_argument("--tile", type=int, default=80, help="side of the training crops")
+    parser.add_argument("--base-channels", type=int, default=8, help="U-Net width")
     parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
         "--damaged-volumes",
@@ -191,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         help="score the held-out volume every N steps and keep the best state (0: keep the last)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = start_training(args)
     t_start = time.monotonic()
     shape = (args.depth, args.size, args.size)
     sets = []
@@ -256,14 +258,10 @@ def main(argv: list[str] | None = None) -> int:
 
     scores = evaluate(model, held_out)
     logger.info("held-out pixel scores: %s", scores)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
-        "config": config,
-        "steps": run.steps,
-        "best_step": run.best_step,
-        "kept": "best held-out foreground_iou" if keep_best else "last step",
-        "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(run.train_seconds, 1),
+        **run_metadata(
+            args, run, data_seconds=data_seconds, kept="foreground_iou" if keep_best else None
+        ),
         "held_out": {
             "shape": list(shape),
             "seed": HELD_OUT_SEED,
@@ -273,10 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "distance_scale_px": DISTANCE_SCALE_PX,
-        "torch": str(torch.__version__),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_particle_unet(model, args.out, metadata)
-    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    save_trained(save_particle_unet, model, args.out, metadata)
     return 0
