@@ -74,16 +74,10 @@ from synthetic.cathode import (
 from synthetic.damage import WIDE_DAMAGE, damaged_cathode_volume
 from synthetic.reconstructed import random_cathode_params
 from synthetic.scan import jpeg_roundtrip, quantize_8bit, reconstruct_synthetic
-from training.cli import (
-    add_volume_options,
-    run_metadata,
-    save_trained,
-    start_training,
-    trainer_parser,
-)
-from training.loop import train_within_budget
+from training import cli
 
 logger = logging.getLogger(__name__)
+KEY = "iou@0.50"  # the held-out score of --eval-every's keep-best
 
 
 @dataclass
@@ -466,7 +460,7 @@ def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build data, train, evaluate on a held-out volume, save weights."""
-    parser = trainer_parser(
+    parser = cli.trainer_parser(
         __doc__.splitlines()[0],
         out=DEFAULT_WEIGHTS,
         threads=2,
@@ -475,9 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         lr=3e-3,
         seed=2024,
     )
-    add_volume_options(parser, volumes=8, size=256, depth=20)
-    parser.add_argument("--tile", type=int, default=128, help="side of the training crops")
-    parser.add_argument("--base-channels", type=int, default=8, help="U-Net width")
+    cli.add_volume_options(parser, volumes=8, size=256, depth=20)
+    cli.add_unet_options(parser, tile=128, base_channels=8)
+    cli.add_keep_best_option(parser, default=1000, scored="the held-out volume")
     parser.add_argument(
         "--crack-share", type=float, default=0.35, help="share of crops centred near cracks"
     )
@@ -489,12 +483,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--gap-weight", type=float, default=2.0, help="cross-entropy weight of gap pixels"
-    )
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        default=1000,
-        help="score the held-out volume every N steps and keep the best state (0: keep the last)",
     )
     parser.add_argument(
         "--damaged-volumes",
@@ -513,12 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)
-    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
         "--cache", type=Path, default=None, help="npz file to reuse/save the prepared slices"
     )
     args = parser.parse_args(argv)
-    rng = start_training(args)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
 
     if args.cache is not None and args.cache.is_file():
@@ -566,30 +553,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         return crack_loss(model(image), label, valid, gap, args.gap_weight)
 
-    keep_best = args.eval_every > 0
-    run = train_within_budget(
-        model,
-        loss_of_step,
-        evaluate=(lambda: evaluate(model, held_out, [0.5])) if keep_best else None,
-        key="iou@0.50" if keep_best else None,
-        eval_steps=args.eval_every if keep_best else None,
-        minutes=args.minutes,
-        lr=args.lr,
-        lr_floor=0.02,
+    run = cli.train_with_options(
+        model, loss_of_step, args, evaluate=lambda: evaluate(model, held_out, [0.5]), key=KEY
     )
 
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
     scores = evaluate(model, held_out, thresholds)
     logger.info("held-out scores: %s", scores)
     metadata = {
-        **run_metadata(
-            args, run, data_seconds=data_seconds, kept="iou@0.50" if keep_best else None
-        ),
+        **cli.run_metadata(args, run, data_seconds=data_seconds, key=KEY),
         "held_out": {"shape": [12, args.size, args.size], "seed": 991_000, **scores},
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "threshold": 0.5,
     }
     if previous:
         metadata["initialised_from"] = previous
-    save_trained(save_crack_unet, model, args.out, metadata)
+    cli.save_trained(save_crack_unet, model, args.out, metadata)
     return 0

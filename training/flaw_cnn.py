@@ -42,14 +42,7 @@ from models.flaw_cnn import (
 )
 from synthetic.cathode import CRACK
 from synthetic.reconstructed import make_reconstructed_cathode
-from training.cli import (
-    add_volume_options,
-    run_metadata,
-    save_trained,
-    start_training,
-    trainer_parser,
-)
-from training.loop import train_within_budget
+from training import cli
 
 logger = logging.getLogger(__name__)
 VALIDATION_SEEDS = (870_001,)
@@ -217,7 +210,7 @@ def scores(model: FlawCNN, data: SliceSet) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build slices, train, keep the best validation checkpoint, test, save."""
-    parser = trainer_parser(
+    parser = cli.trainer_parser(
         __doc__.splitlines()[0],
         out=DEFAULT_WEIGHTS,
         threads=1,
@@ -226,15 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         lr=2e-3,
         seed=11,
     )
-    add_volume_options(parser, volumes=10, size=128, depth=48)
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        default=EVAL_EVERY,
-        help="score the validation volume every N steps and keep the best state",
-    )
+    cli.add_volume_options(parser, volumes=10, size=128, depth=48)
+    cli.add_keep_best_option(parser, default=EVAL_EVERY, scored="the validation volume")
     args = parser.parse_args(argv)
-    rng = start_training(args)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
     shape = (args.depth, args.size, args.size)
     train_sets = []
@@ -264,26 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         images = torch.from_numpy(train.images[idx].astype(np.float32)).unsqueeze(1)
         return F.binary_cross_entropy_with_logits(model(augment(images, rng)), labels_t[idx])
 
-    run = train_within_budget(
+    run = cli.train_with_options(
         model,
         loss_of_step,
+        args,
         evaluate=lambda: scores(model, validation),
         key="slice_accuracy",
-        eval_steps=args.eval_every,
-        minutes=args.minutes,
-        lr=args.lr,
-        lr_floor=0.02,
         log_every=EVAL_EVERY,
     )
 
     test_scores = scores(model, test)
     logger.info("held-out test scores: %s", test_scores)
     metadata = {
-        **run_metadata(args, run, data_seconds=data_seconds, kept="validation slice_accuracy"),
+        **cli.run_metadata(args, run, data_seconds=data_seconds, key="validation slice_accuracy"),
         "n_training_slices": int(len(train.labels)),
-        "validation": {"seeds": list(VALIDATION_SEEDS), **run.final},
+        "validation": {"seeds": list(VALIDATION_SEEDS), **(run.final or scores(model, validation))},
         "held_out": {"seeds": list(TEST_SEEDS), "shape": list(shape), **test_scores},
         "rule": f"particle flawed when >= {MIN_FLAWED_SLICES} of 10 slices score >= 0.5",
     }
-    save_trained(save_flaw_cnn, model, args.out, metadata)
+    cli.save_trained(save_flaw_cnn, model, args.out, metadata)
     return 0

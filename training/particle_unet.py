@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,17 +43,11 @@ from models.particle_unet import (
 )
 from synthetic.damage import DAMAGE
 from synthetic.reconstructed import make_reconstructed_cathode
-from training.cli import (
-    add_volume_options,
-    run_metadata,
-    save_trained,
-    start_training,
-    trainer_parser,
-)
-from training.loop import train_within_budget
+from training import cli
 
 logger = logging.getLogger(__name__)
 HELD_OUT_SEED = 990_001
+KEY = "foreground_iou"  # the held-out score of --eval-every's keep-best
 
 
 @dataclass
@@ -154,7 +147,7 @@ def evaluate(model: ParticleUNet, data: VolumeSet) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build data, train, evaluate on a held-out volume, save weights."""
-    parser = trainer_parser(
+    parser = cli.trainer_parser(
         __doc__.splitlines()[0],
         out=DEFAULT_WEIGHTS,
         threads=1,
@@ -163,10 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         lr=3e-3,
         seed=7,
     )
-    add_volume_options(parser, volumes=10, size=128, depth=40)
-    parser.add_argument("--tile", type=int, default=80, help="side of the training crops")
-    parser.add_argument("--base-channels", type=int, default=8, help="U-Net width")
-    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
+    cli.add_volume_options(parser, volumes=10, size=128, depth=40)
+    cli.add_unet_options(parser, tile=80, base_channels=8)
+    cli.add_keep_best_option(parser, default=0, scored="the held-out volume")
     parser.add_argument(
         "--damaged-volumes",
         type=float,
@@ -189,14 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        default=0,
-        help="score the held-out volume every N steps and keep the best state (0: keep the last)",
-    )
     args = parser.parse_args(argv)
-    rng = start_training(args)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
     shape = (args.depth, args.size, args.size)
     sets = []
@@ -244,24 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         image, fg, dist = sample_batch(sets, args.batch, args.tile, rng)
         return particle_loss(model(image), fg, dist)
 
-    keep_best = args.eval_every > 0
-    run = train_within_budget(
-        model,
-        loss_of_step,
-        evaluate=(lambda: evaluate(model, held_out)) if keep_best else None,
-        key="foreground_iou" if keep_best else None,
-        eval_steps=args.eval_every if keep_best else None,
-        minutes=args.minutes,
-        lr=args.lr,
-        lr_floor=0.02,
+    run = cli.train_with_options(
+        model, loss_of_step, args, evaluate=lambda: evaluate(model, held_out), key=KEY
     )
 
     scores = evaluate(model, held_out)
     logger.info("held-out pixel scores: %s", scores)
     metadata = {
-        **run_metadata(
-            args, run, data_seconds=data_seconds, kept="foreground_iou" if keep_best else None
-        ),
+        **cli.run_metadata(args, run, data_seconds=data_seconds, key=KEY),
         "held_out": {
             "shape": list(shape),
             "seed": HELD_OUT_SEED,
@@ -272,5 +248,5 @@ def main(argv: list[str] | None = None) -> int:
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "distance_scale_px": DISTANCE_SCALE_PX,
     }
-    save_trained(save_particle_unet, model, args.out, metadata)
+    cli.save_trained(save_particle_unet, model, args.out, metadata)
     return 0

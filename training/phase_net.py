@@ -23,7 +23,6 @@ are never trained on.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -43,14 +42,7 @@ from models.phase_net import (
 )
 from synthetic.cathode import BINDER, PORE
 from synthetic.reconstructed import make_reconstructed_cathode
-from training.cli import (
-    add_volume_options,
-    run_metadata,
-    save_trained,
-    start_training,
-    trainer_parser,
-)
-from training.loop import train_within_budget
+from training import cli
 
 logger = logging.getLogger(__name__)
 HELD_OUT_SEEDS = (990_101, 990_102, 990_103)
@@ -116,7 +108,7 @@ def voxel_scores(model: PhaseNet, data: VoxelSet) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build data, train, score the held-out volumes, save weights."""
-    parser = trainer_parser(
+    parser = cli.trainer_parser(
         __doc__.splitlines()[0],
         out=DEFAULT_WEIGHTS,
         threads=1,
@@ -126,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=531,
         seed_help="volume seeds seed*1000+1+i",
     )
-    add_volume_options(parser, volumes=160, size=128, depth=48)
+    cli.add_volume_options(parser, volumes=160, size=128, depth=48)
     parser.add_argument(
         "--steps", type=int, default=8000, help="optimiser steps (the cosine decay spans them)"
     )
@@ -145,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "--seed/--volumes would train on the held-out seeds (volume seeds are "
             "seed * 1000 + 1 + i)"
         )
-    rng = start_training(args)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
     shape = (args.depth, args.size, args.size)
     particle_model = load_particle_unet(device=torch.device("cpu"))
@@ -187,22 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # Adam without weight decay (AdamW with weight_decay 0 makes the same steps)
-    run = train_within_budget(
-        model,
-        loss_of_step,
-        minutes=math.inf if args.minutes is None else args.minutes,
-        max_steps=args.steps,
-        lr=args.lr,
-        lr_floor=0.02,
-        weight_decay=0.0,
-        log_every=500,
+    run = cli.train_with_options(
+        model, loss_of_step, args, max_steps=args.steps, weight_decay=0.0, log_every=500
     )
     model.eval()
 
     scores = {str(seed): voxel_scores(model, data) for seed, data in held_out.items()}
     logger.info("held-out voxel scores: %s", scores)
     metadata = {
-        **run_metadata(args, run, data_seconds=data_seconds, kept=None),
+        **cli.run_metadata(args, run, data_seconds=data_seconds),
         "features": list(FEATURE_NAMES),
         "training_seeds": [args.seed * 1000 + 1, args.seed * 1000 + args.volumes],
         "training_voxels": len(features),
@@ -215,5 +200,5 @@ def main(argv: list[str] | None = None) -> int:
         },
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
     }
-    save_trained(save_phase_net, model, args.out, metadata)
+    cli.save_trained(save_phase_net, model, args.out, metadata)
     return 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,8 +49,7 @@ from synthetic.txm_detection import (
     detection_sample,
     perturb_background,
 )
-from training.cli import run_metadata, save_trained, start_training, trainer_parser
-from training.loop import train_within_budget
+from training import cli
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +233,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the training script."""
-    parser = trainer_parser(
+    parser = cli.trainer_parser(
         "Train the TXM particle network (models.txm_particle_net) on synthetic TXM frames "
         "with background augmentation; write the weights, a JSON sidecar with the training "
         "configuration and the held-out score.",
@@ -252,13 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pool", type=int, default=600, help="synthetic frames in the pool")
     parser.add_argument("--size", type=int, default=256, help="side of the synthetic frames")
-    parser.add_argument("--tile", type=int, default=192, help="side of the training crops")
-    parser.add_argument("--base-channels", type=int, default=6, help="U-Net width")
+    cli.add_unet_options(parser, tile=192, base_channels=6)
     parser.add_argument("--held-out", type=int, default=24, help="held-out synthetic frames")
     parser.add_argument(
         "--min-area", type=int, default=40, help="smallest object (px) counted in the score"
     )
-    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
         "--wide",
         action="store_true",
@@ -275,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.seed * 10_000 + args.pool > HELD_OUT_SEED_START:
         raise SystemExit("--seed and --pool would reach the held-out seeds")
-    rng = start_training(args)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
     seeds = [args.seed * 10_000 + i for i in range(args.pool)]
     pool = [
@@ -301,14 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.no_progress)
     with bar, logging_redirect_tqdm():
-        run = train_within_budget(
-            model,
-            loss_of_step,
-            minutes=args.minutes,
-            max_steps=args.steps,
-            lr=args.lr,
-            lr_floor=0.02,
-            progress=lambda _: bar.update(),
+        run = cli.train_with_options(
+            model, loss_of_step, args, max_steps=args.steps, progress=lambda _: bar.update()
         )
     if run.steps < args.steps:
         logger.info("time budget reached after %d steps", run.steps)
@@ -320,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logger.info("held-out scores: %s", scores)
     metadata = {
-        **run_metadata(args, run, data_seconds=data_seconds, kept=None),
+        **cli.run_metadata(args, run, data_seconds=data_seconds),
         "final_loss": round(run.final_loss, 4),
         "training_seeds": [seeds[0], seeds[-1]],
         "held_out": {
@@ -335,5 +325,5 @@ def main(argv: list[str] | None = None) -> int:
         "threshold": 0.5,
         "weights_dtype": "float16",
     }
-    save_trained(save_txm_particle_net, model, args.out, metadata)
+    cli.save_trained(save_txm_particle_net, model, args.out, metadata)
     return 0
