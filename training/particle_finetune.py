@@ -34,10 +34,11 @@ from models.particle_unet import (
 )
 from training.finetune import (
     FinetuneResult,
+    check_pairs,
     finetune_within_budget,
+    plan_tiles,
     save_kept,
     slice_stack,
-    split_indices,
     tile_boxes,
 )
 from training.particle_unet import VolumeSet, particle_loss, sample_batch
@@ -86,20 +87,6 @@ def tile_maps(model: ParticleUNet, sets: Sequence[VolumeSet]) -> TileMaps:
         return [predict_maps(model, s.images) for s in sets]
     finally:
         model.train()
-
-
-def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:
-    """Same count, 2-D, same shapes, integer labels (``ValueError`` naming the pair)."""
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} label images")
-    for i, (grey, lab) in enumerate(zip(images, labels, strict=True)):
-        if grey.ndim != 2 or grey.shape != lab.shape:
-            raise ValueError(
-                f"pair {i}: image shape {grey.shape} and label shape {lab.shape} must be the "
-                "same 2-D shape"
-            )
-        if not np.issubdtype(lab.dtype, np.integer) and not np.issubdtype(lab.dtype, np.bool_):
-            raise ValueError(f"pair {i}: labels must be integers, got {lab.dtype}")
 
 
 def finetune_particles(
@@ -153,26 +140,28 @@ def finetune_particles(
     FinetuneResult
         The best network (training mode, CPU) and the held-out scores.
     """
-    check_pairs(images, labels)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_pairs(images, labels, "label")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    plan = plan_tiles(
+        images,
+        labels,
+        tile=tile,
+        val_fraction=val_fraction,
+        seed=seed,
+        crop=crop,
+        multiple=SIZE_MULTIPLE,
+    )
     tiles = cut_tiles(images, labels, tile)
-    train_idx, val_idx = split_indices([bool(t[1].any()) for t in tiles], val_fraction, seed)
-    smallest = min(min(t[1].shape) for t in tiles)
-    if smallest < 32:
-        raise ValueError(f"tiles must be at least 32 px, got {smallest}: use a larger --tile")
-    crop = min(crop, SIZE_MULTIPLE * (smallest // SIZE_MULTIPLE))
-    train = [tile_set(*tiles[i]) for i in train_idx]
-    val = [tile_set(*tiles[i]) for i in val_idx]
-    truths = [np.asarray(tiles[i][1])[np.newaxis] for i in val_idx]
+    train = [tile_set(*tiles[i]) for i in plan.train_idx]
+    val = [tile_set(*tiles[i]) for i in plan.val_idx]
+    truths = [np.asarray(tiles[i][1])[np.newaxis] for i in plan.val_idx]
     scorer = score if score is not None else pixel_scores
 
     model = load_trainable_particle_unet(init)
 
     def loss_of_step() -> torch.Tensor:
-        image, fg, dist = sample_batch(train, batch, crop, rng)
+        image, fg, dist = sample_batch(train, batch, plan.crop, rng)
         return particle_loss(model(image), fg, dist)
 
     return finetune_within_budget(
@@ -180,10 +169,7 @@ def finetune_particles(
         loss_of_step,
         lambda: scorer(tile_maps(model, val), truths),
         key=key,
-        shapes=[im.shape for im in images],
-        tile=tile,
-        train_idx=train_idx,
-        val_idx=val_idx,
+        plan=plan,
         minutes=minutes,
         lr=lr,
         eval_seconds=eval_seconds,
