@@ -22,11 +22,12 @@ cracks and core).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from synthetic.cathode import CRACK, CathodeVolume
+from synthetic.cathode import CRACK, CathodeParams, CathodeVolume, make_cathode_volume
 
 DAMAGE = ("split", "core", "fragmented")
 # the wider randomisation of the training generator (``--wide`` in training.crack_unet)
@@ -201,3 +202,25 @@ def add_damage(
         attenuation[box][crack] = pore_mu
         phase[box][crack] = CRACK
     return replace(volume, attenuation=attenuation, phase=phase)
+
+
+def damaged_cathode_volume(
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+    *,
+    seed: int,
+    crack_density: float,
+    depth_gradient: bool,
+    params: CathodeParams,
+    damage_share: float,
+    **damage: Any,
+) -> CathodeVolume:
+    """A synthetic cathode volume (:func:`synthetic.cathode.make_cathode_volume`) with a
+    ``damage_share`` of its particles damaged by :func:`add_damage` (``damage``: its other
+    keywords) when that share is > 0."""
+    volume = make_cathode_volume(
+        shape, seed=seed, crack_density=crack_density, depth_gradient=depth_gradient, params=params
+    )
+    if damage_share <= 0:
+        return volume
+    return add_damage(volume, rng, share=damage_share, **damage)

@@ -18,9 +18,8 @@ from synthetic.cathode import (
     CathodeParams,
     CathodeVolume,
     DetectorParams,
-    make_cathode_volume,
 )
-from synthetic.damage import DAMAGE, add_damage
+from synthetic.damage import DAMAGE, damaged_cathode_volume
 from synthetic.scan import quantize_8bit, reconstruct_synthetic
 
 
@@ -41,6 +40,19 @@ class ReconstructedCathode:
     truth: CathodeVolume
     recon: np.ndarray
     normalized: np.ndarray
+
+
+def random_cathode_params(
+    rng: np.random.Generator, diameter_px: tuple[float, float] = (18.0, 34.0)
+) -> CathodeParams:
+    """The training family's microstructure drawn from ``rng``: mean particle diameter in
+    ``diameter_px``, shape irregularity, binder share and crack widths."""
+    return CathodeParams(
+        particle_diameter_px=float(rng.uniform(*diameter_px)),
+        shape_irregularity=float(rng.uniform(0.08, 0.22)),
+        binder_fraction=float(rng.uniform(0.35, 0.7)),
+        crack_width_px=(float(rng.uniform(1.0, 1.6)), float(rng.uniform(2.2, 3.4))),
+    )
 
 
 def make_reconstructed_cathode(
@@ -92,12 +104,7 @@ def make_reconstructed_cathode(
     rng = np.random.default_rng(seed)
     n = int(shape[2])
     if randomize:
-        params = CathodeParams(
-            particle_diameter_px=float(rng.uniform(*diameter_px)),
-            shape_irregularity=float(rng.uniform(0.08, 0.22)),
-            binder_fraction=float(rng.uniform(0.35, 0.7)),
-            crack_width_px=(float(rng.uniform(1.0, 1.6)), float(rng.uniform(2.2, 3.4))),
-        )
+        params = random_cathode_params(rng, diameter_px)
         detector = DetectorParams(
             photons=float(10 ** rng.uniform(3.8, 4.7)),
             phase_fringe=float(rng.uniform(0.0, 1.2)),
@@ -107,17 +114,17 @@ def make_reconstructed_cathode(
         n_angles = int(rng.choice([n, int(n * 1.4), int(n * 1.6)]))
     else:
         params, detector, n_angles = CathodeParams(), DetectorParams(), int(n * 1.4)
-    truth = make_cathode_volume(
+    truth = damaged_cathode_volume(
         tuple(int(s) for s in shape),  # type: ignore[arg-type]
+        rng,
         seed=seed,
         crack_density=crack_density,
         depth_gradient=bool(rng.random() < 0.5) if randomize else True,
         params=params,
+        damage_share=damage_share,
+        width_px=damage_width_px,
+        kinds=damage_kinds,
     )
-    if damage_share > 0:
-        truth = add_damage(
-            truth, rng, share=damage_share, width_px=damage_width_px, kinds=damage_kinds
-        )
     recon = reconstruct_synthetic(
         truth.attenuation, seed=seed + 1, n_angles=n_angles, detector=detector
     )

@@ -88,6 +88,14 @@ def _bin(image: np.ndarray, factor: int) -> np.ndarray:
     return view.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
 
 
+def _optical_density(
+    sample: np.ndarray, flat: np.ndarray, binning: int, *, floor: float
+) -> np.ndarray:
+    """``-ln(I / I0)`` of binned counts, both clipped below at ``floor``, as float32."""
+    ratio = np.maximum(_bin(sample, binning), floor) / np.maximum(_bin(flat, binning), floor)
+    return (-np.log(ratio)).astype(np.float32)
+
+
 def ssrl_od(root: str | Path, *, binning: int = 2) -> dict[float, np.ndarray]:
     """Optical density of the SSRL NCA field of view at each of its energies.
 
@@ -120,8 +128,7 @@ def ssrl_od(root: str | Path, *, binning: int = 2) -> dict[float, np.ndarray]:
             )
         flat = np.mean([read_xrm(p)[0] for p in flats], axis=0) / 0.3
         sample = np.mean([read_xrm(p)[0] for p in samples], axis=0) / 0.5
-        ratio = np.maximum(_bin(sample, binning), 1e-3) / np.maximum(_bin(flat, binning), 1e-3)
-        out[float(tag)] = (-np.log(ratio)).astype(np.float32)
+        out[float(tag)] = _optical_density(sample, flat, binning, floor=1e-3)
     return out
 
 
@@ -154,8 +161,7 @@ def aps_fov03_od(root: str | Path, *, binning: int = 2) -> dict[float, np.ndarra
         flat, flat_energy = read_xrm(root / flat_name)
         if energy is None or flat_energy is None or abs(energy - flat_energy) > 1.0:
             raise ValueError(f"{root}: {sample_name} and {flat_name} must store the same energy")
-        ratio = np.maximum(_bin(sample, binning), 1.0) / np.maximum(_bin(flat, binning), 1.0)
-        out[round(energy, 2)] = (-np.log(ratio)).astype(np.float32)
+        out[round(energy, 2)] = _optical_density(sample, flat, binning, floor=1.0)
     return out
 
 

@@ -42,8 +42,15 @@ from training.crack_unet import (
     evaluate,
     inflate_input,
 )
-from training.finetune import FinetuneResult, slice_stack, split_indices, tile_boxes
-from training.loop import train_within_budget
+from training.finetune import (
+    FinetuneResult,
+    check_pairs,
+    finetune_within_budget,
+    plan_tiles,
+    save_kept,
+    slice_stack,
+    tile_boxes,
+)
 
 THRESHOLD = 0.5
 
@@ -93,14 +100,6 @@ def tile_set(tiles: Sequence[tuple[np.ndarray, np.ndarray]]) -> SliceSet:
     return SliceSet(images=images, labels=labels, valid=valid, gaps=np.zeros_like(labels))
 
 
-def split_tiles(
-    tiles: Sequence[tuple[np.ndarray, np.ndarray]], val_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Indices of training and held-out tiles, stratified by whether a tile has cracks
-    (:func:`training.finetune.split_indices`)."""
-    return split_indices([bool(mask.any()) for _, mask in tiles], val_fraction, seed)
-
-
 def finetune_cracks(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -146,30 +145,20 @@ def finetune_cracks(
     FinetuneResult
         The best network (train mode, CPU) and the held-out scores.
     """
-    if len(images) != len(masks):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks")
-    for i, (grey, mask) in enumerate(zip(images, masks, strict=True)):
-        if grey.ndim != 2 or grey.shape != mask.shape:
-            raise ValueError(
-                f"pair {i}: image shape {grey.shape} and mask shape {mask.shape} must be the "
-                "same 2-D shape"
-            )
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_pairs(images, masks, "mask")
     if minutes <= 0:
         raise ValueError(f"minutes must be > 0, got {minutes}")
     if crop % 16:
         raise ValueError(f"crop must be a multiple of 16, got {crop}")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    # the crops' centres must fit in the tiles
+    plan = plan_tiles(
+        images, masks, tile=tile, val_fraction=val_fraction, seed=seed, crop=crop, multiple=16
+    )
     tiles = cut_tiles(images, masks, tile)
-    train_idx, val_idx = split_tiles(tiles, val_fraction, seed)
-    smallest = min(min(t[0].shape[1:]) for t in tiles)
-    if smallest < 32:
-        raise ValueError(f"tiles must be at least 32 px, got {smallest}: use a larger --tile")
-    crop = min(crop, 16 * (smallest // 16))  # the crops' centres must fit in the tiles
-    train = tile_set([tiles[i] for i in train_idx])
-    val = tile_set([tiles[i] for i in val_idx])
+    train = tile_set([tiles[i] for i in plan.train_idx])
+    val = tile_set([tiles[i] for i in plan.val_idx])
     cracks = crack_pixels(train)
 
     model = load_trainable(init)
@@ -177,30 +166,24 @@ def finetune_cracks(
 
     def loss_of_step() -> torch.Tensor:
         image, label, valid, gap = augment_batch(
-            train, batch, crop, rng, cracks=cracks, crack_share=0.5 if len(cracks) else 0.0
+            train, batch, plan.crop, rng, cracks=cracks, crack_share=0.5 if len(cracks) else 0.0
         )
         return crack_loss(model(image), label, valid, gap)
 
     key = f"iou@{THRESHOLD:.2f}"
-    run = train_within_budget(
+    return finetune_within_budget(
         model,
         loss_of_step,
-        evaluate=lambda: evaluate(model, val, thresholds),
+        lambda: evaluate(model, val, thresholds),
         key=key,
+        plan=plan,
         minutes=minutes,
         lr=lr,
         eval_seconds=eval_seconds,
         progress=progress,
-        log_every=0,
-    )
-    boxes = tile_boxes([im.shape for im in images], tile)
-    return FinetuneResult.of_run(
-        model, run, key=key, n_train_tiles=len(train_idx), val_boxes=[boxes[i] for i in val_idx]
     )
 
 
 def save_finetuned(result: FinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
     """Write the weights in the one checkpoint format (constructor arguments inside)."""
-    model = result.model
-    assert isinstance(model, CrackUNet)
-    save_crack_unet(model.eval(), path, metadata)
+    save_kept(result, path, metadata, CrackUNet, save_crack_unet)

@@ -41,7 +41,6 @@ in earlier sessions) inflated and trained for 70 minutes on one thread with ``--
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -71,13 +70,14 @@ from synthetic.cathode import (
     CathodeParams,
     CathodeVolume,
     DetectorParams,
-    make_cathode_volume,
 )
-from synthetic.damage import WIDE_DAMAGE, add_damage
+from synthetic.damage import WIDE_DAMAGE, damaged_cathode_volume
+from synthetic.reconstructed import random_cathode_params
 from synthetic.scan import jpeg_roundtrip, quantize_8bit, reconstruct_synthetic
-from training.loop import train_within_budget
+from training import cli
 
 logger = logging.getLogger(__name__)
+KEY = "iou@0.50"  # the held-out score of --eval-every's keep-best
 
 
 @dataclass
@@ -153,22 +153,18 @@ def wide_volume(
         ),
         mu_binder=0.012 * float(rng.uniform(0.1, 0.5)),
     )
-    vol = make_cathode_volume(
+    vol = damaged_cathode_volume(
         shape,
+        rng,
         seed=seed,
         crack_density=crack_density,
         depth_gradient=bool(rng.random() < 0.5),
         params=params,
+        damage_share=damage_share,
+        width_px=(0.8, 1.0 + 2.5 * width_scale),
+        kinds=WIDE_DAMAGE,
+        core_share=(0.4, 0.8),
     )
-    if damage_share > 0:
-        vol = add_damage(
-            vol,
-            rng,
-            share=damage_share,
-            width_px=(0.8, 1.0 + 2.5 * width_scale),
-            kinds=WIDE_DAMAGE,
-            core_share=(0.4, 0.8),
-        )
     attenuation = vol.attenuation.copy()
     binder = vol.phase == BINDER
     grain = _fine_texture(shape, float(rng.uniform(0.6, 1.6)), rng)
@@ -200,21 +196,15 @@ def make_slice_set(
     """
     if wide:
         return _wide_slice_set(shape, seed, rng, crack_density, damage_share, quantize, diameter_px)
-    params = CathodeParams(
-        particle_diameter_px=float(rng.uniform(*diameter_px)),
-        shape_irregularity=float(rng.uniform(0.08, 0.22)),
-        binder_fraction=float(rng.uniform(0.35, 0.7)),
-        crack_width_px=(float(rng.uniform(1.0, 1.6)), float(rng.uniform(2.2, 3.4))),
-    )
-    vol = make_cathode_volume(
+    vol = damaged_cathode_volume(
         shape,
+        rng,
         seed=seed,
         crack_density=crack_density,
+        params=random_cathode_params(rng, diameter_px),
         depth_gradient=bool(rng.random() < 0.5),
-        params=params,
+        damage_share=damage_share,
     )
-    if damage_share > 0:
-        vol = add_damage(vol, rng, share=damage_share)
     detector = DetectorParams(
         photons=float(10 ** rng.uniform(3.7, 4.7)),
         phase_fringe=float(rng.uniform(0.0, 1.2)),
@@ -222,28 +212,10 @@ def make_slice_set(
         ring_fraction=float(rng.uniform(0.0, 0.08)),
     )
     n_angles = int(rng.choice([shape[2], int(shape[2] * 1.4), int(shape[2] * 1.6)]))
-    filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
-    recon = reconstruct_synthetic(
-        vol.attenuation,
-        seed=seed + 1,
-        n_angles=n_angles,
-        detector=detector,
-        filter_name=filter_name,
-    )
+    recon = _scan(vol, seed, rng, detector, n_angles)
     if quantize:
         recon = quantize_8bit(recon, rng)
-    low, high = reference_levels(recon)
-    images = context_stacks(normalize_slices(recon, low, high))
-    n = shape[2]
-    yy, xx = np.mgrid[:n, :n]
-    circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
-    valid = np.broadcast_to(circle, shape).copy()
-    return SliceSet(
-        images=images,
-        labels=vol.crack_mask.astype(np.float32),
-        valid=valid,
-        gaps=touching_gaps(vol.particle_ids).astype(np.float32),
-    )
+    return _labelled_slices(recon, vol)
 
 
 def _wide_slice_set(
@@ -274,15 +246,7 @@ def _wide_slice_set(
         n_angles, angle_range = int(n * 1.4), float(rng.uniform(110.0, 165.0))
     else:
         n_angles, angle_range = int(rng.choice([n, int(n * 1.4), int(n * 1.6)])), 180.0
-    filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
-    recon = reconstruct_synthetic(
-        vol.attenuation,
-        seed=seed + 1,
-        n_angles=n_angles,
-        detector=detector,
-        filter_name=filter_name,
-        angle_range=angle_range,
-    )
+    recon = _scan(vol, seed, rng, detector, n_angles, angle_range)
     if rng.random() < 0.25:
         inside = recon != 0
         recon = ndimage.gaussian_filter(recon, (0, *(2 * [float(rng.uniform(0.5, 1.3))])))
@@ -293,8 +257,36 @@ def _wide_slice_set(
             inside = recon != 0
             recon = jpeg_roundtrip(recon, int(rng.integers(25, 91)))
             recon[~inside] = 0.0
+    return _labelled_slices(recon, vol)
+
+
+def _scan(
+    vol: CathodeVolume,
+    seed: int,
+    rng: np.random.Generator,
+    detector: DetectorParams,
+    n_angles: int,
+    angle_range: float = 180.0,
+) -> np.ndarray:
+    """Reconstruction of a simulated scan of ``vol`` with a filter drawn from ``rng``."""
+    filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
+    return reconstruct_synthetic(
+        vol.attenuation,
+        seed=seed + 1,
+        n_angles=n_angles,
+        detector=detector,
+        filter_name=filter_name,
+        angle_range=angle_range,
+    )
+
+
+def _labelled_slices(recon: np.ndarray, vol: CathodeVolume) -> SliceSet:
+    """Context stacks of ``recon`` normalised on its own levels, as at inference, with the
+    crack labels, the reconstruction circle as the valid pixels and the touching gaps."""
     low, high = reference_levels(recon)
     images = context_stacks(normalize_slices(recon, low, high))
+    shape = vol.crack_mask.shape
+    n = shape[2]
     yy, xx = np.mgrid[:n, :n]
     circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
     return SliceSet(
@@ -468,17 +460,18 @@ def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build data, train, evaluate on a held-out volume, save weights."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--minutes", type=float, default=13.0, help="training time budget")
-    parser.add_argument("--volumes", type=int, default=8)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=20)
-    parser.add_argument("--tile", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--base-channels", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser = cli.trainer_parser(
+        __doc__.splitlines()[0],
+        out=DEFAULT_WEIGHTS,
+        threads=2,
+        minutes=13.0,
+        batch=8,
+        lr=3e-3,
+        seed=2024,
+    )
+    cli.add_volume_options(parser, volumes=8, size=256, depth=20)
+    cli.add_unet_options(parser, tile=128, base_channels=8)
+    cli.add_keep_best_option(parser, default=1000, scored="the held-out volume")
     parser.add_argument(
         "--crack-share", type=float, default=0.35, help="share of crops centred near cracks"
     )
@@ -490,12 +483,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--gap-weight", type=float, default=2.0, help="cross-entropy weight of gap pixels"
-    )
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        default=1000,
-        help="score the held-out volume every N steps and keep the best state (0: keep the last)",
     )
     parser.add_argument(
         "--damaged-volumes",
@@ -514,16 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)
-    parser.add_argument("--seed", type=int, default=2024)
-    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
         "--cache", type=Path, default=None, help="npz file to reuse/save the prepared slices"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
 
     if args.cache is not None and args.cache.is_file():
@@ -571,38 +553,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         return crack_loss(model(image), label, valid, gap, args.gap_weight)
 
-    keep_best = args.eval_every > 0
-    run = train_within_budget(
-        model,
-        loss_of_step,
-        evaluate=(lambda: evaluate(model, held_out, [0.5])) if keep_best else None,
-        key="iou@0.50" if keep_best else None,
-        eval_steps=args.eval_every if keep_best else None,
-        minutes=args.minutes,
-        lr=args.lr,
-        lr_floor=0.02,
+    run = cli.train_with_options(
+        model, loss_of_step, args, evaluate=lambda: evaluate(model, held_out, [0.5]), key=KEY
     )
 
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
     scores = evaluate(model, held_out, thresholds)
     logger.info("held-out scores: %s", scores)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
-        "config": config,
-        "steps": run.steps,
-        "best_step": run.best_step,
-        "kept": "best held-out iou@0.50" if keep_best else "last step",
-        "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(run.train_seconds, 1),
+        **cli.run_metadata(args, run, data_seconds=data_seconds, key=KEY),
         "held_out": {"shape": [12, args.size, args.size], "seed": 991_000, **scores},
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "threshold": 0.5,
-        "torch": str(torch.__version__),
     }
     if previous:
         metadata["initialised_from"] = previous
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_crack_unet(model, args.out, metadata)
-    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    cli.save_trained(save_crack_unet, model, args.out, metadata)
     return 0

@@ -7,23 +7,29 @@ particles`` (:mod:`training.particle_finetune`):
   exactly as ``cracks map`` and ``particles analyze`` normalise a one-slice volume, repeated as
   its own z - 1 / z + 1 neighbours;
 - :func:`tile_boxes` and :func:`split_indices`: non-overlapping tiles and a held-out share of
-  them, stratified by whether a tile holds labelled objects;
-- :class:`FinetuneResult`: the kept network and its held-out scores. Training is the one loop
+  them, stratified by whether a tile holds labelled objects; :func:`plan_tiles` both, with
+  the training crop that fits the tiles; :func:`check_pairs` the slices and their labels;
+- :func:`finetune_within_budget`: training in the one loop
   (:func:`training.loop.train_within_budget`): the held-out score at the start and every
   ``eval_seconds``, the best state kept (the initial one included: a run that does not improve
-  gives back the initial weights).
+  gives back the initial weights), as a :class:`FinetuneResult` (the kept network and its
+  held-out scores); :func:`save_kept` writes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from models.crack_unet import context_stacks, normalize_slices, reference_levels
-from training.loop import TrainingRun
+from training.loop import TrainingRun, train_within_budget
+
+Net = TypeVar("Net", bound=torch.nn.Module)
 
 
 def slice_stack(image: np.ndarray) -> np.ndarray:
@@ -124,3 +130,123 @@ class FinetuneResult:
             val_boxes=val_boxes,
             history=run.history,
         )
+
+
+def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str) -> None:
+    """Same count, 2-D, same shapes (``ValueError`` naming the pair); ``what``: "mask",
+    "label"."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} {what}s")
+    for i, (grey, lab) in enumerate(zip(images, labels, strict=True)):
+        if grey.ndim != 2 or grey.shape != lab.shape:
+            raise ValueError(
+                f"pair {i}: image shape {grey.shape} and {what} shape {lab.shape} must be the "
+                "same 2-D shape"
+            )
+
+
+@dataclass
+class TilePlan:
+    """The tiles of the labelled slices (:func:`tile_boxes`), which are held out
+    (:func:`split_indices`), and the training crop reduced to fit the smallest tile."""
+
+    boxes: list[tuple[int, int, int, int, int]]
+    train_idx: list[int]
+    val_idx: list[int]
+    crop: int
+
+
+def plan_tiles(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    tile: int,
+    val_fraction: float,
+    seed: int,
+    crop: int,
+    multiple: int,
+) -> TilePlan:
+    """Cut the slices into tiles of about ``tile`` px and hold out ``val_fraction`` of them,
+    stratified by whether a tile has labelled (non-zero) pixels.
+
+    ``crop`` is reduced to the largest multiple of ``multiple`` that fits the smallest tile;
+    tiles smaller than 32 px are refused (``ValueError``).
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    boxes = tile_boxes([im.shape for im in images], tile)
+    labelled = [bool(np.any(np.asarray(labels[i])[y0:y1, x0:x1])) for i, y0, y1, x0, x1 in boxes]
+    train_idx, val_idx = split_indices(labelled, val_fraction, seed)
+    smallest = min(min(y1 - y0, x1 - x0) for _, y0, y1, x0, x1 in boxes)
+    if smallest < 32:
+        raise ValueError(f"tiles must be at least 32 px, got {smallest}: use a larger --tile")
+    return TilePlan(boxes, train_idx, val_idx, crop=min(crop, multiple * (smallest // multiple)))
+
+
+def finetune_within_budget(
+    model: torch.nn.Module,
+    loss_of_step: Callable[[], torch.Tensor],
+    evaluate: Callable[[], dict[str, float]],
+    *,
+    key: str,
+    plan: TilePlan,
+    minutes: float,
+    lr: float,
+    eval_seconds: float | None,
+    progress: Callable[[float], None] | None,
+) -> FinetuneResult:
+    """Fine-tune ``model`` with keep-best on the held-out tiles' ``key``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The starting network (training mode); it ends with the kept state.
+    loss_of_step : callable
+        Loss of one step on a batch of the training tiles.
+    evaluate : callable
+        Held-out tiles' scores of the current state (higher ``key`` is better).
+    key : str
+        The score that selects the kept state.
+    plan : TilePlan
+        The tiles and which are held out.
+    minutes, lr, eval_seconds, progress
+        As :func:`training.loop.train_within_budget`.
+
+    Returns
+    -------
+    FinetuneResult
+        The kept network, its scores and the held-out tiles' boxes.
+    """
+    run = train_within_budget(
+        model,
+        loss_of_step,
+        evaluate=evaluate,
+        key=key,
+        minutes=minutes,
+        lr=lr,
+        eval_seconds=eval_seconds,
+        progress=progress,
+        log_every=0,
+    )
+    return FinetuneResult.of_run(
+        model,
+        run,
+        key=key,
+        n_train_tiles=len(plan.train_idx),
+        val_boxes=[plan.boxes[i] for i in plan.val_idx],
+    )
+
+
+def save_kept(
+    result: FinetuneResult,
+    path: Path,
+    metadata: dict[str, Any],
+    network: type[Net],
+    save: Callable[[Net, Path, dict[str, Any]], None],
+) -> None:
+    """Write the kept network of ``result`` with ``save`` (the one checkpoint format of its
+    ``network`` class: constructor arguments inside), in evaluation mode."""
+    model = result.model
+    if not isinstance(model, network):
+        raise TypeError(f"expected a {network.__name__}, got {type(model).__name__}")
+    save(model.eval(), path, metadata)

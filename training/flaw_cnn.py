@@ -20,14 +20,9 @@ reconstruction circle are left out (the reconstruction is 0 there).
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import logging
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,12 +42,14 @@ from models.flaw_cnn import (
 )
 from synthetic.cathode import CRACK
 from synthetic.reconstructed import make_reconstructed_cathode
+from training import cli
 
 logger = logging.getLogger(__name__)
 VALIDATION_SEEDS = (870_001,)
 TEST_SEEDS = (880_001, 880_002)
 MIN_PARTICLE_VOXELS = 300
 FLAWED_PARTICLE_FRACTION = 0.005
+EVAL_EVERY = 200  # steps between the validation scores (keep-best)
 
 
 @dataclass
@@ -213,21 +210,19 @@ def scores(model: FlawCNN, data: SliceSet) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build slices, train, keep the best validation checkpoint, test, save."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--minutes", type=float, default=7.0, help="training time budget")
-    parser.add_argument("--volumes", type=int, default=10)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--depth", type=int, default=48)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=11)
+    parser = cli.trainer_parser(
+        __doc__.splitlines()[0],
+        out=DEFAULT_WEIGHTS,
+        threads=1,
+        minutes=7.0,
+        batch=16,
+        lr=2e-3,
+        seed=11,
+    )
+    cli.add_volume_options(parser, volumes=10, size=128, depth=48)
+    cli.add_keep_best_option(parser, default=EVAL_EVERY, scored="the validation volume")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
     shape = (args.depth, args.size, args.size)
     train_sets = []
@@ -250,52 +245,30 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%d training slices, %.1f %% flawed", len(train.labels), 100 * train.labels.mean())
 
     model = FlawCNN()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    budget = args.minutes * 60.0
-    t_train = time.monotonic()
-    step, running, best_acc = 0, 0.0, -1.0
-    best_state = copy.deepcopy(model.state_dict())
     labels_t = torch.from_numpy(train.labels.astype(np.float32))
-    while (elapsed := time.monotonic() - t_train) < budget:
-        lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def loss_of_step() -> torch.Tensor:
         idx = rng.integers(len(train.labels), size=args.batch)
         images = torch.from_numpy(train.images[idx].astype(np.float32)).unsqueeze(1)
-        loss = F.binary_cross_entropy_with_logits(model(augment(images, rng)), labels_t[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
-        step += 1
-        if step % 200 == 0:
-            val = scores(model, validation)
-            logger.info("step %d  %.0fs  loss %.4f  validation %s", step, elapsed, running, val)
-            if val["slice_accuracy"] > best_acc:
-                best_acc = val["slice_accuracy"]
-                best_state = copy.deepcopy(model.state_dict())
-    train_seconds = time.monotonic() - t_train
-    val = scores(model, validation)
-    if val["slice_accuracy"] < best_acc:
-        model.load_state_dict(best_state)
-        val = scores(model, validation)
+        return F.binary_cross_entropy_with_logits(model(augment(images, rng)), labels_t[idx])
+
+    run = cli.train_with_options(
+        model,
+        loss_of_step,
+        args,
+        evaluate=lambda: scores(model, validation),
+        key="slice_accuracy",
+        log_every=EVAL_EVERY,
+    )
 
     test_scores = scores(model, test)
     logger.info("held-out test scores: %s", test_scores)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
-        "config": config,
-        "steps": step,
-        "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
+        **cli.run_metadata(args, run, data_seconds=data_seconds, key="validation slice_accuracy"),
         "n_training_slices": int(len(train.labels)),
-        "validation": {"seeds": list(VALIDATION_SEEDS), **val},
+        "validation": {"seeds": list(VALIDATION_SEEDS), **(run.final or scores(model, validation))},
         "held_out": {"seeds": list(TEST_SEEDS), "shape": list(shape), **test_scores},
         "rule": f"particle flawed when >= {MIN_FLAWED_SLICES} of 10 slices score >= 0.5",
-        "torch": str(torch.__version__),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_flaw_cnn(model, args.out, metadata)
-    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    cli.save_trained(save_flaw_cnn, model, args.out, metadata)
     return 0

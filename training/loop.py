@@ -1,7 +1,7 @@
 """The one training loop: AdamW with cosine decay inside a wall-clock budget, and keep-best.
 
-Used by the full trainers (``python -m training.train_crack_unet``,
-``python -m training.train_particle_unet``) and by ``beamwatch train cracks|particles``
+Used by every trainer (``python -m training.train_<net>``: crack and particle U-Nets, flaw
+classifier, phase net, TXM particle detector) and by ``beamwatch train cracks|particles``
 (:mod:`training.crack_finetune`, :mod:`training.particle_finetune`).
 """
 
@@ -25,7 +25,8 @@ class TrainingRun:
 
     ``initial`` and ``final`` are the held-out scores before training and of the kept state
     (empty without an ``evaluate``); ``best_step`` is the step of the kept state (0 = the
-    starting weights).
+    starting weights); ``final_loss`` the running training loss at the last step (NaN when
+    no step was made).
     """
 
     initial: dict[str, float]
@@ -34,6 +35,7 @@ class TrainingRun:
     best_step: int
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    final_loss: float = math.nan
 
 
 def cosine_lr(lr: float, share: float, floor: float) -> float:
@@ -52,6 +54,7 @@ def train_within_budget(
     key: str | None = None,
     eval_seconds: float | None = None,
     eval_steps: int | None = None,
+    max_steps: int | None = None,
     lr_floor: float = 0.05,
     weight_decay: float = 1e-4,
     progress: Callable[[float], None] | None = None,
@@ -73,13 +76,16 @@ def train_within_budget(
     key : str, optional
         Score that selects the kept state; required with ``evaluate``.
     minutes : float
-        Wall-clock budget (> 0).
+        Wall-clock budget (> 0; ``math.inf`` with ``max_steps``: no time limit).
     lr : float
         AdamW learning rate at the start; cosine decay to ``lr_floor * lr`` at the end.
     eval_seconds : float, optional
         Evaluate every this many seconds (default a tenth of the budget unless ``eval_steps``).
     eval_steps : int, optional
         Evaluate every this many steps instead.
+    max_steps : int, optional
+        Stop after this many steps if the time budget lasts that long; the learning rate then
+        follows the larger of the spent shares of the time and of the steps.
     lr_floor : float
         Share of ``lr`` left at the end of the budget.
     weight_decay : float
@@ -99,6 +105,10 @@ def train_within_budget(
         raise ValueError("key is required with evaluate")
     if eval_steps is not None and eval_steps <= 0:
         raise ValueError(f"eval_steps must be > 0, got {eval_steps}")
+    if max_steps is not None and max_steps <= 0:
+        raise ValueError(f"max_steps must be > 0, got {max_steps}")
+    if max_steps is None and not math.isfinite(minutes):
+        raise ValueError("an infinite budget needs max_steps")
     initial = evaluate() if evaluate is not None else {}
     best_score = initial[key] if evaluate is not None and key is not None else math.nan
     best_step = 0
@@ -110,8 +120,8 @@ def train_within_budget(
     t0 = time.monotonic()
     next_eval = every
     step, running = 0, math.nan
-    while (elapsed := time.monotonic() - t0) < budget:
-        step_lr = cosine_lr(lr, elapsed / budget, lr_floor)
+    while (elapsed := time.monotonic() - t0) < budget and step < (max_steps or math.inf):
+        step_lr = cosine_lr(lr, _spent(elapsed, budget, step, max_steps), lr_floor)
         for group in optimizer.param_groups:
             group["lr"] = step_lr
         loss = loss_of_step()
@@ -125,11 +135,11 @@ def train_within_budget(
         if log_every and step % log_every == 0:
             logger.info("step %d  %.0fs  lr %.2e  loss %.4f", step, elapsed, step_lr, running)
         if progress is not None:
-            progress(min(elapsed / budget, 1.0))
+            progress(_spent(elapsed, budget, step, max_steps))
         if evaluate is None or key is None:
             continue
         due = step % eval_steps == 0 if eval_steps is not None else elapsed >= next_eval
-        if due or elapsed >= budget:
+        if due or elapsed >= budget or step == max_steps:
             next_eval = elapsed + every
             scores = evaluate()
             history.append({"step": float(step), "seconds": round(elapsed, 1), **scores})
@@ -139,7 +149,7 @@ def train_within_budget(
                 best_state = copy.deepcopy(model.state_dict())
     train_seconds = time.monotonic() - t0
     if best_state is None:
-        return TrainingRun({}, {}, step, step, train_seconds, history)
+        return TrainingRun({}, {}, step, step, train_seconds, history, running)
     model.load_state_dict(best_state)
     return TrainingRun(
         initial=initial,
@@ -148,4 +158,13 @@ def train_within_budget(
         best_step=best_step,
         train_seconds=train_seconds,
         history=history,
+        final_loss=running,
     )
+
+
+def _spent(elapsed: float, budget: float, step: int, max_steps: int | None) -> float:
+    """Spent share (0..1) of the budget: of the time, or of the steps when that is larger."""
+    share = elapsed / budget
+    if max_steps is not None:
+        share = max(share, step / max_steps)
+    return min(share, 1.0)

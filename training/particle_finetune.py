@@ -32,8 +32,15 @@ from models.particle_unet import (
     predict_maps,
     save_particle_unet,
 )
-from training.finetune import FinetuneResult, slice_stack, split_indices, tile_boxes
-from training.loop import train_within_budget
+from training.finetune import (
+    FinetuneResult,
+    check_pairs,
+    finetune_within_budget,
+    plan_tiles,
+    save_kept,
+    slice_stack,
+    tile_boxes,
+)
 from training.particle_unet import VolumeSet, particle_loss, sample_batch
 
 TileMaps = list[tuple[np.ndarray, np.ndarray]]
@@ -80,20 +87,6 @@ def tile_maps(model: ParticleUNet, sets: Sequence[VolumeSet]) -> TileMaps:
         return [predict_maps(model, s.images) for s in sets]
     finally:
         model.train()
-
-
-def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:
-    """Same count, 2-D, same shapes, integer labels (``ValueError`` naming the pair)."""
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} label images")
-    for i, (grey, lab) in enumerate(zip(images, labels, strict=True)):
-        if grey.ndim != 2 or grey.shape != lab.shape:
-            raise ValueError(
-                f"pair {i}: image shape {grey.shape} and label shape {lab.shape} must be the "
-                "same 2-D shape"
-            )
-        if not np.issubdtype(lab.dtype, np.integer) and not np.issubdtype(lab.dtype, np.bool_):
-            raise ValueError(f"pair {i}: labels must be integers, got {lab.dtype}")
 
 
 def finetune_particles(
@@ -147,47 +140,43 @@ def finetune_particles(
     FinetuneResult
         The best network (training mode, CPU) and the held-out scores.
     """
-    check_pairs(images, labels)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_pairs(images, labels, "label")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    plan = plan_tiles(
+        images,
+        labels,
+        tile=tile,
+        val_fraction=val_fraction,
+        seed=seed,
+        crop=crop,
+        multiple=SIZE_MULTIPLE,
+    )
     tiles = cut_tiles(images, labels, tile)
-    train_idx, val_idx = split_indices([bool(t[1].any()) for t in tiles], val_fraction, seed)
-    smallest = min(min(t[1].shape) for t in tiles)
-    if smallest < 32:
-        raise ValueError(f"tiles must be at least 32 px, got {smallest}: use a larger --tile")
-    crop = min(crop, SIZE_MULTIPLE * (smallest // SIZE_MULTIPLE))
-    train = [tile_set(*tiles[i]) for i in train_idx]
-    val = [tile_set(*tiles[i]) for i in val_idx]
-    truths = [np.asarray(tiles[i][1])[np.newaxis] for i in val_idx]
+    train = [tile_set(*tiles[i]) for i in plan.train_idx]
+    val = [tile_set(*tiles[i]) for i in plan.val_idx]
+    truths = [np.asarray(tiles[i][1])[np.newaxis] for i in plan.val_idx]
     scorer = score if score is not None else pixel_scores
 
     model = load_trainable_particle_unet(init)
 
     def loss_of_step() -> torch.Tensor:
-        image, fg, dist = sample_batch(train, batch, crop, rng)
+        image, fg, dist = sample_batch(train, batch, plan.crop, rng)
         return particle_loss(model(image), fg, dist)
 
-    run = train_within_budget(
+    return finetune_within_budget(
         model,
         loss_of_step,
-        evaluate=lambda: scorer(tile_maps(model, val), truths),
+        lambda: scorer(tile_maps(model, val), truths),
         key=key,
+        plan=plan,
         minutes=minutes,
         lr=lr,
         eval_seconds=eval_seconds,
         progress=progress,
-        log_every=0,
-    )
-    boxes = tile_boxes([im.shape for im in images], tile)
-    return FinetuneResult.of_run(
-        model, run, key=key, n_train_tiles=len(train_idx), val_boxes=[boxes[i] for i in val_idx]
     )
 
 
 def save_finetuned(result: FinetuneResult, path: Path, metadata: dict[str, Any]) -> None:
     """Write the weights in the one checkpoint format (constructor arguments inside)."""
-    model = result.model
-    assert isinstance(model, ParticleUNet)
-    save_particle_unet(model.eval(), path, metadata)
+    save_kept(result, path, metadata, ParticleUNet, save_particle_unet)

@@ -23,12 +23,9 @@ the never-trained family and worse on the real crops, so the shipped weights are
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,10 +43,11 @@ from models.particle_unet import (
 )
 from synthetic.damage import DAMAGE
 from synthetic.reconstructed import make_reconstructed_cathode
-from training.loop import train_within_budget
+from training import cli
 
 logger = logging.getLogger(__name__)
 HELD_OUT_SEED = 990_001
+KEY = "foreground_iou"  # the held-out score of --eval-every's keep-best
 
 
 @dataclass
@@ -149,19 +147,18 @@ def evaluate(model: ParticleUNet, data: VolumeSet) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build data, train, evaluate on a held-out volume, save weights."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--minutes", type=float, default=11.0, help="training time budget")
-    parser.add_argument("--volumes", type=int, default=10)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--depth", type=int, default=40)
-    parser.add_argument("--tile", type=int, default=80)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--base-channels", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
+    parser = cli.trainer_parser(
+        __doc__.splitlines()[0],
+        out=DEFAULT_WEIGHTS,
+        threads=1,
+        minutes=11.0,
+        batch=8,
+        lr=3e-3,
+        seed=7,
+    )
+    cli.add_volume_options(parser, volumes=10, size=128, depth=40)
+    cli.add_unet_options(parser, tile=80, base_channels=8)
+    cli.add_keep_best_option(parser, default=0, scored="the held-out volume")
     parser.add_argument(
         "--damaged-volumes",
         type=float,
@@ -184,17 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        default=0,
-        help="score the held-out volume every N steps and keep the best state (0: keep the last)",
-    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
     shape = (args.depth, args.size, args.size)
     sets = []
@@ -242,28 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         image, fg, dist = sample_batch(sets, args.batch, args.tile, rng)
         return particle_loss(model(image), fg, dist)
 
-    keep_best = args.eval_every > 0
-    run = train_within_budget(
-        model,
-        loss_of_step,
-        evaluate=(lambda: evaluate(model, held_out)) if keep_best else None,
-        key="foreground_iou" if keep_best else None,
-        eval_steps=args.eval_every if keep_best else None,
-        minutes=args.minutes,
-        lr=args.lr,
-        lr_floor=0.02,
+    run = cli.train_with_options(
+        model, loss_of_step, args, evaluate=lambda: evaluate(model, held_out), key=KEY
     )
 
     scores = evaluate(model, held_out)
     logger.info("held-out pixel scores: %s", scores)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
-        "config": config,
-        "steps": run.steps,
-        "best_step": run.best_step,
-        "kept": "best held-out foreground_iou" if keep_best else "last step",
-        "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(run.train_seconds, 1),
+        **cli.run_metadata(args, run, data_seconds=data_seconds, key=KEY),
         "held_out": {
             "shape": list(shape),
             "seed": HELD_OUT_SEED,
@@ -273,10 +247,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
         "distance_scale_px": DISTANCE_SCALE_PX,
-        "torch": str(torch.__version__),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_particle_unet(model, args.out, metadata)
-    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    cli.save_trained(save_particle_unet, model, args.out, metadata)
     return 0

@@ -22,13 +22,9 @@ are never trained on.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,6 +42,7 @@ from models.phase_net import (
 )
 from synthetic.cathode import BINDER, PORE
 from synthetic.reconstructed import make_reconstructed_cathode
+from training import cli
 
 logger = logging.getLogger(__name__)
 HELD_OUT_SEEDS = (990_101, 990_102, 990_103)
@@ -111,17 +108,23 @@ def voxel_scores(model: PhaseNet, data: VoxelSet) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build data, train, score the held-out volumes, save weights."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--volumes", type=int, default=160)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--depth", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[32, 32])
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=531, help="volume seeds seed*1000+1+i")
+    parser = cli.trainer_parser(
+        __doc__.splitlines()[0],
+        out=DEFAULT_WEIGHTS,
+        threads=1,
+        minutes=None,
+        batch=4096,
+        lr=3e-3,
+        seed=531,
+        seed_help="volume seeds seed*1000+1+i",
+    )
+    cli.add_volume_options(parser, volumes=160, size=128, depth=48)
+    parser.add_argument(
+        "--steps", type=int, default=8000, help="optimiser steps (the cosine decay spans them)"
+    )
+    parser.add_argument(
+        "--hidden", type=int, nargs="+", default=[32, 32], help="widths of the hidden layers"
+    )
     parser.add_argument(
         "--unet-mask-share",
         type=float,
@@ -129,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of the volumes whose particles come from the shipped particle U-Net",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.seed * 1000 + args.volumes >= min(HELD_OUT_SEEDS) > args.seed * 1000:
-        parser.error("--seed/--volumes would train on the held-out seeds")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+        parser.error(
+            "--seed/--volumes would train on the held-out seeds (volume seeds are "
+            "seed * 1000 + 1 + i)"
+        )
+    rng = cli.start_training(args)
     t_start = time.monotonic()
     shape = (args.depth, args.size, args.size)
     particle_model = load_particle_unet(device=torch.device("cpu"))
@@ -167,38 +170,27 @@ def main(argv: list[str] | None = None) -> int:
 
     model = PhaseNet(hidden=tuple(args.hidden))
     model.set_standardization(features.numpy()[:: max(1, len(features) // 200_000)])
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
-    t_train = time.monotonic()
-    running = 0.0
-    for step in range(args.steps):
-        lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def loss_of_step() -> torch.Tensor:
         idx = torch.randint(0, len(features), (args.batch,), generator=generator)
-        loss = F.binary_cross_entropy_with_logits(
+        return F.binary_cross_entropy_with_logits(
             model(features[idx]), target[idx], weight=weight[idx]
         )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        running = 0.98 * running + 0.02 * value if step else value
-        if (step + 1) % 500 == 0:
-            logger.info("step %d/%d  lr %.2e  loss %.4f", step + 1, args.steps, lr, running)
-    train_seconds = time.monotonic() - t_train
+
+    # Adam without weight decay (AdamW with weight_decay 0 makes the same steps)
+    run = cli.train_with_options(
+        model, loss_of_step, args, max_steps=args.steps, weight_decay=0.0, log_every=500
+    )
     model.eval()
 
     scores = {str(seed): voxel_scores(model, data) for seed, data in held_out.items()}
     logger.info("held-out voxel scores: %s", scores)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
-        "config": config,
+        **cli.run_metadata(args, run, data_seconds=data_seconds),
         "features": list(FEATURE_NAMES),
         "training_seeds": [args.seed * 1000 + 1, args.seed * 1000 + args.volumes],
         "training_voxels": len(features),
-        "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
         "held_out": {
             "shape": list(shape),
             "crack_density": 1.5,
@@ -207,10 +199,6 @@ def main(argv: list[str] | None = None) -> int:
             "per_volume": scores,
         },
         "normalization": "models.crack_unet.reference_levels (1st, 99.5th percentile) per volume",
-        "torch": str(torch.__version__),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_phase_net(model, args.out, metadata)
-    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    cli.save_trained(save_phase_net, model, args.out, metadata)
     return 0

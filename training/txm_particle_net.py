@@ -24,17 +24,15 @@ No real frame is used for training.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch.nn import functional as F
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.txm_particle_net import (
     DEFAULT_WEIGHTS,
@@ -51,6 +49,7 @@ from synthetic.txm_detection import (
     detection_sample,
     perturb_background,
 )
+from training import cli
 
 logger = logging.getLogger(__name__)
 
@@ -234,33 +233,28 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the training script."""
-    parser = argparse.ArgumentParser(
+    parser = cli.trainer_parser(
+        "Train the TXM particle network (models.txm_particle_net) on synthetic TXM frames "
+        "with background augmentation; write the weights, a JSON sidecar with the training "
+        "configuration and the held-out score.",
         prog="python -m training.train_txm_particle_net",
-        description=(
-            "Train the TXM particle network (models.txm_particle_net) on synthetic TXM frames "
-            "with background augmentation; write the weights, a JSON sidecar with the training "
-            "configuration and the held-out score."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        out=DEFAULT_WEIGHTS,
+        threads=1,
+        minutes=32.0,
+        batch=6,
+        lr=3e-3,
+        seed=11,
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="weights file (.pt)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--steps", type=int, default=3200, help="optimiser steps")
     parser.add_argument(
-        "--minutes", type=float, default=32.0, help="stop earlier when this time is spent"
+        "--steps", type=int, default=3200, help="optimiser steps (fewer when --minutes runs out)"
     )
     parser.add_argument("--pool", type=int, default=600, help="synthetic frames in the pool")
     parser.add_argument("--size", type=int, default=256, help="side of the synthetic frames")
-    parser.add_argument("--tile", type=int, default=192, help="side of the training crops")
-    parser.add_argument("--batch", type=int, default=6, help="crops per step")
-    parser.add_argument("--base-channels", type=int, default=6, help="U-Net width")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine)")
-    parser.add_argument("--seed", type=int, default=11, help="seed of the pool and the batches")
+    cli.add_unet_options(parser, tile=192, base_channels=6)
     parser.add_argument("--held-out", type=int, default=24, help="held-out synthetic frames")
     parser.add_argument(
         "--min-area", type=int, default=40, help="smallest object (px) counted in the score"
     )
-    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
         "--wide",
         action="store_true",
@@ -277,10 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.seed * 10_000 + args.pool > HELD_OUT_SEED_START:
         raise SystemExit("--seed and --pool would reach the held-out seeds")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = cli.start_training(args)
     t_start = time.monotonic()
     seeds = [args.seed * 10_000 + i for i in range(args.pool)]
     pool = [
@@ -299,33 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         model = TxmParticleNet(base_channels=int(checkpoint["base_channels"]))
         model.load_state_dict(float_state_dict(checkpoint))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    budget = args.minutes * 60.0
-    t_train = time.monotonic()
-    running = 0.0
-    bar = tqdm(range(args.steps), desc="training", unit="step", disable=args.no_progress)
-    step = 0
-    for step in bar:
-        elapsed = time.monotonic() - t_train
-        if elapsed > budget:
-            logger.info("time budget reached after %d steps", step)
-            break
-        progress = max(step / args.steps, elapsed / budget)
-        lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def loss_of_step() -> torch.Tensor:
         x, y = training_batch(pool, args.batch, args.tile, rng, wide=args.wide)
-        loss = segmentation_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        running = 0.98 * running + 0.02 * value if step else value
-        bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.1e}", refresh=False)
-        if args.no_progress and step % 100 == 0:
-            logger.info("step %d  %.0fs  lr %.2e  loss %.4f", step, elapsed, lr, running)
-    steps_done = step + 1
-    train_seconds = time.monotonic() - t_train
+        return segmentation_loss(model(x), y)
+
+    bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.no_progress)
+    with bar, logging_redirect_tqdm():
+        run = cli.train_with_options(
+            model, loss_of_step, args, max_steps=args.steps, progress=lambda _: bar.update()
+        )
+    if run.steps < args.steps:
+        logger.info("time budget reached after %d steps", run.steps)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_txm_particle_net(model, args.out, {})
@@ -333,13 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         load_txm_particle_net(args.out, device=torch.device("cpu")), held_out, args.min_area
     )
     logger.info("held-out scores: %s", scores)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     metadata = {
-        "config": config,
-        "steps": steps_done,
-        "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
-        "final_loss": round(running, 4),
+        **cli.run_metadata(args, run, data_seconds=data_seconds),
+        "final_loss": round(run.final_loss, 4),
         "training_seeds": [seeds[0], seeds[-1]],
         "held_out": {
             "seeds": [HELD_OUT_SEED_START, HELD_OUT_SEED_START + args.held_out - 1],
@@ -352,9 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         "working_size_px": 256,
         "threshold": 0.5,
         "weights_dtype": "float16",
-        "torch": str(torch.__version__),
     }
-    save_txm_particle_net(model, args.out, metadata)
-    args.out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    logger.info("saved %s (%.1f kB)", args.out, args.out.stat().st_size / 1e3)
+    cli.save_trained(save_txm_particle_net, model, args.out, metadata)
     return 0

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from services.cli.export_formats import write_csv, write_spectra, write_tiff
 from services.core.h5io import InputFileError, open_input
 
 __all__ = ["export_file", "register"]
@@ -76,64 +77,6 @@ def _voxel_size(obj: Any) -> float | None:
     return None
 
 
-def _write_tiff(path: Path, array: np.ndarray, size_um: float | None) -> None:
-    """A TIFF stack; ImageJ hyperstack (with the voxel size in um when known) where ImageJ
-    takes the dtype, else a plain TIFF."""
-    import tifffile
-
-    data = np.asarray(array)
-    if data.dtype == np.bool_:
-        data = data.astype(np.uint8)
-    if np.issubdtype(data.dtype, np.signedinteger) and data.size and data.min() >= 0:
-        top = int(data.max())
-        data = data.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
-    elif data.dtype == np.float64:
-        data = data.astype(np.float32)
-    imagej = data.dtype in (np.uint8, np.uint16, np.float32)
-    kwargs: dict[str, Any] = {"photometric": "minisblack"}
-    if imagej:
-        kwargs["imagej"] = True
-        kwargs.pop("photometric")
-        metadata: dict[str, Any] = {"axes": "ZYX" if data.ndim == 3 else "YX"}
-        if size_um is not None:
-            kwargs["resolution"] = (1.0 / size_um, 1.0 / size_um)
-            metadata.update(unit="um", spacing=size_um)
-        kwargs["metadata"] = metadata
-    elif size_um is not None:
-        kwargs["resolution"] = (1e4 / size_um, 1e4 / size_um)  # pixels per cm
-        kwargs["resolutionunit"] = "CENTIMETER"
-    tifffile.imwrite(path, data, **kwargs)
-
-
-def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
-    """Columns of equal length as CSV; 2-D columns spread over ``name_0``, ``name_1``, ..."""
-    flat: dict[str, np.ndarray] = {}
-    for name, values in columns.items():
-        values = np.asarray(values)
-        if values.ndim == 1:
-            flat[name] = values
-        else:
-            for k in range(values.shape[1]):
-                flat[f"{name}_{k}"] = values[:, k]
-    n = len(next(iter(flat.values())))
-    with open(path, "w") as fh:
-        fh.write(",".join(flat) + "\n")
-        for i in range(n):
-            fh.write(",".join(_cell(flat[c][i]) for c in flat) + "\n")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.bool_ | bool):
-        return str(int(value))
-    if isinstance(value, np.floating | float):
-        return "nan" if not math.isfinite(float(value)) else repr(float(value))
-    return str(value)
-
-
 def _export_stacks(h5: Any, prefix: Path, written: list[Path]) -> None:
     for name, suffix in STACKS.items():
         obj = h5.get(name)
@@ -141,7 +84,7 @@ def _export_stacks(h5: Any, prefix: Path, written: list[Path]) -> None:
             continue
         size = _voxel_size(obj) or _voxel_size(obj.parent)
         path = prefix.with_name(f"{prefix.name}_{suffix}.tif")
-        _write_tiff(path, obj[()], size)
+        write_tiff(path, obj[()], size)
         written.append(path)
 
 
@@ -150,7 +93,7 @@ def _export_tables(h5: Any, prefix: Path, written: list[Path]) -> None:
     if table is not None:
         rows = table[()]
         path = prefix.with_name(f"{prefix.name}_particles.csv")
-        _write_csv(path, {field: rows[field] for field in rows.dtype.names})
+        write_csv(path, {field: rows[field] for field in rows.dtype.names})
         written.append(path)
     cracks = h5.get("/cracks")
     if cracks is not None and "depth_profile" in cracks:
@@ -165,7 +108,7 @@ def _export_tables(h5: Any, prefix: Path, written: list[Path]) -> None:
                 if key in corr:
                     columns[key] = corr[key][()]
         path = prefix.with_name(f"{prefix.name}_cracks_by_slice.csv")
-        _write_csv(path, columns)
+        write_csv(path, columns)
         written.append(path)
     xanes = h5.get("/xanes")
     if xanes is not None and "global_shift" in xanes and "energy" in xanes:
@@ -180,7 +123,7 @@ def _export_tables(h5: Any, prefix: Path, written: list[Path]) -> None:
             columns["dy_um"] = xanes["global_shift_um"][()][:, 0]
             columns["dx_um"] = xanes["global_shift_um"][()][:, 1]
         path = prefix.with_name(f"{prefix.name}_xanes_frames.csv")
-        _write_csv(path, columns)
+        write_csv(path, columns)
         written.append(path)
         if "particle_com" in xanes:
             com = xanes["particle_com"][()]
@@ -197,30 +140,8 @@ def _export_tables(h5: Any, prefix: Path, written: list[Path]) -> None:
             if "ssim" in xanes:
                 long["ssim"] = xanes["ssim"][()].ravel()
             path = prefix.with_name(f"{prefix.name}_xanes_particles.csv")
-            _write_csv(path, long)
+            write_csv(path, long)
             written.append(path)
-
-
-def write_spectra(
-    spectra: np.ndarray, energy: np.ndarray, prefix: Path, *, source: str
-) -> list[Path]:
-    """Each particle's mean spectrum as two-column text (``energy_eV absorbance``), NaN frames
-    left out and counted in a comment, as Athena and Larch read it."""
-    written = []
-    for k, spectrum in enumerate(np.asarray(spectra)):
-        keep = np.isfinite(spectrum) & np.isfinite(energy)
-        path = prefix.with_name(f"{prefix.name}_particle_{k + 1:03d}.txt")
-        header = (
-            f"# {source}: particle {k + 1} (label {k + 1}), mean normalised "
-            f"absorbance\n# {int((~keep).sum())} of {keep.size} frames left out: particle not "
-            "found (NaN)\n# energy_eV absorbance\n"
-        )
-        with open(path, "w") as fh:
-            fh.write(header)
-            for e, a in zip(energy[keep], spectrum[keep], strict=True):
-                fh.write(f"{e:.4f} {a:.8g}\n")
-        written.append(path)
-    return written
 
 
 def _export_spectra(h5: Any, prefix: Path, written: list[Path]) -> None:

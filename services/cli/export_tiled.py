@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.cli.export import _write_csv, _write_tiff, write_spectra
+from services.cli.export_formats import write_csv, write_spectra, write_tiff
 from services.core.layout import ANALYSIS, CRACKS, PARTICLES, XANES
 
 __all__ = ["RunExportError", "export_run"]
@@ -90,7 +90,7 @@ def _export_container(node: Any, pipeline: str, prefix: str, output: Path) -> li
             array = node[key].read()
             if array.ndim in (2, 3):
                 path = output / f"{prefix}_{suffix}.tif"
-                _write_tiff(path, array, size)
+                write_tiff(path, array, size)
                 written.append(path)
     for key in sorted(node):
         child = node[key]
@@ -98,13 +98,13 @@ def _export_container(node: Any, pipeline: str, prefix: str, output: Path) -> li
             continue
         frame = child.read()
         path = output / f"{prefix}_{key}.csv"
-        _write_csv(path, {str(c): frame[c].to_numpy() for c in frame.columns})
+        write_csv(path, {str(c): frame[c].to_numpy() for c in frame.columns})
         written.append(path)
     if base == CRACKS.pipeline:
         columns = _cracks_by_slice(node)
         if columns is not None:
             path = output / f"{prefix}_cracks_by_slice.csv"
-            _write_csv(path, columns)
+            write_csv(path, columns)
             written.append(path)
     if base == XANES.pipeline and XANES.spectra in node and XANES.energy in node:
         written += write_spectra(

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
-from bluesky_plans.devices import SimTomoStation
-from bluesky_plans.plans import tomo_scan_plan
 from synthetic.cathode import make_cathode_volume
-from synthetic.scan import simulate_scan
-from tests.conftest import wait_until
-from tests.services.test_ingest_e2e import live_publisher, start_consumers
+from tests.services.live_tomo import finished_result, live_tomo_run
 
 
 def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_client):
@@ -19,23 +14,9 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
     shape = (6, 64, 64)
     volume = make_cathode_volume(shape, seed=11)
     angles = np.linspace(0.0, 180.0, 48, endpoint=False)
-    frames = simulate_scan(volume.attenuation, angles, seed=4)
-    station = SimTomoStation.from_frames(
-        angles, frames.projections, frames.flat, frames.dark, detector
-    )
-    raw, ana = start_consumers(settings)
-    pub = live_publisher(settings, (raw, ana))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        (uid,) = RE(tomo_scan_plan(station, angles, n_darks=2, n_flats=2))
-
-        def status():
-            return tiled_client["analysis"][uid]["cracks"].metadata.get("status")
-
-        wait_until(lambda: status() in ("complete", "failed"), timeout=240)
-        node = tiled_client["analysis"][uid]["cracks"]
-        assert status() == "complete", node.metadata
+    with live_tomo_run(settings, detector, volume.attenuation, angles, seed=4) as uid:
+        node = finished_result(tiled_client, uid, "cracks", timeout=240)
+        assert node.metadata["status"] == "complete", node.metadata
         # the crack map is complete before the particle stage ends; that stage was announced
         # first, so a watcher of the whole run keeps waiting for it
         assert "particles" in tiled_client["analysis"][uid]
@@ -66,14 +47,7 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         check_crack_numbers(node)
 
         # second stage: every particle once, with its measurements, flaw call and detachment
-        wait_until(
-            lambda: (
-                tiled_client["analysis"][uid]["particles"].metadata.get("status")
-                in ("complete", "failed")
-            ),
-            timeout=240,
-        )
-        particles = tiled_client["analysis"][uid]["particles"]
+        particles = finished_result(tiled_client, uid, "particles", timeout=240)
         assert particles.metadata["status"] == "complete", particles.metadata
         labels = particles["labels"].read()
         assert labels.shape == (6, 64, 64) and labels.dtype == np.int32
@@ -119,10 +93,6 @@ def test_tomogram_is_reconstructed_and_crack_mapped(consumer_settings, tiled_cli
         assert "<h3>layer_correlation</h3>" in page
         assert "src='http" not in page and "href='http" not in page
         assert "particles" in page and "complete" in page
-    finally:
-        pub.close()
-        raw.stop()
-        ana.stop()
 
 
 def check_crack_numbers(node, voxel_um: float | None = None, n_layers: int = 8) -> None:  # noqa: ANN001
@@ -285,27 +255,13 @@ def test_layer_correlation_sign_flip_reaches_tiled(consumer_settings, tiled_clie
     assert truth.slope[0] < 0 < truth.slope[1], truth  # the construction has the sign flip
     settings, detector = consumer_settings
     angles = np.linspace(0.0, 180.0, 192, endpoint=False)
-    frames = simulate_scan(attenuation, angles, seed=7)
-    station = SimTomoStation.from_frames(
-        angles, frames.projections, frames.flat, frames.dark, detector
-    )
-    raw, ana = start_consumers(settings)
-    pub = live_publisher(settings, (raw, ana))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        md = {
-            "voxel_size_um": 0.25,
-            "beamwatch_crack_params": {"quantify": {"window": window, "n_layers": 2}},
-        }
-        (uid,) = RE(tomo_scan_plan(station, angles, n_darks=2, n_flats=2, md=md))
-
-        def status():
-            return tiled_client["analysis"][uid]["cracks"].metadata.get("status")
-
-        wait_until(lambda: status() in ("complete", "failed"), timeout=600)
-        node = tiled_client["analysis"][uid]["cracks"]
-        assert status() == "complete", node.metadata
+    md = {
+        "voxel_size_um": 0.25,
+        "beamwatch_crack_params": {"quantify": {"window": window, "n_layers": 2}},
+    }
+    with live_tomo_run(settings, detector, attenuation, angles, seed=7, md=md) as uid:
+        node = finished_result(tiled_client, uid, "cracks", timeout=600)
+        assert node.metadata["status"] == "complete", node.metadata
         table = node["layer_correlation"].read().sort_values("layer")
         assert list(table["layer"]) == [0, 1]
         np.testing.assert_array_equal(table["z_start"], [0, 8])
@@ -321,7 +277,3 @@ def test_layer_correlation_sign_flip_reaches_tiled(consumer_settings, tiled_clie
         figure = node["figures"]["layer_correlation"]
         assert figure.shape[2] == 3 and figure.read().std() > 0
         check_crack_numbers(node, voxel_um=0.25, n_layers=2)
-    finally:
-        pub.close()
-        raw.stop()
-        ana.stop()

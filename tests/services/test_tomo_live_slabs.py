@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from bluesky import RunEngine
 
-from bluesky_plans.devices import SimTomoStation
-from bluesky_plans.plans import tomo_scan_plan
 from pipelines.cracks.segment import map_cracks
 from services.core.settings import DaskSettings
 from services.slabs.cluster import open_client
 from synthetic.cathode import make_cathode_volume
-from synthetic.scan import simulate_scan
-from tests.conftest import wait_until
-from tests.services.test_ingest_e2e import live_publisher, start_consumers
+from tests.services.live_tomo import finished_result, live_tomo_run
 
 
 def test_live_tomogram_above_the_threshold_goes_slab_by_slab(consumer_settings, tiled_client):
@@ -21,10 +16,6 @@ def test_live_tomogram_above_the_threshold_goes_slab_by_slab(consumer_settings, 
     shape = (8, 64, 64)
     volume = make_cathode_volume(shape, seed=11)
     angles = np.linspace(0.0, 180.0, 48, endpoint=False)
-    frames = simulate_scan(volume.attenuation, angles, seed=4)
-    station = SimTomoStation.from_frames(
-        angles, frames.projections, frames.flat, frames.dark, detector
-    )
     with open_client(DaskSettings(n_workers=2, memory_limit_mb=1500)) as client:
         dask = DaskSettings(
             scheduler_address=client.scheduler.address,
@@ -33,22 +24,8 @@ def test_live_tomogram_above_the_threshold_goes_slab_by_slab(consumer_settings, 
             particle_halo=4,
         )
         settings = settings.model_copy(update={"dask": dask})
-        raw, ana = start_consumers(settings)
-        pub = live_publisher(settings, (raw, ana))
-        try:
-            RE = RunEngine({})
-            RE.subscribe(pub)
-            (uid,) = RE(tomo_scan_plan(station, angles, n_darks=2, n_flats=2))
-
-            def status(pipeline):
-                node = tiled_client["analysis"][uid]
-                return node[pipeline].metadata.get("status") if pipeline in node else None
-
-            wait_until(lambda: status("particles") in ("complete", "failed"), timeout=240)
-        finally:
-            pub.close()
-            raw.stop()
-            ana.stop()
+        with live_tomo_run(settings, detector, volume.attenuation, angles, seed=4) as uid:
+            finished_result(tiled_client, uid, "particles", timeout=240)
     cracks = tiled_client["analysis"][uid]["cracks"]
     assert cracks.metadata["status"] == "complete", cracks.metadata
     assert cracks.metadata["slabs"] is True

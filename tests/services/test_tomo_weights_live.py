@@ -14,7 +14,6 @@ import pytest
 import torch
 from bluesky import RunEngine
 
-from bluesky_plans.devices import SimTomoStation
 from bluesky_plans.plans import tomo_scan_plan
 from models.crack_unet import CrackUNet, load_crack_unet, save_crack_unet
 from models.particle_unet import ParticleUNet, save_particle_unet
@@ -25,9 +24,7 @@ from services.core.metrics import Metrics
 from services.runs.routing import RunDispatcher
 from services.tiled.records import Container, Metadata
 from synthetic.cathode import make_cathode_volume
-from synthetic.scan import simulate_scan
-from tests.conftest import wait_until
-from tests.services.test_ingest_e2e import live_publisher, start_consumers
+from tests.services.live_tomo import finished_result, live_tomo_run, scanned_station
 
 CPU = torch.device("cpu")
 
@@ -95,10 +92,7 @@ def station_run(tmp_path: Path, md: dict) -> tuple[str, list[tuple[str, dict]], 
     shape = (4, 64, 64)
     volume = make_cathode_volume(shape, seed=11, crack_density=2.0)
     angles = np.linspace(0.0, 180.0, 48, endpoint=False)
-    frames = simulate_scan(volume.attenuation, angles, seed=4)
-    station = SimTomoStation.from_frames(
-        angles, frames.projections, frames.flat, frames.dark, tmp_path / "detector"
-    )
+    station = scanned_station(volume.attenuation, angles, seed=4, detector=tmp_path / "detector")
     docs: list[tuple[str, dict]] = []
     RE = RunEngine({})
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
@@ -156,34 +150,13 @@ def test_live_crack_map_uses_the_start_documents_weights(consumer_settings, tile
     shape = (4, 64, 64)
     volume = make_cathode_volume(shape, seed=11, crack_density=2.0)
     angles = np.linspace(0.0, 180.0, 48, endpoint=False)
-    frames = simulate_scan(volume.attenuation, angles, seed=4)
-    station = SimTomoStation.from_frames(
-        angles, frames.projections, frames.flat, frames.dark, detector
-    )
-    raw, ana = start_consumers(settings)
-    pub = live_publisher(settings, (raw, ana))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        (uid,) = RE(
-            tomo_scan_plan(
-                station, angles, n_darks=2, n_flats=2, md={"crack_weights": "weights/none.pt"}
-            )
-        )
-
-        def status():
-            return tiled_client["analysis"][uid]["cracks"].metadata.get("status")
-
-        wait_until(lambda: status() in ("complete", "failed"), timeout=600)
-        node = tiled_client["analysis"][uid]["cracks"]
-        assert status() == "complete", node.metadata
+    md = {"crack_weights": "weights/none.pt"}
+    with live_tomo_run(settings, detector, volume.attenuation, angles, seed=4, md=md) as uid:
+        node = finished_result(tiled_client, uid, "cracks", timeout=600)
+        assert node.metadata["status"] == "complete", node.metadata
         assert node.metadata["weights"] == {
             "crack_weights": "weights/none.pt",
             "particle_weights": "shipped",
         }
         assert node["mask"].read().sum() == 0  # the named network, not the shipped one
         assert node["particle_mask"].read().sum() > 0
-    finally:
-        pub.close()
-        for c in (raw, ana):
-            c.stop()

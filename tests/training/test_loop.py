@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -79,3 +81,45 @@ def test_bad_arguments_and_the_learning_rate_schedule() -> None:
     assert cosine_lr(1.0, 0.0, 0.05) == pytest.approx(1.0)
     assert cosine_lr(1.0, 1.0, 0.05) == pytest.approx(0.05)
     assert cosine_lr(1.0, 2.0, 0.02) == pytest.approx(0.02)
+
+
+def test_max_steps_ends_the_run_and_sets_the_schedule() -> None:
+    """With ``max_steps`` and no time limit the run takes exactly that many steps, and the
+    learning rate falls with the share of the steps (to the floor at the last one)."""
+    model = _model()
+    loss = _loss_towards(model, 3.0)
+    shares: list[float] = []
+    run = train_within_budget(
+        model, loss, minutes=math.inf, max_steps=7, lr=0.1, progress=shares.append, log_every=0
+    )
+    assert run.steps == run.best_step == 7
+    assert shares == pytest.approx([k / 7 for k in range(1, 8)])
+    assert math.isfinite(run.final_loss) and run.final_loss > 0
+    with pytest.raises(ValueError, match="max_steps"):
+        train_within_budget(model, loss, minutes=math.inf, lr=0.1)
+    with pytest.raises(ValueError, match="max_steps"):
+        train_within_budget(model, loss, minutes=1.0, max_steps=0, lr=0.1)
+
+
+def test_keep_best_scores_the_last_of_max_steps() -> None:
+    model = _model()
+    calls: list[int] = []
+
+    def score() -> dict[str, float]:
+        calls.append(1)
+        return {"closeness": -abs(float(model(torch.ones(1, 4)).detach()) - 3.0)}
+
+    run = train_within_budget(
+        model,
+        _loss_towards(model, 3.0),
+        evaluate=score,
+        key="closeness",
+        minutes=math.inf,
+        max_steps=5,
+        eval_steps=2,
+        lr=0.1,
+        log_every=0,
+    )
+    # before training, at steps 2, 4 and the last (5), and once more on the kept state
+    assert [h["step"] for h in run.history] == [0.0, 2.0, 4.0, 5.0] and len(calls) == 5
+    assert run.best_step == 5 and run.final["closeness"] > run.initial["closeness"]
