@@ -320,7 +320,8 @@ def test_chemistry_maps_are_interactive(page, up, chemistry_series):
         "document.getElementById('plot-trajectory').data.map(t => [t.name, t.y, t.error_y.array])",
     )
     particles = sorted(trajectory["particle"].unique())
-    assert [t[0] for t in traces] == [f"particle {p}" for p in particles]
+    # numbered from 1 as in the XANES view's plots (the table's track ids start at 0)
+    assert [t[0] for t in traces] == [f"particle {p + 1}" for p in particles]
     for (_name, y, sd), p in zip(traces, particles, strict=True):
         rows = trajectory[trajectory["particle"] == p].sort_values("scan")
         np.testing.assert_allclose(

@@ -260,6 +260,8 @@ async function renderTrajectory(run, base) {
   const timed = elapsed.length === n && elapsed.every((v) => typeof v === "number" && Number.isFinite(v));
   const x = (i) => (timed ? elapsed[i] / 60 : table.scan[i]);
   const particles = [...new Set(table.particle)].sort((a, b) => a - b);
+  // the table's particle is a 0-based track id; the XANES view's plots number particles
+  // from 1 (label order), so the same particle has the same number everywhere
   const traces = particles.map((p) => {
     const rows = [...Array(n).keys()].filter((i) => table.particle[i] === p).sort((a, b) => table.scan[a] - table.scan[b]);
     return {
@@ -268,8 +270,8 @@ async function renderTrajectory(run, base) {
       error_y: { type: "data", array: rows.map((i) => table[`${q}_sd`][i]), visible: true },
       customdata: rows.map((i) => table[`${q}_sd`][i]),
       mode: "lines+markers",
-      name: `particle ${p}`,
-      hovertemplate: `particle ${p}<br>${quantityLabel(q)}: %{y:.4g} +- %{customdata:.2g}<extra></extra>`,
+      name: `particle ${p + 1}`,
+      hovertemplate: `particle ${p + 1}<br>${quantityLabel(q)}: %{y:.4g} +- %{customdata:.2g}<extra></extra>`,
     };
   });
   draw(
