@@ -258,6 +258,26 @@ def _wide_slice_set(
     vol = wide_volume(
         shape, seed, rng, crack_density, damage_share=damage_share, diameter_px=diameter_px
     )
+    recon = wide_scan(vol.attenuation, seed, rng, quantize)
+    low, high = reference_levels(recon)
+    images = context_stacks(normalize_slices(recon, low, high))
+    n = shape[2]
+    yy, xx = np.mgrid[:n, :n]
+    circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
+    return SliceSet(
+        images=images,
+        labels=vol.crack_mask.astype(np.float32),
+        valid=np.broadcast_to(circle, shape).copy(),
+        gaps=touching_gaps(vol.particle_ids).astype(np.float32),
+    )
+
+
+def wide_scan(
+    attenuation: np.ndarray, seed: int, rng: np.random.Generator, quantize: bool
+) -> np.ndarray:
+    """Reconstruction of a simulated scan drawn from the wide range of ``--wide``: photons,
+    phase fringes of either sign, blur, rings, sparse-angle or missing-wedge scans, filters,
+    extra blur, and (``quantize``) 8-bit renders of which half are JPEG-compressed."""
     sign = -1.0 if rng.random() < 0.35 else 1.0
     detector = DetectorParams(
         photons=float(10 ** rng.uniform(3.6, 4.8)),
@@ -266,7 +286,7 @@ def _wide_slice_set(
         ring_fraction=float(rng.uniform(0.0, 0.15)),
         ring_amplitude=float(rng.uniform(0.01, 0.06)),
     )
-    n = shape[2]
+    n = attenuation.shape[2]
     scan = rng.random()
     if scan < 0.2:  # sparse angles: streaks
         n_angles, angle_range = int(n * rng.uniform(0.2, 0.5)), 180.0
@@ -276,7 +296,7 @@ def _wide_slice_set(
         n_angles, angle_range = int(rng.choice([n, int(n * 1.4), int(n * 1.6)])), 180.0
     filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
     recon = reconstruct_synthetic(
-        vol.attenuation,
+        attenuation,
         seed=seed + 1,
         n_angles=n_angles,
         detector=detector,
@@ -293,16 +313,7 @@ def _wide_slice_set(
             inside = recon != 0
             recon = jpeg_roundtrip(recon, int(rng.integers(25, 91)))
             recon[~inside] = 0.0
-    low, high = reference_levels(recon)
-    images = context_stacks(normalize_slices(recon, low, high))
-    yy, xx = np.mgrid[:n, :n]
-    circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
-    return SliceSet(
-        images=images,
-        labels=vol.crack_mask.astype(np.float32),
-        valid=np.broadcast_to(circle, shape).copy(),
-        gaps=touching_gaps(vol.particle_ids).astype(np.float32),
-    )
+    return recon
 
 
 def crack_pixels(data: SliceSet) -> np.ndarray:
