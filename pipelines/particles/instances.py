@@ -78,13 +78,18 @@ class InstanceParams(BaseModel):
         description="Voxels exactly 0 are outside the reconstruction circle: no particle there.",
     )
     envelope_merge: bool = Field(
-        default=False,
+        default=True,
         description="Run the envelope network (models.envelope_unet) and merge the instances "
         "that lie in one component of its envelope (pipelines.particles.merge."
-        "merge_by_envelope): the pieces of a particle cut by a wide crack.",
+        "merge_by_envelope): the pieces of a particle cut by a wide crack; False = the "
+        "contact merge alone.",
     )
     envelope_threshold: float = Field(
-        default=0.5, gt=0.0, lt=1.0, description="Envelope probability threshold."
+        default=0.7,
+        gt=0.0,
+        lt=1.0,
+        description="Envelope probability threshold of the merge (0.7: a sweep of 0.5 / 0.7 / "
+        "0.85 / 0.95 on the never-trained family and the real crops, README issue 13).",
     )
     envelope_fill: bool = Field(
         default=False,
