@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="crack U-Net weights (default shipped)")
     parser.add_argument(
         "--envelope",
-        choices=("contact", "closing", "learned"),
+        choices=("contact", "closing", "learned", "contact_learned"),
         default=None,
         help="particle envelope of the validation sets (default CrackParams' default)",
     )
@@ -384,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     params = CrackParams() if args.envelope is None else CrackParams(envelope=args.envelope)
     results["envelope"] = params.envelope
     envelope_model = (
-        load_envelope_unet(args.envelope_weights) if params.envelope == "learned" else None
+        load_envelope_unet(args.envelope_weights)
+        if params.envelope in ("learned", "contact_learned")
+        else None
     )
     results["validation_sets"] = bench_sets(params, load_crack_unet(args.weights), envelope_model)
     print("validation sets (means; per case in --json):")

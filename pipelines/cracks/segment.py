@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from skimage.filters import threshold_otsu, threshold_triangle
+from skimage.morphology import disk
 
 from models.crack_unet import (
     CrackUNet,
@@ -27,6 +28,8 @@ from models.crack_unet import (
 from models.envelope_unet import EnvelopeUNet, load_envelope_unet, predict_envelope_stacks
 from pipelines.cracks.particle_mask import (
     ParticleMaskParams,
+    binary_dilate,
+    binary_erode,
     drop_edge_specks,
     drop_small_pieces,
     learned_envelope_voids,
@@ -55,14 +58,21 @@ class CrackParams(BaseModel):
         description="Voxels exactly 0 are outside the reconstruction circle: no crack there "
         "(the network sees a flat zero input there, unlike anything it was trained on).",
     )
-    envelope: Literal["contact", "closing", "learned"] = Field(
+    envelope: Literal["contact", "closing", "learned", "contact_learned"] = Field(
         default="contact",
         description="Particle mask: 'contact' = pieces joined across cracks by their contact "
         "share, enclosed voids and joining cracks reported as cracks "
         "(particle_envelope_slice); 'closing' = the network's cracks added to the solid, "
         "closed and filled within one particle (particle_mask_slice, the earlier mask); "
         "'learned' = the envelope network's mask (models.envelope_unet), the dark pixels "
-        "inside it reported as cracks (learned_envelope_voids).",
+        "inside it reported as cracks (learned_envelope_voids); 'contact_learned' = the "
+        "'contact' envelope plus the learned envelope's pixels within envelope_reach_px of it "
+        "(the dark ones reported as cracks).",
+    )
+    envelope_reach_px: NonNegativeInt = Field(
+        default=4,
+        description="'contact_learned': the learned envelope is added within a closing of this "
+        "radius of the 'contact' envelope (wide cracks between its pieces).",
     )
     envelope_threshold: float = Field(
         default=0.5,
@@ -196,7 +206,7 @@ def iter_crack_slices(
 
 
 def _resolve_envelope(model: EnvelopeUNet | None, params: CrackParams) -> EnvelopeUNet | None:
-    if params.envelope != "learned":
+    if params.envelope not in ("learned", "contact_learned"):
         return None
     return model if model is not None else load_envelope_unet()
 
@@ -231,7 +241,7 @@ def _segment(
         z: int, image: np.ndarray, prob: np.ndarray, env_prob: np.ndarray | None
     ) -> CrackSlice:
         crack = prob >= p.threshold
-        if env_prob is not None:
+        if env_prob is not None and p.envelope == "learned":
             envelope = env_prob >= p.envelope_threshold
             if p.zero_is_outside:
                 envelope &= image != 0
@@ -241,7 +251,7 @@ def _segment(
             crack &= envelope
             crack = drop_edge_specks(crack, envelope, p.min_edge_crack_px)
             return CrackSlice(z, crack.view(np.uint8), envelope.view(np.uint8))
-        if p.envelope == "contact":
+        if p.envelope in ("contact", "contact_learned"):
             bridge = prob >= p.bridge_threshold
             if p.zero_is_outside:
                 inside = image != 0
@@ -250,6 +260,17 @@ def _segment(
             particle, voids = particle_envelope_slice(
                 image, threshold, p.particle, bridge=bridge, cracks=crack
             )
+            if env_prob is not None:
+                added = (env_prob >= p.envelope_threshold) & ~particle
+                if p.envelope_reach_px:
+                    reach = disk(p.envelope_reach_px).astype(bool)
+                    added &= binary_erode(binary_dilate(particle, reach), reach)
+                if p.zero_is_outside:
+                    added &= inside
+                particle = particle | added
+                voids = voids | (
+                    learned_envelope_voids(image, threshold, particle, p.particle) & added
+                )
             if p.report_voids:
                 crack |= voids
             crack &= particle

@@ -68,3 +68,17 @@ def test_crack_map_lies_inside_the_particles_own_envelope_piece(singles: dict, k
     assert all(s["own_piece_in_particle"] >= 0.9 for s in rows)  # the piece is this particle
     assert all(s["true_cracks_in_own_piece"] >= 0.4 for s in rows)
     assert sum(s["true_cracks_in_own_piece"] >= 0.75 for s in rows) >= 4
+
+
+def test_contact_learned_envelope_adds_learned_pixels_near_the_contact_envelope() -> None:
+    v = make_single_particle("through", seed=5)
+    model = load_envelope_unet()
+    contact = map_cracks(v.recon).particle_mask.astype(bool)
+    params = CrackParams(envelope="contact_learned", envelope_reach_px=4)
+    res = map_cracks(v.recon, params, envelope_model=model)
+    mask = res.particle_mask.astype(bool)
+    learned = map_cracks(v.recon, CrackParams(envelope="learned"), envelope_model=model)
+    assert (mask >= contact).all()
+    assert mask.sum() > contact.sum()  # a wide through-crack is added
+    assert not (mask & ~contact & ~learned.particle_mask.astype(bool)).any()
+    assert not (res.crack_mask.astype(bool) & ~mask).any()
