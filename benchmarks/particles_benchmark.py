@@ -57,6 +57,7 @@ from benchmarks.validation_sets import (
     real_crops,
     training_family,
 )
+from models.envelope_unet import load_envelope_unet
 from models.flaw_cnn import load_flaw_cnn
 from models.particle_unet import DEFAULT_WEIGHTS, load_particle_unet
 from models.phase_net import DEFAULT_WEIGHTS as PHASE_WEIGHTS
@@ -122,10 +123,15 @@ def instance_case(
     return out
 
 
-def set_case(case: Case, model: Any) -> dict[str, dict[str, float]]:
+def set_case(
+    case: Case,
+    model: Any,
+    params: InstanceParams | None = None,
+    envelope_model: Any = None,
+) -> dict[str, dict[str, float]]:
     """Scores of our instances and the Otsu watershed baseline on one validation case."""
     w = case.window
-    ours = segment_instances(case.recon, model=model).labels
+    ours = segment_instances(case.recon, params, model=model, envelope_model=envelope_model).labels
     otsu = watershed_baseline(baseline_solid(case.recon), min_size=case.min_size)
     binder = None if case.binder is None else case.binder[w]
     ignore = None if case.ignore is None else case.ignore[w]
@@ -137,11 +143,13 @@ def set_case(case: Case, model: Any) -> dict[str, dict[str, float]]:
     }
 
 
-def sets_benchmark(model: Any) -> dict[str, Any]:
+def sets_benchmark(
+    model: Any, params: InstanceParams | None = None, envelope_model: Any = None
+) -> dict[str, Any]:
     """Instance scores on the three validation sets, per case and averaged per set."""
     out: dict[str, Any] = {}
     for name, cases in zip(SETS, (training_family(), holdout_family(), real_crops()), strict=True):
-        per_case = {c.name: set_case(c, model) for c in cases}
+        per_case = {c.name: set_case(c, model, params, envelope_model) for c in cases}
         out[name] = {
             "cases": per_case,
             "mean": {
@@ -390,6 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", type=Path, default=None, help="particle U-Net weights")
+    parser.add_argument(
+        "--envelope-merge",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="merge instances by the learned envelope (default InstanceParams' default)",
+    )
+    parser.add_argument(
+        "--envelope-fill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with the envelope merge, fill envelope components holding one instance",
+    )
+    parser.add_argument("--envelope-weights", type=Path, default=None)
     parser.add_argument("--flaw-weights", type=Path, default=None)
     parser.add_argument("--phase-weights", type=Path, default=None, help="phase net weights")
     parser.add_argument("--skip-timing", action="store_true")
@@ -418,8 +439,18 @@ def main(argv: list[str] | None = None) -> int:
     flaw_model = load_flaw_cnn(args.flaw_weights, device=cpu)
     phase_model = load_phase_net(args.phase_weights, device=cpu)
     results: dict[str, Any] = {"threads": args.threads}
+    chosen = {
+        k: v
+        for k, v in (("envelope_merge", args.envelope_merge), ("envelope_fill", args.envelope_fill))
+        if v is not None
+    }
+    params = InstanceParams(**chosen)
+    results["instance_params"] = params.model_dump()
+    envelope_model = (
+        load_envelope_unet(args.envelope_weights, device=cpu) if params.envelope_merge else None
+    )
     if not args.timing_only and not args.detachment_only:
-        results["validation_sets"] = sets_benchmark(particle_model)
+        results["validation_sets"] = sets_benchmark(particle_model, params, envelope_model)
         print("validation sets (means; per case in --json):")
         print(sets_table(results["validation_sets"]))
     if args.sets_only:

@@ -53,6 +53,7 @@ from models.crack_unet import (
     normalize_slices,
     reference_levels,
 )
+from models.envelope_unet import load_envelope_unet
 from pipelines.cracks.evaluate import crack_scores
 from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
 from pipelines.cracks.segment import (
@@ -86,9 +87,11 @@ def tolerant_scores(predicted: np.ndarray, truth: np.ndarray, inside: np.ndarray
     return {"precision_1px": precision, "recall_1px": recall, "f1_1px": f1}
 
 
-def crack_case(case: Case, params: CrackParams, model: Any = None) -> dict[str, dict[str, float]]:
+def crack_case(
+    case: Case, params: CrackParams, model: Any = None, envelope_model: Any = None
+) -> dict[str, dict[str, float]]:
     """Scores of the crack pipeline and the Otsu fill-holes baseline on one case."""
-    res = map_cracks(case.recon, params, model=model)
+    res = map_cracks(case.recon, params, model=model, envelope_model=envelope_model)
     baseline = threshold_baseline(case.recon, particle_mask(case.recon, CONVENTIONAL))
     envelope = case.particle_ids > 0
     mask = res.particle_mask.astype(bool) & case.valid
@@ -107,9 +110,12 @@ def crack_case(case: Case, params: CrackParams, model: Any = None) -> dict[str, 
     }
 
 
-def bench_sets(params: CrackParams | None = None, model: Any = None) -> dict[str, Any]:
+def bench_sets(
+    params: CrackParams | None = None, model: Any = None, envelope_model: Any = None
+) -> dict[str, Any]:
     """Crack scores on the three validation sets, per case and averaged per set (``model``:
-    a loaded crack U-Net, default the shipped one)."""
+    a loaded crack U-Net, default the shipped one; ``envelope_model`` for
+    ``envelope="learned"``, default the shipped one)."""
     p = params if params is not None else CrackParams()
     if model is None:
         model = load_crack_unet()
@@ -120,7 +126,7 @@ def bench_sets(params: CrackParams | None = None, model: Any = None) -> dict[str
     }
     out: dict[str, Any] = {}
     for name, cases in sets.items():
-        per_case = {c.name: crack_case(c, p, model) for c in cases}
+        per_case = {c.name: crack_case(c, p, model, envelope_model) for c in cases}
         methods = next(iter(per_case.values()))
         out[name] = {
             "cases": per_case,
@@ -128,7 +134,7 @@ def bench_sets(params: CrackParams | None = None, model: Any = None) -> dict[str
         }
     free = {}
     for c in holdout_family(cracked=False):
-        res = map_cracks(c.recon, p, model=model)
+        res = map_cracks(c.recon, p, model=model, envelope_model=envelope_model)
         baseline = threshold_baseline(c.recon, particle_mask(c.recon, CONVENTIONAL))
         env = c.particle_ids > 0
         free[c.name] = {
@@ -362,11 +368,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--sets-only", action="store_true", help="only the validation sets")
     parser.add_argument("--weights", default=None, help="crack U-Net weights (default shipped)")
+    parser.add_argument(
+        "--envelope",
+        choices=("contact", "closing", "learned", "contact_learned"),
+        default=None,
+        help="particle envelope of the validation sets (default CrackParams' default)",
+    )
+    parser.add_argument(
+        "--envelope-weights", default=None, help="envelope U-Net weights (default shipped)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick = args.quick
     results: dict[str, Any] = {"torch_threads": args.threads}
-    results["validation_sets"] = bench_sets(CrackParams(), load_crack_unet(args.weights))
+    params = CrackParams() if args.envelope is None else CrackParams(envelope=args.envelope)
+    results["envelope"] = params.envelope
+    envelope_model = (
+        load_envelope_unet(args.envelope_weights)
+        if params.envelope in ("learned", "contact_learned")
+        else None
+    )
+    results["validation_sets"] = bench_sets(params, load_crack_unet(args.weights), envelope_model)
     print("validation sets (means; per case in --json):")
     print(sets_table(results["validation_sets"]))
     if args.sets_only:

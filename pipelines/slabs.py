@@ -26,8 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.crack_unet import CrackUNet
+from models.envelope_unet import EnvelopeUNet
 from models.particle_unet import ParticleUNet
-from pipelines.cracks.segment import CrackParams, TileModel, _resolve_model, _segment
+from pipelines.cracks.segment import (
+    CrackParams,
+    TileModel,
+    _resolve_envelope,
+    _resolve_model,
+    _segment,
+)
 from pipelines.particles.instances import InstanceParams, segment_instances
 from pipelines.volumes import check_volume
 
@@ -108,6 +115,7 @@ def crack_slab(
     params: CrackParams | None = None,
     *,
     model: CrackUNet | TileModel | None = None,
+    envelope_model: EnvelopeUNet | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crack and particle masks of the core slices of a slab read with one slice of context.
 
@@ -120,7 +128,7 @@ def crack_slab(
         The core slices within ``slab``.
     levels : tuple of float
         Normalisation levels (low, high) and solid threshold of the whole volume.
-    params, model
+    params, model, envelope_model
         As for :func:`pipelines.cracks.segment.map_cracks`.
 
     Returns
@@ -136,8 +144,9 @@ def crack_slab(
     cracks = np.zeros((stop - start, *vol.shape[1:]), dtype=np.uint8)
     particles = np.zeros_like(cracks)
     tile_model = _resolve_model(model, p)
+    env_net = _resolve_envelope(envelope_model, p)
     with ThreadPoolExecutor(p.n_workers(), thread_name_prefix="crack-slab") as pool:
-        for piece in _segment(vol, p, tile_model, pool, low, high, threshold):
+        for piece in _segment(vol, p, tile_model, pool, low, high, threshold, env_net):
             if start <= piece.z < stop:
                 cracks[piece.z - start] = piece.crack
                 particles[piece.z - start] = piece.particle
@@ -150,6 +159,7 @@ def instance_slab(
     params: InstanceParams | None = None,
     *,
     model: ParticleUNet | None = None,
+    envelope_model: EnvelopeUNet | None = None,
 ) -> np.ndarray:
     """Particle instances of a slab read with context, normalised with the volume's levels.
 
@@ -159,7 +169,9 @@ def instance_slab(
         int32 labels 1..n of every slice of ``slab`` (core and context); the caller keeps the
         core and uses the planes around the borders to match labels with its neighbours.
     """
-    return segment_instances(slab, params, model=model, levels=levels).labels
+    return segment_instances(
+        slab, params, model=model, envelope_model=envelope_model, levels=levels
+    ).labels
 
 
 def border_matches(

@@ -212,7 +212,7 @@ def make_slice_set(
         ring_fraction=float(rng.uniform(0.0, 0.08)),
     )
     n_angles = int(rng.choice([shape[2], int(shape[2] * 1.4), int(shape[2] * 1.6)]))
-    recon = _scan(vol, seed, rng, detector, n_angles)
+    recon = _scan(vol.attenuation, seed, rng, detector, n_angles)
     if quantize:
         recon = quantize_8bit(recon, rng)
     return _labelled_slices(recon, vol)
@@ -230,6 +230,16 @@ def _wide_slice_set(
     vol = wide_volume(
         shape, seed, rng, crack_density, damage_share=damage_share, diameter_px=diameter_px
     )
+    recon = wide_scan(vol.attenuation, seed, rng, quantize)
+    return _labelled_slices(recon, vol)
+
+
+def wide_scan(
+    attenuation: np.ndarray, seed: int, rng: np.random.Generator, quantize: bool
+) -> np.ndarray:
+    """Reconstruction of a simulated scan drawn from the wide range of ``--wide``: photons,
+    phase fringes of either sign, blur, rings, sparse-angle or missing-wedge scans, filters,
+    extra blur, and (``quantize``) 8-bit renders of which half are JPEG-compressed."""
     sign = -1.0 if rng.random() < 0.35 else 1.0
     detector = DetectorParams(
         photons=float(10 ** rng.uniform(3.6, 4.8)),
@@ -238,7 +248,7 @@ def _wide_slice_set(
         ring_fraction=float(rng.uniform(0.0, 0.15)),
         ring_amplitude=float(rng.uniform(0.01, 0.06)),
     )
-    n = shape[2]
+    n = attenuation.shape[2]
     scan = rng.random()
     if scan < 0.2:  # sparse angles: streaks
         n_angles, angle_range = int(n * rng.uniform(0.2, 0.5)), 180.0
@@ -246,7 +256,7 @@ def _wide_slice_set(
         n_angles, angle_range = int(n * 1.4), float(rng.uniform(110.0, 165.0))
     else:
         n_angles, angle_range = int(rng.choice([n, int(n * 1.4), int(n * 1.6)])), 180.0
-    recon = _scan(vol, seed, rng, detector, n_angles, angle_range)
+    recon = _scan(attenuation, seed, rng, detector, n_angles, angle_range)
     if rng.random() < 0.25:
         inside = recon != 0
         recon = ndimage.gaussian_filter(recon, (0, *(2 * [float(rng.uniform(0.5, 1.3))])))
@@ -257,21 +267,21 @@ def _wide_slice_set(
             inside = recon != 0
             recon = jpeg_roundtrip(recon, int(rng.integers(25, 91)))
             recon[~inside] = 0.0
-    return _labelled_slices(recon, vol)
+    return recon
 
 
 def _scan(
-    vol: CathodeVolume,
+    attenuation: np.ndarray,
     seed: int,
     rng: np.random.Generator,
     detector: DetectorParams,
     n_angles: int,
     angle_range: float = 180.0,
 ) -> np.ndarray:
-    """Reconstruction of a simulated scan of ``vol`` with a filter drawn from ``rng``."""
+    """Reconstruction of a simulated scan of ``attenuation`` with a filter drawn from ``rng``."""
     filter_name = str(rng.choice(["ramp", "ramp", "shepp-logan", "hann"]))
     return reconstruct_synthetic(
-        vol.attenuation,
+        attenuation,
         seed=seed + 1,
         n_angles=n_angles,
         detector=detector,

@@ -1,6 +1,6 @@
 """Particle (solid) mask that counts the cracks inside a particle as particle.
 
-Two ways to build it per slice:
+Three ways to build it per slice:
 
 * :func:`particle_mask_slice`: threshold, add the given cracks, close and fill holes within one
   particle at a time (the original mask);
@@ -9,7 +9,10 @@ Two ways to build it per slice:
   of the smaller piece's perimeter (:func:`pipelines.particles.merge.merge_by_contact`), so a
   crack through a particle or a hollow core stays inside its particle, while a dark gap between
   two particles (which only meet over a short neck) stays outside. It also returns the enclosed
-  voids and the bridged cracks, which the crack map reports as cracks.
+  voids and the bridged cracks, which the crack map reports as cracks;
+* a learned envelope (:mod:`models.envelope_unet`, run by the crack pipeline): the particle's
+  whole shape as a network sees it; :func:`learned_envelope_voids` gives the dark pixels inside
+  it, which the crack map reports as cracks.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ class ParticleMaskParams(BaseModel):
         default=6,
         description="particle_envelope_slice: smaller enclosed dark holes are not voids "
         "(noise); they still count as particle.",
+    )
+    void_depth_px: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="learned_envelope_voids: dark pixels count as voids only deeper than this "
+        "inside the learned envelope (its rim is the blurred particle outline).",
     )
 
 
@@ -471,6 +480,64 @@ def particle_envelope_slice(
     joins = bridged | holes
     beside = closed & ~solid & binary_dilate(joins, np.ones((3, 3), dtype=bool))
     return envelope, (joins | beside) & envelope
+
+
+def learned_envelope_voids(
+    image: np.ndarray,
+    threshold: float,
+    envelope: np.ndarray,
+    params: ParticleMaskParams | None = None,
+) -> np.ndarray:
+    """Dark pixels inside a learned particle envelope: the cracks and core voids it holds.
+
+    The envelope (:mod:`models.envelope_unet`) already counts a particle's cracks and core as
+    particle, so the dark (not solid) pixels inside it are its cracks and voids, except on its
+    rim, where the blurred outline is dark too.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (Y, X) reconstructed slice.
+    threshold : float
+        Solid threshold (:func:`solid_threshold`).
+    envelope : numpy.ndarray
+        bool (Y, X) envelope.
+    params : ParticleMaskParams, optional
+        ``smoothing_sigma``, ``void_depth_px``, ``min_void_area``.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool (Y, X): dark pixels deeper than ``void_depth_px`` inside the envelope, in pieces of
+        at least ``min_void_area`` pixels.
+    """
+    p = params if params is not None else ParticleMaskParams()
+    img = np.asarray(image, dtype=np.float32)
+    env = np.asarray(envelope, dtype=bool)
+    if img.ndim != 2 or env.shape != img.shape:
+        raise ValueError(f"image {img.shape} and envelope {env.shape} must be one 2-D shape")
+    if p.smoothing_sigma > 0:
+        img = ndimage.gaussian_filter(img, p.smoothing_sigma)
+    dark = env & (img <= threshold)
+    if p.void_depth_px > 0 and dark.any():
+        dark &= ndimage.distance_transform_edt(np.pad(env, 1))[1:-1, 1:-1] > p.void_depth_px
+    if p.min_void_area > 1 and dark.any():
+        pieces, _ = ndimage.label(dark, structure=np.ones((3, 3), dtype=bool))
+        big = np.bincount(pieces.ravel()) >= p.min_void_area
+        big[0] = False
+        dark = big[pieces]
+    return dark
+
+
+def drop_small_pieces(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """A 2-D mask without its (4-connected) pieces smaller than ``min_area`` pixels."""
+    out = np.asarray(mask, dtype=bool).copy()
+    if min_area > 0 and out.any():
+        pieces, n = ndimage.label(out)
+        small = np.bincount(pieces.ravel(), minlength=n + 1) < min_area
+        small[0] = False
+        out[small[pieces]] = False
+    return out
 
 
 def drop_edge_specks(cracks: np.ndarray, envelope: np.ndarray, min_pixels: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from skimage.filters import threshold_otsu, threshold_triangle
+from skimage.morphology import disk
 
 from models.crack_unet import (
     CrackUNet,
@@ -24,9 +25,14 @@ from models.crack_unet import (
     predict_probabilities,
     reference_levels,
 )
+from models.envelope_unet import EnvelopeUNet, load_envelope_unet, predict_envelope_stacks
 from pipelines.cracks.particle_mask import (
     ParticleMaskParams,
+    binary_dilate,
+    binary_erode,
     drop_edge_specks,
+    drop_small_pieces,
+    learned_envelope_voids,
     particle_envelope_slice,
     particle_mask_slice,
     solid_threshold,
@@ -52,12 +58,27 @@ class CrackParams(BaseModel):
         description="Voxels exactly 0 are outside the reconstruction circle: no crack there "
         "(the network sees a flat zero input there, unlike anything it was trained on).",
     )
-    envelope: Literal["contact", "closing"] = Field(
+    envelope: Literal["contact", "closing", "learned", "contact_learned"] = Field(
         default="contact",
         description="Particle mask: 'contact' = pieces joined across cracks by their contact "
         "share, enclosed voids and joining cracks reported as cracks "
         "(particle_envelope_slice); 'closing' = the network's cracks added to the solid, "
-        "closed and filled within one particle (particle_mask_slice, the earlier mask).",
+        "closed and filled within one particle (particle_mask_slice, the earlier mask); "
+        "'learned' = the envelope network's mask (models.envelope_unet), the dark pixels "
+        "inside it reported as cracks (learned_envelope_voids); 'contact_learned' = the "
+        "'contact' envelope plus the learned envelope's pixels within envelope_reach_px of it "
+        "(the dark ones reported as cracks).",
+    )
+    envelope_reach_px: NonNegativeInt = Field(
+        default=4,
+        description="'contact_learned': the learned envelope is added within a closing of this "
+        "radius of the 'contact' envelope (wide cracks between its pieces).",
+    )
+    envelope_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="'learned' envelope: envelope probability threshold.",
     )
     bridge_threshold: float = Field(
         default=0.2,
@@ -69,11 +90,13 @@ class CrackParams(BaseModel):
     report_voids: bool = Field(
         default=True,
         description="'contact' envelope: add the dark holes enclosed by one particle (core "
-        "voids) and the cracks that join its pieces to the crack mask.",
+        "voids) and the cracks that join its pieces to the crack mask; 'learned': add the "
+        "dark pixels inside the envelope.",
     )
     min_edge_crack_px: NonNegativeInt = Field(
         default=8,
-        description="'contact' envelope: crack pieces (8-connected, in-slice) smaller than "
+        description="'contact' and 'learned' envelopes: crack pieces (8-connected, in-slice) "
+        "smaller than "
         "this that touch the outside of the particle envelope are dropped "
         "(particle_mask.drop_edge_specks); 0 keeps them.",
     )
@@ -144,6 +167,7 @@ def iter_crack_slices(
     params: CrackParams | None = None,
     *,
     model: CrackUNet | TileModel | None = None,
+    envelope_model: EnvelopeUNet | None = None,
 ) -> Iterator[CrackSlice]:
     """Segment cracks and particles slice by slice.
 
@@ -162,6 +186,9 @@ def iter_crack_slices(
         Network or tile model (batch of normalised context tiles (B, 3, h, w), slices
         ``z - 1, z, z + 1`` -> probabilities (B, h, w) of the middle slices); default the
         shipped U-Net.
+    envelope_model : EnvelopeUNet, optional
+        Envelope network of ``envelope="learned"``; default the shipped weights
+        (:func:`models.envelope_unet.load_envelope_unet`). Unused by the other envelopes.
 
     Yields
     ------
@@ -172,9 +199,16 @@ def iter_crack_slices(
     p = params if params is not None else CrackParams()
     vol = check_volume(volume)
     tile_model = _resolve_model(model, p)
+    env_net = _resolve_envelope(envelope_model, p)
     with ThreadPoolExecutor(p.n_workers(), thread_name_prefix="crack-slices") as pool:
         levels = _volume_levels(vol, p, pool)
-        yield from _segment(vol, p, tile_model, pool, *levels)
+        yield from _segment(vol, p, tile_model, pool, *levels, env_net)
+
+
+def _resolve_envelope(model: EnvelopeUNet | None, params: CrackParams) -> EnvelopeUNet | None:
+    if params.envelope not in ("learned", "contact_learned"):
+        return None
+    return model if model is not None else load_envelope_unet()
 
 
 def _volume_levels(
@@ -196,15 +230,28 @@ def _segment(
     low: float,
     high: float,
     threshold: float,
+    env_net: EnvelopeUNet | None = None,
 ) -> Iterator[CrackSlice]:
     tiles_per_slice = max(1, -(-vol.shape[1] // p.tile_size)) * max(
         1, -(-vol.shape[2] // p.tile_size)
     )
     chunk = max(1, p.batch_size // tiles_per_slice)
 
-    def finish(z: int, image: np.ndarray, prob: np.ndarray) -> CrackSlice:
+    def finish(
+        z: int, image: np.ndarray, prob: np.ndarray, env_prob: np.ndarray | None
+    ) -> CrackSlice:
         crack = prob >= p.threshold
-        if p.envelope == "contact":
+        if env_prob is not None and p.envelope == "learned":
+            envelope = env_prob >= p.envelope_threshold
+            if p.zero_is_outside:
+                envelope &= image != 0
+            envelope = drop_small_pieces(envelope, p.particle.min_area)
+            if p.report_voids:
+                crack |= learned_envelope_voids(image, threshold, envelope, p.particle)
+            crack &= envelope
+            crack = drop_edge_specks(crack, envelope, p.min_edge_crack_px)
+            return CrackSlice(z, crack.view(np.uint8), envelope.view(np.uint8))
+        if p.envelope in ("contact", "contact_learned"):
             bridge = prob >= p.bridge_threshold
             if p.zero_is_outside:
                 inside = image != 0
@@ -213,6 +260,17 @@ def _segment(
             particle, voids = particle_envelope_slice(
                 image, threshold, p.particle, bridge=bridge, cracks=crack
             )
+            if env_prob is not None:
+                added = (env_prob >= p.envelope_threshold) & ~particle
+                if p.envelope_reach_px:
+                    reach = disk(p.envelope_reach_px).astype(bool)
+                    added &= binary_erode(binary_dilate(particle, reach), reach)
+                if p.zero_is_outside:
+                    added &= inside
+                particle = particle | added
+                voids = voids | (
+                    learned_envelope_voids(image, threshold, particle, p.particle) & added
+                )
             if p.report_voids:
                 crack |= voids
             crack &= particle
@@ -234,14 +292,20 @@ def _segment(
         block = vol[z0 : z0 + chunk]
         below, above = max(z0 - 1, 0), min(z0 + len(block) + 1, vol.shape[0])
         normalized = normalize_slices(vol[below:above], low, high)
+        stacks = context_stacks(normalized, z0 - below, z0 - below + len(block))
         probs = apply_tiled(
-            context_stacks(normalized, z0 - below, z0 - below + len(block)),
+            stacks,
             tile_model,
             tile_size=p.tile_size,
             overlap=p.overlap,
             batch_size=p.batch_size,
         )
-        yield from pool.map(finish, range(z0, z0 + len(block)), block, probs)
+        env_probs: np.ndarray | list[None] = (
+            predict_envelope_stacks(env_net, stacks, batch_size=p.batch_size)
+            if env_net is not None
+            else [None] * len(block)
+        )
+        yield from pool.map(finish, range(z0, z0 + len(block)), block, probs, env_probs)
 
 
 def map_cracks(
@@ -249,6 +313,7 @@ def map_cracks(
     params: CrackParams | None = None,
     *,
     model: CrackUNet | TileModel | None = None,
+    envelope_model: EnvelopeUNet | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> CrackResult:
     """3-D crack map, particle mask and damage quantification of a reconstructed volume.
@@ -262,6 +327,8 @@ def map_cracks(
         See :class:`CrackParams`.
     model : CrackUNet or callable, optional
         Default the shipped U-Net (:func:`models.crack_unet.load_crack_unet`).
+    envelope_model : EnvelopeUNet, optional
+        Envelope network of ``envelope="learned"``; default the shipped weights.
     progress : callable, optional
         Called with 1 after each slice.
 
@@ -273,11 +340,12 @@ def map_cracks(
     p = params if params is not None else CrackParams()
     vol = check_volume(volume)
     tile_model = _resolve_model(model, p)
+    env_net = _resolve_envelope(envelope_model, p)
     cracks = np.zeros(vol.shape, dtype=np.uint8)
     particles = np.zeros(vol.shape, dtype=np.uint8)
     with ThreadPoolExecutor(p.n_workers(), thread_name_prefix="crack-slices") as pool:
         low, high, threshold = _volume_levels(vol, p, pool)
-        for piece in _segment(vol, p, tile_model, pool, low, high, threshold):
+        for piece in _segment(vol, p, tile_model, pool, low, high, threshold, env_net):
             cracks[piece.z] = piece.crack
             particles[piece.z] = piece.particle
             if progress is not None:

@@ -22,10 +22,11 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from models.crack_unet import normalize_slices, reference_levels
+from models.envelope_unet import EnvelopeUNet, load_envelope_unet, predict_envelope
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
 from pipelines.cracks.particle_mask import fill_enclosed_holes
 from pipelines.particles.evaluate import instance_scores
-from pipelines.particles.merge import merge_by_contact
+from pipelines.particles.merge import fill_from_envelope, merge_by_contact, merge_by_envelope
 from pipelines.volumes import check_volume
 
 
@@ -76,6 +77,25 @@ class InstanceParams(BaseModel):
         default=True,
         description="Voxels exactly 0 are outside the reconstruction circle: no particle there.",
     )
+    envelope_merge: bool = Field(
+        default=True,
+        description="Run the envelope network (models.envelope_unet) and merge the instances "
+        "that lie in one component of its envelope (pipelines.particles.merge."
+        "merge_by_envelope): the pieces of a particle cut by a wide crack; False = the "
+        "contact merge alone.",
+    )
+    envelope_threshold: float = Field(
+        default=0.7,
+        gt=0.0,
+        lt=1.0,
+        description="Envelope probability threshold of the merge (0.7: a sweep of 0.5 / 0.7 / "
+        "0.85 / 0.95 on the never-trained family and the real crops, README issue 13).",
+    )
+    envelope_fill: bool = Field(
+        default=False,
+        description="With envelope_merge: background inside an envelope component holding "
+        "one instance joins it (pipelines.particles.merge.fill_from_envelope).",
+    )
     batch_size: PositiveInt = 4
 
 
@@ -91,11 +111,14 @@ class InstanceResult:
         float32 (Z, Y, X) particle probability.
     distance : numpy.ndarray
         float32 (Z, Y, X) predicted distance to the particle boundary (voxels).
+    envelope : numpy.ndarray or None
+        float32 (Z, Y, X) envelope probability (``envelope_merge`` only).
     """
 
     labels: np.ndarray
     foreground: np.ndarray
     distance: np.ndarray
+    envelope: np.ndarray | None = None
 
 
 def normalize_volume(volume: np.ndarray) -> np.ndarray:
@@ -109,6 +132,7 @@ def segment_instances(
     params: InstanceParams | None = None,
     *,
     model: ParticleUNet | None = None,
+    envelope_model: EnvelopeUNet | None = None,
     progress: Callable[[int], None] | None = None,
     levels: tuple[float, float] | None = None,
 ) -> InstanceResult:
@@ -123,6 +147,9 @@ def segment_instances(
         Thresholds and marker settings.
     model : ParticleUNet, optional
         Default the shipped weights (:func:`models.particle_unet.load_particle_unet`).
+    envelope_model : EnvelopeUNet, optional
+        Envelope network of ``envelope_merge``; default the shipped weights
+        (:func:`models.envelope_unet.load_envelope_unet`).
     progress : callable, optional
         Called with the number of slices done after each network batch.
     levels : tuple of float, optional
@@ -141,24 +168,44 @@ def segment_instances(
     foreground, distance = predict_maps(net, normalized, batch_size=p.batch_size, progress=progress)
     if p.zero_is_outside:
         foreground[vol == 0] = 0.0
-    labels = labels_from_maps(foreground, distance, p)
-    return InstanceResult(labels=labels, foreground=foreground, distance=distance)
+    envelope = None
+    if p.envelope_merge:
+        env_net = envelope_model if envelope_model is not None else load_envelope_unet()
+        envelope = predict_envelope(env_net, normalized, batch_size=p.batch_size)
+        if p.zero_is_outside:
+            envelope[vol == 0] = 0.0
+    labels = labels_from_maps(
+        foreground,
+        distance,
+        p,
+        envelope=None if envelope is None else envelope >= p.envelope_threshold,
+    )
+    return InstanceResult(
+        labels=labels, foreground=foreground, distance=distance, envelope=envelope
+    )
 
 
 def labels_from_maps(
-    foreground: np.ndarray, distance: np.ndarray, params: InstanceParams | None = None
+    foreground: np.ndarray,
+    distance: np.ndarray,
+    params: InstanceParams | None = None,
+    *,
+    envelope: np.ndarray | None = None,
 ) -> np.ndarray:
     """Instances of the network's maps: seeded watershed, merge of pieces, holes filled.
 
     The steps of :func:`segment_instances` after the network (:func:`instances_from_maps`,
-    :func:`merge_pieces` when ``merge_min_share`` > 0, per-slice hole filling when
-    ``fill_holes``).
+    :func:`merge_pieces` when ``merge_min_share`` > 0, the envelope merge
+    (:func:`pipelines.particles.merge.merge_by_envelope`, and ``envelope_fill``) when an
+    ``envelope`` is given, per-slice hole filling when ``fill_holes``).
 
     Parameters
     ----------
     foreground, distance : numpy.ndarray
         float (Z, Y, X) particle probability and boundary distance (voxels).
     params : InstanceParams, optional
+    envelope : numpy.ndarray, optional
+        bool (Z, Y, X) particle envelope (:mod:`models.envelope_unet`).
 
     Returns
     -------
@@ -169,6 +216,13 @@ def labels_from_maps(
     labels = instances_from_maps(foreground, distance, p)
     if p.merge_min_share > 0:
         labels = merge_pieces(labels, foreground, p)
+    if envelope is not None:
+        if np.shape(envelope) != labels.shape:
+            raise ValueError(f"envelope shape {np.shape(envelope)} != maps {labels.shape}")
+        merged, mapping = merge_by_envelope(labels, envelope)
+        labels = remove_small(merged, 0) if mapping else labels
+        if p.envelope_fill:
+            labels = fill_from_envelope(labels, envelope)
     if p.fill_holes:
         # a hole ringed by one particle lies inside the reconstruction circle, even where an
         # 8-bit render has stored it as exact 0

@@ -227,3 +227,143 @@ def merge_by_contact(
     for i, r in mapping.items():
         lut[i] = r
     return lut[lab], mapping
+
+
+def _slice_links(
+    labels: np.ndarray, components: np.ndarray, min_inside: float
+) -> tuple[list[int], list[list[int]]]:
+    """Labels present in one slice, and the groups of labels whose pixels lie mostly
+    (``min_inside``) in one envelope component of that slice."""
+    present = labels > 0
+    lab, comp = labels[present], components[present]
+    if lab.size == 0:
+        return [], []
+    ids, total = np.unique(lab, return_counts=True)
+    pairs, count = np.unique(
+        lab.astype(np.int64) * (int(comp.max()) + 1) + comp, return_counts=True
+    )
+    pair_lab, pair_comp = pairs // (int(comp.max()) + 1), pairs % (int(comp.max()) + 1)
+    share = count / total[np.searchsorted(ids, pair_lab)]
+    held = (pair_comp > 0) & (share >= min_inside)
+    groups: dict[int, list[int]] = {}
+    for a, c in zip(pair_lab[held].tolist(), pair_comp[held].tolist(), strict=True):
+        groups.setdefault(c, []).append(a)
+    return ids.tolist(), [g for g in groups.values() if len(g) > 1]
+
+
+def merge_by_envelope(
+    labels: np.ndarray,
+    envelope: np.ndarray,
+    *,
+    min_inside: float = 0.5,
+    min_vote: float = 0.5,
+) -> tuple[np.ndarray, dict[int, int]]:
+    """Merge labels that lie in one connected component of a particle envelope.
+
+    The envelope (:mod:`models.envelope_unet`) holds each particle's whole shape, cracks and
+    core included, with the contacts between particles cut, so the pieces of a cracked
+    particle fall into one in-slice component and two particles into two. In every slice, the
+    labels with at least ``min_inside`` of their pixels of that slice in one envelope component
+    are linked; a pair merges when it is linked in at least ``min_vote`` of the slices where
+    both appear (an envelope that misses the cut between two particles in a few slices does
+    not merge them).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        int (Z, Y, X) instances, 0 = background.
+    envelope : numpy.ndarray
+        bool (Z, Y, X) envelope mask.
+    min_inside : float, optional
+        Share of a label's in-slice pixels that must lie in one envelope component.
+    min_vote : float, optional
+        Share of the slices holding both labels in which they must be linked.
+
+    Returns
+    -------
+    merged : numpy.ndarray
+        Labels of the same dtype, each merged group numbered by its smallest original label.
+    mapping : dict
+        ``original label -> merged label`` for every label that changed.
+    """
+    lab = np.asarray(labels)
+    env = np.asarray(envelope, dtype=bool)
+    if lab.ndim != 3 or env.shape != lab.shape:
+        raise ValueError(f"labels {lab.shape} and envelope {env.shape} must be one 3-D shape")
+    if not 0.0 < min_inside <= 1.0 or not 0.0 < min_vote <= 1.0:
+        raise ValueError("min_inside and min_vote must be in (0, 1]")
+    votes: dict[tuple[int, int], int] = {}
+    slices_of: dict[int, set[int]] = {}
+    for z in range(lab.shape[0]):
+        components, _ = ndimage.label(env[z])
+        present, groups = _slice_links(lab[z], components, min_inside)
+        for a in present:
+            slices_of.setdefault(a, set()).add(z)
+        for group in groups:
+            group.sort()
+            for i, a in enumerate(group):
+                for b in group[i + 1 :]:
+                    votes[(a, b)] = votes.get((a, b), 0) + 1
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        while i in parent:
+            i = parent[i]
+        return i
+
+    for (a, b), n in sorted(votes.items()):
+        together = len(slices_of[a] & slices_of[b])
+        if n < min_vote * together:
+            continue
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            keep, gone = (ra, rb) if ra < rb else (rb, ra)
+            parent[gone] = keep
+    if not parent:
+        return lab.copy(), {}
+    mapping = {i: root(i) for i in parent}
+    lut = np.arange(int(lab.max()) + 1, dtype=lab.dtype)
+    for i, r in mapping.items():
+        lut[i] = r
+    return lut[lab], mapping
+
+
+def fill_from_envelope(labels: np.ndarray, envelope: np.ndarray) -> np.ndarray:
+    """Background inside an envelope component that holds exactly one label takes that label.
+
+    Slice by slice: the crack between two merged pieces and the rim the network left out join
+    the particle's label, while an envelope component shared by two labels, or holding none,
+    stays as it is.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        int (Z, Y, X) instances.
+    envelope : numpy.ndarray
+        bool (Z, Y, X) envelope mask.
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of the same dtype.
+    """
+    lab = np.asarray(labels)
+    env = np.asarray(envelope, dtype=bool)
+    if lab.ndim != 3 or env.shape != lab.shape:
+        raise ValueError(f"labels {lab.shape} and envelope {env.shape} must be one 3-D shape")
+    out = lab.copy()
+    for z in range(lab.shape[0]):
+        components, n = ndimage.label(env[z])
+        if not n:
+            continue
+        present = (lab[z] > 0) & (components > 0)
+        comp, ids = components[present], lab[z][present]
+        lowest = np.full(n + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        highest = np.zeros(n + 1, dtype=np.int64)
+        np.minimum.at(lowest, comp, ids)
+        np.maximum.at(highest, comp, ids)
+        single = (highest > 0) & (lowest == highest)
+        single[0] = False
+        fill = (lab[z] == 0) & single[components]
+        out[z][fill] = highest[components[fill]].astype(lab.dtype)
+    return out

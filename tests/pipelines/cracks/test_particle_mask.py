@@ -18,6 +18,7 @@ from pipelines.cracks.particle_mask import (
     binary_dilate,
     binary_erode,
     drop_edge_specks,
+    learned_envelope_voids,
     particle_envelope_slice,
     particle_mask,
     particle_mask_slice,
@@ -195,3 +196,20 @@ def test_drop_edge_specks_keeps_cracks_and_voids_drops_outline_specks() -> None:
     assert not (kept & speck).any()
     assert np.array_equal(drop_edge_specks(cracks, envelope, 0), cracks)
     assert not (kept & ~cracks).any()
+
+
+def test_learned_envelope_voids_are_dark_pixels_deep_inside_the_envelope() -> None:
+    yy, xx = np.mgrid[:80, :80]
+    envelope = (yy - 40) ** 2 + (xx - 40) ** 2 <= 30**2
+    image = np.where(envelope, 1.0, 0.0).astype(np.float32)
+    crack = envelope & (np.abs(xx - 40) <= 2)  # a 5-px through-crack
+    image[crack] = 0.0
+    rim = envelope & ((yy - 40) ** 2 + (xx - 40) ** 2 >= 29**2)
+    image[rim] = 0.0  # a dark, blurred outline
+    voids = learned_envelope_voids(image, 0.5, envelope)
+    assert not (voids & rim).any()
+    deep = crack & ((yy - 40) ** 2 + (xx - 40) ** 2 <= 26**2)
+    assert voids[deep].all()
+    assert not (voids & ~crack).any()
+    with pytest.raises(ValueError, match="2-D"):
+        learned_envelope_voids(image, 0.5, envelope[:-1])

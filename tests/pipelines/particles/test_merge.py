@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.particles.merge import contact_graph, merge_by_contact
+from pipelines.particles.merge import (
+    contact_graph,
+    fill_from_envelope,
+    merge_by_contact,
+    merge_by_envelope,
+)
 
 
 def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
@@ -48,3 +53,57 @@ def test_merged_surfaces_match_a_recount(seed: int, share: float) -> None:
         assert faces / max(min(surface[a], surface[b]), 1) < share
     for old, new in mapping.items():
         assert np.array_equal(merged[labels == old], np.full((labels == old).sum(), new))
+
+
+def _split_ball_and_neighbour() -> tuple[np.ndarray, np.ndarray]:
+    """A ball cut in two by a 6-px planar crack (labels 1, 2) beside a second ball (label 3);
+    the envelope: both balls whole, apart."""
+    z, y, x = np.mgrid[:12, :64, :110]
+    first = (z - 6) ** 2 + (y - 32) ** 2 + (x - 30) ** 2 <= 24**2
+    second = (z - 6) ** 2 + (y - 32) ** 2 + (x - 82) ** 2 <= 24**2
+    labels = np.zeros(first.shape, dtype=np.int32)
+    labels[first & (x < 27)] = 1
+    labels[first & (x > 33)] = 2
+    labels[second & (x > 57)] = 3
+    envelope = first | (second & (x > 57))
+    return labels, envelope
+
+
+def test_pieces_in_one_envelope_component_merge_and_another_particle_does_not() -> None:
+    labels, envelope = _split_ball_and_neighbour()
+    merged, mapping = merge_by_envelope(labels, envelope)
+    assert mapping == {2: 1}
+    assert set(np.unique(merged)) == {0, 1, 3}
+    # without the envelope's bridge across the crack nothing merges
+    merged, mapping = merge_by_envelope(labels, envelope & (labels > 0))
+    assert mapping == {}
+
+
+def test_an_envelope_joining_two_particles_in_few_slices_does_not_merge_them() -> None:
+    labels, envelope = _split_ball_and_neighbour()
+    cut = labels.copy()
+    cut[labels == 2] = 1  # one particle on the left
+    leaky = envelope.copy()
+    leaky[5, 28:36, 50:62] = True  # the envelope misses the gap in one slice only
+    merged, mapping = merge_by_envelope(cut, leaky)
+    assert mapping == {}
+    leaky[:, 28:36, 50:62] = True  # in every slice: one component, so they merge
+    merged, mapping = merge_by_envelope(cut, leaky)
+    assert mapping == {3: 1}
+
+
+def test_fill_from_envelope_fills_a_component_of_one_label_only() -> None:
+    labels, envelope = _split_ball_and_neighbour()
+    merged, _ = merge_by_envelope(labels, envelope)
+    filled = fill_from_envelope(merged, envelope)
+    crack = envelope & (merged == 0)
+    assert crack.any() and (filled[crack] == 1).all()
+    # unmerged pieces share the component: the crack stays background
+    assert (fill_from_envelope(labels, envelope)[crack] == 0).all()
+
+
+def test_envelope_merge_checks_shapes() -> None:
+    with pytest.raises(ValueError, match="3-D"):
+        merge_by_envelope(np.zeros((4, 4), dtype=np.int32), np.zeros((4, 4), dtype=bool))
+    with pytest.raises(ValueError, match="3-D"):
+        fill_from_envelope(np.zeros((2, 4, 4), dtype=np.int32), np.zeros((2, 4, 5), dtype=bool))
