@@ -159,12 +159,18 @@ class Consumer:
         if role == "raw":
             roots = settings.readable_roots
             refused = self.metrics.resources_refused
+            frames_dir = settings.raw_frames_readable
+            frame_errors = self.metrics.spool_errors.labels(self.metrics.service, "frame_file")
+            if frames_dir is not None:
+                frames_dir.mkdir(parents=True, exist_ok=True)
 
             def raw_factory(start: Doc) -> RawRunRouter | None:
                 return RawRunRouter(
                     self.spool,
                     readable_roots=roots,
                     on_refused=lambda kind: refused.labels(self.role, kind).inc(),
+                    frames_dir=frames_dir,
+                    on_frame_error=frame_errors.inc,
                 )
 
             factory = raw_factory
