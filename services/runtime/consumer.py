@@ -218,6 +218,9 @@ class Consumer:
             recovery_timeout=settings.recovery_timeout,
         )
         bus_queue = f"{role}-bus"
+        # the gauges of the bus queue, looked up once: they are set at every put and get
+        self._bus_depth = self.metrics.queue_depth.labels(bus_queue)
+        self._bus_bytes = self.metrics.queue_bytes.labels(bus_queue)
         self._queue = DocumentQueue(
             settings.dispatch_queue_documents,
             int(settings.dispatch_queue_mb * 2**20),
@@ -430,8 +433,8 @@ class Consumer:
         self._queue.put((REPLAY, {"uid": run_uid}, time.monotonic(), None), self._stop)
 
     def _bus_queue_changed(self, depth: int, nbytes: int) -> None:
-        self.metrics.queue_depth.labels(f"{self.role}-bus").set(depth)
-        self.metrics.queue_bytes.labels(f"{self.role}-bus").set(nbytes)
+        self._bus_depth.set(depth)
+        self._bus_bytes.set(nbytes)
 
     def _bus_loop(self) -> None:
         assert self._bus is not None
