@@ -95,21 +95,21 @@ class FrameFile:
     """One Zarr array of frames of one shape and dtype (one stream's image key of one run)."""
 
     def __init__(self, directory: Path, frame_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Open the array in ``directory``, made for frames of ``frame_shape`` and ``dtype``
+        if it does not exist yet. An existing array keeps its own shape and dtype (frames on
+        disk may be advertised already: they are never reinterpreted)."""
         self.directory = Path(directory)
-        self.frame_shape = tuple(int(n) for n in frame_shape)
-        self.dtype = np.dtype(dtype)
-        self._separator_zeros = ".0" * len(self.frame_shape)
-        meta = json.dumps(zarray(self.frame_shape, self.dtype)).encode()
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / ".zarray"
         try:
-            current = path.read_bytes()
+            existing = json.loads(path.read_bytes())
+            frame_shape = tuple(existing["shape"][1:])
+            dtype = np.dtype(existing["dtype"])
         except FileNotFoundError:
-            current = None
-        if current != meta:
-            if current is not None:
-                logger.warning("%s: frame array metadata rewritten (%s)", self.directory, meta)
-            _atomic_write(path, meta)
+            _atomic_write(path, json.dumps(zarray(tuple(frame_shape), np.dtype(dtype))).encode())
+        self.frame_shape = tuple(int(n) for n in frame_shape)
+        self.dtype = np.dtype(dtype)
+        self._separator_zeros = ".0" * len(self.frame_shape)
 
     @property
     def uri(self) -> str:
