@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,12 @@ class Stack:
     config_file: Path
     supervisor: Supervisor
     roles: tuple[str, ...]
+    #: one connection for every metrics read: a new ``httpx.get`` per read made a TLS context
+    #: each time (about 30 ms of CPU on a loaded machine), and the publisher of
+    #: ``benchmarks.ingest_rates``, which reads the consumer's count every 100 events to keep
+    #: pace, spent most of its time there (py-spy, 2026-11-30): the benchmark, not the
+    #: consumer, bounded case c
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=2))
 
     def metrics_url(self, role: str) -> str:
         """Metrics of a consumer role (``raw``, ``analysis``) or of the ``bridge``."""
@@ -89,7 +95,7 @@ class Stack:
         from prometheus_client.parser import text_string_to_metric_families
 
         try:
-            text = httpx.get(self.metrics_url(role), timeout=2).text
+            text = self.http.get(self.metrics_url(role)).text
         except httpx.HTTPError:
             return float("nan")
         total = 0.0
@@ -148,6 +154,7 @@ def running_stack(
 
     watcher = threading.Thread(target=watch, name="supervisor", daemon=True)
     watcher.start()
+    stack: Stack | None = None
     try:
         if "tiled" in children:
             wait_for_tiled(settings.tiled_url, timeout=300)
@@ -160,6 +167,8 @@ def running_stack(
                 time.sleep(0.2)
         yield stack
     finally:
+        if stack is not None:
+            stack.http.close()
         stop.set()
         watcher.join(timeout=5)
         supervisor.stop()

@@ -48,13 +48,19 @@ class BusSubscriber:
         self._socket.connect(address)
         self._socket.setsockopt(zmq.SUBSCRIBE, b"")
         self.connected = threading.Event()
+        self._received: dict[str, Any] = {}  # the counter of each document name, looked up once
 
-    def poll_once(self, timeout_ms: int = 200) -> bool:
-        """Receive and dispatch at most one message; return True if one was received."""
+    def poll_once(self, timeout_ms: int = 200, max_messages: int = 1000) -> bool:
+        """Wait up to ``timeout_ms`` for a message, then handle every message already queued
+        (up to ``max_messages``: one poll per burst, not per message); True if any came."""
         if not self._socket.poll(timeout_ms, zmq.POLLIN):
             return False
-        message = self._socket.recv()
-        self.handle_message(message)
+        for _ in range(max_messages):
+            try:
+                message = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.handle_message(message)
         return True
 
     def handle_message(self, message: bytes) -> None:
@@ -72,7 +78,10 @@ class BusSubscriber:
                 "dropped malformed bus message (%d bytes, %s): %s", len(message), reason, exc
             )
             return
-        self._metrics.messages_received.labels(service, name).inc()
+        counter = self._received.get(name)
+        if counter is None:
+            counter = self._received[name] = self._metrics.messages_received.labels(service, name)
+        counter.inc()
         self._callback(name, doc)
 
     def close(self) -> None:

@@ -121,7 +121,8 @@ class Metrics:
         )
         self.spool_errors = Counter(
             "beamwatch_spool_errors",
-            "Errors of the spool itself (write: a record could not be put on disk; worker).",
+            "Errors of the spool itself (write: a record could not be put on disk; worker; "
+            "frame_file: a frame of an Event could not be written to its file).",
             ["service", "where"],
             registry=r,
         )

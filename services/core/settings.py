@@ -211,6 +211,13 @@ class BeamwatchSettings(BaseSettings):
     dispatch_queue_mb: float = Field(256.0, gt=0)
     #: Longest backoff between Tiled write retries (seconds).
     retry_max_backoff: float = Field(5.0, gt=0)
+    #: The raw consumer writes the frames inside Events to its own Zarr arrays under
+    #: ``<data_dir>/raw_frames`` and registers them in Tiled as external data (as a detector
+    #: file), instead of sending every frame through Tiled's HTTP API (issue 14: 512 x 512
+    #: frames at 100 events/s). Used with the embedded Tiled server (which reads that
+    #: directory), or with ``tiled.url`` when the directory lies inside ``tiled.readable_roots``
+    #: (that server must read it); otherwise frames go through the API.
+    raw_frame_files: bool = True
     #: Threads of a consumer writing to Tiled, each applying a different run's writes: a
     #: request that hangs until ``tiled.request_timeout`` holds only its own run.
     spool_workers: int = Field(4, ge=1)
@@ -228,6 +235,22 @@ class BeamwatchSettings(BaseSettings):
     @property
     def detector_dir(self) -> Path:
         return self.data_dir / "detector"
+
+    @property
+    def raw_frames_dir(self) -> Path:
+        """Where the raw consumer writes the frames of Events (see ``raw_frame_files``)."""
+        return self.data_dir / "raw_frames"
+
+    @property
+    def raw_frames_readable(self) -> Path | None:
+        """``raw_frames_dir`` (resolved) when Tiled reads the raw consumer's frame files there,
+        else None (frames go through Tiled's API)."""
+        if not self.raw_frame_files:
+            return None
+        frames = self.raw_frames_dir.resolve()
+        if self.tiled.url is None or any(frames.is_relative_to(r) for r in self.readable_roots):
+            return frames
+        return None
 
     @property
     def slab_work_dir(self) -> Path:

@@ -10,6 +10,14 @@ size cap is reached or another document of the run comes. At 20 Hz every Event i
 its own as soon as it is routed; when documents pile up (a fast detector, a busy machine) a
 run's queued Events become one spooled record (:class:`~services.tiled.records.RawDocs`) and
 their frames one block of rows.
+
+With ``frames_dir`` (the default of ``beamwatch up`` with its embedded Tiled server), frames
+are not sent to Tiled at all: the router writes each one, as it comes, into the stream's
+frame array under ``frames_dir`` (:mod:`services.tiled.frame_files`), and what it spools is
+"the first N frames are on disk" (:class:`~services.tiled.records.ExternalFrames`), which
+registers the array in Tiled as external data and grows its advertised shape. A frame is
+written at its row (the same index it had in the HTTP path), before its Event's row is
+spooled, so a journal replayed after a crash writes the same bytes at the same place.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import numpy as np
 
 from services.core.layout import RawStatus, raw_path
 from services.runs.routing import REPLAYING, Doc, RunRouter
-from services.tiled.records import ArrayRows, Metadata, RawDoc, RawDocs
+from services.tiled.frame_files import FILE_KINDS, SUFFIX, FrameFile, write_with_retry
+from services.tiled.records import ArrayRows, ExternalFrames, Metadata, RawDoc, RawDocs
 from services.tiled.spool import MAX_MERGED_ARRAY_BYTES, Spool
 
 logger = logging.getLogger(__name__)
@@ -102,8 +111,16 @@ class RawRunRouter(RunRouter):
         spool: Spool,
         readable_roots: Sequence[Path] | None = None,
         on_refused: Any = None,
+        frames_dir: Path | None = None,
+        on_frame_error: Any = None,
     ) -> None:
         self._spool = spool
+        self._frames_dir = frames_dir
+        self._on_frame_error = on_frame_error
+        #: frame arrays on disk per (stream, key), None where frames go through Tiled's API
+        self._frame_files: dict[tuple[str, str], FrameFile | None] = {}
+        #: frames on disk per (stream, key) not advertised in Tiled yet (spooled at flush)
+        self._files_unadvertised: dict[tuple[str, str], int] = {}
         self._roots = list(readable_roots) if readable_roots is not None else None
         self._on_refused = on_refused
         self._refused: set[str] = set()  # resource / stream_resource uids
@@ -144,8 +161,50 @@ class RawRunRouter(RunRouter):
         self._held.append(self._record(name, doc))
         self._flush_if_full()
 
+    def _frame_file(self, slot: tuple[str, str], frame: np.ndarray) -> FrameFile | None:
+        """The frame array of ``slot``, made at its first frame (None: frames go through
+        Tiled's API: no ``frames_dir``, or a dtype Zarr files are not used for)."""
+        if slot in self._frame_files:
+            return self._frame_files[slot]
+        frames: FrameFile | None = None
+        if self._frames_dir is not None and frame.dtype.kind in FILE_KINDS and frame.size:
+            stream, key = slot
+            directory = self._frames_dir / self._uid / stream / f"{key}{SUFFIX}"
+            frames = FrameFile(directory, frame.shape, frame.dtype)
+        self._frame_files[slot] = frames
+        return frames
+
+    def _write_frame(self, slot: tuple[str, str], frames: FrameFile, frame: np.ndarray) -> None:
+        """Put the frame at its row of the stream's frame array (see the module docstring)."""
+        index = self._rows_written.get(slot, 0)
+        if frame.shape == frames.frame_shape and np.can_cast(frame.dtype, frames.dtype, "safe"):
+            frame = frame.astype(frames.dtype, copy=False)  # as Tiled's API path does
+        if not frames.fits(frame):
+            # one array holds frames of one shape and dtype: the row keeps a placeholder
+            stream, key = slot
+            self._bad_report.append(
+                {
+                    "stream": stream,
+                    "seq_num": index + 1,
+                    "data_key": key[:200],
+                    "problem": f"shape: {frame.shape} {frame.dtype} where the stream's frames "
+                    f"are {frames.frame_shape} {frames.dtype}",
+                }
+            )
+            fill = np.nan if frames.dtype.kind == "f" else 0
+            frame = np.full(frames.frame_shape, fill, dtype=frames.dtype)
+        write_with_retry(frames, index, frame, on_error=self._on_frame_error)
+        if not self._held and not self._held_frames and not self._files_unadvertised:
+            self._held_since = time.monotonic()
+        self._rows_written[slot] = index + 1
+        self._files_unadvertised[slot] = index + 1
+
     def _hold_frame(self, stream: str, key: str, frame: np.ndarray) -> None:
         slot = (stream, key)
+        frames = self._frame_file(slot, frame)
+        if frames is not None:
+            self._write_frame(slot, frames, frame)
+            return
         held = self._held_frames.get(slot)
         if held is not None and (
             held[1][0].shape != frame.shape or held[1][0].dtype != frame.dtype
@@ -171,6 +230,21 @@ class RawRunRouter(RunRouter):
 
     def flush(self) -> None:
         """Spool what is held: each block of frames, then the documents in one record."""
+        for (stream, key), written in self._files_unadvertised.items():
+            frame_file = self._frame_files[(stream, key)]
+            assert frame_file is not None
+            self._spool.put(
+                ExternalFrames(
+                    ("raw", self._uid, stream),
+                    key,
+                    frame_file.uri,
+                    written,
+                    frame_file.frame_shape,
+                    frame_file.dtype.str,
+                    metadata={"source": "event", "data_key": key},
+                )
+            )
+        self._files_unadvertised = {}
         for (stream, key), (offset, frames) in self._held_frames.items():
             block = frames[0][None, ...] if len(frames) == 1 else np.stack(frames)
             self._spool.put(

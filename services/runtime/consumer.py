@@ -160,12 +160,18 @@ class Consumer:
         if role == "raw":
             roots = settings.readable_roots
             refused = self.metrics.resources_refused
+            frames_dir = settings.raw_frames_readable
+            frame_errors = self.metrics.spool_errors.labels(self.metrics.service, "frame_file")
+            if frames_dir is not None:
+                frames_dir.mkdir(parents=True, exist_ok=True)
 
             def raw_factory(start: Doc) -> RawRunRouter | None:
                 return RawRunRouter(
                     self.spool,
                     readable_roots=roots,
                     on_refused=lambda kind: refused.labels(self.role, kind).inc(),
+                    frames_dir=frames_dir,
+                    on_frame_error=frame_errors.inc,
                 )
 
             factory = raw_factory
@@ -215,6 +221,9 @@ class Consumer:
             recovery_timeout=settings.recovery_timeout,
         )
         bus_queue = f"{role}-bus"
+        # the gauges of the bus queue, looked up once: they are set at every put and get
+        self._bus_depth = self.metrics.queue_depth.labels(bus_queue)
+        self._bus_bytes = self.metrics.queue_bytes.labels(bus_queue)
         self._queue = DocumentQueue(
             settings.dispatch_queue_documents,
             int(settings.dispatch_queue_mb * 2**20),
@@ -429,8 +438,8 @@ class Consumer:
         self._queue.put((REPLAY, {"uid": run_uid}, time.monotonic(), None), self._stop)
 
     def _bus_queue_changed(self, depth: int, nbytes: int) -> None:
-        self.metrics.queue_depth.labels(f"{self.role}-bus").set(depth)
-        self.metrics.queue_bytes.labels(f"{self.role}-bus").set(nbytes)
+        self._bus_depth.set(depth)
+        self._bus_bytes.set(nbytes)
 
     def _bus_loop(self) -> None:
         assert self._bus is not None

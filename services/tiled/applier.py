@@ -16,6 +16,7 @@ from services.tiled.records import (
     ArrayRows,
     ArrayWrite,
     Container,
+    ExternalFrames,
     Metadata,
     RawDoc,
     RawDocs,
@@ -123,6 +124,8 @@ class TiledApplier:
         self._arrays: dict[tuple[str, ...], tuple[Any, int]] = {}
         self._table_len: dict[tuple[str, ...], int] = {}
         self._uncertain: set[tuple[str, ...]] = set()
+        #: external frame arrays: node, its data source id, frames advertised
+        self._external: dict[tuple[str, ...], tuple[Any, int, int]] = {}
 
     def _container(self, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
         """The container at ``path``, created if missing; cached (containers are never removed)."""
@@ -150,6 +153,8 @@ class TiledApplier:
             self._array_rows(record)
         elif isinstance(record, TableRows):
             self._table_rows(record)
+        elif isinstance(record, ExternalFrames):
+            self._external_frames(record)
         else:
             raise PermanentWriteError(f"unknown write record {type(record).__name__}")
 
@@ -238,6 +243,47 @@ class TiledApplier:
         node.patch(rows.astype(node.dtype, copy=False), offset=position, extend=end > current)
         self._arrays[ident] = (node, max(current, end))
 
+    def _external_frames(self, record: ExternalFrames) -> None:
+        """Register the consumer's frame array as external data, or grow its advertised shape.
+
+        Idempotent: the node is adopted when it exists (a request that failed after creating
+        it, a consumer restarted), and the advertised number of frames never shrinks (every
+        frame before it is on disk), so an older or repeated record changes nothing.
+        """
+        ident = (*record.path, record.key)
+        cached = self._external.get(ident)
+        if cached is None:
+            parent = self._container(list(record.path))
+            if record.key not in parent:
+                try:
+                    parent.new(
+                        structure_family="array",
+                        data_sources=[_frames_data_source(record, record.frames)],
+                        key=record.key,
+                        metadata=record.metadata,
+                    )
+                except Exception as exc:
+                    if not _is_conflict(exc):
+                        raise
+            node = self.client.include_data_sources()[ident]
+            cached = (node, node.data_sources()[0].id, int(node.shape[0]))
+            self._external[ident] = cached
+        node, source_id, advertised = cached
+        if record.frames <= advertised:
+            return
+        from tiled.client.utils import handle_error
+        from tiled.utils import safe_json_dump
+
+        source = _frames_data_source(record, record.frames)
+        source.id = source_id
+        handle_error(
+            node.context.http_client.put(
+                node.uri.replace("/metadata/", "/data_source/", 1),
+                content=safe_json_dump({"data_source": source}),
+            )
+        )
+        self._external[ident] = (node, source_id, record.frames)
+
     def _table_rows(self, record: TableRows) -> None:
         """Append rows at a known row offset, so a retried append is never applied twice."""
         import pyarrow as pa
@@ -288,3 +334,26 @@ class TiledApplier:
             self._uncertain.add(ident)
             raise
         self._table_len[ident] = current + table.num_rows
+
+
+def _frames_data_source(record: ExternalFrames, frames: int) -> Any:
+    """The Tiled data source of the first ``frames`` frames of a consumer's frame array."""
+    from tiled.structures.array import ArrayStructure, BuiltinDtype
+    from tiled.structures.core import StructureFamily
+    from tiled.structures.data_source import Asset, DataSource, Management
+
+    from services.tiled.frame_files import tiled_chunks
+
+    frame_shape = tuple(int(n) for n in record.frame_shape)
+    structure = ArrayStructure(
+        data_type=BuiltinDtype.from_numpy_dtype(np.dtype(record.dtype)),
+        shape=(frames, *frame_shape),
+        chunks=tiled_chunks(frames, frame_shape),
+    )
+    return DataSource(
+        mimetype="application/x-zarr",
+        assets=[Asset(data_uri=record.uri, is_directory=True, parameter="data_uri", num=None)],
+        structure_family=StructureFamily.array,
+        structure=structure,
+        management=Management.external,
+    )

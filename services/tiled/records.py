@@ -133,6 +133,31 @@ class ArrayRows:
 
 
 @dataclass(frozen=True)
+class ExternalFrames:
+    """Advertise the first ``frames`` frames of the frame array ``key`` under ``path``, written
+    by the consumer to the Zarr directory ``uri`` (:mod:`services.tiled.frame_files`);
+    registers the array node as external data the first time. The advertised shape only grows
+    (frames before it are on disk), so re-applying an older record changes nothing."""
+
+    op: ClassVar[str] = "external_frames"
+    path: tuple[str, ...]
+    key: str
+    uri: str
+    frames: int
+    frame_shape: tuple[int, ...]
+    dtype: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run(self) -> str | None:
+        return _run_of_path(self.path)
+
+    @property
+    def label(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True)
 class TableRows:
     """Append ``rows`` (columns of equal length) to the appendable table ``key`` at row
     ``offset`` (-1: offset unknown, plain append)."""
@@ -171,10 +196,22 @@ class RawDocs:
         return f"{len(self.records)} documents"
 
 
-Record = RawDoc | RawDocs | Container | Metadata | ArrayWrite | ArrayRows | TableRows
+Record = (
+    RawDoc | RawDocs | Container | Metadata | ArrayWrite | ArrayRows | TableRows | ExternalFrames
+)
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.op: cls for cls in (RawDoc, RawDocs, Container, Metadata, ArrayWrite, ArrayRows, TableRows)
+    cls.op: cls
+    for cls in (
+        RawDoc,
+        RawDocs,
+        Container,
+        Metadata,
+        ArrayWrite,
+        ArrayRows,
+        TableRows,
+        ExternalFrames,
+    )
 }
 
 
@@ -221,6 +258,8 @@ def from_wire(obj: Any) -> Record:
         values = _from_version_0(cls, values)
     if "path" in values:
         values["path"] = tuple(str(p) for p in values["path"] or ())
+    if "frame_shape" in values and isinstance(values["frame_shape"], list):
+        values["frame_shape"] = tuple(values["frame_shape"])
     for key in ("metadata",):
         if key in values and values[key] is None:
             values[key] = {}

@@ -48,7 +48,11 @@ def tiled_config(settings: BeamwatchSettings) -> dict[str, Any]:
                         # fails ("closed pending query result", HTTP 500) and rows land twice.
                         f"sqlite:///{tdir / 'tabular.sqlite'}",
                     ],
-                    "readable_storage": [str(root) for root in settings.readable_roots],
+                    # detector files, and the raw consumer's own frame files
+                    "readable_storage": [
+                        *(str(root) for root in settings.readable_roots),
+                        str(settings.raw_frames_dir.resolve()),
+                    ],
                     # The embedded SQLite catalog is created by ``write_tiled_config`` (in WAL
                     # mode) before the server starts. Tiled's own init check runs
                     # ``python -m tiled catalog init`` in a subprocess at every start, which

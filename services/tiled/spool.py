@@ -42,7 +42,7 @@ from services.core.identifiers import UID_PATTERN
 from services.core.layout import RAW
 from services.core.metrics import Metrics
 from services.tiled import records as wire
-from services.tiled.records import ArrayRows, RawDoc, RawDocs, Record, TableRows
+from services.tiled.records import ArrayRows, ExternalFrames, RawDoc, RawDocs, Record, TableRows
 
 logger = logging.getLogger(__name__)
 
@@ -474,9 +474,10 @@ def _target(record: Record | None) -> str:
 
 #: Records that can be merged when several are queued (Tiled lagging behind): appends to
 #: tables and growing arrays, and raw documents (a run's Event rows become one table append,
-#: its StreamDatums one data-source update). They carry explicit offsets or seq_nums, so
+#: its StreamDatums one data-source update), and the growth of a raw frame array (the
+#: largest count says it all). They carry explicit offsets, seq_nums or counts, so
 #: re-applying a merged batch after a failure is harmless.
-MERGEABLE = (TableRows, ArrayRows, RawDoc, RawDocs)
+MERGEABLE = (TableRows, ArrayRows, RawDoc, RawDocs, ExternalFrames)
 #: Largest array append one merge makes under ``raw/`` (detector frames: large blocks are
 #: what makes the raw path keep up at beamline rates) and elsewhere (analysis results, which
 #: a viewer watches grow: a lagging Tiled must still show the crack map fill in steps; with
@@ -549,8 +550,11 @@ def merge_records(records: list[Record]) -> list[Record]:
     return merged
 
 
-def _joined(prev: Record, record: TableRows | ArrayRows) -> Record | None:
+def _joined(prev: Record, record: TableRows | ArrayRows | ExternalFrames) -> Record | None:
     """``prev`` and ``record`` as one write, or None if ``record`` does not follow ``prev``."""
+    if isinstance(prev, ExternalFrames) and isinstance(record, ExternalFrames):
+        # frames advertised only grow: the larger count says everything the smaller does
+        return record if record.frames >= prev.frames else prev
     if isinstance(prev, TableRows) and isinstance(record, TableRows):
         if _follows_table(prev, record):
             rows = {c: list(prev.rows[c]) + list(v) for c, v in record.rows.items()}

@@ -8,6 +8,8 @@ concurrent appends ("No active transaction" after the commit).
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 
 import httpx
@@ -371,3 +373,95 @@ def test_a_hanging_request_holds_only_its_own_runs_lane(tiled_server, tiled_clie
     for uid in (uid_a, uid_b):
         table = tiled_client["raw"][uid]["primary"].base["internal"].read()
         assert table["seq_num"].tolist() == list(range(1, N_ENERGIES + 1))
+
+
+def _frames_node_created(request: httpx.Request) -> bool:
+    # the array node of the frames, registered as external data (the request's body names it)
+    return (
+        request.method == "POST"
+        and request.url.path.endswith("/primary")
+        and (b"application/x-zarr" in request.content)
+    )
+
+
+@pytest.mark.parametrize("timeout", [False, True], ids=["http500", "timeout"])
+def test_frames_in_files_failing_after_commit_and_replayed_are_exactly_once(
+    tiled_server, tiled_client, tmp_path, timeout
+):
+    """Frames of Events written to the consumer's own files (``frames_dir``) and registered
+    in Tiled as external data: the node's creation and the first growths answered 500 (or
+    timed out) after the server applied them, then the consumer "crashes" half-way and a fresh
+    router, spool and applier replay the run's journal and go on. Every frame once, the
+    advertised shape always within what is on disk, the data equal to what was published."""
+    frames_dir = tiled_server.settings.detector_dir / "raw_frames"  # Tiled reads it
+    documents: list[tuple[str, dict]] = []
+    txm = small_txm(tiled_server.settings.detector_dir, "event", seed=3)
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: documents.append((name, copy.deepcopy(doc))))
+    (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=1))
+    primary = next(d["uid"] for n, d in documents if n == "descriptor" and d["name"] == "primary")
+    published = np.stack(
+        [
+            np.asarray(d["data"]["txm_cam_image"])
+            for n, d in documents
+            if n == "event" and d["descriptor"] == primary
+        ]
+    )
+    advertised: list[tuple[int, int]] = []  # (frames advertised, frames on disk then)
+
+    def watch(response: httpx.Response) -> None:
+        request = response.request
+        if request.method == "PUT" and "/data_source/raw/" in request.url.path:
+            shape = json.loads(request.content)["data_source"]["structure"]["shape"]
+            run, stream, key = request.url.path.split("/data_source/raw/")[1].split("/")
+            array_dir = frames_dir / run / stream / f"{key}.zarr"
+            advertised.append((shape[0], len(list(array_dir.glob("*.0.0")))))
+
+    def process(docs: list[tuple[str, dict]], spool_dir, faults) -> None:
+        client = tiled_server.client()
+        client.context.http_client.event_hooks["response"] += [faults, watch]
+        metrics = Metrics("raw")
+        spool = Spool(
+            spool_dir, TiledApplier(client), metrics, max_backoff=0.2, is_transient=is_transient
+        )
+        spool.start()
+        dispatcher = RunDispatcher(
+            [lambda start: RawRunRouter(spool, frames_dir=frames_dir)], metrics
+        )
+        for name, doc in docs:
+            dispatcher(name, doc)
+            dispatcher.flush()  # the consumer idle: every Event's frame advertised alone
+            assert spool.wait_empty(120)  # and Tiled keeping up (no merged growths)
+        spool.stop()
+        client.context.close()
+
+    hit: list[str] = []
+
+    def creation_and_first_growths(request: httpx.Request) -> bool:
+        path = request.url.path
+        if request.method == "POST" and b"application/x-zarr" in request.content:
+            hit.append("node")
+            return True
+        if request.method == "PUT" and "/data_source/" in path and "txm_cam_image" in path:
+            hit.append("grow")
+            return hit.count("grow") <= 2
+        return False
+
+    first = CommittedButFailed(creation_and_first_growths, 3, timeout=timeout)
+    half = next(i for i, (n, d) in enumerate(documents) if n == "event" and d["seq_num"] == 5)
+    process(documents[:half], tmp_path / "spool1", first)
+    assert len(first.injected) == 3
+    # the restarted consumer replays the journal (documents[:half]) and goes on
+    process(documents, tmp_path / "spool2", CommittedButFailed(lambda r: False, 0))
+    run = tiled_client["raw"][uid]
+    images = run["primary"]["txm_cam_image"]
+    assert images.shape == published.shape
+    np.testing.assert_array_equal(images.read(), published)
+    table = run["primary"].base["internal"].read()
+    assert sorted(table["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+    node = tiled_client.include_data_sources()["raw"][uid]["primary"]["txm_cam_image"]
+    (data_source,) = node.data_sources()
+    assert data_source.mimetype == "application/x-zarr"
+    assert len(data_source.assets) == 1  # one array on disk, however often it was replayed
+    assert advertised and all(shown <= on_disk for shown, on_disk in advertised)
+    assert max(shown for shown, _ in advertised) == N_ENERGIES

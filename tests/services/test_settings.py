@@ -94,7 +94,8 @@ def test_readable_roots_from_yaml_and_env_reach_the_embedded_server(tmp_path, mo
     s = load_settings(cfg, data_dir=str(tmp_path / "data"))
     assert s.readable_roots == [(tmp_path / "data" / "detector").resolve(), a, b]
     storage = tiled_config(s)["trees"][0]["args"]["readable_storage"]
-    assert storage == [str(p) for p in s.readable_roots]
+    # and the raw consumer's own frame files
+    assert storage == [str(p) for p in s.readable_roots] + [str(s.raw_frames_dir.resolve())]
     monkeypatch.setenv("BEAMWATCH_TILED__READABLE_ROOTS", json.dumps([str(c), str(a)]))
     s = load_settings(cfg, data_dir=str(tmp_path / "data"))
     assert s.readable_roots[1:] == [c, a]  # env wins over the file
