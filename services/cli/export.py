@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from services.cli.export_formats import write_csv, write_spectra, write_tiff
+from services.cli.inputs import add_settings_options
 from services.core.h5io import InputFileError, open_input
 
 __all__ = ["export_file", "register"]
@@ -66,6 +67,7 @@ def register(subparsers: Any) -> None:
         help="a run's results in Tiled (analysis/<uid>/...); repeat for several runs",
     )
     export.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    add_settings_options(export)
     export.set_defaults(func=export_command)
 
 
