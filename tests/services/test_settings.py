@@ -134,3 +134,28 @@ def test_tiled_not_running_or_wrong_key_is_one_clear_error(
     assert "cannot reach it (is it running?)" in errors[0]
     assert f"Tiled at http://127.0.0.1:{tiled_server.port}: the API key was refused" in errors[1]
     assert not (tmp_path / "r.html").exists()
+
+
+def test_every_option_of_the_offline_verbs_says_what_it_does():
+    from services.cli import build_parser
+
+    verbs = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+
+    def sub(parser, name):
+        return parser._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+
+    commands = {
+        "xanes align": sub(verbs["xanes"], "align"),
+        "xanes trajectory": sub(verbs["xanes"], "trajectory"),
+        "tomo reconstruct": sub(verbs["tomo"], "reconstruct"),
+        "cracks map": sub(verbs["cracks"], "map"),
+        "particles analyze": sub(verbs["particles"], "analyze"),
+        **{v: verbs[v] for v in ("import", "reprocess", "export", "report", "up")},
+    }
+    bare = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in commands.items()
+        for action in parser._actions
+        if not action.help
+    ]
+    assert bare == []
