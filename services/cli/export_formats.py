@@ -119,4 +119,5 @@ def write_spectra(
 
 def found_frames(particle_com: np.ndarray) -> np.ndarray:
     """(P, N) bool: the particle has a centre in the frame (``particle_com`` (P, N, 2))."""
-    return np.isfinite(np.asarray(particle_com, dtype=np.float64)).all(axis=-1)
+    com = np.asarray(particle_com, dtype=np.float64)
+    return np.asarray(np.isfinite(com).all(axis=-1), dtype=bool)
