@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from services.cli.export_formats import write_csv, write_spectra, write_tiff
+from services.cli.export_formats import found_frames, write_csv, write_spectra, write_tiff
+from services.cli.inputs import add_settings_options
 from services.core.h5io import InputFileError, open_input
 
 __all__ = ["export_file", "register"]
@@ -66,6 +67,7 @@ def register(subparsers: Any) -> None:
         help="a run's results in Tiled (analysis/<uid>/...); repeat for several runs",
     )
     export.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    add_settings_options(export)
     export.set_defaults(func=export_command)
 
 
@@ -148,8 +150,13 @@ def _export_spectra(h5: Any, prefix: Path, written: list[Path]) -> None:
     xanes = h5.get("/xanes")
     if xanes is None or "spectra" not in xanes or "energy" not in xanes:
         return
+    found = found_frames(xanes["particle_com"][()]) if "particle_com" in xanes else None
     written += write_spectra(
-        xanes["spectra"][()], xanes["energy"][()], prefix, source="beamwatch xanes align"
+        xanes["spectra"][()],
+        xanes["energy"][()],
+        prefix,
+        source="beamwatch xanes align",
+        found=found,
     )
 
 

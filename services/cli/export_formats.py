@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_csv", "write_spectra", "write_tiff"]
+__all__ = ["found_frames", "write_csv", "write_spectra", "write_tiff"]
 
 
 def write_tiff(path: Path, array: np.ndarray, size_um: float | None) -> None:
@@ -77,18 +77,37 @@ def _cell(value: Any) -> str:
 
 
 def write_spectra(
-    spectra: np.ndarray, energy: np.ndarray, prefix: Path, *, source: str
+    spectra: np.ndarray,
+    energy: np.ndarray,
+    prefix: Path,
+    *,
+    source: str,
+    found: np.ndarray | None = None,
 ) -> list[Path]:
     """Each particle's mean spectrum as two-column text (``energy_eV absorbance``), NaN frames
-    left out and counted in a comment, as Athena and Larch read it."""
+    left out and counted in a comment, as Athena and Larch read it.
+
+    ``found`` (P, N) bool, when given, says in which frames each particle was found (finite
+    ``particle_com``), so the comment tells a particle not found from a spectrum that has no
+    value although the particle was there (not normalisable: e.g. no frame in the pre-edge or
+    post-edge window)."""
     written = []
     for k, spectrum in enumerate(np.asarray(spectra)):
         keep = np.isfinite(spectrum) & np.isfinite(energy)
         path = prefix.with_name(f"{prefix.name}_particle_{k + 1:03d}.txt")
+        left = int((~keep).sum())
+        if found is None:
+            why = "particle not found or spectrum not normalisable (NaN)"
+        else:
+            missing = int((~keep & ~np.asarray(found[k], dtype=bool)).sum())
+            why = (
+                f"particle not found in {missing}; found but without a normalised absorbance "
+                f"in {left - missing} (NaN: e.g. no frame in the pre-edge or post-edge window)"
+            )
         header = (
             f"# {source}: particle {k + 1} (label {k + 1}), mean normalised "
-            f"absorbance\n# {int((~keep).sum())} of {keep.size} frames left out: particle not "
-            "found (NaN)\n# energy_eV absorbance\n"
+            f"absorbance\n# {left} of {keep.size} frames left out: {why}\n"
+            "# energy_eV absorbance\n"
         )
         with open(path, "w") as fh:
             fh.write(header)
@@ -96,3 +115,9 @@ def write_spectra(
                 fh.write(f"{e:.4f} {a:.8g}\n")
         written.append(path)
     return written
+
+
+def found_frames(particle_com: np.ndarray) -> np.ndarray:
+    """(P, N) bool: the particle has a centre in the frame (``particle_com`` (P, N, 2))."""
+    com = np.asarray(particle_com, dtype=np.float64)
+    return np.asarray(np.isfinite(com).all(axis=-1), dtype=bool)

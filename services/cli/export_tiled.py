@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.cli.export_formats import write_csv, write_spectra, write_tiff
+from services.cli.export_formats import found_frames, write_csv, write_spectra, write_tiff
 from services.core.layout import ANALYSIS, CRACKS, PARTICLES, XANES
 
 __all__ = ["RunExportError", "export_run"]
@@ -112,6 +112,11 @@ def _export_container(node: Any, pipeline: str, prefix: str, output: Path) -> li
             node[XANES.energy].read(),
             output / prefix,
             source=f"analysis/{node.metadata.get('source_run_uid', '')}/{pipeline}",
+            found=(
+                found_frames(node[XANES.particle_com].read())
+                if XANES.particle_com in node
+                else None
+            ),
         )
     return written
 

@@ -28,6 +28,7 @@ from services.core.instrument_files import (
 __all__ = [
     "INPUT_HELP",
     "add_separator_option",
+    "add_settings_options",
     "add_size_option",
     "as_paths",
     "is_beamwatch_layout",
@@ -172,6 +173,20 @@ def add_size_option(parser: argparse.ArgumentParser, name: str = "--pixel-size-u
         type=float,
         default=None,
         help="pixel/voxel size in um (default: from the file; unknown sizes are reported in px)",
+    )
+
+
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """``--config`` / ``--data-dir`` also after the verb (``beamwatch import F --data-dir D``),
+    for the verbs that read or write the configured Tiled; before the verb they work as well."""
+    parser.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="YAML settings file (Tiled to use)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="data directory of `beamwatch up` (its Tiled and API key)",
     )
 
 

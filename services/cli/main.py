@@ -157,8 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=None, help="where Tiled, spools and detector files live"
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    from services.cli.inputs import add_settings_options
 
-    up = sub.add_parser("up", help="start Tiled, the 0MQ proxy, the consumers and the live page")
+    up = sub.add_parser(
+        "up",
+        help="start Tiled, the 0MQ proxy, the consumers and the live page",
+        description="Start, as supervised child processes, Tiled (catalog under DATA_DIR/tiled), "
+        "the bluesky 0MQ proxy, the NATS JetStream server and bridge (bus.mode nats), the raw "
+        "and analysis consumers and the live page; addresses and ports from the settings "
+        "(`beamwatch config show`). Ctrl-C or SIGTERM stops them all.",
+    )
     up.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML settings file")
     up.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory")
     up.set_defaults(func=cmd_up)
@@ -181,9 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="write a self-contained HTML report of one run, or a comparison of several "
         "(needs Tiled running)",
+        description="Write one HTML file (figures embedded) with the start document, the results "
+        "and figures of every analysis of each run in the configured Tiled (--config, "
+        "--data-dir of `beamwatch up`, or BEAMWATCH_TILED__URL); with several uids, first "
+        "their distributions overlaid (sizes, detachment, flawed fraction, damage against "
+        "depth, edge energy) and a table of their numbers.",
     )
     report.add_argument("uid", nargs="+", help="run uid; several uids overlay their distributions")
     report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
+    add_settings_options(report)
     report.set_defaults(func=cmd_report)
 
     web = sub.add_parser(
@@ -237,6 +251,32 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
+    except Exception as exc:
+        reason = _tiled_refusal(exc)
+        if reason is None:
+            raise
+        logger.error(
+            "Tiled at %s: %s (%s); use the --config / --data-dir of the `beamwatch up` that "
+            "serves it, or set tiled.url and tiled.api_key (BEAMWATCH_TILED__URL, "
+            "BEAMWATCH_TILED__API_KEY)",
+            _settings(args).tiled_url,
+            reason,
+            exc,
+        )
+        return 2
+
+
+def _tiled_refusal(exc: BaseException) -> str | None:
+    """Why Tiled could not be used, when ``exc`` says it: not reachable (httpx's transport
+    errors: refused, timed out) or the API key refused (401/403); else None."""
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.TransportError):
+        return "cannot reach it (is it running?)"
+    response = getattr(exc, "response", None)
+    if type(exc).__module__.startswith("tiled.") and response is not None:
+        if getattr(response, "status_code", None) in (401, 403):
+            return "the API key was refused"
+    return None
 
 
 if __name__ == "__main__":

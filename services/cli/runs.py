@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from services.cli.inputs import as_paths, read_scan, resolve_size
+from services.cli.inputs import add_settings_options, as_paths, read_scan, resolve_size
 from services.core.instrument_files import InstrumentFileError, InstrumentScan
 from services.tiled.records import ArrayRows, Container, RawDoc, RawDocs, Record, TableRows
 from services.tiled.spool import Spool
@@ -68,7 +68,8 @@ def register(subparsers: Any) -> None:
         help="register instrument files in Tiled as a run (raw/<uid>), analysable like a live one",
         description="Read Xradia, FXI, Data Exchange, NXtomo or TIFF files (one file, several "
         "or a folder) and register them in Tiled under raw/<uid> with a start document that "
-        "describes the source. Prints the run uid.",
+        "describes the source. Prints the run uid. Tiled is the one of the settings "
+        "(--config, --data-dir of `beamwatch up`, or BEAMWATCH_TILED__URL).",
     )
     imp.add_argument("input", type=Path, nargs="+", help="instrument files or a folder")
     imp.add_argument(
@@ -78,15 +79,21 @@ def register(subparsers: Any) -> None:
         help="what the frames are (default: from the files: energies vary -> xanes, angles -> "
         "tomography)",
     )
-    imp.add_argument("--pixel-size-um", type=float, default=None, help="override the file's")
+    imp.add_argument(
+        "--pixel-size-um", type=float, default=None, help="pixel size in um (overrides the file's)"
+    )
     imp.add_argument("--sample", default=None, help="sample name for the start document")
+    add_settings_options(imp)
     imp.set_defaults(func=import_command)
 
     rep = subparsers.add_parser(
         "reprocess",
         help="analyse a stored run again with new parameters into new result containers",
-        description="Replay raw/<uid> from Tiled through the live analysis pipelines and write "
-        "analysis/<uid>/<pipeline>-r<k>; the earlier results stay.",
+        description="Replay raw/<uid> from Tiled through the live analysis pipelines. A run "
+        "without results (an import) gets them in analysis/<uid>/<pipeline>, as the live "
+        "service writes them; a run that has results gets new containers "
+        "analysis/<uid>/<pipeline>-r<k> and the earlier ones stay. Prints the containers "
+        "written.",
     )
     rep.add_argument("uid", help="run uid (raw/<uid> in Tiled)")
     rep.add_argument(
@@ -101,6 +108,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="pipelines to run (default: those the run selects, except 'frames')",
     )
+    add_settings_options(rep)
     rep.set_defaults(func=reprocess_command)
 
 

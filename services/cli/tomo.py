@@ -81,7 +81,9 @@ def register(subparsers: Any) -> None:
     rec = tomo_sub.add_parser(
         "reconstruct",
         help="filtered back projection of an HDF5 projection file",
-        description="Reconstruct /entry/data/data projections into a (rows, cols, cols) volume.",
+        description="Reconstruct projections (filtered back projection) into a (rows, cols, "
+        "cols) volume written to /entry/data/data: from the beamwatch layout or instrument "
+        "files, with their flats, darks and stored angles (--angles for files without).",
     )
     rec.add_argument(
         "input",
@@ -90,11 +92,19 @@ def register(subparsers: Any) -> None:
         help=INPUT_HELP.format(layout="/entry/data/data and rotation_angle"),
     )
     rec.add_argument("-o", "--output", type=Path, required=True, help="output HDF5 file")
-    rec.add_argument("--filter", dest="filter_name", choices=FILTERS, default="ramp")
+    rec.add_argument(
+        "--filter",
+        dest="filter_name",
+        choices=FILTERS,
+        default="ramp",
+        help="reconstruction filter (default ramp)",
+    )
     rec.add_argument(
         "--center",
         default="auto",
-        help="rotation axis in detector columns, 'auto' (0/180 correlation) or 'detector'",
+        help="rotation axis in detector columns (px, column i at i), 'auto' (default: the "
+        "projections 180 degrees apart, refined across the 180-degree seam when the scan stops "
+        "short of it) or 'detector' (cols // 2)",
     )
     rec.add_argument(
         "--line-integrals",
@@ -126,10 +136,18 @@ def register(subparsers: Any) -> None:
     )
     cmap.add_argument("-o", "--output", type=Path, required=True, help="output HDF5 file")
     cmap.add_argument("--weights", type=Path, default=None, help="U-Net weights (.pt)")
-    cmap.add_argument("--window", type=int, default=50, help="damage-density window (pixels)")
+    cmap.add_argument(
+        "--window",
+        type=int,
+        default=50,
+        help="side of the damage-density window (px; 50 as in the crack paper; the output "
+        "states it in um too when the voxel size is known)",
+    )
     cmap.add_argument("--threshold", type=float, default=0.5, help="crack probability threshold")
-    cmap.add_argument("--tile-size", type=int, default=512)
-    cmap.add_argument("--overlap", type=int, default=32)
+    cmap.add_argument(
+        "--tile-size", type=int, default=512, help="U-Net tile side (px) for large slices"
+    )
+    cmap.add_argument("--overlap", type=int, default=32, help="overlap of the tiles (px)")
     cmap.add_argument(
         "--baseline", action="store_true", help="also write the Otsu threshold baseline mask"
     )

@@ -76,7 +76,13 @@ def register(commands: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", type=Path, nargs="+", metavar="OUT.h5")
+    parser.add_argument(
+        "inputs",
+        type=Path,
+        nargs="+",
+        metavar="OUT.h5",
+        help="xanes align outputs of the same field of view, in time order",
+    )
     parser.add_argument(
         "-o", "--output", type=Path, required=True, metavar="TRAJ.csv", help="table to write"
     )

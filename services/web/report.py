@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,8 +120,19 @@ def _run_section(client: Any, uid: str, *, level: int) -> list[str]:
 
 # ------------------------------------------------------------------------------- comparison
 def run_label(start: dict[str, Any], uid: str) -> str:
-    """How a run is named in the comparison: its sample name, else its scan id, and uid."""
-    name = start.get("sample_name") or start.get("sample") or f"scan {start.get('scan_id', '?')}"
+    """How a run is named in the comparison: its sample name, else its scan id, else (an
+    import, which has neither) the file or folder it was read from, else its plan; and uid."""
+    name = start.get("sample_name") or start.get("sample")
+    if not name and start.get("scan_id") is not None:
+        name = f"scan {start['scan_id']}"
+    if not name:
+        source = start.get("beamwatch_source") or {}
+        files = source.get("files") or []
+        if len(files) == 1:
+            name = str(files[0])
+        elif source.get("folder"):
+            name = f"{Path(str(source['folder'])).name}/"
+    name = name or start.get("plan_name") or "run"
     return f"{name} [{uid[:8]}]"
 
 
@@ -179,13 +191,18 @@ def run_numbers(client: Any, uid: str) -> RunNumbers:
     if particles is not None:
         md = particles.metadata
         unit = "um" if "size_edges_um" in particles else "px"
+        # a distribution of no particle (every one cut by the volume border) is not drawn
         if f"size_edges_{unit}" in particles and "size_counts" in particles:
-            numbers.size_unit = unit
-            numbers.size_edges = particles[f"size_edges_{unit}"].read()
-            numbers.size_probability = probability(particles["size_counts"].read())
+            counts = particles["size_counts"].read()
+            if np.sum(counts) > 0:
+                numbers.size_unit = unit
+                numbers.size_edges = particles[f"size_edges_{unit}"].read()
+                numbers.size_probability = probability(counts)
         if "detachment_counts" in particles:
-            numbers.detachment_edges = particles["detachment_edges"].read()
-            numbers.detachment_probability = probability(particles["detachment_counts"].read())
+            counts = particles["detachment_counts"].read()
+            if np.sum(counts) > 0:
+                numbers.detachment_edges = particles["detachment_edges"].read()
+                numbers.detachment_probability = probability(counts)
         if "flawed_fraction_by_slices" in particles:
             numbers.flawed_fraction_by_slices = particles["flawed_fraction_by_slices"].read()
         numbers.particles = md.get("particles")
@@ -231,8 +248,15 @@ def edge_energy_distributions(
     return edges, out
 
 
-def _comparison_figures(runs: Sequence[RunNumbers]) -> list[tuple[str, Callable[[Any], None]]]:
-    drawers: list[tuple[str, Callable[[Any], None]]] = []
+def _comparison_figures(
+    runs: Sequence[RunNumbers],
+) -> list[tuple[str, Callable[[Any], None], list[str]]]:
+    """(name, drawer, labels of the runs the figure has nothing of) per overlay figure."""
+    drawers: list[tuple[str, Callable[[Any], None], list[str]]] = []
+
+    def without(shown: Sequence[RunNumbers]) -> list[str]:
+        return [r.label for r in runs if not any(r is s for s in shown)]
+
     sized = [r for r in runs if r.size_probability is not None]
     if sized:
         units = sorted({str(r.size_unit) for r in sized})
@@ -247,7 +271,7 @@ def _comparison_figures(runs: Sequence[RunNumbers]) -> list[tuple[str, Callable[
                 ax.set_ylabel("probability")
                 ax.legend(fontsize=8)
 
-        drawers.append(("compare_sizes", sizes))
+        drawers.append(("compare_sizes", sizes, without(sized)))
     detached = [r for r in runs if r.detachment_probability is not None]
     if detached:
 
@@ -259,7 +283,7 @@ def _comparison_figures(runs: Sequence[RunNumbers]) -> list[tuple[str, Callable[
             ax.set_ylabel("probability")
             ax.legend(fontsize=8)
 
-        drawers.append(("compare_detachment", detachment))
+        drawers.append(("compare_detachment", detachment, without(detached)))
     flawed = [
         r for r in runs if r.flawed_fraction is not None or r.flawed_fraction_by_slices is not None
     ]
@@ -283,7 +307,7 @@ def _comparison_figures(runs: Sequence[RunNumbers]) -> list[tuple[str, Callable[
             ax2.set_ylim(0, 1)
             ax2.legend(fontsize=7)
 
-        drawers.append(("compare_flawed", flaws))
+        drawers.append(("compare_flawed", flaws, without(flawed)))
     damaged = [r for r in runs if r.depth_profile is not None]
     if damaged:
         units = sorted({str(r.depth_unit) for r in damaged})
@@ -298,7 +322,7 @@ def _comparison_figures(runs: Sequence[RunNumbers]) -> list[tuple[str, Callable[
                 ax.set_ylabel("crack area / particle area")
                 ax.legend(fontsize=8)
 
-        drawers.append(("compare_damage_depth", damage))
+        drawers.append(("compare_damage_depth", damage, without(damaged)))
     edge = edge_energy_distributions(runs)
     if edge is not None:
         edges, dists = edge
@@ -312,7 +336,8 @@ def _comparison_figures(runs: Sequence[RunNumbers]) -> list[tuple[str, Callable[
             ax.set_ylabel("probability (pixels)")
             ax.legend(fontsize=8)
 
-        drawers.append(("compare_edge_energy", edge_energy))
+        with_edge = [r for r, d in zip(runs, dists, strict=True) if np.isfinite(d).any()]
+        drawers.append(("compare_edge_energy", edge_energy, without(with_edge)))
     return drawers
 
 
@@ -352,9 +377,11 @@ def _comparison_section(client: Any, uids: Sequence[str]) -> list[str]:
     drawers = _comparison_figures(runs)
     if not drawers:
         parts.append("<p>These runs have no distributions to overlay.</p>")
-    for name, draw in drawers:
+    for name, draw, missing in drawers:
         data = png_bytes(draw, size=(8.0, 4.0))
         parts.append(_figure(name, "data:image/png;base64," + base64.b64encode(data).decode()))
+        if missing:
+            parts.append(f"<p>{name}: not available for {html.escape(', '.join(missing))}</p>")
     return parts
 
 

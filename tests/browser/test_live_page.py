@@ -472,3 +472,34 @@ def test_lengths_are_in_um_when_the_voxel_size_is_known(page, up, small_tomogram
     wait_page(page, "document.querySelectorAll('#figures figure img').length > 0", 60)
     shoot(page, "tomography-um")
     assert not page.errors
+
+
+def test_real_two_energy_xanes_says_why_there_is_no_edge_map(page, up):
+    """The real SSRL folder (two energies, 8324 and 8354 eV: no frame in the pre-edge window)
+    imported and analysed: the edge-energy and spectra cards say why they are empty (an
+    all-NaN map drew as squashed empty axes, the spectra as an empty plot)."""
+    from services.cli import runs as cli_runs
+    from tests.conftest import SHARED_DATA
+
+    ssrl = SHARED_DATA / "txm_ssrl_nca"
+    if not ssrl.is_dir():
+        pytest.skip(f"{ssrl} not present")
+    settings = up.settings()
+    uid = cli_runs.import_scan([ssrl], settings, sample="NCA pristine")
+    assert cli_runs.reprocess_run(uid, settings) == {"xanes": "xanes"}
+    page.goto(f"{up.web}/#{uid}")
+    wait_page(page, f"bw.state.selected === '{uid}' && bw.state.edgeMap === true", 120)
+    assert "no pixel has an edge energy" in page.inner_text("#plot-edge")
+    assert state(page, "document.getElementById('plot-edge').data") is None  # nothing drawn
+    wait_page(page, "document.querySelector('#plot-spectra p') !== null", 60)
+    assert "no particle spectrum could be normalised" in page.inner_text("#plot-spectra")
+    # the real pixel size (0.0312 um) is on the frame's axes
+    assert state(page, "document.getElementById('plot-frame').layout.xaxis.title.text") == "x (um)"
+    # the screenshot once the run list shows the analysis complete (next poll of the list)
+    wait_page(
+        page,
+        f"bw.state.runs.some((r) => r.uid === '{uid}' && r.status === 'complete')"
+        " && document.querySelector('#card-figures img') !== null",
+        60,
+    )
+    shoot(page, "xanes-real-two-energies")

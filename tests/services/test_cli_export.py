@@ -78,6 +78,30 @@ def test_export_xanes_align_result(parser, tmp_path: Path) -> None:
     assert len(particles) == len(spectra) * len(energy)
 
 
+def test_spectrum_comment_tells_not_found_from_not_normalisable(tmp_path: Path) -> None:
+    from services.cli.export_formats import found_frames, write_spectra
+
+    energy = np.array([8324.0, 8334.0, 8344.0, 8354.0])
+    spectra = np.array([[np.nan, 0.2, np.nan, 1.0], [np.nan, np.nan, np.nan, np.nan]])
+    com = np.zeros((2, 4, 2))
+    com[0, 0] = np.nan  # particle 1 not found in frame 0; its frame 2 has no normalised value
+    # particle 2 found everywhere, never normalisable (two energies, as the real SSRL folder)
+    (path1, path2) = write_spectra(
+        spectra, energy, tmp_path / "s", source="test", found=found_frames(com)
+    )
+    lines1 = path1.read_text().splitlines()
+    assert lines1[1] == (
+        "# 2 of 4 frames left out: particle not found in 1; found but without a normalised "
+        "absorbance in 1 (NaN: e.g. no frame in the pre-edge or post-edge window)"
+    )
+    np.testing.assert_allclose(np.loadtxt(path1, ndmin=2), [[8334.0, 0.2], [8354.0, 1.0]])
+    assert "particle not found in 0; found but without a normalised absorbance in 4" in (
+        path2.read_text()
+    )
+    (unknown,) = write_spectra(spectra[:1], energy, tmp_path / "u", source="test")
+    assert "particle not found or spectrum not normalisable" in unknown.read_text()
+
+
 @pytest.fixture(scope="module")
 def volume_tiff(tmp_path_factory) -> Path:
     import tifffile

@@ -87,6 +87,11 @@ def test_import_tooth_then_reprocess_with_a_new_centre(settings, tiled_client) -
     numbers = run_numbers(tiled_client, uid)
     np.testing.assert_array_equal(numbers.depth_profile, again["depth_profile"].read())
     assert numbers.depth_unit == "px"  # the file states no pixel size
+    # two slices: every particle touches the volume border, so there is no whole-particle
+    # distribution to overlay (the report says so instead of drawing empty axes)
+    assert latest_result(analysis, "particles").metadata["n_excluded_border"] > 0
+    assert numbers.size_probability is None and numbers.detachment_probability is None
+    assert numbers.label == f"tooth.h5 [{uid[:8]}]"
 
 
 @pytest.fixture()

@@ -52,6 +52,23 @@ def test_txrm_tomography_stack() -> None:
     assert len({scan.frames[i].tobytes() for i in range(7)}) == 7
 
 
+def test_txm_is_a_volume_the_volume_commands_take(tmp_path: Path) -> None:
+    """A ``.txm`` (reconstructed slices) is the ``.txrm`` container: with no real ``.txm`` in
+    ../shared/data, the real ``.txrm`` renamed stands for one (same streams, same reader)."""
+    from services.cli.inputs import volume_from_scan
+
+    source = need(CHIP / "txrm_test_chip_tomo.txrm")
+    copy = tmp_path / "chip_recon.txm"
+    shutil.copyfile(source, copy)
+    scan = read_instrument_files([tmp_path])  # a folder holding the .txm
+    assert scan.kind == "volume" and scan.frames.shape == (7, 256, 256)
+    assert scan.pixel_size_um == pytest.approx(0.1558, abs=1e-4)
+    np.testing.assert_array_equal(volume_from_scan(scan, "chip_recon.txm"), scan.frames)
+    # the same container named .txrm holds projections, which the volume commands refuse
+    with pytest.raises(InstrumentFileError, match="reconstruct them first"):
+        volume_from_scan(read_instrument_files([source]), "txrm_test_chip_tomo.txrm")
+
+
 def test_xrm_with_embedded_reference() -> None:
     scan = read_instrument_files([need(CHIP / "test_chip00.xrm")])
     assert scan.frames.shape == (1, 512, 512)

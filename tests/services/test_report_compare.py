@@ -187,3 +187,26 @@ def test_export_of_runs_in_tiled(two_runs, tiled_client, tmp_path: Path, monkeyp
     # a run without results, and no input at all: exit 2 with a message
     assert run("export", "--run", "no-such-run", "-o", str(out)) == 2
     assert run("export", "-o", str(out)) == 2
+
+
+def test_run_labels_and_figures_say_what_a_run_lacks() -> None:
+    from services.web.report import RunNumbers, _comparison_figures, run_label
+
+    assert run_label({"sample_name": "NCA", "scan_id": 3}, "0123456789") == "NCA [01234567]"
+    assert run_label({"scan_id": 3}, "0123456789") == "scan 3 [01234567]"
+    # an import has no scan id: the file, or the folder, it was read from
+    tooth = {"plan_name": "beamwatch_import", "beamwatch_source": {"files": ["tooth.h5"]}}
+    assert run_label(tooth, "abcdefghij") == "tooth.h5 [abcdefgh]"
+    folder = {"beamwatch_source": {"files": ["a.xrm", "b.xrm"], "folder": "/data/txm_ssrl"}}
+    assert run_label(folder, "abcdefghij") == "txm_ssrl/ [abcdefgh]"
+    assert run_label({"plan_name": "count"}, "abcdefghij") == "count [abcdefgh]"
+    sized = RunNumbers(
+        uid="a",
+        label="A",
+        size_unit="um",
+        size_edges=np.arange(4.0),
+        size_probability=np.array([0.5, 0.25, 0.25]),
+    )
+    cut = RunNumbers(uid="b", label="B", particles=42)  # every particle cut by the border
+    figures = {name: missing for name, _draw, missing in _comparison_figures([sized, cut])}
+    assert figures == {"compare_sizes": ["B"]}

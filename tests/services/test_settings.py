@@ -103,3 +103,60 @@ def test_readable_roots_from_yaml_and_env_reach_the_embedded_server(tmp_path, mo
     cfg.write_text(f"tiled:\n  readable_roots: '{b}:{c}'\n")
     monkeypatch.delenv("BEAMWATCH_TILED__READABLE_ROOTS")
     assert load_settings(cfg, data_dir=str(tmp_path / "data")).readable_roots[1:] == [b, c]
+
+
+def test_user_facing_verbs_describe_themselves():
+    from services.cli import build_parser
+
+    verbs = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for verb in ("up", "report", "import", "reprocess", "export"):
+        assert verbs[verb].description, f"`beamwatch {verb} --help` has no description"
+    # import writes its first results where the live service does; only later ones are -r<k>
+    assert "analysis/<uid>/<pipeline>," in " ".join(verbs["reprocess"].description.split())
+
+
+@pytest.mark.parametrize("verb", [["report", "some-uid", "-o", "r.html"], ["reprocess", "x"]])
+def test_tiled_not_running_or_wrong_key_is_one_clear_error(
+    verb, tmp_path, caplog, tiled_server, monkeypatch
+):
+    from tests.conftest import free_port
+
+    monkeypatch.chdir(tmp_path)
+    closed = tmp_path / "closed.yml"
+    closed.write_text(f"tiled:\n  port: {free_port()}\n  api_key: k\n")
+    wrong_key = tmp_path / "wrong_key.yml"
+    wrong_key.write_text(f"tiled:\n  port: {tiled_server.port}\n  api_key: not-the-key\n")
+    with caplog.at_level("ERROR", logger="beamwatch"):
+        # --config after the verb, as `up` takes it
+        assert main([*verb, "--config", str(closed), "--data-dir", str(tmp_path)]) == 2
+        assert main([*verb, "--config", str(wrong_key)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, errors
+    assert "cannot reach it (is it running?)" in errors[0]
+    assert f"Tiled at http://127.0.0.1:{tiled_server.port}: the API key was refused" in errors[1]
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_every_option_of_the_offline_verbs_says_what_it_does():
+    from services.cli import build_parser
+
+    verbs = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+
+    def sub(parser, name):
+        return parser._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+
+    commands = {
+        "xanes align": sub(verbs["xanes"], "align"),
+        "xanes trajectory": sub(verbs["xanes"], "trajectory"),
+        "tomo reconstruct": sub(verbs["tomo"], "reconstruct"),
+        "cracks map": sub(verbs["cracks"], "map"),
+        "particles analyze": sub(verbs["particles"], "analyze"),
+        **{v: verbs[v] for v in ("import", "reprocess", "export", "report", "up")},
+    }
+    bare = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in commands.items()
+        for action in parser._actions
+        if not action.help
+    ]
+    assert bare == []

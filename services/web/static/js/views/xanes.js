@@ -3,9 +3,16 @@
 import { cache, cachedArray, children, readArray } from "../tiled.js";
 import { subscribe } from "../subscriptions.js";
 import { card, draw, heat, imageLayout, plotLayout, setNote } from "../dom.js";
-import { downsampleStep, outlines } from "../images.js";
+import { downsampleStep, finiteValues, outlines } from "../images.js";
 import { layout, remember, state } from "../state.js";
 import { lengthScale } from "../units.js";
+
+// Shown when the scan is complete but no pixel / particle could be normalised.
+export const NO_EDGE =
+  "no pixel has an edge energy: an edge needs frames in the pre-edge and post-edge windows " +
+  "of the analysis (SpectraParams) and a jump between them";
+export const NO_SPECTRA =
+  "no particle spectrum could be normalised (no frame in the pre-edge or post-edge window)";
 
 export function buildXanes(grid) {
   card(grid, "frame", "Latest frame with particle outlines and ids");
@@ -84,11 +91,16 @@ export async function renderXanes(run) {
   if (edgeNode && edgeNode.shape) {
     const step = downsampleStep(edgeNode.shape);
     const edge = await cachedArray(`${base}/${X.edge_energy}`, edgeNode.shape, `::${step},::${step}`);
-    draw(
-      "plot-edge",
-      [heat(edge, step * s, { colorscale: "Viridis", reversescale: false, showscale: true, colorbar: { title: { text: "edge energy (eV)" } } })],
-      mapLayout(length)
-    );
+    if (finiteValues(edge).length) {
+      draw(
+        "plot-edge",
+        [heat(edge, step * s, { colorscale: "Viridis", reversescale: false, showscale: true, colorbar: { title: { text: "edge energy (eV)" } } })],
+        mapLayout(length)
+      );
+    } else {
+      // an all-NaN map drew as empty, squashed axes: say why there is none
+      setNote("plot-edge", NO_EDGE);
+    }
     state.edgeMap = true;
   } else {
     setNote("plot-edge", failed ? "not computed: the analysis failed" : "computed when the scan completes");
@@ -96,11 +108,15 @@ export async function renderXanes(run) {
   if (nodes[X.spectra] && nodes[X.energy] && nodes[X.spectra].shape) {
     const spectra = await cachedArray(`${base}/${X.spectra}`, nodes[X.spectra].shape);
     const energy = await cachedArray(`${base}/${X.energy}`, nodes[X.energy].shape);
-    draw(
-      "plot-spectra",
-      spectra.map((s, k) => ({ x: energy, y: s, name: `particle ${k + 1}`, mode: "lines" })),
-      plotLayout("energy (eV)", "normalised absorbance")
-    );
+    if (finiteValues(spectra).length) {
+      draw(
+        "plot-spectra",
+        spectra.map((s, k) => ({ x: energy, y: s, name: `particle ${k + 1}`, mode: "lines" })),
+        plotLayout("energy (eV)", "normalised absorbance")
+      );
+    } else {
+      setNote("plot-spectra", NO_SPECTRA);
+    }
   } else {
     setNote("plot-spectra", "computed when the scan completes");
   }
