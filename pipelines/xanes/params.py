@@ -178,6 +178,17 @@ class TrackParams(_Params):
         ),
     )
     max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
+    static_refine: bool = Field(
+        default=False,
+        description=(
+            "edge: at finalize, refine every particle's shifts with the pattern that stays still "
+            "in the detector frame fitted out (:mod:`pipelines.xanes.static_fit`; keeps the "
+            "scan's binned OD frames in memory); the live per-frame results are unchanged"
+        ),
+    )
+    static_refine_rounds: PositiveInt = Field(
+        default=3, description="edge: alternations of the static-pattern fit and registration"
+    )
     max_jump_px: PositiveFloat = Field(
         default=3.0,
         description=(
