@@ -37,6 +37,7 @@ absolute error and frames per second.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -245,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         default="default",
         help="track.static_refine: refine the shifts at finalize with the static pattern fitted",
     )
+    parser.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other track parameter for every tracker of the run (repeatable), as JSON",
+    )
     args = parser.parse_args(argv)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.torch_threads)
@@ -256,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _params(args: argparse.Namespace, workers: int = 1) -> XanesParams:
     track: dict[str, object] = {"workers": workers}
+    for item in args.track:
+        name, _, value = item.partition("=")
+        track[name] = json.loads(value)
     if args.static_refine != "default":
         track["static_refine"] = args.static_refine == "on"
     return XanesParams.model_validate({"track": track, "detect": {"method": args.detector}})
