@@ -189,6 +189,11 @@ class TrackParams(_Params):
     static_refine_rounds: PositiveInt = Field(
         default=3, description="edge: alternations of the static-pattern fit and registration"
     )
+    static_refine_ridge: float = Field(
+        default=0.05,
+        ge=0,
+        description="edge: ridge on the static pattern, relative (what the drift cannot separate)",
+    )
     max_jump_px: PositiveFloat = Field(
         default=3.0,
         description=(

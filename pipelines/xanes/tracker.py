@@ -276,7 +276,9 @@ class XanesTracker:
             frame_cols = np.arange(size[1])[None, :] + corner[1]
             support &= (frame_rows >= 2) & (frame_rows < height - 2)
             support &= (frame_cols >= 2) & (frame_cols < width - 2)
-            refined = refine_shifts_static(window, d, support, rounds=tp.static_refine_rounds)
+            refined = refine_shifts_static(
+                window, d, support, rounds=tp.static_refine_rounds, ridge=tp.static_refine_ridge
+            )
             out[k, use] = refined * b
         return out
 
