@@ -37,6 +37,7 @@ absolute error and frames per second.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -239,6 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-frames", type=int, default=40)
     parser.add_argument("--no-real", action="store_true", help="skip the real-frame stacks")
     parser.add_argument("--no-1024", action="store_true", help="skip the 1024 x 1024 timing")
+    parser.add_argument(
+        "--static-refine",
+        choices=("default", "on", "off"),
+        default="default",
+        help="track.static_refine: refine the shifts at finalize with the static pattern fitted",
+    )
+    parser.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other track parameter for every tracker of the run (repeatable), as JSON",
+    )
     args = parser.parse_args(argv)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.torch_threads)
@@ -246,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     finally:
         torch.set_num_threads(previous_threads)  # run_all runs other benchmarks after this
+
+
+def _params(args: argparse.Namespace, workers: int = 1) -> XanesParams:
+    track: dict[str, object] = {"workers": workers}
+    for item in args.track:
+        name, _, value = item.partition("=")
+        track[name] = json.loads(value)
+    if args.static_refine != "default":
+        track["static_refine"] = args.static_refine == "on"
+    return XanesParams.model_validate({"track": track, "detect": {"method": args.detector}})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -260,9 +284,7 @@ def _run(args: argparse.Namespace) -> int:
     truth_all = np.stack([scene.truth_shift(0, i) for i in range(args.frames)], axis=1)
     truth_edge = scene.truth_edge_energy(0)
 
-    params = XanesParams.model_validate(
-        {"track": {"workers": args.workers}, "detect": {"method": args.detector}}
-    )
+    params = _params(args, workers=args.workers)
     tracker = XanesTracker(params, flat=flat, dark=dark)
     latency = []
     start = time.perf_counter()
@@ -482,7 +504,7 @@ def _dense_scan(seed: int, size: int, n_frames: int) -> _Scan:
 
 
 def _dense_family(args: argparse.Namespace) -> None:
-    params = XanesParams.model_validate({"detect": {"method": args.detector}})
+    params = _params(args)
     rows = []
     for seed in range(args.dense_seeds):
         scan = _dense_scan(1000 + seed, 512, args.dense_frames)
@@ -539,7 +561,7 @@ def _real_stacks(args: argparse.Namespace) -> None:
     if not scans:
         print("real-frame stacks: ../shared/data not found, skipped")
         return
-    params = XanesParams.model_validate({"detect": {"method": args.detector}})
+    params = _params(args)
     rows = []
     for scan in scans:
         tracker = XanesTracker(params, flat=scan.flat)
@@ -584,7 +606,7 @@ def _real_stacks(args: argparse.Namespace) -> None:
 
 def _speed_1024(args: argparse.Namespace) -> None:
     scan = _dense_scan(2000, 1024, 40)
-    params = XanesParams.model_validate({"detect": {"method": args.detector}})
+    params = _params(args)
     tracker = XanesTracker(params, flat=scan.flat)
     latency = []
     for frame, energy in zip(scan.frames, scan.energies, strict=True):

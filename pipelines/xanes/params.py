@@ -178,6 +178,22 @@ class TrackParams(_Params):
         ),
     )
     max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
+    static_refine: bool = Field(
+        default=False,
+        description=(
+            "edge: at finalize, refine every particle's shifts with the pattern that stays still "
+            "in the detector frame fitted out (:mod:`pipelines.xanes.static_fit`; keeps the "
+            "scan's binned OD frames in memory); the live per-frame results are unchanged"
+        ),
+    )
+    static_refine_rounds: PositiveInt = Field(
+        default=3, description="edge: alternations of the static-pattern fit and registration"
+    )
+    static_refine_ridge: float = Field(
+        default=0.05,
+        ge=0,
+        description="edge: ridge on the static pattern, relative (what the drift cannot separate)",
+    )
     max_jump_px: PositiveFloat = Field(
         default=3.0,
         description=(

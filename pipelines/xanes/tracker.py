@@ -60,11 +60,13 @@ from pipelines.xanes.register import (
 )
 from pipelines.xanes.results import FrameResult, ParticleRoi, XanesResult
 from pipelines.xanes.spectra import analyse_spectra
+from pipelines.xanes.static_fit import refine_shifts_static, window_support
 from pipelines.xanes.window import (
     Candidate,
     EdgeTemplate,
     FrameEdges,
     ParticleWindow,
+    bin_mask,
     edge_scale,
 )
 
@@ -123,6 +125,8 @@ class XanesTracker:
         self._coarse_global = np.zeros(2)
         self._best_evidence = 0.0
         self._redetections = 0
+        # binned OD of every frame, for the static-pattern refinement at finalize
+        self._edge_ods: list[np.ndarray] = []
         workers = params.track.workers
         self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
 
@@ -202,6 +206,10 @@ class XanesTracker:
         n_found = np.array([r.n_used for r in self._results], dtype=int)
         spread = np.array([r.spread for r in self._results], dtype=np.float64)
         trusted = np.array([r.trusted for r in self._results], dtype=bool)
+        if self._edge_ods and len(self._edge_ods) == n:
+            shift = self._static_refined_shifts(shift)
+            com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
+            global_shift, n_found, spread = self._global_from_shifts(shift)
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -229,6 +237,71 @@ class XanesTracker:
             rois=[p.roi for p in self._particles],
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
         )
+
+    def _keep_edge_od(self, edges: FrameEdges) -> None:
+        tp = self.params.track
+        if tp.static_refine and tp.registration == "edge":
+            self._edge_ods.append(np.asarray(edges.od, dtype=np.float32))
+
+    def _static_refined_shifts(self, shift: np.ndarray) -> np.ndarray:
+        """Every particle's shifts refined with the static pattern of its window fitted out
+        (:func:`pipelines.xanes.static_fit.refine_shifts_static`), on the binned OD frames."""
+        tp = self.params.track
+        ods = self._edge_ods
+        assert self._shape is not None
+        b = max(1, round(self._shape[0] / ods[0].shape[0]))
+        height, width = ods[0].shape
+        out = shift.copy()
+        for k, particle in enumerate(self._particles):
+            use = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
+            if use.size < 4:
+                continue
+            d = shift[k, use] / b
+            origin, mask = bin_mask(particle.roi.mask, np.array(particle.roi.origin), b)
+            margin = 6
+            lo = np.floor(d.min(axis=0)).astype(int)
+            hi = np.ceil(d.max(axis=0)).astype(int)
+            corner = origin + lo - margin
+            size = (
+                next_fast_len(mask.shape[0] + hi[0] - lo[0] + 2 * margin),
+                next_fast_len(mask.shape[1] + hi[1] - lo[1] + 2 * margin),
+            )
+            window = np.stack([extract_crop(ods[t], corner, size) for t in use])
+            footprint = np.zeros(size, dtype=bool)
+            rows, cols = np.nonzero(mask)
+            first = np.round(d[0]).astype(int) + origin - corner
+            footprint[rows + first[0], cols + first[1]] = True
+            support = window_support(footprint, tp.support_px, 3)
+            frame_rows = np.arange(size[0])[:, None] + corner[0]
+            frame_cols = np.arange(size[1])[None, :] + corner[1]
+            support &= (frame_rows >= 2) & (frame_rows < height - 2)
+            support &= (frame_cols >= 2) & (frame_cols < width - 2)
+            refined = refine_shifts_static(
+                window, d, support, rounds=tp.static_refine_rounds, ridge=tp.static_refine_ridge
+            )
+            out[k, use] = refined * b
+        return out
+
+    def _global_from_shifts(self, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Global shift, particles behind it and their spread per frame (the rule of
+        :meth:`_frame_result`) from a ``(P, N, 2)`` shift array."""
+        partial = self._partial()
+        n = shift.shape[1]
+        global_shift = np.full((n, 2), np.nan)
+        n_found = np.zeros(n, dtype=int)
+        spread = np.full(n, np.nan)
+        for i in range(n):
+            found = np.all(np.isfinite(shift[:, i]), axis=1)
+            whole = found & ~partial
+            voters = whole if whole.sum() >= 3 else found
+            n_found[i] = int(voters.sum())
+            if n_found[i]:
+                global_shift[i] = robust_global_shift(
+                    np.where(voters[:, None], shift[:, i], np.nan)
+                )
+            if n_found[i] >= 2:
+                spread[i] = 1.4826 * np.median(np.abs(shift[voters, i] - global_shift[i]))
+        return global_shift, n_found, spread
 
     def _map(self, function, items) -> list:
         """``map`` over particles, on ``track.workers`` threads (1 is the fastest, see params)."""
@@ -316,6 +389,7 @@ class XanesTracker:
         n_p = len(self._particles)
         self._stacks = [[] for _ in range(n_p)]
         edges = FrameEdges(od, self._edge_binning(od))
+        self._keep_edge_od(edges)
         ssim = np.full(n_p, np.nan)
         for k, particle in enumerate(self._particles):
             crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
@@ -386,6 +460,7 @@ class XanesTracker:
         ).reshape(n_p, 2)
         if self.params.track.registration == "edge":
             edges = FrameEdges(od, self._edge_binning(od))
+            self._keep_edge_od(edges)
             found, shifts, ssim = self._register_edges(od, edges, predicted)
             result = self._frame_result(energy, found, shifts, ssim)
             assert self._prev_coarse_image is not None

@@ -23,7 +23,7 @@ from pipelines.xanes.kernels import (
 from pipelines.xanes.register import centre_of_mass
 from pipelines.xanes.results import ParticleRoi
 
-__all__ = ["Candidate", "ParticleWindow"]
+__all__ = ["Candidate", "ParticleWindow", "bin_mask"]
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def edge_scale(diameter_px: float, minimum: float, fraction: float, maximum: flo
     return min(level, maximum)
 
 
-def _bin_mask(mask: np.ndarray, origin: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+def bin_mask(mask: np.ndarray, origin: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """A ROI mask on the grid of a frame binned by ``factor``: (binned origin, binned mask)."""
     if factor == 1:
         return np.asarray(origin, dtype=int), mask
@@ -309,7 +309,7 @@ class EdgeTemplate:
     ) -> None:
         self.binning = edges.binning
         self.sigma = float(sigma)
-        self.origin, binned = _bin_mask(support, origin, self.binning)
+        self.origin, binned = bin_mask(support, origin, self.binning)
         self.shape = (int(binned.shape[0]), int(binned.shape[1]))
         border = -(-int(border_px) // self.binning)
         rows = np.arange(self.shape[0])[:, None] + int(self.origin[0])
