@@ -76,6 +76,30 @@ def voxel_size_from_start(start: dict[str, Any]) -> float | None:
     return None
 
 
+#: Start-document key naming which end of the sample's z axis (the detector's row axis) is the
+#: separator side: ``first`` (detector row 0, the default) or ``last``.
+SEPARATOR_KEY = "separator"
+SEPARATOR_ENDS = ("first", "last")
+
+
+def separator_from_start(
+    start: dict[str, Any], on_rejected: Callable[[str], None] | None = None
+) -> tuple[str, str | None]:
+    """Which end is the separator side, and the error when the start document's value was
+    refused (then ``first``, the documented default, with the error in the metadata)."""
+    value = start.get(SEPARATOR_KEY, "first")
+    if value in SEPARATOR_ENDS:
+        return str(value), None
+    error = (
+        f"start document {SEPARATOR_KEY}={str(value)[:80]!r} is not one of "
+        f"{list(SEPARATOR_ENDS)}; z = 0 (the first detector row) is taken as the separator side"
+    )
+    logger.warning("%s", error, extra={"run_uid": start.get("uid")})
+    if on_rejected is not None:
+        on_rejected(SEPARATOR_KEY)
+    return "first", error
+
+
 class CracksPipeline:
     name = CRACKS.pipeline
     version = "1"
@@ -110,6 +134,12 @@ class CracksPipeline:
         self._particle_params = start.get("beamwatch_particle_params", {})
         self._stats_params = start.get("beamwatch_stats_params", {})
         self._voxel_um = voxel_size_from_start(start)
+        # depths count from the separator: with ``separator: last`` the projections' rows are
+        # flipped before the reconstruction, so z = 0 of every result is the separator side
+        self._separator, separator_error = separator_from_start(start, on_rejected)
+        self.parameters["separator"] = self._separator
+        if separator_error is not None:
+            self.parameters["separator_error"] = separator_error
         self._frames: dict[str, list[np.ndarray]] = {"primary": [], "flat": [], "dark": []}
         self._angles: list[float] = []
         #: services.analysis.tomo_slabs.SlabConfig: big tomograms go slab by slab on Dask
@@ -127,7 +157,10 @@ class CracksPipeline:
             # a projection whose angle is unknown cannot be back-projected: left out and
             # named missing (FrameUnusable), never reconstructed at a made-up angle
             self._angles.append(axis_reading(frame, self._angle_key))
-        self._frames[frame.stream].append(np.asarray(image))
+        image = np.asarray(image)
+        if self._separator == "last" and image.ndim == 2:
+            image = image[::-1]  # detector rows are the volume's z slices
+        self._frames[frame.stream].append(image)
 
     def on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
         from pipelines.cracks.particle_mask import solid_threshold
@@ -145,6 +178,13 @@ class CracksPipeline:
                 "voxel_size_um": self._voxel_um,
                 "length_unit": "um" if self._voxel_um else "px",
                 "window": self._crack_params.quantify.window,
+                "separator": self._separator,
+                "z_convention": "z = 0 is the separator side"
+                + (
+                    " (the last detector row: the reconstruction is flipped along z)"
+                    if self._separator == "last"
+                    else " (the first detector row)"
+                ),
             }
         )
         rows, cols = np.shape(self._frames["primary"][0])

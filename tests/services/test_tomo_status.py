@@ -20,7 +20,7 @@ from services.analysis.tomo_live import CracksPipeline, select
 from services.core.metrics import Metrics
 from services.core.serialization import UndecodableField
 from services.runs.routing import RunDispatcher
-from services.tiled.records import Metadata, Record
+from services.tiled.records import ArrayWrite, Metadata, Record
 from services.tiled.spool import Spool
 from synthetic.cathode import make_cathode_volume
 from synthetic.scan import simulate_scan
@@ -28,7 +28,7 @@ from synthetic.scan import simulate_scan
 GARBLED = 5  # the projection whose angle cannot be decoded
 
 
-def _run(tmp_path, garble: int | None) -> list[Record]:
+def _run(tmp_path, garble: int | None, md: dict | None = None) -> list[Record]:
     volume = make_cathode_volume((4, 48, 48), seed=11)
     angles = np.linspace(0.0, 180.0, 36, endpoint=False)
     frames = simulate_scan(volume.attenuation, angles, seed=4)
@@ -38,7 +38,7 @@ def _run(tmp_path, garble: int | None) -> list[Record]:
     docs: list[tuple[str, dict]] = []
     RE = RunEngine({})
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    RE(tomo_scan_plan(station, angles, n_darks=1, n_flats=1))
+    RE(tomo_scan_plan(station, angles, n_darks=1, n_flats=1, md=md))
     primary = next(d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary")
 
     applied: list[Record] = []
@@ -90,3 +90,39 @@ def test_both_stages_end_with_the_runs_status(tmp_path, garble):
         and r.metadata.get("status") == "incomplete"
     ]
     assert all(md["missing_seq_nums"] == {"primary": [GARBLED]} for md in finals), finals
+
+
+def _array(applied: list[Record], key: str) -> np.ndarray:
+    (array,) = [
+        r.array
+        for r in applied
+        if isinstance(r, ArrayWrite) and r.key == key and r.path[-1] == "cracks"
+    ]
+    return np.asarray(array)
+
+
+def test_separator_last_puts_the_separator_at_z0_of_every_result(tmp_path):
+    # issue 16 part 2: which end is the separator comes from the start document; depths (the
+    # depth profile, the layer fit, the top/bottom figures) count from it
+    first = _run(tmp_path / "first", None)
+    last = _run(tmp_path / "last", None, md={"separator": "last"})
+    np.testing.assert_allclose(
+        _array(last, "reconstruction"), _array(first, "reconstruction")[::-1], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        _array(last, "depth_profile"), _array(first, "depth_profile")[::-1], atol=1e-6
+    )
+    md = [r.metadata for r in last if isinstance(r, Metadata) and "separator" in r.metadata]
+    assert md and md[-1]["separator"] == "last", md
+    assert "flipped" in md[-1]["z_convention"]
+
+
+def test_a_separator_value_that_is_not_an_end_is_refused_and_said(tmp_path):
+    applied = _run(tmp_path, None, md={"separator": "../top"})
+    containers = [
+        r.metadata for r in applied if getattr(r, "metadata", None) and "parameters" in r.metadata
+    ]
+    params = containers[0]["parameters"]
+    assert params["separator"] == "first"
+    assert "'../top'" in params["separator_error"]
+    assert _statuses(applied, "cracks")[-1] == "complete"
