@@ -119,7 +119,7 @@ class CracksPipeline:
 
         self._recon_params = ReconParams(**start.get("beamwatch_recon_params", {}))
         self._crack_params = CrackParams(**start.get("beamwatch_crack_params", {}))
-        self.parameters = {
+        self.parameters: dict[str, Any] = {
             "reconstruction": self._recon_params.model_dump(mode="json"),
             "cracks": self._crack_params.model_dump(mode="json"),
         }
