@@ -84,8 +84,15 @@ def test_xrm_with_embedded_reference() -> None:
     assert transmission.dtype == np.float32 and 0.05 < float(np.median(transmission)) < 1.0
 
 
-def test_aps_folder_energies_stored_and_flats_by_name_energy_and_time(tmp_path: Path) -> None:
-    scan = read_instrument_files([need(APS)])
+def test_aps_folder_energies_stored_and_flats_by_name_energy_and_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="services.core.instrument_files.xradia"):
+        scan = read_instrument_files([need(APS)])
+    # three series (ocv, soc01, soc02) of one frame each: read as one scan, and said so
+    assert scan.metadata["series"] == ["fov03_xanesocv", "fov03_xanessoc01", "fov03_xanessoc02"]
+    (warning,) = [r.getMessage() for r in caplog.records if "series" in r.getMessage()]
+    assert "3 series" in warning and "fov03_xanessoc01: fov03_xanessoc01_8353_0eV.xrm" in warning
     assert scan.kind == "xanes" and scan.frames.shape == (3, 1024, 1024)
     np.testing.assert_allclose(scan.energies_eV, [8249.94, 8353.03, 8353.03], atol=0.01)
     assert scan.pixel_size_um == pytest.approx(0.0389, abs=1e-4)
@@ -111,8 +118,14 @@ def test_reference_files_but_none_at_the_frame_energy() -> None:
         read_instrument_files([APS / "ref_xanesocv_8353_0eV.xrm"])
 
 
-def test_ssrl_energy_from_file_name_and_flats_scaled_by_exposure(tmp_path: Path) -> None:
-    scan = read_instrument_files([need(SSRL)])
+def test_ssrl_energy_from_file_name_and_flats_scaled_by_exposure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="services.core.instrument_files.xradia"):
+        scan = read_instrument_files([need(SSRL)])
+    # one series: the energy and the repeat counter (001of003) are all its names differ by
+    assert scan.metadata["series"] == ["rep01_20161456_ssrl_test_data"]
+    assert not [r for r in caplog.records if "series" in r.getMessage()]
     np.testing.assert_array_equal(scan.energies_eV, [8324.0] * 3 + [8354.0] * 3)
     np.testing.assert_allclose(scan.exposure_s, 0.5)
     np.testing.assert_allclose(scan.flat_exposure_s, 0.3, rtol=1e-6)

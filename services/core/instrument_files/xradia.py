@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from services.core.instrument_files.base import (
+    _ENERGY_IN_NAME,
     InstrumentFileError,
     InstrumentScan,
     _is_flat_name,
@@ -283,6 +285,16 @@ def read_xradia(paths: Sequence[Path]) -> InstrumentScan:
         kind = "projections"
     else:
         kind = "xanes" if energies is not None else "images"
+    series = _series_of(samples)
+    if len(series) > 1:
+        listing = "; ".join(f"{key}: {', '.join(names)}" for key, names in series.items())
+        logger.warning(
+            "the Xradia files come from %d series (their names differ beyond the energy and "
+            "the repeat counter): %s. They are read as ONE scan; give the files of one series "
+            "to read it alone (an operando series of scans: `xanes trajectory`)",
+            len(series),
+            listing,
+        )
     origins = sorted({s.energy_origin for s in samples})
     source = (
         f"xradia: {len(samples)} file(s) {samples[0].path.name}"
@@ -306,8 +318,32 @@ def read_xradia(paths: Sequence[Path]) -> InstrumentScan:
         files=tuple(str(s.path) for s in samples) + tuple(str(r.path) for r in refs),
         flat_of_frame=tuple(flat_of_frame) if has_flats else None,
         flat_exposure_s=np.array(flat_exposure, dtype=np.float64) if exposures_known else None,
-        metadata={"references_used": used, "start_time": _start_time(samples)},
+        metadata={
+            "references_used": used,
+            "start_time": _start_time(samples),
+            "series": sorted(series),
+        },
     )
+
+
+#: a repeat counter in a file name: ``001of003``
+_REPEAT_IN_NAME = re.compile(r"\d+of\d+", re.IGNORECASE)
+
+
+def series_key(path: Path) -> str:
+    """The name of the series a sample file belongs to: its name without the energy and the
+    repeat counter (``fov03_xanessoc01_8353_0eV.xrm`` -> ``fov03_xanessoc01``;
+    ``rep01_2016_ssrl-test-data_08324.0_eV_001of003.xrm`` -> ``rep01_2016_ssrl-test-data``)."""
+    stem = _ENERGY_IN_NAME.sub("", path.stem)
+    stem = _REPEAT_IN_NAME.sub("", stem)
+    return re.sub(r"[_\-.\s]+", "_", stem).strip("_")
+
+
+def _series_of(samples: list[_XradiaFile]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for sample in samples:
+        groups.setdefault(series_key(sample.path), []).append(sample.path.name)
+    return groups
 
 
 def _start_time(samples: list[_XradiaFile]) -> str | None:
