@@ -176,6 +176,11 @@ def add_size_option(parser: argparse.ArgumentParser, name: str = "--pixel-size-u
     )
 
 
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--no-progress``: no progress bar on stderr (for scripts and logs)."""
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def add_settings_options(parser: argparse.ArgumentParser) -> None:
     """``--config`` / ``--data-dir`` also after the verb (``beamwatch import F --data-dir D``),
     for the verbs that read or write the configured Tiled; before the verb they work as well."""

@@ -40,6 +40,7 @@ import numpy as np
 from services.cli import slab_commands
 from services.cli.inputs import (
     INPUT_HELP,
+    add_progress_option,
     add_separator_option,
     as_paths,
     is_beamwatch_layout,
@@ -105,6 +106,7 @@ def register(subparsers: Any) -> None:
     )
     add_separator_option(analyze)
     add_slab_option(analyze)
+    add_progress_option(analyze)
     analyze.set_defaults(func=analyze_command)
 
     export = sub.add_parser(
@@ -280,7 +282,9 @@ def analyze_command(args: argparse.Namespace) -> int:
     particle_model = load_particle_unet(args.weights)
     flaw_model = load_flaw_cnn(args.flaw_weights)
     logger.info("analysing particles in %s %s (%s)", args.input, volume.shape, volume.dtype)
-    with tqdm(total=volume.shape[0], desc="particles", unit="slice") as bar:
+    with tqdm(
+        total=volume.shape[0], desc="particles", unit="slice", disable=args.no_progress
+    ) as bar:
         result = analyze_particles(
             volume,
             crack_mask=cracks,

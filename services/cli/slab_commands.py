@@ -41,6 +41,11 @@ def add_slab_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _quiet(args: argparse.Namespace) -> bool:
+    """``--no-progress`` was given: no progress bar on stderr."""
+    return bool(getattr(args, "no_progress", False))
+
+
 def cli_settings(args: argparse.Namespace) -> BeamwatchSettings:
     overrides = {}
     if getattr(args, "data_dir", None) is not None:
@@ -145,7 +150,9 @@ def reconstruct_command(
     )
     source = ProjectionFile(str(args.input), flat=flat, dark=dark)
     with slab_session(args) as (client, settings, work):
-        with tqdm(total=rows, desc="reconstruct (slabs)", unit="slice") as bar:
+        with tqdm(
+            total=rows, desc="reconstruct (slabs)", unit="slice", disable=_quiet(args)
+        ) as bar:
             result = reconstruct_slabs(
                 client,
                 source,
@@ -187,7 +194,7 @@ def cracks_map_command(args: argparse.Namespace, params: Any, voxel_um: float | 
         )
     volume, shape = _input_volume(args.input)
     with slab_session(args) as (client, settings, work):
-        with tqdm(total=shape[0], desc="cracks (slabs)", unit="slice") as bar:
+        with tqdm(total=shape[0], desc="cracks (slabs)", unit="slice", disable=_quiet(args)) as bar:
             q = map_cracks_slabs(
                 client,
                 volume,
@@ -283,7 +290,9 @@ def particles_analyze_command(
             )
         cracks = VolumeRef(str(args.cracks), "/cracks/mask")
     with slab_session(args) as (client, settings, work):
-        with tqdm(total=shape[0], desc="particles (slabs)", unit="slice") as bar:
+        with tqdm(
+            total=shape[0], desc="particles (slabs)", unit="slice", disable=_quiet(args)
+        ) as bar:
             result = analyze_particles_slabs(
                 client,
                 volume,

@@ -47,6 +47,7 @@ import numpy as np
 from services.cli import slab_commands
 from services.cli.inputs import (
     INPUT_HELP,
+    add_progress_option,
     add_separator_option,
     add_size_option,
     as_paths,
@@ -122,6 +123,7 @@ def register(subparsers: Any) -> None:
     )
     add_size_option(rec)
     add_slab_option(rec)
+    add_progress_option(rec)
     rec.set_defaults(func=reconstruct_command)
 
     cracks = subparsers.add_parser("cracks", help="crack segmentation and damage maps")
@@ -154,6 +156,7 @@ def register(subparsers: Any) -> None:
     add_size_option(cmap, "--voxel-size-um")
     add_separator_option(cmap)
     add_slab_option(cmap)
+    add_progress_option(cmap)
     cmap.set_defaults(func=cracks_map_command)
 
 
@@ -283,7 +286,9 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         axis,
         args.filter_name,
     )
-    with tqdm(total=projections.shape[1], desc="reconstruct", unit="slice") as bar:
+    with tqdm(
+        total=projections.shape[1], desc="reconstruct", unit="slice", disable=args.no_progress
+    ) as bar:
         volume = reconstruct(
             projections, angles, flat=flat, dark=dark, params=params, progress=bar.update
         )
@@ -359,7 +364,7 @@ def cracks_map_command(args: argparse.Namespace) -> int:
         logger.error("--weights %s: %s", args.weights, exc)
         return EXIT_BAD_INPUT
     logger.info("mapping cracks in %s %s (%s)", args.input, volume.shape, volume.dtype)
-    with tqdm(total=volume.shape[0], desc="cracks", unit="slice") as bar:
+    with tqdm(total=volume.shape[0], desc="cracks", unit="slice", disable=args.no_progress) as bar:
         result = map_cracks(volume, params, model=model, progress=bar.update)
     q = result.quantification
     with h5py.File(args.output, "w") as out:

@@ -226,3 +226,15 @@ def test_export_coco_errors(parser, tmp_path: Path, caplog, case: str, message: 
 def test_importing_cli_module_does_not_import_torch() -> None:
     code = "import sys, services.cli.particles; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_no_progress_hides_the_bar(parser, scan: dict[str, Path], tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        parser.parse_args(["particles", "analyze", "--help"])
+    assert "--no-progress" in capsys.readouterr().out
+    assert run(parser, "particles", "analyze", scan["volume"], "-o", tmp_path / "a.h5") == 0
+    assert "particles: 100%" in capsys.readouterr().err  # the bar tqdm draws on stderr
+    argv = ["particles", "analyze", scan["volume"], "-o", tmp_path / "b.h5", "--no-progress"]
+    assert run(parser, *argv) == 0
+    hidden = capsys.readouterr().err
+    assert "particles:" not in hidden and "%|" not in hidden

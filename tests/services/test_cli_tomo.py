@@ -169,3 +169,23 @@ def test_cracks_map_input_errors(parser, tmp_path: Path, caplog, data, message) 
 def test_importing_cli_module_does_not_import_torch() -> None:
     code = "import sys, services.cli.tomo; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+@pytest.mark.parametrize(
+    ("command", "desc"), [("tomo reconstruct", "reconstruct"), ("cracks map", "cracks")]
+)
+def test_no_progress_hides_the_bar(
+    parser, scan, volume_file: Path, tmp_path: Path, capsys, command: str, desc: str
+) -> None:
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command.split(), "--help"])
+    assert "--no-progress" in capsys.readouterr().out
+    src = write_h5(tmp_path / "proj.h5", scan) if desc == "reconstruct" else volume_file
+    extra = ["--window", "16"] if desc == "cracks" else []
+    assert run(parser, *command.split(), src, "-o", tmp_path / "a.h5", *extra) == 0
+    shown = capsys.readouterr().err
+    assert f"{desc}: 100%" in shown  # the bar tqdm draws on stderr by default
+    argv = [*command.split(), src, "-o", tmp_path / "b.h5", *extra, "--no-progress"]
+    assert run(parser, *argv) == 0
+    hidden = capsys.readouterr().err
+    assert f"{desc}:" not in hidden and "%|" not in hidden
