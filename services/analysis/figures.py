@@ -58,6 +58,43 @@ def map_extent(shape: tuple[int, ...], size_um: float | None) -> list[float]:
     return [0.0, shape[-1] * scale, shape[-2] * scale, 0.0]
 
 
+def draw_map(
+    fig: Any,
+    ax: Any,
+    values: np.ndarray,
+    *,
+    extent: list[float],
+    label: str,
+    why_empty: str,
+    colorbar: dict[str, Any] | None = None,
+    **imshow: Any,
+) -> bool:
+    """Draw the (H, W) map ``values`` on ``ax`` with a colour bar labelled ``label``; return
+    whether it holds a value.
+
+    A map with no finite value gets no image and no colour bar (matplotlib would draw an empty
+    bar from -0.1 to 0.1) but the centred text "no value in this map (``why_empty``)".
+    """
+    if not np.isfinite(values).any():
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_aspect("equal")
+        ax.text(
+            0.5,
+            0.5,
+            f"no value in this map ({why_empty})",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            wrap=True,
+            fontsize=9,
+        )
+        return False
+    im = ax.imshow(values, extent=extent, **imshow)
+    fig.colorbar(im, ax=ax, label=label, **(colorbar or {}))
+    return True
+
+
 def finite_or_none(value: Any) -> float | None:
     """A float for metadata, None where the value is unknown (NaN / inf)."""
     number = float(value)

@@ -43,6 +43,7 @@ import numpy as np
 
 from services.analysis.figures import (
     Drawer,
+    draw_map,
     finite_or_none,
     length_unit,
     map_extent,
@@ -114,8 +115,16 @@ def crack_figures(
     def density_map(values: np.ndarray, z: int, what: str, cmap: str) -> Drawer:
         def draw(fig: Any) -> None:
             ax = fig.add_subplot(111)
-            im = ax.imshow(values[z], cmap=cmap, vmin=0, extent=extent)
-            fig.colorbar(im, ax=ax, label=f"{what} share of the {window} window")
+            draw_map(
+                fig,
+                ax,
+                values[z],
+                extent=extent,
+                label=f"{what} share of the {window} window",
+                why_empty="NaN everywhere in this slice",
+                cmap=cmap,
+                vmin=0,
+            )
             side = "separator" if z == z_top else "current collector"
             ax.set_title(f"{what} density, slice {z} ({depth[z]:.3g} {unit}, {side} side)")
             ax.set_xlabel(f"x ({unit})")

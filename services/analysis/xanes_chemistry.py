@@ -44,7 +44,7 @@ from typing import Any, Protocol, overload
 
 import numpy as np
 
-from services.analysis.figures import Drawer, length_unit, map_extent, publish_figures
+from services.analysis.figures import Drawer, draw_map, length_unit, map_extent, publish_figures
 from services.analysis.results import ResultWriter
 from services.core.layout import XANES, Status
 
@@ -379,18 +379,39 @@ def _write_clusters(
     }, clusters
 
 
+#: Why an LCF fraction or R-factor map has no value.
+WHY_NO_FIT = "NaN everywhere: no particle pixel with a spectrum to fit"
+
+
 def _lcf_figure(maps: Any, names: list[str], extent: list[float], unit: str) -> Drawer:
     def draw(fig: Any) -> None:
         axes = fig.subplots(1, len(names) + 1, squeeze=False)[0]
         for k, name in enumerate(names):
-            im = axes[k].imshow(maps.fraction_map[k], vmin=0.0, vmax=1.0, extent=extent)
-            fig.colorbar(im, ax=axes[k], shrink=0.7)
+            draw_map(
+                fig,
+                axes[k],
+                maps.fraction_map[k],
+                extent=extent,
+                label="",
+                why_empty=WHY_NO_FIT,
+                colorbar={"shrink": 0.7},
+                vmin=0.0,
+                vmax=1.0,
+            )
             values = maps.fraction_map[k][np.isfinite(maps.fraction_map[k])]
             mean = f"mean {values.mean():.2f}" if values.size else "none"
             axes[k].set_title(f"fraction {name}: {mean}", fontsize=8)
         r_map = maps.r_factor_map
-        im = axes[-1].imshow(r_map, cmap="magma", extent=extent)
-        fig.colorbar(im, ax=axes[-1], shrink=0.7)
+        draw_map(
+            fig,
+            axes[-1],
+            r_map,
+            extent=extent,
+            label="",
+            why_empty=WHY_NO_FIT,
+            colorbar={"shrink": 0.7},
+            cmap="magma",
+        )
         finite = r_map[np.isfinite(r_map)]
         median = f"median {np.median(finite):.2g}" if finite.size else "none"
         axes[-1].set_title(f"R-factor: {median}", fontsize=8)

@@ -24,6 +24,7 @@ import numpy as np
 
 from services.analysis.figures import (
     Drawer,
+    draw_map,
     finite_or_none,
     length_unit,
     map_extent,
@@ -44,6 +45,37 @@ def pixel_size(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return size if np.isfinite(size) and size > 0 else None
+
+
+#: Why a pixel of the edge / white-line map has no value (pipelines.xanes.tracker).
+WHY_NO_ENERGY = (
+    "NaN everywhere: no particle found in 8 frames or more, no frame in the pre- or post-edge "
+    "window, or an edge jump below the masking thresholds"
+)
+
+
+def energy_map(values: np.ndarray, title: str, extent: list[float], unit: str) -> Drawer:
+    """Figure of an (H, W) energy map in eV (edge or white line); a map without any value
+    shows why instead of an empty colour bar."""
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot(111)
+        draw_map(
+            fig,
+            ax,
+            values,
+            extent=extent,
+            label=f"{title} (eV)",
+            why_empty=WHY_NO_ENERGY,
+            cmap="viridis",
+        )
+        ax.set_xlabel(f"x ({unit})")
+        ax.set_ylabel(f"y ({unit})")
+        finite = values[np.isfinite(values)]
+        spread = f"mean {finite.mean():.2f} eV, sd {finite.std():.2f} eV" if finite.size else "none"
+        ax.set_title(f"{title}: {spread}", fontsize=9)
+
+    return draw
 
 
 def xanes_figures(
@@ -114,21 +146,6 @@ def xanes_figures(
         ax.set_ylabel(f"y ({unit})")
         ax.set_title("particle tracks (frame-0 geometry)")
 
-    def energy_map(values: np.ndarray, title: str) -> Drawer:
-        def draw(fig: Any) -> None:
-            ax = fig.add_subplot(111)
-            im = ax.imshow(values, cmap="viridis", extent=extent)
-            fig.colorbar(im, ax=ax, label=f"{title} (eV)")
-            ax.set_xlabel(f"x ({unit})")
-            ax.set_ylabel(f"y ({unit})")
-            finite = values[np.isfinite(values)]
-            spread = (
-                f"mean {finite.mean():.2f} eV, sd {finite.std():.2f} eV" if finite.size else "none"
-            )
-            ax.set_title(f"{title}: {spread}", fontsize=9)
-
-        return draw
-
     def motion(fig: Any) -> None:
         axes = fig.subplots(2, 2, sharex=True).ravel()
         panels = [
@@ -180,8 +197,11 @@ def xanes_figures(
     drawers: list[tuple[str, Drawer]] = [
         ("drift", drift),
         ("tracks", tracks),
-        ("edge_energy", energy_map(final.edge_energy, "edge energy at 50 % of the jump")),
-        ("whiteline_energy", energy_map(final.whiteline_energy, "white-line energy")),
+        (
+            "edge_energy",
+            energy_map(final.edge_energy, "edge energy at 50 % of the jump", extent, unit),
+        ),
+        ("whiteline_energy", energy_map(final.whiteline_energy, "white-line energy", extent, unit)),
         ("kinematics", (motion, (8.0, 6.0))),
         ("ssim", ssim),
     ]
