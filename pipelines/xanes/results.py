@@ -103,6 +103,10 @@ class XanesResult:
         ``(H, W)`` float32 OD edge jump, NaN outside particles.
     spectra : numpy.ndarray
         ``(P, N)`` float64 mean normalised absorbance per particle in frame order.
+    spectra_raw : numpy.ndarray
+        ``(P, N)`` float64 mean background-free optical density of each particle's pixels in
+        frame order, before normalisation: known wherever the particle was found, also when
+        the spectrum cannot be normalised (NaN where not found).
     rois : list of ParticleRoi
         ROI box of every particle.
     aligned_stacks : list of numpy.ndarray
@@ -124,5 +128,6 @@ class XanesResult:
     spread: np.ndarray = field(default_factory=lambda: np.zeros(0))
     trusted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     partial: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    spectra_raw: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     rois: list[ParticleRoi] = field(default_factory=list)
     aligned_stacks: list[np.ndarray] = field(default_factory=list)

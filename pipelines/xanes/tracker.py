@@ -214,10 +214,13 @@ class XanesTracker:
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
         spectra = np.full((n_p, n), np.nan)
+        spectra_raw = np.full((n_p, n), np.nan)
         stacks: list[np.ndarray] = []
         for k, particle in enumerate(self._particles):
             stack = self._particle_stack(k)
             stacks.append(stack)
+            if particle.roi.mask.any():
+                spectra_raw[k] = stack[:, particle.roi.mask].astype(np.float64).mean(axis=1)
             self._particle_maps(k, particle, stack, energies, edge, white, jump_map, spectra)
         return XanesResult(
             labels=self._labels.copy(),
@@ -230,6 +233,7 @@ class XanesTracker:
             whiteline_energy=white,
             edge_jump=jump_map,
             spectra=spectra,
+            spectra_raw=spectra_raw,
             n_found=n_found,
             spread=spread,
             trusted=trusted,

@@ -9,7 +9,8 @@ Writes under ``analysis/<run uid>/xanes/``:
 ``particles``             table per particle per frame: frame, particle, com_y, com_x,
                           shift_y, shift_x, ssim
 after the last frame:     ``labels`` (H, W) int32, ``edge_energy`` / ``whiteline_energy``
-                          (H, W) float32 eV, ``spectra`` (P, N), ``energy`` (N,),
+                          (H, W) float32 eV, ``spectra`` (P, N) normalised,
+                          ``spectra_raw`` (P, N) mean optical density, ``energy`` (N,),
                           ``aligned/particle_<k>`` (N, h, w) aligned ROI stacks,
                           ``deformation`` table across the operando series so far,
                           ``figures/<name>`` RGB images (PNG files under the data dir) and
@@ -521,6 +522,7 @@ class XanesLivePipeline:
             units="eV",
         )
         out.array(XANES.spectra, final.spectra, dims=["particle", "frame"])
+        out.array(XANES.spectra_raw, final.spectra_raw, dims=["particle", "frame"])
         out.array(XANES.energy, final.energies, dims=["frame"], units="eV")
         for k, stack in enumerate(final.aligned_stacks):
             out.array(

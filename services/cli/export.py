@@ -6,8 +6,9 @@ From the HDF5 files ``tomo reconstruct``, ``cracks map``, ``particles analyze`` 
 - volumes, masks and labels as TIFF stacks (Fiji/ImageJ hyperstacks with the voxel size in um
   when it is known; labels above 65535 as plain 32-bit TIFF, which Avizo and Dragonfly read);
 - every table as CSV (vector fields spread over numbered columns);
-- per-particle XANES spectra as two-column text (``energy_eV absorbance``, ``#`` comments), as
-  Athena and Larch read them.
+- per-particle XANES spectra as column text (``energy_eV mu_norm mu_raw``, ``#`` comments), as
+  Athena and Larch read them: mu_norm is NaN where the spectrum is not normalisable, mu_raw
+  (the mean optical density) is there all the same.
 
 Nothing is guessed: without a voxel size the TIFFs carry none and the CSV lengths stay in px.
 """
@@ -53,9 +54,9 @@ def register(subparsers: Any) -> None:
     """Add ``export`` to an argparse sub-parsers object."""
     export = subparsers.add_parser(
         "export",
-        help="TIFF stacks, CSV tables and two-column spectra of result files or of runs in Tiled",
+        help="TIFF stacks, CSV tables and spectra text of result files or of runs in Tiled",
         description="Write the volumes, masks, labels (TIFF), tables (CSV) and XANES spectra "
-        "(two-column text for Athena/Larch) of the HDF5 files the offline commands write, or "
+        "(column text for Athena/Larch) of the HDF5 files the offline commands write, or "
         "of a run's analysis results in the configured Tiled (--run UID).",
     )
     export.add_argument("input", type=Path, nargs="*", help="result HDF5 files")
@@ -157,6 +158,7 @@ def _export_spectra(h5: Any, prefix: Path, written: list[Path]) -> None:
         prefix,
         source="beamwatch xanes align",
         found=found,
+        raw=xanes["spectra_raw"][()] if "spectra_raw" in xanes else None,
     )
 
 

@@ -4,7 +4,8 @@
 - :func:`write_tiff`: TIFF stacks (Fiji/ImageJ hyperstacks with the voxel size in um when it is
   known; other dtypes, e.g. labels above 65535, as plain TIFF);
 - :func:`write_csv`: tables as CSV (vector fields spread over numbered columns);
-- :func:`write_spectra`: per-particle XANES spectra as two-column text for Athena and Larch.
+- :func:`write_spectra`: per-particle XANES spectra as column text (``energy_eV mu_norm
+  mu_raw``) for Athena and Larch.
 """
 
 from __future__ import annotations
@@ -83,36 +84,57 @@ def write_spectra(
     *,
     source: str,
     found: np.ndarray | None = None,
+    raw: np.ndarray | None = None,
 ) -> list[Path]:
-    """Each particle's mean spectrum as two-column text (``energy_eV absorbance``), NaN frames
-    left out and counted in a comment, as Athena and Larch read it.
+    """Each particle's mean spectrum as column text, as Athena and Larch read it: ``#``
+    comments, the last of them naming the columns ``energy_eV mu_norm mu_raw``.
+
+    ``mu_norm`` is the mean normalised absorbance (NaN where the spectrum is not normalisable,
+    e.g. no frame in the pre-edge or post-edge window, or too few frames), ``mu_raw`` (``raw``,
+    (P, N)) the particle's mean optical density before normalisation, so a particle whose
+    normalisation failed still has a spectrum to read (NaN when the result holds no raw
+    spectra). Frames with neither value (or no energy) are left out and counted in a comment.
 
     ``found`` (P, N) bool, when given, says in which frames each particle was found (finite
     ``particle_com``), so the comment tells a particle not found from a spectrum that has no
-    value although the particle was there (not normalisable: e.g. no frame in the pre-edge or
-    post-edge window)."""
+    value although the particle was there."""
     written = []
-    for k, spectrum in enumerate(np.asarray(spectra)):
-        keep = np.isfinite(spectrum) & np.isfinite(energy)
+    energy = np.asarray(energy, dtype=np.float64)
+    normalised_all = np.asarray(spectra, dtype=np.float64)
+    raw_all = None if raw is None else np.asarray(raw, dtype=np.float64)
+    if raw_all is not None and raw_all.shape != normalised_all.shape:
+        raw_all = None
+    for k, normalised in enumerate(normalised_all):
+        mu_raw = np.full_like(normalised, np.nan) if raw_all is None else raw_all[k]
+        has_norm = np.isfinite(normalised) & np.isfinite(energy)
+        keep = (has_norm | np.isfinite(mu_raw)) & np.isfinite(energy)
         path = prefix.with_name(f"{prefix.name}_particle_{k + 1:03d}.txt")
-        left = int((~keep).sum())
+        no_norm = int((~has_norm).sum())
         if found is None:
             why = "particle not found or spectrum not normalisable (NaN)"
         else:
-            missing = int((~keep & ~np.asarray(found[k], dtype=bool)).sum())
+            missing = int((~has_norm & ~np.asarray(found[k], dtype=bool)).sum())
             why = (
                 f"particle not found in {missing}; found but without a normalised absorbance "
-                f"in {left - missing} (NaN: e.g. no frame in the pre-edge or post-edge window)"
+                f"in {no_norm - missing} (NaN: e.g. no frame in the pre-edge or post-edge window)"
             )
+        raw_note = (
+            "mean optical density before normalisation"
+            if raw_all is not None
+            else "not in this result (NaN)"
+        )
         header = (
-            f"# {source}: particle {k + 1} (label {k + 1}), mean normalised "
-            f"absorbance\n# {left} of {keep.size} frames left out: {why}\n"
-            "# energy_eV absorbance\n"
+            f"# {source}: particle {k + 1} (label {k + 1}), mean absorbance of its pixels\n"
+            f"# {no_norm} of {has_norm.size} frames without mu_norm: {why}\n"
+            f"# {int((~keep).sum())} of {keep.size} frames left out (no value at all)\n"
+            "# energy_eV: energy (eV); mu_norm: normalised absorbance (NaN when not "
+            f"normalisable); mu_raw: {raw_note}\n"
+            "# energy_eV mu_norm mu_raw\n"
         )
         with open(path, "w") as fh:
             fh.write(header)
-            for e, a in zip(energy[keep], spectrum[keep], strict=True):
-                fh.write(f"{e:.4f} {a:.8g}\n")
+            for e, a, r in zip(energy[keep], normalised[keep], mu_raw[keep], strict=True):
+                fh.write(f"{e:.4f} {a:.8g} {r:.8g}\n")
         written.append(path)
     return written
 

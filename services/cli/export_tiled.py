@@ -8,7 +8,7 @@ included) gives, with the prefix ``<uid>_<pipeline>``:
   size in um when the analysis states one; none when it does not);
 - every table as CSV (``_<table>.csv``), and the crack numbers per slice
   (``_cracks_by_slice.csv``: depth, crack / particle area ratio, per-slice fit);
-- each particle's XANES spectrum as two-column text for Athena / Larch.
+- each particle's XANES spectrum as column text (energy_eV mu_norm mu_raw) for Athena / Larch.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ def _export_container(node: Any, pipeline: str, prefix: str, output: Path) -> li
                 if XANES.particle_com in node
                 else None
             ),
+            raw=node[XANES.spectra_raw].read() if XANES.spectra_raw in node else None,
         )
     return written
 

@@ -39,6 +39,9 @@ OUTPUT_DATASETS = {
     "NaN outside particles or where the jump is too small",
     "/xanes/whiteline_energy": "float32 (H, W) eV of the white-line maximum, NaN as above",
     "/xanes/spectra": "float64 (P, N): mean normalised absorbance of each particle per frame",
+    "/xanes/spectra_raw": "float64 (P, N): mean optical density of each particle per frame "
+    "before normalisation (background-free); known also where the spectrum is not "
+    "normalisable, NaN where the particle was not found",
     "/xanes/energy": "float64 (N,): energy of each frame (eV), copied from the input",
     "/xanes/ssim": "float64 (P, N): similarity of each aligned particle to its template "
     "(normalised correlation of the outlines; SSIM of the silhouettes with "
@@ -282,6 +285,7 @@ def _write(output: Path, final: Any, chem: Any = None, params: Any = None) -> No
         "/xanes/edge_energy": final.edge_energy.astype(np.float32),
         "/xanes/whiteline_energy": final.whiteline_energy.astype(np.float32),
         "/xanes/spectra": final.spectra.astype(np.float64),
+        "/xanes/spectra_raw": final.spectra_raw.astype(np.float64),
         "/xanes/energy": final.energies.astype(np.float64),
         "/xanes/ssim": final.ssim.astype(np.float64),
         "/xanes/n_found": np.asarray(final.n_found, dtype=np.int64),

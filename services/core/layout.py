@@ -79,6 +79,7 @@ class XanesKeys:
     edge_energy: str = "edge_energy"
     whiteline_energy: str = "whiteline_energy"
     spectra: str = "spectra"
+    spectra_raw: str = "spectra_raw"
     energy: str = "energy"
     aligned: str = "aligned"
     deformation: str = "deformation"

@@ -1,5 +1,6 @@
 """``beamwatch export`` on the files the offline commands write: TIFF stacks that read back equal
-(with the voxel size when known), CSV tables with every row, two-column spectra text."""
+(with the voxel size when known), CSV tables with every row, spectra as column text
+(energy_eV mu_norm mu_raw)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def test_export_xanes_align_result(parser, tmp_path: Path) -> None:
     with h5py.File(result, "r") as h5:
         labels = h5["/xanes/labels"][()]
         spectra = h5["/xanes/spectra"][()]
+        raw = h5["/xanes/spectra_raw"][()]
         energy = h5["/xanes/energy"][()]
         shift = h5["/xanes/global_shift"][()]
     back = read_instrument_files([out / "fxi_xanes_labels.tif"])
@@ -60,15 +62,19 @@ def test_export_xanes_align_result(parser, tmp_path: Path) -> None:
     assert len(texts) == len(spectra) >= 3
     with_data = 0
     for k, path in enumerate(texts):
-        keep = np.isfinite(spectra[k])
-        assert f"# {int((~keep).sum())} of {keep.size} frames left out" in path.read_text()
+        normalised = np.isfinite(spectra[k])
+        keep = normalised | np.isfinite(raw[k])
+        text = path.read_text()
+        assert f"# {int((~normalised).sum())} of {keep.size} frames without mu_norm" in text
+        assert text.splitlines()[4] == "# energy_eV mu_norm mu_raw"  # the column names
         if not keep.any():
             continue
         with_data += 1
         columns = np.loadtxt(path, ndmin=2)  # as Athena / Larch read it: '#' comments
-        assert columns.shape == (int(keep.sum()), 2)
+        assert columns.shape == (int(keep.sum()), 3)
         np.testing.assert_allclose(columns[:, 0], energy[keep])
         np.testing.assert_allclose(columns[:, 1], spectra[k][keep], rtol=1e-7)
+        np.testing.assert_allclose(columns[:, 2], raw[k][keep], rtol=1e-7)
     assert with_data >= 3
     frames = read_csv(out / "fxi_xanes_frames.csv")
     assert [float(r["energy_eV"]) for r in frames] == energy.tolist()
@@ -91,15 +97,46 @@ def test_spectrum_comment_tells_not_found_from_not_normalisable(tmp_path: Path) 
     )
     lines1 = path1.read_text().splitlines()
     assert lines1[1] == (
-        "# 2 of 4 frames left out: particle not found in 1; found but without a normalised "
-        "absorbance in 1 (NaN: e.g. no frame in the pre-edge or post-edge window)"
+        "# 2 of 4 frames without mu_norm: particle not found in 1; found but without a "
+        "normalised absorbance in 1 (NaN: e.g. no frame in the pre-edge or post-edge window)"
     )
-    np.testing.assert_allclose(np.loadtxt(path1, ndmin=2), [[8334.0, 0.2], [8354.0, 1.0]])
+    assert lines1[2] == "# 2 of 4 frames left out (no value at all)"  # no raw spectra given
+    assert "mu_raw: not in this result (NaN)" in lines1[3]
+    np.testing.assert_allclose(
+        np.loadtxt(path1, ndmin=2), [[8334.0, 0.2, np.nan], [8354.0, 1.0, np.nan]]
+    )
     assert "particle not found in 0; found but without a normalised absorbance in 4" in (
         path2.read_text()
     )
     (unknown,) = write_spectra(spectra[:1], energy, tmp_path / "u", source="test")
     assert "particle not found or spectrum not normalisable" in unknown.read_text()
+
+
+def test_spectrum_not_normalisable_keeps_its_raw_optical_density(tmp_path: Path) -> None:
+    """A particle whose normalisation failed (two energies, as the real SSRL folder) still has
+    a spectrum to read: the raw mean optical density, with mu_norm NaN."""
+    from services.cli.export_formats import found_frames, write_spectra
+
+    energy = np.array([8324.0, 8354.0])
+    spectra = np.full((2, 2), np.nan)
+    raw = np.array([[0.31, 1.27], [np.nan, 0.9]])
+    com = np.zeros((2, 2, 2))
+    com[1, 0] = np.nan  # particle 2 not found in frame 0
+    paths = write_spectra(
+        spectra, energy, tmp_path / "s", source="test", found=found_frames(com), raw=raw
+    )
+    first = np.loadtxt(paths[0], ndmin=2)  # as Athena / Larch read it
+    assert first.shape == (2, 3)
+    np.testing.assert_allclose(first[:, 0], energy)
+    assert np.isnan(first[:, 1]).all()
+    np.testing.assert_allclose(first[:, 2], [0.31, 1.27])
+    second = np.loadtxt(paths[1], ndmin=2)
+    np.testing.assert_allclose(second, [[8354.0, np.nan, 0.9]])
+    lines = paths[1].read_text().splitlines()
+    assert lines[2] == "# 1 of 2 frames left out (no value at all)"
+    assert lines[-2] == "# energy_eV mu_norm mu_raw"
+    assert "mu_norm: normalised absorbance (NaN when not normalisable)" in lines[3]
+    assert "mu_raw: mean optical density before normalisation" in lines[3]
 
 
 @pytest.fixture(scope="module")

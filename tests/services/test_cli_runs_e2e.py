@@ -157,14 +157,21 @@ def test_import_ssrl_folder_then_xanes_analysis(cli, tiled_client, capsys, tmp_p
     np.testing.assert_array_equal(np.sort(frames["energy"].to_numpy()), energies)
     spectra = xanes["spectra"].read()
     assert len(list(out.glob(f"{uid}_xanes_particle_*.txt"))) == spectra.shape[0]
-    # two energies only: nothing can be normalised, so the frames are left out and counted
-    lines = (out / f"{uid}_xanes_particle_001.txt").read_text().splitlines()
-    keep = np.isfinite(spectra[0])
-    assert lines[1].startswith(f"# {int((~keep).sum())} of {keep.size} frames left out")
-    rows = [line.split() for line in lines if not line.startswith("#")]
-    values = np.asarray(rows, dtype=float).reshape(-1, 2)
+    # two energies only: nothing can be normalised (mu_norm NaN, counted in a comment), but
+    # the raw mean optical density is there for Athena / Larch to read
+    path = out / f"{uid}_xanes_particle_001.txt"
+    lines = path.read_text().splitlines()
+    normalised = np.isfinite(spectra[0])
+    assert not normalised.any()
+    assert lines[1].startswith(f"# {normalised.size} of {normalised.size} frames without mu_norm")
+    raw = xanes["spectra_raw"].read()
+    keep = np.isfinite(raw[0])
+    assert keep.any()
+    values = np.loadtxt(path, ndmin=2)
+    assert values.shape == (int(keep.sum()), 3)
     np.testing.assert_allclose(values[:, 0], energies[keep])
-    np.testing.assert_allclose(values[:, 1], spectra[0][keep], rtol=1e-7)
+    assert np.isnan(values[:, 1]).all()
+    np.testing.assert_allclose(values[:, 2], raw[0][keep], rtol=1e-7)
 
 
 def test_cli_errors(cli, tmp_path: Path, caplog) -> None:
