@@ -116,3 +116,19 @@ def test_input_validation():
         XanesTracker({"track": {}})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="energies"):
         align_stack(np.ones((3, 16, 16)), np.ones(2))
+
+
+def test_raw_spectra_are_the_mean_optical_density_before_normalisation(synthetic_scan, aligned):
+    from pipelines.xanes.spectra import analyse_spectra
+
+    raw = aligned.spectra_raw
+    assert raw.shape == aligned.spectra.shape and np.all(np.isfinite(raw))
+    for k in range(raw.shape[0]):  # normalising the raw spectrum gives the stored one
+        again = analyse_spectra(synthetic_scan.energies, raw[k], params=XanesParams().spectra)
+        np.testing.assert_allclose(again.normalised, aligned.spectra[k], rtol=1e-5, atol=1e-6)
+    # four frames cannot be normalised, the raw optical density is still known
+    scan = synthetic_scan
+    short = align_stack(scan.frames[:4], scan.energies[:4], flat=scan.flat, dark=scan.dark)
+    assert np.isnan(short.spectra).all()
+    assert short.spectra_raw.shape == short.spectra.shape
+    assert np.isfinite(short.spectra_raw).all()
