@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def draw_map(
     whether it holds a value.
 
     A map with no finite value gets no image and no colour bar (matplotlib would draw an empty
-    bar from -0.1 to 0.1) but the centred text "no value in this map (``why_empty``)".
+    bar from -0.1 to 0.1) but the centred text "no value in this map (``why_empty``)", wrapped
+    to stay inside the axes.
     """
     if not np.isfinite(values).any():
         ax.set_xlim(extent[0], extent[1])
@@ -82,17 +84,22 @@ def draw_map(
         ax.text(
             0.5,
             0.5,
-            f"no value in this map ({why_empty})",
+            textwrap.fill(f"no value in this map ({why_empty})", width=_characters_across(fig, ax)),
             transform=ax.transAxes,
             ha="center",
             va="center",
-            wrap=True,
             fontsize=9,
         )
         return False
     im = ax.imshow(values, extent=extent, **imshow)
     fig.colorbar(im, ax=ax, label=label, **(colorbar or {}))
     return True
+
+
+def _characters_across(fig: Any, ax: Any, fontsize: float = 9.0) -> int:
+    """About how many characters of ``fontsize`` points fit across the axes."""
+    width_in = ax.get_position().width * fig.get_figwidth()
+    return max(16, int(width_in * 72 / (0.6 * fontsize)) - 6)
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -23,7 +23,7 @@ def fig() -> Figure:
 
 
 def _texts(figure: Figure) -> list[str]:
-    return [t.get_text() for ax in figure.axes for t in ax.texts]
+    return [t.get_text().replace("\n", " ") for ax in figure.axes for t in ax.texts]
 
 
 def test_all_nan_energy_map_says_why_and_has_no_colour_bar(fig: Figure) -> None:
