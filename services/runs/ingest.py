@@ -458,6 +458,10 @@ class RawRunRouter(RunRouter):
         return np.full(shape, fill, dtype=dtype)
 
 
+#: key marking the stop the raw path writes for a run whose stop was lost
+STAND_IN_STOP_KEY = "beamwatch_stop_lost"
+
+
 def _synthetic_stop(run_uid: str) -> dict[str, Any]:
     import uuid
 
@@ -468,4 +472,7 @@ def _synthetic_stop(run_uid: str) -> dict[str, Any]:
         "exit_status": "fail",
         "reason": "beamwatch: stop document lost on the bus (run idle past the timeout)",
         "num_events": {},
+        # a stand-in, not the RunEngine's stop: its (empty) num_events counts nothing, so a
+        # consumer that looks here for a lost stop must not take it (services.runtime.consumer)
+        STAND_IN_STOP_KEY: True,
     }

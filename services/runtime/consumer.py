@@ -39,7 +39,7 @@ from services.core.identifiers import InvalidIdentifier, check_uid
 from services.core.layout import ANALYSIS, RAW, MetadataKeys, RawStatus, Status
 from services.core.metrics import Metrics
 from services.core.settings import BeamwatchSettings
-from services.runs.ingest import RawRunRouter
+from services.runs.ingest import STAND_IN_STOP_KEY, RawRunRouter
 from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.runtime.doc_queue import DocumentQueue
@@ -504,7 +504,10 @@ class Consumer:
                 "stop of an idle run not found in Tiled", exc_info=True, extra={"run_uid": run_uid}
             )
             return None
-        return dict(stop) if stop else None
+        if not stop or stop.get(STAND_IN_STOP_KEY):
+            # raw/ lost the stop too: its stand-in stop counts no Events
+            return None
+        return dict(stop)
 
     def _raw_events(self, run_uid: str, stream: str, seq_nums: list[int]) -> dict[int, RawEvent]:
         """The Events of a stream as ``raw/<uid>`` holds them, for frames lost on the bus.

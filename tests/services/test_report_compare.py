@@ -72,7 +72,11 @@ def test_two_runs_overlaid_in_one_report(two_runs, tiled_client) -> None:
         assert particles.metadata["status"] == "complete", particles.metadata
         assert particles.metadata["length_unit"] == "um"
         table = particles["table"].read()
-        assert (~table["touches_border"]).sum() >= 2  # the numbers below are not vacuous
+        # the numbers below are not vacuous: at least one whole particle. Only a few: of the
+        # 94 simulated particles (22 whole), the pipeline finds 17 to 22 and 1 to 5 whole
+        # (measured 2026-11-30; the learned-envelope merge joins one more pair in the cycled
+        # scan): 12 px particles are at the small end of what it handles (issue 13)
+        assert (~table["touches_border"]).sum() >= 1
         check_particle_numbers(particles, table, VOXEL_UM)
 
     page = build_report(tiled_client, order)
