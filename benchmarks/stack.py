@@ -31,10 +31,19 @@ PING = PING_NAME.decode()
 ALL_CHILDREN = ("tiled", "proxy", "consumer-raw", "consumer-analysis", "web")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now that no earlier call returned (the kernel may give one port to
+    two ``bind(0)`` calls in a row: two children on one port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def write_config(data_dir: Path, **extra: Any) -> Path:

@@ -37,10 +37,25 @@ SHARED_DATA = _shared_data()
 BIN = Path(sys.executable).parent
 
 
+#: ports free_port() has handed out in this test session
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now that no earlier call of this session returned.
+
+    The kernel may give the same ephemeral port to two ``bind(0)`` calls in a row once the
+    first socket is closed: a fresh clone's ``up`` once got one port for Tiled and for a
+    consumer's metrics, and the test's Tiled client read Prometheus text where it expected
+    JSON. Each port is handed out once.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(
