@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ports import free_port
 from services.core import serialization
 from services.core.logs import configure_logging
 from services.core.settings import BeamwatchSettings, load_settings
@@ -38,12 +38,6 @@ from services.core.settings import BeamwatchSettings, load_settings
 logger = logging.getLogger("benchmarks.bus_throughput")
 
 GOAL_DOCS_PER_S = 2000.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def documents(n_events: int) -> list[tuple[str, dict[str, Any]]]:
@@ -206,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=tmp,
             bus={
                 "mode": "nats",
-                "in_address": f"tcp://127.0.0.1:{_free_port()}",
-                "out_address": f"tcp://127.0.0.1:{_free_port()}",
+                "in_address": f"tcp://127.0.0.1:{free_port()}",
+                "out_address": f"tcp://127.0.0.1:{free_port()}",
             },
-            nats={"port": _free_port(), "bridge_metrics_port": 0},
+            nats={"port": free_port(), "bridge_metrics_port": 0},
         )
         from services.bus.nats_server import nats_command
 

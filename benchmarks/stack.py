@@ -10,7 +10,6 @@ beside a ``beamwatch up`` or a test session on the same machine. The children's 
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 import yaml
 
+from benchmarks.ports import free_port
 from services.bus.subscriber import PING_NAME, wait_until_delivered
 from services.core import serialization
 from services.core.settings import BeamwatchSettings, load_settings
@@ -29,21 +29,6 @@ from services.runtime.supervisor import Supervisor, child_specs, wait_for_tiled
 PING = PING_NAME.decode()
 #: child names of ``beamwatch up`` (see ``services.runtime.supervisor.child_specs``)
 ALL_CHILDREN = ("tiled", "proxy", "consumer-raw", "consumer-analysis", "web")
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port free now that no earlier call returned (the kernel may give one port to
-    two ``bind(0)`` calls in a row: two children on one port)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def write_config(data_dir: Path, **extra: Any) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import models  # noqa: F401  (sets the OpenMP wait policy before torch loads, as in services)
+from benchmarks.ports import free_port
 from tests.backends import (
     BACKENDS,
     ProductionServices,
@@ -35,27 +36,6 @@ def _shared_data() -> Path:
 
 SHARED_DATA = _shared_data()
 BIN = Path(sys.executable).parent
-
-
-#: ports free_port() has handed out in this test session
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port free now that no earlier call of this session returned.
-
-    The kernel may give the same ephemeral port to two ``bind(0)`` calls in a row once the
-    first socket is closed: a fresh clone's ``up`` once got one port for Tiled and for a
-    consumer's metrics, and the test's Tiled client read Prometheus text where it expected
-    JSON. Each port is handed out once.
-    """
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def wait_until(
