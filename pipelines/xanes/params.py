@@ -186,6 +186,31 @@ class TrackParams(_Params):
             "scan's binned OD frames in memory); the live per-frame results are unchanged"
         ),
     )
+    post_edge_pass: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "edge: at finalize, register every frame of each whole particle again against its "
+            "outline in its last registered frame (the clearest, past the absorption edge) and "
+            "re-anchor the shifts at frame 0 (:mod:`pipelines.xanes.post_edge`). auto: only "
+            "when the background stays still in the detector frame while the sample drifts "
+            "(zone-plate rings that pull faint particles towards zero shift); keeps the scan's "
+            "binned OD frames in memory (float16); the live per-frame results are unchanged"
+        ),
+    )
+    post_edge_static_corr: float = Field(
+        default=0.4,
+        ge=-1,
+        le=1,
+        description=(
+            "edge: auto post-edge pass when the band-passed background of frame 0 and of the "
+            "most drifted frame correlate at least this much where they are (detector frame) "
+            "and more than where the sample took them"
+        ),
+    )
+    post_edge_min_drift_px: PositiveFloat = Field(
+        default=1.0,
+        description="edge: auto post-edge pass only when the drift reached this many px",
+    )
     static_refine_rounds: PositiveInt = Field(
         default=3, description="edge: alternations of the static-pattern fit and registration"
     )

@@ -45,6 +45,11 @@ from pipelines.xanes.kernels import (
 )
 from pipelines.xanes.match import match_particles
 from pipelines.xanes.params import XanesParams
+from pipelines.xanes.post_edge import (
+    BackgroundMotion,
+    background_stays_still,
+    reanchored_shifts,
+)
 from pipelines.xanes.prepare import (
     average_frames,
     incident_counts,
@@ -127,6 +132,8 @@ class XanesTracker:
         self._redetections = 0
         # binned OD of every frame, for the static-pattern refinement at finalize
         self._edge_ods: list[np.ndarray] = []
+        self._background_motion: BackgroundMotion | None = None
+        self._post_edge_applied = False
         workers = params.track.workers
         self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
 
@@ -207,9 +214,15 @@ class XanesTracker:
         spread = np.array([r.spread for r in self._results], dtype=np.float64)
         trusted = np.array([r.trusted for r in self._results], dtype=bool)
         if self._edge_ods and len(self._edge_ods) == n:
-            shift = self._static_refined_shifts(shift)
-            com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
-            global_shift, n_found, spread = self._global_from_shifts(shift)
+            refined = shift
+            if self._post_edge_applies(global_shift):
+                refined = self._post_edge_shifts(refined, global_shift)
+            if self.params.track.static_refine:
+                refined = self._static_refined_shifts(refined)
+            if refined is not shift:
+                shift = refined
+                com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
+                global_shift, n_found, spread = self._global_from_shifts(shift)
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -242,10 +255,105 @@ class XanesTracker:
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
         )
 
+    @property
+    def background_motion(self) -> BackgroundMotion | None:
+        """How the background moved in the scan (set by :meth:`finalize` when
+        ``track.post_edge_pass="auto"`` measured it; None otherwise)."""
+        return self._background_motion
+
+    @property
+    def post_edge_applied(self) -> bool:
+        """Whether :meth:`finalize` re-registered the particles on their post-edge outline."""
+        return self._post_edge_applied
+
     def _keep_edge_od(self, edges: FrameEdges) -> None:
         tp = self.params.track
-        if tp.static_refine and tp.registration == "edge":
+        if tp.registration != "edge":
+            return
+        if tp.static_refine:
             self._edge_ods.append(np.asarray(edges.od, dtype=np.float32))
+        elif tp.post_edge_pass != "off":
+            # half the memory; the OD's noise is far above float16's resolution
+            self._edge_ods.append(np.asarray(edges.od, dtype=np.float16))
+
+    def _post_edge_applies(self, global_shift: np.ndarray) -> bool:
+        """``track.post_edge_pass``: on, off, or auto (the background stays still while the
+        sample drifted at least ``post_edge_min_drift_px``, :func:`background_stays_still`)."""
+        tp = self.params.track
+        self._post_edge_applied = False
+        if tp.post_edge_pass == "off" or tp.registration != "edge":
+            return False
+        if tp.post_edge_pass == "on":
+            return True
+        assert self._labels is not None and self._shape is not None
+        magnitude = np.hypot(global_shift[:, 0], global_shift[:, 1])
+        magnitude = np.where(np.isfinite(magnitude), magnitude, -1.0)
+        farthest = int(np.argmax(magnitude))
+        if magnitude[farthest] < tp.post_edge_min_drift_px:
+            return False
+        b = max(1, round(self._shape[0] / self._edge_ods[0].shape[0]))
+        first = np.asarray(self._edge_ods[0], dtype=np.float32)
+        second = np.asarray(self._edge_ods[farthest], dtype=np.float32)
+        particles = block_mean(self._labels > 0, b)[: first.shape[0], : first.shape[1]] > 0
+        motion = background_stays_still(
+            first, second, particles, global_shift[farthest] / b, margin_px=max(2, 12 // b)
+        )
+        self._background_motion = motion
+        return bool(
+            motion.still_corr >= tp.post_edge_static_corr
+            and motion.still_corr > motion.moving_corr
+        )
+
+    def _post_edge_shifts(self, shift: np.ndarray, global_shift: np.ndarray) -> np.ndarray:
+        """Every whole particle registered again in the frames it was found in, against its
+        outline in the last of them, re-anchored at frame 0 (:mod:`pipelines.xanes.post_edge`).
+
+        A particle that joined later gets its frame-0 place from the same registration (not
+        from its join frame's global shift). Particles cut by the frame border, and particles
+        whose frame 0 does not register (faint, the outline does not correlate), keep their
+        live shifts; so does any frame the new template does not register.
+        """
+        tp = self.params.track
+        assert self._shape is not None
+        b = max(1, round(self._shape[0] / self._edge_ods[0].shape[0]))
+        cache: dict[int, FrameEdges] = {}
+
+        def edges_of(i: int) -> FrameEdges:
+            if i not in cache:
+                cache[i] = FrameEdges.from_binned(self._edge_ods[i], b)
+            return cache[i]
+
+        iterations = max(4, tp.refine_iterations)
+        out = shift.copy()
+        for k, particle in enumerate(self._particles):
+            edge = particle.edge
+            if edge is None or edge.model is None or edge.partial:
+                continue
+            found = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
+            if found.size < 2:
+                continue
+            last = int(found[-1])
+            template = edge.renewed(edges_of(last), shift[k, last])
+            if template.model is None:
+                continue
+            registered = np.full((shift.shape[1], 2), np.nan)
+            for i in sorted({0, *found.tolist()}):
+                predicted = shift[k, i] if np.all(np.isfinite(shift[k, i])) else global_shift[i]
+                if not np.all(np.isfinite(predicted)):
+                    continue
+                outcome = template.register(edges_of(i), predicted, iterations)
+                if outcome is None:
+                    continue
+                s, ncc, _ = outcome
+                if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted) <= tp.max_jump_px):
+                    registered[i] = s
+            anchored = reanchored_shifts(registered)
+            if anchored is None:
+                continue
+            keep = np.all(np.isfinite(anchored), axis=1) & np.all(np.isfinite(shift[k]), axis=1)
+            out[k, keep] = anchored[keep]
+        self._post_edge_applied = True
+        return out
 
     def _static_refined_shifts(self, shift: np.ndarray) -> np.ndarray:
         """Every particle's shifts refined with the static pattern of its window fitted out
