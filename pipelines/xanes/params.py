@@ -197,6 +197,25 @@ class TrackParams(_Params):
             "binned OD frames in memory (float16); the live per-frame results are unchanged"
         ),
     )
+    reanchor_renewal: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "edge, live: when a whole particle's outline template is renewed (the outline got "
+            "clearer past the edge), place the new template by registering frame 0 against it "
+            "instead of by the shift just measured against the old one (a faint particle under "
+            "still rings is pulled towards zero shift, and that error would stay). auto: once "
+            "the background is seen to stay still in the detector frame (as post_edge_pass)"
+        ),
+    )
+    max_partial_deviation_px: PositiveFloat | None = Field(
+        default=2.0,
+        description=(
+            "a particle cut by the frame border is not found (NaN) in a frame where its shift "
+            "is farther than this from the global shift of at least 3 whole particles (its "
+            "outline is incomplete; such a departure is a registration held by the border or "
+            "the rings, not deformation); None: never"
+        ),
+    )
     post_edge_static_corr: float = Field(
         default=0.4,
         ge=-1,

@@ -133,6 +133,8 @@ class XanesTracker:
         # binned OD of every frame, for the static-pattern refinement at finalize
         self._edge_ods: list[np.ndarray] = []
         self._background_motion: BackgroundMotion | None = None
+        self._first_edges: FrameEdges | None = None
+        self._still_live: bool | None = None
         self._post_edge_applied = False
         workers = params.track.workers
         self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
@@ -221,8 +223,8 @@ class XanesTracker:
                 refined = self._static_refined_shifts(refined)
             if refined is not shift:
                 shift = refined
-                com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
                 global_shift, n_found, spread = self._global_from_shifts(shift)
+                com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -300,8 +302,7 @@ class XanesTracker:
         )
         self._background_motion = motion
         return bool(
-            motion.still_corr >= tp.post_edge_static_corr
-            and motion.still_corr > motion.moving_corr
+            motion.still_corr >= tp.post_edge_static_corr and motion.still_corr > motion.moving_corr
         )
 
     def _post_edge_shifts(self, shift: np.ndarray, global_shift: np.ndarray) -> np.ndarray:
@@ -502,6 +503,7 @@ class XanesTracker:
         self._stacks = [[] for _ in range(n_p)]
         edges = FrameEdges(od, self._edge_binning(od))
         self._keep_edge_od(edges)
+        self._first_edges = edges
         ssim = np.full(n_p, np.nan)
         for k, particle in enumerate(self._particles):
             crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
@@ -574,7 +576,7 @@ class XanesTracker:
             edges = FrameEdges(od, self._edge_binning(od))
             self._keep_edge_od(edges)
             found, shifts, ssim = self._register_edges(od, edges, predicted)
-            result = self._frame_result(energy, found, shifts, ssim)
+            result = self._frame_result(energy, found, shifts, ssim, od)
             assert self._prev_coarse_image is not None
             evidence = float(self._prev_coarse_image.std())
             if (
@@ -663,6 +665,7 @@ class XanesTracker:
             window.com0 = window.com0 - g
             edge.offset = g.copy()  # shift of the particle when its template was taken
             window.edge = edge
+            window.anchor_pending = True
             window.last_shift = g.copy()
             window.last_coarse = self._coarse_global.copy()
             self._particles.append(window)
@@ -734,15 +737,7 @@ class XanesTracker:
             anchor = np.asarray(result.global_shift, dtype=np.float64)
             if not np.all(np.isfinite(anchor)):
                 return
-            offsets = [
-                r.particle_shift[index] - r.global_shift
-                for r in self._results
-                if r.particle_shift.shape[0] > index
-                and np.all(np.isfinite(r.particle_shift[index]))
-                and np.all(np.isfinite(r.global_shift))
-            ]
-            if offsets:
-                anchor = anchor + np.median(np.array(offsets), axis=0)
+            anchor = anchor + self._particle_offset(index)
         area = int(np.count_nonzero(labels == k + 1))
         window = self._window_for_label(labels, k, box, area)
         edge = self._edge_template(edges, window, np.array(window.roi.origin))
@@ -750,6 +745,7 @@ class XanesTracker:
             return
         edge.offset = np.asarray(anchor, dtype=np.float64).copy()
         particle.edge = edge
+        particle.anchor_pending = True
         particle.last_shift = edge.offset.copy()
         particle.last_coarse = self._coarse_global.copy()
 
@@ -766,15 +762,22 @@ class XanesTracker:
         self._labels[rows[free], cols[free]] = label
 
     def _frame_result(
-        self, energy: float, found: np.ndarray, shifts: np.ndarray, ssim: np.ndarray
+        self,
+        energy: float,
+        found: np.ndarray,
+        shifts: np.ndarray,
+        ssim: np.ndarray,
+        od: np.ndarray | None = None,
     ) -> FrameResult:
-        """Global shift, its support and trust from the particles registered in a frame."""
+        """Global shift, its support and trust from the particles registered in a frame.
+
+        A border-cut particle whose shift departs from the global shift of >= 3 whole particles
+        by more than ``track.max_partial_deviation_px`` is not found (NaN); its aligned ROI for
+        the XANES maps is then placed by the global shift plus its usual offset from it
+        (``od`` given), so its spectrum keeps the frame.
+        """
         tp = self.params.track
         n_p = self.n_particles
-        for k, particle in enumerate(self._particles):
-            if found[k]:
-                particle.last_shift = shifts[k]
-                particle.last_coarse = self._coarse_global.copy()
         # particles cut by the border vote only when fewer than 3 whole ones were registered:
         # their outline changes as the sample drifts across the border
         whole = found & ~self._partial()
@@ -784,6 +787,18 @@ class XanesTracker:
             global_shift = robust_global_shift(np.where(voters[:, None], shifts, np.nan))
         else:
             global_shift = np.full(2, np.nan)
+        if whole.sum() >= 3:
+            for k in np.nonzero(self._inconsistent_partials(found, shifts, global_shift))[0]:
+                found[k] = False
+                shifts[k] = np.nan
+                ssim[k] = np.nan
+                self._stacks[k][-1] = (
+                    None if od is None else self._aligned_by_consensus(od, k, global_shift)
+                )
+        for k, particle in enumerate(self._particles):
+            if found[k]:
+                particle.last_shift = shifts[k]
+                particle.last_coarse = self._coarse_global.copy()
         spread = float("nan")
         if n_found >= 2:
             deviation = np.abs(shifts[voters] - global_shift).ravel()
@@ -809,6 +824,39 @@ class XanesTracker:
             trusted=trusted,
         )
 
+    def _particle_offset(self, k: int) -> np.ndarray:
+        """Median offset of particle k's shift from the global shift over the frames so far
+        (its deformation; zero when never both known)."""
+        offsets = [
+            r.particle_shift[k] - r.global_shift
+            for r in self._results
+            if r.particle_shift.shape[0] > k
+            and np.all(np.isfinite(r.particle_shift[k]))
+            and np.all(np.isfinite(r.global_shift))
+        ]
+        return np.median(np.array(offsets), axis=0) if offsets else np.zeros(2)
+
+    def _aligned_by_consensus(self, od: np.ndarray, k: int, global_shift: np.ndarray) -> np.ndarray:
+        """Particle k's background-free ROI aligned by the global shift plus its usual offset."""
+        particle = self._particles[k]
+        shift = np.asarray(global_shift, dtype=np.float64) + self._particle_offset(k)
+        base = np.round(shift).astype(int)
+        crop = self._local_background_free(od, np.array(particle.roi.origin) + base, particle)
+        return shift_image(crop, -(shift - base)).astype(np.float32, copy=False)
+
+    def _inconsistent_partials(
+        self, found: np.ndarray, shifts: np.ndarray, global_shift: np.ndarray
+    ) -> np.ndarray:
+        """Border-cut particles farther than ``track.max_partial_deviation_px`` from the global
+        shift of a frame (``(P,)`` bool; the caller checks it has >= 3 whole particles)."""
+        limit = self.params.track.max_partial_deviation_px
+        partial = self._partial()
+        if limit is None or not np.all(np.isfinite(global_shift)):
+            return np.zeros(partial.shape, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            deviation = np.hypot(*(shifts - global_shift).T)
+            return found & partial & (deviation > limit)
+
     def _register_edges(
         self, od: np.ndarray, edges: FrameEdges, predicted: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -824,6 +872,8 @@ class XanesTracker:
         shifts = np.full((n_p, 2), np.nan)
         score = np.full(n_p, np.nan)
 
+        reanchor = self._reanchor_now(edges)
+
         def one(k: int):
             particle = self._particles[k]
             origin = np.array(particle.roi.origin)
@@ -835,7 +885,11 @@ class XanesTracker:
             shift, ncc, strength = registered
             if ncc < tp.min_edge_ncc or np.any(np.abs(shift - predicted[k]) > tp.max_jump_px):
                 return None
-            particle.edge.maybe_update(edges, shift, strength, tp.template_update_ratio)
+            if particle.edge.maybe_update(edges, shift, strength, tp.template_update_ratio):
+                particle.anchor_pending = True
+            if reanchor and particle.anchor_pending and not particle.edge.partial:
+                shift = self._reanchored_on_frame0(particle.edge, shift)
+                particle.anchor_pending = False
             base = np.round(shift).astype(int)
             crop = self._local_background_free(od, origin + base, particle)
             aligned = shift_image(crop, -(shift - base)).astype(np.float32, copy=False)
@@ -849,6 +903,46 @@ class XanesTracker:
             found[k] = True
             self._stacks[k].append(aligned)
         return found, shifts, score
+
+    def _reanchor_now(self, edges: FrameEdges) -> bool:
+        """``track.reanchor_renewal`` for this frame: on, off, or auto (decided once, the first
+        time the last global shift reached ``post_edge_min_drift_px``, by
+        :func:`background_stays_still` between frame 0 and this frame)."""
+        tp = self.params.track
+        if tp.reanchor_renewal != "auto":
+            return tp.reanchor_renewal == "on"
+        if self._still_live is not None:
+            return self._still_live
+        last = self._results[-1].global_shift if self._results else np.full(2, np.nan)
+        if not np.all(np.isfinite(last)) or np.hypot(*last) < tp.post_edge_min_drift_px:
+            return False
+        assert self._first_edges is not None and self._labels is not None
+        b = self._first_edges.binning
+        first = np.asarray(self._first_edges.od, dtype=np.float32)
+        second = np.asarray(edges.od, dtype=np.float32)
+        particles = block_mean(self._labels > 0, b)[: first.shape[0], : first.shape[1]] > 0
+        motion = background_stays_still(
+            first, second, particles, np.asarray(last) / b, margin_px=max(2, 12 // b)
+        )
+        self._still_live = bool(
+            motion.still_corr >= tp.post_edge_static_corr and motion.still_corr > motion.moving_corr
+        )
+        return self._still_live
+
+    def _reanchored_on_frame0(self, edge: EdgeTemplate, shift: np.ndarray) -> np.ndarray:
+        """Place a just renewed template by registering frame 0 against it (frame 0 at zero
+        shift): its offset and the frame's shift move by the frame-0 misfit. Unchanged when
+        frame 0 does not register (faint outline, or farther than ``max_jump_px``)."""
+        tp = self.params.track
+        assert self._first_edges is not None
+        outcome = edge.register(self._first_edges, np.zeros(2), max(4, tp.refine_iterations))
+        if outcome is None:
+            return shift
+        misfit, ncc, _ = outcome
+        if ncc < tp.min_edge_ncc or np.any(np.abs(misfit) > tp.max_jump_px):
+            return shift
+        edge.offset = edge.offset - misfit
+        return shift - misfit
 
     def _soft_template_frame0(self, od: np.ndarray, particle: ParticleWindow) -> np.ndarray:
         origin = np.array(particle.roi.origin)

@@ -81,6 +81,9 @@ class ParticleWindow:
         self._template_cache: tuple[int, np.ndarray, tuple[np.ndarray, float, float]] | None = None
         self._model_cache: tuple[int, GradientModel] | None = None
         self.edge: EdgeTemplate | None = None
+        # the outline template was not taken in frame 0 (renewed, or a particle that joined
+        # later): its place relative to frame 0 is still the shift it was taken at
+        self.anchor_pending = False
 
     def search_window(self, od: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Smoothed search window around a ROI origin: ``(window origin, window)``.
