@@ -788,12 +788,13 @@ class XanesTracker:
         else:
             global_shift = np.full(2, np.nan)
         if whole.sum() >= 3:
-            for k in np.nonzero(self._inconsistent_partials(found, shifts, global_shift))[0]:
-                found[k] = False
-                shifts[k] = np.nan
-                ssim[k] = np.nan
-                self._stacks[k][-1] = (
-                    None if od is None else self._aligned_by_consensus(od, k, global_shift)
+            dropped = self._inconsistent_partials(found, shifts, global_shift)
+            for index in np.nonzero(dropped)[0].tolist():
+                found[index] = False
+                shifts[index] = np.nan
+                ssim[index] = np.nan
+                self._stacks[index][-1] = (
+                    None if od is None else self._aligned_by_consensus(od, index, global_shift)
                 )
         for k, particle in enumerate(self._particles):
             if found[k]:
