@@ -12,17 +12,27 @@ later frame costs a few small operations per particle:
    (frame border masked) is matched to the particle's template by Gauss-Newton
    (:class:`pipelines.xanes.window.EdgeTemplate`), which a change of the particle's contrast
    across the edge does not move; the template is renewed when the outline is much clearer.
+   Once the background is seen to stay still in the detector frame while the sample drifts
+   (zone-plate rings, :func:`pipelines.xanes.post_edge.background_stays_still`), a renewed
+   template (or a late joiner's) is placed by registering frame 0 against it, not by the shift
+   the rings held back (``track.reanchor_renewal``).
    A particle is "not found" (NaN) when the outlines no longer correlate or it jumped from its
    prediction; ``"silhouette"`` is the previous method (soft-mask moments, Hungarian
    assignment, silhouette refinement);
 4. the global drift is the median of the particle shifts (whole particles when 3 or more are
-   registered), with their number and spread; NaN and untrusted when none is registered;
+   registered), with their number and spread; NaN and untrusted when none is registered; a
+   border-cut particle farther than ``track.max_partial_deviation_px`` from the drift of 3 or
+   more whole particles is NaN in that frame;
 5. when the frame's contrast has risen 1.3x over the best so far, particles are detected again
    and those not tracked yet join with this frame as their reference; a tracked particle the
    new detection outlines differently (a touching-cluster member whose neighbours brighten at
    the edge) gets a new outline template from it (``track.retemplate_iou``).
 
-The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`. The
+At :meth:`finalize`, when the background stays still (``track.post_edge_pass="auto"``), every
+whole particle is registered again in the frames it was found in against its outline in the
+last of them (past the edge, the clearest) and re-anchored at frame 0
+(:mod:`pipelines.xanes.post_edge`). The aligned per-particle ROI stacks feed the XANES maps
+computed by :meth:`finalize`. The
 numeric kernels are in :mod:`pipelines.xanes.kernels`, the per-particle state in
 :mod:`pipelines.xanes.window`, the result types in :mod:`pipelines.xanes.results`.
 """
