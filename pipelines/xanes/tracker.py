@@ -284,9 +284,14 @@ class XanesTracker:
             return
         if tp.static_refine:
             self._edge_ods.append(np.asarray(edges.od, dtype=np.float32))
-        elif tp.post_edge_pass != "off":
+        elif tp.post_edge_pass == "on" or (
+            tp.post_edge_pass == "auto" and self._still_live is not False
+        ):
             # half the memory; the OD's noise is far above float16's resolution
             self._edge_ods.append(np.asarray(edges.od, dtype=np.float16))
+        elif self._edge_ods:
+            # the background was seen to move with the sample: the auto pass will not run
+            self._edge_ods = []
 
     def _post_edge_applies(self, global_shift: np.ndarray) -> bool:
         """``track.post_edge_pass``: on, off, or auto (the background stays still while the
@@ -297,6 +302,8 @@ class XanesTracker:
             return False
         if tp.post_edge_pass == "on":
             return True
+        if self._still_live is False:
+            return False  # seen live: the background moves with the sample
         assert self._labels is not None and self._shape is not None
         magnitude = np.hypot(global_shift[:, 0], global_shift[:, 1])
         magnitude = np.where(np.isfinite(magnitude), magnitude, -1.0)
