@@ -186,6 +186,50 @@ class TrackParams(_Params):
             "scan's binned OD frames in memory); the live per-frame results are unchanged"
         ),
     )
+    post_edge_pass: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "edge: at finalize, register every frame of each whole particle again against its "
+            "outline in its last registered frame (the clearest, past the absorption edge) and "
+            "re-anchor the shifts at frame 0 (:mod:`pipelines.xanes.post_edge`). auto: only "
+            "when the background stays still in the detector frame while the sample drifts "
+            "(zone-plate rings that pull faint particles towards zero shift); keeps the scan's "
+            "binned OD frames in memory (float16); the live per-frame results are unchanged"
+        ),
+    )
+    reanchor_renewal: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "edge, live: when a whole particle's outline template is renewed (the outline got "
+            "clearer past the edge), place the new template by registering frame 0 against it "
+            "instead of by the shift just measured against the old one (a faint particle under "
+            "still rings is pulled towards zero shift, and that error would stay). auto: once "
+            "the background is seen to stay still in the detector frame (as post_edge_pass)"
+        ),
+    )
+    max_partial_deviation_px: PositiveFloat | None = Field(
+        default=2.0,
+        description=(
+            "a particle cut by the frame border is not found (NaN) in a frame where its shift "
+            "is farther than this from the global shift of at least 3 whole particles (its "
+            "outline is incomplete; such a departure is a registration held by the border or "
+            "the rings, not deformation); None: never"
+        ),
+    )
+    post_edge_static_corr: float = Field(
+        default=0.4,
+        ge=-1,
+        le=1,
+        description=(
+            "edge: auto post-edge pass when the band-passed background of frame 0 and of the "
+            "most drifted frame correlate at least this much where they are (detector frame) "
+            "and more than where the sample took them"
+        ),
+    )
+    post_edge_min_drift_px: PositiveFloat = Field(
+        default=1.0,
+        description="edge: auto post-edge pass only when the drift reached this many px",
+    )
     static_refine_rounds: PositiveInt = Field(
         default=3, description="edge: alternations of the static-pattern fit and registration"
     )

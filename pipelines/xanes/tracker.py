@@ -12,17 +12,27 @@ later frame costs a few small operations per particle:
    (frame border masked) is matched to the particle's template by Gauss-Newton
    (:class:`pipelines.xanes.window.EdgeTemplate`), which a change of the particle's contrast
    across the edge does not move; the template is renewed when the outline is much clearer.
+   Once the background is seen to stay still in the detector frame while the sample drifts
+   (zone-plate rings, :func:`pipelines.xanes.post_edge.background_stays_still`), a renewed
+   template (or a late joiner's) is placed by registering frame 0 against it, not by the shift
+   the rings held back (``track.reanchor_renewal``).
    A particle is "not found" (NaN) when the outlines no longer correlate or it jumped from its
    prediction; ``"silhouette"`` is the previous method (soft-mask moments, Hungarian
    assignment, silhouette refinement);
 4. the global drift is the median of the particle shifts (whole particles when 3 or more are
-   registered), with their number and spread; NaN and untrusted when none is registered;
+   registered), with their number and spread; NaN and untrusted when none is registered; a
+   border-cut particle farther than ``track.max_partial_deviation_px`` from the drift of 3 or
+   more whole particles is NaN in that frame;
 5. when the frame's contrast has risen 1.3x over the best so far, particles are detected again
    and those not tracked yet join with this frame as their reference; a tracked particle the
    new detection outlines differently (a touching-cluster member whose neighbours brighten at
    the edge) gets a new outline template from it (``track.retemplate_iou``).
 
-The aligned per-particle ROI stacks feed the XANES maps computed by :meth:`finalize`. The
+At :meth:`finalize`, when the background stays still (``track.post_edge_pass="auto"``), every
+whole particle is registered again in the frames it was found in against its outline in the
+last of them (past the edge, the clearest) and re-anchored at frame 0
+(:mod:`pipelines.xanes.post_edge`). The aligned per-particle ROI stacks feed the XANES maps
+computed by :meth:`finalize`. The
 numeric kernels are in :mod:`pipelines.xanes.kernels`, the per-particle state in
 :mod:`pipelines.xanes.window`, the result types in :mod:`pipelines.xanes.results`.
 """
@@ -45,6 +55,11 @@ from pipelines.xanes.kernels import (
 )
 from pipelines.xanes.match import match_particles
 from pipelines.xanes.params import XanesParams
+from pipelines.xanes.post_edge import (
+    BackgroundMotion,
+    background_stays_still,
+    reanchored_shifts,
+)
 from pipelines.xanes.prepare import (
     average_frames,
     incident_counts,
@@ -127,6 +142,10 @@ class XanesTracker:
         self._redetections = 0
         # binned OD of every frame, for the static-pattern refinement at finalize
         self._edge_ods: list[np.ndarray] = []
+        self._background_motion: BackgroundMotion | None = None
+        self._first_edges: FrameEdges | None = None
+        self._still_live: bool | None = None
+        self._post_edge_applied = False
         workers = params.track.workers
         self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
 
@@ -207,9 +226,15 @@ class XanesTracker:
         spread = np.array([r.spread for r in self._results], dtype=np.float64)
         trusted = np.array([r.trusted for r in self._results], dtype=bool)
         if self._edge_ods and len(self._edge_ods) == n:
-            shift = self._static_refined_shifts(shift)
-            com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
-            global_shift, n_found, spread = self._global_from_shifts(shift)
+            refined = shift
+            if self._post_edge_applies(global_shift):
+                refined = self._post_edge_shifts(refined, global_shift)
+            if self.params.track.static_refine:
+                refined = self._static_refined_shifts(refined)
+            if refined is not shift:
+                shift = refined
+                global_shift, n_found, spread = self._global_from_shifts(shift)
+                com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -242,10 +267,111 @@ class XanesTracker:
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
         )
 
+    @property
+    def background_motion(self) -> BackgroundMotion | None:
+        """How the background moved in the scan (set by :meth:`finalize` when
+        ``track.post_edge_pass="auto"`` measured it; None otherwise)."""
+        return self._background_motion
+
+    @property
+    def post_edge_applied(self) -> bool:
+        """Whether :meth:`finalize` re-registered the particles on their post-edge outline."""
+        return self._post_edge_applied
+
     def _keep_edge_od(self, edges: FrameEdges) -> None:
         tp = self.params.track
-        if tp.static_refine and tp.registration == "edge":
+        if tp.registration != "edge":
+            return
+        if tp.static_refine:
             self._edge_ods.append(np.asarray(edges.od, dtype=np.float32))
+        elif tp.post_edge_pass == "on" or (
+            tp.post_edge_pass == "auto" and self._still_live is not False
+        ):
+            # half the memory; the OD's noise is far above float16's resolution
+            self._edge_ods.append(np.asarray(edges.od, dtype=np.float16))
+        elif self._edge_ods:
+            # the background was seen to move with the sample: the auto pass will not run
+            self._edge_ods = []
+
+    def _post_edge_applies(self, global_shift: np.ndarray) -> bool:
+        """``track.post_edge_pass``: on, off, or auto (the background stays still while the
+        sample drifted at least ``post_edge_min_drift_px``, :func:`background_stays_still`)."""
+        tp = self.params.track
+        self._post_edge_applied = False
+        if tp.post_edge_pass == "off" or tp.registration != "edge":
+            return False
+        if tp.post_edge_pass == "on":
+            return True
+        if self._still_live is False:
+            return False  # seen live: the background moves with the sample
+        assert self._labels is not None and self._shape is not None
+        magnitude = np.hypot(global_shift[:, 0], global_shift[:, 1])
+        magnitude = np.where(np.isfinite(magnitude), magnitude, -1.0)
+        farthest = int(np.argmax(magnitude))
+        if magnitude[farthest] < tp.post_edge_min_drift_px:
+            return False
+        b = max(1, round(self._shape[0] / self._edge_ods[0].shape[0]))
+        first = np.asarray(self._edge_ods[0], dtype=np.float32)
+        second = np.asarray(self._edge_ods[farthest], dtype=np.float32)
+        particles = block_mean(self._labels > 0, b)[: first.shape[0], : first.shape[1]] > 0
+        motion = background_stays_still(
+            first, second, particles, global_shift[farthest] / b, margin_px=max(2, 12 // b)
+        )
+        self._background_motion = motion
+        return bool(
+            motion.still_corr >= tp.post_edge_static_corr and motion.still_corr > motion.moving_corr
+        )
+
+    def _post_edge_shifts(self, shift: np.ndarray, global_shift: np.ndarray) -> np.ndarray:
+        """Every whole particle registered again in the frames it was found in, against its
+        outline in the last of them, re-anchored at frame 0 (:mod:`pipelines.xanes.post_edge`).
+
+        A particle that joined later gets its frame-0 place from the same registration (not
+        from its join frame's global shift). Particles cut by the frame border, and particles
+        whose frame 0 does not register (faint, the outline does not correlate), keep their
+        live shifts; so does any frame the new template does not register.
+        """
+        tp = self.params.track
+        assert self._shape is not None
+        b = max(1, round(self._shape[0] / self._edge_ods[0].shape[0]))
+        cache: dict[int, FrameEdges] = {}
+
+        def edges_of(i: int) -> FrameEdges:
+            if i not in cache:
+                cache[i] = FrameEdges.from_binned(self._edge_ods[i], b)
+            return cache[i]
+
+        iterations = max(4, tp.refine_iterations)
+        out = shift.copy()
+        for k, particle in enumerate(self._particles):
+            edge = particle.edge
+            if edge is None or edge.model is None or edge.partial:
+                continue
+            found = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
+            if found.size < 2:
+                continue
+            last = int(found[-1])
+            template = edge.renewed(edges_of(last), shift[k, last])
+            if template.model is None:
+                continue
+            registered = np.full((shift.shape[1], 2), np.nan)
+            for i in sorted({0, *found.tolist()}):
+                predicted = shift[k, i] if np.all(np.isfinite(shift[k, i])) else global_shift[i]
+                if not np.all(np.isfinite(predicted)):
+                    continue
+                outcome = template.register(edges_of(i), predicted, iterations)
+                if outcome is None:
+                    continue
+                s, ncc, _ = outcome
+                if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted) <= tp.max_jump_px):
+                    registered[i] = s
+            anchored = reanchored_shifts(registered)
+            if anchored is None:
+                continue
+            keep = np.all(np.isfinite(anchored), axis=1) & np.all(np.isfinite(shift[k]), axis=1)
+            out[k, keep] = anchored[keep]
+        self._post_edge_applied = True
+        return out
 
     def _static_refined_shifts(self, shift: np.ndarray) -> np.ndarray:
         """Every particle's shifts refined with the static pattern of its window fitted out
@@ -394,6 +520,7 @@ class XanesTracker:
         self._stacks = [[] for _ in range(n_p)]
         edges = FrameEdges(od, self._edge_binning(od))
         self._keep_edge_od(edges)
+        self._first_edges = edges
         ssim = np.full(n_p, np.nan)
         for k, particle in enumerate(self._particles):
             crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
@@ -466,7 +593,7 @@ class XanesTracker:
             edges = FrameEdges(od, self._edge_binning(od))
             self._keep_edge_od(edges)
             found, shifts, ssim = self._register_edges(od, edges, predicted)
-            result = self._frame_result(energy, found, shifts, ssim)
+            result = self._frame_result(energy, found, shifts, ssim, od)
             assert self._prev_coarse_image is not None
             evidence = float(self._prev_coarse_image.std())
             if (
@@ -555,6 +682,7 @@ class XanesTracker:
             window.com0 = window.com0 - g
             edge.offset = g.copy()  # shift of the particle when its template was taken
             window.edge = edge
+            window.anchor_pending = True
             window.last_shift = g.copy()
             window.last_coarse = self._coarse_global.copy()
             self._particles.append(window)
@@ -626,15 +754,7 @@ class XanesTracker:
             anchor = np.asarray(result.global_shift, dtype=np.float64)
             if not np.all(np.isfinite(anchor)):
                 return
-            offsets = [
-                r.particle_shift[index] - r.global_shift
-                for r in self._results
-                if r.particle_shift.shape[0] > index
-                and np.all(np.isfinite(r.particle_shift[index]))
-                and np.all(np.isfinite(r.global_shift))
-            ]
-            if offsets:
-                anchor = anchor + np.median(np.array(offsets), axis=0)
+            anchor = anchor + self._particle_offset(index)
         area = int(np.count_nonzero(labels == k + 1))
         window = self._window_for_label(labels, k, box, area)
         edge = self._edge_template(edges, window, np.array(window.roi.origin))
@@ -642,6 +762,7 @@ class XanesTracker:
             return
         edge.offset = np.asarray(anchor, dtype=np.float64).copy()
         particle.edge = edge
+        particle.anchor_pending = True
         particle.last_shift = edge.offset.copy()
         particle.last_coarse = self._coarse_global.copy()
 
@@ -658,15 +779,22 @@ class XanesTracker:
         self._labels[rows[free], cols[free]] = label
 
     def _frame_result(
-        self, energy: float, found: np.ndarray, shifts: np.ndarray, ssim: np.ndarray
+        self,
+        energy: float,
+        found: np.ndarray,
+        shifts: np.ndarray,
+        ssim: np.ndarray,
+        od: np.ndarray | None = None,
     ) -> FrameResult:
-        """Global shift, its support and trust from the particles registered in a frame."""
+        """Global shift, its support and trust from the particles registered in a frame.
+
+        A border-cut particle whose shift departs from the global shift of >= 3 whole particles
+        by more than ``track.max_partial_deviation_px`` is not found (NaN); its aligned ROI for
+        the XANES maps is then placed by the global shift plus its usual offset from it
+        (``od`` given), so its spectrum keeps the frame.
+        """
         tp = self.params.track
         n_p = self.n_particles
-        for k, particle in enumerate(self._particles):
-            if found[k]:
-                particle.last_shift = shifts[k]
-                particle.last_coarse = self._coarse_global.copy()
         # particles cut by the border vote only when fewer than 3 whole ones were registered:
         # their outline changes as the sample drifts across the border
         whole = found & ~self._partial()
@@ -676,6 +804,19 @@ class XanesTracker:
             global_shift = robust_global_shift(np.where(voters[:, None], shifts, np.nan))
         else:
             global_shift = np.full(2, np.nan)
+        if whole.sum() >= 3:
+            dropped = self._inconsistent_partials(found, shifts, global_shift)
+            for index in np.nonzero(dropped)[0].tolist():
+                found[index] = False
+                shifts[index] = np.nan
+                ssim[index] = np.nan
+                self._stacks[index][-1] = (
+                    None if od is None else self._aligned_by_consensus(od, index, global_shift)
+                )
+        for k, particle in enumerate(self._particles):
+            if found[k]:
+                particle.last_shift = shifts[k]
+                particle.last_coarse = self._coarse_global.copy()
         spread = float("nan")
         if n_found >= 2:
             deviation = np.abs(shifts[voters] - global_shift).ravel()
@@ -701,6 +842,39 @@ class XanesTracker:
             trusted=trusted,
         )
 
+    def _particle_offset(self, k: int) -> np.ndarray:
+        """Median offset of particle k's shift from the global shift over the frames so far
+        (its deformation; zero when never both known)."""
+        offsets = [
+            r.particle_shift[k] - r.global_shift
+            for r in self._results
+            if r.particle_shift.shape[0] > k
+            and np.all(np.isfinite(r.particle_shift[k]))
+            and np.all(np.isfinite(r.global_shift))
+        ]
+        return np.median(np.array(offsets), axis=0) if offsets else np.zeros(2)
+
+    def _aligned_by_consensus(self, od: np.ndarray, k: int, global_shift: np.ndarray) -> np.ndarray:
+        """Particle k's background-free ROI aligned by the global shift plus its usual offset."""
+        particle = self._particles[k]
+        shift = np.asarray(global_shift, dtype=np.float64) + self._particle_offset(k)
+        base = np.round(shift).astype(int)
+        crop = self._local_background_free(od, np.array(particle.roi.origin) + base, particle)
+        return shift_image(crop, -(shift - base)).astype(np.float32, copy=False)
+
+    def _inconsistent_partials(
+        self, found: np.ndarray, shifts: np.ndarray, global_shift: np.ndarray
+    ) -> np.ndarray:
+        """Border-cut particles farther than ``track.max_partial_deviation_px`` from the global
+        shift of a frame (``(P,)`` bool; the caller checks it has >= 3 whole particles)."""
+        limit = self.params.track.max_partial_deviation_px
+        partial = self._partial()
+        if limit is None or not np.all(np.isfinite(global_shift)):
+            return np.zeros(partial.shape, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            deviation = np.hypot(*(shifts - global_shift).T)
+            return found & partial & (deviation > limit)
+
     def _register_edges(
         self, od: np.ndarray, edges: FrameEdges, predicted: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -716,6 +890,8 @@ class XanesTracker:
         shifts = np.full((n_p, 2), np.nan)
         score = np.full(n_p, np.nan)
 
+        reanchor = self._reanchor_now(edges)
+
         def one(k: int):
             particle = self._particles[k]
             origin = np.array(particle.roi.origin)
@@ -727,7 +903,11 @@ class XanesTracker:
             shift, ncc, strength = registered
             if ncc < tp.min_edge_ncc or np.any(np.abs(shift - predicted[k]) > tp.max_jump_px):
                 return None
-            particle.edge.maybe_update(edges, shift, strength, tp.template_update_ratio)
+            if particle.edge.maybe_update(edges, shift, strength, tp.template_update_ratio):
+                particle.anchor_pending = True
+            if reanchor and particle.anchor_pending and not particle.edge.partial:
+                shift = self._reanchored_on_frame0(particle.edge, shift)
+                particle.anchor_pending = False
             base = np.round(shift).astype(int)
             crop = self._local_background_free(od, origin + base, particle)
             aligned = shift_image(crop, -(shift - base)).astype(np.float32, copy=False)
@@ -741,6 +921,46 @@ class XanesTracker:
             found[k] = True
             self._stacks[k].append(aligned)
         return found, shifts, score
+
+    def _reanchor_now(self, edges: FrameEdges) -> bool:
+        """``track.reanchor_renewal`` for this frame: on, off, or auto (decided once, the first
+        time the last global shift reached ``post_edge_min_drift_px``, by
+        :func:`background_stays_still` between frame 0 and this frame)."""
+        tp = self.params.track
+        if tp.reanchor_renewal != "auto":
+            return tp.reanchor_renewal == "on"
+        if self._still_live is not None:
+            return self._still_live
+        last = self._results[-1].global_shift if self._results else np.full(2, np.nan)
+        if not np.all(np.isfinite(last)) or np.hypot(*last) < tp.post_edge_min_drift_px:
+            return False
+        assert self._first_edges is not None and self._labels is not None
+        b = self._first_edges.binning
+        first = np.asarray(self._first_edges.od, dtype=np.float32)
+        second = np.asarray(edges.od, dtype=np.float32)
+        particles = block_mean(self._labels > 0, b)[: first.shape[0], : first.shape[1]] > 0
+        motion = background_stays_still(
+            first, second, particles, np.asarray(last) / b, margin_px=max(2, 12 // b)
+        )
+        self._still_live = bool(
+            motion.still_corr >= tp.post_edge_static_corr and motion.still_corr > motion.moving_corr
+        )
+        return self._still_live
+
+    def _reanchored_on_frame0(self, edge: EdgeTemplate, shift: np.ndarray) -> np.ndarray:
+        """Place a just renewed template by registering frame 0 against it (frame 0 at zero
+        shift): its offset and the frame's shift move by the frame-0 misfit. Unchanged when
+        frame 0 does not register (faint outline, or farther than ``max_jump_px``)."""
+        tp = self.params.track
+        assert self._first_edges is not None
+        outcome = edge.register(self._first_edges, np.zeros(2), max(4, tp.refine_iterations))
+        if outcome is None:
+            return shift
+        misfit, ncc, _ = outcome
+        if ncc < tp.min_edge_ncc or np.any(np.abs(misfit) > tp.max_jump_px):
+            return shift
+        edge.offset = edge.offset - misfit
+        return shift - misfit
 
     def _soft_template_frame0(self, od: np.ndarray, particle: ParticleWindow) -> np.ndarray:
         origin = np.array(particle.roi.origin)

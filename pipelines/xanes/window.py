@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,9 @@ class ParticleWindow:
         self._template_cache: tuple[int, np.ndarray, tuple[np.ndarray, float, float]] | None = None
         self._model_cache: tuple[int, GradientModel] | None = None
         self.edge: EdgeTemplate | None = None
+        # the outline template was not taken in frame 0 (renewed, or a particle that joined
+        # later): its place relative to frame 0 is still the shift it was taken at
+        self.anchor_pending = False
 
     def search_window(self, od: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Smoothed search window around a ROI origin: ``(window origin, window)``.
@@ -235,6 +239,13 @@ class FrameEdges:
         self.od = block_mean(od, self.binning) if self.binning > 1 else od
         self.shape = self.od.shape
         self._cache: dict[float, np.ndarray] = {}
+
+    @classmethod
+    def from_binned(cls, od: np.ndarray, binning: int) -> FrameEdges:
+        """Edge images of a frame already binned by ``binning`` (a kept :attr:`od`)."""
+        edges = cls(np.asarray(od, dtype=np.float32))
+        edges.binning = int(binning)
+        return edges
 
     def at(self, sigma: float) -> np.ndarray:
         """Edge image at smoothing ``sigma`` (binned px)."""
@@ -401,7 +412,17 @@ class EdgeTemplate:
         """Take the frame's outline as the template when it is ``ratio`` times stronger."""
         if strength < ratio * self.strength:
             return False
+        self._retake(edges, shift)
+        return True
+
+    def renewed(self, edges: FrameEdges, shift: np.ndarray) -> EdgeTemplate:
+        """A copy whose template is the outline of ``edges``, where the particle sits at
+        ``shift`` (same support, smoothing and reference geometry); this one is unchanged."""
+        twin = copy.copy(self)
+        twin._retake(edges, shift)
+        return twin
+
+    def _retake(self, edges: FrameEdges, shift: np.ndarray) -> None:
         base = np.round((np.asarray(shift, dtype=np.float64) - self.offset) / self.binning)
         base = base.astype(int)
         self._set(self._crop(edges, base), shift - self.binning * base)
-        return True
