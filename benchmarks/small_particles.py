@@ -17,7 +17,8 @@ with IoU > 0.5. The stages of :func:`pipelines.particles.instances.segment_insta
 2. ``watershed``: the seeded watershed, before the size filter;
 3. ``min_size``: after ``InstanceParams.min_size``;
 4. ``merged``: after the contact and envelope merges and the hole fill;
-5. ``accepted``: after :mod:`pipelines.particles.accept` (the shipped output).
+5. ``accepted``: after :mod:`pipelines.particles.accept` (the acceptance and the voxel trim:
+   the shipped output, ``segment_instances(recon).labels``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from benchmarks.holdout_family import make_holdout_volume
 from benchmarks.validation_sets import inscribed_window
 from models.envelope_unet import load_envelope_unet, predict_envelope
 from models.particle_unet import load_particle_unet, predict_maps
-from pipelines.particles.accept import drop_unlike_particles
+from pipelines.particles.accept import drop_unlike_particles, trim_unlike_voxels
 from pipelines.particles.instances import (
     InstanceParams,
     instances_from_maps,
@@ -107,7 +108,8 @@ def found(labels: np.ndarray, ids: np.ndarray, wanted: np.ndarray) -> int:
 def stage_labels(
     recon: np.ndarray, params: InstanceParams, model: Any, envelope_model: Any
 ) -> dict[str, np.ndarray]:
-    """The labels after each stage of ``segment_instances`` (same steps, same order)."""
+    """The labels after each stage of ``segment_instances`` (same steps, same order; a test checks
+    that the last equals its output)."""
     vol = np.asarray(recon, dtype=np.float32)
     normalized = normalize_volume(vol)
     foreground, distance = predict_maps(model, normalized, batch_size=params.batch_size)
@@ -120,15 +122,15 @@ def stage_labels(
     merged = labels_from_maps(
         foreground, distance, params, envelope=envelope >= params.envelope_threshold
     )
-    accepted = drop_unlike_particles(
-        merged,
-        normalized,
-        foreground,
-        envelope=envelope,
-        min_envelope=params.min_envelope_probability,
-        min_solid_reach=params.min_solid_reach,
-        valid=vol != 0,
-    )
+    bounds = {
+        "min_envelope": params.min_envelope_probability,
+        "min_solid_reach": params.min_solid_reach,
+        "valid": vol != 0,
+    }
+    accepted = drop_unlike_particles(merged, normalized, foreground, envelope=envelope, **bounds)
+    if params.trim_unlike_voxels:
+        trimmed = trim_unlike_voxels(accepted, normalized, foreground, envelope, **bounds)
+        accepted = remove_small(trimmed, params.min_size)
     return {
         "foreground": components,
         "watershed": watershed,

@@ -5,7 +5,8 @@ on the normalised volume; it predicts the particle foreground with the cracks fi
 distance to the particle boundary, in which cracks are not boundaries. A seeded 3-D watershed of
 that distance, with one marker per regional maximum (h-maxima), gives the instances; pieces of
 one particle merge (:mod:`pipelines.particles.merge`) and instances that the envelope network or
-the grey levels say hold no active material are dropped (:mod:`pipelines.particles.accept`).
+the grey levels say hold no active material are dropped, and their voxels that are neither
+envelope nor solid are trimmed (:mod:`pipelines.particles.accept`).
 :func:`watershed_baseline` is the classic distance transform + local maxima + watershed on a
 binary solid mask; a crack through a particle makes two distance maxima, so it splits the
 particle.
@@ -27,7 +28,7 @@ from models.crack_unet import normalize_slices, reference_levels
 from models.envelope_unet import EnvelopeUNet, load_envelope_unet, predict_envelope
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
 from pipelines.cracks.particle_mask import fill_enclosed_holes
-from pipelines.particles.accept import drop_unlike_particles
+from pipelines.particles.accept import drop_unlike_particles, trim_unlike_voxels
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.merge import fill_from_envelope, merge_by_contact, merge_by_envelope
 from pipelines.volumes import check_volume
@@ -114,6 +115,13 @@ class InstanceParams(BaseModel):
         "the way from the volume's background grey level to its solid level is dropped (it "
         "holds no active material: carbon/binder texture; pipelines.particles.accept); "
         "0 = keep all.",
+    )
+    trim_unlike_voxels: bool = Field(
+        default=True,
+        description="With envelope_merge: voxels of an instance whose envelope probability is "
+        "below min_envelope_probability and whose grey level is below min_solid_reach of the "
+        "way to the solid level leave it; enclosed holes are refilled "
+        "(pipelines.particles.accept.trim_unlike_voxels).",
     )
     batch_size: PositiveInt = 4
 
@@ -209,6 +217,17 @@ def segment_instances(
             min_solid_reach=p.min_solid_reach,
             valid=vol != 0 if p.zero_is_outside else None,
         )
+    if envelope is not None and p.trim_unlike_voxels:
+        trimmed = trim_unlike_voxels(
+            labels,
+            normalized,
+            foreground,
+            envelope,
+            min_envelope=p.min_envelope_probability,
+            min_solid_reach=p.min_solid_reach,
+            valid=vol != 0 if p.zero_is_outside else None,
+        )
+        labels = remove_small(trimmed, p.min_size)
     return InstanceResult(
         labels=labels, foreground=foreground, distance=distance, envelope=envelope
     )

@@ -10,7 +10,9 @@ from pipelines.particles.accept import (
     drop_unlike_particles,
     instance_mean,
     phase_levels,
+    reach_map,
     solid_reach,
+    trim_unlike_voxels,
 )
 from pipelines.particles.instances import InstanceParams, segment_instances
 from pipelines.tomo.fbp import reconstruct
@@ -38,24 +40,29 @@ def scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return grey, foreground, envelope, labels
 
 
-def test_phase_levels_are_the_medians_of_the_networks_two_sides() -> None:
+def test_phase_levels_are_each_slices_medians_of_the_networks_two_sides() -> None:
     grey, foreground, _, _ = scene()
-    levels = phase_levels(grey, foreground)
-    assert levels is not None
-    assert levels[0] == pytest.approx(0.8) and levels[1] == pytest.approx(0.2)
-    # no particle, or no contrast: nothing to measure against
-    assert phase_levels(grey, np.zeros_like(foreground)) is None
-    assert phase_levels(np.full_like(grey, 0.5), foreground) is None
+    # slice 0: the scene; slice 1: no particle; slice 2: no contrast; slice 3: the scene darker
+    grey4 = np.concatenate([grey, grey, np.full_like(grey, 0.5), grey * 0.5])
+    fg4 = np.concatenate([foreground, np.zeros_like(foreground), foreground, foreground])
+    solid, background = phase_levels(grey4, fg4)
+    np.testing.assert_allclose(solid, [0.8, np.nan, np.nan, 0.4], atol=1e-6)
+    np.testing.assert_allclose(background, [0.2, np.nan, np.nan, 0.1], atol=1e-6)
+    reach = reach_map(grey4, (solid, background))
+    np.testing.assert_allclose(reach[0], reach[3], atol=1e-6)  # relative to each slice
+    assert np.isnan(reach[1]).all() and np.isnan(reach[2]).all()
+    with pytest.raises(ValueError, match="solid level must exceed"):
+        reach_map(grey, (np.array([0.2]), np.array([0.8])))
 
 
 def test_solid_reach_and_instance_mean() -> None:
     grey, _, envelope, labels = scene()
-    reach = solid_reach(labels, grey, (0.8, 0.2))
+    reach = solid_reach(labels, reach_map(grey, (np.array([0.8]), np.array([0.2]))))
     np.testing.assert_allclose(reach[1:], [1.0, 1 / 6, 1.0], atol=1e-6)
     np.testing.assert_allclose(instance_mean(labels, envelope)[1:], [0.9, 0.9, 0.2], atol=1e-6)
     assert np.isnan(reach[0])
-    with pytest.raises(ValueError, match="solid level"):
-        solid_reach(labels, grey, (0.2, 0.8))
+    # an instance only in slices without levels has no reach (and is not dropped for it)
+    assert np.isnan(solid_reach(labels, np.full(labels.shape, np.nan))[1])
 
 
 def test_drop_unlike_particles_keeps_the_particle_only() -> None:
@@ -75,6 +82,33 @@ def test_drop_unlike_particles_keeps_the_particle_only() -> None:
         labels, grey, foreground, envelope=envelope, min_envelope=0, min_solid_reach=0
     )
     np.testing.assert_array_equal(kept, labels)
+
+
+def test_trim_unlike_voxels_removes_a_faint_rim_and_keeps_cracks_and_cores() -> None:
+    yy, xx = np.mgrid[:60, :60]
+    r = np.hypot(yy - 30, xx - 30)
+    solid = r < 12
+    rim = (r >= 12) & (r < 16)  # faint binder the particle network added to the particle
+    core = r < 3  # a dark core the envelope network misses
+    crack = solid & (np.abs(yy - 30) <= 1) & (xx > 36)  # a dark surface crack it sees
+    grey = np.full((1, 60, 60), 0.2, dtype=np.float32)
+    grey[0][solid] = 0.8
+    grey[0][rim] = 0.3
+    grey[0][core | crack] = 0.1
+    foreground = np.where((solid | rim)[None], 0.95, 0.02).astype(np.float32)
+    envelope = np.where(solid[None], 0.9, 0.1).astype(np.float32)
+    envelope[0][core] = 0.1
+    labels = np.where((solid | rim)[None], 7, 0).astype(np.int32)
+    out = trim_unlike_voxels(labels, grey, foreground, envelope)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out[0] == 7, solid)  # rim gone; core refilled; crack kept
+    # with both bounds at 0 nothing is trimmed
+    np.testing.assert_array_equal(
+        trim_unlike_voxels(labels, grey, foreground, envelope, min_envelope=0, min_solid_reach=0),
+        labels,
+    )
+    with pytest.raises(ValueError, match="envelope shape"):
+        trim_unlike_voxels(labels, grey, foreground, envelope[:, :10])
 
 
 def test_drop_unlike_particles_rejects_bad_input() -> None:
@@ -119,4 +153,4 @@ def test_acceptance_drops_no_true_particle_of_the_small_live_tomograms(
 
     found_before = matched(before)
     assert len(found_before) >= 5  # the scene has particles the pipeline finds
-    assert matched(after) == found_before
+    assert found_before <= matched(after)  # none lost (the trim can make more match)
