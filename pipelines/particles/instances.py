@@ -3,7 +3,10 @@
 :func:`segment_instances` runs the particle U-Net (:mod:`models.particle_unet`) slice by slice
 on the normalised volume; it predicts the particle foreground with the cracks filled in and the
 distance to the particle boundary, in which cracks are not boundaries. A seeded 3-D watershed of
-that distance, with one marker per regional maximum (h-maxima), gives the instances.
+that distance, with one marker per regional maximum (h-maxima), gives the instances; pieces of
+one particle merge (:mod:`pipelines.particles.merge`) and instances that the envelope network or
+the grey levels say hold no active material are dropped, and their voxels that are neither
+envelope nor solid are trimmed (:mod:`pipelines.particles.accept`).
 :func:`watershed_baseline` is the classic distance transform + local maxima + watershed on a
 binary solid mask; a crack through a particle makes two distance maxima, so it splits the
 particle.
@@ -25,6 +28,7 @@ from models.crack_unet import normalize_slices, reference_levels
 from models.envelope_unet import EnvelopeUNet, load_envelope_unet, predict_envelope
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
 from pipelines.cracks.particle_mask import fill_enclosed_holes
+from pipelines.particles.accept import drop_unlike_particles, trim_unlike_voxels
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.merge import fill_from_envelope, merge_by_contact, merge_by_envelope
 from pipelines.volumes import check_volume
@@ -95,6 +99,29 @@ class InstanceParams(BaseModel):
         default=False,
         description="With envelope_merge: background inside an envelope component holding "
         "one instance joins it (pipelines.particles.merge.fill_from_envelope).",
+    )
+    min_envelope_probability: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="With envelope_merge: an instance whose mean envelope probability is "
+        "below this is dropped (the envelope network does not call it particle; "
+        "pipelines.particles.accept); 0 = keep all.",
+    )
+    min_solid_reach: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="An instance whose brightest tenth of voxels does not reach this share of "
+        "the way from the volume's background grey level to its solid level is dropped (it "
+        "holds no active material: carbon/binder texture; pipelines.particles.accept); "
+        "0 = keep all.",
+    )
+    trim_unlike_voxels: bool = Field(
+        default=True,
+        description="With envelope_merge: voxels of an instance whose envelope probability is "
+        "below min_envelope_probability and whose grey level is below min_solid_reach of the "
+        "way to the solid level leave it; enclosed holes are refilled "
+        "(pipelines.particles.accept.trim_unlike_voxels).",
     )
     batch_size: PositiveInt = 4
 
@@ -180,6 +207,27 @@ def segment_instances(
         p,
         envelope=None if envelope is None else envelope >= p.envelope_threshold,
     )
+    if p.min_solid_reach > 0 or (envelope is not None and p.min_envelope_probability > 0):
+        labels = drop_unlike_particles(
+            labels,
+            normalized,
+            foreground,
+            envelope=envelope,
+            min_envelope=p.min_envelope_probability,
+            min_solid_reach=p.min_solid_reach,
+            valid=vol != 0 if p.zero_is_outside else None,
+        )
+    if envelope is not None and p.trim_unlike_voxels:
+        trimmed = trim_unlike_voxels(
+            labels,
+            normalized,
+            foreground,
+            envelope,
+            min_envelope=p.min_envelope_probability,
+            min_solid_reach=p.min_solid_reach,
+            valid=vol != 0 if p.zero_is_outside else None,
+        )
+        labels = remove_small(trimmed, p.min_size)
     return InstanceResult(
         labels=labels, foreground=foreground, distance=distance, envelope=envelope
     )

@@ -133,8 +133,11 @@ def measure_particles(
         inside = lab[box] == k
         coords = np.nonzero(inside)
         n = int(coords[0].size)
-        centroid = [float(c.mean()) + s.start for c, s in zip(coords, box, strict=True)]
-        centroid[0] += origin_z
+        # exact integer sums, one rounding: a slab (other box start, origin_z) gives the
+        # same bits as the whole volume
+        offsets = [s.start for s in box]
+        offsets[0] += origin_z
+        centroid = [(int(c.sum()) + n * o) / n for c, o in zip(coords, offsets, strict=True)]
         area = surface_area(inside)
         volume = float(n)
         sphericity = np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area if area > 0 else np.nan
