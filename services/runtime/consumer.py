@@ -44,6 +44,7 @@ from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.runtime.doc_queue import DocumentQueue
 from services.tiled.applier import TiledApplier, connect, is_transient
+from services.tiled.frame_files import remove_stale_temp_files
 from services.tiled.records import Metadata, RawDoc, RawDocs, Record
 from services.tiled.spool import Spool
 
@@ -166,6 +167,7 @@ class Consumer:
             frame_errors = self.metrics.spool_errors.labels(self.metrics.service, "frame_file")
             if frames_dir is not None:
                 frames_dir.mkdir(parents=True, exist_ok=True)
+                remove_stale_temp_files(frames_dir)  # a SIGKILL mid-write leaves one
 
             def raw_factory(start: Doc) -> RawRunRouter | None:
                 return RawRunRouter(
