@@ -132,6 +132,8 @@ class RunDispatcher:
         self._defer = defer
         #: runs whose start is being looked up for a stop that came alone
         self._start_lookups: set[str] = set()
+        #: idle runs whose stop is being looked up
+        self._stop_lookups: set[str] = set()
         self._recovery_timeout = recovery_timeout
         #: stops of runs none of whose documents came, whose start is not in Tiled yet (the
         #: raw path may be behind, Tiled restarting): run uid -> (stop, since, next try)
@@ -252,27 +254,38 @@ class RunDispatcher:
                 self._finish(uid, run.stop)
         self.flush()
         for uid, run in list(self._runs.items()):
-            if now - run.last_seen > self._idle_timeout:
-                self._lost(
-                    "stop", 1, uid, f"no stop document after {self._idle_timeout:.0f} s idle"
-                )
-                self._finish(uid, self._stop_from_elsewhere(uid))
+            if now - run.last_seen > self._idle_timeout and uid not in self._stop_lookups:
+                self._look_for_stop(uid)
 
-    def _stop_from_elsewhere(self, uid: str) -> Doc | None:
-        """The stop of an idle run, from another copy of the run (``raw/<uid>``), so that its
-        ``num_events`` counts the Events this consumer never saw and they are recovered like
-        any other lost ones. None when no copy has it: the run then ends without its stop and
-        never says complete."""
+    def _look_for_stop(self, uid: str) -> None:
+        """An idle run without its stop: the stop is looked for in another copy of the run
+        (``raw/<uid>``), off the dispatch thread (``defer``), so that its ``num_events``
+        counts the Events this consumer never saw and they are recovered like any other lost
+        ones. Without it the run ends without its stop and never says complete."""
         if self._recover_stop is None:
-            return None
-        stop = self._recover_stop(uid)
+            self._stop_looked_up(uid, None)
+            return
+        recover = self._recover_stop
+        self._stop_lookups.add(uid)
+        self._defer(lambda: recover(uid), lambda stop: self._stop_looked_up(uid, stop))
+
+    def _stop_looked_up(self, uid: str, stop: Doc | None) -> None:
+        """On the dispatch thread: the lookup of :meth:`_look_for_stop` has ended."""
+        self._stop_lookups.discard(uid)
+        run = self._runs.get(uid)
+        if run is None:
+            return  # its stop came meanwhile
+        if self._clock() - run.last_seen <= self._idle_timeout:
+            return  # documents came meanwhile: not idle any more
+        self._lost("stop", 1, uid, f"no stop document after {self._idle_timeout:.0f} s idle")
         if not isinstance(stop, dict) or stop.get("run_start") != uid:
-            return None
+            self._finish(uid, None)
+            return
         self._count(self._metrics.messages_recovered, "stop")
         logger.warning("recovered the stop of an idle run", extra={"run_uid": uid})
         if self._journal is not None and not self._replaying:
             self._journal.append(uid, "stop", stop)
-        return stop
+        self._finish(uid, stop)
 
     def flush(self) -> None:
         """Let every open run's routers write what they hold back (the consumer is idle)."""

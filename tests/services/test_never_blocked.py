@@ -209,3 +209,42 @@ def test_a_lone_stops_start_is_looked_up_off_the_dispatch_thread():
     lookup, then = pending.pop()
     then(lookup())  # on the dispatch thread, as the consumer does through its queue
     assert [r.calls for r in routers[1:]] == [[("start", "lone"), ("stop", False)]]
+
+
+def test_the_stop_of_an_idle_run_is_looked_up_off_the_dispatch_thread():
+    """An idle run's stop is looked for in ``raw/`` through ``defer``: meanwhile other runs
+    are routed; the run is finished with the stop found (its lost Events then known)."""
+    from tests.services.test_routing import Recorder, docs
+
+    now = [0.0]
+    routers = []
+    pending = []
+    metrics = Metrics("t")
+
+    def factory(start):
+        routers.append(Recorder(start))
+        return routers[-1]
+
+    idle_start, idle_desc, _events, idle_stop = docs("idle")
+    dispatcher = RunDispatcher(
+        [factory],
+        metrics,
+        recover_stop=lambda uid: {**idle_stop, "num_events": {"primary": 0}},
+        defer=lambda lookup, then: pending.append((lookup, then)),
+        idle_timeout=10.0,
+        clock=lambda: now[0],
+    )
+    dispatcher("start", idle_start)
+    dispatcher("descriptor", idle_desc)
+    now[0] = 20.0
+    dispatcher.sweep()
+    dispatcher.sweep()  # looked up once
+    assert len(pending) == 1 and dispatcher.open_runs == ["idle"]
+    start, desc, events, stop = docs("other")
+    for name, doc in [("start", start), ("descriptor", desc)] + [("event", e) for e in events]:
+        dispatcher(name, doc)
+    dispatcher("stop", stop)
+    assert routers[1].calls[-1] == ("stop", False)  # the other run went through meanwhile
+    lookup, then = pending.pop()
+    then(lookup())
+    assert dispatcher.open_runs == [] and routers[0].calls[-1] == ("stop", False)
