@@ -557,6 +557,7 @@ def _append_of(table: str):
     )
 
 
+@both_backends
 def test_a_raw_append_committed_after_the_clients_timeout_is_not_doubled(
     tiled_server, tiled_client, tmp_path
 ):
