@@ -108,11 +108,6 @@ class SettlingTransport(httpx.BaseTransport):
         # the tiled client reads attributes of its own transport (``cache``)
         return getattr(self._inner, name)
 
-    def unsettled(self) -> int:
-        """Writes that timed out and that the server has not answered yet."""
-        with self._lock:
-            return len({id(w) for w in self._unsettled.values() if not w.done.is_set()})
-
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         keys = _keys(request)
         self._wait_for_earlier_writes(keys, request)
