@@ -20,6 +20,7 @@ OFFLINE_VERB_MODULES = (
     "services.cli.tomo",
     "services.cli.particles",
     "services.cli.runs",
+    "services.cli.delete",
     "services.cli.export",
     "services.cli.train",
 )

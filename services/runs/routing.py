@@ -83,6 +83,14 @@ StartRecovery = Callable[[str], Doc | None]
 #: ``recover_stop(run_uid)``: the run's stop document as another copy of the run holds it
 #: (``raw/<uid>`` in Tiled), or None
 StopRecovery = Callable[[str], Doc | None]
+#: ``defer(lookup, then)``: run ``lookup()`` (a request to Tiled, which may hang until its
+#: timeout) off the dispatch thread, and later call ``then(result)`` on the dispatch thread.
+Defer = Callable[[Callable[[], Any], Callable[[Any], None]], None]
+
+
+def run_here(lookup: Callable[[], Any], then: Callable[[Any], None]) -> None:
+    """The default :data:`Defer`: look up and go on at once, on the calling thread."""
+    then(lookup())
 
 
 @dataclass
@@ -118,8 +126,14 @@ class RunDispatcher:
         journal: RunJournal | None = None,
         on_finish: Callable[[str], None] | None = None,
         recovery_timeout: float = 120.0,
+        defer: Defer = run_here,
     ) -> None:
         self._journal = journal
+        self._defer = defer
+        #: runs whose start is being looked up for a stop that came alone
+        self._start_lookups: set[str] = set()
+        #: idle runs whose stop is being looked up
+        self._stop_lookups: set[str] = set()
         self._recovery_timeout = recovery_timeout
         #: stops of runs none of whose documents came, whose start is not in Tiled yet (the
         #: raw path may be behind, Tiled restarting): run uid -> (stop, since, next try)
@@ -171,8 +185,9 @@ class RunDispatcher:
         try:
             run_uid = self._run_uid_of(name, doc)
             if name == "stop" and run_uid not in self._runs and run_uid not in self._finished:
-                if not self._open_from_stop(doc):  # journaled with its recovered start
-                    return
+                # its start is looked up off this thread; the stop comes back when it is found
+                self._open_from_stop(doc)
+                return
             journaled = journal is not None and run_uid in self._runs
             if journaled:  # before routing: the stop must be in before the run is finished
                 journal.append(run_uid, name, doc)  # type: ignore[union-attr, arg-type]
@@ -219,8 +234,8 @@ class RunDispatcher:
         events a held stop announced after ``reorder_timeout``, for a stop after the idle
         timeout."""
         now = self._clock()
-        for stop, _since, next_try in list(self._orphan_stops.values()):
-            if now >= next_try:
+        for uid, (stop, _since, next_try) in list(self._orphan_stops.items()):
+            if now >= next_try and uid not in self._start_lookups:
                 self("stop", stop)
         for descriptor_uid, early in list(self._early.items()):
             if now - early[0][2] > self._reorder_timeout:
@@ -239,27 +254,38 @@ class RunDispatcher:
                 self._finish(uid, run.stop)
         self.flush()
         for uid, run in list(self._runs.items()):
-            if now - run.last_seen > self._idle_timeout:
-                self._lost(
-                    "stop", 1, uid, f"no stop document after {self._idle_timeout:.0f} s idle"
-                )
-                self._finish(uid, self._stop_from_elsewhere(uid))
+            if now - run.last_seen > self._idle_timeout and uid not in self._stop_lookups:
+                self._look_for_stop(uid)
 
-    def _stop_from_elsewhere(self, uid: str) -> Doc | None:
-        """The stop of an idle run, from another copy of the run (``raw/<uid>``), so that its
-        ``num_events`` counts the Events this consumer never saw and they are recovered like
-        any other lost ones. None when no copy has it: the run then ends without its stop and
-        never says complete."""
+    def _look_for_stop(self, uid: str) -> None:
+        """An idle run without its stop: the stop is looked for in another copy of the run
+        (``raw/<uid>``), off the dispatch thread (``defer``), so that its ``num_events``
+        counts the Events this consumer never saw and they are recovered like any other lost
+        ones. Without it the run ends without its stop and never says complete."""
         if self._recover_stop is None:
-            return None
-        stop = self._recover_stop(uid)
+            self._stop_looked_up(uid, None)
+            return
+        recover = self._recover_stop
+        self._stop_lookups.add(uid)
+        self._defer(lambda: recover(uid), lambda stop: self._stop_looked_up(uid, stop))
+
+    def _stop_looked_up(self, uid: str, stop: Doc | None) -> None:
+        """On the dispatch thread: the lookup of :meth:`_look_for_stop` has ended."""
+        self._stop_lookups.discard(uid)
+        run = self._runs.get(uid)
+        if run is None:
+            return  # its stop came meanwhile
+        if self._clock() - run.last_seen <= self._idle_timeout:
+            return  # documents came meanwhile: not idle any more
+        self._lost("stop", 1, uid, f"no stop document after {self._idle_timeout:.0f} s idle")
         if not isinstance(stop, dict) or stop.get("run_start") != uid:
-            return None
+            self._finish(uid, None)
+            return
         self._count(self._metrics.messages_recovered, "stop")
         logger.warning("recovered the stop of an idle run", extra={"run_uid": uid})
         if self._journal is not None and not self._replaying:
             self._journal.append(uid, "stop", stop)
-        return stop
+        self._finish(uid, stop)
 
     def flush(self) -> None:
         """Let every open run's routers write what they hold back (the consumer is idle)."""
@@ -487,18 +513,34 @@ class RunDispatcher:
         run.sres_stop[sres] = max(stop, expected)
         self._send(run, "stream_datum", doc)
 
-    def _open_from_stop(self, doc: Doc) -> bool:
+    def _open_from_stop(self, doc: Doc) -> None:
         """A stop of a run none of whose documents arrived (they were lost, e.g. while the
         consumer restarted): the run is opened from its start as recovered from Tiled, so
-        that its routers can rebuild what the stop says it held. A start not in Tiled yet is
-        looked for again by :meth:`sweep` for ``recovery_timeout``. Without a recovered start
-        no phantom run is made for a stop alone. True when the run is open."""
+        that its routers can rebuild what the stop says it held. The start is looked up off
+        the dispatch thread (``defer``: Tiled may hang until the request timeout, and other
+        runs' documents must not wait for it); a start not in Tiled yet is looked for again
+        by :meth:`sweep` for ``recovery_timeout``. Without a recovered start no phantom run
+        is made for a stop alone."""
         uid = doc["run_start"]
+        if uid in self._start_lookups:
+            return  # being looked up already (a duplicate stop)
         if uid not in self._orphan_stops:
             self._lost("start", 1, uid, "stop of a run none of whose documents arrived")
         if self._recover_start is None:
-            return False
-        start = self._recover_start(uid)
+            return
+        recover = self._recover_start
+        self._start_lookups.add(uid)
+        self._defer(lambda: recover(uid), lambda start: self._start_looked_up(doc, start))
+
+    def _start_looked_up(self, doc: Doc, start: Doc | None) -> None:
+        """On the dispatch thread: the lookup of :meth:`_open_from_stop` has ended."""
+        uid = doc["run_start"]
+        self._start_lookups.discard(uid)
+        if uid in self._runs or uid in self._finished:
+            # other documents of the run came meanwhile and opened it: the stop goes to it
+            self._orphan_stops.pop(uid, None)
+            self("stop", doc)
+            return
         if start is None:
             now = self._clock()
             since = self._orphan_stops.get(uid, (doc, now, now))[1]
@@ -511,13 +553,13 @@ class RunDispatcher:
                     self._recovery_timeout,
                     extra={"run_uid": uid},
                 )
-            return False
+            return
         self._orphan_stops.pop(uid, None)
         self._count(self._metrics.messages_recovered, "start")
         logger.warning("recovered the start of a run from its stop", extra={"run_uid": uid})
         self._open(start)
         self._journal_recovered_start(start)
-        return True
+        self("stop", doc)  # journaled and routed as the run's own now
 
     def _journal_recovered_start(self, start: Doc) -> None:
         if self._journal is not None and not self._replaying:

@@ -44,6 +44,7 @@ from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.runtime.doc_queue import DocumentQueue
 from services.tiled.applier import TiledApplier, connect, is_transient
+from services.tiled.frame_files import remove_stale_temp_files
 from services.tiled.records import Metadata, RawDoc, RawDocs, Record
 from services.tiled.spool import Spool
 
@@ -57,6 +58,8 @@ SWEEP_INTERVAL = 0.25
 MAX_QUEUED = 512
 #: A queue item that replays a run's journal (JetStream mode: when the run is claimed again).
 REPLAY = "__replay__"
+#: A queue item that hands the result of a lookup made off the dispatch thread back to it.
+LOOKED_UP = "__looked_up__"
 #: Threads running after-scan stages (maps, reconstructions) off the dispatch thread.
 AFTER_SCAN_WORKERS = 2
 
@@ -164,6 +167,7 @@ class Consumer:
             frame_errors = self.metrics.spool_errors.labels(self.metrics.service, "frame_file")
             if frames_dir is not None:
                 frames_dir.mkdir(parents=True, exist_ok=True)
+                remove_stale_temp_files(frames_dir)  # a SIGKILL mid-write leaves one
 
             def raw_factory(start: Doc) -> RawRunRouter | None:
                 return RawRunRouter(
@@ -219,6 +223,7 @@ class Consumer:
             journal=self.journal,
             on_finish=self._run_finished,
             recovery_timeout=settings.recovery_timeout,
+            defer=self._defer,
         )
         bus_queue = f"{role}-bus"
         # the gauges of the bus queue, looked up once: they are set at every put and get
@@ -255,11 +260,16 @@ class Consumer:
             )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Lookups in Tiled for the dispatcher (the start of a run of which only the stop
+        # came), on a thread of their own: the dispatch thread never waits for Tiled there.
+        self._lookups: queue.Queue[tuple[Callable[[], Any], Callable[[Any], None]]] = queue.Queue()
+        self._lookups_busy = 0
+        self._lookups_lock = threading.Lock()
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self.spool.start()
-        loops = [(self._dispatch_loop, "dispatch")]
+        loops = [(self._dispatch_loop, "dispatch"), (self._lookup_loop, "lookup")]
         if self._bus is not None:
             loops.append((self._bus_loop, "bus"))
         for target, name in loops:
@@ -272,7 +282,9 @@ class Consumer:
     def stop(self, drain_timeout: float = 5.0) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=10)
+            # a lookup may hang until its request timeout: its (daemon) thread is not waited
+            # for, what it finds is of no use any more
+            t.join(timeout=0.5 if t.name.endswith("-lookup") else 10)
         self.dispatcher.close()
         self._after_scan_pool.shutdown(wait=True)
         if self._registry is not None:
@@ -292,8 +304,11 @@ class Consumer:
         """Block until the queue is processed and the spool is drained (for tests and demo)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            with self._lookups_lock:
+                looking_up = self._lookups_busy
             if (
-                self._queue.unfinished_tasks == 0
+                looking_up == 0
+                and self._queue.unfinished_tasks == 0
                 and self.after_scan_depth() == 0
                 and self.spool.depth() == 0
             ):
@@ -466,6 +481,8 @@ class Consumer:
             try:
                 if name == REPLAY:
                     self.dispatcher.replay(doc["uid"], self.journal.documents(doc["uid"]))
+                elif name == LOOKED_UP:
+                    doc["then"](doc["result"])
                 else:
                     self.dispatcher(name, doc, received)
                 if self._queue.qsize() == 0:
@@ -480,6 +497,32 @@ class Consumer:
                 if ack is not None:
                     ack()
                 self._queue.task_done()
+
+    # ---- lookups off the dispatch thread ---------------------------------------------------------
+    def _defer(self, lookup: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """Run ``lookup`` on the lookup thread; ``then(result)`` comes back through the queue,
+        so the dispatch thread calls it between documents."""
+        with self._lookups_lock:
+            self._lookups_busy += 1
+        self._lookups.put((lookup, then))
+
+    def _lookup_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                lookup, then = self._lookups.get(timeout=SWEEP_INTERVAL)
+            except queue.Empty:
+                continue
+            try:
+                try:
+                    result = lookup()
+                except Exception:
+                    logger.exception("lookup in Tiled failed")
+                    result = None
+                item = (LOOKED_UP, {"then": then, "result": result}, time.monotonic(), None)
+                self._queue.put(item, self._stop)
+            finally:
+                with self._lookups_lock:
+                    self._lookups_busy -= 1
 
     # ---- recovery from Tiled ---------------------------------------------------------------------
     def _recover_start(self, run_uid: str) -> Doc | None:

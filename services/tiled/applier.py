@@ -23,17 +23,24 @@ from services.tiled.records import (
     Record,
     TableRows,
 )
-from services.tiled.spool import PermanentWriteError
+from services.tiled.settling import install, requests_of
+from services.tiled.spool import PermanentWriteError, lane_of
 
 logger = logging.getLogger(__name__)
 
 
-def connect(url: str, api_key: str, *, timeout: float = 20.0) -> Any:
+def connect(
+    url: str, api_key: str, *, timeout: float = 20.0, settle_timeout: float | None = 600.0
+) -> Any:
     """A Tiled client on ``url``; retries are left to the spool.
 
     No request waits more than ``timeout`` seconds for an answer (connecting: 5 s at most):
     a server that hangs (a locked catalog, a dead peer) costs one timeout, then the spool
-    retries, and an idempotent write that did commit is not applied twice.
+    retries, and an idempotent write that did commit is not applied twice. A write that timed
+    out goes on until the server answers it (at most ``settle_timeout`` s), and the run's
+    next request (the retry's re-read included) waits for that
+    (:mod:`services.tiled.settling`): a write committed after its timeout is seen by the
+    retry, never applied twice.
     """
     import httpx
     import tiled.client.utils as tiled_client_utils
@@ -46,7 +53,11 @@ def connect(url: str, api_key: str, *, timeout: float = 20.0) -> Any:
     # is the spool's.
     tiled_client_utils.TILED_RETRY_ATTEMPTS = min(tiled_client_utils.TILED_RETRY_ATTEMPTS, 2)
     tiled_client_utils.TILED_RETRY_TIMEOUT = min(tiled_client_utils.TILED_RETRY_TIMEOUT, 5.0)
-    return from_uri(url, api_key=api_key, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+    client = from_uri(
+        url, api_key=api_key, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))
+    )
+    install(client, timeout=timeout, settle_timeout=settle_timeout)
+    return client
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -137,6 +148,11 @@ class TiledApplier:
         return node
 
     def __call__(self, record: Record) -> None:
+        # a write of this run that outlived its timeout is waited for (services.tiled.settling)
+        with requests_of(lane_of(record)):
+            self._apply(record)
+
+    def _apply(self, record: Record) -> None:
         if isinstance(record, RawDoc):
             self._raw_doc(record)
         elif isinstance(record, RawDocs):

@@ -20,6 +20,10 @@ Exactly once, through crashes:
 * the file set never changes (one directory per run, stream and key), so the data source Tiled
   holds stays right whatever a crash left behind: Tiled 0.2.20 adds assets to a data source on
   update and never removes one.
+
+A SIGKILL between writing a temporary file and renaming it leaves the temporary file (never a
+torn chunk): :func:`remove_stale_temp_files` removes such files when the raw consumer starts.
+A run's files go with the run (:func:`remove_run_frames`, used by ``beamwatch delete``).
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from services.core.identifiers import check_uid
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,11 @@ TILED_BLOCK_FRAMES = 64
 FILE_KINDS = frozenset("biuf")
 #: Name of the array's directory under the stream's.
 SUFFIX = ".zarr"
+
+#: A temporary file of a process that still runs is removed at start-up only when it is older
+#: than this (a frame is renamed into place milliseconds after it is written; the process may
+#: be another raw consumer sharing the directory, or a new process that got a dead one's pid).
+STALE_TEMP_SECONDS = 600.0
 
 _tmp_counter = 0
 _tmp_lock = threading.Lock()
@@ -81,11 +93,87 @@ def tiled_chunks(n_frames: int, frame_shape: tuple[int, ...]) -> tuple[tuple[int
     return (axis0 or (0,), *((n,) for n in frame_shape))
 
 
-def _atomic_write(path: Path, payload: bytes | memoryview) -> None:
+def _temp_name(name: str) -> str:
+    """The name of the temporary file that becomes ``name``: ``.<name>.<pid>.<n>.tmp``."""
     global _tmp_counter
     with _tmp_lock:
         _tmp_counter += 1
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{_tmp_counter}.tmp")
+        return f".{name}.{os.getpid()}.{_tmp_counter}.tmp"
+
+
+def _writer_pid(temp_name: str) -> int | None:
+    parts = temp_name.rsplit(".", 3)
+    if len(parts) != 4 or parts[3] != "tmp" or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temp_files(frames_dir: Path, *, stale_seconds: float = STALE_TEMP_SECONDS) -> int:
+    """Remove temporary frame files left by writers that died before renaming them (SIGKILL);
+    return how many.
+
+    A file is left alone while the process named in it may still be writing it: this
+    process's own, and those of another running process unless older than
+    ``stale_seconds``. Chunk files and array metadata are never touched.
+    """
+    frames_dir = Path(frames_dir)
+    if not frames_dir.is_dir():
+        return 0
+    now = time.time()
+    own = os.getpid()
+    removed = 0
+    for path in frames_dir.glob(f"*/*/*{SUFFIX}/.*.tmp"):
+        pid = _writer_pid(path.name)
+        if pid == own:
+            continue
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile
+        if pid is not None and _is_running(pid) and age < stale_seconds:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+    if removed:
+        logger.warning(
+            "removed %d temporary frame files left by a crash in %s", removed, frames_dir
+        )
+    return removed
+
+
+def run_frames_dir(frames_dir: Path, run_uid: str) -> Path:
+    """The directory of a run's frame arrays (the uid is checked: it names a directory)."""
+    return Path(frames_dir) / check_uid(run_uid, "run uid")
+
+
+def remove_run_frames(frames_dir: Path, run_uid: str) -> bool:
+    """Delete a run's frame arrays; False when it has none. A directory that is a symbolic
+    link, or that resolves outside ``frames_dir``, is refused (ValueError), not followed."""
+    directory = run_frames_dir(frames_dir, run_uid)
+    if not directory.exists() and not directory.is_symlink():
+        return False
+    if directory.is_symlink() or directory.resolve().parent != Path(frames_dir).resolve():
+        raise ValueError(f"{directory} is not a directory of {frames_dir}; not removed")
+    shutil.rmtree(directory)
+    logger.info("removed the frame files of run %s", run_uid)
+    return True
+
+
+def _atomic_write(path: Path, payload: bytes | memoryview) -> None:
+    tmp = path.with_name(_temp_name(path.name))
     with open(tmp, "wb") as fh:
         fh.write(payload)
     os.replace(tmp, path)

@@ -245,6 +245,75 @@ def test_a_run_whose_writes_keep_failing_holds_back_only_itself(
         assert table["seq_num"].tolist() == list(range(1, N_ENERGIES + 1))
 
 
+async def _read_body(receive) -> bytes:
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
+async def _forward(upstream: str, scope, body: bytes) -> tuple[int, list, bytes]:
+    """Send a request received by a test proxy on to the real server; its answer."""
+    query = scope["query_string"].decode()
+    # the Host header goes along: Tiled's answers link to the proxy, not around it
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    async with httpx.AsyncClient(base_url=upstream, timeout=60) as client:
+        target = scope["path"] + (f"?{query}" if query else "")
+        request = client.build_request(scope["method"], target, headers=headers, content=body)
+        response = await client.send(request, stream=True)
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        await response.aclose()
+    out = [
+        (k, v)
+        for k, v in response.headers.raw
+        if k.lower() not in (b"content-length", b"transfer-encoding", b"connection")
+    ]
+    out.append((b"content-length", str(len(raw)).encode()))
+    return response.status_code, out, raw
+
+
+async def _respond(send, status: int, headers: list, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _ProxyServer:
+    """A uvicorn server on a free loopback port, running an ASGI ``app`` in a thread."""
+
+    def __init__(self, app) -> None:
+        from tests.conftest import free_port
+
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self._app = app
+        self._server = None
+        self._thread = None
+
+    def start(self) -> None:
+        import uvicorn
+
+        from tests.conftest import wait_until
+
+        port = int(self.url.rsplit(":", 1)[1])
+        config = uvicorn.Config(
+            self._app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            interface="asgi3",
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        wait_until(lambda: self._server.started, timeout=30, interval=0.05)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
+
+
 class HangingProxy:
     """A reverse proxy in front of the real Tiled server that gives no answer to any request
     about one run (``uid`` in its path or body) until :meth:`release`: a server stuck on that
@@ -252,25 +321,18 @@ class HangingProxy:
     never saw them); later ones go through. Other requests are forwarded as they come."""
 
     def __init__(self, upstream: str) -> None:
-        from tests.conftest import free_port
-
         self.upstream = upstream
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self._server = _ProxyServer(self.app)
+        self.url = self._server.url
         self.uid = ""
         self.held = 0  # requests being held now
         self.first_held = threading.Event()
         self._released = threading.Event()
-        self._server = None
-        self._thread = None
 
     async def app(self, scope, receive, send) -> None:
         import asyncio
 
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await _read_body(receive)
         path = scope["path"]
         if self.uid and (self.uid in path or self.uid.encode() in body):
             if not self._released.is_set():
@@ -282,42 +344,10 @@ class HangingProxy:
                 await send({"type": "http.response.start", "status": 503, "headers": []})
                 await send({"type": "http.response.body", "body": b"held by the test"})
                 return
-        query = scope["query_string"].decode()
-        # the Host header goes along: Tiled's answers link to the proxy, not around it
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-        async with httpx.AsyncClient(base_url=self.upstream, timeout=60) as client:
-            target = path + (f"?{query}" if query else "")
-            request = client.build_request(scope["method"], target, headers=headers, content=body)
-            response = await client.send(request, stream=True)
-            raw = b"".join([chunk async for chunk in response.aiter_raw()])
-            await response.aclose()
-        out = [
-            (k, v)
-            for k, v in response.headers.raw
-            if k.lower() not in (b"content-length", b"transfer-encoding", b"connection")
-        ]
-        out.append((b"content-length", str(len(raw)).encode()))
-        await send({"type": "http.response.start", "status": response.status_code, "headers": out})
-        await send({"type": "http.response.body", "body": raw})
+        await _respond(send, *await _forward(self.upstream, scope, body))
 
     def __enter__(self) -> HangingProxy:
-        import uvicorn
-
-        port = int(self.url.rsplit(":", 1)[1])
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            interface="asgi3",
-            lifespan="off",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        from tests.conftest import wait_until
-
-        wait_until(lambda: self._server.started, timeout=30, interval=0.05)
+        self._server.start()
         return self
 
     def release(self) -> None:
@@ -325,8 +355,7 @@ class HangingProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-        self._server.should_exit = True
-        self._thread.join(30)
+        self._server.stop()
 
 
 def test_a_hanging_request_holds_only_its_own_runs_lane(tiled_server, tiled_client, tmp_path):
@@ -465,3 +494,150 @@ def test_frames_in_files_failing_after_commit_and_replayed_are_exactly_once(
     assert len(data_source.assets) == 1  # one array on disk, however often it was replayed
     assert advertised and all(shown <= on_disk for shown, on_disk in advertised)
     assert max(shown for shown, _ in advertised) == N_ENERGIES
+
+
+class LateCommitProxy:
+    """A reverse proxy in front of the real Tiled server that holds the first write of one
+    run matching ``matches`` past the client's timeout and only then forwards it: the server
+    applies it after the client gave up waiting (a request queued behind a locked database).
+
+    The held write is released by the next request about the same run, which is forwarded
+    and answered *first* (a retry's re-read then sees the table without the held rows, and
+    they commit right after it), or after ``hold`` seconds. ``log`` says what came when."""
+
+    def __init__(self, upstream: str, matches, hold: float) -> None:
+        import asyncio
+
+        self.upstream = upstream
+        self.matches = matches
+        self.hold = hold
+        self._server = _ProxyServer(self.app)
+        self.url = self._server.url
+        self.uid = ""
+        self.log: list[str] = []
+        self._holding = False
+        self._held_once = False
+        self._release = asyncio.Event()
+
+    async def app(self, scope, receive, send) -> None:
+        import asyncio
+
+        body = await _read_body(receive)
+        method, path = scope["method"], scope["path"]
+        about_run = bool(self.uid) and (self.uid in path or self.uid.encode() in body)
+        if about_run and not self._held_once and self.matches(method, path):
+            self._held_once = self._holding = True
+            self.log.append(f"held {method} {path}")
+            try:
+                await asyncio.wait_for(self._release.wait(), self.hold)
+            except TimeoutError:
+                pass
+            status, headers, raw = await _forward(self.upstream, scope, body)
+            self._holding = False
+            self.log.append(f"committed {method} {path}: {status}")
+            await _respond(send, status, headers, raw)
+            return
+        answer = await _forward(self.upstream, scope, body)
+        if about_run and self._holding:
+            self.log.append(f"while held: {method} {path}")
+            self._release.set()
+        await _respond(send, *answer)
+
+    def __enter__(self) -> LateCommitProxy:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+
+def _append_of(table: str):
+    return lambda method, path: (
+        method == "PATCH" and "/table/partition/" in path and path.endswith(table)
+    )
+
+
+@both_backends
+def test_a_raw_append_committed_after_the_clients_timeout_is_not_doubled(
+    tiled_server, tiled_client, tmp_path
+):
+    """The first table append of a raw run reaches Tiled only after the client's timeout
+    (2 s) has passed: the spool retries, and its re-read of the table must not come before the
+    late append has ended, or the retry appends the rows a second time. Nothing else of the
+    run is sent while the append is in flight; every row once."""
+    from services.tiled.applier import connect
+
+    with LateCommitProxy(tiled_server.url, _append_of("/primary/internal"), hold=8.0) as proxy:
+        client = connect(proxy.url, tiled_server.api_key, timeout=2.0)
+        metrics = Metrics("raw")
+        spool = Spool(
+            tmp_path / "spool",
+            TiledApplier(client),
+            metrics,
+            max_backoff=0.2,
+            is_transient=is_transient,
+            max_batch=1,
+        )
+        spool.start()
+        dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
+        txm = small_txm(tiled_server.settings.detector_dir, "stream", seed=31)
+        RE = RunEngine({})
+        RE.subscribe(lambda name, doc: setattr(proxy, "uid", proxy.uid or doc["uid"]), "start")
+        RE.subscribe(lambda name, doc: (dispatcher(name, doc), dispatcher.flush()))
+        try:
+            (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=1))
+            assert spool.wait_empty(120)
+        finally:
+            spool.stop(drain_timeout=0)
+            client.context.close()
+    retries = metrics.registry.get_sample_value(
+        "beamwatch_tiled_write_retries_total", {"service": "raw"}
+    )
+    table = tiled_client["raw"][uid]["primary"].base["internal"].read()
+    assert table["seq_num"].tolist() == list(range(1, N_ENERGIES + 1)), proxy.log
+    _check_run_exactly_once(tiled_client, uid, txm)
+    assert retries >= 1  # the client did give up waiting
+    # and sent nothing more of the run until the late append had ended
+    assert proxy.log[0].startswith("held PATCH") and proxy.log[1].startswith("committed")
+
+
+def test_an_analysis_append_committed_after_the_clients_timeout_is_not_doubled(
+    tiled_server, tiled_client, tmp_path
+):
+    """The same for a table of analysis results (rows at offsets): the late append must not
+    double its rows, nor make the next rows look written (a length counted with a late
+    duplicate in it made the applier skip the rows after it)."""
+    import uuid
+
+    from services.tiled.applier import connect
+    from services.tiled.records import Container, TableRows
+
+    uid = str(uuid.uuid4())
+    path = ("analysis", uid, "xanes")
+    blocks = [list(range(0, 3)), list(range(3, 5)), list(range(5, 9))]
+    with LateCommitProxy(tiled_server.url, _append_of("/xanes/frames"), hold=8.0) as proxy:
+        proxy.uid = uid
+        client = connect(proxy.url, tiled_server.api_key, timeout=2.0)
+        metrics = Metrics("analysis")
+        spool = Spool(
+            tmp_path / "spool",
+            TiledApplier(client),
+            metrics,
+            max_backoff=0.2,
+            is_transient=is_transient,
+            max_batch=1,
+        )
+        spool.start()
+        try:
+            spool.put(Container(path, {"status": "running"}))
+            for block in blocks:
+                rows = {"seq_num": block, "energy": [8300.0 + i for i in block]}
+                spool.put(TableRows(path, "frames", rows, offset=block[0]))
+            assert spool.wait_empty(120)
+        finally:
+            spool.stop(drain_timeout=0)
+            client.context.close()
+    table = tiled_client["analysis"][uid]["xanes"]["frames"].read()
+    assert table["seq_num"].tolist() == list(range(9))
+    held = next(i for i, line in enumerate(proxy.log) if line.startswith("held PATCH"))
+    assert proxy.log[held + 1].startswith("committed")

@@ -49,3 +49,85 @@ def test_queued_growths_of_one_array_merge_into_the_largest_and_survive_the_wire
     merged = merge_records([grow(2), grow(5), grow(3), grow(1, "other")])
     assert [(m.key, m.frames) for m in merged] == [("img", 5), ("other", 1)]
     assert records.loads(records.dumps(grow(7))) == grow(7)
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+import numpy as np
+from services.tiled import frame_files
+
+def killed(src, dst):  # the temporary file is written; SIGKILL before it is renamed
+    os.kill(os.getpid(), signal.SIGKILL)
+
+frames = frame_files.FrameFile(sys.argv[1], (4, 5), np.dtype("<u2"))
+frames.write(0, np.zeros((4, 5), "<u2"))
+frame_files.os.replace = killed
+frames.write(1, np.ones((4, 5), "<u2"))
+"""
+
+
+def test_temporary_files_of_a_writer_killed_mid_write_are_removed_at_start_up(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from services.tiled.frame_files import STALE_TEMP_SECONDS, remove_stale_temp_files
+
+    frames_dir = tmp_path / "raw_frames"
+    array = frames_dir / "run-1" / "primary" / "img.zarr"
+    repo = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_WRITE, str(array)],
+        env={**os.environ, "PYTHONPATH": repo},
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    (left,) = array.glob(".*.tmp")  # what the SIGKILL left: a whole frame, never renamed
+    assert left.name.startswith(".1.0.0.")
+    # a frame being written right now by another running process (here: a live child) and
+    # one of this process: left alone; the same of a live process but old: stale
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            busy = array / f".2.0.0.{live.pid}.1.tmp"
+            old = array / f".3.0.0.{live.pid}.2.tmp"
+            own = array / f".4.0.0.{os.getpid()}.1.tmp"
+            for path in (busy, old, own):
+                path.write_bytes(b"x")
+            past = time.time() - STALE_TEMP_SECONDS - 1
+            os.utime(old, (past, past))
+            assert remove_stale_temp_files(frames_dir) == 2
+        finally:
+            live.kill()
+    assert not left.exists() and not old.exists()
+    assert busy.exists() and own.exists()
+    assert sorted(p.name for p in array.iterdir() if not p.name.endswith(".tmp")) == [
+        ".zarray",
+        "0.0.0",
+    ]  # the frames on disk and the array's metadata are untouched
+
+
+def test_the_raw_consumer_removes_them_when_it_starts(tmp_path):
+    import os
+
+    from benchmarks.ports import free_port
+    from services.core.settings import load_settings
+    from services.runtime.consumer import Consumer
+
+    settings = load_settings(
+        data_dir=str(tmp_path),
+        tiled={"url": "http://127.0.0.1:9", "api_key": "k", "readable_roots": [str(tmp_path)]},
+        bus={"mode": "zmq", "out_address": f"tcp://127.0.0.1:{free_port()}"},
+    )
+    array = settings.raw_frames_dir / "run-1" / "primary" / "img.zarr"
+    array.mkdir(parents=True)
+    dead = array / ".0.0.0.999999999.1.tmp"  # no such pid
+    dead.write_bytes(b"x")
+    assert not os.path.exists("/proc/999999999")
+    consumer = Consumer("raw", settings)
+    try:
+        assert not dead.exists()
+    finally:
+        consumer.stop(drain_timeout=0)

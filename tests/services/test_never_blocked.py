@@ -120,3 +120,131 @@ def test_frames_are_timed_from_their_arrival_on_the_bus():
     }
     dispatcher("event", event, received=123.5)
     assert [f.received for f in received] == [123.5]
+
+
+def test_a_scan_runs_live_while_the_start_of_a_lone_stop_is_looked_up_in_a_hanging_tiled(
+    consumer_settings, tiled_server, tiled_client
+):
+    """A stop arrives of a run none of whose documents came (lost while the consumer was
+    down): its start is looked up in Tiled, and Tiled hangs on that lookup (a proxy in front
+    of the real server that gives no answer about that run; the client's timeout is far off).
+    The next scan is analysed to the end meanwhile: the lookup is not on the dispatch thread.
+    """
+    import time
+    import uuid
+
+    from services.tiled.applier import ensure_container
+    from tests.services.test_exactly_once import HangingProxy
+
+    settings, detector = consumer_settings
+    lone = str(uuid.uuid4())
+    ensure_container(tiled_client, ["raw"])  # where the raw path keeps runs (looked up)
+    with HangingProxy(tiled_server.url) as proxy:
+        proxy.uid = lone
+        tiled = settings.tiled.model_copy(update={"url": proxy.url, "request_timeout": 300.0})
+        settings = settings.model_copy(update={"tiled": tiled})
+        registry = PipelineRegistry()
+        registry.register("frames", lambda start: True, FrameStatsPipeline)
+        ana = Consumer("analysis", settings, registry=registry)
+        ana.start()
+        pub = live_publisher(settings, (ana,))
+        try:
+            stop = {
+                "uid": str(uuid.uuid4()),
+                "run_start": lone,
+                "time": time.time(),
+                "exit_status": "success",
+                "num_events": {"primary": 3},
+            }
+            pub("stop", stop)
+            assert proxy.first_held.wait(60)  # the lookup of its start hangs
+            RE = RunEngine({})
+            RE.subscribe(pub)
+            (uid,) = RE(
+                xanes_scan_plan(small_txm(detector, "stream", seed=11), energies(), n_flats=N_FLATS)
+            )
+            wait_until(
+                lambda: tiled_client["analysis"][uid]["frames"].metadata["status"] == "complete",
+                timeout=90,
+            )
+            stats = tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
+            assert len(stats) == N_ENERGIES + FLAT_FRAMES
+            assert proxy.held == 1  # the lookup is still waiting for its answer
+        finally:
+            proxy.release()
+            pub.close()
+            ana.stop()
+    assert lone not in tiled_client["analysis"]  # no phantom run for a stop alone
+
+
+def test_a_lone_stops_start_is_looked_up_off_the_dispatch_thread():
+    """The dispatcher hands the lookup to ``defer`` and goes on with other runs' documents;
+    the stop is routed when the start comes back."""
+    from tests.services.test_routing import Recorder, docs
+
+    metrics = Metrics("t")
+    routers = []
+    pending = []
+
+    def factory(start):
+        routers.append(Recorder(start))
+        return routers[-1]
+
+    dispatcher = RunDispatcher(
+        [factory],
+        metrics,
+        recover_start=lambda uid: {"uid": uid, "time": 0.0},
+        defer=lambda lookup, then: pending.append((lookup, then)),
+    )
+    _start, _desc, _events, lone_stop = docs("lone")
+    dispatcher("stop", lone_stop)
+    dispatcher("stop", lone_stop)  # the same stop again: one lookup
+    assert len(pending) == 1 and routers == []
+    start, desc, events, stop = docs("other")
+    for name, doc in [("start", start), ("descriptor", desc)] + [("event", e) for e in events]:
+        dispatcher(name, doc)
+    dispatcher("stop", stop)
+    assert [r.calls[0] for r in routers] == [("start", "other")]
+    assert routers[0].calls[-1] == ("stop", False)
+    lookup, then = pending.pop()
+    then(lookup())  # on the dispatch thread, as the consumer does through its queue
+    assert [r.calls for r in routers[1:]] == [[("start", "lone"), ("stop", False)]]
+
+
+def test_the_stop_of_an_idle_run_is_looked_up_off_the_dispatch_thread():
+    """An idle run's stop is looked for in ``raw/`` through ``defer``: meanwhile other runs
+    are routed; the run is finished with the stop found (its lost Events then known)."""
+    from tests.services.test_routing import Recorder, docs
+
+    now = [0.0]
+    routers = []
+    pending = []
+    metrics = Metrics("t")
+
+    def factory(start):
+        routers.append(Recorder(start))
+        return routers[-1]
+
+    idle_start, idle_desc, _events, idle_stop = docs("idle")
+    dispatcher = RunDispatcher(
+        [factory],
+        metrics,
+        recover_stop=lambda uid: {**idle_stop, "num_events": {"primary": 0}},
+        defer=lambda lookup, then: pending.append((lookup, then)),
+        idle_timeout=10.0,
+        clock=lambda: now[0],
+    )
+    dispatcher("start", idle_start)
+    dispatcher("descriptor", idle_desc)
+    now[0] = 20.0
+    dispatcher.sweep()
+    dispatcher.sweep()  # looked up once
+    assert len(pending) == 1 and dispatcher.open_runs == ["idle"]
+    start, desc, events, stop = docs("other")
+    for name, doc in [("start", start), ("descriptor", desc)] + [("event", e) for e in events]:
+        dispatcher(name, doc)
+    dispatcher("stop", stop)
+    assert routers[1].calls[-1] == ("stop", False)  # the other run went through meanwhile
+    lookup, then = pending.pop()
+    then(lookup())
+    assert dispatcher.open_runs == [] and routers[0].calls[-1] == ("stop", False)
