@@ -159,15 +159,19 @@ def small_tomograms(up: UpProcess, publisher: Any) -> list[FinishedRun]:
     """Two small finished tomograms (crack map and particles), different samples and voxels."""
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
-    from synthetic.cathode import make_cathode_volume
+    from synthetic.cathode import CathodeParams, make_cathode_volume
     from synthetic.scan import simulate_scan
 
     RE, settings = publisher
     runs = []
     angles = np.linspace(0.0, 180.0, 60, endpoint=False)
     for seed, voxel in ((21, 0.5), (22, 0.4)):
-        # thick enough for particles that touch no face of the volume (the whole particles)
-        volume = make_cathode_volume((24, 128, 128), seed=seed)
+        # particles of 16 px in 24 slices: 10-12 whole particles (touching no face of the
+        # volume) that the pipeline finds; with the default 24 px the only "whole" particle
+        # of seed 21 was a false one in the binder, which the instance acceptance drops
+        volume = make_cathode_volume(
+            (24, 128, 128), seed=seed, params=CathodeParams(particle_diameter_px=16.0)
+        )
         frames = simulate_scan(volume.attenuation, angles, seed=seed + 1)
         station = SimTomoStation.from_frames(
             angles, frames.projections, frames.flat, frames.dark, settings.detector_dir

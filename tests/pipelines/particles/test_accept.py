@@ -122,7 +122,7 @@ def test_drop_unlike_particles_rejects_bad_input() -> None:
 @pytest.mark.parametrize(
     ("shape", "seed", "diameter", "cracks", "n_angles"),
     [
-        ((24, 128, 128), 21, 24.0, 1.0, 60),  # a tomogram of tests/browser/conftest.py
+        ((24, 128, 128), 21, 16.0, 1.0, 60),  # a tomogram of tests/browser/conftest.py
         ((24, 64, 64), 5, 12.0, 2.5, 72),  # the cycled scan of test_report_compare.py
     ],
 )
