@@ -98,7 +98,8 @@ def _errors(scene: DenseTxmScene, result, truth: np.ndarray) -> tuple[np.ndarray
 def test_dense_scene_holds_its_measured_level(dense):
     """Not the issue-12 goals (see the xfail below): the level measured on 2026-11-30 (7th
     session; per particle 1.10 px, global 0.43 px, 8 of 8 wholly visible particles tracked, the
-    worst particle-frame 2.72 px off; before it 1.16 / 0.61 / 8 / 2.99), with a margin, so that
+    worst particle-frame 2.72 px off; before it 1.16 / 0.61 / 8 / 2.99; with lost particles
+    re-acquired 1.09 / 0.44 / 8 / 2.72), with a margin, so that
     a change that makes the dense family worse fails here."""
     scene, result, truth = dense
     error, tracked = _errors(scene, result, truth)
