@@ -178,6 +178,24 @@ class TrackParams(_Params):
         ),
     )
     max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
+    reacquire_lost_frames: PositiveInt | None = Field(
+        default=3,
+        description=(
+            "edge: a tracked particle not registered in a re-detection frame nor in the frames "
+            "before it, this many in all, gets a new outline template from the re-detected "
+            "object covering it (whatever its IoU), anchored at the frame's global shift plus "
+            "its usual offset: a particle whose faint frame-0 outline stopped matching is "
+            "re-acquired with its own new reference; None: never"
+        ),
+    )
+    post_edge_backfill: bool = Field(
+        default=True,
+        description=(
+            "edge: the post-edge pass also registers a particle in the frames it was lost in "
+            "(predicted by the frame's global shift plus its usual offset; the same correlation "
+            "and jump gates), so a particle re-acquired later gets its earlier frames back"
+        ),
+    )
     static_refine: bool = Field(
         default=False,
         description=(

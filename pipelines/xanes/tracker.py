@@ -26,15 +26,18 @@ later frame costs a few small operations per particle:
 5. when the frame's contrast has risen 1.3x over the best so far, particles are detected again
    and those not tracked yet join with this frame as their reference; a tracked particle the
    new detection outlines differently (a touching-cluster member whose neighbours brighten at
-   the edge) gets a new outline template from it (``track.retemplate_iou``).
+   the edge) gets a new outline template from it (``track.retemplate_iou``), and so does a
+   tracked particle not registered in this frame (``track.reacquire_lost_frames``: a faint frame-0
+   outline that stopped matching is re-acquired with its own new reference).
 
 At :meth:`finalize`, when the background stays still (``track.post_edge_pass="auto"``), every
 whole particle is registered again in the frames it was found in against its outline in the
 last of them (past the edge, the clearest) and re-anchored at frame 0
-(:mod:`pipelines.xanes.post_edge`). The aligned per-particle ROI stacks feed the XANES maps
-computed by :meth:`finalize`. The
-numeric kernels are in :mod:`pipelines.xanes.kernels`, the per-particle state in
-:mod:`pipelines.xanes.window`, the result types in :mod:`pipelines.xanes.results`.
+(:mod:`pipelines.xanes.post_edge`); the frames before it joined or was re-acquired are
+registered too (``track.post_edge_backfill``). The aligned per-particle ROI stacks feed the
+XANES maps computed by :meth:`finalize`. The numeric kernels are in
+:mod:`pipelines.xanes.kernels`, the per-particle state in :mod:`pipelines.xanes.window`, the
+result types in :mod:`pipelines.xanes.results`.
 """
 
 from __future__ import annotations
@@ -327,9 +330,14 @@ class XanesTracker:
         outline in the last of them, re-anchored at frame 0 (:mod:`pipelines.xanes.post_edge`).
 
         A particle that joined later gets its frame-0 place from the same registration (not
-        from its join frame's global shift). Particles cut by the frame border, and particles
-        whose frame 0 does not register (faint, the outline does not correlate), keep their
-        live shifts; so does any frame the new template does not register.
+        from its join frame's global shift); with ``track.post_edge_backfill`` the frames
+        before the first one it was found in after frame 0 (before it joined or was
+        re-acquired) are registered too, predicted by the frame's global shift plus the
+        particle's median offset from it, and kept when they pass the same gates (their
+        aligned ROIs stay out of the maps: the full frames are gone by then). Particles cut
+        by the frame border, and particles whose frame 0 does not register (faint, the outline
+        does not correlate), keep their live shifts; so does any frame the new template does
+        not register.
         """
         tp = self.params.track
         assert self._shape is not None
@@ -355,8 +363,21 @@ class XanesTracker:
             if template.model is None:
                 continue
             registered = np.full((shift.shape[1], 2), np.nan)
-            for i in sorted({0, *found.tolist()}):
-                predicted = shift[k, i] if np.all(np.isfinite(shift[k, i])) else global_shift[i]
+            frames = set(found.tolist()) | {0}
+            offset = np.zeros(2)
+            later = found[found > 0]
+            if tp.post_edge_backfill and later.size:
+                # the frames before it joined or was re-acquired, predicted by the frame's
+                # drift plus its usual offset (a gap inside its track is more likely a
+                # neighbour's outline and stays NaN)
+                frames |= set(range(int(later[0])))
+                offsets = shift[k, found] - global_shift[found]
+                offsets = offsets[np.all(np.isfinite(offsets), axis=1)]
+                offset = np.median(offsets, axis=0) if offsets.size else offset
+            for i in sorted(frames):
+                predicted = (
+                    shift[k, i] if np.all(np.isfinite(shift[k, i])) else global_shift[i] + offset
+                )
                 if not np.all(np.isfinite(predicted)):
                     continue
                 outcome = template.register(edges_of(i), predicted, iterations)
@@ -368,7 +389,9 @@ class XanesTracker:
             anchored = reanchored_shifts(registered)
             if anchored is None:
                 continue
-            keep = np.all(np.isfinite(anchored), axis=1) & np.all(np.isfinite(shift[k]), axis=1)
+            keep = np.all(np.isfinite(anchored), axis=1)
+            if not tp.post_edge_backfill:
+                keep &= np.all(np.isfinite(shift[k]), axis=1)
             out[k, keep] = anchored[keep]
         self._post_edge_applied = True
         return out
@@ -741,11 +764,11 @@ class XanesTracker:
         tracked = int(np.argmax(counts))
         if counts[tracked] < 0.9 * under.size:
             return  # covers several tracked particles (merged): no new outline from it
+        index = tracked - 1
         old = moved == tracked
         union = np.count_nonzero(old) + np.count_nonzero(own) - int(counts[tracked])
-        if counts[tracked] >= tp.retemplate_iou * union:
+        if counts[tracked] >= tp.retemplate_iou * union and not self._lost(index, result):
             return
-        index = tracked - 1
         particle = self._particles[index]
         anchor = np.asarray(result.particle_shift[index], dtype=np.float64)
         if not np.all(np.isfinite(anchor)):
@@ -765,6 +788,22 @@ class XanesTracker:
         particle.anchor_pending = True
         particle.last_shift = edge.offset.copy()
         particle.last_coarse = self._coarse_global.copy()
+
+    def _lost(self, index: int, result: FrameResult) -> bool:
+        """Whole particle ``index`` not registered in this frame nor in the frames before it,
+        ``track.reacquire_lost_frames`` in all (a momentary miss is not lost; a border-cut
+        particle's outline changes with the drift and is left to the border-cut rule)."""
+        frames = self.params.track.reacquire_lost_frames
+        edge = self._particles[index].edge
+        if frames is None or edge is None or edge.partial:
+            return False
+        recent = [*self._results[-(frames - 1) :], result] if frames > 1 else [result]
+        if len(recent) < frames:
+            return False
+        return not any(
+            r.particle_shift.shape[0] > index and np.all(np.isfinite(r.particle_shift[index]))
+            for r in recent
+        )
 
     def _paint_label(self, window: ParticleWindow, label: int) -> None:
         """Add a joined particle's footprint to the frame-0 labels where they are free."""
