@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.cli.inputs import add_settings_options
+from services.cli.inputs import add_settings_options, settings_from_args, tiled_client
 from services.core.identifiers import check_uid
 from services.core.layout import ANALYSIS, RAW
 
@@ -92,14 +92,8 @@ def delete_run(
 
 
 def delete_command(args: argparse.Namespace) -> int:
-    from services.core.settings import load_settings
-    from services.tiled.applier import connect
-
-    overrides = {}
-    if getattr(args, "data_dir", None) is not None:
-        overrides["data_dir"] = str(args.data_dir)
-    settings = load_settings(getattr(args, "config", None), **overrides)
-    client = connect(settings.tiled_url, settings.resolved_api_key())
+    settings = settings_from_args(args)
+    client = tiled_client(settings)
     failed = False
     try:
         for uid in args.uid:

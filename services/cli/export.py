@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from services.cli.export_formats import found_frames, write_csv, write_spectra, write_tiff
-from services.cli.inputs import add_settings_options
+from services.cli.inputs import add_settings_options, settings_from_args, tiled_client
 from services.core.h5io import InputFileError, open_input
 
 __all__ = ["export_file", "register"]
@@ -206,10 +206,9 @@ def export_command(args: argparse.Namespace) -> int:
 
 def _export_runs(args: argparse.Namespace) -> int:
     from services.cli.export_tiled import RunExportError, export_run
-    from services.cli.runs import _client, _settings
 
-    settings = _settings(args)
-    client = _client(settings)
+    settings = settings_from_args(args)
+    client = tiled_client(settings)
     try:
         for uid in args.run:
             written = export_run(client, uid, args.output)

@@ -24,6 +24,7 @@ from services.core.instrument_files import (
     detect_format,
     read_instrument_files,
 )
+from services.core.settings import BeamwatchSettings, load_settings
 
 __all__ = [
     "INPUT_HELP",
@@ -193,6 +194,21 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="data directory of `beamwatch up` (its Tiled and API key)",
     )
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> BeamwatchSettings:
+    """The settings the command line names: ``--config`` (a YAML file) and ``--data-dir``
+    (given anywhere on the line) over the defaults; ``overrides`` on top (e.g. the bus)."""
+    if getattr(args, "data_dir", None) is not None:
+        overrides["data_dir"] = str(args.data_dir)
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def tiled_client(settings: Any) -> Any:
+    """A client on the configured Tiled, with the writers' timeouts (close its context)."""
+    from services.tiled.applier import connect
+
+    return connect(settings.tiled_url, settings.resolved_api_key())
 
 
 def add_separator_option(parser: argparse.ArgumentParser) -> None:

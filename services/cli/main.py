@@ -10,8 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from services.cli.inputs import settings_from_args
 from services.core.logs import configure_logging
-from services.core.settings import BeamwatchSettings, load_settings
 
 logger = logging.getLogger("beamwatch")
 
@@ -26,15 +26,8 @@ OFFLINE_VERB_MODULES = (
 )
 
 
-def _settings(args: argparse.Namespace) -> BeamwatchSettings:
-    overrides = {}
-    if getattr(args, "data_dir", None) is not None:
-        overrides["data_dir"] = str(args.data_dir)
-    return load_settings(getattr(args, "config", None), **overrides)
-
-
 def cmd_config_show(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from_args(args)
     sys.stdout.write(json.dumps(settings.redacted(), indent=2) + "\n")
     return 0
 
@@ -43,7 +36,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from services.runtime.consumer import Consumer
     from services.runtime.supervisor import install_signal_handlers
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     configure_logging(settings.log_level, service=f"consumer-{args.role}")
     consumer = Consumer(args.role, settings)
     port = settings.metrics.raw_port if args.role == "raw" else settings.metrics.analysis_port
@@ -59,10 +52,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from services.runtime.consumer import Consumer
     from services.runtime.supervisor import install_signal_handlers
 
-    overrides: dict[str, object] = {"bus": {"mode": "nats", "nats_url": args.bus}}
-    if getattr(args, "data_dir", None) is not None:
-        overrides["data_dir"] = str(args.data_dir)
-    settings = load_settings(getattr(args, "config", None), **overrides)
+    settings = settings_from_args(args, bus={"mode": "nats", "nats_url": args.bus})
     configure_logging(settings.log_level, service=f"worker-{args.role}")
     consumer = Consumer(args.role, settings)
     if args.metrics_port:
@@ -76,7 +66,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from services.bus.bridge import Bridge
     from services.runtime.supervisor import install_signal_handlers
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     configure_logging(settings.log_level, service="bridge")
     bridge = Bridge(settings)
     if settings.nats.bridge_metrics_port:
@@ -94,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         wait_for_tiled,
     )
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     configure_logging(settings.log_level, service="up")
     supervisor = Supervisor(child_specs(settings, args.config))
     install_signal_handlers(supervisor.request_stop)
@@ -113,7 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     from services.web.app import serve
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     if args.port is not None:
         settings.web.port = args.port
     configure_logging(settings.log_level, service="web")
@@ -124,7 +114,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.runtime.demo import run_demo
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     configure_logging(settings.log_level, service="demo")
     return run_demo(settings, config_file=args.config, serve=args.serve, quick=args.quick)
 
@@ -134,7 +124,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from services.web.report import build_report
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     client = from_uri(settings.tiled_url, api_key=settings.resolved_api_key())
     try:
         text = build_report(client, args.uid)
@@ -260,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "Tiled at %s: %s (%s); use the --config / --data-dir of the `beamwatch up` that "
             "serves it, or set tiled.url and tiled.api_key (BEAMWATCH_TILED__URL, "
             "BEAMWATCH_TILED__API_KEY)",
-            _settings(args).tiled_url,
+            settings_from_args(args).tiled_url,
             reason,
             exc,
         )

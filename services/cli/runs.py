@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from services.cli.inputs import add_settings_options, as_paths, read_scan, resolve_size
+from services.cli.inputs import (
+    add_settings_options,
+    as_paths,
+    read_scan,
+    resolve_size,
+    settings_from_args,
+    tiled_client,
+)
 from services.core.instrument_files import InstrumentFileError, InstrumentScan
 from services.tiled.records import ArrayRows, Container, RawDoc, RawDocs, Record, TableRows
 from services.tiled.spool import Spool
@@ -110,21 +117,6 @@ def register(subparsers: Any) -> None:
     )
     add_settings_options(rep)
     rep.set_defaults(func=reprocess_command)
-
-
-def _settings(args: argparse.Namespace) -> Any:
-    from services.core.settings import load_settings
-
-    overrides = {}
-    if getattr(args, "data_dir", None) is not None:
-        overrides["data_dir"] = str(args.data_dir)
-    return load_settings(getattr(args, "config", None), **overrides)
-
-
-def _client(settings: Any) -> Any:
-    from services.tiled.applier import connect
-
-    return connect(settings.tiled_url, settings.resolved_api_key())
 
 
 # ---------------------------------------------------------------------------------- import
@@ -437,7 +429,7 @@ def import_scan(
     pixel = resolve_size(pixel_size_um, scan.pixel_size_um, str(paths[0]))
     docs = run_documents(scan, technique, pixel, sample)
     uid = docs[0][1]["uid"]
-    client = _client(settings)
+    client = tiled_client(settings)
     try:
 
         def feed(spool: Spool) -> None:
@@ -460,7 +452,7 @@ def import_command(args: argparse.Namespace) -> int:
     try:
         uid = import_scan(
             as_paths(args.input),
-            _settings(args),
+            settings_from_args(args),
             technique=args.technique,
             pixel_size_um=args.pixel_size_um,
             sample=args.sample,
@@ -655,7 +647,7 @@ def reprocess_run(
     from services.tiled.applier import TiledApplier, is_transient
 
     overrides = overrides or {}
-    client = _client(settings)
+    client = tiled_client(settings)
     try:
         docs = stored_documents(client, uid)
         start = {**docs[0][1], **overrides}
@@ -718,7 +710,7 @@ def reprocess_command(args: argparse.Namespace) -> int:
     try:
         result = reprocess_run(
             args.uid,
-            _settings(args),
+            settings_from_args(args),
             overrides=_load_overrides(args.params),
             pipelines=args.pipelines,
         )

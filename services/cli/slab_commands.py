@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from services.cli.inputs import length_attrs, separator_attrs
+from services.cli.inputs import length_attrs, separator_attrs, settings_from_args
 from services.core.h5io import InputFileError
-from services.core.settings import BeamwatchSettings, load_settings
+from services.core.settings import BeamwatchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,6 @@ def _quiet(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "no_progress", False))
 
 
-def cli_settings(args: argparse.Namespace) -> BeamwatchSettings:
-    overrides = {}
-    if getattr(args, "data_dir", None) is not None:
-        overrides["data_dir"] = str(args.data_dir)
-    return load_settings(getattr(args, "config", None), **overrides)
-
-
 def wants_slabs(args: argparse.Namespace, volume_shape: tuple[int, ...]) -> bool:
     """Whether this command runs slab by slab for a volume of ``volume_shape``."""
     choice = getattr(args, "slabs", "auto")
@@ -61,7 +54,7 @@ def wants_slabs(args: argparse.Namespace, volume_shape: tuple[int, ...]) -> bool
     if choice == "always":
         return True
     size_mb = float(np.prod(volume_shape)) * 4 / 2**20
-    threshold = cli_settings(args).dask.threshold_mb
+    threshold = settings_from_args(args).dask.threshold_mb
     if size_mb > threshold:
         logger.info("%.0f MB volume > dask.threshold_mb %.0f: slab by slab", size_mb, threshold)
         return True
@@ -84,7 +77,7 @@ def slab_session(args: argparse.Namespace) -> Iterator[tuple[Any, BeamwatchSetti
     """The cluster client, the settings and a fresh work directory (removed afterwards)."""
     from services.slabs.cluster import open_client
 
-    settings = cli_settings(args)
+    settings = settings_from_args(args)
     work = settings.slab_work_dir / f"cli-{uuid.uuid4().hex[:12]}"
     work.mkdir(parents=True, exist_ok=False)
     try:
