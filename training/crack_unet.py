@@ -25,6 +25,14 @@ like cracks in a single slice. Those gaps (:func:`touching_gaps`) are the hard n
 share of the crops is centred on them (``--gap-share``) and their cross-entropy counts
 ``--gap-weight`` times.
 
+``--recon fbp`` reconstructs the training scans with the project's own FBP
+(:func:`pipelines.tomo.fbp.reconstruct`) instead of ``iradon``; ``--damage-width-max`` opens
+the damaged particles' cracks and fragment boundaries up to that width; ``--negative-fringe-share``
+and ``--jpeg-share`` add fringes of the other sign and JPEG-compressed 8-bit renders. A 24-min
+fine-tune with them (fragment gaps up to 7 px) found more cracks everywhere but called real
+inter-particle gaps cracks, so it is not shipped
+(``docs/training_logs/crack_unet_fbp_widefrag_2026-11-30.log``).
+
 ``--wide`` draws the volumes and scans from a much wider range (:func:`wide_volume` and the
 scan settings of ``_wide_slice_set``: particles 12-120 px, packing, binder texture, surface
 cracks and void clusters, fringes of either sign, sparse-angle / missing-wedge scans, JPEG).
