@@ -222,7 +222,11 @@ def make_slice_set(
         params=random_cathode_params(rng, diameter_px),
         depth_gradient=bool(rng.random() < 0.5),
         damage_share=damage_share,
-        **({"width_px": damage_width_px} if damage_width_px != (1.0, 2.6) else {}),
+        **(
+            {"width_px": damage_width_px, "wide_fragments": True}
+            if damage_width_px != (1.0, 2.6)
+            else {}
+        ),
     )
     # extra draws only when asked for, so the default data of a seed stay the same
     sign = -1.0 if negative_fringe_share > 0 and rng.random() < negative_fringe_share else 1.0

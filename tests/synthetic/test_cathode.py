@@ -184,9 +184,19 @@ def test_fragment_boundaries_open_as_wide_as_the_drawn_width() -> None:
     shares = []
     for width in (2.0, 7.0):
         damaged = add_damage(
-            vol, np.random.default_rng(2), share=1.0, kinds=("fragmented",), width_px=(width,) * 2
+            vol,
+            np.random.default_rng(2),
+            share=1.0,
+            kinds=("fragmented",),
+            width_px=(width,) * 2,
+            wide_fragments=True,
         )
         assert not (damaged.crack_mask & (vol.particle_ids == 0)).any()
         shares.append(damaged.crack_mask.sum() / (vol.particle_ids > 0).sum())
     # the same grains (same draws), boundaries opened about 3 times as wide
     assert shares[1] > 2.0 * shares[0]
+    # without wide_fragments (the envelope and particle trainers) the width does not open them
+    narrow = add_damage(
+        vol, np.random.default_rng(2), share=1.0, kinds=("fragmented",), width_px=(7.0, 7.0)
+    )
+    assert narrow.crack_mask.sum() / (vol.particle_ids > 0).sum() < 1.5 * shares[0]
