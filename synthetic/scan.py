@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Literal
 
 import numpy as np
 from skimage.transform import iradon, radon
@@ -52,12 +53,17 @@ def reconstruct_synthetic(
     detector: DetectorParams,
     filter_name: str = "ramp",
     angle_range: float = 180.0,
+    method: Literal["iradon", "fbp"] = "iradon",
 ) -> np.ndarray:
-    """Simulate a scan of a volume and reconstruct it slice by slice (scikit-image FBP).
+    """Simulate a scan of a volume and reconstruct it slice by slice.
 
     ``angle_range`` < 180 degrees leaves a missing wedge (the projections span
-    ``[0, angle_range)``); few ``n_angles`` give sparse-angle streaks.
+    ``[0, angle_range)``); few ``n_angles`` give sparse-angle streaks. ``method`` "iradon"
+    reconstructs with ``skimage.transform.iradon``, "fbp" with the project's own
+    :func:`pipelines.tomo.fbp.reconstruct` (what inference reconstructs with).
     """
+    if method not in ("iradon", "fbp"):
+        raise ValueError(f"method must be 'iradon' or 'fbp', got {method!r}")
     angles = np.linspace(0.0, angle_range, n_angles, endpoint=False)
     with warnings.catch_warnings():
         # the sample fills the square field of view, as in forward_project
@@ -68,6 +74,11 @@ def reconstruct_synthetic(
     beam = frames.flat.astype(np.float32).mean(axis=0) - dark
     transmission = (frames.projections.astype(np.float32) - dark) / np.maximum(beam, 1e-6)
     sino = -np.log(np.maximum(transmission, 1e-3))
+    if method == "fbp":
+        from pipelines.tomo.fbp import ReconParams, reconstruct
+
+        params = ReconParams(input_kind="line_integral", center="detector", filter_name=filter_name)
+        return reconstruct(sino.astype(np.float32), angles, params=params).astype(np.float32)
     recon = np.stack(
         [iradon(sino[:, z, :].T, angles, filter_name=filter_name) for z in range(sino.shape[1])]
     )

@@ -90,3 +90,26 @@ def test_wide_slice_set_is_normalised_labelled_and_reproducible() -> None:
     assert a.labels.any() and set(np.unique(a.labels)) <= {0.0, 1.0}
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_slice_set_scan_options_keep_the_default_data_and_change_when_set() -> None:
+    from training.crack_unet import make_slice_set
+
+    def draw(**options: object) -> object:
+        return make_slice_set(
+            (4, 64, 64),
+            seed=12,
+            rng=np.random.default_rng(4),
+            crack_density=1.0,
+            damage_share=0.8,
+            quantize=True,
+            **options,
+        )
+
+    plain = draw()
+    same = draw(recon_method="iradon", damage_width_px=(1.0, 2.6))
+    np.testing.assert_array_equal(plain.images, same.images)
+    np.testing.assert_array_equal(plain.labels, same.labels)
+    other = draw(recon_method="fbp", negative_fringe_share=1.0, jpeg_share=1.0)
+    assert other.images.shape == plain.images.shape and np.isfinite(other.images).all()
+    assert not np.array_equal(other.images, plain.images)
