@@ -195,13 +195,19 @@ def xanes_scan(detector_dir: Path, seed: int, n_energies: int, source: str) -> t
     return xanes_scan_plan(txm, energies, n_flats=1, md={"chaos_seed": seed}), txm
 
 
-def tomo_scan(detector_dir: Path, seed: int, n_angles: int, source: str) -> tuple[Any, Any]:
+def tomo_scan(
+    detector_dir: Path,
+    seed: int,
+    n_angles: int,
+    source: str,
+    shape: tuple[int, int, int] = (4, 48, 48),
+) -> tuple[Any, Any]:
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
     from synthetic.cathode import make_cathode_volume
     from synthetic.scan import simulate_scan
 
-    volume = make_cathode_volume((4, 48, 48), seed=seed)
+    volume = make_cathode_volume(shape, seed=seed)
     angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
     frames = simulate_scan(volume.attenuation, angles, seed=seed + 1)
     station = SimTomoStation.from_frames(

@@ -6,8 +6,10 @@ tomogram's after-scan stage runs. Starts what ``beamwatch up`` starts (the embed
 server, the bluesky 0MQ proxy, both consumers) as real processes under the real supervisor, on
 free ports in a scratch data dir. A RunEngine publishes, through bluesky's 0MQ ``Publisher``:
 
-1. with ``--tomo-angles N`` (0: none), a tomography scan first, whose after-scan stage
-   (reconstruction, crack and particle maps) starts when its stop arrives;
+1. with ``--tomo-angles N`` (0: none), a tomography scan first (a cathode phantom of
+   ``--tomo-shape Z Y X`` voxels, default 4 48 48; issue 14 saw the blocking with
+   64 512 512), whose after-scan stage (reconstruction, crack and particle maps) starts when
+   its stop arrives;
 2. right after, a XANES scan of ``--energies`` frames, one every ``--exposure`` seconds (a
    detector's pace; 0: as fast as the RunEngine goes, which measures queueing too).
 
@@ -79,7 +81,9 @@ def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                 tomo_uid = None
                 if args.tomo_angles:
                     RE.subscribe(pub)
-                    plan, _station = tomo_scan(detector, args.seed, args.tomo_angles, args.source)
+                    plan, _station = tomo_scan(
+                        detector, args.seed, args.tomo_angles, args.source, tuple(args.tomo_shape)
+                    )
                     (tomo_uid,) = RE(plan)
                     RE = RunEngine({})
                 RE.subscribe(paced)
@@ -132,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--tomo-angles", type=int, default=0, help="a tomography scan first (0: none)"
+    )
+    parser.add_argument(
+        "--tomo-shape",
+        type=int,
+        nargs=3,
+        default=(4, 48, 48),
+        metavar=("Z", "Y", "X"),
+        help="voxels of the tomogram's phantom (default 4 48 48)",
     )
     parser.add_argument("--source", choices=("stream", "resource", "event"), default="stream")
     parser.add_argument("--seed", type=int, default=14)
