@@ -105,6 +105,7 @@ def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                     "p50_ms": float(np.percentile(latency, 50)),
                     "p95_ms": float(np.percentile(latency, 95)),
                     "max_ms": float(latency.max()),
+                    "latency_ms": [round(float(v), 1) for v in latency],
                 }
             )
         finally:
