@@ -41,6 +41,7 @@ def default_registry(
     from services.analysis import xanes_live
 
     series = xanes_live.SeriesStore(directory=series_dir)
+    registry.on_warm_up(xanes_live.warm_up)
     registry.on_close(series.close)  # without series_dir: removes its temporary directory
 
     def rejected(option: str) -> None:

@@ -58,6 +58,21 @@ class PipelineRegistry:
     def __init__(self) -> None:
         self._entries: dict[str, RegistryEntry] = {}
         self._closers: list[Callable[[], None]] = []
+        self._warmers: list[Callable[[], None]] = []
+
+    def on_warm_up(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at :meth:`warm_up` (e.g. import what a live pipeline's first frame needs)."""
+        self._warmers.append(fn)
+
+    def warm_up(self) -> None:
+        """Prepare the per-frame pipelines before their first run (the consumer calls it on a
+        thread of its own at start-up): a run's first frame then does not pay for imports that,
+        while an after-scan stage holds the GIL, took 0.9 s instead of 0.15 s."""
+        for fn in self._warmers:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - the first frame does it again, and says why
+                logger.exception("warm-up of the live pipelines failed")
 
     def on_close(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` at :meth:`close` (state the pipelines share, e.g. temporary files)."""

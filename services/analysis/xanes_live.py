@@ -336,6 +336,13 @@ def select(start: dict[str, Any]) -> bool:
     )
 
 
+def warm_up() -> None:
+    """Import the per-frame tracker and what its first frame uses (detection, registration),
+    so that a scan's first frame does not (see :meth:`PipelineRegistry.warm_up`)."""
+    import pipelines.xanes.detect  # noqa: F401
+    import pipelines.xanes.tracker  # noqa: F401
+
+
 class XanesLivePipeline:
     name = XANES.pipeline
     version = "1"

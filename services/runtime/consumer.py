@@ -276,6 +276,11 @@ class Consumer:
             t = threading.Thread(target=target, name=f"{self.role}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self._registry is not None:
+            # not in self._threads: it ends by itself and is not a worker whose death matters
+            threading.Thread(
+                target=self._registry.warm_up, name=f"{self.role}-warm-up", daemon=True
+            ).start()
         if self.runs_source is not None:
             self.runs_source.start()
 
