@@ -59,6 +59,24 @@ def _data_sources(request: httpx.Request) -> bool:
     return request.method == "PUT" and "/data_source/" in path and "/primary/" in path
 
 
+def _raw_spool(client, spool_dir, **options):
+    """A started spool writing to ``client`` as the consumers do (short back-off), its
+    metrics, and a raw dispatcher feeding it (``frames_dir`` goes to the router)."""
+    frames_dir = options.pop("frames_dir", None)
+    metrics = Metrics("raw")
+    spool = Spool(
+        spool_dir,
+        TiledApplier(client),
+        metrics,
+        max_backoff=0.2,
+        is_transient=is_transient,
+        **options,
+    )
+    spool.start()
+    dispatcher = RunDispatcher([lambda start: RawRunRouter(spool, frames_dir=frames_dir)], metrics)
+    return spool, dispatcher, metrics
+
+
 def _raw_run_through_faults(
     tiled_server, tmp_path, matches, times, source="stream", batched=False, timeout=False
 ):
@@ -68,17 +86,9 @@ def _raw_run_through_faults(
     client = tiled_server.client()
     fault = CommittedButFailed(matches, times, timeout=timeout)
     client.context.http_client.event_hooks["response"].append(fault)
-    metrics = Metrics("raw")
-    spool = Spool(
-        tmp_path / "spool",
-        TiledApplier(client),
-        metrics,
-        max_backoff=0.2,
-        is_transient=is_transient,
-        max_batch=256 if batched else 1,
+    spool, dispatcher, metrics = _raw_spool(
+        client, tmp_path / "spool", max_batch=256 if batched else 1
     )
-    spool.start()
-    dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
     txm = small_txm(tiled_server.settings.detector_dir, source, seed=7)
     RE = RunEngine({})
     if batched:
@@ -210,17 +220,8 @@ def test_a_run_whose_writes_keep_failing_holds_back_only_itself(
     fault = FailingForRun()
     fault.active.set()
     client.context.http_client.event_hooks["response"].append(fault)
-    metrics = Metrics("raw")
-    spool = Spool(
-        tmp_path / "spool",
-        TiledApplier(client),
-        metrics,
-        max_backoff=0.2,
-        is_transient=is_transient,
-        max_server_errors=100_000,  # failing, not refused for good: it must wait, not be dropped
-    )
-    spool.start()
-    dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
+    # failing, not refused for good: it must wait, not be dropped
+    spool, dispatcher, metrics = _raw_spool(client, tmp_path / "spool", max_server_errors=100_000)
     RE = RunEngine({})
     RE.subscribe(lambda name, doc: setattr(fault, "uid", fault.uid or doc["uid"]), "start")
     RE.subscribe(dispatcher)
@@ -367,17 +368,7 @@ def test_a_hanging_request_holds_only_its_own_runs_lane(tiled_server, tiled_clie
 
     with HangingProxy(tiled_server.url) as proxy:
         client = connect(proxy.url, tiled_server.api_key, timeout=300.0)
-        metrics = Metrics("raw")
-        spool = Spool(
-            tmp_path / "spool",
-            TiledApplier(client),
-            metrics,
-            max_backoff=0.2,
-            is_transient=is_transient,
-            workers=2,
-        )
-        spool.start()
-        dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
+        spool, dispatcher, metrics = _raw_spool(client, tmp_path / "spool", workers=2)
         RE = RunEngine({})
         RE.subscribe(lambda name, doc: setattr(proxy, "uid", proxy.uid or doc["uid"]), "start")
         RE.subscribe(dispatcher)
@@ -449,14 +440,7 @@ def test_frames_in_files_failing_after_commit_and_replayed_are_exactly_once(
     def process(docs: list[tuple[str, dict]], spool_dir, faults) -> None:
         client = tiled_server.client()
         client.context.http_client.event_hooks["response"] += [faults, watch]
-        metrics = Metrics("raw")
-        spool = Spool(
-            spool_dir, TiledApplier(client), metrics, max_backoff=0.2, is_transient=is_transient
-        )
-        spool.start()
-        dispatcher = RunDispatcher(
-            [lambda start: RawRunRouter(spool, frames_dir=frames_dir)], metrics
-        )
+        spool, dispatcher, _ = _raw_spool(client, spool_dir, frames_dir=frames_dir)
         for name, doc in docs:
             dispatcher(name, doc)
             dispatcher.flush()  # the consumer idle: every Event's frame advertised alone
@@ -569,17 +553,7 @@ def test_a_raw_append_committed_after_the_clients_timeout_is_not_doubled(
 
     with LateCommitProxy(tiled_server.url, _append_of("/primary/internal"), hold=8.0) as proxy:
         client = connect(proxy.url, tiled_server.api_key, timeout=2.0)
-        metrics = Metrics("raw")
-        spool = Spool(
-            tmp_path / "spool",
-            TiledApplier(client),
-            metrics,
-            max_backoff=0.2,
-            is_transient=is_transient,
-            max_batch=1,
-        )
-        spool.start()
-        dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
+        spool, dispatcher, metrics = _raw_spool(client, tmp_path / "spool", max_batch=1)
         txm = small_txm(tiled_server.settings.detector_dir, "stream", seed=31)
         RE = RunEngine({})
         RE.subscribe(lambda name, doc: setattr(proxy, "uid", proxy.uid or doc["uid"]), "start")
