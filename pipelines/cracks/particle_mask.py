@@ -587,11 +587,13 @@ def drop_edge_specks(cracks: np.ndarray, envelope: np.ndarray, min_pixels: int) 
     if min_pixels <= 0 or not crack.any():
         return crack.copy()
     comp, n = ndimage.label(crack, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    sizes = np.bincount(comp[crack], minlength=n + 1)
     outer = binary_dilate(~env, np.ones((3, 3), dtype=bool))
     touching = np.bincount(comp[outer & crack].ravel(), minlength=n + 1) > 0
     drop = touching & (sizes < min_pixels)
     drop[0] = False
+    if not drop.any():
+        return crack.copy()
     return crack & ~drop[comp]
 
 
