@@ -194,6 +194,13 @@ def _shifted(padded: np.ndarray, pad: int, dy: int, dx: int, shape: tuple[int, .
     return padded[pad + dy : pad + dy + shape[0], pad + dx : pad + dx + shape[1]]
 
 
+def _zero_padded(mask: np.ndarray, pad: int) -> np.ndarray:
+    """``np.pad(mask, pad, constant_values=False)`` of a 2-D mask, without np.pad's overhead."""
+    padded = np.zeros((mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad), dtype=bool)
+    padded[pad : pad + mask.shape[0], pad : pad + mask.shape[1]] = mask
+    return padded
+
+
 def binary_dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_dilation(mask, footprint)`` (symmetric footprint, outside False).
 
@@ -201,7 +208,7 @@ def binary_dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     scipy's generic binary morphology.
     """
     pad = max(footprint.shape) // 2
-    padded = np.pad(mask, pad, constant_values=False)
+    padded = _zero_padded(mask, pad)
     out = np.zeros(mask.shape, dtype=bool)
     for dy, dx in _offsets(footprint):
         out |= _shifted(padded, pad, dy, dx, mask.shape)
@@ -211,11 +218,33 @@ def binary_dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
 def binary_erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_erosion(mask, footprint)`` (symmetric footprint, outside False)."""
     pad = max(footprint.shape) // 2
-    padded = np.pad(mask, pad, constant_values=False)
+    padded = _zero_padded(mask, pad)
     out = np.ones(mask.shape, dtype=bool)
     for dy, dx in _offsets(footprint):
         out &= _shifted(padded, pad, dy, dx, mask.shape)
     return out
+
+
+def _square_indices(
+    shape: tuple[int, ...], points: tuple[np.ndarray, ...], size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the size x size square around each point, clipped to the image.
+
+    Returns the (size * size, n) flat indices (a coordinate beyond the border is moved onto
+    it, like ``mode="nearest"``) and, as (size * size, n) bool, whether the unclipped row and
+    column lie inside the image.
+    """
+    ys, xs = points
+    half = size // 2
+    steps = np.arange(-half, half + 1)[:, np.newaxis]
+    rows, cols = ys[np.newaxis, :] + steps, xs[np.newaxis, :] + steps
+    row_inside = (rows >= 0) & (rows < shape[0])
+    col_inside = (cols >= 0) & (cols < shape[1])
+    row_starts = np.clip(rows, 0, shape[0] - 1) * shape[1]
+    flat = row_starts[:, np.newaxis, :] + np.clip(cols, 0, shape[1] - 1)[np.newaxis, :, :]
+    inside = row_inside[:, np.newaxis, :] & col_inside[np.newaxis, :, :]
+    n = ys.size
+    return flat.reshape(size * size, n), inside.reshape(size * size, n)
 
 
 def _neighbourhood_extremes(
@@ -225,21 +254,16 @@ def _neighbourhood_extremes(
 
     Pixels beyond the border repeat the border (``mode="nearest"``); the lowest is
     :data:`_NO_LABEL` where the square holds no label (None when ``lowest`` is False).
-    The squares are read with one flat gather from an edge-padded copy of ``labels``.
+    Only the squares around the points are read (one flat gather, indices clipped to the
+    image), never a padded copy of the whole slice.
     """
-    ys, xs = points
-    half = size // 2
-    padded = np.pad(labels, half, mode="edge")
-    width = padded.shape[1]
-    centres = (ys + half) * width + (xs + half)
-    dy, dx = np.mgrid[-half : half + 1, -half : half + 1]
-    steps = (dy * width + dx).ravel()
-    window = np.take(padded, centres[np.newaxis, :] + steps[:, np.newaxis])
-    highest = window.max(axis=0) if ys.size else np.zeros(0, dtype=labels.dtype)
+    flat, _ = _square_indices(labels.shape, points, size)
+    window = np.take(labels.ravel(), flat)
+    highest = window.max(axis=0) if points[0].size else np.zeros(0, dtype=labels.dtype)
     if not lowest:
         return highest, None
     window[window == 0] = _NO_LABEL
-    low = window.min(axis=0) if ys.size else np.zeros(0, dtype=labels.dtype)
+    low = window.min(axis=0) if points[0].size else np.zeros(0, dtype=labels.dtype)
     return highest, low.astype(np.int64)
 
 
@@ -267,18 +291,16 @@ def _close_within_particles(solid: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def _holes(solid: np.ndarray) -> tuple[np.ndarray, int]:
-    """Background components that do not touch the image border, labelled 1..n."""
+def _holes(solid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Background components labelled 1..n, and which of them are holes (do not touch the
+    image border), as a bool array indexed by component label."""
     background, n = ndimage.label(~solid)
-    if n == 0:
-        return background, 0
-    edges = np.concatenate((background[0], background[-1], background[:, 0], background[:, -1]))
     is_hole = np.ones(n + 1, dtype=bool)
-    is_hole[edges] = False
+    if n:
+        edges = np.concatenate((background[0], background[-1], background[:, 0], background[:, -1]))
+        is_hole[edges] = False
     is_hole[0] = False
-    new_ids = np.zeros(n + 1, dtype=np.int32)
-    new_ids[is_hole] = np.arange(1, int(is_hole.sum()) + 1, dtype=np.int32)
-    return new_ids[background], int(is_hole.sum())
+    return background, is_hole
 
 
 def _fill_holes_within_particles(solid: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -287,25 +309,27 @@ def _fill_holes_within_particles(solid: np.ndarray, labels: np.ndarray | None = 
     ``labels`` (optional) says which pixels form one particle; default the connected
     components of ``solid``.
     """
-    hole_labels, n_holes = _holes(solid)
-    if n_holes == 0:
+    background, is_hole = _holes(solid)
+    if not is_hole.any():
         return solid
-    holes = hole_labels > 0
+    holes = is_hole[background]
     if labels is None:
         labels, _ = ndimage.label(solid)
     square = np.ones((3, 3), dtype=bool)
     ring = binary_dilate(holes, square) & solid
     points = np.nonzero(ring)
     # the hole next to each ring pixel (the highest one where a pixel touches several)
-    hole_of_ring, _ = _neighbourhood_extremes(hole_labels, points, 3, lowest=False)
+    flat, _ = _square_indices(solid.shape, points, 3)
+    around = np.take(background.ravel(), flat)
+    hole_of_ring = np.where(is_hole[around], around, 0).max(axis=0, initial=0)
     particle_of_ring = labels[points]
-    highest = np.zeros(n_holes + 1, dtype=np.int64)
-    lowest = np.full(n_holes + 1, _NO_LABEL, dtype=np.int64)
+    highest = np.zeros(is_hole.size, dtype=np.int64)
+    lowest = np.full(is_hole.size, _NO_LABEL, dtype=np.int64)
     np.maximum.at(highest, hole_of_ring, particle_of_ring)
     np.minimum.at(lowest, hole_of_ring, particle_of_ring)
     enclosed_by_one = (highest == lowest) & (highest > 0)
     enclosed_by_one[0] = False
-    return solid | enclosed_by_one[hole_labels]
+    return solid | enclosed_by_one[background]
 
 
 def fill_enclosed_holes(labels: np.ndarray) -> np.ndarray:
@@ -351,8 +375,10 @@ def _grow_into(labels: np.ndarray, reach: np.ndarray, steps: int) -> tuple[np.nd
     pixels reached from one particle only. Only the candidate pixels are visited.
     """
     height, width = labels.shape
-    high_pad = np.pad(labels.astype(np.int64), 1)
-    low_pad = np.where(high_pad > 0, high_pad, _NO_LABEL)
+    # label dtype (int32 from ndimage.label, which also holds _NO_LABEL): no int64 copies
+    high_pad = np.zeros((height + 2, width + 2), dtype=np.result_type(labels, np.int32))
+    high_pad[1:-1, 1:-1] = labels
+    low_pad = np.where(high_pad > 0, high_pad, _NO_LABEL).astype(high_pad.dtype, copy=False)
     ys, xs = np.nonzero(reach & (labels == 0))
     cand = (ys + 1) * (width + 2) + (xs + 1)
     offsets = np.array([-1, 1, -(width + 2), width + 2])
@@ -372,21 +398,11 @@ def _grow_into(labels: np.ndarray, reach: np.ndarray, steps: int) -> tuple[np.nd
 
 
 def _box_share(mask: np.ndarray, points: tuple[np.ndarray, ...], radius: int) -> np.ndarray:
-    """Share of ``mask`` in the (2 radius + 1)^2 square around each point (summed-area table;
-    the square is clipped at the image border)."""
-    ys, xs = points
-    top, left = max(int(ys.min()) - radius, 0), max(int(xs.min()) - radius, 0)
-    bottom = min(int(ys.max()) + radius + 1, mask.shape[0])
-    right = min(int(xs.max()) + radius + 1, mask.shape[1])
-    window = mask[top:bottom, left:right].astype(np.int32)
-    table = np.pad(window.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    ys, xs = ys - top, xs - left
-    y0 = np.clip(ys - radius, 0, window.shape[0])
-    y1 = np.clip(ys + radius + 1, 0, window.shape[0])
-    x0 = np.clip(xs - radius, 0, window.shape[1])
-    x1 = np.clip(xs + radius + 1, 0, window.shape[1])
-    total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-    return total / ((y1 - y0) * (x1 - x0))
+    """Share of ``mask`` in the (2 radius + 1)^2 square around each point (the square is
+    clipped at the image border); only the squares around the points are read."""
+    flat, inside = _square_indices(mask.shape, points, 2 * radius + 1)
+    window = np.take(mask.ravel(), flat) & inside
+    return window.sum(axis=0) / inside.sum(axis=0)
 
 
 def particle_envelope_slice(
@@ -440,13 +456,13 @@ def particle_envelope_slice(
     if bridge is not None and n and p.bridge_px:
         reach = np.asarray(bridge, dtype=bool) & ~closed
         grown, lowest = _grow_into(labels, reach, p.bridge_px)
-        single = (labels == 0) & (grown > 0) & (lowest == grown)
+        single = ~closed & (grown > 0) & (lowest == grown)
     merged, mapping = merge_by_contact(grown, min_share=p.merge_min_share) if n else (grown, {})
     # bridge pixels are kept only where they joined pieces of one particle
     joined = np.zeros(n + 1, dtype=bool)
     for old, new in mapping.items():
         joined[old] = joined[new] = True
-    bridged = (labels == 0) & (grown > 0) & joined[grown]
+    bridged = ~closed & joined[grown]
     group = np.where(closed | bridged, merged, 0)
     if p.notch_radius and bridge is not None:
         reached = single & ~bridged
@@ -459,24 +475,26 @@ def particle_envelope_slice(
             flanked = (highest == lowest_near) & (
                 _box_share(group > 0, points, p.notch_radius) >= 0.5
             )
-            notch = np.zeros(group.shape, dtype=bool)
-            notch[points[0][flanked], points[1][flanked]] = True
-            group = np.where(notch, merged, group)
-    envelope = _fill_holes_within_particles(group > 0, group)
+            notch = (points[0][flanked], points[1][flanked])
+            group[notch] = merged[notch]
+    in_group = group > 0
+    envelope = _fill_holes_within_particles(in_group, group)
     if p.min_area > 0:
         comp, m = ndimage.label(envelope)
         if m:
             small = np.bincount(comp.ravel()) < p.min_area
             small[0] = False
-            envelope[small[comp]] = False
+            if small.any():
+                envelope[small[comp]] = False
     # voids: dark holes enclosed by one particle (at least min_void_area pixels), the cracks
     # that join its pieces and the dark pixels the closing added right beside those
-    holes = envelope & ~(group > 0)
+    holes = envelope & ~in_group
     if p.min_void_area > 1 and holes.any():
-        hole_ids, _ = ndimage.label(holes)
-        big = np.bincount(hole_ids.ravel()) >= p.min_void_area
-        big[0] = False
-        holes = big[hole_ids]
+        hole_ids, n_holes = ndimage.label(holes)
+        big = np.bincount(hole_ids[holes], minlength=n_holes + 1) >= p.min_void_area
+        if not big[1:].all():
+            big[0] = False
+            holes = big[hole_ids]
     joins = bridged | holes
     beside = closed & ~solid & binary_dilate(joins, np.ones((3, 3), dtype=bool))
     return envelope, (joins | beside) & envelope
@@ -569,11 +587,13 @@ def drop_edge_specks(cracks: np.ndarray, envelope: np.ndarray, min_pixels: int) 
     if min_pixels <= 0 or not crack.any():
         return crack.copy()
     comp, n = ndimage.label(crack, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    sizes = np.bincount(comp[crack], minlength=n + 1)
     outer = binary_dilate(~env, np.ones((3, 3), dtype=bool))
     touching = np.bincount(comp[outer & crack].ravel(), minlength=n + 1) > 0
     drop = touching & (sizes < min_pixels)
     drop[0] = False
+    if not drop.any():
+        return crack.copy()
     return crack & ~drop[comp]
 
 

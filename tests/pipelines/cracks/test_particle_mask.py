@@ -14,6 +14,7 @@ from pipelines.cracks.particle_mask import (
     _NO_LABEL,
     CONVENTIONAL,
     ParticleMaskParams,
+    _box_share,
     _neighbourhood_extremes,
     binary_dilate,
     binary_erode,
@@ -117,6 +118,24 @@ def test_neighbourhood_extremes_equal_scipy_filters(
     only_highest, none = _neighbourhood_extremes(labels, points, size, lowest=False)
     assert none is None
     np.testing.assert_array_equal(only_highest, highest)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mask=arrays(bool, st.tuples(st.integers(1, 20), st.integers(1, 20))),
+    radius=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_box_share_is_the_mean_of_the_clipped_square(
+    mask: np.ndarray, radius: int, seed: int
+) -> None:
+    # the notch test's share of particle around a pixel; the square is cut at the image border
+    points = np.nonzero(np.random.default_rng(seed).random(mask.shape) < 0.5)
+    expected = [
+        mask[max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1].mean()
+        for y, x in zip(*points, strict=True)
+    ]
+    np.testing.assert_array_equal(_box_share(mask, points, radius), np.array(expected))
 
 
 def _disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
