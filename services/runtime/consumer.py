@@ -268,6 +268,12 @@ class Consumer:
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        if self._registry is not None:
+            # before any thread that routes documents starts: imports made by two threads at
+            # once can deadlock in a package that imports its own modules (a warm-up thread
+            # beside the dispatch thread left pipelines.xanes half imported: "cannot import
+            # name 'detect_particles'", the run's xanes failed)
+            self._registry.warm_up()
         self.spool.start()
         loops = [(self._dispatch_loop, "dispatch"), (self._lookup_loop, "lookup")]
         if self._bus is not None:
@@ -276,11 +282,6 @@ class Consumer:
             t = threading.Thread(target=target, name=f"{self.role}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
-        if self._registry is not None:
-            # not in self._threads: it ends by itself and is not a worker whose death matters
-            threading.Thread(
-                target=self._registry.warm_up, name=f"{self.role}-warm-up", daemon=True
-            ).start()
         if self.runs_source is not None:
             self.runs_source.start()
 

@@ -26,7 +26,7 @@ def test_registry_warm_up_calls_every_warmer_and_survives_a_failing_one(caplog) 
 
 def test_default_registry_warm_up_imports_the_xanes_tracker() -> None:
     # in a fresh interpreter: the tracker is not imported by building the registry, only by
-    # its warm-up (which the consumer runs on a thread of its own at start)
+    # its warm-up (which the consumer runs at start, before its threads)
     code = textwrap.dedent(
         """
         import sys, tempfile
