@@ -377,11 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--envelope-weights", default=None, help="envelope U-Net weights (default shipped)"
     )
+    parser.add_argument(
+        "--inlet-radius",
+        type=int,
+        default=None,
+        help="CrackParams.inlet_radius_px of the validation sets (default CrackParams')",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick = args.quick
     results: dict[str, Any] = {"torch_threads": args.threads}
-    params = CrackParams() if args.envelope is None else CrackParams(envelope=args.envelope)
+    chosen = {"envelope": args.envelope, "inlet_radius_px": args.inlet_radius}
+    params = CrackParams(**{k: v for k, v in chosen.items() if v is not None})
+    results["inlet_radius_px"] = params.inlet_radius_px
     results["envelope"] = params.envelope
     envelope_model = (
         load_envelope_unet(args.envelope_weights)

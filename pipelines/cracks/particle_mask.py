@@ -547,6 +547,77 @@ def learned_envelope_voids(
     return dark
 
 
+def surface_inlets(
+    image: np.ndarray,
+    threshold: float,
+    envelope: np.ndarray,
+    *,
+    radius: int,
+    depth_ratio: float = 4.0,
+    min_depth_px: float = 2.0,
+) -> np.ndarray:
+    """Dark, narrow and deep inlets into one particle's envelope: cracks open to its surface.
+
+    The envelope is closed with a disk of ``radius`` within one particle (an added pixel whose
+    square neighbourhood of half-width ``radius`` holds a single envelope component); of the
+    dark pixels this adds, those deeper inside the closed shape than ``depth_ratio`` times
+    their distance to the envelope plus ``min_depth_px`` are an inlet (chessboard distances).
+    A crack or gap that runs into a particle is narrow and deep; a bay of a rough outline is
+    about as deep as it is wide and stays out.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (Y, X) reconstructed slice.
+    threshold : float
+        Solid threshold (:func:`solid_threshold`): inlet pixels are at or below it.
+    envelope : numpy.ndarray
+        bool (Y, X) particle envelope (e.g. :func:`particle_envelope_slice`).
+    radius : int
+        Closing radius: inlets up to about 2 ``radius`` wide.
+    depth_ratio, min_depth_px : float
+        Depth bound (see above).
+
+    Returns
+    -------
+    numpy.ndarray
+        bool (Y, X) inlet pixels, outside ``envelope``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    env = np.asarray(envelope, dtype=bool)
+    if img.ndim != 2 or env.shape != img.shape:
+        raise ValueError(f"image {img.shape} and envelope {env.shape} must be one 2-D shape")
+    if radius < 1:
+        raise ValueError(f"radius must be >= 1, got {radius}")
+    if depth_ratio < 0 or min_depth_px < 0:
+        raise ValueError("depth_ratio and min_depth_px must be >= 0")
+    none = np.zeros(env.shape, dtype=bool)
+    if not env.any():
+        return none
+    footprint = disk(radius).astype(bool)
+    padded = np.pad(env, radius, mode="edge")
+    closed = binary_erode(binary_dilate(padded, footprint), footprint)[
+        radius:-radius, radius:-radius
+    ]
+    candidates = closed & ~env & (img <= threshold)
+    if not candidates.any():
+        return none
+    labels, _ = ndimage.label(env)
+    size = 2 * radius + 1
+    highest = ndimage.maximum_filter(labels, size=size, mode="nearest")
+    lowest = -ndimage.maximum_filter(
+        np.where(labels > 0, -labels, -_NO_LABEL), size=size, mode="nearest"
+    )
+    one_particle = (highest == lowest) & (highest > 0)
+    candidates &= one_particle
+    closed = env | (closed & one_particle)
+    if not candidates.any():
+        return none
+    depth = ndimage.distance_transform_cdt(np.pad(closed, 1), metric="chessboard")[1:-1, 1:-1]
+    half_width = ndimage.distance_transform_cdt(~env, metric="chessboard")
+    return candidates & (depth >= depth_ratio * half_width + min_depth_px)
+
+
 def drop_small_pieces(mask: np.ndarray, min_area: int) -> np.ndarray:
     """A 2-D mask without its (4-connected) pieces smaller than ``min_area`` pixels."""
     out = np.asarray(mask, dtype=bool).copy()

@@ -147,6 +147,14 @@ def register(subparsers: Any) -> None:
     )
     cmap.add_argument("--threshold", type=float, default=0.5, help="crack probability threshold")
     cmap.add_argument(
+        "--inlet-radius",
+        type=int,
+        default=0,
+        help="also report dark, narrow, deep inlets into a particle up to about twice this wide "
+        "(px) as cracks: cracks open to the surface that the network misses (0 = off; "
+        "CrackParams.inlet_radius_px)",
+    )
+    cmap.add_argument(
         "--tile-size", type=int, default=512, help="U-Net tile side (px) for large slices"
     )
     cmap.add_argument("--overlap", type=int, default=32, help="overlap of the tiles (px)")
@@ -310,6 +318,7 @@ def _crack_params(args: argparse.Namespace) -> Any:
         tile_size=args.tile_size,
         overlap=args.overlap,
         threshold=args.threshold,
+        inlet_radius_px=args.inlet_radius,
         quantify=QuantifyParams(window=args.window),
     )
 
@@ -332,6 +341,8 @@ def cracks_map_command(args: argparse.Namespace) -> int:
             raise InputFileError(f"--window must be >= 1, got {args.window}")
         if not 0 < args.threshold < 1:
             raise InputFileError(f"--threshold must be in (0, 1), got {args.threshold}")
+        if args.inlet_radius < 0:
+            raise InputFileError(f"--inlet-radius must be >= 0, got {args.inlet_radius}")
         if not 0 <= args.overlap < args.tile_size:
             raise InputFileError("--overlap must be >= 0 and smaller than --tile-size")
         if layout:

@@ -152,6 +152,19 @@ def test_cracks_map_contract(parser, volume_file: Path, tmp_path: Path) -> None:
         assert g.attrs["window"] == 16
 
 
+def test_cracks_map_inlet_radius(parser, volume_file: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "inlets.h5"
+    assert run(parser, "cracks", "map", volume_file, "-o", out, "--inlet-radius", "6") == 0
+    with h5py.File(out, "r") as h5:
+        mask, particles = h5["cracks/mask"][...], h5["cracks/particle_mask"][...]
+    assert particles.any() and not (mask & (1 - particles)).any()
+    with caplog.at_level(logging.ERROR, logger="services.cli.tomo"):
+        code = run(
+            parser, "cracks", "map", volume_file, "-o", tmp_path / "x.h5", "--inlet-radius", "-1"
+        )
+    assert code == 2 and "--inlet-radius must be >= 0" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [(None, "missing dataset /entry/data/data"), (np.zeros((8, 8)), "must be 3-D")],

@@ -24,6 +24,7 @@ from pipelines.cracks.particle_mask import (
     particle_mask,
     particle_mask_slice,
     solid_threshold,
+    surface_inlets,
 )
 
 
@@ -232,3 +233,29 @@ def test_learned_envelope_voids_are_dark_pixels_deep_inside_the_envelope() -> No
     assert not (voids & ~crack).any()
     with pytest.raises(ValueError, match="2-D"):
         learned_envelope_voids(image, 0.5, envelope[:-1])
+
+
+def test_surface_inlets_take_a_deep_slot_not_a_bay_nor_a_gap_between_particles() -> None:
+    yy, xx = np.mgrid[:100, :160].astype(float)
+    particle = (yy - 50) ** 2 + (xx - 45) ** 2 < 30**2
+    # a neighbour touching it: a plain closing of radius 6 fills 118 px between the two
+    neighbour = (yy - 50) ** 2 + (xx - 103) ** 2 < 25**2
+    slot = particle & (np.abs(yy - 50) < 2.5) & (xx < 45)  # 5 px wide, 30 px deep, from the left
+    bay = particle & ((yy - 22) ** 2 + (xx - 45) ** 2 < 7**2)  # a dent as deep as it is wide
+    image = np.full(particle.shape, 0.2, dtype=np.float32)
+    image[particle | neighbour] = 1.0
+    image[slot | bay] = 0.1
+    envelope = (particle | neighbour) & ~slot & ~bay
+    inlets = surface_inlets(image, 0.5, envelope, radius=6)
+    assert not (inlets & envelope).any()
+    assert inlets[slot].mean() > 0.5  # its deep part; the mouth is as wide as it is deep
+    assert not inlets[bay].any()
+    assert not inlets[~particle].any()  # nothing in the gap between the two particles
+    # a bright pixel is no inlet; an empty envelope has none
+    image[50, 30] = 1.0
+    assert not surface_inlets(image, 0.5, envelope, radius=6)[50, 30]
+    assert not surface_inlets(image, 0.5, np.zeros_like(envelope), radius=6).any()
+    with pytest.raises(ValueError, match="radius"):
+        surface_inlets(image, 0.5, envelope, radius=0)
+    with pytest.raises(ValueError, match="2-D"):
+        surface_inlets(image, 0.5, envelope[:10], radius=6)

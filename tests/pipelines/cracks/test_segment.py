@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from models.crack_unet import (
     CONTEXT_SLICES,
@@ -20,6 +21,7 @@ from pipelines.cracks.segment import (
     iter_crack_slices,
     map_cracks,
     overlap_scores,
+    reconstructed_area,
     threshold_baseline,
 )
 from pipelines.tomo.fbp import inside_circle, reconstruct
@@ -152,6 +154,37 @@ def test_no_cracks_outside_the_reconstruction_circle(held_out: Scan) -> None:
     assert cracks.any() and not cracks[outside].any()
     kept = list(iter_crack_slices(recon, CrackParams(zero_is_outside=False), model=everything))
     assert np.stack([p.crack for p in kept]).astype(bool)[outside].any()
+
+
+def test_enclosed_zeros_are_data() -> None:
+    # an 8-bit slice saturates a dark core void to 0: zeros enclosed by data are kept, zeros
+    # reaching the border (outside the reconstruction circle) are not
+    image = np.full((9, 9), 120, dtype=np.uint8)
+    image[:, :2] = 0
+    image[4:6, 4:6] = 0
+    area = reconstructed_area(image)
+    assert not area[:, :2].any()
+    assert area[4:6, 4:6].all() and area[:, 2:].all()
+    assert reconstructed_area(image.astype(np.float32) + 1).all()
+    with pytest.raises(ValueError, match="2-D"):
+        reconstructed_area(image[np.newaxis])
+
+
+def test_saturated_core_void_is_a_crack(held_out: Scan) -> None:
+    # a dark core void saturated to 0 inside a particle is reported as a void of the
+    # 'contact' envelope (a model that calls everything a crack; its output on the zeros is
+    # no candidate); before 2026-11-30 every zero was taken as outside the circle
+    def everything(tiles: np.ndarray) -> np.ndarray:
+        return np.ones((len(tiles), *tiles.shape[-2:]), dtype=np.float32)
+
+    recon = held_out.recon[:1].copy()
+    solid = held_out.truth.particle_mask[:1] & held_out.inside[:1]
+    depth = ndimage.distance_transform_edt(solid[0])
+    y, x = np.unravel_index(np.argmax(depth), depth.shape)
+    assert depth[y, x] > 6
+    recon[0, y - 2 : y + 3, x - 2 : x + 3] = 0
+    piece = next(iter_crack_slices(recon, CrackParams(), model=everything))
+    assert piece.crack[y - 2 : y + 3, x - 2 : x + 3].all()
 
 
 def test_worker_threads_do_not_change_the_result(held_out: Scan) -> None:

@@ -18,13 +18,13 @@ from benchmarks.holdout_family import make_single_particle
 from benchmarks.validation_sets import Case, holdout_family, mean_rows, real_crops
 from pipelines.cracks.evaluate import crack_scores
 from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
-from pipelines.cracks.segment import map_cracks, threshold_baseline
+from pipelines.cracks.segment import CrackParams, map_cracks, threshold_baseline
 
 
-def _scores(cases: list[Case]) -> dict[str, dict[str, float]]:
+def _scores(cases: list[Case], params: CrackParams | None = None) -> dict[str, dict[str, float]]:
     unet, otsu = [], []
     for c in cases:
-        res = map_cracks(c.recon)
+        res = map_cracks(c.recon, params)
         base = threshold_baseline(c.recon, particle_mask(c.recon, CONVENTIONAL))
         env = c.particle_ids > 0
         unet.append(crack_scores(res.crack_mask, c.cracks, env, c.valid).as_dict())
@@ -55,7 +55,9 @@ def real() -> dict[str, Any]:
 # (51 % found); real crops 89 % inside, 58 % found, IoU 0.33 (Otsu 0.18); crack-free
 # never-trained volumes: 0.02 % false cracks. With crack pieces under 8 px on the particle
 # outline dropped (CrackParams.min_edge_crack_px): never-trained 0.487 (50.5 % found); real
-# crops 93.4 % inside, 58 % found, IoU 0.339; crack-free 0.01 %.
+# crops 93.4 % inside, 58 % found, IoU 0.339; crack-free 0.01 %. With zeros enclosed by data
+# no longer taken as outside the reconstruction circle (saturated 8-bit core voids): real crops
+# 93.4 % inside, 59.9 % found, IoU 0.356; never-trained unchanged.
 def test_holdout_crack_iou_floor(holdout: dict[str, Any]) -> None:
     assert holdout["unet"]["iou"] >= 0.45
     assert holdout["unet"]["iou"] >= 2.0 * holdout["otsu"]["iou"]
@@ -89,9 +91,32 @@ def test_real_crops_predicted_cracks_inside_particles_goal(real: dict[str, Any])
     assert real["unet"]["inside_particles"] >= 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="goal >= 80 % of labelled cracks/voids found; measured 58 %")
+@pytest.mark.xfail(strict=True, reason="goal >= 80 % of labelled cracks/voids found; measured 60 %")
 def test_real_crops_labelled_cracks_found_goal(real: dict[str, Any]) -> None:
     assert real["unet"]["found"] >= 0.8
+
+
+INLETS = CrackParams(inlet_radius_px=6)
+
+
+@pytest.fixture(scope="module")
+def real_inlets() -> dict[str, Any]:
+    return _scores(real_crops(), INLETS)
+
+
+# measured 2026-11-30 (opt-in surface inlets, radius 6): real crops found 59.9 -> 65.9 %, IoU
+# 0.356 -> 0.375, inside 93.4 -> 91.9 %; never-trained IoU 0.487 -> 0.494; crack-free 0.05 %
+def test_real_crops_surface_inlets_find_more_and_stay_inside(
+    real: dict[str, Any], real_inlets: dict[str, Any]
+) -> None:
+    assert real_inlets["unet"]["found"] >= real["unet"]["found"] + 0.04
+    assert real_inlets["unet"]["iou"] >= real["unet"]["iou"] + 0.01
+    assert real_inlets["unet"]["inside_particles"] >= 0.9
+
+
+def test_surface_inlets_add_at_most_01_percent_false_cracks_on_crack_free_volumes() -> None:
+    free = _scores(holdout_family(cracked=False), INLETS)
+    assert free["unet"]["false_crack_fraction"] <= 0.001
 
 
 def _single(kind: str, seed: int) -> dict[str, float]:
