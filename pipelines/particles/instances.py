@@ -95,6 +95,15 @@ class InstanceParams(BaseModel):
         description="Envelope probability threshold of the merge (0.7: a sweep of 0.5 / 0.7 / "
         "0.85 / 0.95 on the never-trained family and the real crops, README issue 13).",
     )
+    envelope_min_neck: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="The envelope merge links two instances only where the envelope between "
+        "them is at least this share as thick as the thinner one (pipelines.particles.merge."
+        "merge_by_envelope, min_neck_ratio): an envelope that joins two particles over a thin "
+        "neck does not merge them; 0 = any connection merges.",
+    )
     envelope_fill: bool = Field(
         default=False,
         description="With envelope_merge: background inside an envelope component holding "
@@ -267,7 +276,7 @@ def labels_from_maps(
     if envelope is not None:
         if np.shape(envelope) != labels.shape:
             raise ValueError(f"envelope shape {np.shape(envelope)} != maps {labels.shape}")
-        merged, mapping = merge_by_envelope(labels, envelope)
+        merged, mapping = merge_by_envelope(labels, envelope, min_neck_ratio=p.envelope_min_neck)
         labels = remove_small(merged, 0) if mapping else labels
         if p.envelope_fill:
             labels = fill_from_envelope(labels, envelope)
