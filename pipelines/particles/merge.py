@@ -355,7 +355,6 @@ def _neck_links(
     half width of the thinner one). Basins of labels outside the group are seeded too, so a
     neck through a third particle is judged at its own thinnest place.
     """
-    distance = ndimage.distance_transform_edt(components > 0)
     boxes = ndimage.find_objects(components)
     links: list[tuple[int, int]] = []
     for group in groups:
@@ -365,24 +364,38 @@ def _neck_links(
         if box is None:
             continue
         inside = components[box] == comp
-        dist = distance[box]
+        # the distance to the nearest pixel outside the component, on its box (a 1-px margin
+        # where the box does not reach the slice's edge, as in a transform of the whole slice)
+        margin = [
+            (int(b.start > 0), int(b.stop < n)) for b, n in zip(box, components.shape, strict=True)
+        ]
+        padded = ndimage.distance_transform_edt(np.pad(inside, margin))
+        dist = padded[
+            tuple(slice(lo, lo + w) for (lo, _), w in zip(margin, inside.shape, strict=True))
+        ]
         basins = watershed(-dist, np.where(inside, labels[box], 0), mask=inside)
-        peak = ndimage.maximum(dist, basins, index=np.arange(int(basins.max()) + 1))
-        peak = np.asarray(peak, dtype=np.float64)
-        neck: dict[tuple[int, int], float] = {}
+        present = np.unique(basins[basins > 0])
+        highest = np.atleast_1d(ndimage.maximum(dist, basins, present)).tolist()
+        peak = dict(zip(present.tolist(), highest, strict=True))
+        keys, depths = [], []
+        base = int(basins.max()) + 1
         for axis in (0, 1):
             head = [slice(None)] * 2
             tail = [slice(None)] * 2
             head[axis], tail[axis] = slice(None, -1), slice(1, None)
             first, second = basins[tuple(head)], basins[tuple(tail)]
             border = (first != second) & (first > 0) & (second > 0)
-            lo = np.minimum(first[border], second[border]).tolist()
-            hi = np.maximum(first[border], second[border]).tolist()
-            depth = np.minimum(dist[tuple(head)][border], dist[tuple(tail)][border]).tolist()
-            for a, b, d in zip(lo, hi, depth, strict=True):
-                if a in members and b in members and d > neck.get((a, b), -1.0):
-                    neck[(a, b)] = d
-        links += [(a, b) for (a, b), d in neck.items() if d >= min_ratio * min(peak[a], peak[b])]
+            lo = np.minimum(first[border], second[border]).astype(np.int64)
+            hi = np.maximum(first[border], second[border]).astype(np.int64)
+            keys.append(lo * base + hi)
+            depths.append(np.minimum(dist[tuple(head)][border], dist[tuple(tail)][border]))
+        pair_keys, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        neck = np.full(pair_keys.size, -1.0)
+        np.maximum.at(neck, inverse, np.concatenate(depths))
+        for key, d in zip(pair_keys.tolist(), neck.tolist(), strict=True):
+            a, b = key // base, key % base
+            if a in members and b in members and d >= min_ratio * min(peak[a], peak[b]):
+                links.append((a, b))
     return links
 
 
