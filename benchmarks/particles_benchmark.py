@@ -410,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="with the envelope merge, fill envelope components holding one instance",
     )
+    parser.add_argument(
+        "--bridge-envelope",
+        type=float,
+        default=None,
+        help="InstanceParams.merge_bridge_envelope (bridging pixels need this envelope "
+        "probability)",
+    )
     parser.add_argument("--envelope-weights", type=Path, default=None)
     parser.add_argument("--flaw-weights", type=Path, default=None)
     parser.add_argument("--phase-weights", type=Path, default=None, help="phase net weights")
@@ -441,7 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"threads": args.threads}
     chosen = {
         k: v
-        for k, v in (("envelope_merge", args.envelope_merge), ("envelope_fill", args.envelope_fill))
+        for k, v in (
+            ("envelope_merge", args.envelope_merge),
+            ("envelope_fill", args.envelope_fill),
+            ("merge_bridge_envelope", args.bridge_envelope),
+        )
         if v is not None
     }
     params = InstanceParams(**chosen)

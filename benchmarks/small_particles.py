@@ -120,7 +120,11 @@ def stage_labels(
     unfiltered = params.model_copy(update={"min_size": 0})
     watershed = instances_from_maps(foreground, distance, unfiltered)
     merged = labels_from_maps(
-        foreground, distance, params, envelope=envelope >= params.envelope_threshold
+        foreground,
+        distance,
+        params,
+        envelope=envelope >= params.envelope_threshold,
+        envelope_probability=envelope,
     )
     bounds = {
         "min_envelope": params.min_envelope_probability,
@@ -195,10 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-size", type=int, default=None, help="InstanceParams.min_size")
+    parser.add_argument(
+        "--bridge-envelope",
+        type=float,
+        default=None,
+        help="InstanceParams.merge_bridge_envelope",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    params = InstanceParams() if args.min_size is None else InstanceParams(min_size=args.min_size)
+    update: dict[str, Any] = {}
+    if args.min_size is not None:
+        update["min_size"] = args.min_size
+    if args.bridge_envelope is not None:
+        update["merge_bridge_envelope"] = args.bridge_envelope
+    params = InstanceParams(**update)
     result = recall_by_diameter(tuple(args.diameters), args.seeds, params, args.family)
     print(table(result))
     if args.json is not None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
+from skimage.segmentation import watershed
 
 
 def contact_graph(
@@ -257,6 +258,7 @@ def merge_by_envelope(
     *,
     min_inside: float = 0.5,
     min_vote: float = 0.5,
+    min_neck_ratio: float = 0.0,
 ) -> tuple[np.ndarray, dict[int, int]]:
     """Merge labels that lie in one connected component of a particle envelope.
 
@@ -268,6 +270,11 @@ def merge_by_envelope(
     both appear (an envelope that misses the cut between two particles in a few slices does
     not merge them).
 
+    With ``min_neck_ratio`` > 0 a link also needs a thick envelope between the two
+    (:func:`_neck_links`): where the envelope misses a contact and joins two particles over a
+    neck, the neck is thin against the particles; across a crack it covers, the envelope is
+    about as thick as the piece. The ratio is scale-free.
+
     Parameters
     ----------
     labels : numpy.ndarray
@@ -278,6 +285,9 @@ def merge_by_envelope(
         Share of a label's in-slice pixels that must lie in one envelope component.
     min_vote : float, optional
         Share of the slices holding both labels in which they must be linked.
+    min_neck_ratio : float, optional
+        Least envelope thickness between two linked labels, as a share of the thinner
+        label's (:func:`_neck_links`); 0 = any connection of the envelope links.
 
     Returns
     -------
@@ -292,6 +302,8 @@ def merge_by_envelope(
         raise ValueError(f"labels {lab.shape} and envelope {env.shape} must be one 3-D shape")
     if not 0.0 < min_inside <= 1.0 or not 0.0 < min_vote <= 1.0:
         raise ValueError("min_inside and min_vote must be in (0, 1]")
+    if not 0.0 <= min_neck_ratio <= 1.0:
+        raise ValueError(f"min_neck_ratio must be in [0, 1], got {min_neck_ratio}")
     votes: dict[tuple[int, int], int] = {}
     slices_of: dict[int, set[int]] = {}
     for z in range(lab.shape[0]):
@@ -299,11 +311,14 @@ def merge_by_envelope(
         present, groups = _slice_links(lab[z], components, min_inside)
         for a in present:
             slices_of.setdefault(a, set()).add(z)
-        for group in groups:
-            group.sort()
-            for i, a in enumerate(group):
-                for b in group[i + 1 :]:
-                    votes[(a, b)] = votes.get((a, b), 0) + 1
+        if min_neck_ratio > 0 and groups:
+            pairs = _neck_links(lab[z], components, groups, min_neck_ratio)
+        else:
+            pairs = [
+                (a, b) for g in map(sorted, groups) for i, a in enumerate(g) for b in g[i + 1 :]
+            ]
+        for pair in pairs:
+            votes[pair] = votes.get(pair, 0) + 1
     parent: dict[int, int] = {}
 
     def root(i: int) -> int:
@@ -326,6 +341,62 @@ def merge_by_envelope(
     for i, r in mapping.items():
         lut[i] = r
     return lut[lab], mapping
+
+
+def _neck_links(
+    labels: np.ndarray, components: np.ndarray, groups: list[list[int]], min_ratio: float
+) -> list[tuple[int, int]]:
+    """Pairs ``(a, b)``, ``a < b``, of one group whose envelope joins them over a thick neck.
+
+    In each envelope component holding a group, every label present seeds a basin of the
+    envelope's distance transform (a watershed from the labels); two neighbouring basins of
+    the group are linked when the highest distance on their common border (the neck's half
+    width) is at least ``min_ratio`` of the lower of the two basins' highest distances (the
+    half width of the thinner one). Basins of labels outside the group are seeded too, so a
+    neck through a third particle is judged at its own thinnest place.
+    """
+    boxes = ndimage.find_objects(components)
+    links: list[tuple[int, int]] = []
+    for group in groups:
+        members = set(group)
+        comp = np.bincount(components[np.isin(labels, group)]).argmax()
+        box = boxes[comp - 1]
+        if box is None:
+            continue
+        inside = components[box] == comp
+        # the distance to the nearest pixel outside the component, on its box (a 1-px margin
+        # where the box does not reach the slice's edge, as in a transform of the whole slice)
+        margin = [
+            (int(b.start > 0), int(b.stop < n)) for b, n in zip(box, components.shape, strict=True)
+        ]
+        padded = ndimage.distance_transform_edt(np.pad(inside, margin))
+        dist = padded[
+            tuple(slice(lo, lo + w) for (lo, _), w in zip(margin, inside.shape, strict=True))
+        ]
+        basins = watershed(-dist, np.where(inside, labels[box], 0), mask=inside)
+        present = np.unique(basins[basins > 0])
+        highest = np.atleast_1d(ndimage.maximum(dist, basins, present)).tolist()
+        peak = dict(zip(present.tolist(), highest, strict=True))
+        keys, depths = [], []
+        base = int(basins.max()) + 1
+        for axis in (0, 1):
+            head = [slice(None)] * 2
+            tail = [slice(None)] * 2
+            head[axis], tail[axis] = slice(None, -1), slice(1, None)
+            first, second = basins[tuple(head)], basins[tuple(tail)]
+            border = (first != second) & (first > 0) & (second > 0)
+            lo = np.minimum(first[border], second[border]).astype(np.int64)
+            hi = np.maximum(first[border], second[border]).astype(np.int64)
+            keys.append(lo * base + hi)
+            depths.append(np.minimum(dist[tuple(head)][border], dist[tuple(tail)][border]))
+        pair_keys, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        neck = np.full(pair_keys.size, -1.0)
+        np.maximum.at(neck, inverse, np.concatenate(depths))
+        for key, d in zip(pair_keys.tolist(), neck.tolist(), strict=True):
+            a, b = key // base, key % base
+            if a in members and b in members and d >= min_ratio * min(peak[a], peak[b]):
+                links.append((a, b))
+    return links
 
 
 def fill_from_envelope(labels: np.ndarray, envelope: np.ndarray) -> np.ndarray:

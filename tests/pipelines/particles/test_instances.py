@@ -13,6 +13,7 @@ from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.instances import (
     InstanceParams,
     instances_from_maps,
+    merge_pieces,
     remove_small,
     segment_instances,
     tile_instance_scores,
@@ -210,3 +211,29 @@ def test_watershed_by_component_equals_the_whole_volume_watershed(seed: int) -> 
     assert n_orphans > 0 and components >= 3  # the cases this is about are present
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, expected)
+
+
+def test_a_bridge_outside_the_envelope_does_not_join_two_small_particles() -> None:
+    # two 10-px particles flattened against each other, a 1-px gap between them that the
+    # particle U-Net still calls a little particle-ish: the 1-px bridge joins them unless
+    # the envelope is asked to agree
+    shape = (4, 24, 40)
+    left = np.zeros(shape, dtype=bool)
+    right = np.zeros(shape, dtype=bool)
+    left[:, 7:17, 10:20] = True
+    right[:, 7:17, 21:31] = True
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[left], labels[right] = 1, 2
+    foreground = np.where(left | right, 0.95, 0.02).astype(np.float32)
+    foreground[:, 7:17, 20] = 0.2  # the gap
+    envelope = np.where(left | right, 0.9, 0.1).astype(np.float32)
+    joined = merge_pieces(labels, foreground, InstanceParams(merge_bridge_px=1))
+    assert np.unique(joined).tolist() == [0, 1]
+    params = InstanceParams(merge_bridge_px=1, merge_bridge_envelope=0.3)
+    apart = merge_pieces(labels, foreground, params, envelope=envelope)
+    assert np.unique(apart).tolist() == [0, 1, 2]
+    envelope[:, 7:17, 20] = 0.8  # the envelope spans the gap: a crack, bridged again
+    crack = merge_pieces(labels, foreground, params, envelope=envelope)
+    assert np.unique(crack).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="envelope shape"):
+        merge_pieces(labels, foreground, params, envelope=envelope[:, :, :-1])

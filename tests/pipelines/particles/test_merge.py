@@ -92,6 +92,20 @@ def test_an_envelope_joining_two_particles_in_few_slices_does_not_merge_them() -
     assert mapping == {3: 1}
 
 
+def test_an_envelope_joining_two_particles_over_a_thin_neck_does_not_merge_them() -> None:
+    labels, envelope = _split_ball_and_neighbour()
+    necked = envelope.copy()
+    necked[:, 28:36, 50:62] = True  # an 8-px neck between balls 24 px in radius, every slice
+    merged, mapping = merge_by_envelope(labels, necked, min_neck_ratio=0.25)
+    assert mapping == {2: 1}  # the crack the envelope covers is as thick as the pieces
+    thick = envelope.copy()
+    thick[:, 16:48, 50:62] = True  # a neck 32 px wide: one particle to the envelope
+    merged, mapping = merge_by_envelope(labels, thick, min_neck_ratio=0.25)
+    assert mapping == {2: 1, 3: 1}
+    with pytest.raises(ValueError, match="min_neck_ratio"):
+        merge_by_envelope(labels, envelope, min_neck_ratio=1.5)
+
+
 def test_fill_from_envelope_fills_a_component_of_one_label_only() -> None:
     labels, envelope = _split_ball_and_neighbour()
     merged, _ = merge_by_envelope(labels, envelope)

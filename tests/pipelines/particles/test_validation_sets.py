@@ -54,8 +54,10 @@ def real() -> dict[str, Any]:
 # 8.1 %, precision 0.741; with the instance acceptance (pipelines.particles.accept, default
 # since 2026-11-30) real crops F1 0.856, precision 0.820, split 8.1 %; with its voxel trim
 # (trim_unlike_voxels) F1 0.879, precision 0.850, recall 0.913; never-trained unchanged.
+# With the envelope neck test (InstanceParams.envelope_min_neck 0.25, 2026-11-30): real crops
+# F1 0.888, recall 0.931; never-trained F1 0.962, recall 0.953.
 def test_holdout_floor(holdout: dict[str, Any]) -> None:
-    assert holdout["f1"] >= 0.93
+    assert holdout["f1"] >= 0.94
     assert holdout["split_rate"] <= 0.02
     assert holdout["labels_in_binder"] == 0
     assert holdout["binder_share"] <= 0.03
@@ -68,12 +70,12 @@ def test_holdout_goal(holdout: dict[str, Any]) -> None:
 
 
 def test_real_crops_floor(real: dict[str, Any]) -> None:
-    assert real["f1"] >= 0.86  # 0.811 without the acceptance, 0.856 without its voxel trim
+    assert real["f1"] >= 0.87  # 0.856 without the voxel trim, 0.879 without the neck test
     assert real["precision"] >= 0.82  # 0.741 without the acceptance
     assert real["split_rate"] <= 0.10
 
 
-@pytest.mark.xfail(strict=True, reason="goal F1 >= 0.9 on the real crops; measured 0.879")
+@pytest.mark.xfail(strict=True, reason="goal F1 >= 0.9 on the real crops; measured 0.888")
 def test_real_crops_goal(real: dict[str, Any]) -> None:
     assert real["f1"] >= 0.9
 
