@@ -149,6 +149,8 @@ class XanesTracker:
         self._first_edges: FrameEdges | None = None
         self._still_live: bool | None = None
         self._post_edge_applied = False
+        # (P, N) particle-frames whose shift the post-edge pass found where live had none
+        self._backfilled: np.ndarray | None = None
         workers = params.track.workers
         self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
 
@@ -228,6 +230,7 @@ class XanesTracker:
         n_found = np.array([r.n_used for r in self._results], dtype=int)
         spread = np.array([r.spread for r in self._results], dtype=np.float64)
         trusted = np.array([r.trusted for r in self._results], dtype=bool)
+        self._backfilled = np.zeros((n_p, n), dtype=bool)
         if self._edge_ods and len(self._edge_ods) == n:
             refined = shift
             if self._post_edge_applies(global_shift):
@@ -268,6 +271,8 @@ class XanesTracker:
             partial=self._partial(),
             rois=[p.roi for p in self._particles],
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
+            post_edge_applied=self._post_edge_applied,
+            backfilled=self._backfilled.copy(),
         )
 
     @property
@@ -393,8 +398,28 @@ class XanesTracker:
             if not tp.post_edge_backfill:
                 keep &= np.all(np.isfinite(shift[k]), axis=1)
             out[k, keep] = anchored[keep]
+            filled = keep & ~np.all(np.isfinite(shift[k]), axis=1)
+            self._backfill_crops(k, np.nonzero(filled)[0], anchored, b)
         self._post_edge_applied = True
         return out
+
+    def _backfill_crops(self, k: int, frames: np.ndarray, shift: np.ndarray, binning: int) -> None:
+        """Mark particle k's backfilled frames and give them an aligned ROI for the XANES maps.
+
+        The ROI is cut from the OD frame kept for the pass (float16) at the backfilled shift;
+        frames binned for the edge images (``binning > 1``) have no full-resolution OD any
+        more, and their ROI stays NaN.
+        """
+        assert self._backfilled is not None
+        particle = self._particles[k]
+        for i in frames.tolist():
+            self._backfilled[k, i] = True
+            if binning != 1 or self._stacks[k][i] is not None:
+                continue
+            od = np.asarray(self._edge_ods[i], dtype=np.float32)
+            base = np.round(shift[i]).astype(int)
+            crop = self._local_background_free(od, np.array(particle.roi.origin) + base, particle)
+            self._stacks[k][i] = shift_image(crop, -(shift[i] - base)).astype(np.float32)
 
     def _static_refined_shifts(self, shift: np.ndarray) -> np.ndarray:
         """Every particle's shifts refined with the static pattern of its window fitted out

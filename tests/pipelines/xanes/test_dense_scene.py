@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.xanes import XanesParams, XanesTracker, align_stack
+from pipelines.xanes import XanesParams, XanesResult, XanesTracker, align_stack
 from synthetic.txm_dense import DenseTxmScene, dense_energies
 
 # what issue 12's 7th session added, all switched off: the tracker as it was before
@@ -20,8 +20,11 @@ BEFORE_7TH_SESSION = {
 }
 
 
-def _track(scene: DenseTxmScene, energies: np.ndarray, track: dict) -> XanesTracker:
-    tracker = XanesTracker(XanesParams.model_validate({"track": track}), flat=scene.flat(8400.0))
+def _track(
+    scene: DenseTxmScene, energies: np.ndarray, track: dict, *, keep_stacks: bool = False
+) -> XanesTracker:
+    params = XanesParams.model_validate({"track": track, "keep_aligned_stacks": keep_stacks})
+    tracker = XanesTracker(params, flat=scene.flat(8400.0))
     for i, energy in enumerate(energies):
         tracker.add_frame(scene.frame(float(energy), i), float(energy))
     return tracker
@@ -158,6 +161,9 @@ def test_dense_scene_without_the_7th_session_is_worse(dense_tracker):
     tracker = _track(scene, result.energies, BEFORE_7TH_SESSION)
     before = tracker.finalize()
     assert not tracker.post_edge_applied
+    assert not before.post_edge_applied and result.post_edge_applied
+    assert before.backfilled.shape == before.particle_shift.shape[:2]
+    assert not before.backfilled.any()
     assert _global_rms(before.global_shift, truth) > 1.3 * _global_rms(result.global_shift, truth)
     error_before, _ = _errors(scene, before, truth)
     error_now, _ = _errors(scene, result, truth)
@@ -221,18 +227,31 @@ def test_dense_scene_lost_particle_is_reacquired_with_its_earlier_frames():
     truth = np.stack([scene.truth_shift(i) for i in range(n)], axis=1)
     visible = int(np.count_nonzero(scene.wholly_visible()))
 
-    def lost_particle(track: dict) -> tuple[np.ndarray, list[int]]:
-        result = _track(scene, energies, track).finalize()
+    def lost_particle(track: dict) -> tuple[np.ndarray, list[int], XanesResult, int]:
+        result = _track(scene, energies, track, keep_stacks=True).finalize()
         which = list(_truth_of_labels(scene, result.labels))
         _, tracked = _errors(scene, result, truth)
         assert 6 in which
-        return result.particle_shift[which.index(6)], tracked
+        k = which.index(6)
+        return result.particle_shift[k], tracked, result, k
 
     off = {"reacquire_lost_frames": None, "post_edge_backfill": False}
-    before, tracked_before = lost_particle(off)
+    before, tracked_before, result, k = lost_particle(off)
     assert np.all(np.isnan(before[1:12])), "the scene no longer loses the particle"
     assert 6 not in tracked_before
-    shift, tracked = lost_particle({})
+    assert result.post_edge_applied and not result.backfilled.any()
+    assert np.all(np.isnan(result.aligned_stacks[k][1:12]))
+    shift, tracked, result, k = lost_particle({})
+    # the backfilled frames are flagged and their aligned ROIs feed the maps
+    backfilled = np.nonzero(result.backfilled[k])[0]
+    assert backfilled.size and set(backfilled.tolist()) <= set(range(1, 12))
+    stack = result.aligned_stacks[k]
+    assert np.all(np.isfinite(stack[backfilled]))
+    mask = result.rois[k].mask
+    assert np.all(np.isfinite(result.spectra_raw[k, backfilled]))
+    # each backfilled ROI holds the particle: its OD inside the mask above its surround
+    for i in backfilled.tolist():
+        assert stack[i][mask].mean() > stack[i][~mask].mean(), i
     assert 6 in tracked
     assert len(tracked) == visible > len(tracked_before)
     assert np.all(np.isfinite(shift))
