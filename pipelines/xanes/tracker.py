@@ -356,6 +356,7 @@ class XanesTracker:
 
         iterations = max(4, tp.refine_iterations)
         out = shift.copy()
+        passes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, particle in enumerate(self._particles):
             edge = particle.edge
             if edge is None or edge.model is None or edge.partial:
@@ -379,21 +380,44 @@ class XanesTracker:
                 offsets = shift[k, found] - global_shift[found]
                 offsets = offsets[np.all(np.isfinite(offsets), axis=1)]
                 offset = np.median(offsets, axis=0) if offsets.size else offset
-            for i in sorted(frames):
-                predicted = (
-                    shift[k, i] if np.all(np.isfinite(shift[k, i])) else global_shift[i] + offset
-                )
-                if not np.all(np.isfinite(predicted)):
-                    continue
-                outcome = template.register(edges_of(i), predicted, iterations)
-                if outcome is None:
-                    continue
-                s, ncc, _ = outcome
-                if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted) <= tp.max_jump_px):
-                    registered[i] = s
-            anchored = reanchored_shifts(registered)
-            if anchored is None:
-                continue
+            strength = np.full(shift.shape[1], np.nan)
+
+            def register_all(template: EdgeTemplate) -> None:
+                registered[:] = np.nan
+                for i in sorted(frames):
+                    predicted = (
+                        shift[k, i]
+                        if np.all(np.isfinite(shift[k, i]))
+                        else global_shift[i] + offset
+                    )
+                    if not np.all(np.isfinite(predicted)):
+                        continue
+                    outcome = template.register(edges_of(i), predicted, iterations)
+                    if outcome is None:
+                        continue
+                    s, ncc, strength[i] = outcome
+                    if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted) <= tp.max_jump_px):
+                        registered[i] = s
+
+            register_all(template)
+            if tp.post_edge_template == "mean":
+                clear = np.all(np.isfinite(registered), axis=1)
+                clear &= strength >= 0.6 * np.nanmax(np.where(clear, strength, np.nan), initial=0)
+                chosen = np.nonzero(clear)[0]
+                if chosen.size >= 2:
+                    mean = edge.renewed_mean([edges_of(i) for i in chosen], registered[chosen])
+                    if mean.model is not None:
+                        register_all(mean)
+            if not np.all(np.isfinite(registered[0])):
+                continue  # frame 0 not registered: nothing to anchor on
+            valid = np.all(np.isfinite(registered), axis=1)
+            top = np.nanmax(np.where(valid, strength, np.nan), initial=0)
+            faint = valid & (strength < 0.6 * top)
+            faint[0] = True
+            passes[k] = (registered.copy(), faint)
+        anchors = self._post_edge_anchors(passes)
+        for k, (registered, _) in passes.items():
+            anchored = registered - anchors[k]
             keep = np.all(np.isfinite(anchored), axis=1)
             if not tp.post_edge_backfill:
                 keep &= np.all(np.isfinite(shift[k]), axis=1)
@@ -402,6 +426,33 @@ class XanesTracker:
             self._backfill_crops(k, np.nonzero(filled)[0], anchored, b)
         self._post_edge_applied = True
         return out
+
+    def _post_edge_anchors(
+        self, passes: dict[int, tuple[np.ndarray, np.ndarray]]
+    ) -> dict[int, np.ndarray]:
+        """Where each particle's frame 0 sits against its post-edge template.
+
+        ``track.post_edge_anchor="frame0"``: its frame-0 registration. ``"faint_frames"``:
+        frame 0 alone is one faint, noisy registration whose error would stay in every frame
+        of the particle; instead the particle's faint frames (frame 0 and those whose outline
+        is below 0.6 of its clearest) are each compared with the drift of the frame (the
+        median over the particles of their frame-0-anchored shifts) and the median of the
+        differences is the anchor (with 3 or more particles; else frame 0).
+        """
+        frame0 = {k: registered[0].copy() for k, (registered, _) in passes.items()}
+        if self.params.track.post_edge_anchor == "frame0" or len(passes) < 3:
+            return frame0
+        relative = np.stack([registered - registered[0] for registered, _ in passes.values()])
+        with np.errstate(all="ignore"):
+            counted = np.sum(np.all(np.isfinite(relative), axis=2), axis=0)
+            drift = np.nanmedian(relative, axis=0) if relative.size else relative
+        drift[counted < 3] = np.nan
+        anchors = {}
+        for k, (registered, faint) in passes.items():
+            usable = faint & np.all(np.isfinite(drift), axis=1)
+            usable[0] = True
+            anchors[k] = np.median(registered[usable] - drift[usable], axis=0)
+        return anchors
 
     def _backfill_crops(self, k: int, frames: np.ndarray, shift: np.ndarray, binning: int) -> None:
         """Mark particle k's backfilled frames and give them an aligned ROI for the XANES maps.
@@ -708,14 +759,20 @@ class XanesTracker:
         moved = ndimage.shift(self._labels, base, order=0, mode="constant", cval=0)
         occupied = moved > 0
         areas = np.bincount(labels.ravel())
+        tracked_areas = np.bincount(moved.ravel(), minlength=self.n_particles + 1)
         joined = []
         for k, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
                 continue
             own = labels[box] == k + 1
             if np.count_nonzero(occupied[box] & own) > 0.1 * np.count_nonzero(own):
-                self._maybe_new_outline(edges, labels, k, box, moved, result)
-                continue
+                if not self.params.track.redetect_by_both_overlaps:
+                    self._maybe_new_outline(edges, labels, k, box, moved, result)
+                    continue
+                if not self._joins_despite_overlap(
+                    edges, labels, k, box, moved, tracked_areas, result
+                ):
+                    continue
             window = self._window_for_label(labels, k, box, int(areas[k + 1]))
             origin_now = np.array(window.roi.origin)
             edge = self._edge_template(edges, window, origin_now)
@@ -759,6 +816,44 @@ class XanesTracker:
             trusted=result.trusted,
         )
 
+    def _joins_despite_overlap(
+        self,
+        edges: FrameEdges,
+        labels: np.ndarray,
+        k: int,
+        box: tuple[slice, slice],
+        moved: np.ndarray,
+        tracked_areas: np.ndarray,
+        result: FrameResult,
+    ) -> bool:
+        """A re-detected object that overlaps tracked particles by more than 10 % of itself:
+        what it is, from the overlap as a fraction of the object and of each tracked footprint.
+
+        - mostly inside one tracked particle, or holding most of exactly one: that particle seen
+          again (:meth:`_maybe_new_outline`);
+        - holding most of two or more tracked particles: they are fragments of it (a faint
+          particle split at frame 0); each of them that is lost gets its outline
+          (:meth:`_retemplate`);
+        - otherwise, when at most half of it lies on tracked particles: a particle of its own
+          that touches a tracked neighbour; it joins (True);
+        - else nothing.
+        """
+        own = labels[box] == k + 1
+        area = int(np.count_nonzero(own))
+        counts = np.bincount(moved[box][own], minlength=tracked_areas.size)[: tracked_areas.size]
+        counts[0] = 0
+        held = counts >= 0.5 * np.maximum(tracked_areas, 1)
+        held[0] = False
+        if np.count_nonzero(held) >= 2:
+            for tracked in np.nonzero(held)[0].tolist():
+                if self._lost(tracked - 1, result):
+                    self._retemplate(tracked - 1, edges, labels, k, box, result)
+            return False
+        if counts.max() >= 0.5 * area or held.any():
+            self._maybe_new_outline(edges, labels, k, box, moved, result)
+            return False
+        return int(counts.sum()) <= 0.5 * area
+
     def _maybe_new_outline(
         self,
         edges: FrameEdges,
@@ -794,6 +889,20 @@ class XanesTracker:
         union = np.count_nonzero(old) + np.count_nonzero(own) - int(counts[tracked])
         if counts[tracked] >= tp.retemplate_iou * union and not self._lost(index, result):
             return
+        self._retemplate(index, edges, labels, k, box, result)
+
+    def _retemplate(
+        self,
+        index: int,
+        edges: FrameEdges,
+        labels: np.ndarray,
+        k: int,
+        box: tuple[slice, slice],
+        result: FrameResult,
+    ) -> None:
+        """Tracked particle ``index`` gets the outline of re-detected object ``k + 1`` as its
+        template, anchored at its shift in this frame (when not registered: the frame's global
+        shift plus its median offset from it so far)."""
         particle = self._particles[index]
         anchor = np.asarray(result.particle_shift[index], dtype=np.float64)
         if not np.all(np.isfinite(anchor)):
