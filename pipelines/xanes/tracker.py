@@ -61,7 +61,6 @@ from pipelines.xanes.params import XanesParams
 from pipelines.xanes.post_edge import (
     BackgroundMotion,
     background_stays_still,
-    reanchored_shifts,
 )
 from pipelines.xanes.prepare import (
     average_frames,
@@ -354,7 +353,6 @@ class XanesTracker:
                 cache[i] = FrameEdges.from_binned(self._edge_ods[i], b)
             return cache[i]
 
-        iterations = max(4, tp.refine_iterations)
         out = shift.copy()
         passes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, particle in enumerate(self._particles):
@@ -368,7 +366,6 @@ class XanesTracker:
             template = edge.renewed(edges_of(last), shift[k, last])
             if template.model is None:
                 continue
-            registered = np.full((shift.shape[1], 2), np.nan)
             frames = set(found.tolist()) | {0}
             offset = np.zeros(2)
             later = found[found > 0]
@@ -380,34 +377,19 @@ class XanesTracker:
                 offsets = shift[k, found] - global_shift[found]
                 offsets = offsets[np.all(np.isfinite(offsets), axis=1)]
                 offset = np.median(offsets, axis=0) if offsets.size else offset
-            strength = np.full(shift.shape[1], np.nan)
-
-            def register_all(template: EdgeTemplate) -> None:
-                registered[:] = np.nan
-                for i in sorted(frames):
-                    predicted = (
-                        shift[k, i]
-                        if np.all(np.isfinite(shift[k, i]))
-                        else global_shift[i] + offset
-                    )
-                    if not np.all(np.isfinite(predicted)):
-                        continue
-                    outcome = template.register(edges_of(i), predicted, iterations)
-                    if outcome is None:
-                        continue
-                    s, ncc, strength[i] = outcome
-                    if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted) <= tp.max_jump_px):
-                        registered[i] = s
-
-            register_all(template)
+            predicted = np.where(
+                np.all(np.isfinite(shift[k]), axis=1)[:, None], shift[k], global_shift + offset
+            )
+            order = sorted(frames)
+            registered, strength = self._pass_register(template, order, predicted, edges_of)
             if tp.post_edge_template == "mean":
                 clear = np.all(np.isfinite(registered), axis=1)
                 clear &= strength >= 0.6 * np.nanmax(np.where(clear, strength, np.nan), initial=0)
-                chosen = np.nonzero(clear)[0]
-                if chosen.size >= 2:
+                chosen = np.nonzero(clear)[0].tolist()
+                if len(chosen) >= 2:
                     mean = edge.renewed_mean([edges_of(i) for i in chosen], registered[chosen])
                     if mean.model is not None:
-                        register_all(mean)
+                        registered, strength = self._pass_register(mean, order, predicted, edges_of)
             if not np.all(np.isfinite(registered[0])):
                 continue  # frame 0 not registered: nothing to anchor on
             valid = np.all(np.isfinite(registered), axis=1)
@@ -426,6 +408,26 @@ class XanesTracker:
             self._backfill_crops(k, np.nonzero(filled)[0], anchored, b)
         self._post_edge_applied = True
         return out
+
+    def _pass_register(
+        self, template: EdgeTemplate, frames: list[int], predicted: np.ndarray, edges_of
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One particle's frames registered against a post-edge template: ``(N, 2)`` shifts
+        (NaN where not registered or failing the live gates) and ``(N,)`` outline strengths."""
+        tp = self.params.track
+        registered = np.full(predicted.shape, np.nan)
+        strength = np.full(predicted.shape[0], np.nan)
+        iterations = max(4, tp.refine_iterations)
+        for i in frames:
+            if not np.all(np.isfinite(predicted[i])):
+                continue
+            outcome = template.register(edges_of(i), predicted[i], iterations)
+            if outcome is None:
+                continue
+            s, ncc, strength[i] = outcome
+            if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted[i]) <= tp.max_jump_px):
+                registered[i] = s
+        return registered, strength
 
     def _post_edge_anchors(
         self, passes: dict[int, tuple[np.ndarray, np.ndarray]]
