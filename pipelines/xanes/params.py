@@ -195,6 +195,13 @@ class TrackParams(_Params):
             "no longer stays in every frame of the particle"
         ),
     )
+    post_edge_partial: bool = Field(
+        default=True,
+        description=(
+            "edge: the post-edge pass also re-registers particles cut by the border (then, as "
+            "live, one farther than max_partial_deviation_px from the global shift is NaN)"
+        ),
+    )
     redetect_by_both_overlaps: bool = Field(
         default=True,
         description=(

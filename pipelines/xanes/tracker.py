@@ -239,6 +239,7 @@ class XanesTracker:
             if refined is not shift:
                 shift = refined
                 global_shift, n_found, spread = self._global_from_shifts(shift)
+                shift = self._drop_far_partials(shift, global_shift)
                 com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -357,7 +358,7 @@ class XanesTracker:
         passes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, particle in enumerate(self._particles):
             edge = particle.edge
-            if edge is None or edge.model is None or edge.partial:
+            if edge is None or edge.model is None or (edge.partial and not tp.post_edge_partial):
                 continue
             found = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
             if found.size < 2:
@@ -409,6 +410,27 @@ class XanesTracker:
         self._post_edge_applied = True
         return out
 
+    def _drop_far_partials(self, shift: np.ndarray, global_shift: np.ndarray) -> np.ndarray:
+        """The live border-cut rule on the finalize-time shifts: a border-cut particle farther
+        than ``track.max_partial_deviation_px`` from the global shift of a frame with >= 3
+        whole particles is NaN there (``(P, N, 2)``, a copy when anything is dropped)."""
+        limit = self.params.track.max_partial_deviation_px
+        partial = self._partial()
+        if limit is None or not partial.any():
+            return shift
+        found = np.all(np.isfinite(shift), axis=2)
+        whole = np.sum(found & ~partial[:, None], axis=0) >= 3
+        with np.errstate(invalid="ignore"):
+            deviation = np.hypot(*np.moveaxis(shift - global_shift[None], 2, 0))
+            far = found & partial[:, None] & whole[None] & (deviation > limit)
+        if not far.any():
+            return shift
+        shift = shift.copy()
+        shift[far] = np.nan
+        if self._backfilled is not None:
+            self._backfilled &= ~far
+        return shift
+
     def _pass_register(
         self, template: EdgeTemplate, frames: list[int], predicted: np.ndarray, edges_of
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -444,7 +466,9 @@ class XanesTracker:
         frame0 = {k: registered[0].copy() for k, (registered, _) in passes.items()}
         if self.params.track.post_edge_anchor == "frame0" or len(passes) < 3:
             return frame0
-        relative = np.stack([registered - registered[0] for registered, _ in passes.values()])
+        whole = [k for k in passes if not self._particles[k].edge.partial]  # type: ignore[union-attr]
+        voters = whole if len(whole) >= 3 else list(passes)
+        relative = np.stack([passes[k][0] - passes[k][0][0] for k in voters])
         with np.errstate(all="ignore"):
             counted = np.sum(np.all(np.isfinite(relative), axis=2), axis=0)
             drift = np.nanmedian(relative, axis=0) if relative.size else relative
