@@ -142,6 +142,7 @@ class XanesTracker:
         self._coarse_global = np.zeros(2)
         self._best_evidence = 0.0
         self._redetections = 0
+        self._last_redetection: int | None = None
         # binned OD of every frame, for the static-pattern refinement at finalize
         self._edge_ods: list[np.ndarray] = []
         self._background_motion: BackgroundMotion | None = None
@@ -724,10 +725,11 @@ class XanesTracker:
             if (
                 result.trusted
                 and self._redetections < self.params.track.max_redetections
-                and evidence >= self.params.track.redetect_contrast_ratio * self._best_evidence
+                and self._redetect_now(evidence, result.index)
             ):
-                self._best_evidence = evidence
+                self._best_evidence = max(evidence, self._best_evidence)
                 self._redetections += 1
+                self._last_redetection = result.index
                 result = self._join_new_particles(od, edges, result)
             return result
         candidates: list[Candidate] = []
@@ -768,6 +770,22 @@ class XanesTracker:
         for lost in np.nonzero(~found)[0]:
             self._stacks[int(lost)].append(None)
         return self._frame_result(energy, found, shifts, ssim)
+
+    def _redetect_now(self, evidence: float, index: int) -> bool:
+        """Detect again: the frame's contrast rose ``redetect_contrast_ratio`` over the best
+        so far, or (``track.redetect_every_frames``) that many frames passed since the last
+        re-detection and the contrast is still at least ``redetect_hold_ratio`` of the best
+        (particles whose own edge comes later brighten after the first re-detection)."""
+        tp = self.params.track
+        if evidence >= tp.redetect_contrast_ratio * self._best_evidence:
+            return True
+        every = tp.redetect_every_frames
+        return (
+            every is not None
+            and self._last_redetection is not None
+            and index - self._last_redetection >= every
+            and evidence >= tp.redetect_hold_ratio * self._best_evidence
+        )
 
     def _join_new_particles(
         self, od: np.ndarray, edges: FrameEdges, result: FrameResult
