@@ -213,6 +213,14 @@ class TrackParams(_Params):
             "live, one farther than max_partial_deviation_px from the global shift is NaN)"
         ),
     )
+    post_edge_rigid_px: PositiveFloat = Field(
+        default=0.5,
+        description=(
+            "edge: faint_frames anchor only when the particles move with the drift: their "
+            "offsets from it on their clear frames vary by at most this (RMS, median over "
+            "the particles); else frame 0"
+        ),
+    )
     redetect_by_both_overlaps: bool = Field(
         default=True,
         description=(

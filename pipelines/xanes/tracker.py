@@ -432,6 +432,22 @@ class XanesTracker:
             self._backfilled &= ~far
         return shift
 
+    def _moves_rigidly(
+        self, passes: dict[int, tuple[np.ndarray, np.ndarray]], drift: np.ndarray
+    ) -> bool:
+        """Whether the particles move with the drift (the faint-frame anchor assumes it): on
+        each particle's clear frames, where registration is accurate, its offset from the
+        drift varies by at most ``track.post_edge_rigid_px`` (RMS about its mean; median over
+        the particles). A sample that deforms during the scan keeps the frame-0 anchor."""
+        spreads = []
+        for registered, faint in passes.values():
+            relative = registered - registered[0] - drift
+            clear = ~faint & np.all(np.isfinite(relative), axis=1)
+            if np.count_nonzero(clear) >= 3:
+                offset = relative[clear] - relative[clear].mean(axis=0)
+                spreads.append(float(np.sqrt(np.mean(np.sum(offset**2, axis=1)))))
+        return bool(spreads) and float(np.median(spreads)) <= self.params.track.post_edge_rigid_px
+
     def _pass_register(
         self, template: EdgeTemplate, frames: list[int], predicted: np.ndarray, edges_of
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -470,10 +486,13 @@ class XanesTracker:
         whole = [k for k in passes if not self._particles[k].edge.partial]  # type: ignore[union-attr]
         voters = whole if len(whole) >= 3 else list(passes)
         relative = np.stack([passes[k][0] - passes[k][0][0] for k in voters])
-        with np.errstate(all="ignore"):
-            counted = np.sum(np.all(np.isfinite(relative), axis=2), axis=0)
-            drift = np.nanmedian(relative, axis=0) if relative.size else relative
-        drift[counted < 3] = np.nan
+        counted = np.sum(np.all(np.isfinite(relative), axis=2), axis=0)
+        drift = np.full(relative.shape[1:], np.nan)
+        enough = counted >= 3
+        if enough.any():
+            drift[enough] = np.nanmedian(relative[:, enough], axis=0)
+        if not self._moves_rigidly(passes, drift):
+            return frame0
         anchors = {}
         for k, (registered, faint) in passes.items():
             usable = faint & np.all(np.isfinite(drift), axis=1)
