@@ -178,16 +178,17 @@ class TrackParams(_Params):
         ),
     )
     max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
-    redetect_every_frames: PositiveInt | None = Field(
+    redetect_late_frames: PositiveInt | None = Field(
         default=8,
         description=(
-            "edge: after a first re-detection, detect again once this many frames passed since "
-            "the last one while the contrast holds (redetect_hold_ratio): particles whose own "
-            "edge comes later are found; None: only on a contrast rise"
+            "edge: one more re-detection this many frames after the last one while the "
+            "contrast holds (redetect_hold_ratio): particles whose own edge comes later are "
+            "found (one only: a re-detection of a 1024 px frame costs about 0.5 s); None: "
+            "only on a contrast rise"
         ),
     )
     redetect_hold_ratio: float = Field(
-        default=0.8, gt=0, le=1, description="edge: see redetect_every_frames"
+        default=0.8, gt=0, le=1, description="edge: see redetect_late_frames"
     )
     post_edge_template: Literal["last", "mean"] = Field(
         default="mean",

@@ -143,6 +143,7 @@ class XanesTracker:
         self._best_evidence = 0.0
         self._redetections = 0
         self._last_redetection: int | None = None
+        self._late_redetection_done = False
         # binned OD of every frame, for the static-pattern refinement at finalize
         self._edge_ods: list[np.ndarray] = []
         self._background_motion: BackgroundMotion | None = None
@@ -792,19 +793,23 @@ class XanesTracker:
 
     def _redetect_now(self, evidence: float, index: int) -> bool:
         """Detect again: the frame's contrast rose ``redetect_contrast_ratio`` over the best
-        so far, or (``track.redetect_every_frames``) that many frames passed since the last
-        re-detection and the contrast is still at least ``redetect_hold_ratio`` of the best
+        so far, or, once (``track.redetect_late_frames``), that many frames passed since the
+        last re-detection and the contrast is still at least ``redetect_hold_ratio`` of the best
         (particles whose own edge comes later brighten after the first re-detection)."""
         tp = self.params.track
         if evidence >= tp.redetect_contrast_ratio * self._best_evidence:
             return True
-        every = tp.redetect_every_frames
-        return (
-            every is not None
-            and self._last_redetection is not None
-            and index - self._last_redetection >= every
-            and evidence >= tp.redetect_hold_ratio * self._best_evidence
-        )
+        late = tp.redetect_late_frames
+        if (
+            late is None
+            or self._late_redetection_done
+            or self._last_redetection is None
+            or index - self._last_redetection < late
+            or evidence < tp.redetect_hold_ratio * self._best_evidence
+        ):
+            return False
+        self._late_redetection_done = True
+        return True
 
     def _join_new_particles(
         self, od: np.ndarray, edges: FrameEdges, result: FrameResult

@@ -151,11 +151,11 @@ def _scene_result(seed: int, track: dict):
 
 def test_dense_scene_later_edges_found_by_repeated_redetection():
     """Particles whose own edge comes after the first re-detection (seed 103) are found by
-    the re-detections every 8 frames while the contrast holds (``track.redetect_every_frames``):
+    one more re-detection 8 frames later while the contrast holds (``track.redetect_late_frames``):
     8 of the 10 wholly visible particles tracked, 5 without (measured 2026-11-30)."""
     scene, result, truth = _scene_result(103, {})
     _, tracked = _errors(scene, result, truth)
-    scene_b, result_b, _ = _scene_result(103, {"redetect_every_frames": None})
+    scene_b, result_b, _ = _scene_result(103, {"redetect_late_frames": None})
     _, tracked_before = _errors(scene_b, result_b, truth)
     assert len(tracked) >= 8 > len(tracked_before), (tracked, tracked_before)
 
