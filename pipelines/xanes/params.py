@@ -178,6 +178,59 @@ class TrackParams(_Params):
         ),
     )
     max_redetections: int = Field(default=4, ge=0, description="edge: at most this many")
+    redetect_late_frames: PositiveInt | None = Field(
+        default=8,
+        description=(
+            "edge: one more re-detection this many frames after the last one while the "
+            "contrast holds (redetect_hold_ratio): particles whose own edge comes later are "
+            "found (one only: a re-detection of a 1024 px frame costs about 0.5 s); None: "
+            "only on a contrast rise"
+        ),
+    )
+    redetect_hold_ratio: float = Field(
+        default=0.8, gt=0, le=1, description="edge: see redetect_late_frames"
+    )
+    post_edge_template: Literal["last", "mean"] = Field(
+        default="mean",
+        description=(
+            "edge: the post-edge pass's template: the outline of the particle's last registered "
+            "frame, or the mean of its clear outlines (>= 0.6 of the strongest) aligned on the "
+            "particle, which blurs a pattern that stays in the detector frame by the drift"
+        ),
+    )
+    post_edge_anchor: Literal["frame0", "faint_frames"] = Field(
+        default="faint_frames",
+        description=(
+            "edge: the post-edge pass places each particle's frame 0 by its frame-0 "
+            "registration alone, or by the median over its faint frames of their registration "
+            "minus the frame's drift (median of the particles): one noisy faint frame's error "
+            "no longer stays in every frame of the particle"
+        ),
+    )
+    post_edge_partial: bool = Field(
+        default=True,
+        description=(
+            "edge: the post-edge pass also re-registers particles cut by the border (then, as "
+            "live, one farther than max_partial_deviation_px from the global shift is NaN)"
+        ),
+    )
+    post_edge_rigid_px: PositiveFloat = Field(
+        default=0.5,
+        description=(
+            "edge: faint_frames anchor only when the particles move with the drift: their "
+            "offsets from it on their clear frames vary by at most this (RMS, median over "
+            "the particles); else frame 0"
+        ),
+    )
+    redetect_by_both_overlaps: bool = Field(
+        default=True,
+        description=(
+            "edge: a re-detected object overlapping tracked particles by more than 10 % of itself "
+            "is classified by the overlap as a fraction of it and of each tracked footprint: "
+            "holding most of 2+ tracked particles, they are fragments (each lost one gets its "
+            "outline); mostly on free pixels, it joins; False: it only ever re-templates"
+        ),
+    )
     reacquire_lost_frames: PositiveInt | None = Field(
         default=3,
         description=(

@@ -112,6 +112,14 @@ class XanesResult:
     aligned_stacks : list of numpy.ndarray
         Per particle ``(N, h, w)`` float32 background-free OD aligned to frame 0 (NaN frames
         where the particle was not found); empty when ``keep_aligned_stacks`` is False.
+    post_edge_applied : bool
+        The finalize-time post-edge pass (``track.post_edge_pass``) re-registered the
+        particles on their post-edge outline.
+    backfilled : numpy.ndarray
+        ``(P, N)`` bool: the particle's shift in that frame comes from the post-edge pass's
+        backfill (``track.post_edge_backfill``; not registered live). Its aligned ROI is cut
+        from the OD kept for the pass (NaN when that OD was binned, frames over
+        ``track.edge_frame_px``).
     """
 
     labels: np.ndarray
@@ -131,3 +139,5 @@ class XanesResult:
     spectra_raw: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     rois: list[ParticleRoi] = field(default_factory=list)
     aligned_stacks: list[np.ndarray] = field(default_factory=list)
+    post_edge_applied: bool = False
+    backfilled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))

@@ -61,7 +61,6 @@ from pipelines.xanes.params import XanesParams
 from pipelines.xanes.post_edge import (
     BackgroundMotion,
     background_stays_still,
-    reanchored_shifts,
 )
 from pipelines.xanes.prepare import (
     average_frames,
@@ -143,12 +142,16 @@ class XanesTracker:
         self._coarse_global = np.zeros(2)
         self._best_evidence = 0.0
         self._redetections = 0
+        self._last_redetection: int | None = None
+        self._late_redetection_done = False
         # binned OD of every frame, for the static-pattern refinement at finalize
         self._edge_ods: list[np.ndarray] = []
         self._background_motion: BackgroundMotion | None = None
         self._first_edges: FrameEdges | None = None
         self._still_live: bool | None = None
         self._post_edge_applied = False
+        # (P, N) particle-frames whose shift the post-edge pass found where live had none
+        self._backfilled: np.ndarray | None = None
         workers = params.track.workers
         self._executor = ThreadPoolExecutor(workers, "xanes-track") if workers > 1 else None
 
@@ -228,6 +231,7 @@ class XanesTracker:
         n_found = np.array([r.n_used for r in self._results], dtype=int)
         spread = np.array([r.spread for r in self._results], dtype=np.float64)
         trusted = np.array([r.trusted for r in self._results], dtype=bool)
+        self._backfilled = np.zeros((n_p, n), dtype=bool)
         if self._edge_ods and len(self._edge_ods) == n:
             refined = shift
             if self._post_edge_applies(global_shift):
@@ -237,6 +241,7 @@ class XanesTracker:
             if refined is not shift:
                 shift = refined
                 global_shift, n_found, spread = self._global_from_shifts(shift)
+                shift = self._drop_far_partials(shift, global_shift)
                 com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -268,6 +273,8 @@ class XanesTracker:
             partial=self._partial(),
             rois=[p.roi for p in self._particles],
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
+            post_edge_applied=self._post_edge_applied,
+            backfilled=self._backfilled.copy(),
         )
 
     @property
@@ -349,11 +356,11 @@ class XanesTracker:
                 cache[i] = FrameEdges.from_binned(self._edge_ods[i], b)
             return cache[i]
 
-        iterations = max(4, tp.refine_iterations)
         out = shift.copy()
+        passes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, particle in enumerate(self._particles):
             edge = particle.edge
-            if edge is None or edge.model is None or edge.partial:
+            if edge is None or edge.model is None or (edge.partial and not tp.post_edge_partial):
                 continue
             found = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
             if found.size < 2:
@@ -362,7 +369,6 @@ class XanesTracker:
             template = edge.renewed(edges_of(last), shift[k, last])
             if template.model is None:
                 continue
-            registered = np.full((shift.shape[1], 2), np.nan)
             frames = set(found.tolist()) | {0}
             offset = np.zeros(2)
             later = found[found > 0]
@@ -374,27 +380,144 @@ class XanesTracker:
                 offsets = shift[k, found] - global_shift[found]
                 offsets = offsets[np.all(np.isfinite(offsets), axis=1)]
                 offset = np.median(offsets, axis=0) if offsets.size else offset
-            for i in sorted(frames):
-                predicted = (
-                    shift[k, i] if np.all(np.isfinite(shift[k, i])) else global_shift[i] + offset
-                )
-                if not np.all(np.isfinite(predicted)):
-                    continue
-                outcome = template.register(edges_of(i), predicted, iterations)
-                if outcome is None:
-                    continue
-                s, ncc, _ = outcome
-                if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted) <= tp.max_jump_px):
-                    registered[i] = s
-            anchored = reanchored_shifts(registered)
-            if anchored is None:
-                continue
+            predicted = np.where(
+                np.all(np.isfinite(shift[k]), axis=1)[:, None], shift[k], global_shift + offset
+            )
+            order = sorted(frames)
+            registered, strength = self._pass_register(template, order, predicted, edges_of)
+            if tp.post_edge_template == "mean":
+                clear = np.all(np.isfinite(registered), axis=1)
+                clear &= strength >= 0.6 * np.nanmax(np.where(clear, strength, np.nan), initial=0)
+                chosen = np.nonzero(clear)[0].tolist()
+                if len(chosen) >= 2:
+                    mean = edge.renewed_mean([edges_of(i) for i in chosen], registered[chosen])
+                    if mean.model is not None:
+                        registered, strength = self._pass_register(mean, order, predicted, edges_of)
+            if not np.all(np.isfinite(registered[0])):
+                continue  # frame 0 not registered: nothing to anchor on
+            valid = np.all(np.isfinite(registered), axis=1)
+            top = np.nanmax(np.where(valid, strength, np.nan), initial=0)
+            faint = valid & (strength < 0.6 * top)
+            faint[0] = True
+            passes[k] = (registered.copy(), faint)
+        anchors = self._post_edge_anchors(passes)
+        for k, (registered, _) in passes.items():
+            anchored = registered - anchors[k]
             keep = np.all(np.isfinite(anchored), axis=1)
             if not tp.post_edge_backfill:
                 keep &= np.all(np.isfinite(shift[k]), axis=1)
             out[k, keep] = anchored[keep]
+            filled = keep & ~np.all(np.isfinite(shift[k]), axis=1)
+            self._backfill_crops(k, np.nonzero(filled)[0], anchored, b)
         self._post_edge_applied = True
         return out
+
+    def _drop_far_partials(self, shift: np.ndarray, global_shift: np.ndarray) -> np.ndarray:
+        """The live border-cut rule on the finalize-time shifts: a border-cut particle farther
+        than ``track.max_partial_deviation_px`` from the global shift of a frame with >= 3
+        whole particles is NaN there (``(P, N, 2)``, a copy when anything is dropped)."""
+        limit = self.params.track.max_partial_deviation_px
+        partial = self._partial()
+        if limit is None or not partial.any():
+            return shift
+        found = np.all(np.isfinite(shift), axis=2)
+        whole = np.sum(found & ~partial[:, None], axis=0) >= 3
+        with np.errstate(invalid="ignore"):
+            deviation = np.hypot(*np.moveaxis(shift - global_shift[None], 2, 0))
+            far = found & partial[:, None] & whole[None] & (deviation > limit)
+        if not far.any():
+            return shift
+        shift = shift.copy()
+        shift[far] = np.nan
+        if self._backfilled is not None:
+            self._backfilled &= ~far
+        return shift
+
+    def _moves_rigidly(
+        self, passes: dict[int, tuple[np.ndarray, np.ndarray]], drift: np.ndarray
+    ) -> bool:
+        """Whether the particles move with the drift (the faint-frame anchor assumes it): on
+        each particle's clear frames, where registration is accurate, its offset from the
+        drift varies by at most ``track.post_edge_rigid_px`` (RMS about its mean; median over
+        the particles). A sample that deforms during the scan keeps the frame-0 anchor."""
+        spreads = []
+        for registered, faint in passes.values():
+            relative = registered - registered[0] - drift
+            clear = ~faint & np.all(np.isfinite(relative), axis=1)
+            if np.count_nonzero(clear) >= 3:
+                offset = relative[clear] - relative[clear].mean(axis=0)
+                spreads.append(float(np.sqrt(np.mean(np.sum(offset**2, axis=1)))))
+        return bool(spreads) and float(np.median(spreads)) <= self.params.track.post_edge_rigid_px
+
+    def _pass_register(
+        self, template: EdgeTemplate, frames: list[int], predicted: np.ndarray, edges_of
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One particle's frames registered against a post-edge template: ``(N, 2)`` shifts
+        (NaN where not registered or failing the live gates) and ``(N,)`` outline strengths."""
+        tp = self.params.track
+        registered = np.full(predicted.shape, np.nan)
+        strength = np.full(predicted.shape[0], np.nan)
+        iterations = max(4, tp.refine_iterations)
+        for i in frames:
+            if not np.all(np.isfinite(predicted[i])):
+                continue
+            outcome = template.register(edges_of(i), predicted[i], iterations)
+            if outcome is None:
+                continue
+            s, ncc, strength[i] = outcome
+            if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted[i]) <= tp.max_jump_px):
+                registered[i] = s
+        return registered, strength
+
+    def _post_edge_anchors(
+        self, passes: dict[int, tuple[np.ndarray, np.ndarray]]
+    ) -> dict[int, np.ndarray]:
+        """Where each particle's frame 0 sits against its post-edge template.
+
+        ``track.post_edge_anchor="frame0"``: its frame-0 registration. ``"faint_frames"``:
+        frame 0 alone is one faint, noisy registration whose error would stay in every frame
+        of the particle; instead the particle's faint frames (frame 0 and those whose outline
+        is below 0.6 of its clearest) are each compared with the drift of the frame (the
+        median over the particles of their frame-0-anchored shifts) and the median of the
+        differences is the anchor (with 3 or more particles; else frame 0).
+        """
+        frame0 = {k: registered[0].copy() for k, (registered, _) in passes.items()}
+        if self.params.track.post_edge_anchor == "frame0" or len(passes) < 3:
+            return frame0
+        whole = [k for k in passes if not self._particles[k].edge.partial]  # type: ignore[union-attr]
+        voters = whole if len(whole) >= 3 else list(passes)
+        relative = np.stack([passes[k][0] - passes[k][0][0] for k in voters])
+        counted = np.sum(np.all(np.isfinite(relative), axis=2), axis=0)
+        drift = np.full(relative.shape[1:], np.nan)
+        enough = counted >= 3
+        if enough.any():
+            drift[enough] = np.nanmedian(relative[:, enough], axis=0)
+        if not self._moves_rigidly(passes, drift):
+            return frame0
+        anchors = {}
+        for k, (registered, faint) in passes.items():
+            usable = faint & np.all(np.isfinite(drift), axis=1)
+            usable[0] = True
+            anchors[k] = np.median(registered[usable] - drift[usable], axis=0)
+        return anchors
+
+    def _backfill_crops(self, k: int, frames: np.ndarray, shift: np.ndarray, binning: int) -> None:
+        """Mark particle k's backfilled frames and give them an aligned ROI for the XANES maps.
+
+        The ROI is cut from the OD frame kept for the pass (float16) at the backfilled shift;
+        frames binned for the edge images (``binning > 1``) have no full-resolution OD any
+        more, and their ROI stays NaN.
+        """
+        assert self._backfilled is not None
+        particle = self._particles[k]
+        for i in frames.tolist():
+            self._backfilled[k, i] = True
+            if binning != 1 or self._stacks[k][i] is not None:
+                continue
+            od = np.asarray(self._edge_ods[i], dtype=np.float32)
+            base = np.round(shift[i]).astype(int)
+            crop = self._local_background_free(od, np.array(particle.roi.origin) + base, particle)
+            self._stacks[k][i] = shift_image(crop, -(shift[i] - base)).astype(np.float32)
 
     def _static_refined_shifts(self, shift: np.ndarray) -> np.ndarray:
         """Every particle's shifts refined with the static pattern of its window fitted out
@@ -622,10 +745,11 @@ class XanesTracker:
             if (
                 result.trusted
                 and self._redetections < self.params.track.max_redetections
-                and evidence >= self.params.track.redetect_contrast_ratio * self._best_evidence
+                and self._redetect_now(evidence, result.index)
             ):
-                self._best_evidence = evidence
+                self._best_evidence = max(evidence, self._best_evidence)
                 self._redetections += 1
+                self._last_redetection = result.index
                 result = self._join_new_particles(od, edges, result)
             return result
         candidates: list[Candidate] = []
@@ -667,6 +791,26 @@ class XanesTracker:
             self._stacks[int(lost)].append(None)
         return self._frame_result(energy, found, shifts, ssim)
 
+    def _redetect_now(self, evidence: float, index: int) -> bool:
+        """Detect again: the frame's contrast rose ``redetect_contrast_ratio`` over the best
+        so far, or, once (``track.redetect_late_frames``), that many frames passed since the
+        last re-detection and the contrast is still at least ``redetect_hold_ratio`` of the best
+        (particles whose own edge comes later brighten after the first re-detection)."""
+        tp = self.params.track
+        if evidence >= tp.redetect_contrast_ratio * self._best_evidence:
+            return True
+        late = tp.redetect_late_frames
+        if (
+            late is None
+            or self._late_redetection_done
+            or self._last_redetection is None
+            or index - self._last_redetection < late
+            or evidence < tp.redetect_hold_ratio * self._best_evidence
+        ):
+            return False
+        self._late_redetection_done = True
+        return True
+
     def _join_new_particles(
         self, od: np.ndarray, edges: FrameEdges, result: FrameResult
     ) -> FrameResult:
@@ -683,14 +827,20 @@ class XanesTracker:
         moved = ndimage.shift(self._labels, base, order=0, mode="constant", cval=0)
         occupied = moved > 0
         areas = np.bincount(labels.ravel())
+        tracked_areas = np.bincount(moved.ravel(), minlength=self.n_particles + 1)
         joined = []
         for k, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
                 continue
             own = labels[box] == k + 1
             if np.count_nonzero(occupied[box] & own) > 0.1 * np.count_nonzero(own):
-                self._maybe_new_outline(edges, labels, k, box, moved, result)
-                continue
+                if not self.params.track.redetect_by_both_overlaps:
+                    self._maybe_new_outline(edges, labels, k, box, moved, result)
+                    continue
+                if not self._joins_despite_overlap(
+                    edges, labels, k, box, moved, tracked_areas, result
+                ):
+                    continue
             window = self._window_for_label(labels, k, box, int(areas[k + 1]))
             origin_now = np.array(window.roi.origin)
             edge = self._edge_template(edges, window, origin_now)
@@ -734,6 +884,44 @@ class XanesTracker:
             trusted=result.trusted,
         )
 
+    def _joins_despite_overlap(
+        self,
+        edges: FrameEdges,
+        labels: np.ndarray,
+        k: int,
+        box: tuple[slice, slice],
+        moved: np.ndarray,
+        tracked_areas: np.ndarray,
+        result: FrameResult,
+    ) -> bool:
+        """A re-detected object that overlaps tracked particles by more than 10 % of itself:
+        what it is, from the overlap as a fraction of the object and of each tracked footprint.
+
+        - mostly inside one tracked particle, or holding most of exactly one: that particle seen
+          again (:meth:`_maybe_new_outline`);
+        - holding most of two or more tracked particles: they are fragments of it (a faint
+          particle split at frame 0); each of them that is lost gets its outline
+          (:meth:`_retemplate`);
+        - otherwise, when at most half of it lies on tracked particles: a particle of its own
+          that touches a tracked neighbour; it joins (True);
+        - else nothing.
+        """
+        own = labels[box] == k + 1
+        area = int(np.count_nonzero(own))
+        counts = np.bincount(moved[box][own], minlength=tracked_areas.size)[: tracked_areas.size]
+        counts[0] = 0
+        held = counts >= 0.5 * np.maximum(tracked_areas, 1)
+        held[0] = False
+        if np.count_nonzero(held) >= 2:
+            for tracked in np.nonzero(held)[0].tolist():
+                if self._lost(tracked - 1, result):
+                    self._retemplate(tracked - 1, edges, labels, k, box, result)
+            return False
+        if counts.max() >= 0.5 * area or held.any():
+            self._maybe_new_outline(edges, labels, k, box, moved, result)
+            return False
+        return int(counts.sum()) <= 0.5 * area
+
     def _maybe_new_outline(
         self,
         edges: FrameEdges,
@@ -769,6 +957,20 @@ class XanesTracker:
         union = np.count_nonzero(old) + np.count_nonzero(own) - int(counts[tracked])
         if counts[tracked] >= tp.retemplate_iou * union and not self._lost(index, result):
             return
+        self._retemplate(index, edges, labels, k, box, result)
+
+    def _retemplate(
+        self,
+        index: int,
+        edges: FrameEdges,
+        labels: np.ndarray,
+        k: int,
+        box: tuple[slice, slice],
+        result: FrameResult,
+    ) -> None:
+        """Tracked particle ``index`` gets the outline of re-detected object ``k + 1`` as its
+        template, anchored at its shift in this frame (when not registered: the frame's global
+        shift plus its median offset from it so far)."""
         particle = self._particles[index]
         anchor = np.asarray(result.particle_shift[index], dtype=np.float64)
         if not np.all(np.isfinite(anchor)):

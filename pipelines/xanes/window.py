@@ -21,7 +21,7 @@ from pipelines.xanes.kernels import (
     plane_from_samples,
     plane_samples,
 )
-from pipelines.xanes.register import centre_of_mass
+from pipelines.xanes.register import centre_of_mass, shift_image
 from pipelines.xanes.results import ParticleRoi
 
 __all__ = ["Candidate", "ParticleWindow", "bin_mask"]
@@ -420,6 +420,36 @@ class EdgeTemplate:
         ``shift`` (same support, smoothing and reference geometry); this one is unchanged."""
         twin = copy.copy(self)
         twin._retake(edges, shift)
+        return twin
+
+    def renewed_mean(self, frames: list[FrameEdges], shifts: np.ndarray) -> EdgeTemplate:
+        """A copy whose template is the mean of the outlines of several frames, each aligned
+        on the particle at its shift (each normalised to unit RMS on the support).
+
+        A pattern that stays in the detector frame (zone-plate rings) sits at a different place
+        relative to the particle in each frame, so the mean blurs it by the spread of the
+        shifts, while the outline stays sharp: the template no longer carries the pattern that
+        would pull a faint frame towards the template frame's place. Reference geometry: the
+        last frame's.
+        """
+        shifts = np.asarray(shifts, dtype=np.float64)
+        if len(frames) == 0 or shifts.shape != (len(frames), 2):
+            raise ValueError(f"need one (2,) shift per frame, got {shifts.shape} for {len(frames)}")
+        b = self.binning
+        reference = shifts[-1]
+        total = np.zeros(self.shape)
+        for edges, shift in zip(frames, shifts, strict=True):
+            position = (shift - reference) / b
+            base = np.round(position).astype(int)
+            start = np.round((reference - self.offset) / b).astype(int) + base
+            crop = self._crop(edges, start)
+            values = crop[self.support]
+            rms = float(np.sqrt(np.mean(values * values))) if values.size else 0.0
+            if rms > 0:
+                total += shift_image(crop / rms, -(position - base))
+        twin = copy.copy(self)
+        base = np.round((reference - self.offset) / b).astype(int)
+        twin._set(total / len(frames), reference - b * base)
         return twin
 
     def _retake(self, edges: FrameEdges, shift: np.ndarray) -> None:

@@ -531,6 +531,7 @@ class XanesLivePipeline:
         out.array(XANES.spectra, final.spectra, dims=["particle", "frame"])
         out.array(XANES.spectra_raw, final.spectra_raw, dims=["particle", "frame"])
         out.array(XANES.energy, final.energies, dims=["frame"], units="eV")
+        out.array(XANES.backfilled, final.backfilled, dims=["particle", "frame"])
         for k, stack in enumerate(final.aligned_stacks):
             out.array(
                 f"particle_{k + 1}",
@@ -549,6 +550,7 @@ class XanesLivePipeline:
             {
                 "frames": int(final.global_shift.shape[0]),
                 "particles": int(final.particle_com.shape[0]),
+                XANES.post_edge_applied: bool(final.post_edge_applied),
                 "latency_ms_p50": float(np.percentile(lat, 50)),
                 "latency_ms_p95": float(np.percentile(lat, 95)),
                 "residual_drift_rms_px": float(

@@ -46,6 +46,9 @@ OUTPUT_DATASETS = {
     "/xanes/ssim": "float64 (P, N): similarity of each aligned particle to its template "
     "(normalised correlation of the outlines; SSIM of the silhouettes with "
     "track.registration=silhouette)",
+    "/xanes/backfilled": "bool (P, N): shift found by the post-edge pass at the end of the scan "
+    "where the live tracking had none (the attribute post_edge_applied on /xanes says whether "
+    "that pass ran)",
     **CHEMISTRY_DATASETS,
 }
 
@@ -292,6 +295,7 @@ def _write(output: Path, final: Any, chem: Any = None, params: Any = None) -> No
         "/xanes/spread": np.asarray(final.spread, dtype=np.float64),
         "/xanes/trusted": np.asarray(final.trusted, dtype=bool),
         "/xanes/partial": np.asarray(final.partial, dtype=bool),
+        "/xanes/backfilled": np.asarray(final.backfilled, dtype=bool),
     }
     units = {
         "/xanes/particle_com": "pixel",
@@ -313,6 +317,7 @@ def _write(output: Path, final: Any, chem: Any = None, params: Any = None) -> No
             dset.attrs["units"] = units.get(name, "")
         out["/xanes"].attrs["frame_reference"] = 0
         out["/xanes"].attrs["axis_order"] = "row, col"
+        out["/xanes"].attrs["post_edge_applied"] = bool(final.post_edge_applied)
         if chem is not None:
             chem.write(out, final, params.spectra)
 

@@ -82,6 +82,8 @@ class XanesKeys:
     spectra_raw: str = "spectra_raw"
     energy: str = "energy"
     aligned: str = "aligned"
+    backfilled: str = "backfilled"  # (P, N) bool: shift from the post-edge pass's backfill
+    post_edge_applied: str = "post_edge_applied"  # metadata key: the post-edge pass ran
     deformation: str = "deformation"
     deformation_displacement: str = "deformation_displacement"
     deformation_nonrigid: str = "deformation_nonrigid"

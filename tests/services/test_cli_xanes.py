@@ -79,6 +79,10 @@ def test_align_contract(scan_file, tmp_path):
         spectra = h5["/xanes/spectra"][()]
         assert spectra.dtype == np.float64 and spectra.shape == (p, n)
         np.testing.assert_array_equal(h5["/xanes/energy"][()], energies)
+        # this scene's background moves with the sample: no post-edge pass, nothing backfilled
+        assert not h5["/xanes"].attrs["post_edge_applied"]
+        backfilled = h5["/xanes/backfilled"][()]
+        assert backfilled.dtype == bool and backfilled.shape == (p, n) and not backfilled.any()
     truth_labels = scene.truth_labels()
     which = [np.bincount(truth_labels[labels == k + 1]).argmax() - 1 for k in range(p)]
     assert sorted(which) == list(range(p))
@@ -90,12 +94,14 @@ def test_align_contract(scan_file, tmp_path):
 def test_params_file(scan_file, tmp_path):
     path, _, _ = scan_file
     params = tmp_path / "params.json"
-    params.write_text(json.dumps({"track": {"refine_method": "correlation"}}))
+    params.write_text(json.dumps({"track": {"post_edge_pass": "on"}}))
     out = tmp_path / "out.h5"
     assert (
         _run("xanes", "align", str(path), "-o", str(out), "--params", str(params), "--no-progress")
         == 0
     )
+    with h5py.File(out, "r") as h5:  # the pass forced on is reported as applied
+        assert h5["/xanes"].attrs["post_edge_applied"]
     params.write_text(json.dumps({"track": {"no_such_key": 1}}))
     assert _run("xanes", "align", str(path), "-o", str(out), "--params", str(params)) == 2
 

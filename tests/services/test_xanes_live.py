@@ -49,6 +49,10 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
         assert node["global_shift"].read().shape == (N, 2)
         assert node["edge_energy"].read().dtype == np.float32
         assert node["spectra"].read().shape == (p, N)
+        # the post-edge pass needs a background that stays still: not this scene's
+        assert node.metadata["post_edge_applied"] is False
+        backfilled = node["backfilled"].read()
+        assert backfilled.shape == (p, N) and not backfilled.any()
         frames = node["frames"].read()
         assert sorted(frames["seq_num"]) == list(range(1, N + 1))
         # the support of every drift estimate is recorded; these frames all have particles
