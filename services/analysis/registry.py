@@ -65,6 +65,7 @@ def default_registry(
     )
     from services.analysis import tomo_live
 
+    registry.on_warm_up(tomo_live.warm_up)
     registry.register(
         "cracks",
         tomo_live.select,

@@ -43,6 +43,16 @@ def select(start: dict[str, Any]) -> bool:
     )
 
 
+def warm_up() -> None:
+    """Import what a tomogram's router needs when its start comes (the parameter models of
+    the reconstruction and the crack map, torch with them), so that the dispatch thread does
+    not then (1.4 s in a fresh interpreter at load 7.5, 1.8 to 4.4 s in the consumer: the
+    documents behind the start, a XANES scan's frames among them, waited that long); see
+    :meth:`services.analysis.router.PipelineRegistry.warm_up`."""
+    import pipelines.cracks.segment  # noqa: F401
+    import pipelines.tomo.fbp  # noqa: F401
+
+
 #: Start-document keys that give the edge length of a reconstructed voxel, in this order.
 VOXEL_SIZE_KEYS = ("voxel_size_um", "pixel_size_um")
 
