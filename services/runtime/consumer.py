@@ -139,7 +139,9 @@ class Consumer:
         )
         self._rejected: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         # Two workers: a long stage (a tomogram's reconstruction) does not hold back the end
-        # of the next run; each stage is parallel inside already (numpy, torch).
+        # of the next run; each stage is parallel inside already (numpy, torch). A tomogram's
+        # in-memory stage runs in a child process (services.analysis.child_stage), which its
+        # worker thread waits for, relaying its writes to the spool.
         self._after_scan_pool = ThreadPoolExecutor(
             AFTER_SCAN_WORKERS, thread_name_prefix=f"{role}-after-scan"
         )

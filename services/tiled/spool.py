@@ -272,10 +272,10 @@ class Spool:
         backoff = 0.05
         with self._cond:
             path = self._path(self._next, lane)
-            if array_tmp is not None:
+            if isinstance(record, ArrayFile) and array_tmp is not None:
                 array_path = self._array_path(path)
                 os.replace(array_tmp, array_path)
-                record = replace(record, file=array_path.name)  # type: ignore[type-var]
+                record = replace(record, file=array_path.name)
             payload = wire.dumps(record)
             while True:
                 try:
