@@ -16,6 +16,7 @@ def default_registry(
     series_dir: Path | None = None,
     references_dir: Path | None = None,
     metrics: Any = None,
+    child_stages: Any = None,
 ) -> PipelineRegistry:
     """The registry used by ``beamwatch up``; analysis modules are imported when first used.
 
@@ -27,6 +28,8 @@ def default_registry(
     ``references_dir`` (the data dir) is where a start document's ``lcf_references`` and
     ``crack_weights`` / ``particle_weights`` file names point; ``metrics``
     (:class:`services.core.metrics.Metrics`) counts refused start options.
+    ``child_stages`` (a :class:`services.analysis.child_stage.ChildStages`) runs a tomogram's
+    in-memory after-scan stage in a child process; None runs it on the calling thread.
     """
     registry = PipelineRegistry()
     registry.register("frames", lambda start: True, FrameStatsPipeline)
@@ -62,6 +65,7 @@ def default_registry(
     )
     from services.analysis import tomo_live
 
+    registry.on_warm_up(tomo_live.warm_up)
     registry.register(
         "cracks",
         tomo_live.select,
@@ -71,6 +75,7 @@ def default_registry(
             slabs=slabs,
             data_dir=references_dir,
             on_rejected=rejected,
+            child=child_stages,
         ),
     )
     return registry

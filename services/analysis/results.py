@@ -12,8 +12,21 @@ import numpy as np
 from services.core.layout import Status, analysis_path
 from services.runs.frames import Frame
 from services.runs.routing import Doc
-from services.tiled.records import ArrayRows, ArrayWrite, Container, Metadata, TableRows
+from services.tiled.records import (
+    ArrayFile,
+    ArrayRows,
+    ArrayWrite,
+    Container,
+    Metadata,
+    TableRows,
+)
 from services.tiled.spool import Spool
+
+
+class RecoveryInterrupted(RuntimeError):
+    """The consumer is stopping while a run's lost frames wait for Tiled, or while its
+    after-scan stage runs in a child process: the run is left open (its journal is replayed
+    by the next process), not finished as incomplete or failed."""
 
 
 class ResultWriter:
@@ -62,6 +75,19 @@ class ResultWriter:
         self._spool.put(
             ArrayWrite((*self.path, *(sub or [])), key, np.asarray(array), dims=dims, metadata=md)
         )
+
+    def array_file(
+        self,
+        key: str,
+        file: str,
+        *,
+        dims: list[str] | None = None,
+        sub: list[str] | None = None,
+        **md: Any,
+    ) -> None:
+        """Write (or replace) a whole array from the npy file ``file`` (an absolute path),
+        which the spool takes over: the array is never unpacked in this process."""
+        self._spool.put(ArrayFile((*self.path, *(sub or [])), key, file, dims=dims, metadata=md))
 
     def rows(
         self, key: str, rows: np.ndarray, *, axis: int = 0, dims: list[str] | None = None

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from services.analysis.results import PipelineRun, ResultWriter
+from services.analysis.results import PipelineRun, RecoveryInterrupted, ResultWriter
 from services.core.layout import FRAMES, Status, analysis_path
 from services.core.metrics import Metrics
 from services.runs.frames import (
@@ -145,11 +145,6 @@ class RawEvent:
 #: that ``raw/`` holds (absent ones left out). It may wait a bounded time for the raw path to
 #: finish the run; it raises when Tiled cannot be read.
 RawLookup = Callable[[str, str, list[int]], dict[int, RawEvent]]
-
-
-class RecoveryInterrupted(RuntimeError):
-    """The consumer is stopping while a run's lost frames wait for Tiled: the run is left
-    open (its journal is replayed by the next process), not finished as incomplete."""
 
 
 #: lost frames rebuilt (read from Tiled, processed) at a time
@@ -316,6 +311,8 @@ class AnalysisRunRouter(RunRouter):
             }
             try:
                 run.on_stop(doc, out)
+            except RecoveryInterrupted:
+                raise  # stopping: the next process replays the run, stages included
             except Exception as exc:
                 self._fail(run.name, out, exc)
                 continue

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from services.analysis.child_stage import ChildStages
 from services.analysis.results import ResultWriter
 from services.core.layout import CRACKS, PARTICLES, Status
 from services.runs.frames import Frame, axis_reading
@@ -40,6 +41,16 @@ def select(start: dict[str, Any]) -> bool:
         start.get("beamwatch_technique") == "tomography"
         or start.get("plan_name") == "tomo_scan_plan"
     )
+
+
+def warm_up() -> None:
+    """Import what a tomogram's router needs when its start comes (the parameter models of
+    the reconstruction and the crack map, torch with them), so that the dispatch thread does
+    not then (1.4 s in a fresh interpreter at load 7.5, 1.8 to 4.4 s in the consumer: the
+    documents behind the start, a XANES scan's frames among them, waited that long); see
+    :meth:`services.analysis.router.PipelineRegistry.warm_up`."""
+    import pipelines.cracks.segment  # noqa: F401
+    import pipelines.tomo.fbp  # noqa: F401
 
 
 #: Start-document keys that give the edge length of a reconstructed voxel, in this order.
@@ -112,6 +123,7 @@ class CracksPipeline:
         slabs: Any = None,
         data_dir: Path | None = None,
         on_rejected: Callable[[str], None] | None = None,
+        child: ChildStages | None = None,
     ) -> None:
         from pipelines.cracks.segment import CrackParams
         from pipelines.tomo.fbp import ReconParams
@@ -124,12 +136,17 @@ class CracksPipeline:
             "cracks": self._crack_params.model_dump(mode="json"),
         }
         self._uid = start["uid"]
+        self._start = start
+        self._data_dir = data_dir
+        #: runs the in-memory after-scan stage in a child process (None: on this thread)
+        self._child = child
         # start-document weights (crack_weights, particle_weights) under the data dir; a refused
         # one leaves the shipped weights, and the metadata says which were used and why
         self._weights = run_weights(start, data_dir=data_dir, on_rejected=on_rejected)
         self.parameters["weights"] = self._weights.metadata()
         self._image_key = start.get("image_key")
         self._angle_key = start.get("angle_key", "rotation")
+        self._figures_root = figures_dir
         self._figures_dir = figures_dir / self._uid
         self._particle_params = start.get("beamwatch_particle_params", {})
         self._stats_params = start.get("beamwatch_stats_params", {})
@@ -163,11 +180,6 @@ class CracksPipeline:
         self._frames[frame.stream].append(image)
 
     def on_stop(self, stop: dict[str, Any] | None, out: ResultWriter) -> None:
-        from pipelines.cracks.particle_mask import solid_threshold
-        from pipelines.cracks.quantify import quantify_damage
-        from pipelines.cracks.segment import iter_crack_slices
-        from pipelines.tomo.fbp import reconstruct
-
         if len(self._frames["primary"]) < 2:
             raise ValueError(
                 f"a tomogram needs at least 2 projections, got {len(self._frames['primary'])}"
@@ -191,13 +203,51 @@ class CracksPipeline:
         if self._slabs is not None and self._slabs.wanted(rows, cols):
             self._on_stop_slabs(out)
             return
+        if self._child is not None:
+            self._stage_in_child(self._child, out)
+            return
         t0 = time.monotonic()
         projections = np.stack(self._frames["primary"])
         flat = np.stack(self._frames["flat"]) if self._frames["flat"] else None
         dark = np.stack(self._frames["dark"]) if self._frames["dark"] else None
-        volume = reconstruct(
-            projections, np.asarray(self._angles), flat=flat, dark=dark, params=self._recon_params
-        )
+        self.stage(projections, np.asarray(self._angles), flat, dark, out, started=t0)
+
+    def _stage_in_child(self, child: ChildStages, out: Any) -> None:
+        """The in-memory stage in a child process: the frames handed over as npy files."""
+        with child.stage_dir(self._uid) as work:
+            for stream, frames in self._frames.items():
+                if frames:
+                    save_stack(work / f"{stream}.npy", frames)
+            np.save(work / "angles.npy", np.asarray(self._angles, dtype=np.float64))
+            # the child has them now (a replay after a restart collects them again)
+            self._frames = {stream: [] for stream in self._frames}
+            params = {
+                "start": self._start,
+                "figures_dir": str(self._figures_root),
+                "data_dir": None if self._data_dir is None else str(self._data_dir),
+            }
+            child.run(f"{__name__}:stage_in_child", stage_dir=work, params=params, out=out)
+
+    def stage(
+        self,
+        projections: np.ndarray,
+        angles: np.ndarray,
+        flat: np.ndarray | None,
+        dark: np.ndarray | None,
+        out: Any,
+        *,
+        started: float | None = None,
+    ) -> None:
+        """The in-memory after-scan stage: reconstruction, crack map, quantification,
+        figures, then the particle stage (here, or in a child process: ``out`` is then a
+        :class:`~services.analysis.child_stage.ChildWriter`)."""
+        from pipelines.cracks.particle_mask import solid_threshold
+        from pipelines.cracks.quantify import quantify_damage
+        from pipelines.cracks.segment import iter_crack_slices
+        from pipelines.tomo.fbp import reconstruct
+
+        t0 = time.monotonic() if started is None else started
+        volume = reconstruct(projections, angles, flat=flat, dark=dark, params=self._recon_params)
         t_recon = time.monotonic() - t0
         out.array(CRACKS.reconstruction, volume, dims=["z", "y", "x"])
         threshold = solid_threshold(volume)
@@ -488,6 +538,42 @@ class CracksPipeline:
         figures: dict[str, str] = extra.pop("figures")
         out.metadata(extra)
         return figures
+
+
+def stage_in_child(stage_dir: Path, params: dict[str, Any], out: Any) -> None:
+    """The child process's side of :meth:`CracksPipeline._stage_in_child`."""
+
+    def load(name: str) -> np.ndarray | None:
+        path = stage_dir / f"{name}.npy"
+        return np.load(path, allow_pickle=False) if path.exists() else None
+
+    data_dir = params.get("data_dir")
+    pipeline = CracksPipeline(
+        params["start"],
+        figures_dir=Path(params["figures_dir"]),
+        data_dir=None if data_dir is None else Path(data_dir),
+    )
+    projections, angles = load("primary"), load("angles")
+    if projections is None or angles is None:
+        raise ValueError(f"no projections or angles in {stage_dir}")
+    pipeline.stage(projections, angles, load("flat"), load("dark"), out)
+
+
+def save_stack(path: Path, frames: list[np.ndarray]) -> None:
+    """``np.stack(frames)`` saved as an npy file, frame by frame (no stacked copy in memory,
+    no long hold of the GIL)."""
+    first = np.asarray(frames[0])
+    shapes = {np.shape(frame) for frame in frames}
+    if len(shapes) > 1:
+        raise ValueError(f"frames of different shapes cannot be stacked: {sorted(shapes)}")
+    dtype = np.result_type(*{np.asarray(frame).dtype for frame in frames})
+    stack = np.lib.format.open_memmap(
+        path, mode="w+", dtype=dtype, shape=(len(frames), *first.shape)
+    )
+    for i, frame in enumerate(frames):
+        stack[i] = frame
+    stack.flush()
+    del stack
 
 
 def _finite(value: float) -> float | None:

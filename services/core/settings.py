@@ -221,6 +221,12 @@ class BeamwatchSettings(BaseSettings):
     #: Threads of a consumer writing to Tiled, each applying a different run's writes: a
     #: request that hangs until ``tiled.request_timeout`` holds only its own run.
     spool_workers: int = Field(4, ge=1)
+    #: A tomogram's in-memory after-scan stage (reconstruction, crack and particle maps,
+    #: figures) runs in a child process of the analysis consumer, so that the live frames of
+    #: other runs keep its GIL (issue 14, point 7); False runs it on a thread of the consumer.
+    after_scan_child: bool = True
+    #: Numeric threads (torch, BLAS, OpenMP) of that child; None = every core but one.
+    after_scan_threads: int | None = Field(None, ge=1)
     log_level: str = "INFO"
 
     # ---- derived paths -------------------------------------------------------------------

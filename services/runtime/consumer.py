@@ -26,13 +26,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from services.analysis.child_stage import ChildStages
 from services.analysis.registry import default_registry
-from services.analysis.router import (
-    AnalysisRunRouter,
-    PipelineRegistry,
-    RawEvent,
-    RecoveryInterrupted,
-)
+from services.analysis.results import RecoveryInterrupted
+from services.analysis.router import AnalysisRunRouter, PipelineRegistry, RawEvent
 from services.bus.jetstream import JetStreamRuns
 from services.bus.subscriber import BusSubscriber
 from services.core.identifiers import InvalidIdentifier, check_uid
@@ -116,6 +113,7 @@ class Consumer:
         metrics: Metrics | None = None,
         registry: PipelineRegistry | None = None,
         bus_address: str | None = None,
+        child_stages: ChildStages | None = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -124,6 +122,9 @@ class Consumer:
         self.metrics = metrics or Metrics(role)
         self._feedback: Any = None
         self._registry: Any = None  # the analysis registry, closed when the consumer stops
+        #: child processes of after-scan stages (the default registry's tomograms, or those of
+        #: a given registry's pipelines): killed when the consumer stops
+        self._child_stages = child_stages
         self._client = LazyClient(
             settings.tiled_url, settings.resolved_api_key(), settings.tiled.request_timeout
         )
@@ -138,7 +139,9 @@ class Consumer:
         )
         self._rejected: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         # Two workers: a long stage (a tomogram's reconstruction) does not hold back the end
-        # of the next run; each stage is parallel inside already (numpy, torch).
+        # of the next run; each stage is parallel inside already (numpy, torch). A tomogram's
+        # in-memory stage runs in a child process (services.analysis.child_stage), which its
+        # worker thread waits for, relaying its writes to the spool.
         self._after_scan_pool = ThreadPoolExecutor(
             AFTER_SCAN_WORKERS, thread_name_prefix=f"{role}-after-scan"
         )
@@ -188,6 +191,12 @@ class Consumer:
                 self._feedback = FeedbackPublisher(settings.bus.feedback_address)
                 from services.analysis.tomo_slabs import SlabConfig
 
+                if settings.after_scan_child and self._child_stages is None:
+                    self._child_stages = ChildStages(
+                        settings.spool_dir / role / "stages",
+                        threads=settings.after_scan_threads,
+                        log_level=settings.log_level,
+                    )
                 registry = default_registry(
                     settings.data_dir / "figures",
                     self._feedback,
@@ -195,6 +204,7 @@ class Consumer:
                     series_dir=settings.data_dir / "series",
                     references_dir=settings.data_dir,
                     metrics=self.metrics,
+                    child_stages=self._child_stages,
                 )
             reg = self._registry = registry
 
@@ -292,6 +302,9 @@ class Consumer:
             # for, what it finds is of no use any more
             t.join(timeout=0.5 if t.name.endswith("-lookup") else 10)
         self.dispatcher.close()
+        if self._child_stages is not None:
+            # a stage in a child ends now, its run left open (replayed by the next process)
+            self._child_stages.close()
         self._after_scan_pool.shutdown(wait=True)
         if self._registry is not None:
             self._registry.close()  # after the after-scan stages that use its series state

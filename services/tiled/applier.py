@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from services.tiled.records import (
+    ArrayFile,
     ArrayRows,
     ArrayWrite,
     Container,
@@ -165,6 +166,8 @@ class TiledApplier:
             )
         elif isinstance(record, ArrayWrite):
             self._array(record)
+        elif isinstance(record, ArrayFile):
+            self._array_file(record)
         elif isinstance(record, ArrayRows):
             self._array_rows(record)
         elif isinstance(record, TableRows):
@@ -224,6 +227,50 @@ class TiledApplier:
             parent.delete_contents([key], external_only=False)
         parent.write_array(array, key=key, dims=record.dims, metadata=record.metadata)
         self._arrays.pop((*record.path, key), None)
+
+    def _array_file(self, record: ArrayFile) -> None:
+        """Write (or replace) a whole array from its npy file, one block of about
+        :data:`UPLOAD_BLOCK_BYTES` along the first axis per request.
+
+        Read memory-mapped and sent block by block, the consumer never holds a whole copy of
+        it and never holds the GIL for long (``array.tobytes()`` of one block at a time; the
+        upload itself releases it). The array is created with that chunking, so a retry after
+        a failure part way replaces it whole.
+        """
+        from tiled.structures.array import ArrayStructure, BuiltinDtype
+        from tiled.structures.core import StructureFamily
+        from tiled.structures.data_source import DataSource
+
+        array = np.load(record.file, mmap_mode="r", allow_pickle=False)
+        parent = self._container(list(record.path))
+        key = record.key
+        if key in parent:
+            parent.delete_contents([key], external_only=False)
+        self._arrays.pop((*record.path, key), None)
+        if array.ndim == 0 or array.shape[0] == 0:
+            parent.write_array(
+                np.asarray(array), key=key, dims=record.dims, metadata=record.metadata
+            )
+            return
+        step = block_rows(array.shape, array.dtype.itemsize)
+        n, rest = divmod(array.shape[0], step)
+        first = (step,) * n + ((rest,) if rest else ())
+        structure = ArrayStructure(
+            shape=tuple(array.shape),
+            chunks=(first, *((int(s),) for s in array.shape[1:])),
+            dims=record.dims,
+            data_type=BuiltinDtype.from_numpy_dtype(array.dtype),
+        )
+        node = parent.new(
+            StructureFamily.array,
+            [DataSource(structure=structure, structure_family=StructureFamily.array)],
+            key=key,
+            metadata=record.metadata,
+        )
+        zeros = (0,) * (array.ndim - 1)
+        for i, start in enumerate(range(0, array.shape[0], step)):
+            block = np.ascontiguousarray(array[start : start + step])
+            node.write_block(block, block=(i, *zeros))
 
     def _array_rows(self, record: ArrayRows) -> None:
         """Write ``array`` at ``offset`` along ``axis``, extending the array.
@@ -350,6 +397,17 @@ class TiledApplier:
             self._uncertain.add(ident)
             raise
         self._table_len[ident] = current + table.num_rows
+
+
+#: Bytes per request when an array is written from its file (:class:`ArrayFile`).
+UPLOAD_BLOCK_BYTES = 8 << 20
+
+
+def block_rows(shape: tuple[int, ...], itemsize: int) -> int:
+    """Rows (along the first axis) of one upload block of an array of ``shape``: about
+    :data:`UPLOAD_BLOCK_BYTES`, at least one row."""
+    row = itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    return max(1, min(int(shape[0]), UPLOAD_BLOCK_BYTES // max(1, row)))
 
 
 def _frames_data_source(record: ExternalFrames, frames: int) -> Any:

@@ -133,6 +133,32 @@ class ArrayRows:
 
 
 @dataclass(frozen=True)
+class ArrayFile:
+    """Write (or replace) the whole array ``key`` under ``path`` from the npy file ``file``.
+
+    A large array is not packed into the record (packing and unpacking tens of MB holds the
+    GIL of the consumer, whose dispatch thread serves live frames meanwhile): the spool keeps
+    it as an npy file beside its records, named after the record (``file`` is that name, in
+    the spool's ``arrays/`` directory), and the applier writes it to Tiled slab by slab.
+    """
+
+    op: ClassVar[str] = "array_file"
+    path: tuple[str, ...]
+    key: str
+    file: str
+    dims: list[str] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run(self) -> str | None:
+        return _run_of_path(self.path)
+
+    @property
+    def label(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True)
 class ExternalFrames:
     """Advertise the first ``frames`` frames of the frame array ``key`` under ``path``, written
     by the consumer to the Zarr directory ``uri`` (:mod:`services.tiled.frame_files`);
@@ -197,7 +223,15 @@ class RawDocs:
 
 
 Record = (
-    RawDoc | RawDocs | Container | Metadata | ArrayWrite | ArrayRows | TableRows | ExternalFrames
+    RawDoc
+    | RawDocs
+    | Container
+    | Metadata
+    | ArrayWrite
+    | ArrayFile
+    | ArrayRows
+    | TableRows
+    | ExternalFrames
 )
 
 RECORD_TYPES: dict[str, type[Record]] = {
@@ -208,6 +242,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
         Container,
         Metadata,
         ArrayWrite,
+        ArrayFile,
         ArrayRows,
         TableRows,
         ExternalFrames,

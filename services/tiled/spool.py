@@ -13,6 +13,14 @@ several threads for different runs.)
 Records left on disk by a previous process are replayed at start (files of before the run
 lanes, ``<n>.msgpack``, are read and renamed once, with a log line).
 
+Large arrays are not packed into their record: a whole-array write of at least
+:data:`LARGE_ARRAY_BYTES` (and an :class:`ArrayFile` handed over as a file, by an after-scan
+stage's child process) is kept as an npy file in ``arrays/``, named after its record
+(``<n>-<run uid>.npy``), read back memory-mapped and written to Tiled slab by slab: packing,
+unpacking and copying tens of MB held the consumer's GIL for long enough to delay live frames
+(issue 14, point 7). The file goes when its record is applied, with it to ``rejected/``, or
+with a discarded run; one whose record never reached the disk is removed at start.
+
 A write the server will never accept (a permanent error, or the same record answered with a
 server error ``max_server_errors`` times in a row while the server is up) is *rejected*: it is
 moved to ``rejected/`` beside its error, counted in ``beamwatch_writes_rejected_total``, reported
@@ -26,8 +34,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -42,7 +52,16 @@ from services.core.identifiers import UID_PATTERN
 from services.core.layout import RAW
 from services.core.metrics import Metrics
 from services.tiled import records as wire
-from services.tiled.records import ArrayRows, ExternalFrames, RawDoc, RawDocs, Record, TableRows
+from services.tiled.records import (
+    ArrayFile,
+    ArrayRows,
+    ArrayWrite,
+    ExternalFrames,
+    RawDoc,
+    RawDocs,
+    Record,
+    TableRows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +73,8 @@ RejectCallback = Callable[[Record, str], None]
 NO_RUN = "_"
 #: First retry delay of a failing write (seconds); doubled per failure up to ``max_backoff``.
 FIRST_BACKOFF = 0.1
+#: A whole-array write at least this large is spooled as an npy file, not inside its record.
+LARGE_ARRAY_BYTES = 4 << 20
 
 
 class PermanentWriteError(Exception):
@@ -105,12 +126,15 @@ class Spool:
         self._max_server_errors = max_server_errors
         self._on_reject = on_reject
         self.rejected_dir = self.directory / "rejected"
+        #: npy files of large array writes (:class:`ArrayFile`), named after their records
+        self.arrays_dir = self.directory / "arrays"
         name = f"spool-{self.directory.name}"
         self._threads = [
             threading.Thread(target=self._run, name=name if i == 0 else f"{name}-{i}")
             for i in range(workers)
         ]
         existing = self._existing_records()
+        self._remove_orphan_arrays({path.stem for _, path in existing})
         self._next = (_number(existing[-1][1]) + 1) if existing else 0
         for lane, path in existing:
             self._enqueue(lane, path)
@@ -139,6 +163,49 @@ class Spool:
                 wire.RECORD_VERSION,
             )
         return found
+
+    def _remove_orphan_arrays(self, records: set[str]) -> None:
+        """Array files whose record never reached the disk (a crash in :meth:`put`), and
+        half-moved ones, are removed."""
+        if not self.arrays_dir.is_dir():
+            return
+        for path in self.arrays_dir.iterdir():
+            if path.stem not in records:
+                logger.info("removing spooled array %s: no record refers to it", path.name)
+                path.unlink(missing_ok=True)
+
+    def _array_path(self, record_path: Path) -> Path:
+        """Where the array of the record file ``record_path`` is kept (if it has one)."""
+        return self.arrays_dir / f"{record_path.stem}.npy"
+
+    def _unlink(self, record_path: Path) -> None:
+        """Remove an applied (or discarded) record and its array file."""
+        record_path.unlink(missing_ok=True)
+        self._array_path(record_path).unlink(missing_ok=True)
+
+    def _stage_array(self, record: Record) -> tuple[Record, Path | None]:
+        """A large array (or a handed-over array file) moved to a temporary file in
+        ``arrays/``, outside the spool's lock; the record then refers to it."""
+        if isinstance(record, ArrayWrite):
+            array = np.asarray(record.array)
+            if array.nbytes < LARGE_ARRAY_BYTES or array.dtype.hasobject:
+                return record, None
+            self.arrays_dir.mkdir(exist_ok=True)
+            tmp = self.arrays_dir / f"tmp-{uuid.uuid4().hex}.npy"
+            np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+            staged: Record = ArrayFile(
+                record.path, record.key, tmp.name, dims=record.dims, metadata=record.metadata
+            )
+            return staged, tmp
+        if isinstance(record, ArrayFile):
+            source = Path(record.file)
+            if not source.is_absolute():
+                raise ValueError(f"array_file record: {record.file!r} is not an absolute path")
+            self.arrays_dir.mkdir(exist_ok=True)
+            tmp = self.arrays_dir / f"tmp-{uuid.uuid4().hex}.npy"
+            shutil.move(source, tmp)  # a rename within the data dir
+            return replace(record, file=tmp.name), tmp
+        return record, None
 
     def _migrate(self, path: Path) -> tuple[str, Path]:
         """A record file named ``<n>.msgpack`` (before run lanes) rewritten with its lane."""
@@ -185,7 +252,7 @@ class Spool:
         with self._cond:
             for run in set(runs):
                 for path in self._lanes.pop(run, ()):
-                    path.unlink(missing_ok=True)
+                    self._unlink(path)
                     dropped += 1
                 if run in self._rotation:
                     self._rotation.remove(run)
@@ -197,13 +264,19 @@ class Spool:
         """Persist a record to disk and queue it; returns once it is on disk.
 
         While the directory cannot be written, waits and retries (logged and counted): the
-        caller is held back, the record is never dropped.
+        caller is held back, the record is never dropped. An :class:`ArrayFile` names an npy
+        file by its absolute path: the spool takes it over (moves it into ``arrays/``).
         """
-        payload = wire.dumps(record)
+        record, array_tmp = self._stage_array(record)
         lane = lane_of(record)
         backoff = 0.05
         with self._cond:
             path = self._path(self._next, lane)
+            if isinstance(record, ArrayFile) and array_tmp is not None:
+                array_path = self._array_path(path)
+                os.replace(array_tmp, array_path)
+                record = replace(record, file=array_path.name)
+            payload = wire.dumps(record)
             while True:
                 try:
                     self._write_file(path, payload)
@@ -322,14 +395,21 @@ class Spool:
             self._server_errors.pop(lane, None)
             self._single.pop(lane, None)
 
+    def _load(self, path: Path) -> Record:
+        """A spooled record; an :class:`ArrayFile`'s ``file`` made the path of its array."""
+        record = wire.loads(path.read_bytes())
+        if isinstance(record, ArrayFile):
+            record = replace(record, file=str(self.arrays_dir / Path(record.file).name))
+        return record
+
     def _batch(self, candidates: list[Path]) -> tuple[list[Path], list[Record]]:
         """The first record, plus the following ones while all of them can be merged."""
         paths = [candidates[0]]
-        records = [wire.loads(candidates[0].read_bytes())]
+        records = [self._load(candidates[0])]
         if not _mergeable(records[0]):
             return paths, records
         for path in candidates[1:]:
-            record = wire.loads(path.read_bytes())
+            record = self._load(path)
             if not _mergeable(record):
                 break
             paths.append(path)
@@ -343,7 +423,7 @@ class Spool:
         except serialization.MalformedMessage as exc:
             # A record file that cannot be decoded (disk damage): keep it aside, go on.
             self._reject(candidates[:1], None, exc, raw=candidates[0])
-            candidates[0].unlink(missing_ok=True)
+            self._unlink(candidates[0])
             return candidates[:1]
         try:
             merged = merge_records(records) if len(records) > 1 else records
@@ -376,7 +456,7 @@ class Spool:
             self._server_errors.pop(lane, None)
             self._single.pop(lane, None)
         for path in paths:
-            path.unlink(missing_ok=True)
+            self._unlink(path)
         return paths
 
     def _gives_up(self, lane: str, head: Path, exc: BaseException) -> bool:
@@ -435,6 +515,11 @@ class Spool:
         if raw is not None or record is None:
             payload = raw.read_bytes() if raw is not None else b""
         else:
+            if isinstance(record, ArrayFile):
+                kept = self.rejected_dir / f"{name}.npy"
+                if self._array_path(paths[0]).exists():
+                    os.replace(self._array_path(paths[0]), kept)
+                record = replace(record, file=kept.name)
             payload = wire.dumps(record)
         self._write_file(self.rejected_dir / f"{name}.msgpack", payload)
         (self.rejected_dir / f"{name}.error.json").write_text(

@@ -456,3 +456,65 @@ def test_a_refused_merged_raw_write_is_split_and_only_the_bad_document_rejected(
     spool.stop()
     assert sorted(set(applied)) == [0, 1, 3, 4] and reported == [[2]]
     assert len(list((tmp_path / "rejected").glob("*.msgpack"))) == 1
+
+
+def test_large_arrays_are_spooled_as_files_and_removed_once_applied(tmp_path):
+    """A whole array of LARGE_ARRAY_BYTES or more is kept as an npy file beside its record
+    (never packed into it); the applier gets it as an ArrayFile naming that file."""
+    from services.tiled.records import ArrayFile
+    from services.tiled.spool import LARGE_ARRAY_BYTES
+
+    arrays = []
+
+    def apply(record):  # the file exists while its record is applied
+        arrays.append((record, np.load(record.file) if record.op == "array_file" else record.array))
+
+    spool = Spool(tmp_path, apply, Metrics("t", CollectorRegistry()))
+    big = np.arange(LARGE_ARRAY_BYTES // 4, dtype=np.float32).reshape(-1, 64)
+    handed = tmp_path.parent / f"{tmp_path.name}-handed.npy"  # a stage child's result file
+    np.save(handed, big[:10])
+    spool.put(ArrayWrite(("analysis", "r1", "x"), "big", big, dims=["i", "j"]))
+    spool.put(ArrayWrite(("analysis", "r1", "x"), "small", big[:2]))
+    spool.put(ArrayFile(("analysis", "r1", "x"), "handed", str(handed), dims=["i", "j"]))
+    assert not handed.exists()  # taken over
+    records = sorted(p.stem for p in tmp_path.glob("*.msgpack"))
+    on_disk = sorted(p.stem for p in (tmp_path / "arrays").iterdir())
+    assert on_disk == [records[0], records[2]]
+    assert (tmp_path / records[0]).with_suffix(".msgpack").stat().st_size < 1000
+    spool.start()
+    assert spool.wait_empty(10)
+    spool.stop()
+    (first, data), (second, small), (third, handed_data) = arrays
+    assert isinstance(first, ArrayFile) and first.dims == ["i", "j"]
+    assert np.array_equal(data, big) and data.dtype == np.float32
+    assert isinstance(second, ArrayWrite) and np.array_equal(small, big[:2])
+    assert isinstance(third, ArrayFile) and np.array_equal(handed_data, big[:10])
+    assert list((tmp_path / "arrays").iterdir()) == []
+
+
+def test_spooled_array_files_go_with_rejected_discarded_and_lost_records(tmp_path):
+    from services.tiled.spool import LARGE_ARRAY_BYTES
+
+    def refuse(record):
+        raise PermanentWriteError("no")
+
+    metrics = Metrics("t", CollectorRegistry())
+    big = np.zeros(LARGE_ARRAY_BYTES, dtype=np.uint8)
+    spool = Spool(tmp_path, refuse, metrics)
+    spool.put(ArrayWrite(("analysis", "r1", "x"), "big", big))
+    spool.put(ArrayWrite(("analysis", "r2", "x"), "big", big))
+    (tmp_path / "arrays" / "000000000099-r3.npy").write_bytes(b"a record never written")
+    assert spool.discard_runs(["r2"]) == 1
+    spool.start()
+    assert spool.wait_empty(10)
+    spool.stop()
+    rejected = sorted(p.name for p in (tmp_path / "rejected").iterdir())
+    assert rejected == [
+        "000000000000-r1.error.json",
+        "000000000000-r1.msgpack",
+        "000000000000-r1.npy",
+    ]
+    assert np.load(tmp_path / "rejected" / "000000000000-r1.npy").nbytes == big.nbytes
+    again = Spool(tmp_path, refuse, metrics)  # the orphan array file is removed at start
+    assert list((tmp_path / "arrays").iterdir()) == []
+    again.stop(0)

@@ -24,18 +24,20 @@ def test_registry_warm_up_calls_every_warmer_and_survives_a_failing_one(caplog) 
     assert "warm-up of the live pipelines failed" in caplog.text
 
 
-def test_default_registry_warm_up_imports_the_xanes_tracker() -> None:
-    # in a fresh interpreter: the tracker is not imported by building the registry, only by
-    # its warm-up (which the consumer runs at start, before its threads)
+def test_default_registry_warm_up_imports_the_xanes_tracker_and_the_tomogram_params() -> None:
+    # in a fresh interpreter: the tracker (and the tomogram's parameter models, torch with
+    # them) are not imported by building the registry, only by its warm-up (which the
+    # consumer runs at start, before its threads)
     code = textwrap.dedent(
         """
         import sys, tempfile
         from pathlib import Path
         from services.analysis.registry import default_registry
         registry = default_registry(Path(tempfile.mkdtemp()))
-        before = "pipelines.xanes.tracker" in sys.modules
+        live = ("pipelines.xanes.tracker", "pipelines.cracks.segment", "pipelines.tomo.fbp")
+        before = any(name in sys.modules for name in live)
         registry.warm_up()
-        print(before, "pipelines.xanes.tracker" in sys.modules)
+        print(before, all(name in sys.modules for name in live))
         registry.close()
         """
     )
