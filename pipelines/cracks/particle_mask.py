@@ -452,24 +452,32 @@ def particle_envelope_slice(
     closed = _close_within_particles(solid, p.closing_radius) if p.closing_radius else solid
     labels, n = ndimage.label(closed)
     grown = labels
-    single = np.zeros(closed.shape, dtype=bool)
+    # only the bridge candidates outside ``closed`` can be grown into: what concerns grown
+    # pixels is computed at those points alone, not over the whole slice
+    reach_at: tuple[np.ndarray, ...] = (np.zeros(0, dtype=np.intp),) * 2
+    grown_at = np.zeros(0, dtype=labels.dtype)
+    single_at = np.zeros(0, dtype=bool)  # reached from one particle only
     if bridge is not None and n and p.bridge_px:
         reach = np.asarray(bridge, dtype=bool) & ~closed
         grown, lowest = _grow_into(labels, reach, p.bridge_px)
-        single = ~closed & (grown > 0) & (lowest == grown)
+        reach_at = np.nonzero(reach)
+        grown_at = grown[reach_at]
+        single_at = (grown_at > 0) & (lowest[reach_at] == grown_at)
     merged, mapping = merge_by_contact(grown, min_share=p.merge_min_share) if n else (grown, {})
     # bridge pixels are kept only where they joined pieces of one particle
     joined = np.zeros(n + 1, dtype=bool)
     for old, new in mapping.items():
         joined[old] = joined[new] = True
-    bridged = ~closed & joined[grown]
+    bridged_at = joined[grown_at]
+    bridged = np.zeros(closed.shape, dtype=bool)
+    bridged[reach_at] = bridged_at
     group = np.where(closed | bridged, merged, 0)
     if p.notch_radius and bridge is not None:
-        reached = single & ~bridged
+        reached = single_at & ~bridged_at
         if reached.any():
             # a crack open to one particle's surface is flanked by that particle: most of its
             # neighbourhood is particle (a dark fringe or gap outside the outline has less)
-            points = np.nonzero(reached)
+            points = (reach_at[0][reached], reach_at[1][reached])
             size = 2 * p.notch_radius + 1
             highest, lowest_near = _neighbourhood_extremes(labels, points, size)
             flanked = (highest == lowest_near) & (

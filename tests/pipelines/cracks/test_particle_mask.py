@@ -15,6 +15,7 @@ from pipelines.cracks.particle_mask import (
     CONVENTIONAL,
     ParticleMaskParams,
     _box_share,
+    _grow_into,
     _neighbourhood_extremes,
     binary_dilate,
     binary_erode,
@@ -259,3 +260,24 @@ def test_surface_inlets_take_a_deep_slot_not_a_bay_nor_a_gap_between_particles()
         surface_inlets(image, 0.5, envelope, radius=0)
     with pytest.raises(ValueError, match="2-D"):
         surface_inlets(image, 0.5, envelope[:10], radius=6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    solid=arrays(bool, (24, 24)),
+    candidates=arrays(bool, (24, 24)),
+    steps=st.integers(1, 5),
+)
+def test_grow_into_changes_only_the_reach_pixels(
+    solid: np.ndarray, candidates: np.ndarray, steps: int
+) -> None:
+    # particle_envelope_slice reads the grown labels at the reach pixels only: everywhere
+    # else they must be the input labels and no label may have reached a background pixel
+    labels, _ = ndimage.label(solid)
+    reach = candidates & ~solid
+    grown, lowest = _grow_into(labels, reach, steps)
+    assert np.array_equal(grown[~reach], labels[~reach])
+    assert np.all(lowest[~reach & ~solid] == _NO_LABEL)
+    assert np.array_equal(lowest[solid], labels[solid])
+    reached = grown[reach] > 0
+    assert np.all(lowest[reach][reached] <= grown[reach][reached])
