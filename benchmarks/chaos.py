@@ -26,6 +26,10 @@ stores every document once in the embedded JetStream server, and both consumers 
 durably (issue 15). The bridge and ``nats-server`` are killed too. Only the bridge listens to
 the 0MQ proxy, so the RunEngine waits for it alone; a consumer that is down resumes from its
 last ack. Goal: nothing lost or doubled and every run ``complete`` in every part.
+
+Then (``--rates``, default all four cases) the raw path's ingest rates of issue 14 point 3 are
+measured on a fresh stack of the same bus, nothing killed (:mod:`benchmarks.ingest_rates`, its
+default sizes), and printed beside their goals.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -536,6 +540,12 @@ def main(argv: list[str] | None = None) -> int:
         "consumers (beamwatch up's default), and the bridge and nats-server are killed too",
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep data and logs here")
+    parser.add_argument(
+        "--rates",
+        default="abcd",
+        help="then the raw path's ingest rates beside issue 14's goals (benchmarks.ingest_rates "
+        "cases, default sizes, on a fresh stack of the same bus, nothing killed; '' for none)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
@@ -545,11 +555,39 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, service="chaos")
     with tempfile.TemporaryDirectory(prefix="beamwatch-chaos-") as tmp:
         result = run(args, args.data_dir or Path(tmp) / "data")
-    print(format_result(result))
+    print(format_result(result), flush=True)
+    rates_wrong = False
+    if args.rates:
+        rates = _ingest_rates(args.bus, args.rates, args.data_dir)
+        result["rates"] = [asdict(r) for r in rates]
+        rates_wrong = any(r.checks for r in rates)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     totals = result["totals"].values()
-    return 0 if all(c["lost"] == c["duplicated"] == c["unreadable"] == 0 for c in totals) else 1
+    clean = all(c["lost"] == c["duplicated"] == c["unreadable"] == 0 for c in totals)
+    return 0 if clean and not rates_wrong else 1
+
+
+def _ingest_rates(bus: str, cases: str, data_dir: Path | None) -> list[Any]:
+    """The raw path's rates of issue 14 point 3 (:mod:`benchmarks.ingest_rates`, its default
+    sizes) on a fresh stack, printed beside their goals."""
+    from benchmarks import ingest_rates
+
+    if set(cases) - set(ingest_rates.CASE_TITLES):
+        raise SystemExit(f"--rates letters must be among abcd, got {cases!r}")
+    sizes = {"a": 2000, "b": 300, "c": 4000, "d": 600}
+    shapes = {"a": (64, 64), "b": (512, 512), "c": (64, 64), "d": (64, 64)}
+    options = argparse.Namespace(cases=cases, timeout=600.0, rate_d=20.0)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="beamwatch-chaos-rates-") as tmp:
+        where = (data_dir / "rates") if data_dir is not None else Path(tmp) / "data"
+        results = ingest_rates.run_bus(bus, where, options, sizes, shapes)
+    print(
+        f"ingest rates after the chaos run ({bus}; load average {load_before:.1f} at the "
+        f"start, {os.getloadavg()[0]:.1f} at the end):"
+    )
+    print(ingest_rates.format_results(results), flush=True)
+    return results
 
 
 if __name__ == "__main__":

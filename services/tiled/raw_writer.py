@@ -43,6 +43,7 @@ from bluesky.callbacks.tiled_writer import RunNormalizer, _RunWriter
 from event_model import DocumentNames, unpack_event_page
 
 from services.tiled.records import RawDoc
+from services.tiled.tables import OrderedTables
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ class IdempotentRunWriter(_RunWriter):
         if not rows:
             return
         try:
-            self._write_internal_data(list(rows.values()), desc_node=desc_node)
+            # ordered by seq_num on every table storage (services.tiled.tables)
+            self._write_internal_data(list(rows.values()), desc_node=OrderedTables(desc_node))
         except Exception:
             self._uncertain_tables.add(desc_name)
             raise

@@ -18,6 +18,7 @@ import uuid
 
 import pyarrow as pa
 
+from services.tiled.tables import create_ordered_table, order_by_args
 from tests.conftest import both_backends
 
 
@@ -52,7 +53,10 @@ def test_concurrent_appends_land_exactly_once(tiled_server, tiled_client):
     ("No active transaction", rows twice); PostgreSQL (deploy/tiled/config.yml) holds; the
     embedded SQLite storage answered "database is locked" (HTTP 500) to one of two appends
     at once while its server pooled several connections (each without a busy timeout), and
-    holds with one (``services.tiled.server.STORAGE_POOL_SIZE``)."""
+    holds with one (``services.tiled.server.STORAGE_POOL_SIZE``). PostgreSQL returned the rows
+    of a plain appendable table in its heap's order (seq_nums 2, 3, 9, 10, 14, 11, ... in a fresh
+    clone's ``make test``): the tables are made as the raw consumer makes them, ordered by
+    seq_num (``services.tiled.tables``)."""
     prefix = f"concurrent-{uuid.uuid4().hex[:8]}"
     n_writers, n_appends = 2, 15
     errors: list[BaseException] = []
@@ -62,12 +66,13 @@ def test_concurrent_appends_land_exactly_once(tiled_server, tiled_client):
         client = tiled_server.client()
         try:
             schema = pa.schema([("seq_num", pa.int64()), ("writer", pa.int64())])
-            node = client.create_appendable_table(schema=schema, key=f"{prefix}-{w}")
+            # made as the raw consumer makes its tables (rows ordered by seq_num)
+            node = create_ordered_table(client, schema, key=f"{prefix}-{w}")
             for i in range(n_appends):
                 node.append_partition(0, pa.table({"seq_num": [i], "writer": [w]}, schema=schema))
                 # a new table while the other writer appends (a new run's first write)
                 if i % 5 == 0:
-                    client.create_appendable_table(schema=schema, key=f"{prefix}-{w}-new{i}")
+                    create_ordered_table(client, schema, key=f"{prefix}-{w}-new{i}")
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
         finally:
@@ -99,3 +104,19 @@ def test_concurrent_appends_land_exactly_once(tiled_server, tiled_client):
         table = tiled_client[f"{prefix}-{w}"].read()
         assert table["seq_num"].tolist() == list(range(n_appends))
         assert set(table["writer"].tolist()) == {w}
+
+
+@both_backends
+def test_ordered_table_reads_by_seq_num_whatever_the_append_order(tiled_server, tiled_client):
+    """A late Event's row (appended after later ones) reads back in its place, on both storages;
+    a table without seq_num keeps the default order."""
+    schema = pa.schema([("seq_num", pa.int64()), ("energy", pa.float64())])
+    assert order_by_args(schema) == [{"column": "seq_num", "direction": "asc"}]
+    assert order_by_args(pa.schema([("label", pa.int64())])) == []
+    node = create_ordered_table(tiled_client, schema, key=f"ordered-{uuid.uuid4().hex[:8]}")
+    for seq_nums in ([1, 2, 4], [3], [5]):
+        energies = [8300.0 + s for s in seq_nums]
+        node.append_partition(0, pa.table({"seq_num": seq_nums, "energy": energies}, schema=schema))
+    table = node.read()
+    assert table["seq_num"].tolist() == [1, 2, 3, 4, 5]
+    assert table["energy"].tolist() == [8301.0, 8302.0, 8303.0, 8304.0, 8305.0]
