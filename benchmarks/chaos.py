@@ -205,17 +205,37 @@ def tomo_scan(
     n_angles: int,
     source: str,
     shape: tuple[int, int, int] = (4, 48, 48),
+    cache_dir: Path | None = None,
 ) -> tuple[Any, Any]:
+    """A tomography plan of a cathode phantom. With ``cache_dir``, the simulated frames are
+    kept there (one ``.npz`` per seed, angles and shape) and read back on the next call: a
+    512^3 phantom's 181 projections take tens of minutes to simulate on 2 cores."""
     from bluesky_plans.devices import SimTomoStation
     from bluesky_plans.plans import tomo_scan_plan
-    from synthetic.cathode import make_cathode_volume
-    from synthetic.scan import simulate_scan
 
-    volume = make_cathode_volume(shape, seed=seed)
     angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
-    frames = simulate_scan(volume.attenuation, angles, seed=seed + 1)
+    cached = None
+    if cache_dir is not None:
+        cached = (
+            Path(cache_dir) / f"tomo_seed{seed}_angles{n_angles}_{'x'.join(map(str, shape))}.npz"
+        )
+    if cached is not None and cached.exists():
+        with np.load(cached) as saved:
+            projections, flat, dark = saved["projections"], saved["flat"], saved["dark"]
+    else:
+        from synthetic.cathode import make_cathode_volume
+        from synthetic.scan import simulate_scan
+
+        volume = make_cathode_volume(shape, seed=seed)
+        frames = simulate_scan(volume.attenuation, angles, seed=seed + 1)
+        projections, flat, dark = frames.projections, frames.flat, frames.dark
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(".part.npz")
+            np.savez(partial, projections=projections, flat=flat, dark=dark)
+            partial.replace(cached)
     station = SimTomoStation.from_frames(
-        angles, frames.projections, frames.flat, frames.dark, detector_dir, frame_source=source
+        angles, projections, flat, dark, detector_dir, frame_source=source
     )
     plan = tomo_scan_plan(station, list(angles), n_darks=1, n_flats=1, md={"chaos_seed": seed})
     return plan, station

@@ -82,7 +82,12 @@ def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                 if args.tomo_angles:
                     RE.subscribe(pub)
                     plan, _station = tomo_scan(
-                        detector, args.seed, args.tomo_angles, args.source, tuple(args.tomo_shape)
+                        detector,
+                        args.seed,
+                        args.tomo_angles,
+                        args.source,
+                        tuple(args.tomo_shape),
+                        cache_dir=args.scan_cache,
                     )
                     (tomo_uid,) = RE(plan)
                     RE = RunEngine({})
@@ -145,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         default=(4, 48, 48),
         metavar=("Z", "Y", "X"),
         help="voxels of the tomogram's phantom (default 4 48 48)",
+    )
+    parser.add_argument(
+        "--scan-cache",
+        type=Path,
+        default=None,
+        help="keep the simulated tomography frames in this directory and reuse them next time "
+        "(a 512^3 phantom takes tens of minutes to simulate on 2 cores)",
     )
     parser.add_argument("--source", choices=("stream", "resource", "event"), default="stream")
     parser.add_argument("--seed", type=int, default=14)
