@@ -34,7 +34,9 @@ At :meth:`finalize`, when the background stays still (``track.post_edge_pass="au
 whole particle is registered again in the frames it was found in against its outline in the
 last of them (past the edge, the clearest) and re-anchored at frame 0
 (:mod:`pipelines.xanes.post_edge`); the frames before it joined or was re-acquired are
-registered too (``track.post_edge_backfill``). The aligned per-particle ROI stacks feed the
+registered too (``track.post_edge_backfill``). Then, when the whole particles move rigidly, a
+border-cut particle's shift is the frame's global shift (``track.partial_shift``,
+:func:`pipelines.xanes.consensus.partials_from_drift`). The aligned per-particle ROI stacks feed the
 XANES maps computed by :meth:`finalize`.
 
 This module orchestrates; the parts are elsewhere: the numeric kernels in
@@ -59,6 +61,7 @@ from pipelines.xanes.consensus import (
     frame_consensus,
     global_from_shifts,
     inconsistent_partials,
+    partials_from_drift,
 )
 from pipelines.xanes.detect import detect_particles
 from pipelines.xanes.kernels import (
@@ -249,6 +252,15 @@ class XanesTracker:
             shift, global_shift, n_found, spread, com = self._refined_at_finalize(
                 shift, global_shift, n_found, spread, com
             )
+        if self.params.track.partial_shift == "drift_when_rigid":
+            # the frames' global shifts do not move: border-cut particles do not vote where
+            # >= 3 whole ones are registered, and only those frames are placed by the drift
+            placed_shift, placed = partials_from_drift(
+                shift, global_shift, self._partial(), self.params.track.post_edge_rigid_px
+            )
+            if placed.any():
+                shift = placed_shift
+                com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)

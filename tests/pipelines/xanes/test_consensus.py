@@ -9,6 +9,8 @@ from pipelines.xanes.consensus import (
     frame_consensus,
     global_from_shifts,
     inconsistent_partials,
+    partials_from_drift,
+    rigid_spread,
 )
 
 
@@ -59,3 +61,39 @@ def test_scan_rule_is_the_frame_rule_of_every_frame():
     far = far_partials(shift, global_shift, partial, 3.0)
     assert far[5, 2] and far.sum() == 1
     assert not far_partials(shift, global_shift, partial, None).any()
+
+
+def _scan_with_a_border_cut_particle(own_motion_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """5 whole particles moving with a drift (plus their own motion) and one border-cut
+    particle registered 1.5 px off along rows after frame 10."""
+    rng = np.random.default_rng(5)
+    n = 30
+    drift = np.cumsum(rng.normal(0.0, 0.5, (n, 2)), axis=0)
+    drift[0] = 0.0
+    own = np.cumsum(rng.normal(0.0, own_motion_px, (6, n, 2)), axis=1)
+    own[:, 0] = 0.0
+    shift = drift[None] + own + rng.normal(0.0, 0.05, (6, n, 2))
+    shift[:, 0] = 0.0
+    shift[5, 10:, 0] += 1.5
+    shift[5, 3] = np.nan
+    return shift, np.array([False] * 5 + [True])
+
+
+def test_border_cut_particle_follows_the_drift_of_a_rigid_sample():
+    shift, partial = _scan_with_a_border_cut_particle(own_motion_px=0.0)
+    global_shift, _, _ = global_from_shifts(shift, partial)
+    assert rigid_spread(shift, global_shift, partial) < 0.1
+    placed_shift, placed = partials_from_drift(shift, global_shift, partial, 0.5)
+    assert placed[5].sum() == shift.shape[1] - 1 and not placed[:5].any()
+    assert np.all(np.isnan(placed_shift[5, 3]))  # not registered: stays unknown
+    np.testing.assert_array_equal(placed_shift[:5], shift[:5])
+    error = placed_shift[5] - global_shift
+    assert np.nanmax(np.abs(error)) == 0.0
+
+
+def test_border_cut_particle_keeps_its_shift_when_the_sample_deforms():
+    shift, partial = _scan_with_a_border_cut_particle(own_motion_px=0.5)
+    global_shift, _, _ = global_from_shifts(shift, partial)
+    assert rigid_spread(shift, global_shift, partial) > 0.5
+    placed_shift, placed = partials_from_drift(shift, global_shift, partial, 0.5)
+    assert not placed.any() and placed_shift is shift
