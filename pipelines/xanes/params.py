@@ -287,6 +287,16 @@ class TrackParams(_Params):
             "the rings, not deformation); None: never"
         ),
     )
+    partial_shift: Literal["own", "drift_when_rigid"] = Field(
+        default="drift_when_rigid",
+        description=(
+            "a border-cut particle's shift at finalize: its own registration (own), or, when "
+            "the whole particles move rigidly (their offsets from the global shift vary by at "
+            "most post_edge_rigid_px), the global shift of each frame with >= 3 whole "
+            "particles where it was registered (consensus.partials_from_drift; its outline "
+            "changes as it drifts across the border and biases its own registration)"
+        ),
+    )
     post_edge_static_corr: float = Field(
         default=0.4,
         ge=-1,

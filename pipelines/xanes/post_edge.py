@@ -1,4 +1,4 @@
-"""Post-edge second pass of the XANES tracker: is the background still, and re-anchored shifts.
+"""Post-edge second pass of the XANES tracker: is the background still, and the pass itself.
 
 On an instrument whose sample drifts under a still illumination (zone-plate rings, condenser
 streaks, a flat field that does not remove them), the rings stay in the detector frame. Below
@@ -10,17 +10,40 @@ clearer: a template taken there, against which every frame of the scan (frame 0 
 registered again, re-anchored at frame 0, is pulled much less.
 
 Where the background moves with the sample (no still pattern) the frame-0 template is the
-better reference, so the pass is applied only when :func:`background_stays_still` says so.
+better reference, so the pass is applied only when :func:`background_stays_still` says so
+(:func:`post_edge_pass_applies`). :func:`post_edge_shifts` is the pass, run by
+:meth:`pipelines.xanes.tracker.XanesTracker.finalize` on the (binned) OD frames it kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["BackgroundMotion", "background_stays_still", "reanchored_shifts"]
+from pipelines.xanes.kernels import block_mean
+from pipelines.xanes.params import TrackParams
+from pipelines.xanes.window import EdgeTemplate, FrameEdges, ParticleWindow
+
+__all__ = [
+    "BackfilledFrames",
+    "BackgroundMotion",
+    "PostEdgeShifts",
+    "background_stays_still",
+    "edge_binning_of",
+    "moves_rigidly",
+    "pass_register",
+    "post_edge_anchors",
+    "post_edge_pass_applies",
+    "post_edge_shifts",
+    "reanchored_shifts",
+]
+
+#: one particle's pass: ``(N, 2)`` registered shifts against its post-edge template and
+#: ``(N,)`` bool faint frames (frame 0 and those whose outline is below 0.6 of its clearest)
+Pass = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -142,3 +165,263 @@ def reanchored_shifts(registered: np.ndarray) -> np.ndarray | None:
     if not np.all(np.isfinite(registered[0])):
         return None
     return registered - registered[0]
+
+
+def edge_binning_of(shape: tuple[int, int], edge_ods: Sequence[np.ndarray]) -> int:
+    """Binning of the kept OD frames against the full frame ``shape``."""
+    return max(1, round(shape[0] / edge_ods[0].shape[0]))
+
+
+def post_edge_pass_applies(
+    edge_ods: Sequence[np.ndarray],
+    labels: np.ndarray,
+    global_shift: np.ndarray,
+    *,
+    track: TrackParams,
+    still_live: bool | None,
+) -> tuple[bool, BackgroundMotion | None]:
+    """``track.post_edge_pass``: on, off, or auto (the background stays still while the
+    sample drifted at least ``post_edge_min_drift_px``, :func:`background_stays_still`).
+
+    Parameters
+    ----------
+    edge_ods : sequence of numpy.ndarray
+        The (binned) OD of every frame of the scan.
+    labels : numpy.ndarray
+        ``(H, W)`` frame-0 particle labels.
+    global_shift : numpy.ndarray
+        ``(N, 2)`` global shift per frame (NaN where unknown).
+    track : TrackParams
+        Tracking parameters.
+    still_live : bool or None
+        What the live tracker decided about the background (None: not decided).
+
+    Returns
+    -------
+    tuple of (bool, BackgroundMotion or None)
+        Whether the pass runs, and the background motion measured for it (auto only).
+    """
+    if track.post_edge_pass == "off" or track.registration != "edge":
+        return False, None
+    if track.post_edge_pass == "on":
+        return True, None
+    if still_live is False:
+        return False, None  # seen live: the background moves with the sample
+    magnitude = np.hypot(global_shift[:, 0], global_shift[:, 1])
+    magnitude = np.where(np.isfinite(magnitude), magnitude, -1.0)
+    farthest = int(np.argmax(magnitude))
+    if magnitude[farthest] < track.post_edge_min_drift_px:
+        return False, None
+    b = edge_binning_of((int(labels.shape[0]), int(labels.shape[1])), edge_ods)
+    first = np.asarray(edge_ods[0], dtype=np.float32)
+    second = np.asarray(edge_ods[farthest], dtype=np.float32)
+    particles = block_mean(labels > 0, b)[: first.shape[0], : first.shape[1]] > 0
+    motion = background_stays_still(
+        first, second, particles, global_shift[farthest] / b, margin_px=max(2, 12 // b)
+    )
+    applies = bool(
+        motion.still_corr >= track.post_edge_static_corr and motion.still_corr > motion.moving_corr
+    )
+    return applies, motion
+
+
+@dataclass(frozen=True)
+class BackfilledFrames:
+    """Frames of one particle whose shift the pass found where live had none."""
+
+    particle: int
+    frames: np.ndarray  # (F,) int frame indices
+    shift: np.ndarray  # (N, 2) the particle's anchored shifts of the pass
+
+
+@dataclass(frozen=True)
+class PostEdgeShifts:
+    """Outcome of :func:`post_edge_shifts`."""
+
+    shift: np.ndarray  # (P, N, 2)
+    backfilled: list[BackfilledFrames]
+
+
+def post_edge_shifts(
+    particles: Sequence[ParticleWindow],
+    edge_ods: Sequence[np.ndarray],
+    shift: np.ndarray,
+    global_shift: np.ndarray,
+    *,
+    shape: tuple[int, int],
+    track: TrackParams,
+) -> PostEdgeShifts:
+    """Every whole particle registered again in the frames it was found in, against its
+    outline in the last of them, re-anchored at frame 0.
+
+    A particle that joined later gets its frame-0 place from the same registration (not
+    from its join frame's global shift); with ``track.post_edge_backfill`` the frames
+    before the first one it was found in after frame 0 (before it joined or was
+    re-acquired) are registered too, predicted by the frame's global shift plus the
+    particle's median offset from it, and kept when they pass the same gates (their
+    aligned ROIs stay out of the maps: the full frames are gone by then). Particles cut
+    by the frame border (unless ``track.post_edge_partial``), and particles whose frame 0
+    does not register (faint, the outline does not correlate), keep their live shifts; so
+    does any frame the new template does not register.
+
+    Parameters
+    ----------
+    particles : sequence of ParticleWindow
+        The tracked particles (their outline templates).
+    edge_ods : sequence of numpy.ndarray
+        The (binned) OD of every frame.
+    shift : numpy.ndarray
+        ``(P, N, 2)`` live shifts (NaN where not registered).
+    global_shift : numpy.ndarray
+        ``(N, 2)`` live global shift.
+    shape : tuple of int
+        Full frame shape.
+    track : TrackParams
+        Tracking parameters.
+
+    Returns
+    -------
+    PostEdgeShifts
+    """
+    b = edge_binning_of(shape, edge_ods)
+    cache: dict[int, FrameEdges] = {}
+
+    def edges_of(i: int) -> FrameEdges:
+        if i not in cache:
+            cache[i] = FrameEdges.from_binned(edge_ods[i], b)
+        return cache[i]
+
+    out = shift.copy()
+    passes: dict[int, Pass] = {}
+    for k, particle in enumerate(particles):
+        edge = particle.edge
+        if edge is None or edge.model is None or (edge.partial and not track.post_edge_partial):
+            continue
+        found = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
+        if found.size < 2:
+            continue
+        last = int(found[-1])
+        template = edge.renewed(edges_of(last), shift[k, last])
+        if template.model is None:
+            continue
+        frames = set(found.tolist()) | {0}
+        offset = np.zeros(2)
+        later = found[found > 0]
+        if track.post_edge_backfill and later.size:
+            # the frames before it joined or was re-acquired, predicted by the frame's
+            # drift plus its usual offset (a gap inside its track is more likely a
+            # neighbour's outline and stays NaN)
+            frames |= set(range(int(later[0])))
+            offsets = shift[k, found] - global_shift[found]
+            offsets = offsets[np.all(np.isfinite(offsets), axis=1)]
+            offset = np.median(offsets, axis=0) if offsets.size else offset
+        predicted = np.where(
+            np.all(np.isfinite(shift[k]), axis=1)[:, None], shift[k], global_shift + offset
+        )
+        order = sorted(frames)
+        registered, strength = pass_register(template, order, predicted, edges_of, track=track)
+        if track.post_edge_template == "mean":
+            clear = np.all(np.isfinite(registered), axis=1)
+            clear &= strength >= 0.6 * np.nanmax(np.where(clear, strength, np.nan), initial=0)
+            chosen = np.nonzero(clear)[0].tolist()
+            if len(chosen) >= 2:
+                mean = edge.renewed_mean([edges_of(i) for i in chosen], registered[chosen])
+                if mean.model is not None:
+                    registered, strength = pass_register(
+                        mean, order, predicted, edges_of, track=track
+                    )
+        if not np.all(np.isfinite(registered[0])):
+            continue  # frame 0 not registered: nothing to anchor on
+        valid = np.all(np.isfinite(registered), axis=1)
+        top = np.nanmax(np.where(valid, strength, np.nan), initial=0)
+        faint = valid & (strength < 0.6 * top)
+        faint[0] = True
+        passes[k] = (registered.copy(), faint)
+    partial = [p.edge is not None and p.edge.partial for p in particles]
+    anchors = post_edge_anchors(passes, partial, track=track)
+    backfilled = []
+    for k, (registered, _) in passes.items():
+        anchored = registered - anchors[k]
+        keep = np.all(np.isfinite(anchored), axis=1)
+        if not track.post_edge_backfill:
+            keep &= np.all(np.isfinite(shift[k]), axis=1)
+        out[k, keep] = anchored[keep]
+        filled = keep & ~np.all(np.isfinite(shift[k]), axis=1)
+        backfilled.append(BackfilledFrames(k, np.nonzero(filled)[0], anchored))
+    return PostEdgeShifts(out, backfilled)
+
+
+def moves_rigidly(passes: dict[int, Pass], drift: np.ndarray, *, rigid_px: float) -> bool:
+    """Whether the particles move with the drift (the faint-frame anchor assumes it): on
+    each particle's clear frames, where registration is accurate, its offset from the
+    drift varies by at most ``rigid_px`` (``track.post_edge_rigid_px``; RMS about its mean,
+    median over the particles). A sample that deforms during the scan keeps the frame-0
+    anchor."""
+    spreads = []
+    for registered, faint in passes.values():
+        relative = registered - registered[0] - drift
+        clear = ~faint & np.all(np.isfinite(relative), axis=1)
+        if np.count_nonzero(clear) >= 3:
+            offset = relative[clear] - relative[clear].mean(axis=0)
+            spreads.append(float(np.sqrt(np.mean(np.sum(offset**2, axis=1)))))
+    return bool(spreads) and float(np.median(spreads)) <= rigid_px
+
+
+def pass_register(
+    template: EdgeTemplate,
+    frames: list[int],
+    predicted: np.ndarray,
+    edges_of: Callable[[int], FrameEdges],
+    *,
+    track: TrackParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One particle's frames registered against a post-edge template: ``(N, 2)`` shifts
+    (NaN where not registered or failing the live gates) and ``(N,)`` outline strengths."""
+    registered = np.full(predicted.shape, np.nan)
+    strength = np.full(predicted.shape[0], np.nan)
+    iterations = max(4, track.refine_iterations)
+    for i in frames:
+        if not np.all(np.isfinite(predicted[i])):
+            continue
+        outcome = template.register(edges_of(i), predicted[i], iterations)
+        if outcome is None:
+            continue
+        s, ncc, strength[i] = outcome
+        if ncc >= track.min_edge_ncc and np.all(np.abs(s - predicted[i]) <= track.max_jump_px):
+            registered[i] = s
+    return registered, strength
+
+
+def post_edge_anchors(
+    passes: dict[int, Pass], partial: Sequence[bool], *, track: TrackParams
+) -> dict[int, np.ndarray]:
+    """Where each particle's frame 0 sits against its post-edge template.
+
+    ``track.post_edge_anchor="frame0"``: its frame-0 registration. ``"faint_frames"``:
+    frame 0 alone is one faint, noisy registration whose error would stay in every frame
+    of the particle; instead the particle's faint frames (frame 0 and those whose outline
+    is below 0.6 of its clearest) are each compared with the drift of the frame (the
+    median over the particles of their frame-0-anchored shifts) and the median of the
+    differences is the anchor (with 3 or more particles; else frame 0). ``partial[k]``:
+    particle k is cut by the frame border (it votes for the drift only when fewer than 3
+    whole particles passed).
+    """
+    frame0 = {k: registered[0].copy() for k, (registered, _) in passes.items()}
+    if track.post_edge_anchor == "frame0" or len(passes) < 3:
+        return frame0
+    whole = [k for k in passes if not partial[k]]
+    voters = whole if len(whole) >= 3 else list(passes)
+    relative = np.stack([passes[k][0] - passes[k][0][0] for k in voters])
+    counted = np.sum(np.all(np.isfinite(relative), axis=2), axis=0)
+    drift = np.full(relative.shape[1:], np.nan)
+    enough = counted >= 3
+    if enough.any():
+        drift[enough] = np.nanmedian(relative[:, enough], axis=0)
+    if not moves_rigidly(passes, drift, rigid_px=track.post_edge_rigid_px):
+        return frame0
+    anchors = {}
+    for k, (registered, faint) in passes.items():
+        usable = faint & np.all(np.isfinite(drift), axis=1)
+        usable[0] = True
+        anchors[k] = np.median(registered[usable] - drift[usable], axis=0)
+    return anchors

@@ -19,11 +19,19 @@ the frames, start from the live tracker's shifts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
+from scipy.fft import next_fast_len
 
-__all__ = ["refine_shifts_static", "window_support"]
+from pipelines.xanes.kernels import extract_crop
+from pipelines.xanes.params import TrackParams
+from pipelines.xanes.results import ParticleRoi
+from pipelines.xanes.window import bin_mask
+
+__all__ = ["refine_shifts_static", "static_refined_shifts", "window_support"]
 
 
 def _wavenumbers(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -177,3 +185,66 @@ def window_support(footprint: np.ndarray, margin_px: int, border_px: int) -> np.
     keep = np.zeros_like(support)
     keep[border_px:-border_px, border_px:-border_px] = True
     return support & keep
+
+
+def static_refined_shifts(
+    rois: Sequence[ParticleRoi],
+    ods: Sequence[np.ndarray],
+    shift: np.ndarray,
+    *,
+    shape: tuple[int, int],
+    track: TrackParams,
+) -> np.ndarray:
+    """Every particle's shifts refined with the static pattern of its window fitted out
+    (:func:`refine_shifts_static`, ``track.static_refine``), on the binned OD frames.
+
+    Parameters
+    ----------
+    rois : sequence of ParticleRoi
+        The particles' frame-0 ROIs (full-frame geometry).
+    ods : sequence of numpy.ndarray
+        The (binned) OD of every frame.
+    shift : numpy.ndarray
+        ``(P, N, 2)`` shifts (NaN where not registered); particles with fewer than 4 keep them.
+    shape : tuple of int
+        Full frame shape.
+    track : TrackParams
+        Tracking parameters.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(P, N, 2)`` refined shifts.
+    """
+    b = max(1, round(shape[0] / ods[0].shape[0]))
+    height, width = ods[0].shape
+    out = shift.copy()
+    for k, roi in enumerate(rois):
+        use = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
+        if use.size < 4:
+            continue
+        d = shift[k, use] / b
+        origin, mask = bin_mask(roi.mask, np.array(roi.origin), b)
+        margin = 6
+        lo = np.floor(d.min(axis=0)).astype(int)
+        hi = np.ceil(d.max(axis=0)).astype(int)
+        corner = origin + lo - margin
+        size = (
+            next_fast_len(mask.shape[0] + hi[0] - lo[0] + 2 * margin),
+            next_fast_len(mask.shape[1] + hi[1] - lo[1] + 2 * margin),
+        )
+        window = np.stack([extract_crop(ods[t], corner, size) for t in use.tolist()])
+        footprint = np.zeros(size, dtype=bool)
+        rows, cols = np.nonzero(mask)
+        first = np.round(d[0]).astype(int) + origin - corner
+        footprint[rows + first[0], cols + first[1]] = True
+        support = window_support(footprint, track.support_px, 3)
+        frame_rows = np.arange(size[0])[:, None] + corner[0]
+        frame_cols = np.arange(size[1])[None, :] + corner[1]
+        support &= (frame_rows >= 2) & (frame_rows < height - 2)
+        support &= (frame_cols >= 2) & (frame_cols < width - 2)
+        refined = refine_shifts_static(
+            window, d, support, rounds=track.static_refine_rounds, ridge=track.static_refine_ridge
+        )
+        out[k, use] = refined * b
+    return out

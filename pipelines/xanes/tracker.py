@@ -34,10 +34,18 @@ At :meth:`finalize`, when the background stays still (``track.post_edge_pass="au
 whole particle is registered again in the frames it was found in against its outline in the
 last of them (past the edge, the clearest) and re-anchored at frame 0
 (:mod:`pipelines.xanes.post_edge`); the frames before it joined or was re-acquired are
-registered too (``track.post_edge_backfill``). The aligned per-particle ROI stacks feed the
-XANES maps computed by :meth:`finalize`. The numeric kernels are in
-:mod:`pipelines.xanes.kernels`, the per-particle state in :mod:`pipelines.xanes.window`, the
-result types in :mod:`pipelines.xanes.results`.
+registered too (``track.post_edge_backfill``). Then, when the whole particles move rigidly, a
+border-cut particle's shift is the frame's global shift (``track.partial_shift``,
+:func:`pipelines.xanes.consensus.partials_from_drift`). The aligned per-particle ROI stacks feed the
+XANES maps computed by :meth:`finalize`.
+
+This module orchestrates; the parts are elsewhere: the numeric kernels in
+:mod:`pipelines.xanes.kernels`, the per-particle state and outline templates in
+:mod:`pipelines.xanes.window`, the result types in :mod:`pipelines.xanes.results`, the global
+shift and the border-cut rule in :mod:`pipelines.xanes.consensus`, the post-edge pass in
+:mod:`pipelines.xanes.post_edge`, the static-pattern refinement in
+:mod:`pipelines.xanes.static_fit`, the silhouette registration in
+:mod:`pipelines.xanes.silhouette` and the per-particle maps in :mod:`pipelines.xanes.maps`.
 """
 
 from __future__ import annotations
@@ -48,6 +56,13 @@ import numpy as np
 from scipy import ndimage
 from scipy.fft import next_fast_len
 
+from pipelines.xanes.consensus import (
+    far_partials,
+    frame_consensus,
+    global_from_shifts,
+    inconsistent_partials,
+    partials_from_drift,
+)
 from pipelines.xanes.detect import detect_particles
 from pipelines.xanes.kernels import (
     block_mean,
@@ -56,11 +71,15 @@ from pipelines.xanes.kernels import (
     fit_plane,
     inside_fraction,
 )
+from pipelines.xanes.maps import paint_particle_maps
 from pipelines.xanes.match import match_particles
 from pipelines.xanes.params import XanesParams
 from pipelines.xanes.post_edge import (
     BackgroundMotion,
     background_stays_still,
+    edge_binning_of,
+    post_edge_pass_applies,
+    post_edge_shifts,
 )
 from pipelines.xanes.prepare import (
     average_frames,
@@ -71,19 +90,16 @@ from pipelines.xanes.prepare import (
 from pipelines.xanes.register import (
     PhaseCorrelator,
     centre_of_mass,
-    robust_global_shift,
     shift_image,
-    ssim_from_moments,
 )
 from pipelines.xanes.results import FrameResult, ParticleRoi, XanesResult
-from pipelines.xanes.spectra import analyse_spectra
-from pipelines.xanes.static_fit import refine_shifts_static, window_support
+from pipelines.xanes.silhouette import frame0_silhouette, silhouette_shift
+from pipelines.xanes.static_fit import static_refined_shifts
 from pipelines.xanes.window import (
     Candidate,
     EdgeTemplate,
     FrameEdges,
     ParticleWindow,
-    bin_mask,
     edge_scale,
 )
 
@@ -233,15 +249,17 @@ class XanesTracker:
         trusted = np.array([r.trusted for r in self._results], dtype=bool)
         self._backfilled = np.zeros((n_p, n), dtype=bool)
         if self._edge_ods and len(self._edge_ods) == n:
-            refined = shift
-            if self._post_edge_applies(global_shift):
-                refined = self._post_edge_shifts(refined, global_shift)
-            if self.params.track.static_refine:
-                refined = self._static_refined_shifts(refined)
-            if refined is not shift:
-                shift = refined
-                global_shift, n_found, spread = self._global_from_shifts(shift)
-                shift = self._drop_far_partials(shift, global_shift)
+            shift, global_shift, n_found, spread, com = self._refined_at_finalize(
+                shift, global_shift, n_found, spread, com
+            )
+        if self.params.track.partial_shift == "drift_when_rigid":
+            # the frames' global shifts do not move: border-cut particles do not vote where
+            # >= 3 whole ones are registered, and only those frames are placed by the drift
+            placed_shift, placed = partials_from_drift(
+                shift, global_shift, self._partial(), self.params.track.post_edge_rigid_px
+            )
+            if placed.any():
+                shift = placed_shift
                 com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -254,7 +272,21 @@ class XanesTracker:
             stacks.append(stack)
             if particle.roi.mask.any():
                 spectra_raw[k] = stack[:, particle.roi.mask].astype(np.float64).mean(axis=1)
-            self._particle_maps(k, particle, stack, energies, edge, white, jump_map, spectra)
+            assert self._labels is not None
+            painted = paint_particle_maps(
+                stack,
+                particle.roi,
+                k + 1,
+                self._labels,
+                energies,
+                params=self.params.spectra,
+                edge=edge,
+                white=white,
+                jump=jump_map,
+            )
+            if painted is not None:
+                frames, normalised = painted
+                spectra[k, frames] = normalised
         return XanesResult(
             labels=self._labels.copy(),
             energies=energies,
@@ -288,6 +320,62 @@ class XanesTracker:
         """Whether :meth:`finalize` re-registered the particles on their post-edge outline."""
         return self._post_edge_applied
 
+    def _refined_at_finalize(
+        self,
+        shift: np.ndarray,
+        global_shift: np.ndarray,
+        n_found: np.ndarray,
+        spread: np.ndarray,
+        com: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The live shifts refined by the post-edge pass (:func:`post_edge_shifts`, when
+        :func:`post_edge_pass_applies`) and the static-pattern fit (``track.static_refine``),
+        with the global shift and the border-cut rule taken again on them."""
+        tp = self.params.track
+        assert self._labels is not None and self._shape is not None
+        refined = shift
+        self._post_edge_applied = False
+        applies, motion = post_edge_pass_applies(
+            self._edge_ods, self._labels, global_shift, track=tp, still_live=self._still_live
+        )
+        if motion is not None:
+            self._background_motion = motion
+        if applies:
+            outcome = post_edge_shifts(
+                self._particles,
+                self._edge_ods,
+                refined,
+                global_shift,
+                shape=self._shape,
+                track=tp,
+            )
+            refined = outcome.shift
+            binning = edge_binning_of(self._shape, self._edge_ods)
+            for filled in outcome.backfilled:
+                self._backfill_crops(filled.particle, filled.frames, filled.shift, binning)
+            self._post_edge_applied = True
+        if tp.static_refine:
+            refined = static_refined_shifts(
+                [p.roi for p in self._particles],
+                self._edge_ods,
+                refined,
+                shape=self._shape,
+                track=tp,
+            )
+        if refined is shift:
+            return shift, global_shift, n_found, spread, com
+        partial = self._partial()
+        global_shift, n_found, spread = global_from_shifts(refined, partial)
+        far = far_partials(refined, global_shift, partial, tp.max_partial_deviation_px)
+        if far.any():
+            refined = refined.copy()
+            refined[far] = np.nan
+            assert self._backfilled is not None
+            self._backfilled &= ~far
+        n_p = self.n_particles
+        com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + refined
+        return refined, global_shift, n_found, spread, com
+
     def _keep_edge_od(self, edges: FrameEdges) -> None:
         tp = self.params.track
         if tp.registration != "edge":
@@ -302,204 +390,6 @@ class XanesTracker:
         elif self._edge_ods:
             # the background was seen to move with the sample: the auto pass will not run
             self._edge_ods = []
-
-    def _post_edge_applies(self, global_shift: np.ndarray) -> bool:
-        """``track.post_edge_pass``: on, off, or auto (the background stays still while the
-        sample drifted at least ``post_edge_min_drift_px``, :func:`background_stays_still`)."""
-        tp = self.params.track
-        self._post_edge_applied = False
-        if tp.post_edge_pass == "off" or tp.registration != "edge":
-            return False
-        if tp.post_edge_pass == "on":
-            return True
-        if self._still_live is False:
-            return False  # seen live: the background moves with the sample
-        assert self._labels is not None and self._shape is not None
-        magnitude = np.hypot(global_shift[:, 0], global_shift[:, 1])
-        magnitude = np.where(np.isfinite(magnitude), magnitude, -1.0)
-        farthest = int(np.argmax(magnitude))
-        if magnitude[farthest] < tp.post_edge_min_drift_px:
-            return False
-        b = max(1, round(self._shape[0] / self._edge_ods[0].shape[0]))
-        first = np.asarray(self._edge_ods[0], dtype=np.float32)
-        second = np.asarray(self._edge_ods[farthest], dtype=np.float32)
-        particles = block_mean(self._labels > 0, b)[: first.shape[0], : first.shape[1]] > 0
-        motion = background_stays_still(
-            first, second, particles, global_shift[farthest] / b, margin_px=max(2, 12 // b)
-        )
-        self._background_motion = motion
-        return bool(
-            motion.still_corr >= tp.post_edge_static_corr and motion.still_corr > motion.moving_corr
-        )
-
-    def _post_edge_shifts(self, shift: np.ndarray, global_shift: np.ndarray) -> np.ndarray:
-        """Every whole particle registered again in the frames it was found in, against its
-        outline in the last of them, re-anchored at frame 0 (:mod:`pipelines.xanes.post_edge`).
-
-        A particle that joined later gets its frame-0 place from the same registration (not
-        from its join frame's global shift); with ``track.post_edge_backfill`` the frames
-        before the first one it was found in after frame 0 (before it joined or was
-        re-acquired) are registered too, predicted by the frame's global shift plus the
-        particle's median offset from it, and kept when they pass the same gates (their
-        aligned ROIs stay out of the maps: the full frames are gone by then). Particles cut
-        by the frame border, and particles whose frame 0 does not register (faint, the outline
-        does not correlate), keep their live shifts; so does any frame the new template does
-        not register.
-        """
-        tp = self.params.track
-        assert self._shape is not None
-        b = max(1, round(self._shape[0] / self._edge_ods[0].shape[0]))
-        cache: dict[int, FrameEdges] = {}
-
-        def edges_of(i: int) -> FrameEdges:
-            if i not in cache:
-                cache[i] = FrameEdges.from_binned(self._edge_ods[i], b)
-            return cache[i]
-
-        out = shift.copy()
-        passes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for k, particle in enumerate(self._particles):
-            edge = particle.edge
-            if edge is None or edge.model is None or (edge.partial and not tp.post_edge_partial):
-                continue
-            found = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
-            if found.size < 2:
-                continue
-            last = int(found[-1])
-            template = edge.renewed(edges_of(last), shift[k, last])
-            if template.model is None:
-                continue
-            frames = set(found.tolist()) | {0}
-            offset = np.zeros(2)
-            later = found[found > 0]
-            if tp.post_edge_backfill and later.size:
-                # the frames before it joined or was re-acquired, predicted by the frame's
-                # drift plus its usual offset (a gap inside its track is more likely a
-                # neighbour's outline and stays NaN)
-                frames |= set(range(int(later[0])))
-                offsets = shift[k, found] - global_shift[found]
-                offsets = offsets[np.all(np.isfinite(offsets), axis=1)]
-                offset = np.median(offsets, axis=0) if offsets.size else offset
-            predicted = np.where(
-                np.all(np.isfinite(shift[k]), axis=1)[:, None], shift[k], global_shift + offset
-            )
-            order = sorted(frames)
-            registered, strength = self._pass_register(template, order, predicted, edges_of)
-            if tp.post_edge_template == "mean":
-                clear = np.all(np.isfinite(registered), axis=1)
-                clear &= strength >= 0.6 * np.nanmax(np.where(clear, strength, np.nan), initial=0)
-                chosen = np.nonzero(clear)[0].tolist()
-                if len(chosen) >= 2:
-                    mean = edge.renewed_mean([edges_of(i) for i in chosen], registered[chosen])
-                    if mean.model is not None:
-                        registered, strength = self._pass_register(mean, order, predicted, edges_of)
-            if not np.all(np.isfinite(registered[0])):
-                continue  # frame 0 not registered: nothing to anchor on
-            valid = np.all(np.isfinite(registered), axis=1)
-            top = np.nanmax(np.where(valid, strength, np.nan), initial=0)
-            faint = valid & (strength < 0.6 * top)
-            faint[0] = True
-            passes[k] = (registered.copy(), faint)
-        anchors = self._post_edge_anchors(passes)
-        for k, (registered, _) in passes.items():
-            anchored = registered - anchors[k]
-            keep = np.all(np.isfinite(anchored), axis=1)
-            if not tp.post_edge_backfill:
-                keep &= np.all(np.isfinite(shift[k]), axis=1)
-            out[k, keep] = anchored[keep]
-            filled = keep & ~np.all(np.isfinite(shift[k]), axis=1)
-            self._backfill_crops(k, np.nonzero(filled)[0], anchored, b)
-        self._post_edge_applied = True
-        return out
-
-    def _drop_far_partials(self, shift: np.ndarray, global_shift: np.ndarray) -> np.ndarray:
-        """The live border-cut rule on the finalize-time shifts: a border-cut particle farther
-        than ``track.max_partial_deviation_px`` from the global shift of a frame with >= 3
-        whole particles is NaN there (``(P, N, 2)``, a copy when anything is dropped)."""
-        limit = self.params.track.max_partial_deviation_px
-        partial = self._partial()
-        if limit is None or not partial.any():
-            return shift
-        found = np.all(np.isfinite(shift), axis=2)
-        whole = np.sum(found & ~partial[:, None], axis=0) >= 3
-        with np.errstate(invalid="ignore"):
-            deviation = np.hypot(*np.moveaxis(shift - global_shift[None], 2, 0))
-            far = found & partial[:, None] & whole[None] & (deviation > limit)
-        if not far.any():
-            return shift
-        shift = shift.copy()
-        shift[far] = np.nan
-        if self._backfilled is not None:
-            self._backfilled &= ~far
-        return shift
-
-    def _moves_rigidly(
-        self, passes: dict[int, tuple[np.ndarray, np.ndarray]], drift: np.ndarray
-    ) -> bool:
-        """Whether the particles move with the drift (the faint-frame anchor assumes it): on
-        each particle's clear frames, where registration is accurate, its offset from the
-        drift varies by at most ``track.post_edge_rigid_px`` (RMS about its mean; median over
-        the particles). A sample that deforms during the scan keeps the frame-0 anchor."""
-        spreads = []
-        for registered, faint in passes.values():
-            relative = registered - registered[0] - drift
-            clear = ~faint & np.all(np.isfinite(relative), axis=1)
-            if np.count_nonzero(clear) >= 3:
-                offset = relative[clear] - relative[clear].mean(axis=0)
-                spreads.append(float(np.sqrt(np.mean(np.sum(offset**2, axis=1)))))
-        return bool(spreads) and float(np.median(spreads)) <= self.params.track.post_edge_rigid_px
-
-    def _pass_register(
-        self, template: EdgeTemplate, frames: list[int], predicted: np.ndarray, edges_of
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One particle's frames registered against a post-edge template: ``(N, 2)`` shifts
-        (NaN where not registered or failing the live gates) and ``(N,)`` outline strengths."""
-        tp = self.params.track
-        registered = np.full(predicted.shape, np.nan)
-        strength = np.full(predicted.shape[0], np.nan)
-        iterations = max(4, tp.refine_iterations)
-        for i in frames:
-            if not np.all(np.isfinite(predicted[i])):
-                continue
-            outcome = template.register(edges_of(i), predicted[i], iterations)
-            if outcome is None:
-                continue
-            s, ncc, strength[i] = outcome
-            if ncc >= tp.min_edge_ncc and np.all(np.abs(s - predicted[i]) <= tp.max_jump_px):
-                registered[i] = s
-        return registered, strength
-
-    def _post_edge_anchors(
-        self, passes: dict[int, tuple[np.ndarray, np.ndarray]]
-    ) -> dict[int, np.ndarray]:
-        """Where each particle's frame 0 sits against its post-edge template.
-
-        ``track.post_edge_anchor="frame0"``: its frame-0 registration. ``"faint_frames"``:
-        frame 0 alone is one faint, noisy registration whose error would stay in every frame
-        of the particle; instead the particle's faint frames (frame 0 and those whose outline
-        is below 0.6 of its clearest) are each compared with the drift of the frame (the
-        median over the particles of their frame-0-anchored shifts) and the median of the
-        differences is the anchor (with 3 or more particles; else frame 0).
-        """
-        frame0 = {k: registered[0].copy() for k, (registered, _) in passes.items()}
-        if self.params.track.post_edge_anchor == "frame0" or len(passes) < 3:
-            return frame0
-        whole = [k for k in passes if not self._particles[k].edge.partial]  # type: ignore[union-attr]
-        voters = whole if len(whole) >= 3 else list(passes)
-        relative = np.stack([passes[k][0] - passes[k][0][0] for k in voters])
-        counted = np.sum(np.all(np.isfinite(relative), axis=2), axis=0)
-        drift = np.full(relative.shape[1:], np.nan)
-        enough = counted >= 3
-        if enough.any():
-            drift[enough] = np.nanmedian(relative[:, enough], axis=0)
-        if not self._moves_rigidly(passes, drift):
-            return frame0
-        anchors = {}
-        for k, (registered, faint) in passes.items():
-            usable = faint & np.all(np.isfinite(drift), axis=1)
-            usable[0] = True
-            anchors[k] = np.median(registered[usable] - drift[usable], axis=0)
-        return anchors
 
     def _backfill_crops(self, k: int, frames: np.ndarray, shift: np.ndarray, binning: int) -> None:
         """Mark particle k's backfilled frames and give them an aligned ROI for the XANES maps.
@@ -518,66 +408,6 @@ class XanesTracker:
             base = np.round(shift[i]).astype(int)
             crop = self._local_background_free(od, np.array(particle.roi.origin) + base, particle)
             self._stacks[k][i] = shift_image(crop, -(shift[i] - base)).astype(np.float32)
-
-    def _static_refined_shifts(self, shift: np.ndarray) -> np.ndarray:
-        """Every particle's shifts refined with the static pattern of its window fitted out
-        (:func:`pipelines.xanes.static_fit.refine_shifts_static`), on the binned OD frames."""
-        tp = self.params.track
-        ods = self._edge_ods
-        assert self._shape is not None
-        b = max(1, round(self._shape[0] / ods[0].shape[0]))
-        height, width = ods[0].shape
-        out = shift.copy()
-        for k, particle in enumerate(self._particles):
-            use = np.nonzero(np.all(np.isfinite(shift[k]), axis=1))[0]
-            if use.size < 4:
-                continue
-            d = shift[k, use] / b
-            origin, mask = bin_mask(particle.roi.mask, np.array(particle.roi.origin), b)
-            margin = 6
-            lo = np.floor(d.min(axis=0)).astype(int)
-            hi = np.ceil(d.max(axis=0)).astype(int)
-            corner = origin + lo - margin
-            size = (
-                next_fast_len(mask.shape[0] + hi[0] - lo[0] + 2 * margin),
-                next_fast_len(mask.shape[1] + hi[1] - lo[1] + 2 * margin),
-            )
-            window = np.stack([extract_crop(ods[t], corner, size) for t in use])
-            footprint = np.zeros(size, dtype=bool)
-            rows, cols = np.nonzero(mask)
-            first = np.round(d[0]).astype(int) + origin - corner
-            footprint[rows + first[0], cols + first[1]] = True
-            support = window_support(footprint, tp.support_px, 3)
-            frame_rows = np.arange(size[0])[:, None] + corner[0]
-            frame_cols = np.arange(size[1])[None, :] + corner[1]
-            support &= (frame_rows >= 2) & (frame_rows < height - 2)
-            support &= (frame_cols >= 2) & (frame_cols < width - 2)
-            refined = refine_shifts_static(
-                window, d, support, rounds=tp.static_refine_rounds, ridge=tp.static_refine_ridge
-            )
-            out[k, use] = refined * b
-        return out
-
-    def _global_from_shifts(self, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Global shift, particles behind it and their spread per frame (the rule of
-        :meth:`_frame_result`) from a ``(P, N, 2)`` shift array."""
-        partial = self._partial()
-        n = shift.shape[1]
-        global_shift = np.full((n, 2), np.nan)
-        n_found = np.zeros(n, dtype=int)
-        spread = np.full(n, np.nan)
-        for i in range(n):
-            found = np.all(np.isfinite(shift[:, i]), axis=1)
-            whole = found & ~partial
-            voters = whole if whole.sum() >= 3 else found
-            n_found[i] = int(voters.sum())
-            if n_found[i]:
-                global_shift[i] = robust_global_shift(
-                    np.where(voters[:, None], shift[:, i], np.nan)
-                )
-            if n_found[i] >= 2:
-                spread[i] = 1.4826 * np.median(np.abs(shift[voters, i] - global_shift[i]))
-        return global_shift, n_found, spread
 
     def _map(self, function, items) -> list:
         """``map`` over particles, on ``track.workers`` threads (1 is the fastest, see params)."""
@@ -671,7 +501,10 @@ class XanesTracker:
         for k, particle in enumerate(self._particles):
             crop = self._local_background_free(od, np.array(particle.roi.origin), particle)
             self._stacks[k].append(crop)
-            particle.template_sum += self._soft_template_frame0(od, particle)
+            silhouette, com = frame0_silhouette(particle, od, tp.threshold_fraction)
+            if com is not None:
+                particle.com0 = com
+            particle.template_sum += silhouette
             particle.template_count = 1
             particle.edge = self._edge_template(edges, particle, np.array(particle.roi.origin))
             ssim[k] = 1.0
@@ -781,11 +614,14 @@ class XanesTracker:
 
             def refine(pair: tuple[int, int]):
                 k, j = pair
-                return self._refine(k, candidates[j], od, predicted[k])
+                return silhouette_shift(
+                    self._particles[k], candidates[j], od, predicted[k], track=self.params.track
+                )
 
             for (k, _), refined in zip(pairs, self._map(refine, pairs), strict=True):
                 if refined is not None:
-                    shifts[k], ssim[k] = refined
+                    shifts[k], ssim[k], aligned = refined
+                    self._stacks[k].append(aligned)
                     found[k] = True
         for lost in np.nonzero(~found)[0]:
             self._stacks[int(lost)].append(None)
@@ -1036,17 +872,12 @@ class XanesTracker:
         """
         tp = self.params.track
         n_p = self.n_particles
-        # particles cut by the border vote only when fewer than 3 whole ones were registered:
-        # their outline changes as the sample drifts across the border
-        whole = found & ~self._partial()
-        voters = whole if whole.sum() >= 3 else found
-        n_found = int(voters.sum())
-        if n_found:
-            global_shift = robust_global_shift(np.where(voters[:, None], shifts, np.nan))
-        else:
-            global_shift = np.full(2, np.nan)
-        if whole.sum() >= 3:
-            dropped = self._inconsistent_partials(found, shifts, global_shift)
+        partial = self._partial()
+        global_shift, voters, n_found, spread = frame_consensus(found, shifts, partial)
+        if np.sum(found & ~partial) >= 3:
+            dropped = inconsistent_partials(
+                found, shifts, global_shift, partial, tp.max_partial_deviation_px
+            )
             for index in np.nonzero(dropped)[0].tolist():
                 found[index] = False
                 shifts[index] = np.nan
@@ -1058,10 +889,6 @@ class XanesTracker:
             if found[k]:
                 particle.last_shift = shifts[k]
                 particle.last_coarse = self._coarse_global.copy()
-        spread = float("nan")
-        if n_found >= 2:
-            deviation = np.abs(shifts[voters] - global_shift).ravel()
-            spread = float(1.4826 * np.median(deviation))
         trusted = bool(
             n_found >= tp.min_particles_trusted
             and (tp.max_spread_px is None or n_found < 2 or spread <= tp.max_spread_px)
@@ -1102,19 +929,6 @@ class XanesTracker:
         base = np.round(shift).astype(int)
         crop = self._local_background_free(od, np.array(particle.roi.origin) + base, particle)
         return shift_image(crop, -(shift - base)).astype(np.float32, copy=False)
-
-    def _inconsistent_partials(
-        self, found: np.ndarray, shifts: np.ndarray, global_shift: np.ndarray
-    ) -> np.ndarray:
-        """Border-cut particles farther than ``track.max_partial_deviation_px`` from the global
-        shift of a frame (``(P,)`` bool; the caller checks it has >= 3 whole particles)."""
-        limit = self.params.track.max_partial_deviation_px
-        partial = self._partial()
-        if limit is None or not np.all(np.isfinite(global_shift)):
-            return np.zeros(partial.shape, dtype=bool)
-        with np.errstate(invalid="ignore"):
-            deviation = np.hypot(*(shifts - global_shift).T)
-            return found & partial & (deviation > limit)
 
     def _register_edges(
         self, od: np.ndarray, edges: FrameEdges, predicted: np.ndarray
@@ -1203,137 +1017,11 @@ class XanesTracker:
         edge.offset = edge.offset - misfit
         return shift - misfit
 
-    def _soft_template_frame0(self, od: np.ndarray, particle: ParticleWindow) -> np.ndarray:
-        origin = np.array(particle.roi.origin)
-        w_origin, window = particle.search_window(od, origin)
-        candidates = particle.candidates(window, w_origin, self.params.track.threshold_fraction)
-        if not candidates:
-            return np.zeros(particle.roi.shape, dtype=np.float32)
-        # the reference centre uses the same estimator (soft-mask moments) as later frames
-        best = min(candidates, key=lambda c: float(np.linalg.norm(c.com - particle.com0)))
-        particle.com0 = best.com
-        return extract_crop(best.silhouette, origin - best.origin, particle.roi.shape)
-
-    def _refine(
-        self, k: int, candidate: Candidate, od: np.ndarray, predicted: np.ndarray
-    ) -> tuple[np.ndarray, float] | None:
-        """Sub-pixel shift of particle k from its matched candidate, and its SSIM.
-
-        The moment estimate is refined by registering the particle's silhouette (soft mask,
-        insensitive to the chemistry-dependent contrast inside the particle) to its template on
-        a fixed support around the reference footprint: Gauss-Newton on the squared difference
-        (``refine_method="gradient"``) or cross/phase correlation (``"correlation"``). When the
-        matched component is much larger than the particle (merged with a neighbour), the
-        moments are taken inside the support only. None when the estimates disagree.
-        """
-        tp = self.params.track
-        particle = self._particles[k]
-        template = particle.template()
-        template_centred, template_mean, template_var = particle.template_stats()
-        ratio = candidate.area / max(particle.area, 1.0)
-        if 0.67 <= ratio <= 1.5:
-            coarse = candidate.com - particle.com0
-        else:
-            coarse = np.asarray(predicted, dtype=np.float64)
-            support_com = centre_of_mass(template * particle.support)
-            for _ in range(3):
-                base = np.round(coarse).astype(int)
-                moving = extract_crop(
-                    candidate.silhouette,
-                    np.array(particle.roi.origin) + base - candidate.origin,
-                    particle.roi.shape,
-                )
-                coarse = base + centre_of_mass(moving * particle.support) - support_com
-            if not np.all(np.isfinite(coarse)):
-                return None
-        base = np.round(coarse).astype(int)
-        moving = extract_crop(
-            candidate.silhouette,
-            np.array(particle.roi.origin) + base - candidate.origin,
-            particle.roi.shape,
-        )
-        refined: np.ndarray | None
-        if tp.refine_method == "gradient":
-            refined = particle.gradient_model().displacement(
-                moving, coarse - base, tp.refine_iterations
-            )
-        else:
-            correlator = PhaseCorrelator(template, upsample=tp.upsample, whitening=tp.whitening)
-            refined = correlator.displacement(moving)[0]
-        if refined is None or not np.all(
-            np.abs(base + refined - coarse) <= tp.max_refine_disagreement_px
-        ):
-            return None
-        shift = (1.0 - tp.refine_weight) * coarse + tp.refine_weight * (base + refined)
-        base = np.round(shift).astype(int)
-        residual = shift - base
-        origin = np.array(particle.roi.origin) + base
-        silhouette = extract_crop(
-            candidate.silhouette, origin - candidate.origin, particle.roi.shape
-        )
-        if tp.template_update:
-            silhouette = shift_image(silhouette, -residual).astype(np.float32)
-            particle.template_sum += silhouette
-            particle.template_count += 1
-        # roi_ssim(silhouette, template, data_range=1.0) with the template's moments cached
-        values = np.asarray(silhouette, dtype=np.float64)
-        mean = values.mean()
-        centred = values - mean
-        score = ssim_from_moments(
-            mean,
-            template_mean,
-            float((centred * centred).mean()),
-            template_var,
-            float((centred * template_centred).mean()),
-            data_range=1.0,
-        )
-        crop = np.asarray(extract_crop(od, origin, particle.roi.shape), dtype=np.float32)
-        crop = crop - extract_crop(candidate.background, origin - candidate.origin, crop.shape)
-        self._stacks[k].append(shift_image(crop, -residual).astype(np.float32, copy=False))
-        return shift, score
-
     # ------------------------------------------------------------------ finalize
     def _particle_stack(self, k: int) -> np.ndarray:
         shape = self._particles[k].roi.shape
         nan = np.full(shape, np.nan, dtype=np.float32)
         return np.stack([nan if a is None else a for a in self._stacks[k]])
-
-    def _particle_maps(
-        self,
-        k: int,
-        particle: ParticleWindow,
-        stack: np.ndarray,
-        energies: np.ndarray,
-        edge: np.ndarray,
-        white: np.ndarray,
-        jump_map: np.ndarray,
-        spectra: np.ndarray,
-    ) -> None:
-        assert self._labels is not None
-        found = np.all(np.isfinite(stack.reshape(stack.shape[0], -1)[:, :1]), axis=1)
-        mask = particle.roi.mask
-        if found.sum() < 8 or not mask.any():
-            return
-        sp = self.params.spectra
-        sub_e = energies[found]
-        try:
-            pixels = analyse_spectra(sub_e, stack[found][:, mask].T, params=sp)
-            mean = analyse_spectra(sub_e, stack[found][:, mask].mean(axis=1), params=sp)
-        except ValueError:
-            return
-        order = np.argsort(sub_e, kind="stable")
-        normalised = np.empty(found.sum())
-        normalised[order] = mean.normalised
-        spectra[k, found] = normalised
-        r0, c0 = particle.roi.origin
-        rows, cols = np.nonzero(mask)
-        rows, cols = rows + r0, cols + c0
-        inside = (rows >= 0) & (cols >= 0) & (rows < edge.shape[0]) & (cols < edge.shape[1])
-        own = self._labels[rows[inside], cols[inside]] == k + 1
-        sel_r, sel_c = rows[inside][own], cols[inside][own]
-        edge[sel_r, sel_c] = pixels.edge_energy[inside][own]
-        white[sel_r, sel_c] = pixels.whiteline_energy[inside][own]
-        jump_map[sel_r, sel_c] = pixels.edge_jump[inside][own]
 
 
 def align_stack(

@@ -99,16 +99,16 @@ def _errors(scene: DenseTxmScene, result, truth: np.ndarray) -> tuple[np.ndarray
 
 
 def test_dense_scene_holds_its_measured_level(dense):
-    """Not the issue-12 goals (see the xfail below): the level measured on 2026-11-30 (8th
-    session: per particle 0.71 px, global 0.41 px, 8 of 8 wholly visible particles tracked, the
-    worst particle-frame 2.02 px off; 7th session 1.09 / 0.44 / 8 / 2.72; before it 1.16 /
-    0.61 / 8 / 2.99), with a margin, so that a change that makes the dense family worse fails
-    here."""
+    """Not the issue-12 goals (see the xfail below): the level measured on 2026-11-30 (9th
+    session, border-cut particles placed by the drift: per particle 0.57 px, global 0.41 px, 8
+    of 8 wholly visible particles tracked, the worst particle-frame 1.49 px off; 8th session
+    0.71 / 0.41 / 8 / 2.02; 7th session 1.09 / 0.44 / 8 / 2.72; before it 1.16 / 0.61 / 8 /
+    2.99), with a margin, so that a change that makes the dense family worse fails here."""
     scene, result, truth = dense
     error, tracked = _errors(scene, result, truth)
     distance = np.hypot(error[:, 0], error[:, 1])
     rms = float(np.sqrt(np.mean(distance**2)))
-    assert rms <= 0.85, f"per-particle RMS {rms:.3f} px"
+    assert rms <= 0.7, f"per-particle RMS {rms:.3f} px"
     global_rms = _global_rms(result.global_shift, truth)
     assert global_rms <= 0.5, f"global RMS {global_rms:.3f} px"
     visible = int(np.count_nonzero(scene.wholly_visible()))
@@ -124,7 +124,8 @@ def test_dense_scene_holds_its_measured_level(dense):
         ("post_edge_anchor", "frame0"),
         # the last frame's outline as the pass's template: 0.75 px per particle, 0.44 global
         ("post_edge_template", "last"),
-        # border-cut particles left at their live shifts: 0.86 px per particle
+        # border-cut particles left at their live shifts: 0.86 px per particle (measured with
+        # their own shifts kept at finalize, track.partial_shift="own", where the pass matters)
         ("post_edge_partial", False),
     ],
 )
@@ -133,7 +134,11 @@ def test_dense_scene_post_edge_pass_parts_each_help(dense, option, value):
     per particle (default 0.71 px): the faint-frame anchor, the mean outline template and the
     border-cut particles in the pass."""
     scene, result, truth = dense
-    other = _track(scene, result.energies, {option: value}).finalize()
+    if option == "post_edge_partial":
+        result = _track(scene, result.energies, {"partial_shift": "own"}).finalize()
+        other = _track(scene, result.energies, {option: value, "partial_shift": "own"}).finalize()
+    else:
+        other = _track(scene, result.energies, {option: value}).finalize()
     error_other, _ = _errors(scene, other, truth)
     error_now, _ = _errors(scene, result, truth)
     rms_other = float(np.sqrt(np.mean(np.sum(error_other**2, axis=1))))
@@ -315,3 +320,31 @@ def test_dense_scene_lost_particle_is_reacquired_with_its_earlier_frames():
     assert np.all(np.isfinite(shift))
     error = np.hypot(*(shift - truth[6]).T)
     assert error.max() < 1.5, np.round(error, 2)
+
+
+def test_dense_scene_border_cut_particles_placed_by_the_drift(dense):
+    """The whole particles of this scene move with the drift (their own wobble is <= 0.4 px),
+    so a border-cut particle's shift is the frame's global shift (``track.partial_shift``):
+    the border-cut particles' own registrations are off by more than the drift is (measured
+    2026-11-30 on seed 100: per particle 0.706 -> 0.569 px, the global shift unchanged), and
+    the particle-frames registered stay the same (NaN stays NaN)."""
+    scene, result, truth = dense
+    own = _track(scene, result.energies, {"partial_shift": "own"}).finalize()
+    np.testing.assert_array_equal(own.global_shift, result.global_shift)
+    np.testing.assert_array_equal(
+        np.isfinite(own.particle_shift), np.isfinite(result.particle_shift)
+    )
+    partial = result.partial
+    assert partial.any()
+    placed = np.all(np.isfinite(result.particle_shift[partial]), axis=2)
+    assert placed.any()
+    np.testing.assert_array_equal(
+        result.particle_shift[partial][placed],
+        np.broadcast_to(result.global_shift, result.particle_shift[partial].shape)[placed],
+    )
+    np.testing.assert_array_equal(result.particle_shift[~partial], own.particle_shift[~partial])
+    error_own, _ = _errors(scene, own, truth)
+    error_now, _ = _errors(scene, result, truth)
+    rms_own = float(np.sqrt(np.mean(np.sum(error_own**2, axis=1))))
+    rms_now = float(np.sqrt(np.mean(np.sum(error_now**2, axis=1))))
+    assert rms_now < rms_own - 0.05, (rms_now, rms_own)
