@@ -339,8 +339,11 @@ class ChildWriter:
         self._rows[key] = offset + rows.shape[axis]
         return offset
 
-    def table_rows(self, key: str, columns: dict[str, list[Any]]) -> None:
-        self._write("table_rows", key, columns)
+    def table_rows(
+        self, key: str, columns: dict[str, list[Any]], *, by_seq_num: bool = False
+    ) -> None:
+        # the parent's writer numbers the rows (row_index), as it keys the appends
+        self._write("table_rows", key, columns, by_seq_num=by_seq_num)
 
 
 def _child_main(
