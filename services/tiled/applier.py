@@ -383,6 +383,8 @@ class TiledApplier:
             # rows read back by row_index (or seq_num) on every table storage
             node = self._tables[ident] = create_ordered_table(parent, table.schema, key=key)
             self._table_len[ident] = 0
+            if ROW_INDEX not in table.column_names:
+                self._unindexed.add(ident)  # (a record spooled before row_index existed)
         if ident in self._unindexed and ROW_INDEX in table.column_names:
             table = table.drop_columns([ROW_INDEX])
         if ident in self._uncertain and offset >= 0:

@@ -167,3 +167,30 @@ def test_row_index_is_the_writers_own_column(tmp_path):
         out.table_rows("t", {ROW_INDEX: [0], "x": [1]})
     with pytest.raises(ValueError, match="seq_num"):
         out.table_rows("t", {"x": [1]}, by_seq_num=True)
+
+
+def test_tables_made_before_row_index_existed_take_later_rows(tiled_client):
+    """A run replayed across the upgrade: its table in Tiled, or its first spooled rows, have
+    no ``row_index``; the later rows, which have one, go in without it, every row once."""
+    import pyarrow as pa
+
+    from services.tiled.records import Container, TableRows
+
+    uid = str(uuid.uuid4())
+    path = ("analysis", uid, FRAMES.pipeline)
+    applier = TiledApplier(tiled_client)
+    applier(Container(path, {"status": "running"}))
+    # made by this applier from rows spooled by the code of before
+    applier(TableRows(path, "made_here", {"seq_num": [1, 1]}, offset=0))
+    applier(TableRows(path, "made_here", {ROW_INDEX: [2], "seq_num": [2]}, offset=2))
+    # made before the consumer restarted; the replay writes its rows again, with row_index
+    node = tiled_client["analysis"][uid][FRAMES.pipeline]
+    schema = pa.schema([("seq_num", pa.int64())])
+    made = node.create_appendable_table(schema=schema, key="made_before")
+    made.append_partition(0, pa.table({"seq_num": [1, 1]}, schema=schema))
+    rows = {ROW_INDEX: [0, 1, 2], "seq_num": [1, 1, 2]}
+    TiledApplier(tiled_client)(TableRows(path, "made_before", rows, offset=0))
+    for key in ("made_here", "made_before"):
+        table = node[key].read()
+        assert list(table.columns) == ["seq_num"], key
+        assert sorted(table["seq_num"].tolist()) == [1, 1, 2], key
