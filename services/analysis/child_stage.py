@@ -19,7 +19,11 @@ What is sent over the pipe is pickled, between this process and its own child on
 anything from the network). The child's Python errors come back as a message and fail the
 stage with them; a child that dies (SIGKILL, out of memory) fails the stages of the run it had
 not finished, with the exit signal in the error. It is not retried: a stage that ran out of
-memory would run out again, and its run's journal lets an operator replay it. While the
+memory would run out again, and its run's journal lets an operator replay it. A child that
+runs past its time limit (``after_scan_timeout``: a base plus a time per million voxels, as
+its volume is large), or that sends nothing for ``after_scan_timeout.idle_s`` when that is set,
+is taken for hung: killed, its stages failed with :class:`StageTimeout` (which run, how long,
+which limit) and counted in ``beamwatch_after_scan_timeouts_total``. While the
 consumer stops, :meth:`ChildStages.close` kills the children and their stages end with
 :class:`~services.analysis.results.RecoveryInterrupted`: the run is left open and the next
 process replays it. A child also dies with its parent (``PR_SET_PDEATHSIG`` on Linux, and a
@@ -50,6 +54,8 @@ import numpy as np
 
 from services.analysis.results import RecoveryInterrupted, ResultWriter
 from services.core.layout import Status
+from services.core.metrics import Metrics
+from services.core.settings import AfterScanTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,12 @@ class StageChildError(RuntimeError):
     """The after-scan stage raised in its child process (the message names the error)."""
 
 
+class StageTimeout(RuntimeError):
+    """The after-scan stage ran past its time limit, or its child sent nothing for
+    ``after_scan_timeout.idle_s``: the child was killed (the message says which run, how
+    long and which limit)."""
+
+
 @dataclass(frozen=True)
 class FileArray:
     """An array the child saved as an npy file (its name in the stage directory)."""
@@ -93,12 +105,21 @@ class ChildStages:
     """Runs after-scan stages in spawned child processes, one per stage."""
 
     def __init__(
-        self, work_dir: Path, *, threads: int | None = None, log_level: str | int = "INFO"
+        self,
+        work_dir: Path,
+        *,
+        threads: int | None = None,
+        log_level: str | int = "INFO",
+        timeout: AfterScanTimeout | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.work_dir = Path(work_dir)
         self.threads = threads or default_threads()
+        #: when a stage's child is deemed hung (read as each stage starts)
+        self.timeout = timeout or AfterScanTimeout()
+        self._metrics = metrics
         self._log_level = log_level
         self._lock = threading.Lock()
         self._children: set[Any] = set()
@@ -135,10 +156,18 @@ class ChildStages:
             return len(self._children)
 
     def run(
-        self, target: str, *, stage_dir: Path, params: dict[str, Any], out: ResultWriter
+        self,
+        target: str,
+        *,
+        stage_dir: Path,
+        params: dict[str, Any],
+        out: ResultWriter,
+        voxels: int | None = None,
     ) -> None:
         """Run ``target`` (``"module:function"``, called as ``function(stage_dir, params,
         writer)``) in a child process; its writes go to ``out`` (and its siblings) in order.
+
+        ``voxels`` (the volume's size) scales the stage's time limit (:attr:`timeout`).
 
         Raises
         ------
@@ -147,9 +176,14 @@ class ChildStages:
         StageChildDied
             The child died before the stage of ``out`` was final (the stages it had
             announced and not finished are marked failed first).
+        StageTimeout
+            The stage ran past its time limit or its child sent nothing for ``idle_s``: the
+            child was killed, the other stages it had announced are marked failed first.
         RecoveryInterrupted
             :meth:`close` was called (the consumer stops) before the stage ended.
         """
+        timeout = self.timeout
+        limit = timeout.limit(voxels)
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
         child = context.Process(
@@ -171,13 +205,18 @@ class ChildStages:
                 raise RecoveryInterrupted(out.run_uid)
             child.start()
             self._children.add(child)
+        started = time.monotonic()
         send.close()  # the child holds the only sending end: its death ends the pipe
         relay = _Relay(out, stage_dir)
         outcome: tuple[Any, ...] | None = None
         try:
-            outcome = _relay_messages(receive, child, relay)
+            outcome = _relay_messages(
+                receive, child, relay, deadline=started + limit, idle=timeout.idle_s
+            )
         finally:
             receive.close()
+            if outcome is not None and outcome[0] == "timeout":
+                child.kill()
             child.join(10)
             if child.is_alive():
                 child.kill()
@@ -187,6 +226,30 @@ class ChildStages:
                 closed = self._closed
         if outcome is not None and outcome[0] == "done":
             return
+        if outcome is not None and outcome[0] == "timeout":
+            kind = str(outcome[1])
+            ran = time.monotonic() - started
+            if kind == "idle":
+                why = (
+                    f"sent no write for {timeout.idle_s:g} s "
+                    f"(after_scan_timeout.idle_s), {ran:.1f} s after its child started"
+                )
+            else:
+                mvoxels = (voxels or 0) / 1e6
+                why = (
+                    f"ran {ran:.1f} s, past its time limit of {limit:.1f} s (after_scan_timeout: "
+                    f"{timeout.base_s:g} s + {timeout.per_mvoxel_s:g} s per million voxels x "
+                    f"{mvoxels:.2f} Mvoxels)"
+                )
+            error = (
+                f"the after-scan stage {out.pipeline!r} of run {out.run_uid} {why}; its child "
+                f"process (pid {child.pid}) was killed"
+            )
+            logger.error("%s", error, extra={"run_uid": out.run_uid})
+            if self._metrics is not None:
+                self._metrics.after_scan_timeouts.labels(self._metrics.service, kind).inc()
+            relay.fail_unfinished(f"{StageTimeout.__name__}: {error}")
+            raise StageTimeout(error)
         if outcome is not None and outcome[0] == "error":
             relay.fail_unfinished(f"{StageChildError.__name__}: {outcome[1]}")
             raise StageChildError(outcome[1])
@@ -199,9 +262,20 @@ class ChildStages:
             raise StageChildDied(error)
 
 
-def _relay_messages(receive: Any, child: Any, relay: _Relay) -> tuple[Any, ...] | None:
-    """Apply the child's writes until it says it is done or failed, or until it is gone."""
+def _relay_messages(
+    receive: Any, child: Any, relay: _Relay, *, deadline: float, idle: float | None
+) -> tuple[Any, ...] | None:
+    """Apply the child's writes until it says it is done or failed, or until it is gone;
+    ``("timeout", "total" | "idle")`` past ``deadline`` (monotonic), or after ``idle`` seconds
+    without a message once the stage has started (the child's start-up, spawn and imports,
+    took over 3 s at a load of 11: only the deadline bounds it)."""
+    last: float | None = None  # the child's last message, from its "started" on
     while True:
+        now = time.monotonic()
+        if now > deadline:
+            return ("timeout", "total")
+        if idle is not None and last is not None and now - last > idle:
+            return ("timeout", "idle")
         if not receive.poll(0.5):
             if child.is_alive():
                 continue
@@ -211,9 +285,10 @@ def _relay_messages(receive: Any, child: Any, relay: _Relay) -> tuple[Any, ...] 
             message = receive.recv()
         except (EOFError, OSError):
             return None
+        last = time.monotonic()
         if message[0] == "write":
             relay.apply(*message[1:])
-        else:
+        elif message[0] != "started":
             return tuple(message)
 
 
@@ -339,8 +414,11 @@ class ChildWriter:
         self._rows[key] = offset + rows.shape[axis]
         return offset
 
-    def table_rows(self, key: str, columns: dict[str, list[Any]]) -> None:
-        self._write("table_rows", key, columns)
+    def table_rows(
+        self, key: str, columns: dict[str, list[Any]], *, by_seq_num: bool = False
+    ) -> None:
+        # the parent's writer numbers the rows (row_index), as it keys the appends
+        self._write("table_rows", key, columns, by_seq_num=by_seq_num)
 
 
 def _child_main(
@@ -366,6 +444,7 @@ def _child_main(
     try:
         module, _, function = target.partition(":")
         stage = getattr(importlib.import_module(module), function)
+        send.send(("started",))  # the parent's no-progress clock starts here
         stage(Path(stage_dir), params, writer)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the stage
         logger.error("after-scan stage failed: %s", exc, exc_info=True, extra={"run_uid": run_uid})

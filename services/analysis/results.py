@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.core.layout import Status, analysis_path
+from services.core.layout import ROW_INDEX, Status, analysis_path
 from services.runs.frames import Frame
 from services.runs.routing import Doc
 from services.tiled.records import (
@@ -99,10 +99,26 @@ class ResultWriter:
         self._rows[key] = offset + rows.shape[axis]
         return offset
 
-    def table_rows(self, key: str, columns: dict[str, list[Any]]) -> None:
-        """Append rows (columns of equal length) to an appendable table."""
+    def table_rows(
+        self, key: str, columns: dict[str, list[Any]], *, by_seq_num: bool = False
+    ) -> None:
+        """Append rows (columns of equal length) to an appendable table.
+
+        The table's rows read back in append order on every table storage
+        (:mod:`services.tiled.tables`): a first column ``row_index`` (:data:`ROW_INDEX`) holds
+        each row's place, from the row offset that keys the append (a retry or a replay after
+        a restart writes the same indices). ``by_seq_num``: each row has a ``seq_num`` of its
+        own, by which the table is ordered instead (no ``row_index``).
+        """
         n = len(next(iter(columns.values())))
         offset = self._table_rows.get(key, 0)
+        if by_seq_num:
+            if "seq_num" not in columns:
+                raise ValueError(f"{key}: by_seq_num needs a seq_num column, got {list(columns)}")
+        else:
+            if ROW_INDEX in columns:
+                raise ValueError(f"{key}: {ROW_INDEX!r} is the writer's column, not the caller's")
+            columns = {ROW_INDEX: list(range(offset, offset + n)), **columns}
         self._spool.put(TableRows(self.path, key, columns, offset=offset))
         self._table_rows[key] = offset + n
 

@@ -214,6 +214,7 @@ class CracksPipeline:
 
     def _stage_in_child(self, child: ChildStages, out: Any) -> None:
         """The in-memory stage in a child process: the frames handed over as npy files."""
+        rows, cols = np.shape(self._frames["primary"][0])[:2]
         with child.stage_dir(self._uid) as work:
             for stream, frames in self._frames.items():
                 if frames:
@@ -226,7 +227,14 @@ class CracksPipeline:
                 "figures_dir": str(self._figures_root),
                 "data_dir": None if self._data_dir is None else str(self._data_dir),
             }
-            child.run(f"{__name__}:stage_in_child", stage_dir=work, params=params, out=out)
+            # the time limit grows with the (rows, cols, cols) volume
+            child.run(
+                f"{__name__}:stage_in_child",
+                stage_dir=work,
+                params=params,
+                out=out,
+                voxels=int(rows) * int(cols) * int(cols),
+            )
 
     def stage(
         self,

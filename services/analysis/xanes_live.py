@@ -472,6 +472,7 @@ class XanesLivePipeline:
                 "latency_ms": [latency * 1e3],
                 "recovered": [frame.recovered],
             },
+            by_seq_num=True,  # one row per energy
         )
         p = result.particle_com.shape[0]
         out.table_rows(

@@ -17,6 +17,10 @@ from typing import Any
 #: Top-level containers of the catalog.
 RAW = "raw"
 ANALYSIS = "analysis"
+#: The first column of an analysis table without a seq_num of its own per row: the row's place
+#: in the table, from 0 in append order; the table's rows read back in its order on every
+#: table storage (``services.tiled.tables``).
+ROW_INDEX = "row_index"
 
 
 class Status(StrEnum):
@@ -170,6 +174,7 @@ def layout_json() -> dict[str, Any]:
     """The whole layout as plain JSON, as the live page reads it (``/layout.json``)."""
     return {
         "containers": {"raw": RAW, "analysis": ANALYSIS},
+        "row_index": ROW_INDEX,
         "status": {s.name.lower(): s.value for s in Status},
         "final_statuses": [s.value for s in FINAL_STATUSES],
         "raw_status": {s.name.lower(): s.value for s in RawStatus},

@@ -146,6 +146,14 @@ class Metrics:
             ["service", "pipeline"],
             registry=r,
         )
+        self.after_scan_timeouts = Counter(
+            "beamwatch_after_scan_timeouts",
+            "After-scan stages whose child process was killed for running past its time "
+            "limit (limit=total) or for sending no write for after_scan_timeout.idle_s "
+            "(limit=idle).",
+            ["service", "limit"],
+            registry=r,
+        )
         # JetStream bus (bus.mode: nats)
         self.runs_claimed = Counter(
             "beamwatch_runs_claimed",

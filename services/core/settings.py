@@ -168,6 +168,32 @@ class DaskSettings(BaseModel):
     slab_slices: int | None = Field(None, ge=1)
 
 
+class AfterScanTimeout(BaseModel):
+    """How long a tomogram's after-scan stage may run in its child process before the child
+    is killed and the stage fails (``services.analysis.child_stage``).
+
+    The time limit grows with the volume: ``base_s`` plus ``per_mvoxel_s`` per million voxels
+    (rows x columns x columns of the projections). Measured on 2 shared cores (README, issue
+    13/14): a 512^3 stage (134 Mvoxels) took 10 to 30 min (crack map 484 s and particle stage
+    1188 s at a load of 11); the default gives it 1800 + 40 x 134 = 7168 s (about 2 h), and a
+    64 x 256 x 256 one (4.2 Mvoxels) 1968 s. ``idle_s``, when set, also ends a stage whose child
+    sent no write for that long once the stage started (after the child's imports). The crack
+    map writes a slice at a time, but the reconstruction and the particle stage write only at
+    their ends (a 512^3 particle stage: about 20 min without a write), so keep it well above
+    the longest silent step of your volumes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_s: float = Field(1800.0, gt=0)
+    per_mvoxel_s: float = Field(40.0, ge=0)
+    idle_s: float | None = Field(None, gt=0)
+
+    def limit(self, voxels: int | None) -> float:
+        """Seconds a stage of ``voxels`` voxels may run (``base_s`` when the size is unknown)."""
+        return self.base_s + self.per_mvoxel_s * max(0, voxels or 0) / 1e6
+
+
 class BeamwatchSettings(BaseSettings):
     """Effective settings: defaults < YAML file < environment (``BEAMWATCH_TILED__PORT=...``)."""
 
@@ -227,6 +253,9 @@ class BeamwatchSettings(BaseSettings):
     after_scan_child: bool = True
     #: Numeric threads (torch, BLAS, OpenMP) of that child; None = every core but one.
     after_scan_threads: int | None = Field(None, ge=1)
+    #: When that child is deemed hung: killed, its stages ``failed`` (``StageTimeout: ...``),
+    #: counted in ``beamwatch_after_scan_timeouts_total``; the consumer goes on.
+    after_scan_timeout: AfterScanTimeout = AfterScanTimeout()
     log_level: str = "INFO"
 
     # ---- derived paths -------------------------------------------------------------------

@@ -196,6 +196,8 @@ class Consumer:
                         settings.spool_dir / role / "stages",
                         threads=settings.after_scan_threads,
                         log_level=settings.log_level,
+                        timeout=settings.after_scan_timeout,
+                        metrics=self.metrics,
                     )
                 registry = default_registry(
                     settings.data_dir / "figures",

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from services.core.layout import ROW_INDEX
 from services.tiled.records import (
     ArrayFile,
     ArrayRows,
@@ -26,6 +27,7 @@ from services.tiled.records import (
 )
 from services.tiled.settling import install, requests_of
 from services.tiled.spool import PermanentWriteError, lane_of
+from services.tiled.tables import create_ordered_table
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ class TiledApplier:
         self._arrays: dict[tuple[str, ...], tuple[Any, int]] = {}
         self._table_len: dict[tuple[str, ...], int] = {}
         self._uncertain: set[tuple[str, ...]] = set()
+        #: tables made without a row_index column (before it existed)
+        self._unindexed: set[tuple[str, ...]] = set()
         #: external frame arrays: node, its data source id, frames advertised
         self._external: dict[tuple[str, ...], tuple[Any, int, int]] = {}
 
@@ -369,13 +373,20 @@ class TiledApplier:
         if node is None and key in parent:
             node = self._tables[ident] = parent[key]
             self._uncertain.add(ident)
+            if ROW_INDEX not in node.columns:
+                # made before its rows had an index (a run replayed across an upgrade): its
+                # rows keep the storage's order, and later ones fit its schema
+                self._unindexed.add(ident)
         if node is None:
             if offset > 0:
                 raise PermanentWriteError(f"{key}: first rows must start at row 0, got {offset}")
-            node = self._tables[ident] = parent.create_appendable_table(
-                schema=table.schema, key=key
-            )
+            # rows read back by row_index (or seq_num) on every table storage
+            node = self._tables[ident] = create_ordered_table(parent, table.schema, key=key)
             self._table_len[ident] = 0
+            if ROW_INDEX not in table.column_names:
+                self._unindexed.add(ident)  # (a record spooled before row_index existed)
+        if ident in self._unindexed and ROW_INDEX in table.column_names:
+            table = table.drop_columns([ROW_INDEX])
         if ident in self._uncertain and offset >= 0:
             # After a failure or a restart the table may already hold these rows.
             self._table_len[ident] = len(node.read())

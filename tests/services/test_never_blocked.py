@@ -108,12 +108,16 @@ class ChildHeldStage:
             self._child.run(target, stage_dir=work, params=params, out=out)
 
 
-def held_consumer(settings, files, target="held_stage"):
+def held_consumer(settings, files, target="held_stage", timeout=None):
     """An analysis consumer with frame statistics for every run and, for runs started with
-    ``held=True``, :class:`ChildHeldStage`; its child stages work under the spool dir."""
+    ``held=True``, :class:`ChildHeldStage`; its child stages work under the spool dir, with
+    ``timeout`` (an ``AfterScanTimeout``; None: the default) and the consumer's metrics."""
     from services.analysis.child_stage import ChildStages
 
-    child = ChildStages(settings.spool_dir / "analysis" / "stages", threads=1)
+    metrics = Metrics("analysis")
+    child = ChildStages(
+        settings.spool_dir / "analysis" / "stages", threads=1, timeout=timeout, metrics=metrics
+    )
     registry = PipelineRegistry()
     registry.register("frames", lambda start: True, FrameStatsPipeline)
     registry.register(
@@ -121,7 +125,10 @@ def held_consumer(settings, files, target="held_stage"):
         lambda start: start.get("held", False),
         lambda start: ChildHeldStage(start, child, files, target),
     )
-    return Consumer("analysis", settings, registry=registry, child_stages=child), child
+    consumer = Consumer(
+        "analysis", settings, metrics=metrics, registry=registry, child_stages=child
+    )
+    return consumer, child
 
 
 def xanes_run(RE, detector, seed, **md):

@@ -18,6 +18,7 @@ import uuid
 
 import pyarrow as pa
 
+from services.core.layout import ROW_INDEX
 from services.tiled.tables import create_ordered_table, order_by_args
 from tests.conftest import both_backends
 
@@ -120,3 +121,78 @@ def test_ordered_table_reads_by_seq_num_whatever_the_append_order(tiled_server, 
     table = node.read()
     assert table["seq_num"].tolist() == [1, 2, 3, 4, 5]
     assert table["energy"].tolist() == [8301.0, 8302.0, 8303.0, 8304.0, 8305.0]
+
+
+def _rows(schema: pa.Schema, indices: list[int]) -> pa.Table:
+    """Rows of a frame_stats-like table: two rows per seq_num (a frame of two streams)."""
+    return pa.table(
+        {
+            ROW_INDEX: indices,
+            "seq_num": [i // 2 for i in indices],
+            "mean": [0.5 + i for i in indices],
+        },
+        schema=schema,
+    )
+
+
+@both_backends
+def test_row_index_orders_a_table_with_several_rows_per_seq_num(tiled_server, tiled_client):
+    """A table whose seq_nums repeat (``frame_stats``) is ordered by its ``row_index``: rows
+    appended out of order read back in their place, on both storages, and the table's data
+    source says so."""
+    schema = pa.schema([(ROW_INDEX, pa.int64()), ("seq_num", pa.int64()), ("mean", pa.float64())])
+    assert order_by_args(schema) == [{"column": ROW_INDEX, "direction": "asc"}]
+    key = f"indexed-{uuid.uuid4().hex[:8]}"
+    node = create_ordered_table(tiled_client, schema, key=key, metadata={"note": "kept"})
+    for indices in ([2, 3], [0, 1], [6, 7], [4, 5]):
+        node.append_partition(0, _rows(schema, indices))
+    table = node.read()
+    assert table[ROW_INDEX].tolist() == list(range(8))
+    assert table["seq_num"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert table["mean"].tolist() == [0.5 + i for i in range(8)]
+    (source,) = tiled_client.include_data_sources()[key].data_sources()
+    assert source.parameters["order_by_args"] == [{"column": ROW_INDEX, "direction": "asc"}]
+    assert tiled_client[key].metadata["note"] == "kept"
+
+
+def test_postgresql_reads_heap_order_unless_the_table_is_ordered(production_tiled):
+    """Why the order column is needed: PostgreSQL returns a plain table's rows in its heap's
+    order, and rows appended after another table's rows were deleted (``beamwatch delete``) and
+    the space vacuumed land in that space, before the table's earlier rows. The same appends
+    to an ordered table read back in order."""
+    import adbc_driver_postgresql.dbapi
+
+    from tests.backends import POSTGRES_ADMIN_URI, with_database
+
+    services = production_tiled.production
+    assert services is not None
+    client = production_tiled.shared_client
+    prefix = f"heap-{uuid.uuid4().hex[:8]}"
+    # a column of its own: these tables share an SQL table with nothing else
+    schema = pa.schema(
+        [(ROW_INDEX, pa.int64()), ("seq_num", pa.int64()), (f"v_{prefix[5:]}", pa.float64())]
+    )
+
+    def rows(indices: list[int]) -> pa.Table:
+        return pa.table(
+            [indices, [i // 2 for i in indices], [float(i) for i in indices]], schema=schema
+        )
+
+    filler = client.create_appendable_table(schema=schema, key=f"{prefix}-filler")
+    filler.append_partition(0, rows(list(range(5000))))
+    plain = client.create_appendable_table(schema=schema, key=f"{prefix}-plain")
+    ordered = create_ordered_table(client, schema, key=f"{prefix}-ordered")
+    for node in (plain, ordered):
+        node.append_partition(0, rows(list(range(10))))
+    client.delete_contents([f"{prefix}-filler"], external_only=False)
+    (source,) = client.include_data_sources()[f"{prefix}-plain"].data_sources()
+    table_name = source.parameters["table_name"]
+    uri = with_database(POSTGRES_ADMIN_URI, services.tables_database)
+    with adbc_driver_postgresql.dbapi.connect(uri, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.execute(f'VACUUM "{table_name}"')
+    for node in (plain, ordered):
+        node.append_partition(0, rows(list(range(10, 20))))
+    got = plain.read()[ROW_INDEX].tolist()
+    assert sorted(got) == list(range(20)) and got != list(range(20)), got
+    assert ordered.read()[ROW_INDEX].tolist() == list(range(20))
