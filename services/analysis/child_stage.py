@@ -363,7 +363,6 @@ class ChildWriter:
         self.pipeline = pipeline
         self.final_status = final_status
         self._rows: dict[str, int] = {}
-        self._table_rows: dict[str, int] = {}
         self._siblings: dict[str, ChildWriter] = {}
 
     def sibling(self, pipeline: str) -> ChildWriter:
