@@ -316,8 +316,11 @@ class TrackParams(_Params):
     )
     static_refine_ridge: float = Field(
         default=0.05,
-        ge=0,
-        description="edge: ridge on the static pattern, relative (what the drift cannot separate)",
+        gt=0,
+        description=(
+            "edge: ridge on the static pattern, relative (what the drift cannot separate); "
+            "> 0: without it the fit is singular at the zero frequency"
+        ),
     )
     max_jump_px: PositiveFloat = Field(
         default=3.0,

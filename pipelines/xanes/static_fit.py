@@ -111,7 +111,9 @@ def refine_shifts_static(
     iterations : int
         Gauss-Newton iterations per round.
     ridge : float
-        Ridge on the static pattern, relative to the number of frames.
+        Ridge on the static pattern, relative to the number of frames; > 0 (the zero frequency
+        of the static pattern and of the moving image cannot be told apart, and without a ridge
+        its least-squares problem is singular: every shift came back NaN).
     texture_ridge : float
         Ridge on the second moving component, relative (0: free; large: one component scaled
         by the gain, which fails on particles whose texture changes across the edge).
@@ -130,6 +132,8 @@ def refine_shifts_static(
         raise ValueError(f"shifts must be finite with shape ({n}, 2), got {shifts.shape}")
     if support.shape != (h, w):
         raise ValueError(f"support must have shape {(h, w)}, got {support.shape}")
+    if not ridge > 0:
+        raise ValueError(f"ridge must be > 0, got {ridge}")
     if n < 4 or np.count_nonzero(support) < 16:
         return shifts.copy()
     stack = np.asarray(window, dtype=np.float32)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from scipy import ndimage
 
+from pipelines.xanes.params import XanesParams
 from pipelines.xanes.static_fit import refine_shifts_static, window_support
 
 
@@ -70,3 +72,11 @@ def test_refinement_checks_its_inputs():
         refine_shifts_static(frames, bad, support)
     with pytest.raises(ValueError, match="window"):
         refine_shifts_static(frames[0], truth, support)
+    # without a ridge the static pattern's zero frequency is singular (all NaN before)
+    with pytest.raises(ValueError, match="ridge"):
+        refine_shifts_static(frames, truth, support, ridge=0.0)
+
+
+def test_static_refine_ridge_must_be_positive():
+    with pytest.raises(ValidationError, match="static_refine_ridge"):
+        XanesParams.model_validate({"track": {"static_refine_ridge": 0.0}})
