@@ -200,6 +200,7 @@ def make_slice_set(
     negative_fringe_share: float = 0.0,
     jpeg_share: float = 0.0,
     outline_share: float = 0.0,
+    wedge_share: float = 0.0,
 ) -> SliceSet:
     """One synthetic volume -> normalised reconstructed slices with labels.
 
@@ -212,7 +213,7 @@ def make_slice_set(
     (:func:`synthetic.scan.reconstruct_synthetic`: "fbp" is the project's own).
     ``outline_share`` of the volumes get outline bays, matrix pores and fragment debris
     (:func:`synthetic.outlines.roughen_outlines`), counted with the touching gaps as hard
-    negatives.
+    negatives. ``wedge_share`` of the scans cover 140 to 170 degrees only (missing wedge).
     ``wide`` draws the volume with :func:`wide_volume` and the
     scan from a wider range: photons, phase fringes of either sign, blur, rings, sparse-angle
     or missing-wedge scans, 8-bit renders half of them JPEG-compressed, extra blur.
@@ -245,7 +246,10 @@ def make_slice_set(
         ring_fraction=float(rng.uniform(0.0, 0.08)),
     )
     n_angles = int(rng.choice([shape[2], int(shape[2] * 1.4), int(shape[2] * 1.6)]))
-    recon = _scan(vol.attenuation, seed, rng, detector, n_angles, method=recon_method)
+    angle_range = 180.0
+    if wedge_share > 0 and rng.random() < wedge_share:
+        angle_range = float(rng.uniform(140.0, 170.0))
+    recon = _scan(vol.attenuation, seed, rng, detector, n_angles, angle_range, method=recon_method)
     if quantize:
         recon = quantize_8bit(recon, rng)
         if jpeg_share > 0 and rng.random() < jpeg_share:
@@ -529,6 +533,7 @@ def _scan_options(args: argparse.Namespace) -> dict:
         "negative_fringe_share": args.negative_fringe_share,
         "jpeg_share": args.jpeg_share,
         "outline_share": args.outline_share,
+        "wedge_share": args.wedge_share,
     }
 
 
@@ -604,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of the volumes with outline bays, matrix pores and fragment debris as hard "
         "negatives (synthetic.outlines; not with --wide)",
+    )
+    parser.add_argument(
+        "--wedge-share",
+        type=float,
+        default=0.0,
+        help="share of the scans over 140 to 170 degrees only (missing wedge; not with --wide)",
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)

@@ -113,6 +113,9 @@ def test_slice_set_scan_options_keep_the_default_data_and_change_when_set() -> N
     other = draw(recon_method="fbp", negative_fringe_share=1.0, jpeg_share=1.0)
     assert other.images.shape == plain.images.shape and np.isfinite(other.images).all()
     assert not np.array_equal(other.images, plain.images)
+    wedge = draw(wedge_share=1.0)
+    assert np.isfinite(wedge.images).all() and not np.array_equal(wedge.images, plain.images)
+    np.testing.assert_array_equal(wedge.labels, plain.labels)
 
 
 def test_outline_share_adds_hard_negatives_to_the_gaps() -> None:
