@@ -33,6 +33,12 @@ fine-tune with them (fragment gaps up to 7 px) found more cracks everywhere but 
 inter-particle gaps cracks, so it is not shipped
 (``docs/training_logs/crack_unet_fbp_widefrag_2026-11-30.log``).
 
+``--outline-share`` adds outline bays, matrix pores and fragment debris as hard negatives
+(:mod:`synthetic.outlines`) and ``--wedge-share`` missing-wedge scans; two 40-45 min runs with
+them and fringes of both signs (``docs/training_logs/crack_unet_outline_negatives_2026-11-30.log``,
+``crack_unet_fringe_wedge_2026-11-30.log``) gained on the never-trained family and lost on the
+real crops, so they are not shipped either.
+
 ``--wide`` draws the volumes and scans from a much wider range (:func:`wide_volume` and the
 scan settings of ``_wide_slice_set``: particles 12-120 px, packing, binder texture, surface
 cracks and void clusters, fringes of either sign, sparse-angle / missing-wedge scans, JPEG).
