@@ -33,6 +33,12 @@ fine-tune with them (fragment gaps up to 7 px) found more cracks everywhere but 
 inter-particle gaps cracks, so it is not shipped
 (``docs/training_logs/crack_unet_fbp_widefrag_2026-11-30.log``).
 
+``--outline-share`` adds outline bays, matrix pores and fragment debris as hard negatives
+(:mod:`synthetic.outlines`) and ``--wedge-share`` missing-wedge scans; two 40-45 min runs with
+them and fringes of both signs (``docs/training_logs/crack_unet_outline_negatives_2026-11-30.log``,
+``crack_unet_fringe_wedge_2026-11-30.log``) gained on the never-trained family and lost on the
+real crops, so they are not shipped either.
+
 ``--wide`` draws the volumes and scans from a much wider range (:func:`wide_volume` and the
 scan settings of ``_wide_slice_set``: particles 12-120 px, packing, binder texture, surface
 cracks and void clusters, fringes of either sign, sparse-angle / missing-wedge scans, JPEG).
@@ -81,6 +87,7 @@ from synthetic.cathode import (
     DetectorParams,
 )
 from synthetic.damage import WIDE_DAMAGE, damaged_cathode_volume
+from synthetic.outlines import roughen_outlines
 from synthetic.reconstructed import random_cathode_params
 from synthetic.scan import jpeg_roundtrip, quantize_8bit, reconstruct_synthetic
 from training import cli
@@ -198,6 +205,8 @@ def make_slice_set(
     damage_width_px: tuple[float, float] = (1.0, 2.6),
     negative_fringe_share: float = 0.0,
     jpeg_share: float = 0.0,
+    outline_share: float = 0.0,
+    wedge_share: float = 0.0,
 ) -> SliceSet:
     """One synthetic volume -> normalised reconstructed slices with labels.
 
@@ -208,6 +217,9 @@ def make_slice_set(
     wide, :func:`synthetic.damage.add_damage`); ``negative_fringe_share`` of the scans get
     phase fringes of the other sign; ``recon_method`` picks the reconstruction
     (:func:`synthetic.scan.reconstruct_synthetic`: "fbp" is the project's own).
+    ``outline_share`` of the volumes get outline bays, matrix pores and fragment debris
+    (:func:`synthetic.outlines.roughen_outlines`), counted with the touching gaps as hard
+    negatives. ``wedge_share`` of the scans cover 140 to 170 degrees only (missing wedge).
     ``wide`` draws the volume with :func:`wide_volume` and the
     scan from a wider range: photons, phase fringes of either sign, blur, rings, sparse-angle
     or missing-wedge scans, 8-bit renders half of them JPEG-compressed, extra blur.
@@ -229,6 +241,9 @@ def make_slice_set(
         ),
     )
     # extra draws only when asked for, so the default data of a seed stay the same
+    negatives = None
+    if outline_share > 0 and rng.random() < outline_share:
+        vol, negatives = roughen_outlines(vol, rng)
     sign = -1.0 if negative_fringe_share > 0 and rng.random() < negative_fringe_share else 1.0
     detector = DetectorParams(
         photons=float(10 ** rng.uniform(3.7, 4.7)),
@@ -237,14 +252,17 @@ def make_slice_set(
         ring_fraction=float(rng.uniform(0.0, 0.08)),
     )
     n_angles = int(rng.choice([shape[2], int(shape[2] * 1.4), int(shape[2] * 1.6)]))
-    recon = _scan(vol.attenuation, seed, rng, detector, n_angles, method=recon_method)
+    angle_range = 180.0
+    if wedge_share > 0 and rng.random() < wedge_share:
+        angle_range = float(rng.uniform(140.0, 170.0))
+    recon = _scan(vol.attenuation, seed, rng, detector, n_angles, angle_range, method=recon_method)
     if quantize:
         recon = quantize_8bit(recon, rng)
         if jpeg_share > 0 and rng.random() < jpeg_share:
             inside = recon != 0
             recon = jpeg_roundtrip(recon, int(rng.integers(25, 91)))
             recon[~inside] = 0.0
-    return _labelled_slices(recon, vol)
+    return _labelled_slices(recon, vol, negatives)
 
 
 def _wide_slice_set(
@@ -322,20 +340,26 @@ def _scan(
     )
 
 
-def _labelled_slices(recon: np.ndarray, vol: CathodeVolume) -> SliceSet:
+def _labelled_slices(
+    recon: np.ndarray, vol: CathodeVolume, negatives: np.ndarray | None = None
+) -> SliceSet:
     """Context stacks of ``recon`` normalised on its own levels, as at inference, with the
-    crack labels, the reconstruction circle as the valid pixels and the touching gaps."""
+    crack labels, the reconstruction circle as the valid pixels and the touching gaps (and
+    the other hard ``negatives``, if given) as gaps."""
     low, high = reference_levels(recon)
     images = context_stacks(normalize_slices(recon, low, high))
     shape = vol.crack_mask.shape
     n = shape[2]
     yy, xx = np.mgrid[:n, :n]
     circle = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2 - 1) ** 2).astype(np.float32)
+    gaps = touching_gaps(vol.particle_ids)
+    if negatives is not None:
+        gaps |= negatives
     return SliceSet(
         images=images,
         labels=vol.crack_mask.astype(np.float32),
         valid=np.broadcast_to(circle, shape).copy(),
-        gaps=touching_gaps(vol.particle_ids).astype(np.float32),
+        gaps=gaps.astype(np.float32),
     )
 
 
@@ -514,6 +538,8 @@ def _scan_options(args: argparse.Namespace) -> dict:
         "damage_width_px": (1.0, args.damage_width_max),
         "negative_fringe_share": args.negative_fringe_share,
         "jpeg_share": args.jpeg_share,
+        "outline_share": args.outline_share,
+        "wedge_share": args.wedge_share,
     }
 
 
@@ -582,6 +608,19 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="share of the 8-bit volumes that are also JPEG-compressed (not with --wide)",
+    )
+    parser.add_argument(
+        "--outline-share",
+        type=float,
+        default=0.0,
+        help="share of the volumes with outline bays, matrix pores and fragment debris as hard "
+        "negatives (synthetic.outlines; not with --wide)",
+    )
+    parser.add_argument(
+        "--wedge-share",
+        type=float,
+        default=0.0,
+        help="share of the scans over 140 to 170 degrees only (missing wedge; not with --wide)",
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)

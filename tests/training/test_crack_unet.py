@@ -113,3 +113,24 @@ def test_slice_set_scan_options_keep_the_default_data_and_change_when_set() -> N
     other = draw(recon_method="fbp", negative_fringe_share=1.0, jpeg_share=1.0)
     assert other.images.shape == plain.images.shape and np.isfinite(other.images).all()
     assert not np.array_equal(other.images, plain.images)
+    wedge = draw(wedge_share=1.0)
+    assert np.isfinite(wedge.images).all() and not np.array_equal(wedge.images, plain.images)
+    np.testing.assert_array_equal(wedge.labels, plain.labels)
+
+
+def test_outline_share_adds_hard_negatives_to_the_gaps() -> None:
+    from training.crack_unet import make_slice_set
+
+    def draw(**options: object) -> object:
+        return make_slice_set(
+            (4, 64, 64),
+            seed=13,
+            rng=np.random.default_rng(5),
+            crack_density=1.0,
+            diameter_px=(24.0, 30.0),
+            **options,
+        )
+
+    plain, rough = draw(), draw(outline_share=1.0)
+    assert rough.gaps.sum() > plain.gaps.sum()
+    assert not ((rough.gaps > 0) & (rough.labels > 0)).any()
