@@ -174,7 +174,7 @@ def _raw_run(tmp_path, tiled_client, lose_seq_num):
 
     from bluesky_plans.plans import xanes_scan_plan
     from services.runs.ingest import RawRunRouter
-    from services.tiled.records import RawDoc
+    from services.tiled.records import RawDoc, RawDocs
     from tests.sim import energies, small_txm
 
     docs = []
@@ -184,14 +184,18 @@ def _raw_run(tmp_path, tiled_client, lose_seq_num):
     primary = next(d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary")
     applier = TiledApplier(tiled_client)
 
-    def apply(record):
-        lost = (
-            isinstance(record, RawDoc)
-            and record.name == "event"
-            and record.doc["descriptor"] == primary
-            and record.doc["seq_num"] == lose_seq_num
+    def lost(doc):
+        return (
+            isinstance(doc, RawDoc)
+            and doc.name == "event"
+            and doc.doc["descriptor"] == primary
+            and doc.doc["seq_num"] == lose_seq_num
         )
-        if not lost:
+
+    def apply(record):
+        if isinstance(record, RawDocs):  # queued records merged by the spool
+            record = RawDocs(record.run, tuple(d for d in record.records if not lost(d)))
+        if not lost(record):
             applier(record)
 
     spool = Spool(tmp_path / "spool", apply, Metrics("t", CollectorRegistry()))
