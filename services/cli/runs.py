@@ -292,7 +292,7 @@ def run_documents(
 def _write_through_spool(settings: Any, client: Any, label: str, feed: Any) -> Spool:
     """A started spool applying records to ``client``; ``feed(spool)`` puts the records."""
     from services.core.metrics import Metrics
-    from services.tiled.applier import is_transient
+    from services.tiled.applier import is_transient, is_unreachable
 
     directory = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=_spool_root(settings)))
     spool = Spool(
@@ -301,6 +301,7 @@ def _write_through_spool(settings: Any, client: Any, label: str, feed: Any) -> S
         Metrics(label),
         max_backoff=settings.retry_max_backoff,
         is_transient=is_transient,
+        is_unreachable=is_unreachable,
     )
     spool.start()
     feed(spool)
@@ -644,7 +645,7 @@ def reprocess_run(
     from services.analysis.registry import default_registry
     from services.analysis.router import AnalysisRunRouter
     from services.core.metrics import Metrics
-    from services.tiled.applier import TiledApplier, is_transient
+    from services.tiled.applier import TiledApplier, is_transient, is_unreachable
 
     overrides = overrides or {}
     client = tiled_client(settings)
@@ -684,6 +685,7 @@ def reprocess_run(
             metrics,
             max_backoff=settings.retry_max_backoff,
             is_transient=is_transient,
+            is_unreachable=is_unreachable,
             uid=uid,
             suffix=suffix,
             note=note,

@@ -29,7 +29,9 @@ class Status(StrEnum):
     QUEUED = "queued"  # announced, waits for an earlier stage (particles after cracks)
     RUNNING = "running"
     COMPLETE = "complete"  # every frame is in and every result written
-    INCOMPLETE = "incomplete"  # finished without some frames (``missing_seq_nums``)
+    #: finished without some frames (``missing_seq_nums``) or with a write Tiled rejected
+    #: (``rejected_writes``)
+    INCOMPLETE = "incomplete"
     FAILED = "failed"  # ``error`` and ``traceback`` say why
     INTERRUPTED = "interrupted"  # the consumer stopped before the run did
 
@@ -47,9 +49,15 @@ class RawStatus(StrEnum):
     """``beamwatch_status`` of ``raw/<uid>`` once its stop document is in (or given up)."""
 
     COMPLETE = "complete"
+    #: Events missing (``beamwatch_missing_seq_nums``) or a write rejected (``rejected_writes``)
     INCOMPLETE = "incomplete"
     #: given up: every raw worker that took the run died (``error`` says how often)
     FAILED = "failed"
+
+
+#: ``raw/<uid>`` metadata written with a ``complete`` status: rows each stream's table must
+#: hold (the Events routed); the status is written ``incomplete`` when Tiled holds fewer.
+RAW_ROWS = "beamwatch_rows"
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,10 @@ class MetadataKeys:
     stop_lost: str = "stop_lost"
     bad_fields: str = "bad_fields"
     raw_status: str = "beamwatch_status"
+    #: writes Tiled will never accept, of this run or pipeline (kept in the consumer's
+    #: ``spool/<role>/rejected/``): op, key, path, error, and the seq_nums or rows they held
+    rejected_writes: str = "rejected_writes"
+    write_errors: str = "write_errors"  # how many
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,18 @@ XANES = XanesKeys()
 CRACKS = CracksKeys()
 PARTICLES = ParticlesKeys()
 PARTICLE_COLUMNS = ParticleColumns()
+
+
+def status_node(path: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...], str] | None:
+    """The node whose status a write under ``path`` counts for, and its status key:
+    ``raw/<uid>`` (``beamwatch_status``) or ``analysis/<uid>/<pipeline>`` (``status``);
+    None for any other path."""
+    path = tuple(path)
+    if path[:1] == (RAW,) and len(path) >= 2:
+        return path[:2], METADATA.raw_status
+    if path[:1] == (ANALYSIS,) and len(path) >= 3:
+        return path[:3], METADATA.status
+    return None
 
 
 def raw_path(run_uid: str, *parts: str) -> list[str]:

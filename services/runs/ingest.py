@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from services.core.layout import RawStatus, raw_path
+from services.core.layout import RAW_ROWS, RawStatus, raw_path
 from services.runs.routing import REPLAYING, Doc, RunRouter
 from services.tiled.frame_files import FILE_KINDS, SUFFIX, FrameFile, write_with_retry
 from services.tiled.records import ArrayRows, ExternalFrames, Metadata, RawDoc, RawDocs
@@ -136,6 +136,9 @@ class RawRunRouter(RunRouter):
         self._bad: dict[tuple[str, int], dict[str, str]] = {}
         self._bad_report: list[dict[str, Any]] = []
         self._missing: dict[str, list[int]] = {}
+        #: seq_nums of the Events spooled, per stream: the stop's status says how many rows
+        #: each stream's table must hold for the run to be ``complete`` (the applier checks)
+        self._rows: dict[str, set[int]] = {}
         self._start_lost = False
         # waiting to be spooled: raw documents, and frames per (stream, key) with the row
         # offset of the first
@@ -330,6 +333,8 @@ class RawRunRouter(RunRouter):
                 doc["timestamps"].pop(key, None)
                 doc.get("filled", {}).pop(key, None)
                 self._hold_frame(stream, key, value)
+        stream_name = self._stream_name.get(doc["descriptor"], "primary")
+        self._rows.setdefault(stream_name, set()).add(int(doc["seq_num"]))
         self._hold("event", doc)
 
     def _refuse(self, name: str, doc: Doc) -> bool:
@@ -391,6 +396,9 @@ class RawRunRouter(RunRouter):
             "beamwatch_stop_lost": stop_lost,
             "beamwatch_start_lost": self._start_lost,
         }
+        if whole:
+            # checked against Tiled when the status is written (services.tiled.applier)
+            status[RAW_ROWS] = {stream: len(seq) for stream, seq in self._rows.items()}
         if self._bad_report:
             status["beamwatch_bad_fields"] = self._bad_report
         if self._refused_report:

@@ -33,16 +33,16 @@ from services.analysis.router import AnalysisRunRouter, PipelineRegistry, RawEve
 from services.bus.jetstream import JetStreamRuns
 from services.bus.subscriber import BusSubscriber
 from services.core.identifiers import InvalidIdentifier, check_uid
-from services.core.layout import ANALYSIS, RAW, MetadataKeys, RawStatus, Status
+from services.core.layout import ANALYSIS, RAW, MetadataKeys, RawStatus, Status, status_node
 from services.core.metrics import Metrics
 from services.core.settings import BeamwatchSettings
 from services.runs.ingest import STAND_IN_STOP_KEY, RawRunRouter
 from services.runs.journal import RunJournal
 from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.runtime.doc_queue import DocumentQueue
-from services.tiled.applier import TiledApplier, connect, is_transient
+from services.tiled.applier import TiledApplier, connect, is_transient, is_unreachable
 from services.tiled.frame_files import remove_stale_temp_files
-from services.tiled.records import Metadata, RawDoc, RawDocs, Record
+from services.tiled.records import ArrayRows, Metadata, RawDoc, RawDocs, Record, TableRows
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class Consumer:
             self.metrics,
             max_backoff=settings.retry_max_backoff,
             is_transient=is_transient,
+            is_unreachable=is_unreachable,
             on_reject=self._report_rejected,
             workers=settings.spool_workers,
         )
@@ -367,21 +368,26 @@ class Consumer:
 
     # ---- rejected writes ----------------------------------------------------------------------
     def _report_rejected(self, record: Record, error: str) -> None:
-        """Name a write Tiled will not accept in the metadata of the run (or pipeline) it is for."""
+        """Name a write Tiled will not accept in the metadata of the run (or pipeline) it is
+        for, with the seq_nums or rows it held; the applier then keeps that run or pipeline
+        from saying ``complete`` (:meth:`TiledApplier._metadata`)."""
         raw = isinstance(record, RawDoc | RawDocs)
         path: tuple[str, ...] = () if isinstance(record, RawDoc | RawDocs) else record.path
-        if raw and record.run:
-            target: tuple[str, ...] = ("raw", record.run)
-        elif path[:1] == ("analysis",) and len(path) >= 3:
-            target = path[:3]
-        elif path[:1] == ("raw",) and len(path) >= 2:
-            target = path[:2]
-        else:
+        node = status_node((RAW, record.run) if raw and record.run else path)
+        if node is None:
             return
-        entry = {"op": record.op, "key": record.label, "path": "/".join(path), "error": error[:500]}
+        target = node[0]
+        entry: dict[str, Any] = {
+            "op": record.op,
+            "key": record.label,
+            "path": "/".join(path),
+            "error": error[:500],
+            **rejected_contents(record),
+        }
         rejected = self._rejected.setdefault(target, [])
         rejected.append(entry)
-        metadata = {"rejected_writes": list(rejected), "write_errors": len(rejected)}
+        keys = MetadataKeys()
+        metadata = {keys.rejected_writes: list(rejected), keys.write_errors: len(rejected)}
         self.spool.put(Metadata(target, metadata, notice=True))
 
     def _run_given_up(self, run_uid: str, reason: str) -> None:
@@ -641,3 +647,27 @@ def read_raw_events(run: Any, stream: str, seq_nums: list[int]) -> dict[int, Raw
         }
         out[s] = RawEvent(float(row.get("time", float("nan"))), readings, images[s])
     return out
+
+
+def rejected_contents(record: Record) -> dict[str, Any]:
+    """What a rejected write held, for the run's metadata: the Events' seq_nums of raw
+    documents (per descriptor uid), the rows of a table or array append."""
+    if isinstance(record, RawDoc | RawDocs):
+        docs = record.records if isinstance(record, RawDocs) else (record,)
+        seq_nums: dict[str, list[int]] = {}
+        for one in docs:
+            if one.name == "event":
+                seq_nums.setdefault(str(one.doc.get("descriptor")), []).append(
+                    int(one.doc.get("seq_num", -1))
+                )
+            elif one.name == "event_page":
+                seq_nums.setdefault(str(one.doc.get("descriptor")), []).extend(
+                    int(n) for n in one.doc.get("seq_num", [])
+                )
+        names = sorted({one.name for one in docs})
+        return {"documents": names, "seq_nums": seq_nums} if seq_nums else {"documents": names}
+    if isinstance(record, TableRows):
+        return {"rows": [record.offset, record.offset + record.n_rows]}
+    if isinstance(record, ArrayRows):
+        return {"rows": [record.offset, record.offset + int(record.array.shape[record.axis])]}
+    return {}

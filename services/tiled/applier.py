@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from services.core.layout import ROW_INDEX
+from services.core.layout import METADATA, RAW_ROWS, ROW_INDEX, Status, status_node
 from services.tiled.records import (
     ArrayFile,
     ArrayRows,
@@ -63,19 +63,38 @@ def connect(
     return client
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Network failures and 5xx answers are retried; anything else is a permanent error."""
+#: HTTP answers a restarting or recovering server gives to a write that can go through later:
+#: a node not there yet (a parent lost with a killed request, 404), a half-created node (409),
+#: a request timeout or a busy server (408, 423, 425, 429). Retried like a 5xx; the spool gives
+#: a write up only after ``max_server_errors`` such answers in a row.
+RETRIED_STATUSES = frozenset({404, 408, 409, 423, 425, 429})
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when no answer came: the server is down, restarting or hung (connection refused
+    or reset, a timeout, a response cut off: ``httpx.RemoteProtocolError``)."""
     import httpx
 
+    return isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed write is retried: everything a Tiled restart can cause is.
+
+    No answer (:func:`is_unreachable`), a 5xx, one of :data:`RETRIED_STATUSES`, and a
+    ``KeyError`` (tiled's client turns a 404 or 410 of a lookup into one: a node that a
+    killed request never created) are retried. Only other answers (a 4xx such as 422 for a
+    wrong shape or 415) and :class:`PermanentWriteError` (data Tiled cannot take, checked
+    before sending) are permanent: the write is rejected at once.
+    """
     if isinstance(exc, PermanentWriteError):
         return False
-    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+    if is_unreachable(exc):
         return True
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
+    status = _status(exc)
     if status is not None:
-        return int(status) >= 500 or int(status) == 429
-    return False
+        return status >= 500 or status in RETRIED_STATUSES
+    return isinstance(exc, KeyError)
 
 
 def ensure_container(client: Any, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
@@ -165,9 +184,7 @@ class TiledApplier:
         elif isinstance(record, Container):
             self._container_record(record)
         elif isinstance(record, Metadata):
-            self._container(list(record.path)).update_metadata(
-                metadata=record.metadata, drop_revision=True
-            )
+            self._metadata(record)
         elif isinstance(record, ArrayWrite):
             self._array(record)
         elif isinstance(record, ArrayFile):
@@ -217,6 +234,67 @@ class TiledApplier:
                     first = first or one_exc
             if first is not None:
                 raise first from exc
+
+    def _metadata(self, record: Metadata) -> None:
+        """Merge metadata; a run or pipeline with a rejected write is never ``complete``.
+
+        Both orders are covered, by what Tiled holds (so a consumer restarted in between
+        changes nothing): a ``complete`` status written after a rejection notice
+        (``rejected_writes``) is written ``incomplete``, and a notice written after a
+        ``complete`` status makes it ``incomplete``.
+        """
+        node = self._container(list(record.path))
+        metadata = record.metadata
+        status = status_node(record.path)
+        if status is not None and status[0] == tuple(record.path):
+            key = status[1]
+            if record.notice or metadata.get(key) == Status.COMPLETE:
+                current = self.client[tuple(record.path)].metadata  # fresh, not the cached node's
+                if record.notice and current.get(key) == Status.COMPLETE:
+                    metadata = {**metadata, key: Status.INCOMPLETE.value}
+                elif not record.notice and current.get(METADATA.rejected_writes):
+                    logger.warning(
+                        "%s: %s incomplete, not complete: %d writes were rejected",
+                        "/".join(record.path),
+                        key,
+                        len(current[METADATA.rejected_writes]),
+                    )
+                    metadata = {**metadata, key: Status.INCOMPLETE.value}
+            if metadata.get(key) == Status.COMPLETE and RAW_ROWS in metadata:
+                metadata = self._raw_rows_checked(record.path, metadata)
+        node.update_metadata(metadata=metadata, drop_revision=True)
+
+    def _raw_rows_checked(self, path: tuple[str, ...], metadata: dict[str, Any]) -> dict[str, Any]:
+        """A raw run's ``complete`` status, or ``incomplete`` with the seq_nums Tiled lacks.
+
+        ``complete`` means every row is in: each stream's table must hold the rows the router
+        spooled (``RAW_ROWS``), whatever happened to their writes on the way.
+        """
+        missing: dict[str, list[int]] = {}
+        for stream, count in metadata[RAW_ROWS].items():
+            if not count:
+                continue
+            try:
+                node = self.client[(*path, stream)]
+                table = getattr(node, "base", node)["internal"].read(["seq_num"])
+                present = {int(s) for s in table["seq_num"]}
+            except KeyError:
+                present = set()
+            if len(present) < count:
+                missing[stream] = sorted(set(range(1, count + 1)) - present)
+        if not missing:
+            return metadata
+        logger.error(
+            "%s: rows missing in Tiled although the run was written whole (status incomplete): %s",
+            "/".join(path),
+            {stream: seq[:20] for stream, seq in missing.items()},
+        )
+        return {
+            **metadata,
+            METADATA.raw_status: Status.INCOMPLETE.value,
+            "beamwatch_missing_seq_nums": missing,
+            "beamwatch_rows_lost_in_writing": True,
+        }
 
     def _container_record(self, record: Container) -> None:
         node = self._container(list(record.path), record.metadata)

@@ -105,8 +105,16 @@ class IdempotentRunWriter(_RunWriter):
             self._internal_tables[desc_name] = desc_node["internal"]  # made by a failed request
             self._uncertain_tables.add(desc_name)
         if desc_name in self._uncertain_tables:
-            table = self._internal_tables[desc_name].read(["seq_num"])
-            self._seq_nums_in_table[desc_name] = {int(s) for s in table["seq_num"]}
+            table_node = self._internal_tables.get(desc_name)
+            if table_node is None:
+                # the append that was to create the table failed before it was made (Tiled
+                # killed: "internal" is not there): no row is in yet. Reading it raised
+                # KeyError for every later Event of the stream (chaos seed 19: all rows of
+                # 'flat' rejected, the run said complete).
+                self._seq_nums_in_table[desc_name] = set()
+            else:
+                table = table_node.read(["seq_num"])
+                self._seq_nums_in_table[desc_name] = {int(s) for s in table["seq_num"]}
             self._uncertain_tables.discard(desc_name)
         present = self._seq_nums_in_table.setdefault(desc_name, set())
         rows: dict[int, dict[str, Any]] = {}

@@ -21,10 +21,12 @@ unpacking and copying tens of MB held the consumer's GIL for long enough to dela
 (issue 14, point 7). The file goes when its record is applied, with it to ``rejected/``, or
 with a discarded run; one whose record never reached the disk is removed at start.
 
-A write the server will never accept (a permanent error, or the same record answered with a
-server error ``max_server_errors`` times in a row while the server is up) is *rejected*: it is
-moved to ``rejected/`` beside its error, counted in ``beamwatch_writes_rejected_total``, reported
-through ``on_reject`` (the consumer writes it into the run's metadata) and the records after it
+A write the server will never accept (a permanent error, or the same record failing with a
+transient error ``max_server_errors`` times in a row while the server is up: answered with a
+5xx, a 404, a 409, ...; failures without an answer, ``is_unreachable``, are never counted) is
+*rejected*: it is moved to ``rejected/`` beside its error, counted in
+``beamwatch_writes_rejected_total``, reported through ``on_reject`` (the consumer writes it into
+the run's metadata, and the run is not ``complete``) and the records after it
 go on. A spool directory that cannot be written makes :meth:`Spool.put` wait and retry (the
 dispatcher is held back; nothing is dropped); the worker thread survives any error of its own.
 """
@@ -98,6 +100,7 @@ class Spool:
         *,
         max_backoff: float = 5.0,
         is_transient: Callable[[BaseException], bool] | None = None,
+        is_unreachable: Callable[[BaseException], bool] | None = None,
         max_batch: int = 256,
         max_server_errors: int = 12,
         on_reject: RejectCallback | None = None,
@@ -111,6 +114,7 @@ class Spool:
         self._metrics = metrics
         self._max_backoff = max_backoff
         self._is_transient = is_transient or (lambda exc: not isinstance(exc, PermanentWriteError))
+        self._is_unreachable = is_unreachable or (lambda exc: not _is_server_answer(exc))
         self._cond = threading.Condition()
         #: pending record files per lane, in order; a lane exists while it has records
         self._lanes: dict[str, deque[Path]] = {}
@@ -463,8 +467,8 @@ class Spool:
         """Whether a failed write is never to be accepted (permanent, or too many 5xx)."""
         if not self._is_transient(exc):
             return True
-        if not _is_server_answer(exc):
-            return False
+        if self._is_unreachable(exc):
+            return False  # the server is down or restarting: retried until it answers
         with self._cond:
             previous, errors = self._server_errors.get(lane, (head, 0))
             errors = errors + 1 if previous == head else 1

@@ -1,4 +1,5 @@
-"""A write Tiled will never accept is diagnosed and kept; the rest of the run goes on."""
+"""A write Tiled will never accept is diagnosed and kept; the rest of the run goes on, and the
+pipeline it was for ends ``incomplete`` (``complete`` means every result is in)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from bluesky import RunEngine
 
 from bluesky_plans.plans import xanes_scan_plan
 from services.analysis.router import FrameStatsPipeline, PipelineRegistry
+from services.core.layout import FINAL_STATUSES
 from services.runtime.consumer import Consumer
 from tests.conftest import both_backends, wait_until
 from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS, live_publisher, metric
@@ -35,7 +37,7 @@ class EmptyFieldOfView:
 
 
 @both_backends
-def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_completes(
+def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_goes_on_incomplete(
     consumer_settings, tiled_client
 ):
     settings, detector = consumer_settings
@@ -57,15 +59,19 @@ def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_completes(
             return tiled_client["analysis"][uid]["fov"]
 
         wait_until(lambda: fov().metadata.get("done") and fov().metadata.get("write_errors"), 120)
+        wait_until(lambda: fov().metadata.get("status") in FINAL_STATUSES, 120)
         md = fov().metadata
-        assert md["status"] == "complete"
+        assert md["status"] == "incomplete"
         (rejected,) = md["rejected_writes"]
         assert rejected["key"] == "particles" and "null" in rejected["error"].lower()
+        assert rejected["rows"] == [0, 1]  # the table's first row, of frame 2
         assert "particles" not in fov()
         seen = fov()["seen"].read()["seq_num"].tolist()
         assert len(seen) == N_ENERGIES + 2 * N_FLATS  # every later write went on
         stats = tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
         assert len(stats) == N_ENERGIES + FLAT_FRAMES
+        # the other pipeline of the run had nothing rejected
+        assert tiled_client["analysis"][uid]["frames"].metadata["status"] == "complete"
         assert metric(ana, "beamwatch_writes_rejected_total", op="table_rows") == 1
         (error_file,) = (settings.spool_dir / "analysis" / "rejected").glob("*.error.json")
         assert "null" in json.loads(error_file.read_text())["error"].lower()
