@@ -596,6 +596,7 @@ def merge_records(records: list[Record]) -> list[Record]:
     merged: list[Record] = []
     place_of: dict[tuple[Any, ...], int] = {}
     arrays: dict[int, list[np.ndarray]] = {}  # place of an array append -> its parts
+    extent: dict[int, tuple[int, int]] = {}  # place -> (rows along the axis, bytes) of its parts
     raw_docs: dict[int, list[RawDoc]] = {}  # place of a run's raw documents -> them
     for record in records:
         if isinstance(record, RawDoc | RawDocs):
@@ -616,8 +617,11 @@ def merge_records(records: list[Record]) -> list[Record]:
         if place is not None:
             prev = merged[place]
             if isinstance(record, ArrayRows) and isinstance(prev, ArrayRows):
-                if _follows_array(arrays[place], record, prev.offset):
-                    arrays[place].append(np.asarray(record.array))
+                part = np.asarray(record.array)
+                if _follows_array(arrays[place][0], extent[place], record, prev.offset):
+                    arrays[place].append(part)
+                    rows, nbytes = extent[place]
+                    extent[place] = (rows + part.shape[record.axis], nbytes + part.nbytes)
                     continue
             else:
                 joined = _joined(prev, record)
@@ -626,7 +630,9 @@ def merge_records(records: list[Record]) -> list[Record]:
                     continue
         place_of[target] = len(merged)
         if isinstance(record, ArrayRows):
-            arrays[len(merged)] = [np.asarray(record.array)]
+            part = np.asarray(record.array)
+            arrays[len(merged)] = [part]
+            extent[len(merged)] = (part.shape[record.axis], part.nbytes)
         merged.append(record)
     for place, parts in arrays.items():
         write = merged[place]
@@ -655,19 +661,23 @@ def _follows_table(prev: TableRows, record: TableRows) -> bool:
     return set(prev.rows) == set(record.rows) and record.offset == prev.offset + prev.n_rows >= 0
 
 
-def _follows_array(parts: list[np.ndarray], record: ArrayRows, first_offset: int) -> bool:
-    """``record`` continues the arrays ``parts`` merged so far (the first at ``first_offset``)
-    right after their end, with the same shape and dtype, within the size cap."""
+def _follows_array(
+    a: np.ndarray, extent: tuple[int, int], record: ArrayRows, first_offset: int
+) -> bool:
+    """``record`` continues the arrays merged so far (the first ``a``, at ``first_offset``;
+    ``extent``: their rows along the axis and bytes, kept as running totals so that merging
+    many small appends stays linear) right after their end, with the same shape and dtype,
+    within the size cap."""
     axis = record.axis
-    a, b = parts[0], np.asarray(record.array)
+    b = np.asarray(record.array)
     same_shape = a.ndim == b.ndim and all(
         a.shape[i] == b.shape[i] for i in range(a.ndim) if i != axis
     )
     return (
         same_shape
         and a.dtype == b.dtype
-        and record.offset == first_offset + sum(p.shape[axis] for p in parts)
-        and sum(p.nbytes for p in parts) + b.nbytes <= _merge_cap(record)
+        and record.offset == first_offset + extent[0]
+        and extent[1] + b.nbytes <= _merge_cap(record)
     )
 
 
