@@ -101,6 +101,14 @@ def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                 result["tomo_stages_when_xanes_done"] = {
                     name: str(analysis[name].metadata.get("status", "?")) for name in analysis
                 }
+            if status != "complete":
+                # why: what the run says it lacks (missing seq_nums, rejected writes, an error)
+                md = dict(client["analysis"][uid][XANES.pipeline].metadata)
+                result["xanes_metadata"] = {
+                    k: v
+                    for k, v in md.items()
+                    if any(w in k for w in ("missing", "rejected", "error", "lost", "bad"))
+                }
             frames = client["analysis"][uid][XANES.pipeline][XANES.frames].read()
             latency = np.asarray(frames["latency_ms"], dtype=float)
             result.update(
@@ -126,6 +134,8 @@ def format_result(result: dict[str, Any]) -> str:
         f"p95 {result['p95_ms']:.1f} ms, slowest {result['max_ms']:.1f} ms; "
         f"goal p95 <= {GOAL_P95_MS:.0f} ms: {'yes' if met else 'NO'}"
     ]
+    if result.get("xanes_metadata"):
+        lines.append(f"the XANES run says: {json.dumps(result['xanes_metadata'])[:2000]}")
     stages = result.get("tomo_stages_when_xanes_done")
     if stages is not None:
         lines.append(f"tomogram's stages when the XANES scan was done: {stages}")

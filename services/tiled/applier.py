@@ -97,6 +97,20 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, KeyError)
 
 
+def write_whole_array(parent: Any, array: np.ndarray, **kw: Any) -> Any:
+    """``parent.write_array(array, **kw)``, also for an array without elements.
+
+    Tiled's client chunks an array with dask's ``normalize_chunks("auto")``, which divides by
+    zero for an empty array whose other axes are long (``(0, 300, 2)``: a XANES scan of 300
+    frames in which no particle was found); an empty array goes as one chunk of its own shape.
+    """
+    if array.size == 0:
+        import dask.array
+
+        array = dask.array.from_array(array, chunks=tuple((int(s),) for s in array.shape))
+    return parent.write_array(array, **kw)
+
+
 def ensure_container(client: Any, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
     """The container at ``path``, created (with ``metadata`` on the last) where missing.
 
@@ -307,7 +321,7 @@ class TiledApplier:
         array = np.asarray(record.array)
         if key in parent:
             parent.delete_contents([key], external_only=False)
-        parent.write_array(array, key=key, dims=record.dims, metadata=record.metadata)
+        write_whole_array(parent, array, key=key, dims=record.dims, metadata=record.metadata)
         self._arrays.pop((*record.path, key), None)
 
     def _array_file(self, record: ArrayFile) -> None:
@@ -330,8 +344,8 @@ class TiledApplier:
             parent.delete_contents([key], external_only=False)
         self._arrays.pop((*record.path, key), None)
         if array.ndim == 0 or array.shape[0] == 0:
-            parent.write_array(
-                np.asarray(array), key=key, dims=record.dims, metadata=record.metadata
+            write_whole_array(
+                parent, np.asarray(array), key=key, dims=record.dims, metadata=record.metadata
             )
             return
         step = block_rows(array.shape, array.dtype.itemsize)

@@ -28,3 +28,28 @@ def test_an_empty_block_is_not_written_and_holds_nothing_back(tiled_server):
     assert "particle_com" not in node and "particles" not in node
     np.testing.assert_array_equal(node["shift"].read(), np.ones((1, 2)))
     client.context.close()
+
+
+def test_a_whole_empty_array_is_written_whatever_its_other_axes(tiled_server, tmp_path):
+    """No particle in a long scan: ``particle_com`` is (0, 300, 2). Tiled's client picks
+    "auto" chunks, which divide by zero for an empty array with a long axis (dask's
+    ``normalize_chunks``): the write was rejected with ``ZeroDivisionError`` and the run said
+    incomplete (found by ``benchmarks.live_latency --energies 300``)."""
+    from services.tiled.records import ArrayFile, ArrayWrite
+
+    client = connect(tiled_server.url, tiled_server.api_key, timeout=30)
+    applier = TiledApplier(client)
+    path = ("analysis", "empty-array-run", "xanes")
+    for shape in [(0, 300, 2), (0, 50, 2), (300, 0), (0,)]:
+        key = "com_" + "x".join(map(str, shape))
+        applier(ArrayWrite(path, key, np.zeros(shape, dtype=np.float32)))
+        file = tmp_path / f"{key}.npy"
+        np.save(file, np.zeros(shape, dtype=np.float32))
+        applier(ArrayFile(path, key + "_file", str(file)))
+    node = client["analysis"]["empty-array-run"]["xanes"]
+    for shape in [(0, 300, 2), (0, 50, 2), (300, 0), (0,)]:
+        key = "com_" + "x".join(map(str, shape))
+        for name in (key, key + "_file"):
+            got = node[name].read()
+            assert got.shape == shape and got.dtype == np.float32, (name, got.shape)
+    client.context.close()
