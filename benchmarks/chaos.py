@@ -188,12 +188,21 @@ class PausingPublisher:
 
 
 # ---- the scans ---------------------------------------------------------------------------------
-def xanes_scan(detector_dir: Path, seed: int, n_energies: int, source: str) -> tuple[Any, Any]:
+def xanes_scan(
+    detector_dir: Path,
+    seed: int,
+    n_energies: int,
+    source: str,
+    shape: tuple[int, int] = (64, 64),
+    n_particles: int = 3,
+) -> tuple[Any, Any]:
     from bluesky_plans.devices import SimTXM
     from bluesky_plans.plans import xanes_scan_plan
     from synthetic.txm import TxmScene, default_energies
 
-    scene = TxmScene.random(seed, shape=(64, 64), n_particles=3, n_scans=1, n_frames=n_energies)
+    scene = TxmScene.random(
+        seed, shape=shape, n_particles=n_particles, n_scans=1, n_frames=n_energies
+    )
     txm = SimTXM(scene, detector_dir, frame_source=source, seed=seed)
     energies = list(default_energies(n_energies))
     return xanes_scan_plan(txm, energies, n_flats=1, md={"chaos_seed": seed}), txm
