@@ -15,6 +15,7 @@ from services.core.metrics import Metrics
 from services.runs.routing import RunDispatcher, RunRouter
 from services.runtime.consumer import Consumer
 from tests.conftest import wait_until
+from tests.services.held_stage import held_consumer, held_station
 from tests.services.test_ingest_e2e import FLAT_FRAMES, N_FLATS, live_publisher
 from tests.sim import N_ENERGIES, energies, small_txm
 
@@ -83,62 +84,6 @@ def test_a_scan_runs_live_while_the_previous_runs_after_scan_stage_is_busy(
         ana.stop()
 
 
-class ChildHeldStage:
-    """A pipeline whose after-scan stage runs in a child process (as a tomogram's does):
-    ``tests.services.child_stages.held_stage``, held until the test releases it."""
-
-    name = "held"
-    version = "1"
-
-    def __init__(self, start, child, files, target="held_stage"):
-        self.parameters = {}
-        self._child, self._files, self._target = child, files, target
-
-    def on_frame(self, frame, out):
-        pass
-
-    def on_stop(self, stop, out):
-        params = {
-            "started": str(self._files / "started"),
-            "release": str(self._files / "release"),
-            "big_rows": 12_000,  # 12 MB of float32: handed over, and spooled, as a file
-        }
-        with self._child.stage_dir(out.run_uid) as work:
-            target = f"tests.services.child_stages:{self._target}"
-            self._child.run(target, stage_dir=work, params=params, out=out)
-
-
-def held_consumer(settings, files, target="held_stage", timeout=None):
-    """An analysis consumer with frame statistics for every run and, for runs started with
-    ``held=True``, :class:`ChildHeldStage`; its child stages work under the spool dir, with
-    ``timeout`` (an ``AfterScanTimeout``; None: the default) and the consumer's metrics."""
-    from services.analysis.child_stage import ChildStages
-
-    metrics = Metrics("analysis")
-    child = ChildStages(
-        settings.spool_dir / "analysis" / "stages", threads=1, timeout=timeout, metrics=metrics
-    )
-    registry = PipelineRegistry()
-    registry.register("frames", lambda start: True, FrameStatsPipeline)
-    registry.register(
-        "held",
-        lambda start: start.get("held", False),
-        lambda start: ChildHeldStage(start, child, files, target),
-    )
-    consumer = Consumer(
-        "analysis", settings, metrics=metrics, registry=registry, child_stages=child
-    )
-    return consumer, child
-
-
-def xanes_run(RE, detector, seed, **md):
-    (uid,) = RE(
-        xanes_scan_plan(small_txm(detector, "stream", seed=seed), energies(), n_flats=N_FLATS),
-        **md,
-    )
-    return uid
-
-
 def test_a_scan_runs_live_while_a_stage_runs_in_its_child_process(
     consumer_settings, tiled_client, tmp_path
 ):
@@ -146,20 +91,13 @@ def test_a_scan_runs_live_while_a_stage_runs_in_its_child_process(
     analysed to the end while it holds; its writes, a 12 MB array among them, reach Tiled."""
     import numpy as np
 
-    settings, detector = consumer_settings
-    files = tmp_path / "files"
-    files.mkdir()
-    ana, child = held_consumer(settings, files)
-    ana.start()
-    pub = live_publisher(settings, (ana,))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        first = xanes_run(RE, detector, 9, held=True)
-        wait_until(lambda: (files / "started").exists(), timeout=120)
-        pid = int((files / "started").read_text())
-        assert pid != os.getpid() and child.running() == 1
-        second = xanes_run(RE, detector, 10)
+    settings, _detector = consumer_settings
+    with held_station(consumer_settings, tmp_path / "files") as station:
+        first = station.scan(9, held=True)
+        wait_until(lambda: (station.files / "started").exists(), timeout=120)
+        pid = station.started_pid()
+        assert pid != os.getpid() and station.child.running() == 1
+        second = station.scan(10)
 
         def status(uid, pipeline="frames"):
             return tiled_client["analysis"][uid][pipeline].metadata["status"]
@@ -168,7 +106,7 @@ def test_a_scan_runs_live_while_a_stage_runs_in_its_child_process(
         assert status(first, "held") == "running" and status(first, "second") == "queued"
         stats = tiled_client["analysis"][second]["frames"]["frame_stats"].read()
         assert len(stats) == N_ENERGIES + FLAT_FRAMES
-        (files / "release").touch()
+        station.release()
         wait_until(lambda: status(first, "held") == "complete", timeout=60)
         held = tiled_client["analysis"][first]["held"]
         assert held.metadata["stage_done"] is True and held.metadata["pid"] == pid
@@ -176,14 +114,10 @@ def test_a_scan_runs_live_while_a_stage_runs_in_its_child_process(
         big = held["big"].read()
         assert np.array_equal(big, np.arange(12_000 * 256, dtype=np.float32).reshape(-1, 256))
         assert held["grown"].read().tolist() == [[1, 1, 1], [1, 1, 1]]
-        assert ana.wait_idle(30)
+        assert station.consumer.wait_idle(30)
         # the stage's files went with it, the spooled array with its applied record
         assert list((settings.spool_dir / "analysis" / "stages").iterdir()) == []
         assert list((settings.spool_dir / "analysis" / "arrays").iterdir()) == []
-    finally:
-        (files / "release").touch()
-        pub.close()
-        ana.stop()
 
 
 def test_a_killed_stage_child_fails_its_stages_and_the_consumer_goes_on(
@@ -192,18 +126,11 @@ def test_a_killed_stage_child_fails_its_stages_and_the_consumer_goes_on(
     """SIGKILL of a stage's child process (as the kernel's out-of-memory killer would): the
     stage and the second stage it had announced end ``failed`` naming the signal, the
     consumer analyses the next scan, and the stage's files are removed."""
-    settings, detector = consumer_settings
-    files = tmp_path / "files"
-    files.mkdir()
-    ana, child = held_consumer(settings, files)
-    ana.start()
-    pub = live_publisher(settings, (ana,))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        first = xanes_run(RE, detector, 9, held=True)
-        wait_until(lambda: (files / "started").exists(), timeout=120)
-        os.kill(int((files / "started").read_text()), signal.SIGKILL)
+    settings, _detector = consumer_settings
+    with held_station(consumer_settings, tmp_path / "files") as station:
+        first = station.scan(9, held=True)
+        wait_until(lambda: (station.files / "started").exists(), timeout=120)
+        os.kill(station.started_pid(), signal.SIGKILL)
 
         def metadata(uid, pipeline):
             return tiled_client["analysis"][uid][pipeline].metadata
@@ -214,26 +141,17 @@ def test_a_killed_stage_child_fails_its_stages_and_the_consumer_goes_on(
         assert metadata(first, "second")["status"] == "failed"
         assert "SIGKILL" in metadata(first, "second")["error"]
         assert metadata(first, "frames")["status"] == "complete"  # not the child's
-        second = xanes_run(RE, detector, 10)
+        second = station.scan(10)
         wait_until(lambda: metadata(second, "frames")["status"] == "complete", timeout=90)
-        assert child.running() == 0 and ana.dead_workers() == []
+        assert station.child.running() == 0 and station.consumer.dead_workers() == []
         assert list((settings.spool_dir / "analysis" / "stages").iterdir()) == []
-    finally:
-        pub.close()
-        ana.stop()
 
 
 def test_a_stage_error_in_the_child_fails_the_stage_with_it(
     consumer_settings, tiled_client, tmp_path
 ):
-    settings, detector = consumer_settings
-    ana, _child = held_consumer(settings, tmp_path, target="failing_stage")
-    ana.start()
-    pub = live_publisher(settings, (ana,))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        uid = xanes_run(RE, detector, 9, held=True)
+    with held_station(consumer_settings, tmp_path / "files", target="failing_stage") as station:
+        uid = station.scan(9, held=True)
 
         def metadata():
             return tiled_client["analysis"][uid]["held"].metadata
@@ -243,9 +161,6 @@ def test_a_stage_error_in_the_child_fails_the_stage_with_it(
         assert metadata()["error"] == (
             "StageChildError: ValueError: no particles in this volume"
         ), metadata()
-    finally:
-        pub.close()
-        ana.stop()
 
 
 def test_a_consumer_stopping_kills_its_stage_child_and_the_next_one_resumes_the_run(
@@ -253,26 +168,17 @@ def test_a_consumer_stopping_kills_its_stage_child_and_the_next_one_resumes_the_
 ):
     """Stopping the consumer mid-stage: its child is gone when ``stop`` returns (no orphan),
     the run is left open (not failed), and the next consumer replays it to the end."""
-    settings, detector = consumer_settings
+    settings, _detector = consumer_settings
     files = tmp_path / "files"
-    files.mkdir()
-    ana, _child = held_consumer(settings, files)
-    ana.start()
-    pub = live_publisher(settings, (ana,))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        uid = xanes_run(RE, detector, 9, held=True)
+    with held_station(consumer_settings, files) as station:
+        uid = station.scan(9, held=True)
         wait_until(lambda: (files / "started").exists(), timeout=120)
-        pid = int((files / "started").read_text())
-    finally:
-        pub.close()
-        ana.stop()
+        pid = station.started_pid()
+    # the station stopped its consumer, and with it the child, before releasing the stage
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert tiled_client["analysis"][uid]["held"].metadata["status"] == "running"
     (files / "started").unlink()
-    (files / "release").touch()
     again, _child = held_consumer(settings, files)
     again.start()  # replays the run from its journal, the stage included
     try:

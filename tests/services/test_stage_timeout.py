@@ -15,9 +15,9 @@ from services.core.settings import AfterScanTimeout
 from services.runtime.consumer import Consumer
 from synthetic.cathode import make_cathode_volume
 from tests.conftest import wait_until
+from tests.services.held_stage import held_station
 from tests.services.live_tomo import finished_result, scanned_station
 from tests.services.test_ingest_e2e import live_publisher
-from tests.services.test_never_blocked import held_consumer, xanes_run
 
 
 def _timeouts(metrics: Metrics, limit: str) -> float | None:
@@ -88,19 +88,12 @@ def test_a_stage_child_that_writes_nothing_for_idle_s_is_killed(
     """A child that hangs after its first writes (``held_stage`` is never released): with
     ``idle_s`` it is killed after that long without a write, although its time limit is far;
     its stages fail naming the idle limit, and the next scan completes."""
-    settings, detector = consumer_settings
-    files = tmp_path / "files"
-    files.mkdir()
-    ana, child = held_consumer(settings, files, timeout=AfterScanTimeout(idle_s=3.0))
-    metrics = ana.metrics
-    ana.start()
-    pub = live_publisher(settings, (ana,))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        first = xanes_run(RE, detector, 9, held=True)
-        wait_until(lambda: (files / "started").exists(), timeout=120)
-        pid = int((files / "started").read_text())
+    timeout = AfterScanTimeout(idle_s=3.0)
+    with held_station(consumer_settings, tmp_path / "files", timeout=timeout) as station:
+        metrics, child = station.consumer.metrics, station.child
+        first = station.scan(9, held=True)
+        wait_until(lambda: (station.files / "started").exists(), timeout=120)
+        pid = station.started_pid()
 
         def metadata(uid, pipeline):
             return tiled_client["analysis"][uid][pipeline].metadata
@@ -118,10 +111,6 @@ def test_a_stage_child_that_writes_nothing_for_idle_s_is_killed(
         )
         assert not Path(f"/proc/{pid}").exists()  # killed and reaped
         assert _timeouts(metrics, "idle") == 1.0 and _timeouts(metrics, "total") is None
-        second = xanes_run(RE, detector, 10)
+        second = station.scan(10)
         wait_until(lambda: metadata(second, "frames")["status"] == "complete", timeout=90)
-        assert child.running() == 0 and ana.dead_workers() == []
-    finally:
-        (files / "release").touch()
-        pub.close()
-        ana.stop()
+        assert child.running() == 0 and station.consumer.dead_workers() == []
