@@ -28,6 +28,7 @@ from scipy.fft import next_fast_len
 
 from pipelines.xanes.kernels import extract_crop
 from pipelines.xanes.params import TrackParams
+from pipelines.xanes.post_edge import edge_binning_of
 from pipelines.xanes.results import ParticleRoi
 from pipelines.xanes.window import bin_mask
 
@@ -220,7 +221,7 @@ def static_refined_shifts(
     numpy.ndarray
         ``(P, N, 2)`` refined shifts.
     """
-    b = max(1, round(shape[0] / ods[0].shape[0]))
+    b = edge_binning_of(shape, ods)
     height, width = ods[0].shape
     out = shift.copy()
     for k, roi in enumerate(rois):
