@@ -590,7 +590,9 @@ class Consumer:
         while True:
             try:
                 run = self._client.get()["raw"][run_uid]
-                if "stop" in run.metadata or time.monotonic() >= deadline:
+                # done: its stop is in, or its status (a stop Tiled refused leaves that)
+                done = "stop" in run.metadata or MetadataKeys().raw_status in run.metadata
+                if done or time.monotonic() >= deadline:
                     return read_raw_events(run, stream, seq_nums)
                 logger.info("waiting for raw/ to finish the run", extra={"run_uid": run_uid})
             except Exception as exc:
