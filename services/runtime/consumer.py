@@ -33,7 +33,15 @@ from services.analysis.router import AnalysisRunRouter, PipelineRegistry, RawEve
 from services.bus.jetstream import JetStreamRuns
 from services.bus.subscriber import BusSubscriber
 from services.core.identifiers import InvalidIdentifier, check_uid
-from services.core.layout import ANALYSIS, RAW, MetadataKeys, RawStatus, Status, status_node
+from services.core.layout import (
+    ANALYSIS,
+    FINAL_STATUSES,
+    RAW,
+    MetadataKeys,
+    RawStatus,
+    Status,
+    status_node,
+)
 from services.core.metrics import Metrics
 from services.core.settings import BeamwatchSettings
 from services.runs.ingest import STAND_IN_STOP_KEY, RawRunRouter
@@ -42,7 +50,15 @@ from services.runs.routing import Doc, RouterFactory, RunDispatcher
 from services.runtime.doc_queue import DocumentQueue
 from services.tiled.applier import TiledApplier, connect, is_transient, is_unreachable
 from services.tiled.frame_files import remove_stale_temp_files
-from services.tiled.records import ArrayRows, Metadata, RawDoc, RawDocs, Record, TableRows
+from services.tiled.records import (
+    ArrayRows,
+    Container,
+    Metadata,
+    RawDoc,
+    RawDocs,
+    Record,
+    TableRows,
+)
 from services.tiled.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -388,6 +404,7 @@ class Consumer:
         rejected.append(entry)
         keys = MetadataKeys()
         metadata = {keys.rejected_writes: list(rejected), keys.write_errors: len(rejected)}
+        metadata.update(_final_status_of(record, target, node[1]))
         self.spool.put(Metadata(target, metadata, notice=True))
 
     def _run_given_up(self, run_uid: str, reason: str) -> None:
@@ -590,7 +607,9 @@ class Consumer:
         while True:
             try:
                 run = self._client.get()["raw"][run_uid]
-                if "stop" in run.metadata or time.monotonic() >= deadline:
+                # done: its stop is in, or its status (a stop Tiled refused leaves that)
+                done = "stop" in run.metadata or MetadataKeys().raw_status in run.metadata
+                if done or time.monotonic() >= deadline:
                     return read_raw_events(run, stream, seq_nums)
                 logger.info("waiting for raw/ to finish the run", extra={"run_uid": run_uid})
             except Exception as exc:
@@ -603,6 +622,23 @@ class Consumer:
                 )
             if self._stop.wait(1.0):
                 raise RecoveryInterrupted(run_uid)
+
+
+def _final_status_of(record: Record, target: tuple[str, ...], key: str) -> dict[str, Any]:
+    """For the notice of a rejected write that would have ended its run or pipeline (its
+    final status): that end, ``incomplete`` instead of ``complete``. Without it the status
+    stayed what it was, ``running`` for good (the notice only turns ``complete`` into
+    ``incomplete``)."""
+    if not isinstance(record, Metadata | Container) or tuple(record.path) != target:
+        return {}
+    status = (record.metadata or {}).get(key)
+    if status not in FINAL_STATUSES:
+        return {}
+    ended = {key: Status.INCOMPLETE.value if status == Status.COMPLETE else str(status)}
+    error = (record.metadata or {}).get(MetadataKeys().error)
+    if error is not None:
+        ended[MetadataKeys().error] = error
+    return ended
 
 
 def read_raw_events(run: Any, stream: str, seq_nums: list[int]) -> dict[int, RawEvent]:

@@ -274,9 +274,27 @@ class TiledApplier:
                         len(current[METADATA.rejected_writes]),
                     )
                     metadata = {**metadata, key: Status.INCOMPLETE.value}
+            if key == METADATA.raw_status and key in metadata:
+                metadata = self._raw_frames_checked(record.path, metadata)
             if metadata.get(key) == Status.COMPLETE and RAW_ROWS in metadata:
                 metadata = self._raw_rows_checked(record.path, metadata)
         node.update_metadata(metadata=metadata, drop_revision=True)
+
+    def _raw_frames_checked(
+        self, path: tuple[str, ...], metadata: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A raw run's status with the frames its stop found no Datum for (lost on the bus):
+        named in ``beamwatch_unregistered_frames``, and never ``complete``."""
+        writer = self._raw_writer
+        unregistered = writer.take_unregistered(path[1]) if writer is not None else {}
+        if not unregistered:
+            return metadata
+        status = metadata[METADATA.raw_status]
+        return {
+            **metadata,
+            METADATA.raw_status: Status.INCOMPLETE.value if status == Status.COMPLETE else status,
+            "beamwatch_unregistered_frames": unregistered,
+        }
 
     def _raw_rows_checked(self, path: tuple[str, ...], metadata: dict[str, Any]) -> dict[str, Any]:
         """A raw run's ``complete`` status, or ``incomplete`` with the seq_nums Tiled lacks.

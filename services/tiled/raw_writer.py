@@ -24,7 +24,12 @@ normaliser, the consolidators, the layout) is kept:
   are read back and a row already there is not appended again;
 * a StreamDatum grows the consolidator once (keyed by stream resource and index range); its
   retry only re-sends the resulting data source, which is a replacement and so idempotent;
-* a container or array node that exists already (409) is taken as it is.
+* a container or array node that exists already (409) is taken as it is;
+* an Event whose Datum was lost on the bus no longer costs the run its stop: the normaliser
+  raised at the stop ("Cannot emit StreamDatum ... Datum document is missing"), the stop was
+  rejected, ``raw/<uid>`` never got it, and the analysis consumer waited ``recovery_timeout``
+  for it at every look for lost frames (benchmarks.chaos). Such references are dropped at the
+  stop and named (:attr:`RawWriter.unregistered`); the run's status says ``incomplete``.
 
 Writes are batched adaptively: when the spool has one record waiting (an idle beamline) it is
 written alone; when Tiled lags, the spool hands over a run's queued records at once
@@ -205,13 +210,42 @@ class RawRun:
     def __init__(self, client: Any) -> None:
         self.normalizer = _Normalizer()
         self.writer = IdempotentRunWriter(client)
+        #: seq_nums per stream of Events whose Datum never came (dropped at the stop)
+        self.unregistered: dict[str, list[int]] = {}
         self._collected: list[tuple[str, Doc]] = []
         self.normalizer.subscribe(lambda name, doc: self._collected.append((name, doc)))
 
     def normalize(self, name: str, doc: Doc) -> list[tuple[str, Doc]]:
         self._collected = []
+        if name == "stop":
+            self._drop_unresolved_references()
         self.normalizer(name, copy.deepcopy(doc))
         return self._collected
+
+    def _drop_unresolved_references(self) -> dict[str, list[int]]:
+        """Take out of the normaliser the Events' references to Datums that never came (lost
+        on the bus), which would make it refuse the stop; returns and keeps
+        (:attr:`unregistered`) their seq_nums per stream: the frames they stand for are
+        registered only where a later frame of the same file covers them."""
+        normalizer = self.normalizer
+        kept = []
+        for ref in normalizer._ext_ref_cache:  # noqa: SLF001 - bluesky keeps no public view
+            datum_id, data_key, desc_uid, seq_num = ref
+            if datum_id in normalizer._datum_cache:  # noqa: SLF001
+                kept.append(ref)
+                continue
+            stream = normalizer._desc_name_by_uid.get(desc_uid, desc_uid)  # noqa: SLF001
+            self.unregistered.setdefault(stream, []).append(int(seq_num))
+            logger.warning(
+                "event seq_num %s of stream %s refers to Datum %s (%s), which never came; "
+                "its frame is not registered",
+                seq_num,
+                stream,
+                datum_id,
+                data_key,
+            )
+        normalizer._ext_ref_cache[:] = kept  # noqa: SLF001
+        return self.unregistered
 
 
 #: Normalised documents whose writes can wait for the end of a batch: Event rows (one table
@@ -239,6 +273,13 @@ class RawWriter:
         self._client = raw_container.include_data_sources()
         self._runs: dict[str, RawRun] = {}
         self._pending: dict[str, list[_Pending]] = {}
+        #: run uid -> stream -> seq_nums of Events whose Datum never came, from the run's
+        #: stop until its status is written (:meth:`take_unregistered`)
+        self.unregistered: dict[str, dict[str, list[int]]] = {}
+
+    def take_unregistered(self, run_uid: str) -> dict[str, list[int]]:
+        """The seq_nums per stream whose frames the run's stop found no Datum for (once)."""
+        return self.unregistered.pop(run_uid, {})
 
     def __call__(self, record: RawDoc) -> None:
         self.apply_many([record])
@@ -274,7 +315,11 @@ class RawWriter:
         for rid, name, run_uid, _run, _pending in batch:
             self._pending.pop(rid, None)
             if name == "stop":
-                self._runs.pop(run_uid, None)
+                done = self._runs.pop(run_uid, None)
+                if done is not None and done.unregistered:
+                    self.unregistered[run_uid] = {
+                        stream: sorted(set(seq)) for stream, seq in done.unregistered.items()
+                    }
 
     @staticmethod
     def _flush(waiting: list[tuple[RawRun, _Pending]]) -> None:

@@ -90,3 +90,73 @@ def test_a_consumer_whose_worker_died_exits_to_be_restarted(consumer_settings):
     consumer.spool.stop(drain_timeout=0)  # the spool worker ends: the consumer must not linger
     runner.join(timeout=30)
     assert result == [1]
+
+
+class WithSecondStage:
+    """Ends a second stage in a container of its own, as the tomogram's particle stage does:
+    that stage's final status is only in its own last metadata write."""
+
+    name = "first"
+    version = "1"
+
+    def __init__(self, start):
+        self.parameters = {}
+
+    def on_frame(self, frame, out):
+        pass
+
+    def on_stop(self, stop, out):
+        second = out.sibling("second")
+        second.container({"status": "running"})
+        second.metadata({**out.final(), "result": 1})
+
+
+def test_a_rejected_final_status_write_ends_the_stage_incomplete_not_running(
+    consumer_settings, tiled_client
+):
+    """The write that ends a stage (its final status) is answered 404 by the server every
+    time, so the spool rejects it in the end: the stage said ``running`` for good (the
+    rejection notice only turns ``complete`` into ``incomplete``). Now the notice ends it,
+    ``incomplete``, naming the write."""
+    settings, detector = consumer_settings
+    settings.retry_max_backoff = 0.05
+    registry = PipelineRegistry()
+    registry.register("first", lambda start: True, WithSecondStage)
+    ana = Consumer("analysis", settings, registry=registry)
+    refused = []
+
+    def refuse_the_final_status(request):
+        # the second stage's status write goes to a node that is not there: a real 404
+        if (
+            request.method == "PATCH"
+            and request.url.path.endswith("/second")
+            and b"complete" in request.content
+            and b"rejected_writes" not in request.content
+        ):
+            refused.append(request.url.path)
+            request.url = request.url.copy_with(path=request.url.path + "-not-there")
+
+    hooks = ana._client.get().context.http_client.event_hooks  # noqa: SLF001 - its own client
+    hooks["request"] = [*hooks["request"], refuse_the_final_status]
+    ana.start()
+    pub = live_publisher(settings, (ana,))
+    try:
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        (uid,) = RE(
+            xanes_scan_plan(small_txm(detector, "stream", seed=8), energies(), n_flats=N_FLATS)
+        )
+
+        def second():
+            return tiled_client["analysis"][uid]["second"].metadata
+
+        wait_until(lambda: second().get("write_errors"), 120)
+        md = second()
+        assert md["status"] == "incomplete", md
+        (rejected,) = md["rejected_writes"]
+        assert rejected["op"] == "metadata" and rejected["path"] == f"analysis/{uid}/second"
+        assert len(refused) >= 2  # retried before it was given up
+        assert tiled_client["analysis"][uid]["first"].metadata["status"] == "complete"
+    finally:
+        pub.close()
+        ana.stop()

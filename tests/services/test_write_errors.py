@@ -269,3 +269,53 @@ def test_a_stream_whose_table_creation_died_with_tiled_gets_its_rows(tmp_path):
         assert sorted(table["seq_num"]) == list(range(1, expected + 1))
     finally:
         server.stop()
+
+
+def test_a_datum_lost_on_the_bus_costs_the_raw_run_no_stop(tmp_path, tiled_client):
+    """Frames as Resource/Datum; the Datum of one Event never reaches the raw path (lost on
+    the bus). bluesky's normaliser refused the stop for it ("Cannot emit StreamDatum ...
+    Datum document is missing"), the stop was rejected, and ``raw/<uid>`` never got it: the
+    analysis consumer then waited ``recovery_timeout`` for it at each look for lost frames.
+    Now the stop goes in and the run says ``incomplete``, naming the frame."""
+    from bluesky import RunEngine
+
+    from bluesky_plans.plans import xanes_scan_plan
+    from services.runs.ingest import RawRunRouter
+    from services.runs.routing import RunDispatcher
+    from tests.sim import energies, small_txm
+
+    docs = []
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(xanes_scan_plan(small_txm(tmp_path / "detector", "resource", seed=4), energies()))
+    uid = docs[0][1]["uid"]
+    primary = next(d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary")
+    lost_event = next(d for n, d in docs if n == "event" and d["descriptor"] == primary)
+    lost_datum = next(v for v in lost_event["data"].values() if isinstance(v, str))
+    rejected = []
+    metrics = Metrics("raw", CollectorRegistry())
+    spool = Spool(
+        tmp_path / "spool",
+        TiledApplier(tiled_client),
+        metrics,
+        max_backoff=0.05,
+        is_transient=is_transient,
+        is_unreachable=is_unreachable,
+        on_reject=lambda record, error: rejected.append(error),
+    )
+    dispatcher = RunDispatcher([lambda start: RawRunRouter(spool)], metrics)
+    for name, doc in docs:
+        if not (name == "datum" and doc["datum_id"] == lost_datum):
+            dispatcher(name, doc)
+    spool.start()
+    try:
+        assert spool.wait_empty(120)
+    finally:
+        spool.stop()
+    assert rejected == []
+    md = tiled_client["raw"][uid].metadata
+    assert md["stop"]["uid"] == docs[-1][1]["uid"]
+    assert md["beamwatch_status"] == "incomplete", md
+    assert md["beamwatch_unregistered_frames"] == {"primary": [lost_event["seq_num"]]}
+    rows = tiled_client["raw"][uid]["primary"].base["internal"].read(["seq_num"])
+    assert sorted(rows["seq_num"]) == list(range(1, len(energies()) + 1))  # every row is in
