@@ -386,7 +386,20 @@ class AnalysisRunRouter(RunRouter):
                 raw = self._raw_events(stream, chunk)
                 frames = []
                 for seq in chunk:
-                    frame = self._rebuild_one(stream, wanted[stream][seq], seq, raw.get(seq))
+                    try:
+                        frame = self._rebuild_one(stream, wanted[stream][seq], seq, raw.get(seq))
+                    except RecoveryInterrupted:
+                        raise
+                    except Exception:
+                        # whatever raw/ or the file held, this frame is not known: it counts
+                        # as missing (the run ends incomplete naming it), the others go on
+                        logger.exception(
+                            "lost frame %d of stream %s could not be rebuilt",
+                            seq,
+                            stream,
+                            extra={"run_uid": self._uid},
+                        )
+                        frame = None
                     if frame is None:
                         self._missing.setdefault(stream, []).append(seq)
                         logger.error(

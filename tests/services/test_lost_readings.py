@@ -39,6 +39,7 @@ def _run(
     lose_stop=False,
     garble: int | None = None,
     raw_has_stop: bool = False,
+    raw_garbled: bool = False,
 ):
     txm = small_txm(tmp_path / "detector", "stream", seed=5)
     RE = RunEngine({})
@@ -57,6 +58,8 @@ def _run(
         looked_up.append((stream, seq_nums))
         if lost is None or not raw_holds_the_event or stream != "primary" or lose not in seq_nums:
             return {}
+        if raw_garbled:  # a row the rebuild cannot read (readings not a mapping)
+            return {lose: RawEvent(lost["time"], None)}  # type: ignore[arg-type]
         return {lose: RawEvent(lost["time"], dict(lost["data"]))}
 
     applied: list[Record] = []
@@ -135,6 +138,18 @@ def test_a_frame_whose_energy_is_lost_feeds_no_spectrum_and_the_run_names_it(tmp
     assert spectra.shape[1] == N_ENERGIES - 1
     labels = {"service": "analysis", "pipeline": "xanes"}
     assert metrics.registry.get_sample_value("beamwatch_frames_unusable_total", labels) == 1
+
+
+def test_a_lost_frame_that_cannot_be_rebuilt_is_missing_and_the_run_ends(tmp_path):
+    """The rebuild of a lost frame raises (raw/ holds a row it cannot read): the frame is
+    named missing in every pipeline, which ends ``incomplete`` instead of staying ``running``
+    (the error used to escape the after-scan job, and no final status was written)."""
+    applied, _metrics = _run(tmp_path, raw_holds_the_event=True, raw_garbled=True)
+    for pipeline in ("frames", "xanes"):
+        final = _final(applied, pipeline)
+        assert final["status"] == "incomplete", final
+        assert final["missing_seq_nums"] == {"primary": [LOST]}, final
+    assert LOST not in _column(applied, "frames", "frame_stats", "seq_num")
 
 
 def test_a_frame_whose_readings_raw_holds_is_used(tmp_path):
