@@ -71,6 +71,8 @@ class ParticleWindow:
         self.ring_count = int(np.count_nonzero(ring))
         self.cover_count = int(np.count_nonzero(self.cover))
         ring_rows, ring_cols = plane_samples(ring)
+        # the ring's plane samples in ROI coordinates, and in window coordinates
+        self.ring_samples = (ring_rows, ring_cols)
         self.ring_rows, self.ring_cols = ring_rows + search_px, ring_cols + search_px
         self.ring_index = np.ravel_multi_index((self.ring_rows, self.ring_cols), self.window_shape)
         cover_rows, cover_cols = np.nonzero(self.cover)
@@ -475,9 +477,9 @@ class EdgeTemplate:
         if shift is None:
             return None
         warped = self.model._warped(moving, shift - base)
-        reference = self.model.reference
-        a, c = warped - warped.mean(), reference - reference.mean()
-        ncc = dot(a, c) / (np.sqrt(dot(a, a) * dot(c, c)) + 1e-12)
+        c, cc = self.model.centred_reference()
+        a = warped - warped.mean()
+        ncc = dot(a, c) / (np.sqrt(dot(a, a) * cc) + 1e-12)
         return b * shift + self.offset, ncc, float(values.std())
 
     def maybe_update(
