@@ -242,17 +242,24 @@ def edges_in_box(
     else:
         smooth = region
     # output rows/cols of the box whose central differences exist (not the frame's outer ones)
-    top, bottom = max(rows[0], 1), min(rows[1], h - 1)
-    left, right = max(cols[0], 1), min(cols[1], w - 1)
+    top, left = max(rows[0], 1), max(cols[0], 1)
+    bottom, right = max(min(rows[1], h - 1), top), max(min(cols[1], w - 1), left)
     out = np.zeros((rows[1] - rows[0], cols[1] - cols[0]), dtype=np.float32)
-    if bottom <= top or right <= left:
-        return out
-    gr = smooth[top - r0 + 1 : bottom - r0 + 1, cols[0] - c0 : cols[1] - c0]
-    gr = gr - smooth[top - r0 - 1 : bottom - r0 - 1, cols[0] - c0 : cols[1] - c0]
-    gc = smooth[rows[0] - r0 : rows[1] - r0, left - c0 + 1 : right - c0 + 1]
-    gc = gc - smooth[rows[0] - r0 : rows[1] - r0, left - c0 - 1 : right - c0 - 1]
-    out[top - rows[0] : bottom - rows[0]] = gr * gr
-    out[:, left - cols[0] : right - cols[0]] += gc * gc
+    # differences into float32 (the clamped OD can be float64 when sigma is 0), then squared
+    gr = np.empty((bottom - top, out.shape[1]), dtype=np.float32)
+    np.subtract(
+        smooth[top - r0 + 1 : bottom - r0 + 1, cols[0] - c0 : cols[1] - c0],
+        smooth[top - r0 - 1 : bottom - r0 - 1, cols[0] - c0 : cols[1] - c0],
+        out=gr,
+    )
+    gc = np.empty((out.shape[0], right - left), dtype=np.float32)
+    np.subtract(
+        smooth[rows[0] - r0 : rows[1] - r0, left - c0 + 1 : right - c0 + 1],
+        smooth[rows[0] - r0 : rows[1] - r0, left - c0 - 1 : right - c0 - 1],
+        out=gc,
+    )
+    out[top - rows[0] : bottom - rows[0]] = np.multiply(gr, gr, out=gr)
+    out[:, left - cols[0] : right - cols[0]] += np.multiply(gc, gc, out=gc)
     return np.sqrt(out, out=out)
 
 
