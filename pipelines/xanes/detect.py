@@ -149,7 +149,7 @@ def detect_particles(
     min_area = max(params.min_area_fraction * od.size, params.min_area_px)
     idx = np.arange(1, n + 1)
     areas = ndimage.sum_labels(mask, labels, idx)
-    peaks = ndimage.maximum(smooth, labels, idx)
+    peaks = label_maxima(smooth, labels, n)
     brightest = float(np.max(peaks[areas >= min_area])) if np.any(areas >= min_area) else 0.0
     keep = (
         (areas >= min_area)
@@ -169,6 +169,18 @@ def detect_particles(
     if shrink > 0:
         labels = np.where(ndimage.binary_erosion(labels > 0, iterations=shrink), labels, 0)
     return relabel_by_area(labels)
+
+
+def label_maxima(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """``ndimage.maximum(values, labels, np.arange(1, n + 1))`` without sorting the frame.
+
+    scipy sorts every pixel of the frame by value for it (a 1024 x 1024 frame: ~0.1 s); the
+    maxima are the same (a maximum does not depend on the order it is taken in).
+    """
+    inside = labels > 0
+    peaks = np.full(n + 1, -np.inf, dtype=values.dtype)
+    np.maximum.at(peaks, labels[inside], values[inside])
+    return peaks[1:]
 
 
 def _split_touching(labels: np.ndarray, params: DetectParams, min_area: float) -> np.ndarray:

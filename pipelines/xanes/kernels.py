@@ -11,6 +11,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.fft import next_fast_len
 
+try:  # np.einsum's own C routine, without its Python dispatch (numpy >= 2)
+    from numpy._core._multiarray_umath import c_einsum as _einsum
+except ImportError:  # pragma: no cover - numpy 1.x
+    _einsum = np.einsum
+
 __all__ = [
     "CROSS",
     "GradientModel",
@@ -33,7 +38,7 @@ __all__ = [
 def dot(a: np.ndarray, b: np.ndarray) -> float:
     """Dot product of two vectors by einsum, not BLAS: a multi-threaded BLAS dot of a few
     thousand elements took milliseconds on a busy 2-core node."""
-    return float(np.einsum("i,i->", a, b))
+    return float(_einsum("i,i->", a, b))
 
 
 def extract_crop(image: np.ndarray, origin: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -152,6 +157,14 @@ class GradientModel:
         self.inverse = None if self.degenerate else np.linalg.inv(a)
         self.reference = template[support]
         self._flat_index: tuple[int, np.ndarray] | None = None
+        self._centred: tuple[np.ndarray, float] | None = None
+
+    def centred_reference(self) -> tuple[np.ndarray, float]:
+        """The reference minus its mean and that vector's squared norm (computed once)."""
+        if self._centred is None:
+            centred = self.reference - self.reference.mean()
+            self._centred = (centred, dot(centred, centred))
+        return self._centred
 
     def _warped(self, moving: np.ndarray, d: np.ndarray) -> np.ndarray:
         """``shift_image(moving, -d)`` at the support pixels."""

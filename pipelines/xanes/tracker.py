@@ -68,8 +68,8 @@ from pipelines.xanes.kernels import (
     block_mean,
     extract_crop,
     fast_len_below,
-    fit_plane,
     inside_fraction,
+    plane_from_samples,
 )
 from pipelines.xanes.maps import paint_particle_maps
 from pipelines.xanes.match import match_particles
@@ -548,8 +548,10 @@ class XanesTracker:
         self, od: np.ndarray, origin: np.ndarray, particle: ParticleWindow
     ) -> np.ndarray:
         crop = extract_crop(od, origin, particle.roi.shape).astype(np.float32)
-        if particle.ring.sum() >= 16:
-            return crop - fit_plane(crop, particle.ring)
+        if particle.ring_count >= 16:
+            # fit_plane(crop, particle.ring), on the ring's samples taken once
+            rows, cols = particle.ring_samples
+            return crop - plane_from_samples(rows, cols, crop[rows, cols], crop.shape, crop.dtype)
         return crop - np.float32(np.percentile(crop, 10))
 
     def _track(self, od: np.ndarray, energy: float) -> FrameResult:

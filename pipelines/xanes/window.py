@@ -71,6 +71,8 @@ class ParticleWindow:
         self.ring_count = int(np.count_nonzero(ring))
         self.cover_count = int(np.count_nonzero(self.cover))
         ring_rows, ring_cols = plane_samples(ring)
+        # the ring's plane samples in ROI coordinates, and in window coordinates
+        self.ring_samples = (ring_rows, ring_cols)
         self.ring_rows, self.ring_cols = ring_rows + search_px, ring_cols + search_px
         self.ring_index = np.ravel_multi_index((self.ring_rows, self.ring_cols), self.window_shape)
         cover_rows, cover_cols = np.nonzero(self.cover)
@@ -181,8 +183,8 @@ def frame_edges(od: np.ndarray, sigma: float) -> np.ndarray:
 
     A particle's outline is where its OD steps from the background: the gradient magnitude
     peaks there whatever the absorption level inside, and a scale change of the contrast only
-    scales it (removed by :class:`EdgeTemplate`'s normalisation). Computed once per frame and
-    shared by all particles.
+    scales it (removed by :class:`EdgeTemplate`'s normalisation). :class:`FrameEdges` computes
+    the same values only where the particles need them.
 
     Parameters
     ----------
@@ -198,31 +200,74 @@ def frame_edges(od: np.ndarray, sigma: float) -> np.ndarray:
         its robust range widened by half of it on either side (dead and hot pixels).
     """
     image = np.asarray(od, dtype=np.float32)
-    # dead and hot pixels are static in the detector frame; their huge gradients would hold a
-    # particle's registration at zero shift: clamp the OD to its robust range first
+    return edges_in_box(image, sigma, clamp_range(image), (0, image.shape[0]), (0, image.shape[1]))
+
+
+def clamp_range(image: np.ndarray) -> tuple[float, float]:
+    """The OD range :func:`frame_edges` clamps a float32 frame to: its robust range (0.1 to
+    99.9 %, on every 4th pixel) widened by half of it on either side.
+
+    Dead and hot pixels are static in the detector frame; their huge gradients would hold a
+    particle's registration at zero shift.
+    """
     sample = image[::4, ::4].ravel()
     lo, hi = np.percentile(sample, [0.1, 99.9]) if sample.size >= 16 else (-np.inf, np.inf)
     span = hi - lo
-    image = np.clip(image, lo - 0.5 * span, hi + 0.5 * span)
-    if sigma > 0:
-        weights = gaussian_weights(sigma).astype(np.float32)
-        smooth = np.empty(image.shape, dtype=np.float32)
-        ndimage.correlate1d(image, weights, axis=0, output=smooth, mode="reflect")
+    return lo - 0.5 * span, hi + 0.5 * span
+
+
+def edges_in_box(
+    image: np.ndarray,
+    sigma: float,
+    bounds: tuple[float, float],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> np.ndarray:
+    """:func:`frame_edges` of a float32 frame on the box ``rows`` x ``cols`` only (bit for bit).
+
+    The box is filtered with a margin of the kernel radius + 1 (clipped at the frame, where
+    the smoothing reflects as on the whole frame); the gradient is 0 on the frame's outer
+    rows and columns, as there.
+    """
+    h, w = image.shape
+    weights = gaussian_weights(sigma).astype(np.float32) if sigma > 0 else None
+    pad = (weights.size // 2 if weights is not None else 0) + 1
+    r0, r1 = max(rows[0] - pad, 0), min(rows[1] + pad, h)
+    c0, c1 = max(cols[0] - pad, 0), min(cols[1] + pad, w)
+    region = np.clip(image[r0:r1, c0:c1], bounds[0], bounds[1])
+    if weights is not None:
+        smooth = np.empty(region.shape, dtype=np.float32)
+        ndimage.correlate1d(region, weights, axis=0, output=smooth, mode="reflect")
         ndimage.correlate1d(smooth, weights, axis=1, output=smooth, mode="reflect")
     else:
-        smooth = image
-    gr = np.zeros(image.shape, dtype=np.float32)
-    gc = np.zeros(image.shape, dtype=np.float32)
-    np.subtract(smooth[2:], smooth[:-2], out=gr[1:-1])
-    np.subtract(smooth[:, 2:], smooth[:, :-2], out=gc[:, 1:-1])
-    np.multiply(gr, gr, out=gr)
-    np.multiply(gc, gc, out=gc)
-    np.add(gr, gc, out=gr)
-    return np.sqrt(gr, out=gr)
+        smooth = region
+    # output rows/cols of the box whose central differences exist (not the frame's outer ones)
+    top, left = max(rows[0], 1), max(cols[0], 1)
+    bottom, right = max(min(rows[1], h - 1), top), max(min(cols[1], w - 1), left)
+    out = np.zeros((rows[1] - rows[0], cols[1] - cols[0]), dtype=np.float32)
+    # differences into float32 (the clamped OD can be float64 when sigma is 0), then squared
+    gr = np.empty((bottom - top, out.shape[1]), dtype=np.float32)
+    np.subtract(
+        smooth[top - r0 + 1 : bottom - r0 + 1, cols[0] - c0 : cols[1] - c0],
+        smooth[top - r0 - 1 : bottom - r0 - 1, cols[0] - c0 : cols[1] - c0],
+        out=gr,
+    )
+    gc = np.empty((out.shape[0], right - left), dtype=np.float32)
+    np.subtract(
+        smooth[rows[0] - r0 : rows[1] - r0, left - c0 + 1 : right - c0 + 1],
+        smooth[rows[0] - r0 : rows[1] - r0, left - c0 - 1 : right - c0 - 1],
+        out=gc,
+    )
+    out[top - rows[0] : bottom - rows[0]] = np.multiply(gr, gr, out=gr)
+    out[:, left - cols[0] : right - cols[0]] += np.multiply(gc, gc, out=gc)
+    return np.sqrt(out, out=out)
 
 
 class FrameEdges:
     """:func:`frame_edges` of one frame at the smoothing scales its particles use (lazily).
+
+    Only the tiles of the frame that crops ask for (:meth:`crop`) are computed, each once;
+    their values are those of :func:`frame_edges` on the whole frame, bit for bit.
 
     Parameters
     ----------
@@ -234,11 +279,16 @@ class FrameEdges:
         smoothing costs a quarter).
     """
 
+    TILE_PX = 32
+
     def __init__(self, od: np.ndarray, binning: int = 1) -> None:
         self.binning = int(binning)
         self.od = block_mean(od, self.binning) if self.binning > 1 else od
         self.shape = self.od.shape
-        self._cache: dict[float, np.ndarray] = {}
+        self._image: np.ndarray | None = None
+        self._bounds: tuple[float, float] | None = None
+        # sigma -> (edge image, computed tiles)
+        self._cache: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def from_binned(cls, od: np.ndarray, binning: int) -> FrameEdges:
@@ -248,10 +298,43 @@ class FrameEdges:
         return edges
 
     def at(self, sigma: float) -> np.ndarray:
-        """Edge image at smoothing ``sigma`` (binned px)."""
+        """Edge image at smoothing ``sigma`` (binned px), the whole frame."""
+        return self._filled(sigma, (0, self.shape[0]), (0, self.shape[1]))
+
+    def crop(self, sigma: float, origin: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """``extract_crop(self.at(sigma), origin, shape)``, computing only the tiles it needs."""
+        h, w = self.shape
+        r0, c0 = int(origin[0]), int(origin[1])
+        rows = (min(max(r0, 0), h - 1), min(max(r0 + shape[0] - 1, 0), h - 1) + 1)
+        cols = (min(max(c0, 0), w - 1), min(max(c0 + shape[1] - 1, 0), w - 1) + 1)
+        return extract_crop(self._filled(sigma, rows, cols), origin, shape)
+
+    def _filled(self, sigma: float, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """The edge image at ``sigma``, computed at least on the box ``rows`` x ``cols``."""
+        if self._image is None:
+            self._image = np.asarray(self.od, dtype=np.float32)
+            self._bounds = clamp_range(self._image)
+        assert self._bounds is not None
+        h, w = self.shape
+        t = self.TILE_PX
         if sigma not in self._cache:
-            self._cache[sigma] = frame_edges(self.od, sigma)
-        return self._cache[sigma]
+            tiles = np.zeros((-(-h // t), -(-w // t)), dtype=bool)
+            self._cache[sigma] = (np.empty((h, w), dtype=np.float32), tiles)
+        image, done = self._cache[sigma]
+        tr0, tr1 = rows[0] // t, -(-rows[1] // t)
+        tc0, tc1 = cols[0] // t, -(-cols[1] // t)
+        missing = ~done[tr0:tr1, tc0:tc1]
+        if missing.any():
+            # the bounding box of the missing tiles (tiles inside it already done come out
+            # the same again)
+            mr, mc = np.nonzero(missing.any(axis=1))[0], np.nonzero(missing.any(axis=0))[0]
+            box_rows = ((tr0 + mr[0]) * t, min((tr0 + mr[-1] + 1) * t, h))
+            box_cols = ((tc0 + mc[0]) * t, min((tc0 + mc[-1] + 1) * t, w))
+            image[box_rows[0] : box_rows[1], box_cols[0] : box_cols[1]] = edges_in_box(
+                self._image, sigma, self._bounds, box_rows, box_cols
+            )
+            done[tr0 + mr[0] : tr0 + mr[-1] + 1, tc0 + mc[0] : tc0 + mc[-1] + 1] = True
+        return image
 
 
 def edge_scale(diameter_px: float, minimum: float, fraction: float, maximum: float) -> float:
@@ -339,8 +422,8 @@ class EdgeTemplate:
         self._set(self._crop(edges, np.zeros(2, dtype=int)), np.zeros(2))
 
     def _crop(self, edges: FrameEdges, base: np.ndarray) -> np.ndarray:
-        image = edges.at(self.sigma)
-        return np.asarray(extract_crop(image, self.origin + base, self.shape), dtype=np.float64)
+        crop = edges.crop(self.sigma, self.origin + base, self.shape)
+        return np.asarray(crop, dtype=np.float64)
 
     def _set(self, edges: np.ndarray, offset: np.ndarray) -> None:
         values = edges[self.support]
@@ -401,9 +484,9 @@ class EdgeTemplate:
         if shift is None:
             return None
         warped = self.model._warped(moving, shift - base)
-        reference = self.model.reference
-        a, c = warped - warped.mean(), reference - reference.mean()
-        ncc = dot(a, c) / (np.sqrt(dot(a, a) * dot(c, c)) + 1e-12)
+        c, cc = self.model.centred_reference()
+        a = warped - warped.mean()
+        ncc = dot(a, c) / (np.sqrt(dot(a, a) * cc) + 1e-12)
         return b * shift + self.offset, ncc, float(values.std())
 
     def maybe_update(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipelines.xanes.detect import detect_particles, relabel_by_area
+from pipelines.xanes.detect import detect_particles, label_maxima, relabel_by_area
 from pipelines.xanes.prepare import optical_density, remove_background
 from tests.pipelines.xanes.conftest import truth_index
 
@@ -73,3 +75,15 @@ def test_relabel_by_area_orders_and_compacts():
 def test_bad_input():
     with pytest.raises(ValueError, match="od"):
         detect_particles(np.zeros((3, 4, 5)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), rows=st.integers(1, 40), cols=st.integers(1, 40))
+def test_label_maxima_is_ndimage_maximum(seed, rows, cols):
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(rows, cols)).astype(np.float32)
+    labels, n = ndimage.label(rng.random((rows, cols)) > 0.5)
+    if n == 0:
+        return
+    expected = ndimage.maximum(values, labels, np.arange(1, n + 1))
+    np.testing.assert_array_equal(label_maxima(values, labels, n), expected)
