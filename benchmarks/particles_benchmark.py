@@ -417,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         help="InstanceParams.merge_bridge_envelope (bridging pixels need this envelope "
         "probability)",
     )
+    parser.add_argument(
+        "--trim-dark-outline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="InstanceParams.trim_dark_outline (half-maximum outline pixels)",
+    )
     parser.add_argument("--envelope-weights", type=Path, default=None)
     parser.add_argument("--flaw-weights", type=Path, default=None)
     parser.add_argument("--phase-weights", type=Path, default=None, help="phase net weights")
@@ -452,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             ("envelope_merge", args.envelope_merge),
             ("envelope_fill", args.envelope_fill),
             ("merge_bridge_envelope", args.bridge_envelope),
+            ("trim_dark_outline", args.trim_dark_outline),
         )
         if v is not None
     }

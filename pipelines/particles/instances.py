@@ -28,7 +28,11 @@ from models.crack_unet import normalize_slices, reference_levels
 from models.envelope_unet import EnvelopeUNet, load_envelope_unet, predict_envelope
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
 from pipelines.cracks.particle_mask import fill_enclosed_holes
-from pipelines.particles.accept import drop_unlike_particles, trim_unlike_voxels
+from pipelines.particles.accept import (
+    drop_unlike_particles,
+    trim_dark_outline,
+    trim_unlike_voxels,
+)
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.merge import fill_from_envelope, merge_by_contact, merge_by_envelope
 from pipelines.volumes import check_volume
@@ -142,6 +146,14 @@ class InstanceParams(BaseModel):
         "way to the solid level leave it; enclosed holes are refilled "
         "(pipelines.particles.accept.trim_unlike_voxels).",
     )
+    trim_dark_outline: bool = Field(
+        default=False,
+        description="Outline pixels (in-slice) darker than half-way from the background to "
+        "the lower of the solid level and the instance's own brightest tenth leave it "
+        "(pipelines.particles.accept.trim_dark_outline): the half-maximum outline. Off by "
+        "default: it matches the real crops' grey-level outlines (F1 0.888 -> 0.922) but makes "
+        "the synthetic families' particles 3-4 % too small (README issue 13, 'Outline').",
+    )
     batch_size: PositiveInt = 4
 
 
@@ -248,6 +260,15 @@ def segment_instances(
             valid=vol != 0 if p.zero_is_outside else None,
         )
         labels = remove_small(trimmed, p.min_size)
+    if p.trim_dark_outline:
+        outlined = trim_dark_outline(
+            labels,
+            normalized,
+            foreground,
+            share=0.5,
+            valid=vol != 0 if p.zero_is_outside else None,
+        )
+        labels = remove_small(outlined, p.min_size)
     return InstanceResult(
         labels=labels, foreground=foreground, distance=distance, envelope=envelope
     )

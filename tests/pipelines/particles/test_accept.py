@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from pipelines.particles.accept import (
     drop_unlike_particles,
@@ -12,6 +13,7 @@ from pipelines.particles.accept import (
     phase_levels,
     reach_map,
     solid_reach,
+    trim_dark_outline,
     trim_unlike_voxels,
 )
 from pipelines.particles.instances import InstanceParams, segment_instances
@@ -109,6 +111,43 @@ def test_trim_unlike_voxels_removes_a_faint_rim_and_keeps_cracks_and_cores() -> 
     )
     with pytest.raises(ValueError, match="envelope shape"):
         trim_unlike_voxels(labels, grey, foreground, envelope[:, :10])
+
+
+def test_trim_dark_outline_takes_the_half_maximum_outline_one_pixel_deep() -> None:
+    yy, xx = np.mgrid[:80, :80]
+    r = np.hypot(yy - 25, xx - 25)
+    solid = r < 12
+    blur = (r >= 12) & (r < 14)  # the blurred edge: 2 px at 0.35 (below half-way 0.5)
+    core = r < 3  # a dark core, enclosed: stays
+    grey = np.full((1, 80, 80), 0.2, dtype=np.float32)
+    grey[0][solid] = 0.8
+    grey[0][blur] = 0.35
+    grey[0][core] = 0.1
+    # a dim small particle: peak 0.45 (reach 0.42), edge 0.34 (reach 0.23): above half of its
+    # own peak, kept, though below half of the solid level
+    r2 = np.hypot(yy - 60, xx - 60)
+    grey[0][r2 < 6] = 0.34
+    grey[0][r2 < 4] = 0.45
+    labels = np.zeros((1, 80, 80), dtype=np.int32)
+    labels[0][solid | blur] = 3
+    labels[0][r2 < 6] = 5
+    foreground = np.where(labels > 0, 0.95, 0.02).astype(np.float32)
+    out = trim_dark_outline(labels, grey, foreground)
+    assert out.dtype == np.int32
+    # the outermost layer of the blurred edge goes, the layer inside it stays; the core stays
+    outer = (labels[0] == 3) & ndimage.binary_dilation(labels[0] != 3)
+    np.testing.assert_array_equal(out[0] == 3, (labels[0] == 3) & ~outer)
+    assert (out[0][blur & ~outer] == 3).all() and (blur & ~outer).any()
+    assert (out[0][core] == 3).all()
+    np.testing.assert_array_equal(out[0] == 5, r2 < 6)
+    # darker edge of the dim particle (reach 0.083 < half of 0.42): its outline goes
+    grey[0][(r2 >= 5) & (r2 < 6)] = 0.25
+    out = trim_dark_outline(labels, grey, foreground)
+    assert (out[0][r2 < 4] == 5).all()
+    assert not (out[0][(r2 >= 5.5) & (r2 < 6)] == 5).any()
+    np.testing.assert_array_equal(trim_dark_outline(labels, grey, foreground, share=0), labels)
+    with pytest.raises(ValueError, match="normalized shape"):
+        trim_dark_outline(labels, grey[:, :10], foreground)
 
 
 def test_drop_unlike_particles_rejects_bad_input() -> None:

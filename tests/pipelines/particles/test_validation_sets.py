@@ -18,11 +18,11 @@ from pipelines.cracks.evaluate import particle_scores
 from pipelines.particles.instances import InstanceParams, segment_instances
 
 
-def _scores(cases: list[Case]) -> dict[str, float]:
+def _scores(cases: list[Case], params: InstanceParams | None = None) -> dict[str, float]:
     rows = []
     for c in cases:
         w = c.window
-        labels = segment_instances(c.recon).labels[w]
+        labels = segment_instances(c.recon, params).labels[w]
         rows.append(
             particle_scores(
                 labels,
@@ -78,6 +78,17 @@ def test_real_crops_floor(real: dict[str, Any]) -> None:
 @pytest.mark.xfail(strict=True, reason="goal F1 >= 0.9 on the real crops; measured 0.888")
 def test_real_crops_goal(real: dict[str, Any]) -> None:
     assert real["f1"] >= 0.9
+
+
+def test_real_crops_with_the_half_maximum_outline() -> None:
+    # InstanceParams(trim_dark_outline=True), an option: 0.922, precision 0.892, recall 0.956
+    # (2026-11-30; never-trained and training family F1 unchanged, but their particles 3-4 %
+    # too small: README issue 13, 'Outline'). Of its 3 more matches on the real crops, 2 are
+    # objects of 162-165 px that shrink under the labels' 150 px bound.
+    scores = _scores(real_crops(), InstanceParams(trim_dark_outline=True))
+    assert scores["f1"] >= 0.91
+    assert scores["precision"] >= 0.88
+    assert scores["split_rate"] <= 0.10
 
 
 def _one_label(kind: DamageKind, seed: int, params: InstanceParams | None = None) -> bool:
