@@ -207,6 +207,8 @@ def make_slice_set(
     jpeg_share: float = 0.0,
     outline_share: float = 0.0,
     wedge_share: float = 0.0,
+    fringe_max: float = 1.2,
+    no_fringe_share: float = 0.0,
 ) -> SliceSet:
     """One synthetic volume -> normalised reconstructed slices with labels.
 
@@ -215,7 +217,9 @@ def make_slice_set(
     8-bit (:func:`quantize_8bit`), of which a share ``jpeg_share`` is JPEG-compressed;
     ``damage_width_px`` is the range of the damage's crack widths (fragment boundaries as
     wide, :func:`synthetic.damage.add_damage`); ``negative_fringe_share`` of the scans get
-    phase fringes of the other sign; ``recon_method`` picks the reconstruction
+    phase fringes of the other sign; the fringe strength is uniform in ``[0, fringe_max]``
+    and a share ``no_fringe_share`` of the scans has none (pure absorption contrast);
+    ``recon_method`` picks the reconstruction
     (:func:`synthetic.scan.reconstruct_synthetic`: "fbp" is the project's own).
     ``outline_share`` of the volumes get outline bays, matrix pores and fragment debris
     (:func:`synthetic.outlines.roughen_outlines`), counted with the touching gaps as hard
@@ -245,9 +249,11 @@ def make_slice_set(
     if outline_share > 0 and rng.random() < outline_share:
         vol, negatives = roughen_outlines(vol, rng)
     sign = -1.0 if negative_fringe_share > 0 and rng.random() < negative_fringe_share else 1.0
+    if no_fringe_share > 0 and rng.random() < no_fringe_share:
+        sign = 0.0
     detector = DetectorParams(
         photons=float(10 ** rng.uniform(3.7, 4.7)),
-        phase_fringe=sign * float(rng.uniform(0.0, 1.2)),
+        phase_fringe=sign * float(rng.uniform(0.0, fringe_max)),
         blur_sigma_px=float(rng.uniform(0.4, 1.0)),
         ring_fraction=float(rng.uniform(0.0, 0.08)),
     )
@@ -540,6 +546,8 @@ def _scan_options(args: argparse.Namespace) -> dict:
         "jpeg_share": args.jpeg_share,
         "outline_share": args.outline_share,
         "wedge_share": args.wedge_share,
+        "fringe_max": args.fringe_max,
+        "no_fringe_share": args.no_fringe_share,
     }
 
 
@@ -621,6 +629,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="share of the scans over 140 to 170 degrees only (missing wedge; not with --wide)",
+    )
+    parser.add_argument(
+        "--fringe-max",
+        type=float,
+        default=1.2,
+        help="strongest phase fringe of the scans (px^2; strength uniform from 0; not with --wide)",
+    )
+    parser.add_argument(
+        "--no-fringe-share",
+        type=float,
+        default=0.0,
+        help="share of the scans without phase fringes (absorption only; not with --wide)",
     )
     parser.add_argument("--min-diameter", type=float, default=18.0)
     parser.add_argument("--max-diameter", type=float, default=34.0)

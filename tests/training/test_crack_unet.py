@@ -107,9 +107,15 @@ def test_slice_set_scan_options_keep_the_default_data_and_change_when_set() -> N
         )
 
     plain = draw()
-    same = draw(recon_method="iradon", damage_width_px=(1.0, 2.6))
+    same = draw(
+        recon_method="iradon", damage_width_px=(1.0, 2.6), fringe_max=1.2, no_fringe_share=0.0
+    )
     np.testing.assert_array_equal(plain.images, same.images)
     np.testing.assert_array_equal(plain.labels, same.labels)
+    absorption_only = draw(no_fringe_share=1.0)
+    assert np.isfinite(absorption_only.images).all()
+    assert not np.array_equal(absorption_only.images, plain.images)
+    np.testing.assert_array_equal(absorption_only.labels, plain.labels)
     other = draw(recon_method="fbp", negative_fringe_share=1.0, jpeg_share=1.0)
     assert other.images.shape == plain.images.shape and np.isfinite(other.images).all()
     assert not np.array_equal(other.images, plain.images)
