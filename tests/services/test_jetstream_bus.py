@@ -461,3 +461,63 @@ def test_a_document_too_large_for_the_server_is_counted_and_the_next_ones_go_on(
         bridge.close()
     stored = [doc.get("seq_num") for _subject, doc in _stream_subjects(settings)]
     assert stored == [None, None, 2]
+
+
+def test_a_run_journaled_to_its_stop_but_not_acknowledged_is_resumed_once(
+    jetstream_settings, tiled_client
+):
+    """A consumer killed after journaling a run up to its stop, before its acks reached the
+    server (they are sent asynchronously): the restarted consumer replays the journal, which
+    finishes the run, and then JetStream delivers the unacknowledged documents again. They
+    must not reopen the run as one whose start was never seen, nor count as lost (the chaos
+    run's "bus loss (descriptor): events for unknown descriptor" on a raw resume)."""
+    from services.runs.journal import RunJournal
+
+    settings, detector = jetstream_settings
+    bridge = BridgeThread(settings)
+    pub = Publisher(settings.bus.in_address, serializer=serialization.dumps)
+    raw: Consumer | None = None
+    try:
+        documents: list[tuple[str, dict]] = []
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        RE.subscribe(lambda name, doc: documents.append((name, doc)))
+        wait_until_delivered(
+            lambda: pub("beamwatch_ping", {}),
+            lambda: [
+                bridge.bridge.metrics.registry.get_sample_value(
+                    "beamwatch_messages_received_total",
+                    {"service": "bridge", "document": "beamwatch_ping"},
+                )
+                or 0.0
+            ],
+        )
+        txm = small_txm(detector, "event", seed=5)
+        (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=N_FLATS))
+        assert bridge.bridge.flush(30)
+        assert stream_count(settings) == len(documents)  # every document stored, none acked
+        # what the killed consumer had journaled: the whole run, in bus order
+        journal = RunJournal(settings.spool_dir / "raw" / "runs")
+        for name, doc in documents:
+            journal.append(uid, name, serialization.loads(serialization.dumps(doc)))
+        journal.close()
+
+        raw = Consumer("raw", settings)
+        raw.start()
+        wait_until(lambda: raw.runs_source.claimed == [uid], 60)
+        wait_until(lambda: not raw.runs_source.owned_runs, 90)  # done and released
+        events = N_ENERGIES + FLAT_FRAMES
+        wait_until(
+            lambda: metric(raw, "beamwatch_messages_duplicated_total", kind="event") == events,
+            30,
+        )
+        assert tiled_client["raw"][uid].metadata["beamwatch_status"] == "complete"
+        rows = tiled_client["raw"][uid]["primary"].base["internal"].read()
+        assert sorted(rows["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+        for kind in ("start", "descriptor", "event", "stop"):
+            assert metric(raw, "beamwatch_messages_lost_total", kind=kind) == 0, kind
+    finally:
+        pub.close()
+        if raw is not None:
+            raw.stop()
+        bridge.stop()
