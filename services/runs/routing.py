@@ -184,6 +184,9 @@ class RunDispatcher:
         journal = self._journal if not self._replaying else None
         try:
             run_uid = self._run_uid_of(name, doc)
+            if name != "start" and run_uid in self._finished:
+                self._of_finished_run(name, run_uid)
+                return
             if name == "stop" and run_uid not in self._runs and run_uid not in self._finished:
                 # its start is looked up off this thread; the stop comes back when it is found
                 self._open_from_stop(doc)
@@ -199,6 +202,19 @@ class RunDispatcher:
         except KeyError as exc:
             self._metrics.messages_malformed.labels(self._metrics.service, "schema").inc()
             logger.warning("dropped %s document missing required field %s", name, exc)
+
+    def _of_finished_run(self, name: str, run_uid: str) -> None:
+        """A document of a run already finished here: delivered again (a durable bus
+        redelivers what was journaled but not acknowledged when a consumer died, and the
+        journal's replay may have finished the run before they come) or too late for it. It
+        must neither reopen the run (as a run whose start was never seen) nor count as lost
+        (as an event for an unknown descriptor)."""
+        self._count(self._metrics.messages_duplicated, name)
+        logger.info(
+            "%s of a run finished here already dropped (delivered again)",
+            name,
+            extra={"run_uid": run_uid},
+        )
 
     def replay(self, run_uid: str, documents: list[tuple[str, Doc]]) -> None:
         """Route a journaled run's documents again (after a crash), without journaling them."""
@@ -646,8 +662,8 @@ class RunDispatcher:
         for router in run.routers:
             self._call(router, "stop", uid, stop)
         self._finished.add(uid)
-        for d in run.descriptors:
-            self._run_of_descriptor.pop(d, None)
+        # the descriptors keep naming their run (as resources do): a document delivered
+        # again after the finish is known as one of a finished run (_of_finished_run)
         if self._on_finish is not None:
             self._on_finish(uid)
 

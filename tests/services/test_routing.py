@@ -399,3 +399,28 @@ def test_a_stop_alone_whose_start_never_comes_makes_no_run():
         d.sweep()
     assert routers == [] and d.open_runs == []
     assert _metric(metrics, "beamwatch_messages_lost_total", kind="start") == 1
+
+
+def test_documents_delivered_again_after_the_run_finished_neither_reopen_it_nor_count_lost():
+    # JetStream redelivers what a killed consumer had journaled but not acknowledged; the
+    # journal's replay may finish the run (its stop was journaled) before they come again.
+    clock = Clock()
+    d, routers, metrics = make(clock=clock)
+    start, desc, events, stop = docs()
+    d.replay("run1", [("start", start), ("descriptor", desc), *(("event", e) for e in events)])
+    d("stop", stop)
+    assert routers[0].calls[-1] == ("stop", False)
+    for name, doc in [("descriptor", desc), *(("event", e) for e in events[-2:]), ("stop", stop)]:
+        d(name, doc)
+    clock.now += 60.0  # past the reorder and idle timeouts
+    d.sweep()
+    assert len(routers) == 1  # not reopened as a run whose start was never seen
+    assert routers[0].calls.count(("stop", False)) == 1
+    assert routers[0].lost == []
+    lost = [
+        _metric(metrics, "beamwatch_messages_lost_total", kind=k)
+        for k in ("start", "descriptor", "event")
+    ]
+    assert lost == [0, 0, 0]
+    assert _metric(metrics, "beamwatch_messages_duplicated_total", kind="event") == 2
+    assert _metric(metrics, "beamwatch_messages_duplicated_total", kind="descriptor") == 1
