@@ -45,6 +45,12 @@ FINAL_STATUSES: tuple[Status, ...] = (
 )
 
 
+def not_complete(status: str) -> str:
+    """A final status of a run or pipeline that lost something: ``complete`` becomes
+    ``incomplete``; any other status (``failed``, ``interrupted``, ...) is kept."""
+    return Status.INCOMPLETE.value if status == Status.COMPLETE else str(status)
+
+
 class RawStatus(StrEnum):
     """``beamwatch_status`` of ``raw/<uid>`` once its stop document is in (or given up)."""
 
@@ -75,6 +81,8 @@ class MetadataKeys:
     #: ``spool/<role>/rejected/``): op, key, path, error, and the seq_nums or rows they held
     rejected_writes: str = "rejected_writes"
     write_errors: str = "write_errors"  # how many
+    #: ``raw/<uid>``: frames (stream -> seq_nums) whose Datum never arrived, dropped at the stop
+    unregistered_frames: str = "beamwatch_unregistered_frames"
 
 
 @dataclass(frozen=True)

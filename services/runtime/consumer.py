@@ -41,6 +41,7 @@ from services.core.layout import (
     MetadataKeys,
     RawStatus,
     Status,
+    not_complete,
     status_node,
 )
 from services.core.metrics import Metrics
@@ -649,7 +650,7 @@ def _final_status_of(record: Record, target: tuple[str, ...], key: str) -> dict[
     status = (record.metadata or {}).get(key)
     if status not in FINAL_STATUSES:
         return {}
-    ended = {key: Status.INCOMPLETE.value if status == Status.COMPLETE else str(status)}
+    ended = {key: not_complete(status)}
     error = (record.metadata or {}).get(MetadataKeys().error)
     if error is not None:
         ended[MetadataKeys().error] = error

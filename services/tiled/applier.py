@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from services.core.layout import METADATA, RAW_ROWS, ROW_INDEX, Status, status_node
+from services.core.layout import (
+    METADATA,
+    RAW_ROWS,
+    ROW_INDEX,
+    Status,
+    not_complete,
+    status_node,
+)
 from services.tiled.records import (
     ArrayFile,
     ArrayRows,
@@ -289,11 +296,10 @@ class TiledApplier:
         unregistered = writer.take_unregistered(path[1]) if writer is not None else {}
         if not unregistered:
             return metadata
-        status = metadata[METADATA.raw_status]
         return {
             **metadata,
-            METADATA.raw_status: Status.INCOMPLETE.value if status == Status.COMPLETE else status,
-            "beamwatch_unregistered_frames": unregistered,
+            METADATA.raw_status: not_complete(metadata[METADATA.raw_status]),
+            METADATA.unregistered_frames: unregistered,
         }
 
     def _raw_rows_checked(self, path: tuple[str, ...], metadata: dict[str, Any]) -> dict[str, Any]:
