@@ -152,7 +152,10 @@ class RunDispatcher:
         self._runs: dict[str, _Run] = {}
         self._run_of_descriptor: dict[str, str] = {}
         self._run_of_resource: dict[str, str] = {}
-        self._finished: set[str] = set()
+        #: finished runs, oldest first; with their descriptors and resources (above) they
+        #: name documents delivered again after the finish. The oldest are forgotten beyond
+        #: FINISHED_KEPT, so a process that lives for months does not grow without end.
+        self._finished: dict[str, None] = {}
 
     # ---- public ----------------------------------------------------------------------------
     @property
@@ -661,11 +664,22 @@ class RunDispatcher:
         self._runs.pop(uid, None)
         for router in run.routers:
             self._call(router, "stop", uid, stop)
-        self._finished.add(uid)
+        self._finished[uid] = None
+        if len(self._finished) > FINISHED_KEPT + FINISHED_KEPT // 10:
+            self._forget_oldest_finished(len(self._finished) - FINISHED_KEPT)
         # the descriptors keep naming their run (as resources do): a document delivered
         # again after the finish is known as one of a finished run (_of_finished_run)
         if self._on_finish is not None:
             self._on_finish(uid)
+
+    def _forget_oldest_finished(self, n: int) -> None:
+        oldest = list(self._finished)[:n]
+        for uid in oldest:
+            del self._finished[uid]
+        gone = set(oldest)
+        for mapping in (self._run_of_descriptor, self._run_of_resource):
+            for key in [k for k, run_uid in mapping.items() if run_uid in gone]:
+                del mapping[key]
 
     def _send(self, run: _Run, method: str, doc: Doc) -> None:
         run.last_seen = self._clock()
@@ -695,6 +709,8 @@ class RunDispatcher:
 MAX_HELD_EVENTS = 10_000
 #: Seconds between looks in Tiled for the start of a run of which only the stop came.
 ORPHAN_RETRY_SECONDS = 2.0
+#: Finished runs remembered (a few hundred bytes each) to know their documents delivered again.
+FINISHED_KEPT = 10_000
 
 
 def _last_descriptor_of_stream(run: _Run, descriptor_uid: str) -> str:

@@ -424,3 +424,30 @@ def test_documents_delivered_again_after_the_run_finished_neither_reopen_it_nor_
     assert lost == [0, 0, 0]
     assert _metric(metrics, "beamwatch_messages_duplicated_total", kind="event") == 2
     assert _metric(metrics, "beamwatch_messages_duplicated_total", kind="descriptor") == 1
+
+
+def test_a_long_lived_dispatcher_forgets_the_oldest_finished_runs_but_not_recent_ones(
+    monkeypatch,
+):
+    import services.runs.routing as routing
+
+    monkeypatch.setattr(routing, "FINISHED_KEPT", 20)
+    d, routers, metrics = make()
+    for i in range(60):
+        start, desc, events, stop = docs(f"run{i}")
+        for name, doc in [
+            ("start", start),
+            ("descriptor", desc),
+            ("stop", {**stop, "uid": f"s{i}"}),
+        ]:
+            d(name, doc)
+    assert len(routers) == 60 and d.open_runs == []
+    # memory stays bounded: at most FINISHED_KEPT + 10 % runs and their descriptors remembered
+    assert 20 <= len(d._finished) <= 22
+    assert len(d._run_of_descriptor) == len(d._finished)
+    assert set(d._run_of_descriptor.values()) == set(d._finished)
+    # a recent run's descriptor delivered again is still known as a duplicate, not a new run
+    start, desc, events, stop = docs("run59")
+    d("descriptor", desc)
+    assert len(routers) == 60
+    assert _metric(metrics, "beamwatch_messages_duplicated_total", kind="descriptor") == 1
