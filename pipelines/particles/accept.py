@@ -227,13 +227,9 @@ def trim_unlike_voxels(
         int32 labels (ids unchanged; an instance may lose all its voxels).
     """
     lab = np.asarray(labels)
-    for name, array in (("normalized", normalized), ("envelope", envelope)):
-        if np.shape(array) != lab.shape:
-            raise ValueError(f"{name} shape {np.shape(array)} != labels shape {lab.shape}")
-    reach = reach_map(normalized, phase_levels(normalized, foreground, valid))
+    reach = _voxel_reach(lab, normalized, foreground, valid, envelope=envelope)
     keep = (np.asarray(envelope) >= min_envelope) | (reach >= min_solid_reach) | np.isnan(reach)
-    trimmed = np.where(keep, lab, 0).astype(np.int32)
-    return np.stack([fill_enclosed_holes(s) for s in trimmed]).astype(np.int32)
+    return _without(lab, ~keep)
 
 
 def trim_dark_outline(
@@ -271,16 +267,34 @@ def trim_dark_outline(
     numpy.ndarray
         int32 labels (ids unchanged; an instance may lose all its voxels).
     """
-    lab = np.asarray(labels)
-    if np.shape(normalized) != lab.shape:
-        raise ValueError(f"normalized shape {np.shape(normalized)} != labels shape {lab.shape}")
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share must be in [0, 1], got {share}")
-    reach = reach_map(normalized, phase_levels(normalized, foreground, valid))
+    lab = np.asarray(labels)
+    reach = _voxel_reach(lab, normalized, foreground, valid)
     level = np.minimum(np.nan_to_num(solid_reach(lab, reach), nan=0.0), 1.0)
     cross = ndimage.generate_binary_structure(2, 1)
     outline = (lab > 0) & np.stack([ndimage.binary_dilation(s == 0, cross) for s in lab])
     with np.errstate(invalid="ignore"):
         dark = outline & (reach < share * level[lab])
-    trimmed = np.where(dark, 0, lab).astype(np.int32)
+    return _without(lab, dark)
+
+
+def _voxel_reach(
+    lab: np.ndarray,
+    normalized: np.ndarray,
+    foreground: np.ndarray,
+    valid: np.ndarray | None,
+    **others: np.ndarray,
+) -> np.ndarray:
+    """:func:`reach_map` of every voxel, after checking the per-voxel inputs match ``lab``."""
+    for name, array in (("normalized", normalized), *others.items()):
+        if np.shape(array) != lab.shape:
+            raise ValueError(f"{name} shape {np.shape(array)} != labels shape {lab.shape}")
+    return reach_map(normalized, phase_levels(normalized, foreground, valid))
+
+
+def _without(lab: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """int32 labels without the ``drop`` voxels, background enclosed by one instance in a
+    slice given back to it (a crack or core)."""
+    trimmed = np.where(drop, 0, lab).astype(np.int32)
     return np.stack([fill_enclosed_holes(s) for s in trimmed]).astype(np.int32)
