@@ -8,6 +8,8 @@ got it), its readings come from there and the frame is used like any other.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from bluesky import RunEngine
@@ -149,7 +151,11 @@ def test_a_lost_frame_that_cannot_be_rebuilt_is_missing_and_the_run_ends(tmp_pat
         final = _final(applied, pipeline)
         assert final["status"] == "incomplete", final
         assert final["missing_seq_nums"] == {"primary": [LOST]}, final
-    assert LOST not in _column(applied, "frames", "frame_stats", "seq_num")
+    # every other frame exactly once: the primary ones, and the flat before and after the scan
+    kept = [s for s in range(1, N_ENERGIES + 1) if s != LOST]
+    assert _column(applied, "xanes", "frames", "seq_num") == kept
+    stats = Counter(_column(applied, "frames", "frame_stats", "seq_num"))
+    assert stats == Counter(kept) + Counter([1, 2]), stats
 
 
 def test_a_frame_whose_readings_raw_holds_is_used(tmp_path):
