@@ -4,7 +4,10 @@ Particles cut by the frame border vote only when fewer than 3 whole particles we
 (their outline changes as the sample drifts across the border); a border-cut particle farther
 than ``track.max_partial_deviation_px`` from the global shift of 3 or more whole particles is
 dropped. The live tracker applies these per frame, :meth:`XanesTracker.finalize` on the
-refined shifts of the whole scan.
+refined shifts of the whole scan. At finalize, in a sample whose whole particles move rigidly,
+a whole particle far from the drift is dropped too (:func:`far_wholes`) and the whole
+particles' deviations from the drift are smoothed over the frames
+(:func:`smoothed_deviations`).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from pipelines.xanes.register import robust_global_shift
 
 __all__ = [
     "far_partials",
+    "far_wholes",
     "frame_consensus",
     "global_from_shifts",
     "inconsistent_partials",
     "partials_from_drift",
     "rigid_spread",
+    "smoothed_deviations",
 ]
 
 
@@ -148,3 +153,73 @@ def partials_from_drift(
     rows, frames = np.nonzero(placed)
     out[rows, frames] = global_shift[frames]
     return out, placed
+
+
+def far_wholes(
+    shift: np.ndarray, global_shift: np.ndarray, partial: np.ndarray, limit: float | None
+) -> np.ndarray:
+    """Whole particles farther than ``limit`` px from the global shift of a frame with >= 3
+    whole particles: ``(P, N)`` bool (the caller checks that the sample moves rigidly).
+
+    In a sample whose whole particles move with the drift (:func:`rigid_spread` at most
+    ``track.post_edge_rigid_px``), a whole particle that leaves it by 2 px is a registration
+    that went wrong (a neighbour's outline, a template re-anchored at the wrong place after the
+    particle was lost and re-acquired), not the particle's own motion.
+    """
+    if limit is None:
+        return np.zeros(shift.shape[:2], dtype=bool)
+    found = np.all(np.isfinite(shift), axis=2)
+    whole = np.sum(found & ~partial[:, None], axis=0) >= 3
+    with np.errstate(invalid="ignore"):
+        deviation = np.hypot(*np.moveaxis(shift - global_shift[None], 2, 0))
+        return found & ~partial[:, None] & whole[None] & (deviation > limit)
+
+
+def smoothed_deviations(
+    shift: np.ndarray, global_shift: np.ndarray, partial: np.ndarray, half_window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whole particles at the drift plus their deviation from it smoothed over the frames.
+
+    A whole particle's shift is the frame's global shift plus its own deviation from it (its
+    deformation). On faint frames at low counts a single registration of that deviation is
+    noisy (0.2-0.4 px on ``synthetic.txm_dense``), while the deviation of a sample whose
+    particles move rigidly changes slowly; each registered frame's deviation is replaced by
+    the running median of the particle's deviations over the ``2 * half_window + 1``
+    frames around it (those registered, with a known global shift). The global shift does not
+    change; border-cut particles and frames without a registration or a global shift are left
+    as they are. Call it only for a sample that moves rigidly (:func:`rigid_spread`): a
+    particle's own fast motion would be smoothed away.
+
+    Parameters
+    ----------
+    shift : numpy.ndarray
+        ``(P, N, 2)`` particle shifts (NaN where not registered).
+    global_shift : numpy.ndarray
+        ``(N, 2)`` global shift per frame (NaN where unknown).
+    partial : numpy.ndarray
+        ``(P,)`` bool, particle cut by the frame border.
+    half_window : int
+        Frames on either side of each frame in the running median (>= 1).
+
+    Returns
+    -------
+    tuple
+        ``(P, N, 2)`` shifts (a copy) and ``(P, N)`` bool, the particle-frames smoothed.
+    """
+    if half_window < 1:
+        raise ValueError(f"half_window must be >= 1, got {half_window}")
+    shift = np.asarray(shift, dtype=np.float64)
+    deviation = shift - global_shift[None]
+    known = np.all(np.isfinite(deviation), axis=2) & ~partial[:, None]
+    out = shift.copy()
+    if not known.any():
+        return out, known
+    width = 2 * half_window + 1
+    padded = np.full((shift.shape[0], shift.shape[1] + 2 * half_window, 2), np.nan)
+    padded[:, half_window:-half_window] = np.where(known[..., None], deviation, np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=1)
+    # (P, N, 2, width); every window of a known frame holds at least that frame
+    rows, frames = np.nonzero(known)
+    smoothed = np.nanmedian(windows[rows, frames], axis=-1)
+    out[rows, frames] = global_shift[frames] + smoothed
+    return out, known

@@ -297,6 +297,26 @@ class TrackParams(_Params):
             "changes as it drifts across the border and biases its own registration)"
         ),
     )
+    max_whole_deviation_px: PositiveFloat | None = Field(
+        default=2.0,
+        description=(
+            "at finalize, when the whole particles move rigidly (their offsets from the global "
+            "shift vary by at most post_edge_rigid_px), a whole particle farther than this "
+            "from the global shift of a frame with >= 3 whole particles is NaN there (in a "
+            "rigid sample such a departure is a registration gone wrong, e.g. a template "
+            "re-anchored at the wrong place; consensus.far_wholes); None: never"
+        ),
+    )
+    smooth_deviation_frames: PositiveInt | None = Field(
+        default=5,
+        description=(
+            "at finalize, when the whole particles move rigidly (as max_whole_deviation_px), "
+            "each whole particle's deviation from the global shift is replaced by its running "
+            "median over this many frames on either side (its per-frame registration on faint "
+            "frames is noisier than its slow deformation; consensus.smoothed_deviations, "
+            "flagged in XanesResult.smoothed); None: never"
+        ),
+    )
     post_edge_static_corr: float = Field(
         default=0.4,
         ge=-1,

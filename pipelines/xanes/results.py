@@ -120,6 +120,10 @@ class XanesResult:
         backfill (``track.post_edge_backfill``; not registered live). Its aligned ROI is cut
         from the OD kept for the pass (NaN when that OD was binned, frames over
         ``track.edge_frame_px``).
+    smoothed : numpy.ndarray
+        ``(P, N)`` bool: the particle's shift in that frame is the global shift plus its
+        deviation from it smoothed over the neighbouring frames (``track.smooth_deviation_frames``,
+        applied at finalize when the whole particles move rigidly).
     """
 
     labels: np.ndarray
@@ -141,3 +145,4 @@ class XanesResult:
     aligned_stacks: list[np.ndarray] = field(default_factory=list)
     post_edge_applied: bool = False
     backfilled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    smoothed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))

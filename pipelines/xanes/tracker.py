@@ -58,10 +58,13 @@ from scipy.fft import next_fast_len
 
 from pipelines.xanes.consensus import (
     far_partials,
+    far_wholes,
     frame_consensus,
     global_from_shifts,
     inconsistent_partials,
     partials_from_drift,
+    rigid_spread,
+    smoothed_deviations,
 )
 from pipelines.xanes.detect import detect_particles
 from pipelines.xanes.kernels import (
@@ -252,15 +255,33 @@ class XanesTracker:
             shift, global_shift, n_found, spread, com = self._refined_at_finalize(
                 shift, global_shift, n_found, spread, com
             )
-        if self.params.track.partial_shift == "drift_when_rigid":
+        tp = self.params.track
+        partial = self._partial()
+        before = shift
+        rigid = rigid_spread(shift, global_shift, partial) <= tp.post_edge_rigid_px
+        if rigid and tp.max_whole_deviation_px is not None:
+            far = far_wholes(shift, global_shift, partial, tp.max_whole_deviation_px)
+            if far.any():
+                shift = shift.copy()
+                shift[far] = np.nan
+                self._backfilled &= ~far
+                global_shift, n_found, spread = global_from_shifts(shift, partial)
+                self._recut_by_consensus(far, shift, global_shift)
+        if tp.partial_shift == "drift_when_rigid":
             # the frames' global shifts do not move: border-cut particles do not vote where
             # >= 3 whole ones are registered, and only those frames are placed by the drift
             placed_shift, placed = partials_from_drift(
-                shift, global_shift, self._partial(), self.params.track.post_edge_rigid_px
+                shift, global_shift, partial, tp.post_edge_rigid_px
             )
             if placed.any():
                 shift = placed_shift
-                com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
+        smoothed = np.zeros((n_p, n), dtype=bool)
+        if rigid and tp.smooth_deviation_frames is not None:
+            shift, smoothed = smoothed_deviations(
+                shift, global_shift, partial, tp.smooth_deviation_frames
+            )
+        if shift is not before:
+            com = np.array([p.com0 for p in self._particles]).reshape(n_p, 1, 2) + shift
         edge = np.full(self._labels.shape, np.nan, dtype=np.float32)
         white = np.full(self._labels.shape, np.nan, dtype=np.float32)
         jump_map = np.full(self._labels.shape, np.nan, dtype=np.float32)
@@ -307,6 +328,7 @@ class XanesTracker:
             aligned_stacks=stacks if self.params.keep_aligned_stacks else [],
             post_edge_applied=self._post_edge_applied,
             backfilled=self._backfilled.copy(),
+            smoothed=smoothed,
         )
 
     @property
@@ -408,6 +430,33 @@ class XanesTracker:
             base = np.round(shift[i]).astype(int)
             crop = self._local_background_free(od, np.array(particle.roi.origin) + base, particle)
             self._stacks[k][i] = shift_image(crop, -(shift[i] - base)).astype(np.float32)
+
+    def _recut_by_consensus(
+        self, dropped: np.ndarray, shift: np.ndarray, global_shift: np.ndarray
+    ) -> None:
+        """Give the particle-frames dropped at finalize (``(P, N)`` bool) an aligned ROI for the
+        XANES maps placed by the frame's global shift plus the particle's median offset from
+        it, as the live border-cut rule does; cut from the OD kept for the post-edge pass
+        (float16), the ROI stays as cut live where that OD is binned or gone."""
+        if len(self._edge_ods) != shift.shape[1]:
+            return
+        assert self._shape is not None
+        if edge_binning_of(self._shape, self._edge_ods) != 1:
+            return
+        for k in np.nonzero(dropped.any(axis=1))[0].tolist():
+            offsets = shift[k] - global_shift
+            offsets = offsets[np.all(np.isfinite(offsets), axis=1)]
+            offset = np.median(offsets, axis=0) if offsets.size else np.zeros(2)
+            particle = self._particles[k]
+            for i in np.nonzero(dropped[k])[0].tolist():
+                place = global_shift[i] + offset
+                if not np.all(np.isfinite(place)):
+                    continue
+                od = np.asarray(self._edge_ods[i], dtype=np.float32)
+                base = np.round(place).astype(int)
+                origin = np.array(particle.roi.origin) + base
+                crop = self._local_background_free(od, origin, particle)
+                self._stacks[k][i] = shift_image(crop, -(place - base)).astype(np.float32)
 
     def _map(self, function, items) -> list:
         """``map`` over particles, on ``track.workers`` threads (1 is the fastest, see params)."""

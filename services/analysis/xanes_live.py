@@ -533,6 +533,7 @@ class XanesLivePipeline:
         out.array(XANES.spectra_raw, final.spectra_raw, dims=["particle", "frame"])
         out.array(XANES.energy, final.energies, dims=["frame"], units="eV")
         out.array(XANES.backfilled, final.backfilled, dims=["particle", "frame"])
+        out.array(XANES.smoothed, final.smoothed, dims=["particle", "frame"])
         for k, stack in enumerate(final.aligned_stacks):
             out.array(
                 f"particle_{k + 1}",

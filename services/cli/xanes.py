@@ -49,6 +49,9 @@ OUTPUT_DATASETS = {
     "/xanes/backfilled": "bool (P, N): shift found by the post-edge pass at the end of the scan "
     "where the live tracking had none (the attribute post_edge_applied on /xanes says whether "
     "that pass ran)",
+    "/xanes/smoothed": "bool (P, N): the particle's shift is the global shift plus its deviation "
+    "from it smoothed over the neighbouring frames (track.smooth_deviation_frames; at the end "
+    "of the scan, when the whole particles move rigidly)",
     **CHEMISTRY_DATASETS,
 }
 
@@ -296,6 +299,7 @@ def _write(output: Path, final: Any, chem: Any = None, params: Any = None) -> No
         "/xanes/trusted": np.asarray(final.trusted, dtype=bool),
         "/xanes/partial": np.asarray(final.partial, dtype=bool),
         "/xanes/backfilled": np.asarray(final.backfilled, dtype=bool),
+        "/xanes/smoothed": np.asarray(final.smoothed, dtype=bool),
     }
     units = {
         "/xanes/particle_com": "pixel",

@@ -107,6 +107,7 @@ class XanesKeys:
     energy: str = "energy"
     aligned: str = "aligned"
     backfilled: str = "backfilled"  # (P, N) bool: shift from the post-edge pass's backfill
+    smoothed: str = "smoothed"  # (P, N) bool: deviation from the drift smoothed at finalize
     post_edge_applied: str = "post_edge_applied"  # metadata key: the post-edge pass ran
     deformation: str = "deformation"
     deformation_displacement: str = "deformation_displacement"

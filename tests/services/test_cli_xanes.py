@@ -83,6 +83,9 @@ def test_align_contract(scan_file, tmp_path):
         assert not h5["/xanes"].attrs["post_edge_applied"]
         backfilled = h5["/xanes/backfilled"][()]
         assert backfilled.dtype == bool and backfilled.shape == (p, n) and not backfilled.any()
+        # its particles move on their own (not rigidly): no deviation smoothed
+        smoothed = h5["/xanes/smoothed"][()]
+        assert smoothed.dtype == bool and smoothed.shape == (p, n) and not smoothed.any()
     truth_labels = scene.truth_labels()
     which = [np.bincount(truth_labels[labels == k + 1]).argmax() - 1 for k in range(p)]
     assert sorted(which) == list(range(p))

@@ -53,6 +53,9 @@ def test_live_xanes_results_feedback_and_series(consumer_settings, tiled_client)
         assert node.metadata["post_edge_applied"] is False
         backfilled = node["backfilled"].read()
         assert backfilled.shape == (p, N) and not backfilled.any()
+        # its particles move on their own (not rigidly): no deviation smoothed
+        smoothed = node["smoothed"].read()
+        assert smoothed.shape == (p, N) and not smoothed.any()
         frames = node["frames"].read()
         assert sorted(frames["seq_num"]) == list(range(1, N + 1))
         # the support of every drift estimate is recorded; these frames all have particles

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipelines.xanes.consensus import (
     far_partials,
+    far_wholes,
     frame_consensus,
     global_from_shifts,
     inconsistent_partials,
     partials_from_drift,
     rigid_spread,
+    smoothed_deviations,
 )
 
 
@@ -97,3 +100,43 @@ def test_border_cut_particle_keeps_its_shift_when_the_sample_deforms():
     assert rigid_spread(shift, global_shift, partial) > 0.5
     placed_shift, placed = partials_from_drift(shift, global_shift, partial, 0.5)
     assert not placed.any() and placed_shift is shift
+
+
+def test_whole_particle_far_from_the_drift_of_a_rigid_sample_is_found_out():
+    shift, partial = _scan_with_a_border_cut_particle(own_motion_px=0.0)
+    shift[2, 20:] += [4.0, 0.5]  # a whole particle re-anchored 4 px off from frame 20 on
+    global_shift, _, _ = global_from_shifts(shift, partial)
+    assert rigid_spread(shift, global_shift, partial) < 0.1  # the median: still rigid
+    far = far_wholes(shift, global_shift, partial, 2.0)
+    assert far[2, 20:].all() and far.sum() == shift.shape[1] - 20
+    assert not far_wholes(shift, global_shift, partial, None).any()
+    # the border-cut one (1.5 px off) is left to the border-cut rule
+    assert not far[5].any()
+
+
+def test_smoothing_the_deviation_keeps_a_slow_deformation_and_removes_noise():
+    rng = np.random.default_rng(11)
+    n = 40
+    drift = np.cumsum(rng.normal(0.0, 0.5, (n, 2)), axis=0)
+    t = np.arange(n) / (n - 1)
+    slow = 0.4 * np.sin(2 * np.pi * 0.7 * t + np.arange(6)[:, None])[..., None] * [1.0, -1.0]
+    truth = drift[None] + slow - slow[:, :1]
+    shift = truth + rng.normal(0.0, 0.3, truth.shape)
+    shift[3, 7] = np.nan
+    partial = np.array([False] * 5 + [True])
+    global_shift = np.median(truth[:5], axis=0)  # the drift, known
+    smoothed_shift, smoothed = smoothed_deviations(shift, global_shift, partial, 5)
+    assert not smoothed[5].any() and not smoothed[3, 7] and smoothed[:5].sum() == 5 * n - 1
+    np.testing.assert_array_equal(smoothed_shift[5], shift[5])  # border-cut: untouched
+    assert np.all(np.isnan(smoothed_shift[3, 7]))  # not registered: stays unknown
+
+    def rms(a: np.ndarray) -> float:
+        return float(np.sqrt(np.nanmean(np.sum(a**2, axis=-1))))
+
+    before, after = rms(shift[:5] - truth[:5]), rms(smoothed_shift[:5] - truth[:5])
+    assert after < 0.6 * before
+    # noise-free, the slow deformation comes through the running median nearly unchanged
+    exact, _ = smoothed_deviations(truth, global_shift, partial, 5)
+    assert rms(exact[:5] - truth[:5]) < 0.1
+    with pytest.raises(ValueError, match="half_window"):
+        smoothed_deviations(shift, global_shift, partial, 0)
