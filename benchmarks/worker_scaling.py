@@ -15,7 +15,10 @@ For each worker count (``--workers 1 2``), on a fresh data dir and a fresh JetSt
    = 1, so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
    ``nats.max_after_scan`` 2 by default, so that a worker does not take more of the queue than
    it works on) and time until every run's analysis (``frames`` and ``xanes``) is
-   ``complete`` in Tiled;
+   ``complete`` in Tiled; with ``--cpus-per-worker K`` each worker is started under
+   ``taskset`` on its own K CPUs (worker i on CPUs i*K .. i*K+K-1 of those this script may
+   use), with ``after_scan_workers`` K and K BLAS/OpenMP/torch threads: a K-core node each (the
+   feed's children and this script are not pinned);
 4. check that every run was processed exactly once: claims summed over the workers equal the
    runs, no run delivered again, and ``frame_stats`` has each seq_num once.
 
@@ -51,7 +54,7 @@ logger = logging.getLogger("benchmarks.worker_scaling")
 FEED_CHILDREN = ("tiled", "proxy", "nats", "bridge")
 PIPELINES = (FRAMES.pipeline, XANES.pipeline)
 N_FLATS = 1
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+NUMERIC_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass
@@ -63,6 +66,10 @@ class Case:
     claims: list[dict[str, float]] = field(default_factory=list)  # per worker: first / again
     problems: list[str] = field(default_factory=list)
     load_average: float = float("nan")
+    #: /proc/loadavg's 1, 5 and 15-min averages before the stack starts and at the end
+    load_before: tuple[float, ...] = ()
+    load_after: tuple[float, ...] = ()
+    cpus: list[list[int]] = field(default_factory=list)  # per worker; [] = not pinned
 
 
 def metric_value(url: str, name: str, **labels: str) -> float:
@@ -159,23 +166,51 @@ def queue_runs(stack: Stack, args: argparse.Namespace) -> list[str]:
     return uids
 
 
+def worker_cpus(n_workers: int, cpus_per_worker: int) -> list[list[int]]:
+    """The CPUs of each of ``n_workers`` workers, ``cpus_per_worker`` each, disjoint, taken in
+    order from those this process may run on; ``[]`` each when ``cpus_per_worker`` is 0."""
+    if cpus_per_worker == 0:
+        return [[] for _ in range(n_workers)]
+    allowed = sorted(os.sched_getaffinity(0))
+    if n_workers * cpus_per_worker > len(allowed):
+        raise ValueError(
+            f"{n_workers} workers x {cpus_per_worker} CPUs need {n_workers * cpus_per_worker} "
+            f"CPUs, this process may use {len(allowed)} ({allowed})"
+        )
+    return [allowed[i * cpus_per_worker : (i + 1) * cpus_per_worker] for i in range(n_workers)]
+
+
+def worker_env(threads: int, pinned: bool) -> dict[str, str]:
+    """Numeric threads of a worker (BLAS, OpenMP, torch) and, when pinned to ``threads`` CPUs,
+    its after-scan threads (``after_scan_workers``, and ``after_scan_threads`` of a
+    tomogram's stage child) too; unpinned, beamwatch's default 2 after-scan threads."""
+    env = dict.fromkeys(NUMERIC_THREADS, str(threads))
+    if pinned:
+        env["BEAMWATCH_AFTER_SCAN_WORKERS"] = str(threads)
+        env["BEAMWATCH_AFTER_SCAN_THREADS"] = str(threads)
+    return env
+
+
 def start_workers(
-    stack: Stack, data_dir: Path, n: int, nats: dict[str, int]
+    stack: Stack, data_dir: Path, cpus: list[list[int]], nats: dict[str, int]
 ) -> list[tuple[subprocess.Popen[bytes], str]]:
     env = dict(
         os.environ,
         BEAMWATCH_TILED__URL=stack.settings.tiled_url,
         BEAMWATCH_TILED__API_KEY=stack.settings.resolved_api_key(),
         **{f"BEAMWATCH_NATS__{k.upper()}": str(v) for k, v in nats.items()},
-        **ONE_THREAD,
     )
     workers = []
-    for i in range(n):
+    for i, own in enumerate(cpus):
         port = free_port()
         env["BEAMWATCH_BUS__FEEDBACK_ADDRESS"] = f"tcp://127.0.0.1:{free_port()}"
+        env.update(worker_env(len(own) or 1, pinned=bool(own)))
+        # taskset execs the worker on its CPUs: every thread and child it makes inherits them
+        pin = ["taskset", "--cpu-list", ",".join(map(str, own))] if own else []
         log = open(data_dir / "logs" / f"worker-{i + 1}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [
+                *pin,
                 sys.executable,
                 "-m",
                 "services.cli",
@@ -229,8 +264,13 @@ def exactly_once(client: Any, uid: str, n_energies: int) -> list[str]:
     return [] if got == expected else [f"{uid}: frame_stats seq_nums {got}, expected {expected}"]
 
 
+def load_averages() -> tuple[float, ...]:
+    return tuple(float(x) for x in Path("/proc/loadavg").read_text().split()[:3])
+
+
 def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
-    case = Case(n_workers, args.runs)
+    case = Case(n_workers, args.runs, cpus=worker_cpus(n_workers, args.cpus_per_worker))
+    case.load_before = load_averages()
     config = {
         "bus": {"mode": "nats"},
         "nats": {"port": free_port(), "bridge_metrics_port": free_port()},
@@ -244,7 +284,7 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
         workers = start_workers(
             stack,
             data_dir,
-            n_workers,
+            case.cpus,
             {"max_runs": args.max_runs, "max_after_scan": args.max_after_scan},
         )
         t_claim = float("nan")
@@ -273,6 +313,9 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
                     "a worker still holds runs",
                 )
             case.claims = [claims(url) for _, url in workers]
+            for (proc, _), own in zip(workers, case.cpus, strict=True):
+                if own and (got := sorted(os.sched_getaffinity(proc.pid))) != own:
+                    case.problems.append(f"worker pid {proc.pid} on CPUs {got}, not {own}")
         finally:
             for proc, _ in workers:
                 proc.terminate()
@@ -282,6 +325,7 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        case.load_after = load_averages()
         first = sum(c["first"] for c in case.claims)
         again = sum(c["again"] for c in case.claims)
         if first != len(uids) or again != 0:
@@ -298,19 +342,39 @@ def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
         f"worker scaling: {args.runs} XANES runs ({args.energies} energies + {2 * N_FLATS} flats, "
         f"{args.size}x{args.size} frames) queued on JetStream, then processed by N workers "
         f"(nats.max_runs {args.max_runs}, nats.max_after_scan {args.max_after_scan})",
-        f"(each worker 1 BLAS/OpenMP thread; {os.cpu_count()} CPUs; load average = 1-min, "
-        "at the end of each case)",
     ]
+    k = args.cpus_per_worker
+    if k:
+        lines.append(
+            f"(each worker pinned to its own {k} CPU(s) with taskset, after_scan_workers {k}, "
+            f"{k} BLAS/OpenMP/torch thread(s): emulates {k}-CPU nodes, one per worker; the "
+            f"feed (Tiled, proxy, nats-server, bridge) and this script are not pinned and share "
+            f"the machine's {os.cpu_count()} CPUs with them)"
+        )
+    else:
+        lines.append(
+            f"(workers not pinned: each may use all {os.cpu_count()} CPUs with "
+            "after_scan_workers 2 (the default) and 1 BLAS/OpenMP/torch thread)"
+        )
+    lines.append(
+        "(load = 1-min load average at the end of each case; /proc/loadavg 1/5/15-min before "
+        "the case's stack starts -> after its workers stop)"
+    )
     for c in cases:
         ratio_launch = base.from_launch_s / c.from_launch_s
         ratio_claim = base.from_first_claim_s / c.from_first_claim_s
         claimed = "/".join(f"{w['first']:g}" for w in c.claims)
         check = "each run once" if not c.problems else f"PROBLEMS: {'; '.join(c.problems)}"
+        cpus = " on CPUs " + " | ".join(",".join(map(str, w)) for w in c.cpus) if c.cpus[0] else ""
+        loads = (
+            " ".join(f"{x:.2f}" for x in c.load_before),
+            " ".join(f"{x:.2f}" for x in c.load_after),
+        )
         lines.append(
-            f"  {c.workers} worker(s): {c.from_launch_s:6.1f} s from launch "
+            f"  {c.workers} worker(s){cpus}: {c.from_launch_s:6.1f} s from launch "
             f"({ratio_launch:.2f}x), {c.from_first_claim_s:6.1f} s from first claim "
             f"({ratio_claim:.2f}x); runs per worker {claimed}; {check}; "
-            f"load {c.load_average:.1f}"
+            f"load {c.load_average:.1f} ({loads[0]} -> {loads[1]})"
         )
     return "\n".join(lines)
 
@@ -347,12 +411,31 @@ def main(argv: list[str] | None = None) -> int:
         "stages wait or run in it (0: no limit, beamwatch's default; then the first worker "
         "to connect reads every queued run and the others idle)",
     )
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        default=0,
+        metavar="K",
+        help="pin worker i to its own K CPUs (i*K .. i*K+K-1, with taskset) and give it K "
+        "after-scan threads (after_scan_workers) and K BLAS/OpenMP/torch threads, as on nodes "
+        "of K CPUs; 0: not pinned, each worker may use every CPU with beamwatch's default 2 "
+        "after-scan threads",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="per worker count, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--keep", type=Path, default=None, help="data dirs here (kept) for logs")
     args = parser.parse_args(argv)
-    if min(args.runs, args.max_runs, *args.workers) < 1 or args.max_after_scan < 0:
-        parser.error("--runs, --workers, --max-runs must be >= 1, --max-after-scan >= 0")
+    if (
+        min(args.runs, args.max_runs, *args.workers) < 1
+        or min(args.max_after_scan, args.cpus_per_worker) < 0
+    ):
+        parser.error(
+            "--runs, --workers, --max-runs must be >= 1, --max-after-scan, --cpus-per-worker >= 0"
+        )
+    try:
+        worker_cpus(max(args.workers), args.cpus_per_worker)
+    except ValueError as e:
+        parser.error(f"--cpus-per-worker: {e}")
     from services.core.logs import configure_logging
 
     configure_logging("WARNING", service="bench")
