@@ -70,6 +70,10 @@ class Case:
     load_before: tuple[float, ...] = ()
     load_after: tuple[float, ...] = ()
     cpus: list[list[int]] = field(default_factory=list)  # per worker; [] = not pinned
+    #: CPU seconds (user + system) from the workers' launch to the last run complete: each
+    #: worker's, and each feed child's and this script's (its polling of Tiled)
+    worker_cpu_s: list[float] = field(default_factory=list)
+    feed_cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 def metric_value(url: str, name: str, **labels: str) -> float:
@@ -264,6 +268,22 @@ def exactly_once(client: Any, uid: str, n_energies: int) -> list[str]:
     return [] if got == expected else [f"{uid}: frame_stats seq_nums {got}, expected {expected}"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (and of its children it waited
+    for); NaN if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, field 3 first
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def feed_cpu_seconds(stack: Stack) -> dict[str, float]:
+    used = {name: cpu_seconds(pid) for name, pid in stack.supervisor.pids.items()}
+    return used | {"bench": time.process_time()}
+
+
 def load_averages() -> tuple[float, ...]:
     return tuple(float(x) for x in Path("/proc/loadavg").read_text().split()[:3])
 
@@ -281,6 +301,7 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
         uids = queue_runs(stack, args)
         logger.warning("%d runs queued; starting %d worker(s)", len(uids), n_workers)
         t_launch = time.monotonic()
+        feed_cpu_at_launch = feed_cpu_seconds(stack)
         workers = start_workers(
             stack,
             data_dir,
@@ -302,6 +323,11 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
                     t_claim = time.monotonic()
                 time.sleep(0.2)
             t_done = time.monotonic()
+            case.worker_cpu_s = [cpu_seconds(proc.pid) for proc, _ in workers]
+            case.feed_cpu_s = {
+                name: used - feed_cpu_at_launch.get(name, float("nan"))
+                for name, used in feed_cpu_seconds(stack).items()
+            }
             case.load_average = os.getloadavg()[0]
             case.from_launch_s = t_done - t_launch
             case.from_first_claim_s = t_done - t_claim
@@ -375,6 +401,12 @@ def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
             f"({ratio_launch:.2f}x), {c.from_first_claim_s:6.1f} s from first claim "
             f"({ratio_claim:.2f}x); runs per worker {claimed}; {check}; "
             f"load {c.load_average:.1f} ({loads[0]} -> {loads[1]})"
+        )
+        feed = ", ".join(f"{name} {used:.1f}" for name, used in c.feed_cpu_s.items())
+        workers_cpu = " / ".join(f"{used:.1f}" for used in c.worker_cpu_s)
+        lines.append(
+            f"    CPU s from launch to done ({c.from_launch_s:.1f} s): "
+            f"workers {workers_cpu}; {feed}"
         )
     return "\n".join(lines)
 
