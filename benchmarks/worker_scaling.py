@@ -14,11 +14,13 @@ For each worker count (``--workers 1 2``), on a fresh data dir and a fresh JetSt
    as on separate machines; ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
    = 1, so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
    ``nats.max_after_scan`` 2 by default, so that a worker does not take more of the queue than
-   it works on) and time until every run's analysis (``frames`` and ``xanes``) is
-   ``complete`` in Tiled; with ``--cpus-per-worker K`` each worker is started under
-   ``taskset`` on its own K CPUs (worker i on CPUs i*K .. i*K+K-1 of those this script may
-   use), with ``after_scan_workers`` K and K BLAS/OpenMP/torch threads: a K-core node each (the
-   feed's children and this script are not pinned);
+   it works on) and time until the workers have claimed and released every run (from their
+   metrics; a run is released once all its writes are in Tiled), then check that every run's
+   analysis (``frames`` and ``xanes``) is ``complete`` in Tiled; with ``--cpus-per-worker K``
+   each worker is started under ``taskset`` on its own K CPUs (worker i on CPUs i*K ..
+   i*K+K-1 of those this script may use), with ``after_scan_workers`` K and K
+   BLAS/OpenMP/torch threads: a K-core node each (the feed's children and this script are
+   not pinned);
 4. check that every run was processed exactly once: claims summed over the workers equal the
    runs, no run delivered again, and ``frame_stats`` has each seq_num once.
 
@@ -26,7 +28,10 @@ Two times are printed per worker count: from the workers' launch (includes their
 imports, connecting) and from the first run claimed (the queue's processing alone); the
 ratio of the 1-worker time to each other count's time is the speed-up, measured in the same
 invocation. The machine's load average is printed beside them: on a shared machine with few
-cores the ratio says as much about the load as about beamwatch.
+cores the ratio says as much about the load as about beamwatch. So are the CPU seconds each
+worker, each feed child (the Tiled server above all: every worker writes to it) and this
+script used meanwhile: a worker using far less CPU than the time it took waited for something
+else, and more workers cannot make that faster.
 """
 
 from __future__ import annotations
@@ -311,16 +316,23 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
         t_claim = float("nan")
         try:
             deadline = t_launch + args.timeout
-            while not all_complete(client, uids):
+            # Done when the workers have claimed and released every run (a claim is released
+            # once every write of its run, the statuses included, is in Tiled), read from the
+            # workers' metrics: polling the statuses in Tiled every 0.2 s took a share of the
+            # Tiled server's CPU, which bounds this benchmark (its CPU seconds are printed).
+            while True:
+                taken = [claims(url)["first"] for _, url in workers]
+                if t_claim != t_claim and sum(taken) > 0:  # NaN until the first claim
+                    t_claim = time.monotonic()
+                if sum(taken) >= len(uids) and all(
+                    metric_value(url, "beamwatch_runs_owned") == 0 for _, url in workers
+                ):
+                    break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"runs not complete after {args.timeout:.0f} s")
                 for proc, _ in workers:
                     if proc.poll() is not None:
                         raise RuntimeError(f"a worker exited ({proc.returncode}); see {data_dir}")
-                if t_claim != t_claim and any(
-                    claims(url)["first"] > 0 for _, url in workers
-                ):  # NaN until the first claim
-                    t_claim = time.monotonic()
                 time.sleep(0.2)
             t_done = time.monotonic()
             case.worker_cpu_s = [cpu_seconds(proc.pid) for proc, _ in workers]
@@ -331,13 +343,8 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
             case.load_average = os.getloadavg()[0]
             case.from_launch_s = t_done - t_launch
             case.from_first_claim_s = t_done - t_claim
-            # claims settle once the last writes are in Tiled (the claim is acked after them)
-            for _, url in workers:
-                wait_for(
-                    lambda url=url: metric_value(url, "beamwatch_runs_owned") == 0,
-                    60,
-                    "a worker still holds runs",
-                )
+            if not all_complete(client, uids):
+                case.problems.append("every run released, not every run complete in Tiled")
             case.claims = [claims(url) for _, url in workers]
             for (proc, _), own in zip(workers, case.cpus, strict=True):
                 if own and (got := sorted(os.sched_getaffinity(proc.pid))) != own:
