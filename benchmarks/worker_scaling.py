@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -81,12 +82,19 @@ class Case:
     feed_cpu_s: dict[str, float] = field(default_factory=dict)
 
 
+@functools.cache
+def http() -> httpx.Client:
+    """One connection pool for every metrics read: ``httpx.get`` makes a TLS context each call
+    (about 30 ms of CPU, see ``benchmarks.stack.Stack.http``), many per second here."""
+    return httpx.Client(timeout=2)
+
+
 def metric_value(url: str, name: str, **labels: str) -> float:
     """Sum of the samples ``name`` matching ``labels`` at ``url``; NaN if it does not answer."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        text = httpx.get(url, timeout=2).text
+        text = http().get(url).text
     except httpx.HTTPError:
         return float("nan")
     return sum(
