@@ -12,15 +12,15 @@ For each worker count (``--workers 1 2``), on a fresh data dir and a fresh JetSt
    document: the queue is full before any worker starts;
 3. start that many ``beamwatch worker --bus nats://...`` processes (each with its own data dir,
    as on separate machines; ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
-   = 1, so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
+   = 1 (K below), so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
    ``nats.max_after_scan`` 2 by default, so that a worker does not take more of the queue than
    it works on) and time until the workers have claimed and released every run (from their
    metrics; a run is released once all its writes are in Tiled), then check that every run's
    analysis (``frames`` and ``xanes``) is ``complete`` in Tiled; with ``--cpus-per-worker K``
    each worker is started under ``taskset`` on its own K CPUs (worker i on CPUs i*K ..
-   i*K+K-1 of those this script may use), with ``after_scan_workers`` K and K
-   BLAS/OpenMP/torch threads: a K-core node each (the feed's children and this script are
-   not pinned);
+   i*K+K-1 of those this script may use, the feed's excepted), with ``after_scan_workers`` K and K
+   BLAS/OpenMP/torch threads: a K-core node each; ``--feed-cpus`` pins the feed's children
+   (the Tiled server above all) to CPUs of their own, which the workers then leave alone;
 4. check that every run was processed exactly once: claims summed over the workers equal the
    runs, no run delivered again, and ``frame_stats`` has each seq_num once.
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -183,16 +184,19 @@ def queue_runs(stack: Stack, args: argparse.Namespace) -> list[str]:
     return uids
 
 
-def worker_cpus(n_workers: int, cpus_per_worker: int) -> list[list[int]]:
+def worker_cpus(
+    n_workers: int, cpus_per_worker: int, reserved: list[int] | None = None
+) -> list[list[int]]:
     """The CPUs of each of ``n_workers`` workers, ``cpus_per_worker`` each, disjoint, taken in
-    order from those this process may run on; ``[]`` each when ``cpus_per_worker`` is 0."""
+    order from those this process may run on but ``reserved`` (the feed's); ``[]`` each when
+    ``cpus_per_worker`` is 0."""
     if cpus_per_worker == 0:
         return [[] for _ in range(n_workers)]
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = sorted(os.sched_getaffinity(0) - set(reserved or ()))
     if n_workers * cpus_per_worker > len(allowed):
         raise ValueError(
             f"{n_workers} workers x {cpus_per_worker} CPUs need {n_workers * cpus_per_worker} "
-            f"CPUs, this process may use {len(allowed)} ({allowed})"
+            f"CPUs, this process may use {len(allowed)} besides the feed's ({allowed})"
         )
     return [allowed[i * cpus_per_worker : (i + 1) * cpus_per_worker] for i in range(n_workers)]
 
@@ -297,12 +301,20 @@ def feed_cpu_seconds(stack: Stack) -> dict[str, float]:
     return used | {"bench": time.process_time()}
 
 
+def pin_process(pid: int, cpus: list[int]) -> None:
+    """Every thread of process ``pid`` (and so those it starts later) onto ``cpus``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), cpus)
+
+
 def load_averages() -> tuple[float, ...]:
     return tuple(float(x) for x in Path("/proc/loadavg").read_text().split()[:3])
 
 
 def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
-    case = Case(n_workers, args.runs, cpus=worker_cpus(n_workers, args.cpus_per_worker))
+    cpus = worker_cpus(n_workers, args.cpus_per_worker, args.feed_cpus)
+    case = Case(n_workers, args.runs, cpus=cpus)
     case.load_before = load_averages()
     config = {
         "bus": {"mode": "nats"},
@@ -310,6 +322,9 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
         "run_idle_timeout": 600,
     }
     with running_stack(data_dir, FEED_CHILDREN, **config) as stack:
+        if args.feed_cpus:
+            for pid in stack.supervisor.pids.values():
+                pin_process(pid, args.feed_cpus)
         client = stack.client()
         uids = queue_runs(stack, args)
         logger.warning("%d runs queued; starting %d worker(s)", len(uids), n_workers)
@@ -357,6 +372,10 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
             for (proc, _), own in zip(workers, case.cpus, strict=True):
                 if own and (got := sorted(os.sched_getaffinity(proc.pid))) != own:
                     case.problems.append(f"worker pid {proc.pid} on CPUs {got}, not {own}")
+            for name, pid in stack.supervisor.pids.items():
+                got = sorted(os.sched_getaffinity(pid))
+                if args.feed_cpus and got != args.feed_cpus:
+                    case.problems.append(f"{name} on CPUs {got}, not {args.feed_cpus}")
         finally:
             for proc, _ in workers:
                 proc.terminate()
@@ -388,15 +407,18 @@ def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
     if k:
         lines.append(
             f"(each worker pinned to its own {k} CPU(s) with taskset, after_scan_workers {k}, "
-            f"{k} BLAS/OpenMP/torch thread(s): emulates {k}-CPU nodes, one per worker; the "
-            f"feed (Tiled, proxy, nats-server, bridge) and this script are not pinned and share "
-            f"the machine's {os.cpu_count()} CPUs with them)"
+            f"{k} BLAS/OpenMP/torch thread(s): emulates {k}-CPU nodes, one per worker)"
         )
     else:
         lines.append(
             f"(workers not pinned: each may use all {os.cpu_count()} CPUs with "
             "after_scan_workers 2 (the default) and 1 BLAS/OpenMP/torch thread)"
         )
+    if args.feed_cpus:
+        feed = f"pinned to CPUs {','.join(map(str, args.feed_cpus))}, no worker's"
+    else:
+        feed = f"not pinned: they share the machine's {os.cpu_count()} CPUs with the workers"
+    lines.append(f"(the feed (Tiled, proxy, nats-server, bridge) {feed}; this script not pinned)")
     lines.append(
         "(load = 1-min load average at the end of each case; /proc/loadavg 1/5/15-min before "
         "the case's stack starts -> after its workers stop)"
@@ -468,6 +490,15 @@ def main(argv: list[str] | None = None) -> int:
         "of K CPUs; 0: not pinned, each worker may use every CPU with beamwatch's default 2 "
         "after-scan threads",
     )
+    parser.add_argument(
+        "--feed-cpus",
+        type=lambda text: sorted({int(x) for x in text.split(",")}),
+        default=None,
+        metavar="I,J,...",
+        help="pin the feed's children (Tiled, proxy, nats-server, bridge) to these CPUs, and "
+        "the workers (with --cpus-per-worker) to the others: the shared Tiled server then "
+        "takes no CPU from the workers (as on a cluster); default not pinned",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="per worker count, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--keep", type=Path, default=None, help="data dirs here (kept) for logs")
@@ -480,9 +511,11 @@ def main(argv: list[str] | None = None) -> int:
             "--runs, --workers, --max-runs must be >= 1, --max-after-scan, --cpus-per-worker >= 0"
         )
     try:
-        worker_cpus(max(args.workers), args.cpus_per_worker)
+        worker_cpus(max(args.workers), args.cpus_per_worker, args.feed_cpus)
     except ValueError as e:
         parser.error(f"--cpus-per-worker: {e}")
+    if args.feed_cpus and not set(args.feed_cpus) <= os.sched_getaffinity(0):
+        parser.error(f"--feed-cpus: not all of {args.feed_cpus} are usable here")
     from services.core.logs import configure_logging
 
     configure_logging("WARNING", service="bench")
