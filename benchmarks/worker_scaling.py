@@ -12,10 +12,15 @@ For each worker count (``--workers 1 2``), on a fresh data dir and a fresh JetSt
    document: the queue is full before any worker starts;
 3. start that many ``beamwatch worker --bus nats://...`` processes (each with its own data dir,
    as on separate machines; ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
-   = 1, so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
+   = 1 (K below), so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
    ``nats.max_after_scan`` 2 by default, so that a worker does not take more of the queue than
-   it works on) and time until every run's analysis (``frames`` and ``xanes``) is
-   ``complete`` in Tiled;
+   it works on) and time until the workers have claimed and released every run (from their
+   metrics; a run is released once all its writes are in Tiled), then check that every run's
+   analysis (``frames`` and ``xanes``) is ``complete`` in Tiled; with ``--cpus-per-worker K``
+   each worker is started under ``taskset`` on its own K CPUs (worker i on CPUs i*K ..
+   i*K+K-1 of those this script may use, the feed's excepted), with ``after_scan_workers`` K and K
+   BLAS/OpenMP/torch threads: a K-core node each; ``--feed-cpus`` pins the feed's children
+   (the Tiled server above all) to CPUs of their own, which the workers then leave alone;
 4. check that every run was processed exactly once: claims summed over the workers equal the
    runs, no run delivered again, and ``frame_stats`` has each seq_num once.
 
@@ -23,13 +28,18 @@ Two times are printed per worker count: from the workers' launch (includes their
 imports, connecting) and from the first run claimed (the queue's processing alone); the
 ratio of the 1-worker time to each other count's time is the speed-up, measured in the same
 invocation. The machine's load average is printed beside them: on a shared machine with few
-cores the ratio says as much about the load as about beamwatch.
+cores the ratio says as much about the load as about beamwatch. So are the CPU seconds each
+worker, each feed child (the Tiled server above all: every worker writes to it) and this
+script used meanwhile: a worker using far less CPU than the time it took waited for something
+else, and more workers cannot make that faster.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -51,7 +61,7 @@ logger = logging.getLogger("benchmarks.worker_scaling")
 FEED_CHILDREN = ("tiled", "proxy", "nats", "bridge")
 PIPELINES = (FRAMES.pipeline, XANES.pipeline)
 N_FLATS = 1
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+NUMERIC_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass
@@ -63,6 +73,21 @@ class Case:
     claims: list[dict[str, float]] = field(default_factory=list)  # per worker: first / again
     problems: list[str] = field(default_factory=list)
     load_average: float = float("nan")
+    #: /proc/loadavg's 1, 5 and 15-min averages before the stack starts and at the end
+    load_before: tuple[float, ...] = ()
+    load_after: tuple[float, ...] = ()
+    cpus: list[list[int]] = field(default_factory=list)  # per worker; [] = not pinned
+    #: CPU seconds (user + system) from the workers' launch to the last run complete: each
+    #: worker's, and each feed child's and this script's (its polling of Tiled)
+    worker_cpu_s: list[float] = field(default_factory=list)
+    feed_cpu_s: dict[str, float] = field(default_factory=dict)
+
+
+@functools.cache
+def http() -> httpx.Client:
+    """One connection pool for every metrics read: ``httpx.get`` makes a TLS context each call
+    (about 30 ms of CPU, see ``benchmarks.stack.Stack.http``), many per second here."""
+    return httpx.Client(timeout=2)
 
 
 def metric_value(url: str, name: str, **labels: str) -> float:
@@ -70,7 +95,7 @@ def metric_value(url: str, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        text = httpx.get(url, timeout=2).text
+        text = http().get(url).text
     except httpx.HTTPError:
         return float("nan")
     return sum(
@@ -159,23 +184,54 @@ def queue_runs(stack: Stack, args: argparse.Namespace) -> list[str]:
     return uids
 
 
+def worker_cpus(
+    n_workers: int, cpus_per_worker: int, reserved: list[int] | None = None
+) -> list[list[int]]:
+    """The CPUs of each of ``n_workers`` workers, ``cpus_per_worker`` each, disjoint, taken in
+    order from those this process may run on but ``reserved`` (the feed's); ``[]`` each when
+    ``cpus_per_worker`` is 0."""
+    if cpus_per_worker == 0:
+        return [[] for _ in range(n_workers)]
+    allowed = sorted(os.sched_getaffinity(0) - set(reserved or ()))
+    if n_workers * cpus_per_worker > len(allowed):
+        raise ValueError(
+            f"{n_workers} workers x {cpus_per_worker} CPUs need {n_workers * cpus_per_worker} "
+            f"CPUs, this process may use {len(allowed)} besides the feed's ({allowed})"
+        )
+    return [allowed[i * cpus_per_worker : (i + 1) * cpus_per_worker] for i in range(n_workers)]
+
+
+def worker_env(threads: int, pinned: bool) -> dict[str, str]:
+    """Numeric threads of a worker (BLAS, OpenMP, torch) and, when pinned to ``threads`` CPUs,
+    its after-scan threads (``after_scan_workers``, and ``after_scan_threads`` of a
+    tomogram's stage child) too; unpinned, beamwatch's default 2 after-scan threads."""
+    env = dict.fromkeys(NUMERIC_THREADS, str(threads))
+    if pinned:
+        env["BEAMWATCH_AFTER_SCAN_WORKERS"] = str(threads)
+        env["BEAMWATCH_AFTER_SCAN_THREADS"] = str(threads)
+    return env
+
+
 def start_workers(
-    stack: Stack, data_dir: Path, n: int, nats: dict[str, int]
+    stack: Stack, data_dir: Path, cpus: list[list[int]], nats: dict[str, int]
 ) -> list[tuple[subprocess.Popen[bytes], str]]:
     env = dict(
         os.environ,
         BEAMWATCH_TILED__URL=stack.settings.tiled_url,
         BEAMWATCH_TILED__API_KEY=stack.settings.resolved_api_key(),
         **{f"BEAMWATCH_NATS__{k.upper()}": str(v) for k, v in nats.items()},
-        **ONE_THREAD,
     )
     workers = []
-    for i in range(n):
+    for i, own in enumerate(cpus):
         port = free_port()
         env["BEAMWATCH_BUS__FEEDBACK_ADDRESS"] = f"tcp://127.0.0.1:{free_port()}"
+        env.update(worker_env(len(own) or 1, pinned=bool(own)))
+        # taskset execs the worker on its CPUs: every thread and child it makes inherits them
+        pin = ["taskset", "--cpu-list", ",".join(map(str, own))] if own else []
         log = open(data_dir / "logs" / f"worker-{i + 1}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [
+                *pin,
                 sys.executable,
                 "-m",
                 "services.cli",
@@ -229,50 +285,97 @@ def exactly_once(client: Any, uid: str, n_energies: int) -> list[str]:
     return [] if got == expected else [f"{uid}: frame_stats seq_nums {got}, expected {expected}"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (and of its children it waited
+    for); NaN if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, field 3 first
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def feed_cpu_seconds(stack: Stack) -> dict[str, float]:
+    used = {name: cpu_seconds(pid) for name, pid in stack.supervisor.pids.items()}
+    return used | {"bench": time.process_time()}
+
+
+def pin_process(pid: int, cpus: list[int]) -> None:
+    """Every thread of process ``pid`` (and so those it starts later) onto ``cpus``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def load_averages() -> tuple[float, ...]:
+    return tuple(float(x) for x in Path("/proc/loadavg").read_text().split()[:3])
+
+
 def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
-    case = Case(n_workers, args.runs)
+    cpus = worker_cpus(n_workers, args.cpus_per_worker, args.feed_cpus)
+    case = Case(n_workers, args.runs, cpus=cpus)
+    case.load_before = load_averages()
     config = {
         "bus": {"mode": "nats"},
         "nats": {"port": free_port(), "bridge_metrics_port": free_port()},
         "run_idle_timeout": 600,
     }
     with running_stack(data_dir, FEED_CHILDREN, **config) as stack:
+        if args.feed_cpus:
+            for pid in stack.supervisor.pids.values():
+                pin_process(pid, args.feed_cpus)
         client = stack.client()
         uids = queue_runs(stack, args)
         logger.warning("%d runs queued; starting %d worker(s)", len(uids), n_workers)
         t_launch = time.monotonic()
+        feed_cpu_at_launch = feed_cpu_seconds(stack)
         workers = start_workers(
             stack,
             data_dir,
-            n_workers,
+            case.cpus,
             {"max_runs": args.max_runs, "max_after_scan": args.max_after_scan},
         )
         t_claim = float("nan")
         try:
             deadline = t_launch + args.timeout
-            while not all_complete(client, uids):
+            # Done when the workers have claimed and released every run (a claim is released
+            # once every write of its run, the statuses included, is in Tiled), read from the
+            # workers' metrics: polling the statuses in Tiled every 0.2 s took a share of the
+            # Tiled server's CPU, which bounds this benchmark (its CPU seconds are printed).
+            while True:
+                taken = [claims(url)["first"] for _, url in workers]
+                if t_claim != t_claim and sum(taken) > 0:  # NaN until the first claim
+                    t_claim = time.monotonic()
+                if sum(taken) >= len(uids) and all(
+                    metric_value(url, "beamwatch_runs_owned") == 0 for _, url in workers
+                ):
+                    break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"runs not complete after {args.timeout:.0f} s")
                 for proc, _ in workers:
                     if proc.poll() is not None:
                         raise RuntimeError(f"a worker exited ({proc.returncode}); see {data_dir}")
-                if t_claim != t_claim and any(
-                    claims(url)["first"] > 0 for _, url in workers
-                ):  # NaN until the first claim
-                    t_claim = time.monotonic()
                 time.sleep(0.2)
             t_done = time.monotonic()
+            case.worker_cpu_s = [cpu_seconds(proc.pid) for proc, _ in workers]
+            case.feed_cpu_s = {
+                name: used - feed_cpu_at_launch.get(name, float("nan"))
+                for name, used in feed_cpu_seconds(stack).items()
+            }
             case.load_average = os.getloadavg()[0]
             case.from_launch_s = t_done - t_launch
             case.from_first_claim_s = t_done - t_claim
-            # claims settle once the last writes are in Tiled (the claim is acked after them)
-            for _, url in workers:
-                wait_for(
-                    lambda url=url: metric_value(url, "beamwatch_runs_owned") == 0,
-                    60,
-                    "a worker still holds runs",
-                )
+            if not all_complete(client, uids):
+                case.problems.append("every run released, not every run complete in Tiled")
             case.claims = [claims(url) for _, url in workers]
+            for (proc, _), own in zip(workers, case.cpus, strict=True):
+                if own and (got := sorted(os.sched_getaffinity(proc.pid))) != own:
+                    case.problems.append(f"worker pid {proc.pid} on CPUs {got}, not {own}")
+            for name, pid in stack.supervisor.pids.items():
+                got = sorted(os.sched_getaffinity(pid))
+                if args.feed_cpus and got != args.feed_cpus:
+                    case.problems.append(f"{name} on CPUs {got}, not {args.feed_cpus}")
         finally:
             for proc, _ in workers:
                 proc.terminate()
@@ -282,6 +385,7 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        case.load_after = load_averages()
         first = sum(c["first"] for c in case.claims)
         again = sum(c["again"] for c in case.claims)
         if first != len(uids) or again != 0:
@@ -298,19 +402,48 @@ def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
         f"worker scaling: {args.runs} XANES runs ({args.energies} energies + {2 * N_FLATS} flats, "
         f"{args.size}x{args.size} frames) queued on JetStream, then processed by N workers "
         f"(nats.max_runs {args.max_runs}, nats.max_after_scan {args.max_after_scan})",
-        f"(each worker 1 BLAS/OpenMP thread; {os.cpu_count()} CPUs; load average = 1-min, "
-        "at the end of each case)",
     ]
+    k = args.cpus_per_worker
+    if k:
+        lines.append(
+            f"(each worker pinned to its own {k} CPU(s) with taskset, after_scan_workers {k}, "
+            f"{k} BLAS/OpenMP/torch thread(s): emulates {k}-CPU nodes, one per worker)"
+        )
+    else:
+        lines.append(
+            f"(workers not pinned: each may use all {os.cpu_count()} CPUs with "
+            "after_scan_workers 2 (the default) and 1 BLAS/OpenMP/torch thread)"
+        )
+    if args.feed_cpus:
+        feed = f"pinned to CPUs {','.join(map(str, args.feed_cpus))}, no worker's"
+    else:
+        feed = f"not pinned: they share the machine's {os.cpu_count()} CPUs with the workers"
+    lines.append(f"(the feed (Tiled, proxy, nats-server, bridge) {feed}; this script not pinned)")
+    lines.append(
+        "(load = 1-min load average at the end of each case; /proc/loadavg 1/5/15-min before "
+        "the case's stack starts -> after its workers stop)"
+    )
     for c in cases:
         ratio_launch = base.from_launch_s / c.from_launch_s
         ratio_claim = base.from_first_claim_s / c.from_first_claim_s
         claimed = "/".join(f"{w['first']:g}" for w in c.claims)
         check = "each run once" if not c.problems else f"PROBLEMS: {'; '.join(c.problems)}"
+        cpus = " on CPUs " + " | ".join(",".join(map(str, w)) for w in c.cpus) if c.cpus[0] else ""
+        loads = (
+            " ".join(f"{x:.2f}" for x in c.load_before),
+            " ".join(f"{x:.2f}" for x in c.load_after),
+        )
         lines.append(
-            f"  {c.workers} worker(s): {c.from_launch_s:6.1f} s from launch "
+            f"  {c.workers} worker(s){cpus}: {c.from_launch_s:6.1f} s from launch "
             f"({ratio_launch:.2f}x), {c.from_first_claim_s:6.1f} s from first claim "
             f"({ratio_claim:.2f}x); runs per worker {claimed}; {check}; "
-            f"load {c.load_average:.1f}"
+            f"load {c.load_average:.1f} ({loads[0]} -> {loads[1]})"
+        )
+        feed = ", ".join(f"{name} {used:.1f}" for name, used in c.feed_cpu_s.items())
+        workers_cpu = " / ".join(f"{used:.1f}" for used in c.worker_cpu_s)
+        lines.append(
+            f"    CPU s from launch to done ({c.from_launch_s:.1f} s): "
+            f"workers {workers_cpu}; {feed}"
         )
     return "\n".join(lines)
 
@@ -347,12 +480,42 @@ def main(argv: list[str] | None = None) -> int:
         "stages wait or run in it (0: no limit, beamwatch's default; then the first worker "
         "to connect reads every queued run and the others idle)",
     )
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        default=0,
+        metavar="K",
+        help="pin worker i to its own K CPUs (i*K .. i*K+K-1, with taskset) and give it K "
+        "after-scan threads (after_scan_workers) and K BLAS/OpenMP/torch threads, as on nodes "
+        "of K CPUs; 0: not pinned, each worker may use every CPU with beamwatch's default 2 "
+        "after-scan threads",
+    )
+    parser.add_argument(
+        "--feed-cpus",
+        type=lambda text: sorted({int(x) for x in text.split(",")}),
+        default=None,
+        metavar="I,J,...",
+        help="pin the feed's children (Tiled, proxy, nats-server, bridge) to these CPUs, and "
+        "the workers (with --cpus-per-worker) to the others: the shared Tiled server then "
+        "takes no CPU from the workers (as on a cluster); default not pinned",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="per worker count, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--keep", type=Path, default=None, help="data dirs here (kept) for logs")
     args = parser.parse_args(argv)
-    if min(args.runs, args.max_runs, *args.workers) < 1 or args.max_after_scan < 0:
-        parser.error("--runs, --workers, --max-runs must be >= 1, --max-after-scan >= 0")
+    if (
+        min(args.runs, args.max_runs, *args.workers) < 1
+        or min(args.max_after_scan, args.cpus_per_worker) < 0
+    ):
+        parser.error(
+            "--runs, --workers, --max-runs must be >= 1, --max-after-scan, --cpus-per-worker >= 0"
+        )
+    try:
+        worker_cpus(max(args.workers), args.cpus_per_worker, args.feed_cpus)
+    except ValueError as e:
+        parser.error(f"--cpus-per-worker: {e}")
+    if args.feed_cpus and not set(args.feed_cpus) <= os.sched_getaffinity(0):
+        parser.error(f"--feed-cpus: not all of {args.feed_cpus} are usable here")
     from services.core.logs import configure_logging
 
     configure_logging("WARNING", service="bench")

@@ -251,6 +251,11 @@ class BeamwatchSettings(BaseSettings):
     #: figures) runs in a child process of the analysis consumer, so that the live frames of
     #: other runs keep its GIL (issue 14, point 7); False runs it on a thread of the consumer.
     after_scan_child: bool = True
+    #: After-scan stages (maps, reconstructions, recovering lost frames) a consumer runs at
+    #: once, each on a thread off the dispatch thread. With 2, a tomogram's long stage does not
+    #: hold back the end of the next run; on a node with one core, 1 keeps a worker to that
+    #: core (``benchmarks.worker_scaling --cpus-per-worker``).
+    after_scan_workers: int = Field(2, ge=1)
     #: Numeric threads (torch, BLAS, OpenMP) of that child; None = every core but one.
     after_scan_threads: int | None = Field(None, ge=1)
     #: When that child is deemed hung: killed, its stages ``failed`` (``StageTimeout: ...``),

@@ -75,8 +75,6 @@ MAX_QUEUED = 512
 REPLAY = "__replay__"
 #: A queue item that hands the result of a lookup made off the dispatch thread back to it.
 LOOKED_UP = "__looked_up__"
-#: Threads running after-scan stages (maps, reconstructions) off the dispatch thread.
-AFTER_SCAN_WORKERS = 2
 
 
 class LazyClient:
@@ -171,12 +169,13 @@ class Consumer:
             workers=settings.spool_workers,
         )
         self._rejected: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        # Two workers: a long stage (a tomogram's reconstruction) does not hold back the end
-        # of the next run; each stage is parallel inside already (numpy, torch). A tomogram's
-        # in-memory stage runs in a child process (services.analysis.child_stage), which its
-        # worker thread waits for, relaying its writes to the spool.
+        # ``after_scan_workers`` threads (2 by default): a long stage (a tomogram's
+        # reconstruction) does not hold back the end of the next run; each stage is parallel
+        # inside already (numpy, torch). A tomogram's in-memory stage runs in a child process
+        # (services.analysis.child_stage), which its worker thread waits for, relaying its
+        # writes to the spool.
         self._after_scan_pool = ThreadPoolExecutor(
-            AFTER_SCAN_WORKERS, thread_name_prefix=f"{role}-after-scan"
+            settings.after_scan_workers, thread_name_prefix=f"{role}-after-scan"
         )
         self._after_scan_jobs: set[Future[None]] = set()
         self._after_scan_lock = threading.Lock()

@@ -84,6 +84,86 @@ def test_a_scan_runs_live_while_the_previous_runs_after_scan_stage_is_busy(
         ana.stop()
 
 
+class RecordedAfterScanStage:
+    """Records when its after-scan stage starts and ends in ``order``; the run started with
+    ``hold=True`` holds there until ``release`` is set."""
+
+    name = "recorded"
+    version = "1"
+
+    def __init__(self, start, order, release):
+        self.parameters = {}
+        self._hold, self._order, self._release = start.get("hold", False), order, release
+
+    def on_frame(self, frame, out):
+        pass
+
+    def on_stop(self, stop, out):
+        self._order.append(("start", out.run_uid))
+        if self._hold:
+            assert self._release.wait(120), "never released"
+        self._order.append(("end", out.run_uid))
+
+
+@pytest.mark.parametrize("after_scan_workers", [1, 2])
+def test_a_consumer_runs_at_most_after_scan_workers_stages_at_once(
+    consumer_settings, tiled_client, after_scan_workers
+):
+    """``after_scan_workers`` bounds the after-scan stages a consumer runs at once (a node's
+    CPU budget, ``benchmarks.worker_scaling --cpus-per-worker``): with 1, the next run's stage
+    waits for the held one; with 2 it ends while the first still holds."""
+    settings, detector = consumer_settings
+    settings = settings.model_copy(update={"after_scan_workers": after_scan_workers})
+    order: list[tuple[str, str]] = []
+    release = threading.Event()
+    registry = PipelineRegistry()
+    registry.register("frames", lambda start: True, FrameStatsPipeline)
+    registry.register(
+        "recorded", lambda start: True, lambda start: RecordedAfterScanStage(start, order, release)
+    )
+    ana = Consumer("analysis", settings, registry=registry)
+    ana.start()
+    pub = live_publisher(settings, (ana,))
+    try:
+        RE = RunEngine({})
+        RE.subscribe(pub)
+
+        def scan(seed, **md):
+            txm = small_txm(detector, "stream", seed=seed)
+            plan = xanes_scan_plan(txm, energies(), n_flats=N_FLATS)
+            (uid,) = RE(plan, **md)
+            return uid
+
+        def status(uid, pipeline="recorded"):
+            return tiled_client["analysis"][uid][pipeline].metadata["status"]
+
+        def frame_stats(uid):
+            return tiled_client["analysis"][uid]["frames"]["frame_stats"].read()
+
+        first = scan(9, hold=True)
+        wait_until(lambda: ("start", first) in order, timeout=60)
+        second = scan(10)
+        if after_scan_workers == 1:
+            # the second run's stage is queued behind the held one, not started
+            wait_until(lambda: ana.after_scan_depth() == 2, timeout=90)
+            assert order == [("start", first)]
+            # its live frames are in, but its end (statuses, the stages) waits
+            wait_until(lambda: len(frame_stats(second)) == N_ENERGIES + FLAT_FRAMES, timeout=60)
+            assert status(second, "frames") == "running" and order == [("start", first)]
+            release.set()
+            wait_until(lambda: status(second) == "complete", timeout=60)
+            assert order == [("start", first), ("end", first), ("start", second), ("end", second)]
+        else:
+            wait_until(lambda: status(second) == "complete", timeout=90)
+            assert order == [("start", first), ("start", second), ("end", second)]
+            release.set()
+        wait_until(lambda: status(first) == "complete", timeout=60)
+    finally:
+        release.set()
+        pub.close()
+        ana.stop()
+
+
 def test_a_scan_runs_live_while_a_stage_runs_in_its_child_process(
     consumer_settings, tiled_client, tmp_path
 ):
