@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from bluesky import RunEngine
 
@@ -36,16 +38,21 @@ class EmptyFieldOfView:
         out.metadata({"done": True})
 
 
-@both_backends
-def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_goes_on_incomplete(
-    consumer_settings, tiled_client
-):
+@contextmanager
+def scanned(
+    consumer_settings, pipelines: dict, prepare: Callable[[Consumer], None] | None = None
+) -> Iterator[tuple[str, Consumer, object]]:
+    """A small XANES scan through a real RunEngine, proxy and analysis consumer that runs only
+    ``pipelines`` (name -> class), retrying quickly; ``prepare`` sees the consumer before it
+    starts. Yields the run's uid, the consumer and the settings."""
     settings, detector = consumer_settings
     settings.retry_max_backoff = 0.05
     registry = PipelineRegistry()
-    registry.register("frames", lambda start: True, FrameStatsPipeline)
-    registry.register("fov", lambda start: True, EmptyFieldOfView)
+    for name, pipeline in pipelines.items():
+        registry.register(name, lambda start: True, pipeline)
     ana = Consumer("analysis", settings, registry=registry)
+    if prepare is not None:
+        prepare(ana)
     ana.start()
     pub = live_publisher(settings, (ana,))
     try:
@@ -54,6 +61,18 @@ def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_goes_on_incomple
         (uid,) = RE(
             xanes_scan_plan(small_txm(detector, "stream", seed=8), energies(), n_flats=N_FLATS)
         )
+        yield uid, ana, settings
+    finally:
+        pub.close()
+        ana.stop()
+
+
+@both_backends
+def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_goes_on_incomplete(
+    consumer_settings, tiled_client
+):
+    pipelines = {"frames": FrameStatsPipeline, "fov": EmptyFieldOfView}
+    with scanned(consumer_settings, pipelines) as (uid, ana, settings):
 
         def fov():
             return tiled_client["analysis"][uid]["fov"]
@@ -75,9 +94,6 @@ def test_a_rejected_write_is_kept_shown_and_counted_and_the_run_goes_on_incomple
         assert metric(ana, "beamwatch_writes_rejected_total", op="table_rows") == 1
         (error_file,) = (settings.spool_dir / "analysis" / "rejected").glob("*.error.json")
         assert "null" in json.loads(error_file.read_text())["error"].lower()
-    finally:
-        pub.close()
-        ana.stop()
 
 
 def test_a_consumer_whose_worker_died_exits_to_be_restarted(consumer_settings):
@@ -118,11 +134,6 @@ def test_a_rejected_final_status_write_ends_the_stage_incomplete_not_running(
     time, so the spool rejects it in the end: the stage said ``running`` for good (the
     rejection notice only turns ``complete`` into ``incomplete``). Now the notice ends it,
     ``incomplete``, naming the write."""
-    settings, detector = consumer_settings
-    settings.retry_max_backoff = 0.05
-    registry = PipelineRegistry()
-    registry.register("first", lambda start: True, WithSecondStage)
-    ana = Consumer("analysis", settings, registry=registry)
     refused = []
 
     def refuse_the_final_status(request):
@@ -136,16 +147,11 @@ def test_a_rejected_final_status_write_ends_the_stage_incomplete_not_running(
             refused.append(request.url.path)
             request.url = request.url.copy_with(path=request.url.path + "-not-there")
 
-    hooks = ana._client.get().context.http_client.event_hooks  # noqa: SLF001 - its own client
-    hooks["request"] = [*hooks["request"], refuse_the_final_status]
-    ana.start()
-    pub = live_publisher(settings, (ana,))
-    try:
-        RE = RunEngine({})
-        RE.subscribe(pub)
-        (uid,) = RE(
-            xanes_scan_plan(small_txm(detector, "stream", seed=8), energies(), n_flats=N_FLATS)
-        )
+    def hook(ana):
+        hooks = ana._client.get().context.http_client.event_hooks  # noqa: SLF001 - its own client
+        hooks["request"] = [*hooks["request"], refuse_the_final_status]
+
+    with scanned(consumer_settings, {"first": WithSecondStage}, hook) as (uid, ana, _):
 
         def second():
             return tiled_client["analysis"][uid]["second"].metadata
@@ -157,6 +163,3 @@ def test_a_rejected_final_status_write_ends_the_stage_incomplete_not_running(
         assert rejected["op"] == "metadata" and rejected["path"] == f"analysis/{uid}/second"
         assert len(refused) >= 2  # retried before it was given up
         assert tiled_client["analysis"][uid]["first"].metadata["status"] == "complete"
-    finally:
-        pub.close()
-        ana.stop()
