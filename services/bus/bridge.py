@@ -9,9 +9,18 @@ Each document goes to ``<prefix>.<beamline>.<run uid>.<name>`` (``services.bus.j
 with its identity as ``Nats-Msg-Id``. Events, datums and stream datums do not name their run:
 the bridge remembers the run of every descriptor and resource, in memory and in a JetStream
 key-value bucket (``<stream>_index``), so a restarted bridge still routes the events of a run
-it saw start. Publishing is asynchronous and ordered; when a PubAck fails or does not come,
-everything from that document on is published again in order, and the duplicate window drops
-what the stream already had.
+it saw start.
+
+``nats.bridges`` bridges (2 by default) read the same proxy and publish every document: a
+document is stored once (the duplicate window drops the other copies), and a bridge SIGKILLed
+with documents in its socket or restarting while the proxy sends loses nothing while another
+one runs. So that one bridge's copy never shadows another's, a document a bridge cannot route
+(it missed the descriptor) is published under its own id, and a stand-in start is published
+only when the stream still has no start of the run ``STAND_IN_GRACE`` seconds later.
+
+Publishing is asynchronous and ordered; when a PubAck fails or does not come, everything from
+that document on is published again in order, and the duplicate window drops what the stream
+already had.
 """
 
 from __future__ import annotations
@@ -51,6 +60,9 @@ HEADER_ROOM = 1024
 ZMQ_BATCH = 256
 #: A PubAck not received after this many seconds counts as failed (publish again).
 PUBACK_TIMEOUT = 5.0
+#: Seconds a bridge waits for another bridge to store a start it did not see itself, before it
+#: stands in for it.
+STAND_IN_GRACE = 2.0
 #: Index key of a run's start (beside descriptor and resource uids).
 _RUN = "run-"
 #: Documents whose run is found through their descriptor or resource.
@@ -264,10 +276,12 @@ class Bridge:
                 await on_stored()
             return
         msg_id = message_id(name, doc)
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         if run_uid is None:
             self.metrics.messages_lost.labels(self.metrics.service, "unrouted").inc()
             logger.warning("%s of an unknown run: published as unrouted", name)
+            # an id of its own: the copy another bridge routes to its run is not a duplicate
+            msg_id = f"unrouted:{msg_id}" if msg_id else None
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         self._queue.put_nowait(
             _Outgoing(doc_subject(self.nats, run_uid, name), payload, headers, on_stored)
         )
@@ -299,7 +313,12 @@ class Bridge:
         """A run whose start never reached the bridge gets a stand-in start, so that it can be
         claimed (its start is what consumers claim); the consumers see
         ``beamwatch_start_lost`` as they would on 0MQ."""
-        if await self._lookup(_RUN + run_uid) is not None:
+        if await self._start_known(run_uid):
+            return
+        # Another bridge on the same proxy may be storing the start right now (this one was
+        # restarting when it came): a stand-in stored first would shadow the real start.
+        await asyncio.sleep(STAND_IN_GRACE)
+        if await self._start_known(run_uid):
             return
         self.metrics.messages_lost.labels(self.metrics.service, "start").inc()
         logger.warning("documents of a run whose start was never seen", extra={"run_uid": run_uid})
@@ -311,6 +330,17 @@ class Bridge:
         await self._remember(_RUN + run_uid, run_uid)
         await self._acquire()
         await self._queue_put("start", stand_in, serialization.dumps(stand_in), run_uid)
+
+    async def _start_known(self, run_uid: str) -> bool:
+        """Whether this bridge, the index bucket or the stream knows the run's start."""
+        if await self._lookup(_RUN + run_uid) is not None:
+            return True
+        try:
+            await self._js.get_last_msg(self.nats.stream, doc_subject(self.nats, run_uid, "start"))
+        except Exception:  # noqa: BLE001 - not found (or the stream is unreachable)
+            return False
+        self._run_of[_RUN + run_uid] = run_uid
+        return True
 
     async def _remember(self, uid: str, run_uid: str) -> None:
         if self._run_of.get(uid) == run_uid:

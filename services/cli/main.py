@@ -67,10 +67,15 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from services.runtime.supervisor import install_signal_handlers
 
     settings = settings_from_args(args)
-    configure_logging(settings.log_level, service="bridge")
+    name = "bridge" if args.instance == 1 else f"bridge-{args.instance}"
+    configure_logging(settings.log_level, service=name)
     bridge = Bridge(settings)
     if settings.nats.bridge_metrics_port:
-        bridge.metrics.serve(settings.metrics.host, settings.nats.bridge_metrics_port)
+        port = settings.nats.bridge_metrics_port + args.instance - 1
+        try:
+            bridge.metrics.serve(settings.metrics.host, port)
+        except OSError as exc:  # bridging matters more than its metrics: go on without
+            logger.error("%s: metrics not served, port %d: %s", name, port, exc)
     install_signal_handlers(bridge.request_stop)
     return bridge.run()
 
@@ -221,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bridge = sub.add_parser(
         "bridge", help="copy the 0MQ proxy's documents into JetStream (started by `up`)"
+    )
+    bridge.add_argument(
+        "--instance",
+        type=int,
+        default=1,
+        help="which of the nats.bridges redundant bridges this is (1..N; metrics on "
+        "nats.bridge_metrics_port + N - 1)",
     )
     bridge.set_defaults(func=cmd_bridge)
 

@@ -121,7 +121,13 @@ class NatsSettings(BaseModel):
     #: document into the stream under beamwatch's subjects.
     source: Literal["zmq", "nats"] = "zmq"
     source_subject: str = "events.volatile.>"
-    #: Metrics of the bridge on ``metrics.host``; 0: not served.
+    #: Bridges ``up`` runs on the 0MQ proxy (source ``zmq``), each publishing every document
+    #: (the duplicate window keeps one copy): a bridge SIGKILLed or restarting loses what its
+    #: socket held, the others still store it. 1: a single bridge (what the proxy sends while
+    #: it is down is lost). With source ``nats`` one bridge reads the source durably.
+    bridges: int = Field(2, ge=1, le=8)
+    #: Metrics of the bridge on ``metrics.host``; 0: not served. Bridge N (``beamwatch bridge
+    #: --instance N``) serves on this port + N - 1.
     bridge_metrics_port: int = Field(9103, ge=0, le=65535)
 
 

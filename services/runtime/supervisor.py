@@ -49,7 +49,7 @@ class _Child:
 def child_specs(settings: BeamwatchSettings, config_file: Path | None) -> list[ChildSpec]:
     """What ``up`` runs: the embedded Tiled server (unless an external URL is set), the proxy,
     with ``bus.mode: nats`` the embedded JetStream server (unless ``bus.nats_url`` is set) and
-    the bridge, the two consumer roles and the live page."""
+    ``nats.bridges`` bridges, the two consumer roles and the live page."""
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     specs: list[ChildSpec] = []
@@ -77,7 +77,11 @@ def child_specs(settings: BeamwatchSettings, config_file: Path | None) -> list[C
     if settings.bus.mode == "nats":
         if not settings.bus.nats_url:
             specs.append(ChildSpec("nats", nats_command(settings), log_file=logs / "nats.log"))
-        specs.append(ChildSpec("bridge", [*base, "bridge"], log_file=logs / "bridge.log"))
+        bridges = settings.nats.bridges if settings.nats.source == "zmq" else 1
+        for n in range(1, bridges + 1):
+            name = "bridge" if n == 1 else f"bridge-{n}"
+            argv = [*base, "bridge"] + (["--instance", str(n)] if n > 1 else [])
+            specs.append(ChildSpec(name, argv, log_file=logs / f"{name}.log"))
     for role in ("raw", "analysis"):
         specs.append(ChildSpec(f"consumer-{role}", [*base, "consume", role]))
     specs.append(ChildSpec("web", [*base, "web"], log_file=logs / "web.log"))

@@ -58,7 +58,9 @@ def test_systemd_units_name_installed_entry_points(unit):
         from services.cli import build_parser
 
         args = build_parser().parse_args(argv[1:])
-        if args.verb in ("web", "bridge", "worker"):
+        if args.verb == "bridge" and args.instance > 1:  # the redundant bridges
+            assert unit.name == f"beamwatch-bridge-{args.instance}.service"
+        elif args.verb in ("web", "bridge", "worker"):
             assert unit.name == f"beamwatch-{args.verb}.service"
         else:
             assert args.verb == "consume" and args.role in unit.name

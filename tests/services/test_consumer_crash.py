@@ -13,6 +13,7 @@ from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import h5py
+import httpx
 import numpy as np
 import pytest
 from bluesky import RunEngine
@@ -115,6 +116,77 @@ def test_a_consumer_killed_mid_run_resumes_it_with_every_frame(tmp_path, role, m
                 scrape(up.metrics[role]), "beamwatch_messages_received_total", document="event"
             )
             assert 0 < received <= N_ENERGIES + FLAT_FRAMES - KILL_AT
+    finally:
+        client.context.close()
+        pub.close()
+        up.stop()
+
+
+def _bridge(up, instance):
+    for pid in children_of(up.proc.pid):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"bridge" in cmd and (b"--instance" in cmd) == (instance > 1):
+            return pid
+    return None
+
+
+def _bridge_pinged(up, pub, instance):
+    pub("beamwatch_ping", {})
+    try:
+        samples = scrape(f"http://127.0.0.1:{up.ports['bridge'] + instance - 1}/metrics")
+    except httpx.HTTPError:
+        return False
+    return value(samples, "beamwatch_messages_received_total", document="beamwatch_ping") > 0
+
+
+def test_a_bridge_killed_mid_run_loses_nothing_while_the_other_bridge_runs(tmp_path):
+    """``up`` on the JetStream bus runs two bridges on the proxy. The first is SIGKILLed mid-run
+    and the scan goes on at once: what the proxy sends while it is dead (and what its socket
+    held) is lost to it, not to the run; the second bridge's copy is in the stream, and the
+    run ends complete with every row and frame exactly once. With one bridge the rest of the
+    scan would be lost (0MQ keeps nothing for a subscriber that is down)."""
+    up = UpProcess(tmp_path, None, BEAMWATCH_BUS__MODE="nats", BEAMWATCH_NATS__ACK_WAIT="3")
+    pub = Publisher(up.in_address, serializer=serialization.dumps)
+    client = from_uri(up.tiled, api_key=up.api_key())
+    try:
+        for r in ("raw", "analysis"):
+            wait_until(lambda r=r: _pinged(up, pub, r), timeout=60, interval=0.05)
+        for instance in (1, 2):
+            wait_until(lambda i=instance: _bridge_pinged(up, pub, i), timeout=60, interval=0.05)
+        run = {}
+        killed = []
+
+        def kill_mid_run(i, energy):
+            if i == KILL_AT:
+                uid = run["uid"]
+                wait_until(
+                    lambda: len(client["raw"][uid]["primary"].base["internal"].read()) >= KILL_AT,
+                    timeout=60,
+                )
+                killed.append(_bridge(up, 1))
+                os.kill(killed[0], signal.SIGKILL)  # and the scan goes on at once
+            yield from bps.null()
+
+        RE = RunEngine({})
+        RE.subscribe(pub)
+        RE.subscribe(lambda name, doc: run.setdefault("uid", doc["uid"]), "start")
+        txm = small_txm(up.detector_dir, "stream", seed=13)
+        (uid,) = RE(xanes_scan_plan(txm, energies(), n_flats=N_FLATS, before_point=kill_mid_run))
+        assert killed and killed[0] is not None
+
+        wait_until(lambda: client["analysis"][uid]["frames"].metadata["status"] == "complete", 180)
+        wait_until(lambda: client["raw"][uid].metadata.get("beamwatch_status") == "complete", 120)
+        raw = client["raw"][uid]
+        rows = raw["primary"].base["internal"].read()
+        assert sorted(rows["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+        with h5py.File(txm.camera.path, "r", swmr=True) as fh:
+            np.testing.assert_array_equal(
+                raw["primary"]["txm_cam_image"].read(), fh["/entry/data/data"][()]
+            )
+        stats = client["analysis"][uid]["frames"]["frame_stats"].read()
+        assert len(stats) == N_ENERGIES + FLAT_FRAMES
+        assert sorted(stats[-N_ENERGIES:]["seq_num"].tolist()) == list(range(1, N_ENERGIES + 1))
+        wait_until(lambda: _bridge(up, 1) not in (None, killed[0]), timeout=60)  # restarted
     finally:
         client.context.close()
         pub.close()

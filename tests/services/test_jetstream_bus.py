@@ -587,3 +587,80 @@ def test_an_event_stored_after_its_runs_stop_by_the_bridges_retry_is_waited_for(
     finally:
         loop.stop()
         raw.stop()
+
+
+def _bridges(nats_server, tmp_path, n=2):
+    from services.core.settings import load_settings
+
+    settings = load_settings(
+        data_dir=str(tmp_path / "bridges"),
+        bus={"mode": "nats", "nats_url": nats_server.url},
+        nats={"bridge_metrics_port": 0, "beamline": "txm"},
+    )
+    bridges = [Bridge(settings) for _ in range(n)]
+    for bridge in bridges:
+        bridge.start()
+    return settings, bridges
+
+
+def _message(name, doc):
+    return b" " + name.encode() + b" " + serialization.dumps(doc)
+
+
+def test_two_bridges_a_copy_one_cannot_route_does_not_shadow_the_others(nats_server, tmp_path):
+    """A restarted bridge that missed a descriptor publishes the run's event as unrouted; the
+    other bridge routes the same event to its run. The unrouted copy must not take the event's
+    id, or the stream would drop the routed copy as a duplicate and the run lose the event."""
+    settings, (late, steady) = _bridges(nats_server, tmp_path)
+    start = {"uid": "run-1", "time": 0.0}
+    descriptor = {"uid": "desc-1", "run_start": "run-1", "name": "primary", "data_keys": {}}
+    event = {"descriptor": "desc-1", "seq_num": 1, "data": {}, "timestamps": {}, "time": 1.0}
+    try:
+        late.handle_zmq([_message("event", event)])  # nobody knows desc-1 yet
+        assert late.flush(30)
+        steady.handle_zmq(
+            [_message(n, d) for n, d in [("start", start), ("descriptor", descriptor)]]
+        )
+        steady.handle_zmq([_message("event", event)])
+        assert steady.flush(30)
+    finally:
+        late.close()
+        steady.close()
+    subjects = [subject for subject, _doc in _stream_subjects(settings)]
+    assert subjects == [
+        "beamwatch.docs.txm._unrouted.event",
+        "beamwatch.docs.txm.run-1.start",
+        "beamwatch.docs.txm.run-1.descriptor",
+        "beamwatch.docs.txm.run-1.event",
+    ]
+
+
+def test_two_bridges_one_that_missed_a_start_does_not_stand_in_for_the_others(
+    nats_server, tmp_path
+):
+    """A bridge that sees a run's descriptor but not its start waits for the other bridge to
+    store the start before it stands in for it: a stand-in stored first would shadow the real
+    start (same id) and the run would lose its metadata."""
+    settings, (late, steady) = _bridges(nats_server, tmp_path)
+    start = {"uid": "run-1", "time": 0.0, "plan_name": "xanes_scan"}
+    descriptor = {"uid": "desc-1", "run_start": "run-1", "name": "primary", "data_keys": {}}
+    waiting = threading.Thread(target=late.handle_zmq, args=([_message("descriptor", descriptor)],))
+    try:
+        waiting.start()
+        time.sleep(0.3)  # the late bridge is deciding whether the start was lost
+        steady.handle_zmq([_message("start", start), _message("descriptor", descriptor)])
+        waiting.join(30)
+        assert late.flush(30) and steady.flush(30)
+    finally:
+        late.close()
+        steady.close()
+    stored = _stream_subjects(settings)
+    assert [subject for subject, _doc in stored] == [
+        "beamwatch.docs.txm.run-1.start",
+        "beamwatch.docs.txm.run-1.descriptor",
+    ]
+    assert stored[0][1] == start  # the real start, not a stand-in
+    lost = late.metrics.registry.get_sample_value(
+        "beamwatch_messages_lost_total", {"service": "bridge", "kind": "start"}
+    )
+    assert not lost
