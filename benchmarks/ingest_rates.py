@@ -372,11 +372,11 @@ def run_bus(
     shapes: dict[str, tuple[int, ...]],
 ) -> list[CaseResult]:
     """Every case of ``args.cases`` on a fresh stack of ``bus`` mode (``zmq`` or ``nats``)."""
-    from benchmarks.stack import running_stack
+    from benchmarks.stack import NATS_CHILDREN, running_stack
 
-    children = ("tiled", "proxy", "consumer-raw")
+    children: tuple[str, ...] = ("tiled", "proxy", "consumer-raw")
     if bus == "nats":
-        children += ("nats", "bridge")
+        children += NATS_CHILDREN
     results = []
     with running_stack(data_dir, children, bus={"mode": bus}) as stack:
         client = stack.client()

@@ -29,6 +29,8 @@ from services.runtime.supervisor import Supervisor, child_specs, wait_for_tiled
 PING = PING_NAME.decode()
 #: child names of ``beamwatch up`` (see ``services.runtime.supervisor.child_specs``)
 ALL_CHILDREN = ("tiled", "proxy", "consumer-raw", "consumer-analysis", "web")
+#: What ``up`` adds on the JetStream bus (``nats.bridges`` 2, the default).
+NATS_CHILDREN = ("nats", "bridge", "bridge-2")
 
 
 def write_config(data_dir: Path, **extra: Any) -> Path:

@@ -58,7 +58,7 @@ from services.core.layout import FRAMES, XANES
 
 logger = logging.getLogger("benchmarks.worker_scaling")
 
-FEED_CHILDREN = ("tiled", "proxy", "nats", "bridge")
+FEED_CHILDREN = ("tiled", "proxy", "nats", "bridge", "bridge-2")
 PIPELINES = (FRAMES.pipeline, XANES.pipeline)
 N_FLATS = 1
 NUMERIC_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
