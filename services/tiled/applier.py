@@ -38,6 +38,10 @@ from services.tiled.tables import create_ordered_table
 
 logger = logging.getLogger(__name__)
 
+#: Statuses that never replace a final one in Tiled (:meth:`TiledApplier._without_stale_status`).
+_NEVER_OVER_FINAL = frozenset({Status.QUEUED, Status.RUNNING, Status.INTERRUPTED})
+_FINAL_IN_TILED = frozenset({Status.COMPLETE, Status.INCOMPLETE, Status.FAILED})
+
 
 def connect(
     url: str, api_key: str, *, timeout: float = 20.0, settle_timeout: float | None = 600.0
@@ -265,7 +269,9 @@ class TiledApplier:
         ``complete`` status makes it ``incomplete``.
         """
         node = self._container(list(record.path))
-        metadata = record.metadata
+        metadata = self._without_stale_status(record.path, record.metadata)
+        if not metadata:
+            return
         status = status_node(record.path)
         if status is not None and status[0] == tuple(record.path):
             key = status[1]
@@ -336,8 +342,42 @@ class TiledApplier:
 
     def _container_record(self, record: Container) -> None:
         node = self._container(list(record.path), record.metadata)
-        if record.metadata:
-            node.update_metadata(metadata=record.metadata, drop_revision=True)
+        metadata = self._without_stale_status(record.path, record.metadata or {})
+        if metadata:
+            node.update_metadata(metadata=metadata, drop_revision=True)
+
+    def _without_stale_status(
+        self, path: tuple[str, ...], metadata: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``metadata`` without a ``queued`` / ``running`` / ``interrupted`` status when the
+        pipeline's status in Tiled is already final (``complete``, ``incomplete``, ``failed``).
+
+        Only a stale writer sends one then: a process that took a run again (JetStream handed
+        its claim out twice: a stalled worker, a server restart) after another one finished
+        it, or a process stopping while it redid an after-scan stage. Its status must not
+        turn a finished pipeline back into one that never ends (seen in the chaos run with a
+        second worker: ``running`` written after ``complete``). Results are per pipeline
+        container and ``reprocess`` writes new ones, so a final status is never reopened.
+        """
+        status = status_node(path)
+        if status is None or status[0] != tuple(path):
+            return metadata
+        key = status[1]
+        if metadata.get(key) not in _NEVER_OVER_FINAL:
+            return metadata
+        try:
+            current = self.client[tuple(path)].metadata.get(key)  # fresh, not a cached node's
+        except KeyError:
+            return metadata
+        if current not in _FINAL_IN_TILED:
+            return metadata
+        logger.warning(
+            "%s: status %s not written over %s (a stale writer of a finished run)",
+            "/".join(path),
+            metadata[key],
+            current,
+        )
+        return {k: v for k, v in metadata.items() if k != key}
 
     def _array(self, record: ArrayWrite) -> None:
         parent = self._container(list(record.path))

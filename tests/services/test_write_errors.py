@@ -319,3 +319,29 @@ def test_a_datum_lost_on_the_bus_costs_the_raw_run_no_stop(tmp_path, tiled_clien
     assert md["beamwatch_unregistered_frames"] == {"primary": [lost_event["seq_num"]]}
     rows = tiled_client["raw"][uid]["primary"].base["internal"].read(["seq_num"])
     assert sorted(rows["seq_num"]) == list(range(1, len(energies()) + 1))  # every row is in
+
+
+@pytest.mark.parametrize("final", ["complete", "incomplete", "failed"])
+def test_a_stale_writer_never_turns_a_finished_pipeline_back_to_running(tiled_client, final):
+    """JetStream can hand a run to a second process while the first still works on it (a
+    stalled worker, a nats-server restart); the one that finishes last must not leave the
+    pipeline ``running`` for good: a queued / running / interrupted status never replaces a
+    final one, the rest of such a write goes in."""
+    run = str(uuid.uuid4())
+    target = ("analysis", run, "cracks")
+    applier = TiledApplier(tiled_client)
+    applier(Container(target, {"status": "running"}))
+    applier(Metadata(target, {"status": "running", "step": 1}))
+    assert tiled_client[target].metadata["status"] == "running"  # not final yet: written
+    applier(Metadata(target, {"status": final, "missing_seq_nums": {}}))
+    applier(Container(target, {"status": "running"}))  # the stale process opens the stage
+    applier(Metadata(target, {"status": "queued"}))
+    applier(Metadata(target, {"status": "running", "step": 2}))
+    applier(Metadata(target, {"status": "interrupted"}))  # and stops before it ends
+    md = tiled_client[target].metadata
+    assert md["status"] == final
+    assert md["step"] == 2
+    other = ("analysis", run, "frames")  # a pipeline never finished: running goes in
+    applier(Container(other, {"status": "queued"}))
+    applier(Metadata(other, {"status": "running"}))
+    assert tiled_client[other].metadata["status"] == "running"
