@@ -634,10 +634,12 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def _who(by: dict[str, list[str]]) -> str:
-    """``finished by worker-1#2`` and, if others took the run before, who."""
+    """``by worker-1#2`` when one process took and finished the run; else every take (with
+    its JetStream delivery count) and who finished it."""
     done = ", ".join(by["finished"]) or "nobody (no release in the logs)"
-    others = [t for t in by["taken"] if t.split(" ")[0] not in by["finished"]]
-    return f"finished by {done}" + (f" (taken before by {', '.join(others)})" if others else "")
+    if len(by["taken"]) == 1 and by["taken"][0].split(" ")[0] == done:
+        return f"by {done}"
+    return f"taken by {', '.join(by['taken']) or 'nobody'}, finished by {done}"
 
 
 def _per_analysis_process(result: dict[str, Any]) -> str:
