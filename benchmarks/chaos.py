@@ -27,6 +27,14 @@ durably (issue 15). The bridge and ``nats-server`` are killed too. Only the brid
 the 0MQ proxy, so the RunEngine waits for it alone; a consumer that is down resumes from its
 last ack. Goal: nothing lost or doubled and every run ``complete`` in every part.
 
+``--workers N`` (``--bus nats`` only) adds N ``beamwatch worker --bus nats://... --role
+analysis`` processes, as a second analysis node runs them (their own data dirs; Tiled's URL and
+key from the environment), under the same supervisor: they share the analysis runs with
+``up``'s analysis consumer, are among the children killed, and are restarted after a kill as
+``up`` restarts its children. Which analysis process took and finished (released) each run is
+read from their logs (``took run`` / ``run done and released``, INFO) and printed per run,
+with runs taken, runs finished, kills and restarts per analysis process.
+
 Then (``--rates``, default all four cases) the raw path's ingest rates of issue 14 point 3 are
 measured on a fresh stack of the same bus, nothing killed (:mod:`benchmarks.ingest_rates`, its
 default sizes), and printed beside their goals.
@@ -40,6 +48,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -62,6 +71,7 @@ NATS_TARGETS = (*TARGETS, "bridge", "nats")
 #: durably and resume from their last ack)
 LISTENERS = {"zmq": ("consumer-raw", "consumer-analysis"), "nats": ("bridge",)}
 FINAL = ("complete", "incomplete", "failed", "interrupted")
+ANALYSIS_CONSUMER = "consumer-analysis"
 #: a document published this long before a consumer was killed may have been in flight
 IN_FLIGHT_SECONDS = 1.0
 
@@ -331,7 +341,15 @@ def _image_keys(client: Any, uid: str, stream: str) -> list[str]:
         return []
 
 
-def count_analysis(client: Any, uid: str, run: dict[str, Any], kills: list[Kill]) -> Counts:
+def count_analysis(
+    client: Any,
+    uid: str,
+    run: dict[str, Any],
+    kills: list[Kill],
+    processes: tuple[str, ...] = (ANALYSIS_CONSUMER,),
+) -> Counts:
+    """Analysis rows against what was published; a missing row is in flight if it was
+    published while one of the analysis ``processes`` (consumer, workers) was down or dying."""
     counts = Counts()
     expected = [s for seq_nums in run["events"].values() for s in seq_nums]
     tables = [("frames", "frame_stats", expected)]
@@ -356,8 +374,9 @@ def count_analysis(client: Any, uid: str, run: dict[str, Any], kills: list[Kill]
         # a seq_num repeats across streams; in flight if any of its events was
         counts.lost_in_flight += sum(
             any(
-                _in_flight(run["times"], (st, s), kills, "consumer-analysis")
+                _in_flight(run["times"], (st, s), kills, proc)
                 for st in run["events"]
+                for proc in processes
             )
             for s in missing
         )
@@ -390,6 +409,58 @@ def settled(client: Any, uids: list[str]) -> bool:
     return True
 
 
+# ---- who did the analysis --------------------------------------------------------------------
+#: a process of the analysis role starting (``beamwatch consume analysis`` / ``worker``)
+_STARTED = re.compile(r"analysis (consumer reading|worker sharing the runs of) ")
+_RUN_EVENT = re.compile(
+    r"\[run (?P<uid>[^\]]+)\]: analysis: (?:took run \(delivery (?P<delivery>\d+)"
+    r"|(?P<released>run done and released))"
+)
+
+
+@dataclass
+class AnalysisLog:
+    """What one analysis process's log says: per run uid (first 8 characters), the
+    incarnations (1 = as first started, 2 = after its first restart, ...) that took it, with
+    JetStream's delivery count, and the ones that released it (every write in Tiled)."""
+
+    taken: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    released: dict[str, list[int]] = field(default_factory=dict)
+
+
+def read_analysis_log(path: Path) -> AnalysisLog:
+    log = AnalysisLog()
+    if not path.exists():
+        return log
+    incarnation = 0
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            if _STARTED.search(line):
+                incarnation += 1
+            elif m := _RUN_EVENT.search(line):
+                uid = m["uid"]
+                if m["released"]:
+                    log.released.setdefault(uid, []).append(incarnation)
+                else:
+                    log.taken.setdefault(uid, []).append((incarnation, int(m["delivery"])))
+    return log
+
+
+def analysis_by_run(logs: dict[str, AnalysisLog], uid: str) -> dict[str, list[str]]:
+    """``{"taken": ["worker-1#1 (delivery 1)", ...], "finished": ["consumer-analysis#2"]}``:
+    ``name#k`` is the k-th process of that name (k - 1 restarts before it)."""
+    short = uid[:8]
+    taken = [
+        (delivery, f"{name}#{inc} (delivery {delivery})")
+        for name, log in logs.items()
+        for inc, delivery in log.taken.get(short, [])
+    ]
+    finished = [
+        f"{name}#{inc}" for name, log in logs.items() for inc in log.released.get(short, [])
+    ]
+    return {"taken": [t for _, t in sorted(taken)], "finished": finished}
+
+
 # ---- main --------------------------------------------------------------------------------------
 def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from bluesky import RunEngine
@@ -397,15 +468,18 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from benchmarks.stack import running_stack
 
     rng = random.Random(args.seed)
-    children: tuple[str, ...] = ("tiled", "proxy", "consumer-raw", "consumer-analysis")
-    targets = TARGETS
+    children: tuple[str, ...] = ("tiled", "proxy", "consumer-raw", ANALYSIS_CONSUMER)
+    targets: tuple[str, ...] = TARGETS
     if args.bus == "nats":
         children += ("nats", "bridge")
         targets = NATS_TARGETS
+    workers = tuple(f"worker-{i}" for i in range(1, args.workers + 1))
+    targets += workers
+    analysis_processes = (ANALYSIS_CONSUMER, *workers)
     # 0MQ: a consumer that is down misses what is published; JetStream keeps it for them
     config = {"run_idle_timeout": args.idle_timeout, "bus": {"mode": args.bus}}
     listeners = LISTENERS[args.bus]
-    with running_stack(data_dir, children, **config) as stack:
+    with running_stack(data_dir, children, workers=args.workers, **config) as stack:
         client = stack.client()
         published = Published()
         killer = Killer(stack, rng, (args.min_interval, args.max_interval), targets)
@@ -430,7 +504,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                 else:
                     plan, _dev = tomo_scan(stack.settings.detector_dir, seed, args.angles, source)
                 logger.warning("scan %d: %s (%s, seed %d)", i + 1, kind, source, seed)
-                uids += list(RE(plan))
+                uids += list(RE(plan))  # type: ignore[arg-type]  # uids: not in return_value mode
             killer.stop.set()
             killer.join()
             scans_seconds = time.monotonic() - t0
@@ -449,7 +523,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         for uid in uids:
             run_pub = published.runs[uid]
             raw = count_raw(client, uid, run_pub, killer.kills)
-            ana = count_analysis(client, uid, run_pub, killer.kills)
+            ana = count_analysis(client, uid, run_pub, killer.kills, analysis_processes)
             totals["raw rows"].add(raw["raw rows"])
             totals["raw frames"].add(raw["raw frames"])
             totals["analysis rows"].add(ana)
@@ -478,6 +552,17 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             )
         restarts = {c.spec.name: c.restarts for c in stack.supervisor._children}  # noqa: SLF001
         client.context.close()
+        if workers:  # who took and finished each run's analysis, from the processes' logs
+            log_dir = stack.settings.data_dir / "logs"
+            give_up = time.monotonic() + 30  # a release is logged just after the last write
+            while True:
+                logs = {n: read_analysis_log(log_dir / f"{n}.log") for n in analysis_processes}
+                by_run = {uid: analysis_by_run(logs, uid) for uid in uids}
+                if all(b["finished"] for b in by_run.values()) or time.monotonic() > give_up:
+                    break
+                time.sleep(1.0)
+            for entry in per_run:
+                entry["analysis_by"] = by_run[entry["uid"]]
     return {
         "load_average": os.getloadavg()[0],
         "seed": args.seed,
@@ -486,6 +571,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "scans_seconds": scans_seconds,
         "kills": [(k.child, round(k.at - t0, 1)) for k in killer.kills],
         "restarts": restarts,
+        "workers": list(workers),
         "totals": {k: vars(v) for k, v in totals.items()},
         "runs": per_run,
     }
@@ -524,10 +610,12 @@ def format_result(result: dict[str, Any]) -> str:
         wrong = bool(wrong_parts)
         false_complete += wrong
         losses = ", ".join(f"{k} {v}" for k, v in lost.items() if v)
+        by = r.get("analysis_by")
         lines.append(
             f"  {r['uid'][:8]} {r['plan']:<16} {r['events']:>4} events: {st}"
             + (f"; lost {losses}" if losses else "")
             + (f"; duplicated {r['duplicated']}" if r.get("duplicated") else "")
+            + (f"; analysis {_who(by)}" if by is not None else "")
             + (f"   <- {', '.join(wrong_parts)} says complete but is not" if wrong else "")
         )
     lines.append(
@@ -540,7 +628,45 @@ def format_result(result: dict[str, Any]) -> str:
         if len(r["statuses"]) > 1 and all(v == "complete" for v in r["statuses"].values())
     )
     lines.append(f"runs complete in every part: {whole} of {len(result['runs'])}")
+    if result.get("workers"):
+        lines.append(_per_analysis_process(result))
     return "\n".join(lines)
+
+
+def _who(by: dict[str, list[str]]) -> str:
+    """``by worker-1#2`` when one process took and finished the run; else every take (with
+    its JetStream delivery count) and who finished it."""
+    done = ", ".join(by["finished"]) or "nobody (no release in the logs)"
+    if len(by["taken"]) == 1 and by["taken"][0].split(" ")[0] == done:
+        return f"by {done}"
+    return f"taken by {', '.join(by['taken']) or 'nobody'}, finished by {done}"
+
+
+def _per_analysis_process(result: dict[str, Any]) -> str:
+    """Runs taken / finished, kills and restarts of each analysis process."""
+    names = ["consumer-analysis", *result["workers"]]
+    kills = collections.Counter(child for child, _t in result["kills"])
+    parts = []
+    for name in names:
+        taken = sum(
+            1
+            for r in result["runs"]
+            for t in r.get("analysis_by", {}).get("taken", [])
+            if t.startswith(f"{name}#")
+        )
+        finished = sum(
+            1
+            for r in result["runs"]
+            for f in r.get("analysis_by", {}).get("finished", [])
+            if f.startswith(f"{name}#")
+        )
+        parts.append(
+            f"{name}: took {taken}, finished {finished}, killed {kills[name]}, "
+            f"restarted {result['restarts'].get(name, 0)}"
+        )
+    return "analysis processes (runs taken / finished; a run taken again counts again): " + (
+        "; ".join(parts)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -568,6 +694,14 @@ def main(argv: list[str] | None = None) -> int:
         help="zmq: consumers on the 0MQ proxy; nats: proxy -> bridge -> JetStream -> "
         "consumers (beamwatch up's default), and the bridge and nats-server are killed too",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="with --bus nats: start N more `beamwatch worker --bus nats://... --role analysis` "
+        "processes (as a second analysis node), killed and restarted like the other children; "
+        "prints which analysis process finished each run (default 0: none)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep data and logs here")
     parser.add_argument(
         "--rates",
@@ -578,6 +712,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
+    if args.workers and args.bus != "nats":
+        parser.error(
+            "--workers needs --bus nats: `beamwatch worker` shares the runs of a JetStream bus; "
+            "on the 0MQ bus every consumer would get every document, not its share of the runs"
+        )
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
     print(f"chaos seed: {args.seed}", flush=True)
@@ -605,7 +746,12 @@ def _ingest_rates(bus: str, cases: str, data_dir: Path | None) -> list[Any]:
     if set(cases) - set(ingest_rates.CASE_TITLES):
         raise SystemExit(f"--rates letters must be among abcd, got {cases!r}")
     sizes = {"a": 2000, "b": 300, "c": 4000, "d": 600}
-    shapes = {"a": (64, 64), "b": (512, 512), "c": (64, 64), "d": (64, 64)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "a": (64, 64),
+        "b": (512, 512),
+        "c": (64, 64),
+        "d": (64, 64),
+    }
     options = argparse.Namespace(cases=cases, timeout=600.0, rate_d=20.0)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="beamwatch-chaos-rates-") as tmp:

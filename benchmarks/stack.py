@@ -4,12 +4,15 @@ The children are the real ones (``tiled serve config``, ``bluesky-0MQ-proxy``,
 ``beamwatch consume raw|analysis``), started and restarted by the real
 :class:`~services.runtime.supervisor.Supervisor`. Ports are free ones, so a benchmark runs
 beside a ``beamwatch up`` or a test session on the same machine. The children's logs go to
-``DIR/logs/``.
+``DIR/logs/``. ``workers=N`` (JetStream bus) adds N ``beamwatch worker --bus nats://...``
+processes under the same supervisor, as a second analysis node would run them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ from benchmarks.ports import free_port
 from services.bus.subscriber import PING_NAME, wait_until_delivered
 from services.core import serialization
 from services.core.settings import BeamwatchSettings, load_settings
-from services.runtime.supervisor import Supervisor, child_specs, wait_for_tiled
+from services.runtime.supervisor import ChildSpec, Supervisor, child_specs, wait_for_tiled
 
 PING = PING_NAME.decode()
 #: child names of ``beamwatch up`` (see ``services.runtime.supervisor.child_specs``)
@@ -60,6 +63,41 @@ def write_config(data_dir: Path, **extra: Any) -> Path:
     path = data_dir / "beamwatch.yml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def worker_specs(
+    settings: BeamwatchSettings, config_file: Path, n: int, role: str = "analysis"
+) -> list[ChildSpec]:
+    """``n`` processes of ``beamwatch worker --bus <nats url> --role <role>``, named
+    ``worker-1`` ... ``worker-n``, each as on a machine of its own: its own data dir (spool,
+    journals: ``DATA/worker-i``) and drift-feedback port, the Tiled URL and API key from the
+    environment (as ``secrets.env`` gives them on an analysis node), its log in
+    ``DATA/logs/worker-i.log``."""
+    env = dict(
+        os.environ,
+        BEAMWATCH_TILED__URL=settings.tiled_url,
+        BEAMWATCH_TILED__API_KEY=settings.resolved_api_key(),
+    )
+    specs = []
+    for i in range(1, n + 1):
+        name = f"worker-{i}"
+        argv = [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "--config",
+            str(config_file),
+            "--data-dir",
+            str(settings.data_dir / name),
+            "worker",
+            "--bus",
+            settings.nats_url,
+            "--role",
+            role,
+        ]
+        own_env = dict(env, BEAMWATCH_BUS__FEEDBACK_ADDRESS=f"tcp://127.0.0.1:{free_port()}")
+        specs.append(ChildSpec(name, argv, own_env, settings.data_dir / "logs" / f"{name}.log"))
+    return specs
 
 
 @dataclass
@@ -130,12 +168,17 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(
-    data_dir: Path, children: tuple[str, ...] = ALL_CHILDREN, **config: Any
+    data_dir: Path, children: tuple[str, ...] = ALL_CHILDREN, workers: int = 0, **config: Any
 ) -> Iterator[Stack]:
-    """Start ``children`` of ``beamwatch up`` under a supervisor that restarts them."""
+    """Start ``children`` of ``beamwatch up``, and ``workers`` analysis workers of the
+    JetStream bus (:func:`worker_specs`), under a supervisor that restarts them."""
     config_file = write_config(data_dir, **config)
     settings = load_settings(config_file, data_dir=str(data_dir))
     specs = [s for s in child_specs(settings, config_file) if s.name in children]
+    if workers:
+        if settings.bus.mode != "nats":
+            raise ValueError(f"workers need bus.mode nats, not {settings.bus.mode!r}")
+        specs += worker_specs(settings, config_file, workers)
     for spec in specs:
         if spec.log_file is None:
             spec.log_file = settings.data_dir / "logs" / f"{spec.name}.log"
