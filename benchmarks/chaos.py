@@ -65,11 +65,13 @@ logger = logging.getLogger("benchmarks.chaos")
 TARGETS = ("consumer-raw", "consumer-analysis", "tiled")
 #: with ``--bus nats`` the JetStream server and the bridge are killed too (the proxy is the
 #: RunEngine side's, not beamwatch's)
-NATS_TARGETS = (*TARGETS, "bridge", "nats")
+NATS_TARGETS = (*TARGETS, "bridge", "bridge-2", "nats")
 #: the children that must hear the 0MQ proxy before the RunEngine publishes on (``pause``):
-#: with 0MQ the consumers; with JetStream the bridge only (the consumers read the stream
-#: durably and resume from their last ack)
-LISTENERS = {"zmq": ("consumer-raw", "consumer-analysis"), "nats": ("bridge",)}
+#: with 0MQ every consumer; with JetStream one of the two redundant bridges (each stores every
+#: document; the consumers read the stream durably and resume from their last ack)
+LISTENERS = {"zmq": ("consumer-raw", "consumer-analysis"), "nats": ("bridge", "bridge-2")}
+#: whether one listener that hears the proxy is enough (redundant bridges) or all must
+ANY_LISTENER = {"zmq": False, "nats": True}
 FINAL = ("complete", "incomplete", "failed", "interrupted")
 ANALYSIS_CONSUMER = "consumer-analysis"
 #: a document published this long before a consumer was killed may have been in flight
@@ -146,7 +148,8 @@ def _proc(supervisor: Any, name: str) -> Any:
 
 
 def _listener_role(child: str) -> str:
-    """The metrics role of a child that listens to the proxy: ``raw``, ``analysis``, ``bridge``."""
+    """The metrics role of a child that listens to the proxy: ``raw``, ``analysis``,
+    ``bridge``, ``bridge-2``."""
     return child.removeprefix("consumer-")
 
 
@@ -168,10 +171,12 @@ class PausingPublisher:
         pause: bool,
         exposure: float = 0.0,
         listeners: tuple[str, ...] = LISTENERS["zmq"],
+        any_listener: bool = False,
     ):
         self.stack, self.pub, self.killer = stack, pub, killer
         self.published, self.pause, self.exposure = published, pause, exposure
         self.listeners = listeners
+        self.any_listener = any_listener
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         if name == "event" and self.exposure:
@@ -184,17 +189,29 @@ class PausingPublisher:
     def _wait_for_consumers(self) -> None:
         """Block while a killed listener of the proxy is down: until its new process hears it."""
         deadline = time.monotonic() + 300
-        for kill in list(self.killer.kills):
-            if kill.child not in self.listeners or kill.back != float("inf"):
-                continue
-            role = _listener_role(kill.child)
-            while time.monotonic() < deadline:
-                proc = _proc(self.stack.supervisor, kill.child)
-                alive = proc is not None and proc.pid != kill.pid and proc.poll() is None
-                if alive and _consumer_hears(self.stack, self.pub, role):
-                    break
+        down = [
+            kill
+            for kill in self.killer.kills
+            if kill.child in self.listeners and kill.back == float("inf")
+        ]
+        if self.any_listener and len({kill.child for kill in down}) < len(self.listeners):
+            # another bridge hears the proxy: publish on; note the ones that are back
+            for kill in down:
+                if self._back(kill):
+                    kill.back = time.monotonic()
+            return
+        for kill in down:
+            while time.monotonic() < deadline and not self._back(kill):
                 time.sleep(0.1)
             kill.back = time.monotonic()
+            if self.any_listener:
+                return  # one bridge is enough
+
+    def _back(self, kill: Any) -> bool:
+        """Whether the killed listener's new process runs and hears the proxy."""
+        proc = _proc(self.stack.supervisor, kill.child)
+        alive = proc is not None and proc.pid != kill.pid and proc.poll() is None
+        return alive and _consumer_hears(self.stack, self.pub, _listener_role(kill.child))
 
 
 # ---- the scans ---------------------------------------------------------------------------------
@@ -465,13 +482,13 @@ def analysis_by_run(logs: dict[str, AnalysisLog], uid: str) -> dict[str, list[st
 def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from bluesky import RunEngine
 
-    from benchmarks.stack import running_stack
+    from benchmarks.stack import NATS_CHILDREN, running_stack
 
     rng = random.Random(args.seed)
     children: tuple[str, ...] = ("tiled", "proxy", "consumer-raw", ANALYSIS_CONSUMER)
     targets: tuple[str, ...] = TARGETS
     if args.bus == "nats":
-        children += ("nats", "bridge")
+        children += NATS_CHILDREN
         targets = NATS_TARGETS
     workers = tuple(f"worker-{i}" for i in range(1, args.workers + 1))
     targets += workers
@@ -489,7 +506,14 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             RE = RunEngine({})
             RE.subscribe(
                 PausingPublisher(
-                    stack, pub, killer, published, not args.no_pause, args.exposure, listeners
+                    stack,
+                    pub,
+                    killer,
+                    published,
+                    not args.no_pause,
+                    args.exposure,
+                    listeners,
+                    any_listener=ANY_LISTENER[args.bus],
                 )
             )
             killer.start()
@@ -579,7 +603,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 def format_result(result: dict[str, Any]) -> str:
     bus = result.get("bus", "zmq")
-    waits_for = "the restarting bridge" if bus == "nats" else "restarting consumers"
+    waits_for = "a bridge when both are down" if bus == "nats" else "restarting consumers"
     lines = [
         f"seed {result['seed']}; bus {bus}; publisher "
         f"{'waits for' if result['pause'] else 'ignores'} "

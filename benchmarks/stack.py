@@ -120,6 +120,7 @@ class Stack:
             "raw": m.raw_port,
             "analysis": m.analysis_port,
             "bridge": self.settings.nats.bridge_metrics_port,
+            "bridge-2": self.settings.nats.bridge_metrics_port + 1,  # bridge --instance 2
         }
         port = ports[role]
         return f"http://{m.host}:{port}/metrics"
