@@ -297,6 +297,15 @@ class TrackParams(_Params):
             "changes as it drifts across the border and biases its own registration)"
         ),
     )
+    drop_still_particles: bool = Field(
+        default=True,
+        description=(
+            "at finalize, a tracked object that stays in the detector frame while the sample "
+            "drifts (median distance from 0 at most half that from the global shift over the "
+            "frames drifted post_edge_min_drift_px; consensus.still_particles) is not part of "
+            "the sample: its shifts are NaN and its label is removed"
+        ),
+    )
     max_whole_deviation_px: PositiveFloat | None = Field(
         default=2.0,
         description=(
