@@ -72,10 +72,13 @@ class DetectParams(_Params):
         description="objects smaller than this fraction of the frame are dropped",
     )
     learned_min_area_fraction: float = Field(
-        default=0.002,
+        default=0.0005,
         ge=0,
         lt=1,
-        description="learned: objects smaller than this fraction of the frame are dropped",
+        description=(
+            "learned: objects smaller than this fraction of the frame are dropped (0.05 %, as "
+            "the classical detector: 0.2 % dropped every particle under ~26 px at 512 x 512)"
+        ),
     )
     min_area_px: float = Field(
         default=100.0,
