@@ -359,10 +359,11 @@ def _run(args: argparse.Namespace) -> int:
         detection_sample(HELD_OUT_SEED_START + 20_000 + i) for i in range(args.detection_frames)
     ]
     pairs = [(s.od, _without_border_objects(s.labels)) for s in held_out]
-    _print_detection(
-        f"{len(pairs)} held-out synthetic frames 256 x 256 with background perturbations",
-        _detection_scores(pairs),
-    )
+    if pairs:  # --detection-frames 0: no held-out scores
+        _print_detection(
+            f"{len(pairs)} held-out synthetic frames 256 x 256 with background perturbations",
+            _detection_scores(pairs),
+        )
     # truth labels are in the geometry of frame 0 (no drift yet), the faintest frame
     _print_detection(
         f"frame 0 of the {args.size} x {args.size} scan above (below the edge)",

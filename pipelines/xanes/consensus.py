@@ -7,7 +7,9 @@ dropped. The live tracker applies these per frame, :meth:`XanesTracker.finalize`
 refined shifts of the whole scan. At finalize, in a sample whose whole particles move rigidly,
 a whole particle far from the drift is dropped too (:func:`far_wholes`) and the whole
 particles' deviations from the drift are smoothed over the frames
-(:func:`smoothed_deviations`).
+(:func:`smoothed_deviations`). A "particle" that stays put in the detector frame while the
+sample drifts (a piece of the zone-plate pattern or a detector blemish) is not part of the
+sample (:func:`still_particles`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "partials_from_drift",
     "rigid_spread",
     "smoothed_deviations",
+    "still_particles",
 ]
 
 
@@ -173,6 +176,60 @@ def far_wholes(
     with np.errstate(invalid="ignore"):
         deviation = np.hypot(*np.moveaxis(shift - global_shift[None], 2, 0))
         return found & ~partial[:, None] & whole[None] & (deviation > limit)
+
+
+def still_particles(
+    shift: np.ndarray,
+    global_shift: np.ndarray,
+    *,
+    min_drift_px: float,
+    min_frames: int = 5,
+) -> np.ndarray:
+    """Tracked objects that stay in the detector frame while the sample drifts: ``(P,)`` bool.
+
+    Over the frames where the object is registered and the global shift is at least
+    ``min_drift_px`` from frame 0, an object of the sample follows the drift, a fixture of the
+    detector frame (the zone-plate pattern, a blemish) stays at 0. It is still when, in at least
+    ``min_frames`` such frames, its median distance from 0 is at most half its median distance
+    from the global shift.
+
+    Parameters
+    ----------
+    shift : numpy.ndarray
+        ``(P, N, 2)`` per-particle shifts (NaN: not registered).
+    global_shift : numpy.ndarray
+        ``(N, 2)`` global shift (NaN: unknown).
+    min_drift_px : float
+        Frames with a smaller global shift carry no evidence either way.
+    min_frames : int
+        Fewer such frames: not judged (False).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(P,)`` bool.
+    """
+    shift = np.asarray(shift, dtype=np.float64)
+    global_shift = np.asarray(global_shift, dtype=np.float64)
+    if shift.ndim != 3 or shift.shape[2] != 2:
+        raise ValueError(f"shift must be (P, N, 2), got {shift.shape}")
+    if global_shift.shape != shift.shape[1:]:
+        raise ValueError(f"global_shift must be {shift.shape[1:]}, got {global_shift.shape}")
+    if min_drift_px <= 0:
+        raise ValueError(f"min_drift_px must be positive, got {min_drift_px}")
+    with np.errstate(invalid="ignore"):
+        drifted = np.hypot(global_shift[:, 0], global_shift[:, 1]) >= min_drift_px
+    still = np.zeros(shift.shape[0], dtype=bool)
+    for k in range(shift.shape[0]):
+        frames = drifted & np.all(np.isfinite(shift[k]), axis=1)
+        if np.count_nonzero(frames) < min_frames:
+            continue
+        own = shift[k, frames]
+        from_zero = np.median(np.hypot(own[:, 0], own[:, 1]))
+        off = own - global_shift[frames]
+        from_drift = np.median(np.hypot(off[:, 0], off[:, 1]))
+        still[k] = from_zero <= 0.5 * from_drift
+    return still
 
 
 def smoothed_deviations(

@@ -34,7 +34,9 @@ At :meth:`finalize`, when the background stays still (``track.post_edge_pass="au
 whole particle is registered again in the frames it was found in against its outline in the
 last of them (past the edge, the clearest) and re-anchored at frame 0
 (:mod:`pipelines.xanes.post_edge`); the frames before it joined or was re-acquired are
-registered too (``track.post_edge_backfill``). Then, when the whole particles move rigidly, a
+registered too (``track.post_edge_backfill``). A whole "particle" that stays in the detector
+frame while the sample drifts (``track.drop_still_particles``) is dropped: NaN, no label. Then,
+when the whole particles move rigidly, a
 border-cut particle's shift is the frame's global shift (``track.partial_shift``,
 :func:`pipelines.xanes.consensus.partials_from_drift`). The aligned per-particle ROI stacks feed the
 XANES maps computed by :meth:`finalize`.
@@ -65,6 +67,7 @@ from pipelines.xanes.consensus import (
     partials_from_drift,
     rigid_spread,
     smoothed_deviations,
+    still_particles,
 )
 from pipelines.xanes.detect import detect_particles
 from pipelines.xanes.kernels import (
@@ -257,6 +260,20 @@ class XanesTracker:
             )
         tp = self.params.track
         partial = self._partial()
+        labels = self._labels.copy()
+        if tp.drop_still_particles:
+            # whole ones only: a border-cut outline holds the frame's edge, which stays still
+            still = (
+                still_particles(shift, global_shift, min_drift_px=tp.post_edge_min_drift_px)
+                & ~partial
+            )
+            if still.any():
+                # in the detector frame, not the sample: no shift, no label
+                shift = shift.copy()
+                shift[still] = np.nan
+                self._backfilled[still] = False
+                labels[np.isin(labels, np.nonzero(still)[0] + 1)] = 0
+                global_shift, n_found, spread = global_from_shifts(shift, partial)
         before = shift
         rigid = rigid_spread(shift, global_shift, partial) <= tp.post_edge_rigid_px
         if rigid and tp.max_whole_deviation_px is not None:
@@ -298,7 +315,7 @@ class XanesTracker:
                 stack,
                 particle.roi,
                 k + 1,
-                self._labels,
+                labels,
                 energies,
                 params=self.params.spectra,
                 edge=edge,
@@ -309,7 +326,7 @@ class XanesTracker:
                 frames, normalised = painted
                 spectra[k, frames] = normalised
         return XanesResult(
-            labels=self._labels.copy(),
+            labels=labels,
             energies=energies,
             particle_com=com,
             particle_shift=shift,

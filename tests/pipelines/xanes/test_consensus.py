@@ -14,6 +14,7 @@ from pipelines.xanes.consensus import (
     partials_from_drift,
     rigid_spread,
     smoothed_deviations,
+    still_particles,
 )
 
 
@@ -140,3 +141,28 @@ def test_smoothing_the_deviation_keeps_a_slow_deformation_and_removes_noise():
     assert rms(exact[:5] - truth[:5]) < 0.1
     with pytest.raises(ValueError, match="half_window"):
         smoothed_deviations(shift, global_shift, partial, 0)
+
+
+def test_an_object_that_stays_put_while_the_sample_drifts_is_still():
+    rng = np.random.default_rng(5)
+    n = 30
+    drift = np.stack([np.linspace(0.0, 4.0, n), np.linspace(0.0, -2.0, n)], axis=1)
+    shift = drift[None] + rng.normal(0.0, 0.3, (4, n, 2))
+    shift[1] = rng.normal(0.0, 0.3, (n, 2))  # held in the detector frame
+    shift[2, 5:] = np.nan  # registered only while the drift is small: not judged
+    shift[3] = 0.5 * drift + rng.normal(0.0, 0.1, (n, 2))  # half way: not still
+    global_shift = np.median(shift[[0, 3]], axis=0)
+    still = still_particles(shift, global_shift, min_drift_px=1.0)
+    np.testing.assert_array_equal(still, [False, True, False, False])
+    # no drift, no evidence: nothing is still
+    flat = still_particles(shift - drift[None], global_shift - drift, min_drift_px=1.0)
+    assert not flat.any()
+
+
+def test_still_particles_checks_its_inputs():
+    with pytest.raises(ValueError, match="shift"):
+        still_particles(np.zeros((2, 5)), np.zeros((5, 2)), min_drift_px=1.0)
+    with pytest.raises(ValueError, match="global_shift"):
+        still_particles(np.zeros((2, 5, 2)), np.zeros((4, 2)), min_drift_px=1.0)
+    with pytest.raises(ValueError, match="min_drift_px"):
+        still_particles(np.zeros((2, 5, 2)), np.zeros((5, 2)), min_drift_px=0.0)

@@ -172,8 +172,10 @@ def test_dense_scene_redetection_by_both_overlaps():
     particle takes a touching neighbour's outline and ends 4.3 px off (measured 2026-11-30:
     1.18 px per particle; with it 1.09 px, worst 3.3 px). Measured with the finalize rule
     that drops a whole particle 2 px off the drift of a rigid sample switched off on both
-    sides (``track.max_whole_deviation_px``, 11th session): it would hide the swap."""
-    keep_far = {"max_whole_deviation_px": None}
+    sides (``track.max_whole_deviation_px``, 11th session), and so is the one that drops an
+    object staying in the detector frame (``track.drop_still_particles``): either would hide
+    the swap (with the latter on, the swapped particle is dropped: worst 2.7 px both ways)."""
+    keep_far = {"max_whole_deviation_px": None, "drop_still_particles": False}
     scene, result, truth = _scene_result(101, keep_far)
     _, result_off, _ = _scene_result(101, {"redetect_by_both_overlaps": False, **keep_far})
     error, _ = _errors(scene, result, truth)

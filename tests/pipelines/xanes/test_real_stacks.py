@@ -130,3 +130,49 @@ def test_touching_cluster_particle_tracked_through_the_edge(tracked):
         assert np.mean(seen) >= 0.9, f"{what} tracked in {np.mean(seen):.0%} of the frames"
         error = shifts[seen] - stack.truth_shift[seen]
         assert np.all(np.abs(error) < 3.0), f"{name}: {what} jumped"
+
+
+#: A clear patch of the APS fov03 background, away from every particle by more than 30 px.
+APS_BACKGROUND = (232, 239)
+
+
+def _aps_stack_with_a_still_blemish(drift_step_px: float) -> RealEdgeStack:
+    """The APS stack with a larger drift and an absorbing disc fixed in the detector frame
+    (a blemish or a piece of the zone-plate pattern: it does not move with the sample)."""
+    if not APS.is_dir() or not any(APS.glob("*.xrm")):
+        pytest.skip(f"real TXM data not found at {APS} (see ../shared/data/README.md)")
+    pytest.importorskip("olefile")
+    od = aps_fov03_od(APS)
+    below, above = sorted(od)
+    aligned, _ = coregister(od[below], od[above])
+    spectrum = normalised_nca_spectrum(SSRL / "NCA_xanes.csv")
+    stack = build_edge_stack(
+        "aps", aligned, od[above], below, above, spectrum, seed=1, drift_step_px=drift_step_px
+    )
+    rows, cols = np.indices(stack.flat.shape)
+    r, c = APS_BACKGROUND
+    disc = np.hypot(rows - r, cols - c) <= 14
+    stack.frames[:] = stack.frames * np.exp(-0.6 * disc)[None].astype(np.float32)
+    return stack
+
+
+def test_an_object_that_stays_in_the_detector_frame_is_not_a_particle():
+    stack = _aps_stack_with_a_still_blemish(drift_step_px=1.2)
+    drift = np.hypot(*stack.truth_shift.T)
+    assert np.count_nonzero(drift >= 1.0) >= 5  # the sample drifts away from the blemish
+    kept = align_stack(
+        stack.frames,
+        stack.energies,
+        flat=stack.flat,
+        params=XanesParams.model_validate({"track": {"drop_still_particles": False}}),
+    )
+    blemish = _label_near(kept.labels, APS_BACKGROUND)
+    assert blemish > 0  # detected and tracked as a particle without the rule
+    result = align_stack(stack.frames, stack.energies, flat=stack.flat, params=XanesParams())
+    assert _label_near(result.labels, APS_BACKGROUND) == 0
+    assert np.all(np.isnan(result.particle_shift[blemish - 1]))
+    for what, centre in SEEN["aps"].items():
+        label = _label_near(result.labels, centre)
+        assert label > 0 and np.isfinite(result.particle_shift[label - 1]).any(), what
+    error = result.global_shift - stack.truth_shift
+    assert float(np.sqrt(np.nanmean(np.sum(error**2, axis=1)))) <= 0.3
