@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {stage:28s} {sec:8.1f} s")
         total = sum(result["seconds"].values())
         print(f"  {'total':28s} {total:8.1f} s")
+        if "particles" in result:
+            parts = result["particles"].seconds
+            print("  particle stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
         peaks = result["peak_mb"]
         print(
             "  worker peak memory (MB): "
