@@ -82,7 +82,12 @@ def run_slabs(
     from pipelines.particles.stats import particle_statistics
     from pipelines.tomo.fbp import ReconParams
     from services.core.settings import DaskSettings
-    from services.slabs.cluster import open_client, worker_ids, worker_peak_memory_mb
+    from services.slabs.cluster import (
+        open_client,
+        worker_cpu_seconds,
+        worker_ids,
+        worker_peak_memory_mb,
+    )
     from services.slabs.tomo import (
         ProjectionFile,
         analyze_particles_slabs,
@@ -93,9 +98,11 @@ def run_slabs(
     settings = DaskSettings(n_workers=args.workers, memory_limit_mb=args.cap_mb)
     source = ProjectionFile(str(path), flat="/entry/data/flat", dark="/entry/data/dark")
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     with open_client(settings) as client:
         pids = worker_ids(client)
         t0 = time.perf_counter()
+        c0 = worker_cpu_seconds(client)
         recon = reconstruct_slabs(
             client,
             source,
@@ -106,16 +113,19 @@ def run_slabs(
             rows=args.slab,
         )
         seconds["reconstruction"] = time.perf_counter() - t0
+        cpu["reconstruction"] = worker_cpu_seconds(client) - c0
         peak_recon = worker_peak_memory_mb(client)
         if args.stages == "reconstruction":
             return {
                 "seconds": seconds,
+                "cpu": cpu,
                 "peak_mb": peak_recon,
                 "peak_mb_after_reconstruction": peak_recon,
                 "restarted": worker_ids(client) != pids,
                 "recon": recon,
             }
         t0 = time.perf_counter()
+        c0 = worker_cpu_seconds(client)
         cracks = map_cracks_slabs(
             client,
             recon.volume,
@@ -127,7 +137,9 @@ def run_slabs(
             sample=recon.sample,
         )
         seconds["cracks_and_quantification"] = time.perf_counter() - t0
+        cpu["cracks_and_quantification"] = worker_cpu_seconds(client) - c0
         t0 = time.perf_counter()
+        c0 = worker_cpu_seconds(client)
         particles = analyze_particles_slabs(
             client,
             recon.volume,
@@ -142,10 +154,12 @@ def run_slabs(
         )
         stats = particle_statistics(particles.table, depth=recon.shape[0])
         seconds["particles_and_statistics"] = time.perf_counter() - t0
+        cpu["particles_and_statistics"] = worker_cpu_seconds(client) - c0
         peaks = worker_peak_memory_mb(client)
         restarted = worker_ids(client) != pids
     return {
         "seconds": seconds,
+        "cpu": cpu,
         "peak_mb": peaks,
         "peak_mb_after_reconstruction": peak_recon,
         "restarted": restarted,
@@ -265,9 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"  projections written slab by slab: {t_gen:.1f} s")
         for stage, sec in result["seconds"].items():
-            print(f"  {stage:28s} {sec:8.1f} s")
+            print(f"  {stage:28s} {sec:8.1f} s   (workers' CPU {result['cpu'][stage]:8.1f} s)")
         total = sum(result["seconds"].values())
-        print(f"  {'total':28s} {total:8.1f} s")
+        total_cpu = sum(result["cpu"].values())
+        print(f"  {'total':28s} {total:8.1f} s   (workers' CPU {total_cpu:8.1f} s)")
+        print(f"  load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
         if "particles" in result:
             parts = result["particles"].seconds
             print("  particle stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
@@ -284,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "cap_mb": args.cap_mb,
             "workers": args.workers,
             "seconds": result["seconds"],
+            "worker_cpu_seconds": result["cpu"],
             "peak_mb": list(peaks.values()),
             "restarted": result["restarted"],
         }

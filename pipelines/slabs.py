@@ -244,7 +244,11 @@ def border_matches(
     slice of the lower slab and the first core slice of the upper one, each slab reaching the
     other's through its context). A lower label and an upper label are one particle when
     their voxels on these planes overlap with an intersection over union of at least
-    ``min_iou``: particles that only touch across the border keep their own labels.
+    ``min_iou``, or when more than half of one label's voxels there lie in the other: a slab
+    that sees a tall particle cut short by the end of its context can split it in two, one
+    piece mostly in its context reaching the border planes with a few voxels, which the other
+    slab, seeing the particle whole, labels as part of it. Particles that only touch across
+    the border keep their own labels (each slab labels the other's voxels with another label).
 
     Parameters
     ----------
@@ -269,7 +273,8 @@ def border_matches(
     size_a = np.bincount(a, minlength=int(a.max()) + 1)
     size_b = np.bincount(b, minlength=int(b.max()) + 1)
     union = size_a[pairs[0]] + size_b[pairs[1]] - overlap
-    keep = overlap >= min_iou * union
+    within = (2 * overlap > size_a[pairs[0]]) | (2 * overlap > size_b[pairs[1]])
+    keep = (overlap >= min_iou * union) | within
     return [(int(x), int(y)) for x, y in pairs[:, keep].T]
 
 

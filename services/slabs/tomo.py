@@ -30,15 +30,28 @@ Progress = Callable[[int], None] | None
 #: networks): 370-390 MB measured (getrusage) on this machine.
 WORKER_BASELINE_MB = 400.0
 #: Working bytes per voxel of a slab (input, intermediates, outputs), by stage, with margin over
-#: the peaks measured on a 48 x 384 x 384 cathode slab at 1 thread: instances 47.5,
-#: crack map with quantification 27.4.
-BYTES_PER_VOXEL = {"cracks": 40.0, "maps": 40.0, "particles": 60.0, "measure": 40.0}
+#: the peaks measured on a 48 x 384 x 384 cathode slab at 1 thread: crack map with
+#: quantification 27.4; on 8 and 24 slices of 1024 x 1024 (2026-11-30): the particle networks'
+#: maps 25 (plus their activations, below), instances from the stored maps 52.6-56.7.
+BYTES_PER_VOXEL = {"cracks": 40.0, "maps": 32.0, "particles": 60.0, "measure": 40.0}
+#: Activations of the particle and envelope networks, bytes per pixel of each slice of a batch
+#: (one network at a time): 220 measured at 1024 x 1024 (881 MB for a batch of 4 slices).
+NETWORK_BYTES_PER_BATCH_PIXEL = 250.0
 
 
 def slab_slices(
-    memory_limit_mb: float, plane_voxels: int, stage: str, *, halo: int = 0, share: float = 0.85
+    memory_limit_mb: float,
+    plane_voxels: int,
+    stage: str,
+    *,
+    halo: int = 0,
+    share: float = 0.85,
+    batch: int = 0,
 ) -> int:
     """Core slices per slab so that a task of ``stage`` stays within ``share`` of the cap.
+
+    ``batch`` is the number of slices a network of the stage sees at once (its activations
+    come on top of the slab's voxels).
 
     Raises
     ------
@@ -46,6 +59,7 @@ def slab_slices(
         When not even one core slice (with its context) fits.
     """
     budget = (memory_limit_mb * share - WORKER_BASELINE_MB) * 1e6
+    budget -= batch * NETWORK_BYTES_PER_BATCH_PIXEL * plane_voxels
     fit = int(budget // (BYTES_PER_VOXEL[stage] * plane_voxels)) - 2 * halo
     if fit < 1:
         raise ValueError(
@@ -714,7 +728,9 @@ def _predict_instance_maps(
     Slabs are a multiple of the network batch so that the batches are those of the in-memory
     path (which batches from slice 0): the same maps to the last bit.
     """
-    per_slab = slab or slab_slices(memory_limit_mb, shape[1] * shape[2], "maps", halo=1)
+    per_slab = slab or slab_slices(
+        memory_limit_mb, shape[1] * shape[2], "maps", halo=1, batch=params.batch_size
+    )
     per_slab = max(params.batch_size, per_slab - per_slab % params.batch_size)
     names = MAP_NAMES if params.envelope_merge else MAP_NAMES[:2]
     maps = {

@@ -82,6 +82,19 @@ def test_border_matches_join_one_particle_and_keep_touching_ones_apart():
     assert border_matches(lower, upper) == [(3, 7)]
 
 
+def test_border_matches_join_a_piece_that_one_slab_split_off_a_tall_particle():
+    # the lower slab sees the particle whole (3); the upper one, its context ending inside the
+    # particle, splits it: 7 holds most of its border voxels, 9 a corner below the border and
+    # two voxels of its core (in-memory, all of it is one particle)
+    lower = np.zeros((2, 10, 10), dtype=np.int32)
+    lower[:, 1:9, 1:9] = 3
+    upper = lower.copy()
+    upper[upper == 3] = 7
+    upper[0, 1:4, 1:4] = 9
+    upper[1, 1, 1:3] = 9
+    assert sorted(border_matches(lower, upper)) == [(3, 7), (3, 9)]
+
+
 def test_label_merger_chains_a_particle_through_three_slabs():
     merger = LabelMerger([2, 1, 3])
     merger.union(0, 2, 1, 1)
