@@ -73,6 +73,29 @@ def write_projections(
     return angles
 
 
+class _StageProgress:
+    """Prints a stage's slices done every tenth of the volume (flushed: a long run that is
+    stopped still shows how far it got)."""
+
+    def __init__(self, stage: str, total: int) -> None:
+        self.stage, self.total, self.done, self.shown = stage, total, 0, 0
+        self.t0 = time.perf_counter()
+
+    def __call__(self, slices: int) -> None:
+        self.done += slices
+        if self.done * 10 // self.total > self.shown or self.done == self.total:
+            self.shown = self.done * 10 // self.total
+            elapsed = time.perf_counter() - self.t0
+            print(
+                f"    {self.stage}: {self.done}/{self.total} slices, {elapsed:.0f} s",
+                flush=True,
+            )
+
+
+def _stage_done(stage: str, seconds: float, cpu: float) -> None:
+    print(f"  done: {stage} {seconds:.1f} s (workers' CPU {cpu:.1f} s)", flush=True)
+
+
 def run_slabs(
     path: Path, angles: np.ndarray, work: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -82,7 +105,12 @@ def run_slabs(
     from pipelines.particles.stats import particle_statistics
     from pipelines.tomo.fbp import ReconParams
     from services.core.settings import DaskSettings
-    from services.slabs.cluster import open_client, worker_ids, worker_peak_memory_mb
+    from services.slabs.cluster import (
+        open_client,
+        worker_cpu_seconds,
+        worker_ids,
+        worker_peak_memory_mb,
+    )
     from services.slabs.tomo import (
         ProjectionFile,
         analyze_particles_slabs,
@@ -93,9 +121,11 @@ def run_slabs(
     settings = DaskSettings(n_workers=args.workers, memory_limit_mb=args.cap_mb)
     source = ProjectionFile(str(path), flat="/entry/data/flat", dark="/entry/data/dark")
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     with open_client(settings) as client:
         pids = worker_ids(client)
         t0 = time.perf_counter()
+        c0 = worker_cpu_seconds(client)
         recon = reconstruct_slabs(
             client,
             source,
@@ -104,18 +134,23 @@ def run_slabs(
             work,
             memory_limit_mb=args.cap_mb,
             rows=args.slab,
+            progress=_StageProgress("reconstruction", args.size),
         )
         seconds["reconstruction"] = time.perf_counter() - t0
+        cpu["reconstruction"] = worker_cpu_seconds(client) - c0
+        _stage_done("reconstruction", seconds["reconstruction"], cpu["reconstruction"])
         peak_recon = worker_peak_memory_mb(client)
         if args.stages == "reconstruction":
             return {
                 "seconds": seconds,
+                "cpu": cpu,
                 "peak_mb": peak_recon,
                 "peak_mb_after_reconstruction": peak_recon,
                 "restarted": worker_ids(client) != pids,
                 "recon": recon,
             }
         t0 = time.perf_counter()
+        c0 = worker_cpu_seconds(client)
         cracks = map_cracks_slabs(
             client,
             recon.volume,
@@ -125,9 +160,17 @@ def run_slabs(
             memory_limit_mb=args.cap_mb,
             slab=args.slab,
             sample=recon.sample,
+            progress=_StageProgress("crack map", recon.shape[0]),
         )
         seconds["cracks_and_quantification"] = time.perf_counter() - t0
+        cpu["cracks_and_quantification"] = worker_cpu_seconds(client) - c0
+        _stage_done(
+            "cracks_and_quantification",
+            seconds["cracks_and_quantification"],
+            cpu["cracks_and_quantification"],
+        )
         t0 = time.perf_counter()
+        c0 = worker_cpu_seconds(client)
         particles = analyze_particles_slabs(
             client,
             recon.volume,
@@ -139,13 +182,21 @@ def run_slabs(
             halo=args.halo,
             slab=args.slab,
             levels=cracks.levels,
+            progress=_StageProgress("particle instances", recon.shape[0]),
+        )
+        print(
+            "  particle stage: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in particles.seconds.items()),
+            flush=True,
         )
         stats = particle_statistics(particles.table, depth=recon.shape[0])
         seconds["particles_and_statistics"] = time.perf_counter() - t0
+        cpu["particles_and_statistics"] = worker_cpu_seconds(client) - c0
         peaks = worker_peak_memory_mb(client)
         restarted = worker_ids(client) != pids
     return {
         "seconds": seconds,
+        "cpu": cpu,
         "peak_mb": peaks,
         "peak_mb_after_reconstruction": peak_recon,
         "restarted": restarted,
@@ -246,15 +297,23 @@ def main(argv: list[str] | None = None) -> int:
         help="'reconstruction': only the first stage (a quick look at a large size)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where the projections and intermediate Zarr volumes go (default: a temporary "
+        "directory); removed afterwards either way",
+    )
     args = parser.parse_args(argv)
     n_angles = args.angles or max(8, args.size * 3 // 4)
     check = args.compare if args.compare is not None else args.size <= 256
     logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="bigtomo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bigtomo-", dir=args.work_dir) as tmp:
         path = Path(tmp) / "projections.h5"
         t0 = time.perf_counter()
         angles = write_projections(path, args.size, n_angles, args.gen_rows, args.distinct)
         t_gen = time.perf_counter() - t0
+        print(f"  projections written slab by slab: {t_gen:.1f} s", flush=True)
         work = Path(tmp) / "work"
         work.mkdir()
         result = run_slabs(path, angles, work, args)
@@ -265,9 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"  projections written slab by slab: {t_gen:.1f} s")
         for stage, sec in result["seconds"].items():
-            print(f"  {stage:28s} {sec:8.1f} s")
+            print(f"  {stage:28s} {sec:8.1f} s   (workers' CPU {result['cpu'][stage]:8.1f} s)")
         total = sum(result["seconds"].values())
-        print(f"  {'total':28s} {total:8.1f} s")
+        total_cpu = sum(result["cpu"].values())
+        print(f"  {'total':28s} {total:8.1f} s   (workers' CPU {total_cpu:8.1f} s)")
+        print(f"  load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
         peaks = result["peak_mb"]
         print(
             "  worker peak memory (MB): "
@@ -281,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             "cap_mb": args.cap_mb,
             "workers": args.workers,
             "seconds": result["seconds"],
+            "worker_cpu_seconds": result["cpu"],
             "peak_mb": list(peaks.values()),
             "restarted": result["restarted"],
         }

@@ -21,7 +21,7 @@ import torch
 
 from models.checkpoint import read_checkpoint, read_metadata
 from models.fusion import for_inference
-from models.particle_unet import SIZE_MULTIPLE, ParticleUNet, context_stack
+from models.particle_unet import SIZE_MULTIPLE, ParticleUNet, context_stack, slice_range
 from models.unet import pad_to_multiple, save_unet, unet_args
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "envelope_unet.pt"
@@ -140,6 +140,8 @@ def predict_envelope(
     *,
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> np.ndarray:
     """Envelope probability of a normalised volume.
 
@@ -154,20 +156,25 @@ def predict_envelope(
         Slices per forward pass.
     progress : callable, optional
         Called with the number of slices done after each batch.
+    start, stop : int, optional
+        Predict only slices ``start .. stop - 1`` (default all), the others serving as their
+        context (:func:`models.particle_unet.predict_maps`).
 
     Returns
     -------
     numpy.ndarray
-        float32 (Z, Y, X) probability that a voxel lies inside a particle's envelope.
+        float32 (stop - start, Y, X) probability that a voxel lies inside a particle's envelope.
     """
     vol = np.asarray(normalized, dtype=np.float32)
     if vol.ndim != 3:
         raise ValueError(f"normalized must be 3-D (Z, Y, X), got shape {vol.shape}")
-    prob = np.empty(vol.shape, dtype=np.float32)
-    for z0 in range(0, vol.shape[0], batch_size):
-        zs = range(z0, min(z0 + batch_size, vol.shape[0]))
+    first, last = slice_range(vol.shape[0], start, stop)
+    prob = np.empty((last - first, *vol.shape[1:]), dtype=np.float32)
+    for z0 in range(first, last, batch_size):
+        zs = range(z0, min(z0 + batch_size, last))
         stacks = np.stack([context_stack(vol, z) for z in zs])
-        prob[z0 : z0 + len(zs)] = predict_envelope_stacks(model, stacks, batch_size=batch_size)
+        i = z0 - first
+        prob[i : i + len(zs)] = predict_envelope_stacks(model, stacks, batch_size=batch_size)
         if progress is not None:
             progress(len(zs))
     return prob

@@ -68,6 +68,14 @@ def instance_distance(particle_ids: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(interior).astype(np.float32)
 
 
+def slice_range(depth: int, start: int = 0, stop: int | None = None) -> tuple[int, int]:
+    """Checked slices ``start .. stop - 1`` of a volume of ``depth`` slices (stop None: all)."""
+    last = depth if stop is None else stop
+    if not 0 <= start < last <= depth:
+        raise ValueError(f"slices {start} .. {last} - 1 are not within 0 .. {depth} - 1")
+    return start, last
+
+
 def context_stack(normalized: np.ndarray, z: int) -> np.ndarray:
     """Slices ``z - 1, z, z + 1`` of a normalised volume (edges repeated), float32 (3, Y, X)."""
     last = normalized.shape[0] - 1
@@ -130,6 +138,8 @@ def predict_maps(
     *,
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability and boundary distance of a normalised volume.
 
@@ -144,23 +154,29 @@ def predict_maps(
         Slices per forward pass.
     progress : callable, optional
         Called with the number of slices done after each batch.
+    start, stop : int, optional
+        Predict only slices ``start .. stop - 1`` (default all), the others serving as their
+        context: a slab of a larger volume read with one slice more on each side gets the maps
+        the whole volume gives these slices (batches start at ``start``).
 
     Returns
     -------
     tuple of numpy.ndarray
-        float32 (Z, Y, X) foreground probability and distance in voxels (>= 0).
+        float32 (stop - start, Y, X) foreground probability and distance in voxels (>= 0).
     """
     vol = np.asarray(normalized, dtype=np.float32)
+    first, last = slice_range(vol.shape[0], start, stop)
     device = next(model.parameters()).device
-    prob = np.empty(vol.shape, dtype=np.float32)
-    dist = np.empty(vol.shape, dtype=np.float32)
-    for z0 in range(0, vol.shape[0], batch_size):
-        zs = range(z0, min(z0 + batch_size, vol.shape[0]))
+    prob = np.empty((last - first, *vol.shape[1:]), dtype=np.float32)
+    dist = np.empty_like(prob)
+    for z0 in range(first, last, batch_size):
+        zs = range(z0, min(z0 + batch_size, last))
         batch = torch.from_numpy(np.stack([context_stack(vol, z) for z in zs])).to(device)
         padded, h, w = pad_to_multiple(batch, SIZE_MULTIPLE)
         out = model(padded)[:, :, :h, :w].float().cpu().numpy()
-        prob[z0 : z0 + len(zs)] = 1.0 / (1.0 + np.exp(-out[:, 0]))
-        dist[z0 : z0 + len(zs)] = np.maximum(out[:, 1], 0.0) * np.float32(DISTANCE_SCALE_PX)
+        i = z0 - first
+        prob[i : i + len(zs)] = 1.0 / (1.0 + np.exp(-out[:, 0]))
+        dist[i : i + len(zs)] = np.maximum(out[:, 1], 0.0) * np.float32(DISTANCE_SCALE_PX)
         if progress is not None:
             progress(len(zs))
     return prob, dist

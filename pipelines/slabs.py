@@ -8,9 +8,11 @@ gives) read with ``halo`` more slices on each side (the context a stage needs):
 * crack map: the U-Net sees slices ``z - 1, z, z + 1``: halo 1 (:func:`crack_slab`);
 * damage quantification: the density window moves within a slice: no halo
   (:func:`pipelines.cracks.quantify.slab_damage`), the volume-wide numbers combined afterwards;
-* particle instances: halo of about a particle's size (:func:`instance_slab`); the labels of
-  neighbouring slabs are matched on the two planes around their border, where both slabs
-  computed labels (:func:`border_matches`), and merged with a union-find
+* particle networks (2.5-D, like the crack U-Net): halo 1 (:func:`instance_maps_slab`), each
+  slice's maps computed once and stored;
+* particle instances from these maps: halo of about a particle's size (:func:`instance_slab`);
+  the labels of neighbouring slabs are matched on the two planes around their border, where
+  both slabs computed labels (:func:`border_matches`), and merged with a union-find
   (:class:`LabelMerger`), so a particle crossing the border gets one label.
 
 The volume-wide normalisation levels and the solid threshold are computed from the regular
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.crack_unet import CrackUNet
+from models.crack_unet import CrackUNet, normalize_slices
 from models.envelope_unet import EnvelopeUNet
 from models.particle_unet import ParticleUNet
 from pipelines.cracks.segment import (
@@ -35,7 +37,12 @@ from pipelines.cracks.segment import (
     _resolve_model,
     _segment,
 )
-from pipelines.particles.instances import InstanceParams, segment_instances
+from pipelines.particles.instances import (
+    InstanceMaps,
+    InstanceParams,
+    instances_from_network,
+    predict_instance_maps,
+)
 from pipelines.volumes import check_volume
 
 MAX_SAMPLES = 2_000_000
@@ -153,15 +160,68 @@ def crack_slab(
     return cracks, particles
 
 
-def instance_slab(
+def instance_maps_slab(
     slab: np.ndarray,
+    core: slice,
     levels: tuple[float, float],
     params: InstanceParams | None = None,
     *,
     model: ParticleUNet | None = None,
     envelope_model: EnvelopeUNet | None = None,
+) -> InstanceMaps:
+    """The particle networks' maps of the core slices of a slab read with one slice of context.
+
+    The networks see slices ``z - 1, z, z + 1`` (2.5-D), so these maps are the ones
+    :func:`~pipelines.particles.instances.segment_instances` computes on the whole volume;
+    computed once per slice, they serve every slab whose context reaches the slice.
+
+    Parameters
+    ----------
+    slab : numpy.ndarray
+        (z, Y, X) slices ``lo .. hi - 1`` of the volume, with the slice before and after the
+        core where the volume has them.
+    core : slice
+        The core slices within ``slab``.
+    levels : tuple of float
+        Normalisation levels (low, high) of the whole volume.
+    params, model, envelope_model
+        As for :func:`~pipelines.particles.instances.segment_instances`.
+
+    Returns
+    -------
+    InstanceMaps
+        float32 maps of the core slices.
+    """
+    vol = check_volume(slab, "slab")
+    start, stop, _ = core.indices(vol.shape[0])
+    return predict_instance_maps(
+        vol,
+        normalize_slices(vol, *levels),
+        params,
+        model=model,
+        envelope_model=envelope_model,
+        start=start,
+        stop=stop,
+    )
+
+
+def instance_slab(
+    slab: np.ndarray,
+    levels: tuple[float, float],
+    maps: InstanceMaps,
+    params: InstanceParams | None = None,
 ) -> np.ndarray:
-    """Particle instances of a slab read with context, normalised with the volume's levels.
+    """Particle instances of a slab read with context, from the networks' stored maps.
+
+    Parameters
+    ----------
+    slab : numpy.ndarray
+        (z, Y, X) slices of the volume (core and context).
+    levels : tuple of float
+        Normalisation levels (low, high) of the whole volume.
+    maps : InstanceMaps
+        The maps of the same slices (:func:`instance_maps_slab`).
+    params : InstanceParams, optional
 
     Returns
     -------
@@ -169,9 +229,10 @@ def instance_slab(
         int32 labels 1..n of every slice of ``slab`` (core and context); the caller keeps the
         core and uses the planes around the borders to match labels with its neighbours.
     """
-    return segment_instances(
-        slab, params, model=model, envelope_model=envelope_model, levels=levels
-    ).labels
+    p = params if params is not None else InstanceParams()
+    vol = check_volume(slab, "slab")
+    valid = vol != 0 if p.zero_is_outside else None
+    return instances_from_network(normalize_slices(vol, *levels), maps, p, valid=valid)
 
 
 def border_matches(
@@ -183,7 +244,11 @@ def border_matches(
     slice of the lower slab and the first core slice of the upper one, each slab reaching the
     other's through its context). A lower label and an upper label are one particle when
     their voxels on these planes overlap with an intersection over union of at least
-    ``min_iou``: particles that only touch across the border keep their own labels.
+    ``min_iou``, or when more than half of one label's voxels there lie in the other: a slab
+    that sees a tall particle cut short by the end of its context can split it in two, one
+    piece mostly in its context reaching the border planes with a few voxels, which the other
+    slab, seeing the particle whole, labels as part of it. Particles that only touch across
+    the border keep their own labels (each slab labels the other's voxels with another label).
 
     Parameters
     ----------
@@ -208,7 +273,8 @@ def border_matches(
     size_a = np.bincount(a, minlength=int(a.max()) + 1)
     size_b = np.bincount(b, minlength=int(b.max()) + 1)
     union = size_a[pairs[0]] + size_b[pairs[1]] - overlap
-    keep = overlap >= min_iou * union
+    within = (2 * overlap > size_a[pairs[0]]) | (2 * overlap > size_b[pairs[1]])
+    keep = (overlap >= min_iou * union) | within
     return [(int(x), int(y)) for x, y in pairs[:, keep].T]
 
 

@@ -221,20 +221,120 @@ def segment_instances(
     """
     p = params if params is not None else InstanceParams()
     vol = check_volume(volume)
-    net = model if model is not None else load_particle_unet()
     normalized = normalize_volume(vol) if levels is None else normalize_slices(vol, *levels)
-    foreground, distance = predict_maps(net, normalized, batch_size=p.batch_size, progress=progress)
-    if p.zero_is_outside:
-        foreground[vol == 0] = 0.0
+    maps = predict_instance_maps(
+        vol, normalized, p, model=model, envelope_model=envelope_model, progress=progress
+    )
+    labels = instances_from_network(
+        normalized, maps, p, valid=vol != 0 if p.zero_is_outside else None
+    )
+    return InstanceResult(
+        labels=labels, foreground=maps.foreground, distance=maps.distance, envelope=maps.envelope
+    )
+
+
+@dataclass
+class InstanceMaps:
+    """What the networks say about each voxel, the input of :func:`instances_from_network`.
+
+    Attributes
+    ----------
+    foreground : numpy.ndarray
+        float32 (Z, Y, X) particle probability.
+    distance : numpy.ndarray
+        float32 (Z, Y, X) predicted distance to the particle boundary (voxels).
+    envelope : numpy.ndarray or None
+        float32 (Z, Y, X) envelope probability (``envelope_merge`` only).
+    """
+
+    foreground: np.ndarray
+    distance: np.ndarray
+    envelope: np.ndarray | None = None
+
+
+def predict_instance_maps(
+    volume: np.ndarray,
+    normalized: np.ndarray,
+    params: InstanceParams | None = None,
+    *,
+    model: ParticleUNet | None = None,
+    envelope_model: EnvelopeUNet | None = None,
+    progress: Callable[[int], None] | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> InstanceMaps:
+    """The particle (and envelope) network's maps of slices ``start .. stop - 1``.
+
+    The networks see slices ``z - 1, z, z + 1``, so the maps of a slab read with one slice
+    more on each side (where the volume has it) are those of the whole volume.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        (Z, Y, X) grey levels (for ``zero_is_outside``: no particle where a voxel is 0).
+    normalized : numpy.ndarray
+        float32 (Z, Y, X) the same slices normalised (:func:`models.crack_unet.normalize_slices`).
+    params, model, envelope_model, progress
+        As for :func:`segment_instances`.
+    start, stop : int, optional
+        Slices to predict (default all); the others are only context.
+
+    Returns
+    -------
+    InstanceMaps
+        Maps of the ``stop - start`` slices, 0 where the volume is 0 with ``zero_is_outside``.
+    """
+    p = params if params is not None else InstanceParams()
+    vol = check_volume(volume)
+    if np.shape(normalized) != vol.shape:
+        raise ValueError(f"normalized shape {np.shape(normalized)} != volume {vol.shape}")
+    net = model if model is not None else load_particle_unet()
+    foreground, distance = predict_maps(
+        net, normalized, batch_size=p.batch_size, progress=progress, start=start, stop=stop
+    )
+    outside = vol[start : start + len(foreground)] == 0 if p.zero_is_outside else None
+    if outside is not None:
+        foreground[outside] = 0.0
     envelope = None
     if p.envelope_merge:
         env_net = envelope_model if envelope_model is not None else load_envelope_unet()
-        envelope = predict_envelope(env_net, normalized, batch_size=p.batch_size)
-        if p.zero_is_outside:
-            envelope[vol == 0] = 0.0
+        envelope = predict_envelope(
+            env_net, normalized, batch_size=p.batch_size, start=start, stop=stop
+        )
+        if outside is not None:
+            envelope[outside] = 0.0
+    return InstanceMaps(foreground, distance, envelope)
+
+
+def instances_from_network(
+    normalized: np.ndarray,
+    maps: InstanceMaps,
+    params: InstanceParams | None = None,
+    *,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Instances of the networks' maps (:func:`segment_instances` after the networks).
+
+    Parameters
+    ----------
+    normalized : numpy.ndarray
+        float32 (Z, Y, X) normalised grey levels.
+    maps : InstanceMaps
+        The networks' maps of the same slices (:func:`predict_instance_maps`).
+    params : InstanceParams, optional
+    valid : numpy.ndarray, optional
+        bool (Z, Y, X) voxels inside the reconstruction (``zero_is_outside``: volume != 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 (Z, Y, X) labels 1..n.
+    """
+    p = params if params is not None else InstanceParams()
+    foreground, envelope = maps.foreground, maps.envelope
     labels = labels_from_maps(
         foreground,
-        distance,
+        maps.distance,
         p,
         envelope=None if envelope is None else envelope >= p.envelope_threshold,
         envelope_probability=envelope,
@@ -247,7 +347,7 @@ def segment_instances(
             envelope=envelope,
             min_envelope=p.min_envelope_probability,
             min_solid_reach=p.min_solid_reach,
-            valid=vol != 0 if p.zero_is_outside else None,
+            valid=valid,
         )
     if envelope is not None and p.trim_unlike_voxels:
         trimmed = trim_unlike_voxels(
@@ -257,21 +357,13 @@ def segment_instances(
             envelope,
             min_envelope=p.min_envelope_probability,
             min_solid_reach=p.min_solid_reach,
-            valid=vol != 0 if p.zero_is_outside else None,
+            valid=valid,
         )
         labels = remove_small(trimmed, p.min_size)
     if p.trim_dark_outline:
-        outlined = trim_dark_outline(
-            labels,
-            normalized,
-            foreground,
-            share=0.5,
-            valid=vol != 0 if p.zero_is_outside else None,
-        )
+        outlined = trim_dark_outline(labels, normalized, foreground, share=0.5, valid=valid)
         labels = remove_small(outlined, p.min_size)
-    return InstanceResult(
-        labels=labels, foreground=foreground, distance=distance, envelope=envelope
-    )
+    return labels
 
 
 def labels_from_maps(

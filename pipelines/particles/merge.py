@@ -202,6 +202,7 @@ def merge_by_contact(
         keep, gone = (a, b) if a < b else (b, a)
         parent[gone] = keep
         members[keep] = members[keep] + members.pop(gone)
+        before = surface[keep]
         surface[keep] = surface[keep] + surface[gone] - 2 * c
         moved = neighbours.pop(gone, {})
         moved.pop(keep, None)
@@ -212,9 +213,18 @@ def merge_by_contact(
             neighbours[keep][other] = total
             neighbours[other][keep] = total
         for other, faces in neighbours[keep].items():
-            if faces >= min_faces:
-                lo, hi = (keep, other) if keep < other else (other, keep)
-                heapq.heappush(heap, (-share(lo, hi, faces), lo, hi))
+            if faces < min_faces:
+                continue
+            if accept is None and other not in moved:
+                # same faces, and the same share when the smaller of the two surfaces is the
+                # same: the heap still holds the pair at that share (without ``accept`` a
+                # pair leaves the heap only by merging or at the end). Pushing it again would
+                # add an entry to pop for every neighbour of a growing piece at each of its
+                # merges: a quarter of the crack map's CPU time on 1024 x 1024 slices.
+                if min(before, surface[other]) == min(surface[keep], surface[other]):
+                    continue
+            lo, hi = (keep, other) if keep < other else (other, keep)
+            heapq.heappush(heap, (-share(lo, hi, faces), lo, hi))
     if not parent:
         return lab.copy(), {}
 

@@ -103,6 +103,18 @@ def worker_peak_memory_mb(client: Any) -> dict[str, float]:
     return dict(client.run(_peak_rss_mb))
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process so far (s)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def worker_cpu_seconds(client: Any) -> float:
+    """CPU time the worker processes have used so far (s), summed: unlike wall time, about
+    what a stage costs whatever else the machine runs."""
+    return float(sum(client.run(_cpu_seconds).values()))
+
+
 def worker_ids(client: Any) -> dict[str, int]:
     """Worker address -> process id, to tell a restarted worker (a new pid) from the same."""
     import os

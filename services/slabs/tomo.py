@@ -30,15 +30,28 @@ Progress = Callable[[int], None] | None
 #: networks): 370-390 MB measured (getrusage) on this machine.
 WORKER_BASELINE_MB = 400.0
 #: Working bytes per voxel of a slab (input, intermediates, outputs), by stage, with margin over
-#: the peaks measured on a 48 x 384 x 384 cathode slab at 1 thread: instances 47.5,
-#: crack map with quantification 27.4.
-BYTES_PER_VOXEL = {"cracks": 40.0, "particles": 60.0, "measure": 40.0}
+#: the peaks measured on a 48 x 384 x 384 cathode slab at 1 thread: crack map with
+#: quantification 27.4; on 8 and 24 slices of 1024 x 1024 (2026-11-30): the particle networks'
+#: maps 25 (plus their activations, below), instances from the stored maps 52.6-56.7.
+BYTES_PER_VOXEL = {"cracks": 40.0, "maps": 32.0, "particles": 60.0, "measure": 40.0}
+#: Activations of the particle and envelope networks, bytes per pixel of each slice of a batch
+#: (one network at a time): 220 measured at 1024 x 1024 (881 MB for a batch of 4 slices).
+NETWORK_BYTES_PER_BATCH_PIXEL = 250.0
 
 
 def slab_slices(
-    memory_limit_mb: float, plane_voxels: int, stage: str, *, halo: int = 0, share: float = 0.85
+    memory_limit_mb: float,
+    plane_voxels: int,
+    stage: str,
+    *,
+    halo: int = 0,
+    share: float = 0.85,
+    batch: int = 0,
 ) -> int:
     """Core slices per slab so that a task of ``stage`` stays within ``share`` of the cap.
+
+    ``batch`` is the number of slices a network of the stage sees at once (its activations
+    come on top of the slab's voxels).
 
     Raises
     ------
@@ -46,6 +59,7 @@ def slab_slices(
         When not even one core slice (with its context) fits.
     """
     budget = (memory_limit_mb * share - WORKER_BASELINE_MB) * 1e6
+    budget -= batch * NETWORK_BYTES_PER_BATCH_PIXEL * plane_voxels
     fit = int(budget // (BYTES_PER_VOXEL[stage] * plane_voxels)) - 2 * halo
     if fit < 1:
         raise ValueError(
@@ -404,6 +418,8 @@ class ParticleSlabResult:
     table: np.ndarray
     seconds: dict[str, float]
     n_slabs: int
+    #: the particle networks' maps (foreground, distance, envelope) the instances came from
+    maps: dict[str, VolumeRef]
 
 
 @functools.lru_cache(maxsize=2)
@@ -420,20 +436,64 @@ def _flaw_model(weights: str | None) -> Any:
     return load_flaw_cnn(weights)
 
 
+@functools.lru_cache(maxsize=1)
+def _envelope_model() -> Any:
+    from models.envelope_unet import load_envelope_unet
+
+    return load_envelope_unet()
+
+
+#: The particle networks' maps stored between the maps and the instance stage.
+MAP_NAMES = ("foreground", "distance", "envelope")
+
+
+def _instance_maps_task(
+    volume: VolumeRef,
+    z0: int,
+    z1: int,
+    levels: tuple[float, float],
+    params: dict[str, Any],
+    weights: str | None,
+    outs: dict[str, VolumeRef],
+    threads: int,
+) -> None:
+    from pipelines.particles.instances import InstanceParams
+    from pipelines.slabs import instance_maps_slab
+
+    _use_threads(threads)
+    p = InstanceParams(**params)
+    with open_volume(volume) as array:
+        lo, hi = max(0, z0 - 1), min(array.shape[0], z1 + 1)
+        slab = np.asarray(array[lo:hi])
+    maps = instance_maps_slab(
+        slab,
+        slice(z0 - lo, z1 - lo),
+        levels,
+        p,
+        model=_particle_model(weights),
+        envelope_model=_envelope_model() if p.envelope_merge else None,
+    )
+    del slab
+    for name in MAP_NAMES:
+        data = getattr(maps, name)
+        if data is not None:
+            write_slices(outs[name], z0, data)
+
+
 def _instance_task(
     volume: VolumeRef,
+    maps: dict[str, VolumeRef],
     z0: int,
     z1: int,
     halo: int,
     levels: tuple[float, float],
     params: dict[str, Any],
-    weights: str | None,
     out: VolumeRef,
     threads: int,
 ) -> dict[str, Any]:
     from scipy import ndimage
 
-    from pipelines.particles.instances import InstanceParams
+    from pipelines.particles.instances import InstanceMaps, InstanceParams
     from pipelines.slabs import instance_slab
 
     _use_threads(threads)
@@ -442,8 +502,12 @@ def _instance_task(
         depth = array.shape[0]
         lo, hi = max(0, z0 - halo), min(depth, z1 + halo)
         slab = np.asarray(array[lo:hi])
-    labels = instance_slab(slab, levels, p, model=_particle_model(weights))
-    del slab
+    read: dict[str, np.ndarray] = {}
+    for name, ref in maps.items():
+        with open_volume(ref) as array:
+            read[name] = np.asarray(array[lo:hi])
+    labels = instance_slab(slab, levels, InstanceMaps(**read), p)
+    del slab, read
     core = labels[z0 - lo : z1 - lo]
     write_slices(out, z0, core)
     # the two planes around each border: (z0 - 1, z0) below, (z1 - 1, z1) above
@@ -572,6 +636,20 @@ def analyze_particles_slabs(
     per_slab = slab or slab_slices(memory_limit_mb, plane, "particles", halo=halo)
     if levels is None:
         levels = levels_from_sample(volume_sample(client, volume, shape, per_slab))
+    instance_params = params.instances.model_dump(mode="json")
+    maps = _predict_instance_maps(
+        client,
+        volume,
+        shape,
+        params.instances,
+        work_dir,
+        memory_limit_mb=memory_limit_mb,
+        slab=slab,
+        levels=levels,
+        threads=threads,
+        weights=particle_weights,
+    )
+    seconds["maps"] = time.perf_counter() - clock
     out = create_zarr(work_dir / "particle_labels.zarr", shape, np.int32, per_slab)
     bounds = [(z0, min(z0 + per_slab, shape[0])) for z0 in range(0, shape[0], per_slab)]
     logger.info(
@@ -584,24 +662,11 @@ def analyze_particles_slabs(
     parts = run_tasks(
         client,
         _instance_task,
-        [
-            (
-                volume,
-                a,
-                b,
-                halo,
-                levels,
-                params.instances.model_dump(mode="json"),
-                particle_weights,
-                out,
-                threads,
-            )
-            for a, b in bounds
-        ],
+        [(volume, maps, a, b, halo, levels, instance_params, out, threads) for a, b in bounds],
         progress=progress,
         weights=[b - a for a, b in bounds],
     )
-    seconds["instances"] = time.perf_counter() - clock
+    seconds["instances"] = time.perf_counter() - clock - seconds["maps"]
     merger = LabelMerger([part["count"] for part in parts])
     for i in range(len(parts) - 1):
         for a, b in border_matches(parts[i]["above"], parts[i + 1]["below"]):
@@ -615,7 +680,7 @@ def analyze_particles_slabs(
             g = int(table[k])
             old = extents.get(g)
             extents[g] = (a, b) if old is None else (min(old[0], a), max(old[1], b))
-    seconds["merge"] = time.perf_counter() - clock - seconds["instances"]
+    seconds["merge"] = time.perf_counter() - clock - sum(seconds.values())
     max_slices = max(
         4, slab_slices(memory_limit_mb, plane, "measure") if slab is None else 2 * slab
     )
@@ -642,7 +707,47 @@ def analyze_particles_slabs(
     )
     seconds["measure_flaw"] = time.perf_counter() - clock - sum(seconds.values())
     table = _particle_table(results, table_dtype(params.flaw.n_slices))
-    return ParticleSlabResult(out, table, seconds, len(bounds))
+    return ParticleSlabResult(out, table, seconds, len(bounds), maps)
+
+
+def _predict_instance_maps(
+    client: Any,
+    volume: VolumeRef,
+    shape: tuple[int, int, int],
+    params: Any,
+    work_dir: Path,
+    *,
+    memory_limit_mb: float,
+    slab: int | None,
+    levels: tuple[float, float],
+    threads: int,
+    weights: str | None,
+) -> dict[str, VolumeRef]:
+    """The particle networks' maps of every slice, once, in Zarr (halo 1: the nets are 2.5-D).
+
+    Slabs are a multiple of the network batch so that the batches are those of the in-memory
+    path (which batches from slice 0): the same maps to the last bit.
+    """
+    per_slab = slab or slab_slices(
+        memory_limit_mb, shape[1] * shape[2], "maps", halo=1, batch=params.batch_size
+    )
+    per_slab = max(params.batch_size, per_slab - per_slab % params.batch_size)
+    names = MAP_NAMES if params.envelope_merge else MAP_NAMES[:2]
+    maps = {
+        name: create_zarr(work_dir / f"particle_{name}.zarr", shape, np.float32, per_slab)
+        for name in names
+    }
+    bounds = [(z0, min(z0 + per_slab, shape[0])) for z0 in range(0, shape[0], per_slab)]
+    logger.info("particle maps of %s: %d slabs of %d slices", volume.path, len(bounds), per_slab)
+    run_tasks(
+        client,
+        _instance_maps_task,
+        [
+            (volume, a, b, levels, params.model_dump(mode="json"), weights, maps, threads)
+            for a, b in bounds
+        ],
+    )
+    return maps
 
 
 def _particle_table(results: list[tuple[np.ndarray, Any]], dtype: np.dtype) -> np.ndarray:

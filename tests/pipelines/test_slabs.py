@@ -82,6 +82,19 @@ def test_border_matches_join_one_particle_and_keep_touching_ones_apart():
     assert border_matches(lower, upper) == [(3, 7)]
 
 
+def test_border_matches_join_a_piece_that_one_slab_split_off_a_tall_particle():
+    # the lower slab sees the particle whole (3); the upper one, its context ending inside the
+    # particle, splits it: 7 holds most of its border voxels, 9 a corner below the border and
+    # two voxels of its core (in-memory, all of it is one particle)
+    lower = np.zeros((2, 10, 10), dtype=np.int32)
+    lower[:, 1:9, 1:9] = 3
+    upper = lower.copy()
+    upper[upper == 3] = 7
+    upper[0, 1:4, 1:4] = 9
+    upper[1, 1, 1:3] = 9
+    assert sorted(border_matches(lower, upper)) == [(3, 7), (3, 9)]
+
+
 def test_label_merger_chains_a_particle_through_three_slabs():
     merger = LabelMerger([2, 1, 3])
     merger.union(0, 2, 1, 1)
@@ -90,3 +103,33 @@ def test_label_merger_chains_a_particle_through_three_slabs():
     assert tables[0].tolist() == [0, 1, 2]
     assert tables[1].tolist() == [0, 2]
     assert tables[2].tolist() == [0, 3, 0, 2]
+
+
+def test_instance_maps_of_slabs_with_one_slice_of_context_are_the_whole_volume_maps():
+    from models.crack_unet import normalize_slices
+    from models.envelope_unet import load_envelope_unet
+    from models.particle_unet import load_particle_unet
+    from pipelines.particles.instances import InstanceParams, predict_instance_maps
+    from pipelines.slabs import instance_maps_slab
+    from synthetic.cathode import make_cathode_volume
+
+    volume = make_cathode_volume((14, 48, 48), seed=3).attenuation.astype(np.float32)
+    volume[:, :4, :4] = 0.0  # outside the reconstruction circle: no particle there
+    levels = (float(np.percentile(volume, 1)), float(np.percentile(volume, 99.5)))
+    params = InstanceParams()
+    net, env = load_particle_unet(), load_envelope_unet()
+    whole = predict_instance_maps(
+        volume, normalize_slices(volume, *levels), params, model=net, envelope_model=env
+    )
+    pieces = []
+    for slab in plan_slabs(volume.shape[0], 4, halo=1):
+        pieces.append(
+            instance_maps_slab(
+                volume[slab.lo : slab.hi], slab.core, levels, params, model=net, envelope_model=env
+            )
+        )
+    for name in ("foreground", "distance", "envelope"):
+        joined = np.concatenate([getattr(m, name) for m in pieces])
+        np.testing.assert_array_equal(joined, getattr(whole, name), err_msg=name)
+    assert (whole.foreground[:, :4, :4] == 0).all() and (whole.envelope[:, :4, :4] == 0).all()
+    assert (whole.foreground > 0.5).any()

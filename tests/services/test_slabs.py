@@ -13,6 +13,7 @@ import pytest
 
 from pipelines.cracks.segment import CrackParams, map_cracks
 from pipelines.particles.analyze import ParticleParams, analyze_particles
+from pipelines.particles.instances import segment_instances
 from pipelines.tomo.fbp import ReconParams, reconstruct
 from services.cli import main
 from services.core.settings import DaskSettings
@@ -162,6 +163,14 @@ def test_slabs_on_a_cluster_equal_the_in_memory_pipelines(scan, in_memory, clien
     assert slab_cracks.volume_fit == q.volume_fit
     assert slab_cracks.solid_threshold == cracks.solid_threshold
 
+    # the particle networks ran once per slice (1 slice of context): the in-memory maps (to
+    # the last bits: the workers' torch runs on 1 thread, this process's on more)
+    memory_maps = segment_instances(volume, particle_params.instances)
+    assert set(slab_particles.maps) == {"foreground", "distance", "envelope"}
+    for name, ref in slab_particles.maps.items():
+        np.testing.assert_allclose(
+            _read(ref), getattr(memory_maps, name), rtol=1e-5, atol=1e-6, err_msg=name
+        )
     # particles: the same instances up to relabelling, with particles crossing slab borders
     labels = _read(slab_particles.labels)
     crossing = [

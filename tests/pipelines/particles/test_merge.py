@@ -55,6 +55,75 @@ def test_merged_surfaces_match_a_recount(seed: int, share: float) -> None:
         assert np.array_equal(merged[labels == old], np.full((labels == old).sum(), new))
 
 
+def _greedy_merge_reference(labels: np.ndarray, min_share: float, min_faces: int) -> np.ndarray:
+    """The greedy contact merge written plainly: after every merge, the merged piece's pairs
+    with all its neighbours go back on the heap."""
+    import heapq
+
+    surface_arr, contacts = contact_graph(labels)
+    surface = {i: int(v) for i, v in enumerate(surface_arr.tolist()) if i > 0}
+    nbr: dict[int, dict[int, int]] = {}
+    for (a, b), c in contacts.items():
+        nbr.setdefault(a, {})[b] = c
+        nbr.setdefault(b, {})[a] = c
+
+    def share(a: int, b: int) -> float:
+        return nbr[a][b] / max(min(surface[a], surface[b]), 1)
+
+    heap = [(-share(a, b), a, b) for (a, b), c in contacts.items() if c >= min_faces]
+    heapq.heapify(heap)
+    parent: dict[int, int] = {}
+    while heap:
+        neg, a, b = heapq.heappop(heap)
+        if a in parent or b in parent or b not in nbr.get(a, {}):
+            continue
+        if nbr[a][b] < min_faces or -neg != share(a, b):
+            continue
+        if -neg < min_share:
+            break
+        c = nbr[a][b]
+        parent[b] = a  # a < b: the smaller label stays
+        surface[a] += surface[b] - 2 * c
+        for other, faces in nbr.pop(b).items():
+            nbr[other].pop(b)
+            if other != a:
+                nbr[a][other] = nbr[other][a] = nbr[a].get(other, 0) + faces
+        for other, faces in nbr[a].items():
+            if faces >= min_faces:
+                lo, hi = min(a, other), max(a, other)
+                heapq.heappush(heap, (-share(lo, hi), lo, hi))
+    lut = np.arange(int(labels.max()) + 1, dtype=labels.dtype)
+    for i in parent:
+        r = i
+        while r in parent:
+            r = parent[r]
+        lut[i] = r
+    return lut[labels]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    share=st.floats(0.02, 0.5),
+    min_faces=st.integers(1, 4),
+    n_labels=st.integers(2, 60),
+)
+def test_contact_merge_equals_the_plain_greedy_merge(
+    seed: int, share: float, min_faces: int, n_labels: int
+) -> None:
+    # pieces that grow by many merges: the merge re-queues only the pairs whose share changed
+    rng = np.random.default_rng(seed)
+    # a few large pieces with many small ones (of 1 to 9 px) scattered over them
+    labels = np.kron(rng.integers(1, 5, size=(4, 4)), np.ones((12, 12), dtype=np.int64))
+    for k in range(n_labels):
+        y, x = rng.integers(0, 46, size=2)
+        h, w = rng.integers(1, 4, size=2)
+        labels[y : y + h, x : x + w] = 5 + k
+    labels = labels.astype(np.int32)
+    merged, _ = merge_by_contact(labels, min_share=share, min_faces=min_faces)
+    np.testing.assert_array_equal(merged, _greedy_merge_reference(labels, share, min_faces))
+
+
 def _split_ball_and_neighbour() -> tuple[np.ndarray, np.ndarray]:
     """A ball cut in two by a 6-px planar crack (labels 1, 2) beside a second ball (label 3);
     the envelope: both balls whole, apart."""
