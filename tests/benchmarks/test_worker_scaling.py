@@ -1,4 +1,5 @@
-"""The CPUs ``benchmarks.worker_scaling --cpus-per-worker`` gives each worker."""
+"""Pure logic of ``benchmarks.worker_scaling``: the CPUs ``--cpus-per-worker`` gives each
+worker, the frames a run must hold once."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import pytest
 
-from benchmarks.worker_scaling import worker_cpus
+from benchmarks.worker_scaling import expected_frame_seq_nums, worker_cpus
 
 
 def test_each_worker_gets_cpus_of_its_own_in_order():
@@ -28,3 +29,12 @@ def test_more_cpus_than_the_machine_has_are_refused():
     allowed = sorted(os.sched_getaffinity(0))
     with pytest.raises(ValueError, match=f"need {len(allowed) + 1} CPUs"):
         worker_cpus(len(allowed) + 1, 1)
+
+
+def test_each_frame_of_a_run_is_expected_once_per_stream():
+    # XANES: energies 1..n in the primary stream, 2 flats (first and last energy)
+    assert expected_frame_seq_nums("xanes", 3) == [1, 1, 2, 2, 3]
+    # tomography: projections 1..n, one dark and one flat
+    assert expected_frame_seq_nums("tomo", 2) == [1, 1, 1, 2]
+    with pytest.raises(ValueError, match="kind"):
+        expected_frame_seq_nums("xrd", 2)
