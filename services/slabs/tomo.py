@@ -271,6 +271,15 @@ def _crack_model(weights: str | None) -> Any:
     return unet_tile_model(load_crack_unet(weights))
 
 
+def _with_neighbours(volume: VolumeRef, z0: int, z1: int) -> tuple[np.ndarray, slice]:
+    """Slices ``z0:z1`` with one neighbour on each side where the volume has one (the 2.5-D
+    networks' context), and where the core slices lie in what was read."""
+    with open_volume(volume) as array:
+        lo, hi = max(0, z0 - 1), min(array.shape[0], z1 + 1)
+        slab = np.asarray(array[lo:hi])
+    return slab, slice(z0 - lo, z1 - lo)
+
+
 def _crack_task(
     volume: VolumeRef,
     z0: int,
@@ -287,12 +296,8 @@ def _crack_task(
 
     _use_threads(threads)
     p = CrackParams(**params)
-    with open_volume(volume) as array:
-        lo, hi = max(0, z0 - 1), min(array.shape[0], z1 + 1)
-        slab = np.asarray(array[lo:hi])
-    cracks, particles = crack_slab(
-        slab, slice(z0 - lo, z1 - lo), levels, p, model=_crack_model(weights)
-    )
+    slab, core = _with_neighbours(volume, z0, z1)
+    cracks, particles = crack_slab(slab, core, levels, p, model=_crack_model(weights))
     del slab
     write_slices(outs["mask"], z0, cracks)
     write_slices(outs["particle_mask"], z0, particles)
@@ -462,12 +467,10 @@ def _instance_maps_task(
 
     _use_threads(threads)
     p = InstanceParams(**params)
-    with open_volume(volume) as array:
-        lo, hi = max(0, z0 - 1), min(array.shape[0], z1 + 1)
-        slab = np.asarray(array[lo:hi])
+    slab, core = _with_neighbours(volume, z0, z1)
     maps = instance_maps_slab(
         slab,
-        slice(z0 - lo, z1 - lo),
+        core,
         levels,
         p,
         model=_particle_model(weights),
