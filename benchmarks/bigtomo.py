@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     n_angles = args.angles or max(8, args.size * 3 // 4)
     check = args.compare if args.compare is not None else args.size <= 256
     logging.basicConfig(level=logging.WARNING)
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bigtomo-", dir=args.work_dir) as tmp:
         path = Path(tmp) / "projections.h5"
         t0 = time.perf_counter()
