@@ -95,7 +95,19 @@ class DetectParams(_Params):
     split_min_distance_fraction: float = Field(
         default=0.5,
         gt=0,
-        description="watershed seeds closer than this fraction of the radius are merged",
+        description=(
+            "watershed seeds closer than this fraction of a diameter are merged (which "
+            "diameter: split_seeds)"
+        ),
+    )
+    split_seeds: Literal["typical_spacing", "size_scaled"] = Field(
+        default="typical_spacing",
+        description=(
+            "watershed seed spacing: typical_spacing, split_min_distance_fraction x the diameter "
+            "of a disc of 0.2 % of the frame; size_scaled, that fraction x the inscribed "
+            "diameter of the higher seed (a small particle touching a large one keeps its seed; "
+            "a ragged faint mask is cut into more fragments)"
+        ),
     )
     exclude_border: bool = Field(
         default=False,
@@ -223,6 +235,14 @@ class TrackParams(_Params):
             "edge: faint_frames anchor only when the particles move with the drift: their "
             "offsets from it on their clear frames vary by at most this (RMS, median over "
             "the particles); else frame 0"
+        ),
+    )
+    redetect_split_refused: bool = Field(
+        default=True,
+        description=(
+            "edge: a re-detected object refused for overlapping tracked particles is segmented "
+            "again with size-scaled watershed seeds (detect.split_seeds); a region of it at most "
+            "10 % on tracked particles joins (an untracked particle touching a tracked one)"
         ),
     )
     redetect_by_both_overlaps: bool = Field(

@@ -489,15 +489,20 @@ class XanesTracker:
             self._executor = None
 
     # ------------------------------------------------------------------ frame 0
-    def _detect(self, od: np.ndarray) -> np.ndarray:
-        """Frame-0 labels by the detector ``params.detect.method`` selects."""
-        if self.params.detect.method == "learned":
+    def _detect(self, od: np.ndarray, *, size_scaled_seeds: bool = False) -> np.ndarray:
+        """Frame-0 labels by the detector ``params.detect.method`` selects; with
+        ``size_scaled_seeds`` the watershed seeds are spaced by the particle they sit in
+        (``detect.split_seeds="size_scaled"``)."""
+        params = self.params.detect
+        if size_scaled_seeds:
+            params = params.model_copy(update={"split_seeds": "size_scaled"})
+        if params.method == "learned":
             # imported here: torch loads only when the learned detector is chosen
             from pipelines.xanes.detect_learned import detect_particles_learned
 
-            return detect_particles_learned(od, params=self.params.detect)
+            return detect_particles_learned(od, params=params)
         prepared = remove_background(od, params=self.params.prepare)
-        return detect_particles(prepared, params=self.params.detect, background_removed=True)
+        return detect_particles(prepared, params=params, background_removed=True)
 
     def _window_for_label(
         self, labels: np.ndarray, k: int, box: tuple[slice, slice], area_px: int
@@ -732,12 +737,14 @@ class XanesTracker:
         occupied = moved > 0
         areas = np.bincount(labels.ravel())
         tracked_areas = np.bincount(moved.ravel(), minlength=self.n_particles + 1)
-        joined = []
+        joined = 0
+        refused = np.zeros(labels.shape, dtype=bool)
         for k, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
                 continue
             own = labels[box] == k + 1
             if np.count_nonzero(occupied[box] & own) > 0.1 * np.count_nonzero(own):
+                refused[box] |= own
                 if not self.params.track.redetect_by_both_overlaps:
                     self._maybe_new_outline(edges, labels, k, box, moved, result)
                     continue
@@ -745,32 +752,13 @@ class XanesTracker:
                     edges, labels, k, box, moved, tracked_areas, result
                 ):
                     continue
-            window = self._window_for_label(labels, k, box, int(areas[k + 1]))
-            origin_now = np.array(window.roi.origin)
-            edge = self._edge_template(edges, window, origin_now)
-            if edge.model is None:
-                continue
-            roi = ParticleRoi(
-                origin=(int(origin_now[0] - base[0]), int(origin_now[1] - base[1])),
-                shape=window.roi.shape,
-                mask=window.roi.mask,
-            )
-            window.roi = roi
-            window.com0 = window.com0 - g
-            edge.offset = g.copy()  # shift of the particle when its template was taken
-            window.edge = edge
-            window.anchor_pending = True
-            window.last_shift = g.copy()
-            window.last_coarse = self._coarse_global.copy()
-            self._particles.append(window)
-            self._stacks.append([None] * (len(self._results)))
-            crop = self._local_background_free(od, origin_now, window)
-            self._stacks[-1].append(shift_image(crop, -(g - base)).astype(np.float32))
-            self._paint_label(window, len(self._particles))
-            joined.append(g)
+                refused[box] &= ~own
+            joined += self._join(od, edges, labels, k, box, int(areas[k + 1]), g)
+        if self.params.track.redetect_split_refused and refused.any():
+            joined += self._join_split_off(od, edges, refused, occupied, g)
         if not joined:
             return result
-        n = len(joined)
+        n = joined
         return FrameResult(
             index=result.index,
             energy=result.energy,
@@ -787,6 +775,74 @@ class XanesTracker:
             partial=self._partial(),
             trusted=result.trusted,
         )
+
+    def _join(
+        self,
+        od: np.ndarray,
+        edges: FrameEdges,
+        labels: np.ndarray,
+        k: int,
+        box: tuple[slice, slice],
+        area: int,
+        g: np.ndarray,
+    ) -> bool:
+        """Object ``k + 1`` of a re-detection joins as a new particle with this frame as its
+        reference, brought into frame-0 geometry by the frame's global shift ``g``."""
+        base = np.round(g).astype(int)
+        window = self._window_for_label(labels, k, box, area)
+        origin_now = np.array(window.roi.origin)
+        edge = self._edge_template(edges, window, origin_now)
+        if edge.model is None:
+            return False
+        window.roi = ParticleRoi(
+            origin=(int(origin_now[0] - base[0]), int(origin_now[1] - base[1])),
+            shape=window.roi.shape,
+            mask=window.roi.mask,
+        )
+        window.com0 = window.com0 - g
+        edge.offset = g.copy()  # shift of the particle when its template was taken
+        window.edge = edge
+        window.anchor_pending = True
+        window.last_shift = g.copy()
+        window.last_coarse = self._coarse_global.copy()
+        self._particles.append(window)
+        self._stacks.append([None] * (len(self._results)))
+        crop = self._local_background_free(od, origin_now, window)
+        self._stacks[-1].append(shift_image(crop, -(g - base)).astype(np.float32))
+        self._paint_label(window, len(self._particles))
+        return True
+
+    def _join_split_off(
+        self,
+        od: np.ndarray,
+        edges: FrameEdges,
+        refused: np.ndarray,
+        occupied: np.ndarray,
+        g: np.ndarray,
+    ) -> int:
+        """Particles split off objects that were refused for overlapping tracked particles.
+
+        A re-detected object can hold a tracked particle and an untracked neighbour it touches
+        (the neighbour was too faint on the earlier frames, and the seed spacing fitted to a
+        typical particle merged the two). The frame is segmented again with watershed seeds
+        spaced by the size of the particle they sit in (``detect.split_seeds="size_scaled"``);
+        a region inside the refused objects with at most 10 % of it on tracked particles joins:
+        the tracked particle's footprint says which part of the object is already tracked.
+        """
+        fine = self._detect(od, size_scaled_seeds=True)
+        areas = np.bincount(fine.ravel())
+        joined = 0
+        for k, box in enumerate(ndimage.find_objects(fine)):
+            if box is None:
+                continue
+            own = fine[box] == k + 1
+            n_own = np.count_nonzero(own)
+            if np.count_nonzero(refused[box] & own) < 0.9 * n_own:
+                continue
+            if np.count_nonzero(occupied[box] & own) > 0.1 * n_own:
+                continue
+            joined += self._join(od, edges, fine, k, box, int(areas[k + 1]), g)
+        return joined
 
     def _joins_despite_overlap(
         self,
