@@ -254,6 +254,17 @@ class TrackParams(_Params):
             "outline); mostly on free pixels, it joins; False: it only ever re-templates"
         ),
     )
+    absorb_fragment_fraction: float | None = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description=(
+            "edge: a re-detected object holding most of 2+ tracked particles that the watershed "
+            "cut from one frame-0 component: the largest stays, each other one under this "
+            "fraction of the object's area is a fragment of it, dropped at finalize (NaN, no "
+            "label); None: kept"
+        ),
+    )
     reacquire_lost_frames: PositiveInt | None = Field(
         default=3,
         description=(

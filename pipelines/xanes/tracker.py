@@ -166,6 +166,10 @@ class XanesTracker:
         self._redetections = 0
         self._last_redetection: int | None = None
         self._late_redetection_done = False
+        # frame-0 connected component of each particle (a watershed cut shares one; -1: joined)
+        self._component: list[int] = []
+        self._absorbed: set[int] = set()
+        self._fragment_candidates: list[tuple[int, int]] = []
         # binned OD of every frame, for the static-pattern refinement at finalize
         self._edge_ods: list[np.ndarray] = []
         self._background_motion: BackgroundMotion | None = None
@@ -261,6 +265,15 @@ class XanesTracker:
         tp = self.params.track
         partial = self._partial()
         labels = self._labels.copy()
+        if self._absorbed:
+            # fragments of a particle the brighter frames see whole: no shift, no label
+            absorbed = np.zeros(n_p, dtype=bool)
+            absorbed[sorted(self._absorbed)] = True
+            shift = shift.copy()
+            shift[absorbed] = np.nan
+            self._backfilled[absorbed] = False
+            labels[np.isin(labels, np.nonzero(absorbed)[0] + 1)] = 0
+            global_shift, n_found, spread = global_from_shifts(shift, partial)
         if tp.drop_still_particles:
             # whole ones only: a border-cut outline holds the frame's edge, which stays still
             still = (
@@ -557,6 +570,11 @@ class XanesTracker:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
         labels = self._detect(od)
         self._labels = labels
+        components, _ = ndimage.label(labels > 0)
+        first = ndimage.labeled_comprehension(
+            components, labels, np.arange(1, int(labels.max()) + 1), np.max, np.int64, -1
+        )
+        self._component = [int(c) for c in np.atleast_1d(first)]
         tp = self.params.track
         areas = np.bincount(labels.ravel())
         for k, box in enumerate(ndimage.find_objects(labels)):
@@ -754,8 +772,11 @@ class XanesTracker:
                     continue
                 refused[box] &= ~own
             joined += self._join(od, edges, labels, k, box, int(areas[k + 1]), g)
-        if self.params.track.redetect_split_refused and refused.any():
-            joined += self._join_split_off(od, edges, refused, occupied, g)
+        fine = self._detect(od, size_scaled_seeds=True) if refused.any() else None
+        if fine is not None and self._fragment_candidates:
+            self._absorb_unsplit(fine, moved)
+        if fine is not None and self.params.track.redetect_split_refused:
+            joined += self._join_split_off(od, edges, fine, refused, occupied, g)
         if not joined:
             return result
         n = joined
@@ -816,6 +837,7 @@ class XanesTracker:
         self,
         od: np.ndarray,
         edges: FrameEdges,
+        fine: np.ndarray,
         refused: np.ndarray,
         occupied: np.ndarray,
         g: np.ndarray,
@@ -826,10 +848,10 @@ class XanesTracker:
         (the neighbour was too faint on the earlier frames, and the seed spacing fitted to a
         typical particle merged the two). The frame is segmented again with watershed seeds
         spaced by the size of the particle they sit in (``detect.split_seeds="size_scaled"``);
-        a region inside the refused objects with at most 10 % of it on tracked particles joins:
-        the tracked particle's footprint says which part of the object is already tracked.
+        a region of ``fine`` (the frame segmented so) inside the refused objects with at most
+        10 % of it on tracked particles joins: the tracked particle's footprint says which part
+        of the object is already tracked.
         """
-        fine = self._detect(od, size_scaled_seeds=True)
         areas = np.bincount(fine.ravel())
         joined = 0
         for k, box in enumerate(ndimage.find_objects(fine)):
@@ -876,11 +898,54 @@ class XanesTracker:
             for tracked in np.nonzero(held)[0].tolist():
                 if self._lost(tracked - 1, result):
                     self._retemplate(tracked - 1, edges, labels, k, box, result)
+            self._absorb_fragments(np.nonzero(held)[0] - 1, tracked_areas[held], area)
             return False
         if counts.max() >= 0.5 * area or held.any():
             self._maybe_new_outline(edges, labels, k, box, moved, result)
             return False
         return int(counts.sum()) <= 0.5 * area
+
+    def _absorb_fragments(self, held: np.ndarray, held_areas: np.ndarray, area: int) -> None:
+        """Tracked particles ``held`` (0-based) lie in one re-detected object of ``area`` px,
+        cut from one frame-0 component by the watershed. The largest stays; each other one under
+        ``track.absorb_fragment_fraction`` of the object is a candidate fragment of it
+        (:meth:`_absorb_unsplit` decides)."""
+        fraction = self.params.track.absorb_fragment_fraction
+        if fraction is None or len(held) < 2:
+            return
+        largest = int(held[int(np.argmax(held_areas))])
+        component = self._component[largest] if largest < len(self._component) else -1
+        if component < 0:
+            return
+        for index, footprint in zip(held.tolist(), held_areas.tolist(), strict=True):
+            if (
+                index != largest
+                and index < len(self._component)
+                and self._component[index] == component
+                and footprint < fraction * area
+            ):
+                self._fragment_candidates.append((int(index), largest))
+
+    def _absorb_unsplit(self, fine: np.ndarray, moved: np.ndarray) -> None:
+        """A candidate fragment is absorbed when the re-detection with size-scaled seeds
+        (``fine``, which keeps a small particle touching a large one apart) puts most of it in
+        the same region as the particle it was cut from: the brighter frame does not support
+        the frame-0 cut. Absorbed fragments are dropped at :meth:`finalize` (NaN, no label)."""
+
+        def region(index: int) -> int:
+            under = fine[moved == index + 1]
+            under = under[under > 0]
+            if under.size == 0:
+                return -1
+            counts = np.bincount(under)
+            best = int(np.argmax(counts))
+            return best if counts[best] >= 0.5 * np.count_nonzero(moved == index + 1) else -1
+
+        for fragment, largest in self._fragment_candidates:
+            own = region(fragment)
+            if own > 0 and own == region(largest):
+                self._absorbed.add(fragment)
+        self._fragment_candidates = []
 
     def _maybe_new_outline(
         self,
