@@ -570,11 +570,11 @@ class XanesTracker:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
         labels = self._detect(od)
         self._labels = labels
-        components, _ = ndimage.label(labels > 0)
-        first = ndimage.labeled_comprehension(
-            components, labels, np.arange(1, int(labels.max()) + 1), np.max, np.int64, -1
-        )
-        self._component = [int(c) for c in np.atleast_1d(first)]
+        inside = labels > 0
+        components, _ = ndimage.label(inside)
+        component_of = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
+        component_of[labels[inside]] = components[inside]  # a label lies in one component
+        self._component = component_of[1:].tolist()
         tp = self.params.track
         areas = np.bincount(labels.ravel())
         for k, box in enumerate(ndimage.find_objects(labels)):
