@@ -28,7 +28,11 @@ later frame costs a few small operations per particle:
    new detection outlines differently (a touching-cluster member whose neighbours brighten at
    the edge) gets a new outline template from it (``track.retemplate_iou``), and so does a
    tracked particle not registered in this frame (``track.reacquire_lost_frames``: a faint frame-0
-   outline that stopped matching is re-acquired with its own new reference).
+   outline that stopped matching is re-acquired with its own new reference); an object refused
+   for holding a tracked particle is segmented again with size-scaled watershed seeds and a part
+   of it off the tracked particles joins (``track.redetect_split_refused``); small fragments cut
+   from one frame-0 component that the brighter frame sees in one object are dropped at
+   :meth:`finalize` (``track.absorb_fragment_fraction``).
 
 At :meth:`finalize`, when the background stays still (``track.post_edge_pass="auto"``), every
 whole particle is registered again in the frames it was found in against its outline in the
