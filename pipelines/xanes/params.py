@@ -95,7 +95,19 @@ class DetectParams(_Params):
     split_min_distance_fraction: float = Field(
         default=0.5,
         gt=0,
-        description="watershed seeds closer than this fraction of the radius are merged",
+        description=(
+            "watershed seeds closer than this fraction of a diameter are merged (which "
+            "diameter: split_seeds)"
+        ),
+    )
+    split_seeds: Literal["typical_spacing", "size_scaled"] = Field(
+        default="typical_spacing",
+        description=(
+            "watershed seed spacing: typical_spacing, split_min_distance_fraction x the diameter "
+            "of a disc of 0.2 % of the frame; size_scaled, that fraction x the inscribed "
+            "diameter of the higher seed (a small particle touching a large one keeps its seed; "
+            "a ragged faint mask is cut into more fragments)"
+        ),
     )
     exclude_border: bool = Field(
         default=False,
@@ -225,6 +237,14 @@ class TrackParams(_Params):
             "the particles); else frame 0"
         ),
     )
+    redetect_split_refused: bool = Field(
+        default=True,
+        description=(
+            "edge: a re-detected object refused for overlapping tracked particles is segmented "
+            "again with size-scaled watershed seeds (detect.split_seeds); a region of it at most "
+            "10 % on tracked particles joins (an untracked particle touching a tracked one)"
+        ),
+    )
     redetect_by_both_overlaps: bool = Field(
         default=True,
         description=(
@@ -232,6 +252,17 @@ class TrackParams(_Params):
             "is classified by the overlap as a fraction of it and of each tracked footprint: "
             "holding most of 2+ tracked particles, they are fragments (each lost one gets its "
             "outline); mostly on free pixels, it joins; False: it only ever re-templates"
+        ),
+    )
+    absorb_fragment_fraction: float | None = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description=(
+            "edge: a re-detected object holding most of 2+ tracked particles that the watershed "
+            "cut from one frame-0 component: the largest stays, each other one under this "
+            "fraction of the object's area is a fragment of it, dropped at finalize (NaN, no "
+            "label); None: kept"
         ),
     )
     reacquire_lost_frames: PositiveInt | None = Field(

@@ -28,7 +28,11 @@ later frame costs a few small operations per particle:
    new detection outlines differently (a touching-cluster member whose neighbours brighten at
    the edge) gets a new outline template from it (``track.retemplate_iou``), and so does a
    tracked particle not registered in this frame (``track.reacquire_lost_frames``: a faint frame-0
-   outline that stopped matching is re-acquired with its own new reference).
+   outline that stopped matching is re-acquired with its own new reference); an object refused
+   for holding a tracked particle is segmented again with size-scaled watershed seeds and a part
+   of it off the tracked particles joins (``track.redetect_split_refused``); small fragments cut
+   from one frame-0 component that the brighter frame sees in one object are dropped at
+   :meth:`finalize` (``track.absorb_fragment_fraction``).
 
 At :meth:`finalize`, when the background stays still (``track.post_edge_pass="auto"``), every
 whole particle is registered again in the frames it was found in against its outline in the
@@ -166,6 +170,10 @@ class XanesTracker:
         self._redetections = 0
         self._last_redetection: int | None = None
         self._late_redetection_done = False
+        # frame-0 connected component of each particle (a watershed cut shares one; -1: joined)
+        self._component: list[int] = []
+        self._absorbed: set[int] = set()
+        self._fragment_candidates: list[tuple[int, int]] = []
         # binned OD of every frame, for the static-pattern refinement at finalize
         self._edge_ods: list[np.ndarray] = []
         self._background_motion: BackgroundMotion | None = None
@@ -261,6 +269,15 @@ class XanesTracker:
         tp = self.params.track
         partial = self._partial()
         labels = self._labels.copy()
+        if self._absorbed:
+            # fragments of a particle the brighter frames see whole: no shift, no label
+            absorbed = np.zeros(n_p, dtype=bool)
+            absorbed[sorted(self._absorbed)] = True
+            shift = shift.copy()
+            shift[absorbed] = np.nan
+            self._backfilled[absorbed] = False
+            labels[np.isin(labels, np.nonzero(absorbed)[0] + 1)] = 0
+            global_shift, n_found, spread = global_from_shifts(shift, partial)
         if tp.drop_still_particles:
             # whole ones only: a border-cut outline holds the frame's edge, which stays still
             still = (
@@ -489,15 +506,20 @@ class XanesTracker:
             self._executor = None
 
     # ------------------------------------------------------------------ frame 0
-    def _detect(self, od: np.ndarray) -> np.ndarray:
-        """Frame-0 labels by the detector ``params.detect.method`` selects."""
-        if self.params.detect.method == "learned":
+    def _detect(self, od: np.ndarray, *, size_scaled_seeds: bool = False) -> np.ndarray:
+        """Frame-0 labels by the detector ``params.detect.method`` selects; with
+        ``size_scaled_seeds`` the watershed seeds are spaced by the particle they sit in
+        (``detect.split_seeds="size_scaled"``)."""
+        params = self.params.detect
+        if size_scaled_seeds:
+            params = params.model_copy(update={"split_seeds": "size_scaled"})
+        if params.method == "learned":
             # imported here: torch loads only when the learned detector is chosen
             from pipelines.xanes.detect_learned import detect_particles_learned
 
-            return detect_particles_learned(od, params=self.params.detect)
+            return detect_particles_learned(od, params=params)
         prepared = remove_background(od, params=self.params.prepare)
-        return detect_particles(prepared, params=self.params.detect, background_removed=True)
+        return detect_particles(prepared, params=params, background_removed=True)
 
     def _window_for_label(
         self, labels: np.ndarray, k: int, box: tuple[slice, slice], area_px: int
@@ -552,6 +574,11 @@ class XanesTracker:
         self._shape = (int(od.shape[0]), int(od.shape[1]))
         labels = self._detect(od)
         self._labels = labels
+        inside = labels > 0
+        components, _ = ndimage.label(inside)
+        component_of = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
+        component_of[labels[inside]] = components[inside]  # a label lies in one component
+        self._component = component_of[1:].tolist()
         tp = self.params.track
         areas = np.bincount(labels.ravel())
         for k, box in enumerate(ndimage.find_objects(labels)):
@@ -732,12 +759,14 @@ class XanesTracker:
         occupied = moved > 0
         areas = np.bincount(labels.ravel())
         tracked_areas = np.bincount(moved.ravel(), minlength=self.n_particles + 1)
-        joined = []
+        joined = 0
+        refused = np.zeros(labels.shape, dtype=bool)
         for k, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
                 continue
             own = labels[box] == k + 1
             if np.count_nonzero(occupied[box] & own) > 0.1 * np.count_nonzero(own):
+                refused[box] |= own
                 if not self.params.track.redetect_by_both_overlaps:
                     self._maybe_new_outline(edges, labels, k, box, moved, result)
                     continue
@@ -745,32 +774,16 @@ class XanesTracker:
                     edges, labels, k, box, moved, tracked_areas, result
                 ):
                     continue
-            window = self._window_for_label(labels, k, box, int(areas[k + 1]))
-            origin_now = np.array(window.roi.origin)
-            edge = self._edge_template(edges, window, origin_now)
-            if edge.model is None:
-                continue
-            roi = ParticleRoi(
-                origin=(int(origin_now[0] - base[0]), int(origin_now[1] - base[1])),
-                shape=window.roi.shape,
-                mask=window.roi.mask,
-            )
-            window.roi = roi
-            window.com0 = window.com0 - g
-            edge.offset = g.copy()  # shift of the particle when its template was taken
-            window.edge = edge
-            window.anchor_pending = True
-            window.last_shift = g.copy()
-            window.last_coarse = self._coarse_global.copy()
-            self._particles.append(window)
-            self._stacks.append([None] * (len(self._results)))
-            crop = self._local_background_free(od, origin_now, window)
-            self._stacks[-1].append(shift_image(crop, -(g - base)).astype(np.float32))
-            self._paint_label(window, len(self._particles))
-            joined.append(g)
+                refused[box] &= ~own
+            joined += self._join(od, edges, labels, k, box, int(areas[k + 1]), g)
+        fine = self._detect(od, size_scaled_seeds=True) if refused.any() else None
+        if fine is not None and self._fragment_candidates:
+            self._absorb_unsplit(fine, moved)
+        if fine is not None and self.params.track.redetect_split_refused:
+            joined += self._join_split_off(od, edges, fine, refused, occupied, g)
         if not joined:
             return result
-        n = len(joined)
+        n = joined
         return FrameResult(
             index=result.index,
             energy=result.energy,
@@ -787,6 +800,75 @@ class XanesTracker:
             partial=self._partial(),
             trusted=result.trusted,
         )
+
+    def _join(
+        self,
+        od: np.ndarray,
+        edges: FrameEdges,
+        labels: np.ndarray,
+        k: int,
+        box: tuple[slice, slice],
+        area: int,
+        g: np.ndarray,
+    ) -> bool:
+        """Object ``k + 1`` of a re-detection joins as a new particle with this frame as its
+        reference, brought into frame-0 geometry by the frame's global shift ``g``."""
+        base = np.round(g).astype(int)
+        window = self._window_for_label(labels, k, box, area)
+        origin_now = np.array(window.roi.origin)
+        edge = self._edge_template(edges, window, origin_now)
+        if edge.model is None:
+            return False
+        window.roi = ParticleRoi(
+            origin=(int(origin_now[0] - base[0]), int(origin_now[1] - base[1])),
+            shape=window.roi.shape,
+            mask=window.roi.mask,
+        )
+        window.com0 = window.com0 - g
+        edge.offset = g.copy()  # shift of the particle when its template was taken
+        window.edge = edge
+        window.anchor_pending = True
+        window.last_shift = g.copy()
+        window.last_coarse = self._coarse_global.copy()
+        self._particles.append(window)
+        self._stacks.append([None] * (len(self._results)))
+        crop = self._local_background_free(od, origin_now, window)
+        self._stacks[-1].append(shift_image(crop, -(g - base)).astype(np.float32))
+        self._paint_label(window, len(self._particles))
+        return True
+
+    def _join_split_off(
+        self,
+        od: np.ndarray,
+        edges: FrameEdges,
+        fine: np.ndarray,
+        refused: np.ndarray,
+        occupied: np.ndarray,
+        g: np.ndarray,
+    ) -> int:
+        """Particles split off objects that were refused for overlapping tracked particles.
+
+        A re-detected object can hold a tracked particle and an untracked neighbour it touches
+        (the neighbour was too faint on the earlier frames, and the seed spacing fitted to a
+        typical particle merged the two). The frame is segmented again with watershed seeds
+        spaced by the size of the particle they sit in (``detect.split_seeds="size_scaled"``);
+        a region of ``fine`` (the frame segmented so) inside the refused objects with at most
+        10 % of it on tracked particles joins: the tracked particle's footprint says which part
+        of the object is already tracked.
+        """
+        areas = np.bincount(fine.ravel())
+        joined = 0
+        for k, box in enumerate(ndimage.find_objects(fine)):
+            if box is None:
+                continue
+            own = fine[box] == k + 1
+            n_own = np.count_nonzero(own)
+            if np.count_nonzero(refused[box] & own) < 0.9 * n_own:
+                continue
+            if np.count_nonzero(occupied[box] & own) > 0.1 * n_own:
+                continue
+            joined += self._join(od, edges, fine, k, box, int(areas[k + 1]), g)
+        return joined
 
     def _joins_despite_overlap(
         self,
@@ -820,11 +902,54 @@ class XanesTracker:
             for tracked in np.nonzero(held)[0].tolist():
                 if self._lost(tracked - 1, result):
                     self._retemplate(tracked - 1, edges, labels, k, box, result)
+            self._absorb_fragments(np.nonzero(held)[0] - 1, tracked_areas[held], area)
             return False
         if counts.max() >= 0.5 * area or held.any():
             self._maybe_new_outline(edges, labels, k, box, moved, result)
             return False
         return int(counts.sum()) <= 0.5 * area
+
+    def _absorb_fragments(self, held: np.ndarray, held_areas: np.ndarray, area: int) -> None:
+        """Tracked particles ``held`` (0-based) lie in one re-detected object of ``area`` px,
+        cut from one frame-0 component by the watershed. The largest stays; each other one under
+        ``track.absorb_fragment_fraction`` of the object is a candidate fragment of it
+        (:meth:`_absorb_unsplit` decides)."""
+        fraction = self.params.track.absorb_fragment_fraction
+        if fraction is None or len(held) < 2:
+            return
+        largest = int(held[int(np.argmax(held_areas))])
+        component = self._component[largest] if largest < len(self._component) else -1
+        if component < 0:
+            return
+        for index, footprint in zip(held.tolist(), held_areas.tolist(), strict=True):
+            if (
+                index != largest
+                and index < len(self._component)
+                and self._component[index] == component
+                and footprint < fraction * area
+            ):
+                self._fragment_candidates.append((int(index), largest))
+
+    def _absorb_unsplit(self, fine: np.ndarray, moved: np.ndarray) -> None:
+        """A candidate fragment is absorbed when the re-detection with size-scaled seeds
+        (``fine``, which keeps a small particle touching a large one apart) puts most of it in
+        the same region as the particle it was cut from: the brighter frame does not support
+        the frame-0 cut. Absorbed fragments are dropped at :meth:`finalize` (NaN, no label)."""
+
+        def region(index: int) -> int:
+            under = fine[moved == index + 1]
+            under = under[under > 0]
+            if under.size == 0:
+                return -1
+            counts = np.bincount(under)
+            best = int(np.argmax(counts))
+            return best if counts[best] >= 0.5 * np.count_nonzero(moved == index + 1) else -1
+
+        for fragment, largest in self._fragment_candidates:
+            own = region(fragment)
+            if own > 0 and own == region(largest):
+                self._absorbed.add(fragment)
+        self._fragment_candidates = []
 
     def _maybe_new_outline(
         self,

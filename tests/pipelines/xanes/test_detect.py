@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from pipelines.xanes.detect import detect_particles, label_maxima, relabel_by_area
+from pipelines.xanes.params import DetectParams
 from pipelines.xanes.prepare import optical_density, remove_background
 from tests.pipelines.xanes.conftest import truth_index
 
@@ -87,3 +88,40 @@ def test_label_maxima_is_ndimage_maximum(seed, rows, cols):
         return
     expected = ndimage.maximum(values, labels, np.arange(1, n + 1))
     np.testing.assert_array_equal(label_maxima(values, labels, n), expected)
+
+
+def _disc_frame(discs, shape=(512, 512), noise=0.01, seed=0):
+    """Optical density of flat-topped discs ``(row, col, radius, od)`` on a noisy background,
+    with the truth labels (later discs on top)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    od = rng.normal(0.0, noise, shape)
+    truth = np.zeros(shape, dtype=np.int32)
+    for k, (r, c, radius, value) in enumerate(discs):
+        inside = (rows - r) ** 2 + (cols - c) ** 2 <= radius**2
+        od[inside] += value
+        truth[inside] = k + 1
+    return od.astype(np.float32), truth
+
+
+def _majority(labels, truth):
+    return {
+        k: int(np.bincount(truth[labels == k]).argmax()) for k in range(1, int(labels.max()) + 1)
+    }
+
+
+def test_small_particle_touching_a_large_one_gets_its_own_label_with_size_scaled_seeds():
+    # a 9 px particle overlapping a 60 px one by 2 px: its distance-transform peak lies within
+    # a typical particle's seed spacing of the large particle's deeper pixels, not within the
+    # large particle's own inscribed disc
+    od, truth = _disc_frame([(256, 256, 60, 0.3), (256, 256 + 67, 9, 0.3)])
+    typical = detect_particles(od, background_removed=True)
+    assert sorted(_majority(typical, truth).values()) == [1]  # the typical spacing merges it
+    labels = detect_particles(
+        od, params=DetectParams(split_seeds="size_scaled"), background_removed=True
+    )
+    majority = _majority(labels, truth)
+    assert sorted(majority.values()) == [1, 2], majority
+    small = [k for k, t in majority.items() if t == 2][0]
+    assert np.sum((labels == small) & (truth == 2)) >= 0.5 * np.sum(truth == 2)
+    assert np.sum(labels == small) <= 2 * np.sum(truth == 2)
