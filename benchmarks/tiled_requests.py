@@ -59,7 +59,7 @@ def parse(text: str) -> list[Request]:
     for line in _ANSI.sub("", text).splitlines():
         m = _ACCESS.search(line)
         if m is not None:
-            path = m["target"].split("?", 1)[0]
+            path = re.sub("/+", "/", m["target"].split("?", 1)[0])
             found.append(Request(m["method"], path, int(m["status"])))
     return found
 
