@@ -36,7 +36,9 @@ invocation. The machine's load average is printed beside them: on a shared machi
 cores the ratio says as much about the load as about beamwatch. So are the CPU seconds each
 worker, each feed child (the Tiled server above all: every worker writes to it) and this
 script used meanwhile: a worker using far less CPU than the time it took waited for something
-else, and more workers cannot make that faster.
+else, and more workers cannot make that faster. And so are the requests the Tiled server
+answered in that time, per run and by kind (metadata reads, node creations, array writes,
+...), counted from its access log (``benchmarks.tiled_requests``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import tiled_requests
 from benchmarks.stack import Stack, free_port, running_stack
 from services.core.layout import CRACKS, FRAMES, PARTICLES, XANES
 
@@ -91,6 +94,9 @@ class Case:
     #: worker's, and each feed child's and this script's (its polling of Tiled)
     worker_cpu_s: list[float] = field(default_factory=list)
     feed_cpu_s: dict[str, float] = field(default_factory=dict)
+    #: requests the Tiled server answered from the workers' launch to the last run released,
+    #: per kind (``benchmarks.tiled_requests``, from its access log)
+    tiled_requests: dict[str, int] = field(default_factory=dict)
 
 
 @functools.cache
@@ -389,6 +395,8 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
         client = stack.client()
         uids = queue_runs(stack, args)
         logger.warning("%d runs queued; starting %d worker(s)", len(uids), n_workers)
+        tiled_log = stack.settings.data_dir / "logs" / "tiled.log"
+        log_at_launch = tiled_log.stat().st_size
         t_launch = time.monotonic()
         feed_cpu_at_launch = feed_cpu_seconds(stack)
         workers = start_workers(
@@ -419,6 +427,7 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
                         raise RuntimeError(f"a worker exited ({proc.returncode}); see {data_dir}")
                 time.sleep(0.2)
             t_done = time.monotonic()
+            log_at_done = tiled_log.stat().st_size
             case.worker_cpu_s = [tree_cpu_seconds(proc.pid) for proc, _ in workers]
             case.feed_cpu_s = {
                 name: used - feed_cpu_at_launch.get(name, float("nan"))
@@ -426,6 +435,11 @@ def run_case(n_workers: int, args: argparse.Namespace, data_dir: Path) -> Case:
             }
             case.load_average = os.getloadavg()[0]
             case.from_launch_s = t_done - t_launch
+            case.tiled_requests = dict(
+                tiled_requests.count_kinds(
+                    tiled_requests.read_log(tiled_log, log_at_launch, log_at_done)
+                )
+            )
             case.from_first_claim_s = t_done - t_claim
             if wrong := not_complete(client, uids, args.kind):
                 case.problems.append(f"every run released, not complete in Tiled: {wrong}")
@@ -516,6 +530,13 @@ def format_cases(cases: list[Case], args: argparse.Namespace) -> str:
             f"    CPU s from launch to done ({c.from_launch_s:.1f} s): "
             f"workers {workers_cpu}; {feed}"
         )
+        total = sum(c.tiled_requests.values())
+        kinds = ", ".join(
+            f"{name} {c.tiled_requests[name] / c.runs:.1f}"
+            for name in tiled_requests.KINDS
+            if c.tiled_requests.get(name)
+        )
+        lines.append(f"    Tiled requests per run: {total / c.runs:.1f} ({kinds})")
     return "\n".join(lines)
 
 

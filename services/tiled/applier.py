@@ -186,15 +186,67 @@ class TiledApplier:
         self._unindexed: set[tuple[str, ...]] = set()
         #: external frame arrays: node, its data source id, frames advertised
         self._external: dict[tuple[str, ...], tuple[Any, int, int]] = {}
+        #: whole arrays this applier wrote (or replaced): they exist, so the next replacement
+        #: deletes them without looking them up first
+        self._whole: set[tuple[str, ...]] = set()
+        #: containers this applier created: what goes in them is created without a lookup
+        self._created: set[tuple[str, ...]] = set()
 
-    def _container(self, path: list[str], metadata: dict[str, Any] | None = None) -> Any:
-        """The container at ``path``, created if missing; cached (containers are never removed)."""
+    # ---- nodes: created once, looked up only when their state in Tiled is not known ---------
+    #
+    # A run costs the one Tiled server more CPU than its analysis worker (README, "Worker
+    # scaling"), so no request is made whose answer this applier knows already: the
+    # containers it created or found are cached (containers are never removed), and an array
+    # or table that a run's writes make for the first time is created at once, without asking
+    # first whether it exists. Tiled answers 409 when it does (a replay after a crash, a
+    # JetStream redelivery, a retry of a write that committed before its answer was lost):
+    # then, and only then, it is looked up and the write goes on as before (rows at known
+    # offsets, a whole array replaced). The reads that a correctness rule needs stay: the
+    # status in Tiled before a non-final status is written (:meth:`_without_stale_status`),
+    # the ``rejected_writes`` before ``complete`` (:meth:`_metadata`), the rows of a raw run
+    # before it is called ``complete`` (:meth:`_raw_rows_checked`), and a table's length
+    # after a failure or a restart (:meth:`_table_rows`).
+
+    def _container(self, path: list[str] | tuple[str, ...]) -> Any:
+        """The container at ``path``, cached: one lookup of the whole path the first time
+        (none under a container this applier created); a missing one is created (``{}``
+        metadata) under its parent, resolved likewise."""
         ident = tuple(path)
+        if not ident:
+            return self.client
         node = self._containers.get(ident)
-        if node is None:
-            node = ensure_container(self.client, path, metadata)
-            self._containers[ident] = node
+        if node is not None:
+            return node
+        if ident[:-1] in self._created:
+            # under a container this applier made: created at once (409: taken as it is)
+            return self._create_container(ident, {})[0]
+        try:
+            node = self.client[ident]
+        except KeyError:
+            node, _created = self._create_container(ident, {})
+        self._containers[ident] = node
         return node
+
+    def _create_container(
+        self, path: tuple[str, ...], metadata: dict[str, Any]
+    ) -> tuple[Any, bool]:
+        """The container at ``path`` and whether this call created it (with ``metadata``):
+        created at once under its (cached) parent; taken as it is when Tiled answers 409."""
+        node = self._containers.get(path)
+        if node is not None:
+            return node, False
+        parent = self._container(path[:-1])
+        try:
+            node = parent.create_container(key=path[-1], metadata=metadata)
+            created = True
+        except Exception as exc:
+            if not _is_conflict(exc):
+                raise
+            node, created = parent[path[-1]], False
+        self._containers[path] = node
+        if created:
+            self._created.add(path)
+        return node, created
 
     def __call__(self, record: Record) -> None:
         # a write of this run that outlived its timeout is waited for (services.tiled.settling)
@@ -268,7 +320,7 @@ class TiledApplier:
         (``rejected_writes``) is written ``incomplete``, and a notice written after a
         ``complete`` status makes it ``incomplete``.
         """
-        node = self._container(list(record.path))
+        node = self._container(record.path)
         metadata = self._without_stale_status(record.path, record.metadata)
         if not metadata:
             return
@@ -276,7 +328,10 @@ class TiledApplier:
         if status is not None and status[0] == tuple(record.path):
             key = status[1]
             if record.notice or metadata.get(key) == Status.COMPLETE:
-                current = self.client[tuple(record.path)].metadata  # fresh, not the cached node's
+                # Read from Tiled, never from a cache: the notice (or the ``complete``) may
+                # have been written by an earlier process of this worker (a replay after a
+                # crash) or by another worker that held the run, which nothing here knows of.
+                current = self.client[tuple(record.path)].metadata
                 if record.notice and current.get(key) == Status.COMPLETE:
                     metadata = {**metadata, key: Status.INCOMPLETE.value}
                 elif not record.notice and current.get(METADATA.rejected_writes):
@@ -319,8 +374,10 @@ class TiledApplier:
             if not count:
                 continue
             try:
-                node = self.client[(*path, stream)]
-                table = getattr(node, "base", node)["internal"].read(["seq_num"])
+                # the stream's table by its whole path, one lookup (a stream is a composite
+                # node, whose table is ``base["internal"]``: two); read from Tiled, never
+                # from the writer's state, which is what this checks
+                table = self.client[(*path, stream, "internal")].read(["seq_num"])
                 present = {int(s) for s in table["seq_num"]}
             except KeyError:
                 present = set()
@@ -341,7 +398,11 @@ class TiledApplier:
         }
 
     def _container_record(self, record: Container) -> None:
-        node = self._container(list(record.path), record.metadata)
+        node, created = self._create_container(tuple(record.path), dict(record.metadata or {}))
+        if created:
+            # made by this very request with the record's metadata: no older metadata to
+            # merge with, and no status in Tiled that this one could be stale against
+            return
         metadata = self._without_stale_status(record.path, record.metadata or {})
         if metadata:
             node.update_metadata(metadata=metadata, drop_revision=True)
@@ -366,7 +427,9 @@ class TiledApplier:
         if metadata.get(key) not in _NEVER_OVER_FINAL:
             return metadata
         try:
-            current = self.client[tuple(path)].metadata.get(key)  # fresh, not a cached node's
+            # Read from Tiled, never from a cache (not even when this applier created the
+            # node): the writer that finished the run is another process.
+            current = self.client[tuple(path)].metadata.get(key)
         except KeyError:
             return metadata
         if current not in _FINAL_IN_TILED:
@@ -379,14 +442,40 @@ class TiledApplier:
         )
         return {k: v for k, v in metadata.items() if k != key}
 
+    def _replace(self, parent: Any, ident: tuple[str, ...], create: Any) -> Any:
+        """``create()`` the array node ``ident`` (under ``parent``), replacing the node of
+        that key if there is one: without a lookup first when this applier wrote it (it
+        exists), else created at once, and deleted and created again when Tiled answers 409
+        (a replay, a retry of a write that committed, another process's array)."""
+        key = ident[-1]
+        known = ident in self._whole or ident in self._arrays
+        self._whole.discard(ident)  # (a failure below leaves it unknown: the retry asks Tiled)
+        self._arrays.pop(ident, None)
+        if known:
+            parent.delete_contents([key], external_only=False)
+            node = create()
+        else:
+            try:
+                node = create()
+            except Exception as exc:
+                if not _is_conflict(exc):
+                    raise
+                parent.delete_contents([key], external_only=False)
+                node = create()
+        self._whole.add(ident)
+        return node
+
     def _array(self, record: ArrayWrite) -> None:
-        parent = self._container(list(record.path))
+        parent = self._container(record.path)
         key = record.key
         array = np.asarray(record.array)
-        if key in parent:
-            parent.delete_contents([key], external_only=False)
-        write_whole_array(parent, array, key=key, dims=record.dims, metadata=record.metadata)
-        self._arrays.pop((*record.path, key), None)
+        self._replace(
+            parent,
+            (*record.path, key),
+            lambda: write_whole_array(
+                parent, array, key=key, dims=record.dims, metadata=record.metadata
+            ),
+        )
 
     def _array_file(self, record: ArrayFile) -> None:
         """Write (or replace) a whole array from its npy file, one block of about
@@ -402,14 +491,16 @@ class TiledApplier:
         from tiled.structures.data_source import DataSource
 
         array = np.load(record.file, mmap_mode="r", allow_pickle=False)
-        parent = self._container(list(record.path))
+        parent = self._container(record.path)
         key = record.key
-        if key in parent:
-            parent.delete_contents([key], external_only=False)
-        self._arrays.pop((*record.path, key), None)
+        ident = (*record.path, key)
         if array.ndim == 0 or array.shape[0] == 0:
-            write_whole_array(
-                parent, np.asarray(array), key=key, dims=record.dims, metadata=record.metadata
+            self._replace(
+                parent,
+                ident,
+                lambda: write_whole_array(
+                    parent, np.asarray(array), key=key, dims=record.dims, metadata=record.metadata
+                ),
             )
             return
         step = block_rows(array.shape, array.dtype.itemsize)
@@ -421,11 +512,15 @@ class TiledApplier:
             dims=record.dims,
             data_type=BuiltinDtype.from_numpy_dtype(array.dtype),
         )
-        node = parent.new(
-            StructureFamily.array,
-            [DataSource(structure=structure, structure_family=StructureFamily.array)],
-            key=key,
-            metadata=record.metadata,
+        node = self._replace(
+            parent,
+            ident,
+            lambda: parent.new(
+                StructureFamily.array,
+                [DataSource(structure=structure, structure_family=StructureFamily.array)],
+                key=key,
+                metadata=record.metadata,
+            ),
         )
         zeros = (0,) * (array.ndim - 1)
         for i, start in enumerate(range(0, array.shape[0], step)):
@@ -443,21 +538,35 @@ class TiledApplier:
         if rows.size == 0:
             logger.debug("%s: empty block %s not written", record.key, rows.shape)
             return
-        parent = self._container(list(record.path))
+        parent = self._container(record.path)
         key = record.key
         ident = (*record.path, key)
         axis = record.axis
         offset = record.offset
         cached = self._arrays.get(ident)
-        if cached is None and key in parent:
-            node = parent[key]
-            cached = self._arrays[ident] = (node, int(node.shape[axis]))
+        if cached is None and offset == 0:
+            # the array's first rows: created at once (409: it is there already, below)
+            try:
+                node = parent.write_array(rows, key=key, dims=record.dims, metadata=record.metadata)
+            except Exception as exc:
+                if not _is_conflict(exc):
+                    raise
+            else:
+                self._arrays[ident] = (node, rows.shape[axis])
+                self._whole.discard(ident)
+                return
         if cached is None:
-            if offset != 0:
-                raise PermanentWriteError(f"{key}: first rows must start at offset 0, got {offset}")
-            node = parent.write_array(rows, key=key, dims=record.dims, metadata=record.metadata)
-            self._arrays[ident] = (node, rows.shape[axis])
-            return
+            # made by an earlier process or a request whose answer was lost: its length in
+            # Tiled says which of these rows are in already
+            try:
+                node = parent[key]
+            except KeyError:
+                if offset != 0:
+                    raise PermanentWriteError(
+                        f"{key}: first rows must start at offset 0, got {offset}"
+                    ) from None
+                raise  # 409 a moment ago, gone now (deleted): retried
+            cached = self._arrays[ident] = (node, int(node.shape[axis]))
         node, current = cached
         if offset > current:
             raise PermanentWriteError(f"{key}: rows at offset {offset} leave a gap after {current}")
@@ -514,37 +623,18 @@ class TiledApplier:
         table = pa.table({k: list(v) for k, v in record.rows.items()})
         if table.num_rows == 0:
             return  # no rows (no particle in a frame): nothing to append, no error
-        parent = self._container(list(record.path))
+        parent = self._container(record.path)
         key = record.key
-        untyped = [f.name for f in table.schema if pa.types.is_null(f.type)]
-        if untyped and key not in parent:
-            # Tiled answers HTTP 500 "Unsupported PyArrow type: null" to such a table, forever.
-            raise PermanentWriteError(
-                f"{key}: columns {untyped} hold only nulls (no type); Tiled cannot create "
-                "a table with a null-typed column"
-            )
         ident = (*record.path, key)
         offset = record.offset
         node = self._tables.get(ident)
-        if node is None and key in parent:
-            node = self._tables[ident] = parent[key]
-            self._uncertain.add(ident)
-            if ROW_INDEX not in node.columns:
-                # made before its rows had an index (a run replayed across an upgrade): its
-                # rows keep the storage's order, and later ones fit its schema
-                self._unindexed.add(ident)
         if node is None:
-            if offset > 0:
-                raise PermanentWriteError(f"{key}: first rows must start at row 0, got {offset}")
-            # rows read back by row_index (or seq_num) on every table storage
-            node = self._tables[ident] = create_ordered_table(parent, table.schema, key=key)
-            self._table_len[ident] = 0
-            if ROW_INDEX not in table.column_names:
-                self._unindexed.add(ident)  # (a record spooled before row_index existed)
+            node = self._open_table(parent, ident, table, offset)
         if ident in self._unindexed and ROW_INDEX in table.column_names:
             table = table.drop_columns([ROW_INDEX])
         if ident in self._uncertain and offset >= 0:
-            # After a failure or a restart the table may already hold these rows.
+            # After a failure or a restart the table may already hold these rows: its length
+            # is read from Tiled (kept: exactly-once appends rest on it).
             self._table_len[ident] = len(node.read())
             self._uncertain.discard(ident)
         current = self._table_len.get(ident, offset)
@@ -564,6 +654,50 @@ class TiledApplier:
             self._uncertain.add(ident)
             raise
         self._table_len[ident] = current + table.num_rows
+
+    def _open_table(self, parent: Any, ident: tuple[str, ...], table: Any, offset: int) -> Any:
+        """The table ``ident`` for rows at ``offset``: created at once when they are its
+        first (409: it is there already), else looked up; an existing one's length is read
+        before the first append (``_uncertain``)."""
+        import pyarrow as pa
+
+        key = ident[-1]
+        untyped = [f.name for f in table.schema if pa.types.is_null(f.type)]
+        if offset <= 0 and not untyped:
+            try:
+                # rows read back by row_index (or seq_num) on every table storage
+                node = create_ordered_table(parent, table.schema, key=key)
+            except Exception as exc:
+                if not _is_conflict(exc):
+                    raise
+            else:
+                self._tables[ident] = node
+                self._table_len[ident] = 0
+                if ROW_INDEX not in table.column_names:
+                    self._unindexed.add(ident)  # (a record spooled before row_index existed)
+                return node
+        try:
+            node = parent[key]
+        except KeyError:
+            if untyped:
+                # Tiled answers HTTP 500 "Unsupported PyArrow type: null" to such a table,
+                # forever.
+                raise PermanentWriteError(
+                    f"{key}: columns {untyped} hold only nulls (no type); Tiled cannot create "
+                    "a table with a null-typed column"
+                ) from None
+            if offset > 0:
+                raise PermanentWriteError(
+                    f"{key}: first rows must start at row 0, got {offset}"
+                ) from None
+            raise  # 409 a moment ago, gone now (deleted): retried
+        self._tables[ident] = node
+        self._uncertain.add(ident)
+        if ROW_INDEX not in node.columns:
+            # made before its rows had an index (a run replayed across an upgrade): its
+            # rows keep the storage's order, and later ones fit its schema
+            self._unindexed.add(ident)
+        return node
 
 
 #: Bytes per request when an array is written from its file (:class:`ArrayFile`).

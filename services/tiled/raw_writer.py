@@ -73,6 +73,8 @@ class IdempotentRunWriter(_RunWriter):
         self._uncertain_tables: set[str] = set()
         self._seq_nums_in_table: dict[str, set[int]] = {}
         self._consumed: set[tuple[str, int, int]] = set()
+        #: streams whose node this writer created (not adopted after a 409)
+        self._created_streams: set[str] = set()
 
     # ---- containers: take what a failed request created -----------------------------------------
     def start(self, doc: Any) -> None:  # type: ignore[override]
@@ -87,6 +89,7 @@ class IdempotentRunWriter(_RunWriter):
     def descriptor(self, doc: Any) -> None:  # type: ignore[override]
         try:
             super().descriptor(doc)
+            self._created_streams.add(doc["name"])
         except Exception as exc:
             if not is_conflict(exc) or self.root_node is None:
                 raise
@@ -106,7 +109,11 @@ class IdempotentRunWriter(_RunWriter):
         is in the table already (a retry after a failure or a timeout that committed)."""
         desc_node = self._desc_nodes[docs[0]["descriptor"]]
         desc_name = desc_node.item["id"]
-        if desc_name not in self._internal_tables and "internal" in desc_node:
+        # A stream node this writer has just created holds no table until its first append,
+        # and an append that failed marks the stream uncertain: only then (or for a stream
+        # made by an earlier process) is Tiled asked whether a table is there.
+        known_empty = desc_name in self._created_streams and desc_name not in self._uncertain_tables
+        if desc_name not in self._internal_tables and not known_empty and "internal" in desc_node:
             self._internal_tables[desc_name] = desc_node["internal"]  # made by a failed request
             self._uncertain_tables.add(desc_name)
         if desc_name in self._uncertain_tables:
