@@ -31,15 +31,18 @@ def identity(tiles: np.ndarray) -> np.ndarray:
     batch=st.integers(1, 5),
     seed=st.integers(0, 2**16),
     dtype=st.sampled_from([np.float32, np.uint16, np.int32]),
+    multiple=st.sampled_from([1, 8, 16]),
 )
 def test_identity_model_returns_input_exactly(
-    height, width, n_slices, tile, overlap_share, batch, seed, dtype
+    height, width, n_slices, tile, overlap_share, batch, seed, dtype, multiple
 ) -> None:
     rng = np.random.default_rng(seed)
     image = rng.random((n_slices, height, width)) * 1000 - (0 if dtype is np.uint16 else 300)
     image = image.astype(dtype)
     overlap = int(overlap_share * (tile - 1))
-    out = apply_tiled(image, identity, tile_size=tile, overlap=overlap, batch_size=batch)
+    out = apply_tiled(
+        image, identity, tile_size=tile, overlap=overlap, batch_size=batch, multiple=multiple
+    )
     assert out.dtype == image.dtype
     np.testing.assert_array_equal(out, image)
 
