@@ -54,6 +54,7 @@ from benchmarks.validation_sets import (
     training_family,
 )
 from models.crack_unet import (
+    SIZE_MULTIPLE,
     context_stacks,
     load_crack_unet,
     normalize_slices,
@@ -277,7 +278,7 @@ def bench_throughput(
     stacks = context_stacks(normalize_slices(recon, low, high))
     tiles = [
         stacks[t.index, :, t.y0 : t.y1, t.x0 : t.x1]
-        for t in iter_tiles(recon.shape, params.tile_size, params.overlap)
+        for t in iter_tiles(recon.shape, params.tile_size, params.overlap, SIZE_MULTIPLE)
     ]
     tile_model(np.stack(tiles[: params.batch_size]))  # warm-up
     map_cracks(recon[: min(4, shape[0])], params, model=model)  # warm-up

@@ -19,6 +19,7 @@ from skimage.filters import threshold_otsu, threshold_triangle
 from skimage.morphology import disk
 
 from models.crack_unet import (
+    SIZE_MULTIPLE,
     CrackUNet,
     context_stacks,
     load_crack_unet,
@@ -40,7 +41,7 @@ from pipelines.cracks.particle_mask import (
     surface_inlets,
 )
 from pipelines.cracks.quantify import DamageQuantification, QuantifyParams, quantify_damage
-from pipelines.cracks.tiling import TileModel, apply_tiled
+from pipelines.cracks.tiling import TileModel, apply_tiled, tiles_per_slice
 from pipelines.volumes import check_volume
 
 
@@ -49,8 +50,15 @@ class CrackParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tile_size: PositiveInt = 512
-    overlap: NonNegativeInt = 32
+    tile_size: PositiveInt = Field(
+        default=512,
+        description="Requested U-Net tile side: slices up to 1/8 larger are one tile, larger "
+        "ones the fewest tiles (sides multiples of 16, at most 1/8 longer) that keep the "
+        "overlap (pipelines.cracks.tiling.axis_tiles).",
+    )
+    overlap: NonNegativeInt = Field(
+        default=32, description="Minimum overlap of neighbouring tiles (blend ramp length)."
+    )
     batch_size: PositiveInt = 4
     threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Crack probability threshold."
@@ -281,10 +289,9 @@ def _segment(
     threshold: float,
     env_net: EnvelopeUNet | None = None,
 ) -> Iterator[CrackSlice]:
-    tiles_per_slice = max(1, -(-vol.shape[1] // p.tile_size)) * max(
-        1, -(-vol.shape[2] // p.tile_size)
+    chunk = max(
+        1, p.batch_size // tiles_per_slice(vol.shape, p.tile_size, p.overlap, SIZE_MULTIPLE)
     )
-    chunk = max(1, p.batch_size // tiles_per_slice)
 
     def finish(
         z: int, image: np.ndarray, prob: np.ndarray, env_prob: np.ndarray | None
@@ -361,6 +368,7 @@ def _segment(
             tile_size=p.tile_size,
             overlap=p.overlap,
             batch_size=p.batch_size,
+            multiple=SIZE_MULTIPLE,
         )
         env_probs: np.ndarray | list[None] = (
             predict_envelope_stacks(env_net, stacks, batch_size=p.batch_size)

@@ -31,29 +31,66 @@ class Tile:
     x1: int
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start positions of tiles covering ``length`` pixels.
+TILE_GROWTH_DIVISOR = 8
+"""A planned tile may be longer than the requested tile size by at most 1/8 of it per side
+(at most 27 % more pixels, so the memory of a tile stays bounded)."""
+
+
+def max_tile_side(tile: int) -> int:
+    """Longest tile side :func:`axis_tiles` may plan for a requested tile size."""
+    return tile + tile // TILE_GROWTH_DIVISOR
+
+
+def axis_tiles(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """Tile side and tile starts along one axis: the fewest tiles that keep the overlap.
+
+    A whole axis up to :func:`max_tile_side` (``tile`` plus 1/8) is one tile. A longer axis
+    gets ``n`` equal tiles whose side, rounded up to ``multiple``, is at most
+    :func:`max_tile_side` while neighbouring tiles overlap by at least ``overlap``; of these
+    plans, the one with the fewest pixels in all (then the fewest tiles) is taken, and it never
+    has more pixels than fixed tiles of ``tile``. For example 1024 px with ``tile=512,
+    overlap=32, multiple=16`` gives 2 tiles of 528 (1.03x the pixels per axis) instead of 3
+    tiles of 512 (1.5x).
 
     Parameters
     ----------
     length : int
         Image size along the axis.
     tile : int
-        Tile size; when ``length <= tile`` a single tile covers the axis.
+        Requested tile size.
     overlap : int
-        Minimum overlap between neighbouring tiles.
+        Minimum overlap between neighbouring tiles (``0 <= overlap < tile``).
+    multiple : int, optional
+        Tile sides of several tiles are rounded up to a multiple of this (a network's input
+        size factor); a single tile covering the axis keeps ``length``.
 
     Returns
     -------
-    list of int
-        Starts in increasing order; the last tile ends exactly at ``length``.
+    side : int
+        Tile length along the axis (``length`` when one tile covers it).
+    starts : list of int
+        Starts in increasing order; the first is 0 and the last tile ends exactly at
+        ``length``.
     """
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    n_tiles = int(np.ceil((length - tile) / step)) + 1
-    starts = np.linspace(0, length - tile, n_tiles)
-    return [int(round(s)) for s in starts]
+    limit = max_tile_side(tile)
+    if length <= limit:
+        return length, [0]
+    n_fixed = int(np.ceil((length - tile) / (tile - overlap))) + 1
+    side, n_tiles = tile, n_fixed
+    for n in range(2, n_fixed + 1):
+        needed = -(-(length + (n - 1) * overlap) // n)
+        rounded = -(-needed // multiple) * multiple
+        if n == n_fixed:  # as many tiles as fixed ones: never larger ones
+            rounded = min(rounded, tile)
+        if rounded <= limit and n * rounded < n_tiles * side:
+            side, n_tiles = rounded, n
+    span = length - side
+    return side, [(i * span) // (n_tiles - 1) for i in range(n_tiles)]
+
+
+def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list[int]:
+    """Start positions of the tiles of :func:`axis_tiles` (their side is ``axis_tiles(...)[0]``)."""
+    return axis_tiles(length, tile, overlap, multiple)[1]
 
 
 def ramp_weights(length: int, start: int, stop: int, total: int, overlap: int) -> np.ndarray:
@@ -86,12 +123,21 @@ def ramp_weights(length: int, start: int, stop: int, total: int, overlap: int) -
     return weights
 
 
-def iter_tiles(shape: tuple[int, ...], tile_size: int, overlap: int) -> Iterator[Tile]:
-    """Tiles covering every slice of an (S, H, W) stack, slice by slice."""
+def tiles_per_slice(shape: tuple[int, ...], tile_size: int, overlap: int, multiple: int = 1) -> int:
+    """Number of tiles :func:`iter_tiles` cuts one (H, W) slice of ``shape[-2:]`` into."""
+    height, width = shape[-2:]
+    return len(axis_tiles(height, tile_size, overlap, multiple)[1]) * len(
+        axis_tiles(width, tile_size, overlap, multiple)[1]
+    )
+
+
+def iter_tiles(
+    shape: tuple[int, ...], tile_size: int, overlap: int, multiple: int = 1
+) -> Iterator[Tile]:
+    """Tiles covering every slice of an (S, H, W) stack, slice by slice (:func:`axis_tiles`)."""
     n_slices, height, width = shape
-    ys = tile_starts(height, tile_size, overlap)
-    xs = tile_starts(width, tile_size, overlap)
-    th, tw = min(tile_size, height), min(tile_size, width)
+    th, ys = axis_tiles(height, tile_size, overlap, multiple)
+    tw, xs = axis_tiles(width, tile_size, overlap, multiple)
     for index in range(n_slices):
         for y0 in ys:
             for x0 in xs:
@@ -105,6 +151,7 @@ def apply_tiled(
     tile_size: int = 512,
     overlap: int = 32,
     batch_size: int = 4,
+    multiple: int = 1,
 ) -> np.ndarray:
     """Apply ``model`` to overlapping tiles of one slice or a stack of slices and blend.
 
@@ -117,11 +164,16 @@ def apply_tiled(
         Maps a batch (B, h, w) of tiles, or (B, C, h, w) for a 4-D ``images``, (dtype of
         ``images``) to outputs (B, h, w).
     tile_size : int, optional
-        Tile height and width (smaller images use a single tile of their own size).
+        Requested tile height and width. Images up to 1/8 larger use a single tile of their
+        own size; larger ones the fewest tiles of at most that size that keep ``overlap``
+        (:func:`axis_tiles`).
     overlap : int, optional
-        Minimum overlap between neighbouring tiles; the blend ramps across it.
+        Minimum overlap between neighbouring tiles; the blend ramps across ``overlap`` pixels.
     batch_size : int, optional
         Tiles per model call (tiles of several slices are batched together).
+    multiple : int, optional
+        Sides of tiles that do not cover a whole axis are multiples of this (the model's
+        input size factor, so it needs no padding).
 
     Returns
     -------
@@ -143,16 +195,18 @@ def apply_tiled(
         raise ValueError(f"overlap must be in [0, tile_size), got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
     out_shape = (arr.shape[0], *arr.shape[-2:])
     _, height, width = out_shape
-    if height <= tile_size and width <= tile_size:
+    if tiles_per_slice(out_shape, tile_size, overlap, multiple) == 1:
         # one tile per slice: every weight is 1, the blend is the model output itself
         whole = _apply_whole(arr, model, batch_size)
         return whole[0] if single else whole
     acc = np.zeros(out_shape, dtype=np.float64)
     norm = np.zeros(out_shape, dtype=np.float64)
     out_dtype: np.dtype | None = None
-    tiles = list(iter_tiles(out_shape, tile_size, overlap))
+    tiles = list(iter_tiles(out_shape, tile_size, overlap, multiple))
     for b0 in range(0, len(tiles), batch_size):
         batch = tiles[b0 : b0 + batch_size]
         inputs = np.stack([arr[t.index, ..., t.y0 : t.y1, t.x0 : t.x1] for t in batch])

@@ -155,7 +155,10 @@ def register(subparsers: Any) -> None:
         "CrackParams.inlet_radius_px)",
     )
     cmap.add_argument(
-        "--tile-size", type=int, default=512, help="U-Net tile side (px) for large slices"
+        "--tile-size",
+        type=int,
+        default=512,
+        help="U-Net tile side (px) for large slices (tiles may be up to 1/8 longer)",
     )
     cmap.add_argument("--overlap", type=int, default=32, help="overlap of the tiles (px)")
     cmap.add_argument(
