@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from services.slabs.cluster import run_tasks
-from services.slabs.stores import VolumeRef, create_zarr, open_volume, write_slices
+from services.slabs.stores import (
+    StoredSlices,
+    VolumeRef,
+    create_zarr,
+    open_volume,
+    write_slices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -503,14 +509,10 @@ def _instance_task(
     p = InstanceParams(**params)
     with open_volume(volume) as array:
         depth = array.shape[0]
-        lo, hi = max(0, z0 - halo), min(depth, z1 + halo)
-        slab = np.asarray(array[lo:hi])
-    read: dict[str, np.ndarray] = {}
-    for name, ref in maps.items():
-        with open_volume(ref) as array:
-            read[name] = np.asarray(array[lo:hi])
-    labels = instance_slab(slab, levels, InstanceMaps(**read), p)
-    del slab, read
+    lo, hi = max(0, z0 - halo), min(depth, z1 + halo)
+    # read by the steps that need them (the slab's peak memory: BYTES_PER_VOXEL)
+    stored: dict[str, Any] = {name: StoredSlices(ref, lo, hi) for name, ref in maps.items()}
+    labels = instance_slab(StoredSlices(volume, lo, hi), levels, InstanceMaps(**stored), p)
     core = labels[z0 - lo : z1 - lo]
     write_slices(out, z0, core)
     # the two planes around each border: (z0 - 1, z0) below, (z1 - 1, z1) above
