@@ -57,6 +57,18 @@ def normalize_slices(volume: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.asarray(volume, dtype=np.float32) - np.float32(low)) * scale
 
 
+def normalize_slices_inplace(volume: np.ndarray, low: float, high: float) -> np.ndarray:
+    """:func:`normalize_slices` of a writeable float32 array, written into it (returned)."""
+    if not high > low:
+        raise ValueError(f"high must be > low, got low={low}, high={high}")
+    if volume.dtype != np.float32 or not volume.flags.writeable:
+        raise ValueError(f"volume must be a writeable float32 array, got {volume.dtype}")
+    scale = np.float32(1.0 / (high - low))
+    np.subtract(volume, np.float32(low), out=volume)
+    np.multiply(volume, scale, out=volume)
+    return volume
+
+
 def reference_levels(volume: np.ndarray, max_samples: int = 2_000_000) -> tuple[float, float]:
     """Intensity levels used to normalise a whole volume before segmentation.
 

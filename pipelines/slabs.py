@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from models.crack_unet import CrackUNet, normalize_slices
+from models.crack_unet import CrackUNet, normalize_slices, normalize_slices_inplace
 from models.envelope_unet import EnvelopeUNet
 from models.particle_unet import ParticleUNet
 from pipelines.cracks.segment import (
@@ -40,7 +41,8 @@ from pipelines.cracks.segment import (
 from pipelines.particles.instances import (
     InstanceMaps,
     InstanceParams,
-    instances_from_network,
+    accept_instances,
+    labels_from_maps,
     predict_instance_maps,
 )
 from pipelines.volumes import check_volume
@@ -206,10 +208,12 @@ def instance_maps_slab(
 
 
 def instance_slab(
-    slab: np.ndarray,
+    slab: npt.ArrayLike,
     levels: tuple[float, float],
     maps: InstanceMaps,
     params: InstanceParams | None = None,
+    *,
+    overwrite_input: bool = False,
 ) -> np.ndarray:
     """Particle instances of a slab read with context, from the networks' stored maps.
 
@@ -222,6 +226,15 @@ def instance_slab(
     maps : InstanceMaps
         The maps of the same slices (:func:`instance_maps_slab`).
     params : InstanceParams, optional
+    overwrite_input : bool, optional
+        Use the memory of ``slab`` (when float32) and of the distance map as workspace
+        (``slab`` ends up normalised, the distance smoothed): two float32 volumes less.
+
+    ``slab`` and the maps may also be array-likes read when a step needs them
+    (``numpy.asarray``, and slices along z), e.g. slices of Zarr arrays, as the slab tasks
+    pass them: the distance and foreground are then read for the watershed, the envelope for
+    its merge and the grey levels for the last checks, and no volume is held longer than the
+    step that uses it (:data:`services.slabs.tomo.BYTES_PER_VOXEL`).
 
     Returns
     -------
@@ -230,9 +243,28 @@ def instance_slab(
         core and uses the planes around the borders to match labels with its neighbours.
     """
     p = params if params is not None else InstanceParams()
-    vol = check_volume(slab, "slab")
+    if len(np.shape(slab)) != 3 or np.shape(slab) != np.shape(maps.foreground):
+        raise ValueError(f"slab {np.shape(slab)} and maps {np.shape(maps.foreground)} differ")
+    fresh = not isinstance(maps.distance, np.ndarray)  # read for this call
+    labels = labels_from_maps(
+        maps.foreground,
+        maps.distance,
+        p,
+        envelope=maps.envelope,
+        envelope_threshold=p.envelope_threshold,
+        envelope_probability=maps.envelope,
+        overwrite_distance=overwrite_input or fresh,
+    )
+    vol = check_volume(np.asarray(slab), "slab")
     valid = vol != 0 if p.zero_is_outside else None
-    return instances_from_network(normalize_slices(vol, *levels), maps, p, valid=valid)
+    if (overwrite_input or not isinstance(slab, np.ndarray)) and (
+        vol.dtype == np.float32 and vol.flags.writeable
+    ):
+        normalized = normalize_slices_inplace(vol, *levels)
+    else:
+        normalized = normalize_slices(vol, *levels)
+    del vol
+    return accept_instances(labels, normalized, maps, p, valid=valid)
 
 
 def border_matches(

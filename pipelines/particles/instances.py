@@ -14,7 +14,8 @@ particle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,13 +29,15 @@ from models.crack_unet import normalize_slices, reference_levels
 from models.envelope_unet import EnvelopeUNet, load_envelope_unet, predict_envelope
 from models.particle_unet import ParticleUNet, load_particle_unet, predict_maps
 from pipelines.cracks.particle_mask import fill_enclosed_holes
-from pipelines.particles.accept import (
-    drop_unlike_particles,
-    trim_dark_outline,
-    trim_unlike_voxels,
-)
+from pipelines.particles.accept import accept_inplace, trim_dark_outline
 from pipelines.particles.evaluate import instance_scores
-from pipelines.particles.merge import fill_from_envelope, merge_by_contact, merge_by_envelope
+from pipelines.particles.merge import (
+    contact_graph_blocks,
+    envelope_merges,
+    fill_from_envelope,
+    merge_by_contact,
+    merge_on_graph,
+)
 from pipelines.volumes import check_volume
 
 
@@ -312,6 +315,7 @@ def instances_from_network(
     params: InstanceParams | None = None,
     *,
     valid: np.ndarray | None = None,
+    overwrite_maps: bool = False,
 ) -> np.ndarray:
     """Instances of the networks' maps (:func:`segment_instances` after the networks).
 
@@ -324,6 +328,8 @@ def instances_from_network(
     params : InstanceParams, optional
     valid : numpy.ndarray, optional
         bool (Z, Y, X) voxels inside the reconstruction (``zero_is_outside``: volume != 0).
+    overwrite_maps : bool, optional
+        The distance map may be overwritten (smoothed in place): one float32 volume less.
 
     Returns
     -------
@@ -331,36 +337,51 @@ def instances_from_network(
         int32 (Z, Y, X) labels 1..n.
     """
     p = params if params is not None else InstanceParams()
-    foreground, envelope = maps.foreground, maps.envelope
     labels = labels_from_maps(
-        foreground,
+        maps.foreground,
         maps.distance,
         p,
-        envelope=None if envelope is None else envelope >= p.envelope_threshold,
-        envelope_probability=envelope,
+        envelope=maps.envelope,
+        envelope_threshold=p.envelope_threshold,
+        envelope_probability=maps.envelope,
+        overwrite_distance=overwrite_maps,
     )
-    if p.min_solid_reach > 0 or (envelope is not None and p.min_envelope_probability > 0):
-        labels = drop_unlike_particles(
+    return accept_instances(labels, normalized, maps, p, valid=valid)
+
+
+def accept_instances(
+    labels: np.ndarray,
+    normalized: np.ndarray,
+    maps: InstanceMaps,
+    params: InstanceParams | None = None,
+    *,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """The last steps of :func:`instances_from_network`: the instances that hold no active
+    material are dropped, the voxels that are neither envelope nor solid trimmed
+    (:mod:`pipelines.particles.accept`), written into ``labels`` (int32, from
+    :func:`labels_from_maps`) where they can be; returns the labels. The maps may be
+    array-likes read when needed (``numpy.asarray``), and ``distance`` is not used."""
+    p = params if params is not None else InstanceParams()
+    envelope = None if maps.envelope is None else np.asarray(maps.envelope)
+    drop = p.min_solid_reach > 0 or (envelope is not None and p.min_envelope_probability > 0)
+    trim = envelope is not None and p.trim_unlike_voxels
+    if drop or trim:
+        accept_inplace(
             labels,
             normalized,
-            foreground,
+            maps.foreground,
             envelope=envelope,
-            min_envelope=p.min_envelope_probability,
+            min_envelope=p.min_envelope_probability if envelope is not None else 0.0,
             min_solid_reach=p.min_solid_reach,
+            drop=drop,
+            trim=trim,
             valid=valid,
         )
-    if envelope is not None and p.trim_unlike_voxels:
-        trimmed = trim_unlike_voxels(
-            labels,
-            normalized,
-            foreground,
-            envelope,
-            min_envelope=p.min_envelope_probability,
-            min_solid_reach=p.min_solid_reach,
-            valid=valid,
-        )
-        labels = remove_small(trimmed, p.min_size)
+        if trim:
+            _remove_small_inplace(labels, p.min_size)
     if p.trim_dark_outline:
+        foreground = np.asarray(maps.foreground)
         outlined = trim_dark_outline(labels, normalized, foreground, share=0.5, valid=valid)
         labels = remove_small(outlined, p.min_size)
     return labels
@@ -373,6 +394,8 @@ def labels_from_maps(
     *,
     envelope: np.ndarray | None = None,
     envelope_probability: np.ndarray | None = None,
+    envelope_threshold: float | None = None,
+    overwrite_distance: bool = False,
 ) -> np.ndarray:
     """Instances of the network's maps: seeded watershed, merge of pieces, holes filled.
 
@@ -390,6 +413,15 @@ def labels_from_maps(
         bool (Z, Y, X) particle envelope (:mod:`models.envelope_unet`).
     envelope_probability : numpy.ndarray, optional
         float (Z, Y, X) envelope probability, for ``merge_bridge_envelope``.
+    envelope_threshold : float, optional
+        When given, ``envelope`` holds probabilities and the envelope is where they reach
+        this (formed after the watershed, so it is not held during it).
+    overwrite_distance : bool, optional
+        As for :func:`instances_from_maps`.
+
+    The maps may be array-likes that are read when needed (``numpy.asarray``, and slices
+    along z for the merge), e.g. slices of a Zarr array: then no map is held longer than the
+    step that uses it.
 
     Returns
     -------
@@ -397,21 +429,90 @@ def labels_from_maps(
         int32 (Z, Y, X) labels.
     """
     p = params if params is not None else InstanceParams()
-    labels = instances_from_maps(foreground, distance, p)
+    labels = instances_from_maps(foreground, distance, p, overwrite_distance=overwrite_distance)
     if p.merge_min_share > 0:
-        labels = merge_pieces(labels, foreground, p, envelope=envelope_probability)
+        _merge_pieces_inplace(labels, foreground, p, envelope=envelope_probability)
     if envelope is not None:
         if np.shape(envelope) != labels.shape:
             raise ValueError(f"envelope shape {np.shape(envelope)} != maps {labels.shape}")
-        merged, mapping = merge_by_envelope(labels, envelope, min_neck_ratio=p.envelope_min_neck)
-        labels = remove_small(merged, 0) if mapping else labels
+        inside = (
+            np.asarray(envelope) >= envelope_threshold
+            if envelope_threshold is not None
+            else envelope
+        )
+        mapping = envelope_merges(labels, inside, min_neck_ratio=p.envelope_min_neck)
+        if mapping:
+            _apply_mapping_inplace(labels, mapping)
         if p.envelope_fill:
-            labels = fill_from_envelope(labels, envelope)
+            labels = fill_from_envelope(labels, inside)
+        del inside
     if p.fill_holes:
         # a hole ringed by one particle lies inside the reconstruction circle, even where an
         # 8-bit render has stored it as exact 0
-        labels = np.stack([fill_enclosed_holes(s) for s in labels])
+        for plane in labels:
+            plane[...] = fill_enclosed_holes(plane)
     return labels
+
+
+#: Slices of the grown labels :func:`merge_pieces` holds at once (their contact graph is
+#: counted block by block).
+MERGE_BLOCK_SLICES = 8
+
+
+def _apply_mapping_inplace(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """``remove_small(lut[labels], 0)`` of the merge ``mapping``, written into ``labels``."""
+    lut = np.arange(int(labels.max()) + 1, dtype=np.int32)
+    for old, new in mapping.items():
+        lut[old] = new
+    relabel_inplace(labels, lut)
+    return _remove_small_inplace(labels, 0)
+
+
+def _merge_pieces_inplace(
+    labels: np.ndarray,
+    foreground: np.ndarray,
+    p: InstanceParams,
+    *,
+    envelope: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`merge_pieces` of int32 (Z, Y, X) labels of our own, written into them; the grown
+    labels are made and counted :data:`MERGE_BLOCK_SLICES` slices at a time."""
+    depth = labels.shape[0]
+    n = int(labels.max(initial=0))
+
+    def blocks() -> Iterator[np.ndarray]:
+        for z0 in range(0, depth, MERGE_BLOCK_SLICES):
+            a, b = max(0, z0 - 1), min(depth, z0 + MERGE_BLOCK_SLICES)
+            lo, hi = max(0, a - p.merge_bridge_px), min(depth, b + p.merge_bridge_px)
+            grown = _grow_into_bridges(
+                labels[lo:hi],
+                foreground[lo:hi],
+                p,
+                None if envelope is None or p.merge_bridge_envelope <= 0 else envelope[lo:hi],
+            )
+            yield grown[a - lo : b - lo]
+
+    surface, contacts = contact_graph_blocks(blocks(), n)
+    mapping = merge_on_graph(surface, contacts, min_share=p.merge_min_share)
+    return _apply_mapping_inplace(labels, mapping) if mapping else labels
+
+
+def _grow_into_bridges(
+    lab: np.ndarray, foreground: np.ndarray, p: InstanceParams, envelope: np.ndarray | None
+) -> np.ndarray:
+    """Labels grown ``merge_bridge_px`` times into bridgeable background (:func:`merge_pieces`)."""
+    grown = lab
+    if p.merge_bridge_px > 0:
+        bridgeable = (lab == 0) & (np.asarray(foreground) >= p.merge_bridge_foreground)
+        if envelope is not None and p.merge_bridge_envelope > 0:
+            if np.shape(envelope) != lab.shape:
+                raise ValueError(f"envelope shape {np.shape(envelope)} != labels {lab.shape}")
+            bridgeable &= np.asarray(envelope) >= p.merge_bridge_envelope
+        cross = ndimage.generate_binary_structure(lab.ndim, 1)
+        for _ in range(p.merge_bridge_px):
+            step = ndimage.maximum_filter(grown, footprint=cross)
+            grown = np.where(bridgeable & (grown == 0), step, grown)
+    return grown
 
 
 def merge_pieces(
@@ -452,17 +553,9 @@ def merge_pieces(
     lab = np.asarray(labels)
     if np.shape(foreground) != lab.shape:
         raise ValueError(f"foreground shape {np.shape(foreground)} != labels shape {lab.shape}")
-    grown = lab
-    if p.merge_bridge_px > 0:
-        bridgeable = (lab == 0) & (np.asarray(foreground) >= p.merge_bridge_foreground)
-        if envelope is not None and p.merge_bridge_envelope > 0:
-            if np.shape(envelope) != lab.shape:
-                raise ValueError(f"envelope shape {np.shape(envelope)} != labels {lab.shape}")
-            bridgeable &= np.asarray(envelope) >= p.merge_bridge_envelope
-        cross = ndimage.generate_binary_structure(lab.ndim, 1)
-        for _ in range(p.merge_bridge_px):
-            step = ndimage.maximum_filter(grown, footprint=cross)
-            grown = np.where(bridgeable & (grown == 0), step, grown)
+    if lab.ndim == 3:
+        return _merge_pieces_inplace(lab.astype(np.int32), foreground, p, envelope=envelope)
+    grown = _grow_into_bridges(lab, foreground, p, envelope)
     _, mapping = merge_by_contact(grown, min_share=p.merge_min_share)
     if not mapping:
         return lab.astype(np.int32)
@@ -473,7 +566,11 @@ def merge_pieces(
 
 
 def instances_from_maps(
-    foreground: np.ndarray, distance: np.ndarray, params: InstanceParams | None = None
+    foreground: np.ndarray,
+    distance: np.ndarray,
+    params: InstanceParams | None = None,
+    *,
+    overwrite_distance: bool = False,
 ) -> np.ndarray:
     """Seeded watershed of a predicted boundary distance inside the predicted foreground.
 
@@ -486,6 +583,9 @@ def instances_from_maps(
     params : InstanceParams, optional
         ``foreground_threshold``, ``smoothing_sigma``, ``marker_h``, ``marker_downsample``,
         ``min_size``.
+    overwrite_distance : bool, optional
+        Smooth a float32 ``distance`` in place (its values are lost) instead of in a copy:
+        one float32 volume less.
 
     Returns
     -------
@@ -499,17 +599,151 @@ def instances_from_maps(
             f"distance shape {np.shape(distance)} != foreground shape {np.shape(foreground)}"
         )
     mask = np.asarray(foreground) >= p.foreground_threshold
-    dist = np.asarray(distance, dtype=np.float32)
-    if p.smoothing_sigma > 0:
-        dist = ndimage.gaussian_filter(dist, p.smoothing_sigma)
-    dist = np.where(mask, dist, np.float32(0.0))
+    dist = _smoothed_distance(distance, p.smoothing_sigma, overwrite=overwrite_distance)
+    np.copyto(dist, np.float32(0.0), where=~mask)
     step = p.marker_downsample
     coarse = (slice(None, None, step),) * 3
     peaks = h_maxima(dist[coarse], p.marker_h).astype(bool) & mask[coarse]
     coarse_markers, _ = ndimage.label(peaks, structure=np.ones((3, 3, 3), dtype=bool))
-    markers = np.zeros(mask.shape, dtype=np.int32)
-    markers[coarse] = coarse_markers
-    return remove_small(watershed_by_component(-dist, markers, mask), p.min_size)
+    del peaks
+    seeds = tuple(axis * step for axis in np.nonzero(coarse_markers))
+    components, n = ndimage.label(mask)
+    del mask
+    landscape = [dist]
+    del dist  # _flood_components lets it go as soon as it can
+    labels = _flood_components(landscape, seeds, coarse_markers[coarse_markers > 0], components, n)
+    return _remove_small_inplace(labels, p.min_size)
+
+
+def _smoothed_distance(distance: np.ndarray, sigma: float, *, overwrite: bool) -> np.ndarray:
+    """float32 ``distance`` smoothed with a Gaussian of ``sigma`` (a new array, or ``distance``
+    itself with ``overwrite`` when it is a writeable float32 array)."""
+    arr = np.asarray(distance)
+    if overwrite and arr.dtype == np.float32 and arr.flags.writeable and arr.flags.c_contiguous:
+        if sigma > 0:
+            ndimage.gaussian_filter(arr, sigma, output=arr)
+        return arr
+    dist = np.asarray(arr, dtype=np.float32)
+    if sigma > 0:
+        return ndimage.gaussian_filter(dist, sigma)
+    return dist.copy()
+
+
+def _flood_components(
+    heights: list[np.ndarray],
+    seeds: tuple[np.ndarray, ...],
+    seed_labels: np.ndarray,
+    components: np.ndarray,
+    n: int,
+) -> np.ndarray:
+    """:func:`watershed_by_component` of ``-height`` with sparse seeds, in less memory.
+
+    ``heights`` holds the landscape and is emptied: the landscape is let go (freed, if that
+    was the last reference) once the largest component's flooding has its own copy. The mask
+    is given as its ``n`` connected ``components`` (int32, ``ndimage.label``), the seeds as
+    coordinates (C order, inside the mask) and labels instead of a marker volume. The labels
+    are written into ``components`` (negated while the other components are still being
+    read), which is returned. Components are flooded in index order, the one with the
+    largest box last; the labels of components without a seed are numbered in index order
+    as in :func:`watershed_by_component`.
+    """
+    height = heights.pop()
+    seed_component = components[seeds]
+    n_seeds = np.bincount(seed_component, minlength=n + 1)
+    only_seed = np.zeros(n + 1, dtype=np.int32)
+    only_seed[seed_component] = seed_labels
+    order = np.argsort(seed_component, kind="stable")
+    first = np.searchsorted(seed_component[order], np.arange(n + 2))
+    next_label = int(seed_labels.max(initial=0))
+    boxes = ndimage.find_objects(components)
+    flood: list[int] = []
+    for i, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        if n_seeds[i] >= 2:
+            flood.append(i)
+            continue
+        view = components[box]
+        inside = view == i
+        if n_seeds[i] == 0:
+            next_label += 1
+            view[inside] = -next_label
+        else:
+            view[inside] = -only_seed[i]
+    if flood:
+        sizes = [math.prod(b.stop - b.start for b in boxes[i - 1]) for i in flood]
+        flood.append(flood.pop(int(np.argmax(sizes))))
+    for k, i in enumerate(flood):
+        box = boxes[i - 1]
+        mine = order[first[i] : first[i + 1]]
+        at = tuple(c[mine] - b.start for c, b in zip(seeds, box, strict=True))
+        image = _negated_padded(height[box])
+        if k == len(flood) - 1:
+            del height  # the largest box is flooded last, on its own copy
+        view = components[box]
+        flooded, inside = _watershed_padded(image, at, seed_labels[mine], view == i)
+        del image
+        np.negative(flooded, out=flooded)
+        np.copyto(view, flooded, where=inside)
+        del flooded, inside
+    np.negative(components, out=components)
+    return components
+
+
+def _negated_padded(height: np.ndarray) -> np.ndarray:
+    """float64 ``-height`` with one voxel of zeros around it (``watershed``'s own padding)."""
+    image = np.zeros(tuple(n + 2 for n in height.shape), dtype=np.float64)
+    inner = image[(slice(1, -1),) * height.ndim]
+    inner[...] = height
+    np.negative(inner, out=inner)
+    return image
+
+
+def _watershed_padded(
+    image: np.ndarray, at: tuple[np.ndarray, ...], values: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``skimage.segmentation.watershed`` (connectivity 1) of a :func:`_negated_padded` image.
+
+    Returns the labels (int32, the unpadded shape) and the mask (bool, a view of the int8
+    mask the flooding used). skimage's ``watershed`` holds about 35 bytes per voxel of the box
+    at once (float64, int32 and int8 copies of its inputs, then padded copies of them); this
+    fills the padded arrays its flooding kernel works on directly (13 bytes per voxel), with
+    the arguments ``watershed`` gives it, so the labels are the same. Without that kernel
+    (another scikit-image layout) it calls ``watershed``.
+    """
+    interior = (slice(1, -1),) * image.ndim
+    try:
+        from skimage.morphology._util import (
+            _offsets_to_raveled_neighbors,
+            _validate_connectivity,
+        )
+        from skimage.segmentation import _watershed_cy  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - another scikit-image layout
+        markers = np.zeros(mask.shape, dtype=np.int32)
+        markers[at] = values
+        flooded = watershed(image[interior], markers, mask=mask)
+        return np.asarray(flooded, dtype=np.int32), mask
+    connectivity, offset = _validate_connectivity(image.ndim, 1, None)
+    if any(o != 1 for o in offset):  # pragma: no cover - another scikit-image
+        raise RuntimeError(f"unexpected watershed padding {offset}")
+    flat_mask = np.zeros(image.shape, dtype=np.int8)
+    flat_mask[interior] = mask
+    del mask
+    output = np.zeros(image.shape, dtype=np.int32)
+    output[interior][at] = values
+    neighbours = _offsets_to_raveled_neighbors(image.shape, connectivity, center=offset)
+    strides = np.array(image.strides, dtype=np.intp) // image.itemsize
+    _watershed_cy.watershed_raveled(
+        image.ravel(),
+        np.flatnonzero(output),
+        neighbours,
+        flat_mask.ravel(),
+        strides,
+        0,
+        output.ravel(),
+        False,
+    )
+    return output[interior], flat_mask[interior].view(bool)
 
 
 def watershed_by_component(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -561,12 +795,45 @@ def watershed_by_component(image: np.ndarray, markers: np.ndarray, mask: np.ndar
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop labels with fewer than ``min_size`` voxels and renumber 1..n (int32)."""
     lab = np.asarray(labels)
-    counts = np.bincount(lab.ravel())
+    lut = _small_removed_lut(label_sizes(lab), min_size)
+    return lut[lab]
+
+
+def label_sizes(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """``np.bincount(labels.ravel(), minlength=minlength)`` counted slice by slice (bincount
+    would first copy the whole array to int64)."""
+    lab = np.asarray(labels)
+    if lab.ndim < 2 or lab.size == 0:
+        return np.bincount(lab.ravel(), minlength=minlength)
+    length = max(minlength, int(lab.max()) + 1)
+    counts = np.zeros(length, dtype=np.intp)
+    for plane in lab:
+        counts += np.bincount(plane.ravel(), minlength=length)
+    return counts
+
+
+def relabel_inplace(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``labels[...] = lut[labels]`` slice by slice (no second volume); returns ``labels``."""
+    if labels.ndim < 2:
+        labels[...] = lut[labels]
+        return labels
+    for plane in labels:
+        plane[...] = lut[plane]
+    return labels
+
+
+def _small_removed_lut(counts: np.ndarray, min_size: int) -> np.ndarray:
     keep = counts >= min_size
     keep[0] = False
     lut = np.zeros(len(counts), dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[lab]
+    return lut
+
+
+def _remove_small_inplace(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """:func:`remove_small` of an int32 array of our own, written into it."""
+    lut = _small_removed_lut(label_sizes(labels), min_size)
+    return relabel_inplace(labels, lut)
 
 
 def watershed_baseline(

@@ -14,7 +14,7 @@ the two minus twice their contact).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -46,9 +46,40 @@ def contact_graph(
     """
     lab = np.asarray(labels)
     n = int(lab.max(initial=0))
+    surface, keys = _faces(lab, n, range(lab.ndim) if axes is None else axes)
+    return surface, _contacts([np.concatenate(keys)], n)
+
+
+def contact_graph_blocks(
+    blocks: Iterable[np.ndarray], n: int
+) -> tuple[np.ndarray, dict[tuple[int, int], int]]:
+    """:func:`contact_graph` (all axes) of a 3-D volume handed over block by block along z.
+
+    Each block after the first starts with the last slice of the block before it (so the
+    faces between the two are counted once, in the later block); ``n`` is at least the
+    volume's largest label. The result equals :func:`contact_graph` of the whole volume, which
+    is never held at once.
+    """
     surface = np.zeros(n + 1, dtype=np.int64)
-    pair_keys: list[np.ndarray] = []
-    for axis in range(lab.ndim) if axes is None else axes:
+    keys: list[np.ndarray] = []
+    for k, block in enumerate(blocks):
+        lab = np.asarray(block)
+        if lab.ndim != 3:
+            raise ValueError(f"blocks must be 3-D, got shape {lab.shape}")
+        along_z, z_keys = _faces(lab, n, (0,))
+        in_slice, slice_keys = _faces(lab[1:] if k else lab, n, (1, 2))
+        surface += along_z + in_slice
+        keys.append(_unique_keys(np.concatenate(z_keys + slice_keys)))
+    surface[0] = 0
+    return surface, _contacts(keys, n)
+
+
+def _faces(lab: np.ndarray, n: int, axes: Iterable[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Surface faces per label (label 0's included) and the pair keys ``lo * (n + 1) + hi``
+    of the faces between two labels, along ``axes``."""
+    surface = np.zeros(n + 1, dtype=np.int64)
+    pair_keys: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    for axis in axes:
         if lab.shape[axis] < 2:
             continue
         head = [slice(None)] * lab.ndim
@@ -63,12 +94,28 @@ def contact_graph(
         lo, hi = np.minimum(a[both], b[both]), np.maximum(a[both], b[both])
         pair_keys.append(lo * (n + 1) + hi)
     surface[0] = 0
-    contacts: dict[tuple[int, int], int] = {}
-    if pair_keys:
-        keys, counts = np.unique(np.concatenate(pair_keys), return_counts=True)
-        for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
-            contacts[(k // (n + 1), k % (n + 1))] = c
-    return surface, contacts
+    return surface, pair_keys
+
+
+def _unique_keys(keys: np.ndarray) -> np.ndarray:
+    """Keys and their counts as a (2, m) array."""
+    values, counts = np.unique(keys, return_counts=True)
+    return np.stack([values, counts.astype(np.int64)])
+
+
+def _contacts(keys: list[np.ndarray], n: int) -> dict[tuple[int, int], int]:
+    """``(a, b) -> faces`` in ascending key order, from raw keys (1-D) or counted keys (2-D)."""
+    counted = [k if k.ndim == 2 else _unique_keys(k) for k in keys]
+    if not counted:
+        return {}
+    both = np.concatenate(counted, axis=1)
+    values, inverse = np.unique(both[0], return_inverse=True)
+    counts = np.zeros(values.size, dtype=np.int64)
+    np.add.at(counts, inverse, both[1])
+    return {
+        (k // (n + 1), k % (n + 1)): c
+        for k, c in zip(values.tolist(), counts.tolist(), strict=True)
+    }
 
 
 def solidity(points: np.ndarray) -> float:
@@ -175,6 +222,33 @@ def merge_by_contact(
         raise ValueError(f"min_share must be in (0, 1], got {min_share}")
     lab = np.asarray(labels)
     surface_arr, contacts = contact_graph(lab, axes)
+    mapping = merge_on_graph(
+        surface_arr, contacts, min_share=min_share, min_faces=min_faces, accept=accept
+    )
+    if not mapping:
+        return lab.copy(), {}
+    lut = np.arange(int(lab.max()) + 1, dtype=lab.dtype)
+    for i, r in mapping.items():
+        lut[i] = r
+    return lut[lab], mapping
+
+
+def merge_on_graph(
+    surface_arr: np.ndarray,
+    contacts: dict[tuple[int, int], int],
+    *,
+    min_share: float,
+    min_faces: int = 4,
+    accept: Callable[[list[int], list[int]], bool] | None = None,
+) -> dict[int, int]:
+    """The greedy merge of :func:`merge_by_contact` on a :func:`contact_graph`.
+
+    Returns
+    -------
+    dict
+        ``original label -> merged label`` (the group's smallest label) for every label that
+        changed.
+    """
     surface = {i: int(s) for i, s in enumerate(surface_arr.tolist()) if i > 0}
     neighbours: dict[int, dict[int, int]] = {}
     for (a, b), c in contacts.items():
@@ -225,19 +299,13 @@ def merge_by_contact(
                     continue
             lo, hi = (keep, other) if keep < other else (other, keep)
             heapq.heappush(heap, (-share(lo, hi, faces), lo, hi))
-    if not parent:
-        return lab.copy(), {}
 
     def root(i: int) -> int:
         while i in parent:
             i = parent[i]
         return i
 
-    mapping = {i: root(i) for i in parent}
-    lut = np.arange(int(lab.max()) + 1, dtype=lab.dtype)
-    for i, r in mapping.items():
-        lut[i] = r
-    return lut[lab], mapping
+    return {i: root(i) for i in parent}
 
 
 def _slice_links(
@@ -307,6 +375,28 @@ def merge_by_envelope(
         ``original label -> merged label`` for every label that changed.
     """
     lab = np.asarray(labels)
+    mapping = envelope_merges(
+        lab, envelope, min_inside=min_inside, min_vote=min_vote, min_neck_ratio=min_neck_ratio
+    )
+    if not mapping:
+        return lab.copy(), {}
+    lut = np.arange(int(lab.max()) + 1, dtype=lab.dtype)
+    for i, r in mapping.items():
+        lut[i] = r
+    return lut[lab], mapping
+
+
+def envelope_merges(
+    labels: np.ndarray,
+    envelope: np.ndarray,
+    *,
+    min_inside: float = 0.5,
+    min_vote: float = 0.5,
+    min_neck_ratio: float = 0.0,
+) -> dict[int, int]:
+    """The ``original label -> merged label`` mapping of :func:`merge_by_envelope` (every
+    label that changes), without relabelling the volume."""
+    lab = np.asarray(labels)
     env = np.asarray(envelope, dtype=bool)
     if lab.ndim != 3 or env.shape != lab.shape:
         raise ValueError(f"labels {lab.shape} and envelope {env.shape} must be one 3-D shape")
@@ -344,13 +434,7 @@ def merge_by_envelope(
         if ra != rb:
             keep, gone = (ra, rb) if ra < rb else (rb, ra)
             parent[gone] = keep
-    if not parent:
-        return lab.copy(), {}
-    mapping = {i: root(i) for i in parent}
-    lut = np.arange(int(lab.max()) + 1, dtype=lab.dtype)
-    for i, r in mapping.items():
-        lut[i] = r
-    return lut[lab], mapping
+    return {i: root(i) for i in parent}
 
 
 def _neck_links(

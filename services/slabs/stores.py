@@ -38,6 +38,35 @@ def open_volume(ref: VolumeRef) -> Iterator[Any]:
     yield zarr.open_array(ref.path, mode="r")
 
 
+class StoredSlices:
+    """Slices ``lo .. hi - 1`` of a stored volume, read when used: ``numpy.asarray`` reads them
+    all, ``[a:b]`` a run of them (relative to ``lo``). A slab task hands these to a pipeline
+    that reads each volume for the step that needs it and lets it go afterwards."""
+
+    def __init__(self, ref: VolumeRef, lo: int, hi: int) -> None:
+        with open_volume(ref) as array:
+            depth, *plane = array.shape
+            self.dtype = np.dtype(array.dtype)
+        if not 0 <= lo < hi <= depth:
+            raise ValueError(f"slices {lo}..{hi - 1} outside a volume of {depth}")
+        self.ref, self.lo, self.hi = ref, lo, hi
+        self.shape = (hi - lo, *plane)
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        data = self[:]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError(f"only runs of slices can be read, got {key!r}")
+        start, stop, step = key.indices(self.hi - self.lo)
+        if step != 1:
+            raise ValueError(f"only runs of slices can be read, got step {step}")
+        with open_volume(self.ref) as array:
+            return np.asarray(array[self.lo + start : self.lo + max(start, stop)])
+
+
 def create_zarr(
     path: Path, shape: tuple[int, ...], dtype: Any, chunk_z: int, *, compress: bool = True
 ) -> VolumeRef:

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from services.slabs.cluster import run_tasks
-from services.slabs.stores import VolumeRef, create_zarr, open_volume, write_slices
+from services.slabs.stores import (
+    StoredSlices,
+    VolumeRef,
+    create_zarr,
+    open_volume,
+    write_slices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +38,12 @@ WORKER_BASELINE_MB = 400.0
 #: Working bytes per voxel of a slab (input, intermediates, outputs), by stage, with margin over
 #: the peaks measured on a 48 x 384 x 384 cathode slab at 1 thread: crack map with
 #: quantification 27.4; on 8 and 24 slices of 1024 x 1024 (2026-11-30): the particle networks'
-#: maps 25 (plus their activations, below), instances from the stored maps 52.6-56.7.
-BYTES_PER_VOXEL = {"cracks": 40.0, "maps": 32.0, "particles": 60.0, "measure": 40.0}
+#: maps 25 (plus their activations, below); one instance task from the stored maps (Zarr
+#: slices read on use, VmHWM over the process before the task) on 49 slices of 1024 x 1024
+#: (1 core slice, halo 24): 20.6 (a cathode whose largest foreground component spans the slab,
+#: 51 particles) and 20.4 (3229 particles), 2026-11-30 (it was 52.6-62.3 before the lean
+#: labelling): 26 lets a 1024 x 1024 slab with halo 24 run under a 2048 MB cap.
+BYTES_PER_VOXEL = {"cracks": 40.0, "maps": 32.0, "particles": 26.0, "measure": 40.0}
 #: Activations of the particle and envelope networks, bytes per pixel of each slice of a batch
 #: (one network at a time): 220 measured at 1024 x 1024 (881 MB for a batch of 4 slices).
 NETWORK_BYTES_PER_BATCH_PIXEL = 250.0
@@ -503,14 +513,10 @@ def _instance_task(
     p = InstanceParams(**params)
     with open_volume(volume) as array:
         depth = array.shape[0]
-        lo, hi = max(0, z0 - halo), min(depth, z1 + halo)
-        slab = np.asarray(array[lo:hi])
-    read: dict[str, np.ndarray] = {}
-    for name, ref in maps.items():
-        with open_volume(ref) as array:
-            read[name] = np.asarray(array[lo:hi])
-    labels = instance_slab(slab, levels, InstanceMaps(**read), p)
-    del slab, read
+    lo, hi = max(0, z0 - halo), min(depth, z1 + halo)
+    # read by the steps that need them (the slab's peak memory: BYTES_PER_VOXEL)
+    stored: dict[str, Any] = {name: StoredSlices(ref, lo, hi) for name, ref in maps.items()}
+    labels = instance_slab(StoredSlices(volume, lo, hi), levels, InstanceMaps(**stored), p)
     core = labels[z0 - lo : z1 - lo]
     write_slices(out, z0, core)
     # the two planes around each border: (z0 - 1, z0) below, (z1 - 1, z1) above

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from pipelines.cracks.particle_mask import fill_enclosed_holes
 from pipelines.particles.evaluate import instance_scores
 from pipelines.particles.instances import (
     InstanceParams,
     instances_from_maps,
     merge_pieces,
+    normalize_volume,
     remove_small,
     segment_instances,
     tile_instance_scores,
@@ -237,3 +240,98 @@ def test_a_bridge_outside_the_envelope_does_not_join_two_small_particles() -> No
     assert np.unique(crack).tolist() == [0, 1]
     with pytest.raises(ValueError, match="envelope shape"):
         merge_pieces(labels, foreground, params, envelope=envelope[:, :, :-1])
+
+
+def plain_instances(normalized, maps, p, valid):  # type: ignore[no-untyped-def]
+    """The labelling after the networks composed of the public steps, each on whole volumes
+    (the pipeline before the lean path: every intermediate a new volume)."""
+    from skimage.morphology import h_maxima
+
+    from pipelines.particles.accept import drop_unlike_particles, trim_unlike_voxels
+    from pipelines.particles.merge import merge_by_contact, merge_by_envelope
+
+    fg, env = maps.foreground, maps.envelope
+    mask = fg >= p.foreground_threshold
+    dist = np.where(mask, ndimage.gaussian_filter(maps.distance, p.smoothing_sigma), np.float32(0))
+    coarse = (slice(None, None, p.marker_downsample),) * 3
+    peaks = h_maxima(dist[coarse], p.marker_h).astype(bool) & mask[coarse]
+    markers = np.zeros(mask.shape, dtype=np.int32)
+    markers[coarse] = ndimage.label(peaks, structure=np.ones((3, 3, 3), dtype=bool))[0]
+    labels = remove_small(watershed_by_component(-dist, markers, mask), p.min_size)
+    bridgeable = (labels == 0) & (fg >= p.merge_bridge_foreground)
+    step = ndimage.maximum_filter(labels, footprint=ndimage.generate_binary_structure(3, 1))
+    grown = np.where(bridgeable, step, labels)
+    _, mapping = merge_by_contact(grown, min_share=p.merge_min_share)
+    lut = np.arange(int(labels.max()) + 1, dtype=np.int32)
+    for old, new in mapping.items():
+        lut[old] = new
+    labels = remove_small(lut[labels], 0)
+    merged, mapping = merge_by_envelope(
+        labels, env >= p.envelope_threshold, min_neck_ratio=p.envelope_min_neck
+    )
+    labels = remove_small(merged, 0) if mapping else labels
+    labels = np.stack([fill_enclosed_holes(s) for s in labels])
+    labels = drop_unlike_particles(
+        labels,
+        normalized,
+        fg,
+        envelope=env,
+        min_envelope=p.min_envelope_probability,
+        min_solid_reach=p.min_solid_reach,
+        valid=valid,
+    )
+    trimmed = trim_unlike_voxels(
+        labels,
+        normalized,
+        fg,
+        env,
+        min_envelope=p.min_envelope_probability,
+        min_solid_reach=p.min_solid_reach,
+        valid=valid,
+    )
+    return remove_small(trimmed, p.min_size)
+
+
+class ReadOnUse:
+    """An array-like read when used (as the slab tasks pass Zarr slices): a fresh copy."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.ndim = data, data.shape, data.ndim
+
+    def __array__(self, dtype=None, copy=None):  # type: ignore[no-untyped-def]
+        return self.data.copy() if dtype is None else self.data.astype(dtype)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return self.data[key].copy()
+
+
+def test_the_lean_labelling_gives_the_labels_of_the_plain_steps(
+    held_out: tuple[ReconstructedCathode, np.ndarray],
+) -> None:
+    """The labelling written into its own arrays, block by block and with the watershed's
+    kernel fed directly gives the labels of the whole-volume steps: from arrays, from arrays
+    it may overwrite, and from array-likes read on use (the slab path)."""
+    from models.crack_unet import reference_levels
+    from pipelines.particles.instances import InstanceMaps, instances_from_network
+    from pipelines.slabs import instance_slab
+
+    sample, ours = held_out
+    volume = sample.recon.astype(np.float32)
+    result = segment_instances(volume)
+    maps = InstanceMaps(result.foreground, result.distance, result.envelope)
+    levels = reference_levels(volume)
+    normalized = normalize_volume(volume)
+    p = InstanceParams()
+    expected = plain_instances(normalized, maps, p, volume != 0)
+    assert int(expected.max()) > 20
+    np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(
+        instances_from_network(normalized, maps, p, valid=volume != 0), expected
+    )
+    assert result.envelope is not None
+    arrays = [result.foreground, result.distance, result.envelope]
+    copies = InstanceMaps(*(a.copy() for a in arrays))
+    got = instance_slab(volume.copy(), levels, copies, p, overwrite_input=True)
+    np.testing.assert_array_equal(got, expected)
+    lazy: Any = InstanceMaps(*(ReadOnUse(a) for a in arrays))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(instance_slab(ReadOnUse(volume), levels, lazy, p), expected)

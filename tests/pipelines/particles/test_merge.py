@@ -190,3 +190,22 @@ def test_envelope_merge_checks_shapes() -> None:
         merge_by_envelope(np.zeros((4, 4), dtype=np.int32), np.zeros((4, 4), dtype=bool))
     with pytest.raises(ValueError, match="3-D"):
         fill_from_envelope(np.zeros((2, 4, 4), dtype=np.int32), np.zeros((2, 4, 5), dtype=bool))
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 40])
+def test_contact_graph_counted_block_by_block_equals_the_whole_volume_graph(block: int) -> None:
+    from pipelines.particles.merge import contact_graph, contact_graph_blocks
+
+    rng = np.random.default_rng(block)
+    shape = (13, 30, 30)
+    cells = rng.integers(0, 40, (shape[0], 6, 6))  # 5 x 5 pixel cells, 0 = background
+    labels = np.kron(cells, np.ones((1, 5, 5), dtype=np.int64)).astype(np.int32)
+    labels[rng.random(shape) < 0.02] = 41  # specks: contacts of a few faces
+    n = int(labels.max())
+    starts = range(0, shape[0], block)
+    blocks = [labels[max(0, z0 - 1) : z0 + block] for z0 in starts]
+    surface, contacts = contact_graph_blocks(blocks, n)
+    expected_surface, expected_contacts = contact_graph(labels)
+    assert len(expected_contacts) > 20
+    np.testing.assert_array_equal(surface, expected_surface)
+    assert list(contacts.items()) == list(expected_contacts.items())
