@@ -42,7 +42,7 @@ from pipelines.particles.instances import (
     InstanceMaps,
     InstanceParams,
     accept_instances,
-    labels_from_maps,
+    labels_from_instance_maps,
     predict_instance_maps,
 )
 from pipelines.volumes import check_volume
@@ -246,15 +246,7 @@ def instance_slab(
     if len(np.shape(slab)) != 3 or np.shape(slab) != np.shape(maps.foreground):
         raise ValueError(f"slab {np.shape(slab)} and maps {np.shape(maps.foreground)} differ")
     fresh = not isinstance(maps.distance, np.ndarray)  # read for this call
-    labels = labels_from_maps(
-        maps.foreground,
-        maps.distance,
-        p,
-        envelope=maps.envelope,
-        envelope_threshold=p.envelope_threshold,
-        envelope_probability=maps.envelope,
-        overwrite_distance=overwrite_input or fresh,
-    )
+    labels = labels_from_instance_maps(maps, p, overwrite_distance=overwrite_input or fresh)
     vol = check_volume(np.asarray(slab), "slab")
     valid = vol != 0 if p.zero_is_outside else None
     if (overwrite_input or not isinstance(slab, np.ndarray)) and (

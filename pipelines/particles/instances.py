@@ -337,16 +337,24 @@ def instances_from_network(
         int32 (Z, Y, X) labels 1..n.
     """
     p = params if params is not None else InstanceParams()
-    labels = labels_from_maps(
+    labels = labels_from_instance_maps(maps, p, overwrite_distance=overwrite_maps)
+    return accept_instances(labels, normalized, maps, p, valid=valid)
+
+
+def labels_from_instance_maps(
+    maps: InstanceMaps, params: InstanceParams, *, overwrite_distance: bool = False
+) -> np.ndarray:
+    """:func:`labels_from_maps` of the networks' maps, the envelope (when there is one) used
+    both as the mask of its merge and as the probability of ``merge_bridge_envelope``."""
+    return labels_from_maps(
         maps.foreground,
         maps.distance,
-        p,
+        params,
         envelope=maps.envelope,
-        envelope_threshold=p.envelope_threshold,
+        envelope_threshold=params.envelope_threshold,
         envelope_probability=maps.envelope,
-        overwrite_distance=overwrite_maps,
+        overwrite_distance=overwrite_distance,
     )
-    return accept_instances(labels, normalized, maps, p, valid=valid)
 
 
 def accept_instances(

@@ -225,12 +225,17 @@ def merge_by_contact(
     mapping = merge_on_graph(
         surface_arr, contacts, min_share=min_share, min_faces=min_faces, accept=accept
     )
+    return relabelled(lab, mapping), mapping
+
+
+def relabelled(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """A copy of ``labels`` with every ``original -> merged`` label of ``mapping`` replaced."""
     if not mapping:
-        return lab.copy(), {}
-    lut = np.arange(int(lab.max()) + 1, dtype=lab.dtype)
+        return labels.copy()
+    lut = np.arange(int(labels.max()) + 1, dtype=labels.dtype)
     for i, r in mapping.items():
         lut[i] = r
-    return lut[lab], mapping
+    return lut[labels]
 
 
 def merge_on_graph(
@@ -378,12 +383,7 @@ def merge_by_envelope(
     mapping = envelope_merges(
         lab, envelope, min_inside=min_inside, min_vote=min_vote, min_neck_ratio=min_neck_ratio
     )
-    if not mapping:
-        return lab.copy(), {}
-    lut = np.arange(int(lab.max()) + 1, dtype=lab.dtype)
-    for i, r in mapping.items():
-        lut[i] = r
-    return lut[lab], mapping
+    return relabelled(lab, mapping), mapping
 
 
 def envelope_merges(
