@@ -346,18 +346,11 @@ def accept_inplace(
     if trim and envelope is not None:
         env = np.asarray(envelope)
         for z, plane in enumerate(lab):
-            reach = _reach_of(img[z : z + 1], solid32[z : z + 1], background32[z : z + 1])[0]
+            reach = reach_map(img[z : z + 1], (solid32[z : z + 1], background32[z : z + 1]))[0]
             keep = (env[z] >= min_envelope) | (reach >= min_solid_reach) | np.isnan(reach)
             trimmed = np.where(~keep, 0, plane).astype(np.int32)
             plane[...] = fill_enclosed_holes(trimmed)
     return lab
-
-
-def _reach_of(img: np.ndarray, solid: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """:func:`reach_map` of some slices with their float32 levels (the same arithmetic)."""
-    return (np.asarray(img, dtype=np.float32) - background[:, None, None]) / (solid - background)[
-        :, None, None
-    ]
 
 
 def _drop_inplace(
@@ -393,7 +386,7 @@ def _drop_inplace(
                 drop[index] = True
         if min_solid_reach > 0:
             zs = box[0]
-            reach = _reach_of(img[box], solid[zs], background[zs])[inside]
+            reach = reach_map(img[box], (solid[zs], background[zs]))[inside]
             reach = reach[np.isfinite(reach)]
             if reach.size and float(np.quantile(reach, BRIGHT_QUANTILE)) < min_solid_reach:
                 drop[index] = True
