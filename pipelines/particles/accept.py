@@ -170,23 +170,17 @@ def drop_unlike_particles(
     numpy.ndarray
         int32 labels renumbered 1..n.
     """
-    lab = np.asarray(labels)
-    if not 0.0 <= min_envelope <= 1.0:
-        raise ValueError(f"min_envelope must be in [0, 1], got {min_envelope}")
-    if min_solid_reach < 0:
-        raise ValueError(f"min_solid_reach must be >= 0, got {min_solid_reach}")
-    n = int(lab.max(initial=0))
-    drop = np.zeros(n + 1, dtype=bool)
-    if envelope is not None and min_envelope > 0:
-        drop |= instance_mean(lab, envelope) < min_envelope
-    if min_solid_reach > 0:
-        reach = reach_map(normalized, phase_levels(normalized, foreground, valid))
-        drop |= solid_reach(lab, reach) < min_solid_reach
-    keep = ~drop & (np.bincount(lab.ravel().astype(np.int64), minlength=n + 1) > 0)
-    keep[0] = False
-    lut = np.zeros(n + 1, dtype=np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[lab]
+    return accept_inplace(
+        np.array(labels, dtype=np.int32),
+        normalized,
+        foreground,
+        envelope=envelope,
+        min_envelope=min_envelope,
+        min_solid_reach=min_solid_reach,
+        drop=True,
+        trim=False,
+        valid=valid,
+    )
 
 
 def trim_unlike_voxels(
@@ -226,10 +220,17 @@ def trim_unlike_voxels(
     numpy.ndarray
         int32 labels (ids unchanged; an instance may lose all its voxels).
     """
-    lab = np.asarray(labels)
-    reach = _voxel_reach(lab, normalized, foreground, valid, envelope=envelope)
-    keep = (np.asarray(envelope) >= min_envelope) | (reach >= min_solid_reach) | np.isnan(reach)
-    return _without(lab, ~keep)
+    return accept_inplace(
+        np.array(labels, dtype=np.int32),
+        normalized,
+        foreground,
+        envelope=envelope,
+        min_envelope=min_envelope,
+        min_solid_reach=min_solid_reach,
+        drop=False,
+        trim=True,
+        valid=valid,
+    )
 
 
 def trim_dark_outline(
@@ -315,11 +316,12 @@ def accept_inplace(
     """:func:`drop_unlike_particles` (``drop``) then :func:`trim_unlike_voxels` (``trim``, with
     an ``envelope``) of int32 (Z, Y, X) labels of the caller's own, written into them.
 
-    The results are those of the two functions, in a fraction of their memory: the slices'
-    levels are estimated once, the reach is computed in each instance's box (for the drop) or
-    slice by slice (for the trim), the envelope means are summed per instance in the order
-    ``np.bincount`` sums them, and the labels are rewritten slice by slice. The trimmed labels
-    are not yet renumbered (as :func:`trim_unlike_voxels`).
+    The one implementation of both rules (the two public functions call it on a copy). It
+    holds little beyond the labels: the slices' levels are estimated once, the reach is
+    computed in each instance's box (for the drop) or slice by slice (for the trim), the
+    envelope means are summed per instance in the order ``np.bincount`` sums them
+    (:func:`instance_mean`), and the labels are rewritten slice by slice. Dropped instances
+    leave the rest renumbered 1..n; trimmed labels are not renumbered.
     """
     lab = labels
     for name, array in (("normalized", normalized), ("foreground", foreground)):

@@ -247,7 +247,7 @@ def plain_instances(normalized, maps, p, valid):  # type: ignore[no-untyped-def]
     (the pipeline before the lean path: every intermediate a new volume)."""
     from skimage.morphology import h_maxima
 
-    from pipelines.particles.accept import drop_unlike_particles, trim_unlike_voxels
+    from pipelines.particles.accept import instance_mean, phase_levels, reach_map, solid_reach
     from pipelines.particles.merge import merge_by_contact, merge_by_envelope
 
     fg, env = maps.foreground, maps.envelope
@@ -271,24 +271,21 @@ def plain_instances(normalized, maps, p, valid):  # type: ignore[no-untyped-def]
     )
     labels = remove_small(merged, 0) if mapping else labels
     labels = np.stack([fill_enclosed_holes(s) for s in labels])
-    labels = drop_unlike_particles(
-        labels,
-        normalized,
-        fg,
-        envelope=env,
-        min_envelope=p.min_envelope_probability,
-        min_solid_reach=p.min_solid_reach,
-        valid=valid,
+    # the two accept rules vectorised over the whole volume (the pipeline's accept_inplace
+    # works instance by instance and slice by slice)
+    reach = reach_map(normalized, phase_levels(normalized, fg, valid))
+    n = int(labels.max(initial=0))
+    drop = (instance_mean(labels, env) < p.min_envelope_probability) | (
+        solid_reach(labels, reach) < p.min_solid_reach
     )
-    trimmed = trim_unlike_voxels(
-        labels,
-        normalized,
-        fg,
-        env,
-        min_envelope=p.min_envelope_probability,
-        min_solid_reach=p.min_solid_reach,
-        valid=valid,
-    )
+    keep = ~drop & (np.bincount(labels.ravel().astype(np.int64), minlength=n + 1) > 0)
+    keep[0] = False
+    lut = np.zeros(n + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    labels = lut[labels]
+    voxel_kept = (env >= p.min_envelope_probability) | (reach >= p.min_solid_reach)
+    voxel_kept |= np.isnan(reach)
+    trimmed = np.stack([fill_enclosed_holes(s) for s in np.where(voxel_kept, labels, 0)])
     return remove_small(trimmed, p.min_size)
 
 
