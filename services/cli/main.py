@@ -96,7 +96,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     supervisor.metrics.serve(settings.metrics.host, settings.metrics.supervisor_port)
     supervisor.start()
     try:
-        wait_for_tiled(settings.tiled_url)
+        wait_for_tiled(settings.tiled_url, timeout=settings.tiled.start_timeout)
         for line in banner(settings):
             logger.info(line)
         supervisor.run()

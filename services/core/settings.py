@@ -44,6 +44,9 @@ class TiledSettings(BaseModel):
     #: included: a request that gets no answer in that time is abandoned and retried (every
     #: write is idempotent, so one the server did commit is not doubled).
     request_timeout: float = Field(20.0, gt=0)
+    #: Longest wait (seconds) of ``up`` and the demo for the Tiled server they started to answer
+    #: its first request; on a loaded machine its start can take minutes.
+    start_timeout: float = Field(300.0, gt=0)
 
     @field_validator("readable_roots", mode="before")
     @classmethod

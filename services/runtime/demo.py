@@ -107,7 +107,7 @@ def running_services(
     watcher = threading.Thread(target=lambda: _watch(supervisor, stop), daemon=True)
     watcher.start()
     try:
-        wait_for_tiled(settings.tiled_url)
+        wait_for_tiled(settings.tiled_url, timeout=settings.tiled.start_timeout)
         wait_for_metrics(settings)
         for line in banner(settings):
             logger.info(line)

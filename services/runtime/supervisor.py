@@ -89,8 +89,11 @@ def child_specs(settings: BeamwatchSettings, config_file: Path | None) -> list[C
 
 
 def wait_for_tiled(url: str, timeout: float = 90.0) -> None:
-    """Block until the Tiled server answers; raise TimeoutError otherwise."""
-    deadline = time.monotonic() + timeout
+    """Block until the Tiled server answers; raise TimeoutError otherwise. Logs every 30 s
+    while it waits, so a slow start on a loaded machine is visible."""
+    start = time.monotonic()
+    deadline = start + timeout
+    next_note = start + 30.0
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
@@ -98,6 +101,14 @@ def wait_for_tiled(url: str, timeout: float = 90.0) -> None:
                 return
         except httpx.HTTPError as exc:
             last = exc
+        if time.monotonic() >= next_note:
+            logger.info(
+                "still waiting for Tiled at %s (%.0f s of %.0f s)",
+                url,
+                time.monotonic() - start,
+                timeout,
+            )
+            next_note += 30.0
         time.sleep(0.2)
     raise TimeoutError(f"Tiled at {url} did not answer within {timeout:.0f} s ({last})")
 

@@ -160,3 +160,53 @@ def test_every_option_of_the_offline_verbs_says_what_it_does():
         if not action.help
     ]
     assert bare == []
+
+
+def test_up_waits_for_a_slow_tiled_start_as_long_as_the_setting_says(tmp_path, monkeypatch):
+    """A loaded machine can take minutes to start Tiled: ``up`` waits
+    ``tiled.start_timeout`` (default 300 s) for its first answer, then fails naming the URL."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    from services.runtime.supervisor import wait_for_tiled
+
+    assert load_settings(data_dir=str(tmp_path)).tiled.start_timeout == 300.0
+    monkeypatch.setenv("BEAMWATCH_TILED__START_TIMEOUT", "42")
+    assert load_settings(data_dir=str(tmp_path)).tiled.start_timeout == 42.0
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(TimeoutError, match=f"Tiled at {url} did not answer within 1 s"):
+        wait_for_tiled(url, timeout=1.0)
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.send_response(200 if self.path == "/api/v1/" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers: list[http.server.HTTPServer] = []
+
+    def start_late() -> None:
+        time.sleep(1.5)  # the server comes up after the waiting began
+        servers.append(http.server.HTTPServer(("127.0.0.1", port), Answer))
+        servers[0].serve_forever()
+
+    thread = threading.Thread(target=start_late, daemon=True)
+    thread.start()
+    try:
+        began = time.monotonic()
+        wait_for_tiled(url, timeout=60.0)
+        assert time.monotonic() - began >= 1.0
+    finally:
+        while not servers and thread.is_alive():
+            time.sleep(0.05)
+        if servers:
+            servers[0].shutdown()
+            servers[0].server_close()
