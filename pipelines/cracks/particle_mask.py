@@ -403,19 +403,26 @@ def fill_enclosed_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _grow_into(labels: np.ndarray, reach: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def _grow_into(
+    labels: np.ndarray,
+    reach: np.ndarray,
+    steps: int,
+    *,
+    points: tuple[np.ndarray, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Grow labels into the ``reach`` pixels, one 4-neighbour step at a time.
 
     Returns the grown labels (highest neighbour label) and, for each pixel, the lowest label
     that reached it at the same step (``_NO_LABEL`` where none), so ``lowest == grown`` marks
-    pixels reached from one particle only. Only the candidate pixels are visited.
+    pixels reached from one particle only. Only the candidate pixels are visited:
+    ``points``, if given, must be ``np.nonzero(reach & (labels == 0))``.
     """
     height, width = labels.shape
     # label dtype (int32 from ndimage.label, which also holds _NO_LABEL): no int64 copies
     high_pad = np.zeros((height + 2, width + 2), dtype=np.result_type(labels, np.int32))
     high_pad[1:-1, 1:-1] = labels
     low_pad = np.where(high_pad > 0, high_pad, _NO_LABEL).astype(high_pad.dtype, copy=False)
-    ys, xs = np.nonzero(reach & (labels == 0))
+    ys, xs = np.nonzero(reach & (labels == 0)) if points is None else points
     cand = (ys + 1) * (width + 2) + (xs + 1)
     offsets = np.array([-1, 1, -(width + 2), width + 2])
     high_flat, low_flat = high_pad.ravel(), low_pad.ravel()
@@ -495,8 +502,9 @@ def particle_envelope_slice(
     single_at = np.zeros(0, dtype=bool)  # reached from one particle only
     if bridge is not None and n and p.bridge_px:
         reach = np.asarray(bridge, dtype=bool) & ~closed
-        grown, lowest = _grow_into(labels, reach, p.bridge_px)
         reach_at = np.nonzero(reach)
+        # labels == 0 exactly off ``closed``: the reach pixels are the growth candidates
+        grown, lowest = _grow_into(labels, reach, p.bridge_px, points=reach_at)
         grown_at = grown[reach_at]
         single_at = (grown_at > 0) & (lowest[reach_at] == grown_at)
     merged, mapping = merge_by_contact(grown, min_share=p.merge_min_share) if n else (grown, {})

@@ -283,6 +283,9 @@ def test_grow_into_changes_only_the_reach_pixels(
     assert np.array_equal(lowest[solid], labels[solid])
     reached = grown[reach] > 0
     assert np.all(lowest[reach][reached] <= grown[reach][reached])
+    # the candidates handed over as points (particle_envelope_slice) give the same growth
+    with_points = _grow_into(labels, candidates, steps, points=np.nonzero(reach))
+    assert np.array_equal(with_points[0], grown) and np.array_equal(with_points[1], lowest)
 
 
 @settings(max_examples=60, deadline=None)
