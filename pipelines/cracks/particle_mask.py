@@ -240,11 +240,19 @@ def _square_indices(
     rows, cols = ys[np.newaxis, :] + steps, xs[np.newaxis, :] + steps
     row_inside = (rows >= 0) & (rows < shape[0])
     col_inside = (cols >= 0) & (cols < shape[1])
-    row_starts = np.clip(rows, 0, shape[0] - 1) * shape[1]
-    flat = row_starts[:, np.newaxis, :] + np.clip(cols, 0, shape[1] - 1)[np.newaxis, :, :]
     inside = row_inside[:, np.newaxis, :] & col_inside[np.newaxis, :, :]
-    n = ys.size
-    return flat.reshape(size * size, n), inside.reshape(size * size, n)
+    return _square_flat(shape, points, size), inside.reshape(size * size, ys.size)
+
+
+def _square_flat(shape: tuple[int, ...], points: tuple[np.ndarray, ...], size: int) -> np.ndarray:
+    """The (size * size, n) flat indices of :func:`_square_indices` alone."""
+    ys, xs = points
+    half = size // 2
+    steps = np.arange(-half, half + 1)[:, np.newaxis]
+    row_starts = np.clip(ys[np.newaxis, :] + steps, 0, shape[0] - 1) * shape[1]
+    cols = np.clip(xs[np.newaxis, :] + steps, 0, shape[1] - 1)
+    flat = row_starts[:, np.newaxis, :] + cols[np.newaxis, :, :]
+    return flat.reshape(size * size, ys.size)
 
 
 def _neighbourhood_extremes(
@@ -257,14 +265,21 @@ def _neighbourhood_extremes(
     Only the squares around the points are read (one flat gather, indices clipped to the
     image), never a padded copy of the whole slice.
     """
-    flat, _ = _square_indices(labels.shape, points, size)
-    window = np.take(labels.ravel(), flat)
+    window = np.take(labels.ravel(), _square_flat(labels.shape, points, size))
     highest = window.max(axis=0) if points[0].size else np.zeros(0, dtype=labels.dtype)
     if not lowest:
         return highest, None
-    window[window == 0] = _NO_LABEL
-    low = window.min(axis=0) if points[0].size else np.zeros(0, dtype=labels.dtype)
-    return highest, low.astype(np.int64)
+    if not points[0].size:
+        return highest, np.zeros(0, dtype=np.int64)
+    # labels are >= 0: minus one, read as unsigned, 0 becomes the largest value, so the
+    # minimum is the lowest non-zero label minus one (the largest value where there is none)
+    np.subtract(window, 1, out=window)
+    unsigned = window.view(np.dtype(f"u{window.itemsize}"))
+    low = unsigned.min(axis=0)
+    none = low == np.iinfo(unsigned.dtype).max
+    low = low.astype(np.int64) + 1
+    low[none] = _NO_LABEL
+    return highest, low
 
 
 def _close_within_particles(solid: np.ndarray, radius: int) -> np.ndarray:
@@ -309,18 +324,25 @@ def _fill_holes_within_particles(solid: np.ndarray, labels: np.ndarray | None = 
     ``labels`` (optional) says which pixels form one particle; default the connected
     components of ``solid``.
     """
+    return _fill_holes_and_background(solid, labels)[0]
+
+
+def _fill_holes_and_background(
+    solid: np.ndarray, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_fill_holes_within_particles` and the background components it filled from
+    (``ndimage.label(~solid)``): each filled hole is one whole component."""
     background, is_hole = _holes(solid)
     if not is_hole.any():
-        return solid
-    holes = is_hole[background]
+        return solid, background
+    holes = np.take(is_hole, background)
     if labels is None:
         labels, _ = ndimage.label(solid)
     square = np.ones((3, 3), dtype=bool)
     ring = binary_dilate(holes, square) & solid
     points = np.nonzero(ring)
     # the hole next to each ring pixel (the highest one where a pixel touches several)
-    flat, _ = _square_indices(solid.shape, points, 3)
-    around = np.take(background.ravel(), flat)
+    around = np.take(background.ravel(), _square_flat(solid.shape, points, 3))
     hole_of_ring = np.where(is_hole[around], around, 0).max(axis=0, initial=0)
     particle_of_ring = labels[points]
     highest = np.zeros(is_hole.size, dtype=np.int64)
@@ -329,7 +351,21 @@ def _fill_holes_within_particles(solid: np.ndarray, labels: np.ndarray | None = 
     np.minimum.at(lowest, hole_of_ring, particle_of_ring)
     enclosed_by_one = (highest == lowest) & (highest > 0)
     enclosed_by_one[0] = False
-    return solid | enclosed_by_one[background]
+    return solid | np.take(enclosed_by_one, background), background
+
+
+def _drop_small_holes(holes: np.ndarray, background: np.ndarray, min_area: int) -> np.ndarray:
+    """``holes`` without its 4-connected pieces smaller than ``min_area`` pixels, where every
+    piece of ``holes`` is a whole component of ``background`` (labels 1..n, 0 elsewhere).
+
+    Distinct background components never touch (4-neighbours), so the pieces of ``holes``
+    are those components and their sizes are counted without labelling ``holes`` again.
+    """
+    sizes = np.bincount(background[holes])
+    big = sizes >= min_area
+    if big[sizes > 0].all():
+        return holes
+    return holes & np.take(big, background, mode="clip")
 
 
 def fill_enclosed_holes(labels: np.ndarray) -> np.ndarray:
@@ -367,19 +403,26 @@ def fill_enclosed_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _grow_into(labels: np.ndarray, reach: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def _grow_into(
+    labels: np.ndarray,
+    reach: np.ndarray,
+    steps: int,
+    *,
+    points: tuple[np.ndarray, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Grow labels into the ``reach`` pixels, one 4-neighbour step at a time.
 
     Returns the grown labels (highest neighbour label) and, for each pixel, the lowest label
     that reached it at the same step (``_NO_LABEL`` where none), so ``lowest == grown`` marks
-    pixels reached from one particle only. Only the candidate pixels are visited.
+    pixels reached from one particle only. Only the candidate pixels are visited:
+    ``points``, if given, must be ``np.nonzero(reach & (labels == 0))``.
     """
     height, width = labels.shape
     # label dtype (int32 from ndimage.label, which also holds _NO_LABEL): no int64 copies
     high_pad = np.zeros((height + 2, width + 2), dtype=np.result_type(labels, np.int32))
     high_pad[1:-1, 1:-1] = labels
     low_pad = np.where(high_pad > 0, high_pad, _NO_LABEL).astype(high_pad.dtype, copy=False)
-    ys, xs = np.nonzero(reach & (labels == 0))
+    ys, xs = np.nonzero(reach & (labels == 0)) if points is None else points
     cand = (ys + 1) * (width + 2) + (xs + 1)
     offsets = np.array([-1, 1, -(width + 2), width + 2])
     high_flat, low_flat = high_pad.ravel(), low_pad.ravel()
@@ -459,8 +502,9 @@ def particle_envelope_slice(
     single_at = np.zeros(0, dtype=bool)  # reached from one particle only
     if bridge is not None and n and p.bridge_px:
         reach = np.asarray(bridge, dtype=bool) & ~closed
-        grown, lowest = _grow_into(labels, reach, p.bridge_px)
         reach_at = np.nonzero(reach)
+        # labels == 0 exactly off ``closed``: the reach pixels are the growth candidates
+        grown, lowest = _grow_into(labels, reach, p.bridge_px, points=reach_at)
         grown_at = grown[reach_at]
         single_at = (grown_at > 0) & (lowest[reach_at] == grown_at)
     merged, mapping = merge_by_contact(grown, min_share=p.merge_min_share) if n else (grown, {})
@@ -486,23 +530,21 @@ def particle_envelope_slice(
             notch = (points[0][flanked], points[1][flanked])
             group[notch] = merged[notch]
     in_group = group > 0
-    envelope = _fill_holes_within_particles(in_group, group)
+    envelope, background = _fill_holes_and_background(in_group, group)
     if p.min_area > 0:
         comp, m = ndimage.label(envelope)
         if m:
             small = np.bincount(comp.ravel()) < p.min_area
             small[0] = False
             if small.any():
-                envelope[small[comp]] = False
+                envelope[np.take(small, comp)] = False
     # voids: dark holes enclosed by one particle (at least min_void_area pixels), the cracks
     # that join its pieces and the dark pixels the closing added right beside those
     holes = envelope & ~in_group
     if p.min_void_area > 1 and holes.any():
-        hole_ids, n_holes = ndimage.label(holes)
-        big = np.bincount(hole_ids[holes], minlength=n_holes + 1) >= p.min_void_area
-        if not big[1:].all():
-            big[0] = False
-            holes = big[hole_ids]
+        # the holes are whole background components of in_group: filled whole, and the
+        # min_area step drops whole envelope components
+        holes = _drop_small_holes(holes, background, p.min_void_area)
     joins = bridged | holes
     beside = closed & ~solid & binary_dilate(joins, np.ones((3, 3), dtype=bool))
     return envelope, (joins | beside) & envelope
@@ -673,7 +715,7 @@ def drop_edge_specks(cracks: np.ndarray, envelope: np.ndarray, min_pixels: int) 
     drop[0] = False
     if not drop.any():
         return crack.copy()
-    return crack & ~drop[comp]
+    return crack & ~np.take(drop, comp)
 
 
 def particle_mask(

@@ -235,7 +235,7 @@ def relabelled(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     lut = np.arange(int(labels.max()) + 1, dtype=labels.dtype)
     for i, r in mapping.items():
         lut[i] = r
-    return lut[labels]
+    return np.take(lut, labels)
 
 
 def merge_on_graph(

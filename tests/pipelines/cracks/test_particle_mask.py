@@ -15,7 +15,9 @@ from pipelines.cracks.particle_mask import (
     CONVENTIONAL,
     ParticleMaskParams,
     _box_share,
+    _drop_small_holes,
     _grow_into,
+    _holes,
     _neighbourhood_extremes,
     binary_dilate,
     binary_erode,
@@ -281,3 +283,28 @@ def test_grow_into_changes_only_the_reach_pixels(
     assert np.array_equal(lowest[solid], labels[solid])
     reached = grown[reach] > 0
     assert np.all(lowest[reach][reached] <= grown[reach][reached])
+    # the candidates handed over as points (particle_envelope_slice) give the same growth
+    with_points = _grow_into(labels, candidates, steps, points=np.nonzero(reach))
+    assert np.array_equal(with_points[0], grown) and np.array_equal(with_points[1], lowest)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    density=st.floats(0.4, 0.8),
+    min_area=st.integers(2, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_drop_small_holes_equals_labelling_the_holes(
+    density: float, min_area: int, seed: int
+) -> None:
+    # particle_envelope_slice sizes its holes by the background components they are made of
+    # (whole components, as it fills them): the same as labelling the holes themselves
+    rng = np.random.default_rng(seed)
+    solid = rng.random((32, 32)) < density
+    background, is_hole = _holes(solid)
+    chosen = is_hole & (rng.random(is_hole.size) < 0.7)
+    holes = chosen[background]
+    pieces, n = ndimage.label(holes)
+    small = np.bincount(pieces.ravel(), minlength=n + 1) < min_area
+    small[0] = True
+    np.testing.assert_array_equal(_drop_small_holes(holes, background, min_area), ~small[pieces])
