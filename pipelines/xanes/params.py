@@ -222,6 +222,16 @@ class TrackParams(_Params):
             "no longer stays in every frame of the particle"
         ),
     )
+    post_edge_support_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        description=(
+            "edge: the post-edge pass registers each whole particle on its support grown by "
+            "this fraction of its (frame-0 mask's) diameter: the frame-0 mask of a faint "
+            "particle lies inside its outline, and the support around it then holds the "
+            "still rings inside the particle, not its rim; 0: the live support"
+        ),
+    )
     post_edge_partial: bool = Field(
         default=True,
         description=(

@@ -301,6 +301,9 @@ def post_edge_shifts(
         if found.size < 2:
             continue
         last = int(found[-1])
+        if track.post_edge_support_fraction > 0 and not edge.partial:
+            diameter = 2.0 * np.sqrt(particle.area / np.pi)
+            edge = edge.widened(round(track.post_edge_support_fraction * diameter))
         template = edge.renewed(edges_of(last), shift[k, last])
         if template.model is None:
             continue

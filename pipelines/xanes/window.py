@@ -415,6 +415,7 @@ class EdgeTemplate:
             & (cols < edges.shape[1] - border)
         )
         self.support = binned & inside
+        self.inside = inside
         self.partial = bool(np.count_nonzero(self.support) < np.count_nonzero(binned))
         self.offset = np.zeros(2)
         self.strength = 0.0
@@ -497,6 +498,17 @@ class EdgeTemplate:
             return False
         self._retake(edges, shift)
         return True
+
+    def widened(self, px: int) -> EdgeTemplate:
+        """A copy whose support is grown by ``px`` full-resolution pixels (within its crop,
+        still away from the frame border); its template is taken again by :meth:`renewed`
+        or :meth:`renewed_mean`. This one is unchanged."""
+        steps = -(-int(px) // self.binning)
+        if steps <= 0:
+            return self
+        twin = copy.copy(self)
+        twin.support = ndimage.binary_dilation(self.support, iterations=steps) & self.inside
+        return twin
 
     def renewed(self, edges: FrameEdges, shift: np.ndarray) -> EdgeTemplate:
         """A copy whose template is the outline of ``edges``, where the particle sits at
