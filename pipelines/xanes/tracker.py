@@ -565,7 +565,17 @@ class XanesTracker:
             support = support & ~inner
         diameter = 2.0 * np.sqrt(particle.area / np.pi) / edges.binning
         sigma = edge_scale(diameter, tp.edge_sigma_px, tp.edge_sigma_fraction, tp.edge_sigma_max_px)
-        return EdgeTemplate(edges, origin, particle.roi.shape, support, sigma, tp.search_px + 2)
+        # the post-edge pass may grow the support into the background ring (away from every
+        # particle, a touching neighbour's rim included), not over a neighbour
+        return EdgeTemplate(
+            edges,
+            origin,
+            particle.roi.shape,
+            support,
+            sigma,
+            tp.search_px + 2,
+            grow_into=particle.ring,
+        )
 
     def _edge_binning(self, od: np.ndarray) -> int:
         return max(1, int(round(min(od.shape) / self.params.track.edge_frame_px)))

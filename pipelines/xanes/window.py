@@ -390,6 +390,8 @@ class EdgeTemplate:
         Smoothing of this particle's edge images (binned px, :func:`edge_scale`).
     border_px : int
         Full-resolution pixels closer than this to the frame border are not used.
+    grow_into : numpy.ndarray, optional
+        ``shape`` bool: where :meth:`widened` may grow the support (None: anywhere).
     """
 
     def __init__(
@@ -400,6 +402,7 @@ class EdgeTemplate:
         support: np.ndarray,
         sigma: float,
         border_px: int,
+        grow_into: np.ndarray | None = None,
     ) -> None:
         self.binning = edges.binning
         self.sigma = float(sigma)
@@ -416,6 +419,11 @@ class EdgeTemplate:
         )
         self.support = binned & inside
         self.inside = inside
+        self.grow_into: np.ndarray | None = None
+        if grow_into is not None:
+            if grow_into.shape != support.shape:
+                raise ValueError(f"grow_into {grow_into.shape} must be support's {support.shape}")
+            self.grow_into = bin_mask(np.asarray(grow_into, dtype=bool), origin, self.binning)[1]
         self.partial = bool(np.count_nonzero(self.support) < np.count_nonzero(binned))
         self.offset = np.zeros(2)
         self.strength = 0.0
@@ -500,14 +508,19 @@ class EdgeTemplate:
         return True
 
     def widened(self, px: int) -> EdgeTemplate:
-        """A copy whose support is grown by ``px`` full-resolution pixels (within its crop,
-        still away from the frame border); its template is taken again by :meth:`renewed`
-        or :meth:`renewed_mean`. This one is unchanged."""
+        """A copy whose support is grown by ``px`` full-resolution pixels, within its crop,
+        away from the frame border and, when the template was given ``grow_into``, into that
+        region only (the background away from the other particles: the support does not grow
+        over a touching neighbour). Its template is taken again by :meth:`renewed` or
+        :meth:`renewed_mean`; this one is unchanged."""
         steps = -(-int(px) // self.binning)
         if steps <= 0:
             return self
+        grown = ndimage.binary_dilation(self.support, iterations=steps) & self.inside
+        if self.grow_into is not None:
+            grown &= self.grow_into | self.support
         twin = copy.copy(self)
-        twin.support = ndimage.binary_dilation(self.support, iterations=steps) & self.inside
+        twin.support = grown
         return twin
 
     def renewed(self, edges: FrameEdges, shift: np.ndarray) -> EdgeTemplate:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from pipelines.xanes.params import TrackParams
 from pipelines.xanes.window import EdgeTemplate, FrameEdges
@@ -69,6 +70,25 @@ def test_widened_support_grows_and_keeps_off_the_frame_border():
     assert not np.any(grown.support & ~template.inside)  # never within 10 px of the border
     assert np.all(grown.support[template.support])
     assert template.widened(0) is template
+
+
+def test_widened_support_does_not_grow_over_a_neighbour():
+    rr, cc = np.mgrid[0:80, 0:80]
+    own = np.hypot(rr - 40, cc - 30) < 12
+    neighbour = np.hypot(rr - 40, cc - 58) < 14  # touching on the right
+    # the tracker's background ring: away from every particle by 2 px
+    background = ~ndimage.binary_dilation(own | neighbour, iterations=2)
+    support = ndimage.binary_dilation(own, iterations=4)
+    edges = FrameEdges(_od(np.zeros(2), 1.0))
+    template = EdgeTemplate(
+        edges, np.array([40, 40]), own.shape, support, 1.5, 10, grow_into=background
+    )
+    grown = template.widened(8)
+    assert np.all(grown.support[template.support])
+    assert not np.any(grown.support & neighbour & ~template.support)
+    assert np.any(grown.support & background & ~template.support)
+    with pytest.raises(ValueError, match="grow_into"):
+        EdgeTemplate(edges, np.array([40, 40]), own.shape, support, 1.5, 10, grow_into=own[1:])
 
 
 def test_post_edge_support_fraction_is_checked():
