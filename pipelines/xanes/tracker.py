@@ -550,7 +550,14 @@ class XanesTracker:
         area = float(mask.sum())
         sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(area / np.pi))
         return ParticleWindow(
-            roi, com0, area, ring, tp.support_px + pad, search_px=tp.search_px, smooth_sigma=sigma
+            roi,
+            com0,
+            area,
+            ring,
+            tp.support_px + pad,
+            search_px=tp.search_px,
+            smooth_sigma=sigma,
+            neighbours=occupied & ~mask,
         )
 
     def _edge_template(
@@ -565,8 +572,8 @@ class XanesTracker:
             support = support & ~inner
         diameter = 2.0 * np.sqrt(particle.area / np.pi) / edges.binning
         sigma = edge_scale(diameter, tp.edge_sigma_px, tp.edge_sigma_fraction, tp.edge_sigma_max_px)
-        # the post-edge pass may grow the support into the background ring (away from every
-        # particle, a touching neighbour's rim included), not over a neighbour
+        # the post-edge pass may replace the support by the particle's clear outline, which
+        # keeps off its neighbours (EdgeTemplate.outlined)
         return EdgeTemplate(
             edges,
             origin,
@@ -574,7 +581,8 @@ class XanesTracker:
             support,
             sigma,
             tp.search_px + 2,
-            grow_into=particle.ring,
+            footprint=particle.roi.mask,
+            neighbours=particle.neighbours,
         )
 
     def _edge_binning(self, od: np.ndarray) -> int:
