@@ -222,6 +222,31 @@ class TrackParams(_Params):
             "no longer stays in every frame of the particle"
         ),
     )
+    post_edge_support: Literal["live", "outline"] = Field(
+        default="outline",
+        description=(
+            "edge: the support the post-edge pass registers a whole particle on: the live one "
+            "(around its frame-0 mask, which lies inside a faint particle's outline), or its "
+            "clear outline: the particle re-segmented on the mean of its clear frames aligned "
+            "on it (closer to its own mask than to a neighbour's), grown by "
+            "post_edge_outline_grow_px into the background only; border-cut particles keep "
+            "the live support"
+        ),
+    )
+    post_edge_outline_level: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description=(
+            "edge: outline support: the particle is where the mean clear OD is above the "
+            "background by this fraction of its contrast"
+        ),
+    )
+    post_edge_outline_grow_px: int = Field(
+        default=4,
+        ge=0,
+        description="edge: outline support: growth of the re-segmented particle (px)",
+    )
     post_edge_partial: bool = Field(
         default=True,
         description=(

@@ -262,7 +262,10 @@ def post_edge_shifts(
     aligned ROIs stay out of the maps: the full frames are gone by then). Particles cut
     by the frame border (unless ``track.post_edge_partial``), and particles whose frame 0
     does not register (faint, the outline does not correlate), keep their live shifts; so
-    does any frame the new template does not register.
+    does any frame the new template does not register. With ``track.post_edge_support=
+    "outline"`` a whole particle is then registered again on its outline in the clear frames
+    (:meth:`EdgeTemplate.outlined`; a frame that does not register on it keeps the first
+    registration).
 
     Parameters
     ----------
@@ -319,17 +322,28 @@ def post_edge_shifts(
             np.all(np.isfinite(shift[k]), axis=1)[:, None], shift[k], global_shift + offset
         )
         order = sorted(frames)
-        registered, strength = pass_register(template, order, predicted, edges_of, track=track)
-        if track.post_edge_template == "mean":
-            clear = np.all(np.isfinite(registered), axis=1)
-            clear &= strength >= 0.6 * np.nanmax(np.where(clear, strength, np.nan), initial=0)
-            chosen = np.nonzero(clear)[0].tolist()
+        registered, strength = _pass_of(edge, template, order, predicted, edges_of, track)
+        if track.post_edge_support == "outline" and not edge.partial:
+            # a whole particle: register again on its outline in the clear frames (its
+            # frame-0 mask lies inside a faint particle's outline)
+            chosen = _clear_frames(registered, strength)
             if len(chosen) >= 2:
-                mean = edge.renewed_mean([edges_of(i) for i in chosen], registered[chosen])
-                if mean.model is not None:
-                    registered, strength = pass_register(
-                        mean, order, predicted, edges_of, track=track
+                outlined = edge.outlined(
+                    [edges_of(i) for i in chosen],
+                    registered[chosen],
+                    level=track.post_edge_outline_level,
+                    grow_px=track.post_edge_outline_grow_px,
+                )
+                retaken = outlined.renewed(edges_of(last), shift[k, last])
+                if outlined is not edge and retaken.model is not None:
+                    again, strength_again = _pass_of(
+                        outlined, retaken, order, predicted, edges_of, track
                     )
+                    # a frame the outline does not register keeps the first registration
+                    # (the same frame's templates at the same shift: the same geometry)
+                    done = np.all(np.isfinite(again), axis=1)
+                    registered[done] = again[done]
+                    strength[done] = strength_again[done]
         if not np.all(np.isfinite(registered[0])):
             continue  # frame 0 not registered: nothing to anchor on
         valid = np.all(np.isfinite(registered), axis=1)
@@ -349,6 +363,34 @@ def post_edge_shifts(
         filled = keep & ~np.all(np.isfinite(shift[k]), axis=1)
         backfilled.append(BackfilledFrames(k, np.nonzero(filled)[0], anchored))
     return PostEdgeShifts(out, backfilled)
+
+
+def _pass_of(
+    edge: EdgeTemplate,
+    template: EdgeTemplate,
+    order: list[int],
+    predicted: np.ndarray,
+    edges_of: Callable[[int], FrameEdges],
+    track: TrackParams,
+) -> Pass:
+    """One particle's frames registered against ``template`` (``edge`` renewed at its last
+    frame) and, with ``track.post_edge_template="mean"``, again against the mean of the clear
+    outlines so found: ``(N, 2)`` shifts and ``(N,)`` outline strengths."""
+    registered, strength = pass_register(template, order, predicted, edges_of, track=track)
+    if track.post_edge_template == "mean":
+        chosen = _clear_frames(registered, strength)
+        if len(chosen) >= 2:
+            mean = edge.renewed_mean([edges_of(i) for i in chosen], registered[chosen])
+            if mean.model is not None:
+                registered, strength = pass_register(mean, order, predicted, edges_of, track=track)
+    return registered, strength
+
+
+def _clear_frames(registered: np.ndarray, strength: np.ndarray) -> list[int]:
+    """Registered frames whose outline is at least 0.6 of the strongest."""
+    clear = np.all(np.isfinite(registered), axis=1)
+    clear &= strength >= 0.6 * np.nanmax(np.where(clear, strength, np.nan), initial=0)
+    return np.nonzero(clear)[0].tolist()
 
 
 def moves_rigidly(passes: dict[int, Pass], drift: np.ndarray, *, rigid_px: float) -> bool:

@@ -550,7 +550,14 @@ class XanesTracker:
         area = float(mask.sum())
         sigma = max(tp.smooth_sigma_px, tp.smooth_fraction * 2.0 * np.sqrt(area / np.pi))
         return ParticleWindow(
-            roi, com0, area, ring, tp.support_px + pad, search_px=tp.search_px, smooth_sigma=sigma
+            roi,
+            com0,
+            area,
+            ring,
+            tp.support_px + pad,
+            search_px=tp.search_px,
+            smooth_sigma=sigma,
+            neighbours=occupied & ~mask,
         )
 
     def _edge_template(
@@ -565,7 +572,18 @@ class XanesTracker:
             support = support & ~inner
         diameter = 2.0 * np.sqrt(particle.area / np.pi) / edges.binning
         sigma = edge_scale(diameter, tp.edge_sigma_px, tp.edge_sigma_fraction, tp.edge_sigma_max_px)
-        return EdgeTemplate(edges, origin, particle.roi.shape, support, sigma, tp.search_px + 2)
+        # the post-edge pass may replace the support by the particle's clear outline, which
+        # keeps off its neighbours (EdgeTemplate.outlined)
+        return EdgeTemplate(
+            edges,
+            origin,
+            particle.roi.shape,
+            support,
+            sigma,
+            tp.search_px + 2,
+            footprint=particle.roi.mask,
+            neighbours=particle.neighbours,
+        )
 
     def _edge_binning(self, od: np.ndarray) -> int:
         return max(1, int(round(min(od.shape) / self.params.track.edge_frame_px)))

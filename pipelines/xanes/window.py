@@ -51,8 +51,11 @@ class ParticleWindow:
         *,
         search_px: int,
         smooth_sigma: float,
+        neighbours: np.ndarray | None = None,
     ) -> None:
         self.roi = roi
+        # the other particles' masks in this ROI (None: not known)
+        self.neighbours = neighbours
         self.com0 = com0
         self.area = area
         self.ring = ring
@@ -390,6 +393,10 @@ class EdgeTemplate:
         Smoothing of this particle's edge images (binned px, :func:`edge_scale`).
     border_px : int
         Full-resolution pixels closer than this to the frame border are not used.
+    footprint : numpy.ndarray, optional
+        ``shape`` bool: the particle's own (frame-0) mask, for :meth:`outlined`.
+    neighbours : numpy.ndarray, optional
+        ``shape`` bool: the other particles' masks, for :meth:`outlined`.
     """
 
     def __init__(
@@ -400,6 +407,8 @@ class EdgeTemplate:
         support: np.ndarray,
         sigma: float,
         border_px: int,
+        footprint: np.ndarray | None = None,
+        neighbours: np.ndarray | None = None,
     ) -> None:
         self.binning = edges.binning
         self.sigma = float(sigma)
@@ -415,6 +424,15 @@ class EdgeTemplate:
             & (cols < edges.shape[1] - border)
         )
         self.support = binned & inside
+        self.inside = inside
+        self.footprint: np.ndarray | None = None
+        self.neighbours: np.ndarray | None = None
+        for name, mask in (("footprint", footprint), ("neighbours", neighbours)):
+            if mask is None:
+                continue
+            if mask.shape != support.shape:
+                raise ValueError(f"{name} {mask.shape} must be support's {support.shape}")
+            setattr(self, name, bin_mask(np.asarray(mask, dtype=bool), origin, self.binning)[1])
         self.partial = bool(np.count_nonzero(self.support) < np.count_nonzero(binned))
         self.offset = np.zeros(2)
         self.strength = 0.0
@@ -497,6 +515,63 @@ class EdgeTemplate:
             return False
         self._retake(edges, shift)
         return True
+
+    def outlined(
+        self, frames: list[FrameEdges], shifts: np.ndarray, *, level: float, grow_px: int
+    ) -> EdgeTemplate:
+        """A copy whose support is the particle's outline in clear frames, grown a little.
+
+        The OD of ``frames`` (clear frames: the particle well above the background) is
+        averaged aligned on the particle at ``shifts`` (in the template's geometry); the
+        particle is where that mean is above the background (median of the crop away from
+        the footprint and the neighbours) by ``level`` of its contrast (90th percentile on
+        the footprint) and closer to the footprint than to a neighbour, in the connected
+        parts touching the footprint. That region is grown by ``grow_px`` (full-resolution)
+        into the background only: not over anything else above the level, nor closer to a
+        neighbour. A faint particle's frame-0 mask lies inside its outline; this support
+        holds its whole rim. Pixels near the frame border stay out. Without a footprint, or
+        when the mean shows no contrast, the template is returned unchanged. Its template is
+        taken again by :meth:`renewed` or :meth:`renewed_mean`.
+        """
+        shifts = np.asarray(shifts, dtype=np.float64)
+        if len(frames) == 0 or shifts.shape != (len(frames), 2):
+            raise ValueError(f"need one (2,) shift per frame, got {shifts.shape} for {len(frames)}")
+        own = self.footprint
+        if own is None or not own.any():
+            return self
+        b = self.binning
+        total = np.zeros(self.shape)
+        for edges, shift in zip(frames, shifts, strict=True):
+            position = (shift - self.offset) / b
+            base = np.round(position).astype(int)
+            crop = extract_crop(edges.od, self.origin + base, self.shape)
+            total += shift_image(np.asarray(crop, dtype=np.float64), -(position - base))
+        mean = ndimage.gaussian_filter(total / len(frames), 1.0)
+        others = self.neighbours if self.neighbours is not None else np.zeros_like(own)
+        # the background: away from the masks by a quarter of the diameter (a faint
+        # particle's rim lies outside its mask)
+        reach = max(2, round(0.5 * np.sqrt(np.count_nonzero(own) / np.pi)))
+        away = ~ndimage.binary_dilation(own | others, iterations=reach) & self.inside
+        if np.count_nonzero(away) < 16:
+            return self
+        background = float(np.median(mean[away]))
+        contrast = float(np.percentile(mean[own & self.inside], 90)) - background
+        if not contrast > 0:
+            return self
+        above = mean > background + level * contrast
+        if others.any():
+            nearer = ndimage.distance_transform_edt(~own) < ndimage.distance_transform_edt(~others)
+        else:
+            nearer = np.ones_like(own)
+        parts, _ = ndimage.label(above & nearer)
+        touching = np.unique(parts[own & (parts > 0)])
+        body = np.isin(parts, touching) | own
+        steps = -(-int(grow_px) // b)
+        grown = ndimage.binary_dilation(body, iterations=steps) if steps > 0 else body
+        grown &= body | (~above & nearer)
+        twin = copy.copy(self)
+        twin.support = grown & self.inside
+        return twin
 
     def renewed(self, edges: FrameEdges, shift: np.ndarray) -> EdgeTemplate:
         """A copy whose template is the outline of ``edges``, where the particle sits at
