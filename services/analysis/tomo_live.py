@@ -3,7 +3,7 @@
 Writes under ``analysis/<run uid>/cracks/``:
 
 ``reconstruction``        float32 (Z, Y, X) filtered back projection
-``mask``                  uint8 (Z, Y, X) 1 = crack, grows slice by slice as each is segmented
+``mask``                  uint8 (Z, Y, X) 1 = crack, grows in blocks of slices as they are segmented
 ``particle_mask``         uint8 (Z, Y, X) 1 = particle including its cracks, grows likewise
 ``depth_profile``         float64 (Z,) crack area / particle area per slice (z = 0 separator)
 ``damage_density``        float32 (Z, Y, X) crack share of the moving window
@@ -109,6 +109,53 @@ def separator_from_start(
     if on_rejected is not None:
         on_rejected(SEPARATOR_KEY)
     return "first", error
+
+
+#: The crack and particle masks grow in Tiled by blocks of slices of at least this many bytes
+#: (each), or of what was segmented in :data:`LIVE_MASK_SECONDS`, whichever comes first.
+LIVE_MASK_BYTES = 1 << 20
+LIVE_MASK_SECONDS = 2.0
+
+
+class LiveMaskRows:
+    """Appends the slices of the crack and particle masks to Tiled as they are segmented, a
+    block of slices per write.
+
+    One write per slice cost the Tiled server a request (an array extended) per slice and mask
+    (64 slices: 23 and 14 requests per run after the spool's merging, a quarter of a tomogram's
+    requests); a block of :data:`LIVE_MASK_BYTES` (a 256 x 256 slice is 64 kB: 16 slices) or
+    of :data:`LIVE_MASK_SECONDS` keeps the masks growing while the crack map is made. The arrays
+    read back the same.
+    """
+
+    def __init__(self, out: Any, cracks: np.ndarray, particles: np.ndarray) -> None:
+        self._out = out
+        self._cracks = cracks
+        self._particles = particles
+        self._written = 0
+        self._since = time.monotonic()
+        slice_bytes = max(1, int(cracks[0].nbytes)) if len(cracks) else 1
+        self._rows = max(1, LIVE_MASK_BYTES // slice_bytes)
+
+    def segmented(self, done: int) -> None:
+        """Slices ``0 .. done - 1`` are segmented (in increasing z): write a block when due."""
+        pending = done - self._written
+        if pending >= self._rows or (
+            pending > 0 and time.monotonic() - self._since >= LIVE_MASK_SECONDS
+        ):
+            self._write(done)
+
+    def flush(self) -> None:
+        """Write the slices segmented and not written yet."""
+        if self._written < len(self._cracks):
+            self._write(len(self._cracks))
+
+    def _write(self, done: int) -> None:
+        rows = slice(self._written, done)
+        self._out.rows(CRACKS.mask, self._cracks[rows], dims=["z", "y", "x"])
+        self._out.rows(CRACKS.particle_mask, self._particles[rows], dims=["z", "y", "x"])
+        self._written = done
+        self._since = time.monotonic()
 
 
 class CracksPipeline:
@@ -266,11 +313,12 @@ class CracksPipeline:
         )
         cracks = np.zeros(volume.shape, dtype=np.uint8)
         particles = np.zeros(volume.shape, dtype=np.uint8)
+        live = LiveMaskRows(out, cracks, particles)
         for piece in iter_crack_slices(volume, params, model=self._weights.crack_model):
             cracks[piece.z] = piece.crack
             particles[piece.z] = piece.particle
-            out.rows(CRACKS.mask, piece.crack[None], dims=["z", "y", "x"])
-            out.rows(CRACKS.particle_mask, piece.particle[None], dims=["z", "y", "x"])
+            live.segmented(piece.z + 1)
+        live.flush()
         t_cracks = time.monotonic() - t0 - t_recon
         q = quantify_damage(cracks, particles, params.quantify, workers=params.n_workers())
         out.array(CRACKS.depth_profile, q.depth_profile, dims=["z"])

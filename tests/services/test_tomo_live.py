@@ -277,3 +277,59 @@ def test_layer_correlation_sign_flip_reaches_tiled(consumer_settings, tiled_clie
         figure = node["figures"]["layer_correlation"]
         assert figure.shape[2] == 3 and figure.read().std() > 0
         check_crack_numbers(node, voxel_um=0.25, n_layers=2)
+
+
+@pytest.mark.parametrize("seconds, blocks", [(3600.0, 4), (0.0, 64)])
+def test_crack_masks_grow_in_tiled_by_blocks_of_slices(
+    tiled_server, tiled_client, tmp_path, monkeypatch, seconds, blocks
+):
+    """The masks of a 64-slice 256 x 256 tomogram reach Tiled in blocks of ~1 MB (4 writes
+    each), or, when segmenting is slow (here: a block due after 0 s), slice by slice; they read
+    back whole and the same either way. One write per slice, as before, cost Tiled a request
+    per slice and mask (23 and 14 per run of the worker_scaling benchmark after the spool's
+    merging: a quarter of the run's requests)."""
+    import uuid
+
+    from benchmarks.tiled_requests import read_log
+    from services.analysis import tomo_live
+    from services.analysis.results import ResultWriter
+    from services.core.layout import CRACKS
+    from services.core.metrics import Metrics
+    from services.tiled.applier import TiledApplier
+    from services.tiled.spool import Spool
+
+    monkeypatch.setattr(tomo_live, "LIVE_MASK_SECONDS", seconds)
+    rng = np.random.default_rng(3)
+    cracks = (rng.random((64, 256, 256)) > 0.9).astype(np.uint8)
+    particles = np.maximum(cracks, (rng.random(cracks.shape) > 0.5).astype(np.uint8))
+    uid = str(uuid.uuid4())
+    # one record per Tiled write (no merging): what the stage writes is what Tiled gets
+    spool = Spool(tmp_path / "spool", TiledApplier(tiled_client), Metrics("analysis"), max_batch=1)
+    out = ResultWriter(spool, uid, CRACKS.pipeline)
+    out.container({"status": "running"})
+    segmented_cracks, segmented_particles = np.zeros_like(cracks), np.zeros_like(particles)
+    live = tomo_live.LiveMaskRows(out, segmented_cracks, segmented_particles)
+    for z in range(len(cracks)):  # as iter_crack_slices yields them: in increasing z
+        segmented_cracks[z], segmented_particles[z] = cracks[z], particles[z]
+        live.segmented(z + 1)
+    live.flush()
+    assert spool.depth() == 1 + 2 * blocks
+
+    log = tiled_server.settings.data_dir / "tiled.log"
+    start = log.stat().st_size
+    spool.start()
+    try:
+        assert spool.wait_empty(120)
+    finally:
+        spool.stop(drain_timeout=0)
+    writes = [
+        r
+        for r in read_log(log, start, log.stat().st_size)
+        if r.kind == "array write" and uid in r.path
+    ]
+    assert len(writes) == 2 * blocks, [f"{r.method} {r.path}" for r in writes]
+    node = tiled_client["analysis"][uid][CRACKS.pipeline]
+    for key, expected in ((CRACKS.mask, cracks), (CRACKS.particle_mask, particles)):
+        array = node[key].read()
+        assert array.dtype == np.uint8 and array.shape == expected.shape
+        np.testing.assert_array_equal(array, expected)
