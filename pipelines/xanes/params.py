@@ -219,7 +219,9 @@ class TrackParams(_Params):
             "edge: the post-edge pass places each particle's frame 0 by its frame-0 "
             "registration alone, or by the median over its faint frames of their registration "
             "minus the frame's drift (median of the particles): one noisy faint frame's error "
-            "no longer stays in every frame of the particle"
+            "no longer stays in every frame of the particle; a particle whose frame 0 does not "
+            "register is then placed by its clear frames minus the drift (when they vary by at "
+            "most post_edge_rigid_px about it)"
         ),
     )
     post_edge_support: Literal["live", "outline"] = Field(

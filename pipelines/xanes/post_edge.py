@@ -41,6 +41,9 @@ __all__ = [
     "reanchored_shifts",
 ]
 
+#: frames a particle whose frame 0 did not register needs in the pass to be placed by the drift
+_MIN_JOINER_FRAMES = 3
+
 #: one particle's pass: ``(N, 2)`` registered shifts against its post-edge template and
 #: ``(N,)`` bool faint frames (frame 0 and those whose outline is below 0.6 of its clearest)
 Pass = tuple[np.ndarray, np.ndarray]
@@ -260,12 +263,13 @@ def post_edge_shifts(
     re-acquired) are registered too, predicted by the frame's global shift plus the
     particle's median offset from it, and kept when they pass the same gates (their
     aligned ROIs stay out of the maps: the full frames are gone by then). Particles cut
-    by the frame border (unless ``track.post_edge_partial``), and particles whose frame 0
-    does not register (faint, the outline does not correlate), keep their live shifts; so
-    does any frame the new template does not register. With ``track.post_edge_support=
-    "outline"`` a whole particle is then registered again on its outline in the clear frames
-    (:meth:`EdgeTemplate.outlined`; a frame that does not register on it keeps the first
-    registration).
+    by the frame border (unless ``track.post_edge_partial``) keep their live shifts; so does
+    any frame the new template does not register. A particle whose frame 0 does not register
+    (faint, the outline does not correlate: one lost in the pre-edge frames and re-acquired)
+    is placed by the drift (:func:`post_edge_anchors`), or keeps its live shifts. With
+    ``track.post_edge_support="outline"`` a whole particle is then registered again on its
+    outline in the clear frames (:meth:`EdgeTemplate.outlined`; a frame that does not
+    register on it keeps the first registration).
 
     Parameters
     ----------
@@ -344,7 +348,7 @@ def post_edge_shifts(
                     done = np.all(np.isfinite(again), axis=1)
                     registered[done] = again[done]
                     strength[done] = strength_again[done]
-        if not np.all(np.isfinite(registered[0])):
+        if not np.all(np.isfinite(registered[0])) and track.post_edge_anchor != "faint_frames":
             continue  # frame 0 not registered: nothing to anchor on
         valid = np.all(np.isfinite(registered), axis=1)
         top = np.nanmax(np.where(valid, strength, np.nan), initial=0)
@@ -355,9 +359,13 @@ def post_edge_shifts(
     anchors = post_edge_anchors(passes, partial, track=track)
     backfilled = []
     for k, (registered, _) in passes.items():
+        if k not in anchors:
+            continue  # frame 0 not registered and no drift to place it by: live shifts
         anchored = registered - anchors[k]
         keep = np.all(np.isfinite(anchored), axis=1)
-        if not track.post_edge_backfill:
+        if not track.post_edge_backfill or not np.all(np.isfinite(registered[0])):
+            # placed by the drift (frame 0 did not register): only its live frames move;
+            # its faint frames before it was re-acquired stay NaN (as live)
             keep &= np.all(np.isfinite(shift[k]), axis=1)
         out[k, keep] = anchored[keep]
         filled = keep & ~np.all(np.isfinite(shift[k]), axis=1)
@@ -447,22 +455,46 @@ def post_edge_anchors(
     differences is the anchor (with 3 or more particles; else frame 0). ``partial[k]``:
     particle k is cut by the frame border (it votes for the drift only when fewer than 3
     whole particles passed).
+
+    A particle whose frame 0 did not register (NaN row 0: lost in the faint frames and
+    re-acquired, or joined later) does not vote; with ``"faint_frames"`` its anchor is the
+    median over its clear frames (3 or more) of its registration minus the drift, when that
+    offset varies there by at most ``track.post_edge_rigid_px`` (RMS about the median).
+    Otherwise it gets no anchor (absent from the result: it keeps its live shifts, which
+    place it by the global shift of the frame it was re-acquired in).
     """
-    frame0 = {k: registered[0].copy() for k, (registered, _) in passes.items()}
-    if track.post_edge_anchor == "frame0" or len(passes) < 3:
+    frame0 = {
+        k: registered[0].copy()
+        for k, (registered, _) in passes.items()
+        if np.all(np.isfinite(registered[0]))
+    }
+    if track.post_edge_anchor == "frame0" or len(frame0) < 3:
         return frame0
-    whole = [k for k in passes if not partial[k]]
-    voters = whole if len(whole) >= 3 else list(passes)
+    whole = [k for k in frame0 if not partial[k]]
+    voters = whole if len(whole) >= 3 else list(frame0)
     relative = np.stack([passes[k][0] - passes[k][0][0] for k in voters])
     counted = np.sum(np.all(np.isfinite(relative), axis=2), axis=0)
     drift = np.full(relative.shape[1:], np.nan)
     enough = counted >= 3
     if enough.any():
         drift[enough] = np.nanmedian(relative[:, enough], axis=0)
-    if not moves_rigidly(passes, drift, rigid_px=track.post_edge_rigid_px):
+    if not moves_rigidly({k: passes[k] for k in frame0}, drift, rigid_px=track.post_edge_rigid_px):
         return frame0
     anchors = {}
     for k, (registered, faint) in passes.items():
+        if k not in frame0:
+            # frame 0 did not register (a particle lost in the faint frames and re-acquired,
+            # or one that joined later): its clear frames against the drift, when its offset
+            # from the drift varies there by at most rigid_px as the others' do (else live)
+            usable = ~faint & np.all(np.isfinite(registered), axis=1)
+            usable &= np.all(np.isfinite(drift), axis=1)
+            if np.count_nonzero(usable) >= _MIN_JOINER_FRAMES:
+                offsets = registered[usable] - drift[usable]
+                anchor = np.median(offsets, axis=0)
+                spread = float(np.sqrt(np.mean(np.sum((offsets - anchor) ** 2, axis=1))))
+                if spread <= track.post_edge_rigid_px:
+                    anchors[k] = anchor
+            continue
         usable = faint & np.all(np.isfinite(drift), axis=1)
         usable[0] = True
         anchors[k] = np.median(registered[usable] - drift[usable], axis=0)
