@@ -338,8 +338,11 @@ def post_edge_shifts(
                     level=track.post_edge_outline_level,
                     grow_px=track.post_edge_outline_grow_px,
                 )
-                retaken = outlined.renewed(edges_of(last), shift[k, last])
-                if outlined is not edge and retaken.model is not None:
+                # (unchanged when the clear frames show no outline: nothing to retake)
+                retaken = (
+                    None if outlined is edge else outlined.renewed(edges_of(last), shift[k, last])
+                )
+                if retaken is not None and retaken.model is not None:
                     again, strength_again = _pass_of(
                         outlined, retaken, order, predicted, edges_of, track
                     )
