@@ -333,3 +333,61 @@ def test_crack_masks_grow_in_tiled_by_blocks_of_slices(
         array = node[key].read()
         assert array.dtype == np.uint8 and array.shape == expected.shape
         np.testing.assert_array_equal(array, expected)
+
+
+def test_crack_mask_blocks_answered_500_after_commit_are_exactly_once(
+    tiled_server, tiled_client, tmp_path
+):
+    """The masks' block writes that Tiled committed but answered 500 to are retried by the
+    spool and land once: the arrays read back whole, every slice once, no block doubled."""
+    import uuid
+
+    import httpx
+
+    from services.analysis import tomo_live
+    from services.analysis.results import ResultWriter
+    from services.core.layout import CRACKS
+    from services.core.metrics import Metrics
+    from services.tiled.applier import TiledApplier, is_transient
+    from services.tiled.spool import Spool
+    from tests.services.test_exactly_once import CommittedButFailed
+
+    rng = np.random.default_rng(5)
+    cracks = (rng.random((48, 256, 256)) > 0.9).astype(np.uint8)
+    particles = np.maximum(cracks, (rng.random(cracks.shape) > 0.5).astype(np.uint8))
+    uid = str(uuid.uuid4())
+
+    def mask_block(request: httpx.Request) -> bool:
+        path = request.url.path
+        return request.method in ("PUT", "PATCH") and uid in path and "mask" in path
+
+    client = tiled_server.client()
+    fault = CommittedButFailed(mask_block, 4)
+    client.context.http_client.event_hooks["response"].append(fault)
+    metrics = Metrics("analysis")
+    spool = Spool(
+        tmp_path / "spool",
+        TiledApplier(client),
+        metrics,
+        max_backoff=0.2,
+        is_transient=is_transient,
+        max_batch=1,
+    )
+    out = ResultWriter(spool, uid, CRACKS.pipeline)
+    out.container({"status": "running"})
+    live = tomo_live.LiveMaskRows(out, cracks, particles)  # 16 slices per block: 3 each
+    for z in range(len(cracks)):
+        live.segmented(z + 1)
+    live.flush()
+    spool.start()
+    try:
+        assert spool.wait_empty(120)
+    finally:
+        spool.stop(drain_timeout=0)
+        client.context.close()
+    assert len(fault.injected) == 4, fault.injected
+    node = tiled_client["analysis"][uid][CRACKS.pipeline]
+    for key, expected in ((CRACKS.mask, cracks), (CRACKS.particle_mask, particles)):
+        array = node[key].read()
+        assert array.dtype == np.uint8 and array.shape == expected.shape
+        np.testing.assert_array_equal(array, expected)
