@@ -206,17 +206,18 @@ def _place_particles(rng: np.random.Generator, shape: tuple[int, int]) -> list[_
     r_max = side / 4.0
     n_large = int(rng.integers(2, 15))
     n_small = int(rng.integers(2, 16))
+    small_max = min(28.0, r_max / 2.0)  # large from here to r_max, small from 8 px to here
     radii = np.concatenate(
         [
-            np.exp(rng.uniform(np.log(28.0), np.log(r_max), n_large)),
-            np.exp(rng.uniform(np.log(8.0), np.log(28.0), n_small)),
+            np.exp(rng.uniform(np.log(small_max), np.log(r_max), n_large)),
+            np.exp(rng.uniform(np.log(min(8.0, small_max)), np.log(small_max), n_small)),
         ]
     )
     radii = np.sort(radii)[::-1]
     particles: list[_Particle] = []
     area = 0.0
     for radius in radii:
-        if radius >= 28.0 and area > fill * h * w and len(particles) >= 2:
+        if radius >= small_max and area > fill * h * w and len(particles) >= 2:
             continue  # the large ones fill up to ``fill``; the small ones always come
         for _attempt in range(60):
             if particles and rng.random() < 0.45:
@@ -337,7 +338,8 @@ class HoldoutXanesScan:
         ``(H, W)`` int32 frame-0 footprint, particle j -> j + 1 (the thicker one where they
         overlap).
     wholly_visible : numpy.ndarray
-        ``(P,)`` bool: the particle's outline lies inside the frame (1 px margin) in every frame.
+        ``(P,)`` bool: the particle's outline lies inside the frame, off its outer pixel ring, in
+        every frame.
     edge_energy : numpy.ndarray
         ``(P,)`` float64 edge energy parameter of each particle's spectrum (eV).
     radii : numpy.ndarray
@@ -425,23 +427,12 @@ def _footprints(
 def _wholly_visible(
     particles: list[_Particle], shape: tuple[int, int], drift: np.ndarray
 ) -> np.ndarray:
-    """The outline stays 1 px inside the frame in every frame (checked on a padded canvas)."""
-    h, w = shape
-    visible = np.ones(len(particles), bool)
-    lo, hi = drift.min(axis=0), drift.max(axis=0)
-    for j, p in enumerate(particles):
-        r = int(np.ceil(p.extent)) + 2
-        yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
-        frac = p.centre - np.floor(p.centre)
-        inside = p.signed_distance(yy - frac[0], xx - frac[1]) > 0
-        rows, cols = np.nonzero(inside)
-        if rows.size == 0:
-            visible[j] = False
-            continue
-        base = np.floor(p.centre)
-        top, bottom = base[0] + rows.min() - r + lo[0], base[0] + rows.max() - r + hi[0]
-        left, right = base[1] + cols.min() - r + lo[1], base[1] + cols.max() - r + hi[1]
-        visible[j] = top >= 1 and left >= 1 and bottom <= h - 2 and right <= w - 2
+    """In frame 0 and in every frame, the outline has pixels in the frame, none on its edge."""
+    ring = np.zeros(shape, bool)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    visible = _footprints(particles, shape, drift[0]).any(axis=(1, 2))
+    for d in drift:
+        visible &= ~(_footprints(particles, shape, d) & ring).any(axis=(1, 2))
     return visible
 
 
