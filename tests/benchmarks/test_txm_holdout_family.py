@@ -114,9 +114,11 @@ def test_border_cut_flags_follow_the_outlines_in_every_frame() -> None:
 def test_tracker_on_a_small_holdout_scene() -> None:
     """One 384 x 384 scene, 20 energies (seed 5100), default parameters, classical detector.
 
-    Measured when written (2026-12-01, main 62f6111): global shift RMS ... px, ... of the ...
-    wholly visible particles tracked; the bounds sit a little below that, so a worse tracker
-    fails. A last frame of open beam only (the sample moved out) must give NaN, never 0.0.
+    Measured when written (2026-12-01, tracker of main 62f6111): global shift RMS 0.078 px,
+    per particle 0.095 px, 5 of the 7 wholly visible particles tracked (true 9 and 10, radius
+    12 and 11 px, not detected). The bounds sit a little on the worse side of that, so a worse
+    tracker fails; nothing was tuned on this scene. A last frame of open beam only (the sample
+    moved out) must give NaN, never 0.0.
     """
     scan = make_holdout_xanes_scan(5100, shape=(384, 384), n_frames=20)
     tracker = XanesTracker(XanesParams(), flat=scan.flat)
@@ -128,21 +130,30 @@ def test_tracker_on_a_small_holdout_scene() -> None:
     tracker.close()
     n = len(scan.frames)
     # match tracked particles to true ones by their largest overlap in frame 0
-    tracked = set()
+    tracked, errors = set(), []
     for k in range(final.particle_shift.shape[0]):
         counts = np.bincount(scan.labels[final.labels == k + 1], minlength=scan.n_particles + 1)
         j = int(np.argmax(counts[1:]))
         shift = final.particle_shift[k, :n]
         seen = np.nonzero(np.isfinite(shift[:, 0]))[0]
-        if counts[1:].any() and seen.size and np.mean(np.isfinite(shift[seen[0] :, 0])) >= 0.9:
+        if not (counts[1:].any() and seen.size):
+            continue
+        errors.append(shift[seen] - scan.drift[seen])
+        if np.mean(np.isfinite(shift[seen[0] :, 0])) >= 0.9:
             tracked.add(j)
     visible = set(np.nonzero(scan.wholly_visible)[0].tolist())
     found = len(tracked & visible) / len(visible)
     error = final.global_shift[:n] - scan.drift
     global_rms = float(np.sqrt(np.nanmean(np.sum(error**2, axis=1))))
-    print(f"global RMS {global_rms:.3f} px, found {len(tracked & visible)} of {len(visible)}")
-    assert global_rms <= 0.3
-    assert found >= 0.0
+    particle_error = np.concatenate(errors)
+    particle_rms = float(np.sqrt(np.mean(np.sum(particle_error**2, axis=1))))
+    print(
+        f"global RMS {global_rms:.3f} px, per particle {particle_rms:.3f} px, found "
+        f"{sorted(tracked & visible)} of {sorted(visible)}, radii {np.round(scan.radii)}"
+    )
+    assert global_rms <= 0.12
+    assert particle_rms <= 0.15
+    assert found >= 0.7  # 5 of 7
     # the open-beam frame: no particle, so no shift, and unknown is NaN, never 0.0
     assert np.all(np.isnan(final.global_shift[n]))
     assert np.all(np.isnan(final.particle_shift[:, n]))
