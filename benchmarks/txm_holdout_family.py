@@ -433,7 +433,7 @@ def _wholly_visible(
     visible = _footprints(particles, shape, drift[0]).any(axis=(1, 2))
     for d in drift:
         visible &= ~(_footprints(particles, shape, d) & ring).any(axis=(1, 2))
-    return visible
+    return np.asarray(visible, dtype=bool)
 
 
 def _film(
