@@ -42,8 +42,8 @@ def interpolate_checkpoints(base: Path, tuned: Path, alpha: float) -> dict[str, 
     Returns
     -------
     dict
-        A checkpoint dictionary with ``base``'s entries, the interpolated ``state_dict`` and
-        metadata naming both parents.
+        A checkpoint dictionary with ``base``'s entries (``tuned``'s when only it names its
+        kind), the interpolated ``state_dict`` and metadata naming both parents.
 
     Raises
     ------
@@ -54,7 +54,9 @@ def interpolate_checkpoints(base: Path, tuned: Path, alpha: float) -> dict[str, 
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     a, b = _read(base), _read(tuned)
     for key in ("kind", "init"):
-        if a.get(key) != b.get(key):
+        # a checkpoint written before the format named its kind (the shipped weights among
+        # them) has neither: the tensors' names and shapes are then the check
+        if key in a and key in b and a[key] != b[key]:
             raise ValueError(
                 f"{base} and {tuned} are not the same network: "
                 f"{key} {a.get(key)!r} != {b.get(key)!r}"
@@ -80,7 +82,8 @@ def interpolate_checkpoints(base: Path, tuned: Path, alpha: float) -> dict[str, 
             "tuned": {"path": str(tuned), "metadata": b.get("metadata", {})},
         }
     }
-    return {**a, "state_dict": state, "metadata": json.loads(json.dumps(metadata))}
+    entries = a if "kind" in a or "kind" not in b else b
+    return {**entries, "state_dict": state, "metadata": json.loads(json.dumps(metadata))}
 
 
 def main(argv: list[str] | None = None) -> int:

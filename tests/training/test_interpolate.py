@@ -67,3 +67,19 @@ def test_different_networks_and_bad_alpha_are_refused(tmp_path: Path) -> None:
         interpolate_checkpoints(pa, other, 0.5)
     with pytest.raises(ValueError, match="alpha must lie in"):
         interpolate_checkpoints(pa, pa, 1.5)
+
+
+def test_a_checkpoint_from_before_the_format_named_its_kind_is_read(tmp_path: Path) -> None:
+    pa, pb = _two_crack_nets(tmp_path)
+    new = torch.load(pa, weights_only=True)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"base_channels": 4, "state_dict": new["state_dict"]}, legacy)
+    half = interpolate_checkpoints(legacy, pb, 0.5)
+    assert half["kind"] == "crack_unet" and half["init"] == new["init"]
+    out = tmp_path / "half.pt"
+    torch.save(half, out)
+    assert load_crack_unet(out, device=torch.device("cpu")).base_channels == 4
+    wider = tmp_path / "wide.pt"
+    save_crack_unet(CrackUNet(base_channels=8), wider)
+    with pytest.raises(ValueError, match="shape"):
+        interpolate_checkpoints(legacy, wider, 0.5)
