@@ -15,7 +15,6 @@ CPU = torch.device("cpu")
 
 def test_shipped_weights_load_unchanged_in_their_older_layout() -> None:
     for module, loader in (
-        (crack_unet, crack_unet.load_crack_unet),
         (particle_unet, particle_unet.load_particle_unet),
         (flaw_cnn, flaw_cnn.load_flaw_cnn),
         (phase_net, phase_net.load_phase_net),
@@ -24,6 +23,28 @@ def test_shipped_weights_load_unchanged_in_their_older_layout() -> None:
         checkpoint, _ = read_checkpoint(None, module.DEFAULT_WEIGHTS, "x", device=CPU)
         assert "kind" not in checkpoint  # written before the format named its kind
         assert loader(device=CPU) is not None
+
+
+def test_crack_weights_in_the_older_layout_still_load(tmp_path: Path) -> None:
+    """The shipped crack weights name their kind since 2026-12-01; a file in the layout before
+    (constructor arguments at the top level) loads to the same network."""
+    checkpoint, _ = read_checkpoint(None, crack_unet.DEFAULT_WEIGHTS, "x", device=CPU)
+    assert checkpoint["kind"] == "crack_unet"
+    legacy = tmp_path / "legacy.pt"
+    torch.save(
+        {
+            "base_channels": checkpoint["init"]["base_channels"],
+            "state_dict": checkpoint["state_dict"],
+        },
+        legacy,
+    )
+    old, new = (
+        crack_unet.load_crack_unet(legacy, device=CPU),
+        crack_unet.load_crack_unet(device=CPU),
+    )
+    assert (old.base_channels, old.in_channels) == (new.base_channels, new.in_channels)
+    for (name, a), (_, b) in zip(old.state_dict().items(), new.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_saved_checkpoint_names_kind_and_arguments_and_round_trips(tmp_path: Path) -> None:

@@ -30,15 +30,17 @@ from synthetic.scan import simulate_scan
 
 # Measured on exactly these held-out volumes of the training generator (a smoke test: issue 13
 # scores the never-trained family and the real crops, tests/pipelines/cracks/
-# test_validation_sets.py). The shipped weights are fine-tuned with split, hollow-core and
-# fragmented particles and 8-bit renders (synthetic.damage): with the 'closing' particle
-# mask crack IoU 0.803 (the previous weights 0.865), with the default 'contact' envelope 0.690
-# (previous weights 0.734: the envelope drops network cracks outside the particle outline);
-# false cracks 0.37 % of the particle volume. The bounds keep a margin from the measurement
-# (BLAS/thread differences change a few voxels).
-MIN_UNET_IOU = 0.78
-MAX_FALSE_CRACK_FRACTION = 0.006
-MIN_CONTACT_IOU = 0.66
+# test_validation_sets.py). The shipped weights (2026-12-01) are fine-tuned with phase fringes
+# of both signs, outline hard negatives, missing-wedge and JPEG scans through the project FBP
+# (README "Fringes of both signs, a longer run"): with the 'closing' particle mask crack IoU
+# 0.745 (the weights before 0.803, the ones before those 0.865), with the default 'contact'
+# envelope 0.645 (before 0.690); false cracks 0.64 % of the particle volume (before 0.37 %).
+# They gave up a little on this plain positive-fringe case of their old generator for the
+# never-trained family and the other imaging conditions. The bounds keep a margin from the
+# measurement (BLAS/thread differences change a few voxels).
+MIN_UNET_IOU = 0.72
+MAX_FALSE_CRACK_FRACTION = 0.008
+MIN_CONTACT_IOU = 0.62
 
 
 @pytest.fixture(scope="module")
