@@ -143,6 +143,8 @@ def detect_particles(
     mask = smooth > threshold
     mask = ndimage.binary_opening(mask, iterations=2)
     mask = ndimage.binary_fill_holes(mask)
+    if params.faint_noise_sigmas is not None:
+        mask |= _faint_objects(smooth, level, smooth_noise, params)
     labels, n = ndimage.label(mask)
     if n == 0:
         return np.zeros(od.shape, dtype=np.int32)
@@ -169,6 +171,31 @@ def detect_particles(
     if shrink > 0:
         labels = np.where(ndimage.binary_erosion(labels > 0, iterations=shrink), labels, 0)
     return relabel_by_area(labels)
+
+
+def _faint_objects(
+    smooth: np.ndarray, level: float, noise: float, params: DetectParams
+) -> np.ndarray:
+    """Pixels of objects too faint for the frame's threshold, by their local contrast.
+
+    The frame's threshold is a fraction of the Otsu level, which the brightest particles set:
+    a particle dimmer than that (a small or thin one, or one whose edge comes later) is lost
+    however far above the noise it stands. A pixel above ``faint_noise_sigmas`` noise sd is
+    also kept when it is above ``threshold_factor`` of the highest value within
+    ``local_contrast_px`` of it (over the background), as the frame's threshold is of the Otsu
+    level: a faint particle keeps its own half-maximum outline, the blurred rim of a bright
+    one stays out (it is below half of that particle's plateau a radius away), and a faint
+    particle touching a bright one is cut off from it where the bright one is in reach.
+    """
+    sigmas = params.faint_noise_sigmas
+    assert sigmas is not None
+    size = 2 * int(round(params.local_contrast_px)) + 1
+    local_max = ndimage.maximum_filter(smooth, size=size)
+    faint = (smooth > level + sigmas * noise) & (
+        smooth > level + params.threshold_factor * (local_max - level)
+    )
+    faint = ndimage.binary_opening(faint, iterations=2)
+    return ndimage.binary_fill_holes(faint)
 
 
 def label_maxima(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:

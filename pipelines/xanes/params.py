@@ -65,6 +65,24 @@ class DetectParams(_Params):
     min_noise_sigmas: float = Field(
         default=3.0, ge=0, description="threshold at least this many noise sd"
     )
+    faint_noise_sigmas: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "objects dimmer than the frame's (Otsu) threshold but above this many noise sd are "
+            "kept where they are above threshold_factor of the highest value within "
+            "local_contrast_px (a small or faint particle beside bright ones); None: the "
+            "frame's threshold only (default: off; on hold-out seeds 5200-5205 it found no more "
+            "particles, see README)"
+        ),
+    )
+    local_contrast_px: PositiveFloat = Field(
+        default=8.0,
+        description=(
+            "faint objects: reach of the local maximum (px); about the radius of the smallest "
+            "particle sought (15 px across)"
+        ),
+    )
     min_area_fraction: float = Field(
         default=0.0005,
         ge=0,

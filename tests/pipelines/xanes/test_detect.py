@@ -125,3 +125,21 @@ def test_small_particle_touching_a_large_one_gets_its_own_label_with_size_scaled
     small = [k for k, t in majority.items() if t == 2][0]
     assert np.sum((labels == small) & (truth == 2)) >= 0.5 * np.sum(truth == 2)
     assert np.sum(labels == small) <= 2 * np.sum(truth == 2)
+
+
+def test_faint_small_particle_beside_bright_ones_found_by_local_contrast():
+    # a 20 px particle at OD 0.25 (25 noise sd) beside bright large ones: the frame's threshold
+    # (half the Otsu level the bright ones set, about 0.5) drops it; the local-contrast rule
+    # (faint_noise_sigmas) keeps it at its own half maximum, and finds no noise blob
+    discs = [(180, 180, 80, 2.0), (380, 360, 45, 1.5), (400, 120, 10, 0.25)]
+    od, truth = _disc_frame(discs)
+    frame_threshold = detect_particles(od, background_removed=True)
+    assert 3 not in _majority(frame_threshold, truth).values()
+    labels = detect_particles(
+        od, params=DetectParams(faint_noise_sigmas=6.0), background_removed=True
+    )
+    majority = _majority(labels, truth)
+    assert sorted(majority.values()) == [1, 2, 3], majority
+    small = [k for k, t in majority.items() if t == 3][0]
+    assert np.sum((labels == small) & (truth == 3)) >= 0.5 * np.sum(truth == 3)
+    assert np.sum(labels == small) <= 1.5 * np.sum(truth == 3)
