@@ -219,8 +219,13 @@ def _split_touching(labels: np.ndarray, params: DetectParams, min_area: float) -
     diameter (twice its distance value) is merged into it, so a small particle touching a large
     one keeps its own seed (on a ragged faint mask it also cuts more fragments: see
     :meth:`pipelines.xanes.tracker.XanesTracker`, which uses it only on re-detected objects that
-    hold a tracked particle). Fragments smaller than 30 % of the typical disc (size-scaled:
-    than ``min_area``, the smallest object kept) go to their largest neighbour.
+    hold a tracked particle). ``"small_beside_large"``: the typical-spacing seeds plus the
+    size-scaled ones they lack whose inscribed disc is at least the smallest object kept and
+    whose height is at most ``split_small_height_ratio`` of the neighbour's they touch (see
+    :func:`_merge_unless_small`); the watershed is then run again from the seeds kept.
+    Fragments smaller than 30 % of the typical disc (size-scaled seeds and the extra
+    small-beside-large ones: than ``min_area``, the smallest object kept) go to their largest
+    neighbour.
     """
     mask = labels > 0
     distance = ndimage.distance_transform_edt(mask)
@@ -233,13 +238,39 @@ def _split_touching(labels: np.ndarray, params: DetectParams, min_area: float) -
         peaks = peak_local_max(
             distance, min_distance=min_distance, labels=labels, exclude_border=False
         )
+    n_typical = len(peaks)
+    if params.split_seeds == "small_beside_large":
+        extra = peak_local_max(distance, min_distance=2, labels=labels, exclude_border=False)
+        extra = _size_scaled_seeds(extra, distance, params.split_min_distance_fraction)
+        if len(extra) and len(peaks):
+            # an extra seed near a typical one is that one
+            gap = np.hypot(*(extra[:, None, :] - peaks[None, :, :]).transpose(2, 0, 1))
+            near = gap.min(axis=1) < np.maximum(3.0, distance[tuple(extra.T)])
+            extra = extra[~near]
+        # a seed whose inscribed disc is smaller than the smallest object kept is a spur of a
+        # ragged outline, not a particle of its own
+        extra = extra[distance[tuple(extra.T)] >= np.sqrt(min_area / np.pi)]
+        peaks = np.concatenate([peaks, extra]) if len(extra) else peaks
     markers = np.zeros(labels.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     split = watershed(-distance, markers, mask=mask)
+    if params.split_seeds == "small_beside_large" and len(peaks) > n_typical:
+        heights = np.concatenate([[0.0], distance[tuple(peaks.T)]])
+        merged = _merge_unless_small(
+            split, distance, heights, n_typical, params.split_small_height_ratio
+        )
+        # the watershed again from the seeds kept, so that one dropped leaves no trace
+        kept = np.unique(merged[tuple(peaks.T)])
+        peaks = peaks[kept[kept > 0] - 1]
+        markers = np.zeros(labels.shape, dtype=np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+        split = watershed(-distance, markers, mask=mask)
     areas = np.bincount(split.ravel())
+    floor = np.full(areas.shape, min_area)
     if params.split_seeds != "size_scaled":
-        min_area = 0.3 * np.pi * radius_typ**2
-    small = np.nonzero(areas < min_area)[0]
+        # extra (small) regions are particles of their own: only the smallest object size
+        floor[: n_typical + 1] = 0.3 * np.pi * radius_typ**2
+    small = np.nonzero(areas < floor)[0]
     if small.size:
         split = _merge_small(split, small)
     return split
@@ -262,6 +293,56 @@ def _size_scaled_seeds(peaks: np.ndarray, distance: np.ndarray, fraction: float)
                 continue
         kept.append(int(i))
     return peaks[kept]
+
+
+def _merge_unless_small(
+    split: np.ndarray, distance: np.ndarray, heights: np.ndarray, n_typical: int, ratio: float
+) -> np.ndarray:
+    """Merge each extra watershed region (label > ``n_typical``) into its neighbour unless it
+    is much smaller than that neighbour.
+
+    The neighbour is the region it shares the highest distance value with on their common
+    boundary (the widest passage). A small particle touching a large one has an inscribed
+    radius (its seed's height) well below the large one's; a lobe or bump of a large ragged
+    particle, or a second maximum on its plateau, is about as high as the maximum next to it.
+    An extra region whose seed is higher than ``ratio`` x its neighbour's joins it; lowest
+    seeds first, and a merged region keeps the higher seed, so a chain of bumps collapses.
+    """
+    n = len(heights) - 1
+    saddle = np.zeros((n + 1, n + 1))
+    for a, b, da, db in (
+        (split[:, :-1], split[:, 1:], distance[:, :-1], distance[:, 1:]),
+        (split[:-1], split[1:], distance[:-1], distance[1:]),
+    ):
+        edge = (a != b) & (a > 0) & (b > 0)
+        value = np.minimum(da[edge], db[edge])
+        np.maximum.at(saddle, (a[edge], b[edge]), value)
+        np.maximum.at(saddle, (b[edge], a[edge]), value)
+    heights = heights.astype(np.float64).copy()
+    lut = np.arange(n + 1)
+    for lab in sorted(range(n_typical + 1, n + 1), key=lambda i: heights[i]):
+        row = saddle[lab].copy()
+        other = int(np.argmax(row))
+        if row[other] <= 0 or heights[lab] <= ratio * heights[other]:
+            continue
+        lut[lab] = other
+        # the merged region: the union of both boundaries, the higher seed
+        saddle[other] = np.maximum(saddle[other], row)
+        saddle[:, other] = saddle[other]
+        saddle[other, other] = 0.0
+        saddle[lab] = 0.0
+        saddle[:, lab] = 0.0
+        heights[other] = max(heights[other], heights[lab])
+    return _resolve(lut)[split]
+
+
+def _resolve(lut: np.ndarray) -> np.ndarray:
+    """Follow chains in a merge table until each entry points to a fixed point."""
+    while True:
+        nxt = lut[lut]
+        if np.array_equal(nxt, lut):
+            return lut
+        lut = nxt
 
 
 def _merge_small(split: np.ndarray, small: np.ndarray) -> np.ndarray:

@@ -118,13 +118,25 @@ class DetectParams(_Params):
             "diameter: split_seeds)"
         ),
     )
-    split_seeds: Literal["typical_spacing", "size_scaled"] = Field(
+    split_seeds: Literal["typical_spacing", "size_scaled", "small_beside_large"] = Field(
         default="typical_spacing",
         description=(
             "watershed seed spacing: typical_spacing, split_min_distance_fraction x the diameter "
             "of a disc of 0.2 % of the frame; size_scaled, that fraction x the inscribed "
             "diameter of the higher seed (a small particle touching a large one keeps its seed; "
-            "a ragged faint mask is cut into more fragments)"
+            "a ragged faint mask is cut into more fragments); small_beside_large, the "
+            "typical_spacing seeds plus those size_scaled ones that are much lower than their "
+            "neighbour's (split_small_height_ratio)"
+        ),
+    )
+    split_small_height_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description=(
+            "split_seeds='small_beside_large': an extra (size-scaled) seed keeps its own region "
+            "only when its inscribed radius is at most this fraction of the neighbour's it "
+            "touches (a small particle beside a large one, not a lobe of a ragged one)"
         ),
     )
     exclude_border: bool = Field(

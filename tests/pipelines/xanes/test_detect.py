@@ -127,6 +127,32 @@ def test_small_particle_touching_a_large_one_gets_its_own_label_with_size_scaled
     assert np.sum(labels == small) <= 2 * np.sum(truth == 2)
 
 
+def test_small_beside_large_seeds_split_a_small_particle_but_not_the_lobes_of_a_large_one():
+    # the 9 px particle overlapping a 60 px one (as above): its seed's height (inscribed
+    # radius) is well under half of its neighbour's, so it keeps its own label
+    od, truth = _disc_frame([(256, 256, 60, 0.3), (256, 256 + 67, 9, 0.3)])
+    params = DetectParams(split_seeds="small_beside_large")
+    labels = detect_particles(od, params=params, background_removed=True)
+    majority = _majority(labels, truth)
+    assert sorted(majority.values()) == [1, 2], majority
+    small = [k for k, t in majority.items() if t == 2][0]
+    assert np.sum((labels == small) & (truth == 2)) >= 0.5 * np.sum(truth == 2)
+    assert np.sum(labels == small) <= 2 * np.sum(truth == 2)
+    # one irregular particle: a 40 px disc with two 24 px lobes. The size-scaled seeds cut
+    # the lobes off (their maxima lie farther from the centre than its inscribed radius);
+    # their height is 0.6 of the centre's, so here it stays one label
+    lobed = [(256, 256, 40, 0.0), (256, 256 + 45, 24, 0.0), (256 - 45, 256, 24, 0.0)]
+    noise, truth = _disc_frame(lobed)
+    od = noise + np.float32(0.3) * (truth > 0)
+    scaled = detect_particles(
+        od, params=DetectParams(split_seeds="size_scaled"), background_removed=True
+    )
+    assert scaled.max() == 3  # the size-scaled seeds fragment it
+    labels = detect_particles(od, params=params, background_removed=True)
+    assert labels.max() == 1
+    assert np.sum((labels == 1) & (truth > 0)) >= 0.9 * np.sum(truth > 0)
+
+
 def test_faint_small_particle_beside_bright_ones_found_by_local_contrast():
     # a 20 px particle at OD 0.25 (25 noise sd) beside bright large ones: the frame's threshold
     # (half the Otsu level the bright ones set, about 0.5) drops it; the local-contrast rule
