@@ -506,13 +506,19 @@ class XanesTracker:
             self._executor = None
 
     # ------------------------------------------------------------------ frame 0
-    def _detect(self, od: np.ndarray, *, size_scaled_seeds: bool = False) -> np.ndarray:
+    def _detect(
+        self, od: np.ndarray, *, size_scaled_seeds: bool = False, redetect: bool = False
+    ) -> np.ndarray:
         """Frame-0 labels by the detector ``params.detect.method`` selects; with
         ``size_scaled_seeds`` the watershed seeds are spaced by the particle they sit in
-        (``detect.split_seeds="size_scaled"``)."""
+        (``detect.split_seeds="size_scaled"``). ``detect.split_seeds="small_beside_large"``
+        applies to frame 0 only: a re-detection (``redetect``) uses the typical spacing (on the
+        dense family the extra splits in later frames cost found particles and a swap)."""
         params = self.params.detect
         if size_scaled_seeds:
             params = params.model_copy(update={"split_seeds": "size_scaled"})
+        elif redetect and params.split_seeds == "small_beside_large":
+            params = params.model_copy(update={"split_seeds": "typical_spacing"})
         if params.method == "learned":
             # imported here: torch loads only when the learned detector is chosen
             from pipelines.xanes.detect_learned import detect_particles_learned
@@ -771,7 +777,7 @@ class XanesTracker:
         assert self._labels is not None
         g = np.asarray(result.global_shift, dtype=np.float64)
         base = np.round(g).astype(int)
-        labels = self._detect(od)
+        labels = self._detect(od, redetect=True)
         # tracked particles where they are now (frame-0 labels moved by the global shift)
         moved = ndimage.shift(self._labels, base, order=0, mode="constant", cval=0)
         occupied = moved > 0
