@@ -40,6 +40,7 @@ by the border), each particle's edge energy, and the noise-free optical density.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -389,11 +390,17 @@ class HoldoutXanesScan:
         return out
 
 
-def _thickness_stack(
-    particles: list[_Particle], shape: tuple[int, int], drift: np.ndarray
+def _per_particle(
+    particles: list[_Particle],
+    shape: tuple[int, int],
+    drift: np.ndarray,
+    value: Callable[[_Particle, np.ndarray, np.ndarray], np.ndarray],
+    dtype: type,
 ) -> np.ndarray:
+    """``(P, H, W)``: ``value(particle, dy, dx)`` over each particle's box, zero elsewhere
+    (``dy``, ``dx`` the pixel offsets from its drifted centre)."""
     h, w = shape
-    out = np.zeros((len(particles), h, w), np.float32)
+    out: np.ndarray = np.zeros((len(particles), h, w), dtype)
     for j, p in enumerate(particles):
         cy, cx = p.centre + drift
         r = p.extent + 1.0
@@ -402,26 +409,26 @@ def _thickness_stack(
         if y0 >= y1 or x0 >= x1:
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        out[j, y0:y1, x0:x1] = p.thickness_map(yy - cy, xx - cx)
+        out[j, y0:y1, x0:x1] = value(p, yy - cy, xx - cx)
     return out
+
+
+def _thickness_stack(
+    particles: list[_Particle], shape: tuple[int, int], drift: np.ndarray
+) -> np.ndarray:
+    """``(P, H, W)`` float32: each particle's thickness."""
+    return _per_particle(
+        particles, shape, drift, lambda p, dy, dx: p.thickness_map(dy, dx), np.float32
+    )
 
 
 def _footprints(
     particles: list[_Particle], shape: tuple[int, int], drift: np.ndarray
 ) -> np.ndarray:
     """``(P, H, W)`` bool: inside each outline (signed distance > 0)."""
-    h, w = shape
-    out = np.zeros((len(particles), h, w), bool)
-    for j, p in enumerate(particles):
-        cy, cx = p.centre + drift
-        r = p.extent + 1.0
-        y0, y1 = max(0, int(np.floor(cy - r))), min(h, int(np.ceil(cy + r)) + 1)
-        x0, x1 = max(0, int(np.floor(cx - r))), min(w, int(np.ceil(cx + r)) + 1)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        out[j, y0:y1, x0:x1] = p.signed_distance(yy - cy, xx - cx) > 0
-    return out
+    return _per_particle(
+        particles, shape, drift, lambda p, dy, dx: p.signed_distance(dy, dx) > 0, bool
+    )
 
 
 def _wholly_visible(
