@@ -390,6 +390,22 @@ class HoldoutXanesScan:
         return out
 
 
+def _box(
+    p: _Particle, shape: tuple[int, int], drift: np.ndarray
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """The particle's box in the frame (y0, y1, x0, x1) and its pixels' offsets from the
+    drifted centre; None when the box lies outside the frame."""
+    h, w = shape
+    cy, cx = p.centre + drift
+    r = p.extent + 1.0
+    y0, y1 = max(0, int(np.floor(cy - r))), min(h, int(np.ceil(cy + r)) + 1)
+    x0, x1 = max(0, int(np.floor(cx - r))), min(w, int(np.ceil(cx + r)) + 1)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    return (y0, y1, x0, x1), yy - cy, xx - cx
+
+
 def _per_particle(
     particles: list[_Particle],
     shape: tuple[int, int],
@@ -402,14 +418,10 @@ def _per_particle(
     h, w = shape
     out: np.ndarray = np.zeros((len(particles), h, w), dtype)
     for j, p in enumerate(particles):
-        cy, cx = p.centre + drift
-        r = p.extent + 1.0
-        y0, y1 = max(0, int(np.floor(cy - r))), min(h, int(np.ceil(cy + r)) + 1)
-        x0, x1 = max(0, int(np.floor(cx - r))), min(w, int(np.ceil(cx + r)) + 1)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        out[j, y0:y1, x0:x1] = value(p, yy - cy, xx - cx)
+        box = _box(p, shape, drift)
+        if box is not None:
+            (y0, y1, x0, x1), dy, dx = box
+            out[j, y0:y1, x0:x1] = value(p, dy, dx)
     return out
 
 
@@ -468,16 +480,11 @@ def _sample_od(
 ) -> np.ndarray:
     """Noise-free optical density of the sample at ``drift`` (``mu``: (P,) absorptions)."""
     od = _film(film, shape, drift)
-    h, w = shape
     for p, m in zip(particles, mu, strict=True):
-        cy, cx = p.centre + drift
-        r = p.extent + 1.0
-        y0, y1 = max(0, int(np.floor(cy - r))), min(h, int(np.ceil(cy + r)) + 1)
-        x0, x1 = max(0, int(np.floor(cx - r))), min(w, int(np.ceil(cx + r)) + 1)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        od[y0:y1, x0:x1] += m * p.thickness_map(yy - cy, xx - cx)
+        box = _box(p, shape, drift)
+        if box is not None:
+            (y0, y1, x0, x1), dy, dx = box
+            od[y0:y1, x0:x1] += m * p.thickness_map(dy, dx)
     return od
 
 
