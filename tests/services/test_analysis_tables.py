@@ -16,10 +16,10 @@ import uuid
 from services.analysis.results import ResultWriter
 from services.core.layout import FRAMES, ROW_INDEX, XANES
 from services.core.metrics import Metrics
-from services.tiled.applier import TiledApplier, connect, is_transient
+from services.tiled.applier import TiledApplier, connect
 from services.tiled.spool import Spool
 from tests.conftest import both_backends
-from tests.services.test_exactly_once import CommittedButFailed
+from tests.services.faults import CommittedButFailed, started_spool
 
 N_FRAMES = 12
 STREAMS = ("flat", "primary")  # frame_stats: a row per frame of every stream, seq_nums repeat
@@ -62,15 +62,7 @@ def _spool(url: str, api_key: str, directory, fault: CommittedButFailed | None =
     client = connect(url, api_key, timeout=20.0)
     if fault is not None:
         client.context.http_client.event_hooks["response"].append(fault)
-    spool = Spool(
-        directory,
-        TiledApplier(client),
-        Metrics("analysis"),
-        max_backoff=0.2,
-        is_transient=is_transient,
-    )
-    spool.start()
-    return spool, client
+    return started_spool(client, directory, Metrics("analysis")), client
 
 
 def _writers(spool: Spool, uid: str) -> tuple[ResultWriter, ResultWriter, ResultWriter]:

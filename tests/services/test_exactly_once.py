@@ -21,32 +21,10 @@ from bluesky_plans.plans import xanes_scan_plan
 from services.core.metrics import Metrics
 from services.runs.ingest import RawRunRouter
 from services.runs.routing import RunDispatcher
-from services.tiled.applier import TiledApplier, is_transient
-from services.tiled.spool import Spool
+from services.tiled.applier import is_transient
 from tests.conftest import both_backends
+from tests.services.faults import CommittedButFailed, started_spool
 from tests.sim import N_ENERGIES, energies, small_txm
-
-
-class CommittedButFailed:
-    """Turns the answers to chosen, already applied requests into HTTP 500, or (``timeout``)
-    into the client's read timeout: the server committed, the client gave up waiting."""
-
-    def __init__(self, matches, times, timeout=False):
-        self.matches = matches
-        self.left = times
-        self.timeout = timeout
-        self.injected: list[str] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, response: httpx.Response) -> None:
-        request = response.request
-        with self._lock:
-            if response.is_success and self.left > 0 and self.matches(request):
-                self.left -= 1
-                self.injected.append(f"{request.method} {request.url.path}")
-                if self.timeout:
-                    raise httpx.ReadTimeout("injected: no answer in time", request=request)
-                response.status_code = 500
 
 
 def _appends(request: httpx.Request) -> bool:
@@ -64,15 +42,7 @@ def _raw_spool(client, spool_dir, **options):
     metrics, and a raw dispatcher feeding it (``frames_dir`` goes to the router)."""
     frames_dir = options.pop("frames_dir", None)
     metrics = Metrics("raw")
-    spool = Spool(
-        spool_dir,
-        TiledApplier(client),
-        metrics,
-        max_backoff=0.2,
-        is_transient=is_transient,
-        **options,
-    )
-    spool.start()
+    spool = started_spool(client, spool_dir, metrics, **options)
     dispatcher = RunDispatcher([lambda start: RawRunRouter(spool, frames_dir=frames_dir)], metrics)
     return spool, dispatcher, metrics
 
@@ -592,16 +562,7 @@ def test_an_analysis_append_committed_after_the_clients_timeout_is_not_doubled(
     with LateCommitProxy(tiled_server.url, _append_of("/xanes/frames"), hold=8.0) as proxy:
         proxy.uid = uid
         client = connect(proxy.url, tiled_server.api_key, timeout=2.0)
-        metrics = Metrics("analysis")
-        spool = Spool(
-            tmp_path / "spool",
-            TiledApplier(client),
-            metrics,
-            max_backoff=0.2,
-            is_transient=is_transient,
-            max_batch=1,
-        )
-        spool.start()
+        spool = started_spool(client, tmp_path / "spool", Metrics("analysis"), max_batch=1)
         try:
             spool.put(Container(path, {"status": "running"}))
             for block in blocks:

@@ -348,9 +348,7 @@ def test_crack_mask_blocks_answered_500_after_commit_are_exactly_once(
     from services.analysis.results import ResultWriter
     from services.core.layout import CRACKS
     from services.core.metrics import Metrics
-    from services.tiled.applier import TiledApplier, is_transient
-    from services.tiled.spool import Spool
-    from tests.services.test_exactly_once import CommittedButFailed
+    from tests.services.faults import CommittedButFailed, started_spool
 
     rng = np.random.default_rng(5)
     cracks = (rng.random((48, 256, 256)) > 0.9).astype(np.uint8)
@@ -364,22 +362,13 @@ def test_crack_mask_blocks_answered_500_after_commit_are_exactly_once(
     client = tiled_server.client()
     fault = CommittedButFailed(mask_block, 4)
     client.context.http_client.event_hooks["response"].append(fault)
-    metrics = Metrics("analysis")
-    spool = Spool(
-        tmp_path / "spool",
-        TiledApplier(client),
-        metrics,
-        max_backoff=0.2,
-        is_transient=is_transient,
-        max_batch=1,
-    )
+    spool = started_spool(client, tmp_path / "spool", Metrics("analysis"), max_batch=1)
     out = ResultWriter(spool, uid, CRACKS.pipeline)
     out.container({"status": "running"})
     live = tomo_live.LiveMaskRows(out, cracks, particles)  # 16 slices per block: 3 each
     for z in range(len(cracks)):
         live.segmented(z + 1)
     live.flush()
-    spool.start()
     try:
         assert spool.wait_empty(120)
     finally:
