@@ -35,7 +35,8 @@ explicit lists in :data:`CROPS`):
    rule 5). ``ignore_box`` (rows r0:r1, cols c0:c1) marks a region a person cannot label with
    confidence (a dense cluster of fragments): every object touching it, except those under
    ``keep_in_ignore`` points, is unlabelled and written to ``<name>_ignore.png``; scores skip
-   predicted objects lying mostly there and crack pixels there.
+   predicted objects lying mostly there and crack pixels there; ``more_ignore`` lists further
+   boxes treated the same way. Every ``split`` seed must lie on a particle (else ValueError).
 """
 
 from __future__ import annotations
