@@ -55,6 +55,7 @@ from benchmarks.validation_sets import (
     markdown_table,
     mean_rows,
     real_crops,
+    real_group_means,
     training_family,
 )
 from models.envelope_unet import load_envelope_unet
@@ -156,6 +157,7 @@ def sets_benchmark(
                 m: mean_rows([v[m] for v in per_case.values()]) for m in ("ours", "watershed_otsu")
             },
         }
+    out.update(real_group_means(out[SETS[2]]["cases"]))
     return out
 
 

@@ -45,12 +45,14 @@ from scipy import ndimage
 from skimage.transform import iradon
 
 from benchmarks.validation_sets import (
+    REAL_GROUPS,
     SETS,
     Case,
     holdout_family,
     markdown_table,
     mean_rows,
     real_crops,
+    real_group_means,
     training_family,
 )
 from models.crack_unet import (
@@ -139,6 +141,7 @@ def bench_sets(
             "cases": per_case,
             "mean": {m: mean_rows([v[m] for v in per_case.values()]) for m in methods},
         }
+    out.update(real_group_means(out[SETS[2]]["cases"]))
     free = {}
     for c in holdout_family(cracked=False):
         res = map_cracks(c.recon, p, model=model, envelope_model=envelope_model)
@@ -174,7 +177,7 @@ def sets_table(sets: dict[str, Any]) -> str:
     lines.append("")
     lines.append("| set | crack-pipeline particle mask: envelope IoU | true cracks inside |")
     lines.append("|---|---|---|")
-    for name in SETS:
+    for name in (*SETS, *(g for g in REAL_GROUPS if g in sets)):
         row = sets[name]["mean"]["particle_mask"]
         lines.append(f"| {name} | {row['envelope_iou']:.3f} | {row['true_cracks_inside']:.3f} |")
     return "\n".join(lines)

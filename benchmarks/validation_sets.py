@@ -4,12 +4,15 @@
    (:func:`synthetic.reconstructed.make_reconstructed_cathode`) -- a smoke test only;
 2. ``never-trained family``: :mod:`benchmarks.holdout_family`, written apart, used by no
    training script;
-3. ``real crops``: the labelled crops of the real APS nano-CT slices (``tests/data/real_labels``).
+3. ``real crops``: the labelled crops of the real APS nano-CT slices (``tests/data/real_labels``);
+   the benchmarks also print their means over the first four crops and over the five added on
+   2026-12-01 (:data:`REAL_GROUPS`), because the added crops hold few labelled cracks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +27,9 @@ HOLDOUT_SEEDS = (424_001, 424_002, 424_003, 424_004)
 TRAINING_SHAPE = (16, 160, 160)
 HOLDOUT_SHAPE = (16, 192, 192)
 SETS = ("training family", "never-trained family", "real crops")
+# the real crops labelled first (until 2026-11-30); the others were added on 2026-12-01
+FIRST_REAL_CROPS = ("nmc87_hollow", "nmc87_voids", "nmc86_fragments", "nmc86_large")
+REAL_GROUPS = ("real crops: first four", "real crops: added 2026-12-01")
 
 
 @dataclass
@@ -100,13 +106,20 @@ def holdout_family(
     return out
 
 
-def real_crops() -> list[Case]:
-    """The labelled real crops as one-slice volumes (objects under 150 px not counted)."""
+def real_crops(names: Sequence[str] | None = None) -> list[Case]:
+    """The labelled real crops as one-slice volumes (objects under 150 px not counted); all of
+    them, or those of the given ``names`` (e.g. :data:`FIRST_REAL_CROPS`)."""
     from tests.conftest import SHARED_DATA
     from tests.data.real_labels import load_labelled_crops
 
+    crops = load_labelled_crops(SHARED_DATA)
+    if names is not None:
+        unknown = set(names) - {c.name for c in crops}
+        if unknown:
+            raise ValueError(f"names: no labelled crop called {sorted(unknown)}")
+        crops = [c for c in crops if c.name in names]
     out = []
-    for c in load_labelled_crops(SHARED_DATA):
+    for c in crops:
         out.append(
             Case(
                 name=f"real {c.name}",
@@ -133,19 +146,39 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def real_group_means(per_case: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict]:
+    """Means of the real crops' per-case scores (``{"real <name>": {method: row}}``) over the
+    first four crops and over the added ones, as ``{group: {"cases": [...], "mean": ...}}``
+    (a group without cases is left out)."""
+    first = {f"real {n}" for n in FIRST_REAL_CROPS}
+    members = {
+        REAL_GROUPS[0]: [k for k in per_case if k in first],
+        REAL_GROUPS[1]: [k for k in per_case if k not in first],
+    }
+    out: dict[str, dict] = {}
+    for group, keys in members.items():
+        if keys:
+            methods = per_case[keys[0]]
+            out[group] = {
+                "cases": keys,
+                "mean": {m: mean_rows([per_case[k][m] for k in keys]) for m in methods},
+            }
+    return out
+
+
 def markdown_table(
     sets: dict, columns: tuple[tuple[str, str], ...], methods: tuple[str, ...]
 ) -> list[str]:
     """Markdown lines of the validation sets' mean scores: one row per set and method.
 
     ``sets[name]["mean"][method]`` maps each column key of ``columns`` ((key, title) pairs)
-    to a number.
+    to a number; the rows of :data:`REAL_GROUPS` follow the sets when ``sets`` holds them.
     """
     lines = [
         "| set | method | " + " | ".join(t for _, t in columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]
-    for name in SETS:
+    for name in (*SETS, *(g for g in REAL_GROUPS if g in sets)):
         for method in methods:
             row = sets[name]["mean"][method]
             cells = " | ".join(f"{row[k]:.3f}" for k, _ in columns)

@@ -35,7 +35,8 @@ explicit lists in :data:`CROPS`):
    rule 5). ``ignore_box`` (rows r0:r1, cols c0:c1) marks a region a person cannot label with
    confidence (a dense cluster of fragments): every object touching it, except those under
    ``keep_in_ignore`` points, is unlabelled and written to ``<name>_ignore.png``; scores skip
-   predicted objects lying mostly there and crack pixels there.
+   predicted objects lying mostly there and crack pixels there; ``more_ignore`` lists further
+   boxes treated the same way. Every ``split`` seed must lie on a particle (else ValueError).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Crop:
     no_crack_in: tuple[Point, ...] = ()
     merge: tuple[tuple[Point, ...], ...] = ()
     ignore_box: tuple[int, int, int, int] | None = None
+    more_ignore: tuple[tuple[int, int, int, int], ...] = ()
     keep_in_ignore: tuple[Point, ...] = ()
     notes: str = ""
 
@@ -137,6 +139,106 @@ CROPS: tuple[Crop, ...] = (
         no_crack=((28, 280), (52, 78)),
         notes="three large particles, a fractured one and small fragments",
     ),
+    Crop(
+        name="nmc87_centre",
+        slice_file="nanoct_nmc_slices/tomo_00087.png",
+        row=400,
+        col=424,
+        size=384,
+        solid_level=150,
+        crack_level=120,
+        # one component after the closing: six particles joined by thin grey bridges
+        split=(
+            (60, 40),
+            (60, 190),
+            (112, 100),
+            (150, 105),
+            (178, 190),
+            (265, 175),
+            (20, 362),
+            (90, 345),
+            (198, 312),
+            (215, 335),
+            (252, 53),
+            (152, 150),
+            (300, 25),
+        ),
+        unfill=((125, 120), (135, 140)),
+        no_crack=((210, 320), (202, 330), (262, 57), (132, 172), (62, 325), (133, 310)),
+        # a medium-grey zone between three particles (a particle just out of the slice?) is
+        # its own part (seed (152, 150)) and left unlabelled
+        more_ignore=((138, 168, 128, 165),),
+        keep_in_ignore=((60, 190), (150, 105), (178, 190)),
+        notes="large particles with contacts; two particles touching at a neck",
+    ),
+    Crop(
+        name="nmc87_top",
+        slice_file="nanoct_nmc_slices/tomo_00087.png",
+        row=16,
+        col=554,
+        size=384,
+        solid_level=150,
+        crack_level=120,
+        # the large particle, the one below it at the left and the fragment cluster below it
+        split=(
+            (250, 270),
+            (355, 165),
+            (360, 250),
+            (232, 100),
+            (254, 118),
+            (285, 72),
+            (290, 122),
+            (330, 80),
+            (348, 100),
+            (312, 340),
+            (368, 340),
+        ),
+        drop=((135, 305), (182, 349)),  # pieces of the sample-mount edge line, not NMC
+        no_crack=((246, 108), (340, 95), (268, 18), (325, 340), (318, 266), (328, 333)),
+        ignore_box=(320, 384, 205, 290),
+        keep_in_ignore=((250, 270), (355, 165), (360, 340)),
+        notes="a large particle touching smaller ones, small fragments, the sample edge",
+    ),
+    Crop(
+        name="nmc87_right",
+        slice_file="nanoct_nmc_slices/tomo_00087.png",
+        row=400,
+        col=808,
+        size=384,
+        solid_level=150,
+        crack_level=120,
+        split=((125, 101), (120, 136), (205, 70), (195, 125), (210, 150), (265, 15), (310, 12)),
+        drop=((252, 363),),  # a bright streak in the mount outside the sample
+        notes="particles and fragments along the sample edge",
+    ),
+    Crop(
+        name="nmc87_topleft",
+        slice_file="nanoct_nmc_slices/tomo_00087.png",
+        row=16,
+        col=170,
+        size=384,
+        solid_level=150,
+        crack_level=120,
+        ignore_box=(310, 384, 0, 80),  # a cluster of small fragments
+        keep_in_ignore=((280, 100),),
+        notes="isolated particles in binder, one large",
+    ),
+    Crop(
+        name="nmc86_right",
+        slice_file="nanoct_nmc_slices/tomo_00086.png",
+        row=330,
+        col=770,
+        size=384,
+        solid_level=110,
+        crack_level=85,
+        split=((140, 125), (60, 190), (195, 190), (110, 60), (131, 200), (152, 193)),
+        unfill=((165, 185),),
+        ignore_box=(0, 384, 0, 75),
+        # clusters of fragments: at the left, top right, right of the large particle, bottom right
+        more_ignore=((0, 120, 150, 255), (115, 215, 178, 255), (210, 384, 205, 384)),
+        keep_in_ignore=((260, 75), (140, 125), (225, 170)),
+        notes="a large particle and particles between clusters of fragments (clusters ignored)",
+    ),
 )
 
 
@@ -193,6 +295,9 @@ def label_crop(image: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray, n
             seeds[p] = k
         dist = ndimage.distance_transform_edt(envelope)
         split_ids = {int(components[p]) for p in crop.split}
+        if 0 in split_ids:
+            off = [p for p in crop.split if not components[p]]
+            raise ValueError(f"{crop.name}: split seeds {off} lie outside every particle")
         region = np.isin(components, sorted(split_ids))
         parts = watershed(-dist, seeds, mask=region)
         components = np.where(region, parts + components.max(), components)
@@ -206,9 +311,10 @@ def label_crop(image: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray, n
         if components[p]:
             components[components == components[p]] = 0
     ignore = np.zeros(image.shape, dtype=bool)
-    if crop.ignore_box is not None:
-        r0, r1, c0, c1 = crop.ignore_box
-        ignore[r0:r1, c0:c1] = True
+    boxes = (() if crop.ignore_box is None else (crop.ignore_box,)) + crop.more_ignore
+    if boxes:
+        for r0, r1, c0, c1 in boxes:
+            ignore[r0:r1, c0:c1] = True
         kept = {int(components[p]) for p in crop.keep_in_ignore} - {0}
         inside = set(np.unique(components[ignore]).tolist()) - {0} - kept
         touched = np.isin(components, sorted(inside))

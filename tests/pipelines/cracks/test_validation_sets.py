@@ -15,7 +15,13 @@ import pytest
 from scipy import ndimage
 
 from benchmarks.holdout_family import make_single_particle
-from benchmarks.validation_sets import Case, holdout_family, mean_rows, real_crops
+from benchmarks.validation_sets import (
+    FIRST_REAL_CROPS,
+    Case,
+    holdout_family,
+    mean_rows,
+    real_crops,
+)
 from pipelines.cracks.evaluate import crack_scores
 from pipelines.cracks.particle_mask import CONVENTIONAL, particle_mask
 from pipelines.cracks.segment import CrackParams, map_cracks, threshold_baseline
@@ -42,8 +48,15 @@ def crack_free() -> dict[str, Any]:
     return _scores(holdout_family(cracked=False))
 
 
+# the history of numbers below was measured on the first four labelled crops: ``real`` scores
+# them alone; ``real_all`` scores all of them (nine since 2026-12-01)
 @pytest.fixture(scope="module")
 def real() -> dict[str, Any]:
+    return _scores(real_crops(FIRST_REAL_CROPS))
+
+
+@pytest.fixture(scope="module")
+def real_all() -> dict[str, Any]:
     return _scores(real_crops())
 
 
@@ -99,12 +112,25 @@ def test_real_crops_labelled_cracks_found_goal(real: dict[str, Any]) -> None:
     assert real["unet"]["found"] >= 0.8
 
 
+# measured 2026-12-01 on the nine crops (five added that day, with only 97 of the 2 219
+# labelled crack/void pixels; three of them have none, and their crack IoU counts as 0):
+# inside 91.1 %, found 79.1 % (mean of the six crops with labels; pooled 74.6 %), IoU 0.189
+# vs Otsu 0.081; on the five added crops 0.46 % of the particle pixels predicted as cracks
+# (inside 88.6 %: the misses sit in the gaps between touching particles)
+def test_real_crops_enlarged_floor(real_all: dict[str, Any]) -> None:
+    assert real_all["unet"]["inside_particles"] >= 0.90
+    assert real_all["unet"]["found"] >= 0.77
+    assert real_all["unet"]["iou"] >= 2.0 * real_all["otsu"]["iou"]
+    added = [c for c in real_crops() if c.name.removeprefix("real ") not in FIRST_REAL_CROPS]
+    assert _scores(added)["unet"]["false_crack_fraction"] <= 0.006
+
+
 INLETS = CrackParams(inlet_radius_px=6)
 
 
 @pytest.fixture(scope="module")
 def real_inlets() -> dict[str, Any]:
-    return _scores(real_crops(), INLETS)
+    return _scores(real_crops(FIRST_REAL_CROPS), INLETS)
 
 
 # measured 2026-11-30 (opt-in surface inlets, radius 6): real crops found 59.9 -> 65.9 %, IoU
@@ -115,6 +141,18 @@ def test_real_crops_surface_inlets_find_more_and_stay_inside(
     assert real_inlets["unet"]["found"] >= real["unet"]["found"] + 0.04
     assert real_inlets["unet"]["iou"] >= real["unet"]["iou"] + 0.01
     assert real_inlets["unet"]["inside_particles"] >= 0.9
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 2026-12-01 on the nine crops: inlets lower the inside share 91.1 -> 82.0 % "
+    "and the IoU 0.189 -> 0.186 (on the five added crops inside 88.6 -> 72.9 %: the inlets "
+    "mark the gaps between touching particles)",
+)
+def test_real_crops_enlarged_surface_inlets_stay_inside(real_all: dict[str, Any]) -> None:
+    inlets = _scores(real_crops(), INLETS)
+    assert inlets["unet"]["inside_particles"] >= 0.9
+    assert inlets["unet"]["iou"] >= real_all["unet"]["iou"]
 
 
 # measured 0.14 % with the weights of 2026-12-01 (0.05 % before; goal of issue 13: <= 1 %)

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from benchmarks.holdout_family import DamageKind, make_single_particle
-from benchmarks.validation_sets import Case, holdout_family, mean_rows, real_crops
+from benchmarks.validation_sets import (
+    FIRST_REAL_CROPS,
+    Case,
+    holdout_family,
+    mean_rows,
+    real_crops,
+)
 from pipelines.cracks.evaluate import particle_scores
 from pipelines.particles.instances import InstanceParams, segment_instances
 
@@ -40,9 +46,11 @@ def holdout() -> dict[str, Any]:
     return _scores(holdout_family())
 
 
+# the history of numbers below was measured on the first four labelled crops: ``real`` scores
+# them alone; the nine crops of 2026-12-01 are scored in test_real_crops_enlarged_floor
 @pytest.fixture(scope="module")
 def real() -> dict[str, Any]:
-    return _scores(real_crops())
+    return _scores(real_crops(FIRST_REAL_CROPS))
 
 
 # measured with the shipped weights before the contact merge (pipelines.particles.merge):
@@ -85,10 +93,23 @@ def test_real_crops_with_the_half_maximum_outline() -> None:
     # (2026-11-30; never-trained and training family F1 unchanged, but their particles 3-4 %
     # too small: README issue 13, 'Outline'). Of its 3 more matches on the real crops, 2 are
     # objects of 162-165 px that shrink under the labels' 150 px bound.
-    scores = _scores(real_crops(), InstanceParams(trim_dark_outline=True))
+    scores = _scores(real_crops(FIRST_REAL_CROPS), InstanceParams(trim_dark_outline=True))
     assert scores["f1"] >= 0.91
     assert scores["precision"] >= 0.88
     assert scores["split_rate"] <= 0.10
+
+
+# measured 2026-12-01 on the nine crops (five added that day): F1 0.902, precision 0.853,
+# recall 0.958, split 6.6 % (first four 0.888, the five added 0.912: the goal of 0.9 is
+# judged on the first four above, since the mean of nine passes it only through the easier
+# added crops); with the half-maximum outline 0.909 (the five added 0.898, below the default)
+def test_real_crops_enlarged_floor() -> None:
+    scores = _scores(real_crops())
+    assert scores["f1"] >= 0.895
+    assert scores["precision"] >= 0.84
+    assert scores["split_rate"] <= 0.08
+    trimmed = _scores(real_crops(), InstanceParams(trim_dark_outline=True))
+    assert trimmed["f1"] >= 0.905
 
 
 def _one_label(kind: DamageKind, seed: int, params: InstanceParams | None = None) -> bool:
