@@ -237,12 +237,20 @@ def report_crack_accuracy(
     )
     particles = client["analysis"][uid]["particles"].metadata
     logger.info(
-        "particles: %s (%s found, flawed fraction %s, mean detachment %s)",
+        "particles: %s (%s found, flawed fraction %s, mean degree of detachment %s of the "
+        "particle surface)",
         particles.get("status"),
         particles.get("particles"),
-        particles.get("flawed_fraction"),
-        particles.get("mean_detachment"),
+        _share(particles.get("flawed_fraction")),
+        _share(particles.get("mean_detachment")),
     )
+
+
+def _share(value: object) -> str:
+    """A fraction as a percentage; unknown (None, NaN) says so instead of a number."""
+    if not isinstance(value, (int, float)) or not np.isfinite(value):
+        return "unknown"
+    return f"{100.0 * value:.1f} %"
 
 
 def _watch(supervisor: Supervisor, stop: threading.Event) -> None:
