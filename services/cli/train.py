@@ -54,6 +54,20 @@ def register(subparsers: Any) -> None:
     cracks.add_argument(
         "--labels", type=Path, nargs="+", required=True, help="masks, non-zero = crack"
     )
+    cracks.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="VOLUMES",
+        help="also train on synthetic slices of this many volumes drawn as the shipped weights "
+        "were trained (about 2 s each), so the network keeps what it knew (default 0: off)",
+    )
+    cracks.add_argument(
+        "--replay-share",
+        type=float,
+        default=0.5,
+        help="share of the training steps on the replayed synthetic slices (default 0.5)",
+    )
     _add_common_arguments(cracks)
     cracks.set_defaults(func=train_cracks_command)
     particles = train_sub.add_parser(
@@ -194,6 +208,10 @@ def train_cracks_command(args: argparse.Namespace) -> int:
             images.append(image)
             masks.append(mask)
         _check_common(args)
+        if args.replay < 0:
+            raise TrainInputError(f"--replay must be >= 0 volumes, got {args.replay}")
+        if args.replay and not 0 < args.replay_share < 1:
+            raise TrainInputError(f"--replay-share must be in (0, 1), got {args.replay_share}")
     except TrainInputError as exc:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
@@ -208,6 +226,12 @@ def train_cracks_command(args: argparse.Namespace) -> int:
         n_crack,
         args.minutes,
     )
+    if args.replay:
+        logger.info(
+            "drawing %d synthetic volumes to replay in %.0f %% of the steps (before the budget)",
+            args.replay,
+            100 * args.replay_share,
+        )
     with tqdm(total=1000, desc="train cracks", unit="‰") as bar:
 
         def progress(share: float) -> None:
@@ -223,6 +247,8 @@ def train_cracks_command(args: argparse.Namespace) -> int:
             lr=args.lr,
             seed=args.seed,
             progress=progress,
+            replay_volumes=args.replay,
+            replay_share=args.replay_share,
         )
     key_iou, key_dice = f"iou@{THRESHOLD:.2f}", f"dice@{THRESHOLD:.2f}"
     report = {
@@ -230,6 +256,7 @@ def train_cracks_command(args: argparse.Namespace) -> int:
         "labels": [str(m) for _, m in pairs],
         "pairing": args.pair,
         "init": str(args.init) if args.init is not None else "shipped",
+        "replay": {"volumes": args.replay, "share": args.replay_share if args.replay else 0.0},
         "threshold": THRESHOLD,
         "held_out": {
             "n_tiles": result.n_val_tiles,

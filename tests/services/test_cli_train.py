@@ -17,7 +17,7 @@ from models.crack_unet import load_crack_unet, normalize_slices, reference_level
 from services.cli.main import main
 from tests.conftest import SHARED_DATA
 from tests.data.real_labels.make_labels import CROPS, load_crop
-from training.crack_finetune import load_trainable, slice_stack
+from training.crack_finetune import REPLAY_SHAPE, load_trainable, replay_set, slice_stack
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "real_labels"
 #: two crops with cracks / core voids, cut to their 192 x 192 quarter (row, col) with the most
@@ -69,9 +69,10 @@ def test_train_cracks_end_to_end_then_cracks_map(crops, tmp_path: Path) -> None:
     argv = ["train", "cracks", "--images", *map(str, crops["images"])]
     argv += ["--labels", *map(str, crops["masks"]), "--pair", "stem"]
     argv += ["--minutes", "0.05", "--tile", "64", "--val-fraction", "0.25", "-o", str(out)]
-    assert main(argv) == 0
+    assert main([*argv, "--replay", "1"]) == 0
 
     report = json.loads(out.with_suffix(".json").read_text())
+    assert report["replay"] == {"volumes": 1, "share": 0.5}
     held = report["held_out"]
     # 2 x (3 x 3) tiles of 64 px, about a quarter held out
     assert held["n_tiles"] + report["n_train_tiles"] == 18
@@ -108,6 +109,37 @@ def test_train_cracks_end_to_end_then_cracks_map(crops, tmp_path: Path) -> None:
     with h5py.File(mapped, "r") as h5:
         assert h5["cracks"].attrs["weights"] == str(out)
         assert h5["cracks/mask"].shape == (1, SIZE, SIZE)
+
+
+def test_replay_slices_are_the_shipped_recipes_volumes_last_one_crack_free() -> None:
+    """The replayed synthetic slices: labelled cracks in the cracked volume, none in the last
+    (crack-free) one, normalised images, gaps marked, and the same slices for the same seed."""
+    data = replay_set(2, seed=3)
+    depth = REPLAY_SHAPE[0]
+    assert data.images.shape[0] == 2 * depth and data.images.shape[1] == 3
+    assert data.labels[:depth].sum() > 100  # the first volume is cracked
+    assert data.labels[depth:].sum() == 0  # the last is crack-free
+    assert np.isfinite(data.images).all() and 0.0 < data.images.std() < 10.0
+    assert data.gaps.sum() > 0  # the gaps between touching particles are hard negatives
+    np.testing.assert_array_equal(replay_set(2, seed=3).labels, data.labels)
+    with pytest.raises(ValueError, match="volumes must be >= 1"):
+        replay_set(0, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--replay", "-1"], "--replay must be >= 0 volumes, got -1"),
+        (["--replay", "2", "--replay-share", "1.5"], "--replay-share must be in (0, 1), got 1.5"),
+    ],
+)
+def test_bad_replay_options_exit_2(crops, tmp_path, caplog, option, expected) -> None:
+    argv = ["train", "cracks", "--images", str(crops["images"][0])]
+    argv += ["--labels", str(crops["masks"][0]), "--minutes", "0.01", "-o", str(tmp_path / "x.pt")]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, *option]) == 2
+    assert expected in caplog.text
+    assert not (tmp_path / "x.pt").exists()
 
 
 @pytest.mark.parametrize("case", ["count", "shape", "stem"])
