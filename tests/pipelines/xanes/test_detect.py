@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipelines.xanes.detect import detect_particles, label_maxima, relabel_by_area
+from pipelines.xanes.detect import detect_particles, label_maxima, own_peak_mask, relabel_by_area
 from pipelines.xanes.params import DetectParams
 from pipelines.xanes.prepare import optical_density, remove_background
 from tests.pipelines.xanes.conftest import truth_index
@@ -169,3 +169,76 @@ def test_faint_small_particle_beside_bright_ones_found_by_local_contrast():
     small = [k for k, t in majority.items() if t == 3][0]
     assert np.sum((labels == small) & (truth == 3)) >= 0.5 * np.sum(truth == 3)
     assert np.sum(labels == small) <= 1.5 * np.sum(truth == 3)
+
+
+def test_faint_small_particles_found_at_their_own_half_maximum():
+    # bright large particles set the frame's (Otsu) threshold; small particles 15-25 noise sd
+    # above the background lie below it. Cut at half of their OWN peak (own_peak_noise_sigmas)
+    # they are found with about their true area, one of them 6 px from the bright one's edge
+    discs = [
+        (200, 200, 70, 1.5),
+        (380, 380, 40, 1.0),
+        (420, 120, 9, 0.15),
+        (100, 420, 8, 0.2),
+        (60, 120, 10, 0.25),
+        (200, 200 + 70 + 6 + 10, 10, 0.2),
+    ]
+    od, truth = _disc_frame(discs)
+    # optics blur, then the detector's noise
+    od = ndimage.gaussian_filter(od, 1.0)
+    od += np.random.default_rng(1).normal(0.0, 0.01, od.shape).astype(np.float32)
+    frame_threshold = _majority(detect_particles(od, background_removed=True), truth)
+    assert sorted(frame_threshold.values()) == [1, 2]  # main's default finds the bright only
+    params = DetectParams(own_peak_noise_sigmas=4.0)
+    labels = detect_particles(od, params=params, background_removed=True)
+    majority = _majority(labels, truth)
+    assert sorted(majority.values()) == [1, 2, 3, 4, 5, 6], majority
+    for k, t in majority.items():
+        area = np.sum(truth == t)
+        assert np.sum((labels == k) & (truth == t)) >= 0.7 * area, (k, t)
+        assert np.sum(labels == k) <= 1.3 * area, (k, t)
+
+
+def test_own_peak_threshold_adds_no_rim_ring_or_gradient_objects():
+    # one bright particle with a 12 px linear rim (its blurred edge has no maximum of its own)
+    # on zone-plate-like rings of 5 noise sd and an illumination gradient: one object, the
+    # same as the frame's threshold gives
+    rows, cols = np.mgrid[:512, :512]
+    rings = 0.05 * np.sin(2.0 * np.pi * np.hypot(rows - 300, cols - 180) / 20.0)
+    particle = 1.5 * np.clip((60.0 - np.hypot(rows - 250, cols - 300)) / 12.0, 0.0, 1.0)
+    noise = np.random.default_rng(2).normal(0.0, 0.01, rows.shape)
+    od = (rings + 0.0003 * cols + particle + noise).astype(np.float32)
+    default = detect_particles(od, background_removed=True)
+    labels = detect_particles(
+        od, params=DetectParams(own_peak_noise_sigmas=4.0), background_removed=True
+    )
+    assert default.max() == 1
+    assert labels.max() == 1
+    assert abs(int(np.sum(labels > 0)) - int(np.sum(default > 0))) <= 0.02 * np.sum(default > 0)
+    # without the particle: nothing
+    empty = detect_particles(
+        od - particle.astype(np.float32),
+        params=DetectParams(own_peak_noise_sigmas=4.0),
+        background_removed=True,
+    )
+    assert empty.max() == 0
+
+
+def test_own_peak_mask_joins_a_rim_bump_to_its_particle():
+    # a bump on the 40 px rim of a bright plateau: a maximum of its own, but its dip is far
+    # below a quarter of its height, so it is cut at the plateau's half maximum, not at its own
+    rows, cols = np.mgrid[:160, :160]
+    plateau = np.clip((70.0 - np.hypot(rows - 80, cols - 80)) / 40.0, 0.0, 1.0)
+    bump = 0.1 * np.exp(-((rows - 80) ** 2 + (cols - 80 - 50) ** 2) / (2.0 * 1.5**2))
+    smooth = plateau + bump
+    maxima = ndimage.maximum_filter(smooth, size=3) == smooth
+    assert maxima[75:86, 125:136].any()  # the bump is a maximum
+    own, cut = own_peak_mask(
+        smooth, 0.0, 0.001, low_sigmas=4.0, min_dip=0.003, min_dip_fraction=0.25, fraction=0.5
+    )
+    assert not cut.any()
+    assert np.array_equal(own, smooth > 0.5)
+    with pytest.raises(ValueError, match="noise"):
+        own_peak_mask(
+            smooth, 0.0, 0.0, low_sigmas=4.0, min_dip=0.0, min_dip_fraction=0.25, fraction=0.5
+        )
