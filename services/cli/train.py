@@ -57,10 +57,11 @@ def register(subparsers: Any) -> None:
     cracks.add_argument(
         "--replay",
         type=int,
-        default=0,
+        default=12,
         metavar="VOLUMES",
         help="also train on synthetic slices of this many volumes drawn as the shipped weights "
-        "were trained (about 2 s each), so the network keeps what it knew (default 0: off)",
+        "were trained (2-4 s each, before the budget), so the network keeps what it knew "
+        "(default 12; 0: the user's slices only, which forgets the rest, see README)",
     )
     cracks.add_argument(
         "--replay-share",
