@@ -86,9 +86,9 @@ class DetectParams(_Params):
             "min_noise_sigmas) above the saddle to a brighter one is an object of its own, cut "
             "at threshold_factor of its OWN peak over the background (its half-maximum "
             "outline), not of the frame's Otsu level; added to the frame's threshold mask. "
-            "None: the frame's threshold only (default: off; 4 finds 73 of 89 hold-out "
-            "diagnosis particles against 61, no more on fresh seeds, but costs dense seed 1009 "
-            "a swap, see README)"
+            "None: the frame's threshold only. The tracker uses it at frame 0 only (default: "
+            "off; at 4 it finds 71 of 89 hold-out diagnosis particles against 61, the same on "
+            "fresh seeds, and changes the SSRL touching cluster's frame-0 label, see README)"
         ),
     )
     own_peak_min_dip_fraction: float = Field(
