@@ -82,19 +82,34 @@ def _faces(lab: np.ndarray, n: int, axes: Iterable[int]) -> tuple[np.ndarray, li
     for axis in axes:
         if lab.shape[axis] < 2:
             continue
-        head = [slice(None)] * lab.ndim
-        tail = [slice(None)] * lab.ndim
-        head[axis], tail[axis] = slice(None, -1), slice(1, None)
-        first, second = lab[tuple(head)], lab[tuple(tail)]
-        differ = first != second
-        a = first[differ].astype(np.int64)
-        b = second[differ].astype(np.int64)
+        a, b = _face_pairs(lab, axis)
         surface += np.bincount(a, minlength=n + 1) + np.bincount(b, minlength=n + 1)
         both = (a > 0) & (b > 0)
         lo, hi = np.minimum(a[both], b[both]), np.maximum(a[both], b[both])
         pair_keys.append(lo * (n + 1) + hi)
     surface[0] = 0
     return surface, pair_keys
+
+
+def _face_pairs(lab: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two labels (int64) of every face along ``axis`` between different values, in the
+    order of the faces' first voxels (C order)."""
+    if not lab.flags.c_contiguous or lab.size == 0:
+        head = [slice(None)] * lab.ndim
+        tail = [slice(None)] * lab.ndim
+        head[axis], tail[axis] = slice(None, -1), slice(1, None)
+        first, second = lab[tuple(head)], lab[tuple(tail)]
+        differ = first != second
+        return first[differ].astype(np.int64), second[differ].astype(np.int64)
+    # on the flat array the neighbour along ``axis`` is ``stride`` voxels on; a boolean index
+    # of a strided 2-D view costs several times the flat compare and the few faces' gather
+    flat = lab.ravel()
+    stride = int(np.prod(lab.shape[axis + 1 :], dtype=np.int64))
+    first = np.flatnonzero(flat[:-stride] != flat[stride:])
+    if axis > 0:
+        # pairs that wrap from the last voxel along ``axis`` to the next row are no faces
+        first = first[(first // stride) % lab.shape[axis] != lab.shape[axis] - 1]
+    return flat[first].astype(np.int64), flat[first + stride].astype(np.int64)
 
 
 def _unique_keys(keys: np.ndarray) -> np.ndarray:
