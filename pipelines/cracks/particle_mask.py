@@ -380,7 +380,7 @@ def _fill_holes_and_background(
     background, is_hole = _holes(solid)
     if not is_hole.any():
         return solid, background
-    holes = np.take(is_hole, background)
+    holes = _lut_mask(is_hole, background)
     if labels is None:
         labels, _ = ndimage.label(solid)
     square = np.ones((3, 3), dtype=bool)
@@ -396,7 +396,31 @@ def _fill_holes_and_background(
     np.minimum.at(lowest, hole_of_ring, particle_of_ring)
     enclosed_by_one = (highest == lowest) & (highest > 0)
     enclosed_by_one[0] = False
-    return solid | np.take(enclosed_by_one, background), background
+    # the filled holes are the holes but those ringed by several particles (usually none)
+    return solid | (holes & ~_lut_mask(is_hole & ~enclosed_by_one, background)), background
+
+
+_FEW_LABELS = 4
+"""Up to this many labels a look-up is made by comparisons (each costs about a tenth of a
+``np.take`` of the label image, which converts the labels to intp first)."""
+
+
+def _lut_mask(lut: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``np.take(lut, labels)`` of a bool look-up table, for labels >= 0; what it gives for
+    labels past the table's end is unspecified (callers mask those pixels out)."""
+    true = np.flatnonzero(lut)
+    if true.size <= _FEW_LABELS:
+        out = np.zeros(labels.shape, dtype=bool)
+        for t in true.tolist():
+            out |= labels == t
+        return out
+    false = np.flatnonzero(~lut)
+    if false.size <= _FEW_LABELS:
+        out = np.ones(labels.shape, dtype=bool)
+        for f in false.tolist():
+            out &= labels != f
+        return out
+    return np.take(lut, labels, mode="clip")
 
 
 def _drop_small_holes(holes: np.ndarray, background: np.ndarray, min_area: int) -> np.ndarray:
@@ -407,10 +431,11 @@ def _drop_small_holes(holes: np.ndarray, background: np.ndarray, min_area: int) 
     are those components and their sizes are counted without labelling ``holes`` again.
     """
     sizes = np.bincount(background[holes])
-    big = sizes >= min_area
-    if big[sizes > 0].all():
+    small = (sizes > 0) & (sizes < min_area)
+    if not small.any():
         return holes
-    return holes & np.take(big, background, mode="clip")
+    # labels past ``sizes`` hold no hole pixel: what the look-up gives there is masked out
+    return holes & ~_lut_mask(small, background)
 
 
 def fill_enclosed_holes(labels: np.ndarray) -> np.ndarray:
@@ -595,7 +620,7 @@ def particle_envelope_slice(
             small = np.bincount(comp.ravel()) < p.min_area
             small[0] = False
             if small.any():
-                envelope[np.take(small, comp)] = False
+                envelope &= ~_lut_mask(small, comp)
     # voids: dark holes enclosed by one particle (at least min_void_area pixels), the cracks
     # that join its pieces and the dark pixels the closing added right beside those
     holes = envelope & ~in_group
@@ -773,7 +798,7 @@ def drop_edge_specks(cracks: np.ndarray, envelope: np.ndarray, min_pixels: int) 
     drop[0] = False
     if not drop.any():
         return crack.copy()
-    return crack & ~np.take(drop, comp)
+    return crack & ~_lut_mask(drop, comp)
 
 
 def particle_mask(
