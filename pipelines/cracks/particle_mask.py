@@ -513,9 +513,18 @@ def _grow_into(
 def _box_share(mask: np.ndarray, points: tuple[np.ndarray, ...], radius: int) -> np.ndarray:
     """Share of ``mask`` in the (2 radius + 1)^2 square around each point (the square is
     clipped at the image border); only the squares around the points are read."""
-    flat, inside = _square_indices(mask.shape, points, 2 * radius + 1)
-    window = np.take(mask.ravel(), flat) & inside
-    return window.sum(axis=0) / inside.sum(axis=0)
+    size = 2 * radius + 1
+    ys, xs = points
+    window = np.take(mask.ravel(), _square_flat(mask.shape, points, size))
+    count = np.full(ys.size, size * size, dtype=np.int64)
+    near = (ys < radius) | (ys >= mask.shape[0] - radius)
+    near |= (xs < radius) | (xs >= mask.shape[1] - radius)
+    if near.any():
+        # only the squares that reach beyond the border have pixels to leave out
+        _, inside = _square_indices(mask.shape, (ys[near], xs[near]), size)
+        window[:, near] &= inside
+        count[near] = inside.sum(axis=0)
+    return window.sum(axis=0) / count
 
 
 def particle_envelope_slice(
@@ -791,9 +800,12 @@ def drop_edge_specks(cracks: np.ndarray, envelope: np.ndarray, min_pixels: int) 
     if min_pixels <= 0 or not crack.any():
         return crack.copy()
     comp, n = ndimage.label(crack, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(comp[crack], minlength=n + 1)
+    # the crack pixels listed once; sizes and outline contacts read there
+    at = np.flatnonzero(crack)
+    comp_at = comp.ravel()[at]
+    sizes = np.bincount(comp_at, minlength=n + 1)
     outer = binary_dilate(~env, np.ones((3, 3), dtype=bool))
-    touching = np.bincount(comp[outer & crack].ravel(), minlength=n + 1) > 0
+    touching = np.bincount(comp_at[outer.ravel()[at]], minlength=n + 1) > 0
     drop = touching & (sizes < min_pixels)
     drop[0] = False
     if not drop.any():

@@ -269,25 +269,30 @@ def merge_on_graph(
         ``original label -> merged label`` (the group's smallest label) for every label that
         changed.
     """
-    surface = {i: int(s) for i, s in enumerate(surface_arr.tolist()) if i > 0}
+    # surface[label] (a list: the shares below are computed inline, read by index)
+    surface: list[int] = [int(s) for s in surface_arr.tolist()]
     neighbours: dict[int, dict[int, int]] = {}
     for (a, b), c in contacts.items():
         neighbours.setdefault(a, {})[b] = c
         neighbours.setdefault(b, {})[a] = c
 
-    def share(a: int, b: int, c: int) -> float:
-        return c / max(min(surface[a], surface[b]), 1)
-
-    heap = [(-share(a, b, c), a, b) for (a, b), c in contacts.items() if c >= min_faces]
+    # the share of a pair: c / max(min(surface[a], surface[b]), 1)
+    heap = [
+        (-(c / max(min(surface[a], surface[b]), 1)), a, b)
+        for (a, b), c in contacts.items()
+        if c >= min_faces
+    ]
     heapq.heapify(heap)
     parent: dict[int, int] = {}
-    members: dict[int, list[int]] = {i: [i] for i in surface}
+    members: dict[int, list[int]] = (
+        {i: [i] for i in range(1, len(surface))} if accept is not None else {}
+    )
     while heap:
         neg, a, b = heapq.heappop(heap)
         if a in parent or b in parent:
             continue  # stale: one side was merged already
         c = neighbours.get(a, {}).get(b, 0)
-        if c < min_faces or -neg != share(a, b, c):
+        if c < min_faces or -neg != c / max(min(surface[a], surface[b]), 1):
             continue  # stale entry; the current value was pushed again
         if -neg < min_share:
             break
@@ -295,7 +300,8 @@ def merge_on_graph(
             continue
         keep, gone = (a, b) if a < b else (b, a)
         parent[gone] = keep
-        members[keep] = members[keep] + members.pop(gone)
+        if accept is not None:
+            members[keep] = members[keep] + members.pop(gone)
         before = surface[keep]
         surface[keep] = surface[keep] + surface[gone] - 2 * c
         moved = neighbours.pop(gone, {})
@@ -318,7 +324,7 @@ def merge_on_graph(
                 if min(before, surface[other]) == min(surface[keep], surface[other]):
                     continue
             lo, hi = (keep, other) if keep < other else (other, keep)
-            heapq.heappush(heap, (-share(lo, hi, faces), lo, hi))
+            heapq.heappush(heap, (-(faces / max(min(surface[lo], surface[hi]), 1)), lo, hi))
 
     def root(i: int) -> int:
         while i in parent:
