@@ -301,16 +301,24 @@ def _square_flat(shape: tuple[int, ...], points: tuple[np.ndarray, ...], size: i
 
 
 def _neighbourhood_extremes(
-    labels: np.ndarray, points: tuple[np.ndarray, ...], size: int, *, lowest: bool = True
+    labels: np.ndarray,
+    points: tuple[np.ndarray, ...],
+    size: int,
+    *,
+    lowest: bool = True,
+    flat: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Highest label and lowest non-zero label in the size x size square around each point.
 
     Pixels beyond the border repeat the border (``mode="nearest"``); the lowest is
     :data:`_NO_LABEL` where the square holds no label (None when ``lowest`` is False).
     Only the squares around the points are read (one flat gather, indices clipped to the
-    image), never a padded copy of the whole slice.
+    image), never a padded copy of the whole slice. ``flat``: the squares' indices
+    (:func:`_square_flat`) if already computed.
     """
-    window = np.take(labels.ravel(), _square_flat(labels.shape, points, size))
+    if flat is None:
+        flat = _square_flat(labels.shape, points, size)
+    window = np.take(labels.ravel(), flat)
     highest = window.max(axis=0) if points[0].size else np.zeros(0, dtype=labels.dtype)
     if not lowest:
         return highest, None
@@ -500,22 +508,32 @@ def _grow_into(
         if cand.size == 0:
             break
         around = cand[:, None] + offsets[None, :]
-        high = high_flat[around].max(axis=1)
-        low = low_flat[around].min(axis=1)
+        high = np.take(high_flat, around).max(axis=1)
         hit = high > 0
+        low = np.take(low_flat, around[hit]).min(axis=1)
         # all reads of this step happen before its writes: one synchronous growth step
-        high_flat[cand[hit]] = high[hit]
-        low_flat[cand[hit]] = low[hit]
+        reached = cand[hit]
+        high_flat[reached] = high[hit]
+        low_flat[reached] = low
         cand = cand[~hit]
     return high_pad[1:-1, 1:-1], low_pad[1:-1, 1:-1]
 
 
-def _box_share(mask: np.ndarray, points: tuple[np.ndarray, ...], radius: int) -> np.ndarray:
+def _box_share(
+    mask: np.ndarray,
+    points: tuple[np.ndarray, ...],
+    radius: int,
+    *,
+    flat: np.ndarray | None = None,
+) -> np.ndarray:
     """Share of ``mask`` in the (2 radius + 1)^2 square around each point (the square is
-    clipped at the image border); only the squares around the points are read."""
+    clipped at the image border); only the squares around the points are read (``flat``:
+    their indices, :func:`_square_flat`, if already computed)."""
     size = 2 * radius + 1
     ys, xs = points
-    window = np.take(mask.ravel(), _square_flat(mask.shape, points, size))
+    if flat is None:
+        flat = _square_flat(mask.shape, points, size)
+    window = np.take(mask.ravel(), flat)
     count = np.full(ys.size, size * size, dtype=np.int64)
     near = (ys < radius) | (ys >= mask.shape[0] - radius)
     near |= (xs < radius) | (xs >= mask.shape[1] - radius)
@@ -615,10 +633,14 @@ def particle_envelope_slice(
             # neighbourhood is particle (a dark fringe or gap outside the outline has less)
             points = (reach_at[0][reached], reach_at[1][reached])
             size = 2 * p.notch_radius + 1
-            highest, lowest_near = _neighbourhood_extremes(labels, points, size)
-            flanked = (highest == lowest_near) & (
-                _box_share(in_group, points, p.notch_radius) >= 0.5
-            )
+            squares = _square_flat(labels.shape, points, size)
+            highest, lowest_near = _neighbourhood_extremes(labels, points, size, flat=squares)
+            flanked = highest == lowest_near
+            if flanked.any():
+                # the share of particle only where the square holds one particle
+                one = (points[0][flanked], points[1][flanked])
+                share = _box_share(in_group, one, p.notch_radius, flat=squares[:, flanked])
+                flanked[flanked] = share >= 0.5
             notch = (points[0][flanked], points[1][flanked])
             group[notch] = np.take(merged_of, grown_at[reached][flanked])
             in_group[notch] = True
