@@ -381,10 +381,11 @@ def _fill_holes_within_particles(solid: np.ndarray, labels: np.ndarray | None = 
 
 
 def _fill_holes_and_background(
-    solid: np.ndarray, labels: np.ndarray | None = None
+    solid: np.ndarray, labels: np.ndarray | None = None, relabel: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_fill_holes_within_particles` and the background components it filled from
-    (``ndimage.label(~solid)``): each filled hole is one whole component."""
+    (``ndimage.label(~solid)``): each filled hole is one whole component. ``relabel``
+    (optional): the particle of a pixel of ``solid`` is ``relabel[labels]`` there."""
     background, is_hole = _holes(solid)
     if not is_hole.any():
         return solid, background
@@ -398,6 +399,8 @@ def _fill_holes_and_background(
     around = np.take(background.ravel(), _square_flat(solid.shape, points, 3))
     hole_of_ring = np.where(is_hole[around], around, 0).max(axis=0, initial=0)
     particle_of_ring = labels[points]
+    if relabel is not None:
+        particle_of_ring = np.take(relabel, particle_of_ring)
     highest = np.zeros(is_hole.size, dtype=np.int64)
     lowest = np.full(is_hole.size, _NO_LABEL, dtype=np.int64)
     np.maximum.at(highest, hole_of_ring, particle_of_ring)
@@ -620,12 +623,10 @@ def particle_envelope_slice(
     bridged_at = joined[grown_at]
     bridged = np.zeros(closed.shape, dtype=bool)
     bridged[reach_at] = bridged_at
-    # the merged labels on ``closed`` and the bridged pixels: off ``closed`` only the reach
-    # pixels carry a grown label, so the reached ones that bridge nothing are cleared
-    group = np.take(merged_of, grown)
-    unbridged = (grown_at > 0) & ~bridged_at
-    group[reach_at[0][unbridged], reach_at[1][unbridged]] = 0
-    in_group = group > 0
+    # the particles: ``closed``, the bridged pixels and the notches below; on each of their
+    # pixels the particle's label is ``merged_of[grown]`` (read where needed, never for the
+    # whole slice)
+    in_group = closed | bridged
     if p.notch_radius and bridge is not None:
         reached = single_at & ~bridged_at
         if reached.any():
@@ -641,10 +642,8 @@ def particle_envelope_slice(
                 one = (points[0][flanked], points[1][flanked])
                 share = _box_share(in_group, one, p.notch_radius, flat=squares[:, flanked])
                 flanked[flanked] = share >= 0.5
-            notch = (points[0][flanked], points[1][flanked])
-            group[notch] = np.take(merged_of, grown_at[reached][flanked])
-            in_group[notch] = True
-    envelope, background = _fill_holes_and_background(in_group, group)
+            in_group[points[0][flanked], points[1][flanked]] = True
+    envelope, background = _fill_holes_and_background(in_group, grown, merged_of)
     if p.min_area > 0:
         comp, m = ndimage.label(envelope)
         if m:
