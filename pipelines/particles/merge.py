@@ -105,10 +105,14 @@ def _face_pairs(lab: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     # of a strided 2-D view costs several times the flat compare and the few faces' gather
     flat = lab.ravel()
     stride = int(np.prod(lab.shape[axis + 1 :], dtype=np.int64))
-    first = np.flatnonzero(flat[:-stride] != flat[stride:])
+    differ = np.zeros(lab.shape, dtype=bool)
+    np.not_equal(flat[:-stride], flat[stride:], out=differ.reshape(-1)[:-stride])
     if axis > 0:
         # pairs that wrap from the last voxel along ``axis`` to the next row are no faces
-        first = first[(first // stride) % lab.shape[axis] != lab.shape[axis] - 1]
+        last = [slice(None)] * lab.ndim
+        last[axis] = slice(-1, None)
+        differ[tuple(last)] = False
+    first = np.flatnonzero(differ)
     return flat[first].astype(np.int64), flat[first + stride].astype(np.int64)
 
 
@@ -123,10 +127,13 @@ def _contacts(keys: list[np.ndarray], n: int) -> dict[tuple[int, int], int]:
     counted = [k if k.ndim == 2 else _unique_keys(k) for k in keys]
     if not counted:
         return {}
-    both = np.concatenate(counted, axis=1)
-    values, inverse = np.unique(both[0], return_inverse=True)
-    counts = np.zeros(values.size, dtype=np.int64)
-    np.add.at(counts, inverse, both[1])
+    if len(counted) == 1:
+        values, counts = counted[0]  # already unique and counted
+    else:
+        both = np.concatenate(counted, axis=1)
+        values, inverse = np.unique(both[0], return_inverse=True)
+        counts = np.zeros(values.size, dtype=np.int64)
+        np.add.at(counts, inverse, both[1])
     return {
         (k // (n + 1), k % (n + 1)): c
         for k, c in zip(values.tolist(), counts.tolist(), strict=True)
