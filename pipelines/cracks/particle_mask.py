@@ -23,7 +23,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
-from pipelines.particles.merge import merge_by_contact
+from pipelines.particles.merge import contact_graph, merge_on_graph
 
 
 class ParticleMaskParams(BaseModel):
@@ -201,28 +201,66 @@ def _zero_padded(mask: np.ndarray, pad: int) -> np.ndarray:
     return padded
 
 
+def _factors(footprint: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Offsets of footprints whose successive dilations make ``footprint``: a full odd square
+    is a row and a column, a diamond (``|dy| + |dx| <= r``) r crosses; else itself."""
+    fp = np.asarray(footprint, dtype=bool)
+    side = fp.shape[0]
+    half = side // 2
+    if fp.ndim == 2 and fp.shape == (side, side) and side % 2 == 1 and side >= 3:
+        steps = range(-half, half + 1)
+        if fp.all():
+            return [[(0, d) for d in steps], [(d, 0) for d in steps]]
+        dy, dx = np.indices(fp.shape) - half
+        if half >= 2 and np.array_equal(fp, np.abs(dy) + np.abs(dx) <= half):
+            return [[(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]] * half
+    return [_offsets(fp)]
+
+
+def _shift_reduce(mask: np.ndarray, offsets: list[tuple[int, int]], dilate: bool) -> np.ndarray:
+    """OR (``dilate``) or AND of ``mask`` moved by each offset, outside the image False."""
+    if not offsets:
+        return np.full(mask.shape, not dilate)
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded = _zero_padded(mask, pad)
+    first, *rest = offsets
+    out = _shifted(padded, pad, *first, mask.shape).copy()
+    for dy, dx in rest:
+        if dilate:
+            out |= _shifted(padded, pad, dy, dx, mask.shape)
+        else:
+            out &= _shifted(padded, pad, dy, dx, mask.shape)
+    return out
+
+
 def binary_dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_dilation(mask, footprint)`` (symmetric footprint, outside False).
 
     An OR of shifted copies: for the small footprints used here it is many times faster than
-    scipy's generic binary morphology.
+    scipy's generic binary morphology. A full square or a diamond is dilated by its factors
+    (a row and a column; crosses), which is the same set with fewer passes.
     """
-    pad = max(footprint.shape) // 2
-    padded = _zero_padded(mask, pad)
-    out = np.zeros(mask.shape, dtype=bool)
-    for dy, dx in _offsets(footprint):
-        out |= _shifted(padded, pad, dy, dx, mask.shape)
+    out = np.asarray(mask, dtype=bool)
+    for offsets in _factors(footprint):
+        out = _shift_reduce(out, offsets, dilate=True)
     return out
 
 
 def binary_erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_erosion(mask, footprint)`` (symmetric footprint, outside False)."""
-    pad = max(footprint.shape) // 2
-    padded = _zero_padded(mask, pad)
-    out = np.ones(mask.shape, dtype=bool)
-    for dy, dx in _offsets(footprint):
-        out &= _shifted(padded, pad, dy, dx, mask.shape)
+    """``scipy.ndimage.binary_erosion(mask, footprint)`` (symmetric footprint, outside False);
+    by the factors of :func:`binary_dilate` (outside False, so the same set)."""
+    out = np.asarray(mask, dtype=bool)
+    for offsets in _factors(footprint):
+        out = _shift_reduce(out, offsets, dilate=False)
     return out
+
+
+def _true_points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero(mask)`` of a 2-D mask (same order and dtype), from the flat indices: a
+    2-D ``nonzero`` costs several times a 1-D one on a 512 x 512 slice."""
+    flat = np.flatnonzero(mask)
+    rows, cols = np.divmod(flat, mask.shape[1])
+    return rows, cols
 
 
 def _square_indices(
@@ -248,24 +286,39 @@ def _square_flat(shape: tuple[int, ...], points: tuple[np.ndarray, ...], size: i
     """The (size * size, n) flat indices of :func:`_square_indices` alone."""
     ys, xs = points
     half = size // 2
-    steps = np.arange(-half, half + 1)[:, np.newaxis]
-    row_starts = np.clip(ys[np.newaxis, :] + steps, 0, shape[0] - 1) * shape[1]
-    cols = np.clip(xs[np.newaxis, :] + steps, 0, shape[1] - 1)
-    flat = row_starts[:, np.newaxis, :] + cols[np.newaxis, :, :]
-    return flat.reshape(size * size, ys.size)
+    steps = np.arange(-half, half + 1)
+    # the centres' flat indices plus fixed offsets; only the squares that reach beyond the
+    # border are recomputed with clipped rows and columns
+    offsets = (steps[:, np.newaxis] * shape[1] + steps[np.newaxis, :]).reshape(-1, 1)
+    flat = offsets + (ys * shape[1] + xs)[np.newaxis, :]
+    near = (ys < half) | (ys >= shape[0] - half) | (xs < half) | (xs >= shape[1] - half)
+    if near.any():
+        rows = np.clip(ys[near][np.newaxis, :] + steps[:, np.newaxis], 0, shape[0] - 1)
+        cols = np.clip(xs[near][np.newaxis, :] + steps[:, np.newaxis], 0, shape[1] - 1)
+        clipped = rows[:, np.newaxis, :] * shape[1] + cols[np.newaxis, :, :]
+        flat[:, near] = clipped.reshape(size * size, -1)
+    return flat
 
 
 def _neighbourhood_extremes(
-    labels: np.ndarray, points: tuple[np.ndarray, ...], size: int, *, lowest: bool = True
+    labels: np.ndarray,
+    points: tuple[np.ndarray, ...],
+    size: int,
+    *,
+    lowest: bool = True,
+    flat: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Highest label and lowest non-zero label in the size x size square around each point.
 
     Pixels beyond the border repeat the border (``mode="nearest"``); the lowest is
     :data:`_NO_LABEL` where the square holds no label (None when ``lowest`` is False).
     Only the squares around the points are read (one flat gather, indices clipped to the
-    image), never a padded copy of the whole slice.
+    image), never a padded copy of the whole slice. ``flat``: the squares' indices
+    (:func:`_square_flat`) if already computed.
     """
-    window = np.take(labels.ravel(), _square_flat(labels.shape, points, size))
+    if flat is None:
+        flat = _square_flat(labels.shape, points, size)
+    window = np.take(labels.ravel(), flat)
     highest = window.max(axis=0) if points[0].size else np.zeros(0, dtype=labels.dtype)
     if not lowest:
         return highest, None
@@ -298,7 +351,7 @@ def _close_within_particles(solid: np.ndarray, radius: int) -> np.ndarray:
     labels, _ = ndimage.label(solid)
     # a square neighbourhood is slightly stricter than the disk; it is only looked at around
     # the added pixels
-    points = np.nonzero(added)
+    points = _true_points(added)
     highest, lowest = _neighbourhood_extremes(labels, points, 2 * radius + 1)
     keep = (highest == lowest) & (highest > 0)
     out = solid.copy()
@@ -328,30 +381,57 @@ def _fill_holes_within_particles(solid: np.ndarray, labels: np.ndarray | None = 
 
 
 def _fill_holes_and_background(
-    solid: np.ndarray, labels: np.ndarray | None = None
+    solid: np.ndarray, labels: np.ndarray | None = None, relabel: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_fill_holes_within_particles` and the background components it filled from
-    (``ndimage.label(~solid)``): each filled hole is one whole component."""
+    (``ndimage.label(~solid)``): each filled hole is one whole component. ``relabel``
+    (optional): the particle of a pixel of ``solid`` is ``relabel[labels]`` there."""
     background, is_hole = _holes(solid)
     if not is_hole.any():
         return solid, background
-    holes = np.take(is_hole, background)
+    holes = _lut_mask(is_hole, background)
     if labels is None:
         labels, _ = ndimage.label(solid)
     square = np.ones((3, 3), dtype=bool)
     ring = binary_dilate(holes, square) & solid
-    points = np.nonzero(ring)
+    points = _true_points(ring)
     # the hole next to each ring pixel (the highest one where a pixel touches several)
     around = np.take(background.ravel(), _square_flat(solid.shape, points, 3))
     hole_of_ring = np.where(is_hole[around], around, 0).max(axis=0, initial=0)
     particle_of_ring = labels[points]
+    if relabel is not None:
+        particle_of_ring = np.take(relabel, particle_of_ring)
     highest = np.zeros(is_hole.size, dtype=np.int64)
     lowest = np.full(is_hole.size, _NO_LABEL, dtype=np.int64)
     np.maximum.at(highest, hole_of_ring, particle_of_ring)
     np.minimum.at(lowest, hole_of_ring, particle_of_ring)
     enclosed_by_one = (highest == lowest) & (highest > 0)
     enclosed_by_one[0] = False
-    return solid | np.take(enclosed_by_one, background), background
+    # the filled holes are the holes but those ringed by several particles (usually none)
+    return solid | (holes & ~_lut_mask(is_hole & ~enclosed_by_one, background)), background
+
+
+_FEW_LABELS = 4
+"""Up to this many labels a look-up is made by comparisons (each costs about a tenth of a
+``np.take`` of the label image, which converts the labels to intp first)."""
+
+
+def _lut_mask(lut: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``np.take(lut, labels)`` of a bool look-up table, for labels >= 0; what it gives for
+    labels past the table's end is unspecified (callers mask those pixels out)."""
+    true = np.flatnonzero(lut)
+    if true.size <= _FEW_LABELS:
+        out = np.zeros(labels.shape, dtype=bool)
+        for t in true.tolist():
+            out |= labels == t
+        return out
+    false = np.flatnonzero(~lut)
+    if false.size <= _FEW_LABELS:
+        out = np.ones(labels.shape, dtype=bool)
+        for f in false.tolist():
+            out &= labels != f
+        return out
+    return np.take(lut, labels, mode="clip")
 
 
 def _drop_small_holes(holes: np.ndarray, background: np.ndarray, min_area: int) -> np.ndarray:
@@ -362,10 +442,11 @@ def _drop_small_holes(holes: np.ndarray, background: np.ndarray, min_area: int) 
     are those components and their sizes are counted without labelling ``holes`` again.
     """
     sizes = np.bincount(background[holes])
-    big = sizes >= min_area
-    if big[sizes > 0].all():
+    small = (sizes > 0) & (sizes < min_area)
+    if not small.any():
         return holes
-    return holes & np.take(big, background, mode="clip")
+    # labels past ``sizes`` hold no hole pixel: what the look-up gives there is masked out
+    return holes & ~_lut_mask(small, background)
 
 
 def fill_enclosed_holes(labels: np.ndarray) -> np.ndarray:
@@ -430,22 +511,41 @@ def _grow_into(
         if cand.size == 0:
             break
         around = cand[:, None] + offsets[None, :]
-        high = high_flat[around].max(axis=1)
-        low = low_flat[around].min(axis=1)
+        high = np.take(high_flat, around).max(axis=1)
         hit = high > 0
+        low = np.take(low_flat, around[hit]).min(axis=1)
         # all reads of this step happen before its writes: one synchronous growth step
-        high_flat[cand[hit]] = high[hit]
-        low_flat[cand[hit]] = low[hit]
+        reached = cand[hit]
+        high_flat[reached] = high[hit]
+        low_flat[reached] = low
         cand = cand[~hit]
     return high_pad[1:-1, 1:-1], low_pad[1:-1, 1:-1]
 
 
-def _box_share(mask: np.ndarray, points: tuple[np.ndarray, ...], radius: int) -> np.ndarray:
+def _box_share(
+    mask: np.ndarray,
+    points: tuple[np.ndarray, ...],
+    radius: int,
+    *,
+    flat: np.ndarray | None = None,
+) -> np.ndarray:
     """Share of ``mask`` in the (2 radius + 1)^2 square around each point (the square is
-    clipped at the image border); only the squares around the points are read."""
-    flat, inside = _square_indices(mask.shape, points, 2 * radius + 1)
-    window = np.take(mask.ravel(), flat) & inside
-    return window.sum(axis=0) / inside.sum(axis=0)
+    clipped at the image border); only the squares around the points are read (``flat``:
+    their indices, :func:`_square_flat`, if already computed)."""
+    size = 2 * radius + 1
+    ys, xs = points
+    if flat is None:
+        flat = _square_flat(mask.shape, points, size)
+    window = np.take(mask.ravel(), flat)
+    count = np.full(ys.size, size * size, dtype=np.int64)
+    near = (ys < radius) | (ys >= mask.shape[0] - radius)
+    near |= (xs < radius) | (xs >= mask.shape[1] - radius)
+    if near.any():
+        # only the squares that reach beyond the border have pixels to leave out
+        _, inside = _square_indices(mask.shape, (ys[near], xs[near]), size)
+        window[:, near] &= inside
+        count[near] = inside.sum(axis=0)
+    return window.sum(axis=0) / count
 
 
 def particle_envelope_slice(
@@ -502,20 +602,31 @@ def particle_envelope_slice(
     single_at = np.zeros(0, dtype=bool)  # reached from one particle only
     if bridge is not None and n and p.bridge_px:
         reach = np.asarray(bridge, dtype=bool) & ~closed
-        reach_at = np.nonzero(reach)
+        reach_at = _true_points(reach)
         # labels == 0 exactly off ``closed``: the reach pixels are the growth candidates
         grown, lowest = _grow_into(labels, reach, p.bridge_px, points=reach_at)
+        grown = np.ascontiguousarray(grown)  # contact_graph reads it flat
         grown_at = grown[reach_at]
         single_at = (grown_at > 0) & (lowest[reach_at] == grown_at)
-    merged, mapping = merge_by_contact(grown, min_share=p.merge_min_share) if n else (grown, {})
-    # bridge pixels are kept only where they joined pieces of one particle
+    if n:
+        surface, contacts = contact_graph(grown)
+        mapping = merge_on_graph(surface, contacts, min_share=p.merge_min_share)
+    else:
+        mapping = {}
+    # merged labels (merge_by_contact's relabelling) as a look-up table; bridge pixels are
+    # kept only where they joined pieces of one particle
+    merged_of = np.arange(n + 1, dtype=grown.dtype)
     joined = np.zeros(n + 1, dtype=bool)
     for old, new in mapping.items():
+        merged_of[old] = new
         joined[old] = joined[new] = True
     bridged_at = joined[grown_at]
     bridged = np.zeros(closed.shape, dtype=bool)
     bridged[reach_at] = bridged_at
-    group = np.where(closed | bridged, merged, 0)
+    # the particles: ``closed``, the bridged pixels and the notches below; on each of their
+    # pixels the particle's label is ``merged_of[grown]`` (read where needed, never for the
+    # whole slice)
+    in_group = closed | bridged
     if p.notch_radius and bridge is not None:
         reached = single_at & ~bridged_at
         if reached.any():
@@ -523,21 +634,23 @@ def particle_envelope_slice(
             # neighbourhood is particle (a dark fringe or gap outside the outline has less)
             points = (reach_at[0][reached], reach_at[1][reached])
             size = 2 * p.notch_radius + 1
-            highest, lowest_near = _neighbourhood_extremes(labels, points, size)
-            flanked = (highest == lowest_near) & (
-                _box_share(group > 0, points, p.notch_radius) >= 0.5
-            )
-            notch = (points[0][flanked], points[1][flanked])
-            group[notch] = merged[notch]
-    in_group = group > 0
-    envelope, background = _fill_holes_and_background(in_group, group)
+            squares = _square_flat(labels.shape, points, size)
+            highest, lowest_near = _neighbourhood_extremes(labels, points, size, flat=squares)
+            flanked = highest == lowest_near
+            if flanked.any():
+                # the share of particle only where the square holds one particle
+                one = (points[0][flanked], points[1][flanked])
+                share = _box_share(in_group, one, p.notch_radius, flat=squares[:, flanked])
+                flanked[flanked] = share >= 0.5
+            in_group[points[0][flanked], points[1][flanked]] = True
+    envelope, background = _fill_holes_and_background(in_group, grown, merged_of)
     if p.min_area > 0:
         comp, m = ndimage.label(envelope)
         if m:
             small = np.bincount(comp.ravel()) < p.min_area
             small[0] = False
             if small.any():
-                envelope[np.take(small, comp)] = False
+                envelope &= ~_lut_mask(small, comp)
     # voids: dark holes enclosed by one particle (at least min_void_area pixels), the cracks
     # that join its pieces and the dark pixels the closing added right beside those
     holes = envelope & ~in_group
@@ -708,14 +821,17 @@ def drop_edge_specks(cracks: np.ndarray, envelope: np.ndarray, min_pixels: int) 
     if min_pixels <= 0 or not crack.any():
         return crack.copy()
     comp, n = ndimage.label(crack, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(comp[crack], minlength=n + 1)
+    # the crack pixels listed once; sizes and outline contacts read there
+    at = np.flatnonzero(crack)
+    comp_at = comp.ravel()[at]
+    sizes = np.bincount(comp_at, minlength=n + 1)
     outer = binary_dilate(~env, np.ones((3, 3), dtype=bool))
-    touching = np.bincount(comp[outer & crack].ravel(), minlength=n + 1) > 0
+    touching = np.bincount(comp_at[outer.ravel()[at]], minlength=n + 1) > 0
     drop = touching & (sizes < min_pixels)
     drop[0] = False
     if not drop.any():
         return crack.copy()
-    return crack & ~np.take(drop, comp)
+    return crack & ~_lut_mask(drop, comp)
 
 
 def particle_mask(

@@ -82,19 +82,38 @@ def _faces(lab: np.ndarray, n: int, axes: Iterable[int]) -> tuple[np.ndarray, li
     for axis in axes:
         if lab.shape[axis] < 2:
             continue
-        head = [slice(None)] * lab.ndim
-        tail = [slice(None)] * lab.ndim
-        head[axis], tail[axis] = slice(None, -1), slice(1, None)
-        first, second = lab[tuple(head)], lab[tuple(tail)]
-        differ = first != second
-        a = first[differ].astype(np.int64)
-        b = second[differ].astype(np.int64)
+        a, b = _face_pairs(lab, axis)
         surface += np.bincount(a, minlength=n + 1) + np.bincount(b, minlength=n + 1)
         both = (a > 0) & (b > 0)
         lo, hi = np.minimum(a[both], b[both]), np.maximum(a[both], b[both])
         pair_keys.append(lo * (n + 1) + hi)
     surface[0] = 0
     return surface, pair_keys
+
+
+def _face_pairs(lab: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two labels (int64) of every face along ``axis`` between different values, in the
+    order of the faces' first voxels (C order)."""
+    if not lab.flags.c_contiguous or lab.size == 0:
+        head = [slice(None)] * lab.ndim
+        tail = [slice(None)] * lab.ndim
+        head[axis], tail[axis] = slice(None, -1), slice(1, None)
+        first, second = lab[tuple(head)], lab[tuple(tail)]
+        differ = first != second
+        return first[differ].astype(np.int64), second[differ].astype(np.int64)
+    # on the flat array the neighbour along ``axis`` is ``stride`` voxels on; a boolean index
+    # of a strided 2-D view costs several times the flat compare and the few faces' gather
+    flat = lab.ravel()
+    stride = int(np.prod(lab.shape[axis + 1 :], dtype=np.int64))
+    differ = np.zeros(lab.shape, dtype=bool)
+    np.not_equal(flat[:-stride], flat[stride:], out=differ.reshape(-1)[:-stride])
+    if axis > 0:
+        # pairs that wrap from the last voxel along ``axis`` to the next row are no faces
+        last = [slice(None)] * lab.ndim
+        last[axis] = slice(-1, None)
+        differ[tuple(last)] = False
+    first = np.flatnonzero(differ)
+    return flat[first].astype(np.int64), flat[first + stride].astype(np.int64)
 
 
 def _unique_keys(keys: np.ndarray) -> np.ndarray:
@@ -108,10 +127,13 @@ def _contacts(keys: list[np.ndarray], n: int) -> dict[tuple[int, int], int]:
     counted = [k if k.ndim == 2 else _unique_keys(k) for k in keys]
     if not counted:
         return {}
-    both = np.concatenate(counted, axis=1)
-    values, inverse = np.unique(both[0], return_inverse=True)
-    counts = np.zeros(values.size, dtype=np.int64)
-    np.add.at(counts, inverse, both[1])
+    if len(counted) == 1:
+        values, counts = counted[0]  # already unique and counted
+    else:
+        both = np.concatenate(counted, axis=1)
+        values, inverse = np.unique(both[0], return_inverse=True)
+        counts = np.zeros(values.size, dtype=np.int64)
+        np.add.at(counts, inverse, both[1])
     return {
         (k // (n + 1), k % (n + 1)): c
         for k, c in zip(values.tolist(), counts.tolist(), strict=True)
@@ -254,25 +276,30 @@ def merge_on_graph(
         ``original label -> merged label`` (the group's smallest label) for every label that
         changed.
     """
-    surface = {i: int(s) for i, s in enumerate(surface_arr.tolist()) if i > 0}
+    # surface[label] (a list: the shares below are computed inline, read by index)
+    surface: list[int] = [int(s) for s in surface_arr.tolist()]
     neighbours: dict[int, dict[int, int]] = {}
     for (a, b), c in contacts.items():
         neighbours.setdefault(a, {})[b] = c
         neighbours.setdefault(b, {})[a] = c
 
-    def share(a: int, b: int, c: int) -> float:
-        return c / max(min(surface[a], surface[b]), 1)
-
-    heap = [(-share(a, b, c), a, b) for (a, b), c in contacts.items() if c >= min_faces]
+    # the share of a pair: c / max(min(surface[a], surface[b]), 1)
+    heap = [
+        (-(c / max(min(surface[a], surface[b]), 1)), a, b)
+        for (a, b), c in contacts.items()
+        if c >= min_faces
+    ]
     heapq.heapify(heap)
     parent: dict[int, int] = {}
-    members: dict[int, list[int]] = {i: [i] for i in surface}
+    members: dict[int, list[int]] = (
+        {i: [i] for i in range(1, len(surface))} if accept is not None else {}
+    )
     while heap:
         neg, a, b = heapq.heappop(heap)
         if a in parent or b in parent:
             continue  # stale: one side was merged already
         c = neighbours.get(a, {}).get(b, 0)
-        if c < min_faces or -neg != share(a, b, c):
+        if c < min_faces or -neg != c / max(min(surface[a], surface[b]), 1):
             continue  # stale entry; the current value was pushed again
         if -neg < min_share:
             break
@@ -280,7 +307,8 @@ def merge_on_graph(
             continue
         keep, gone = (a, b) if a < b else (b, a)
         parent[gone] = keep
-        members[keep] = members[keep] + members.pop(gone)
+        if accept is not None:
+            members[keep] = members[keep] + members.pop(gone)
         before = surface[keep]
         surface[keep] = surface[keep] + surface[gone] - 2 * c
         moved = neighbours.pop(gone, {})
@@ -303,7 +331,7 @@ def merge_on_graph(
                 if min(before, surface[other]) == min(surface[keep], surface[other]):
                     continue
             lo, hi = (keep, other) if keep < other else (other, keep)
-            heapq.heappush(heap, (-share(lo, hi, faces), lo, hi))
+            heapq.heappush(heap, (-(faces / max(min(surface[lo], surface[hi]), 1)), lo, hi))
 
     def root(i: int) -> int:
         while i in parent:
