@@ -305,26 +305,10 @@ def _join_bumps(
     ``min_dip_fraction`` of its height over ``level`` above that saddle.
     """
     n = peaks.size - 1
-    keys_list, values_list = [], []
-    for a, b, va, vb in (
-        (basins[:, :-1], basins[:, 1:], smooth[:, :-1], smooth[:, 1:]),
-        (basins[:-1], basins[1:], smooth[:-1], smooth[1:]),
-    ):
-        edge = (a != b) & (a > 0) & (b > 0)
-        lo = np.minimum(a[edge], b[edge]).astype(np.int64)
-        hi = np.maximum(a[edge], b[edge]).astype(np.int64)
-        keys_list.append(lo * (n + 1) + hi)
-        values_list.append(np.minimum(va[edge], vb[edge]))
-    keys = np.concatenate(keys_list)
-    values = np.concatenate(values_list)
     parent = np.arange(n + 1)
-    if keys.size == 0:
+    lows, highs, saddles = _saddles(basins, smooth, n)
+    if saddles.size == 0:
         return parent
-    order = np.argsort(keys, kind="stable")
-    keys, values = keys[order], values[order]
-    starts = np.concatenate([[0], np.nonzero(np.diff(keys))[0] + 1])
-    pair_keys = keys[starts]
-    saddles = np.maximum.reduceat(values, starts)
     best = peaks.astype(np.float64).copy()
 
     def find(i: int) -> int:
@@ -334,14 +318,45 @@ def _join_bumps(
         return i
 
     for idx in np.argsort(-saddles, kind="stable"):
-        ra, rb = find(int(pair_keys[idx] // (n + 1))), find(int(pair_keys[idx] % (n + 1)))
+        ra, rb = find(int(lows[idx])), find(int(highs[idx]))
         if ra == rb:
             continue
         bright, faint = (ra, rb) if best[ra] >= best[rb] else (rb, ra)
         dip = best[faint] - float(saddles[idx])
         if dip < max(min_dip, min_dip_fraction * (best[faint] - level)):
             parent[faint] = bright
-    return np.array([find(i) for i in range(n + 1)])
+    return _resolve(parent)
+
+
+def _saddles(
+    labels: np.ndarray, values: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of 4-adjacent regions (labels 1..``n``, 0 is background) and its saddle:
+    the highest ``min(value, neighbour's value)`` over their common boundary.
+
+    Returns the lower labels, the higher labels (int64) and the saddles, one entry per pair,
+    in ascending order of the pair.
+    """
+    keys_list, values_list = [], []
+    for a, b, va, vb in (
+        (labels[:, :-1], labels[:, 1:], values[:, :-1], values[:, 1:]),
+        (labels[:-1], labels[1:], values[:-1], values[1:]),
+    ):
+        edge = (a != b) & (a > 0) & (b > 0)
+        lo = np.minimum(a[edge], b[edge]).astype(np.int64)
+        hi = np.maximum(a[edge], b[edge]).astype(np.int64)
+        keys_list.append(lo * (n + 1) + hi)
+        values_list.append(np.minimum(va[edge], vb[edge]))
+    keys = np.concatenate(keys_list)
+    saddle_values = np.concatenate(values_list)
+    if keys.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, saddle_values
+    order = np.argsort(keys, kind="stable")
+    keys, saddle_values = keys[order], saddle_values[order]
+    starts = np.concatenate([[0], np.nonzero(np.diff(keys))[0] + 1])
+    pair_keys = keys[starts]
+    return pair_keys // (n + 1), pair_keys % (n + 1), np.maximum.reduceat(saddle_values, starts)
 
 
 def _faint_objects(
@@ -481,14 +496,9 @@ def _merge_unless_small(
     """
     n = len(heights) - 1
     saddle = np.zeros((n + 1, n + 1))
-    for a, b, da, db in (
-        (split[:, :-1], split[:, 1:], distance[:, :-1], distance[:, 1:]),
-        (split[:-1], split[1:], distance[:-1], distance[1:]),
-    ):
-        edge = (a != b) & (a > 0) & (b > 0)
-        value = np.minimum(da[edge], db[edge])
-        np.maximum.at(saddle, (a[edge], b[edge]), value)
-        np.maximum.at(saddle, (b[edge], a[edge]), value)
+    lows, highs, values = _saddles(split, distance, n)
+    saddle[lows, highs] = values
+    saddle[highs, lows] = values
     heights = heights.astype(np.float64).copy()
     lut = np.arange(n + 1)
     for lab in sorted(range(n_typical + 1, n + 1), key=lambda i: heights[i]):
