@@ -143,12 +143,7 @@ def replay_set(volumes: int, seed: int) -> SliceSet:
                 wedge_share=0.2,
             )
         )
-    return SliceSet(
-        images=np.concatenate([s.images for s in sets]),
-        labels=np.concatenate([s.labels for s in sets]),
-        valid=np.concatenate([s.valid for s in sets]),
-        gaps=np.concatenate([s.gaps for s in sets]),
-    )
+    return SliceSet.concatenate(sets)
 
 
 def finetune_cracks(

@@ -58,6 +58,7 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -104,6 +105,16 @@ class SliceSet:
     labels: np.ndarray  # float32 (S, H, W)
     valid: np.ndarray  # float32 (S, H, W)
     gaps: np.ndarray  # float32 (S, H, W): 1 on matrix pixels between touching particles
+
+    @classmethod
+    def concatenate(cls, sets: Sequence[SliceSet]) -> SliceSet:
+        """The slices of several sets, in order, as one set."""
+        return cls(
+            images=np.concatenate([s.images for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]),
+            valid=np.concatenate([s.valid for s in sets]),
+            gaps=np.concatenate([s.gaps for s in sets]),
+        )
 
 
 def touching_gaps(particle_ids: np.ndarray, radius: int = 2) -> np.ndarray:
@@ -521,12 +532,7 @@ def build_datasets(args: argparse.Namespace, rng: np.random.Generator) -> tuple[
         logger.info(
             "training volume %d/%d ready (crack density %.2f)", i + 1, args.volumes, density
         )
-    train = SliceSet(
-        images=np.concatenate([s.images for s in sets]),
-        labels=np.concatenate([s.labels for s in sets]),
-        valid=np.concatenate([s.valid for s in sets]),
-        gaps=np.concatenate([s.gaps for s in sets]),
-    )
+    train = SliceSet.concatenate(sets)
     held_out = make_slice_set(
         (12, args.size, args.size),
         seed=991_000,
