@@ -276,19 +276,17 @@ def merge_on_graph(
         ``original label -> merged label`` (the group's smallest label) for every label that
         changed.
     """
-    # surface[label] (a list: the shares below are computed inline, read by index)
+    # surface[label], read by index
     surface: list[int] = [int(s) for s in surface_arr.tolist()]
     neighbours: dict[int, dict[int, int]] = {}
     for (a, b), c in contacts.items():
         neighbours.setdefault(a, {})[b] = c
         neighbours.setdefault(b, {})[a] = c
 
-    # the share of a pair: c / max(min(surface[a], surface[b]), 1)
-    heap = [
-        (-(c / max(min(surface[a], surface[b]), 1)), a, b)
-        for (a, b), c in contacts.items()
-        if c >= min_faces
-    ]
+    def share(a: int, b: int, c: int) -> float:
+        return c / max(min(surface[a], surface[b]), 1)
+
+    heap = [(-share(a, b, c), a, b) for (a, b), c in contacts.items() if c >= min_faces]
     heapq.heapify(heap)
     parent: dict[int, int] = {}
     members: dict[int, list[int]] = (
@@ -299,7 +297,7 @@ def merge_on_graph(
         if a in parent or b in parent:
             continue  # stale: one side was merged already
         c = neighbours.get(a, {}).get(b, 0)
-        if c < min_faces or -neg != c / max(min(surface[a], surface[b]), 1):
+        if c < min_faces or -neg != share(a, b, c):
             continue  # stale entry; the current value was pushed again
         if -neg < min_share:
             break
@@ -331,7 +329,7 @@ def merge_on_graph(
                 if min(before, surface[other]) == min(surface[keep], surface[other]):
                     continue
             lo, hi = (keep, other) if keep < other else (other, keep)
-            heapq.heappush(heap, (-(faces / max(min(surface[lo], surface[hi]), 1)), lo, hi))
+            heapq.heappush(heap, (-share(lo, hi, faces), lo, hi))
 
     def root(i: int) -> int:
         while i in parent:
